@@ -1,0 +1,256 @@
+//! The broker's host ABI v1, as constants shared by the host (`broker`) and the guests (`broker-guest`).
+//!
+//! Everything a guest and the broker must agree on lives here and only here: the import module and
+//! function names, the `i32` status codes every import returns, the rights bits, the region modes and the
+//! layout of the structs the broker writes into guest memory.
+//! The crate is `no_std` and has no dependencies so that it compiles unchanged for wasm32 guests.
+//! `guest-lib/include/broker.h` mirrors these values for C guests; a test in `broker-tests` checks that the
+//! header and this crate agree.
+
+#![no_std]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+/// The import module every host function lives under.
+pub const MODULE: &str = "broker_v1";
+
+/// The ABI version `abi_version` returns; bumped on any incompatible change.
+pub const VERSION: i32 = 1;
+
+/// Names of the host functions under [`MODULE`].
+///
+/// Every function returns an `i32` [`Status`] code; results go through out-pointers into guest memory.
+pub mod func {
+    /// `abi_version() -> i32`: the ABI version (not a status).
+    pub const ABI_VERSION: &str = "abi_version";
+    /// `nop() -> i32`: does nothing and returns `OK`; the baseline cost of a host call.
+    pub const NOP: &str = "nop";
+    /// `region_open(name_ptr, name_len, out_handle_ptr) -> status`.
+    pub const REGION_OPEN: &str = "region_open";
+    /// `region_create(name_ptr, name_len, size: i64, mode: i32, out_handle_ptr) -> status`.
+    pub const REGION_CREATE: &str = "region_create";
+    /// `handle_close(handle) -> status`.
+    pub const HANDLE_CLOSE: &str = "handle_close";
+    /// `handle_info(handle, out_info_ptr) -> status`; writes a [`crate::HandleInfo`].
+    pub const HANDLE_INFO: &str = "handle_info";
+    /// `region_read(handle, offset: i64, dst_ptr, len) -> status`.
+    pub const REGION_READ: &str = "region_read";
+    /// `region_write(handle, offset: i64, src_ptr, len) -> status`.
+    pub const REGION_WRITE: &str = "region_write";
+    /// `handle_restrict(handle, rights, offset: i64, len: i64, out_handle_ptr) -> status`.
+    pub const HANDLE_RESTRICT: &str = "handle_restrict";
+    /// `handle_grant(handle, target_ptr, target_len, rights, offset: i64, len: i64) -> status`.
+    pub const HANDLE_GRANT: &str = "handle_grant";
+    /// `handle_revoke(handle) -> status`.
+    pub const HANDLE_REVOKE: &str = "handle_revoke";
+
+    /// Every function name, for tests and for the C header check.
+    pub const ALL: &[&str] = &[
+        ABI_VERSION,
+        NOP,
+        REGION_OPEN,
+        REGION_CREATE,
+        HANDLE_CLOSE,
+        HANDLE_INFO,
+        REGION_READ,
+        REGION_WRITE,
+        HANDLE_RESTRICT,
+        HANDLE_GRANT,
+        HANDLE_REVOKE,
+    ];
+}
+
+/// The status every host function returns: `OK` (0) or a negative error code.
+///
+/// The numeric values are stable: they are the wire contract with guests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(i32)]
+pub enum Status {
+    /// Success.
+    Ok = 0,
+    /// The handle is 0, was never issued, or is out of the table's range.
+    InvalidHandle = -1,
+    /// The handle was issued once but has been closed or revoked since.
+    StaleHandle = -2,
+    /// The capability lacks a right the call needs, or a delegation tried to widen rights.
+    PermissionDenied = -3,
+    /// An offset or length lies outside the capability's range, or offset + length overflows.
+    OutOfBounds = -4,
+    /// A guest pointer and length do not lie inside the guest's linear memory.
+    BadPointer = -5,
+    /// No region or instance has that name (or none is visible to the caller).
+    NotFound = -6,
+    /// A region with that name already exists for the tenant.
+    AlreadyExists = -7,
+    /// The tenant's quota (region bytes, region count, handle count, ...) would be exceeded.
+    QuotaExceeded = -8,
+    /// An argument is malformed: a name that is not UTF-8 or is empty or too long, unknown rights bits, an
+    /// unknown mode, a zero size.
+    InvalidArgument = -9,
+    /// The region mode exists in the ABI but this broker does not implement it yet.
+    ModeNotSupported = -10,
+    /// The call needs a region in another mode.
+    WrongMode = -11,
+    /// The broker hit an internal error; the call had no effect.
+    Internal = -12,
+}
+
+impl Status {
+    /// Every status, in code order; used by tests and the C header check.
+    pub const ALL: &'static [Status] = &[
+        Status::Ok,
+        Status::InvalidHandle,
+        Status::StaleHandle,
+        Status::PermissionDenied,
+        Status::OutOfBounds,
+        Status::BadPointer,
+        Status::NotFound,
+        Status::AlreadyExists,
+        Status::QuotaExceeded,
+        Status::InvalidArgument,
+        Status::ModeNotSupported,
+        Status::WrongMode,
+        Status::Internal,
+    ];
+
+    /// The numeric code a guest sees.
+    pub const fn code(self) -> i32 {
+        self as i32
+    }
+
+    /// The status for a code, or `None` for a code this ABI version never returns.
+    pub fn from_code(code: i32) -> Option<Status> {
+        Status::ALL.iter().copied().find(|s| s.code() == code)
+    }
+
+    /// The C header's name for this status, e.g. `BROKER_ERR_STALE_HANDLE`.
+    pub const fn c_name(self) -> &'static str {
+        match self {
+            Status::Ok => "BROKER_OK",
+            Status::InvalidHandle => "BROKER_ERR_INVALID_HANDLE",
+            Status::StaleHandle => "BROKER_ERR_STALE_HANDLE",
+            Status::PermissionDenied => "BROKER_ERR_PERMISSION_DENIED",
+            Status::OutOfBounds => "BROKER_ERR_OUT_OF_BOUNDS",
+            Status::BadPointer => "BROKER_ERR_BAD_POINTER",
+            Status::NotFound => "BROKER_ERR_NOT_FOUND",
+            Status::AlreadyExists => "BROKER_ERR_ALREADY_EXISTS",
+            Status::QuotaExceeded => "BROKER_ERR_QUOTA_EXCEEDED",
+            Status::InvalidArgument => "BROKER_ERR_INVALID_ARGUMENT",
+            Status::ModeNotSupported => "BROKER_ERR_MODE_NOT_SUPPORTED",
+            Status::WrongMode => "BROKER_ERR_WRONG_MODE",
+            Status::Internal => "BROKER_ERR_INTERNAL",
+        }
+    }
+}
+
+/// Rights bits carried by a capability; a delegation may only clear bits, never set them.
+pub mod rights {
+    /// Read the region's bytes.
+    pub const READ: u32 = 1 << 0;
+    /// Write the region's bytes.
+    pub const WRITE: u32 = 1 << 1;
+    /// Map the region into linear memory (shared mode).
+    pub const MAP: u32 = 1 << 2;
+    /// Delegate the capability (or a smaller one) to another instance.
+    pub const GRANT: u32 = 1 << 3;
+    /// Watch the region for changes.
+    pub const WATCH: u32 = 1 << 4;
+    /// Every right.
+    pub const ALL: u32 = READ | WRITE | MAP | GRANT | WATCH;
+}
+
+/// Region modes, as the `mode` argument of `region_create` and the `mode` field of [`HandleInfo`].
+pub mod mode {
+    /// Every access is a checked host call through a handle.
+    pub const HANDLE: u32 = 0;
+    /// Copy-on-access mirror in the guest's linear memory.
+    pub const MIRROR: u32 = 1;
+    /// Zero-copy window mapped into the guest's linear memory.
+    pub const SHARED: u32 = 2;
+}
+
+/// `len` value meaning "from the offset to the end of the capability's range" in restrict and grant.
+pub const LEN_TO_END: i64 = -1;
+
+/// The longest region or instance name, in bytes.
+pub const MAX_NAME_LEN: u32 = 256;
+
+/// What `handle_info` writes to guest memory: little-endian, 40 bytes, no padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct HandleInfo {
+    /// Size of the whole region in bytes.
+    pub region_size: u64,
+    /// Start of the capability's range within the region.
+    pub offset: u64,
+    /// Length of the capability's range.
+    pub len: u64,
+    /// The region's version counter; bumped by every write.
+    pub version: u64,
+    /// The capability's rights bits.
+    pub rights: u32,
+    /// The region's mode (see [`mode`]).
+    pub mode: u32,
+}
+
+impl HandleInfo {
+    /// Size of the encoded struct in guest memory.
+    pub const SIZE: usize = 40;
+
+    /// Encodes the struct as the bytes the guest reads.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        out[0..8].copy_from_slice(&self.region_size.to_le_bytes());
+        out[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        out[16..24].copy_from_slice(&self.len.to_le_bytes());
+        out[24..32].copy_from_slice(&self.version.to_le_bytes());
+        out[32..36].copy_from_slice(&self.rights.to_le_bytes());
+        out[36..40].copy_from_slice(&self.mode.to_le_bytes());
+        out
+    }
+
+    /// Decodes the bytes written by the broker.
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> HandleInfo {
+        let u64_at = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(w)
+        };
+        let u32_at = |i: usize| {
+            let mut w = [0u8; 4];
+            w.copy_from_slice(&b[i..i + 4]);
+            u32::from_le_bytes(w)
+        };
+        HandleInfo {
+            region_size: u64_at(0),
+            offset: u64_at(8),
+            len: u64_at(16),
+            version: u64_at(24),
+            rights: u32_at(32),
+            mode: u32_at(36),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_round_trip_and_are_distinct() {
+        for (i, s) in Status::ALL.iter().enumerate() {
+            assert_eq!(Status::from_code(s.code()), Some(*s));
+            for t in &Status::ALL[i + 1..] {
+                assert_ne!(s.code(), t.code());
+            }
+        }
+        assert_eq!(Status::from_code(1), None);
+        assert_eq!(Status::from_code(-1000), None);
+    }
+
+    #[test]
+    fn handle_info_round_trips() {
+        let info = HandleInfo { region_size: 1 << 40, offset: 3, len: 7, version: u64::MAX, rights: rights::ALL, mode: mode::SHARED };
+        assert_eq!(HandleInfo::from_bytes(&info.to_bytes()), info);
+    }
+}

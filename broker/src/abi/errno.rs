@@ -1,0 +1,95 @@
+//! The guest boundary's error and its mapping to the ABI status codes: the only place that maps broker
+//! errors to what a guest sees.
+
+use broker_abi::Status;
+
+use crate::capability::CapError;
+use crate::error::Error;
+use crate::name::NameError;
+use crate::region::RegionError;
+
+/// Why a host function refused a guest's call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AbiError {
+    /// A pointer and length do not lie inside the guest's linear memory (or it exports none).
+    #[error("guest range at {ptr:#x} of {len} bytes lies outside linear memory of {memory_len} bytes")]
+    BadPointer {
+        /// The guest pointer.
+        ptr: u32,
+        /// The length.
+        len: u32,
+        /// The memory's size.
+        memory_len: usize,
+    },
+    /// A name was refused.
+    #[error("bad name: {0}")]
+    Name(#[from] NameError),
+    /// Rights bits outside the known set.
+    #[error("unknown rights bits {0:#x}")]
+    UnknownRights(u32),
+    /// A mode value outside the known set.
+    #[error("unknown region mode {0}")]
+    UnknownMode(u32),
+    /// A size or length argument is negative or zero where that is not allowed.
+    #[error("invalid {field}: {value}")]
+    InvalidValue {
+        /// The argument.
+        field: &'static str,
+        /// Its value.
+        value: i64,
+    },
+    /// The broker refused the operation.
+    #[error(transparent)]
+    Broker(#[from] Error),
+}
+
+impl From<CapError> for AbiError {
+    fn from(e: CapError) -> AbiError {
+        AbiError::Broker(Error::Capability(e))
+    }
+}
+
+impl From<RegionError> for AbiError {
+    fn from(e: RegionError) -> AbiError {
+        AbiError::Broker(Error::Region(e))
+    }
+}
+
+impl AbiError {
+    /// The status code the guest receives.
+    pub fn status(&self) -> Status {
+        match self {
+            AbiError::BadPointer { .. } => Status::BadPointer,
+            AbiError::Name(_) | AbiError::UnknownRights(_) | AbiError::UnknownMode(_) | AbiError::InvalidValue { .. } => {
+                Status::InvalidArgument
+            }
+            AbiError::Broker(e) => broker_status(e),
+        }
+    }
+}
+
+fn broker_status(e: &Error) -> Status {
+    match e {
+        Error::InvalidName { .. } | Error::InvalidArgument { .. } | Error::InvalidModule { .. } => Status::InvalidArgument,
+        Error::TenantNotFound(_)
+        | Error::ModuleNotFound(_)
+        | Error::InstanceNotFound(_)
+        | Error::RegionNotFound(_)
+        | Error::GrantNotFound(_) => Status::NotFound,
+        Error::TenantExists(_) | Error::ModuleExists(_) | Error::InstanceExists(_) | Error::RegionExists(_) => {
+            Status::AlreadyExists
+        }
+        Error::ModeNotSupported(_) => Status::ModeNotSupported,
+        Error::Quota(_) => Status::QuotaExceeded,
+        Error::Region(RegionError::OutOfBounds { .. }) => Status::OutOfBounds,
+        Error::Region(RegionError::ZeroSize | RegionError::TooLarge { .. }) => Status::InvalidArgument,
+        Error::Region(RegionError::Os { .. }) | Error::Instance(_) => Status::Internal,
+        Error::Capability(c) => match c {
+            CapError::InvalidHandle(_) => Status::InvalidHandle,
+            CapError::StaleHandle(_) | CapError::Gone => Status::StaleHandle,
+            CapError::PermissionDenied { .. } | CapError::Escalation { .. } => Status::PermissionDenied,
+            CapError::OutOfBounds { .. } => Status::OutOfBounds,
+            CapError::Quota(_) | CapError::TableFull => Status::QuotaExceeded,
+        },
+    }
+}

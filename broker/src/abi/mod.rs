@@ -1,0 +1,205 @@
+//! Host ABI v1: the core-wasm imports under `broker_v1` through which apps reach regions.
+//!
+//! Each import returns an `i32` [`broker_abi::Status`]; results go through out-pointers. Every guest
+//! value is untrusted: handles are resolved through the caller's own handle table, offsets and lengths
+//! are checked against the capability's range with overflow caught, and pointers are checked against
+//! linear memory (see [`guest_ptr`]). Guest memory is read once per decision: names are copied out
+//! before they are parsed, and out-pointers are checked before the operation so that a bad pointer
+//! never leaves a half-done effect behind.
+//!
+//! The names, codes and rights bits come from the `broker-abi` crate, shared with `broker-guest`.
+//! `guest-lib/ABI.md` documents every call for app authors.
+
+mod errno;
+pub(crate) mod guest_ptr;
+
+use std::sync::Arc;
+
+use broker_abi::{func, HandleInfo, Status, MAX_NAME_LEN, MODULE};
+use wasmtime::{Caller, Linker, Memory};
+
+use crate::broker::Core;
+use crate::capability::{Cap, Handle, Rights};
+use crate::mode::Mode;
+use crate::name::QualifiedName;
+use crate::runtime::{InstanceId, InstanceState};
+use crate::tenant::Tenant;
+
+pub use errno::AbiError;
+
+/// What a host function knows about its caller.
+pub(crate) struct GuestCtx {
+    pub(crate) core: Arc<Core>,
+    pub(crate) instance: InstanceId,
+    pub(crate) tenant: Arc<Tenant>,
+    memory: Option<Memory>,
+}
+
+impl GuestCtx {
+    pub(crate) fn new(core: Arc<Core>, instance: InstanceId, tenant: Arc<Tenant>) -> GuestCtx {
+        GuestCtx { core, instance, tenant, memory: None }
+    }
+
+    pub(crate) fn set_memory(&mut self, memory: Option<Memory>) {
+        self.memory = memory;
+    }
+
+    fn lookup(&self, handle: u32) -> Result<Cap, AbiError> {
+        Ok(self.core.caps.lock().lookup(self.instance, Handle::from_raw(handle))?)
+    }
+}
+
+type Ctx<'a> = Caller<'a, InstanceState>;
+
+/// The caller's exported memory; a guest without one can pass no valid pointer.
+fn memory(caller: &Ctx<'_>, ptr: u32, len: u32) -> Result<Memory, AbiError> {
+    caller.data().ctx.memory.ok_or(AbiError::BadPointer { ptr, len, memory_len: 0 })
+}
+
+/// Copies `[ptr, ptr+len)` out of guest memory once; `max` bounds the copy before anything is read.
+fn copy_in(caller: &Ctx<'_>, ptr: u32, len: u32, max: u32) -> Result<Vec<u8>, AbiError> {
+    if len > max {
+        return Err(AbiError::Name(crate::name::NameError::TooLong { len: usize::try_from(len).unwrap_or(usize::MAX) }));
+    }
+    let mem = memory(caller, ptr, len)?;
+    Ok(guest_ptr::slice(mem.data(caller), ptr, len)?.to_vec())
+}
+
+/// Checks that an out-pointer of `len` bytes is writable before the operation runs.
+fn check_out(caller: &Ctx<'_>, ptr: u32, len: u32) -> Result<Memory, AbiError> {
+    let mem = memory(caller, ptr, len)?;
+    guest_ptr::check(mem.data_size(caller), ptr, len)?;
+    Ok(mem)
+}
+
+/// Writes a new handle to a checked out-pointer; if that fails after all, the handle is closed again so
+/// the call has no effect.
+fn write_handle(caller: &mut Ctx<'_>, mem: Memory, out: u32, handle: Handle) -> Result<(), AbiError> {
+    let written = guest_ptr::slice_mut(mem.data_mut(&mut *caller), out, 4).map(|s| s.copy_from_slice(&handle.raw().to_le_bytes()));
+    if written.is_err() {
+        let ctx = &caller.data().ctx;
+        let _ = ctx.core.caps.lock().close(ctx.instance, handle);
+    }
+    written
+}
+
+fn rights(bits: u32) -> Result<Rights, AbiError> {
+    Rights::from_bits(bits).ok_or(AbiError::UnknownRights(bits))
+}
+
+fn code(r: Result<(), AbiError>) -> i32 {
+    match r {
+        Ok(()) => Status::Ok.code(),
+        Err(e) => e.status().code(),
+    }
+}
+
+fn region_open(caller: &mut Ctx<'_>, name_ptr: u32, name_len: u32, out: u32) -> Result<(), AbiError> {
+    let mem = check_out(caller, out, 4)?;
+    let name = QualifiedName::from_bytes(&copy_in(caller, name_ptr, name_len, MAX_NAME_LEN)?)?;
+    let handle = caller.data().ctx.core.open_for_guest(&caller.data().ctx, &name)?;
+    write_handle(caller, mem, out, handle)
+}
+
+fn region_create(caller: &mut Ctx<'_>, name_ptr: u32, name_len: u32, size: i64, mode: u32, out: u32) -> Result<(), AbiError> {
+    let mem = check_out(caller, out, 4)?;
+    let name = crate::name::Name::from_bytes(&copy_in(caller, name_ptr, name_len, MAX_NAME_LEN)?)?;
+    let size = u64::try_from(size).ok().filter(|s| *s > 0).ok_or(AbiError::InvalidValue { field: "size", value: size })?;
+    let mode = Mode::from_raw(mode).ok_or(AbiError::UnknownMode(mode))?;
+    let handle = caller.data().ctx.core.create_region_for_guest(&caller.data().ctx, name, size, mode)?;
+    write_handle(caller, mem, out, handle)
+}
+
+fn handle_info(caller: &mut Ctx<'_>, handle: u32, out: u32) -> Result<(), AbiError> {
+    let size = u32::try_from(HandleInfo::SIZE).unwrap_or(u32::MAX);
+    let mem = check_out(caller, out, size)?;
+    let cap = caller.data().ctx.lookup(handle)?;
+    let info = HandleInfo {
+        region_size: cap.region.size(),
+        offset: cap.range.offset,
+        len: cap.range.len,
+        version: cap.region.version(),
+        rights: cap.rights.bits(),
+        mode: cap.region.mode().to_raw(),
+    };
+    guest_ptr::slice_mut(mem.data_mut(caller), out, size)?.copy_from_slice(&info.to_bytes());
+    Ok(())
+}
+
+fn region_read(caller: &mut Ctx<'_>, handle: u32, offset: i64, dst: u32, len: u32) -> Result<(), AbiError> {
+    let cap = caller.data().ctx.lookup(handle)?;
+    cap.require(Rights::READ)?;
+    let at = cap.range.access(offset, u64::from(len))?;
+    let mem = memory(caller, dst, len)?;
+    let dst = guest_ptr::slice_mut(mem.data_mut(caller), dst, len)?;
+    cap.region.read(at, dst)?;
+    Ok(())
+}
+
+fn region_write(caller: &mut Ctx<'_>, handle: u32, offset: i64, src: u32, len: u32) -> Result<(), AbiError> {
+    let cap = caller.data().ctx.lookup(handle)?;
+    cap.require(Rights::WRITE)?;
+    let at = cap.range.access(offset, u64::from(len))?;
+    let mem = memory(caller, src, len)?;
+    // The guest bytes are read exactly once, by the copy into the region.
+    let src = guest_ptr::slice(mem.data(&*caller), src, len)?;
+    cap.region.write(at, src)?;
+    Ok(())
+}
+
+fn handle_restrict(caller: &mut Ctx<'_>, handle: u32, bits: u32, offset: i64, len: i64, out: u32) -> Result<(), AbiError> {
+    let mem = check_out(caller, out, 4)?;
+    let rights = rights(bits)?;
+    let ctx = &caller.data().ctx;
+    let new = ctx.core.restrict_for_guest(ctx, Handle::from_raw(handle), rights, offset, len)?;
+    write_handle(caller, mem, out, new)
+}
+
+fn handle_grant(caller: &mut Ctx<'_>, handle: u32, target_ptr: u32, target_len: u32, bits: u32, offset: i64, len: i64) -> Result<(), AbiError> {
+    let target = QualifiedName::from_bytes(&copy_in(caller, target_ptr, target_len, MAX_NAME_LEN)?)?;
+    let rights = rights(bits)?;
+    let ctx = &caller.data().ctx;
+    ctx.core.grant_for_guest(ctx, Handle::from_raw(handle), &target, rights, offset, len)?;
+    Ok(())
+}
+
+fn handle_revoke(caller: &mut Ctx<'_>, handle: u32) -> Result<(), AbiError> {
+    let ctx = &caller.data().ctx;
+    ctx.core.caps.lock().revoke(ctx.instance, Handle::from_raw(handle))?;
+    Ok(())
+}
+
+fn handle_close(caller: &mut Ctx<'_>, handle: u32) -> Result<(), AbiError> {
+    let ctx = &caller.data().ctx;
+    ctx.core.caps.lock().close(ctx.instance, Handle::from_raw(handle))?;
+    Ok(())
+}
+
+/// Registers every ABI v1 import.
+///
+/// # Errors
+/// Only if a name is registered twice, which would be a bug in this function.
+pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
+    linker.func_wrap(MODULE, func::ABI_VERSION, || broker_abi::VERSION)?;
+    linker.func_wrap(MODULE, func::NOP, || Status::Ok.code())?;
+    linker.func_wrap(MODULE, func::REGION_OPEN, |mut c: Ctx<'_>, p: u32, l: u32, out: u32| code(region_open(&mut c, p, l, out)))?;
+    linker.func_wrap(MODULE, func::REGION_CREATE, |mut c: Ctx<'_>, p: u32, l: u32, size: i64, mode: u32, out: u32| {
+        code(region_create(&mut c, p, l, size, mode, out))
+    })?;
+    linker.func_wrap(MODULE, func::HANDLE_CLOSE, |mut c: Ctx<'_>, h: u32| code(handle_close(&mut c, h)))?;
+    linker.func_wrap(MODULE, func::HANDLE_INFO, |mut c: Ctx<'_>, h: u32, out: u32| code(handle_info(&mut c, h, out)))?;
+    linker.func_wrap(MODULE, func::REGION_READ, |mut c: Ctx<'_>, h: u32, off: i64, p: u32, l: u32| {
+        code(region_read(&mut c, h, off, p, l))
+    })?;
+    linker.func_wrap(MODULE, func::REGION_WRITE, |mut c: Ctx<'_>, h: u32, off: i64, p: u32, l: u32| {
+        code(region_write(&mut c, h, off, p, l))
+    })?;
+    linker.func_wrap(MODULE, func::HANDLE_RESTRICT, |mut c: Ctx<'_>, h: u32, r: u32, off: i64, len: i64, out: u32| {
+        code(handle_restrict(&mut c, h, r, off, len, out))
+    })?;
+    linker.func_wrap(MODULE, func::HANDLE_GRANT, |mut c: Ctx<'_>, h: u32, p: u32, l: u32, r: u32, off: i64, len: i64| {
+        code(handle_grant(&mut c, h, p, l, r, off, len))
+    })?;
+    linker.func_wrap(MODULE, func::HANDLE_REVOKE, |mut c: Ctx<'_>, h: u32| code(handle_revoke(&mut c, h)))?;
+    Ok(())
+}

@@ -1,0 +1,489 @@
+//! The embedding API: [`Broker`] ties tenants, regions, capabilities and the runtime together.
+//!
+//! [`Core`] is the state host functions need (registries and the capability space) and is shared with
+//! every instance; the runtime (engine, worker pool, instance cells) stays in [`Broker`], so instances
+//! never keep the pool alive. Lock order: the registry before the capability space, never the reverse.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use broker_abi::LEN_TO_END;
+use parking_lot::{Mutex, RwLock};
+use wasmtime::{ExternType, Linker, Module, Val};
+
+use crate::abi::{self, GuestCtx};
+use crate::capability::{CapError, CapId, CapSpace, Handle, Rights};
+use crate::error::Error;
+use crate::mode::Mode;
+use crate::name::{Name, QualifiedName};
+use crate::region::{Region, RegionId, RegionInfo, RegionSpec};
+use crate::runtime::{EngineHandle, InstanceCell, InstanceConfig, InstanceError, InstanceId, InstanceState, InstanceStatus, WorkerPool};
+use crate::tenant::{Quotas, Resource, Tenant, TenantId, Usage};
+
+/// Broker-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// Worker threads that run instances.
+    pub workers: usize,
+}
+
+impl Default for BrokerConfig {
+    /// One worker per available core, at least two (so a runaway guest never blocks every instance).
+    fn default() -> BrokerConfig {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        BrokerConfig { workers: cores.max(2) }
+    }
+}
+
+/// Identifies a grant the host made, so it can revoke it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GrantId(CapId);
+
+impl GrantId {
+    /// The raw id.
+    pub fn get(self) -> u64 {
+        self.0.get()
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    tenants: HashMap<TenantId, Arc<Tenant>>,
+    tenant_names: HashMap<Name, TenantId>,
+    regions: HashMap<RegionId, Arc<Region>>,
+    region_names: HashMap<(TenantId, Name), RegionId>,
+    modules: HashMap<(TenantId, Name), Module>,
+    instance_names: HashMap<(TenantId, Name), InstanceId>,
+}
+
+/// The state shared by the host API and every instance's host functions.
+pub(crate) struct Core {
+    pub(crate) registry: RwLock<Registry>,
+    pub(crate) caps: Mutex<CapSpace>,
+    next_id: AtomicU64,
+}
+
+fn name(s: &str) -> Result<Name, Error> {
+    Name::new(s).map_err(|source| Error::InvalidName { name: s.to_owned(), source })
+}
+
+impl Core {
+    fn fresh_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn tenant(&self, id: TenantId) -> Result<Arc<Tenant>, Error> {
+        self.registry.read().tenants.get(&id).cloned().ok_or_else(|| Error::TenantNotFound(id.to_string()))
+    }
+
+    fn region(&self, id: RegionId) -> Result<Arc<Region>, Error> {
+        self.registry.read().regions.get(&id).cloned().ok_or_else(|| Error::RegionNotFound(id.to_string()))
+    }
+
+    /// Creates a region owned by `tenant`, charging its quota; nothing remains on error.
+    fn create_region(&self, tenant: &Arc<Tenant>, name: Name, size: u64, mode: Mode) -> Result<Arc<Region>, Error> {
+        mode.ensure_supported()?;
+        let count = tenant.reserve(Resource::Regions, 1)?;
+        let bytes = tenant.reserve(Resource::RegionBytes, size)?;
+        let mut reg = self.registry.write();
+        let key = (tenant.id(), name);
+        if reg.region_names.contains_key(&key) {
+            return Err(Error::RegionExists(format!("{}/{}", tenant.name(), key.1)));
+        }
+        let id = RegionId(self.fresh_id());
+        let region = Arc::new(Region::new(id, key.1.clone(), tenant.id(), tenant.name().clone(), size, mode)?);
+        reg.region_names.insert(key, id);
+        reg.regions.insert(id, Arc::clone(&region));
+        self.caps.lock().add_root(Arc::clone(&region));
+        count.commit();
+        bytes.commit();
+        Ok(region)
+    }
+
+    fn destroy_region(&self, id: RegionId) -> Result<(), Error> {
+        let mut reg = self.registry.write();
+        let region = reg.regions.remove(&id).ok_or_else(|| Error::RegionNotFound(id.to_string()))?;
+        reg.region_names.remove(&(region.owner(), region.name().clone()));
+        let owner = reg.tenants.get(&region.owner()).cloned();
+        drop(reg);
+        self.caps.lock().remove_region(id);
+        if let Some(t) = owner {
+            t.release(Resource::Regions, 1);
+            t.release(Resource::RegionBytes, region.size());
+        }
+        Ok(())
+    }
+
+    /// Opens `name` for a guest: a region of its own tenant, or one granted to this instance.
+    pub(crate) fn open_for_guest(&self, ctx: &GuestCtx, q: &QualifiedName) -> Result<Handle, Error> {
+        let own = ctx.tenant.name();
+        let not_found = || Error::RegionNotFound(match &q.tenant {
+            Some(t) => format!("{t}/{}", q.name),
+            None => q.name.to_string(),
+        });
+        let owner = q.tenant.as_ref().unwrap_or(own);
+        let own_region = if owner == own {
+            self.registry.read().region_names.get(&(ctx.tenant.id(), q.name.clone())).copied()
+        } else {
+            None
+        };
+        let mut caps = self.caps.lock();
+        let source = match own_region.and_then(|r| caps.root(r)) {
+            Some(root) => root,
+            None => caps.find_grant(ctx.instance, owner.as_str(), q.name.as_str()).ok_or_else(not_found)?,
+        };
+        let rights = caps.cap(source).map_err(|_| not_found())?.rights;
+        Ok(caps.derive_handle(source, rights, 0, LEN_TO_END, ctx.instance, &ctx.tenant)?)
+    }
+
+    pub(crate) fn create_region_for_guest(&self, ctx: &GuestCtx, name: Name, size: u64, mode: Mode) -> Result<Handle, Error> {
+        let region = self.create_region(&ctx.tenant, name, size, mode)?;
+        let derived = {
+            let mut caps = self.caps.lock();
+            caps.root(region.id()).ok_or(CapError::Gone).and_then(|root| caps.derive_handle(root, Rights::ALL, 0, LEN_TO_END, ctx.instance, &ctx.tenant))
+        };
+        derived.map_err(|e| {
+            // Creating without being able to hold it would leave an orphan: undo the creation.
+            let _ = self.destroy_region(region.id());
+            Error::from(e)
+        })
+    }
+
+    pub(crate) fn restrict_for_guest(&self, ctx: &GuestCtx, handle: Handle, rights: Rights, offset: i64, len: i64) -> Result<Handle, Error> {
+        let mut caps = self.caps.lock();
+        let cap = caps.lookup(ctx.instance, handle)?;
+        Ok(caps.derive_handle(cap.id, rights, offset, len, ctx.instance, &ctx.tenant)?)
+    }
+
+    pub(crate) fn grant_for_guest(&self, ctx: &GuestCtx, handle: Handle, target: &QualifiedName, rights: Rights, offset: i64, len: i64) -> Result<(), Error> {
+        let target_id = {
+            let reg = self.registry.read();
+            let tenant_id = match &target.tenant {
+                None => ctx.tenant.id(),
+                Some(t) => *reg.tenant_names.get(t).ok_or_else(|| Error::InstanceNotFound(format!("{t}/{}", target.name)))?,
+            };
+            *reg.instance_names.get(&(tenant_id, target.name.clone())).ok_or_else(|| Error::InstanceNotFound(target.name.to_string()))?
+        };
+        let mut caps = self.caps.lock();
+        let cap = caps.lookup(ctx.instance, handle)?;
+        cap.require(Rights::GRANT)?;
+        caps.derive_grant(cap.id, rights, offset, len, target_id, &ctx.tenant)?;
+        Ok(())
+    }
+}
+
+/// A broker: tenants, modules, instances and regions, and the runtime that runs the instances.
+///
+/// Dropping it stops every instance and unmaps every region.
+pub struct Broker {
+    core: Arc<Core>,
+    linker: Linker<InstanceState>,
+    cells: RwLock<HashMap<InstanceId, Arc<InstanceCell>>>,
+    pool: WorkerPool,
+    engine: EngineHandle,
+}
+
+impl Broker {
+    /// Starts a broker with its engine, epoch ticker and worker pool.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the engine or threads cannot be created.
+    pub fn new(config: BrokerConfig) -> Result<Broker, Error> {
+        let engine = EngineHandle::new()?;
+        let mut linker = Linker::new(&engine.engine);
+        abi::add_to_linker(&mut linker).map_err(|e| Error::InvalidArgument { field: "host functions", reason: e.to_string() })?;
+        let pool = WorkerPool::new(config.workers).map_err(|e| Error::InvalidArgument { field: "workers", reason: e.to_string() })?;
+        let core = Arc::new(Core { registry: RwLock::new(Registry::default()), caps: Mutex::new(CapSpace::new()), next_id: AtomicU64::new(0) });
+        Ok(Broker { core, linker, cells: RwLock::new(HashMap::new()), pool, engine })
+    }
+
+    // ----- tenants -----
+
+    /// Creates a tenant.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::TenantExists`].
+    pub fn create_tenant(&self, tenant_name: &str, quotas: Quotas) -> Result<TenantId, Error> {
+        let n = name(tenant_name)?;
+        let mut reg = self.core.registry.write();
+        if reg.tenant_names.contains_key(&n) {
+            return Err(Error::TenantExists(n.to_string()));
+        }
+        let id = TenantId(self.core.fresh_id());
+        reg.tenant_names.insert(n.clone(), id);
+        reg.tenants.insert(id, Tenant::new(id, n, quotas));
+        Ok(id)
+    }
+
+    /// Looks a tenant up by name.
+    pub fn tenant_id(&self, tenant_name: &str) -> Option<TenantId> {
+        let n = Name::new(tenant_name).ok()?;
+        self.core.registry.read().tenant_names.get(&n).copied()
+    }
+
+    /// Replaces a tenant's quotas; existing resources stay, new reservations see the new limits.
+    ///
+    /// # Errors
+    /// [`Error::TenantNotFound`].
+    pub fn set_quotas(&self, tenant: TenantId, quotas: Quotas) -> Result<(), Error> {
+        self.core.tenant(tenant)?.set_quotas(quotas);
+        Ok(())
+    }
+
+    /// What a tenant consumes now.
+    ///
+    /// # Errors
+    /// [`Error::TenantNotFound`].
+    pub fn tenant_usage(&self, tenant: TenantId) -> Result<Usage, Error> {
+        Ok(self.core.tenant(tenant)?.usage())
+    }
+
+    // ----- modules -----
+
+    /// Compiles and stores a module for a tenant, refusing imports the broker does not provide.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::TenantNotFound`], [`Error::InvalidModule`], [`Error::ModuleExists`].
+    pub fn load_module(&self, tenant: TenantId, module_name: &str, wasm: &[u8]) -> Result<(), Error> {
+        let n = name(module_name)?;
+        self.core.tenant(tenant)?;
+        let invalid = |reason: String| Error::InvalidModule { name: module_name.to_owned(), reason };
+        let module = Module::new(&self.engine.engine, wasm).map_err(|e| invalid(format!("{e:#}")))?;
+        for import in module.imports() {
+            let known = import.module() == broker_abi::MODULE && broker_abi::func::ALL.contains(&import.name());
+            if !known || !matches!(import.ty(), ExternType::Func(_)) {
+                return Err(invalid(format!("imports {}::{}, which the broker does not provide", import.module(), import.name())));
+            }
+        }
+        let mut reg = self.core.registry.write();
+        if reg.modules.contains_key(&(tenant, n.clone())) {
+            return Err(Error::ModuleExists(n.to_string()));
+        }
+        reg.modules.insert((tenant, n), module);
+        Ok(())
+    }
+
+    /// Removes a module; running instances keep their compiled code.
+    ///
+    /// # Errors
+    /// [`Error::ModuleNotFound`].
+    pub fn unload_module(&self, tenant: TenantId, module_name: &str) -> Result<(), Error> {
+        let n = name(module_name)?;
+        self.core.registry.write().modules.remove(&(tenant, n)).map(|_| ()).ok_or_else(|| Error::ModuleNotFound(module_name.to_owned()))
+    }
+
+    // ----- instances -----
+
+    /// Instantiates a tenant's module as a named instance, charged to the tenant's instance and memory
+    /// quotas.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::TenantNotFound`], [`Error::ModuleNotFound`],
+    /// [`Error::InstanceExists`], [`Error::Quota`], [`Error::InvalidModule`] (imports with wrong
+    /// signatures), [`Error::Instance`]. Nothing remains on error.
+    pub fn start_instance(&self, tenant: TenantId, module_name: &str, instance_name: &str, config: InstanceConfig) -> Result<InstanceId, Error> {
+        let (mn, inn) = (name(module_name)?, name(instance_name)?);
+        let t = self.core.tenant(tenant)?;
+        let module = self.core.registry.read().modules.get(&(tenant, mn.clone())).cloned().ok_or_else(|| Error::ModuleNotFound(module_name.to_owned()))?;
+        let pre = self.linker.instantiate_pre(&module).map_err(|e| Error::InvalidModule { name: module_name.to_owned(), reason: format!("{e:#}") })?;
+        let slot = t.reserve(Resource::Instances, 1)?;
+        let id = InstanceId(self.core.fresh_id());
+        {
+            let mut reg = self.core.registry.write();
+            let key = (tenant, inn.clone());
+            if reg.instance_names.contains_key(&key) {
+                return Err(Error::InstanceExists(format!("{}/{inn}", t.name())));
+            }
+            reg.instance_names.insert(key, id);
+        }
+        match InstanceCell::start(id, inn.clone(), Arc::clone(&t), mn, config, pre, Arc::clone(&self.core)) {
+            Ok(cell) => {
+                self.cells.write().insert(id, cell);
+                slot.commit();
+                Ok(id)
+            }
+            Err(e) => {
+                self.core.registry.write().instance_names.remove(&(tenant, inn));
+                Err(e)
+            }
+        }
+    }
+
+    fn cell(&self, id: InstanceId) -> Result<Arc<InstanceCell>, Error> {
+        self.cells.read().get(&id).cloned().ok_or_else(|| Error::InstanceNotFound(id.to_string()))
+    }
+
+    /// Looks an instance up by tenant and name.
+    pub fn instance_id(&self, tenant: TenantId, instance_name: &str) -> Option<InstanceId> {
+        let n = Name::new(instance_name).ok()?;
+        self.core.registry.read().instance_names.get(&(tenant, n)).copied()
+    }
+
+    /// Calls an exported function on the instance's worker and waits for its results.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`], or [`Error::Instance`] with the trap, interruption or argument error.
+    pub fn call(&self, instance: InstanceId, export: &str, args: &[Val]) -> Result<Vec<Val>, Error> {
+        Ok(self.cell(instance)?.call(&self.pool, export, args)?)
+    }
+
+    /// Calls an export that returns one `i64` (the convention of the repository's guests).
+    ///
+    /// # Errors
+    /// As [`Broker::call`], and [`InstanceError::BadArguments`] if the export does not return one `i64`.
+    pub fn call_i64(&self, instance: InstanceId, export: &str, args: &[Val]) -> Result<i64, Error> {
+        match self.call(instance, export, args)?.as_slice() {
+            [Val::I64(v)] => Ok(*v),
+            [Val::I32(v)] => Ok(i64::from(*v)),
+            other => Err(InstanceError::BadArguments { export: export.to_owned(), expected: "one i64 result".into(), got: format!("{} results", other.len()) }.into()),
+        }
+    }
+
+    /// An instance's state, counters and last trap.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`].
+    pub fn instance_status(&self, instance: InstanceId) -> Result<InstanceStatus, Error> {
+        Ok(self.cell(instance)?.status())
+    }
+
+    /// Re-instantiates an instance (after a trap, say); its old capabilities are all revoked.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`], or instantiation errors.
+    pub fn restart_instance(&self, instance: InstanceId) -> Result<(), Error> {
+        self.cell(instance)?.restart(&self.pool)
+    }
+
+    /// Stops an instance for good, revoking its capabilities and releasing its quota.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`].
+    pub fn stop_instance(&self, instance: InstanceId) -> Result<(), Error> {
+        let cell = self.cells.write().remove(&instance).ok_or_else(|| Error::InstanceNotFound(instance.to_string()))?;
+        cell.stop(&self.pool);
+        self.core.registry.write().instance_names.remove(&(cell.tenant.id(), cell.name.clone()));
+        cell.tenant.release(Resource::Instances, 1);
+        Ok(())
+    }
+
+    /// Number of open handles an instance holds.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`].
+    pub fn handle_count(&self, instance: InstanceId) -> Result<usize, Error> {
+        self.cell(instance)?;
+        Ok(self.core.caps.lock().handles_of(instance))
+    }
+
+    // ----- regions -----
+
+    /// Creates a region owned by a tenant.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::TenantNotFound`], [`Error::ModeNotSupported`], [`Error::Quota`],
+    /// [`Error::RegionExists`], [`Error::Region`]. Nothing remains on error.
+    pub fn create_region(&self, tenant: TenantId, spec: RegionSpec) -> Result<RegionId, Error> {
+        let n = name(&spec.name)?;
+        let t = self.core.tenant(tenant)?;
+        Ok(self.core.create_region(&t, n, spec.size, spec.mode)?.id())
+    }
+
+    /// Destroys a region: every capability to it is revoked first, then its memory is unmapped once no
+    /// call is using it.
+    ///
+    /// # Errors
+    /// [`Error::RegionNotFound`].
+    pub fn destroy_region(&self, region: RegionId) -> Result<(), Error> {
+        self.core.destroy_region(region)
+    }
+
+    /// Looks a region up by owner and name.
+    pub fn region_id(&self, tenant: TenantId, region_name: &str) -> Option<RegionId> {
+        let n = Name::new(region_name).ok()?;
+        self.core.registry.read().region_names.get(&(tenant, n)).copied()
+    }
+
+    /// A region's metadata.
+    ///
+    /// # Errors
+    /// [`Error::RegionNotFound`].
+    pub fn region_info(&self, region: RegionId) -> Result<RegionInfo, Error> {
+        Ok(self.core.region(region)?.info())
+    }
+
+    /// Reads region bytes from the host side.
+    ///
+    /// # Errors
+    /// [`Error::RegionNotFound`], [`Error::Region`] when out of bounds.
+    pub fn read_region(&self, region: RegionId, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+        Ok(self.core.region(region)?.read(offset, buf)?)
+    }
+
+    /// Writes region bytes from the host side (a native producer); returns the new version.
+    ///
+    /// # Errors
+    /// [`Error::RegionNotFound`], [`Error::Region`] when out of bounds; nothing is written then.
+    pub fn write_region(&self, region: RegionId, offset: u64, data: &[u8]) -> Result<u64, Error> {
+        Ok(self.core.region(region)?.write(offset, data)?)
+    }
+
+    /// Grants an instance `rights` over `[offset, offset+len)` of a region (`len: None` = to the end).
+    /// The instance opens it as `"<owner tenant>/<region>"`.
+    ///
+    /// # Errors
+    /// [`Error::RegionNotFound`], [`Error::InstanceNotFound`], [`Error::Capability`] for a bad range,
+    /// [`Error::Quota`] (grants count against the owner's handle quota).
+    pub fn grant(&self, region: RegionId, instance: InstanceId, rights: Rights, offset: u64, len: Option<u64>) -> Result<GrantId, Error> {
+        let r = self.core.region(region)?;
+        self.cell(instance)?;
+        let owner = self.core.tenant(r.owner())?;
+        let bad = |_| Error::InvalidArgument { field: "offset", reason: "exceeds i64".into() };
+        let offset = i64::try_from(offset).map_err(bad)?;
+        let len = match len {
+            None => LEN_TO_END,
+            Some(l) => i64::try_from(l).map_err(|_| Error::InvalidArgument { field: "len", reason: "exceeds i64".into() })?,
+        };
+        let mut caps = self.core.caps.lock();
+        let root = caps.root(region).ok_or_else(|| Error::RegionNotFound(region.to_string()))?;
+        let id = caps.derive_grant(root, rights, offset, len, instance, &owner)?;
+        Ok(GrantId(id))
+    }
+
+    /// Revokes a grant and everything derived from it.
+    ///
+    /// # Errors
+    /// [`Error::GrantNotFound`] if it is already gone.
+    pub fn revoke_grant(&self, grant: GrantId) -> Result<(), Error> {
+        let mut caps = self.core.caps.lock();
+        caps.cap(grant.0).map_err(|_| Error::GrantNotFound(grant.get()))?;
+        caps.remove_subtree(grant.0);
+        Ok(())
+    }
+
+    /// Revokes every capability to a region (the region itself stays).
+    ///
+    /// # Errors
+    /// [`Error::RegionNotFound`].
+    pub fn revoke_all(&self, region: RegionId) -> Result<usize, Error> {
+        let mut caps = self.core.caps.lock();
+        let root = caps.root(region).ok_or_else(|| Error::RegionNotFound(region.to_string()))?;
+        Ok(caps.revoke_children(root))
+    }
+
+    /// Number of live capabilities in the broker (roots included), for leak checks.
+    pub fn capability_count(&self) -> usize {
+        self.core.caps.lock().len()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        // Stop instances before the pool goes, so their stores drop on a worker, in order.
+        let cells: Vec<_> = self.cells.write().drain().map(|(_, c)| c).collect();
+        for cell in cells {
+            cell.stop(&self.pool);
+        }
+    }
+}

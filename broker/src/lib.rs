@@ -1,0 +1,46 @@
+//! The broker: a multi-tenant host for WebAssembly apps that arbitrates regions of host memory between
+//! the host and apps, and among apps.
+//!
+//! An embedding program builds a [`Broker`], creates tenants with quotas, loads modules, starts instances
+//! and creates regions; apps built on `broker-guest` open regions by name and reach them through
+//! capability handles whose rights and ranges the broker checks on every call. See `ARCHITECTURE.md` for
+//! the module map and the invariants each module keeps.
+//!
+//! ```no_run
+//! use broker::{Broker, BrokerConfig, InstanceConfig, Mode, Quotas, RegionSpec, Rights};
+//! # fn main() -> Result<(), broker::Error> {
+//! let broker = Broker::new(BrokerConfig::default())?;
+//! let tenant = broker.create_tenant("acme", Quotas::default())?;
+//! # let wasm: Vec<u8> = Vec::new();
+//! broker.load_module(tenant, "app", &wasm)?;
+//! let app = broker.start_instance(tenant, "app", "app-1", InstanceConfig::default())?;
+//! let region = broker.create_region(tenant, RegionSpec::new("data", 4096, Mode::Handle))?;
+//! broker.write_region(region, 0, b"hello")?;
+//! let results = broker.call(app, "run", &[])?;
+//! # let _ = results;
+//! # Ok(())
+//! # }
+//! ```
+
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod abi;
+mod broker;
+pub mod capability;
+pub mod demo;
+mod error;
+pub mod mode;
+pub mod name;
+pub mod region;
+pub mod runtime;
+pub mod tenant;
+
+pub use crate::broker::{Broker, BrokerConfig, GrantId};
+pub use crate::capability::{Handle, Rights};
+pub use crate::error::Error;
+pub use crate::mode::Mode;
+pub use crate::region::{RegionId, RegionInfo, RegionSpec};
+pub use crate::runtime::{InstanceConfig, InstanceError, InstanceId, InstanceStatus, RunState};
+pub use crate::tenant::{QuotaError, Quotas, Resource, TenantId, Usage};
+pub use wasmtime::Val;

@@ -1,0 +1,112 @@
+//! The backing memory of a region: a memfd mapped shared and read-write into the broker.
+//!
+//! This module is one of the few allowed to use `unsafe` (see `ARCHITECTURE.md`). It owns the raw
+//! mapping and exposes only bounds-checked copies, so no `&[u8]` or `&mut [u8]` to bytes that guests may
+//! change concurrently ever exists; copies go through raw pointers.
+//!
+//! The memfd (rather than anonymous memory) is what lets the shared mode map the very same pages into
+//! guests' linear memories later.
+
+#![allow(unsafe_code, reason = "owns the raw region mapping; every block is justified below")]
+
+use std::fs::File;
+use std::ptr;
+
+use memmap2::MmapRaw;
+use rustix::fs::{memfd_create, MemfdFlags};
+
+use super::RegionError;
+
+/// A region's bytes: a shared mapping of a memfd of exactly `len` bytes.
+#[derive(Debug)]
+pub struct RegionMemory {
+    map: MmapRaw,
+    len: u64,
+    // Kept so the shared mode can map the same pages into guests.
+    _file: File,
+}
+
+impl RegionMemory {
+    /// Creates a zero-filled memfd of `len` bytes and maps it.
+    ///
+    /// # Errors
+    /// [`RegionError::Os`] if the memfd cannot be created, sized or mapped, and
+    /// [`RegionError::TooLarge`] if `len` does not fit the address space.
+    pub fn new_memfd(debug_name: &str, len: u64) -> Result<RegionMemory, RegionError> {
+        let os = |op: &'static str| move |e: std::io::Error| RegionError::Os { op, message: e.to_string() };
+        let fd = memfd_create(format!("broker-region-{debug_name}"), MemfdFlags::CLOEXEC)
+            .map_err(|e| os("memfd_create")(e.into()))?;
+        let file = File::from(fd);
+        file.set_len(len).map_err(os("ftruncate"))?;
+        let map = MmapRaw::map_raw(&file).map_err(os("mmap"))?;
+        if u64::try_from(map.len()).ok() != Some(len) {
+            return Err(RegionError::TooLarge { size: len });
+        }
+        Ok(RegionMemory { map, len, _file: file })
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the region has no bytes (never true for a created region).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Checks `[offset, offset+len)` against the mapping and returns the start as `usize`.
+    fn check(&self, offset: u64, len: usize) -> Result<usize, RegionError> {
+        let len64 = u64::try_from(len).unwrap_or(u64::MAX);
+        let oob = RegionError::OutOfBounds { offset, len: len64, size: self.len };
+        match offset.checked_add(len64) {
+            Some(end) if end <= self.len => usize::try_from(offset).map_err(|_| oob),
+            _ => Err(oob),
+        }
+    }
+
+    /// Copies the bytes at `offset` into `dst`.
+    ///
+    /// # Errors
+    /// [`RegionError::OutOfBounds`] if the range is not inside the region; `dst` is untouched then.
+    pub fn copy_out(&self, offset: u64, dst: &mut [u8]) -> Result<(), RegionError> {
+        let start = self.check(offset, dst.len())?;
+        // SAFETY: `check` proved `start + dst.len() <= len`, and the mapping is `len` bytes long and lives
+        // as long as `self`, so the source range is valid for reads. `dst` is a distinct Rust slice (it is
+        // never inside this mapping: guests' memories and host buffers are other allocations), so the
+        // ranges do not overlap. Bytes may change concurrently through other mappings of the memfd (the
+        // shared mode); the copy then returns some mix of old and new bytes, which callers that need a
+        // consistent snapshot prevent with the region lock.
+        unsafe { ptr::copy_nonoverlapping(self.map.as_ptr().add(start), dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    /// Copies `src` to `offset`.
+    ///
+    /// # Errors
+    /// [`RegionError::OutOfBounds`] if the range is not inside the region; nothing is written then.
+    pub fn copy_in(&self, offset: u64, src: &[u8]) -> Result<(), RegionError> {
+        let start = self.check(offset, src.len())?;
+        // SAFETY: `check` proved the destination range lies inside the live, writable (PROT_READ |
+        // PROT_WRITE, MAP_SHARED) mapping; `src` is a distinct allocation, so the ranges do not overlap.
+        unsafe { ptr::copy_nonoverlapping(src.as_ptr(), self.map.as_mut_ptr().add(start), src.len()) };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_are_bounds_checked() {
+        let m = RegionMemory::new_memfd("t", 100).expect("memfd");
+        m.copy_in(96, &[1, 2, 3, 4]).expect("in range");
+        let mut out = [0u8; 4];
+        m.copy_out(96, &mut out).expect("in range");
+        assert_eq!(out, [1, 2, 3, 4]);
+        assert_eq!(m.copy_in(97, &[0; 4]), Err(RegionError::OutOfBounds { offset: 97, len: 4, size: 100 }));
+        assert!(m.copy_out(u64::MAX, &mut out).is_err());
+        m.copy_out(100, &mut []).expect("empty range at the end is fine");
+    }
+}

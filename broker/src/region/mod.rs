@@ -1,0 +1,210 @@
+//! Regions: named, host-owned memory that the broker arbitrates between the host and apps.
+//!
+//! A [`Region`] is backed by a memfd mapped with memmap2 (see [`mapping`]), so the same pages can later
+//! be mapped into apps' linear memories (shared mode) without copying. It has a name unique within its
+//! owner tenant, a size, a [`Mode`] fixed at creation and a version counter bumped by every write.
+//!
+//! **Invariant:** every access to a region's bytes is bounds-checked against its size here, whatever
+//! the caller checked before.
+
+pub mod mapping;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::RwLock;
+
+use crate::mode::{self, Mode};
+use crate::name::Name;
+use crate::tenant::TenantId;
+
+pub use mapping::RegionMemory;
+
+/// Identifies a region for the lifetime of a broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RegionId(pub(crate) u64);
+
+impl RegionId {
+    /// The raw id.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for RegionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "region#{}", self.0)
+    }
+}
+
+/// The largest region this broker creates (1 TiB): far above any quota, and small enough that offsets
+/// always fit in `i64` and `usize`.
+pub const MAX_REGION_SIZE: u64 = 1 << 40;
+
+/// Errors of region memory and access.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegionError {
+    /// A region must have at least one byte.
+    #[error("region size must be at least 1 byte")]
+    ZeroSize,
+    /// The requested size exceeds [`MAX_REGION_SIZE`].
+    #[error("region size {size} exceeds the maximum of {MAX_REGION_SIZE} bytes")]
+    TooLarge {
+        /// The requested size.
+        size: u64,
+    },
+    /// `[offset, offset+len)` does not lie inside the region.
+    #[error("range at offset {offset} of {len} bytes lies outside the region of {size} bytes")]
+    OutOfBounds {
+        /// Start of the range.
+        offset: u64,
+        /// Length of the range.
+        len: u64,
+        /// The region's size.
+        size: u64,
+    },
+    /// The operating system refused to create or map the backing memory.
+    #[error("{op} failed: {message}")]
+    Os {
+        /// Which call failed.
+        op: &'static str,
+        /// The OS error's text.
+        message: String,
+    },
+}
+
+/// What the host asks for when it creates a region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionSpec {
+    /// Name, unique within the owner tenant.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Access mode.
+    pub mode: Mode,
+}
+
+impl RegionSpec {
+    /// A spec with the given name, size and mode.
+    pub fn new(name: impl Into<String>, size: u64, mode: Mode) -> RegionSpec {
+        RegionSpec { name: name.into(), size, mode }
+    }
+}
+
+/// A snapshot of a region's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionInfo {
+    /// The region's id.
+    pub id: RegionId,
+    /// Its name.
+    pub name: String,
+    /// The owner tenant.
+    pub owner: TenantId,
+    /// Size in bytes.
+    pub size: u64,
+    /// Access mode.
+    pub mode: Mode,
+    /// Version counter: bumped by every write.
+    pub version: u64,
+}
+
+/// A region: host-owned memory with a name, owner, mode and version.
+#[derive(Debug)]
+pub struct Region {
+    id: RegionId,
+    name: Name,
+    owner: TenantId,
+    owner_name: Name,
+    mode: Mode,
+    pub(crate) memory: RegionMemory,
+    /// Serialises writers against readers so each write is seen whole or not at all.
+    pub(crate) lock: RwLock<()>,
+    version: AtomicU64,
+}
+
+impl Region {
+    pub(crate) fn new(
+        id: RegionId,
+        name: Name,
+        owner: TenantId,
+        owner_name: Name,
+        size: u64,
+        mode: Mode,
+    ) -> Result<Region, RegionError> {
+        if size == 0 {
+            return Err(RegionError::ZeroSize);
+        }
+        if size > MAX_REGION_SIZE {
+            return Err(RegionError::TooLarge { size });
+        }
+        let memory = RegionMemory::new_memfd(name.as_str(), size)?;
+        Ok(Region { id, name, owner, owner_name, mode, memory, lock: RwLock::new(()), version: AtomicU64::new(0) })
+    }
+
+    /// The region's id.
+    pub fn id(&self) -> RegionId {
+        self.id
+    }
+
+    /// The region's name within its tenant.
+    pub fn name(&self) -> &Name {
+        &self.name
+    }
+
+    /// The owner tenant.
+    pub fn owner(&self) -> TenantId {
+        self.owner
+    }
+
+    /// The owner tenant's name, for qualified names (`tenant/region`).
+    pub fn owner_name(&self) -> &Name {
+        &self.owner_name
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.memory.len()
+    }
+
+    /// Access mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The current version.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn bump_version(&self) -> u64 {
+        self.version.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// A metadata snapshot.
+    pub fn info(&self) -> RegionInfo {
+        RegionInfo {
+            id: self.id,
+            name: self.name.to_string(),
+            owner: self.owner,
+            size: self.size(),
+            mode: self.mode,
+            version: self.version(),
+        }
+    }
+
+    /// Copies bytes at absolute `offset` into `dst`.
+    ///
+    /// # Errors
+    /// [`RegionError::OutOfBounds`].
+    pub fn read(&self, offset: u64, dst: &mut [u8]) -> Result<(), RegionError> {
+        mode::handle::read(self, offset, dst)
+    }
+
+    /// Copies `src` to absolute `offset`; returns the new version.
+    ///
+    /// # Errors
+    /// [`RegionError::OutOfBounds`]; nothing is written.
+    pub fn write(&self, offset: u64, src: &[u8]) -> Result<u64, RegionError> {
+        mode::handle::write(self, offset, src)
+    }
+}

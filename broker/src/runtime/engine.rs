@@ -1,0 +1,58 @@
+//! The shared wasmtime engine and the epoch ticker that bounds every call.
+
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+use wasmtime::{Config, Engine};
+
+use crate::error::Error;
+
+/// How often the epoch advances; call deadlines are counted in these ticks.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// The engine plus the thread that advances its epoch; stopping is joining.
+pub(crate) struct EngineHandle {
+    pub(crate) engine: Engine,
+    stop: Option<Sender<()>>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+impl EngineHandle {
+    pub(crate) fn new() -> Result<EngineHandle, Error> {
+        let mut config = Config::new();
+        // Guests are built with +atomics so that memory shared between them (shared mode) is accessed
+        // with real atomic instructions; validating those needs the threads proposal.
+        config.wasm_threads(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)
+            .map_err(|e| Error::InvalidArgument { field: "engine config", reason: e.to_string() })?;
+        let (stop, rx) = bounded::<()>(0);
+        let ticking = engine.clone();
+        let ticker = std::thread::Builder::new()
+            .name("broker-epoch".into())
+            .spawn(move || loop {
+                match rx.recv_timeout(EPOCH_TICK) {
+                    Err(RecvTimeoutError::Timeout) => ticking.increment_epoch(),
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+                }
+            })
+            .map_err(|e| Error::InvalidArgument { field: "epoch thread", reason: e.to_string() })?;
+        Ok(EngineHandle { engine, stop: Some(stop), ticker: Some(ticker) })
+    }
+
+    /// Epoch ticks that cover `timeout` (at least one, plus one for the tick in progress).
+    pub(crate) fn ticks_for(timeout: Duration) -> u64 {
+        let ticks = timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
+        u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+    }
+}

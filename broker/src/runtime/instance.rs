@@ -1,0 +1,245 @@
+//! One instance: its store, its mailbox and its status.
+//!
+//! [`InstanceCell`] is shared between the broker (which posts jobs) and the worker running it; the
+//! [`wasmtime::Store`] lives inside behind a mutex that only the running worker takes. Restarting
+//! replaces the store (and so every capability the old one held) but keeps the id, name and mailbox.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use parking_lot::Mutex;
+use wasmtime::{Instance, InstancePre, Store, Trap, Val, ValType};
+
+use super::engine::EngineHandle;
+use super::limits::TenantLimiter;
+use super::pool::WorkerPool;
+use super::{InstanceConfig, InstanceError, InstanceId, InstanceStatus, RunState};
+use crate::abi::GuestCtx;
+use crate::broker::Core;
+use crate::error::Error;
+use crate::name::Name;
+use crate::tenant::Tenant;
+
+/// A job run on an instance's worker with exclusive access to its live store.
+pub(crate) type Job = Box<dyn FnOnce(&InstanceCell, &mut Option<Live>) + Send>;
+
+/// The data of every instance's [`Store`].
+pub(crate) struct InstanceState {
+    /// What host functions need: the broker core, the caller's identity and memory.
+    pub(crate) ctx: GuestCtx,
+    limiter: TenantLimiter,
+}
+
+/// A running instance.
+pub(crate) struct Live {
+    store: Store<InstanceState>,
+    instance: Instance,
+}
+
+/// An instance as the broker and the pool see it.
+pub(crate) struct InstanceCell {
+    pub(crate) id: InstanceId,
+    pub(crate) name: Name,
+    pub(crate) tenant: Arc<Tenant>,
+    config: InstanceConfig,
+    pre: InstancePre<InstanceState>,
+    core: Arc<Core>,
+    pub(super) mailbox_tx: Sender<Job>,
+    pub(super) mailbox_rx: Receiver<Job>,
+    pub(super) scheduled: AtomicBool,
+    live: Mutex<Option<Live>>,
+    status: Mutex<InstanceStatus>,
+}
+
+impl InstanceCell {
+    /// Instantiates the module; the instance is running when this returns.
+    ///
+    /// # Errors
+    /// [`Error::Quota`] if the tenant's memory quota refuses the initial memory, or
+    /// [`InstanceError::Instantiate`].
+    #[allow(clippy::too_many_arguments, reason = "a constructor of the cell's fields")]
+    pub(crate) fn start(
+        id: InstanceId,
+        name: Name,
+        tenant: Arc<Tenant>,
+        module: Name,
+        config: InstanceConfig,
+        pre: InstancePre<InstanceState>,
+        core: Arc<Core>,
+    ) -> Result<Arc<InstanceCell>, Error> {
+        let (mailbox_tx, mailbox_rx) = unbounded();
+        let status = InstanceStatus { module: module.to_string(), state: RunState::Running, calls: 0, traps: 0, restarts: 0, last_trap: None };
+        let cell = InstanceCell {
+            id,
+            name,
+            tenant,
+            config,
+            pre,
+            core,
+            mailbox_tx,
+            mailbox_rx,
+            scheduled: AtomicBool::new(false),
+            live: Mutex::new(None),
+            status: Mutex::new(status),
+        };
+        let live = cell.instantiate()?;
+        *cell.live.lock() = Some(live);
+        Ok(Arc::new(cell))
+    }
+
+    fn instantiate(&self) -> Result<Live, Error> {
+        let state = InstanceState {
+            ctx: GuestCtx::new(Arc::clone(&self.core), self.id, Arc::clone(&self.tenant)),
+            limiter: TenantLimiter::new(Arc::clone(&self.tenant), self.config.max_memory_bytes),
+        };
+        let mut store = Store::new(self.pre.module().engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(EngineHandle::ticks_for(self.config.call_timeout));
+        self.core.caps.lock().add_instance(self.id);
+        match self.pre.instantiate(&mut store) {
+            Ok(instance) => {
+                let memory = instance.get_memory(&mut store, "memory");
+                store.data_mut().ctx.set_memory(memory);
+                Ok(Live { store, instance })
+            }
+            Err(e) => {
+                self.core.caps.lock().remove_instance(self.id);
+                match store.data().limiter.last_refusal {
+                    Some(q) => Err(Error::Quota(q)),
+                    None => Err(InstanceError::Instantiate(format!("{e:#}")).into()),
+                }
+            }
+        }
+    }
+
+    /// Drops the live store and every capability it held.
+    fn teardown(&self, live: &mut Option<Live>) {
+        if let Some(l) = live.take() {
+            self.core.caps.lock().remove_instance(self.id);
+            drop(l);
+        }
+    }
+
+    /// Runs up to `max` queued jobs; called by the worker that holds this cell.
+    pub(super) fn run_jobs(&self, max: usize) {
+        let mut live = self.live.lock();
+        for _ in 0..max {
+            let Ok(job) = self.mailbox_rx.try_recv() else { break };
+            // A panic here would be a broker bug; contain it to this instance rather than lose the worker.
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| job(self, &mut live)));
+            if outcome.is_err() {
+                self.teardown(&mut live);
+                let mut s = self.status.lock();
+                s.state = RunState::Trapped;
+                s.traps += 1;
+                s.last_trap = Some("internal broker error while running this instance".into());
+            }
+        }
+    }
+
+    /// Calls an export and waits for its results.
+    pub(crate) fn call(self: &Arc<Self>, pool: &WorkerPool, export: &str, args: &[Val]) -> Result<Vec<Val>, InstanceError> {
+        let (tx, rx) = bounded(1);
+        let (export, args) = (export.to_owned(), args.to_vec());
+        pool.submit(self, Box::new(move |cell, live| {
+            let _ = tx.send(cell.run_call(live, &export, &args));
+        }));
+        rx.recv().unwrap_or(Err(InstanceError::ShuttingDown))
+    }
+
+    fn run_call(&self, live: &mut Option<Live>, export: &str, args: &[Val]) -> Result<Vec<Val>, InstanceError> {
+        let state = self.status.lock().state;
+        let Some(l) = live.as_mut().filter(|_| state == RunState::Running) else {
+            return Err(InstanceError::NotRunning { state });
+        };
+        let func = l.instance.get_func(&mut l.store, export).ok_or_else(|| InstanceError::NoSuchExport(export.to_owned()))?;
+        let ty = func.ty(&l.store);
+        let expected: Vec<ValType> = ty.params().collect();
+        let matches = expected.len() == args.len() && expected.iter().zip(args).all(|(t, v)| kind_of_type(t) == kind_of_val(v));
+        if !matches {
+            return Err(InstanceError::BadArguments {
+                export: export.to_owned(),
+                expected: expected.iter().map(kind_of_type).collect::<Vec<_>>().join(", "),
+                got: args.iter().map(kind_of_val).collect::<Vec<_>>().join(", "),
+            });
+        }
+        let mut results: Vec<Val> = ty.results().map(|t| Val::default_for_ty(&t).unwrap_or(Val::I32(0))).collect();
+        l.store.set_epoch_deadline(EngineHandle::ticks_for(self.config.call_timeout));
+        let outcome = func.call(&mut l.store, args, &mut results);
+        let mut status = self.status.lock();
+        match outcome {
+            Ok(()) => {
+                status.calls += 1;
+                Ok(results)
+            }
+            Err(e) => {
+                let err = match e.downcast_ref::<Trap>() {
+                    Some(Trap::Interrupt) => InstanceError::Interrupted { timeout: self.config.call_timeout },
+                    _ => InstanceError::Trapped { message: format!("{e:#}") },
+                };
+                status.state = RunState::Trapped;
+                status.traps += 1;
+                status.last_trap = Some(err.to_string());
+                Err(err)
+            }
+        }
+    }
+
+    /// Replaces the store with a fresh instantiation; every capability of the old one is gone.
+    pub(crate) fn restart(self: &Arc<Self>, pool: &WorkerPool) -> Result<(), Error> {
+        let (tx, rx) = bounded(1);
+        pool.submit(self, Box::new(move |cell, live| {
+            cell.teardown(live);
+            let outcome = cell.instantiate().map(|l| {
+                *live = Some(l);
+                let mut s = cell.status.lock();
+                s.state = RunState::Running;
+                s.restarts += 1;
+            });
+            let _ = tx.send(outcome);
+        }));
+        rx.recv().unwrap_or(Err(InstanceError::ShuttingDown.into()))
+    }
+
+    /// Stops the instance for good, dropping its store and capabilities.
+    pub(crate) fn stop(self: &Arc<Self>, pool: &WorkerPool) {
+        let (tx, rx) = bounded(1);
+        pool.submit(self, Box::new(move |cell, live| {
+            cell.teardown(live);
+            cell.status.lock().state = RunState::Stopped;
+            let _ = tx.send(());
+        }));
+        let _ = rx.recv();
+    }
+
+    /// A snapshot of the status.
+    pub(crate) fn status(&self) -> InstanceStatus {
+        self.status.lock().clone()
+    }
+}
+
+fn kind_of_type(t: &ValType) -> &'static str {
+    match t {
+        ValType::I32 => "i32",
+        ValType::I64 => "i64",
+        ValType::F32 => "f32",
+        ValType::F64 => "f64",
+        ValType::V128 => "v128",
+        ValType::Ref(_) => "ref",
+    }
+}
+
+fn kind_of_val(v: &Val) -> &'static str {
+    match v {
+        Val::I32(_) => "i32",
+        Val::I64(_) => "i64",
+        Val::F32(_) => "f32",
+        Val::F64(_) => "f64",
+        Val::V128(_) => "v128",
+        // Reference arguments are not accepted from the host API: they would be refused anyway.
+        _ => "ref",
+    }
+}

@@ -1,0 +1,282 @@
+//! Tenants and their quotas.
+//!
+//! A tenant owns regions, modules and instances, and every resource it consumes is counted against its
+//! [`Quotas`]: region bytes, region count, instance count, handle count and linear-memory bytes.
+//! Consumption goes through a [`Reservation`] that is released on drop unless committed, so an operation
+//! that fails half-way gives everything back and nothing is ever partly created.
+//!
+//! **Invariant:** a tenant's usage never exceeds its quota at the moment of reservation (a quota lowered
+//! later does not evict anything; it only refuses new reservations).
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::name::Name;
+
+/// Identifies a tenant for the lifetime of a broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(pub(crate) u64);
+
+impl TenantId {
+    /// The raw id, for display and the control API.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tenant#{}", self.0)
+    }
+}
+
+/// A resource counted against a tenant's quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Resource {
+    /// Total bytes of regions the tenant owns.
+    RegionBytes,
+    /// Number of regions the tenant owns.
+    Regions,
+    /// Number of instances the tenant runs.
+    Instances,
+    /// Number of capabilities held by the tenant's instances or granted by them.
+    Handles,
+    /// Total linear-memory bytes of the tenant's instances.
+    MemoryBytes,
+}
+
+impl Resource {
+    const ALL: [Resource; 5] =
+        [Resource::RegionBytes, Resource::Regions, Resource::Instances, Resource::Handles, Resource::MemoryBytes];
+
+    fn index(self) -> usize {
+        match self {
+            Resource::RegionBytes => 0,
+            Resource::Regions => 1,
+            Resource::Instances => 2,
+            Resource::Handles => 3,
+            Resource::MemoryBytes => 4,
+        }
+    }
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Resource::RegionBytes => "region bytes",
+            Resource::Regions => "regions",
+            Resource::Instances => "instances",
+            Resource::Handles => "handles",
+            Resource::MemoryBytes => "memory bytes",
+        })
+    }
+}
+
+/// Limits on what a tenant may consume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    /// Total bytes of regions.
+    pub region_bytes: u64,
+    /// Number of regions.
+    pub regions: u64,
+    /// Number of instances.
+    pub instances: u64,
+    /// Number of capabilities (open handles and outstanding grants).
+    pub handles: u64,
+    /// Total linear memory of all instances.
+    pub memory_bytes: u64,
+}
+
+impl Default for Quotas {
+    /// Generous defaults for a development broker: 256 MiB of regions, 64 regions, 16 instances,
+    /// 4096 handles and 1 GiB of linear memory.
+    fn default() -> Quotas {
+        Quotas { region_bytes: 256 << 20, regions: 64, instances: 16, handles: 4096, memory_bytes: 1 << 30 }
+    }
+}
+
+impl Quotas {
+    fn limit(&self, r: Resource) -> u64 {
+        match r {
+            Resource::RegionBytes => self.region_bytes,
+            Resource::Regions => self.regions,
+            Resource::Instances => self.instances,
+            Resource::Handles => self.handles,
+            Resource::MemoryBytes => self.memory_bytes,
+        }
+    }
+}
+
+/// What a tenant consumes right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Total bytes of regions.
+    pub region_bytes: u64,
+    /// Number of regions.
+    pub regions: u64,
+    /// Number of instances.
+    pub instances: u64,
+    /// Number of capabilities.
+    pub handles: u64,
+    /// Total linear memory.
+    pub memory_bytes: u64,
+}
+
+/// A reservation was refused because it would exceed the quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("quota exceeded for {resource}: {in_use} in use + {requested} requested > limit {limit}")]
+pub struct QuotaError {
+    /// Which resource.
+    pub resource: Resource,
+    /// The quota.
+    pub limit: u64,
+    /// In use before the request.
+    pub in_use: u64,
+    /// The amount requested.
+    pub requested: u64,
+}
+
+/// A tenant: its name, quotas and live usage counters.
+#[derive(Debug)]
+pub struct Tenant {
+    id: TenantId,
+    name: Name,
+    quotas: RwLock<Quotas>,
+    used: [AtomicU64; 5],
+}
+
+impl Tenant {
+    pub(crate) fn new(id: TenantId, name: Name, quotas: Quotas) -> Arc<Tenant> {
+        Arc::new(Tenant { id, name, quotas: RwLock::new(quotas), used: Default::default() })
+    }
+
+    /// The tenant's id.
+    pub fn id(&self) -> TenantId {
+        self.id
+    }
+
+    /// The tenant's name.
+    pub fn name(&self) -> &Name {
+        &self.name
+    }
+
+    /// The current quotas.
+    pub fn quotas(&self) -> Quotas {
+        *self.quotas.read()
+    }
+
+    pub(crate) fn set_quotas(&self, q: Quotas) {
+        *self.quotas.write() = q;
+    }
+
+    /// A snapshot of current usage.
+    pub fn usage(&self) -> Usage {
+        let g = |r: Resource| self.used[r.index()].load(Ordering::Acquire);
+        Usage {
+            region_bytes: g(Resource::RegionBytes),
+            regions: g(Resource::Regions),
+            instances: g(Resource::Instances),
+            handles: g(Resource::Handles),
+            memory_bytes: g(Resource::MemoryBytes),
+        }
+    }
+
+    /// Reserves `amount` of `resource`; the reservation is returned on drop unless committed.
+    ///
+    /// # Errors
+    /// [`QuotaError`] when the tenant's usage plus `amount` would exceed its quota; nothing is reserved.
+    pub(crate) fn reserve(self: &Arc<Self>, resource: Resource, amount: u64) -> Result<Reservation, QuotaError> {
+        self.try_add(resource, amount)?;
+        Ok(Reservation { tenant: Arc::clone(self), resource, amount })
+    }
+
+    /// Adds to usage without a guard; pair with [`Tenant::release`].
+    pub(crate) fn try_add(&self, resource: Resource, amount: u64) -> Result<(), QuotaError> {
+        let limit = self.quotas.read().limit(resource);
+        let counter = &self.used[resource.index()];
+        let mut cur = counter.load(Ordering::Acquire);
+        loop {
+            let next = cur.checked_add(amount).filter(|n| *n <= limit).ok_or(QuotaError {
+                resource,
+                limit,
+                in_use: cur,
+                requested: amount,
+            })?;
+            match counter.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Gives back `amount` of `resource` reserved earlier.
+    pub(crate) fn release(&self, resource: Resource, amount: u64) {
+        let counter = &self.used[resource.index()];
+        // Saturate rather than wrap: a release can never exceed what was reserved, and if a bug made it
+        // do so, the counter staying at 0 is the safe side.
+        let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| Some(c.saturating_sub(amount)));
+    }
+
+    /// Whether all counters are zero (every resource was given back), for leak checks in tests.
+    pub fn is_idle(&self) -> bool {
+        Resource::ALL.iter().all(|r| self.used[r.index()].load(Ordering::Acquire) == 0)
+    }
+}
+
+/// A quota reservation: released on drop unless [`Reservation::commit`]ted.
+#[derive(Debug)]
+#[must_use = "a reservation is released when dropped"]
+pub(crate) struct Reservation {
+    tenant: Arc<Tenant>,
+    resource: Resource,
+    amount: u64,
+}
+
+impl Reservation {
+    /// Keeps the reserved amount in use; whoever owns the resource now releases it explicitly.
+    pub(crate) fn commit(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.tenant.release(self.resource, self.amount);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(handles: u64) -> Arc<Tenant> {
+        let name = Name::new("t").expect("valid name");
+        Tenant::new(TenantId(1), name, Quotas { handles, ..Quotas::default() })
+    }
+
+    #[test]
+    fn reservations_are_released_unless_committed() {
+        let t = tenant(3);
+        {
+            let _a = t.reserve(Resource::Handles, 2).expect("fits");
+            assert_eq!(t.usage().handles, 2);
+            let err = t.reserve(Resource::Handles, 2).expect_err("over quota");
+            assert_eq!(err, QuotaError { resource: Resource::Handles, limit: 3, in_use: 2, requested: 2 });
+        }
+        assert_eq!(t.usage().handles, 0);
+        t.reserve(Resource::Handles, 3).expect("fits").commit();
+        assert_eq!(t.usage().handles, 3);
+        t.release(Resource::Handles, 3);
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn overflowing_request_is_refused() {
+        let t = tenant(u64::MAX);
+        t.reserve(Resource::Handles, 1).expect("fits").commit();
+        assert!(t.reserve(Resource::Handles, u64::MAX).is_err());
+    }
+}

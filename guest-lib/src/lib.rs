@@ -1,0 +1,419 @@
+//! The safe Rust API that Wasm apps use to reach regions held by the broker.
+//!
+//! An app opens a [`Region`] by name and gets an owned capability handle; reads, writes, typed loads and
+//! stores, delegation (`grant`), attenuation (`restrict`) and revocation go through it. Every call returns
+//! a [`Result`] whose error mirrors the ABI status codes one to one, so an app can match on exactly what the
+//! broker refused. The API does not assume a mode: the mirror and shared modes add `view()`-style accessors
+//! next to these methods, so code written against `read`/`write` keeps working under every mode.
+
+#![no_std]
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+
+pub mod sys;
+
+pub use broker_abi::{mode as raw_mode, rights as raw_rights, HandleInfo, Status, LEN_TO_END, MAX_NAME_LEN};
+pub use bytemuck::{Pod, Zeroable};
+
+use core::fmt;
+
+/// An error the broker returned, one variant per ABI status code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Error {
+    /// The handle is 0, never issued or out of range.
+    InvalidHandle,
+    /// The handle was closed or revoked.
+    StaleHandle,
+    /// The capability lacks a right, or a delegation tried to widen rights.
+    PermissionDenied,
+    /// The offset or length lies outside the capability's range.
+    OutOfBounds,
+    /// A pointer and length do not lie in this app's linear memory.
+    BadPointer,
+    /// No region or instance of that name is visible.
+    NotFound,
+    /// The name is taken.
+    AlreadyExists,
+    /// The tenant's quota would be exceeded.
+    QuotaExceeded,
+    /// A malformed argument (name, rights bits, mode, size).
+    InvalidArgument,
+    /// The region mode is not implemented by this broker.
+    ModeNotSupported,
+    /// The call needs a region in another mode.
+    WrongMode,
+    /// The broker failed internally; nothing happened.
+    Internal,
+    /// A code this library does not know (a newer broker).
+    Unknown(i32),
+}
+
+impl Error {
+    /// Maps a status code to `Ok(())` or the matching error.
+    pub fn check(code: i32) -> Result<(), Error> {
+        match Status::from_code(code) {
+            Some(Status::Ok) => Ok(()),
+            Some(s) => Err(Error::from_status(s)),
+            None => Err(Error::Unknown(code)),
+        }
+    }
+
+    fn from_status(s: Status) -> Error {
+        match s {
+            // `Ok` never reaches here through `check`; map it to `Internal` rather than panic.
+            Status::Ok | Status::Internal => Error::Internal,
+            Status::InvalidHandle => Error::InvalidHandle,
+            Status::StaleHandle => Error::StaleHandle,
+            Status::PermissionDenied => Error::PermissionDenied,
+            Status::OutOfBounds => Error::OutOfBounds,
+            Status::BadPointer => Error::BadPointer,
+            Status::NotFound => Error::NotFound,
+            Status::AlreadyExists => Error::AlreadyExists,
+            Status::QuotaExceeded => Error::QuotaExceeded,
+            Status::InvalidArgument => Error::InvalidArgument,
+            Status::ModeNotSupported => Error::ModeNotSupported,
+            Status::WrongMode => Error::WrongMode,
+        }
+    }
+
+    /// The ABI code of this error, so apps can report it to the host as a plain `i32`.
+    pub fn code(self) -> i32 {
+        match self {
+            Error::InvalidHandle => Status::InvalidHandle.code(),
+            Error::StaleHandle => Status::StaleHandle.code(),
+            Error::PermissionDenied => Status::PermissionDenied.code(),
+            Error::OutOfBounds => Status::OutOfBounds.code(),
+            Error::BadPointer => Status::BadPointer.code(),
+            Error::NotFound => Status::NotFound.code(),
+            Error::AlreadyExists => Status::AlreadyExists.code(),
+            Error::QuotaExceeded => Status::QuotaExceeded.code(),
+            Error::InvalidArgument => Status::InvalidArgument.code(),
+            Error::ModeNotSupported => Status::ModeNotSupported.code(),
+            Error::WrongMode => Status::WrongMode.code(),
+            Error::Internal => Status::Internal.code(),
+            Error::Unknown(c) => c,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let msg = match self {
+            Error::InvalidHandle => "invalid handle",
+            Error::StaleHandle => "stale handle (closed or revoked)",
+            Error::PermissionDenied => "permission denied",
+            Error::OutOfBounds => "offset or length outside the capability's range",
+            Error::BadPointer => "pointer outside linear memory",
+            Error::NotFound => "not found",
+            Error::AlreadyExists => "already exists",
+            Error::QuotaExceeded => "tenant quota exceeded",
+            Error::InvalidArgument => "invalid argument",
+            Error::ModeNotSupported => "region mode not supported by this broker",
+            Error::WrongMode => "operation needs a region in another mode",
+            Error::Internal => "internal broker error",
+            Error::Unknown(c) => return write!(f, "unknown broker status {c}"),
+        };
+        f.write_str(msg)
+    }
+}
+
+/// Shorthand for results of broker calls.
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+/// A set of capability rights; combine with `|`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rights(u32);
+
+impl Rights {
+    /// Read the region's bytes.
+    pub const READ: Rights = Rights(raw_rights::READ);
+    /// Write the region's bytes.
+    pub const WRITE: Rights = Rights(raw_rights::WRITE);
+    /// Map the region (shared mode).
+    pub const MAP: Rights = Rights(raw_rights::MAP);
+    /// Delegate the capability.
+    pub const GRANT: Rights = Rights(raw_rights::GRANT);
+    /// Watch the region for changes.
+    pub const WATCH: Rights = Rights(raw_rights::WATCH);
+    /// Every right.
+    pub const ALL: Rights = Rights(raw_rights::ALL);
+    /// No right at all.
+    pub const NONE: Rights = Rights(0);
+
+    /// The raw bits, as the ABI carries them.
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Rights from raw bits; bits outside [`Rights::ALL`] are kept so the broker can refuse them.
+    pub const fn from_bits(bits: u32) -> Rights {
+        Rights(bits)
+    }
+
+    /// Whether every right of `other` is in `self`.
+    pub const fn contains(self, other: Rights) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl core::ops::BitOr for Rights {
+    type Output = Rights;
+    fn bitor(self, rhs: Rights) -> Rights {
+        Rights(self.0 | rhs.0)
+    }
+}
+
+/// The mode an operator (or the creating app) picked for a region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Every access is a checked host call.
+    Handle,
+    /// Copy-on-access mirror.
+    Mirror,
+    /// Zero-copy shared window.
+    Shared,
+}
+
+impl Mode {
+    fn raw(self) -> u32 {
+        match self {
+            Mode::Handle => raw_mode::HANDLE,
+            Mode::Mirror => raw_mode::MIRROR,
+            Mode::Shared => raw_mode::SHARED,
+        }
+    }
+
+    fn from_raw(raw: u32) -> Option<Mode> {
+        match raw {
+            raw_mode::HANDLE => Some(Mode::Handle),
+            raw_mode::MIRROR => Some(Mode::Mirror),
+            raw_mode::SHARED => Some(Mode::Shared),
+            _ => None,
+        }
+    }
+}
+
+/// What a capability covers, as reported by the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Info {
+    /// Size of the whole region.
+    pub region_size: u64,
+    /// Start of this capability's range in the region.
+    pub offset: u64,
+    /// Length of this capability's range; offsets passed to `read`/`write` are relative to its start.
+    pub len: u64,
+    /// The region's version at the time of the call.
+    pub version: u64,
+    /// The capability's rights.
+    pub rights: Rights,
+    /// The region's mode.
+    pub mode: Mode,
+}
+
+/// The ABI version of the broker hosting this app.
+pub fn abi_version() -> i32 {
+    sys::abi_version()
+}
+
+/// Calls the no-op import: the baseline cost of crossing into the host.
+pub fn nop() -> Result<()> {
+    Error::check(sys::nop())
+}
+
+fn offset_arg(offset: u64) -> Result<i64> {
+    i64::try_from(offset).map_err(|_| Error::OutOfBounds)
+}
+
+fn len_arg(len: Option<u64>) -> Result<i64> {
+    match len {
+        None => Ok(LEN_TO_END),
+        Some(l) => i64::try_from(l).map_err(|_| Error::OutOfBounds),
+    }
+}
+
+/// An owned capability handle to a region; closed when dropped.
+///
+/// Offsets are relative to the start of the capability's range, so a sub-range grant looks to its holder
+/// like a smaller region starting at 0.
+#[derive(Debug)]
+pub struct Region {
+    handle: u32,
+}
+
+impl Region {
+    /// Opens a region by name: `"name"` for a region of this app's tenant, `"tenant/name"` for a region
+    /// another tenant granted to this instance.
+    ///
+    /// # Errors
+    /// `NotFound` if no such region is visible to this instance, `QuotaExceeded` if the tenant holds its
+    /// maximum number of handles, `InvalidArgument` for an empty or overlong name.
+    pub fn open(name: &str) -> Result<Region> {
+        let mut handle = 0u32;
+        Error::check(sys::region_open(name.as_bytes(), &mut handle))?;
+        Ok(Region { handle })
+    }
+
+    /// Creates a region owned by this app's tenant, counted against its quota, and opens it with all rights.
+    ///
+    /// # Errors
+    /// `AlreadyExists`, `QuotaExceeded`, `InvalidArgument` (zero size, bad name) or `ModeNotSupported`.
+    pub fn create(name: &str, size: u64, mode: Mode) -> Result<Region> {
+        let size = i64::try_from(size).map_err(|_| Error::InvalidArgument)?;
+        let mut handle = 0u32;
+        Error::check(sys::region_create(name.as_bytes(), size, mode.raw(), &mut handle))?;
+        Ok(Region { handle })
+    }
+
+    /// Wraps a raw handle value, e.g. one passed in by the host as an export argument.
+    ///
+    /// This is safe: a wrong value only makes later calls fail with `InvalidHandle` or `StaleHandle`.
+    pub fn from_raw(handle: u32) -> Region {
+        Region { handle }
+    }
+
+    /// The raw handle value.
+    pub fn raw(&self) -> u32 {
+        self.handle
+    }
+
+    /// Gives up ownership without closing the handle.
+    pub fn into_raw(self) -> u32 {
+        let h = self.handle;
+        core::mem::forget(self);
+        h
+    }
+
+    /// What this capability covers.
+    ///
+    /// # Errors
+    /// `InvalidHandle` or `StaleHandle`.
+    pub fn info(&self) -> Result<Info> {
+        let mut buf = [0u8; HandleInfo::SIZE];
+        Error::check(sys::handle_info(self.handle, &mut buf))?;
+        let raw = HandleInfo::from_bytes(&buf);
+        Ok(Info {
+            region_size: raw.region_size,
+            offset: raw.offset,
+            len: raw.len,
+            version: raw.version,
+            rights: Rights(raw.rights),
+            mode: Mode::from_raw(raw.mode).ok_or(Error::Unknown(0))?,
+        })
+    }
+
+    /// The length of this capability's range.
+    ///
+    /// # Errors
+    /// As [`Region::info`].
+    pub fn len(&self) -> Result<u64> {
+        Ok(self.info()?.len)
+    }
+
+    /// Copies `buf.len()` bytes at `offset` into `buf`.
+    ///
+    /// # Errors
+    /// `PermissionDenied` without the read right, `OutOfBounds` past the range, handle errors.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let offset = offset_arg(offset)?;
+        Error::check(sys::region_read(self.handle, offset, buf))
+    }
+
+    /// Copies `data` to `offset`.
+    ///
+    /// # Errors
+    /// `PermissionDenied` without the write right, `OutOfBounds` past the range, handle errors.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let offset = offset_arg(offset)?;
+        Error::check(sys::region_write(self.handle, offset, data))
+    }
+
+    /// Reads a plain-old-data value stored at `offset` (unaligned offsets are fine).
+    ///
+    /// # Errors
+    /// As [`Region::read`].
+    pub fn load<T: Pod>(&self, offset: u64) -> Result<T> {
+        let mut value = T::zeroed();
+        self.read(offset, bytemuck::bytes_of_mut(&mut value))?;
+        Ok(value)
+    }
+
+    /// Stores a plain-old-data value at `offset`.
+    ///
+    /// # Errors
+    /// As [`Region::write`].
+    pub fn store<T: Pod>(&self, offset: u64, value: &T) -> Result<()> {
+        self.write(offset, bytemuck::bytes_of(value))
+    }
+
+    /// Derives a capability for this app with `rights` over `[offset, offset+len)` of this one's range
+    /// (`len: None` means to the end). It is revoked when this one is.
+    ///
+    /// # Errors
+    /// `PermissionDenied` if `rights` is not a subset, `OutOfBounds` for a range outside this one.
+    pub fn restrict(&self, rights: Rights, offset: u64, len: Option<u64>) -> Result<Region> {
+        let (offset, len) = (offset_arg(offset)?, len_arg(len)?);
+        let mut handle = 0u32;
+        Error::check(sys::handle_restrict(self.handle, rights.bits(), offset, len, &mut handle))?;
+        Ok(Region { handle })
+    }
+
+    /// Delegates `rights` over `[offset, offset+len)` to the instance `target` (`"name"` in this tenant or
+    /// `"tenant/name"`); the target opens it as `"<owner tenant>/<region>"`. Needs the grant right.
+    ///
+    /// # Errors
+    /// `PermissionDenied` without the grant right or when widening rights, `OutOfBounds`, `NotFound`.
+    pub fn grant(&self, target: &str, rights: Rights, offset: u64, len: Option<u64>) -> Result<()> {
+        let (offset, len) = (offset_arg(offset)?, len_arg(len)?);
+        Error::check(sys::handle_grant(self.handle, target.as_bytes(), rights.bits(), offset, len))
+    }
+
+    /// Revokes every capability derived from this one (grants and restrictions, transitively); this one
+    /// stays valid.
+    ///
+    /// # Errors
+    /// Handle errors.
+    pub fn revoke(&self) -> Result<()> {
+        Error::check(sys::handle_revoke(self.handle))
+    }
+
+    /// Closes the handle now and reports the broker's answer (dropping closes too, silently).
+    ///
+    /// # Errors
+    /// Handle errors, e.g. `StaleHandle` if the capability was revoked meanwhile.
+    pub fn close(self) -> Result<()> {
+        let h = self.into_raw();
+        Error::check(sys::handle_close(h))
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // A stale handle just returns an error code, ignored here because drop cannot report it; `close`
+        // exists for apps that care.
+        let _ = sys::handle_close(self.handle);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_maps_to_an_error_with_the_same_code() {
+        for s in Status::ALL {
+            match Error::check(s.code()) {
+                Ok(()) => assert_eq!(*s, Status::Ok),
+                Err(e) => assert_eq!(e.code(), s.code()),
+            }
+        }
+        assert_eq!(Error::check(77), Err(Error::Unknown(77)));
+    }
+
+    #[test]
+    fn rights_compose() {
+        let rw = Rights::READ | Rights::WRITE;
+        assert!(rw.contains(Rights::READ));
+        assert!(!rw.contains(Rights::GRANT));
+        assert!(Rights::ALL.contains(rw));
+    }
+}

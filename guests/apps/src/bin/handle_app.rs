@@ -1,0 +1,160 @@
+//! A well-behaved app that drives the handle-mode API through `broker-guest`, one export per operation.
+//!
+//! Names of regions and target instances are picked from the fixed tables below by index, so the host
+//! can drive every case with integer arguments. Exports return `i64`: a non-negative result, or a negative
+//! ABI status code.
+
+#![no_main]
+
+use broker_guest::{Error, Mode, Region, Rights};
+
+/// Region names, by the index the host passes.
+const REGIONS: &[&str] = &["data", "alpha/data", "beta/data", "missing", "", "scratch", "alpha/secret", "beta/other"];
+/// Instance names, by the index the host passes.
+const TARGETS: &[&str] = &["reader", "beta/reader", "alpha/writer", "nobody", "alpha/reader", "writer", "beta/relay"];
+
+fn name(table: &[&'static str], i: i32) -> Result<&'static str, Error> {
+    usize::try_from(i).ok().and_then(|i| table.get(i).copied()).ok_or(Error::InvalidArgument)
+}
+
+fn ret(r: Result<u64, Error>) -> i64 {
+    match r {
+        Ok(v) => i64::try_from(v).unwrap_or(i64::MAX),
+        Err(e) => i64::from(e.code()),
+    }
+}
+
+fn status(r: Result<(), Error>) -> i64 {
+    ret(r.map(|()| 0))
+}
+
+/// Borrows a raw handle without closing it when done.
+fn with<T>(h: i32, f: impl FnOnce(&Region) -> T) -> T {
+    #[allow(clippy::cast_sign_loss, reason = "handles are u32 bit patterns carried in an i32")]
+    let region = Region::from_raw(h as u32);
+    let out = f(&region);
+    let _ = region.into_raw();
+    out
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+fn opt_len(len: i64) -> Option<u64> {
+    (len >= 0).then(|| u(len))
+}
+
+#[no_mangle]
+pub extern "C" fn ping() -> i64 {
+    i64::from(broker_guest::abi_version())
+}
+
+#[no_mangle]
+pub extern "C" fn open(sel: i32) -> i64 {
+    ret(name(REGIONS, sel).and_then(Region::open).map(|r| u64::from(r.into_raw())))
+}
+
+#[no_mangle]
+pub extern "C" fn open_long_name() -> i64 {
+    let long = "x".repeat(300);
+    ret(Region::open(&long).map(|r| u64::from(r.into_raw())))
+}
+
+#[no_mangle]
+pub extern "C" fn create(sel: i32, size: i64, mode: i32) -> i64 {
+    let mode = match mode {
+        0 => Mode::Handle,
+        1 => Mode::Mirror,
+        _ => Mode::Shared,
+    };
+    ret(name(REGIONS, sel).and_then(|n| Region::create(n, u(size), mode)).map(|r| u64::from(r.into_raw())))
+}
+
+#[no_mangle]
+pub extern "C" fn close(h: i32) -> i64 {
+    #[allow(clippy::cast_sign_loss, reason = "handles are u32 bit patterns carried in an i32")]
+    status(Region::from_raw(h as u32).close())
+}
+
+#[no_mangle]
+pub extern "C" fn revoke(h: i32) -> i64 {
+    with(h, |r| status(r.revoke()))
+}
+
+#[no_mangle]
+pub extern "C" fn info_len(h: i32) -> i64 {
+    with(h, |r| ret(r.info().map(|i| i.len)))
+}
+
+#[no_mangle]
+pub extern "C" fn info_rights(h: i32) -> i64 {
+    with(h, |r| ret(r.info().map(|i| u64::from(i.rights.bits()))))
+}
+
+#[no_mangle]
+pub extern "C" fn info_version(h: i32) -> i64 {
+    with(h, |r| ret(r.info().map(|i| i.version)))
+}
+
+#[no_mangle]
+pub extern "C" fn store_u64(h: i32, off: i64, v: i64) -> i64 {
+    with(h, |r| status(r.store::<u64>(u(off), &u(v))))
+}
+
+#[no_mangle]
+pub extern "C" fn load_u64(h: i32, off: i64) -> i64 {
+    with(h, |r| ret(r.load::<u64>(u(off)).map(|v| v & (u64::MAX >> 1))))
+}
+
+/// Writes `len` bytes of `byte` at `off`.
+#[no_mangle]
+pub extern "C" fn fill(h: i32, off: i64, len: i32, byte: i32) -> i64 {
+    let len = usize::try_from(len).unwrap_or(0);
+    let data = vec![u8::try_from(byte & 0xff).unwrap_or(0); len];
+    with(h, |r| status(r.write(u(off), &data)))
+}
+
+/// Reads `len` bytes at `off` and returns their sum.
+#[no_mangle]
+pub extern "C" fn sum(h: i32, off: i64, len: i32) -> i64 {
+    let len = usize::try_from(len).unwrap_or(0);
+    let mut buf = vec![0u8; len];
+    with(h, |r| ret(r.read(u(off), &mut buf).map(|()| buf.iter().map(|b| u64::from(*b)).sum())))
+}
+
+#[no_mangle]
+pub extern "C" fn restrict(h: i32, rights: i32, off: i64, len: i64) -> i64 {
+    #[allow(clippy::cast_sign_loss, reason = "rights are a bit pattern")]
+    let rights = Rights::from_bits(rights as u32);
+    with(h, |r| ret(r.restrict(rights, u(off), opt_len(len)).map(|r| u64::from(r.into_raw()))))
+}
+
+#[no_mangle]
+pub extern "C" fn grant(h: i32, target: i32, rights: i32, off: i64, len: i64) -> i64 {
+    #[allow(clippy::cast_sign_loss, reason = "rights are a bit pattern")]
+    let rights = Rights::from_bits(rights as u32);
+    with(h, |r| status(name(TARGETS, target).and_then(|t| r.grant(t, rights, u(off), opt_len(len)))))
+}
+
+/// Opens a region, writes a counter value, reads it back and closes, `n` times: a churn of handles.
+#[no_mangle]
+pub extern "C" fn churn(sel: i32, n: i32) -> i64 {
+    let Ok(region_name) = name(REGIONS, sel) else { return i64::from(Error::InvalidArgument.code()) };
+    for i in 0..n {
+        let r = match Region::open(region_name) {
+            Ok(r) => r,
+            Err(e) => return i64::from(e.code()),
+        };
+        let v = u64::try_from(i).unwrap_or(0);
+        if let Err(e) = r.store(0, &v) {
+            return i64::from(e.code());
+        }
+        match r.load::<u64>(0) {
+            Ok(got) if got == v => {}
+            Ok(_) => return i64::from(Error::Internal.code()),
+            Err(e) => return i64::from(e.code()),
+        }
+    }
+    i64::from(n)
+}

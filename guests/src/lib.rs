@@ -1,0 +1,20 @@
+//! Paths of the guest apps' `.wasm` files, compiled from `guests/apps` by this crate's build script.
+//!
+//! Tests, benches and the demo load guests through these constants, so the `.wasm` files are always built
+//! from the sources in this repository by the ordinary `cargo build`/`cargo test`, never by a manual step.
+//! Each guest `guests/apps/src/bin/<name>.rs` becomes a constant `<NAME>` holding its absolute path, and
+//! [`foreach_guest!`] expands a macro once per guest so the test suite can insist each guest has a test.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+
+/// Reads a guest's `.wasm` bytes by its constant, e.g. `broker_guests::read(broker_guests::HANDLE_APP)`.
+///
+/// # Errors
+/// The file cannot be read (it is produced by the build script, so this means the target dir was changed
+/// under the build).
+pub fn read(path: &str) -> std::io::Result<Vec<u8>> {
+    std::fs::read(path)
+}
