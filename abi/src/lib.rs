@@ -250,7 +250,14 @@ mod tests {
 
     #[test]
     fn handle_info_round_trips() {
-        let info = HandleInfo { region_size: 1 << 40, offset: 3, len: 7, version: u64::MAX, rights: rights::ALL, mode: mode::SHARED };
+        let info = HandleInfo {
+            region_size: 1 << 40,
+            offset: 3,
+            len: 7,
+            version: u64::MAX,
+            rights: rights::ALL,
+            mode: mode::SHARED,
+        };
         assert_eq!(HandleInfo::from_bytes(&info.to_bytes()), info);
     }
 }

@@ -17,8 +17,11 @@ use crate::capability::{CapError, CapId, CapSpace, Handle, Rights};
 use crate::error::Error;
 use crate::mode::Mode;
 use crate::name::{Name, QualifiedName};
-use crate::region::{Region, RegionId, RegionInfo, RegionSpec};
-use crate::runtime::{EngineHandle, InstanceCell, InstanceConfig, InstanceError, InstanceId, InstanceState, InstanceStatus, WorkerPool};
+use crate::region::{Region, RegionError, RegionId, RegionInfo, RegionSpec, MAX_REGION_SIZE};
+use crate::runtime::{
+    EngineHandle, InstanceCell, InstanceConfig, InstanceError, InstanceId, InstanceState,
+    InstanceStatus, WorkerPool,
+};
 use crate::tenant::{Quotas, Resource, Tenant, TenantId, Usage};
 
 /// Broker-wide settings.
@@ -32,7 +35,9 @@ impl Default for BrokerConfig {
     /// One worker per available core, at least two (so a runaway guest never blocks every instance).
     fn default() -> BrokerConfig {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-        BrokerConfig { workers: cores.max(2) }
+        BrokerConfig {
+            workers: cores.max(2),
+        }
     }
 }
 
@@ -65,7 +70,10 @@ pub(crate) struct Core {
 }
 
 fn name(s: &str) -> Result<Name, Error> {
-    Name::new(s).map_err(|source| Error::InvalidName { name: s.to_owned(), source })
+    Name::new(s).map_err(|source| Error::InvalidName {
+        name: s.to_owned(),
+        source,
+    })
 }
 
 impl Core {
@@ -74,16 +82,39 @@ impl Core {
     }
 
     fn tenant(&self, id: TenantId) -> Result<Arc<Tenant>, Error> {
-        self.registry.read().tenants.get(&id).cloned().ok_or_else(|| Error::TenantNotFound(id.to_string()))
+        self.registry
+            .read()
+            .tenants
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Error::TenantNotFound(id.to_string()))
     }
 
     fn region(&self, id: RegionId) -> Result<Arc<Region>, Error> {
-        self.registry.read().regions.get(&id).cloned().ok_or_else(|| Error::RegionNotFound(id.to_string()))
+        self.registry
+            .read()
+            .regions
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Error::RegionNotFound(id.to_string()))
     }
 
     /// Creates a region owned by `tenant`, charging its quota; nothing remains on error.
-    fn create_region(&self, tenant: &Arc<Tenant>, name: Name, size: u64, mode: Mode) -> Result<Arc<Region>, Error> {
+    fn create_region(
+        &self,
+        tenant: &Arc<Tenant>,
+        name: Name,
+        size: u64,
+        mode: Mode,
+    ) -> Result<Arc<Region>, Error> {
         mode.ensure_supported()?;
+        // Refuse impossible sizes before touching the quota, so the error names the real problem.
+        if size == 0 {
+            return Err(RegionError::ZeroSize.into());
+        }
+        if size > MAX_REGION_SIZE {
+            return Err(RegionError::TooLarge { size }.into());
+        }
         let count = tenant.reserve(Resource::Regions, 1)?;
         let bytes = tenant.reserve(Resource::RegionBytes, size)?;
         let mut reg = self.registry.write();
@@ -92,7 +123,14 @@ impl Core {
             return Err(Error::RegionExists(format!("{}/{}", tenant.name(), key.1)));
         }
         let id = RegionId(self.fresh_id());
-        let region = Arc::new(Region::new(id, key.1.clone(), tenant.id(), tenant.name().clone(), size, mode)?);
+        let region = Arc::new(Region::new(
+            id,
+            key.1.clone(),
+            tenant.id(),
+            tenant.name().clone(),
+            size,
+            mode,
+        )?);
         reg.region_names.insert(key, id);
         reg.regions.insert(id, Arc::clone(&region));
         self.caps.lock().add_root(Arc::clone(&region));
@@ -103,8 +141,12 @@ impl Core {
 
     fn destroy_region(&self, id: RegionId) -> Result<(), Error> {
         let mut reg = self.registry.write();
-        let region = reg.regions.remove(&id).ok_or_else(|| Error::RegionNotFound(id.to_string()))?;
-        reg.region_names.remove(&(region.owner(), region.name().clone()));
+        let region = reg
+            .regions
+            .remove(&id)
+            .ok_or_else(|| Error::RegionNotFound(id.to_string()))?;
+        reg.region_names
+            .remove(&(region.owner(), region.name().clone()));
         let owner = reg.tenants.get(&region.owner()).cloned();
         drop(reg);
         self.caps.lock().remove_region(id);
@@ -116,32 +158,54 @@ impl Core {
     }
 
     /// Opens `name` for a guest: a region of its own tenant, or one granted to this instance.
-    pub(crate) fn open_for_guest(&self, ctx: &GuestCtx, q: &QualifiedName) -> Result<Handle, Error> {
+    pub(crate) fn open_for_guest(
+        &self,
+        ctx: &GuestCtx,
+        q: &QualifiedName,
+    ) -> Result<Handle, Error> {
         let own = ctx.tenant.name();
-        let not_found = || Error::RegionNotFound(match &q.tenant {
-            Some(t) => format!("{t}/{}", q.name),
-            None => q.name.to_string(),
-        });
+        let not_found = || {
+            Error::RegionNotFound(match &q.tenant {
+                Some(t) => format!("{t}/{}", q.name),
+                None => q.name.to_string(),
+            })
+        };
         let owner = q.tenant.as_ref().unwrap_or(own);
         let own_region = if owner == own {
-            self.registry.read().region_names.get(&(ctx.tenant.id(), q.name.clone())).copied()
+            self.registry
+                .read()
+                .region_names
+                .get(&(ctx.tenant.id(), q.name.clone()))
+                .copied()
         } else {
             None
         };
         let mut caps = self.caps.lock();
         let source = match own_region.and_then(|r| caps.root(r)) {
             Some(root) => root,
-            None => caps.find_grant(ctx.instance, owner.as_str(), q.name.as_str()).ok_or_else(not_found)?,
+            None => caps
+                .find_grant(ctx.instance, owner.as_str(), q.name.as_str())
+                .ok_or_else(not_found)?,
         };
         let rights = caps.cap(source).map_err(|_| not_found())?.rights;
         Ok(caps.derive_handle(source, rights, 0, LEN_TO_END, ctx.instance, &ctx.tenant)?)
     }
 
-    pub(crate) fn create_region_for_guest(&self, ctx: &GuestCtx, name: Name, size: u64, mode: Mode) -> Result<Handle, Error> {
+    pub(crate) fn create_region_for_guest(
+        &self,
+        ctx: &GuestCtx,
+        name: Name,
+        size: u64,
+        mode: Mode,
+    ) -> Result<Handle, Error> {
         let region = self.create_region(&ctx.tenant, name, size, mode)?;
         let derived = {
             let mut caps = self.caps.lock();
-            caps.root(region.id()).ok_or(CapError::Gone).and_then(|root| caps.derive_handle(root, Rights::ALL, 0, LEN_TO_END, ctx.instance, &ctx.tenant))
+            caps.root(region.id())
+                .ok_or(CapError::Gone)
+                .and_then(|root| {
+                    caps.derive_handle(root, Rights::ALL, 0, LEN_TO_END, ctx.instance, &ctx.tenant)
+                })
         };
         derived.map_err(|e| {
             // Creating without being able to hold it would leave an orphan: undo the creation.
@@ -150,25 +214,48 @@ impl Core {
         })
     }
 
-    pub(crate) fn restrict_for_guest(&self, ctx: &GuestCtx, handle: Handle, rights: Rights, offset: i64, len: i64) -> Result<Handle, Error> {
+    pub(crate) fn restrict_for_guest(
+        &self,
+        ctx: &GuestCtx,
+        handle: Handle,
+        rights: Rights,
+        offset: i64,
+        len: i64,
+    ) -> Result<Handle, Error> {
         let mut caps = self.caps.lock();
         let cap = caps.lookup(ctx.instance, handle)?;
         Ok(caps.derive_handle(cap.id, rights, offset, len, ctx.instance, &ctx.tenant)?)
     }
 
-    pub(crate) fn grant_for_guest(&self, ctx: &GuestCtx, handle: Handle, target: &QualifiedName, rights: Rights, offset: i64, len: i64) -> Result<(), Error> {
+    pub(crate) fn grant_for_guest(
+        &self,
+        ctx: &GuestCtx,
+        handle: Handle,
+        target: &QualifiedName,
+        rights: Rights,
+        offset: i64,
+        len: i64,
+    ) -> Result<(), Error> {
+        // The handle is checked first, so a forged handle gets a handle error whatever the target.
+        let cap = self.caps.lock().lookup(ctx.instance, handle)?;
+        cap.require(Rights::GRANT)?;
         let target_id = {
             let reg = self.registry.read();
             let tenant_id = match &target.tenant {
                 None => ctx.tenant.id(),
-                Some(t) => *reg.tenant_names.get(t).ok_or_else(|| Error::InstanceNotFound(format!("{t}/{}", target.name)))?,
+                Some(t) => *reg
+                    .tenant_names
+                    .get(t)
+                    .ok_or_else(|| Error::InstanceNotFound(format!("{t}/{}", target.name)))?,
             };
-            *reg.instance_names.get(&(tenant_id, target.name.clone())).ok_or_else(|| Error::InstanceNotFound(target.name.to_string()))?
+            *reg.instance_names
+                .get(&(tenant_id, target.name.clone()))
+                .ok_or_else(|| Error::InstanceNotFound(target.name.to_string()))?
         };
-        let mut caps = self.caps.lock();
-        let cap = caps.lookup(ctx.instance, handle)?;
-        cap.require(Rights::GRANT)?;
-        caps.derive_grant(cap.id, rights, offset, len, target_id, &ctx.tenant)?;
+        // Revoked in between? Then the derivation finds its parent gone and refuses.
+        self.caps
+            .lock()
+            .derive_grant(cap.id, rights, offset, len, target_id, &ctx.tenant)?;
         Ok(())
     }
 }
@@ -192,10 +279,26 @@ impl Broker {
     pub fn new(config: BrokerConfig) -> Result<Broker, Error> {
         let engine = EngineHandle::new()?;
         let mut linker = Linker::new(&engine.engine);
-        abi::add_to_linker(&mut linker).map_err(|e| Error::InvalidArgument { field: "host functions", reason: e.to_string() })?;
-        let pool = WorkerPool::new(config.workers).map_err(|e| Error::InvalidArgument { field: "workers", reason: e.to_string() })?;
-        let core = Arc::new(Core { registry: RwLock::new(Registry::default()), caps: Mutex::new(CapSpace::new()), next_id: AtomicU64::new(0) });
-        Ok(Broker { core, linker, cells: RwLock::new(HashMap::new()), pool, engine })
+        abi::add_to_linker(&mut linker).map_err(|e| Error::InvalidArgument {
+            field: "host functions",
+            reason: e.to_string(),
+        })?;
+        let pool = WorkerPool::new(config.workers).map_err(|e| Error::InvalidArgument {
+            field: "workers",
+            reason: e.to_string(),
+        })?;
+        let core = Arc::new(Core {
+            registry: RwLock::new(Registry::default()),
+            caps: Mutex::new(CapSpace::new()),
+            next_id: AtomicU64::new(0),
+        });
+        Ok(Broker {
+            core,
+            linker,
+            cells: RwLock::new(HashMap::new()),
+            pool,
+            engine,
+        })
     }
 
     // ----- tenants -----
@@ -245,15 +348,29 @@ impl Broker {
     ///
     /// # Errors
     /// [`Error::InvalidName`], [`Error::TenantNotFound`], [`Error::InvalidModule`], [`Error::ModuleExists`].
-    pub fn load_module(&self, tenant: TenantId, module_name: &str, wasm: &[u8]) -> Result<(), Error> {
+    pub fn load_module(
+        &self,
+        tenant: TenantId,
+        module_name: &str,
+        wasm: &[u8],
+    ) -> Result<(), Error> {
         let n = name(module_name)?;
         self.core.tenant(tenant)?;
-        let invalid = |reason: String| Error::InvalidModule { name: module_name.to_owned(), reason };
-        let module = Module::new(&self.engine.engine, wasm).map_err(|e| invalid(format!("{e:#}")))?;
+        let invalid = |reason: String| Error::InvalidModule {
+            name: module_name.to_owned(),
+            reason,
+        };
+        let module =
+            Module::new(&self.engine.engine, wasm).map_err(|e| invalid(format!("{e:#}")))?;
         for import in module.imports() {
-            let known = import.module() == broker_abi::MODULE && broker_abi::func::ALL.contains(&import.name());
+            let known = import.module() == broker_abi::MODULE
+                && broker_abi::func::ALL.contains(&import.name());
             if !known || !matches!(import.ty(), ExternType::Func(_)) {
-                return Err(invalid(format!("imports {}::{}, which the broker does not provide", import.module(), import.name())));
+                return Err(invalid(format!(
+                    "imports {}::{}, which the broker does not provide",
+                    import.module(),
+                    import.name()
+                )));
             }
         }
         let mut reg = self.core.registry.write();
@@ -270,7 +387,13 @@ impl Broker {
     /// [`Error::ModuleNotFound`].
     pub fn unload_module(&self, tenant: TenantId, module_name: &str) -> Result<(), Error> {
         let n = name(module_name)?;
-        self.core.registry.write().modules.remove(&(tenant, n)).map(|_| ()).ok_or_else(|| Error::ModuleNotFound(module_name.to_owned()))
+        self.core
+            .registry
+            .write()
+            .modules
+            .remove(&(tenant, n))
+            .map(|_| ())
+            .ok_or_else(|| Error::ModuleNotFound(module_name.to_owned()))
     }
 
     // ----- instances -----
@@ -282,11 +405,30 @@ impl Broker {
     /// [`Error::InvalidName`], [`Error::TenantNotFound`], [`Error::ModuleNotFound`],
     /// [`Error::InstanceExists`], [`Error::Quota`], [`Error::InvalidModule`] (imports with wrong
     /// signatures), [`Error::Instance`]. Nothing remains on error.
-    pub fn start_instance(&self, tenant: TenantId, module_name: &str, instance_name: &str, config: InstanceConfig) -> Result<InstanceId, Error> {
+    pub fn start_instance(
+        &self,
+        tenant: TenantId,
+        module_name: &str,
+        instance_name: &str,
+        config: InstanceConfig,
+    ) -> Result<InstanceId, Error> {
         let (mn, inn) = (name(module_name)?, name(instance_name)?);
         let t = self.core.tenant(tenant)?;
-        let module = self.core.registry.read().modules.get(&(tenant, mn.clone())).cloned().ok_or_else(|| Error::ModuleNotFound(module_name.to_owned()))?;
-        let pre = self.linker.instantiate_pre(&module).map_err(|e| Error::InvalidModule { name: module_name.to_owned(), reason: format!("{e:#}") })?;
+        let module = self
+            .core
+            .registry
+            .read()
+            .modules
+            .get(&(tenant, mn.clone()))
+            .cloned()
+            .ok_or_else(|| Error::ModuleNotFound(module_name.to_owned()))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| Error::InvalidModule {
+                name: module_name.to_owned(),
+                reason: format!("{e:#}"),
+            })?;
         let slot = t.reserve(Resource::Instances, 1)?;
         let id = InstanceId(self.core.fresh_id());
         {
@@ -297,34 +439,60 @@ impl Broker {
             }
             reg.instance_names.insert(key, id);
         }
-        match InstanceCell::start(id, inn.clone(), Arc::clone(&t), mn, config, pre, Arc::clone(&self.core)) {
+        match InstanceCell::start(
+            id,
+            inn.clone(),
+            Arc::clone(&t),
+            mn,
+            config,
+            pre,
+            Arc::clone(&self.core),
+        ) {
             Ok(cell) => {
                 self.cells.write().insert(id, cell);
                 slot.commit();
                 Ok(id)
             }
             Err(e) => {
-                self.core.registry.write().instance_names.remove(&(tenant, inn));
+                self.core
+                    .registry
+                    .write()
+                    .instance_names
+                    .remove(&(tenant, inn));
                 Err(e)
             }
         }
     }
 
     fn cell(&self, id: InstanceId) -> Result<Arc<InstanceCell>, Error> {
-        self.cells.read().get(&id).cloned().ok_or_else(|| Error::InstanceNotFound(id.to_string()))
+        self.cells
+            .read()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Error::InstanceNotFound(id.to_string()))
     }
 
     /// Looks an instance up by tenant and name.
     pub fn instance_id(&self, tenant: TenantId, instance_name: &str) -> Option<InstanceId> {
         let n = Name::new(instance_name).ok()?;
-        self.core.registry.read().instance_names.get(&(tenant, n)).copied()
+        self.core
+            .registry
+            .read()
+            .instance_names
+            .get(&(tenant, n))
+            .copied()
     }
 
     /// Calls an exported function on the instance's worker and waits for its results.
     ///
     /// # Errors
     /// [`Error::InstanceNotFound`], or [`Error::Instance`] with the trap, interruption or argument error.
-    pub fn call(&self, instance: InstanceId, export: &str, args: &[Val]) -> Result<Vec<Val>, Error> {
+    pub fn call(
+        &self,
+        instance: InstanceId,
+        export: &str,
+        args: &[Val],
+    ) -> Result<Vec<Val>, Error> {
         Ok(self.cell(instance)?.call(&self.pool, export, args)?)
     }
 
@@ -336,8 +504,23 @@ impl Broker {
         match self.call(instance, export, args)?.as_slice() {
             [Val::I64(v)] => Ok(*v),
             [Val::I32(v)] => Ok(i64::from(*v)),
-            other => Err(InstanceError::BadArguments { export: export.to_owned(), expected: "one i64 result".into(), got: format!("{} results", other.len()) }.into()),
+            other => Err(InstanceError::BadArguments {
+                export: export.to_owned(),
+                expected: "one i64 result".into(),
+                got: format!("{} results", other.len()),
+            }
+            .into()),
         }
+    }
+
+    /// Interrupts the call the instance is running (a runaway guest, say) at the next epoch tick; the
+    /// call fails with [`InstanceError::Killed`] and the instance must be restarted. A no-op when idle.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`].
+    pub fn interrupt(&self, instance: InstanceId) -> Result<(), Error> {
+        self.cell(instance)?.interrupt();
+        Ok(())
     }
 
     /// An instance's state, counters and last trap.
@@ -361,9 +544,17 @@ impl Broker {
     /// # Errors
     /// [`Error::InstanceNotFound`].
     pub fn stop_instance(&self, instance: InstanceId) -> Result<(), Error> {
-        let cell = self.cells.write().remove(&instance).ok_or_else(|| Error::InstanceNotFound(instance.to_string()))?;
+        let cell = self
+            .cells
+            .write()
+            .remove(&instance)
+            .ok_or_else(|| Error::InstanceNotFound(instance.to_string()))?;
         cell.stop(&self.pool);
-        self.core.registry.write().instance_names.remove(&(cell.tenant.id(), cell.name.clone()));
+        self.core
+            .registry
+            .write()
+            .instance_names
+            .remove(&(cell.tenant.id(), cell.name.clone()));
         cell.tenant.release(Resource::Instances, 1);
         Ok(())
     }
@@ -402,7 +593,12 @@ impl Broker {
     /// Looks a region up by owner and name.
     pub fn region_id(&self, tenant: TenantId, region_name: &str) -> Option<RegionId> {
         let n = Name::new(region_name).ok()?;
-        self.core.registry.read().region_names.get(&(tenant, n)).copied()
+        self.core
+            .registry
+            .read()
+            .region_names
+            .get(&(tenant, n))
+            .copied()
     }
 
     /// A region's metadata.
@@ -435,18 +631,33 @@ impl Broker {
     /// # Errors
     /// [`Error::RegionNotFound`], [`Error::InstanceNotFound`], [`Error::Capability`] for a bad range,
     /// [`Error::Quota`] (grants count against the owner's handle quota).
-    pub fn grant(&self, region: RegionId, instance: InstanceId, rights: Rights, offset: u64, len: Option<u64>) -> Result<GrantId, Error> {
+    pub fn grant(
+        &self,
+        region: RegionId,
+        instance: InstanceId,
+        rights: Rights,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<GrantId, Error> {
         let r = self.core.region(region)?;
         self.cell(instance)?;
         let owner = self.core.tenant(r.owner())?;
-        let bad = |_| Error::InvalidArgument { field: "offset", reason: "exceeds i64".into() };
+        let bad = |_| Error::InvalidArgument {
+            field: "offset",
+            reason: "exceeds i64".into(),
+        };
         let offset = i64::try_from(offset).map_err(bad)?;
         let len = match len {
             None => LEN_TO_END,
-            Some(l) => i64::try_from(l).map_err(|_| Error::InvalidArgument { field: "len", reason: "exceeds i64".into() })?,
+            Some(l) => i64::try_from(l).map_err(|_| Error::InvalidArgument {
+                field: "len",
+                reason: "exceeds i64".into(),
+            })?,
         };
         let mut caps = self.core.caps.lock();
-        let root = caps.root(region).ok_or_else(|| Error::RegionNotFound(region.to_string()))?;
+        let root = caps
+            .root(region)
+            .ok_or_else(|| Error::RegionNotFound(region.to_string()))?;
         let id = caps.derive_grant(root, rights, offset, len, instance, &owner)?;
         Ok(GrantId(id))
     }
@@ -457,7 +668,8 @@ impl Broker {
     /// [`Error::GrantNotFound`] if it is already gone.
     pub fn revoke_grant(&self, grant: GrantId) -> Result<(), Error> {
         let mut caps = self.core.caps.lock();
-        caps.cap(grant.0).map_err(|_| Error::GrantNotFound(grant.get()))?;
+        caps.cap(grant.0)
+            .map_err(|_| Error::GrantNotFound(grant.get()))?;
         caps.remove_subtree(grant.0);
         Ok(())
     }
@@ -468,7 +680,9 @@ impl Broker {
     /// [`Error::RegionNotFound`].
     pub fn revoke_all(&self, region: RegionId) -> Result<usize, Error> {
         let mut caps = self.core.caps.lock();
-        let root = caps.root(region).ok_or_else(|| Error::RegionNotFound(region.to_string()))?;
+        let root = caps
+            .root(region)
+            .ok_or_else(|| Error::RegionNotFound(region.to_string()))?;
         Ok(caps.revoke_children(root))
     }
 

@@ -12,7 +12,9 @@
 
 pub mod sys;
 
-pub use broker_abi::{mode as raw_mode, rights as raw_rights, HandleInfo, Status, LEN_TO_END, MAX_NAME_LEN};
+pub use broker_abi::{
+    mode as raw_mode, rights as raw_rights, HandleInfo, Status, LEN_TO_END, MAX_NAME_LEN,
+};
 pub use bytemuck::{Pod, Zeroable};
 
 use core::fmt;
@@ -260,7 +262,12 @@ impl Region {
     pub fn create(name: &str, size: u64, mode: Mode) -> Result<Region> {
         let size = i64::try_from(size).map_err(|_| Error::InvalidArgument)?;
         let mut handle = 0u32;
-        Error::check(sys::region_create(name.as_bytes(), size, mode.raw(), &mut handle))?;
+        Error::check(sys::region_create(
+            name.as_bytes(),
+            size,
+            mode.raw(),
+            &mut handle,
+        ))?;
         Ok(Region { handle })
     }
 
@@ -299,6 +306,14 @@ impl Region {
             rights: Rights(raw.rights),
             mode: Mode::from_raw(raw.mode).ok_or(Error::Unknown(0))?,
         })
+    }
+
+    /// Whether this capability's range is empty.
+    ///
+    /// # Errors
+    /// As [`Region::info`].
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
     }
 
     /// The length of this capability's range.
@@ -353,7 +368,13 @@ impl Region {
     pub fn restrict(&self, rights: Rights, offset: u64, len: Option<u64>) -> Result<Region> {
         let (offset, len) = (offset_arg(offset)?, len_arg(len)?);
         let mut handle = 0u32;
-        Error::check(sys::handle_restrict(self.handle, rights.bits(), offset, len, &mut handle))?;
+        Error::check(sys::handle_restrict(
+            self.handle,
+            rights.bits(),
+            offset,
+            len,
+            &mut handle,
+        ))?;
         Ok(Region { handle })
     }
 
@@ -364,7 +385,13 @@ impl Region {
     /// `PermissionDenied` without the grant right or when widening rights, `OutOfBounds`, `NotFound`.
     pub fn grant(&self, target: &str, rights: Rights, offset: u64, len: Option<u64>) -> Result<()> {
         let (offset, len) = (offset_arg(offset)?, len_arg(len)?);
-        Error::check(sys::handle_grant(self.handle, target.as_bytes(), rights.bits(), offset, len))
+        Error::check(sys::handle_grant(
+            self.handle,
+            target.as_bytes(),
+            rights.bits(),
+            offset,
+            len,
+        ))
     }
 
     /// Revokes every capability derived from this one (grants and restrictions, transitively); this one

@@ -15,13 +15,32 @@ mod raw {
         pub fn abi_version() -> i32;
         pub fn nop() -> i32;
         pub fn region_open(name: *const u8, name_len: usize, out_handle: *mut u32) -> i32;
-        pub fn region_create(name: *const u8, name_len: usize, size: i64, mode: u32, out_handle: *mut u32) -> i32;
+        pub fn region_create(
+            name: *const u8,
+            name_len: usize,
+            size: i64,
+            mode: u32,
+            out_handle: *mut u32,
+        ) -> i32;
         pub fn handle_close(handle: u32) -> i32;
         pub fn handle_info(handle: u32, out_info: *mut u8) -> i32;
         pub fn region_read(handle: u32, offset: i64, dst: *mut u8, len: usize) -> i32;
         pub fn region_write(handle: u32, offset: i64, src: *const u8, len: usize) -> i32;
-        pub fn handle_restrict(handle: u32, rights: u32, offset: i64, len: i64, out_handle: *mut u32) -> i32;
-        pub fn handle_grant(handle: u32, target: *const u8, target_len: usize, rights: u32, offset: i64, len: i64) -> i32;
+        pub fn handle_restrict(
+            handle: u32,
+            rights: u32,
+            offset: i64,
+            len: i64,
+            out_handle: *mut u32,
+        ) -> i32;
+        pub fn handle_grant(
+            handle: u32,
+            target: *const u8,
+            target_len: usize,
+            rights: u32,
+            offset: i64,
+            len: i64,
+        ) -> i32;
         pub fn handle_revoke(handle: u32) -> i32;
     }
 }

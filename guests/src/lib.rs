@@ -18,3 +18,10 @@ include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 pub fn read(path: &str) -> std::io::Result<Vec<u8>> {
     std::fs::read(path)
 }
+
+/// Path of the C guest's checked-in `.wasm` (built from `guests/c/handle_counter.c` with clang, which a
+/// fresh machine does not have; the test suite rebuilds it where clang is installed).
+pub const C_HANDLE_COUNTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/c/handle_counter.wasm");
+
+/// Path of the C guest's source.
+pub const C_HANDLE_COUNTER_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/c/handle_counter.c");

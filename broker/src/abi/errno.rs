@@ -12,7 +12,9 @@ use crate::region::RegionError;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AbiError {
     /// A pointer and length do not lie inside the guest's linear memory (or it exports none).
-    #[error("guest range at {ptr:#x} of {len} bytes lies outside linear memory of {memory_len} bytes")]
+    #[error(
+        "guest range at {ptr:#x} of {len} bytes lies outside linear memory of {memory_len} bytes"
+    )]
     BadPointer {
         /// The guest pointer.
         ptr: u32,
@@ -60,9 +62,10 @@ impl AbiError {
     pub fn status(&self) -> Status {
         match self {
             AbiError::BadPointer { .. } => Status::BadPointer,
-            AbiError::Name(_) | AbiError::UnknownRights(_) | AbiError::UnknownMode(_) | AbiError::InvalidValue { .. } => {
-                Status::InvalidArgument
-            }
+            AbiError::Name(_)
+            | AbiError::UnknownRights(_)
+            | AbiError::UnknownMode(_)
+            | AbiError::InvalidValue { .. } => Status::InvalidArgument,
             AbiError::Broker(e) => broker_status(e),
         }
     }
@@ -70,24 +73,31 @@ impl AbiError {
 
 fn broker_status(e: &Error) -> Status {
     match e {
-        Error::InvalidName { .. } | Error::InvalidArgument { .. } | Error::InvalidModule { .. } => Status::InvalidArgument,
+        Error::InvalidName { .. } | Error::InvalidArgument { .. } | Error::InvalidModule { .. } => {
+            Status::InvalidArgument
+        }
         Error::TenantNotFound(_)
         | Error::ModuleNotFound(_)
         | Error::InstanceNotFound(_)
         | Error::RegionNotFound(_)
         | Error::GrantNotFound(_) => Status::NotFound,
-        Error::TenantExists(_) | Error::ModuleExists(_) | Error::InstanceExists(_) | Error::RegionExists(_) => {
-            Status::AlreadyExists
-        }
+        Error::TenantExists(_)
+        | Error::ModuleExists(_)
+        | Error::InstanceExists(_)
+        | Error::RegionExists(_) => Status::AlreadyExists,
         Error::ModeNotSupported(_) => Status::ModeNotSupported,
         Error::Quota(_) => Status::QuotaExceeded,
         Error::Region(RegionError::OutOfBounds { .. }) => Status::OutOfBounds,
-        Error::Region(RegionError::ZeroSize | RegionError::TooLarge { .. }) => Status::InvalidArgument,
+        Error::Region(RegionError::ZeroSize | RegionError::TooLarge { .. }) => {
+            Status::InvalidArgument
+        }
         Error::Region(RegionError::Os { .. }) | Error::Instance(_) => Status::Internal,
         Error::Capability(c) => match c {
             CapError::InvalidHandle(_) => Status::InvalidHandle,
             CapError::StaleHandle(_) | CapError::Gone => Status::StaleHandle,
-            CapError::PermissionDenied { .. } | CapError::Escalation { .. } => Status::PermissionDenied,
+            CapError::PermissionDenied { .. } | CapError::Escalation { .. } => {
+                Status::PermissionDenied
+            }
             CapError::OutOfBounds { .. } => Status::OutOfBounds,
             CapError::Quota(_) | CapError::TableFull => Status::QuotaExceeded,
         },

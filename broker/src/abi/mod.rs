@@ -37,7 +37,12 @@ pub(crate) struct GuestCtx {
 
 impl GuestCtx {
     pub(crate) fn new(core: Arc<Core>, instance: InstanceId, tenant: Arc<Tenant>) -> GuestCtx {
-        GuestCtx { core, instance, tenant, memory: None }
+        GuestCtx {
+            core,
+            instance,
+            tenant,
+            memory: None,
+        }
     }
 
     pub(crate) fn set_memory(&mut self, memory: Option<Memory>) {
@@ -45,7 +50,11 @@ impl GuestCtx {
     }
 
     fn lookup(&self, handle: u32) -> Result<Cap, AbiError> {
-        Ok(self.core.caps.lock().lookup(self.instance, Handle::from_raw(handle))?)
+        Ok(self
+            .core
+            .caps
+            .lock()
+            .lookup(self.instance, Handle::from_raw(handle))?)
     }
 }
 
@@ -53,13 +62,19 @@ type Ctx<'a> = Caller<'a, InstanceState>;
 
 /// The caller's exported memory; a guest without one can pass no valid pointer.
 fn memory(caller: &Ctx<'_>, ptr: u32, len: u32) -> Result<Memory, AbiError> {
-    caller.data().ctx.memory.ok_or(AbiError::BadPointer { ptr, len, memory_len: 0 })
+    caller.data().ctx.memory.ok_or(AbiError::BadPointer {
+        ptr,
+        len,
+        memory_len: 0,
+    })
 }
 
 /// Copies `[ptr, ptr+len)` out of guest memory once; `max` bounds the copy before anything is read.
 fn copy_in(caller: &Ctx<'_>, ptr: u32, len: u32, max: u32) -> Result<Vec<u8>, AbiError> {
     if len > max {
-        return Err(AbiError::Name(crate::name::NameError::TooLong { len: usize::try_from(len).unwrap_or(usize::MAX) }));
+        return Err(AbiError::Name(crate::name::NameError::TooLong {
+            len: usize::try_from(len).unwrap_or(usize::MAX),
+        }));
     }
     let mem = memory(caller, ptr, len)?;
     Ok(guest_ptr::slice(mem.data(caller), ptr, len)?.to_vec())
@@ -74,8 +89,14 @@ fn check_out(caller: &Ctx<'_>, ptr: u32, len: u32) -> Result<Memory, AbiError> {
 
 /// Writes a new handle to a checked out-pointer; if that fails after all, the handle is closed again so
 /// the call has no effect.
-fn write_handle(caller: &mut Ctx<'_>, mem: Memory, out: u32, handle: Handle) -> Result<(), AbiError> {
-    let written = guest_ptr::slice_mut(mem.data_mut(&mut *caller), out, 4).map(|s| s.copy_from_slice(&handle.raw().to_le_bytes()));
+fn write_handle(
+    caller: &mut Ctx<'_>,
+    mem: Memory,
+    out: u32,
+    handle: Handle,
+) -> Result<(), AbiError> {
+    let written = guest_ptr::slice_mut(mem.data_mut(&mut *caller), out, 4)
+        .map(|s| s.copy_from_slice(&handle.raw().to_le_bytes()));
     if written.is_err() {
         let ctx = &caller.data().ctx;
         let _ = ctx.core.caps.lock().close(ctx.instance, handle);
@@ -94,19 +115,46 @@ fn code(r: Result<(), AbiError>) -> i32 {
     }
 }
 
-fn region_open(caller: &mut Ctx<'_>, name_ptr: u32, name_len: u32, out: u32) -> Result<(), AbiError> {
+fn region_open(
+    caller: &mut Ctx<'_>,
+    name_ptr: u32,
+    name_len: u32,
+    out: u32,
+) -> Result<(), AbiError> {
     let mem = check_out(caller, out, 4)?;
     let name = QualifiedName::from_bytes(&copy_in(caller, name_ptr, name_len, MAX_NAME_LEN)?)?;
-    let handle = caller.data().ctx.core.open_for_guest(&caller.data().ctx, &name)?;
+    let handle = caller
+        .data()
+        .ctx
+        .core
+        .open_for_guest(&caller.data().ctx, &name)?;
     write_handle(caller, mem, out, handle)
 }
 
-fn region_create(caller: &mut Ctx<'_>, name_ptr: u32, name_len: u32, size: i64, mode: u32, out: u32) -> Result<(), AbiError> {
+fn region_create(
+    caller: &mut Ctx<'_>,
+    name_ptr: u32,
+    name_len: u32,
+    size: i64,
+    mode: u32,
+    out: u32,
+) -> Result<(), AbiError> {
     let mem = check_out(caller, out, 4)?;
     let name = crate::name::Name::from_bytes(&copy_in(caller, name_ptr, name_len, MAX_NAME_LEN)?)?;
-    let size = u64::try_from(size).ok().filter(|s| *s > 0).ok_or(AbiError::InvalidValue { field: "size", value: size })?;
+    let size = u64::try_from(size)
+        .ok()
+        .filter(|s| *s > 0)
+        .ok_or(AbiError::InvalidValue {
+            field: "size",
+            value: size,
+        })?;
     let mode = Mode::from_raw(mode).ok_or(AbiError::UnknownMode(mode))?;
-    let handle = caller.data().ctx.core.create_region_for_guest(&caller.data().ctx, name, size, mode)?;
+    let handle =
+        caller
+            .data()
+            .ctx
+            .core
+            .create_region_for_guest(&caller.data().ctx, name, size, mode)?;
     write_handle(caller, mem, out, handle)
 }
 
@@ -126,7 +174,13 @@ fn handle_info(caller: &mut Ctx<'_>, handle: u32, out: u32) -> Result<(), AbiErr
     Ok(())
 }
 
-fn region_read(caller: &mut Ctx<'_>, handle: u32, offset: i64, dst: u32, len: u32) -> Result<(), AbiError> {
+fn region_read(
+    caller: &mut Ctx<'_>,
+    handle: u32,
+    offset: i64,
+    dst: u32,
+    len: u32,
+) -> Result<(), AbiError> {
     let cap = caller.data().ctx.lookup(handle)?;
     cap.require(Rights::READ)?;
     let at = cap.range.access(offset, u64::from(len))?;
@@ -136,7 +190,13 @@ fn region_read(caller: &mut Ctx<'_>, handle: u32, offset: i64, dst: u32, len: u3
     Ok(())
 }
 
-fn region_write(caller: &mut Ctx<'_>, handle: u32, offset: i64, src: u32, len: u32) -> Result<(), AbiError> {
+fn region_write(
+    caller: &mut Ctx<'_>,
+    handle: u32,
+    offset: i64,
+    src: u32,
+    len: u32,
+) -> Result<(), AbiError> {
     let cap = caller.data().ctx.lookup(handle)?;
     cap.require(Rights::WRITE)?;
     let at = cap.range.access(offset, u64::from(len))?;
@@ -147,31 +207,56 @@ fn region_write(caller: &mut Ctx<'_>, handle: u32, offset: i64, src: u32, len: u
     Ok(())
 }
 
-fn handle_restrict(caller: &mut Ctx<'_>, handle: u32, bits: u32, offset: i64, len: i64, out: u32) -> Result<(), AbiError> {
+fn handle_restrict(
+    caller: &mut Ctx<'_>,
+    handle: u32,
+    bits: u32,
+    offset: i64,
+    len: i64,
+    out: u32,
+) -> Result<(), AbiError> {
     let mem = check_out(caller, out, 4)?;
     let rights = rights(bits)?;
     let ctx = &caller.data().ctx;
-    let new = ctx.core.restrict_for_guest(ctx, Handle::from_raw(handle), rights, offset, len)?;
+    let new = ctx
+        .core
+        .restrict_for_guest(ctx, Handle::from_raw(handle), rights, offset, len)?;
     write_handle(caller, mem, out, new)
 }
 
-fn handle_grant(caller: &mut Ctx<'_>, handle: u32, target_ptr: u32, target_len: u32, bits: u32, offset: i64, len: i64) -> Result<(), AbiError> {
-    let target = QualifiedName::from_bytes(&copy_in(caller, target_ptr, target_len, MAX_NAME_LEN)?)?;
+fn handle_grant(
+    caller: &mut Ctx<'_>,
+    handle: u32,
+    target_ptr: u32,
+    target_len: u32,
+    bits: u32,
+    offset: i64,
+    len: i64,
+) -> Result<(), AbiError> {
+    let target =
+        QualifiedName::from_bytes(&copy_in(caller, target_ptr, target_len, MAX_NAME_LEN)?)?;
     let rights = rights(bits)?;
     let ctx = &caller.data().ctx;
-    ctx.core.grant_for_guest(ctx, Handle::from_raw(handle), &target, rights, offset, len)?;
+    ctx.core
+        .grant_for_guest(ctx, Handle::from_raw(handle), &target, rights, offset, len)?;
     Ok(())
 }
 
 fn handle_revoke(caller: &mut Ctx<'_>, handle: u32) -> Result<(), AbiError> {
     let ctx = &caller.data().ctx;
-    ctx.core.caps.lock().revoke(ctx.instance, Handle::from_raw(handle))?;
+    ctx.core
+        .caps
+        .lock()
+        .revoke(ctx.instance, Handle::from_raw(handle))?;
     Ok(())
 }
 
 fn handle_close(caller: &mut Ctx<'_>, handle: u32) -> Result<(), AbiError> {
     let ctx = &caller.data().ctx;
-    ctx.core.caps.lock().close(ctx.instance, Handle::from_raw(handle))?;
+    ctx.core
+        .caps
+        .lock()
+        .close(ctx.instance, Handle::from_raw(handle))?;
     Ok(())
 }
 
@@ -182,24 +267,52 @@ fn handle_close(caller: &mut Ctx<'_>, handle: u32) -> Result<(), AbiError> {
 pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
     linker.func_wrap(MODULE, func::ABI_VERSION, || broker_abi::VERSION)?;
     linker.func_wrap(MODULE, func::NOP, || Status::Ok.code())?;
-    linker.func_wrap(MODULE, func::REGION_OPEN, |mut c: Ctx<'_>, p: u32, l: u32, out: u32| code(region_open(&mut c, p, l, out)))?;
-    linker.func_wrap(MODULE, func::REGION_CREATE, |mut c: Ctx<'_>, p: u32, l: u32, size: i64, mode: u32, out: u32| {
-        code(region_create(&mut c, p, l, size, mode, out))
+    linker.func_wrap(
+        MODULE,
+        func::REGION_OPEN,
+        |mut c: Ctx<'_>, p: u32, l: u32, out: u32| code(region_open(&mut c, p, l, out)),
+    )?;
+    linker.func_wrap(
+        MODULE,
+        func::REGION_CREATE,
+        |mut c: Ctx<'_>, p: u32, l: u32, size: i64, mode: u32, out: u32| {
+            code(region_create(&mut c, p, l, size, mode, out))
+        },
+    )?;
+    linker.func_wrap(MODULE, func::HANDLE_CLOSE, |mut c: Ctx<'_>, h: u32| {
+        code(handle_close(&mut c, h))
     })?;
-    linker.func_wrap(MODULE, func::HANDLE_CLOSE, |mut c: Ctx<'_>, h: u32| code(handle_close(&mut c, h)))?;
-    linker.func_wrap(MODULE, func::HANDLE_INFO, |mut c: Ctx<'_>, h: u32, out: u32| code(handle_info(&mut c, h, out)))?;
-    linker.func_wrap(MODULE, func::REGION_READ, |mut c: Ctx<'_>, h: u32, off: i64, p: u32, l: u32| {
-        code(region_read(&mut c, h, off, p, l))
+    linker.func_wrap(
+        MODULE,
+        func::HANDLE_INFO,
+        |mut c: Ctx<'_>, h: u32, out: u32| code(handle_info(&mut c, h, out)),
+    )?;
+    linker.func_wrap(
+        MODULE,
+        func::REGION_READ,
+        |mut c: Ctx<'_>, h: u32, off: i64, p: u32, l: u32| code(region_read(&mut c, h, off, p, l)),
+    )?;
+    linker.func_wrap(
+        MODULE,
+        func::REGION_WRITE,
+        |mut c: Ctx<'_>, h: u32, off: i64, p: u32, l: u32| code(region_write(&mut c, h, off, p, l)),
+    )?;
+    linker.func_wrap(
+        MODULE,
+        func::HANDLE_RESTRICT,
+        |mut c: Ctx<'_>, h: u32, r: u32, off: i64, len: i64, out: u32| {
+            code(handle_restrict(&mut c, h, r, off, len, out))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        func::HANDLE_GRANT,
+        |mut c: Ctx<'_>, h: u32, p: u32, l: u32, r: u32, off: i64, len: i64| {
+            code(handle_grant(&mut c, h, p, l, r, off, len))
+        },
+    )?;
+    linker.func_wrap(MODULE, func::HANDLE_REVOKE, |mut c: Ctx<'_>, h: u32| {
+        code(handle_revoke(&mut c, h))
     })?;
-    linker.func_wrap(MODULE, func::REGION_WRITE, |mut c: Ctx<'_>, h: u32, off: i64, p: u32, l: u32| {
-        code(region_write(&mut c, h, off, p, l))
-    })?;
-    linker.func_wrap(MODULE, func::HANDLE_RESTRICT, |mut c: Ctx<'_>, h: u32, r: u32, off: i64, len: i64, out: u32| {
-        code(handle_restrict(&mut c, h, r, off, len, out))
-    })?;
-    linker.func_wrap(MODULE, func::HANDLE_GRANT, |mut c: Ctx<'_>, h: u32, p: u32, l: u32, r: u32, off: i64, len: i64| {
-        code(handle_grant(&mut c, h, p, l, r, off, len))
-    })?;
-    linker.func_wrap(MODULE, func::HANDLE_REVOKE, |mut c: Ctx<'_>, h: u32| code(handle_revoke(&mut c, h)))?;
     Ok(())
 }

@@ -17,7 +17,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -81,7 +81,13 @@ impl fmt::Debug for Rights {
 
 impl fmt::Display for Rights {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names = [(bits::READ, 'r'), (bits::WRITE, 'w'), (bits::MAP, 'm'), (bits::GRANT, 'g'), (bits::WATCH, 'n')];
+        let names = [
+            (bits::READ, 'r'),
+            (bits::WRITE, 'w'),
+            (bits::MAP, 'm'),
+            (bits::GRANT, 'g'),
+            (bits::WATCH, 'n'),
+        ];
         for (bit, c) in names {
             write!(f, "{}", if self.0 & bit != 0 { c } else { '-' })?;
         }
@@ -105,14 +111,25 @@ impl CapRange {
     /// # Errors
     /// [`CapError::OutOfBounds`] if the sub-range is negative, overflows, or leaves this range.
     pub fn sub(self, rel_offset: i64, rel_len: i64) -> Result<CapRange, CapError> {
-        let oob = CapError::OutOfBounds { offset: rel_offset, len: rel_len, cap_len: self.len };
+        let oob = CapError::OutOfBounds {
+            offset: rel_offset,
+            len: rel_len,
+            cap_len: self.len,
+        };
         let off = u64::try_from(rel_offset).map_err(|_| oob.clone())?;
         let rest = self.len.checked_sub(off).ok_or_else(|| oob.clone())?;
-        let len = if rel_len == broker_abi::LEN_TO_END { rest } else { u64::try_from(rel_len).map_err(|_| oob.clone())? };
+        let len = if rel_len == broker_abi::LEN_TO_END {
+            rest
+        } else {
+            u64::try_from(rel_len).map_err(|_| oob.clone())?
+        };
         if len > rest {
             return Err(oob);
         }
-        Ok(CapRange { offset: self.offset + off, len })
+        Ok(CapRange {
+            offset: self.offset + off,
+            len,
+        })
     }
 
     /// The absolute offset of an access of `len` bytes at `rel_offset`, checked against this range.
@@ -121,7 +138,11 @@ impl CapRange {
     /// [`CapError::OutOfBounds`] if the access is negative, overflows, or leaves this range.
     pub fn access(self, rel_offset: i64, len: u64) -> Result<u64, CapError> {
         let len_i = i64::try_from(len).unwrap_or(i64::MAX);
-        let oob = CapError::OutOfBounds { offset: rel_offset, len: len_i, cap_len: self.len };
+        let oob = CapError::OutOfBounds {
+            offset: rel_offset,
+            len: len_i,
+            cap_len: self.len,
+        };
         let off = u64::try_from(rel_offset).map_err(|_| oob.clone())?;
         match off.checked_add(len) {
             Some(end) if end <= self.len => Ok(self.offset + off),
@@ -156,7 +177,9 @@ pub enum CapError {
         held: Rights,
     },
     /// An access or sub-range lies outside the capability's range.
-    #[error("range at offset {offset} of length {len} lies outside the capability's {cap_len} bytes")]
+    #[error(
+        "range at offset {offset} of length {len} lies outside the capability's {cap_len} bytes"
+    )]
     OutOfBounds {
         /// Requested offset, relative to the capability.
         offset: i64,
@@ -209,7 +232,10 @@ impl Cap {
         if self.rights.contains(needed) {
             Ok(())
         } else {
-            Err(CapError::PermissionDenied { needed, held: self.rights })
+            Err(CapError::PermissionDenied {
+                needed,
+                held: self.rights,
+            })
         }
     }
 }
@@ -230,7 +256,7 @@ struct Node {
     rights: Rights,
     range: CapRange,
     parent: Option<CapId>,
-    children: Vec<CapId>,
+    children: BTreeSet<CapId>,
     holder: Holder,
     /// The tenant whose handle quota this node counts against (none for roots).
     charged: Option<Arc<Tenant>>,
@@ -243,7 +269,8 @@ pub struct CapSpace {
     next_id: u64,
     roots: HashMap<RegionId, CapId>,
     tables: HashMap<InstanceId, HandleTable>,
-    inboxes: HashMap<InstanceId, Vec<CapId>>,
+    /// Grants received, ordered by id, which is also the order they were made in.
+    inboxes: HashMap<InstanceId, BTreeSet<CapId>>,
 }
 
 impl CapSpace {
@@ -260,9 +287,23 @@ impl CapSpace {
     /// Adds the root capability of a new region (all rights, whole range).
     pub fn add_root(&mut self, region: Arc<Region>) -> CapId {
         let id = self.fresh_id();
-        let range = CapRange { offset: 0, len: region.size() };
+        let range = CapRange {
+            offset: 0,
+            len: region.size(),
+        };
         self.roots.insert(region.id(), id);
-        self.nodes.insert(id, Node { region, rights: Rights::ALL, range, parent: None, children: Vec::new(), holder: Holder::Root, charged: None });
+        self.nodes.insert(
+            id,
+            Node {
+                region,
+                rights: Rights::ALL,
+                range,
+                parent: None,
+                children: BTreeSet::new(),
+                holder: Holder::Root,
+                charged: None,
+            },
+        );
         id
     }
 
@@ -282,7 +323,9 @@ impl CapSpace {
         let held: Vec<CapId> = self
             .nodes
             .iter()
-            .filter(|(_, n)| matches!(n.holder, Holder::Slot(i, _) | Holder::Inbox(i) if i == instance))
+            .filter(
+                |(_, n)| matches!(n.holder, Holder::Slot(i, _) | Holder::Inbox(i) if i == instance),
+            )
             .map(|(id, _)| *id)
             .collect();
         for id in held {
@@ -304,7 +347,10 @@ impl CapSpace {
     /// # Errors
     /// [`CapError::InvalidHandle`] or [`CapError::StaleHandle`].
     pub fn lookup(&self, instance: InstanceId, handle: Handle) -> Result<Cap, CapError> {
-        let table = self.tables.get(&instance).ok_or(CapError::StaleHandle(handle.raw()))?;
+        let table = self
+            .tables
+            .get(&instance)
+            .ok_or(CapError::StaleHandle(handle.raw()))?;
         let id = table.get(handle)?;
         self.cap(id)
     }
@@ -315,7 +361,12 @@ impl CapSpace {
     /// [`CapError::Gone`] if it was removed.
     pub fn cap(&self, id: CapId) -> Result<Cap, CapError> {
         let n = self.nodes.get(&id).ok_or(CapError::Gone)?;
-        Ok(Cap { id, region: Arc::clone(&n.region), rights: n.rights, range: n.range })
+        Ok(Cap {
+            id,
+            region: Arc::clone(&n.region),
+            rights: n.rights,
+            range: n.range,
+        })
     }
 
     /// Derives from `parent` a capability with `rights` over the relative sub-range, held in a new slot
@@ -339,7 +390,19 @@ impl CapSpace {
         let table = self.tables.get_mut(&instance).ok_or(CapError::Gone)?;
         let (handle, slot) = table.insert(id).ok_or(CapError::TableFull)?;
         reservation.commit();
-        self.link(id, parent, Node { region, rights, range, parent: Some(parent), children: Vec::new(), holder: Holder::Slot(instance, slot), charged: Some(Arc::clone(tenant)) });
+        self.link(
+            id,
+            parent,
+            Node {
+                region,
+                rights,
+                range,
+                parent: Some(parent),
+                children: BTreeSet::new(),
+                holder: Holder::Slot(instance, slot),
+                charged: Some(Arc::clone(tenant)),
+            },
+        );
         Ok(handle)
     }
 
@@ -363,16 +426,37 @@ impl CapSpace {
         tenant.reserve(Resource::Handles, 1)?.commit();
         let id = self.fresh_id();
         if let Some(inbox) = self.inboxes.get_mut(&target) {
-            inbox.push(id);
+            inbox.insert(id);
         }
-        self.link(id, parent, Node { region, rights, range, parent: Some(parent), children: Vec::new(), holder: Holder::Inbox(target), charged: Some(Arc::clone(tenant)) });
+        self.link(
+            id,
+            parent,
+            Node {
+                region,
+                rights,
+                range,
+                parent: Some(parent),
+                children: BTreeSet::new(),
+                holder: Holder::Inbox(target),
+                charged: Some(Arc::clone(tenant)),
+            },
+        );
         Ok(id)
     }
 
-    fn check_derivation(&self, parent: CapId, rights: Rights, rel_offset: i64, rel_len: i64) -> Result<(Arc<Region>, CapRange), CapError> {
+    fn check_derivation(
+        &self,
+        parent: CapId,
+        rights: Rights,
+        rel_offset: i64,
+        rel_len: i64,
+    ) -> Result<(Arc<Region>, CapRange), CapError> {
         let p = self.nodes.get(&parent).ok_or(CapError::Gone)?;
         if !p.rights.contains(rights) {
-            return Err(CapError::Escalation { requested: rights, held: p.rights });
+            return Err(CapError::Escalation {
+                requested: rights,
+                held: p.rights,
+            });
         }
         let range = p.range.sub(rel_offset, rel_len)?;
         Ok((Arc::clone(&p.region), range))
@@ -381,7 +465,7 @@ impl CapSpace {
     fn link(&mut self, id: CapId, parent: CapId, node: Node) {
         self.nodes.insert(id, node);
         if let Some(p) = self.nodes.get_mut(&parent) {
-            p.children.push(id);
+            p.children.insert(id);
         }
     }
 
@@ -389,7 +473,9 @@ impl CapSpace {
     pub fn find_grant(&self, instance: InstanceId, owner: &str, name: &str) -> Option<CapId> {
         let inbox = self.inboxes.get(&instance)?;
         inbox.iter().rev().copied().find(|id| {
-            self.nodes.get(id).is_some_and(|n| n.region.owner_name().as_str() == owner && n.region.name().as_str() == name)
+            self.nodes.get(id).is_some_and(|n| {
+                n.region.owner_name().as_str() == owner && n.region.name().as_str() == name
+            })
         })
     }
 
@@ -404,7 +490,11 @@ impl CapSpace {
 
     /// Revokes every capability derived from `id`; returns how many were removed.
     pub fn revoke_children(&mut self, id: CapId) -> usize {
-        let children = self.nodes.get_mut(&id).map(|n| std::mem::take(&mut n.children)).unwrap_or_default();
+        let children = self
+            .nodes
+            .get_mut(&id)
+            .map(|n| std::mem::take(&mut n.children))
+            .unwrap_or_default();
         children.into_iter().map(|c| self.remove_detached(c)).sum()
     }
 
@@ -422,7 +512,7 @@ impl CapSpace {
     pub fn remove_subtree(&mut self, id: CapId) -> usize {
         if let Some(parent) = self.nodes.get(&id).and_then(|n| n.parent) {
             if let Some(p) = self.nodes.get_mut(&parent) {
-                p.children.retain(|c| *c != id);
+                p.children.remove(&id);
             }
         }
         self.remove_detached(id)
@@ -434,7 +524,9 @@ impl CapSpace {
         let mut stack = vec![id];
         let mut removed = 0;
         while let Some(id) = stack.pop() {
-            let Some(node) = self.nodes.remove(&id) else { continue };
+            let Some(node) = self.nodes.remove(&id) else {
+                continue;
+            };
             removed += 1;
             stack.extend(node.children);
             match node.holder {
@@ -448,7 +540,7 @@ impl CapSpace {
                 }
                 Holder::Inbox(instance) => {
                     if let Some(inbox) = self.inboxes.get_mut(&instance) {
-                        inbox.retain(|c| *c != id);
+                        inbox.remove(&id);
                     }
                 }
             }

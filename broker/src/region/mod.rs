@@ -87,7 +87,11 @@ pub struct RegionSpec {
 impl RegionSpec {
     /// A spec with the given name, size and mode.
     pub fn new(name: impl Into<String>, size: u64, mode: Mode) -> RegionSpec {
-        RegionSpec { name: name.into(), size, mode }
+        RegionSpec {
+            name: name.into(),
+            size,
+            mode,
+        }
     }
 }
 
@@ -138,7 +142,16 @@ impl Region {
             return Err(RegionError::TooLarge { size });
         }
         let memory = RegionMemory::new_memfd(name.as_str(), size)?;
-        Ok(Region { id, name, owner, owner_name, mode, memory, lock: RwLock::new(()), version: AtomicU64::new(0) })
+        Ok(Region {
+            id,
+            name,
+            owner,
+            owner_name,
+            mode,
+            memory,
+            lock: RwLock::new(()),
+            version: AtomicU64::new(0),
+        })
     }
 
     /// The region's id.

@@ -5,12 +5,12 @@
 //! replaces the store (and so every capability the old one held) but keeps the id, name and mailbox.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use parking_lot::Mutex;
-use wasmtime::{Instance, InstancePre, Store, Trap, Val, ValType};
+use wasmtime::{Instance, InstancePre, Store, Trap, UpdateDeadline, Val, ValType};
 
 use super::engine::EngineHandle;
 use super::limits::TenantLimiter;
@@ -30,6 +30,10 @@ pub(crate) struct InstanceState {
     /// What host functions need: the broker core, the caller's identity and memory.
     pub(crate) ctx: GuestCtx,
     limiter: TenantLimiter,
+    /// Epoch ticks the current call may still run.
+    budget: u64,
+    /// Set by [`InstanceCell::interrupt`] to stop the current call at the next tick.
+    kill: Arc<AtomicBool>,
 }
 
 /// A running instance.
@@ -49,6 +53,7 @@ pub(crate) struct InstanceCell {
     pub(super) mailbox_tx: Sender<Job>,
     pub(super) mailbox_rx: Receiver<Job>,
     pub(super) scheduled: AtomicBool,
+    kill: Arc<AtomicBool>,
     live: Mutex<Option<Live>>,
     status: Mutex<InstanceStatus>,
 }
@@ -59,7 +64,10 @@ impl InstanceCell {
     /// # Errors
     /// [`Error::Quota`] if the tenant's memory quota refuses the initial memory, or
     /// [`InstanceError::Instantiate`].
-    #[allow(clippy::too_many_arguments, reason = "a constructor of the cell's fields")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "a constructor of the cell's fields"
+    )]
     pub(crate) fn start(
         id: InstanceId,
         name: Name,
@@ -70,7 +78,14 @@ impl InstanceCell {
         core: Arc<Core>,
     ) -> Result<Arc<InstanceCell>, Error> {
         let (mailbox_tx, mailbox_rx) = unbounded();
-        let status = InstanceStatus { module: module.to_string(), state: RunState::Running, calls: 0, traps: 0, restarts: 0, last_trap: None };
+        let status = InstanceStatus {
+            module: module.to_string(),
+            state: RunState::Running,
+            calls: 0,
+            traps: 0,
+            restarts: 0,
+            last_trap: None,
+        };
         let cell = InstanceCell {
             id,
             name,
@@ -81,6 +96,7 @@ impl InstanceCell {
             mailbox_tx,
             mailbox_rx,
             scheduled: AtomicBool::new(false),
+            kill: Arc::new(AtomicBool::new(false)),
             live: Mutex::new(None),
             status: Mutex::new(status),
         };
@@ -93,11 +109,21 @@ impl InstanceCell {
         let state = InstanceState {
             ctx: GuestCtx::new(Arc::clone(&self.core), self.id, Arc::clone(&self.tenant)),
             limiter: TenantLimiter::new(Arc::clone(&self.tenant), self.config.max_memory_bytes),
+            budget: EngineHandle::ticks_for(self.config.call_timeout),
+            kill: Arc::clone(&self.kill),
         };
         let mut store = Store::new(self.pre.module().engine(), state);
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(EngineHandle::ticks_for(self.config.call_timeout));
+        // Checked at every epoch tick: the call's own budget, or the host's interrupt, ends it.
+        store.epoch_deadline_callback(|mut ctx| {
+            let s = ctx.data_mut();
+            if s.kill.load(Ordering::Acquire) || s.budget == 0 {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            s.budget -= 1;
+            Ok(UpdateDeadline::Continue(1))
+        });
+        store.set_epoch_deadline(1);
         self.core.caps.lock().add_instance(self.id);
         match self.pre.instantiate(&mut store) {
             Ok(instance) => {
@@ -127,7 +153,9 @@ impl InstanceCell {
     pub(super) fn run_jobs(&self, max: usize) {
         let mut live = self.live.lock();
         for _ in 0..max {
-            let Ok(job) = self.mailbox_rx.try_recv() else { break };
+            let Ok(job) = self.mailbox_rx.try_recv() else {
+                break;
+            };
             // A panic here would be a broker bug; contain it to this instance rather than lose the worker.
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| job(self, &mut live)));
             if outcome.is_err() {
@@ -141,34 +169,64 @@ impl InstanceCell {
     }
 
     /// Calls an export and waits for its results.
-    pub(crate) fn call(self: &Arc<Self>, pool: &WorkerPool, export: &str, args: &[Val]) -> Result<Vec<Val>, InstanceError> {
+    pub(crate) fn call(
+        self: &Arc<Self>,
+        pool: &WorkerPool,
+        export: &str,
+        args: &[Val],
+    ) -> Result<Vec<Val>, InstanceError> {
         let (tx, rx) = bounded(1);
         let (export, args) = (export.to_owned(), args.to_vec());
-        pool.submit(self, Box::new(move |cell, live| {
-            let _ = tx.send(cell.run_call(live, &export, &args));
-        }));
+        pool.submit(
+            self,
+            Box::new(move |cell, live| {
+                let _ = tx.send(cell.run_call(live, &export, &args));
+            }),
+        );
         rx.recv().unwrap_or(Err(InstanceError::ShuttingDown))
     }
 
-    fn run_call(&self, live: &mut Option<Live>, export: &str, args: &[Val]) -> Result<Vec<Val>, InstanceError> {
+    fn run_call(
+        &self,
+        live: &mut Option<Live>,
+        export: &str,
+        args: &[Val],
+    ) -> Result<Vec<Val>, InstanceError> {
         let state = self.status.lock().state;
         let Some(l) = live.as_mut().filter(|_| state == RunState::Running) else {
             return Err(InstanceError::NotRunning { state });
         };
-        let func = l.instance.get_func(&mut l.store, export).ok_or_else(|| InstanceError::NoSuchExport(export.to_owned()))?;
+        let func = l
+            .instance
+            .get_func(&mut l.store, export)
+            .ok_or_else(|| InstanceError::NoSuchExport(export.to_owned()))?;
         let ty = func.ty(&l.store);
         let expected: Vec<ValType> = ty.params().collect();
-        let matches = expected.len() == args.len() && expected.iter().zip(args).all(|(t, v)| kind_of_type(t) == kind_of_val(v));
+        let matches = expected.len() == args.len()
+            && expected
+                .iter()
+                .zip(args)
+                .all(|(t, v)| kind_of_type(t) == kind_of_val(v));
         if !matches {
             return Err(InstanceError::BadArguments {
                 export: export.to_owned(),
-                expected: expected.iter().map(kind_of_type).collect::<Vec<_>>().join(", "),
+                expected: expected
+                    .iter()
+                    .map(kind_of_type)
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 got: args.iter().map(kind_of_val).collect::<Vec<_>>().join(", "),
             });
         }
-        let mut results: Vec<Val> = ty.results().map(|t| Val::default_for_ty(&t).unwrap_or(Val::I32(0))).collect();
-        l.store.set_epoch_deadline(EngineHandle::ticks_for(self.config.call_timeout));
+        let mut results: Vec<Val> = ty
+            .results()
+            .map(|t| Val::default_for_ty(&t).unwrap_or(Val::I32(0)))
+            .collect();
+        self.kill.store(false, Ordering::Release);
+        l.store.data_mut().budget = EngineHandle::ticks_for(self.config.call_timeout);
+        l.store.set_epoch_deadline(1);
         let outcome = func.call(&mut l.store, args, &mut results);
+        let killed = self.kill.swap(false, Ordering::AcqRel);
         let mut status = self.status.lock();
         match outcome {
             Ok(()) => {
@@ -177,8 +235,13 @@ impl InstanceCell {
             }
             Err(e) => {
                 let err = match e.downcast_ref::<Trap>() {
-                    Some(Trap::Interrupt) => InstanceError::Interrupted { timeout: self.config.call_timeout },
-                    _ => InstanceError::Trapped { message: format!("{e:#}") },
+                    Some(Trap::Interrupt) if killed => InstanceError::Killed,
+                    Some(Trap::Interrupt) => InstanceError::Interrupted {
+                        timeout: self.config.call_timeout,
+                    },
+                    _ => InstanceError::Trapped {
+                        message: format!("{e:#}"),
+                    },
                 };
                 status.state = RunState::Trapped;
                 status.traps += 1;
@@ -191,28 +254,39 @@ impl InstanceCell {
     /// Replaces the store with a fresh instantiation; every capability of the old one is gone.
     pub(crate) fn restart(self: &Arc<Self>, pool: &WorkerPool) -> Result<(), Error> {
         let (tx, rx) = bounded(1);
-        pool.submit(self, Box::new(move |cell, live| {
-            cell.teardown(live);
-            let outcome = cell.instantiate().map(|l| {
-                *live = Some(l);
-                let mut s = cell.status.lock();
-                s.state = RunState::Running;
-                s.restarts += 1;
-            });
-            let _ = tx.send(outcome);
-        }));
+        pool.submit(
+            self,
+            Box::new(move |cell, live| {
+                cell.teardown(live);
+                let outcome = cell.instantiate().map(|l| {
+                    *live = Some(l);
+                    let mut s = cell.status.lock();
+                    s.state = RunState::Running;
+                    s.restarts += 1;
+                });
+                let _ = tx.send(outcome);
+            }),
+        );
         rx.recv().unwrap_or(Err(InstanceError::ShuttingDown.into()))
     }
 
     /// Stops the instance for good, dropping its store and capabilities.
     pub(crate) fn stop(self: &Arc<Self>, pool: &WorkerPool) {
         let (tx, rx) = bounded(1);
-        pool.submit(self, Box::new(move |cell, live| {
-            cell.teardown(live);
-            cell.status.lock().state = RunState::Stopped;
-            let _ = tx.send(());
-        }));
+        pool.submit(
+            self,
+            Box::new(move |cell, live| {
+                cell.teardown(live);
+                cell.status.lock().state = RunState::Stopped;
+                let _ = tx.send(());
+            }),
+        );
         let _ = rx.recv();
+    }
+
+    /// Stops the call in progress (if any) at the next epoch tick; the instance is then trapped.
+    pub(crate) fn interrupt(&self) {
+        self.kill.store(true, Ordering::Release);
     }
 
     /// A snapshot of the status.

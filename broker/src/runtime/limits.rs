@@ -24,14 +24,28 @@ pub(crate) struct TenantLimiter {
 
 impl TenantLimiter {
     pub(crate) fn new(tenant: Arc<Tenant>, max_memory: u64) -> TenantLimiter {
-        TenantLimiter { tenant, max_memory, reserved: 0, last_refusal: None }
+        TenantLimiter {
+            tenant,
+            max_memory,
+            reserved: 0,
+            last_refusal: None,
+        }
     }
 }
 
 impl ResourceLimiter for TenantLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let (Ok(current), Ok(desired)) = (u64::try_from(current), u64::try_from(desired)) else { return Ok(false) };
-        if maximum.is_some_and(|m| u64::try_from(m).is_ok_and(|m| desired > m)) || desired > self.max_memory {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let (Ok(current), Ok(desired)) = (u64::try_from(current), u64::try_from(desired)) else {
+            return Ok(false);
+        };
+        if maximum.is_some_and(|m| u64::try_from(m).is_ok_and(|m| desired > m))
+            || desired > self.max_memory
+        {
             return Ok(false);
         }
         let delta = desired.saturating_sub(current);
@@ -54,7 +68,12 @@ impl ResourceLimiter for TenantLimiter {
         Ok(())
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 

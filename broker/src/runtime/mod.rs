@@ -51,7 +51,10 @@ pub struct InstanceConfig {
 impl Default for InstanceConfig {
     /// 5 s per call, 256 MiB of linear memory.
     fn default() -> InstanceConfig {
-        InstanceConfig { call_timeout: Duration::from_secs(5), max_memory_bytes: 256 << 20 }
+        InstanceConfig {
+            call_timeout: Duration::from_secs(5),
+            max_memory_bytes: 256 << 20,
+        }
     }
 }
 
@@ -108,6 +111,9 @@ pub enum InstanceError {
         /// The deadline that was exceeded.
         timeout: Duration,
     },
+    /// The host interrupted the call; the instance now refuses calls until restarted.
+    #[error("call interrupted by the host")]
+    Killed,
     /// The instance is trapped or stopped.
     #[error("instance is {state}; restart it first")]
     NotRunning {

@@ -33,7 +33,11 @@ impl WorkerPool {
         let mut threads = Vec::new();
         for i in 0..workers.max(1) {
             let (rx, queue) = (rx.clone(), queue.clone());
-            threads.push(std::thread::Builder::new().name(format!("broker-worker-{i}")).spawn(move || work(&rx, &queue))?);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("broker-worker-{i}"))
+                    .spawn(move || work(&rx, &queue))?,
+            );
         }
         Ok(WorkerPool { queue, threads })
     }

@@ -1,1 +1,19 @@
-//! placeholder
+//! The integration test suite: one binary, one module per area, real guests on a real broker.
+
+mod abi_header;
+mod bench;
+mod c_guest;
+mod demo;
+mod handle;
+mod runtime;
+mod tenant;
+mod tidy;
+
+/// Every guest must have a test named after it in the module named by its prefix; this fails to compile
+/// otherwise (wasmtime's `assert_test_exists`).
+macro_rules! assert_test_exists {
+    ($suite:ident, $name:ident) => {
+        const _: fn() = $suite::$name;
+    };
+}
+broker_guests::foreach_guest!(assert_test_exists);

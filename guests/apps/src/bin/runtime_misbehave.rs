@@ -43,3 +43,13 @@ pub extern "C" fn bomb() -> i64 {
 pub extern "C" fn ping() -> i64 {
     7
 }
+
+/// Writes 1 at offset 0 of the region "flag" (so the host knows the loop has begun), then spins forever.
+#[no_mangle]
+pub extern "C" fn spin_signal() -> i64 {
+    if let Ok(flag) = broker_guest::Region::open("flag") {
+        let _ = flag.store(0, &1u64);
+        let _ = flag.into_raw();
+    }
+    spin()
+}

@@ -1,0 +1,81 @@
+/* broker.h: host ABI v1 of the broker, for C apps compiled with clang --target=wasm32.
+ *
+ * Every function is imported from the module "broker_v1" and returns an int32_t status:
+ * BROKER_OK (0) or a negative BROKER_ERR_* code. Results are written through out-pointers.
+ * Offsets and lengths passed to read/write are relative to the start of the handle's range.
+ * See guest-lib/ABI.md for the semantics of each call. The values below are checked against the
+ * broker-abi crate by the broker's test suite, so they cannot drift.
+ */
+#ifndef BROKER_H
+#define BROKER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define BROKER_ABI_VERSION 1
+
+/* Status codes. */
+#define BROKER_OK 0
+#define BROKER_ERR_INVALID_HANDLE -1
+#define BROKER_ERR_STALE_HANDLE -2
+#define BROKER_ERR_PERMISSION_DENIED -3
+#define BROKER_ERR_OUT_OF_BOUNDS -4
+#define BROKER_ERR_BAD_POINTER -5
+#define BROKER_ERR_NOT_FOUND -6
+#define BROKER_ERR_ALREADY_EXISTS -7
+#define BROKER_ERR_QUOTA_EXCEEDED -8
+#define BROKER_ERR_INVALID_ARGUMENT -9
+#define BROKER_ERR_MODE_NOT_SUPPORTED -10
+#define BROKER_ERR_WRONG_MODE -11
+#define BROKER_ERR_INTERNAL -12
+
+/* Rights bits. */
+#define BROKER_RIGHT_READ 0x1u
+#define BROKER_RIGHT_WRITE 0x2u
+#define BROKER_RIGHT_MAP 0x4u
+#define BROKER_RIGHT_GRANT 0x8u
+#define BROKER_RIGHT_WATCH 0x10u
+#define BROKER_RIGHTS_ALL 0x1fu
+
+/* Region modes. */
+#define BROKER_MODE_HANDLE 0u
+#define BROKER_MODE_MIRROR 1u
+#define BROKER_MODE_SHARED 2u
+
+/* `len` meaning "to the end of the range" in restrict and grant. */
+#define BROKER_LEN_TO_END (-1LL)
+
+/* Longest region or instance name, in bytes. */
+#define BROKER_MAX_NAME_LEN 256u
+
+typedef uint32_t broker_handle_t;
+
+/* What broker_handle_info writes: 40 bytes, little-endian, no padding. */
+typedef struct broker_handle_info {
+    uint64_t region_size;
+    uint64_t offset;
+    uint64_t len;
+    uint64_t version;
+    uint32_t rights;
+    uint32_t mode;
+} broker_handle_info_t;
+
+_Static_assert(sizeof(broker_handle_info_t) == 40, "broker_handle_info_t must be 40 bytes");
+
+#define BROKER_IMPORT(name) __attribute__((import_module("broker_v1"), import_name(#name)))
+
+BROKER_IMPORT(abi_version) int32_t broker_abi_version(void);
+BROKER_IMPORT(nop) int32_t broker_nop(void);
+BROKER_IMPORT(region_open) int32_t broker_region_open(const char *name, size_t name_len, broker_handle_t *out_handle);
+BROKER_IMPORT(region_create) int32_t broker_region_create(const char *name, size_t name_len, int64_t size, uint32_t mode, broker_handle_t *out_handle);
+BROKER_IMPORT(handle_close) int32_t broker_handle_close(broker_handle_t handle);
+BROKER_IMPORT(handle_info) int32_t broker_handle_info(broker_handle_t handle, broker_handle_info_t *out_info);
+BROKER_IMPORT(region_read) int32_t broker_region_read(broker_handle_t handle, int64_t offset, void *dst, size_t len);
+BROKER_IMPORT(region_write) int32_t broker_region_write(broker_handle_t handle, int64_t offset, const void *src, size_t len);
+BROKER_IMPORT(handle_restrict) int32_t broker_handle_restrict(broker_handle_t handle, uint32_t rights, int64_t offset, int64_t len, broker_handle_t *out_handle);
+BROKER_IMPORT(handle_grant) int32_t broker_handle_grant(broker_handle_t handle, const char *target, size_t target_len, uint32_t rights, int64_t offset, int64_t len);
+BROKER_IMPORT(handle_revoke) int32_t broker_handle_revoke(broker_handle_t handle);
+
+#undef BROKER_IMPORT
+
+#endif /* BROKER_H */

@@ -1,0 +1,66 @@
+//! Tidy checks on the source tree, run as ordinary tests (rust-analyzer's habit).
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if p.is_dir() && name != "target" && !name.starts_with('.') {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn every_rust_file_opens_with_a_module_doc() {
+    let mut files = Vec::new();
+    for d in ["abi", "broker", "guest-lib", "guests", "tests", "benches"] {
+        rust_files(&repo().join(d), &mut files);
+    }
+    assert!(files.len() > 20, "found only {} files", files.len());
+    let missing: Vec<_> = files
+        .iter()
+        .filter(|f| !std::fs::read_to_string(f).is_ok_and(|s| s.trim_start().starts_with("//!")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "files without a `//!` module doc: {missing:?}"
+    );
+}
+
+#[test]
+fn unsafe_code_stays_in_the_listed_modules() {
+    let allowed = ["broker/src/region/mapping.rs", "guest-lib/src/sys.rs"];
+    let mut files = Vec::new();
+    for d in ["abi", "broker", "guest-lib", "tests", "benches"] {
+        rust_files(&repo().join(d), &mut files);
+    }
+    let offenders: Vec<_> = files
+        .iter()
+        .filter(|f| {
+            let rel = f
+                .strip_prefix(repo())
+                .unwrap_or(f)
+                .to_string_lossy()
+                .replace('\\', "/");
+            !allowed.contains(&rel.as_str())
+                && std::fs::read_to_string(f).is_ok_and(|s| {
+                    s.contains(concat!("unsafe", " {")) || s.contains(concat!("unsafe", " fn"))
+                })
+        })
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "unsafe outside the allowed modules: {offenders:?}"
+    );
+}
