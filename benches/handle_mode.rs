@@ -22,12 +22,8 @@ fn handle_mode(c: &mut Criterion) {
     });
     for (len, label) in SIZES {
         g.throughput(Throughput::Bytes(u64::try_from(len).unwrap_or(0)));
-        g.bench_function(BenchmarkId::new("read", label), |b| {
-            b.iter_custom(|n| f.run(Op::Read, len, n))
-        });
-        g.bench_function(BenchmarkId::new("write", label), |b| {
-            b.iter_custom(|n| f.run(Op::Write, len, n))
-        });
+        g.bench_function(BenchmarkId::new("read", label), |b| b.iter_custom(|n| f.run(Op::Read, len, n)));
+        g.bench_function(BenchmarkId::new("write", label), |b| b.iter_custom(|n| f.run(Op::Write, len, n)));
     }
     g.finish();
 }
@@ -38,29 +34,16 @@ fn summary(quick: bool) {
     let (rounds, scale) = if quick { (1, 1) } else { (5, 100) };
     let base = ns_per_op(&f, Op::Nop, 0, 10_000 * scale, rounds);
     println!("\nhandle_mode summary (best of {rounds}; baseline = bare host call through the nop import)");
-    println!(
-        "{:<8} {:>6} {:>12} {:>10} {:>12}",
-        "op", "size", "ns/op", "x nop", "GB/s"
-    );
-    println!(
-        "{:<8} {:>6} {:>12.1} {:>10.1} {:>12}",
-        "nop", "-", base, 1.0, "-"
-    );
+    println!("{:<8} {:>6} {:>12} {:>10} {:>12}", "op", "size", "ns/op", "x nop", "GB/s");
+    println!("{:<8} {:>6} {:>12.1} {:>10.1} {:>12}", "nop", "-", base, 1.0, "-");
     for (len, label) in SIZES {
-        let iters = if len >= 1 << 20 {
-            20 * scale
-        } else {
-            5_000 * scale
-        };
+        let iters = if len >= 1 << 20 { 20 * scale } else { 5_000 * scale };
         for op in [Op::Read, Op::Write] {
             let ns = ns_per_op(&f, op, len, iters, rounds);
             #[allow(clippy::cast_precision_loss, reason = "reporting figures")]
             let gbs = f64::from(len) / ns;
             let name = if op == Op::Read { "read" } else { "write" };
-            println!(
-                "{name:<8} {label:>6} {ns:>12.1} {:>10.1} {gbs:>12.2}",
-                ns / base
-            );
+            println!("{name:<8} {label:>6} {ns:>12.1} {:>10.1} {gbs:>12.2}", ns / base);
         }
     }
 }

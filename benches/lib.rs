@@ -25,34 +25,15 @@ impl Fixture {
     pub fn new(region_size: u64, mode: Mode) -> Fixture {
         let broker = Broker::new(BrokerConfig { workers: 1 }).expect("broker");
         let t = broker
-            .create_tenant(
-                "bench",
-                Quotas {
-                    region_bytes: 1 << 30,
-                    ..Quotas::default()
-                },
-            )
+            .create_tenant("bench", Quotas { region_bytes: 1 << 30, ..Quotas::default() })
             .expect("tenant");
-        broker
-            .create_region(t, RegionSpec::new("bench", region_size, mode))
-            .expect("region");
-        broker
-            .load_module(t, "bench_handle", broker_guests::BENCH_HANDLE_WASM)
-            .expect("module");
-        let guest = broker
-            .start_instance(t, "bench_handle", "g", InstanceConfig::default())
-            .expect("instance");
+        broker.create_region(t, RegionSpec::new("bench", region_size, mode)).expect("region");
+        broker.load_module(t, "bench_handle", broker_guests::BENCH_HANDLE_WASM).expect("module");
+        let guest =
+            broker.start_instance(t, "bench_handle", "g", InstanceConfig::default()).expect("instance");
         let h = broker.call_i64(guest, "open_bench", &[]).expect("open");
-        let handle = i32::from_ne_bytes(
-            u32::try_from(h)
-                .expect("a handle, not an error")
-                .to_ne_bytes(),
-        );
-        Fixture {
-            broker,
-            guest,
-            handle,
-        }
+        let handle = i32::from_ne_bytes(u32::try_from(h).expect("a handle, not an error").to_ne_bytes());
+        Fixture { broker, guest, handle }
     }
 
     /// Runs `iters` iterations of a guest loop and returns the elapsed time.
@@ -68,10 +49,7 @@ impl Fixture {
                 Op::Nop => vec![Val::I32(n)],
                 Op::Read | Op::Write => vec![Val::I32(self.handle), Val::I32(len), Val::I32(n)],
             };
-            let rc = self
-                .broker
-                .call_i64(self.guest, op.export(), &args)
-                .expect("call");
+            let rc = self.broker.call_i64(self.guest, op.export(), &args).expect("call");
             assert_eq!(rc, 0, "guest loop {} failed with status {rc}", op.export());
             left -= u64::try_from(n).unwrap_or(0);
         }
@@ -103,10 +81,7 @@ impl Op {
 
 /// Nanoseconds per operation: the best of `rounds` runs of `iters` iterations.
 pub fn ns_per_op(f: &Fixture, op: Op, len: i32, iters: u64, rounds: u32) -> f64 {
-    let best = (0..rounds.max(1))
-        .map(|_| f.run(op, len, iters))
-        .min()
-        .unwrap_or_default();
+    let best = (0..rounds.max(1)).map(|_| f.run(op, len, iters)).min().unwrap_or_default();
     // Precision is irrelevant at these magnitudes; the conversion is for reporting only.
     #[allow(clippy::cast_precision_loss, reason = "reporting figures")]
     let per = best.as_nanos() as f64 / iters.max(1) as f64;

@@ -18,23 +18,12 @@ fn main() {
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let apps = manifest_dir.join("apps");
-    let repo = manifest_dir
-        .parent()
-        .expect("guests/ lives inside the repository")
-        .to_path_buf();
+    let repo = manifest_dir.parent().expect("guests/ lives inside the repository").to_path_buf();
 
-    for dir in [
-        apps.join("src"),
-        repo.join("guest-lib/src"),
-        repo.join("abi/src"),
-    ] {
+    for dir in [apps.join("src"), repo.join("guest-lib/src"), repo.join("abi/src")] {
         println!("cargo:rerun-if-changed={}", dir.display());
     }
-    for file in [
-        apps.join("Cargo.toml"),
-        apps.join("Cargo.lock"),
-        repo.join("guest-lib/Cargo.toml"),
-    ] {
+    for file in [apps.join("Cargo.toml"), apps.join("Cargo.lock"), repo.join("guest-lib/Cargo.toml")] {
         println!("cargo:rerun-if-changed={}", file.display());
     }
 
@@ -56,19 +45,14 @@ fn main() {
         .arg(TARGET)
         .arg("--target-dir")
         .arg(&target_dir)
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            "-Ctarget-feature=+atomics,+bulk-memory",
-        )
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+atomics,+bulk-memory")
         // Wrappers (clippy, sccache) and host flags are for the outer build only.
         .env_remove("RUSTFLAGS")
         .env_remove("RUSTC_WRAPPER")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("CARGO_TARGET_DIR");
-    let status = cmd
-        .status()
-        .expect("failed to run cargo for the guest apps");
+    let status = cmd.status().expect("failed to run cargo for the guest apps");
     assert!(status.success(), "building the guest apps failed: {status}");
 
     let wasm_dir = target_dir.join(TARGET).join("release");
@@ -79,16 +63,8 @@ fn main() {
         let path = wasm_dir.join(format!("{name}.wasm"));
         assert!(path.exists(), "guest {name} produced no {}", path.display());
         let _ = writeln!(code, "/// Path of the `{name}` guest's `.wasm` file.");
-        let _ = writeln!(
-            code,
-            "pub const {}: &str = {:?};",
-            name.to_uppercase(),
-            path.display().to_string()
-        );
-        let _ = writeln!(
-            code,
-            "/// The `{name}` guest's `.wasm` bytes, embedded at build time."
-        );
+        let _ = writeln!(code, "pub const {}: &str = {:?};", name.to_uppercase(), path.display().to_string());
+        let _ = writeln!(code, "/// The `{name}` guest's `.wasm` bytes, embedded at build time.");
         let _ = writeln!(
             code,
             "pub static {}_WASM: &[u8] = include_bytes!({:?});",
@@ -102,14 +78,8 @@ fn main() {
         let _ = writeln!(code, "    ({name:?}, {}),", name.to_uppercase());
     }
     let _ = writeln!(code, "];");
-    let _ = writeln!(
-        code,
-        "/// Calls `$mac!(suite, name)` for every guest `<suite>_<rest>`."
-    );
-    let _ = writeln!(
-        code,
-        "#[macro_export]\nmacro_rules! foreach_guest {{\n    ($mac:ident) => {{"
-    );
+    let _ = writeln!(code, "/// Calls `$mac!(suite, name)` for every guest `<suite>_<rest>`.");
+    let _ = writeln!(code, "#[macro_export]\nmacro_rules! foreach_guest {{\n    ($mac:ident) => {{");
     for name in &names {
         let suite = name.split('_').next().unwrap_or(name);
         let _ = writeln!(code, "        $mac!({suite}, {name});");
@@ -138,8 +108,7 @@ fn ensure_wasm_target() {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    let installed =
-        sysroot.is_some_and(|s| s.join("lib/rustlib").join(TARGET).join("lib").is_dir());
+    let installed = sysroot.is_some_and(|s| s.join("lib/rustlib").join(TARGET).join("lib").is_dir());
     if installed {
         return;
     }
@@ -147,8 +116,5 @@ fn ensure_wasm_target() {
         .args(["target", "add", TARGET])
         .status()
         .expect("the wasm32 target is missing and rustup could not be run to install it");
-    assert!(
-        status.success(),
-        "`rustup target add {TARGET}` failed: {status}"
-    );
+    assert!(status.success(), "`rustup target add {TARGET}` failed: {status}");
 }

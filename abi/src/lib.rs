@@ -43,6 +43,12 @@ pub mod func {
     pub const HANDLE_GRANT: &str = "handle_grant";
     /// `handle_revoke(handle) -> status`.
     pub const HANDLE_REVOKE: &str = "handle_revoke";
+    /// `mirror_acquire(handle, ptr, len, out_version_ptr) -> status`.
+    pub const MIRROR_ACQUIRE: &str = "mirror_acquire";
+    /// `mirror_refresh(handle, ptr, len, since: i64, out_version_ptr, out_pages_ptr) -> status`.
+    pub const MIRROR_REFRESH: &str = "mirror_refresh";
+    /// `mirror_commit(handle, ptr, len, base: i64, out_version_ptr, out_pages_ptr) -> status`.
+    pub const MIRROR_COMMIT: &str = "mirror_commit";
 
     /// Every function name, for tests and for the C header check.
     pub const ALL: &[&str] = &[
@@ -57,6 +63,9 @@ pub mod func {
         HANDLE_RESTRICT,
         HANDLE_GRANT,
         HANDLE_REVOKE,
+        MIRROR_ACQUIRE,
+        MIRROR_REFRESH,
+        MIRROR_COMMIT,
     ];
 }
 
@@ -93,6 +102,11 @@ pub enum Status {
     WrongMode = -11,
     /// The broker hit an internal error; the call had no effect.
     Internal = -12,
+    /// A mirror commit conflicts with changes made since the mirror's base; nothing was written, and the
+    /// region's current version was written to the out-pointer.
+    Conflict = -13,
+    /// A version argument is negative or newer than the region's current version.
+    BadVersion = -14,
 }
 
 impl Status {
@@ -111,6 +125,8 @@ impl Status {
         Status::ModeNotSupported,
         Status::WrongMode,
         Status::Internal,
+        Status::Conflict,
+        Status::BadVersion,
     ];
 
     /// The numeric code a guest sees.
@@ -139,6 +155,8 @@ impl Status {
             Status::ModeNotSupported => "BROKER_ERR_MODE_NOT_SUPPORTED",
             Status::WrongMode => "BROKER_ERR_WRONG_MODE",
             Status::Internal => "BROKER_ERR_INTERNAL",
+            Status::Conflict => "BROKER_ERR_CONFLICT",
+            Status::BadVersion => "BROKER_ERR_BAD_VERSION",
         }
     }
 }

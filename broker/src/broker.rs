@@ -15,12 +15,12 @@ use wasmtime::{ExternType, Linker, Module, Val};
 use crate::abi::{self, GuestCtx};
 use crate::capability::{CapError, CapId, CapSpace, Handle, Rights};
 use crate::error::Error;
-use crate::mode::Mode;
+use crate::mode::{ConflictPolicy, Mode};
 use crate::name::{Name, QualifiedName};
-use crate::region::{Region, RegionError, RegionId, RegionInfo, RegionSpec, MAX_REGION_SIZE};
+use crate::region::{Region, RegionError, RegionId, RegionInfo, RegionSpec, TrafficStats, MAX_REGION_SIZE};
 use crate::runtime::{
-    EngineHandle, InstanceCell, InstanceConfig, InstanceError, InstanceId, InstanceState,
-    InstanceStatus, WorkerPool,
+    EngineHandle, InstanceCell, InstanceConfig, InstanceError, InstanceId, InstanceState, InstanceStatus,
+    WorkerPool,
 };
 use crate::tenant::{Quotas, Resource, Tenant, TenantId, Usage};
 
@@ -35,9 +35,7 @@ impl Default for BrokerConfig {
     /// One worker per available core, at least two (so a runaway guest never blocks every instance).
     fn default() -> BrokerConfig {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-        BrokerConfig {
-            workers: cores.max(2),
-        }
+        BrokerConfig { workers: cores.max(2) }
     }
 }
 
@@ -70,10 +68,7 @@ pub(crate) struct Core {
 }
 
 fn name(s: &str) -> Result<Name, Error> {
-    Name::new(s).map_err(|source| Error::InvalidName {
-        name: s.to_owned(),
-        source,
-    })
+    Name::new(s).map_err(|source| Error::InvalidName { name: s.to_owned(), source })
 }
 
 impl Core {
@@ -82,21 +77,11 @@ impl Core {
     }
 
     fn tenant(&self, id: TenantId) -> Result<Arc<Tenant>, Error> {
-        self.registry
-            .read()
-            .tenants
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| Error::TenantNotFound(id.to_string()))
+        self.registry.read().tenants.get(&id).cloned().ok_or_else(|| Error::TenantNotFound(id.to_string()))
     }
 
     fn region(&self, id: RegionId) -> Result<Arc<Region>, Error> {
-        self.registry
-            .read()
-            .regions
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| Error::RegionNotFound(id.to_string()))
+        self.registry.read().regions.get(&id).cloned().ok_or_else(|| Error::RegionNotFound(id.to_string()))
     }
 
     /// Creates a region owned by `tenant`, charging its quota; nothing remains on error.
@@ -106,6 +91,7 @@ impl Core {
         name: Name,
         size: u64,
         mode: Mode,
+        policy: ConflictPolicy,
     ) -> Result<Arc<Region>, Error> {
         mode.ensure_supported()?;
         // Refuse impossible sizes before touching the quota, so the error names the real problem.
@@ -123,14 +109,8 @@ impl Core {
             return Err(Error::RegionExists(format!("{}/{}", tenant.name(), key.1)));
         }
         let id = RegionId(self.fresh_id());
-        let region = Arc::new(Region::new(
-            id,
-            key.1.clone(),
-            tenant.id(),
-            tenant.name().clone(),
-            size,
-            mode,
-        )?);
+        let region =
+            Arc::new(Region::new(id, key.1.clone(), tenant.id(), tenant.name().clone(), size, mode, policy)?);
         reg.region_names.insert(key, id);
         reg.regions.insert(id, Arc::clone(&region));
         self.caps.lock().add_root(Arc::clone(&region));
@@ -141,12 +121,8 @@ impl Core {
 
     fn destroy_region(&self, id: RegionId) -> Result<(), Error> {
         let mut reg = self.registry.write();
-        let region = reg
-            .regions
-            .remove(&id)
-            .ok_or_else(|| Error::RegionNotFound(id.to_string()))?;
-        reg.region_names
-            .remove(&(region.owner(), region.name().clone()));
+        let region = reg.regions.remove(&id).ok_or_else(|| Error::RegionNotFound(id.to_string()))?;
+        reg.region_names.remove(&(region.owner(), region.name().clone()));
         let owner = reg.tenants.get(&region.owner()).cloned();
         drop(reg);
         self.caps.lock().remove_region(id);
@@ -158,11 +134,7 @@ impl Core {
     }
 
     /// Opens `name` for a guest: a region of its own tenant, or one granted to this instance.
-    pub(crate) fn open_for_guest(
-        &self,
-        ctx: &GuestCtx,
-        q: &QualifiedName,
-    ) -> Result<Handle, Error> {
+    pub(crate) fn open_for_guest(&self, ctx: &GuestCtx, q: &QualifiedName) -> Result<Handle, Error> {
         let own = ctx.tenant.name();
         let not_found = || {
             Error::RegionNotFound(match &q.tenant {
@@ -172,20 +144,14 @@ impl Core {
         };
         let owner = q.tenant.as_ref().unwrap_or(own);
         let own_region = if owner == own {
-            self.registry
-                .read()
-                .region_names
-                .get(&(ctx.tenant.id(), q.name.clone()))
-                .copied()
+            self.registry.read().region_names.get(&(ctx.tenant.id(), q.name.clone())).copied()
         } else {
             None
         };
         let mut caps = self.caps.lock();
         let source = match own_region.and_then(|r| caps.root(r)) {
             Some(root) => root,
-            None => caps
-                .find_grant(ctx.instance, owner.as_str(), q.name.as_str())
-                .ok_or_else(not_found)?,
+            None => caps.find_grant(ctx.instance, owner.as_str(), q.name.as_str()).ok_or_else(not_found)?,
         };
         let rights = caps.cap(source).map_err(|_| not_found())?.rights;
         Ok(caps.derive_handle(source, rights, 0, LEN_TO_END, ctx.instance, &ctx.tenant)?)
@@ -198,14 +164,12 @@ impl Core {
         size: u64,
         mode: Mode,
     ) -> Result<Handle, Error> {
-        let region = self.create_region(&ctx.tenant, name, size, mode)?;
+        let region = self.create_region(&ctx.tenant, name, size, mode, ConflictPolicy::default())?;
         let derived = {
             let mut caps = self.caps.lock();
-            caps.root(region.id())
-                .ok_or(CapError::Gone)
-                .and_then(|root| {
-                    caps.derive_handle(root, Rights::ALL, 0, LEN_TO_END, ctx.instance, &ctx.tenant)
-                })
+            caps.root(region.id()).ok_or(CapError::Gone).and_then(|root| {
+                caps.derive_handle(root, Rights::ALL, 0, LEN_TO_END, ctx.instance, &ctx.tenant)
+            })
         };
         derived.map_err(|e| {
             // Creating without being able to hold it would leave an orphan: undo the creation.
@@ -253,9 +217,7 @@ impl Core {
                 .ok_or_else(|| Error::InstanceNotFound(target.name.to_string()))?
         };
         // Revoked in between? Then the derivation finds its parent gone and refuses.
-        self.caps
-            .lock()
-            .derive_grant(cap.id, rights, offset, len, target_id, &ctx.tenant)?;
+        self.caps.lock().derive_grant(cap.id, rights, offset, len, target_id, &ctx.tenant)?;
         Ok(())
     }
 }
@@ -279,26 +241,16 @@ impl Broker {
     pub fn new(config: BrokerConfig) -> Result<Broker, Error> {
         let engine = EngineHandle::new()?;
         let mut linker = Linker::new(&engine.engine);
-        abi::add_to_linker(&mut linker).map_err(|e| Error::InvalidArgument {
-            field: "host functions",
-            reason: e.to_string(),
-        })?;
-        let pool = WorkerPool::new(config.workers).map_err(|e| Error::InvalidArgument {
-            field: "workers",
-            reason: e.to_string(),
-        })?;
+        abi::add_to_linker(&mut linker)
+            .map_err(|e| Error::InvalidArgument { field: "host functions", reason: e.to_string() })?;
+        let pool = WorkerPool::new(config.workers)
+            .map_err(|e| Error::InvalidArgument { field: "workers", reason: e.to_string() })?;
         let core = Arc::new(Core {
             registry: RwLock::new(Registry::default()),
             caps: Mutex::new(CapSpace::new()),
             next_id: AtomicU64::new(0),
         });
-        Ok(Broker {
-            core,
-            linker,
-            cells: RwLock::new(HashMap::new()),
-            pool,
-            engine,
-        })
+        Ok(Broker { core, linker, cells: RwLock::new(HashMap::new()), pool, engine })
     }
 
     // ----- tenants -----
@@ -348,23 +300,14 @@ impl Broker {
     ///
     /// # Errors
     /// [`Error::InvalidName`], [`Error::TenantNotFound`], [`Error::InvalidModule`], [`Error::ModuleExists`].
-    pub fn load_module(
-        &self,
-        tenant: TenantId,
-        module_name: &str,
-        wasm: &[u8],
-    ) -> Result<(), Error> {
+    pub fn load_module(&self, tenant: TenantId, module_name: &str, wasm: &[u8]) -> Result<(), Error> {
         let n = name(module_name)?;
         self.core.tenant(tenant)?;
-        let invalid = |reason: String| Error::InvalidModule {
-            name: module_name.to_owned(),
-            reason,
-        };
-        let module =
-            Module::new(&self.engine.engine, wasm).map_err(|e| invalid(format!("{e:#}")))?;
+        let invalid = |reason: String| Error::InvalidModule { name: module_name.to_owned(), reason };
+        let module = Module::new(&self.engine.engine, wasm).map_err(|e| invalid(format!("{e:#}")))?;
         for import in module.imports() {
-            let known = import.module() == broker_abi::MODULE
-                && broker_abi::func::ALL.contains(&import.name());
+            let known =
+                import.module() == broker_abi::MODULE && broker_abi::func::ALL.contains(&import.name());
             if !known || !matches!(import.ty(), ExternType::Func(_)) {
                 return Err(invalid(format!(
                     "imports {}::{}, which the broker does not provide",
@@ -425,10 +368,7 @@ impl Broker {
         let pre = self
             .linker
             .instantiate_pre(&module)
-            .map_err(|e| Error::InvalidModule {
-                name: module_name.to_owned(),
-                reason: format!("{e:#}"),
-            })?;
+            .map_err(|e| Error::InvalidModule { name: module_name.to_owned(), reason: format!("{e:#}") })?;
         let slot = t.reserve(Resource::Instances, 1)?;
         let id = InstanceId(self.core.fresh_id());
         {
@@ -439,60 +379,34 @@ impl Broker {
             }
             reg.instance_names.insert(key, id);
         }
-        match InstanceCell::start(
-            id,
-            inn.clone(),
-            Arc::clone(&t),
-            mn,
-            config,
-            pre,
-            Arc::clone(&self.core),
-        ) {
+        match InstanceCell::start(id, inn.clone(), Arc::clone(&t), mn, config, pre, Arc::clone(&self.core)) {
             Ok(cell) => {
                 self.cells.write().insert(id, cell);
                 slot.commit();
                 Ok(id)
             }
             Err(e) => {
-                self.core
-                    .registry
-                    .write()
-                    .instance_names
-                    .remove(&(tenant, inn));
+                self.core.registry.write().instance_names.remove(&(tenant, inn));
                 Err(e)
             }
         }
     }
 
     fn cell(&self, id: InstanceId) -> Result<Arc<InstanceCell>, Error> {
-        self.cells
-            .read()
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| Error::InstanceNotFound(id.to_string()))
+        self.cells.read().get(&id).cloned().ok_or_else(|| Error::InstanceNotFound(id.to_string()))
     }
 
     /// Looks an instance up by tenant and name.
     pub fn instance_id(&self, tenant: TenantId, instance_name: &str) -> Option<InstanceId> {
         let n = Name::new(instance_name).ok()?;
-        self.core
-            .registry
-            .read()
-            .instance_names
-            .get(&(tenant, n))
-            .copied()
+        self.core.registry.read().instance_names.get(&(tenant, n)).copied()
     }
 
     /// Calls an exported function on the instance's worker and waits for its results.
     ///
     /// # Errors
     /// [`Error::InstanceNotFound`], or [`Error::Instance`] with the trap, interruption or argument error.
-    pub fn call(
-        &self,
-        instance: InstanceId,
-        export: &str,
-        args: &[Val],
-    ) -> Result<Vec<Val>, Error> {
+    pub fn call(&self, instance: InstanceId, export: &str, args: &[Val]) -> Result<Vec<Val>, Error> {
         Ok(self.cell(instance)?.call(&self.pool, export, args)?)
     }
 
@@ -550,11 +464,7 @@ impl Broker {
             .remove(&instance)
             .ok_or_else(|| Error::InstanceNotFound(instance.to_string()))?;
         cell.stop(&self.pool);
-        self.core
-            .registry
-            .write()
-            .instance_names
-            .remove(&(cell.tenant.id(), cell.name.clone()));
+        self.core.registry.write().instance_names.remove(&(cell.tenant.id(), cell.name.clone()));
         cell.tenant.release(Resource::Instances, 1);
         Ok(())
     }
@@ -578,7 +488,7 @@ impl Broker {
     pub fn create_region(&self, tenant: TenantId, spec: RegionSpec) -> Result<RegionId, Error> {
         let n = name(&spec.name)?;
         let t = self.core.tenant(tenant)?;
-        Ok(self.core.create_region(&t, n, spec.size, spec.mode)?.id())
+        Ok(self.core.create_region(&t, n, spec.size, spec.mode, spec.policy)?.id())
     }
 
     /// Destroys a region: every capability to it is revoked first, then its memory is unmapped once no
@@ -593,12 +503,7 @@ impl Broker {
     /// Looks a region up by owner and name.
     pub fn region_id(&self, tenant: TenantId, region_name: &str) -> Option<RegionId> {
         let n = Name::new(region_name).ok()?;
-        self.core
-            .registry
-            .read()
-            .region_names
-            .get(&(tenant, n))
-            .copied()
+        self.core.registry.read().region_names.get(&(tenant, n)).copied()
     }
 
     /// A region's metadata.
@@ -642,22 +547,15 @@ impl Broker {
         let r = self.core.region(region)?;
         self.cell(instance)?;
         let owner = self.core.tenant(r.owner())?;
-        let bad = |_| Error::InvalidArgument {
-            field: "offset",
-            reason: "exceeds i64".into(),
-        };
+        let bad = |_| Error::InvalidArgument { field: "offset", reason: "exceeds i64".into() };
         let offset = i64::try_from(offset).map_err(bad)?;
         let len = match len {
             None => LEN_TO_END,
-            Some(l) => i64::try_from(l).map_err(|_| Error::InvalidArgument {
-                field: "len",
-                reason: "exceeds i64".into(),
-            })?,
+            Some(l) => i64::try_from(l)
+                .map_err(|_| Error::InvalidArgument { field: "len", reason: "exceeds i64".into() })?,
         };
         let mut caps = self.core.caps.lock();
-        let root = caps
-            .root(region)
-            .ok_or_else(|| Error::RegionNotFound(region.to_string()))?;
+        let root = caps.root(region).ok_or_else(|| Error::RegionNotFound(region.to_string()))?;
         let id = caps.derive_grant(root, rights, offset, len, instance, &owner)?;
         Ok(GrantId(id))
     }
@@ -668,8 +566,7 @@ impl Broker {
     /// [`Error::GrantNotFound`] if it is already gone.
     pub fn revoke_grant(&self, grant: GrantId) -> Result<(), Error> {
         let mut caps = self.core.caps.lock();
-        caps.cap(grant.0)
-            .map_err(|_| Error::GrantNotFound(grant.get()))?;
+        caps.cap(grant.0).map_err(|_| Error::GrantNotFound(grant.get()))?;
         caps.remove_subtree(grant.0);
         Ok(())
     }
@@ -680,10 +577,24 @@ impl Broker {
     /// [`Error::RegionNotFound`].
     pub fn revoke_all(&self, region: RegionId) -> Result<usize, Error> {
         let mut caps = self.core.caps.lock();
-        let root = caps
-            .root(region)
-            .ok_or_else(|| Error::RegionNotFound(region.to_string()))?;
+        let root = caps.root(region).ok_or_else(|| Error::RegionNotFound(region.to_string()))?;
         Ok(caps.revoke_children(root))
+    }
+
+    /// What crossed a region's boundary: bytes in and out, pages refreshed, commits, conflicts.
+    ///
+    /// # Errors
+    /// [`Error::RegionNotFound`].
+    pub fn region_traffic(&self, region: RegionId) -> Result<TrafficStats, Error> {
+        Ok(self.core.region(region)?.traffic())
+    }
+
+    /// What an instance copied through its host calls, over all its restarts.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`].
+    pub fn instance_traffic(&self, instance: InstanceId) -> Result<TrafficStats, Error> {
+        Ok(self.cell(instance)?.traffic.stats())
     }
 
     /// Number of live capabilities in the broker (roots included), for leak checks.

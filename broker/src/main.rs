@@ -37,8 +37,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
         Command::Demo { readings } => {
-            let report = broker::demo::run(readings, &mut std::io::stdout())
-                .context("the demo could not run")?;
+            let report =
+                broker::demo::run(readings, &mut std::io::stdout()).context("the demo could not run")?;
             Ok(report.ok())
         }
     }

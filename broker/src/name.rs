@@ -48,10 +48,7 @@ impl Name {
         if s.len() > MAX_LEN {
             return Err(NameError::TooLong { len: s.len() });
         }
-        if let Some(ch) = s
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-        {
+        if let Some(ch) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
             return Err(NameError::BadChar { ch });
         }
         Ok(Name(s.to_owned()))
@@ -62,9 +59,7 @@ impl Name {
     /// # Errors
     /// [`NameError::NotUtf8`] or the errors of [`Name::new`].
     pub fn from_bytes(b: &[u8]) -> Result<Name, NameError> {
-        std::str::from_utf8(b)
-            .map_err(|_| NameError::NotUtf8)
-            .and_then(Name::new)
+        std::str::from_utf8(b).map_err(|_| NameError::NotUtf8).and_then(Name::new)
     }
 
     /// The name as a string.
@@ -95,14 +90,8 @@ impl QualifiedName {
     /// Either part is not a valid [`Name`] (a second `/` shows up as a bad character).
     pub fn parse(s: &str) -> Result<QualifiedName, NameError> {
         match s.split_once('/') {
-            None => Ok(QualifiedName {
-                tenant: None,
-                name: Name::new(s)?,
-            }),
-            Some((t, n)) => Ok(QualifiedName {
-                tenant: Some(Name::new(t)?),
-                name: Name::new(n)?,
-            }),
+            None => Ok(QualifiedName { tenant: None, name: Name::new(s)? }),
+            Some((t, n)) => Ok(QualifiedName { tenant: Some(Name::new(t)?), name: Name::new(n)? }),
         }
     }
 
@@ -114,9 +103,7 @@ impl QualifiedName {
         if b.len() > MAX_LEN {
             return Err(NameError::TooLong { len: b.len() });
         }
-        std::str::from_utf8(b)
-            .map_err(|_| NameError::NotUtf8)
-            .and_then(QualifiedName::parse)
+        std::str::from_utf8(b).map_err(|_| NameError::NotUtf8).and_then(QualifiedName::parse)
     }
 }
 
@@ -128,10 +115,7 @@ mod tests {
     fn names_are_validated() {
         assert_eq!(Name::new(""), Err(NameError::Empty));
         assert_eq!(Name::new("a/b"), Err(NameError::BadChar { ch: '/' }));
-        assert_eq!(
-            Name::new(&"x".repeat(MAX_LEN + 1)),
-            Err(NameError::TooLong { len: MAX_LEN + 1 })
-        );
+        assert_eq!(Name::new(&"x".repeat(MAX_LEN + 1)), Err(NameError::TooLong { len: MAX_LEN + 1 }));
         assert_eq!(Name::from_bytes(&[0xff]), Err(NameError::NotUtf8));
         assert!(Name::new("sensor-hub_1.v2").is_ok());
     }
@@ -141,10 +125,7 @@ mod tests {
         let q = QualifiedName::parse("acme/data").expect("valid");
         assert_eq!(q.tenant.as_ref().map(Name::as_str), Some("acme"));
         assert_eq!(q.name.as_str(), "data");
-        assert_eq!(
-            QualifiedName::parse("a/b/c"),
-            Err(NameError::BadChar { ch: '/' })
-        );
+        assert_eq!(QualifiedName::parse("a/b/c"), Err(NameError::BadChar { ch: '/' }));
         assert_eq!(QualifiedName::parse("/x"), Err(NameError::Empty));
     }
 }

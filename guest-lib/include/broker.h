@@ -28,6 +28,8 @@
 #define BROKER_ERR_MODE_NOT_SUPPORTED -10
 #define BROKER_ERR_WRONG_MODE -11
 #define BROKER_ERR_INTERNAL -12
+#define BROKER_ERR_CONFLICT -13
+#define BROKER_ERR_BAD_VERSION -14
 
 /* Rights bits. */
 #define BROKER_RIGHT_READ 0x1u
@@ -75,6 +77,9 @@ BROKER_IMPORT(region_write) int32_t broker_region_write(broker_handle_t handle, 
 BROKER_IMPORT(handle_restrict) int32_t broker_handle_restrict(broker_handle_t handle, uint32_t rights, int64_t offset, int64_t len, broker_handle_t *out_handle);
 BROKER_IMPORT(handle_grant) int32_t broker_handle_grant(broker_handle_t handle, const char *target, size_t target_len, uint32_t rights, int64_t offset, int64_t len);
 BROKER_IMPORT(handle_revoke) int32_t broker_handle_revoke(broker_handle_t handle);
+BROKER_IMPORT(mirror_acquire) int32_t broker_mirror_acquire(broker_handle_t handle, void *buf, size_t len, uint64_t *out_version);
+BROKER_IMPORT(mirror_refresh) int32_t broker_mirror_refresh(broker_handle_t handle, void *buf, size_t len, int64_t since_version, uint64_t *out_version, uint32_t *out_pages);
+BROKER_IMPORT(mirror_commit) int32_t broker_mirror_commit(broker_handle_t handle, const void *buf, size_t len, int64_t base_version, uint64_t *out_version, uint32_t *out_pages);
 
 #undef BROKER_IMPORT
 

@@ -10,11 +10,16 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
-pub mod sys;
+extern crate alloc;
 
-pub use broker_abi::{
-    mode as raw_mode, rights as raw_rights, HandleInfo, Status, LEN_TO_END, MAX_NAME_LEN,
-};
+mod mirror;
+pub mod sys;
+mod view;
+
+pub use mirror::Mirror;
+pub use view::View;
+
+pub use broker_abi::{mode as raw_mode, rights as raw_rights, HandleInfo, Status, LEN_TO_END, MAX_NAME_LEN};
 pub use bytemuck::{Pod, Zeroable};
 
 use core::fmt;
@@ -46,6 +51,10 @@ pub enum Error {
     WrongMode,
     /// The broker failed internally; nothing happened.
     Internal,
+    /// A mirror commit conflicts with changes since the mirror's base; nothing was written.
+    Conflict,
+    /// A version argument is negative or newer than the region's.
+    BadVersion,
     /// A code this library does not know (a newer broker).
     Unknown(i32),
 }
@@ -75,6 +84,8 @@ impl Error {
             Status::InvalidArgument => Error::InvalidArgument,
             Status::ModeNotSupported => Error::ModeNotSupported,
             Status::WrongMode => Error::WrongMode,
+            Status::Conflict => Error::Conflict,
+            Status::BadVersion => Error::BadVersion,
         }
     }
 
@@ -93,6 +104,8 @@ impl Error {
             Error::ModeNotSupported => Status::ModeNotSupported.code(),
             Error::WrongMode => Status::WrongMode.code(),
             Error::Internal => Status::Internal.code(),
+            Error::Conflict => Status::Conflict.code(),
+            Error::BadVersion => Status::BadVersion.code(),
             Error::Unknown(c) => c,
         }
     }
@@ -113,6 +126,8 @@ impl fmt::Display for Error {
             Error::ModeNotSupported => "region mode not supported by this broker",
             Error::WrongMode => "operation needs a region in another mode",
             Error::Internal => "internal broker error",
+            Error::Conflict => "commit conflicts with changes since the mirror's base",
+            Error::BadVersion => "version is not a version of this region",
             Error::Unknown(c) => return write!(f, "unknown broker status {c}"),
         };
         f.write_str(msg)
@@ -185,7 +200,7 @@ impl Mode {
         }
     }
 
-    fn from_raw(raw: u32) -> Option<Mode> {
+    pub(crate) fn from_raw(raw: u32) -> Option<Mode> {
         match raw {
             raw_mode::HANDLE => Some(Mode::Handle),
             raw_mode::MIRROR => Some(Mode::Mirror),
@@ -262,12 +277,7 @@ impl Region {
     pub fn create(name: &str, size: u64, mode: Mode) -> Result<Region> {
         let size = i64::try_from(size).map_err(|_| Error::InvalidArgument)?;
         let mut handle = 0u32;
-        Error::check(sys::region_create(
-            name.as_bytes(),
-            size,
-            mode.raw(),
-            &mut handle,
-        ))?;
+        Error::check(sys::region_create(name.as_bytes(), size, mode.raw(), &mut handle))?;
         Ok(Region { handle })
     }
 
@@ -368,13 +378,7 @@ impl Region {
     pub fn restrict(&self, rights: Rights, offset: u64, len: Option<u64>) -> Result<Region> {
         let (offset, len) = (offset_arg(offset)?, len_arg(len)?);
         let mut handle = 0u32;
-        Error::check(sys::handle_restrict(
-            self.handle,
-            rights.bits(),
-            offset,
-            len,
-            &mut handle,
-        ))?;
+        Error::check(sys::handle_restrict(self.handle, rights.bits(), offset, len, &mut handle))?;
         Ok(Region { handle })
     }
 
@@ -385,13 +389,24 @@ impl Region {
     /// `PermissionDenied` without the grant right or when widening rights, `OutOfBounds`, `NotFound`.
     pub fn grant(&self, target: &str, rights: Rights, offset: u64, len: Option<u64>) -> Result<()> {
         let (offset, len) = (offset_arg(offset)?, len_arg(len)?);
-        Error::check(sys::handle_grant(
-            self.handle,
-            target.as_bytes(),
-            rights.bits(),
-            offset,
-            len,
-        ))
+        Error::check(sys::handle_grant(self.handle, target.as_bytes(), rights.bits(), offset, len))
+    }
+
+    /// Copies the region into this app's memory as a [`Mirror`] (mirror-mode regions only).
+    ///
+    /// # Errors
+    /// `WrongMode` for a region in another mode, `PermissionDenied` without the read right,
+    /// `QuotaExceeded` if the tenant's memory quota cannot hold the broker's shadow of the mirror.
+    pub fn mirror(&self) -> Result<Mirror<'_>> {
+        Mirror::acquire(self)
+    }
+
+    /// A mode-agnostic [`View`]: a mirror for mirror-mode regions, host calls otherwise.
+    ///
+    /// # Errors
+    /// As [`Region::info`] and [`Region::mirror`].
+    pub fn view(&self) -> Result<View<'_>> {
+        View::open(self)
     }
 
     /// Revokes every capability derived from this one (grants and restrictions, transitively); this one

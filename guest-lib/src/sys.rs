@@ -26,13 +26,7 @@ mod raw {
         pub fn handle_info(handle: u32, out_info: *mut u8) -> i32;
         pub fn region_read(handle: u32, offset: i64, dst: *mut u8, len: usize) -> i32;
         pub fn region_write(handle: u32, offset: i64, src: *const u8, len: usize) -> i32;
-        pub fn handle_restrict(
-            handle: u32,
-            rights: u32,
-            offset: i64,
-            len: i64,
-            out_handle: *mut u32,
-        ) -> i32;
+        pub fn handle_restrict(handle: u32, rights: u32, offset: i64, len: i64, out_handle: *mut u32) -> i32;
         pub fn handle_grant(
             handle: u32,
             target: *const u8,
@@ -42,6 +36,23 @@ mod raw {
             len: i64,
         ) -> i32;
         pub fn handle_revoke(handle: u32) -> i32;
+        pub fn mirror_acquire(handle: u32, buf: *mut u8, len: usize, out_version: *mut u64) -> i32;
+        pub fn mirror_refresh(
+            handle: u32,
+            buf: *mut u8,
+            len: usize,
+            since: i64,
+            out_version: *mut u64,
+            out_pages: *mut u32,
+        ) -> i32;
+        pub fn mirror_commit(
+            handle: u32,
+            buf: *const u8,
+            len: usize,
+            base: i64,
+            out_version: *mut u64,
+            out_pages: *mut u32,
+        ) -> i32;
     }
 }
 
@@ -109,4 +120,29 @@ pub fn handle_grant(handle: u32, target: &[u8], rights: u32, offset: i64, len: i
 pub fn handle_revoke(handle: u32) -> i32 {
     // SAFETY: the import takes only integers.
     unsafe { raw::handle_revoke(handle) }
+}
+
+/// Copies the capability's range into `buf` (which must be exactly that long); the version goes to
+/// `out_version`.
+pub fn mirror_acquire(handle: u32, buf: &mut [u8], out_version: &mut u64) -> i32 {
+    // SAFETY: `buf` is live and writable for `buf.len()` bytes and `out_version` is a live u64.
+    unsafe { raw::mirror_acquire(handle, buf.as_mut_ptr(), buf.len(), out_version) }
+}
+
+/// Copies into `buf` the pages changed since `since`.
+pub fn mirror_refresh(
+    handle: u32,
+    buf: &mut [u8],
+    since: i64,
+    out_version: &mut u64,
+    out_pages: &mut u32,
+) -> i32 {
+    // SAFETY: `buf` is live and writable for `buf.len()` bytes; the out-pointers are live locals.
+    unsafe { raw::mirror_refresh(handle, buf.as_mut_ptr(), buf.len(), since, out_version, out_pages) }
+}
+
+/// Writes back the pages of `buf` that changed since the mirror was acquired or last synced.
+pub fn mirror_commit(handle: u32, buf: &[u8], base: i64, out_version: &mut u64, out_pages: &mut u32) -> i32 {
+    // SAFETY: `buf` is live for `buf.len()` bytes; the out-pointers are live locals.
+    unsafe { raw::mirror_commit(handle, buf.as_ptr(), buf.len(), base, out_version, out_pages) }
 }

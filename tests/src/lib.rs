@@ -14,8 +14,7 @@ pub fn broker() -> Broker {
 
 /// Creates a tenant with default quotas.
 pub fn tenant(b: &Broker, name: &str) -> TenantId {
-    b.create_tenant(name, Quotas::default())
-        .expect("tenant created")
+    b.create_tenant(name, Quotas::default()).expect("tenant created")
 }
 
 /// Starts an instance of a guest (loading its module into the tenant under the guest's name first).
@@ -31,17 +30,13 @@ pub fn start_with(
     instance: &str,
     config: InstanceConfig,
 ) -> InstanceId {
-    let (_, path) = broker_guests::ALL
-        .iter()
-        .find(|(n, _)| *n == guest)
-        .expect("a guest of this repository");
+    let (_, path) = broker_guests::ALL.iter().find(|(n, _)| *n == guest).expect("a guest of this repository");
     let wasm = broker_guests::read(path).expect("guest built");
     match b.load_module(tenant, guest, &wasm) {
         Ok(()) | Err(broker::Error::ModuleExists(_)) => {}
         Err(e) => panic!("loading {guest}: {e}"),
     }
-    b.start_instance(tenant, guest, instance, config)
-        .expect("instance starts")
+    b.start_instance(tenant, guest, instance, config).expect("instance starts")
 }
 
 /// An argument for [`call`].
@@ -76,8 +71,7 @@ macro_rules! args {
 
 /// Calls an export returning one integer and unwraps the broker-level result.
 pub fn call(b: &Broker, inst: InstanceId, export: &str, args: &[Val]) -> i64 {
-    b.call_i64(inst, export, args)
-        .unwrap_or_else(|e| panic!("calling {export}: {e}"))
+    b.call_i64(inst, export, args).unwrap_or_else(|e| panic!("calling {export}: {e}"))
 }
 
 /// The code of a status, as the guests return it.
@@ -101,6 +95,5 @@ pub fn watchdog<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'st
     std::thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(std::time::Duration::from_secs(secs))
-        .expect("test did not finish in time: deadlock?")
+    rx.recv_timeout(std::time::Duration::from_secs(secs)).expect("test did not finish in time: deadlock?")
 }

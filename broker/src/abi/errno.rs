@@ -5,6 +5,8 @@ use broker_abi::Status;
 
 use crate::capability::CapError;
 use crate::error::Error;
+use crate::mode::mirror::MirrorError;
+use crate::mode::Mode;
 use crate::name::NameError;
 use crate::region::RegionError;
 
@@ -12,9 +14,7 @@ use crate::region::RegionError;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AbiError {
     /// A pointer and length do not lie inside the guest's linear memory (or it exports none).
-    #[error(
-        "guest range at {ptr:#x} of {len} bytes lies outside linear memory of {memory_len} bytes"
-    )]
+    #[error("guest range at {ptr:#x} of {len} bytes lies outside linear memory of {memory_len} bytes")]
     BadPointer {
         /// The guest pointer.
         ptr: u32,
@@ -40,6 +40,17 @@ pub enum AbiError {
         /// Its value.
         value: i64,
     },
+    /// The call needs a region in another mode.
+    #[error("the call needs a {needed}-mode region, this one is {actual}")]
+    WrongMode {
+        /// The mode the call works on.
+        needed: Mode,
+        /// The region's mode.
+        actual: Mode,
+    },
+    /// A mirror operation was refused.
+    #[error(transparent)]
+    Mirror(#[from] MirrorError),
     /// The broker refused the operation.
     #[error(transparent)]
     Broker(#[from] Error),
@@ -66,6 +77,12 @@ impl AbiError {
             | AbiError::UnknownRights(_)
             | AbiError::UnknownMode(_)
             | AbiError::InvalidValue { .. } => Status::InvalidArgument,
+            AbiError::WrongMode { .. } => Status::WrongMode,
+            AbiError::Mirror(m) => match m {
+                MirrorError::LengthMismatch { .. } | MirrorError::NotAcquired => Status::InvalidArgument,
+                MirrorError::BadVersion { .. } => Status::BadVersion,
+                MirrorError::Conflict { .. } => Status::Conflict,
+            },
             AbiError::Broker(e) => broker_status(e),
         }
     }
@@ -88,16 +105,12 @@ fn broker_status(e: &Error) -> Status {
         Error::ModeNotSupported(_) => Status::ModeNotSupported,
         Error::Quota(_) => Status::QuotaExceeded,
         Error::Region(RegionError::OutOfBounds { .. }) => Status::OutOfBounds,
-        Error::Region(RegionError::ZeroSize | RegionError::TooLarge { .. }) => {
-            Status::InvalidArgument
-        }
+        Error::Region(RegionError::ZeroSize | RegionError::TooLarge { .. }) => Status::InvalidArgument,
         Error::Region(RegionError::Os { .. }) | Error::Instance(_) => Status::Internal,
         Error::Capability(c) => match c {
             CapError::InvalidHandle(_) => Status::InvalidHandle,
             CapError::StaleHandle(_) | CapError::Gone => Status::StaleHandle,
-            CapError::PermissionDenied { .. } | CapError::Escalation { .. } => {
-                Status::PermissionDenied
-            }
+            CapError::PermissionDenied { .. } | CapError::Escalation { .. } => Status::PermissionDenied,
             CapError::OutOfBounds { .. } => Status::OutOfBounds,
             CapError::Quota(_) | CapError::TableFull => Status::QuotaExceeded,
         },

@@ -13,6 +13,7 @@
 mod errno;
 pub(crate) mod guest_ptr;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use broker_abi::{func, HandleInfo, Status, MAX_NAME_LEN, MODULE};
@@ -20,10 +21,12 @@ use wasmtime::{Caller, Linker, Memory};
 
 use crate::broker::Core;
 use crate::capability::{Cap, Handle, Rights};
+use crate::mode::mirror::{self, MirrorError, MirrorState};
 use crate::mode::Mode;
 use crate::name::QualifiedName;
+use crate::region::{Traffic, PAGE_SIZE};
 use crate::runtime::{InstanceId, InstanceState};
-use crate::tenant::Tenant;
+use crate::tenant::{Resource, Tenant};
 
 pub use errno::AbiError;
 
@@ -33,16 +36,27 @@ pub(crate) struct GuestCtx {
     pub(crate) instance: InstanceId,
     pub(crate) tenant: Arc<Tenant>,
     memory: Option<Memory>,
+    /// This instance's counters (shared with the host API).
+    traffic: Arc<Traffic>,
+    /// Mirrors acquired, by the raw handle they were acquired through.
+    mirrors: HashMap<u32, MirrorState>,
 }
 
 impl GuestCtx {
-    pub(crate) fn new(core: Arc<Core>, instance: InstanceId, tenant: Arc<Tenant>) -> GuestCtx {
-        GuestCtx {
-            core,
-            instance,
-            tenant,
-            memory: None,
-        }
+    pub(crate) fn new(
+        core: Arc<Core>,
+        instance: InstanceId,
+        tenant: Arc<Tenant>,
+        traffic: Arc<Traffic>,
+    ) -> GuestCtx {
+        GuestCtx { core, instance, tenant, memory: None, traffic, mirrors: HashMap::new() }
+    }
+
+    /// Forgets mirrors whose handles were closed or revoked (and returns their quota charge).
+    fn drop_stale_mirrors(&mut self) {
+        let caps = self.core.caps.lock();
+        let instance = self.instance;
+        self.mirrors.retain(|h, _| caps.lookup(instance, Handle::from_raw(*h)).is_ok());
     }
 
     pub(crate) fn set_memory(&mut self, memory: Option<Memory>) {
@@ -50,11 +64,7 @@ impl GuestCtx {
     }
 
     fn lookup(&self, handle: u32) -> Result<Cap, AbiError> {
-        Ok(self
-            .core
-            .caps
-            .lock()
-            .lookup(self.instance, Handle::from_raw(handle))?)
+        Ok(self.core.caps.lock().lookup(self.instance, Handle::from_raw(handle))?)
     }
 }
 
@@ -62,11 +72,7 @@ type Ctx<'a> = Caller<'a, InstanceState>;
 
 /// The caller's exported memory; a guest without one can pass no valid pointer.
 fn memory(caller: &Ctx<'_>, ptr: u32, len: u32) -> Result<Memory, AbiError> {
-    caller.data().ctx.memory.ok_or(AbiError::BadPointer {
-        ptr,
-        len,
-        memory_len: 0,
-    })
+    caller.data().ctx.memory.ok_or(AbiError::BadPointer { ptr, len, memory_len: 0 })
 }
 
 /// Copies `[ptr, ptr+len)` out of guest memory once; `max` bounds the copy before anything is read.
@@ -89,12 +95,7 @@ fn check_out(caller: &Ctx<'_>, ptr: u32, len: u32) -> Result<Memory, AbiError> {
 
 /// Writes a new handle to a checked out-pointer; if that fails after all, the handle is closed again so
 /// the call has no effect.
-fn write_handle(
-    caller: &mut Ctx<'_>,
-    mem: Memory,
-    out: u32,
-    handle: Handle,
-) -> Result<(), AbiError> {
+fn write_handle(caller: &mut Ctx<'_>, mem: Memory, out: u32, handle: Handle) -> Result<(), AbiError> {
     let written = guest_ptr::slice_mut(mem.data_mut(&mut *caller), out, 4)
         .map(|s| s.copy_from_slice(&handle.raw().to_le_bytes()));
     if written.is_err() {
@@ -115,19 +116,10 @@ fn code(r: Result<(), AbiError>) -> i32 {
     }
 }
 
-fn region_open(
-    caller: &mut Ctx<'_>,
-    name_ptr: u32,
-    name_len: u32,
-    out: u32,
-) -> Result<(), AbiError> {
+fn region_open(caller: &mut Ctx<'_>, name_ptr: u32, name_len: u32, out: u32) -> Result<(), AbiError> {
     let mem = check_out(caller, out, 4)?;
     let name = QualifiedName::from_bytes(&copy_in(caller, name_ptr, name_len, MAX_NAME_LEN)?)?;
-    let handle = caller
-        .data()
-        .ctx
-        .core
-        .open_for_guest(&caller.data().ctx, &name)?;
+    let handle = caller.data().ctx.core.open_for_guest(&caller.data().ctx, &name)?;
     write_handle(caller, mem, out, handle)
 }
 
@@ -144,17 +136,9 @@ fn region_create(
     let size = u64::try_from(size)
         .ok()
         .filter(|s| *s > 0)
-        .ok_or(AbiError::InvalidValue {
-            field: "size",
-            value: size,
-        })?;
+        .ok_or(AbiError::InvalidValue { field: "size", value: size })?;
     let mode = Mode::from_raw(mode).ok_or(AbiError::UnknownMode(mode))?;
-    let handle =
-        caller
-            .data()
-            .ctx
-            .core
-            .create_region_for_guest(&caller.data().ctx, name, size, mode)?;
+    let handle = caller.data().ctx.core.create_region_for_guest(&caller.data().ctx, name, size, mode)?;
     write_handle(caller, mem, out, handle)
 }
 
@@ -174,29 +158,18 @@ fn handle_info(caller: &mut Ctx<'_>, handle: u32, out: u32) -> Result<(), AbiErr
     Ok(())
 }
 
-fn region_read(
-    caller: &mut Ctx<'_>,
-    handle: u32,
-    offset: i64,
-    dst: u32,
-    len: u32,
-) -> Result<(), AbiError> {
+fn region_read(caller: &mut Ctx<'_>, handle: u32, offset: i64, dst: u32, len: u32) -> Result<(), AbiError> {
     let cap = caller.data().ctx.lookup(handle)?;
     cap.require(Rights::READ)?;
     let at = cap.range.access(offset, u64::from(len))?;
     let mem = memory(caller, dst, len)?;
-    let dst = guest_ptr::slice_mut(mem.data_mut(caller), dst, len)?;
+    let dst = guest_ptr::slice_mut(mem.data_mut(&mut *caller), dst, len)?;
     cap.region.read(at, dst)?;
+    caller.data().ctx.traffic.copied_out(u64::from(len));
     Ok(())
 }
 
-fn region_write(
-    caller: &mut Ctx<'_>,
-    handle: u32,
-    offset: i64,
-    src: u32,
-    len: u32,
-) -> Result<(), AbiError> {
+fn region_write(caller: &mut Ctx<'_>, handle: u32, offset: i64, src: u32, len: u32) -> Result<(), AbiError> {
     let cap = caller.data().ctx.lookup(handle)?;
     cap.require(Rights::WRITE)?;
     let at = cap.range.access(offset, u64::from(len))?;
@@ -204,6 +177,7 @@ fn region_write(
     // The guest bytes are read exactly once, by the copy into the region.
     let src = guest_ptr::slice(mem.data(&*caller), src, len)?;
     cap.region.write(at, src)?;
+    caller.data().ctx.traffic.copied_in(u64::from(len));
     Ok(())
 }
 
@@ -218,9 +192,7 @@ fn handle_restrict(
     let mem = check_out(caller, out, 4)?;
     let rights = rights(bits)?;
     let ctx = &caller.data().ctx;
-    let new = ctx
-        .core
-        .restrict_for_guest(ctx, Handle::from_raw(handle), rights, offset, len)?;
+    let new = ctx.core.restrict_for_guest(ctx, Handle::from_raw(handle), rights, offset, len)?;
     write_handle(caller, mem, out, new)
 }
 
@@ -233,31 +205,127 @@ fn handle_grant(
     offset: i64,
     len: i64,
 ) -> Result<(), AbiError> {
-    let target =
-        QualifiedName::from_bytes(&copy_in(caller, target_ptr, target_len, MAX_NAME_LEN)?)?;
+    let target = QualifiedName::from_bytes(&copy_in(caller, target_ptr, target_len, MAX_NAME_LEN)?)?;
     let rights = rights(bits)?;
     let ctx = &caller.data().ctx;
-    ctx.core
-        .grant_for_guest(ctx, Handle::from_raw(handle), &target, rights, offset, len)?;
+    ctx.core.grant_for_guest(ctx, Handle::from_raw(handle), &target, rights, offset, len)?;
     Ok(())
 }
 
 fn handle_revoke(caller: &mut Ctx<'_>, handle: u32) -> Result<(), AbiError> {
     let ctx = &caller.data().ctx;
-    ctx.core
-        .caps
-        .lock()
-        .revoke(ctx.instance, Handle::from_raw(handle))?;
+    ctx.core.caps.lock().revoke(ctx.instance, Handle::from_raw(handle))?;
     Ok(())
 }
 
 fn handle_close(caller: &mut Ctx<'_>, handle: u32) -> Result<(), AbiError> {
+    caller.data_mut().ctx.mirrors.remove(&handle);
     let ctx = &caller.data().ctx;
-    ctx.core
-        .caps
-        .lock()
-        .close(ctx.instance, Handle::from_raw(handle))?;
+    ctx.core.caps.lock().close(ctx.instance, Handle::from_raw(handle))?;
     Ok(())
+}
+
+fn require_mode(cap: &Cap, mode: Mode) -> Result<(), AbiError> {
+    if cap.region.mode() == mode {
+        Ok(())
+    } else {
+        Err(AbiError::WrongMode { needed: mode, actual: cap.region.mode() })
+    }
+}
+
+fn put_u64(data: &mut [u8], ptr: u32, v: u64) -> Result<(), AbiError> {
+    guest_ptr::slice_mut(data, ptr, 8)?.copy_from_slice(&v.to_le_bytes());
+    Ok(())
+}
+
+fn put_u32(data: &mut [u8], ptr: u32, v: u32) -> Result<(), AbiError> {
+    guest_ptr::slice_mut(data, ptr, 4)?.copy_from_slice(&v.to_le_bytes());
+    Ok(())
+}
+
+fn mirror_acquire(
+    caller: &mut Ctx<'_>,
+    handle: u32,
+    ptr: u32,
+    len: u32,
+    out_version: u32,
+) -> Result<(), AbiError> {
+    let mem = check_out(caller, out_version, 8)?;
+    let cap = caller.data().ctx.lookup(handle)?;
+    cap.require(Rights::READ)?;
+    require_mode(&cap, Mode::Mirror)?;
+    // The broker keeps a shadow of every mirror: charge it to the tenant's memory quota.
+    let charge =
+        caller.data().ctx.tenant.reserve(Resource::MemoryBytes, cap.range.len).map_err(crate::Error::from)?;
+    let (data, state) = mem.data_and_store_mut(&mut *caller);
+    let dst = guest_ptr::slice_mut(data, ptr, len)?;
+    let (mirror, version) = mirror::acquire(&cap.region, cap.range, dst, charge)?;
+    let ctx = &mut state.ctx;
+    ctx.traffic.copied_out(mirror.range().len);
+    ctx.drop_stale_mirrors();
+    ctx.mirrors.insert(handle, mirror);
+    put_u64(data, out_version, version)
+}
+
+fn mirror_refresh(
+    caller: &mut Ctx<'_>,
+    handle: u32,
+    ptr: u32,
+    len: u32,
+    since: i64,
+    out_version: u32,
+    out_pages: u32,
+) -> Result<(), AbiError> {
+    let mem = check_out(caller, out_version, 8)?;
+    check_out(caller, out_pages, 4)?;
+    let cap = caller.data().ctx.lookup(handle)?;
+    cap.require(Rights::READ)?;
+    require_mode(&cap, Mode::Mirror)?;
+    let (data, state) = mem.data_and_store_mut(&mut *caller);
+    let ctx = &mut state.ctx;
+    let m = ctx.mirrors.get_mut(&handle).ok_or(MirrorError::NotAcquired)?;
+    let synced = m.refresh(&cap.region, guest_ptr::slice_mut(data, ptr, len)?, since)?;
+    ctx.traffic.refreshed(u64::from(synced.pages));
+    ctx.traffic.copied_out(u64::from(synced.pages) * PAGE_SIZE);
+    put_u64(data, out_version, synced.version)?;
+    put_u32(data, out_pages, synced.pages)
+}
+
+fn mirror_commit(
+    caller: &mut Ctx<'_>,
+    handle: u32,
+    ptr: u32,
+    len: u32,
+    base: i64,
+    out_version: u32,
+    out_pages: u32,
+) -> Result<(), AbiError> {
+    let mem = check_out(caller, out_version, 8)?;
+    check_out(caller, out_pages, 4)?;
+    let cap = caller.data().ctx.lookup(handle)?;
+    cap.require(Rights::WRITE)?;
+    require_mode(&cap, Mode::Mirror)?;
+    let (data, state) = mem.data_and_store_mut(&mut *caller);
+    let ctx = &mut state.ctx;
+    let m = ctx.mirrors.get_mut(&handle).ok_or(MirrorError::NotAcquired)?;
+    let outcome = m.commit(&cap.region, guest_ptr::slice(data, ptr, len)?, base);
+    match outcome {
+        Ok(synced) => {
+            ctx.traffic.committed();
+            ctx.traffic.copied_in(u64::from(synced.pages) * PAGE_SIZE);
+            put_u64(data, out_version, synced.version)?;
+            put_u32(data, out_pages, synced.pages)
+        }
+        Err(e) => {
+            if let MirrorError::Conflict { current } = e {
+                ctx.traffic.conflicted();
+                // The error carries the version the app must refresh to.
+                put_u64(data, out_version, current)?;
+                put_u32(data, out_pages, 0)?;
+            }
+            Err(e.into())
+        }
+    }
 }
 
 /// Registers every ABI v1 import.
@@ -267,11 +335,9 @@ fn handle_close(caller: &mut Ctx<'_>, handle: u32) -> Result<(), AbiError> {
 pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
     linker.func_wrap(MODULE, func::ABI_VERSION, || broker_abi::VERSION)?;
     linker.func_wrap(MODULE, func::NOP, || Status::Ok.code())?;
-    linker.func_wrap(
-        MODULE,
-        func::REGION_OPEN,
-        |mut c: Ctx<'_>, p: u32, l: u32, out: u32| code(region_open(&mut c, p, l, out)),
-    )?;
+    linker.func_wrap(MODULE, func::REGION_OPEN, |mut c: Ctx<'_>, p: u32, l: u32, out: u32| {
+        code(region_open(&mut c, p, l, out))
+    })?;
     linker.func_wrap(
         MODULE,
         func::REGION_CREATE,
@@ -279,24 +345,16 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
             code(region_create(&mut c, p, l, size, mode, out))
         },
     )?;
-    linker.func_wrap(MODULE, func::HANDLE_CLOSE, |mut c: Ctx<'_>, h: u32| {
-        code(handle_close(&mut c, h))
+    linker.func_wrap(MODULE, func::HANDLE_CLOSE, |mut c: Ctx<'_>, h: u32| code(handle_close(&mut c, h)))?;
+    linker.func_wrap(MODULE, func::HANDLE_INFO, |mut c: Ctx<'_>, h: u32, out: u32| {
+        code(handle_info(&mut c, h, out))
     })?;
-    linker.func_wrap(
-        MODULE,
-        func::HANDLE_INFO,
-        |mut c: Ctx<'_>, h: u32, out: u32| code(handle_info(&mut c, h, out)),
-    )?;
-    linker.func_wrap(
-        MODULE,
-        func::REGION_READ,
-        |mut c: Ctx<'_>, h: u32, off: i64, p: u32, l: u32| code(region_read(&mut c, h, off, p, l)),
-    )?;
-    linker.func_wrap(
-        MODULE,
-        func::REGION_WRITE,
-        |mut c: Ctx<'_>, h: u32, off: i64, p: u32, l: u32| code(region_write(&mut c, h, off, p, l)),
-    )?;
+    linker.func_wrap(MODULE, func::REGION_READ, |mut c: Ctx<'_>, h: u32, off: i64, p: u32, l: u32| {
+        code(region_read(&mut c, h, off, p, l))
+    })?;
+    linker.func_wrap(MODULE, func::REGION_WRITE, |mut c: Ctx<'_>, h: u32, off: i64, p: u32, l: u32| {
+        code(region_write(&mut c, h, off, p, l))
+    })?;
     linker.func_wrap(
         MODULE,
         func::HANDLE_RESTRICT,
@@ -311,8 +369,23 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
             code(handle_grant(&mut c, h, p, l, r, off, len))
         },
     )?;
-    linker.func_wrap(MODULE, func::HANDLE_REVOKE, |mut c: Ctx<'_>, h: u32| {
-        code(handle_revoke(&mut c, h))
+    linker.func_wrap(MODULE, func::HANDLE_REVOKE, |mut c: Ctx<'_>, h: u32| code(handle_revoke(&mut c, h)))?;
+    linker.func_wrap(MODULE, func::MIRROR_ACQUIRE, |mut c: Ctx<'_>, h: u32, p: u32, l: u32, out: u32| {
+        code(mirror_acquire(&mut c, h, p, l, out))
     })?;
+    linker.func_wrap(
+        MODULE,
+        func::MIRROR_REFRESH,
+        |mut c: Ctx<'_>, h: u32, p: u32, l: u32, since: i64, v: u32, n: u32| {
+            code(mirror_refresh(&mut c, h, p, l, since, v, n))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        func::MIRROR_COMMIT,
+        |mut c: Ctx<'_>, h: u32, p: u32, l: u32, base: i64, v: u32, n: u32| {
+            code(mirror_commit(&mut c, h, p, l, base, v, n))
+        },
+    )?;
     Ok(())
 }

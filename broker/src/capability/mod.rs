@@ -81,13 +81,8 @@ impl fmt::Debug for Rights {
 
 impl fmt::Display for Rights {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names = [
-            (bits::READ, 'r'),
-            (bits::WRITE, 'w'),
-            (bits::MAP, 'm'),
-            (bits::GRANT, 'g'),
-            (bits::WATCH, 'n'),
-        ];
+        let names =
+            [(bits::READ, 'r'), (bits::WRITE, 'w'), (bits::MAP, 'm'), (bits::GRANT, 'g'), (bits::WATCH, 'n')];
         for (bit, c) in names {
             write!(f, "{}", if self.0 & bit != 0 { c } else { '-' })?;
         }
@@ -111,11 +106,7 @@ impl CapRange {
     /// # Errors
     /// [`CapError::OutOfBounds`] if the sub-range is negative, overflows, or leaves this range.
     pub fn sub(self, rel_offset: i64, rel_len: i64) -> Result<CapRange, CapError> {
-        let oob = CapError::OutOfBounds {
-            offset: rel_offset,
-            len: rel_len,
-            cap_len: self.len,
-        };
+        let oob = CapError::OutOfBounds { offset: rel_offset, len: rel_len, cap_len: self.len };
         let off = u64::try_from(rel_offset).map_err(|_| oob.clone())?;
         let rest = self.len.checked_sub(off).ok_or_else(|| oob.clone())?;
         let len = if rel_len == broker_abi::LEN_TO_END {
@@ -126,10 +117,7 @@ impl CapRange {
         if len > rest {
             return Err(oob);
         }
-        Ok(CapRange {
-            offset: self.offset + off,
-            len,
-        })
+        Ok(CapRange { offset: self.offset + off, len })
     }
 
     /// The absolute offset of an access of `len` bytes at `rel_offset`, checked against this range.
@@ -138,11 +126,7 @@ impl CapRange {
     /// [`CapError::OutOfBounds`] if the access is negative, overflows, or leaves this range.
     pub fn access(self, rel_offset: i64, len: u64) -> Result<u64, CapError> {
         let len_i = i64::try_from(len).unwrap_or(i64::MAX);
-        let oob = CapError::OutOfBounds {
-            offset: rel_offset,
-            len: len_i,
-            cap_len: self.len,
-        };
+        let oob = CapError::OutOfBounds { offset: rel_offset, len: len_i, cap_len: self.len };
         let off = u64::try_from(rel_offset).map_err(|_| oob.clone())?;
         match off.checked_add(len) {
             Some(end) if end <= self.len => Ok(self.offset + off),
@@ -177,9 +161,7 @@ pub enum CapError {
         held: Rights,
     },
     /// An access or sub-range lies outside the capability's range.
-    #[error(
-        "range at offset {offset} of length {len} lies outside the capability's {cap_len} bytes"
-    )]
+    #[error("range at offset {offset} of length {len} lies outside the capability's {cap_len} bytes")]
     OutOfBounds {
         /// Requested offset, relative to the capability.
         offset: i64,
@@ -232,10 +214,7 @@ impl Cap {
         if self.rights.contains(needed) {
             Ok(())
         } else {
-            Err(CapError::PermissionDenied {
-                needed,
-                held: self.rights,
-            })
+            Err(CapError::PermissionDenied { needed, held: self.rights })
         }
     }
 }
@@ -287,10 +266,7 @@ impl CapSpace {
     /// Adds the root capability of a new region (all rights, whole range).
     pub fn add_root(&mut self, region: Arc<Region>) -> CapId {
         let id = self.fresh_id();
-        let range = CapRange {
-            offset: 0,
-            len: region.size(),
-        };
+        let range = CapRange { offset: 0, len: region.size() };
         self.roots.insert(region.id(), id);
         self.nodes.insert(
             id,
@@ -323,9 +299,7 @@ impl CapSpace {
         let held: Vec<CapId> = self
             .nodes
             .iter()
-            .filter(
-                |(_, n)| matches!(n.holder, Holder::Slot(i, _) | Holder::Inbox(i) if i == instance),
-            )
+            .filter(|(_, n)| matches!(n.holder, Holder::Slot(i, _) | Holder::Inbox(i) if i == instance))
             .map(|(id, _)| *id)
             .collect();
         for id in held {
@@ -347,10 +321,7 @@ impl CapSpace {
     /// # Errors
     /// [`CapError::InvalidHandle`] or [`CapError::StaleHandle`].
     pub fn lookup(&self, instance: InstanceId, handle: Handle) -> Result<Cap, CapError> {
-        let table = self
-            .tables
-            .get(&instance)
-            .ok_or(CapError::StaleHandle(handle.raw()))?;
+        let table = self.tables.get(&instance).ok_or(CapError::StaleHandle(handle.raw()))?;
         let id = table.get(handle)?;
         self.cap(id)
     }
@@ -361,12 +332,7 @@ impl CapSpace {
     /// [`CapError::Gone`] if it was removed.
     pub fn cap(&self, id: CapId) -> Result<Cap, CapError> {
         let n = self.nodes.get(&id).ok_or(CapError::Gone)?;
-        Ok(Cap {
-            id,
-            region: Arc::clone(&n.region),
-            rights: n.rights,
-            range: n.range,
-        })
+        Ok(Cap { id, region: Arc::clone(&n.region), rights: n.rights, range: n.range })
     }
 
     /// Derives from `parent` a capability with `rights` over the relative sub-range, held in a new slot
@@ -453,10 +419,7 @@ impl CapSpace {
     ) -> Result<(Arc<Region>, CapRange), CapError> {
         let p = self.nodes.get(&parent).ok_or(CapError::Gone)?;
         if !p.rights.contains(rights) {
-            return Err(CapError::Escalation {
-                requested: rights,
-                held: p.rights,
-            });
+            return Err(CapError::Escalation { requested: rights, held: p.rights });
         }
         let range = p.range.sub(rel_offset, rel_len)?;
         Ok((Arc::clone(&p.region), range))
@@ -473,9 +436,9 @@ impl CapSpace {
     pub fn find_grant(&self, instance: InstanceId, owner: &str, name: &str) -> Option<CapId> {
         let inbox = self.inboxes.get(&instance)?;
         inbox.iter().rev().copied().find(|id| {
-            self.nodes.get(id).is_some_and(|n| {
-                n.region.owner_name().as_str() == owner && n.region.name().as_str() == name
-            })
+            self.nodes
+                .get(id)
+                .is_some_and(|n| n.region.owner_name().as_str() == owner && n.region.name().as_str() == name)
         })
     }
 
@@ -490,11 +453,7 @@ impl CapSpace {
 
     /// Revokes every capability derived from `id`; returns how many were removed.
     pub fn revoke_children(&mut self, id: CapId) -> usize {
-        let children = self
-            .nodes
-            .get_mut(&id)
-            .map(|n| std::mem::take(&mut n.children))
-            .unwrap_or_default();
+        let children = self.nodes.get_mut(&id).map(|n| std::mem::take(&mut n.children)).unwrap_or_default();
         children.into_iter().map(|c| self.remove_detached(c)).sum()
     }
 

@@ -70,9 +70,7 @@ impl HandleTable {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
-                let i = u32::try_from(self.slots.len())
-                    .ok()
-                    .filter(|i| *i <= MAX_INDEX)?;
+                let i = u32::try_from(self.slots.len()).ok().filter(|i| *i <= MAX_INDEX)?;
                 self.slots.push(Slot::default());
                 i
             }
@@ -87,10 +85,8 @@ impl HandleTable {
     pub(super) fn get(&self, handle: Handle) -> Result<CapId, CapError> {
         let invalid = CapError::InvalidHandle(handle.raw());
         let (index, generation) = handle.unpack().ok_or_else(|| invalid.clone())?;
-        let slot = usize::try_from(index)
-            .ok()
-            .and_then(|i| self.slots.get(i))
-            .ok_or_else(|| invalid.clone())?;
+        let slot =
+            usize::try_from(index).ok().and_then(|i| self.slots.get(i)).ok_or_else(|| invalid.clone())?;
         match slot.node {
             Some(node) if slot.generation == generation => Ok(node),
             // An earlier generation of this slot was issued and has since been freed.
@@ -101,10 +97,7 @@ impl HandleTable {
 
     /// Empties a slot and bumps its generation; an exhausted slot is retired.
     pub(super) fn free(&mut self, index: u32) {
-        let Some(slot) = usize::try_from(index)
-            .ok()
-            .and_then(|i| self.slots.get_mut(i))
-        else {
+        let Some(slot) = usize::try_from(index).ok().and_then(|i| self.slots.get_mut(i)) else {
             return;
         };
         if slot.node.take().is_none() {

@@ -1,9 +1,10 @@
 //! Handle mode: every access is a host call that copies between the region and a caller's buffer.
 //!
-//! A write holds the region's writer lock for the whole copy and bumps the version before releasing it;
-//! a read holds the reader lock. So a reader (guest, host or any later path) sees a write entirely or not
-//! at all. Ranges are checked by the caller (`capability` resolves them against the capability's range,
-//! `region` against the region size); this module only moves bytes.
+//! A write holds the region's writer lock for the whole copy, marks the pages it touched with the new
+//! version and bumps the region version before releasing it; a read holds the reader lock. So a reader
+//! (guest, host, or a mirror refresh) sees a write entirely or not at all. Ranges are checked by the
+//! caller (`capability` resolves them against the capability's range) and again by `RegionMemory`.
+//! These calls work on regions of every mode: the host and handle holders may always read and write.
 
 use crate::region::{Region, RegionError};
 
@@ -12,8 +13,10 @@ use crate::region::{Region, RegionError};
 /// # Errors
 /// [`RegionError::OutOfBounds`] if the range does not lie inside the region.
 pub(crate) fn read(region: &Region, offset: u64, dst: &mut [u8]) -> Result<(), RegionError> {
-    let _guard = region.lock.read();
-    region.memory.copy_out(offset, dst)
+    let _pages = region.pages.read();
+    region.memory.copy_out(offset, dst)?;
+    region.traffic.copied_out(len64(dst.len()));
+    Ok(())
 }
 
 /// Copies `src` to absolute `offset` of the region and returns the region's new version.
@@ -21,7 +24,14 @@ pub(crate) fn read(region: &Region, offset: u64, dst: &mut [u8]) -> Result<(), R
 /// # Errors
 /// [`RegionError::OutOfBounds`] if the range does not lie inside the region; nothing is written.
 pub(crate) fn write(region: &Region, offset: u64, src: &[u8]) -> Result<u64, RegionError> {
-    let _guard = region.lock.write();
+    let mut pages = region.pages.write();
     region.memory.copy_in(offset, src)?;
-    Ok(region.bump_version())
+    let version = region.bump_version();
+    pages.mark(offset, len64(src.len()), version);
+    region.traffic.copied_in(len64(src.len()));
+    Ok(version)
+}
+
+pub(crate) fn len64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
 }

@@ -1,11 +1,14 @@
 //! Region modes: how an app reaches a region's bytes.
 //!
 //! The operator picks one [`Mode`] per region. This module is the one place that knows which modes this
-//! broker implements ([`Mode::ensure_supported`]) and dispatches data access to the mode's backend; no
-//! other module matches on the mode. The handle mode lives in [`handle`]; mirror and shared mode will sit
-//! beside it.
+//! broker implements ([`Mode::ensure_supported`]). The handle mode's copies live in [`handle`] (and serve
+//! every mode: host reads and writes and handle calls work on any region); [`mirror`] adds page-granular
+//! copy-on-access mirrors. The shared mode will sit beside them.
 
 pub mod handle;
+pub mod mirror;
+
+pub use mirror::ConflictPolicy;
 
 use std::fmt;
 use std::str::FromStr;
@@ -25,7 +28,7 @@ pub enum Mode {
 
 /// The mode exists but is not implemented by this broker yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("region mode {0} is not supported yet (supported: handle)")]
+#[error("region mode {0} is not supported yet (supported: handle, mirror)")]
 pub struct ModeNotSupported(pub Mode);
 
 impl Mode {
@@ -57,8 +60,8 @@ impl Mode {
     /// [`ModeNotSupported`] for mirror and shared.
     pub fn ensure_supported(self) -> Result<(), ModeNotSupported> {
         match self {
-            Mode::Handle => Ok(()),
-            Mode::Mirror | Mode::Shared => Err(ModeNotSupported(self)),
+            Mode::Handle | Mode::Mirror => Ok(()),
+            Mode::Shared => Err(ModeNotSupported(self)),
         }
     }
 }

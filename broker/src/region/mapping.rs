@@ -7,10 +7,7 @@
 //! The memfd (rather than anonymous memory) is what lets the shared mode map the very same pages into
 //! guests' linear memories later.
 
-#![allow(
-    unsafe_code,
-    reason = "owns the raw region mapping; every block is justified below"
-)]
+#![allow(unsafe_code, reason = "owns the raw region mapping; every block is justified below")]
 
 use std::fs::File;
 use std::ptr;
@@ -36,12 +33,7 @@ impl RegionMemory {
     /// [`RegionError::Os`] if the memfd cannot be created, sized or mapped, and
     /// [`RegionError::TooLarge`] if `len` does not fit the address space.
     pub fn new_memfd(debug_name: &str, len: u64) -> Result<RegionMemory, RegionError> {
-        let os = |op: &'static str| {
-            move |e: std::io::Error| RegionError::Os {
-                op,
-                message: e.to_string(),
-            }
-        };
+        let os = |op: &'static str| move |e: std::io::Error| RegionError::Os { op, message: e.to_string() };
         let fd = memfd_create(format!("broker-region-{debug_name}"), MemfdFlags::CLOEXEC)
             .map_err(|e| os("memfd_create")(e.into()))?;
         let file = File::from(fd);
@@ -50,11 +42,7 @@ impl RegionMemory {
         if u64::try_from(map.len()).ok() != Some(len) {
             return Err(RegionError::TooLarge { size: len });
         }
-        Ok(RegionMemory {
-            map,
-            len,
-            _file: file,
-        })
+        Ok(RegionMemory { map, len, _file: file })
     }
 
     /// Length in bytes.
@@ -70,11 +58,7 @@ impl RegionMemory {
     /// Checks `[offset, offset+len)` against the mapping and returns the start as `usize`.
     fn check(&self, offset: u64, len: usize) -> Result<usize, RegionError> {
         let len64 = u64::try_from(len).unwrap_or(u64::MAX);
-        let oob = RegionError::OutOfBounds {
-            offset,
-            len: len64,
-            size: self.len,
-        };
+        let oob = RegionError::OutOfBounds { offset, len: len64, size: self.len };
         match offset.checked_add(len64) {
             Some(end) if end <= self.len => usize::try_from(offset).map_err(|_| oob),
             _ => Err(oob),
@@ -93,9 +77,7 @@ impl RegionMemory {
         // ranges do not overlap. Bytes may change concurrently through other mappings of the memfd (the
         // shared mode); the copy then returns some mix of old and new bytes, which callers that need a
         // consistent snapshot prevent with the region lock.
-        unsafe {
-            ptr::copy_nonoverlapping(self.map.as_ptr().add(start), dst.as_mut_ptr(), dst.len())
-        };
+        unsafe { ptr::copy_nonoverlapping(self.map.as_ptr().add(start), dst.as_mut_ptr(), dst.len()) };
         Ok(())
     }
 
@@ -107,9 +89,7 @@ impl RegionMemory {
         let start = self.check(offset, src.len())?;
         // SAFETY: `check` proved the destination range lies inside the live, writable (PROT_READ |
         // PROT_WRITE, MAP_SHARED) mapping; `src` is a distinct allocation, so the ranges do not overlap.
-        unsafe {
-            ptr::copy_nonoverlapping(src.as_ptr(), self.map.as_mut_ptr().add(start), src.len())
-        };
+        unsafe { ptr::copy_nonoverlapping(src.as_ptr(), self.map.as_mut_ptr().add(start), src.len()) };
         Ok(())
     }
 }
@@ -125,16 +105,8 @@ mod tests {
         let mut out = [0u8; 4];
         m.copy_out(96, &mut out).expect("in range");
         assert_eq!(out, [1, 2, 3, 4]);
-        assert_eq!(
-            m.copy_in(97, &[0; 4]),
-            Err(RegionError::OutOfBounds {
-                offset: 97,
-                len: 4,
-                size: 100
-            })
-        );
+        assert_eq!(m.copy_in(97, &[0; 4]), Err(RegionError::OutOfBounds { offset: 97, len: 4, size: 100 }));
         assert!(m.copy_out(u64::MAX, &mut out).is_err());
-        m.copy_out(100, &mut [])
-            .expect("empty range at the end is fine");
+        m.copy_out(100, &mut []).expect("empty range at the end is fine");
     }
 }

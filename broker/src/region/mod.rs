@@ -8,17 +8,22 @@
 //! the caller checked before.
 
 pub mod mapping;
+mod traffic;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
-use crate::mode::{self, Mode};
+use crate::mode::{self, ConflictPolicy, Mode};
 use crate::name::Name;
 use crate::tenant::TenantId;
 
 pub use mapping::RegionMemory;
+pub use traffic::{Traffic, TrafficStats};
+
+/// Granularity of per-page versions (mirror refresh and commit work in whole pages).
+pub const PAGE_SIZE: u64 = 4096;
 
 /// Identifies a region for the lifetime of a broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,16 +87,21 @@ pub struct RegionSpec {
     pub size: u64,
     /// Access mode.
     pub mode: Mode,
+    /// What a mirror commit does when the region changed since the mirror's base.
+    pub policy: ConflictPolicy,
 }
 
 impl RegionSpec {
-    /// A spec with the given name, size and mode.
+    /// A spec with the given name, size and mode, and the default conflict policy (reject).
     pub fn new(name: impl Into<String>, size: u64, mode: Mode) -> RegionSpec {
-        RegionSpec {
-            name: name.into(),
-            size,
-            mode,
-        }
+        RegionSpec { name: name.into(), size, mode, policy: ConflictPolicy::default() }
+    }
+
+    /// The same spec with another conflict policy.
+    #[must_use]
+    pub fn with_policy(mut self, policy: ConflictPolicy) -> RegionSpec {
+        self.policy = policy;
+        self
     }
 }
 
@@ -108,6 +118,8 @@ pub struct RegionInfo {
     pub size: u64,
     /// Access mode.
     pub mode: Mode,
+    /// Mirror conflict policy.
+    pub policy: ConflictPolicy,
     /// Version counter: bumped by every write.
     pub version: u64,
 }
@@ -120,10 +132,39 @@ pub struct Region {
     owner: TenantId,
     owner_name: Name,
     mode: Mode,
+    policy: ConflictPolicy,
     pub(crate) memory: RegionMemory,
-    /// Serialises writers against readers so each write is seen whole or not at all.
-    pub(crate) lock: RwLock<()>,
+    /// Serialises writers against readers so each write or commit is seen whole or not at all, and
+    /// guards the per-page versions.
+    pub(crate) pages: RwLock<PageVersions>,
+    /// The region version; written only under the `pages` writer lock, readable without it.
     version: AtomicU64,
+    pub(crate) traffic: Traffic,
+}
+
+/// The version of the last write or commit that changed each page.
+#[derive(Debug)]
+pub(crate) struct PageVersions(pub(crate) Vec<u64>);
+
+impl PageVersions {
+    /// Indexes of the pages that `[offset, offset+len)` touches.
+    pub(crate) fn touched(offset: u64, len: u64) -> std::ops::Range<usize> {
+        if len == 0 {
+            return 0..0;
+        }
+        let first = usize::try_from(offset / PAGE_SIZE).unwrap_or(usize::MAX);
+        let last = usize::try_from((offset + len - 1) / PAGE_SIZE).unwrap_or(usize::MAX);
+        first..last.saturating_add(1)
+    }
+
+    /// Marks the pages of a write with its version.
+    pub(crate) fn mark(&mut self, offset: u64, len: u64, version: u64) {
+        let r = Self::touched(offset, len);
+        let end = r.end.min(self.0.len());
+        if let Some(pages) = self.0.get_mut(r.start.min(end)..end) {
+            pages.fill(version);
+        }
+    }
 }
 
 impl Region {
@@ -134,6 +175,7 @@ impl Region {
         owner_name: Name,
         size: u64,
         mode: Mode,
+        policy: ConflictPolicy,
     ) -> Result<Region, RegionError> {
         if size == 0 {
             return Err(RegionError::ZeroSize);
@@ -149,8 +191,10 @@ impl Region {
             owner_name,
             mode,
             memory,
-            lock: RwLock::new(()),
+            policy,
+            pages: RwLock::new(PageVersions(vec![0; usize::try_from(size.div_ceil(PAGE_SIZE)).unwrap_or(0)])),
             version: AtomicU64::new(0),
+            traffic: Traffic::default(),
         })
     }
 
@@ -184,11 +228,22 @@ impl Region {
         self.mode
     }
 
+    /// The mirror conflict policy.
+    pub fn policy(&self) -> ConflictPolicy {
+        self.policy
+    }
+
+    /// Bytes and pages copied, commits and conflicts, over the region's life.
+    pub fn traffic(&self) -> TrafficStats {
+        self.traffic.stats()
+    }
+
     /// The current version.
     pub fn version(&self) -> u64 {
         self.version.load(Ordering::Acquire)
     }
 
+    /// Advances the version; callers hold the `pages` writer lock.
     pub(crate) fn bump_version(&self) -> u64 {
         self.version.fetch_add(1, Ordering::AcqRel) + 1
     }
@@ -201,6 +256,7 @@ impl Region {
             owner: self.owner,
             size: self.size(),
             mode: self.mode,
+            policy: self.policy,
             version: self.version(),
         }
     }

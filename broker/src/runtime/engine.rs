@@ -25,10 +25,8 @@ impl EngineHandle {
         // with real atomic instructions; validating those needs the threads proposal.
         config.wasm_threads(true);
         config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(|e| Error::InvalidArgument {
-            field: "engine config",
-            reason: e.to_string(),
-        })?;
+        let engine = Engine::new(&config)
+            .map_err(|e| Error::InvalidArgument { field: "engine config", reason: e.to_string() })?;
         let (stop, rx) = bounded::<()>(0);
         let ticking = engine.clone();
         let ticker = std::thread::Builder::new()
@@ -39,15 +37,8 @@ impl EngineHandle {
                     ticking.increment_epoch();
                 }
             })
-            .map_err(|e| Error::InvalidArgument {
-                field: "epoch thread",
-                reason: e.to_string(),
-            })?;
-        Ok(EngineHandle {
-            engine,
-            stop: Some(stop),
-            ticker: Some(ticker),
-        })
+            .map_err(|e| Error::InvalidArgument { field: "epoch thread", reason: e.to_string() })?;
+        Ok(EngineHandle { engine, stop: Some(stop), ticker: Some(ticker) })
     }
 
     /// Epoch ticks that cover `timeout` (at least one, plus one for the tick in progress).

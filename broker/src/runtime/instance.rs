@@ -20,6 +20,7 @@ use crate::abi::GuestCtx;
 use crate::broker::Core;
 use crate::error::Error;
 use crate::name::Name;
+use crate::region::Traffic;
 use crate::tenant::Tenant;
 
 /// A job run on an instance's worker with exclusive access to its live store.
@@ -54,6 +55,8 @@ pub(crate) struct InstanceCell {
     pub(super) mailbox_rx: Receiver<Job>,
     pub(super) scheduled: AtomicBool,
     kill: Arc<AtomicBool>,
+    /// Bytes and pages this instance moved, across restarts.
+    pub(crate) traffic: Arc<Traffic>,
     live: Mutex<Option<Live>>,
     status: Mutex<InstanceStatus>,
 }
@@ -64,10 +67,7 @@ impl InstanceCell {
     /// # Errors
     /// [`Error::Quota`] if the tenant's memory quota refuses the initial memory, or
     /// [`InstanceError::Instantiate`].
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "a constructor of the cell's fields"
-    )]
+    #[allow(clippy::too_many_arguments, reason = "a constructor of the cell's fields")]
     pub(crate) fn start(
         id: InstanceId,
         name: Name,
@@ -97,6 +97,7 @@ impl InstanceCell {
             mailbox_rx,
             scheduled: AtomicBool::new(false),
             kill: Arc::new(AtomicBool::new(false)),
+            traffic: Arc::new(Traffic::default()),
             live: Mutex::new(None),
             status: Mutex::new(status),
         };
@@ -107,7 +108,12 @@ impl InstanceCell {
 
     fn instantiate(&self) -> Result<Live, Error> {
         let state = InstanceState {
-            ctx: GuestCtx::new(Arc::clone(&self.core), self.id, Arc::clone(&self.tenant)),
+            ctx: GuestCtx::new(
+                Arc::clone(&self.core),
+                self.id,
+                Arc::clone(&self.tenant),
+                Arc::clone(&self.traffic),
+            ),
             limiter: TenantLimiter::new(Arc::clone(&self.tenant), self.config.max_memory_bytes),
             budget: EngineHandle::ticks_for(self.config.call_timeout),
             kill: Arc::clone(&self.kill),
@@ -203,25 +209,16 @@ impl InstanceCell {
         let ty = func.ty(&l.store);
         let expected: Vec<ValType> = ty.params().collect();
         let matches = expected.len() == args.len()
-            && expected
-                .iter()
-                .zip(args)
-                .all(|(t, v)| kind_of_type(t) == kind_of_val(v));
+            && expected.iter().zip(args).all(|(t, v)| kind_of_type(t) == kind_of_val(v));
         if !matches {
             return Err(InstanceError::BadArguments {
                 export: export.to_owned(),
-                expected: expected
-                    .iter()
-                    .map(kind_of_type)
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                expected: expected.iter().map(kind_of_type).collect::<Vec<_>>().join(", "),
                 got: args.iter().map(kind_of_val).collect::<Vec<_>>().join(", "),
             });
         }
-        let mut results: Vec<Val> = ty
-            .results()
-            .map(|t| Val::default_for_ty(&t).unwrap_or(Val::I32(0)))
-            .collect();
+        let mut results: Vec<Val> =
+            ty.results().map(|t| Val::default_for_ty(&t).unwrap_or(Val::I32(0))).collect();
         self.kill.store(false, Ordering::Release);
         l.store.data_mut().budget = EngineHandle::ticks_for(self.config.call_timeout);
         l.store.set_epoch_deadline(1);
@@ -236,12 +233,8 @@ impl InstanceCell {
             Err(e) => {
                 let err = match e.downcast_ref::<Trap>() {
                     Some(Trap::Interrupt) if killed => InstanceError::Killed,
-                    Some(Trap::Interrupt) => InstanceError::Interrupted {
-                        timeout: self.config.call_timeout,
-                    },
-                    _ => InstanceError::Trapped {
-                        message: format!("{e:#}"),
-                    },
+                    Some(Trap::Interrupt) => InstanceError::Interrupted { timeout: self.config.call_timeout },
+                    _ => InstanceError::Trapped { message: format!("{e:#}") },
                 };
                 status.state = RunState::Trapped;
                 status.traps += 1;

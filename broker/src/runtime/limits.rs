@@ -24,12 +24,7 @@ pub(crate) struct TenantLimiter {
 
 impl TenantLimiter {
     pub(crate) fn new(tenant: Arc<Tenant>, max_memory: u64) -> TenantLimiter {
-        TenantLimiter {
-            tenant,
-            max_memory,
-            reserved: 0,
-            last_refusal: None,
-        }
+        TenantLimiter { tenant, max_memory, reserved: 0, last_refusal: None }
     }
 }
 
@@ -43,9 +38,7 @@ impl ResourceLimiter for TenantLimiter {
         let (Ok(current), Ok(desired)) = (u64::try_from(current), u64::try_from(desired)) else {
             return Ok(false);
         };
-        if maximum.is_some_and(|m| u64::try_from(m).is_ok_and(|m| desired > m))
-            || desired > self.max_memory
-        {
+        if maximum.is_some_and(|m| u64::try_from(m).is_ok_and(|m| desired > m)) || desired > self.max_memory {
             return Ok(false);
         }
         let delta = desired.saturating_sub(current);

@@ -51,10 +51,7 @@ pub struct InstanceConfig {
 impl Default for InstanceConfig {
     /// 5 s per call, 256 MiB of linear memory.
     fn default() -> InstanceConfig {
-        InstanceConfig {
-            call_timeout: Duration::from_secs(5),
-            max_memory_bytes: 256 << 20,
-        }
+        InstanceConfig { call_timeout: Duration::from_secs(5), max_memory_bytes: 256 << 20 }
     }
 }
 

@@ -99,13 +99,7 @@ impl Default for Quotas {
     /// Generous defaults for a development broker: 256 MiB of regions, 64 regions, 16 instances,
     /// 4096 handles and 1 GiB of linear memory.
     fn default() -> Quotas {
-        Quotas {
-            region_bytes: 256 << 20,
-            regions: 64,
-            instances: 16,
-            handles: 4096,
-            memory_bytes: 1 << 30,
-        }
+        Quotas { region_bytes: 256 << 20, regions: 64, instances: 16, handles: 4096, memory_bytes: 1 << 30 }
     }
 }
 
@@ -161,12 +155,7 @@ pub struct Tenant {
 
 impl Tenant {
     pub(crate) fn new(id: TenantId, name: Name, quotas: Quotas) -> Arc<Tenant> {
-        Arc::new(Tenant {
-            id,
-            name,
-            quotas: RwLock::new(quotas),
-            used: Default::default(),
-        })
+        Arc::new(Tenant { id, name, quotas: RwLock::new(quotas), used: Default::default() })
     }
 
     /// The tenant's id.
@@ -210,11 +199,7 @@ impl Tenant {
         amount: u64,
     ) -> Result<Reservation, QuotaError> {
         self.try_add(resource, amount)?;
-        Ok(Reservation {
-            tenant: Arc::clone(self),
-            resource,
-            amount,
-        })
+        Ok(Reservation { tenant: Arc::clone(self), resource, amount })
     }
 
     /// Adds to usage without a guard; pair with [`Tenant::release`].
@@ -223,15 +208,12 @@ impl Tenant {
         let counter = &self.used[resource.index()];
         let mut cur = counter.load(Ordering::Acquire);
         loop {
-            let next = cur
-                .checked_add(amount)
-                .filter(|n| *n <= limit)
-                .ok_or(QuotaError {
-                    resource,
-                    limit,
-                    in_use: cur,
-                    requested: amount,
-                })?;
+            let next = cur.checked_add(amount).filter(|n| *n <= limit).ok_or(QuotaError {
+                resource,
+                limit,
+                in_use: cur,
+                requested: amount,
+            })?;
             match counter.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Ok(()),
                 Err(actual) => cur = actual,
@@ -244,16 +226,12 @@ impl Tenant {
         let counter = &self.used[resource.index()];
         // Saturate rather than wrap: a release can never exceed what was reserved, and if a bug made it
         // do so, the counter staying at 0 is the safe side.
-        let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
-            Some(c.saturating_sub(amount))
-        });
+        let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| Some(c.saturating_sub(amount)));
     }
 
     /// Whether all counters are zero (every resource was given back), for leak checks in tests.
     pub fn is_idle(&self) -> bool {
-        Resource::ALL
-            .iter()
-            .all(|r| self.used[r.index()].load(Ordering::Acquire) == 0)
+        Resource::ALL.iter().all(|r| self.used[r.index()].load(Ordering::Acquire) == 0)
     }
 }
 
@@ -285,14 +263,7 @@ mod tests {
 
     fn tenant(handles: u64) -> Arc<Tenant> {
         let name = Name::new("t").expect("valid name");
-        Tenant::new(
-            TenantId(1),
-            name,
-            Quotas {
-                handles,
-                ..Quotas::default()
-            },
-        )
+        Tenant::new(TenantId(1), name, Quotas { handles, ..Quotas::default() })
     }
 
     #[test]
@@ -302,15 +273,7 @@ mod tests {
             let _a = t.reserve(Resource::Handles, 2).expect("fits");
             assert_eq!(t.usage().handles, 2);
             let err = t.reserve(Resource::Handles, 2).expect_err("over quota");
-            assert_eq!(
-                err,
-                QuotaError {
-                    resource: Resource::Handles,
-                    limit: 3,
-                    in_use: 2,
-                    requested: 2
-                }
-            );
+            assert_eq!(err, QuotaError { resource: Resource::Handles, limit: 3, in_use: 2, requested: 2 });
         }
         assert_eq!(t.usage().handles, 0);
         t.reserve(Resource::Handles, 3).expect("fits").commit();

@@ -20,11 +20,7 @@ fn define(h: &str, name: &str) -> String {
 }
 
 fn number(v: &str) -> i64 {
-    let v = v
-        .trim_start_matches('(')
-        .trim_end_matches(')')
-        .trim_end_matches("LL")
-        .trim_end_matches('u');
+    let v = v.trim_start_matches('(').trim_end_matches(')').trim_end_matches("LL").trim_end_matches('u');
     match v.strip_prefix("0x") {
         Some(hex) => i64::from_str_radix(hex, 16).expect("hex"),
         None => v.parse().expect("decimal"),
@@ -35,17 +31,9 @@ fn number(v: &str) -> i64 {
 fn status_codes_match() {
     let h = header();
     for s in Status::ALL {
-        assert_eq!(
-            number(&define(&h, s.c_name())),
-            i64::from(s.code()),
-            "{}",
-            s.c_name()
-        );
+        assert_eq!(number(&define(&h, s.c_name())), i64::from(s.code()), "{}", s.c_name());
     }
-    assert_eq!(
-        number(&define(&h, "BROKER_ABI_VERSION")),
-        i64::from(broker_abi::VERSION)
-    );
+    assert_eq!(number(&define(&h, "BROKER_ABI_VERSION")), i64::from(broker_abi::VERSION));
 }
 
 #[test]
@@ -66,10 +54,7 @@ fn rights_modes_and_limits_match() {
     for (name, value) in pairs {
         assert_eq!(number(&define(&h, name)), i64::from(value), "{name}");
     }
-    assert_eq!(
-        number(&define(&h, "BROKER_LEN_TO_END")),
-        broker_abi::LEN_TO_END
-    );
+    assert_eq!(number(&define(&h, "BROKER_LEN_TO_END")), broker_abi::LEN_TO_END);
 }
 
 #[test]

@@ -20,7 +20,11 @@ fn check(wasm: &[u8]) {
     assert_eq!(u64::from_le_bytes(word), 42);
     let packed = call(&b, app, "restricted", args![]);
     assert_eq!(packed & 0xffff_ffff, 16, "the restricted range is 16 bytes");
-    assert_eq!(packed >> 32, i64::from(Status::PermissionDenied.code()), "a read-only restriction refuses writes");
+    assert_eq!(
+        packed >> 32,
+        i64::from(Status::PermissionDenied.code()),
+        "a read-only restriction refuses writes"
+    );
     assert_eq!(call(&b, app, "forged", args![]), i64::from(Status::InvalidHandle.code()));
     assert_eq!(b.handle_count(app).expect("count"), 0, "the app closed everything it opened");
 }
@@ -31,9 +35,10 @@ fn checked_in_c_guest_runs() {
 }
 
 fn clang() -> Option<PathBuf> {
-    ["clang", "clang-14", "clang-15", "clang-16"].iter().map(PathBuf::from).find(|c| {
-        Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success())
-    })
+    ["clang", "clang-14", "clang-15", "clang-16"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
 }
 
 /// Where clang (and lld) are installed, the source is rebuilt and the fresh build passes the same checks,

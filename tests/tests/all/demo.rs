@@ -16,10 +16,7 @@ pub(crate) fn demo_producer() {
     assert!(report.ok());
     let text = String::from_utf8(out).expect("utf-8");
     assert!(text.contains("BROKER_ERR_PERMISSION_DENIED"), "{text}");
-    assert!(
-        text.lines().count() >= 6,
-        "progress is printed step by step:\n{text}"
-    );
+    assert!(text.lines().count() >= 6, "progress is printed step by step:\n{text}");
 }
 
 /// The named test for the `demo_consumer` guest: its write attempt is refused.
@@ -27,8 +24,5 @@ pub(crate) fn demo_producer() {
 pub(crate) fn demo_consumer() {
     let report = demo::run(1, &mut std::io::sink()).expect("demo runs");
     assert_eq!(report.consumer_sum, 0);
-    assert_eq!(
-        report.tamper_status,
-        i64::from(broker_abi::Status::PermissionDenied.code())
-    );
+    assert_eq!(report.tamper_status, i64::from(broker_abi::Status::PermissionDenied.code()));
 }

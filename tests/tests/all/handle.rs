@@ -31,22 +31,12 @@ fn world() -> World {
     let b = broker();
     let alpha = tenant(&b, "alpha");
     let beta = tenant(&b, "beta");
-    let data = b
-        .create_region(alpha, RegionSpec::new("data", 4096, Mode::Handle))
-        .expect("region");
-    b.create_region(alpha, RegionSpec::new("secret", 64, Mode::Handle))
-        .expect("region");
+    let data = b.create_region(alpha, RegionSpec::new("data", 4096, Mode::Handle)).expect("region");
+    b.create_region(alpha, RegionSpec::new("secret", 64, Mode::Handle)).expect("region");
     let writer = start(&b, alpha, "handle_app", "writer");
     let reader = start(&b, beta, "handle_app", "reader");
     let relay = start(&b, beta, "handle_app", "relay");
-    World {
-        b,
-        alpha,
-        data,
-        writer,
-        reader,
-        relay,
-    }
+    World { b, alpha, data, writer, reader, relay }
 }
 
 fn host_u64(w: &World, offset: u64) -> u64 {
@@ -62,40 +52,20 @@ pub(crate) fn handle_app() {
     let w = world();
     let hw = handle(call(&w.b, w.writer, "open", args![DATA]));
     assert_eq!(call(&w.b, w.writer, "store_u64", args![hw, 0i64, 42i64]), 0);
-    assert_eq!(
-        call(
-            &w.b,
-            w.writer,
-            "grant",
-            args![hw, TO_BETA_READER, READ, 0i64, -1i64]
-        ),
-        0
-    );
+    assert_eq!(call(&w.b, w.writer, "grant", args![hw, TO_BETA_READER, READ, 0i64, -1i64]), 0);
 
     let hr = handle(call(&w.b, w.reader, "open", args![ALPHA_DATA]));
     assert_eq!(call(&w.b, w.reader, "load_u64", args![hr, 0i64]), 42);
-    assert_eq!(
-        call(&w.b, w.reader, "info_rights", args![hr]),
-        i64::from(READ)
-    );
-    assert_eq!(
-        call(&w.b, w.reader, "store_u64", args![hr, 0i64, 7i64]),
-        code(Status::PermissionDenied)
-    );
-    assert_eq!(
-        call(&w.b, w.reader, "fill", args![hr, 8i64, 16, 0xAA]),
-        code(Status::PermissionDenied)
-    );
+    assert_eq!(call(&w.b, w.reader, "info_rights", args![hr]), i64::from(READ));
+    assert_eq!(call(&w.b, w.reader, "store_u64", args![hr, 0i64, 7i64]), code(Status::PermissionDenied));
+    assert_eq!(call(&w.b, w.reader, "fill", args![hr, 8i64, 16, 0xAA]), code(Status::PermissionDenied));
     assert_eq!(host_u64(&w, 0), 42, "the refused write changed nothing");
     assert_eq!(host_u64(&w, 8), 0);
 
     // Writes by the owner are visible to the reader; nothing else of alpha's is.
     assert_eq!(call(&w.b, w.writer, "store_u64", args![hw, 0i64, 43i64]), 0);
     assert_eq!(call(&w.b, w.reader, "load_u64", args![hr, 0i64]), 43);
-    assert_eq!(
-        call(&w.b, w.reader, "open", args![ALPHA_SECRET]),
-        code(Status::NotFound)
-    );
+    assert_eq!(call(&w.b, w.reader, "open", args![ALPHA_SECRET]), code(Status::NotFound));
     assert_eq!(
         call(&w.b, w.reader, "open", args![DATA]),
         code(Status::NotFound),
@@ -112,22 +82,11 @@ pub(crate) fn handle_app() {
 fn sub_range_grant_confines_the_holder() {
     let w = world();
     let hw = handle(call(&w.b, w.writer, "open", args![DATA]));
-    assert_eq!(
-        call(
-            &w.b,
-            w.writer,
-            "grant",
-            args![hw, TO_BETA_READER, READ | WRITE, 100i64, 50i64]
-        ),
-        0
-    );
+    assert_eq!(call(&w.b, w.writer, "grant", args![hw, TO_BETA_READER, READ | WRITE, 100i64, 50i64]), 0);
     let hr = handle(call(&w.b, w.reader, "open", args![ALPHA_DATA]));
     assert_eq!(call(&w.b, w.reader, "info_len", args![hr]), 50);
     assert_eq!(call(&w.b, w.reader, "fill", args![hr, 0i64, 50, 9]), 0);
-    assert_eq!(
-        call(&w.b, w.reader, "fill", args![hr, 1i64, 50, 9]),
-        code(Status::OutOfBounds)
-    );
+    assert_eq!(call(&w.b, w.reader, "fill", args![hr, 1i64, 50, 9]), code(Status::OutOfBounds));
     assert_eq!(call(&w.b, w.reader, "sum", args![hr, 0i64, 50]), 9 * 50);
     let mut bytes = vec![0u8; 4096];
     w.b.read_region(w.data, 0, &mut bytes).expect("host read");
@@ -143,72 +102,30 @@ fn sub_range_grant_confines_the_holder() {
 fn delegation_never_widens_rights_or_range() {
     let w = world();
     let hw = handle(call(&w.b, w.writer, "open", args![DATA]));
-    assert_eq!(
-        call(
-            &w.b,
-            w.writer,
-            "grant",
-            args![hw, TO_BETA_READER, READ | GRANT, 0i64, 1000i64]
-        ),
-        0
-    );
+    assert_eq!(call(&w.b, w.writer, "grant", args![hw, TO_BETA_READER, READ | GRANT, 0i64, 1000i64]), 0);
     let hr = handle(call(&w.b, w.reader, "open", args![ALPHA_DATA]));
     assert_eq!(
-        call(
-            &w.b,
-            w.reader,
-            "grant",
-            args![hr, TO_BETA_RELAY, READ | WRITE, 0i64, -1i64]
-        ),
+        call(&w.b, w.reader, "grant", args![hr, TO_BETA_RELAY, READ | WRITE, 0i64, -1i64]),
         code(Status::PermissionDenied)
     );
     assert_eq!(
-        call(
-            &w.b,
-            w.reader,
-            "grant",
-            args![hr, TO_BETA_RELAY, READ, 0i64, 1001i64]
-        ),
+        call(&w.b, w.reader, "grant", args![hr, TO_BETA_RELAY, READ, 0i64, 1001i64]),
         code(Status::OutOfBounds)
     );
     assert_eq!(
-        call(
-            &w.b,
-            w.reader,
-            "restrict",
-            args![hr, READ | WRITE, 0i64, -1i64]
-        ),
+        call(&w.b, w.reader, "restrict", args![hr, READ | WRITE, 0i64, -1i64]),
         code(Status::PermissionDenied)
     );
     assert_eq!(
-        call(
-            &w.b,
-            w.reader,
-            "grant",
-            args![hr, TO_NOBODY, READ, 0i64, -1i64]
-        ),
+        call(&w.b, w.reader, "grant", args![hr, TO_NOBODY, READ, 0i64, -1i64]),
         code(Status::NotFound)
     );
-    assert_eq!(
-        call(
-            &w.b,
-            w.reader,
-            "grant",
-            args![hr, TO_BETA_RELAY, READ, 10i64, 20i64]
-        ),
-        0
-    );
+    assert_eq!(call(&w.b, w.reader, "grant", args![hr, TO_BETA_RELAY, READ, 10i64, 20i64]), 0);
     let hx = handle(call(&w.b, w.relay, "open", args![ALPHA_DATA]));
     assert_eq!(call(&w.b, w.relay, "info_len", args![hx]), 20);
-    assert_eq!(
-        call(&w.b, w.relay, "info_rights", args![hx]),
-        i64::from(READ)
-    );
+    assert_eq!(call(&w.b, w.relay, "info_rights", args![hx]), i64::from(READ));
     // Without the grant right, a holder cannot delegate at all.
-    assert_eq!(
-        call(&w.b, w.relay, "grant", args![hx, 0, READ, 0i64, -1i64]),
-        code(Status::PermissionDenied)
-    );
+    assert_eq!(call(&w.b, w.relay, "grant", args![hx, 0, READ, 0i64, -1i64]), code(Status::PermissionDenied));
 }
 
 #[test]
@@ -216,21 +133,12 @@ fn stale_handle_after_close() {
     let w = world();
     let h = handle(call(&w.b, w.writer, "open", args![DATA]));
     assert_eq!(call(&w.b, w.writer, "close", args![h]), 0);
-    assert_eq!(
-        call(&w.b, w.writer, "load_u64", args![h, 0i64]),
-        code(Status::StaleHandle)
-    );
-    assert_eq!(
-        call(&w.b, w.writer, "close", args![h]),
-        code(Status::StaleHandle)
-    );
+    assert_eq!(call(&w.b, w.writer, "load_u64", args![h, 0i64]), code(Status::StaleHandle));
+    assert_eq!(call(&w.b, w.writer, "close", args![h]), code(Status::StaleHandle));
     // The slot is reused with a new generation: the old value stays stale, and the new one works.
     let h2 = handle(call(&w.b, w.writer, "open", args![DATA]));
     assert_ne!(h, h2);
-    assert_eq!(
-        call(&w.b, w.writer, "load_u64", args![h, 0i64]),
-        code(Status::StaleHandle)
-    );
+    assert_eq!(call(&w.b, w.writer, "load_u64", args![h, 0i64]), code(Status::StaleHandle));
     assert_eq!(call(&w.b, w.writer, "store_u64", args![h2, 0i64, 5i64]), 0);
     assert_eq!(w.b.handle_count(w.writer).expect("count"), 1);
 }
@@ -239,40 +147,16 @@ fn stale_handle_after_close() {
 fn cascading_revoke_makes_every_derived_handle_stale() {
     let w = world();
     let hw = handle(call(&w.b, w.writer, "open", args![DATA]));
-    assert_eq!(
-        call(
-            &w.b,
-            w.writer,
-            "grant",
-            args![hw, TO_BETA_READER, READ | GRANT, 0i64, -1i64]
-        ),
-        0
-    );
+    assert_eq!(call(&w.b, w.writer, "grant", args![hw, TO_BETA_READER, READ | GRANT, 0i64, -1i64]), 0);
     let hr = handle(call(&w.b, w.reader, "open", args![ALPHA_DATA]));
-    let hr_sub = handle(call(
-        &w.b,
-        w.reader,
-        "restrict",
-        args![hr, READ, 0i64, 8i64],
-    ));
-    assert_eq!(
-        call(
-            &w.b,
-            w.reader,
-            "grant",
-            args![hr, TO_BETA_RELAY, READ, 0i64, -1i64]
-        ),
-        0
-    );
+    let hr_sub = handle(call(&w.b, w.reader, "restrict", args![hr, READ, 0i64, 8i64]));
+    assert_eq!(call(&w.b, w.reader, "grant", args![hr, TO_BETA_RELAY, READ, 0i64, -1i64]), 0);
     let hx = handle(call(&w.b, w.relay, "open", args![ALPHA_DATA]));
     assert_eq!(call(&w.b, w.relay, "load_u64", args![hx, 0i64]), 0);
 
     assert_eq!(call(&w.b, w.writer, "revoke", args![hw]), 0);
     for (inst, h) in [(w.reader, hr), (w.reader, hr_sub), (w.relay, hx)] {
-        assert_eq!(
-            call(&w.b, inst, "load_u64", args![h, 0i64]),
-            code(Status::StaleHandle)
-        );
+        assert_eq!(call(&w.b, inst, "load_u64", args![h, 0i64]), code(Status::StaleHandle));
     }
     assert_eq!(
         call(&w.b, w.reader, "open", args![ALPHA_DATA]),
@@ -291,61 +175,29 @@ fn cascading_revoke_makes_every_derived_handle_stale() {
 fn closing_the_granting_handle_revokes_its_grants() {
     let w = world();
     let hw = handle(call(&w.b, w.writer, "open", args![DATA]));
-    assert_eq!(
-        call(
-            &w.b,
-            w.writer,
-            "grant",
-            args![hw, TO_BETA_READER, READ, 0i64, -1i64]
-        ),
-        0
-    );
+    assert_eq!(call(&w.b, w.writer, "grant", args![hw, TO_BETA_READER, READ, 0i64, -1i64]), 0);
     let hr = handle(call(&w.b, w.reader, "open", args![ALPHA_DATA]));
     assert_eq!(call(&w.b, w.writer, "close", args![hw]), 0);
-    assert_eq!(
-        call(&w.b, w.reader, "load_u64", args![hr, 0i64]),
-        code(Status::StaleHandle)
-    );
+    assert_eq!(call(&w.b, w.reader, "load_u64", args![hr, 0i64]), code(Status::StaleHandle));
 }
 
 #[test]
 fn host_grant_revoke_and_destroy() {
     let w = world();
-    let grant =
-        w.b.grant(w.data, w.reader, Rights::READ, 0, Some(16))
-            .expect("grant");
+    let grant = w.b.grant(w.data, w.reader, Rights::READ, 0, Some(16)).expect("grant");
     let hr = handle(call(&w.b, w.reader, "open", args![ALPHA_DATA]));
     assert_eq!(call(&w.b, w.reader, "info_len", args![hr]), 16);
     w.b.revoke_grant(grant).expect("revoke");
-    assert_eq!(
-        call(&w.b, w.reader, "load_u64", args![hr, 0i64]),
-        code(Status::StaleHandle)
-    );
-    assert!(matches!(
-        w.b.revoke_grant(grant),
-        Err(broker::Error::GrantNotFound(_))
-    ));
+    assert_eq!(call(&w.b, w.reader, "load_u64", args![hr, 0i64]), code(Status::StaleHandle));
+    assert!(matches!(w.b.revoke_grant(grant), Err(broker::Error::GrantNotFound(_))));
 
     let hw = handle(call(&w.b, w.writer, "open", args![DATA]));
     w.b.destroy_region(w.data).expect("destroy");
-    assert_eq!(
-        call(&w.b, w.writer, "load_u64", args![hw, 0i64]),
-        code(Status::StaleHandle)
-    );
-    assert_eq!(
-        call(&w.b, w.writer, "open", args![DATA]),
-        code(Status::NotFound)
-    );
-    assert!(matches!(
-        w.b.read_region(w.data, 0, &mut [0u8; 1]),
-        Err(broker::Error::RegionNotFound(_))
-    ));
+    assert_eq!(call(&w.b, w.writer, "load_u64", args![hw, 0i64]), code(Status::StaleHandle));
+    assert_eq!(call(&w.b, w.writer, "open", args![DATA]), code(Status::NotFound));
+    assert!(matches!(w.b.read_region(w.data, 0, &mut [0u8; 1]), Err(broker::Error::RegionNotFound(_))));
     let usage = w.b.tenant_usage(w.alpha).expect("usage");
-    assert_eq!(
-        (usage.regions, usage.region_bytes),
-        (1, 64),
-        "only alpha/secret is left"
-    );
+    assert_eq!((usage.regions, usage.region_bytes), (1, 64), "only alpha/secret is left");
 }
 
 #[test]
@@ -353,28 +205,17 @@ fn host_grant_bad_inputs() {
     let w = world();
     assert!(matches!(
         w.b.grant(w.data, w.reader, Rights::READ, 4000, Some(200)),
-        Err(broker::Error::Capability(
-            broker::capability::CapError::OutOfBounds { .. }
-        ))
+        Err(broker::Error::Capability(broker::capability::CapError::OutOfBounds { .. }))
     ));
     assert!(matches!(
         w.b.grant(w.data, w.reader, Rights::READ, u64::MAX, None),
-        Err(broker::Error::InvalidArgument {
-            field: "offset",
-            ..
-        })
+        Err(broker::Error::InvalidArgument { field: "offset", .. })
     ));
     assert!(matches!(
         w.b.write_region(w.data, 4095, &[1, 2]),
-        Err(broker::Error::Region(
-            broker::region::RegionError::OutOfBounds { .. }
-        ))
+        Err(broker::Error::Region(broker::region::RegionError::OutOfBounds { .. }))
     ));
-    assert_eq!(
-        host_u64(&w, 4088),
-        0,
-        "a refused host write leaves the region untouched"
-    );
+    assert_eq!(host_u64(&w, 4088), 0, "a refused host write leaves the region untouched");
 }
 
 /// Runs the attacker's sweep and returns (attacker, own handle).
@@ -391,32 +232,18 @@ fn attacker(w: &World) -> (InstanceId, i32) {
 #[test]
 pub(crate) fn handle_attacker() {
     let w = world();
-    let pattern: Vec<u8> = (0..4096u32)
-        .map(|i| u8::try_from(i % 251).unwrap_or(0))
-        .collect();
+    let pattern: Vec<u8> = (0..4096u32).map(|i| u8::try_from(i % 251).unwrap_or(0)).collect();
     w.b.write_region(w.data, 0, &pattern).expect("host write");
     // Other instances hold live handles with small values; they must be unreachable from the attacker.
     handle(call(&w.b, w.writer, "open", args![DATA]));
     handle(call(&w.b, w.writer, "open", args![DATA]));
     let (a, own) = attacker(&w);
-    let unexpected = call(
-        &w.b,
-        a,
-        "sweep",
-        args![0x9E37_79B9_7F4A_7C15u64 as i64, 100_000, 70_000, own],
-    );
-    assert_eq!(
-        unexpected, 0,
-        "forged handles must only ever get InvalidHandle or StaleHandle"
-    );
+    let unexpected = call(&w.b, a, "sweep", args![0x9E37_79B9_7F4A_7C15u64 as i64, 100_000, 70_000, own]);
+    assert_eq!(unexpected, 0, "forged handles must only ever get InvalidHandle or StaleHandle");
     let mut after = vec![0u8; 4096];
     w.b.read_region(w.data, 0, &mut after).expect("host read");
     assert_eq!(after, pattern, "no forged handle wrote anything");
-    assert_eq!(
-        w.b.handle_count(a).expect("count"),
-        1,
-        "the sweep created no handle"
-    );
+    assert_eq!(w.b.handle_count(a).expect("count"), 1, "the sweep created no handle");
 }
 
 #[test]
@@ -448,44 +275,19 @@ fn offsets_and_lengths_that_overflow_are_refused() {
             "write at {offset} len {len}"
         );
     }
-    assert_eq!(
-        call(&w.b, a, "restrict_raw", args![h, READ, 0i64, -2i64]),
-        oob
-    );
-    assert_eq!(
-        call(&w.b, a, "restrict_raw", args![h, READ, 4097i64, -1i64]),
-        oob
-    );
-    assert_eq!(
-        call(&w.b, a, "restrict_raw", args![h, READ, i64::MIN, 1i64]),
-        oob
-    );
-    assert_eq!(
-        call(&w.b, a, "restrict_raw", args![h, READ, 1i64, i64::MAX]),
-        oob
-    );
+    assert_eq!(call(&w.b, a, "restrict_raw", args![h, READ, 0i64, -2i64]), oob);
+    assert_eq!(call(&w.b, a, "restrict_raw", args![h, READ, 4097i64, -1i64]), oob);
+    assert_eq!(call(&w.b, a, "restrict_raw", args![h, READ, i64::MIN, 1i64]), oob);
+    assert_eq!(call(&w.b, a, "restrict_raw", args![h, READ, 1i64, i64::MAX]), oob);
     assert_eq!(
         call(&w.b, a, "restrict_raw", args![h, READ, 4096i64, -1i64]),
         0,
         "an empty range at the end is fine"
     );
-    assert_eq!(
-        call(&w.b, a, "restrict_raw", args![h, 0x100, 0i64, -1i64]),
-        code(Status::InvalidArgument)
-    );
-    assert_eq!(
-        call(&w.b, a, "grant_raw", args![h, 0x20, 0i64, -1i64]),
-        code(Status::InvalidArgument)
-    );
-    assert_eq!(
-        call(&w.b, a, "grant_raw", args![h, READ, 4000i64, 100i64]),
-        oob
-    );
-    assert_eq!(
-        w.b.handle_count(a).expect("count"),
-        1,
-        "no refused call left a handle behind"
-    );
+    assert_eq!(call(&w.b, a, "restrict_raw", args![h, 0x100, 0i64, -1i64]), code(Status::InvalidArgument));
+    assert_eq!(call(&w.b, a, "grant_raw", args![h, 0x20, 0i64, -1i64]), code(Status::InvalidArgument));
+    assert_eq!(call(&w.b, a, "grant_raw", args![h, READ, 4000i64, 100i64]), oob);
+    assert_eq!(w.b.handle_count(a).expect("count"), 1, "no refused call left a handle behind");
 }
 
 #[test]
@@ -499,16 +301,8 @@ fn out_of_bounds_guest_pointers_are_refused() {
 
     w.b.write_region(w.data, 0, b"data").expect("host write");
     for (ptr, len) in [(end - 4, 8), (end, 1), (-1, 8), (-8, 16), (i32::MAX, 8)] {
-        assert_eq!(
-            call(&w.b, a, "read_raw", args![h, 0i64, ptr, len]),
-            bad,
-            "read into {ptr:#x}+{len}"
-        );
-        assert_eq!(
-            call(&w.b, a, "write_raw", args![h, 0i64, ptr, len]),
-            bad,
-            "write from {ptr:#x}+{len}"
-        );
+        assert_eq!(call(&w.b, a, "read_raw", args![h, 0i64, ptr, len]), bad, "read into {ptr:#x}+{len}");
+        assert_eq!(call(&w.b, a, "write_raw", args![h, 0i64, ptr, len]), bad, "write from {ptr:#x}+{len}");
     }
     assert_eq!(
         call(&w.b, a, "read_raw", args![h, 0i64, end - 8, 8]),
@@ -519,41 +313,18 @@ fn out_of_bounds_guest_pointers_are_refused() {
     assert_eq!(call(&w.b, a, "info_raw", args![h, end - 40]), 0);
 
     // Names: bad pointer, too long, not UTF-8, empty; and a bad out-pointer creates no handle.
-    assert_eq!(
-        call(&w.b, a, "read_raw", args![h, 0i64, scratch, 4]),
-        0,
-        "scratch now holds \"data\""
-    );
+    assert_eq!(call(&w.b, a, "read_raw", args![h, 0i64, scratch, 4]), 0, "scratch now holds \"data\"");
     assert_eq!(call(&w.b, a, "open_raw", args![-1, 4, scratch + 64]), bad);
-    assert_eq!(
-        call(&w.b, a, "open_raw", args![scratch, 300, scratch + 64]),
-        code(Status::InvalidArgument)
-    );
-    assert_eq!(
-        call(&w.b, a, "open_raw", args![scratch, 0, scratch + 64]),
-        code(Status::InvalidArgument)
-    );
+    assert_eq!(call(&w.b, a, "open_raw", args![scratch, 300, scratch + 64]), code(Status::InvalidArgument));
+    assert_eq!(call(&w.b, a, "open_raw", args![scratch, 0, scratch + 64]), code(Status::InvalidArgument));
     assert_eq!(call(&w.b, a, "open_raw", args![scratch, 4, end - 2]), bad);
     assert_eq!(call(&w.b, a, "open_raw", args![scratch, 4, -1]), bad);
-    assert_eq!(
-        w.b.handle_count(a).expect("count"),
-        1,
-        "refused opens created no handle"
-    );
-    assert_eq!(
-        call(&w.b, a, "open_raw", args![scratch, 4, scratch + 64]),
-        0
-    );
+    assert_eq!(w.b.handle_count(a).expect("count"), 1, "refused opens created no handle");
+    assert_eq!(call(&w.b, a, "open_raw", args![scratch, 4, scratch + 64]), 0);
     assert_eq!(w.b.handle_count(a).expect("count"), 2);
-    assert_eq!(
-        call(&w.b, a, "open_not_utf8", args![]),
-        code(Status::InvalidArgument)
-    );
+    assert_eq!(call(&w.b, a, "open_not_utf8", args![]), code(Status::InvalidArgument));
     assert_eq!(call(&w.b, a, "grant_target_raw", args![h, -1, 6]), bad);
-    assert_eq!(
-        call(&w.b, a, "grant_target_raw", args![h, scratch, 0]),
-        code(Status::InvalidArgument)
-    );
+    assert_eq!(call(&w.b, a, "grant_target_raw", args![h, scratch, 0]), code(Status::InvalidArgument));
 
     let mut head = [0u8; 4];
     w.b.read_region(w.data, 0, &mut head).expect("host read");
@@ -572,33 +343,12 @@ fn guest_created_regions_are_checked() {
     assert_eq!(call(&w.b, a, "create_raw", args![-5i64, 0]), inval);
     assert_eq!(call(&w.b, a, "create_raw", args![0i64, 0]), inval);
     assert_eq!(call(&w.b, a, "create_raw", args![4096i64, 7]), inval);
-    assert_eq!(
-        call(&w.b, a, "create_raw", args![4096i64, 1]),
-        code(Status::ModeNotSupported)
-    );
-    assert_eq!(
-        call(&w.b, a, "create_raw", args![4096i64, 2]),
-        code(Status::ModeNotSupported)
-    );
-    assert_eq!(
-        call(&w.b, a, "create_raw", args![i64::MAX, 0]),
-        inval,
-        "larger than any region"
-    );
-    assert_eq!(
-        call(&w.b, a, "create_raw", args![1i64 << 40, 0]),
-        code(Status::QuotaExceeded)
-    );
-    assert_eq!(
-        w.b.region_id(w.alpha, "made-by-attacker"),
-        None,
-        "no refused create left a region"
-    );
+    assert_eq!(call(&w.b, a, "create_raw", args![4096i64, 2]), code(Status::ModeNotSupported));
+    assert_eq!(call(&w.b, a, "create_raw", args![i64::MAX, 0]), inval, "larger than any region");
+    assert_eq!(call(&w.b, a, "create_raw", args![1i64 << 40, 0]), code(Status::QuotaExceeded));
+    assert_eq!(w.b.region_id(w.alpha, "made-by-attacker"), None, "no refused create left a region");
     assert_eq!(call(&w.b, a, "create_raw", args![4096i64, 0]), 0);
-    assert_eq!(
-        call(&w.b, a, "create_raw", args![4096i64, 0]),
-        code(Status::AlreadyExists)
-    );
+    assert_eq!(call(&w.b, a, "create_raw", args![4096i64, 0]), code(Status::AlreadyExists));
     let id = w.b.region_id(w.alpha, "made-by-attacker").expect("created");
     assert_eq!(w.b.region_info(id).expect("info").size, 4096);
     let _ = ALL;

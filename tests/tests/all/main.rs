@@ -5,6 +5,7 @@ mod bench;
 mod c_guest;
 mod demo;
 mod handle;
+mod mirror;
 mod runtime;
 mod tenant;
 mod tidy;

@@ -19,30 +19,17 @@ pub(crate) fn runtime_misbehave() {
             t,
             "runtime_misbehave",
             "spinner",
-            InstanceConfig {
-                call_timeout: timeout,
-                ..InstanceConfig::default()
-            },
+            InstanceConfig { call_timeout: timeout, ..InstanceConfig::default() },
         );
-        let err = b
-            .call(spinner, "spin", &[])
-            .expect_err("a runaway call cannot succeed");
+        let err = b.call(spinner, "spin", &[]).expect_err("a runaway call cannot succeed");
         assert_eq!(err, Error::Instance(InstanceError::Interrupted { timeout }));
         let status = b.instance_status(spinner).expect("status");
         assert_eq!(status.state, RunState::Trapped);
         assert_eq!(status.traps, 1);
-        assert!(
-            status
-                .last_trap
-                .as_deref()
-                .is_some_and(|m| m.contains("deadline")),
-            "{status:?}"
-        );
+        assert!(status.last_trap.as_deref().is_some_and(|m| m.contains("deadline")), "{status:?}");
         assert_eq!(
             b.call(spinner, "ping", &[]).err(),
-            Some(Error::Instance(InstanceError::NotRunning {
-                state: RunState::Trapped
-            }))
+            Some(Error::Instance(InstanceError::NotRunning { state: RunState::Trapped }))
         );
         b.restart_instance(spinner).expect("restart");
         assert_eq!(call(&b, spinner, "ping", args![]), 7);
@@ -54,14 +41,9 @@ fn runaway_guest_is_interrupted_while_another_instance_keeps_serving() {
     watchdog(60, || {
         let b = std::sync::Arc::new(broker());
         let t = tenant(&b, "t");
-        let flag = b
-            .create_region(t, RegionSpec::new("flag", 8, Mode::Handle))
-            .expect("region");
+        let flag = b.create_region(t, RegionSpec::new("flag", 8, Mode::Handle)).expect("region");
         // A deadline far beyond the test: only the host's interrupt can end this call.
-        let long = InstanceConfig {
-            call_timeout: Duration::from_secs(3600),
-            ..InstanceConfig::default()
-        };
+        let long = InstanceConfig { call_timeout: Duration::from_secs(3600), ..InstanceConfig::default() };
         let spinner = start_with(&b, t, "runtime_misbehave", "spinner", long);
         let other = start(&b, t, "handle_app", "other");
 
@@ -77,17 +59,11 @@ fn runaway_guest_is_interrupted_while_another_instance_keeps_serving() {
         for _ in 0..100 {
             assert_eq!(call(&b, other, "ping", args![]), 1);
         }
-        assert!(
-            !spin.is_finished(),
-            "only the interrupt below can end the runaway call"
-        );
+        assert!(!spin.is_finished(), "only the interrupt below can end the runaway call");
         b.interrupt(spinner).expect("interrupt");
         let outcome = spin.join().expect("caller thread");
         assert_eq!(outcome.err(), Some(Error::Instance(InstanceError::Killed)));
-        assert_eq!(
-            b.instance_status(spinner).expect("status").state,
-            RunState::Trapped
-        );
+        assert_eq!(b.instance_status(spinner).expect("status").state, RunState::Trapped);
         assert_eq!(call(&b, other, "ping", args![]), 1);
     });
 }
@@ -96,9 +72,7 @@ fn runaway_guest_is_interrupted_while_another_instance_keeps_serving() {
 fn a_trap_leaves_other_instances_untouched_and_can_be_restarted() {
     let b = broker();
     let t = tenant(&b, "t");
-    let data = b
-        .create_region(t, RegionSpec::new("data", 64, Mode::Handle))
-        .expect("region");
+    let data = b.create_region(t, RegionSpec::new("data", 64, Mode::Handle)).expect("region");
     let victim = start(&b, t, "runtime_misbehave", "victim");
     let bystander = start(&b, t, "handle_app", "bystander");
     let h = call(&b, bystander, "open", args![0]);
@@ -134,74 +108,36 @@ fn bad_calls_are_refused_without_harming_the_instance() {
     let i = start(&b, t, "runtime_misbehave", "i");
     assert_eq!(
         b.call(i, "no_such_export", &[]).err(),
-        Some(Error::Instance(InstanceError::NoSuchExport(
-            "no_such_export".into()
-        )))
+        Some(Error::Instance(InstanceError::NoSuchExport("no_such_export".into())))
     );
-    assert!(matches!(
-        b.call(i, "ping", args![1]),
-        Err(Error::Instance(InstanceError::BadArguments { .. }))
-    ));
+    assert!(matches!(b.call(i, "ping", args![1]), Err(Error::Instance(InstanceError::BadArguments { .. }))));
     assert!(matches!(
         b.call(i, "grow", args![1i64]),
         Err(Error::Instance(InstanceError::BadArguments { .. }))
     ));
     assert!(
-        matches!(
-            b.call(i, "memory", &[]),
-            Err(Error::Instance(InstanceError::NoSuchExport(_)))
-        ),
+        matches!(b.call(i, "memory", &[]), Err(Error::Instance(InstanceError::NoSuchExport(_)))),
         "a memory is not a function"
     );
-    assert_eq!(
-        b.instance_status(i).expect("status").state,
-        RunState::Running
-    );
+    assert_eq!(b.instance_status(i).expect("status").state, RunState::Running);
     assert_eq!(call(&b, i, "ping", args![]), 7);
     b.stop_instance(i).expect("stop");
-    assert!(matches!(
-        b.call(i, "ping", &[]),
-        Err(Error::InstanceNotFound(_))
-    ));
-    assert!(matches!(
-        b.stop_instance(i),
-        Err(Error::InstanceNotFound(_))
-    ));
-    assert!(matches!(
-        b.restart_instance(i),
-        Err(Error::InstanceNotFound(_))
-    ));
+    assert!(matches!(b.call(i, "ping", &[]), Err(Error::InstanceNotFound(_))));
+    assert!(matches!(b.stop_instance(i), Err(Error::InstanceNotFound(_))));
+    assert!(matches!(b.restart_instance(i), Err(Error::InstanceNotFound(_))));
 }
 
 #[test]
 fn memory_bomb_is_capped_by_instance_and_tenant_limits() {
     let b = broker();
     let quota = 8 << 20;
-    let t = b
-        .create_tenant(
-            "t",
-            Quotas {
-                memory_bytes: quota,
-                ..Quotas::default()
-            },
-        )
-        .expect("tenant");
-    let cap = InstanceConfig {
-        max_memory_bytes: 4 << 20,
-        ..InstanceConfig::default()
-    };
+    let t = b.create_tenant("t", Quotas { memory_bytes: quota, ..Quotas::default() }).expect("tenant");
+    let cap = InstanceConfig { max_memory_bytes: 4 << 20, ..InstanceConfig::default() };
     let bomber = start_with(&b, t, "runtime_misbehave", "bomber", cap.clone());
     let gained = call(&b, bomber, "bomb", args![]);
     assert!(gained > 0);
-    assert_eq!(
-        call(&b, bomber, "grow", args![1]),
-        -1,
-        "further growth is refused, not trapped"
-    );
-    assert_eq!(
-        b.instance_status(bomber).expect("status").state,
-        RunState::Running
-    );
+    assert_eq!(call(&b, bomber, "grow", args![1]), -1, "further growth is refused, not trapped");
+    assert_eq!(b.instance_status(bomber).expect("status").state, RunState::Running);
     let used = b.tenant_usage(t).expect("usage").memory_bytes;
     assert_eq!(used, 4 << 20, "the instance cap stopped the bomb");
 
@@ -213,17 +149,11 @@ fn memory_bomb_is_capped_by_instance_and_tenant_limits() {
     let err = b
         .start_instance(t, "runtime_misbehave", "third", InstanceConfig::default())
         .expect_err("no memory left");
-    assert!(
-        matches!(err, Error::Quota(q) if q.resource == broker::Resource::MemoryBytes),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::Quota(q) if q.resource == broker::Resource::MemoryBytes), "{err:?}");
     assert_eq!(b.instance_id(t, "third"), None);
     assert_eq!(b.tenant_usage(t).expect("usage").instances, 2);
 
     b.stop_instance(bomber).expect("stop");
     b.stop_instance(second).expect("stop");
-    assert!(
-        b.tenant_usage(t).expect("usage") == broker::Usage::default(),
-        "stopping gives everything back"
-    );
+    assert!(b.tenant_usage(t).expect("usage") == broker::Usage::default(), "stopping gives everything back");
 }

@@ -14,49 +14,23 @@ fn quota_of(e: &Error) -> Option<Resource> {
 fn region_quotas_refuse_and_leave_nothing_behind() {
     let b = broker();
     let t = b
-        .create_tenant(
-            "t",
-            Quotas {
-                regions: 2,
-                region_bytes: 10_000,
-                ..Quotas::default()
-            },
-        )
+        .create_tenant("t", Quotas { regions: 2, region_bytes: 10_000, ..Quotas::default() })
         .expect("tenant");
-    b.create_region(t, RegionSpec::new("a", 6000, Mode::Handle))
-        .expect("fits");
-    let err = b
-        .create_region(t, RegionSpec::new("b", 5000, Mode::Handle))
-        .expect_err("bytes");
+    b.create_region(t, RegionSpec::new("a", 6000, Mode::Handle)).expect("fits");
+    let err = b.create_region(t, RegionSpec::new("b", 5000, Mode::Handle)).expect_err("bytes");
     assert_eq!(quota_of(&err), Some(Resource::RegionBytes));
     assert_eq!(b.region_id(t, "b"), None);
-    b.create_region(t, RegionSpec::new("b", 4000, Mode::Handle))
-        .expect("fits");
-    let err = b
-        .create_region(t, RegionSpec::new("c", 1, Mode::Handle))
-        .expect_err("count");
+    b.create_region(t, RegionSpec::new("b", 4000, Mode::Handle)).expect("fits");
+    let err = b.create_region(t, RegionSpec::new("c", 1, Mode::Handle)).expect_err("count");
     assert_eq!(quota_of(&err), Some(Resource::Regions));
     assert_eq!(
         b.tenant_usage(t).expect("usage"),
-        Usage {
-            region_bytes: 10_000,
-            regions: 2,
-            ..Usage::default()
-        }
+        Usage { region_bytes: 10_000, regions: 2, ..Usage::default() }
     );
 
     // Raising the quota lets the same request through.
-    b.set_quotas(
-        t,
-        Quotas {
-            regions: 3,
-            region_bytes: 10_001,
-            ..Quotas::default()
-        },
-    )
-    .expect("set");
-    b.create_region(t, RegionSpec::new("c", 1, Mode::Handle))
-        .expect("fits now");
+    b.set_quotas(t, Quotas { regions: 3, region_bytes: 10_001, ..Quotas::default() }).expect("set");
+    b.create_region(t, RegionSpec::new("c", 1, Mode::Handle)).expect("fits now");
 }
 
 #[test]
@@ -65,79 +39,43 @@ fn region_creation_bad_inputs() {
     let t = b.create_tenant("t", Quotas::default()).expect("tenant");
     type Expect = fn(&Error) -> bool;
     let cases: Vec<(RegionSpec, Expect)> = vec![
-        (RegionSpec::new("", 1, Mode::Handle), |e| {
-            matches!(e, Error::InvalidName { .. })
-        }),
-        (RegionSpec::new("a/b", 1, Mode::Handle), |e| {
-            matches!(e, Error::InvalidName { .. })
-        }),
+        (RegionSpec::new("", 1, Mode::Handle), |e| matches!(e, Error::InvalidName { .. })),
+        (RegionSpec::new("a/b", 1, Mode::Handle), |e| matches!(e, Error::InvalidName { .. })),
         (RegionSpec::new("x", 0, Mode::Handle), |e| {
             matches!(e, Error::Region(broker::region::RegionError::ZeroSize))
         }),
         (RegionSpec::new("x", u64::MAX, Mode::Handle), |e| {
-            matches!(
-                e,
-                Error::Region(broker::region::RegionError::TooLarge { .. })
-            )
+            matches!(e, Error::Region(broker::region::RegionError::TooLarge { .. }))
         }),
-        (RegionSpec::new("x", 1, Mode::Mirror), |e| {
-            matches!(e, Error::ModeNotSupported(_))
-        }),
-        (RegionSpec::new("x", 1, Mode::Shared), |e| {
-            matches!(e, Error::ModeNotSupported(_))
-        }),
+        (RegionSpec::new("x", 1, Mode::Shared), |e| matches!(e, Error::ModeNotSupported(_))),
     ];
     for (spec, expected) in cases {
         let err = b.create_region(t, spec.clone()).expect_err("refused");
         assert!(expected(&err), "{spec:?} gave {err:?}");
     }
-    assert!(
-        Error::ModeNotSupported(broker::mode::ModeNotSupported(Mode::Mirror))
-            .to_string()
-            .contains("not supported yet")
-    );
+    assert!(Error::ModeNotSupported(broker::mode::ModeNotSupported(Mode::Shared))
+        .to_string()
+        .contains("not supported yet"));
     assert_eq!(b.tenant_usage(t).expect("usage"), Usage::default());
-    b.create_region(t, RegionSpec::new("x", 1, Mode::Handle))
-        .expect("valid");
-    assert!(matches!(
-        b.create_region(t, RegionSpec::new("x", 1, Mode::Handle)),
-        Err(Error::RegionExists(_))
-    ));
+    b.create_region(t, RegionSpec::new("x", 1, Mode::Handle)).expect("valid");
+    assert!(matches!(b.create_region(t, RegionSpec::new("x", 1, Mode::Handle)), Err(Error::RegionExists(_))));
     // The same name in another tenant is a different region.
     let u = b.create_tenant("u", Quotas::default()).expect("tenant");
-    b.create_region(u, RegionSpec::new("x", 1, Mode::Handle))
-        .expect("per-tenant names");
-    assert!(matches!(
-        b.create_tenant("u", Quotas::default()),
-        Err(Error::TenantExists(_))
-    ));
-    assert!(matches!(
-        b.create_tenant("bad name", Quotas::default()),
-        Err(Error::InvalidName { .. })
-    ));
+    b.create_region(u, RegionSpec::new("x", 1, Mode::Handle)).expect("per-tenant names");
+    assert!(matches!(b.create_tenant("u", Quotas::default()), Err(Error::TenantExists(_))));
+    assert!(matches!(b.create_tenant("bad name", Quotas::default()), Err(Error::InvalidName { .. })));
 }
 
 #[test]
 fn instance_quota_refuses_and_frees_the_name() {
     let b = broker();
-    let t = b
-        .create_tenant(
-            "t",
-            Quotas {
-                instances: 1,
-                ..Quotas::default()
-            },
-        )
-        .expect("tenant");
+    let t = b.create_tenant("t", Quotas { instances: 1, ..Quotas::default() }).expect("tenant");
     let first = start(&b, t, "runtime_misbehave", "one");
-    let err = b
-        .start_instance(t, "runtime_misbehave", "two", InstanceConfig::default())
-        .expect_err("quota");
+    let err = b.start_instance(t, "runtime_misbehave", "two", InstanceConfig::default()).expect_err("quota");
     assert_eq!(quota_of(&err), Some(Resource::Instances));
     assert_eq!(b.instance_id(t, "two"), None);
     b.stop_instance(first).expect("stop");
-    b.start_instance(t, "runtime_misbehave", "two", InstanceConfig::default())
-        .expect("room again");
+    b.start_instance(t, "runtime_misbehave", "two", InstanceConfig::default()).expect("room again");
     assert!(matches!(
         b.start_instance(t, "runtime_misbehave", "two", InstanceConfig::default()),
         Err(Error::Quota(_) | Error::InstanceExists(_))
@@ -152,29 +90,19 @@ fn instance_start_bad_inputs() {
         b.start_instance(t, "nope", "i", InstanceConfig::default()),
         Err(Error::ModuleNotFound(_))
     ));
-    assert!(matches!(
-        b.load_module(t, "junk", b"not wasm"),
-        Err(Error::InvalidModule { .. })
-    ));
+    assert!(matches!(b.load_module(t, "junk", b"not wasm"), Err(Error::InvalidModule { .. })));
     // A module importing something the broker does not provide is refused at load time.
     let foreign = wasm_importing("env", "system");
-    let err = b
-        .load_module(t, "foreign", &foreign)
-        .expect_err("foreign import");
+    let err = b.load_module(t, "foreign", &foreign).expect_err("foreign import");
     assert!(err.to_string().contains("env::system"), "{err}");
     // A module importing a broker function with the wrong signature is refused at start.
     let wrong_sig = wasm_importing(broker_abi::MODULE, broker_abi::func::NOP);
-    b.load_module(t, "wrong-sig", &wrong_sig)
-        .expect("names are fine");
+    b.load_module(t, "wrong-sig", &wrong_sig).expect("names are fine");
     assert!(matches!(
         b.start_instance(t, "wrong-sig", "i", InstanceConfig::default()),
         Err(Error::InvalidModule { .. })
     ));
-    assert_eq!(
-        b.tenant_usage(t).expect("usage"),
-        Usage::default(),
-        "nothing was charged"
-    );
+    assert_eq!(b.tenant_usage(t).expect("usage"), Usage::default(), "nothing was charged");
 }
 
 /// A minimal module importing `module::name` as a `(i32) -> ()` function, encoded by hand.
@@ -197,26 +125,12 @@ fn wasm_importing(module: &str, name: &str) -> Vec<u8> {
 #[test]
 fn handle_quota_is_enforced_on_guest_opens() {
     let b = broker();
-    let t = b
-        .create_tenant(
-            "t",
-            Quotas {
-                handles: 3,
-                ..Quotas::default()
-            },
-        )
-        .expect("tenant");
-    b.create_region(t, RegionSpec::new("data", 64, Mode::Handle))
-        .expect("region");
+    let t = b.create_tenant("t", Quotas { handles: 3, ..Quotas::default() }).expect("tenant");
+    b.create_region(t, RegionSpec::new("data", 64, Mode::Handle)).expect("region");
     let app = start(&b, t, "handle_app", "app");
-    let hs: Vec<i32> = (0..3)
-        .map(|_| handle(call(&b, app, "open", args![0])))
-        .collect();
+    let hs: Vec<i32> = (0..3).map(|_| handle(call(&b, app, "open", args![0]))).collect();
     assert_eq!(call(&b, app, "open", args![0]), code(Status::QuotaExceeded));
-    assert_eq!(
-        call(&b, app, "restrict", args![hs[0], 1, 0i64, -1i64]),
-        code(Status::QuotaExceeded)
-    );
+    assert_eq!(call(&b, app, "restrict", args![hs[0], 1, 0i64, -1i64]), code(Status::QuotaExceeded));
     assert_eq!(b.handle_count(app).expect("count"), 3);
     assert_eq!(call(&b, app, "close", args![hs[1]]), 0);
     handle(call(&b, app, "open", args![0]));
@@ -229,16 +143,8 @@ fn handle_quota_is_enforced_on_guest_opens() {
 #[test]
 fn guest_region_creation_counts_against_the_quota() {
     let b = broker();
-    let t = b
-        .create_tenant(
-            "t",
-            Quotas {
-                regions: 1,
-                region_bytes: 8192,
-                ..Quotas::default()
-            },
-        )
-        .expect("tenant");
+    let t =
+        b.create_tenant("t", Quotas { regions: 1, region_bytes: 8192, ..Quotas::default() }).expect("tenant");
     let app = start(&b, t, "handle_app", "app");
     let h = handle(call(&b, app, "create", args![5, 4096i64, 0]));
     assert_eq!(call(&b, app, "info_len", args![h]), 4096);
@@ -247,24 +153,10 @@ fn guest_region_creation_counts_against_the_quota() {
         code(Status::QuotaExceeded),
         "the count quota is checked first"
     );
-    assert_eq!(
-        call(&b, app, "create", args![0, 4096i64, 0]),
-        code(Status::QuotaExceeded)
-    );
-    assert_eq!(
-        call(&b, app, "create", args![4, 16i64, 0]),
-        code(Status::InvalidArgument),
-        "empty name"
-    );
-    assert_eq!(
-        call(&b, app, "create", args![1, 16i64, 0]),
-        code(Status::InvalidArgument),
-        "qualified name"
-    );
-    assert_eq!(
-        call(&b, app, "open_long_name", args![]),
-        code(Status::InvalidArgument)
-    );
+    assert_eq!(call(&b, app, "create", args![0, 4096i64, 0]), code(Status::QuotaExceeded));
+    assert_eq!(call(&b, app, "create", args![4, 16i64, 0]), code(Status::InvalidArgument), "empty name");
+    assert_eq!(call(&b, app, "create", args![1, 16i64, 0]), code(Status::InvalidArgument), "qualified name");
+    assert_eq!(call(&b, app, "open_long_name", args![]), code(Status::InvalidArgument));
     assert_eq!(
         b.tenant_usage(t).expect("usage"),
         Usage {
@@ -276,26 +168,12 @@ fn guest_region_creation_counts_against_the_quota() {
         }
     );
     // A handle quota of zero: the created region cannot be held, so it is not created at all.
-    let u = b
-        .create_tenant(
-            "u",
-            Quotas {
-                handles: 0,
-                ..Quotas::default()
-            },
-        )
-        .expect("tenant");
+    let u = b.create_tenant("u", Quotas { handles: 0, ..Quotas::default() }).expect("tenant");
     let app_u = start(&b, u, "handle_app", "app");
-    assert_eq!(
-        call(&b, app_u, "create", args![5, 4096i64, 0]),
-        code(Status::QuotaExceeded)
-    );
+    assert_eq!(call(&b, app_u, "create", args![5, 4096i64, 0]), code(Status::QuotaExceeded));
     assert_eq!(b.region_id(u, "scratch"), None);
     assert_eq!(
-        (
-            b.tenant_usage(u).expect("usage").regions,
-            b.tenant_usage(u).expect("usage").region_bytes
-        ),
+        (b.tenant_usage(u).expect("usage").regions, b.tenant_usage(u).expect("usage").region_bytes),
         (0, 0)
     );
 }

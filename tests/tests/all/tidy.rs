@@ -32,10 +32,7 @@ fn every_rust_file_opens_with_a_module_doc() {
         .iter()
         .filter(|f| !std::fs::read_to_string(f).is_ok_and(|s| s.trim_start().starts_with("//!")))
         .collect();
-    assert!(
-        missing.is_empty(),
-        "files without a `//!` module doc: {missing:?}"
-    );
+    assert!(missing.is_empty(), "files without a `//!` module doc: {missing:?}");
 }
 
 #[test]
@@ -48,19 +45,12 @@ fn unsafe_code_stays_in_the_listed_modules() {
     let offenders: Vec<_> = files
         .iter()
         .filter(|f| {
-            let rel = f
-                .strip_prefix(repo())
-                .unwrap_or(f)
-                .to_string_lossy()
-                .replace('\\', "/");
+            let rel = f.strip_prefix(repo()).unwrap_or(f).to_string_lossy().replace('\\', "/");
             !allowed.contains(&rel.as_str())
                 && std::fs::read_to_string(f).is_ok_and(|s| {
                     s.contains(concat!("unsafe", " {")) || s.contains(concat!("unsafe", " fn"))
                 })
         })
         .collect();
-    assert!(
-        offenders.is_empty(),
-        "unsafe outside the allowed modules: {offenders:?}"
-    );
+    assert!(offenders.is_empty(), "unsafe outside the allowed modules: {offenders:?}");
 }

@@ -158,3 +158,17 @@ pub extern "C" fn churn(sel: i32, n: i32) -> i64 {
     }
     i64::from(n)
 }
+
+/// Reads `len` bytes at 0 in one call; returns their common value, -1000 if they differ (a torn read),
+/// or a negative status.
+#[no_mangle]
+pub extern "C" fn uniform_read(h: i32, len: i32) -> i64 {
+    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    with(h, |r| match r.read(0, &mut buf) {
+        Ok(()) => {
+            let first = buf.first().copied().unwrap_or(0);
+            if buf.iter().all(|b| *b == first) { i64::from(first) } else { -1000 }
+        }
+        Err(e) => i64::from(e.code()),
+    })
+}

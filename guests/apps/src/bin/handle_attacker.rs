@@ -177,3 +177,99 @@ pub extern "C" fn scratch_sum(len: i32) -> i64 {
     let bytes = unsafe { core::slice::from_raw_parts(buf(), len) };
     bytes.iter().map(|b| i64::from(*b)).sum()
 }
+
+#[link(wasm_import_module = "broker_v1")]
+extern "C" {
+    fn mirror_acquire(handle: u32, buf: *mut u8, len: usize, out_version: *mut u64) -> i32;
+    fn mirror_refresh(handle: u32, buf: *mut u8, len: usize, since: i64, out_version: *mut u64, out_pages: *mut u32) -> i32;
+    fn mirror_commit(handle: u32, buf: *const u8, len: usize, base: i64, out_version: *mut u64, out_pages: *mut u32) -> i32;
+}
+
+static mut OUT_VERSION: u64 = 0;
+static mut OUT_PAGES: u32 = 0;
+
+/// The version the last mirror call wrote.
+#[no_mangle]
+pub extern "C" fn out_version() -> i64 {
+    // SAFETY: single-threaded guest; a plain read of a static.
+    i64::try_from(unsafe { OUT_VERSION }).unwrap_or(-1)
+}
+
+/// `mirror_acquire` with a raw buffer pointer and length (outputs to statics).
+#[no_mangle]
+pub extern "C" fn mirror_acquire_raw(h: i32, ptr: i32, len: i32) -> i32 {
+    #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
+    // SAFETY: the broker validates the range; the out-pointer is a static.
+    unsafe { mirror_acquire(h as u32, ptr as usize as *mut u8, len as usize, core::ptr::addr_of_mut!(OUT_VERSION)) }
+}
+
+/// `mirror_refresh` with raw arguments.
+#[no_mangle]
+pub extern "C" fn mirror_refresh_raw(h: i32, ptr: i32, len: i32, since: i64) -> i32 {
+    #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
+    // SAFETY: the broker validates the range; the out-pointers are statics.
+    unsafe {
+        mirror_refresh(h as u32, ptr as usize as *mut u8, len as usize, since, core::ptr::addr_of_mut!(OUT_VERSION), core::ptr::addr_of_mut!(OUT_PAGES))
+    }
+}
+
+/// `mirror_commit` with raw arguments.
+#[no_mangle]
+pub extern "C" fn mirror_commit_raw(h: i32, ptr: i32, len: i32, base: i64) -> i32 {
+    #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
+    // SAFETY: the broker validates the range; the out-pointers are statics.
+    unsafe {
+        mirror_commit(h as u32, ptr as usize as *const u8, len as usize, base, core::ptr::addr_of_mut!(OUT_VERSION), core::ptr::addr_of_mut!(OUT_PAGES))
+    }
+}
+
+/// `mirror_commit` with a raw out-pointer for the version.
+#[no_mangle]
+pub extern "C" fn mirror_commit_out_raw(h: i32, ptr: i32, len: i32, out: i32) -> i32 {
+    #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
+    // SAFETY: the broker validates every range.
+    unsafe { mirror_commit(h as u32, ptr as usize as *const u8, len as usize, 0, out as usize as *mut u64, core::ptr::addr_of_mut!(OUT_PAGES)) }
+}
+
+/// Opens the region named by the first `len` bytes of the scratch buffer; returns the handle or status.
+#[no_mangle]
+pub extern "C" fn open_scratch(len: i32) -> i64 {
+    let mut h = 0u32;
+    #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
+    // SAFETY: the broker validates the range; `h` is live.
+    let rc = unsafe { region_open(buf(), len as usize, &mut h) };
+    if rc == 0 { i64::from(h) } else { i64::from(rc) }
+}
+
+/// Writes `bytes` (up to 8, little-endian packed in `v`) to the scratch buffer at `at`.
+#[no_mangle]
+pub extern "C" fn scratch_put(at: i32, v: i64, n: i32) -> i32 {
+    let (at, n) = (usize::try_from(at).unwrap_or(0), usize::try_from(n).unwrap_or(0).min(8));
+    if at + n > 4096 {
+        return -1;
+    }
+    let bytes = v.to_le_bytes();
+    for (i, b) in bytes.iter().take(n).enumerate() {
+        // SAFETY: `at + n <= 4096` was checked; single-threaded guest.
+        unsafe { buf().add(at + i).write(*b) };
+    }
+    0
+}
+
+/// `handle_restrict` to `rights` over the whole range, keeping the new handle; returns it or the status.
+#[no_mangle]
+pub extern "C" fn restrict_raw_keep(h: i32, rights: i32) -> i64 {
+    let mut out = 0u32;
+    #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
+    // SAFETY: `out` is live during the call.
+    let rc = unsafe { handle_restrict(h as u32, rights as u32, 0, -1, &mut out) };
+    if rc == 0 { i64::from(out) } else { i64::from(rc) }
+}
+
+/// `handle_close` of a raw value.
+#[no_mangle]
+pub extern "C" fn close_raw(h: i32) -> i32 {
+    #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
+    // SAFETY: integer-only call.
+    unsafe { handle_close(h as u32) }
+}

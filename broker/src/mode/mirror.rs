@@ -1,0 +1,288 @@
+//! Mirror mode: the app works on its own copy of a region in its linear memory, refreshes it page by
+//! page, and commits its changes back.
+//!
+//! The broker keeps, per mirror, a shadow of what the app was last given and the page versions it saw.
+//! A refresh copies only pages whose version moved (and costs one atomic load when nothing did); a
+//! commit diffs the app's buffer against the shadow page by page and writes back only dirty pages.
+//!
+//! Atomicity: commits hold the region's writer lock (the same `RwLock` as handle-mode writes) while
+//! they copy and bump versions; acquires, refreshes, handle reads and host reads hold the reader lock.
+//! So every reader sees all of a commit or none of it. We chose a reader/writer lock over a seqlock
+//! because readers copy large ranges into guest memory: a seqlock reader would have to retry whole
+//! 16 MiB copies under write pressure and could starve, while the lock bounds a reader's wait by one
+//! commit. Shared-mode windows bypass the lock by design.
+//!
+//! Conflicts ([`ConflictPolicy`]): `reject` refuses a commit unless the mirror saw the region's current
+//! version; `merge` refuses only if a page the commit touches changed since the mirror saw it;
+//! `last-writer-wins` never refuses. A refused commit writes nothing.
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::handle::len64;
+use crate::capability::CapRange;
+use crate::region::{PageVersions, Region, PAGE_SIZE};
+use crate::tenant::Reservation;
+
+/// What a commit does when the region changed since the mirror was last in sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ConflictPolicy {
+    /// Refuse the commit and report the current version (the default).
+    #[default]
+    Reject,
+    /// Write the dirty pages regardless.
+    LastWriterWins,
+    /// Accept commits whose dirty pages nobody else changed since the mirror saw them.
+    Merge,
+}
+
+impl ConflictPolicy {
+    /// Every policy.
+    pub const ALL: [ConflictPolicy; 3] =
+        [ConflictPolicy::Reject, ConflictPolicy::LastWriterWins, ConflictPolicy::Merge];
+}
+
+impl fmt::Display for ConflictPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConflictPolicy::Reject => "reject",
+            ConflictPolicy::LastWriterWins => "last-writer-wins",
+            ConflictPolicy::Merge => "merge",
+        })
+    }
+}
+
+impl FromStr for ConflictPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ConflictPolicy, String> {
+        ConflictPolicy::ALL.into_iter().find(|p| p.to_string() == s).ok_or_else(|| {
+            format!("unknown conflict policy {s:?}; expected reject, last-writer-wins or merge")
+        })
+    }
+}
+
+/// Why a mirror operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MirrorError {
+    /// The buffer's length is not the capability's length.
+    #[error("mirror buffer is {given} bytes, the capability covers {expected}")]
+    LengthMismatch {
+        /// The buffer length passed.
+        given: u64,
+        /// The capability's length.
+        expected: u64,
+    },
+    /// A version newer than the region's (or negative).
+    #[error("version {given} is not a version of this region (current {current})")]
+    BadVersion {
+        /// The version passed.
+        given: i64,
+        /// The region's version.
+        current: u64,
+    },
+    /// The region changed since the mirror's base; nothing was written.
+    #[error("commit conflicts with changes since the mirror's base; region is at version {current}")]
+    Conflict {
+        /// The region's current version.
+        current: u64,
+    },
+    /// No mirror was acquired through this handle.
+    #[error("no mirror acquired through this handle")]
+    NotAcquired,
+}
+
+/// The broker's record of one mirror: what the app was given, and when.
+pub(crate) struct MirrorState {
+    range: CapRange,
+    /// The bytes the app's buffer held after the last acquire, refresh or commit.
+    shadow: Vec<u8>,
+    /// Per page of the range: the page version the shadow holds.
+    seen: Vec<u64>,
+    /// A region version at which every page of the range was as in the shadow.
+    synced: u64,
+    /// Charge for the shadow against the tenant's memory quota.
+    _charge: Reservation,
+}
+
+/// Outcome of a refresh or commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Synced {
+    /// The region version the mirror now reflects (after a commit: the commit's version).
+    pub(crate) version: u64,
+    /// Pages copied.
+    pub(crate) pages: u32,
+}
+
+/// The pages of `range`: for each, its index in the region and the slice of the range's buffer.
+fn pages(range: CapRange) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> {
+    let end = range.offset + range.len;
+    PageVersions::touched(range.offset, range.len).map(move |p| {
+        let page_start = u64::try_from(p).unwrap_or(u64::MAX).saturating_mul(PAGE_SIZE);
+        let lo = page_start.max(range.offset) - range.offset;
+        let hi = page_start.saturating_add(PAGE_SIZE).min(end) - range.offset;
+        (p, usize::try_from(lo).unwrap_or(usize::MAX)..usize::try_from(hi).unwrap_or(usize::MAX))
+    })
+}
+
+fn check_len(range: CapRange, len: usize) -> Result<(), MirrorError> {
+    if len64(len) == range.len {
+        Ok(())
+    } else {
+        Err(MirrorError::LengthMismatch { given: len64(len), expected: range.len })
+    }
+}
+
+fn version_arg(given: i64, current: u64) -> Result<u64, MirrorError> {
+    u64::try_from(given).ok().filter(|v| *v <= current).ok_or(MirrorError::BadVersion { given, current })
+}
+
+/// Copies the capability's range into `dst` and starts tracking the mirror.
+///
+/// # Errors
+/// [`MirrorError::LengthMismatch`].
+pub(crate) fn acquire(
+    region: &Region,
+    range: CapRange,
+    dst: &mut [u8],
+    charge: Reservation,
+) -> Result<(MirrorState, u64), MirrorError> {
+    check_len(range, dst.len())?;
+    let pv = region.pages.read();
+    // The range was checked against the region when the capability was derived.
+    region
+        .memory
+        .copy_out(range.offset, dst)
+        .map_err(|_| MirrorError::LengthMismatch { given: len64(dst.len()), expected: range.len })?;
+    let seen =
+        PageVersions::touched(range.offset, range.len).map(|p| pv.0.get(p).copied().unwrap_or(0)).collect();
+    let version = region.version();
+    drop(pv);
+    region.traffic.copied_out(range.len);
+    let state = MirrorState { range, shadow: dst.to_vec(), seen, synced: version, _charge: charge };
+    Ok((state, version))
+}
+
+impl MirrorState {
+    /// The capability range this mirror covers.
+    pub(crate) fn range(&self) -> CapRange {
+        self.range
+    }
+
+    /// Copies into `dst` every page that changed since `since` or since the mirror saw it.
+    ///
+    /// # Errors
+    /// [`MirrorError::LengthMismatch`], [`MirrorError::BadVersion`].
+    pub(crate) fn refresh(
+        &mut self,
+        region: &Region,
+        dst: &mut [u8],
+        since: i64,
+    ) -> Result<Synced, MirrorError> {
+        check_len(self.range, dst.len())?;
+        let current = region.version();
+        let since = version_arg(since, current)?;
+        // The common case, an unchanged region, costs one atomic load: no page is looked at.
+        if current == self.synced && since >= self.synced {
+            return Ok(Synced { version: current, pages: 0 });
+        }
+        let pv = region.pages.read();
+        let current = region.version();
+        let mut copied = 0u32;
+        for (i, (p, slice)) in pages(self.range).enumerate() {
+            let version = pv.0.get(p).copied().unwrap_or(0);
+            let Some(seen) = self.seen.get_mut(i) else { continue };
+            if version != *seen || version > since {
+                let at = self.range.offset + len64(slice.start);
+                let (Some(d), Some(s)) = (dst.get_mut(slice.clone()), self.shadow.get_mut(slice)) else {
+                    continue;
+                };
+                if region.memory.copy_out(at, d).is_ok() {
+                    s.copy_from_slice(d);
+                    *seen = version;
+                    copied += 1;
+                }
+            }
+        }
+        drop(pv);
+        self.synced = current;
+        region.traffic.refreshed(u64::from(copied));
+        region.traffic.copied_out(u64::from(copied) * PAGE_SIZE);
+        Ok(Synced { version: current, pages: copied })
+    }
+
+    /// Writes back the pages of `src` that differ from what the app was given, under `policy`.
+    ///
+    /// # Errors
+    /// [`MirrorError::LengthMismatch`], [`MirrorError::BadVersion`], [`MirrorError::Conflict`] (nothing
+    /// written).
+    pub(crate) fn commit(&mut self, region: &Region, src: &[u8], base: i64) -> Result<Synced, MirrorError> {
+        check_len(self.range, src.len())?;
+        // Copy each page out of guest memory once, then compare the copy with the shadow: the bytes
+        // committed are exactly the bytes the decision was made on.
+        let mut dirty: Vec<(usize, usize, std::ops::Range<usize>)> = Vec::new();
+        let mut staged: Vec<u8> = Vec::new();
+        for (i, (p, slice)) in pages(self.range).enumerate() {
+            let (Some(g), Some(s)) = (src.get(slice.clone()), self.shadow.get(slice.clone())) else {
+                continue;
+            };
+            let at = staged.len();
+            staged.extend_from_slice(g);
+            if staged.get(at..).is_some_and(|copy| copy != s) {
+                dirty.push((i, p, slice));
+            } else {
+                staged.truncate(at);
+            }
+        }
+
+        let mut pv = region.pages.write();
+        let current = region.version();
+        let base = version_arg(base, current)?;
+        let conflict = match region.policy() {
+            ConflictPolicy::Reject => base < current || self.synced < current,
+            ConflictPolicy::Merge => dirty.iter().any(|(i, p, _)| pv.0.get(*p) != self.seen.get(*i)),
+            ConflictPolicy::LastWriterWins => false,
+        };
+        if conflict {
+            drop(pv);
+            region.traffic.conflicted();
+            return Err(MirrorError::Conflict { current });
+        }
+        if dirty.is_empty() {
+            return Ok(Synced { version: current, pages: 0 });
+        }
+        let version = region.bump_version();
+        let mut from = 0;
+        for (_, p, slice) in &dirty {
+            let n = slice.len();
+            let at = self.range.offset + len64(slice.start);
+            if let Some(bytes) = staged.get(from..from + n) {
+                // In range by construction: the slice lies inside the capability's range.
+                let _ = region.memory.copy_in(at, bytes);
+            }
+            if let Some(v) = pv.0.get_mut(*p) {
+                *v = version;
+            }
+            from += n;
+        }
+        drop(pv);
+
+        let mut from = 0;
+        for (i, _, slice) in &dirty {
+            let n = slice.len();
+            if let (Some(s), Some(bytes)) = (self.shadow.get_mut(slice.clone()), staged.get(from..from + n)) {
+                s.copy_from_slice(bytes);
+            }
+            if let Some(seen) = self.seen.get_mut(*i) {
+                *seen = version;
+            }
+            from += n;
+        }
+        if self.synced == current {
+            self.synced = version;
+        }
+        region.traffic.committed();
+        region.traffic.copied_in(len64(staged.len()));
+        Ok(Synced { version, pages: u32::try_from(dirty.len()).unwrap_or(u32::MAX) })
+    }
+}

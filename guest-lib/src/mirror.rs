@@ -1,0 +1,147 @@
+//! Mirrors: the app's own copy of a mirror-mode region, used with plain slices and typed views, then
+//! refreshed and committed.
+//!
+//! The buffer is allocated as `u64`s so typed views of `Pod` types up to 8-byte alignment work at
+//! aligned offsets. The broker tracks what this copy was given: `refresh` copies only changed pages and
+//! `commit` writes back only pages that differ, failing with [`Error::Conflict`] (and nothing written)
+//! when the region's conflict policy refuses it.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::ops::{Deref, DerefMut};
+
+use bytemuck::Pod;
+
+use crate::{sys, Error, Region, Result};
+
+/// A copy of a region's bytes in this app's memory; derefs to `[u8]`.
+#[derive(Debug)]
+pub struct Mirror<'r> {
+    region: &'r Region,
+    words: Vec<u64>,
+    len: usize,
+    version: u64,
+}
+
+fn version_arg(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::BadVersion)
+}
+
+impl<'r> Mirror<'r> {
+    pub(crate) fn acquire(region: &'r Region) -> Result<Mirror<'r>> {
+        let len = usize::try_from(region.len()?).map_err(|_| Error::OutOfBounds)?;
+        let mut m = Mirror { region, words: vec![0u64; len.div_ceil(8)], len, version: 0 };
+        let mut version = 0;
+        Error::check(sys::mirror_acquire(region.raw(), m.bytes_mut(), &mut version))?;
+        m.version = version;
+        Ok(m)
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        let len = self.len;
+        &mut bytemuck::cast_slice_mut(&mut self.words)[..len]
+    }
+
+    /// The region version this copy reflects (after a conflict: the region's current version).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Copies the pages that changed in the region since this copy's version; returns how many.
+    /// Uncommitted local edits on those pages are replaced.
+    ///
+    /// # Errors
+    /// Handle errors, `BadVersion`.
+    pub fn refresh(&mut self) -> Result<u32> {
+        let (mut version, mut pages) = (0, 0);
+        let since = version_arg(self.version)?;
+        let h = self.region.raw();
+        Error::check(sys::mirror_refresh(h, self.bytes_mut(), since, &mut version, &mut pages))?;
+        self.version = version;
+        Ok(pages)
+    }
+
+    /// Writes back the pages this copy changed; returns how many.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] if the region's policy refuses (then [`Mirror::version`] is the region's
+    /// current version: refresh, redo the change and commit again), `PermissionDenied` under a
+    /// read-only capability, handle errors.
+    pub fn commit(&mut self) -> Result<u32> {
+        let (mut version, mut pages) = (0, 0);
+        let base = version_arg(self.version)?;
+        let r = sys::mirror_commit(self.region.raw(), self, base, &mut version, &mut pages);
+        if r == crate::Status::Conflict.code() {
+            self.version = version;
+        }
+        Error::check(r)?;
+        self.version = version;
+        Ok(pages)
+    }
+
+    /// Throws away local edits: copies the whole region again.
+    ///
+    /// # Errors
+    /// As [`Region::mirror`].
+    pub fn discard(&mut self) -> Result<()> {
+        let mut version = 0;
+        let h = self.region.raw();
+        Error::check(sys::mirror_acquire(h, self.bytes_mut(), &mut version))?;
+        self.version = version;
+        Ok(())
+    }
+
+    /// A typed view of a `Pod` value at `offset` (which must be aligned for `T`, up to 8).
+    ///
+    /// # Errors
+    /// `OutOfBounds` past the end, `InvalidArgument` if misaligned.
+    pub fn view<T: Pod>(&self, offset: usize) -> Result<&T> {
+        let bytes = self
+            .get(offset..offset.checked_add(core::mem::size_of::<T>()).ok_or(Error::OutOfBounds)?)
+            .ok_or(Error::OutOfBounds)?;
+        bytemuck::try_from_bytes(bytes).map_err(|_| Error::InvalidArgument)
+    }
+
+    /// A mutable typed view of a `Pod` value at `offset`.
+    ///
+    /// # Errors
+    /// As [`Mirror::view`].
+    pub fn view_mut<T: Pod>(&mut self, offset: usize) -> Result<&mut T> {
+        let end = offset.checked_add(core::mem::size_of::<T>()).ok_or(Error::OutOfBounds)?;
+        let bytes = self.get_mut(offset..end).ok_or(Error::OutOfBounds)?;
+        bytemuck::try_from_bytes_mut(bytes).map_err(|_| Error::InvalidArgument)
+    }
+
+    /// Reads a `Pod` value at any offset.
+    ///
+    /// # Errors
+    /// `OutOfBounds` past the end.
+    pub fn load<T: Pod>(&self, offset: usize) -> Result<T> {
+        let end = offset.checked_add(core::mem::size_of::<T>()).ok_or(Error::OutOfBounds)?;
+        Ok(bytemuck::pod_read_unaligned(self.get(offset..end).ok_or(Error::OutOfBounds)?))
+    }
+
+    /// Writes a `Pod` value at any offset (locally, until [`Mirror::commit`]).
+    ///
+    /// # Errors
+    /// `OutOfBounds` past the end.
+    pub fn store<T: Pod>(&mut self, offset: usize, value: &T) -> Result<()> {
+        let end = offset.checked_add(core::mem::size_of::<T>()).ok_or(Error::OutOfBounds)?;
+        self.get_mut(offset..end).ok_or(Error::OutOfBounds)?.copy_from_slice(bytemuck::bytes_of(value));
+        Ok(())
+    }
+}
+
+impl Deref for Mirror<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &bytemuck::cast_slice(&self.words)[..self.len]
+    }
+}
+
+impl DerefMut for Mirror<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.bytes_mut()
+    }
+}

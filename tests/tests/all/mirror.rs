@@ -1,0 +1,357 @@
+//! Mirror mode: copies refreshed page by page, dirty write-back, conflict policies, no lost update, no
+//! torn read, metrics, and every bad input to the mirror ABI.
+
+use std::sync::Arc;
+
+use broker::mode::ConflictPolicy;
+use broker::{Broker, InstanceId, Mode, RegionId, RegionSpec, TenantId};
+use broker_tests::{args, broker, call, code, handle, start, tenant, watchdog, Status};
+use proptest::prelude::*;
+
+const PAGE: u64 = 4096;
+
+fn setup(size: u64, policy: ConflictPolicy) -> (Broker, TenantId, RegionId) {
+    let b = broker();
+    let t = tenant(&b, "alpha");
+    let r =
+        b.create_region(t, RegionSpec::new("data", size, Mode::Mirror).with_policy(policy)).expect("region");
+    (b, t, r)
+}
+
+fn host_u64(b: &Broker, r: RegionId, at: u64) -> u64 {
+    let mut w = [0u8; 8];
+    b.read_region(r, at, &mut w).expect("host read");
+    u64::from_le_bytes(w)
+}
+
+/// The named test for the `mirror_app` guest: edits stay local until commit, commit writes back only
+/// dirty pages, and refresh copies only changed pages, all visible in the metrics.
+#[test]
+pub(crate) fn mirror_app() {
+    let (b, t, r) = setup(16 * PAGE, ConflictPolicy::Reject);
+    let app = start(&b, t, "mirror_app", "app");
+    let slot = call(&b, app, "acquire", args![0]);
+    assert_eq!(slot, 0);
+    assert_eq!(call(&b, app, "version", args![0]), 0);
+    assert_eq!(call(&b, app, "store", args![0, 8i64, 77i64]), 0);
+    assert_eq!(host_u64(&b, r, 8), 0, "an uncommitted edit is local");
+    assert_eq!(call(&b, app, "commit", args![0]), 1, "one dirty page written back");
+    assert_eq!(host_u64(&b, r, 8), 77);
+    assert_eq!(call(&b, app, "version", args![0]), 1);
+    let after_commit = b.region_traffic(r).expect("traffic");
+    // Out: the acquire's 16 pages plus the host's two 8-byte reads above.
+    assert_eq!(
+        (after_commit.bytes_out, after_commit.bytes_in, after_commit.commits),
+        (16 * PAGE + 16, PAGE, 1)
+    );
+
+    // Two host writes touch pages 5 and 9: a refresh copies exactly those two pages.
+    b.write_region(r, 5 * PAGE + 1, &[1]).expect("write");
+    b.write_region(r, 9 * PAGE + 100, &[2, 3]).expect("write");
+    assert_eq!(call(&b, app, "refresh", args![0]), 2);
+    let stats = b.region_traffic(r).expect("traffic");
+    assert_eq!(stats.pages_refreshed, 2);
+    assert_eq!(stats.bytes_out - after_commit.bytes_out, 2 * PAGE);
+    assert_eq!(call(&b, app, "version", args![0]), 3);
+    assert_eq!(call(&b, app, "refresh", args![0]), 0, "nothing changed since");
+    assert_eq!(b.region_traffic(r).expect("traffic"), stats, "a no-op refresh copies nothing");
+    let inst = b.instance_traffic(app).expect("traffic");
+    assert_eq!((inst.pages_refreshed, inst.commits, inst.bytes_in), (2, 1, PAGE));
+
+    assert_eq!(call(&b, app, "view_u64", args![0, 8i64]), 77);
+    assert_eq!(
+        call(&b, app, "view_u64", args![0, 3i64]),
+        code(Status::InvalidArgument),
+        "misaligned typed view"
+    );
+    assert_eq!(
+        call(&b, app, "view_u64", args![0, i64::try_from(16 * PAGE).expect("small")]),
+        code(Status::OutOfBounds)
+    );
+    // Discard throws local edits away.
+    assert_eq!(call(&b, app, "store", args![0, 16i64, 5i64]), 0);
+    assert_eq!(call(&b, app, "discard", args![0]), 0);
+    assert_eq!(call(&b, app, "load", args![0, 16i64]), 0);
+    assert_eq!(call(&b, app, "commit", args![0]), 0, "a clean mirror commits no page");
+}
+
+#[test]
+fn reject_policy_refuses_a_stale_commit_and_reports_the_version() {
+    let (b, t, r) = setup(4 * PAGE, ConflictPolicy::Reject);
+    let a = start(&b, t, "mirror_app", "a");
+    let c = start(&b, t, "mirror_app", "c");
+    call(&b, a, "acquire", args![0]);
+    call(&b, c, "acquire", args![0]);
+    assert_eq!(call(&b, a, "store", args![0, 0i64, 1i64]), 0);
+    assert_eq!(call(&b, a, "commit", args![0]), 1);
+    assert_eq!(call(&b, c, "store", args![0, i64::try_from(2 * PAGE).expect("small"), 2i64]), 0);
+    assert_eq!(
+        call(&b, c, "commit", args![0]),
+        code(Status::Conflict),
+        "even a disjoint page conflicts under reject"
+    );
+    assert_eq!(call(&b, c, "version", args![0]), 1, "the conflict reports the current version");
+    assert_eq!(host_u64(&b, r, 2 * PAGE), 0, "a refused commit writes nothing");
+    assert_eq!(b.region_traffic(r).expect("traffic").conflicts, 1);
+    // Refresh brings in page 0 and keeps the local edit on page 2; the retry succeeds.
+    assert_eq!(call(&b, c, "refresh", args![0]), 1);
+    assert_eq!(call(&b, c, "commit", args![0]), 1);
+    assert_eq!((host_u64(&b, r, 0), host_u64(&b, r, 2 * PAGE)), (1, 2));
+}
+
+#[test]
+fn merge_policy_accepts_disjoint_pages_and_refuses_overlaps() {
+    let (b, t, r) = setup(4 * PAGE, ConflictPolicy::Merge);
+    let a = start(&b, t, "mirror_app", "a");
+    let c = start(&b, t, "mirror_app", "c");
+    call(&b, a, "acquire", args![0]);
+    call(&b, c, "acquire", args![0]);
+    assert_eq!(call(&b, a, "store", args![0, 0i64, 1i64]), 0);
+    assert_eq!(call(&b, c, "store", args![0, i64::try_from(PAGE).expect("small"), 2i64]), 0);
+    assert_eq!(call(&b, a, "commit", args![0]), 1);
+    assert_eq!(call(&b, c, "commit", args![0]), 1, "disjoint pages merge");
+    assert_eq!((host_u64(&b, r, 0), host_u64(&b, r, PAGE)), (1, 2));
+    // Both now edit page 0 (c never saw a's write to it): the second commit conflicts.
+    assert_eq!(call(&b, a, "store", args![0, 8i64, 3i64]), 0);
+    assert_eq!(call(&b, c, "store", args![0, 16i64, 4i64]), 0);
+    assert_eq!(call(&b, a, "commit", args![0]), 1);
+    assert_eq!(call(&b, c, "commit", args![0]), code(Status::Conflict));
+    assert_eq!((host_u64(&b, r, 8), host_u64(&b, r, 16)), (3, 0));
+}
+
+#[test]
+fn last_writer_wins_never_refuses() {
+    let (b, t, r) = setup(PAGE, ConflictPolicy::LastWriterWins);
+    let a = start(&b, t, "mirror_app", "a");
+    let c = start(&b, t, "mirror_app", "c");
+    call(&b, a, "acquire", args![0]);
+    call(&b, c, "acquire", args![0]);
+    assert_eq!(call(&b, a, "store", args![0, 0i64, 1i64]), 0);
+    assert_eq!(call(&b, c, "store", args![0, 0i64, 2i64]), 0);
+    assert_eq!(call(&b, a, "commit", args![0]), 1);
+    assert_eq!(call(&b, c, "commit", args![0]), 1);
+    assert_eq!(host_u64(&b, r, 0), 2);
+    assert_eq!(b.region_traffic(r).expect("traffic").conflicts, 0);
+}
+
+/// Runs `apps` apps concurrently, each making `per_app` accepted increments of its counter (retrying
+/// conflicts), and checks that nothing was lost and that accepted commits form a serial order.
+fn no_lost_update(apps: usize, per_app: usize, shared_page: bool, policy: ConflictPolicy) {
+    let (b, t, r) = setup(8 * PAGE, policy);
+    let b = Arc::new(b);
+    let offset = |i: usize| -> i64 {
+        let at = if shared_page { 8 * i as u64 } else { PAGE * i as u64 };
+        i64::try_from(at).expect("small")
+    };
+    let ids: Vec<InstanceId> = (0..apps).map(|i| start(&b, t, "mirror_app", &format!("app{i}"))).collect();
+    for id in &ids {
+        assert_eq!(call(&b, *id, "acquire", args![0]), 0);
+    }
+    let workers: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let (b, id, at) = (Arc::clone(&b), *id, offset(i));
+            std::thread::spawn(move || {
+                let (mut accepted, mut rejected) = (Vec::new(), 0u64);
+                while accepted.len() < per_app {
+                    let v = call(&b, id, "try_increment", args![0, at]);
+                    if v == code(Status::Conflict) {
+                        rejected += 1;
+                    } else {
+                        assert!(v > 0, "unexpected status {v}");
+                        accepted.push(v);
+                    }
+                }
+                (accepted, rejected)
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    let mut rejected = 0;
+    for w in workers {
+        let (acc, rej) = w.join().expect("worker");
+        versions.extend(acc);
+        rejected += rej;
+    }
+    for i in 0..apps {
+        let at = u64::try_from(offset(i)).expect("non-negative");
+        assert_eq!(host_u64(&b, r, at), per_app as u64, "app {i}'s increments are all there");
+    }
+    // Each accepted commit has its own version, and together they are exactly 1..=n: a serial order.
+    versions.sort_unstable();
+    let expected: Vec<i64> = (1..=i64::try_from(apps * per_app).expect("small")).collect();
+    assert_eq!(versions, expected);
+    let stats = b.region_traffic(r).expect("traffic");
+    assert_eq!(stats.commits, (apps * per_app) as u64);
+    assert_eq!(stats.conflicts, rejected, "every rejected commit was reported to its app");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn concurrent_commits_lose_no_update(apps in 2usize..=4, per_app in 3usize..=12, shared_page: bool, merge: bool) {
+        let policy = if merge { ConflictPolicy::Merge } else { ConflictPolicy::Reject };
+        watchdog(120, move || no_lost_update(apps, per_app, shared_page, policy));
+    }
+}
+
+#[test]
+fn no_reader_sees_a_torn_commit() {
+    watchdog(120, || {
+        let size = 8 * PAGE;
+        let (b, t, r) = setup(size, ConflictPolicy::LastWriterWins);
+        let b = Arc::new(b);
+        b.write_region(r, 0, &vec![1u8; 8 * 4096]).expect("uniform start");
+        let writers: Vec<InstanceId> = (0..2).map(|i| start(&b, t, "mirror_app", &format!("w{i}"))).collect();
+        let mirror_reader = start(&b, t, "mirror_app", "mr");
+        let handle_reader = start(&b, t, "handle_app", "hr");
+        for w in &writers {
+            call(&b, *w, "acquire", args![0]);
+        }
+        call(&b, mirror_reader, "acquire", args![0]);
+        let h = handle(call(&b, handle_reader, "open", args![0]));
+        let len = i32::try_from(size).expect("small");
+
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (i, w) in writers.iter().enumerate() {
+            let (b, w) = (Arc::clone(&b), *w);
+            threads.push(std::thread::spawn(move || {
+                for k in 0..150i32 {
+                    let byte = 2 + (k * 2 + i32::try_from(i).expect("small")) % 250;
+                    assert_eq!(call(&b, w, "fill", args![0, byte]), 0);
+                    assert!(call(&b, w, "commit", args![0]) >= 0);
+                }
+            }));
+        }
+        {
+            let b = Arc::clone(&b);
+            threads.push(std::thread::spawn(move || {
+                for k in 0..150u8 {
+                    b.write_region(r, 0, &vec![k.wrapping_mul(3) | 1; 8 * 4096]).expect("host write");
+                }
+            }));
+        }
+        let (mut observed, mut host_buf) = (0u64, vec![0u8; 8 * 4096]);
+        while threads.iter().any(|t| !t.is_finished()) || observed < 30 {
+            assert_ne!(call(&b, mirror_reader, "refresh", args![0]), code(Status::Conflict));
+            assert_ne!(
+                call(&b, mirror_reader, "uniform", args![0]),
+                -1000,
+                "mirror refresh saw a torn commit"
+            );
+            assert_ne!(
+                call(&b, handle_reader, "uniform_read", args![h, len]),
+                -1000,
+                "handle read saw a torn commit"
+            );
+            b.read_region(r, 0, &mut host_buf).expect("host read");
+            assert!(host_buf.iter().all(|x| *x == host_buf[0]), "host read saw a torn commit");
+            observed += 1;
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        for t in threads {
+            t.join().expect("writer");
+        }
+    });
+}
+
+/// The same guest function (`view_add`, written against `Region::view`) gives the same results in
+/// handle and mirror mode.
+fn view_code_is_mode_agnostic(mode: Mode) {
+    let b = broker();
+    let t = tenant(&b, "alpha");
+    let r = b.create_region(t, RegionSpec::new("data", 2 * PAGE, mode)).expect("region");
+    let app = start(&b, t, "mirror_app", "app");
+    assert_eq!(call(&b, app, "view_add", args![0, 8i64, 5i64]), 5);
+    assert_eq!(call(&b, app, "view_add", args![0, 8i64, 6i64]), 11);
+    b.write_region(r, 8, &100u64.to_le_bytes()).expect("host write");
+    assert_eq!(call(&b, app, "view_add", args![0, 8i64, 1i64]), 101);
+    assert_eq!(host_u64(&b, r, 8), 101);
+    assert_eq!(
+        call(&b, app, "view_add", args![0, i64::try_from(2 * PAGE).expect("small"), 1i64]),
+        code(Status::OutOfBounds)
+    );
+}
+
+#[test]
+fn view_code_runs_unchanged_in_handle_mode() {
+    view_code_is_mode_agnostic(Mode::Handle);
+}
+
+#[test]
+fn view_code_runs_unchanged_in_mirror_mode() {
+    view_code_is_mode_agnostic(Mode::Mirror);
+}
+
+#[test]
+fn mirror_bad_inputs() {
+    let (b, t, r) = setup(PAGE, ConflictPolicy::Reject);
+    let a = start(&b, t, "handle_attacker", "attacker");
+    let h = handle(call(&b, a, "open_data", args![]));
+    let scratch = i32::try_from(call(&b, a, "scratch", args![])).expect("pointer");
+    let end = i32::try_from(call(&b, a, "memory_bytes", args![])).expect("small memory");
+    let page = 4096;
+
+    // Before any acquire there is nothing to refresh or commit.
+    assert_eq!(
+        call(&b, a, "mirror_refresh_raw", args![h, scratch, page, 0i64]),
+        code(Status::InvalidArgument)
+    );
+    assert_eq!(
+        call(&b, a, "mirror_commit_raw", args![h, scratch, page, 0i64]),
+        code(Status::InvalidArgument)
+    );
+    // Wrong length, bad pointers.
+    assert_eq!(call(&b, a, "mirror_acquire_raw", args![h, scratch, 100]), code(Status::InvalidArgument));
+    assert_eq!(call(&b, a, "mirror_acquire_raw", args![h, end - 100, page]), code(Status::BadPointer));
+    assert_eq!(call(&b, a, "mirror_acquire_raw", args![h, -1, page]), code(Status::BadPointer));
+    assert_eq!(call(&b, a, "mirror_acquire_raw", args![h, scratch, page]), 0);
+    // Versions from the future, negative versions, wrong lengths on refresh and commit.
+    assert_eq!(call(&b, a, "mirror_refresh_raw", args![h, scratch, page, 5i64]), code(Status::BadVersion));
+    assert_eq!(call(&b, a, "mirror_refresh_raw", args![h, scratch, page, -1i64]), code(Status::BadVersion));
+    assert_eq!(call(&b, a, "mirror_commit_raw", args![h, scratch, page, 99i64]), code(Status::BadVersion));
+    assert_eq!(
+        call(&b, a, "mirror_commit_raw", args![h, scratch, page - 1, 0i64]),
+        code(Status::InvalidArgument)
+    );
+    assert_eq!(call(&b, a, "mirror_commit_raw", args![h, end - 10, page, 0i64]), code(Status::BadPointer));
+    // A stale base: the host wrote meanwhile; the commit is refused, reports version 1, writes nothing.
+    b.write_region(r, 100, &[7]).expect("host write");
+    assert_eq!(call(&b, a, "scratch_put", args![0, 0x55i64, 1]), 0);
+    assert_eq!(call(&b, a, "mirror_commit_raw", args![h, scratch, page, 0i64]), code(Status::Conflict));
+    assert_eq!(call(&b, a, "out_version", args![]), 1);
+    let mut first = [0u8; 1];
+    b.read_region(r, 0, &mut first).expect("read");
+    assert_eq!(first, [0]);
+    // A bad out-pointer is refused before anything is written.
+    assert_eq!(call(&b, a, "mirror_refresh_raw", args![h, scratch, page, 0i64]), 0);
+    assert_eq!(call(&b, a, "scratch_put", args![0, 0x55i64, 1]), 0);
+    assert_eq!(
+        call(&b, a, "mirror_commit_out_raw", args![h, scratch, page, end - 4]),
+        code(Status::BadPointer)
+    );
+    assert_eq!(b.region_info(r).expect("info").version, 1, "nothing was committed");
+    assert_eq!(call(&b, a, "mirror_commit_raw", args![h, scratch, page, 1i64]), 0);
+    b.read_region(r, 0, &mut first).expect("read");
+    assert_eq!(first, [0x55]);
+
+    // A read-only capability can acquire but not commit.
+    let ro = i32::try_from(call(&b, a, "restrict_raw_keep", args![h, 1])).expect("handle");
+    assert_eq!(call(&b, a, "mirror_acquire_raw", args![ro, scratch, page]), 0);
+    assert_eq!(
+        call(&b, a, "mirror_commit_raw", args![ro, scratch, page, 2i64]),
+        code(Status::PermissionDenied)
+    );
+    // Closed handles are stale for every mirror call.
+    assert_eq!(call(&b, a, "close_raw", args![ro]), 0);
+    assert_eq!(call(&b, a, "mirror_refresh_raw", args![ro, scratch, page, 2i64]), code(Status::StaleHandle));
+
+    // Mirror calls on a handle-mode region are refused.
+    b.create_region(t, RegionSpec::new("plain", PAGE, Mode::Handle)).expect("region");
+    assert_eq!(call(&b, a, "scratch_put", args![0, i64::from_le_bytes(*b"plain\0\0\0"), 5]), 0);
+    let hp = handle(call(&b, a, "open_scratch", args![5]));
+    assert_eq!(call(&b, a, "mirror_acquire_raw", args![hp, scratch, page]), code(Status::WrongMode));
+}
