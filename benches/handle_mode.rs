@@ -8,42 +8,53 @@
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 
-use broker::Mode;
-use broker_benches::{ns_per_op, Fixture, Op};
+use broker::{Mode, Val};
+use broker_benches::{best_ns, full_run, Fixture};
 
 const SIZES: [(i32, &str); 3] = [(8, "8B"), (4096, "4KiB"), (1 << 20, "1MiB")];
 
+fn fixture() -> (Fixture, i32) {
+    let f = Fixture::new(broker_guests::BENCH_HANDLE_WASM, 1 << 20, Mode::Handle);
+    let h = f.call("open_bench", &[]);
+    let h = i32::from_ne_bytes(u32::try_from(h).expect("a handle, not an error").to_ne_bytes());
+    (f, h)
+}
+
 fn handle_mode(c: &mut Criterion) {
-    let f = Fixture::new(1 << 20, Mode::Handle);
+    let (f, h) = fixture();
     let mut g = c.benchmark_group("handle_mode");
     g.throughput(Throughput::Elements(1));
     g.bench_function(BenchmarkId::new("host_call_baseline", "nop"), |b| {
-        b.iter_custom(|n| f.run(Op::Nop, 0, n))
+        b.iter_custom(|n| f.run("nop_loop", &[], n))
     });
     for (len, label) in SIZES {
+        let prefix = [Val::I32(h), Val::I32(len)];
         g.throughput(Throughput::Bytes(u64::try_from(len).unwrap_or(0)));
-        g.bench_function(BenchmarkId::new("read", label), |b| b.iter_custom(|n| f.run(Op::Read, len, n)));
-        g.bench_function(BenchmarkId::new("write", label), |b| b.iter_custom(|n| f.run(Op::Write, len, n)));
+        g.bench_function(BenchmarkId::new("read", label), |b| {
+            b.iter_custom(|n| f.run("read_loop", &prefix, n))
+        });
+        g.bench_function(BenchmarkId::new("write", label), |b| {
+            b.iter_custom(|n| f.run("write_loop", &prefix, n))
+        });
     }
     g.finish();
 }
 
 /// Prints ns/op and the ratio to the no-op host call, all measured now on this machine.
-fn summary(quick: bool) {
-    let f = Fixture::new(1 << 20, Mode::Handle);
-    let (rounds, scale) = if quick { (1, 1) } else { (5, 100) };
-    let base = ns_per_op(&f, Op::Nop, 0, 10_000 * scale, rounds);
+fn summary(full: bool) {
+    let (f, h) = fixture();
+    let (rounds, scale) = if full { (5, 100) } else { (1, 1) };
+    let base = best_ns(rounds, 10_000 * scale, |n| f.run("nop_loop", &[], n));
     println!("\nhandle_mode summary (best of {rounds}; baseline = bare host call through the nop import)");
-    println!("{:<8} {:>6} {:>12} {:>10} {:>12}", "op", "size", "ns/op", "x nop", "GB/s");
-    println!("{:<8} {:>6} {:>12.1} {:>10.1} {:>12}", "nop", "-", base, 1.0, "-");
+    println!("{:<8} {:>6} {:>12} {:>10} {:>10}", "op", "size", "ns/op", "x nop", "GB/s");
+    println!("{:<8} {:>6} {:>12.1} {:>10.1} {:>10}", "nop", "-", base, 1.0, "-");
     for (len, label) in SIZES {
         let iters = if len >= 1 << 20 { 20 * scale } else { 5_000 * scale };
-        for op in [Op::Read, Op::Write] {
-            let ns = ns_per_op(&f, op, len, iters, rounds);
-            #[allow(clippy::cast_precision_loss, reason = "reporting figures")]
+        for export in ["read_loop", "write_loop"] {
+            let ns = best_ns(rounds, iters, |n| f.run(export, &[Val::I32(h), Val::I32(len)], n));
             let gbs = f64::from(len) / ns;
-            let name = if op == Op::Read { "read" } else { "write" };
-            println!("{name:<8} {label:>6} {ns:>12.1} {:>10.1} {gbs:>12.2}", ns / base);
+            let name = export.trim_end_matches("_loop");
+            println!("{name:<8} {label:>6} {ns:>12.1} {:>10.1} {gbs:>10.2}", ns / base);
         }
     }
 }
@@ -57,6 +68,5 @@ criterion_group!(
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
-    // `cargo bench` passes --bench; under `cargo test` the run is a quick smoke test.
-    summary(!std::env::args().any(|a| a == "--bench"));
+    summary(full_run());
 }
