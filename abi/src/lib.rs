@@ -49,6 +49,14 @@ pub mod func {
     pub const MIRROR_REFRESH: &str = "mirror_refresh";
     /// `mirror_commit(handle, ptr, len, base: i64, out_version_ptr, out_pages_ptr) -> status`.
     pub const MIRROR_COMMIT: &str = "mirror_commit";
+    /// `region_map(handle, ptr, len, flags) -> status`: maps a shared region at `ptr`.
+    pub const REGION_MAP: &str = "region_map";
+    /// `region_unmap(handle, ptr) -> status`.
+    pub const REGION_UNMAP: &str = "region_unmap";
+    /// `region_wait(handle, offset: i64, expected: u32, timeout_ms: u32) -> status`.
+    pub const REGION_WAIT: &str = "region_wait";
+    /// `region_notify(handle, offset: i64) -> status`.
+    pub const REGION_NOTIFY: &str = "region_notify";
 
     /// Every function name, for tests and for the C header check.
     pub const ALL: &[&str] = &[
@@ -66,6 +74,10 @@ pub mod func {
         MIRROR_ACQUIRE,
         MIRROR_REFRESH,
         MIRROR_COMMIT,
+        REGION_MAP,
+        REGION_UNMAP,
+        REGION_WAIT,
+        REGION_NOTIFY,
     ];
 }
 
@@ -107,6 +119,12 @@ pub enum Status {
     Conflict = -13,
     /// A version argument is negative or newer than the region's current version.
     BadVersion = -14,
+    /// A guest address or capability range is not page aligned (shared-mode windows).
+    Unaligned = -15,
+    /// The capability is already mapped, or the range overlaps another window.
+    Busy = -16,
+    /// A wait ended by its timeout.
+    TimedOut = -17,
 }
 
 impl Status {
@@ -127,6 +145,9 @@ impl Status {
         Status::Internal,
         Status::Conflict,
         Status::BadVersion,
+        Status::Unaligned,
+        Status::Busy,
+        Status::TimedOut,
     ];
 
     /// The numeric code a guest sees.
@@ -157,6 +178,9 @@ impl Status {
             Status::Internal => "BROKER_ERR_INTERNAL",
             Status::Conflict => "BROKER_ERR_CONFLICT",
             Status::BadVersion => "BROKER_ERR_BAD_VERSION",
+            Status::Unaligned => "BROKER_ERR_UNALIGNED",
+            Status::Busy => "BROKER_ERR_BUSY",
+            Status::TimedOut => "BROKER_ERR_TIMED_OUT",
         }
     }
 }
@@ -186,6 +210,18 @@ pub mod mode {
     /// Zero-copy window mapped into the guest's linear memory.
     pub const SHARED: u32 = 2;
 }
+
+/// Flags of `region_map`.
+pub mod map_flags {
+    /// Map read-write (needs the write right); without it the window is read-only.
+    pub const WRITE: u32 = 1 << 0;
+    /// Every flag.
+    pub const ALL: u32 = WRITE;
+}
+
+/// The longest `region_wait` a guest can ask for, in milliseconds; longer waits are cut to this and
+/// return `TIMED_OUT`, so a waiting guest never holds its worker for long.
+pub const MAX_WAIT_MS: u32 = 1000;
 
 /// `len` value meaning "from the offset to the end of the capability's range" in restrict and grant.
 pub const LEN_TO_END: i64 = -1;

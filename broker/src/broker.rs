@@ -597,6 +597,11 @@ impl Broker {
         Ok(self.cell(instance)?.traffic.stats())
     }
 
+    /// Number of shared windows mapped into instances right now, for leak checks.
+    pub fn window_count(&self) -> usize {
+        self.core.caps.lock().window_count()
+    }
+
     /// Number of live capabilities in the broker (roots included), for leak checks.
     pub fn capability_count(&self) -> usize {
         self.core.caps.lock().len()

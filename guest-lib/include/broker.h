@@ -30,6 +30,9 @@
 #define BROKER_ERR_INTERNAL -12
 #define BROKER_ERR_CONFLICT -13
 #define BROKER_ERR_BAD_VERSION -14
+#define BROKER_ERR_UNALIGNED -15
+#define BROKER_ERR_BUSY -16
+#define BROKER_ERR_TIMED_OUT -17
 
 /* Rights bits. */
 #define BROKER_RIGHT_READ 0x1u
@@ -43,6 +46,12 @@
 #define BROKER_MODE_HANDLE 0u
 #define BROKER_MODE_MIRROR 1u
 #define BROKER_MODE_SHARED 2u
+
+/* region_map flags. */
+#define BROKER_MAP_WRITE 0x1u
+
+/* Longest region_wait, in milliseconds. */
+#define BROKER_MAX_WAIT_MS 1000u
 
 /* `len` meaning "to the end of the range" in restrict and grant. */
 #define BROKER_LEN_TO_END (-1LL)
@@ -80,6 +89,11 @@ BROKER_IMPORT(handle_revoke) int32_t broker_handle_revoke(broker_handle_t handle
 BROKER_IMPORT(mirror_acquire) int32_t broker_mirror_acquire(broker_handle_t handle, void *buf, size_t len, uint64_t *out_version);
 BROKER_IMPORT(mirror_refresh) int32_t broker_mirror_refresh(broker_handle_t handle, void *buf, size_t len, int64_t since_version, uint64_t *out_version, uint32_t *out_pages);
 BROKER_IMPORT(mirror_commit) int32_t broker_mirror_commit(broker_handle_t handle, const void *buf, size_t len, int64_t base_version, uint64_t *out_version, uint32_t *out_pages);
+
+BROKER_IMPORT(region_map) int32_t broker_region_map(broker_handle_t handle, void *addr, size_t len, uint32_t flags);
+BROKER_IMPORT(region_unmap) int32_t broker_region_unmap(broker_handle_t handle, void *addr);
+BROKER_IMPORT(region_wait) int32_t broker_region_wait(broker_handle_t handle, int64_t offset, uint32_t expected, uint32_t timeout_ms);
+BROKER_IMPORT(region_notify) int32_t broker_region_notify(broker_handle_t handle, int64_t offset);
 
 #undef BROKER_IMPORT
 

@@ -13,10 +13,12 @@
 extern crate alloc;
 
 mod mirror;
+mod shared;
 pub mod sys;
 mod view;
 
 pub use mirror::Mirror;
+pub use shared::{ReadOnly, ReadWrite, SharedWindow, SpscRing, Wait};
 pub use view::View;
 
 pub use broker_abi::{mode as raw_mode, rights as raw_rights, HandleInfo, Status, LEN_TO_END, MAX_NAME_LEN};
@@ -55,6 +57,12 @@ pub enum Error {
     Conflict,
     /// A version argument is negative or newer than the region's.
     BadVersion,
+    /// A window address or capability range is not page aligned.
+    Unaligned,
+    /// The capability is already mapped, or the window overlaps another.
+    Busy,
+    /// A wait ended by its timeout.
+    TimedOut,
     /// A code this library does not know (a newer broker).
     Unknown(i32),
 }
@@ -86,6 +94,9 @@ impl Error {
             Status::WrongMode => Error::WrongMode,
             Status::Conflict => Error::Conflict,
             Status::BadVersion => Error::BadVersion,
+            Status::Unaligned => Error::Unaligned,
+            Status::Busy => Error::Busy,
+            Status::TimedOut => Error::TimedOut,
         }
     }
 
@@ -106,6 +117,9 @@ impl Error {
             Error::Internal => Status::Internal.code(),
             Error::Conflict => Status::Conflict.code(),
             Error::BadVersion => Status::BadVersion.code(),
+            Error::Unaligned => Status::Unaligned.code(),
+            Error::Busy => Status::Busy.code(),
+            Error::TimedOut => Status::TimedOut.code(),
             Error::Unknown(c) => c,
         }
     }
@@ -128,6 +142,9 @@ impl fmt::Display for Error {
             Error::Internal => "internal broker error",
             Error::Conflict => "commit conflicts with changes since the mirror's base",
             Error::BadVersion => "version is not a version of this region",
+            Error::Unaligned => "window address or range is not page aligned",
+            Error::Busy => "already mapped, or overlapping another window",
+            Error::TimedOut => "wait timed out",
             Error::Unknown(c) => return write!(f, "unknown broker status {c}"),
         };
         f.write_str(msg)
@@ -399,6 +416,23 @@ impl Region {
     /// `QuotaExceeded` if the tenant's memory quota cannot hold the broker's shadow of the mirror.
     pub fn mirror(&self) -> Result<Mirror<'_>> {
         Mirror::acquire(self)
+    }
+
+    /// Maps the region (shared mode) into this app's memory, read-only.
+    ///
+    /// # Errors
+    /// `WrongMode` for a region in another mode, `PermissionDenied` without the map right, `Unaligned`
+    /// for a sub-range capability that does not start and end on page boundaries.
+    pub fn map(&self) -> Result<SharedWindow<'_, ReadOnly>> {
+        SharedWindow::map(self, false)
+    }
+
+    /// Maps the region (shared mode) read-write; needs the map and write rights.
+    ///
+    /// # Errors
+    /// As [`Region::map`], and `PermissionDenied` without the write right.
+    pub fn map_mut(&self) -> Result<SharedWindow<'_, ReadWrite>> {
+        SharedWindow::map(self, true)
     }
 
     /// A mode-agnostic [`View`]: a mirror for mirror-mode regions, host calls otherwise.

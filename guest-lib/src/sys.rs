@@ -45,6 +45,10 @@ mod raw {
             out_version: *mut u64,
             out_pages: *mut u32,
         ) -> i32;
+        pub fn region_map(handle: u32, addr: *mut u8, len: usize, flags: u32) -> i32;
+        pub fn region_unmap(handle: u32, addr: *mut u8) -> i32;
+        pub fn region_wait(handle: u32, offset: i64, expected: u32, timeout_ms: u32) -> i32;
+        pub fn region_notify(handle: u32, offset: i64) -> i32;
         pub fn mirror_commit(
             handle: u32,
             buf: *const u8,
@@ -145,4 +149,33 @@ pub fn mirror_refresh(
 pub fn mirror_commit(handle: u32, buf: &[u8], base: i64, out_version: &mut u64, out_pages: &mut u32) -> i32 {
     // SAFETY: `buf` is live for `buf.len()` bytes; the out-pointers are live locals.
     unsafe { raw::mirror_commit(handle, buf.as_ptr(), buf.len(), base, out_version, out_pages) }
+}
+
+/// Maps the capability's range at `addr` (page aligned, `len` bytes of this app's memory).
+///
+/// # Safety
+/// `[addr, addr+len)` must be memory this app owns and no Rust reference into it may be used while the
+/// window is mapped except through the window's own accessors: its contents become the region's.
+pub unsafe fn region_map(handle: u32, addr: *mut u8, len: usize, flags: u32) -> i32 {
+    // SAFETY: the caller upholds the contract above; the host checks the range against linear memory.
+    unsafe { raw::region_map(handle, addr, len, flags) }
+}
+
+/// Unmaps the window at `addr`; its pages become zeroed memory of this app again.
+pub fn region_unmap(handle: u32, addr: usize) -> i32 {
+    // SAFETY: the host only touches a window it mapped at `addr` for this app; the address is passed as
+    // a number and never dereferenced here.
+    unsafe { raw::region_unmap(handle, addr as *mut u8) }
+}
+
+/// Parks until the `u32` at `offset` differs from `expected`, a notify, or the timeout.
+pub fn region_wait(handle: u32, offset: i64, expected: u32, timeout_ms: u32) -> i32 {
+    // SAFETY: the import takes only integers.
+    unsafe { raw::region_wait(handle, offset, expected, timeout_ms) }
+}
+
+/// Wakes the apps parked on this region.
+pub fn region_notify(handle: u32, offset: i64) -> i32 {
+    // SAFETY: the import takes only integers.
+    unsafe { raw::region_notify(handle, offset) }
 }

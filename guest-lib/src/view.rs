@@ -1,12 +1,13 @@
 //! A mode-agnostic view of a region, so the same app code runs whatever mode the operator chose.
 //!
 //! In handle mode every access is a host call; in mirror mode accesses hit the local copy and
-//! [`View::commit`] publishes them. Code that reads and writes through a `View` and calls `refresh`
+//! [`View::commit`] publishes them; in shared mode they hit the mapped window directly (refresh and
+//! commit are no-ops). Code that reads and writes through a `View` and calls `refresh`
 //! before reading and `commit` after writing behaves the same under both.
 
 use bytemuck::Pod;
 
-use crate::{Error, Mirror, Mode, Region, Result};
+use crate::{Error, Mirror, Mode, ReadOnly, ReadWrite, Region, Result, Rights, SharedWindow};
 
 /// A region seen through whatever mechanism its mode provides.
 #[derive(Debug)]
@@ -15,13 +16,29 @@ pub enum View<'r> {
     Handle(&'r Region),
     /// Mirror mode: a local copy, refreshed and committed explicitly.
     Mirror(Mirror<'r>),
+    /// Shared mode, mapped read-write.
+    Shared(SharedWindow<'r, ReadWrite>),
+    /// Shared mode, mapped read-only (writes are refused with `PermissionDenied`, never trapped).
+    SharedReadOnly(SharedWindow<'r, ReadOnly>),
+}
+
+fn range(offset: u64, len: usize, total: usize) -> Result<core::ops::Range<usize>> {
+    let start = usize::try_from(offset).map_err(|_| Error::OutOfBounds)?;
+    let end = start.checked_add(len).ok_or(Error::OutOfBounds)?;
+    if end > total {
+        return Err(Error::OutOfBounds);
+    }
+    Ok(start..end)
 }
 
 impl<'r> View<'r> {
     pub(crate) fn open(region: &'r Region) -> Result<View<'r>> {
-        match region.info()?.mode {
+        let info = region.info()?;
+        match info.mode {
             Mode::Mirror => Ok(View::Mirror(region.mirror()?)),
-            Mode::Handle | Mode::Shared => Ok(View::Handle(region)),
+            Mode::Shared if info.rights.contains(Rights::WRITE) => Ok(View::Shared(region.map_mut()?)),
+            Mode::Shared => Ok(View::SharedReadOnly(region.map()?)),
+            Mode::Handle => Ok(View::Handle(region)),
         }
     }
 
@@ -30,6 +47,7 @@ impl<'r> View<'r> {
         match self {
             View::Handle(_) => Mode::Handle,
             View::Mirror(_) => Mode::Mirror,
+            View::Shared(_) | View::SharedReadOnly(_) => Mode::Shared,
         }
     }
 
@@ -41,9 +59,15 @@ impl<'r> View<'r> {
         match self {
             View::Handle(r) => r.read(offset, buf),
             View::Mirror(m) => {
-                let start = usize::try_from(offset).map_err(|_| Error::OutOfBounds)?;
-                let end = start.checked_add(buf.len()).ok_or(Error::OutOfBounds)?;
-                buf.copy_from_slice(m.get(start..end).ok_or(Error::OutOfBounds)?);
+                buf.copy_from_slice(&m[range(offset, buf.len(), m.len())?]);
+                Ok(())
+            }
+            View::Shared(w) => {
+                buf.copy_from_slice(&w[range(offset, buf.len(), w.len())?]);
+                Ok(())
+            }
+            View::SharedReadOnly(w) => {
+                buf.copy_from_slice(&w[range(offset, buf.len(), w.len())?]);
                 Ok(())
             }
         }
@@ -57,11 +81,16 @@ impl<'r> View<'r> {
         match self {
             View::Handle(r) => r.write(offset, data),
             View::Mirror(m) => {
-                let start = usize::try_from(offset).map_err(|_| Error::OutOfBounds)?;
-                let end = start.checked_add(data.len()).ok_or(Error::OutOfBounds)?;
-                m.get_mut(start..end).ok_or(Error::OutOfBounds)?.copy_from_slice(data);
+                let r = range(offset, data.len(), m.len())?;
+                m[r].copy_from_slice(data);
                 Ok(())
             }
+            View::Shared(w) => {
+                let r = range(offset, data.len(), w.len())?;
+                w[r].copy_from_slice(data);
+                Ok(())
+            }
+            View::SharedReadOnly(_) => Err(Error::PermissionDenied),
         }
     }
 
@@ -83,24 +112,24 @@ impl<'r> View<'r> {
         self.write(offset, bytemuck::bytes_of(value))
     }
 
-    /// Brings the view up to date with the region (a no-op in handle mode, which is never stale).
+    /// Brings the view up to date with the region (a no-op in handle and shared mode, never stale).
     ///
     /// # Errors
     /// Mirror refresh errors.
     pub fn refresh(&mut self) -> Result<()> {
         match self {
-            View::Handle(_) => Ok(()),
+            View::Handle(_) | View::Shared(_) | View::SharedReadOnly(_) => Ok(()),
             View::Mirror(m) => m.refresh().map(|_| ()),
         }
     }
 
-    /// Publishes local writes (a no-op in handle mode, whose writes are immediate).
+    /// Publishes local writes (a no-op in handle and shared mode, whose writes are immediate).
     ///
     /// # Errors
     /// `Conflict` and other mirror commit errors.
     pub fn commit(&mut self) -> Result<()> {
         match self {
-            View::Handle(_) => Ok(()),
+            View::Handle(_) | View::Shared(_) | View::SharedReadOnly(_) => Ok(()),
             View::Mirror(m) => m.commit().map(|_| ()),
         }
     }

@@ -6,6 +6,7 @@ use broker_abi::Status;
 use crate::capability::CapError;
 use crate::error::Error;
 use crate::mode::mirror::MirrorError;
+use crate::mode::shared::ShareError;
 use crate::mode::Mode;
 use crate::name::NameError;
 use crate::region::RegionError;
@@ -48,6 +49,12 @@ pub enum AbiError {
         /// The region's mode.
         actual: Mode,
     },
+    /// A map or unmap was refused.
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    /// A wait ended by its timeout.
+    #[error("wait timed out")]
+    TimedOut,
     /// A mirror operation was refused.
     #[error(transparent)]
     Mirror(#[from] MirrorError),
@@ -83,6 +90,17 @@ impl AbiError {
                 MirrorError::BadVersion { .. } => Status::BadVersion,
                 MirrorError::Conflict { .. } => Status::Conflict,
             },
+            AbiError::Share(e) => match e {
+                ShareError::Cap(c) => broker_status(&Error::Capability(c.clone())),
+                ShareError::WrongMode(_) => Status::WrongMode,
+                ShareError::Unaligned { .. } => Status::Unaligned,
+                ShareError::LengthMismatch { .. } => Status::InvalidArgument,
+                ShareError::BeyondMemory { .. } => Status::BadPointer,
+                ShareError::AlreadyMapped | ShareError::Overlap { .. } => Status::Busy,
+                ShareError::NotMapped { .. } => Status::NotFound,
+                ShareError::Os(_) => Status::Internal,
+            },
+            AbiError::TimedOut => Status::TimedOut,
             AbiError::Broker(e) => broker_status(e),
         }
     }

@@ -20,8 +20,9 @@ use broker_abi::{func, HandleInfo, Status, MAX_NAME_LEN, MODULE};
 use wasmtime::{Caller, Linker, Memory};
 
 use crate::broker::Core;
-use crate::capability::{Cap, Handle, Rights};
+use crate::capability::{Cap, Handle, MapRequest, Rights};
 use crate::mode::mirror::{self, MirrorError, MirrorState};
+use crate::mode::shared::MemoryFence;
 use crate::mode::Mode;
 use crate::name::QualifiedName;
 use crate::region::{Traffic, PAGE_SIZE};
@@ -40,6 +41,9 @@ pub(crate) struct GuestCtx {
     traffic: Arc<Traffic>,
     /// Mirrors acquired, by the raw handle they were acquired through.
     mirrors: HashMap<u32, MirrorState>,
+    /// Held for reading while host code touches this instance's memory, for writing while a shared
+    /// window in it is swapped (see `mode::shared`). Never take the capability lock while holding it.
+    pub(crate) fence: MemoryFence,
 }
 
 impl GuestCtx {
@@ -49,7 +53,15 @@ impl GuestCtx {
         tenant: Arc<Tenant>,
         traffic: Arc<Traffic>,
     ) -> GuestCtx {
-        GuestCtx { core, instance, tenant, memory: None, traffic, mirrors: HashMap::new() }
+        GuestCtx {
+            core,
+            instance,
+            tenant,
+            memory: None,
+            traffic,
+            mirrors: HashMap::new(),
+            fence: MemoryFence::default(),
+        }
     }
 
     /// Forgets mirrors whose handles were closed or revoked (and returns their quota charge).
@@ -70,6 +82,12 @@ impl GuestCtx {
 
 type Ctx<'a> = Caller<'a, InstanceState>;
 
+/// Holds the caller's memory fence for reading: no shared window of this instance is swapped while the
+/// guard lives, so host code touching guest memory cannot fault.
+fn fence(caller: &Ctx<'_>) -> parking_lot::ArcRwLockReadGuard<parking_lot::RawRwLock, ()> {
+    caller.data().ctx.fence.read_arc()
+}
+
 /// The caller's exported memory; a guest without one can pass no valid pointer.
 fn memory(caller: &Ctx<'_>, ptr: u32, len: u32) -> Result<Memory, AbiError> {
     caller.data().ctx.memory.ok_or(AbiError::BadPointer { ptr, len, memory_len: 0 })
@@ -83,6 +101,7 @@ fn copy_in(caller: &Ctx<'_>, ptr: u32, len: u32, max: u32) -> Result<Vec<u8>, Ab
         }));
     }
     let mem = memory(caller, ptr, len)?;
+    let _fence = fence(caller);
     Ok(guest_ptr::slice(mem.data(caller), ptr, len)?.to_vec())
 }
 
@@ -96,8 +115,11 @@ fn check_out(caller: &Ctx<'_>, ptr: u32, len: u32) -> Result<Memory, AbiError> {
 /// Writes a new handle to a checked out-pointer; if that fails after all, the handle is closed again so
 /// the call has no effect.
 fn write_handle(caller: &mut Ctx<'_>, mem: Memory, out: u32, handle: Handle) -> Result<(), AbiError> {
-    let written = guest_ptr::slice_mut(mem.data_mut(&mut *caller), out, 4)
-        .map(|s| s.copy_from_slice(&handle.raw().to_le_bytes()));
+    let written = {
+        let _fence = fence(caller);
+        guest_ptr::slice_mut(mem.data_mut(&mut *caller), out, 4)
+            .map(|s| s.copy_from_slice(&handle.raw().to_le_bytes()))
+    };
     if written.is_err() {
         let ctx = &caller.data().ctx;
         let _ = ctx.core.caps.lock().close(ctx.instance, handle);
@@ -154,6 +176,7 @@ fn handle_info(caller: &mut Ctx<'_>, handle: u32, out: u32) -> Result<(), AbiErr
         rights: cap.rights.bits(),
         mode: cap.region.mode().to_raw(),
     };
+    let _fence = fence(caller);
     guest_ptr::slice_mut(mem.data_mut(caller), out, size)?.copy_from_slice(&info.to_bytes());
     Ok(())
 }
@@ -163,6 +186,7 @@ fn region_read(caller: &mut Ctx<'_>, handle: u32, offset: i64, dst: u32, len: u3
     cap.require(Rights::READ)?;
     let at = cap.range.access(offset, u64::from(len))?;
     let mem = memory(caller, dst, len)?;
+    let _fence = fence(caller);
     let dst = guest_ptr::slice_mut(mem.data_mut(&mut *caller), dst, len)?;
     cap.region.read(at, dst)?;
     caller.data().ctx.traffic.copied_out(u64::from(len));
@@ -175,6 +199,7 @@ fn region_write(caller: &mut Ctx<'_>, handle: u32, offset: i64, src: u32, len: u
     let at = cap.range.access(offset, u64::from(len))?;
     let mem = memory(caller, src, len)?;
     // The guest bytes are read exactly once, by the copy into the region.
+    let _fence = fence(caller);
     let src = guest_ptr::slice(mem.data(&*caller), src, len)?;
     cap.region.write(at, src)?;
     caller.data().ctx.traffic.copied_in(u64::from(len));
@@ -257,12 +282,14 @@ fn mirror_acquire(
     // The broker keeps a shadow of every mirror: charge it to the tenant's memory quota.
     let charge =
         caller.data().ctx.tenant.reserve(Resource::MemoryBytes, cap.range.len).map_err(crate::Error::from)?;
+    // This takes the capability lock, so it runs before the fence is held.
+    caller.data_mut().ctx.drop_stale_mirrors();
+    let _fence = fence(caller);
     let (data, state) = mem.data_and_store_mut(&mut *caller);
     let dst = guest_ptr::slice_mut(data, ptr, len)?;
     let (mirror, version) = mirror::acquire(&cap.region, cap.range, dst, charge)?;
     let ctx = &mut state.ctx;
     ctx.traffic.copied_out(mirror.range().len);
-    ctx.drop_stale_mirrors();
     ctx.mirrors.insert(handle, mirror);
     put_u64(data, out_version, version)
 }
@@ -281,6 +308,7 @@ fn mirror_refresh(
     let cap = caller.data().ctx.lookup(handle)?;
     cap.require(Rights::READ)?;
     require_mode(&cap, Mode::Mirror)?;
+    let _fence = fence(caller);
     let (data, state) = mem.data_and_store_mut(&mut *caller);
     let ctx = &mut state.ctx;
     let m = ctx.mirrors.get_mut(&handle).ok_or(MirrorError::NotAcquired)?;
@@ -305,6 +333,7 @@ fn mirror_commit(
     let cap = caller.data().ctx.lookup(handle)?;
     cap.require(Rights::WRITE)?;
     require_mode(&cap, Mode::Mirror)?;
+    let _fence = fence(caller);
     let (data, state) = mem.data_and_store_mut(&mut *caller);
     let ctx = &mut state.ctx;
     let m = ctx.mirrors.get_mut(&handle).ok_or(MirrorError::NotAcquired)?;
@@ -326,6 +355,65 @@ fn mirror_commit(
             Err(e.into())
         }
     }
+}
+
+fn region_map(caller: &mut Ctx<'_>, handle: u32, ptr: u32, len: u32, flags: u32) -> Result<(), AbiError> {
+    if flags & !broker_abi::map_flags::ALL != 0 {
+        return Err(AbiError::InvalidValue { field: "flags", value: i64::from(flags) });
+    }
+    let mem = memory(caller, ptr, len)?;
+    let req = MapRequest {
+        guest_ptr: ptr,
+        len: u64::from(len),
+        writable: flags & broker_abi::map_flags::WRITE != 0,
+        memory_base: mem.data_ptr(&*caller) as usize,
+        memory_size: mem.data_size(&*caller),
+        fence: caller.data().ctx.fence.clone(),
+    };
+    let ctx = &caller.data().ctx;
+    ctx.core.caps.lock().map_window(ctx.instance, Handle::from_raw(handle), req)?;
+    Ok(())
+}
+
+fn region_unmap(caller: &mut Ctx<'_>, handle: u32, ptr: u32) -> Result<(), AbiError> {
+    let mem = memory(caller, ptr, 0)?;
+    let base = mem.data_ptr(&*caller) as usize;
+    let ctx = &caller.data().ctx;
+    ctx.core.caps.lock().unmap_window(ctx.instance, Handle::from_raw(handle), ptr, base)?;
+    Ok(())
+}
+
+fn region_wait(
+    caller: &mut Ctx<'_>,
+    handle: u32,
+    offset: i64,
+    expected: u32,
+    timeout_ms: u32,
+) -> Result<(), AbiError> {
+    let cap = caller.data().ctx.lookup(handle)?;
+    cap.require(Rights::READ)?;
+    let at = cap.range.access(offset, 4)?;
+    let timeout = std::time::Duration::from_millis(u64::from(timeout_ms.min(broker_abi::MAX_WAIT_MS)));
+    let region = &cap.region;
+    let mut parked = region.waiters.lock();
+    // Checked under the waiters lock, which `region_notify` takes too: a store followed by a notify
+    // cannot slip between this check and the sleep.
+    if region.memory.load_u32(at)? != expected {
+        return Ok(());
+    }
+    if region.wake.wait_for(&mut parked, timeout).timed_out() {
+        return Err(AbiError::TimedOut);
+    }
+    Ok(())
+}
+
+fn region_notify(caller: &mut Ctx<'_>, handle: u32, offset: i64) -> Result<(), AbiError> {
+    let cap = caller.data().ctx.lookup(handle)?;
+    cap.require(Rights::WRITE)?;
+    cap.range.access(offset, 4)?;
+    let _parked = cap.region.waiters.lock();
+    cap.region.wake.notify_all();
+    Ok(())
 }
 
 /// Registers every ABI v1 import.
@@ -387,5 +475,17 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
             code(mirror_commit(&mut c, h, p, l, base, v, n))
         },
     )?;
+    linker.func_wrap(MODULE, func::REGION_MAP, |mut c: Ctx<'_>, h: u32, p: u32, l: u32, f: u32| {
+        code(region_map(&mut c, h, p, l, f))
+    })?;
+    linker.func_wrap(MODULE, func::REGION_UNMAP, |mut c: Ctx<'_>, h: u32, p: u32| {
+        code(region_unmap(&mut c, h, p))
+    })?;
+    linker.func_wrap(MODULE, func::REGION_WAIT, |mut c: Ctx<'_>, h: u32, off: i64, v: u32, ms: u32| {
+        code(region_wait(&mut c, h, off, v, ms))
+    })?;
+    linker.func_wrap(MODULE, func::REGION_NOTIFY, |mut c: Ctx<'_>, h: u32, off: i64| {
+        code(region_notify(&mut c, h, off))
+    })?;
     Ok(())
 }

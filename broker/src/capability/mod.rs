@@ -23,6 +23,8 @@ use std::sync::Arc;
 
 use broker_abi::rights as bits;
 
+use crate::mode::shared::{self, MapAt, MemoryFence, ShareError, Tombstone, Window, HOST_PAGE};
+use crate::mode::Mode;
 use crate::region::{Region, RegionId};
 use crate::runtime::InstanceId;
 use crate::tenant::{QuotaError, Resource, Tenant};
@@ -239,6 +241,8 @@ struct Node {
     holder: Holder,
     /// The tenant whose handle quota this node counts against (none for roots).
     charged: Option<Arc<Tenant>>,
+    /// The shared window mapped through this capability, if any.
+    window: Option<Window>,
 }
 
 /// The global capability space: the derivation tree, every instance's handle table and inbox.
@@ -250,6 +254,23 @@ pub struct CapSpace {
     tables: HashMap<InstanceId, HandleTable>,
     /// Grants received, ordered by id, which is also the order they were made in.
     inboxes: HashMap<InstanceId, BTreeSet<CapId>>,
+    /// Where revoked windows were, per instance, so traps there can name the region.
+    tombstones: HashMap<InstanceId, Vec<Tombstone>>,
+}
+
+/// What a guest asks for when it maps a window.
+pub struct MapRequest {
+    /// Guest address of the window (page aligned).
+    pub guest_ptr: u32,
+    /// Length in bytes (the capability's length rounded up to whole pages).
+    pub len: u64,
+    /// Map read-write (needs the write right) rather than read-only.
+    pub writable: bool,
+    /// Host address of the guest's linear memory.
+    pub memory_base: usize,
+    /// The linear memory's current size.
+    pub memory_size: usize,
+    pub(crate) fence: MemoryFence,
 }
 
 impl CapSpace {
@@ -278,6 +299,7 @@ impl CapSpace {
                 children: BTreeSet::new(),
                 holder: Holder::Root,
                 charged: None,
+                window: None,
             },
         );
         id
@@ -307,6 +329,7 @@ impl CapSpace {
         }
         self.tables.remove(&instance);
         self.inboxes.remove(&instance);
+        self.tombstones.remove(&instance);
     }
 
     /// Removes a region's whole tree (on destroy).
@@ -367,6 +390,7 @@ impl CapSpace {
                 children: BTreeSet::new(),
                 holder: Holder::Slot(instance, slot),
                 charged: Some(Arc::clone(tenant)),
+                window: None,
             },
         );
         Ok(handle)
@@ -405,6 +429,7 @@ impl CapSpace {
                 children: BTreeSet::new(),
                 holder: Holder::Inbox(target),
                 charged: Some(Arc::clone(tenant)),
+                window: None,
             },
         );
         Ok(id)
@@ -506,8 +531,161 @@ impl CapSpace {
             if let Some(t) = node.charged {
                 t.release(Resource::Handles, 1);
             }
+            if let Some(w) = node.window {
+                let instance = w.instance;
+                let tomb = w.revoke();
+                self.tombstones.entry(instance).or_default().push(tomb);
+            }
         }
         removed
+    }
+
+    /// Maps the region of `instance`'s `handle` into its linear memory at `req.guest_ptr`.
+    ///
+    /// The mapping is made under this space's lock, so a concurrent revoke either precedes it (the
+    /// handle is stale) or follows it (and unmaps it): no window outlives its capability.
+    ///
+    /// # Errors
+    /// Handle and rights errors, [`ShareError`] for mode, alignment, length, range and overlap problems.
+    pub fn map_window(
+        &mut self,
+        instance: InstanceId,
+        handle: Handle,
+        req: MapRequest,
+    ) -> Result<(), ShareError> {
+        let cap = self.lookup(instance, handle)?;
+        cap.require(Rights::MAP)?;
+        if req.writable {
+            cap.require(Rights::WRITE)?;
+        }
+        let mode = cap.region.mode();
+        if mode != Mode::Shared {
+            return Err(ShareError::WrongMode(mode));
+        }
+        let end = cap.range.offset + cap.range.len;
+        if u64::from(req.guest_ptr) % HOST_PAGE != 0
+            || cap.range.offset % HOST_PAGE != 0
+            || (end % HOST_PAGE != 0 && end != cap.region.size())
+        {
+            return Err(ShareError::Unaligned {
+                guest_ptr: req.guest_ptr,
+                offset: cap.range.offset,
+                len: cap.range.len,
+            });
+        }
+        let expected = cap.range.len.div_ceil(HOST_PAGE) * HOST_PAGE;
+        if req.len != expected {
+            return Err(ShareError::LengthMismatch { given: req.len, expected });
+        }
+        let memory = u64::try_from(req.memory_size).unwrap_or(u64::MAX);
+        if u64::from(req.guest_ptr).checked_add(req.len).is_none_or(|e| e > memory) {
+            return Err(ShareError::BeyondMemory {
+                guest_ptr: req.guest_ptr,
+                len: req.len,
+                memory_size: memory,
+            });
+        }
+        if self.nodes.get(&cap.id).is_some_and(|n| n.window.is_some()) {
+            return Err(ShareError::AlreadyMapped);
+        }
+        let clash = self
+            .nodes
+            .values()
+            .filter_map(|n| n.window.as_ref())
+            .any(|w| w.instance == instance && w.overlaps(req.guest_ptr, req.len));
+        if clash {
+            return Err(ShareError::Overlap { guest_ptr: req.guest_ptr, len: req.len });
+        }
+        let at = MapAt {
+            instance,
+            memory_base: req.memory_base,
+            guest_ptr: req.guest_ptr,
+            len: req.len,
+            region_offset: cap.range.offset,
+            writable: req.writable,
+            fence: req.fence,
+        };
+        #[allow(unsafe_code, reason = "the one place windows are created; this type keeps their invariant")]
+        let mapped = {
+            // SAFETY: the range was checked to lie inside the caller's accessible linear memory and to be
+            // page aligned; the caller is the instance itself, inside a host call that holds no reference
+            // into its memory; the window is stored in the capability's node, and an instance's nodes are
+            // removed (unmapping the window) before its store and memory drop.
+            unsafe { Window::map(Arc::clone(&cap.region), at) }
+        };
+        let window = mapped.map_err(|e| ShareError::Os(e.to_string()))?;
+        if let Some(tombs) = self.tombstones.get_mut(&instance) {
+            tombs.retain(|t| !shared::overlap(t.guest_ptr, t.len, req.guest_ptr, req.len));
+        }
+        if let Some(n) = self.nodes.get_mut(&cap.id) {
+            n.window = Some(window);
+        }
+        Ok(())
+    }
+
+    /// Unmaps the window at `guest_ptr` mapped through `handle`, giving the guest zeroed pages back. A
+    /// window already revoked (stale handle) is cleaned up the same way.
+    ///
+    /// # Errors
+    /// [`ShareError::NotMapped`], or the handle's error if it is stale and no revoked window was there.
+    pub fn unmap_window(
+        &mut self,
+        instance: InstanceId,
+        handle: Handle,
+        guest_ptr: u32,
+        memory_base: usize,
+    ) -> Result<(), ShareError> {
+        match self.lookup(instance, handle) {
+            Ok(cap) => {
+                let node = self.nodes.get_mut(&cap.id).ok_or(CapError::Gone)?;
+                if node.window.as_ref().is_none_or(|w| w.guest_ptr != guest_ptr) {
+                    return Err(ShareError::NotMapped { guest_ptr });
+                }
+                let window = node.window.take().ok_or(ShareError::NotMapped { guest_ptr })?;
+                window.unmap().map_err(|e| ShareError::Os(e.to_string()))
+            }
+            Err(e) => {
+                let tombs = self.tombstones.get_mut(&instance);
+                let found = tombs.as_ref().and_then(|t| t.iter().position(|t| t.guest_ptr == guest_ptr));
+                let (Some(tombs), Some(i)) = (tombs, found) else { return Err(e.into()) };
+                let tomb = tombs.swap_remove(i);
+                // SAFETY: the tombstone records a window this instance mapped inside its own memory, which is
+                // alive (tombstones are dropped with the instance); the caller is the instance itself.
+                #[allow(unsafe_code, reason = "restores pages of the caller's own memory")]
+                let restored = unsafe { shared::restore(memory_base, &tomb) };
+                restored.map_err(|e| ShareError::Os(e.to_string()))
+            }
+        }
+    }
+
+    /// A description of what was at wasm address `addr` of `instance`, if it is a revoked window or a
+    /// read-only one, to explain a memory fault there.
+    pub fn explain_fault(&self, instance: InstanceId, addr: u64) -> Option<String> {
+        let inside = |ptr: u32, len: u64| addr >= u64::from(ptr) && addr < u64::from(ptr).saturating_add(len);
+        if let Some(t) =
+            self.tombstones.get(&instance).and_then(|ts| ts.iter().find(|t| inside(t.guest_ptr, t.len)))
+        {
+            return Some(format!(
+                "access to the shared window of region {} at {addr:#x}, which was revoked",
+                t.region
+            ));
+        }
+        self.nodes
+            .values()
+            .filter_map(|n| n.window.as_ref())
+            .find(|w| w.instance == instance && inside(w.guest_ptr, w.len))
+            .map(|w| {
+                let kind = if w.writable { "read-write" } else { "read-only" };
+                format!(
+                    "fault in the {kind} shared window of region {} at {addr:#x}",
+                    w.region.qualified_name()
+                )
+            })
+    }
+
+    /// Number of live windows (for leak checks).
+    pub fn window_count(&self) -> usize {
+        self.nodes.values().filter(|n| n.window.is_some()).count()
     }
 
     /// Number of live capabilities (all nodes, roots included), for leak checks.

@@ -10,7 +10,9 @@
 #![allow(unsafe_code, reason = "owns the raw region mapping; every block is justified below")]
 
 use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::ptr;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use memmap2::MmapRaw;
 use rustix::fs::{memfd_create, MemfdFlags};
@@ -37,9 +39,11 @@ impl RegionMemory {
         let fd = memfd_create(format!("broker-region-{debug_name}"), MemfdFlags::CLOEXEC)
             .map_err(|e| os("memfd_create")(e.into()))?;
         let file = File::from(fd);
-        file.set_len(len).map_err(os("ftruncate"))?;
+        // Whole pages, so the shared mode can map the last partial page too.
+        let file_len = len.checked_add(4095).map(|l| l & !4095).ok_or(RegionError::TooLarge { size: len })?;
+        file.set_len(file_len).map_err(os("ftruncate"))?;
         let map = MmapRaw::map_raw(&file).map_err(os("mmap"))?;
-        if u64::try_from(map.len()).ok() != Some(len) {
+        if u64::try_from(map.len()).ok() != Some(file_len) {
             return Err(RegionError::TooLarge { size: len });
         }
         Ok(RegionMemory { map, len, _file: file })
@@ -48,6 +52,27 @@ impl RegionMemory {
     /// Length in bytes.
     pub fn len(&self) -> u64 {
         self.len
+    }
+
+    /// The memfd, for mapping the same pages elsewhere (shared mode).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self._file.as_fd()
+    }
+
+    /// Atomically loads the `u32` at `offset` (which must be 4-byte aligned), for wait/notify.
+    ///
+    /// # Errors
+    /// [`RegionError::OutOfBounds`] outside the region or when misaligned.
+    pub fn load_u32(&self, offset: u64) -> Result<u32, RegionError> {
+        let start = self.check(offset, 4)?;
+        if !offset.is_multiple_of(4) {
+            return Err(RegionError::OutOfBounds { offset, len: 4, size: self.len });
+        }
+        // SAFETY: `check` proved `[start, start+4)` lies in the live mapping, the mapping is page aligned
+        // and `offset` is a multiple of 4, so the pointer is valid and aligned for an `AtomicU32`; every
+        // concurrent access to region bytes is either atomic or a byte copy of the same memory.
+        let atom = unsafe { AtomicU32::from_ptr(self.map.as_mut_ptr().add(start).cast::<u32>()) };
+        Ok(atom.load(Ordering::SeqCst))
     }
 
     /// Whether the region has no bytes (never true for a created region).

@@ -140,6 +140,9 @@ pub struct Region {
     /// The region version; written only under the `pages` writer lock, readable without it.
     version: AtomicU64,
     pub(crate) traffic: Traffic,
+    /// Guests parked in `region_wait` on this region, woken by `region_notify`.
+    pub(crate) waiters: parking_lot::Mutex<()>,
+    pub(crate) wake: parking_lot::Condvar,
 }
 
 /// The version of the last write or commit that changed each page.
@@ -195,6 +198,8 @@ impl Region {
             pages: RwLock::new(PageVersions(vec![0; usize::try_from(size.div_ceil(PAGE_SIZE)).unwrap_or(0)])),
             version: AtomicU64::new(0),
             traffic: Traffic::default(),
+            waiters: parking_lot::Mutex::new(()),
+            wake: parking_lot::Condvar::new(),
         })
     }
 
@@ -226,6 +231,11 @@ impl Region {
     /// Access mode.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// `owner/name`, as apps of other tenants open it.
+    pub fn qualified_name(&self) -> String {
+        format!("{}/{}", self.owner_name, self.name)
     }
 
     /// The mirror conflict policy.

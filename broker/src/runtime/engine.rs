@@ -25,6 +25,10 @@ impl EngineHandle {
         // with real atomic instructions; validating those needs the threads proposal.
         config.wasm_threads(true);
         config.epoch_interruption(true);
+        // Linear memories are the broker's own reservations, so shared windows can be mapped into them.
+        // wasmtime's copy-on-write memory images only work with its own memories.
+        config.with_host_memory(std::sync::Arc::new(super::memory_creator::BrokerMemoryCreator));
+        config.memory_init_cow(false);
         let engine = Engine::new(&config)
             .map_err(|e| Error::InvalidArgument { field: "engine config", reason: e.to_string() })?;
         let (stop, rx) = bounded::<()>(0);

@@ -234,7 +234,7 @@ impl InstanceCell {
                 let err = match e.downcast_ref::<Trap>() {
                     Some(Trap::Interrupt) if killed => InstanceError::Killed,
                     Some(Trap::Interrupt) => InstanceError::Interrupted { timeout: self.config.call_timeout },
-                    _ => InstanceError::Trapped { message: format!("{e:#}") },
+                    _ => InstanceError::Trapped { message: self.explain(format!("{e:#}")) },
                 };
                 status.state = RunState::Trapped;
                 status.traps += 1;
@@ -275,6 +275,20 @@ impl InstanceCell {
             }),
         );
         let _ = rx.recv();
+    }
+
+    /// Prefixes a memory fault inside a shared window (revoked, or written while read-only) with the
+    /// region it belonged to, so the trap says what the app touched.
+    fn explain(&self, message: String) -> String {
+        const MARK: &str = "memory fault at wasm address 0x";
+        let addr = message.find(MARK).and_then(|i| {
+            let hex: String = message[i + MARK.len()..].chars().take_while(char::is_ascii_hexdigit).collect();
+            u64::from_str_radix(&hex, 16).ok()
+        });
+        match addr.and_then(|a| self.core.caps.lock().explain_fault(self.id, a)) {
+            Some(what) => format!("{what}: {message}"),
+            None => message,
+        }
     }
 
     /// Stops the call in progress (if any) at the next epoch tick; the instance is then trapped.

@@ -13,6 +13,7 @@
 mod engine;
 mod instance;
 mod limits;
+mod memory_creator;
 mod pool;
 
 use std::fmt;

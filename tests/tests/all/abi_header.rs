@@ -50,6 +50,8 @@ fn rights_modes_and_limits_match() {
         ("BROKER_MODE_MIRROR", mode::MIRROR),
         ("BROKER_MODE_SHARED", mode::SHARED),
         ("BROKER_MAX_NAME_LEN", broker_abi::MAX_NAME_LEN),
+        ("BROKER_MAP_WRITE", broker_abi::map_flags::WRITE),
+        ("BROKER_MAX_WAIT_MS", broker_abi::MAX_WAIT_MS),
     ];
     for (name, value) in pairs {
         assert_eq!(number(&define(&h, name)), i64::from(value), "{name}");

@@ -7,6 +7,7 @@ mod demo;
 mod handle;
 mod mirror;
 mod runtime;
+mod shared;
 mod tenant;
 mod tidy;
 

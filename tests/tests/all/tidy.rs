@@ -37,7 +37,15 @@ fn every_rust_file_opens_with_a_module_doc() {
 
 #[test]
 fn unsafe_code_stays_in_the_listed_modules() {
-    let allowed = ["broker/src/region/mapping.rs", "guest-lib/src/sys.rs"];
+    let allowed = [
+        "broker/src/region/mapping.rs",
+        "broker/src/runtime/memory_creator.rs",
+        "broker/src/mode/shared.rs",
+        // Two call sites of `mode::shared`'s unsafe functions, where the window invariant is kept.
+        "broker/src/capability/mod.rs",
+        "guest-lib/src/sys.rs",
+        "guest-lib/src/shared.rs",
+    ];
     let mut files = Vec::new();
     for d in ["abi", "broker", "guest-lib", "tests", "benches"] {
         rust_files(&repo().join(d), &mut files);
