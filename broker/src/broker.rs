@@ -17,7 +17,10 @@ use crate::capability::{CapError, CapId, CapSpace, Handle, Rights};
 use crate::error::Error;
 use crate::mode::{ConflictPolicy, Mode};
 use crate::name::{Name, QualifiedName};
-use crate::region::{Region, RegionError, RegionId, RegionInfo, RegionSpec, TrafficStats, MAX_REGION_SIZE};
+use crate::region::{
+    Backing, Region, RegionError, RegionId, RegionInfo, RegionSpec, TrafficStats, WatchFn, WatchId,
+    MAX_REGION_SIZE,
+};
 use crate::runtime::{
     EngineHandle, InstanceCell, InstanceConfig, InstanceError, InstanceId, InstanceState, InstanceStatus,
     WorkerPool,
@@ -50,13 +53,55 @@ impl GrantId {
     }
 }
 
+struct LoadedModule {
+    module: Module,
+    size: u64,
+}
+
+/// A module as the host API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleInfo {
+    /// The module's name within its tenant.
+    pub name: String,
+    /// Size of the wasm bytes.
+    pub size: u64,
+    /// Names of the exported functions.
+    pub exports: Vec<String>,
+}
+
+/// A tenant as the host API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantInfo {
+    /// The tenant's id.
+    pub id: TenantId,
+    /// Its name.
+    pub name: String,
+    /// Its quotas.
+    pub quotas: Quotas,
+    /// What it uses now.
+    pub usage: Usage,
+}
+
+/// An instance as the host API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceInfo {
+    /// The instance's id.
+    pub id: InstanceId,
+    /// Its name within its tenant.
+    pub name: String,
+    /// The owner tenant.
+    pub tenant: TenantId,
+    /// State and counters.
+    pub status: InstanceStatus,
+}
+
 #[derive(Default)]
 pub(crate) struct Registry {
     tenants: HashMap<TenantId, Arc<Tenant>>,
     tenant_names: HashMap<Name, TenantId>,
     regions: HashMap<RegionId, Arc<Region>>,
     region_names: HashMap<(TenantId, Name), RegionId>,
-    modules: HashMap<(TenantId, Name), Module>,
+    modules: HashMap<(TenantId, Name), LoadedModule>,
     instance_names: HashMap<(TenantId, Name), InstanceId>,
 }
 
@@ -92,6 +137,7 @@ impl Core {
         size: u64,
         mode: Mode,
         policy: ConflictPolicy,
+        backing: Backing,
     ) -> Result<Arc<Region>, Error> {
         mode.ensure_supported()?;
         // Refuse impossible sizes before touching the quota, so the error names the real problem.
@@ -109,8 +155,16 @@ impl Core {
             return Err(Error::RegionExists(format!("{}/{}", tenant.name(), key.1)));
         }
         let id = RegionId(self.fresh_id());
-        let region =
-            Arc::new(Region::new(id, key.1.clone(), tenant.id(), tenant.name().clone(), size, mode, policy)?);
+        let region = Arc::new(Region::new(
+            id,
+            key.1.clone(),
+            tenant.id(),
+            tenant.name().clone(),
+            size,
+            mode,
+            policy,
+            backing,
+        )?);
         reg.region_names.insert(key, id);
         reg.regions.insert(id, Arc::clone(&region));
         self.caps.lock().add_root(Arc::clone(&region));
@@ -164,7 +218,8 @@ impl Core {
         size: u64,
         mode: Mode,
     ) -> Result<Handle, Error> {
-        let region = self.create_region(&ctx.tenant, name, size, mode, ConflictPolicy::default())?;
+        let region =
+            self.create_region(&ctx.tenant, name, size, mode, ConflictPolicy::default(), Backing::Ephemeral)?;
         let derived = {
             let mut caps = self.caps.lock();
             caps.root(region.id()).ok_or(CapError::Gone).and_then(|root| {
@@ -320,7 +375,8 @@ impl Broker {
         if reg.modules.contains_key(&(tenant, n.clone())) {
             return Err(Error::ModuleExists(n.to_string()));
         }
-        reg.modules.insert((tenant, n), module);
+        let size = u64::try_from(wasm.len()).unwrap_or(u64::MAX);
+        reg.modules.insert((tenant, n), LoadedModule { module, size });
         Ok(())
     }
 
@@ -363,7 +419,7 @@ impl Broker {
             .read()
             .modules
             .get(&(tenant, mn.clone()))
-            .cloned()
+            .map(|m| m.module.clone())
             .ok_or_else(|| Error::ModuleNotFound(module_name.to_owned()))?;
         let pre = self
             .linker
@@ -488,7 +544,7 @@ impl Broker {
     pub fn create_region(&self, tenant: TenantId, spec: RegionSpec) -> Result<RegionId, Error> {
         let n = name(&spec.name)?;
         let t = self.core.tenant(tenant)?;
-        Ok(self.core.create_region(&t, n, spec.size, spec.mode, spec.policy)?.id())
+        Ok(self.core.create_region(&t, n, spec.size, spec.mode, spec.policy, spec.backing)?.id())
     }
 
     /// Destroys a region: every capability to it is revoked first, then its memory is unmapped once no
@@ -595,6 +651,132 @@ impl Broker {
     /// [`Error::InstanceNotFound`].
     pub fn instance_traffic(&self, instance: InstanceId) -> Result<TrafficStats, Error> {
         Ok(self.cell(instance)?.traffic.stats())
+    }
+
+    /// Every tenant, sorted by name.
+    pub fn tenants(&self) -> Vec<TenantInfo> {
+        let reg = self.core.registry.read();
+        let mut out: Vec<TenantInfo> = reg
+            .tenants
+            .values()
+            .map(|t| TenantInfo {
+                id: t.id(),
+                name: t.name().to_string(),
+                quotas: t.quotas(),
+                usage: t.usage(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// One tenant's name, quotas and usage.
+    ///
+    /// # Errors
+    /// [`Error::TenantNotFound`].
+    pub fn tenant_info(&self, tenant: TenantId) -> Result<TenantInfo, Error> {
+        let t = self.core.tenant(tenant)?;
+        Ok(TenantInfo { id: t.id(), name: t.name().to_string(), quotas: t.quotas(), usage: t.usage() })
+    }
+
+    /// A tenant's modules, sorted by name.
+    pub fn modules(&self, tenant: TenantId) -> Vec<ModuleInfo> {
+        let reg = self.core.registry.read();
+        let mut out: Vec<ModuleInfo> = reg
+            .modules
+            .iter()
+            .filter(|((t, _), _)| *t == tenant)
+            .map(|((_, n), m)| ModuleInfo {
+                name: n.to_string(),
+                size: m.size,
+                exports: m
+                    .module
+                    .exports()
+                    .filter(|e| matches!(e.ty(), ExternType::Func(_)))
+                    .map(|e| e.name().to_owned())
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// One instance's name, tenant and status.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`].
+    pub fn instance_info(&self, instance: InstanceId) -> Result<InstanceInfo, Error> {
+        let cell = self.cell(instance)?;
+        Ok(InstanceInfo {
+            id: instance,
+            name: cell.name.to_string(),
+            tenant: cell.tenant.id(),
+            status: cell.status(),
+        })
+    }
+
+    /// A tenant's instances, sorted by name.
+    pub fn instances(&self, tenant: TenantId) -> Vec<InstanceInfo> {
+        let cells: Vec<Arc<InstanceCell>> =
+            self.cells.read().values().filter(|c| c.tenant.id() == tenant).cloned().collect();
+        let mut out: Vec<InstanceInfo> = cells
+            .iter()
+            .map(|c| InstanceInfo { id: c.id, name: c.name.to_string(), tenant, status: c.status() })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// A tenant's regions, sorted by name.
+    pub fn regions(&self, tenant: TenantId) -> Vec<RegionInfo> {
+        let reg = self.core.registry.read();
+        let mut out: Vec<RegionInfo> =
+            reg.regions.values().filter(|r| r.owner() == tenant).map(|r| r.info()).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Makes a persistent region durable (msync); returns false for an ephemeral region.
+    ///
+    /// # Errors
+    /// [`Error::RegionNotFound`], [`Error::Region`] if the sync fails.
+    pub fn flush_region(&self, region: RegionId) -> Result<bool, Error> {
+        Ok(self.core.region(region)?.flush()?)
+    }
+
+    /// Flushes every persistent region (on shutdown); returns how many were flushed.
+    ///
+    /// # Errors
+    /// The first flush that failed (the others are still attempted).
+    pub fn flush_all(&self) -> Result<usize, Error> {
+        let regions: Vec<Arc<Region>> = self.core.registry.read().regions.values().cloned().collect();
+        let mut flushed = 0;
+        let mut first_error = None;
+        for r in regions {
+            match r.flush() {
+                Ok(true) => flushed += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(flushed), |e| Err(e.into()))
+    }
+
+    /// Calls `f` after every change to the region (see [`crate::region::Change`]).
+    ///
+    /// # Errors
+    /// [`Error::RegionNotFound`].
+    pub fn watch_region(&self, region: RegionId, f: WatchFn) -> Result<WatchId, Error> {
+        Ok(self.core.region(region)?.watch(f))
+    }
+
+    /// Removes a watcher (a no-op if the region is gone).
+    pub fn unwatch_region(&self, region: RegionId, watch: WatchId) {
+        if let Ok(r) = self.core.region(region) {
+            r.unwatch(watch);
+        }
     }
 
     /// Number of shared windows mapped into instances right now, for leak checks.

@@ -28,19 +28,21 @@
 pub mod abi;
 mod broker;
 pub mod capability;
+pub mod control;
 pub mod demo;
 mod error;
 pub mod mode;
 pub mod name;
+pub mod native;
 pub mod region;
 pub mod runtime;
 pub mod tenant;
 
-pub use crate::broker::{Broker, BrokerConfig, GrantId};
+pub use crate::broker::{Broker, BrokerConfig, GrantId, InstanceInfo, ModuleInfo, TenantInfo};
 pub use crate::capability::{Handle, Rights};
 pub use crate::error::Error;
 pub use crate::mode::Mode;
-pub use crate::region::{RegionId, RegionInfo, RegionSpec};
+pub use crate::region::{Backing, RegionId, RegionInfo, RegionSpec, TrafficStats};
 pub use crate::runtime::{InstanceConfig, InstanceError, InstanceId, InstanceStatus, RunState};
 pub use crate::tenant::{QuotaError, Quotas, Resource, TenantId, Usage};
 pub use wasmtime::Val;

@@ -97,3 +97,101 @@ pub fn watchdog<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'st
     });
     rx.recv_timeout(std::time::Duration::from_secs(secs)).expect("test did not finish in time: deadlock?")
 }
+
+/// A real `broker serve` daemon on `127.0.0.1:0`, with its own runtime; stopped gracefully on drop.
+pub struct Daemon {
+    /// The runtime the server and test clients run on.
+    pub rt: tokio::runtime::Runtime,
+    /// `http://127.0.0.1:<port>`.
+    pub addr: String,
+    /// The admin token.
+    pub admin: String,
+    /// The control plane (and through it the broker), for checks from the host side.
+    pub plane: std::sync::Arc<broker::control::ControlPlane>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<Result<(), broker::control::server::ServeError>>>,
+}
+
+impl Daemon {
+    /// Starts a daemon, persisting into `state_dir` if given. The listener is bound before the server
+    /// task is spawned, so clients can connect at once (no sleeps).
+    pub fn start(state_dir: Option<std::path::PathBuf>) -> Daemon {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let admin = "admin-secret-token".to_owned();
+        let broker = std::sync::Arc::new(broker());
+        let plane = std::sync::Arc::new(
+            broker::control::ControlPlane::open(broker, &admin, state_dir.clone()).expect("control plane"),
+        );
+        let config = broker::control::ServeConfig { state_dir, ..broker::control::ServeConfig::default() };
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+        let addr = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let p = std::sync::Arc::clone(&plane);
+        let server = rt.spawn(async move {
+            broker::control::serve(p, listener, &config, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        Daemon { rt, addr, admin, plane, shutdown: Some(tx), server: Some(server) }
+    }
+
+    /// A client sending `token` as its bearer token (none if `None`).
+    pub fn client(&self, token: Option<&str>) -> Client {
+        let channel = self.rt.block_on(async {
+            tonic::transport::Endpoint::from_shared(self.addr.clone())
+                .expect("endpoint")
+                .connect()
+                .await
+                .expect("connect")
+        });
+        Client {
+            inner: broker_proto::pb::broker_client::BrokerClient::new(channel),
+            token: token.map(str::to_owned),
+        }
+    }
+
+    /// Stops the server gracefully (drain, flush) and waits for it.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.server.take() {
+            let outcome = self.rt.block_on(h).expect("server task");
+            outcome.expect("server ends cleanly");
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+/// A gRPC client with a bearer token.
+#[derive(Clone)]
+pub struct Client {
+    /// The generated client.
+    pub inner: broker_proto::pb::broker_client::BrokerClient<tonic::transport::Channel>,
+    token: Option<String>,
+}
+
+impl Client {
+    /// Wraps a message in a request carrying the token.
+    pub fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(t) = &self.token {
+            r.metadata_mut().insert("authorization", format!("Bearer {t}").parse().expect("ascii token"));
+        }
+        r
+    }
+}

@@ -18,6 +18,7 @@ fn setup(handles: u64) -> (CapSpace, CapId, Arc<Tenant>) {
         100,
         Mode::Handle,
         crate::mode::ConflictPolicy::Reject,
+        crate::region::Backing::Ephemeral,
     )
     .expect("region");
     let mut space = CapSpace::new();

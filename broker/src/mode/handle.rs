@@ -29,6 +29,7 @@ pub(crate) fn write(region: &Region, offset: u64, src: &[u8]) -> Result<u64, Reg
     let version = region.bump_version();
     pages.mark(offset, len64(src.len()), version);
     region.traffic.copied_in(len64(src.len()));
+    region.publish(crate::region::Change { version, offset, len: len64(src.len()) });
     Ok(version)
 }
 

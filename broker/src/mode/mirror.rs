@@ -265,6 +265,13 @@ impl MirrorState {
             }
             from += n;
         }
+        let first = dirty.first().map_or(0, |(_, _, r)| r.start);
+        let last = dirty.last().map_or(0, |(_, _, r)| r.end);
+        region.publish(crate::region::Change {
+            version,
+            offset: self.range.offset + len64(first),
+            len: len64(last.saturating_sub(first)),
+        });
         drop(pv);
 
         let mut from = 0;

@@ -49,6 +49,41 @@ impl RegionMemory {
         Ok(RegionMemory { map, len, _file: file })
     }
 
+    /// Opens (creating if needed) a file of `len` bytes, rounded up to whole pages, and maps it shared.
+    /// An existing file of that size keeps its contents; one of another size is resized.
+    ///
+    /// # Errors
+    /// [`RegionError::Os`] if the file cannot be opened, sized or mapped.
+    pub fn open_file(path: &std::path::Path, len: u64) -> Result<RegionMemory, RegionError> {
+        let os = |op: &'static str| {
+            move |e: std::io::Error| RegionError::Os { op, message: format!("{}: {e}", path.display()) }
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(os("open"))?;
+        let file_len = len.checked_add(4095).map(|l| l & !4095).ok_or(RegionError::TooLarge { size: len })?;
+        if file.metadata().map_err(os("stat"))?.len() != file_len {
+            file.set_len(file_len).map_err(os("ftruncate"))?;
+        }
+        let map = MmapRaw::map_raw(&file).map_err(os("mmap"))?;
+        if u64::try_from(map.len()).ok() != Some(file_len) {
+            return Err(RegionError::TooLarge { size: len });
+        }
+        Ok(RegionMemory { map, len, _file: file })
+    }
+
+    /// Writes dirty pages back to the backing file and waits for the disk (msync).
+    ///
+    /// # Errors
+    /// [`RegionError::Os`].
+    pub fn flush(&self) -> Result<(), RegionError> {
+        self.map.flush().map_err(|e| RegionError::Os { op: "msync", message: e.to_string() })
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> u64 {
         self.len

@@ -9,6 +9,7 @@
 
 pub mod mapping;
 mod traffic;
+mod watch;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,8 @@ use crate::tenant::TenantId;
 
 pub use mapping::RegionMemory;
 pub use traffic::{Traffic, TrafficStats};
+use watch::Watchers;
+pub use watch::{Change, WatchFn, WatchId};
 
 /// Granularity of per-page versions (mirror refresh and commit work in whole pages).
 pub const PAGE_SIZE: u64 = 4096;
@@ -89,12 +92,38 @@ pub struct RegionSpec {
     pub mode: Mode,
     /// What a mirror commit does when the region changed since the mirror's base.
     pub policy: ConflictPolicy,
+    /// Where the bytes live.
+    pub backing: Backing,
+}
+
+/// Where a region's bytes live.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Backing {
+    /// An anonymous memfd: gone when the broker exits (the default).
+    #[default]
+    Ephemeral,
+    /// A file, mapped shared: [`Region::flush`] makes its contents durable, and a broker restarted on
+    /// the same file finds them again.
+    Persistent(std::path::PathBuf),
 }
 
 impl RegionSpec {
     /// A spec with the given name, size and mode, and the default conflict policy (reject).
     pub fn new(name: impl Into<String>, size: u64, mode: Mode) -> RegionSpec {
-        RegionSpec { name: name.into(), size, mode, policy: ConflictPolicy::default() }
+        RegionSpec {
+            name: name.into(),
+            size,
+            mode,
+            policy: ConflictPolicy::default(),
+            backing: Backing::Ephemeral,
+        }
+    }
+
+    /// The same spec backed by a file.
+    #[must_use]
+    pub fn persistent(mut self, path: impl Into<std::path::PathBuf>) -> RegionSpec {
+        self.backing = Backing::Persistent(path.into());
+        self
     }
 
     /// The same spec with another conflict policy.
@@ -120,6 +149,8 @@ pub struct RegionInfo {
     pub mode: Mode,
     /// Mirror conflict policy.
     pub policy: ConflictPolicy,
+    /// Whether the region is ephemeral or file-backed.
+    pub backing: Backing,
     /// Version counter: bumped by every write.
     pub version: u64,
 }
@@ -133,6 +164,7 @@ pub struct Region {
     owner_name: Name,
     mode: Mode,
     policy: ConflictPolicy,
+    backing: Backing,
     pub(crate) memory: RegionMemory,
     /// Serialises writers against readers so each write or commit is seen whole or not at all, and
     /// guards the per-page versions.
@@ -143,6 +175,7 @@ pub struct Region {
     /// Guests parked in `region_wait` on this region, woken by `region_notify`.
     pub(crate) waiters: parking_lot::Mutex<()>,
     pub(crate) wake: parking_lot::Condvar,
+    watchers: Watchers,
 }
 
 /// The version of the last write or commit that changed each page.
@@ -171,6 +204,7 @@ impl PageVersions {
 }
 
 impl Region {
+    #[allow(clippy::too_many_arguments, reason = "the constructor of every field the spec and owner give")]
     pub(crate) fn new(
         id: RegionId,
         name: Name,
@@ -179,6 +213,7 @@ impl Region {
         size: u64,
         mode: Mode,
         policy: ConflictPolicy,
+        backing: Backing,
     ) -> Result<Region, RegionError> {
         if size == 0 {
             return Err(RegionError::ZeroSize);
@@ -186,7 +221,10 @@ impl Region {
         if size > MAX_REGION_SIZE {
             return Err(RegionError::TooLarge { size });
         }
-        let memory = RegionMemory::new_memfd(name.as_str(), size)?;
+        let memory = match &backing {
+            Backing::Ephemeral => RegionMemory::new_memfd(name.as_str(), size)?,
+            Backing::Persistent(path) => RegionMemory::open_file(path, size)?,
+        };
         Ok(Region {
             id,
             name,
@@ -200,6 +238,8 @@ impl Region {
             traffic: Traffic::default(),
             waiters: parking_lot::Mutex::new(()),
             wake: parking_lot::Condvar::new(),
+            watchers: Watchers::default(),
+            backing,
         })
     }
 
@@ -238,6 +278,47 @@ impl Region {
         format!("{}/{}", self.owner_name, self.name)
     }
 
+    /// Where the bytes live.
+    pub fn backing(&self) -> &Backing {
+        &self.backing
+    }
+
+    /// Makes a persistent region's contents durable (msync); returns whether it is persistent.
+    ///
+    /// # Errors
+    /// [`RegionError::Os`] if the flush fails.
+    pub fn flush(&self) -> Result<bool, RegionError> {
+        match self.backing {
+            Backing::Ephemeral => Ok(false),
+            Backing::Persistent(_) => {
+                // Under the reader lock: no write or commit is half-done while we sync.
+                let _pages = self.pages.read();
+                self.memory.flush()?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Calls `f` after every write and commit, with the change; see [`Change`].
+    pub fn watch(&self, f: WatchFn) -> WatchId {
+        self.watchers.add(f)
+    }
+
+    /// Removes a watcher; false if it was already gone.
+    pub fn unwatch(&self, id: WatchId) -> bool {
+        self.watchers.remove(id)
+    }
+
+    /// Number of watchers (for tests and stats).
+    pub fn watcher_count(&self) -> usize {
+        self.watchers.len()
+    }
+
+    /// Tells the watchers; callers hold the `pages` writer lock, so changes arrive in version order.
+    pub(crate) fn publish(&self, change: Change) {
+        self.watchers.publish(&change);
+    }
+
     /// The mirror conflict policy.
     pub fn policy(&self) -> ConflictPolicy {
         self.policy
@@ -267,6 +348,7 @@ impl Region {
             size: self.size(),
             mode: self.mode,
             policy: self.policy,
+            backing: self.backing.clone(),
             version: self.version(),
         }
     }

@@ -3,6 +3,7 @@
 mod abi_header;
 mod bench;
 mod c_guest;
+mod control;
 mod demo;
 mod handle;
 mod mirror;

@@ -1,0 +1,971 @@
+//! The `broker` command line: `broker serve` (the daemon), `broker demo`, and client commands in the
+//! form `broker <noun> <verb>` that talk to a daemon over gRPC, printing tables or, with `--json`, JSON.
+//!
+//! `main.rs` only calls [`main`]; tests call [`run`] with arguments and an output buffer.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use broker_proto::pb;
+use broker_proto::pb::broker_client::BrokerClient;
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value as Json};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+use super::server::{serve, ServeConfig, ServeError};
+use super::service::ControlPlane;
+use crate::{Broker, BrokerConfig};
+
+/// Multi-tenant shared-memory broker for WebAssembly apps.
+#[derive(Debug, Parser)]
+#[command(name = "broker", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the daemon is and who we are.
+#[derive(Debug, Clone, Args)]
+pub struct Conn {
+    /// The daemon's address.
+    #[arg(long, global = true, env = "BROKER_ADDR", default_value = "http://127.0.0.1:7878")]
+    addr: String,
+    /// Bearer token: the admin token or a tenant token.
+    #[arg(long, global = true, env = "BROKER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The tenant to act on (a tenant token implies its own).
+    #[arg(long, global = true, env = "BROKER_TENANT", default_value = "")]
+    tenant: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the built-in demo: two apps of two tenants share a region through a read-only grant.
+    Demo {
+        /// How many readings the producer app writes.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        readings: u32,
+    },
+    /// Run the daemon: the gRPC control API.
+    Serve(ServeArgs),
+    /// Tenants (admin token).
+    Tenant {
+        #[command(subcommand)]
+        verb: TenantVerb,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Wasm modules of a tenant.
+    Module {
+        #[command(subcommand)]
+        verb: ModuleVerb,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Instances of a tenant's modules.
+    Instance {
+        #[command(subcommand)]
+        verb: InstanceVerb,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Regions of host memory.
+    Region {
+        #[command(subcommand)]
+        verb: RegionVerb,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Statistics of a tenant: usage, regions, instances.
+    Stats {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML config file (keys: listen, state_dir, admin_token_file, max_message_bytes, concurrency_limit, workers).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:7878).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Directory for persistent state (tenants, modules, regions, grants).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Worker threads running instances (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+#[derive(Debug, Clone, Args)]
+struct QuotaArgs {
+    /// Total bytes of regions.
+    #[arg(long)]
+    region_bytes: Option<u64>,
+    /// Number of regions.
+    #[arg(long)]
+    regions: Option<u64>,
+    /// Number of instances.
+    #[arg(long)]
+    instances: Option<u64>,
+    /// Number of capabilities.
+    #[arg(long)]
+    handles: Option<u64>,
+    /// Total linear memory of instances.
+    #[arg(long)]
+    memory_bytes: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantVerb {
+    /// Create a tenant.
+    Create {
+        /// The tenant's name.
+        name: String,
+        #[command(flatten)]
+        quotas: QuotaArgs,
+    },
+    /// List tenants.
+    List,
+    /// Change a tenant's quotas (unset ones keep their value).
+    Quotas {
+        /// The tenant's name.
+        name: String,
+        #[command(flatten)]
+        quotas: QuotaArgs,
+    },
+    /// Issue a token for a tenant; `--rotate` revokes the earlier ones.
+    Token {
+        /// The tenant's name.
+        name: String,
+        /// Revoke every earlier token of the tenant.
+        #[arg(long)]
+        rotate: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModuleVerb {
+    /// Upload a .wasm file as a module.
+    Upload {
+        /// The module's name.
+        name: String,
+        /// The .wasm file.
+        file: PathBuf,
+    },
+    /// List modules.
+    List,
+    /// Delete a module (running instances keep running).
+    Delete {
+        /// The module's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum InstanceVerb {
+    /// Start an instance of a module.
+    Start {
+        /// The instance's name.
+        name: String,
+        /// The module to run.
+        #[arg(long)]
+        module: String,
+        /// Longest a call may run, in milliseconds.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Cap on linear memory, in bytes.
+        #[arg(long)]
+        max_memory: Option<u64>,
+    },
+    /// Call an exported function: arguments as `i32:5`, `i64:-1`, `f32:1.5`, `f64:2` (plain numbers are i32).
+    Call {
+        /// The instance.
+        name: String,
+        /// The exported function.
+        export: String,
+        /// Arguments.
+        args: Vec<String>,
+    },
+    /// Stop an instance for good.
+    Stop {
+        /// The instance.
+        name: String,
+    },
+    /// Restart a (trapped) instance.
+    Restart {
+        /// The instance.
+        name: String,
+    },
+    /// Show an instance's state, counters and last trap.
+    Status {
+        /// The instance.
+        name: String,
+    },
+    /// List instances.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum RegionVerb {
+    /// Create a region.
+    Create {
+        /// The region's name.
+        name: String,
+        /// Size in bytes.
+        #[arg(long)]
+        size: u64,
+        /// handle, mirror or shared.
+        #[arg(long, default_value = "handle")]
+        mode: crate::Mode,
+        /// reject, last-writer-wins or merge (mirror commits).
+        #[arg(long, default_value = "reject")]
+        policy: crate::mode::ConflictPolicy,
+        /// Back the region by a file in the daemon's state dir.
+        #[arg(long)]
+        persistent: bool,
+    },
+    /// List regions.
+    List,
+    /// Show a region.
+    Info {
+        /// The region.
+        name: String,
+    },
+    /// Read bytes (printed as hex).
+    Read {
+        /// The region.
+        name: String,
+        /// Start offset.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// Number of bytes.
+        #[arg(long, default_value_t = 64)]
+        len: u64,
+    },
+    /// Write bytes given as hex.
+    Write {
+        /// The region.
+        name: String,
+        /// Start offset.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// The bytes, as hex (e.g. 2a00ff).
+        #[arg(long)]
+        hex: String,
+    },
+    /// Grant an instance rights over the region (or a range of it).
+    Grant {
+        /// The region.
+        name: String,
+        /// The instance: `name` or `tenant/name`.
+        instance: String,
+        /// Rights: letters of r (read), w (write), m (map), g (grant), n (watch).
+        #[arg(long, default_value = "r")]
+        rights: String,
+        /// Start of the range.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// Length of the range (default: to the end).
+        #[arg(long)]
+        len: Option<u64>,
+    },
+    /// Revoke a grant (or, without --grant, every capability to the region).
+    Revoke {
+        /// The region.
+        name: String,
+        /// The grant id printed by `region grant`.
+        #[arg(long)]
+        grant: Option<u64>,
+    },
+    /// Destroy a region.
+    Destroy {
+        /// The region.
+        name: String,
+    },
+    /// Make a persistent region durable (msync).
+    Flush {
+        /// The region.
+        name: String,
+    },
+    /// Print changes to a region as they happen.
+    Watch {
+        /// The region.
+        name: String,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+/// Why a command failed, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The daemon could not be reached.
+    #[error("could not connect to {addr}: {reason}\nhint: is `broker serve` running there? Set --addr or BROKER_ADDR.")]
+    Connect {
+        /// The address tried.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The daemon refused the request.
+    #[error("{what} failed: {message}{hint}")]
+    Rpc {
+        /// The request.
+        what: &'static str,
+        /// The server's message.
+        message: String,
+        /// What to do.
+        hint: String,
+    },
+    /// A local problem: a file, an argument.
+    #[error("{0}")]
+    Local(String),
+    /// The daemon failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+fn rpc_error(what: &'static str, s: Status) -> CliError {
+    let hint = match s.code() {
+        Code::Unauthenticated => {
+            "\nhint: pass --token or set BROKER_TOKEN (the admin token is in <state-dir>/admin.token)."
+        }
+        Code::PermissionDenied => {
+            "\nhint: this needs the admin token, or a token of the tenant that owns the object."
+        }
+        Code::NotFound => "\nhint: check the name and --tenant (list with `broker <noun> list`).",
+        Code::InvalidArgument => "\nhint: see `broker <noun> <verb> --help` for valid values.",
+        Code::ResourceExhausted => {
+            "\nhint: a quota is exhausted; see `broker stats` and `broker tenant quotas`."
+        }
+        Code::AlreadyExists => "\nhint: pick another name, or delete the existing object first.",
+        Code::FailedPrecondition => {
+            "\nhint: the object is not in a state that allows this (e.g. restart a trapped instance)."
+        }
+        _ => "",
+    };
+    CliError::Rpc { what, message: s.message().to_owned(), hint: hint.to_owned() }
+}
+
+/// Entry point of the binary: parses arguments, runs the command, prints errors, returns the exit code.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let mut out = std::io::stdout();
+    match run(cli, &mut out) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a parsed command, writing its output to `out`; `Ok(false)` means it ran but reports failure.
+///
+/// # Errors
+/// [`CliError`] with an actionable message.
+pub fn run(cli: Cli, out: &mut dyn Write) -> Result<bool, CliError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Local(format!("cannot start the async runtime: {e}")))?;
+    match cli.command {
+        Command::Demo { readings } => {
+            let report = crate::demo::run(readings, out)
+                .map_err(|e| CliError::Local(format!("the demo could not run: {e}")))?;
+            Ok(report.ok())
+        }
+        Command::Serve(args) => rt.block_on(serve_main(args)).map(|()| true),
+        Command::Tenant { verb, conn } => rt.block_on(tenant(verb, &conn, out)).map(|()| true),
+        Command::Module { verb, conn } => rt.block_on(module(verb, &conn, out)).map(|()| true),
+        Command::Instance { verb, conn } => rt.block_on(instance(verb, &conn, out)).map(|()| true),
+        Command::Region { verb, conn } => rt.block_on(region(verb, &conn, out)).map(|()| true),
+        Command::Stats { conn } => rt.block_on(stats(&conn, out)).map(|()| true),
+    }
+}
+
+async fn serve_main(args: ServeArgs) -> Result<(), CliError> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    let mut config = match &args.config {
+        Some(path) => ServeConfig::load(path)?,
+        None => ServeConfig::default(),
+    };
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(d) = args.state_dir {
+        config.state_dir = Some(d);
+    }
+    if let Some(w) = args.workers {
+        config.workers = w;
+    }
+    let (token, source) = config.admin_token()?;
+    if source == "generated for this run" {
+        eprintln!("admin token (this run only; use --state-dir to keep one): {token}");
+    } else {
+        tracing::info!(source = %source, "admin token loaded");
+    }
+    let workers = if config.workers == 0 { BrokerConfig::default().workers } else { config.workers };
+    let broker = Arc::new(Broker::new(BrokerConfig { workers }).map_err(|e| CliError::Local(e.to_string()))?);
+    let plane =
+        Arc::new(ControlPlane::open(broker, &token, config.state_dir.clone()).map_err(ServeError::from)?);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| CliError::Local(format!("cannot listen on {}: {e}", config.listen)))?;
+    serve(plane, listener, &config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down: draining calls");
+}
+
+async fn client(conn: &Conn) -> Result<BrokerClient<Channel>, CliError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(conn.addr.clone())
+        .map_err(|e| CliError::Local(format!("invalid --addr {}: {e}", conn.addr)))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| CliError::Connect { addr: conn.addr.clone(), reason: e.to_string() })?;
+    Ok(BrokerClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+}
+
+fn req<T>(conn: &Conn, msg: T) -> Result<Request<T>, CliError> {
+    let mut r = Request::new(msg);
+    if let Some(t) = &conn.token {
+        let v = format!("Bearer {t}")
+            .parse()
+            .map_err(|_| CliError::Local("the token has characters a header cannot carry".into()))?;
+        r.metadata_mut().insert("authorization", v);
+    }
+    Ok(r)
+}
+
+fn print(out: &mut dyn Write, conn: &Conn, value: &Json, table: &[Vec<String>]) -> Result<(), CliError> {
+    let io = |e: std::io::Error| CliError::Local(format!("cannot write output: {e}"));
+    if conn.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(value).unwrap_or_default()).map_err(io)?;
+        return Ok(());
+    }
+    let widths: Vec<usize> = (0..table.first().map_or(0, Vec::len))
+        .map(|c| table.iter().map(|row| row.get(c).map_or(0, String::len)).max().unwrap_or(0))
+        .collect();
+    for row in table {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        writeln!(out, "{}", line.join("  ").trim_end()).map_err(io)?;
+    }
+    Ok(())
+}
+
+fn quotas_msg(q: &QuotaArgs, base: Option<&pb::Quotas>) -> pb::Quotas {
+    let d = crate::Quotas::default();
+    let b = base.cloned().unwrap_or(pb::Quotas {
+        region_bytes: d.region_bytes,
+        regions: d.regions,
+        instances: d.instances,
+        handles: d.handles,
+        memory_bytes: d.memory_bytes,
+    });
+    pb::Quotas {
+        region_bytes: q.region_bytes.unwrap_or(b.region_bytes),
+        regions: q.regions.unwrap_or(b.regions),
+        instances: q.instances.unwrap_or(b.instances),
+        handles: q.handles.unwrap_or(b.handles),
+        memory_bytes: q.memory_bytes.unwrap_or(b.memory_bytes),
+    }
+}
+
+fn tenant_json(t: &pb::Tenant) -> Json {
+    let q = t.quotas.unwrap_or_default();
+    let u = t.usage.unwrap_or_default();
+    json!({
+        "name": t.name,
+        "quotas": {"region_bytes": q.region_bytes, "regions": q.regions, "instances": q.instances, "handles": q.handles, "memory_bytes": q.memory_bytes},
+        "usage": {"region_bytes": u.region_bytes, "regions": u.regions, "instances": u.instances, "handles": u.handles, "memory_bytes": u.memory_bytes},
+    })
+}
+
+fn tenant_row(t: &pb::Tenant) -> Vec<String> {
+    let q = t.quotas.unwrap_or_default();
+    let u = t.usage.unwrap_or_default();
+    vec![
+        t.name.clone(),
+        format!("{}/{}", u.regions, q.regions),
+        format!("{}/{}", u.region_bytes, q.region_bytes),
+        format!("{}/{}", u.instances, q.instances),
+        format!("{}/{}", u.handles, q.handles),
+        format!("{}/{}", u.memory_bytes, q.memory_bytes),
+    ]
+}
+
+const TENANT_HEADER: [&str; 6] = ["TENANT", "REGIONS", "REGION BYTES", "INSTANCES", "HANDLES", "MEMORY"];
+
+fn header(cols: &[&str]) -> Vec<String> {
+    cols.iter().map(|s| (*s).to_owned()).collect()
+}
+
+async fn tenant(verb: TenantVerb, conn: &Conn, out: &mut dyn Write) -> Result<(), CliError> {
+    let mut c = client(conn).await?;
+    let tenants: Vec<pb::Tenant> = match verb {
+        TenantVerb::Create { name, quotas } => {
+            let q = quotas_msg(&quotas, None);
+            vec![c
+                .create_tenant(req(conn, pb::CreateTenantRequest { name, quotas: Some(q) })?)
+                .await
+                .map_err(|s| rpc_error("tenant create", s))?
+                .into_inner()]
+        }
+        TenantVerb::List => {
+            c.list_tenants(req(conn, pb::ListTenantsRequest {})?)
+                .await
+                .map_err(|s| rpc_error("tenant list", s))?
+                .into_inner()
+                .tenants
+        }
+        TenantVerb::Quotas { name, quotas } => {
+            let current = c
+                .list_tenants(req(conn, pb::ListTenantsRequest {})?)
+                .await
+                .map_err(|s| rpc_error("tenant quotas", s))?
+                .into_inner();
+            let base = current.tenants.iter().find(|t| t.name == name).and_then(|t| t.quotas);
+            let q = quotas_msg(&quotas, base.as_ref());
+            vec![c
+                .set_quotas(req(conn, pb::SetQuotasRequest { tenant: name, quotas: Some(q) })?)
+                .await
+                .map_err(|s| rpc_error("tenant quotas", s))?
+                .into_inner()]
+        }
+        TenantVerb::Token { name, rotate } => {
+            let t = c
+                .issue_token(req(conn, pb::IssueTokenRequest { tenant: name.clone(), rotate })?)
+                .await
+                .map_err(|s| rpc_error("tenant token", s))?
+                .into_inner();
+            let value = json!({"tenant": name, "token": t.token, "rotated": rotate});
+            return print(out, conn, &value, &[vec!["TOKEN".into()], vec![t.token]]);
+        }
+    };
+    let value = Json::Array(tenants.iter().map(tenant_json).collect());
+    let mut table = vec![header(&TENANT_HEADER)];
+    table.extend(tenants.iter().map(tenant_row));
+    print(out, conn, &value, &table)
+}
+
+async fn module(verb: ModuleVerb, conn: &Conn, out: &mut dyn Write) -> Result<(), CliError> {
+    let mut c = client(conn).await?;
+    let tenant = conn.tenant.clone();
+    let modules = match verb {
+        ModuleVerb::Upload { name, file } => {
+            let wasm = std::fs::read(&file)
+                .map_err(|e| CliError::Local(format!("cannot read {}: {e}", file.display())))?;
+            vec![c
+                .upload_module(req(conn, pb::UploadModuleRequest { tenant, name, wasm })?)
+                .await
+                .map_err(|s| rpc_error("module upload", s))?
+                .into_inner()]
+        }
+        ModuleVerb::List => {
+            c.list_modules(req(conn, pb::ListModulesRequest { tenant })?)
+                .await
+                .map_err(|s| rpc_error("module list", s))?
+                .into_inner()
+                .modules
+        }
+        ModuleVerb::Delete { name } => {
+            c.delete_module(req(conn, pb::ModuleRef { tenant, name: name.clone() })?)
+                .await
+                .map_err(|s| rpc_error("module delete", s))?;
+            return print(out, conn, &json!({"deleted": name}), &[vec![format!("deleted module {name}")]]);
+        }
+    };
+    let value = Json::Array(
+        modules
+            .iter()
+            .map(|m| json!({"tenant": m.tenant, "name": m.name, "size": m.size, "exports": m.exports}))
+            .collect(),
+    );
+    let mut table = vec![header(&["MODULE", "SIZE", "EXPORTS"])];
+    table.extend(modules.iter().map(|m| vec![m.name.clone(), m.size.to_string(), m.exports.join(",")]));
+    print(out, conn, &value, &table)
+}
+
+fn parse_arg(s: &str) -> Result<pb::Value, CliError> {
+    use pb::value::Value as V;
+    let bad = || CliError::Local(format!("bad argument {s:?}: use i32:5, i64:-1, f32:1.5 or f64:2"));
+    let (ty, v) = s.split_once(':').unwrap_or(("i32", s));
+    let value = match ty {
+        "i32" => V::I32(v.parse().map_err(|_| bad())?),
+        "i64" => V::I64(v.parse().map_err(|_| bad())?),
+        "f32" => V::F32(v.parse().map_err(|_| bad())?),
+        "f64" => V::F64(v.parse().map_err(|_| bad())?),
+        _ => return Err(bad()),
+    };
+    Ok(pb::Value { value: Some(value) })
+}
+
+fn value_json(v: &pb::Value) -> Json {
+    use pb::value::Value as V;
+    match v.value {
+        Some(V::I32(x)) => json!({"i32": x}),
+        Some(V::I64(x)) => json!({"i64": x}),
+        Some(V::F32(x)) => json!({"f32": x}),
+        Some(V::F64(x)) => json!({"f64": x}),
+        None => Json::Null,
+    }
+}
+
+fn state_name(state: i32) -> &'static str {
+    match pb::InstanceState::try_from(state) {
+        Ok(pb::InstanceState::Running) => "running",
+        Ok(pb::InstanceState::Trapped) => "trapped",
+        Ok(pb::InstanceState::Stopped) => "stopped",
+        _ => "unknown",
+    }
+}
+
+async fn instance(verb: InstanceVerb, conn: &Conn, out: &mut dyn Write) -> Result<(), CliError> {
+    let mut c = client(conn).await?;
+    let tenant = conn.tenant.clone();
+    let r = |name: String| pb::InstanceRef { tenant: tenant.clone(), name };
+    let instances = match verb {
+        InstanceVerb::Start { name, module, timeout_ms, max_memory } => {
+            let config = pb::InstanceConfig {
+                call_timeout_ms: timeout_ms.unwrap_or(0),
+                max_memory_bytes: max_memory.unwrap_or(0),
+            };
+            vec![c
+                .start_instance(req(
+                    conn,
+                    pb::StartInstanceRequest { tenant: tenant.clone(), module, name, config: Some(config) },
+                )?)
+                .await
+                .map_err(|s| rpc_error("instance start", s))?
+                .into_inner()]
+        }
+        InstanceVerb::Call { name, export, args } => {
+            let args = args.iter().map(|a| parse_arg(a)).collect::<Result<Vec<_>, _>>()?;
+            let res = c
+                .call_instance(req(
+                    conn,
+                    pb::CallInstanceRequest { tenant: tenant.clone(), instance: name, export, args },
+                )?)
+                .await
+                .map_err(|s| rpc_error("instance call", s))?
+                .into_inner();
+            let value = Json::Array(res.results.iter().map(value_json).collect());
+            let shown: Vec<String> = res.results.iter().map(|v| value_json(v).to_string()).collect();
+            return print(out, conn, &value, &[vec!["RESULTS".into()], vec![shown.join(" ")]]);
+        }
+        InstanceVerb::Stop { name } => {
+            c.stop_instance(req(conn, r(name.clone()))?).await.map_err(|s| rpc_error("instance stop", s))?;
+            return print(out, conn, &json!({"stopped": name}), &[vec![format!("stopped instance {name}")]]);
+        }
+        InstanceVerb::Restart { name } => vec![c
+            .restart_instance(req(conn, r(name))?)
+            .await
+            .map_err(|s| rpc_error("instance restart", s))?
+            .into_inner()],
+        InstanceVerb::Status { name } => vec![c
+            .get_instance(req(conn, r(name))?)
+            .await
+            .map_err(|s| rpc_error("instance status", s))?
+            .into_inner()],
+        InstanceVerb::List => {
+            c.list_instances(req(conn, pb::ListInstancesRequest { tenant: tenant.clone() })?)
+                .await
+                .map_err(|s| rpc_error("instance list", s))?
+                .into_inner()
+                .instances
+        }
+    };
+    let value = Json::Array(
+        instances
+            .iter()
+            .map(|i| json!({"tenant": i.tenant, "name": i.name, "module": i.module, "state": state_name(i.state), "calls": i.calls, "traps": i.traps, "restarts": i.restarts, "last_trap": i.last_trap}))
+            .collect(),
+    );
+    let mut table = vec![header(&["INSTANCE", "MODULE", "STATE", "CALLS", "TRAPS", "LAST TRAP"])];
+    table.extend(instances.iter().map(|i| {
+        vec![
+            i.name.clone(),
+            i.module.clone(),
+            state_name(i.state).into(),
+            i.calls.to_string(),
+            i.traps.to_string(),
+            i.last_trap.clone(),
+        ]
+    }));
+    print(out, conn, &value, &table)
+}
+
+fn region_json(r: &pb::Region) -> Json {
+    let mode = pb::Mode::try_from(r.mode).map_or("unknown", |m| m.as_str_name());
+    let backing = pb::Backing::try_from(r.backing).map_or("unknown", |b| b.as_str_name());
+    let policy = pb::ConflictPolicy::try_from(r.policy).map_or("unknown", |p| p.as_str_name());
+    json!({"tenant": r.tenant, "name": r.name, "size": r.size, "mode": mode, "policy": policy, "backing": backing, "version": r.version})
+}
+
+fn short(name: &str, prefix: &str) -> String {
+    name.strip_prefix(prefix).unwrap_or(name).to_lowercase().replace('_', "-")
+}
+
+fn parse_rights(s: &str) -> Result<u32, CliError> {
+    s.chars().try_fold(0u32, |acc, c| {
+        let bit = match c {
+            'r' => broker_abi::rights::READ,
+            'w' => broker_abi::rights::WRITE,
+            'm' => broker_abi::rights::MAP,
+            'g' => broker_abi::rights::GRANT,
+            'n' => broker_abi::rights::WATCH,
+            _ => return Err(CliError::Local(format!("bad right {c:?}: use letters of r, w, m, g, n"))),
+        };
+        Ok(acc | bit)
+    })
+}
+
+fn parse_hex(s: &str) -> Result<Vec<u8>, CliError> {
+    let bad = || CliError::Local(format!("bad hex {s:?}: use pairs of hex digits, e.g. 2a00ff"));
+    if !s.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|p| u8::from_str_radix(p, 16).ok()).ok_or_else(bad))
+        .collect()
+}
+
+async fn region(verb: RegionVerb, conn: &Conn, out: &mut dyn Write) -> Result<(), CliError> {
+    let mut c = client(conn).await?;
+    let tenant = conn.tenant.clone();
+    let rr = |name: String| pb::RegionRef { tenant: tenant.clone(), name };
+    let regions = match verb {
+        RegionVerb::Create { name, size, mode, policy, persistent } => {
+            let mode = match mode {
+                crate::Mode::Handle => pb::Mode::Handle,
+                crate::Mode::Mirror => pb::Mode::Mirror,
+                crate::Mode::Shared => pb::Mode::Shared,
+            };
+            let policy = match policy {
+                crate::mode::ConflictPolicy::Reject => pb::ConflictPolicy::Reject,
+                crate::mode::ConflictPolicy::LastWriterWins => pb::ConflictPolicy::LastWriterWins,
+                crate::mode::ConflictPolicy::Merge => pb::ConflictPolicy::Merge,
+            };
+            let backing = if persistent { pb::Backing::Persistent } else { pb::Backing::Ephemeral };
+            let msg = pb::CreateRegionRequest {
+                tenant: tenant.clone(),
+                name,
+                size,
+                mode: mode.into(),
+                policy: policy.into(),
+                backing: backing.into(),
+            };
+            vec![c
+                .create_region(req(conn, msg)?)
+                .await
+                .map_err(|s| rpc_error("region create", s))?
+                .into_inner()]
+        }
+        RegionVerb::List => {
+            c.list_regions(req(conn, pb::ListRegionsRequest { tenant: tenant.clone() })?)
+                .await
+                .map_err(|s| rpc_error("region list", s))?
+                .into_inner()
+                .regions
+        }
+        RegionVerb::Info { name } => vec![c
+            .get_region(req(conn, rr(name))?)
+            .await
+            .map_err(|s| rpc_error("region info", s))?
+            .into_inner()],
+        RegionVerb::Read { name, offset, len } => {
+            let res = c
+                .read_region(req(conn, pb::ReadRegionRequest { region: Some(rr(name)), offset, len })?)
+                .await
+                .map_err(|s| rpc_error("region read", s))?
+                .into_inner();
+            let hex: String = res.data.iter().map(|b| format!("{b:02x}")).collect();
+            return print(
+                out,
+                conn,
+                &json!({"version": res.version, "offset": offset, "hex": hex}),
+                &[vec![hex]],
+            );
+        }
+        RegionVerb::Write { name, offset, hex } => {
+            let data = parse_hex(&hex)?;
+            let res = c
+                .write_region(req(conn, pb::WriteRegionRequest { region: Some(rr(name)), offset, data })?)
+                .await
+                .map_err(|s| rpc_error("region write", s))?
+                .into_inner();
+            return print(
+                out,
+                conn,
+                &json!({"version": res.version}),
+                &[vec![format!("version {}", res.version)]],
+            );
+        }
+        RegionVerb::Grant { name, instance, rights, offset, len } => {
+            let rights = parse_rights(&rights)?;
+            let res = c
+                .grant(req(conn, pb::GrantRequest { region: Some(rr(name)), instance, rights, offset, len })?)
+                .await
+                .map_err(|s| rpc_error("region grant", s))?
+                .into_inner();
+            return print(
+                out,
+                conn,
+                &json!({"grant_id": res.grant_id}),
+                &[vec![format!("grant {}", res.grant_id)]],
+            );
+        }
+        RegionVerb::Revoke { name, grant } => {
+            c.revoke(req(conn, pb::RevokeRequest { region: Some(rr(name)), grant_id: grant.unwrap_or(0) })?)
+                .await
+                .map_err(|s| rpc_error("region revoke", s))?;
+            return print(out, conn, &json!({"revoked": grant.unwrap_or(0)}), &[vec!["revoked".into()]]);
+        }
+        RegionVerb::Destroy { name } => {
+            c.destroy_region(req(conn, rr(name.clone()))?)
+                .await
+                .map_err(|s| rpc_error("region destroy", s))?;
+            return print(
+                out,
+                conn,
+                &json!({"destroyed": name}),
+                &[vec![format!("destroyed region {name}")]],
+            );
+        }
+        RegionVerb::Flush { name } => {
+            let res = c
+                .flush_region(req(conn, rr(name))?)
+                .await
+                .map_err(|s| rpc_error("region flush", s))?
+                .into_inner();
+            let text = if res.persistent { "flushed" } else { "ephemeral region: nothing to flush" };
+            return print(out, conn, &json!({"persistent": res.persistent}), &[vec![text.into()]]);
+        }
+        RegionVerb::Watch { name, count } => {
+            let mut stream = c
+                .watch_region(req(conn, rr(name))?)
+                .await
+                .map_err(|s| rpc_error("region watch", s))?
+                .into_inner();
+            let mut seen = 0u64;
+            while count.is_none_or(|n| seen < n) {
+                let Some(e) = stream.message().await.map_err(|s| rpc_error("region watch", s))? else {
+                    break;
+                };
+                let value =
+                    json!({"version": e.version, "offset": e.offset, "len": e.len, "missed": e.missed});
+                print(
+                    out,
+                    conn,
+                    &value,
+                    &[vec![format!(
+                        "version {} offset {} len {} missed {}",
+                        e.version, e.offset, e.len, e.missed
+                    )]],
+                )?;
+                seen += 1;
+            }
+            return Ok(());
+        }
+    };
+    let value = Json::Array(regions.iter().map(region_json).collect());
+    let mut table = vec![header(&["REGION", "SIZE", "MODE", "POLICY", "BACKING", "VERSION"])];
+    table.extend(regions.iter().map(|r| {
+        vec![
+            r.name.clone(),
+            r.size.to_string(),
+            short(pb::Mode::try_from(r.mode).map_or("?", |m| m.as_str_name()), "MODE_"),
+            short(
+                pb::ConflictPolicy::try_from(r.policy).map_or("?", |p| p.as_str_name()),
+                "CONFLICT_POLICY_",
+            ),
+            short(pb::Backing::try_from(r.backing).map_or("?", |b| b.as_str_name()), "BACKING_"),
+            r.version.to_string(),
+        ]
+    }));
+    print(out, conn, &value, &table)
+}
+
+async fn stats(conn: &Conn, out: &mut dyn Write) -> Result<(), CliError> {
+    let mut c = client(conn).await?;
+    let s = c
+        .stats(req(conn, pb::StatsRequest { tenant: conn.tenant.clone() })?)
+        .await
+        .map_err(|s| rpc_error("stats", s))?
+        .into_inner();
+    let t = s.tenant.clone().unwrap_or_default();
+    let traffic = |tr: &Option<pb::Traffic>| {
+        let tr = (*tr).unwrap_or_default();
+        json!({"bytes_in": tr.bytes_in, "bytes_out": tr.bytes_out, "pages_refreshed": tr.pages_refreshed, "commits": tr.commits, "conflicts": tr.conflicts})
+    };
+    let value = json!({
+        "tenant": tenant_json(&t),
+        "regions": s.regions.iter().map(|r| json!({"name": r.name, "version": r.version, "traffic": traffic(&r.traffic)})).collect::<Vec<_>>(),
+        "instances": s.instances.iter().map(|i| json!({"name": i.name, "calls": i.calls, "traps": i.traps, "handles": i.handles, "traffic": traffic(&i.traffic)})).collect::<Vec<_>>(),
+    });
+    let mut table = vec![
+        header(&TENANT_HEADER),
+        tenant_row(&t),
+        vec![],
+        header(&["REGION", "VERSION", "BYTES IN", "BYTES OUT", "COMMITS", "CONFLICTS"]),
+    ];
+    for r in &s.regions {
+        let tr = r.traffic.unwrap_or_default();
+        table.push(vec![
+            r.name.clone(),
+            r.version.to_string(),
+            tr.bytes_in.to_string(),
+            tr.bytes_out.to_string(),
+            tr.commits.to_string(),
+            tr.conflicts.to_string(),
+        ]);
+    }
+    table.push(vec![]);
+    table.push(header(&["INSTANCE", "CALLS", "TRAPS", "HANDLES", "BYTES IN", "BYTES OUT"]));
+    for i in &s.instances {
+        let tr = i.traffic.unwrap_or_default();
+        table.push(vec![
+            i.name.clone(),
+            i.calls.to_string(),
+            i.traps.to_string(),
+            i.handles.to_string(),
+            tr.bytes_in.to_string(),
+            tr.bytes_out.to_string(),
+        ]);
+    }
+    print(out, conn, &value, &table)
+}

@@ -1,0 +1,19 @@
+//! The control plane: the gRPC API (`broker.v1`) through which operators and tenants drive the broker,
+//! its authentication, and the daemon's persistent state.
+//!
+//! [`ControlPlane`] holds the domain handle ([`crate::Broker`]), the token hashes and the state store;
+//! [`service::ControlService`] is the tonic adapter over it; [`server::serve`] runs the daemon.
+//! **Boundary:** protobuf types appear only in this module (and the generated `broker_proto::pb`);
+//! `status.rs` is the only place that maps errors to gRPC statuses.
+
+pub mod auth;
+pub mod cli;
+mod convert;
+pub mod server;
+pub mod service;
+pub mod status;
+pub mod store;
+
+pub use server::{serve, ServeConfig};
+pub use service::{ControlPlane, ControlService};
+pub use status::ApiError;

@@ -1,0 +1,162 @@
+//! The daemon: `broker serve` runs the gRPC API on a loopback address by default, with the health and
+//! reflection services, message-size and concurrency limits, and a graceful shutdown that stops
+//! accepting calls, drains those in flight and flushes persistent regions.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use broker_proto::pb;
+use serde::Deserialize;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use super::auth;
+use super::service::{ControlPlane, ControlService};
+use super::status::ApiError;
+
+/// Settings of `broker serve`, from a TOML file and flags (flags win).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where tenants, modules, region definitions, grants and persistent regions live; none means
+    /// nothing survives a restart.
+    pub state_dir: Option<PathBuf>,
+    /// The admin token itself (prefer `admin_token_file` or `BROKER_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+    /// A file holding the admin token.
+    pub admin_token_file: Option<PathBuf>,
+    /// Largest request or response message, in bytes.
+    pub max_message_bytes: usize,
+    /// Concurrent requests per connection.
+    pub concurrency_limit: usize,
+    /// Worker threads running instances (0: one per core, at least two).
+    pub workers: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> ServeConfig {
+        ServeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            state_dir: None,
+            admin_token: None,
+            admin_token_file: None,
+            max_message_bytes: 32 << 20,
+            concurrency_limit: 64,
+            workers: 0,
+        }
+    }
+}
+
+/// Why the daemon could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The config file is unreadable or invalid.
+    #[error("config {path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and field where TOML says so.
+        reason: String,
+    },
+    /// The admin token could not be read or created.
+    #[error("admin token: {0}")]
+    AdminToken(String),
+    /// The control plane could not start (state store, broker).
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The gRPC server failed.
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not be built.
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+impl ServeConfig {
+    /// Parses a TOML config file.
+    ///
+    /// # Errors
+    /// [`ServeError::Config`] naming the file and, from TOML, the line and field.
+    pub fn load(path: &Path) -> Result<ServeConfig, ServeError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ServeError::Config { path: path.to_owned(), reason: e.to_string() })?;
+        toml::from_str(&text).map_err(|e| ServeError::Config { path: path.to_owned(), reason: e.to_string() })
+    }
+
+    /// The admin token: from the config, its file, `BROKER_ADMIN_TOKEN`, or `<state-dir>/admin.token`
+    /// (created with a fresh random token on first start). Without any of these, a fresh token for this
+    /// run; the second value says where it came from, for the log.
+    ///
+    /// # Errors
+    /// [`ServeError::AdminToken`] if a named file cannot be read or the state dir not written.
+    pub fn admin_token(&self) -> Result<(String, String), ServeError> {
+        let err = |e: std::io::Error| ServeError::AdminToken(e.to_string());
+        if let Some(t) = &self.admin_token {
+            return Ok((t.trim().to_owned(), "the config file".into()));
+        }
+        if let Some(f) = &self.admin_token_file {
+            return Ok((std::fs::read_to_string(f).map_err(err)?.trim().to_owned(), f.display().to_string()));
+        }
+        if let Ok(t) = std::env::var("BROKER_ADMIN_TOKEN") {
+            return Ok((t.trim().to_owned(), "BROKER_ADMIN_TOKEN".into()));
+        }
+        let fresh = || auth::new_token().map_err(|e| ServeError::AdminToken(e.to_string()));
+        match &self.state_dir {
+            Some(dir) => {
+                let path = dir.join("admin.token");
+                if let Ok(t) = std::fs::read_to_string(&path) {
+                    return Ok((t.trim().to_owned(), path.display().to_string()));
+                }
+                std::fs::create_dir_all(dir).map_err(err)?;
+                let token = fresh()?;
+                write_private(&path, &token).map_err(err)?;
+                Ok((token, format!("{} (created)", path.display())))
+            }
+            None => Ok((fresh()?, "generated for this run".into())),
+        }
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then drains calls in flight and flushes
+/// every persistent region.
+///
+/// # Errors
+/// [`ServeError::Transport`] if the server fails, [`ServeError::Api`] if the final flush fails.
+pub async fn serve(
+    plane: Arc<ControlPlane>,
+    listener: tokio::net::TcpListener,
+    config: &ServeConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<pb::broker_server::BrokerServer<ControlService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let api = pb::broker_server::BrokerServer::new(ControlService::new(Arc::clone(&plane)))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    tracing::info!(addr = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "serving broker.v1");
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(config.concurrency_limit.max(1))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(api)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    let flushed = plane.broker().flush_all().map_err(ApiError::from)?;
+    tracing::info!(flushed, "drained; persistent regions flushed");
+    Ok(())
+}

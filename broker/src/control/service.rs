@@ -1,0 +1,838 @@
+//! The tonic implementation of `broker.v1.Broker` over [`ControlPlane`].
+//!
+//! Each RPC authenticates the caller, scopes the request to a tenant (a tenant token may only name its
+//! own tenant), validates every field into domain types, calls the broker (on a blocking thread when
+//! guest code runs), records the change in the state store, and converts the answer.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use broker_proto::pb;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::auth::{self, Auth, Identity};
+use super::convert::{self, quotas_from, quotas_to, usage_to};
+use super::status::ApiError;
+use super::store::{GrantRecord, InstanceRecord, RegionRecord, Store, TenantRecord};
+use crate::region::{Change, WatchId};
+use crate::{Backing, Broker, Error, GrantId, InstanceId, Quotas, RegionId, RegionSpec, Rights, TenantId};
+
+/// The longest region read the API serves in one message.
+pub const MAX_READ_BYTES: u64 = 16 << 20;
+
+/// Watch events buffered per stream before changes are merged.
+const WATCH_QUEUE: usize = 256;
+
+struct ApiGrant {
+    grant: GrantId,
+    region: RegionId,
+}
+
+/// The control plane's state: the broker, tokens, the state store and the API's grant ids.
+pub struct ControlPlane {
+    broker: Arc<Broker>,
+    auth: Auth,
+    store: Option<Store>,
+    state_dir: Option<PathBuf>,
+    grants: Mutex<HashMap<u64, ApiGrant>>,
+    next_grant: AtomicU64,
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn quotas_record(q: &Quotas) -> [u64; 5] {
+    [q.region_bytes, q.regions, q.instances, q.handles, q.memory_bytes]
+}
+
+fn record_quotas(r: &[u64; 5]) -> Quotas {
+    Quotas { region_bytes: r[0], regions: r[1], instances: r[2], handles: r[3], memory_bytes: r[4] }
+}
+
+fn split(key: &str) -> Option<(&str, &str)> {
+    key.split_once('/')
+}
+
+impl ControlPlane {
+    /// A control plane over `broker`, with `admin_token`; with a state dir, everything persisted there is
+    /// restored into the broker first (tenants, tokens, modules, regions, instances, grants).
+    ///
+    /// # Errors
+    /// [`ApiError::Store`] if the state store cannot be opened or read.
+    pub fn open(
+        broker: Arc<Broker>,
+        admin_token: &str,
+        state_dir: Option<PathBuf>,
+    ) -> ApiResult<ControlPlane> {
+        let store = match &state_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir.join("regions"))
+                    .map_err(|e| ApiError::Store(format!("{}: {e}", dir.display())))?;
+                Some(Store::open(dir)?)
+            }
+            None => None,
+        };
+        let cp = ControlPlane {
+            broker,
+            auth: Auth::new(auth::hash(admin_token)),
+            store,
+            state_dir,
+            grants: Mutex::new(HashMap::new()),
+            next_grant: AtomicU64::new(1),
+        };
+        cp.restore()?;
+        Ok(cp)
+    }
+
+    /// The broker this control plane drives.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    fn restore(&self) -> ApiResult<()> {
+        let Some(store) = &self.store else { return Ok(()) };
+        for (name, t) in store.tenants()? {
+            self.broker.create_tenant(&name, record_quotas(&t.quotas))?;
+            self.auth.set_tenant(&name, t.tokens.iter().filter_map(|h| auth::from_hex(h)).collect());
+        }
+        for (key, wasm) in store.modules()? {
+            let Some((t, m)) = split(&key) else { continue };
+            if let Some(tid) = self.broker.tenant_id(t) {
+                if let Err(e) = self.broker.load_module(tid, m, &wasm) {
+                    tracing::warn!(module = %key, error = %e, "could not restore module");
+                }
+            }
+        }
+        for (key, r) in store.regions()? {
+            let Some((t, n)) = split(&key) else { continue };
+            let Some(tid) = self.broker.tenant_id(t) else { continue };
+            let (Ok(mode), Ok(policy)) = (r.mode.parse(), r.policy.parse()) else { continue };
+            let mut spec = RegionSpec::new(n, r.size, mode).with_policy(policy);
+            if r.persistent {
+                spec = spec.persistent(self.region_path(t, n)?);
+            }
+            if let Err(e) = self.broker.create_region(tid, spec) {
+                tracing::warn!(region = %key, error = %e, "could not restore region");
+            }
+        }
+        for (key, r) in store.instances()? {
+            let Some((t, n)) = split(&key) else { continue };
+            let Some(tid) = self.broker.tenant_id(t) else { continue };
+            let config = crate::InstanceConfig {
+                call_timeout: std::time::Duration::from_millis(r.call_timeout_ms),
+                max_memory_bytes: r.max_memory_bytes,
+            };
+            if let Err(e) = self.broker.start_instance(tid, &r.module, n, config) {
+                tracing::warn!(instance = %key, error = %e, "could not restart instance");
+            }
+        }
+        let grants = store.grants()?;
+        let max_id = grants.iter().map(|(id, _)| *id).max().unwrap_or(0);
+        self.next_grant.store(max_id + 1, Ordering::Relaxed);
+        for (id, g) in grants {
+            if let Err(e) = self.apply_grant(id, &g) {
+                tracing::warn!(grant = id, error = %e, "could not restore grant");
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_grant(&self, id: u64, g: &GrantRecord) -> ApiResult<()> {
+        let rt = self.tenant_id(&g.region_tenant)?;
+        let region = self.region_id(rt, &g.region)?;
+        let it = self.tenant_id(&g.instance_tenant)?;
+        let instance = self.instance_id(it, &g.instance)?;
+        let rights = Rights::from_bits(g.rights).ok_or(ApiError::InvalidField {
+            field: "rights",
+            reason: format!("unknown bits {:#x}", g.rights),
+        })?;
+        let grant = self.broker.grant(region, instance, rights, g.offset, g.len)?;
+        self.grants.lock().insert(id, ApiGrant { grant, region });
+        Ok(())
+    }
+
+    fn region_path(&self, tenant: &str, name: &str) -> ApiResult<PathBuf> {
+        let dir = self
+            .state_dir
+            .as_ref()
+            .ok_or_else(|| {
+                ApiError::Precondition("persistent regions need the daemon to run with --state-dir".into())
+            })?
+            .join("regions")
+            .join(tenant);
+        std::fs::create_dir_all(&dir).map_err(|e| ApiError::Store(format!("{}: {e}", dir.display())))?;
+        Ok(dir.join(format!("{name}.region")))
+    }
+
+    fn identify<T>(&self, req: &Request<T>) -> ApiResult<Identity> {
+        self.auth.identify(req.metadata())
+    }
+
+    fn admin(who: &Identity) -> ApiResult<()> {
+        match who {
+            Identity::Admin => Ok(()),
+            Identity::Tenant(_) => Err(ApiError::PermissionDenied("this call needs the admin token".into())),
+        }
+    }
+
+    fn tenant_id(&self, name: &str) -> ApiResult<TenantId> {
+        self.broker.tenant_id(name).ok_or_else(|| Error::TenantNotFound(name.to_owned()).into())
+    }
+
+    /// The tenant a request acts on: the named one for the admin, the caller's own for a tenant.
+    fn scope(&self, who: &Identity, tenant: &str) -> ApiResult<(TenantId, String)> {
+        let name = match who {
+            Identity::Admin if tenant.is_empty() => return Err(ApiError::MissingField("tenant")),
+            Identity::Admin => tenant,
+            Identity::Tenant(own) if tenant.is_empty() || tenant == own => own.as_str(),
+            Identity::Tenant(_) => {
+                return Err(ApiError::PermissionDenied(
+                    "a tenant token may only act on its own tenant".into(),
+                ));
+            }
+        };
+        Ok((self.tenant_id(name)?, name.to_owned()))
+    }
+
+    fn region_id(&self, tenant: TenantId, name: &str) -> ApiResult<RegionId> {
+        if name.is_empty() {
+            return Err(ApiError::MissingField("region.name"));
+        }
+        self.broker.region_id(tenant, name).ok_or_else(|| Error::RegionNotFound(name.to_owned()).into())
+    }
+
+    fn instance_id(&self, tenant: TenantId, name: &str) -> ApiResult<InstanceId> {
+        if name.is_empty() {
+            return Err(ApiError::MissingField("instance"));
+        }
+        self.broker.instance_id(tenant, name).ok_or_else(|| Error::InstanceNotFound(name.to_owned()).into())
+    }
+
+    fn region_ref(
+        &self,
+        who: &Identity,
+        r: Option<&pb::RegionRef>,
+    ) -> ApiResult<(TenantId, String, RegionId)> {
+        let r = r.ok_or(ApiError::MissingField("region"))?;
+        let (tid, tname) = self.scope(who, &r.tenant)?;
+        Ok((tid, tname, self.region_id(tid, &r.name)?))
+    }
+
+    fn save_tenant(&self, name: &str) -> ApiResult<()> {
+        let Some(store) = &self.store else { return Ok(()) };
+        let tid = self.tenant_id(name)?;
+        let quotas = self.broker.tenant_info(tid)?.quotas;
+        let tokens = self.auth.tenant_hashes(name).iter().map(auth::to_hex).collect();
+        store.put_tenant(name, &TenantRecord { quotas: quotas_record(&quotas), tokens })
+    }
+
+    fn tenant_msg(&self, tid: TenantId) -> ApiResult<pb::Tenant> {
+        let t = self.broker.tenant_info(tid)?;
+        Ok(pb::Tenant { name: t.name, quotas: Some(quotas_to(&t.quotas)), usage: Some(usage_to(&t.usage)) })
+    }
+
+    fn region_msg(&self, tenant: &str, id: RegionId) -> ApiResult<pb::Region> {
+        let info = self.broker.region_info(id)?;
+        let backing = match info.backing {
+            Backing::Ephemeral => pb::Backing::Ephemeral,
+            Backing::Persistent(_) => pb::Backing::Persistent,
+        };
+        Ok(pb::Region {
+            tenant: tenant.to_owned(),
+            name: info.name,
+            size: info.size,
+            mode: convert::mode_to(info.mode).into(),
+            policy: convert::policy_to(info.policy).into(),
+            backing: backing.into(),
+            version: info.version,
+        })
+    }
+
+    fn drop_grants_where(&self, pred: impl Fn(&ApiGrant) -> bool) -> ApiResult<()> {
+        let ids: Vec<u64> = {
+            let mut grants = self.grants.lock();
+            let ids: Vec<u64> = grants.iter().filter(|(_, g)| pred(g)).map(|(id, _)| *id).collect();
+            for id in &ids {
+                grants.remove(id);
+            }
+            ids
+        };
+        match &self.store {
+            Some(store) if !ids.is_empty() => store.delete_grants(&ids),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The tonic service: a cheap handle over a shared [`ControlPlane`].
+#[derive(Clone)]
+pub struct ControlService {
+    plane: Arc<ControlPlane>,
+}
+
+impl ControlService {
+    /// Wraps a control plane.
+    pub fn new(plane: Arc<ControlPlane>) -> ControlService {
+        ControlService { plane }
+    }
+}
+
+/// Runs blocking broker work (guest code) off the async executor.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Store(format!("worker task failed: {e}")))?
+}
+
+fn ok<T>(r: ApiResult<T>) -> Result<Response<T>, Status> {
+    r.map(Response::new).map_err(Status::from)
+}
+
+/// A server stream of region changes that unregisters its watcher when the client goes away.
+pub struct WatchStream {
+    rx: mpsc::Receiver<Result<pb::RegionEvent, Status>>,
+    broker: Arc<Broker>,
+    region: RegionId,
+    watch: WatchId,
+}
+
+impl Stream for WatchStream {
+    type Item = Result<pb::RegionEvent, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        self.broker.unwatch_region(self.region, self.watch);
+    }
+}
+
+#[tonic::async_trait]
+impl pb::broker_server::Broker for ControlService {
+    async fn create_tenant(
+        &self,
+        req: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let p = &self.plane;
+        ok((|| {
+            Self::check_admin(p, &req)?;
+            let r = req.get_ref();
+            let quotas = r.quotas.as_ref().map_or_else(Quotas::default, quotas_from);
+            let tid = p.broker.create_tenant(&r.name, quotas)?;
+            p.auth.set_tenant(&r.name, Vec::new());
+            p.save_tenant(&r.name)?;
+            tracing::info!(tenant = %r.name, "tenant created");
+            p.tenant_msg(tid)
+        })())
+    }
+
+    async fn set_quotas(&self, req: Request<pb::SetQuotasRequest>) -> Result<Response<pb::Tenant>, Status> {
+        let p = &self.plane;
+        ok((|| {
+            Self::check_admin(p, &req)?;
+            let r = req.get_ref();
+            let q = r.quotas.as_ref().ok_or(ApiError::MissingField("quotas"))?;
+            let tid = p.tenant_id(&r.tenant)?;
+            p.broker.set_quotas(tid, quotas_from(q))?;
+            p.save_tenant(&r.tenant)?;
+            p.tenant_msg(tid)
+        })())
+    }
+
+    async fn list_tenants(
+        &self,
+        req: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        let p = &self.plane;
+        ok((|| {
+            let who = p.identify(&req)?;
+            let tenants = p
+                .broker
+                .tenants()
+                .into_iter()
+                .filter(|t| match &who {
+                    Identity::Admin => true,
+                    Identity::Tenant(own) => &t.name == own,
+                })
+                .map(|t| pb::Tenant {
+                    name: t.name,
+                    quotas: Some(quotas_to(&t.quotas)),
+                    usage: Some(usage_to(&t.usage)),
+                })
+                .collect();
+            Ok(pb::ListTenantsResponse { tenants })
+        })())
+    }
+
+    async fn issue_token(
+        &self,
+        req: Request<pb::IssueTokenRequest>,
+    ) -> Result<Response<pb::IssueTokenResponse>, Status> {
+        let p = &self.plane;
+        ok((|| {
+            Self::check_admin(p, &req)?;
+            let r = req.get_ref();
+            p.tenant_id(&r.tenant)?;
+            let token = auth::new_token()?;
+            let mut hashes = if r.rotate { Vec::new() } else { p.auth.tenant_hashes(&r.tenant) };
+            hashes.push(auth::hash(&token));
+            p.auth.set_tenant(&r.tenant, hashes);
+            p.save_tenant(&r.tenant)?;
+            tracing::info!(tenant = %r.tenant, rotate = r.rotate, "token issued");
+            Ok(pb::IssueTokenResponse { token })
+        })())
+    }
+
+    async fn upload_module(
+        &self,
+        req: Request<pb::UploadModuleRequest>,
+    ) -> Result<Response<pb::Module>, Status> {
+        let p = &self.plane;
+        ok((|| {
+            let who = p.identify(&req)?;
+            let r = req.get_ref();
+            let (tid, tname) = p.scope(&who, &r.tenant)?;
+            if r.wasm.is_empty() {
+                return Err(ApiError::MissingField("wasm"));
+            }
+            p.broker.load_module(tid, &r.name, &r.wasm)?;
+            if let Some(store) = &p.store {
+                store.put_module(&format!("{tname}/{}", r.name), &r.wasm)?;
+            }
+            let info = p.broker.modules(tid).into_iter().find(|m| m.name == r.name);
+            let (size, exports) = info.map_or((0, Vec::new()), |m| (m.size, m.exports));
+            Ok(pb::Module { tenant: tname, name: r.name.clone(), size, exports })
+        })())
+    }
+
+    async fn list_modules(
+        &self,
+        req: Request<pb::ListModulesRequest>,
+    ) -> Result<Response<pb::ListModulesResponse>, Status> {
+        let p = &self.plane;
+        ok((|| {
+            let who = p.identify(&req)?;
+            let (tid, tname) = p.scope(&who, &req.get_ref().tenant)?;
+            let modules = p
+                .broker
+                .modules(tid)
+                .into_iter()
+                .map(|m| pb::Module { tenant: tname.clone(), name: m.name, size: m.size, exports: m.exports })
+                .collect();
+            Ok(pb::ListModulesResponse { modules })
+        })())
+    }
+
+    async fn delete_module(&self, req: Request<pb::ModuleRef>) -> Result<Response<pb::Empty>, Status> {
+        let p = &self.plane;
+        ok((|| {
+            let who = p.identify(&req)?;
+            let r = req.get_ref();
+            let (tid, tname) = p.scope(&who, &r.tenant)?;
+            p.broker.unload_module(tid, &r.name)?;
+            if let Some(store) = &p.store {
+                store.delete_module(&format!("{tname}/{}", r.name))?;
+            }
+            Ok(pb::Empty {})
+        })())
+    }
+
+    async fn start_instance(
+        &self,
+        req: Request<pb::StartInstanceRequest>,
+    ) -> Result<Response<pb::Instance>, Status> {
+        let p = Arc::clone(&self.plane);
+        ok(blocking(move || {
+            let who = p.identify(&req)?;
+            let r = req.get_ref();
+            let (tid, tname) = p.scope(&who, &r.tenant)?;
+            let config = convert::instance_config_from(r.config.as_ref())?;
+            let id = p.broker.start_instance(tid, &r.module, &r.name, config.clone())?;
+            if let Some(store) = &p.store {
+                let rec = InstanceRecord {
+                    module: r.module.clone(),
+                    call_timeout_ms: u64::try_from(config.call_timeout.as_millis()).unwrap_or(u64::MAX),
+                    max_memory_bytes: config.max_memory_bytes,
+                };
+                store.put_instance(&format!("{tname}/{}", r.name), &rec)?;
+            }
+            Ok(convert::instance_to(&tname, &r.name, &p.broker.instance_info(id)?.status))
+        })
+        .await)
+    }
+
+    async fn call_instance(
+        &self,
+        req: Request<pb::CallInstanceRequest>,
+    ) -> Result<Response<pb::CallInstanceResponse>, Status> {
+        let p = Arc::clone(&self.plane);
+        ok(blocking(move || {
+            let who = p.identify(&req)?;
+            let r = req.get_ref();
+            let (tid, _) = p.scope(&who, &r.tenant)?;
+            let id = p.instance_id(tid, &r.instance)?;
+            if r.export.is_empty() {
+                return Err(ApiError::MissingField("export"));
+            }
+            let args = r.args.iter().map(convert::value_from).collect::<ApiResult<Vec<_>>>()?;
+            let results = p.broker.call(id, &r.export, &args)?;
+            Ok(pb::CallInstanceResponse {
+                results: results.iter().map(convert::value_to).collect::<ApiResult<_>>()?,
+            })
+        })
+        .await)
+    }
+
+    async fn stop_instance(&self, req: Request<pb::InstanceRef>) -> Result<Response<pb::Empty>, Status> {
+        let p = Arc::clone(&self.plane);
+        ok(blocking(move || {
+            let who = p.identify(&req)?;
+            let r = req.get_ref();
+            let (tid, tname) = p.scope(&who, &r.tenant)?;
+            let id = p.instance_id(tid, &r.name)?;
+            p.broker.stop_instance(id)?;
+            if let Some(store) = &p.store {
+                store.delete_instance(&format!("{tname}/{}", r.name))?;
+            }
+            p.forget_grants_to(&tname, &r.name)?;
+            Ok(pb::Empty {})
+        })
+        .await)
+    }
+
+    async fn restart_instance(
+        &self,
+        req: Request<pb::InstanceRef>,
+    ) -> Result<Response<pb::Instance>, Status> {
+        let p = Arc::clone(&self.plane);
+        ok(blocking(move || {
+            let who = p.identify(&req)?;
+            let r = req.get_ref();
+            let (tid, tname) = p.scope(&who, &r.tenant)?;
+            let id = p.instance_id(tid, &r.name)?;
+            p.broker.restart_instance(id)?;
+            // A restart drops every capability the instance held: give it its API grants back.
+            p.reapply_grants_to(&tname, &r.name)?;
+            Ok(convert::instance_to(&tname, &r.name, &p.broker.instance_info(id)?.status))
+        })
+        .await)
+    }
+
+    async fn get_instance(&self, req: Request<pb::InstanceRef>) -> Result<Response<pb::Instance>, Status> {
+        let p = &self.plane;
+        ok((|| {
+            let who = p.identify(&req)?;
+            let r = req.get_ref();
+            let (tid, tname) = p.scope(&who, &r.tenant)?;
+            let id = p.instance_id(tid, &r.name)?;
+            Ok(convert::instance_to(&tname, &r.name, &p.broker.instance_info(id)?.status))
+        })())
+    }
+
+    async fn list_instances(
+        &self,
+        req: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        let p = &self.plane;
+        ok((|| {
+            let who = p.identify(&req)?;
+            let (tid, tname) = p.scope(&who, &req.get_ref().tenant)?;
+            let instances = p
+                .broker
+                .instances(tid)
+                .iter()
+                .map(|i| convert::instance_to(&tname, &i.name, &i.status))
+                .collect();
+            Ok(pb::ListInstancesResponse { instances })
+        })())
+    }
+
+    async fn create_region(
+        &self,
+        req: Request<pb::CreateRegionRequest>,
+    ) -> Result<Response<pb::Region>, Status> {
+        let p = &self.plane;
+        ok((|| {
+            let who = p.identify(&req)?;
+            let r = req.get_ref();
+            let (tid, tname) = p.scope(&who, &r.tenant)?;
+            let mode = convert::mode_from(r.mode)?;
+            let policy = convert::policy_from(r.policy)?;
+            let persistent = convert::persistent_from(r.backing)?;
+            if r.size == 0 {
+                return Err(ApiError::InvalidField {
+                    field: "size",
+                    reason: "must be at least 1 byte".into(),
+                });
+            }
+            crate::name::Name::new(&r.name)
+                .map_err(|e| ApiError::InvalidField { field: "name", reason: e.to_string() })?;
+            let mut spec = RegionSpec::new(r.name.clone(), r.size, mode).with_policy(policy);
+            if persistent {
+                spec = spec.persistent(p.region_path(&tname, &r.name)?);
+            }
+            let id = p.broker.create_region(tid, spec)?;
+            if let Some(store) = &p.store {
+                let rec = RegionRecord {
+                    size: r.size,
+                    mode: mode.to_string(),
+                    policy: policy.to_string(),
+                    persistent,
+                };
+                store.put_region(&format!("{tname}/{}", r.name), &rec)?;
+            }
+            p.region_msg(&tname, id)
+        })())
+    }
+
+    async fn get_region(&self, req: Request<pb::RegionRef>) -> Result<Response<pb::Region>, Status> {
+        let p = &self.plane;
+        ok((|| {
+            let who = p.identify(&req)?;
+            let (_, tname, id) = p.region_ref(&who, Some(req.get_ref()))?;
+            p.region_msg(&tname, id)
+        })())
+    }
+
+    async fn list_regions(
+        &self,
+        req: Request<pb::ListRegionsRequest>,
+    ) -> Result<Response<pb::ListRegionsResponse>, Status> {
+        let p = &self.plane;
+        ok((|| {
+            let who = p.identify(&req)?;
+            let (tid, tname) = p.scope(&who, &req.get_ref().tenant)?;
+            let regions =
+                p.broker.regions(tid).iter().map(|r| p.region_msg(&tname, r.id)).collect::<ApiResult<_>>()?;
+            Ok(pb::ListRegionsResponse { regions })
+        })())
+    }
+
+    async fn read_region(
+        &self,
+        req: Request<pb::ReadRegionRequest>,
+    ) -> Result<Response<pb::ReadRegionResponse>, Status> {
+        let p = &self.plane;
+        ok((|| {
+            let who = p.identify(&req)?;
+            let r = req.get_ref();
+            let (_, _, id) = p.region_ref(&who, r.region.as_ref())?;
+            if r.len > MAX_READ_BYTES {
+                return Err(ApiError::InvalidField {
+                    field: "len",
+                    reason: format!("at most {MAX_READ_BYTES} bytes per read"),
+                });
+            }
+            let mut data = vec![0u8; usize::try_from(r.len).unwrap_or(0)];
+            p.broker.read_region(id, r.offset, &mut data)?;
+            Ok(pb::ReadRegionResponse { data, version: p.broker.region_info(id)?.version })
+        })())
+    }
+
+    async fn write_region(
+        &self,
+        req: Request<pb::WriteRegionRequest>,
+    ) -> Result<Response<pb::WriteRegionResponse>, Status> {
+        let p = &self.plane;
+        ok((|| {
+            let who = p.identify(&req)?;
+            let r = req.get_ref();
+            let (_, _, id) = p.region_ref(&who, r.region.as_ref())?;
+            let version = p.broker.write_region(id, r.offset, &r.data)?;
+            Ok(pb::WriteRegionResponse { version })
+        })())
+    }
+
+    async fn grant(&self, req: Request<pb::GrantRequest>) -> Result<Response<pb::GrantResponse>, Status> {
+        let p = &self.plane;
+        ok((|| {
+            let who = p.identify(&req)?;
+            let r = req.get_ref();
+            let (_, rtenant, region) = p.region_ref(&who, r.region.as_ref())?;
+            let (itenant, iname) = match r.instance.split_once('/') {
+                Some((t, n)) => (t.to_owned(), n.to_owned()),
+                None => (rtenant.clone(), r.instance.clone()),
+            };
+            let rec = GrantRecord {
+                region_tenant: rtenant,
+                region: r.region.as_ref().map(|x| x.name.clone()).unwrap_or_default(),
+                instance_tenant: itenant,
+                instance: iname,
+                rights: r.rights,
+                offset: r.offset,
+                len: r.len,
+            };
+            let id = p.next_grant.fetch_add(1, Ordering::Relaxed);
+            p.apply_grant(id, &rec)?;
+            if let Some(store) = &p.store {
+                store.put_grant(id, &rec)?;
+            }
+            let _ = region;
+            Ok(pb::GrantResponse { grant_id: id })
+        })())
+    }
+
+    async fn revoke(&self, req: Request<pb::RevokeRequest>) -> Result<Response<pb::Empty>, Status> {
+        let p = &self.plane;
+        ok((|| {
+            let who = p.identify(&req)?;
+            let r = req.get_ref();
+            let (_, _, region) = p.region_ref(&who, r.region.as_ref())?;
+            if r.grant_id == 0 {
+                p.broker.revoke_all(region)?;
+                return p.drop_grants_where(|g| g.region == region).map(|()| pb::Empty {});
+            }
+            let grant = {
+                let grants = p.grants.lock();
+                match grants.get(&r.grant_id) {
+                    Some(g) if g.region == region => g.grant,
+                    _ => return Err(Error::GrantNotFound(r.grant_id).into()),
+                }
+            };
+            // The grant may already be gone (its instance restarted or stopped): forget it either way.
+            let _ = p.broker.revoke_grant(grant);
+            let id = r.grant_id;
+            p.drop_grants_where(|g| g.grant == grant).map(|()| {
+                tracing::info!(grant = id, "grant revoked");
+                pb::Empty {}
+            })
+        })())
+    }
+
+    async fn destroy_region(&self, req: Request<pb::RegionRef>) -> Result<Response<pb::Empty>, Status> {
+        let p = &self.plane;
+        ok((|| {
+            let who = p.identify(&req)?;
+            let r = req.get_ref();
+            let (_, tname, id) = p.region_ref(&who, Some(r))?;
+            let backing = p.broker.region_info(id)?.backing;
+            p.broker.destroy_region(id)?;
+            p.drop_grants_where(|g| g.region == id)?;
+            if let Some(store) = &p.store {
+                store.delete_region(&format!("{tname}/{}", r.name))?;
+            }
+            if let Backing::Persistent(path) = backing {
+                let _ = std::fs::remove_file(path);
+            }
+            Ok(pb::Empty {})
+        })())
+    }
+
+    async fn flush_region(
+        &self,
+        req: Request<pb::RegionRef>,
+    ) -> Result<Response<pb::FlushRegionResponse>, Status> {
+        let p = Arc::clone(&self.plane);
+        ok(blocking(move || {
+            let who = p.identify(&req)?;
+            let (_, _, id) = p.region_ref(&who, Some(req.get_ref()))?;
+            Ok(pb::FlushRegionResponse { persistent: p.broker.flush_region(id)? })
+        })
+        .await)
+    }
+
+    type WatchRegionStream = WatchStream;
+
+    async fn watch_region(&self, req: Request<pb::RegionRef>) -> Result<Response<WatchStream>, Status> {
+        let p = &self.plane;
+        ok((|| {
+            let who = p.identify(&req)?;
+            let (_, tname, id) = p.region_ref(&who, Some(req.get_ref()))?;
+            let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+            let missed = Arc::new(AtomicU64::new(0));
+            let region_name = req.get_ref().name.clone();
+            let watch = p.broker.watch_region(
+                id,
+                Arc::new(move |c: &Change| {
+                    let event = pb::RegionEvent {
+                        tenant: tname.clone(),
+                        region: region_name.clone(),
+                        version: c.version,
+                        offset: c.offset,
+                        len: c.len,
+                        missed: missed.swap(0, Ordering::Relaxed),
+                    };
+                    // Never block the writer: a slow client loses events, counted in the next one.
+                    if let Err(mpsc::error::TrySendError::Full(Ok(e))) = tx.try_send(Ok(event)) {
+                        missed.fetch_add(1 + e.missed, Ordering::Relaxed);
+                    }
+                }),
+            )?;
+            Ok(WatchStream { rx, broker: Arc::clone(&p.broker), region: id, watch })
+        })())
+    }
+
+    async fn stats(&self, req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+        let p = &self.plane;
+        ok((|| {
+            let who = p.identify(&req)?;
+            let (tid, _) = p.scope(&who, &req.get_ref().tenant)?;
+            let regions = p
+                .broker
+                .regions(tid)
+                .into_iter()
+                .map(|r| {
+                    let traffic = p.broker.region_traffic(r.id).ok();
+                    pb::RegionStats {
+                        name: r.name,
+                        version: r.version,
+                        traffic: traffic.as_ref().map(convert::traffic_to),
+                    }
+                })
+                .collect();
+            let instances = p
+                .broker
+                .instances(tid)
+                .into_iter()
+                .map(|i| pb::InstanceStats {
+                    name: i.name,
+                    calls: i.status.calls,
+                    traps: i.status.traps,
+                    handles: p.broker.handle_count(i.id).map_or(0, |n| u64::try_from(n).unwrap_or(u64::MAX)),
+                    traffic: p.broker.instance_traffic(i.id).ok().as_ref().map(convert::traffic_to),
+                })
+                .collect();
+            Ok(pb::StatsResponse { tenant: Some(p.tenant_msg(tid)?), regions, instances })
+        })())
+    }
+}
+
+impl ControlService {
+    fn check_admin<T>(p: &ControlPlane, req: &Request<T>) -> ApiResult<()> {
+        ControlPlane::admin(&p.identify(req)?)
+    }
+}
+
+impl ControlPlane {
+    fn stored_grants_to(&self, tenant: &str, instance: &str) -> ApiResult<Vec<(u64, GrantRecord)>> {
+        let Some(store) = &self.store else { return Ok(Vec::new()) };
+        Ok(store
+            .grants()?
+            .into_iter()
+            .filter(|(_, g)| g.instance_tenant == tenant && g.instance == instance)
+            .collect())
+    }
+
+    fn forget_grants_to(&self, tenant: &str, instance: &str) -> ApiResult<()> {
+        let ids: Vec<u64> = self.stored_grants_to(tenant, instance)?.into_iter().map(|(id, _)| id).collect();
+        self.grants.lock().retain(|id, _| !ids.contains(id));
+        match &self.store {
+            Some(store) if !ids.is_empty() => store.delete_grants(&ids),
+            _ => Ok(()),
+        }
+    }
+
+    fn reapply_grants_to(&self, tenant: &str, instance: &str) -> ApiResult<()> {
+        for (id, g) in self.stored_grants_to(tenant, instance)? {
+            self.apply_grant(id, &g)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,95 @@
+//! The control plane's error, and the only place that maps errors to gRPC statuses.
+
+use tonic::{Code, Status};
+
+use crate::capability::CapError;
+use crate::region::RegionError;
+use crate::runtime::InstanceError;
+use crate::Error;
+
+/// Why a control-plane request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No token, or a token the broker does not know.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// The token is valid but does not allow this request.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A required field is missing.
+    #[error("missing field `{0}`")]
+    MissingField(&'static str),
+    /// A field has a value the broker cannot accept.
+    #[error("invalid field `{field}`: {reason}")]
+    InvalidField {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The request needs something the server is not configured for.
+    #[error("{0}")]
+    Precondition(String),
+    /// The broker refused the operation.
+    #[error(transparent)]
+    Broker(#[from] Error),
+    /// The state store failed.
+    #[error("state store: {0}")]
+    Store(String),
+}
+
+impl From<redb::Error> for ApiError {
+    fn from(e: redb::Error) -> ApiError {
+        ApiError::Store(e.to_string())
+    }
+}
+
+fn code_of(e: &Error) -> Code {
+    match e {
+        Error::InvalidName { .. } | Error::InvalidArgument { .. } | Error::InvalidModule { .. } => {
+            Code::InvalidArgument
+        }
+        Error::TenantNotFound(_)
+        | Error::ModuleNotFound(_)
+        | Error::InstanceNotFound(_)
+        | Error::RegionNotFound(_)
+        | Error::GrantNotFound(_) => Code::NotFound,
+        Error::TenantExists(_)
+        | Error::ModuleExists(_)
+        | Error::InstanceExists(_)
+        | Error::RegionExists(_) => Code::AlreadyExists,
+        Error::ModeNotSupported(_) => Code::InvalidArgument,
+        Error::Quota(_) => Code::ResourceExhausted,
+        Error::Region(RegionError::Os { .. }) => Code::Internal,
+        Error::Region(_) => Code::InvalidArgument,
+        Error::Capability(c) => match c {
+            CapError::Quota(_) | CapError::TableFull => Code::ResourceExhausted,
+            CapError::PermissionDenied { .. } => Code::PermissionDenied,
+            CapError::Escalation { .. } | CapError::OutOfBounds { .. } => Code::InvalidArgument,
+            CapError::InvalidHandle(_) | CapError::StaleHandle(_) | CapError::Gone => Code::NotFound,
+        },
+        Error::Instance(i) => match i {
+            InstanceError::NotRunning { .. } => Code::FailedPrecondition,
+            InstanceError::NoSuchExport(_) => Code::NotFound,
+            InstanceError::BadArguments { .. } | InstanceError::Instantiate(_) => Code::InvalidArgument,
+            InstanceError::Trapped { .. } | InstanceError::Interrupted { .. } | InstanceError::Killed => {
+                Code::Aborted
+            }
+            InstanceError::ShuttingDown => Code::Unavailable,
+        },
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let code = match &e {
+            ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::PermissionDenied(_) => Code::PermissionDenied,
+            ApiError::MissingField(_) | ApiError::InvalidField { .. } => Code::InvalidArgument,
+            ApiError::Precondition(_) => Code::FailedPrecondition,
+            ApiError::Broker(b) => code_of(b),
+            ApiError::Store(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}

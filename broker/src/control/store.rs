@@ -1,0 +1,279 @@
+//! The persistent state of a broker daemon: an embedded ACID store (redb) of tenants (quotas and token
+//! hashes), modules (wasm bytes), region definitions, instances and grants, under `--state-dir`.
+//!
+//! Persistent regions' bytes are not here: each is a file under `<state-dir>/regions/`, mapped shared
+//! and made durable by `FlushRegion`. Every mutation is one redb write transaction, committed before
+//! the RPC answers, so an acknowledged change survives a crash.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::status::ApiError;
+
+const TENANTS: TableDefinition<&str, &str> = TableDefinition::new("tenants");
+const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("modules");
+const REGIONS: TableDefinition<&str, &str> = TableDefinition::new("regions");
+const INSTANCES: TableDefinition<&str, &str> = TableDefinition::new("instances");
+const GRANTS: TableDefinition<u64, &str> = TableDefinition::new("grants");
+
+/// A tenant's persisted state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TenantRecord {
+    /// Quotas: region bytes, regions, instances, handles, memory bytes.
+    pub quotas: [u64; 5],
+    /// Hex SHA-256 hashes of the tenant's tokens.
+    pub tokens: Vec<String>,
+}
+
+/// A region definition.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RegionRecord {
+    /// Size in bytes.
+    pub size: u64,
+    /// `handle`, `mirror` or `shared`.
+    pub mode: String,
+    /// `reject`, `last-writer-wins` or `merge`.
+    pub policy: String,
+    /// Whether the bytes live in a file under the state dir.
+    pub persistent: bool,
+}
+
+/// An instance definition, restarted when the daemon starts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstanceRecord {
+    /// The module it runs.
+    pub module: String,
+    /// Call deadline in milliseconds.
+    pub call_timeout_ms: u64,
+    /// Linear-memory cap in bytes.
+    pub max_memory_bytes: u64,
+}
+
+/// A grant made through the API, re-applied when the daemon starts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GrantRecord {
+    /// The region's tenant.
+    pub region_tenant: String,
+    /// The region's name.
+    pub region: String,
+    /// The receiving instance's tenant.
+    pub instance_tenant: String,
+    /// The receiving instance's name.
+    pub instance: String,
+    /// Rights bits.
+    pub rights: u32,
+    /// Start of the range.
+    pub offset: u64,
+    /// Length, or to the end.
+    pub len: Option<u64>,
+}
+
+/// The redb database.
+pub struct Store {
+    db: Database,
+}
+
+fn json<T: Serialize>(v: &T) -> Result<String, ApiError> {
+    serde_json::to_string(v).map_err(|e| ApiError::Store(e.to_string()))
+}
+
+fn parse<T: DeserializeOwned>(s: &str) -> Result<T, ApiError> {
+    serde_json::from_str(s).map_err(|e| ApiError::Store(format!("corrupt record: {e}")))
+}
+
+impl Store {
+    /// Opens (or creates) `state.redb` in `dir`.
+    ///
+    /// # Errors
+    /// [`ApiError::Store`] if the file cannot be opened or is not a redb database.
+    pub fn open(dir: &Path) -> Result<Store, ApiError> {
+        let db = Database::create(dir.join("state.redb")).map_err(|e| ApiError::Store(e.to_string()))?;
+        let txn = db.begin_write().map_err(redb::Error::from)?;
+        {
+            txn.open_table(TENANTS).map_err(redb::Error::from)?;
+            txn.open_table(MODULES).map_err(redb::Error::from)?;
+            txn.open_table(REGIONS).map_err(redb::Error::from)?;
+            txn.open_table(INSTANCES).map_err(redb::Error::from)?;
+            txn.open_table(GRANTS).map_err(redb::Error::from)?;
+        }
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(Store { db })
+    }
+
+    fn put_str(&self, table: TableDefinition<&str, &str>, key: &str, value: &str) -> Result<(), ApiError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        txn.open_table(table).map_err(redb::Error::from)?.insert(key, value).map_err(redb::Error::from)?;
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    fn delete_str(&self, table: TableDefinition<&str, &str>, key: &str) -> Result<(), ApiError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        txn.open_table(table).map_err(redb::Error::from)?.remove(key).map_err(redb::Error::from)?;
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    fn all_str<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &str>,
+    ) -> Result<Vec<(String, T)>, ApiError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let t = txn.open_table(table).map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(redb::Error::from)? {
+            let (k, v) = row.map_err(redb::Error::from)?;
+            out.push((k.value().to_owned(), parse(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Saves a tenant.
+    ///
+    /// # Errors
+    /// [`ApiError::Store`].
+    pub fn put_tenant(&self, name: &str, r: &TenantRecord) -> Result<(), ApiError> {
+        self.put_str(TENANTS, name, &json(r)?)
+    }
+
+    /// Every tenant.
+    ///
+    /// # Errors
+    /// [`ApiError::Store`].
+    pub fn tenants(&self) -> Result<Vec<(String, TenantRecord)>, ApiError> {
+        self.all_str(TENANTS)
+    }
+
+    /// Saves a module's bytes under `tenant/name`.
+    ///
+    /// # Errors
+    /// [`ApiError::Store`].
+    pub fn put_module(&self, key: &str, wasm: &[u8]) -> Result<(), ApiError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        txn.open_table(MODULES).map_err(redb::Error::from)?.insert(key, wasm).map_err(redb::Error::from)?;
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Deletes a module.
+    ///
+    /// # Errors
+    /// [`ApiError::Store`].
+    pub fn delete_module(&self, key: &str) -> Result<(), ApiError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        txn.open_table(MODULES).map_err(redb::Error::from)?.remove(key).map_err(redb::Error::from)?;
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Every module, as `(tenant/name, wasm)`.
+    ///
+    /// # Errors
+    /// [`ApiError::Store`].
+    pub fn modules(&self) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let t = txn.open_table(MODULES).map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(redb::Error::from)? {
+            let (k, v) = row.map_err(redb::Error::from)?;
+            out.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Saves a region definition under `tenant/name`.
+    ///
+    /// # Errors
+    /// [`ApiError::Store`].
+    pub fn put_region(&self, key: &str, r: &RegionRecord) -> Result<(), ApiError> {
+        self.put_str(REGIONS, key, &json(r)?)
+    }
+
+    /// Deletes a region definition.
+    ///
+    /// # Errors
+    /// [`ApiError::Store`].
+    pub fn delete_region(&self, key: &str) -> Result<(), ApiError> {
+        self.delete_str(REGIONS, key)
+    }
+
+    /// Every region definition.
+    ///
+    /// # Errors
+    /// [`ApiError::Store`].
+    pub fn regions(&self) -> Result<Vec<(String, RegionRecord)>, ApiError> {
+        self.all_str(REGIONS)
+    }
+
+    /// Saves an instance definition under `tenant/name`.
+    ///
+    /// # Errors
+    /// [`ApiError::Store`].
+    pub fn put_instance(&self, key: &str, r: &InstanceRecord) -> Result<(), ApiError> {
+        self.put_str(INSTANCES, key, &json(r)?)
+    }
+
+    /// Deletes an instance definition.
+    ///
+    /// # Errors
+    /// [`ApiError::Store`].
+    pub fn delete_instance(&self, key: &str) -> Result<(), ApiError> {
+        self.delete_str(INSTANCES, key)
+    }
+
+    /// Every instance definition.
+    ///
+    /// # Errors
+    /// [`ApiError::Store`].
+    pub fn instances(&self) -> Result<Vec<(String, InstanceRecord)>, ApiError> {
+        self.all_str(INSTANCES)
+    }
+
+    /// Saves a grant.
+    ///
+    /// # Errors
+    /// [`ApiError::Store`].
+    pub fn put_grant(&self, id: u64, r: &GrantRecord) -> Result<(), ApiError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        txn.open_table(GRANTS)
+            .map_err(redb::Error::from)?
+            .insert(id, json(r)?.as_str())
+            .map_err(redb::Error::from)?;
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Deletes grants.
+    ///
+    /// # Errors
+    /// [`ApiError::Store`].
+    pub fn delete_grants(&self, ids: &[u64]) -> Result<(), ApiError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut t = txn.open_table(GRANTS).map_err(redb::Error::from)?;
+            for id in ids {
+                t.remove(*id).map_err(redb::Error::from)?;
+            }
+        }
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Every grant.
+    ///
+    /// # Errors
+    /// [`ApiError::Store`].
+    pub fn grants(&self) -> Result<Vec<(u64, GrantRecord)>, ApiError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let t = txn.open_table(GRANTS).map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(redb::Error::from)? {
+            let (k, v) = row.map_err(redb::Error::from)?;
+            out.push((k.value(), parse(v.value())?));
+        }
+        Ok(out)
+    }
+}
