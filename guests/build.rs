@@ -45,7 +45,8 @@ fn main() {
         .arg(TARGET)
         .arg("--target-dir")
         .arg(&target_dir)
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+atomics,+bulk-memory")
+        // Atomics for shared windows; the exported function table lets the broker call callbacks.
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+atomics,+bulk-memory\x1f-Clink-arg=--export-table")
         // Wrappers (clippy, sccache) and host flags are for the outer build only.
         .env_remove("RUSTFLAGS")
         .env_remove("RUSTC_WRAPPER")

@@ -57,6 +57,34 @@ pub mod func {
     pub const REGION_WAIT: &str = "region_wait";
     /// `region_notify(handle, offset: i64) -> status`.
     pub const REGION_NOTIFY: &str = "region_notify";
+    /// `region_watch(handle, callback, user_data) -> status`: calls
+    /// `callback(user_data, handle, version: i64, offset: i64, len: i64, missed)` after changes.
+    pub const REGION_WATCH: &str = "region_watch";
+    /// `region_unwatch(handle) -> status`.
+    pub const REGION_UNWATCH: &str = "region_unwatch";
+    /// `ui_create(parent_handle_or_0, mode, out_handle_ptr) -> status`: a toolkit object, as a region.
+    pub const UI_CREATE: &str = "ui_create";
+    /// `ui_set(handle, field, value: i32) -> status`.
+    pub const UI_SET: &str = "ui_set";
+    /// `ui_get(handle, field, out_value_ptr) -> status`.
+    pub const UI_GET: &str = "ui_get";
+    /// `ui_set_text(handle, ptr, len) -> status`.
+    pub const UI_SET_TEXT: &str = "ui_set_text";
+    /// `ui_get_text(handle, ptr, cap, out_len_ptr) -> status`.
+    pub const UI_GET_TEXT: &str = "ui_get_text";
+    /// `ui_on_event(handle, code, callback, user_data) -> status`: the toolkit calls
+    /// `callback(user_data, object_handle, code, param, missed)` through a native trampoline.
+    pub const UI_ON_EVENT: &str = "ui_on_event";
+    /// `ui_send(handle, code, param: i32, out_count_ptr) -> status`: fires an event.
+    pub const UI_SEND: &str = "ui_send";
+    /// `ui_delete(handle) -> status`: deletes the object and its region.
+    pub const UI_DELETE: &str = "ui_delete";
+    /// `fn_open(name_ptr, name_len, out_handle_ptr) -> status`: a host service as a function handle.
+    pub const FN_OPEN: &str = "fn_open";
+    /// `fn_call(fn_handle, arg_ptr, arg_len, res_ptr, res_cap, out_len_ptr) -> status`.
+    pub const FN_CALL: &str = "fn_call";
+    /// `fn_close(fn_handle) -> status`.
+    pub const FN_CLOSE: &str = "fn_close";
 
     /// Every function name, for tests and for the C header check.
     pub const ALL: &[&str] = &[
@@ -78,6 +106,19 @@ pub mod func {
         REGION_UNMAP,
         REGION_WAIT,
         REGION_NOTIFY,
+        REGION_WATCH,
+        REGION_UNWATCH,
+        UI_CREATE,
+        UI_SET,
+        UI_GET,
+        UI_SET_TEXT,
+        UI_GET_TEXT,
+        UI_ON_EVENT,
+        UI_SEND,
+        UI_DELETE,
+        FN_OPEN,
+        FN_CALL,
+        FN_CLOSE,
     ];
 }
 
@@ -125,6 +166,10 @@ pub enum Status {
     Busy = -16,
     /// A wait ended by its timeout.
     TimedOut = -17,
+    /// A callback is a null function pointer, outside the function table, or of the wrong signature.
+    BadCallback = -18,
+    /// A host service reported a failure.
+    ServiceFailed = -19,
 }
 
 impl Status {
@@ -148,6 +193,8 @@ impl Status {
         Status::Unaligned,
         Status::Busy,
         Status::TimedOut,
+        Status::BadCallback,
+        Status::ServiceFailed,
     ];
 
     /// The numeric code a guest sees.
@@ -181,6 +228,8 @@ impl Status {
             Status::Unaligned => "BROKER_ERR_UNALIGNED",
             Status::Busy => "BROKER_ERR_BUSY",
             Status::TimedOut => "BROKER_ERR_TIMED_OUT",
+            Status::BadCallback => "BROKER_ERR_BAD_CALLBACK",
+            Status::ServiceFailed => "BROKER_ERR_SERVICE_FAILED",
         }
     }
 }
@@ -218,6 +267,46 @@ pub mod map_flags {
     /// Every flag.
     pub const ALL: u32 = WRITE;
 }
+
+/// Fields of a toolkit object for `ui_set`/`ui_get` (each an `i32`/`u32` at `4 * field` in the object's
+/// region; the text follows at [`ui::TEXT_OFFSET`]).
+pub mod ui {
+    /// Horizontal position.
+    pub const X: u32 = 0;
+    /// Vertical position.
+    pub const Y: u32 = 1;
+    /// Width.
+    pub const WIDTH: u32 = 2;
+    /// Height.
+    pub const HEIGHT: u32 = 3;
+    /// The widget's value (slider position, counter, ...).
+    pub const VALUE: u32 = 4;
+    /// Flag bits.
+    pub const FLAGS: u32 = 5;
+    /// Colour.
+    pub const COLOR: u32 = 6;
+    /// Number of integer fields.
+    pub const FIELDS: u32 = 7;
+    /// Offset of the NUL-terminated text in the object's region.
+    pub const TEXT_OFFSET: u32 = 28;
+    /// Longest text, in bytes (the region holds one more for the NUL).
+    pub const TEXT_MAX: u32 = 31;
+    /// Size of an object's region.
+    pub const OBJECT_SIZE: u32 = 60;
+    /// Event codes: any event (as a filter).
+    pub const EVENT_ALL: u32 = 0;
+    /// Pressed.
+    pub const EVENT_PRESSED: u32 = 1;
+    /// Released.
+    pub const EVENT_RELEASED: u32 = 2;
+    /// Clicked.
+    pub const EVENT_CLICKED: u32 = 3;
+    /// Value changed.
+    pub const EVENT_VALUE_CHANGED: u32 = 4;
+}
+
+/// Function handles an instance may hold at once.
+pub const MAX_FUNCTION_HANDLES: u32 = 1024;
 
 /// The longest `region_wait` a guest can ask for, in milliseconds; longer waits are cut to this and
 /// return `TIMED_OUT`, so a waiting guest never holds its worker for long.

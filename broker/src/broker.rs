@@ -105,11 +105,37 @@ pub(crate) struct Registry {
     instance_names: HashMap<(TenantId, Name), InstanceId>,
 }
 
+/// A host service apps can open by name as a function handle and call with argument and result bytes.
+pub type ServiceFn = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// A registered host service and who may use it.
+pub(crate) struct Service {
+    /// Tenants allowed to open it; `None` means every tenant.
+    allowed: Option<Vec<TenantId>>,
+    f: ServiceFn,
+}
+
+impl Service {
+    pub(crate) fn allows(&self, tenant: TenantId) -> bool {
+        self.allowed.as_ref().is_none_or(|a| a.contains(&tenant))
+    }
+
+    pub(crate) fn call(&self, args: &[u8]) -> Result<Vec<u8>, String> {
+        (self.f)(args)
+    }
+}
+
 /// The state shared by the host API and every instance's host functions.
 pub(crate) struct Core {
     pub(crate) registry: RwLock<Registry>,
     pub(crate) caps: Mutex<CapSpace>,
     next_id: AtomicU64,
+    /// The native toolkit (a single-threaded C library: one caller at a time).
+    pub(crate) toolkit: Mutex<crate::native::Toolkit>,
+    /// Which regions are toolkit objects.
+    pub(crate) ui_objects: Mutex<HashMap<RegionId, crate::native::ObjectId>>,
+    /// Host services by name.
+    pub(crate) services: RwLock<HashMap<String, Arc<Service>>>,
 }
 
 fn name(s: &str) -> Result<Name, Error> {
@@ -130,7 +156,7 @@ impl Core {
     }
 
     /// Creates a region owned by `tenant`, charging its quota; nothing remains on error.
-    fn create_region(
+    pub(crate) fn create_region(
         &self,
         tenant: &Arc<Tenant>,
         name: Name,
@@ -173,7 +199,7 @@ impl Core {
         Ok(region)
     }
 
-    fn destroy_region(&self, id: RegionId) -> Result<(), Error> {
+    pub(crate) fn destroy_region(&self, id: RegionId) -> Result<(), Error> {
         let mut reg = self.registry.write();
         let region = reg.regions.remove(&id).ok_or_else(|| Error::RegionNotFound(id.to_string()))?;
         reg.region_names.remove(&(region.owner(), region.name().clone()));
@@ -304,7 +330,11 @@ impl Broker {
             registry: RwLock::new(Registry::default()),
             caps: Mutex::new(CapSpace::new()),
             next_id: AtomicU64::new(0),
+            toolkit: Mutex::new(crate::native::Toolkit::new()),
+            ui_objects: Mutex::new(HashMap::new()),
+            services: RwLock::new(HashMap::new()),
         });
+        Self::register_builtin_services(&core);
         Ok(Broker { core, linker, cells: RwLock::new(HashMap::new()), pool, engine })
     }
 
@@ -435,7 +465,16 @@ impl Broker {
             }
             reg.instance_names.insert(key, id);
         }
-        match InstanceCell::start(id, inn.clone(), Arc::clone(&t), mn, config, pre, Arc::clone(&self.core)) {
+        match InstanceCell::start(
+            id,
+            inn.clone(),
+            Arc::clone(&t),
+            mn,
+            config,
+            pre,
+            Arc::clone(&self.core),
+            self.pool.handle(),
+        ) {
             Ok(cell) => {
                 self.cells.write().insert(id, cell);
                 slot.commit();
@@ -777,6 +816,93 @@ impl Broker {
         if let Ok(r) = self.core.region(region) {
             r.unwatch(watch);
         }
+    }
+
+    fn register_builtin_services(core: &Arc<Core>) {
+        let weak = Arc::downgrade(core);
+        let count: ServiceFn = Arc::new(move |_args: &[u8]| {
+            let n = weak.upgrade().map_or(0, |c| c.ui_objects.lock().len());
+            Ok(u64::try_from(n).unwrap_or(u64::MAX).to_le_bytes().to_vec())
+        });
+        // A deterministic synthetic sensor: sample `i` (an 8-byte little-endian index) is a reading in
+        // [0, 1000) from a fixed pseudo-random sequence, so scenarios are reproducible.
+        let sensor: ServiceFn = Arc::new(|args: &[u8]| {
+            let i = args
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+                .ok_or("expects an 8-byte sample index")?;
+            let x = i.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            Ok(((x >> 33) % 1000).to_le_bytes().to_vec())
+        });
+        let mut services = core.services.write();
+        services.insert("toolkit.object_count".into(), Arc::new(Service { allowed: None, f: count }));
+        services.insert("sensor.sample".into(), Arc::new(Service { allowed: None, f: sensor }));
+    }
+
+    /// Registers a host service apps can open by name (`fn_open`) and call; `allowed` limits which
+    /// tenants may open it (`None`: every tenant).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the name is empty or already registered.
+    pub fn register_service(
+        &self,
+        service_name: &str,
+        allowed: Option<Vec<TenantId>>,
+        f: ServiceFn,
+    ) -> Result<(), Error> {
+        if service_name.is_empty() || service_name.len() > crate::name::MAX_LEN {
+            return Err(Error::InvalidArgument { field: "service name", reason: "1 to 256 bytes".into() });
+        }
+        let mut services = self.core.services.write();
+        if services.contains_key(service_name) {
+            return Err(Error::InvalidArgument {
+                field: "service name",
+                reason: format!("{service_name:?} is already registered"),
+            });
+        }
+        services.insert(service_name.to_owned(), Arc::new(Service { allowed, f }));
+        Ok(())
+    }
+
+    /// Fires a toolkit event on the object behind a region (as the host's input layer would): the
+    /// object's fields are synced from the region first, then every matching callback runs; returns how
+    /// many ran. Apps' callbacks are queued and delivered on their workers.
+    ///
+    /// # Errors
+    /// [`Error::RegionNotFound`] if the region is not a toolkit object.
+    pub fn ui_send(&self, region: RegionId, code: u32, param: i32) -> Result<u32, Error> {
+        let r = self.core.region(region)?;
+        let object = self
+            .core
+            .ui_objects
+            .lock()
+            .get(&region)
+            .copied()
+            .ok_or_else(|| Error::RegionNotFound(format!("{region} (not a toolkit object)")))?;
+        let mut bytes = [0u8; crate::native::OBJ_FIELDS_SIZE];
+        r.read(0, &mut bytes)?;
+        let toolkit = self.core.toolkit.lock();
+        toolkit
+            .write_fields_bytes(object, &bytes)
+            .map_err(|e| Error::InvalidArgument { field: "object", reason: e.to_string() })?;
+        toolkit
+            .send_event(object, crate::native::EventCode(code), param)
+            .map_err(|e| Error::InvalidArgument { field: "object", reason: e.to_string() })
+    }
+
+    /// Toolkit objects alive in this broker.
+    pub fn ui_object_count(&self) -> usize {
+        self.core.ui_objects.lock().len()
+    }
+
+    /// Events delivered to an instance's callbacks, events that could not be delivered, and events
+    /// merged away because it fell behind.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`].
+    pub fn event_counts(&self, instance: InstanceId) -> Result<(u64, u64, u64), Error> {
+        Ok(self.cell(instance)?.event_counts())
     }
 
     /// Number of shared windows mapped into instances right now, for leak checks.

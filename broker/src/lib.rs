@@ -38,7 +38,7 @@ pub mod region;
 pub mod runtime;
 pub mod tenant;
 
-pub use crate::broker::{Broker, BrokerConfig, GrantId, InstanceInfo, ModuleInfo, TenantInfo};
+pub use crate::broker::{Broker, BrokerConfig, GrantId, InstanceInfo, ModuleInfo, ServiceFn, TenantInfo};
 pub use crate::capability::{Handle, Rights};
 pub use crate::error::Error;
 pub use crate::mode::Mode;

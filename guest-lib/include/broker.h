@@ -33,6 +33,8 @@
 #define BROKER_ERR_UNALIGNED -15
 #define BROKER_ERR_BUSY -16
 #define BROKER_ERR_TIMED_OUT -17
+#define BROKER_ERR_BAD_CALLBACK -18
+#define BROKER_ERR_SERVICE_FAILED -19
 
 /* Rights bits. */
 #define BROKER_RIGHT_READ 0x1u
@@ -49,6 +51,20 @@
 
 /* region_map flags. */
 #define BROKER_MAP_WRITE 0x1u
+
+/* Toolkit object fields (ui_set/ui_get) and event codes. */
+#define BROKER_UI_X 0u
+#define BROKER_UI_Y 1u
+#define BROKER_UI_WIDTH 2u
+#define BROKER_UI_HEIGHT 3u
+#define BROKER_UI_VALUE 4u
+#define BROKER_UI_FLAGS 5u
+#define BROKER_UI_COLOR 6u
+#define BROKER_UI_EVENT_ALL 0u
+#define BROKER_UI_EVENT_PRESSED 1u
+#define BROKER_UI_EVENT_RELEASED 2u
+#define BROKER_UI_EVENT_CLICKED 3u
+#define BROKER_UI_EVENT_VALUE_CHANGED 4u
 
 /* Longest region_wait, in milliseconds. */
 #define BROKER_MAX_WAIT_MS 1000u
@@ -94,6 +110,24 @@ BROKER_IMPORT(region_map) int32_t broker_region_map(broker_handle_t handle, void
 BROKER_IMPORT(region_unmap) int32_t broker_region_unmap(broker_handle_t handle, void *addr);
 BROKER_IMPORT(region_wait) int32_t broker_region_wait(broker_handle_t handle, int64_t offset, uint32_t expected, uint32_t timeout_ms);
 BROKER_IMPORT(region_notify) int32_t broker_region_notify(broker_handle_t handle, int64_t offset);
+
+/* Callbacks: `callback` is a function pointer (an index into the exported function table; link with
+ * -Wl,--export-table). Watch callbacks: void cb(uint32_t user_data, broker_handle_t handle,
+ * uint64_t version, uint64_t offset, uint64_t len, uint32_t missed). Toolkit event callbacks:
+ * void cb(uint32_t user_data, broker_handle_t object, uint32_t code, int32_t param, uint32_t missed). */
+BROKER_IMPORT(region_watch) int32_t broker_region_watch(broker_handle_t handle, uint32_t callback, uint32_t user_data);
+BROKER_IMPORT(region_unwatch) int32_t broker_region_unwatch(broker_handle_t handle);
+BROKER_IMPORT(ui_create) int32_t broker_ui_create(broker_handle_t parent, uint32_t mode, broker_handle_t *out_handle);
+BROKER_IMPORT(ui_set) int32_t broker_ui_set(broker_handle_t object, uint32_t field, int32_t value);
+BROKER_IMPORT(ui_get) int32_t broker_ui_get(broker_handle_t object, uint32_t field, int32_t *out_value);
+BROKER_IMPORT(ui_set_text) int32_t broker_ui_set_text(broker_handle_t object, const char *text, size_t len);
+BROKER_IMPORT(ui_get_text) int32_t broker_ui_get_text(broker_handle_t object, char *buf, size_t cap, uint32_t *out_len);
+BROKER_IMPORT(ui_on_event) int32_t broker_ui_on_event(broker_handle_t object, uint32_t code, uint32_t callback, uint32_t user_data);
+BROKER_IMPORT(ui_send) int32_t broker_ui_send(broker_handle_t object, uint32_t code, int32_t param, uint32_t *out_count);
+BROKER_IMPORT(ui_delete) int32_t broker_ui_delete(broker_handle_t object);
+BROKER_IMPORT(fn_open) int32_t broker_fn_open(const char *name, size_t name_len, uint32_t *out_handle);
+BROKER_IMPORT(fn_call) int32_t broker_fn_call(uint32_t fn_handle, const void *args, size_t args_len, void *result, size_t result_cap, uint32_t *out_len);
+BROKER_IMPORT(fn_close) int32_t broker_fn_close(uint32_t fn_handle);
 
 #undef BROKER_IMPORT
 

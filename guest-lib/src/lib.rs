@@ -12,15 +12,18 @@
 
 extern crate alloc;
 
+mod callback;
 mod mirror;
 mod shared;
 pub mod sys;
 mod view;
 
+pub use callback::{Field, HostFn, Object, RawUiFn, RawWatchFn, UiEvent, WatchEvent};
 pub use mirror::Mirror;
 pub use shared::{ReadOnly, ReadWrite, SharedWindow, SpscRing, Wait};
 pub use view::View;
 
+pub use broker_abi::ui as ui_code;
 pub use broker_abi::{mode as raw_mode, rights as raw_rights, HandleInfo, Status, LEN_TO_END, MAX_NAME_LEN};
 pub use bytemuck::{Pod, Zeroable};
 
@@ -63,6 +66,10 @@ pub enum Error {
     Busy,
     /// A wait ended by its timeout.
     TimedOut,
+    /// A callback is null, outside the function table, or of the wrong signature.
+    BadCallback,
+    /// A host service reported a failure.
+    ServiceFailed,
     /// A code this library does not know (a newer broker).
     Unknown(i32),
 }
@@ -97,6 +104,8 @@ impl Error {
             Status::Unaligned => Error::Unaligned,
             Status::Busy => Error::Busy,
             Status::TimedOut => Error::TimedOut,
+            Status::BadCallback => Error::BadCallback,
+            Status::ServiceFailed => Error::ServiceFailed,
         }
     }
 
@@ -120,6 +129,8 @@ impl Error {
             Error::Unaligned => Status::Unaligned.code(),
             Error::Busy => Status::Busy.code(),
             Error::TimedOut => Status::TimedOut.code(),
+            Error::BadCallback => Status::BadCallback.code(),
+            Error::ServiceFailed => Status::ServiceFailed.code(),
             Error::Unknown(c) => c,
         }
     }
@@ -145,6 +156,8 @@ impl fmt::Display for Error {
             Error::Unaligned => "window address or range is not page aligned",
             Error::Busy => "already mapped, or overlapping another window",
             Error::TimedOut => "wait timed out",
+            Error::BadCallback => "callback is null, outside the function table, or of the wrong signature",
+            Error::ServiceFailed => "host service failed",
             Error::Unknown(c) => return write!(f, "unknown broker status {c}"),
         };
         f.write_str(msg)
@@ -209,7 +222,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn raw(self) -> u32 {
+    pub(crate) fn raw(self) -> u32 {
         match self {
             Mode::Handle => raw_mode::HANDLE,
             Mode::Mirror => raw_mode::MIRROR,

@@ -49,6 +49,26 @@ mod raw {
         pub fn region_unmap(handle: u32, addr: *mut u8) -> i32;
         pub fn region_wait(handle: u32, offset: i64, expected: u32, timeout_ms: u32) -> i32;
         pub fn region_notify(handle: u32, offset: i64) -> i32;
+        pub fn region_watch(handle: u32, callback: u32, user_data: u32) -> i32;
+        pub fn region_unwatch(handle: u32) -> i32;
+        pub fn ui_create(parent: u32, mode: u32, out_handle: *mut u32) -> i32;
+        pub fn ui_set(handle: u32, field: u32, value: i32) -> i32;
+        pub fn ui_get(handle: u32, field: u32, out_value: *mut i32) -> i32;
+        pub fn ui_set_text(handle: u32, text: *const u8, len: usize) -> i32;
+        pub fn ui_get_text(handle: u32, buf: *mut u8, cap: usize, out_len: *mut u32) -> i32;
+        pub fn ui_on_event(handle: u32, code: u32, callback: u32, user_data: u32) -> i32;
+        pub fn ui_send(handle: u32, code: u32, param: i32, out_count: *mut u32) -> i32;
+        pub fn ui_delete(handle: u32) -> i32;
+        pub fn fn_open(name: *const u8, name_len: usize, out_handle: *mut u32) -> i32;
+        pub fn fn_call(
+            fh: u32,
+            args: *const u8,
+            args_len: usize,
+            result: *mut u8,
+            result_cap: usize,
+            out_len: *mut u32,
+        ) -> i32;
+        pub fn fn_close(fh: u32) -> i32;
         pub fn mirror_commit(
             handle: u32,
             buf: *const u8,
@@ -178,4 +198,82 @@ pub fn region_wait(handle: u32, offset: i64, expected: u32, timeout_ms: u32) -> 
 pub fn region_notify(handle: u32, offset: i64) -> i32 {
     // SAFETY: the import takes only integers.
     unsafe { raw::region_notify(handle, offset) }
+}
+
+/// Registers `callback` (a function-table index) for changes to the handle's region.
+pub fn region_watch(handle: u32, callback: u32, user_data: u32) -> i32 {
+    // SAFETY: the import takes only integers; the host validates the table index.
+    unsafe { raw::region_watch(handle, callback, user_data) }
+}
+
+/// Ends the watch registered through `handle`.
+pub fn region_unwatch(handle: u32) -> i32 {
+    // SAFETY: the import takes only integers.
+    unsafe { raw::region_unwatch(handle) }
+}
+
+/// Creates a toolkit object (its region in `mode`); the handle goes to `out`.
+pub fn ui_create(parent: u32, mode: u32, out: &mut u32) -> i32 {
+    // SAFETY: `out` is a live, aligned u32 during the call.
+    unsafe { raw::ui_create(parent, mode, out) }
+}
+
+/// Sets an integer field of a toolkit object.
+pub fn ui_set(handle: u32, field: u32, value: i32) -> i32 {
+    // SAFETY: the import takes only integers.
+    unsafe { raw::ui_set(handle, field, value) }
+}
+
+/// Reads an integer field of a toolkit object into `out`.
+pub fn ui_get(handle: u32, field: u32, out: &mut i32) -> i32 {
+    // SAFETY: `out` is a live, aligned i32 during the call.
+    unsafe { raw::ui_get(handle, field, out) }
+}
+
+/// Sets a toolkit object's text.
+pub fn ui_set_text(handle: u32, text: &[u8]) -> i32 {
+    // SAFETY: `text` is live for `text.len()` bytes during the call.
+    unsafe { raw::ui_set_text(handle, text.as_ptr(), text.len()) }
+}
+
+/// Copies a toolkit object's text into `buf`; its length goes to `out_len`.
+pub fn ui_get_text(handle: u32, buf: &mut [u8], out_len: &mut u32) -> i32 {
+    // SAFETY: `buf` is live and writable for `buf.len()` bytes, `out_len` a live u32.
+    unsafe { raw::ui_get_text(handle, buf.as_mut_ptr(), buf.len(), out_len) }
+}
+
+/// Registers `callback` (a function-table index) for the object's events with `code` (0: all).
+pub fn ui_on_event(handle: u32, code: u32, callback: u32, user_data: u32) -> i32 {
+    // SAFETY: the import takes only integers; the host validates the table index.
+    unsafe { raw::ui_on_event(handle, code, callback, user_data) }
+}
+
+/// Fires an event on a toolkit object; the number of callbacks run goes to `out_count`.
+pub fn ui_send(handle: u32, code: u32, param: i32, out_count: &mut u32) -> i32 {
+    // SAFETY: `out_count` is a live u32 during the call.
+    unsafe { raw::ui_send(handle, code, param, out_count) }
+}
+
+/// Deletes a toolkit object and its region.
+pub fn ui_delete(handle: u32) -> i32 {
+    // SAFETY: the import takes only integers.
+    unsafe { raw::ui_delete(handle) }
+}
+
+/// Opens a host service by name; the function handle goes to `out`.
+pub fn fn_open(name: &[u8], out: &mut u32) -> i32 {
+    // SAFETY: `name` is live for its length and `out` a live u32 during the call.
+    unsafe { raw::fn_open(name.as_ptr(), name.len(), out) }
+}
+
+/// Calls a host service with `args`; the result goes to `result`, its length to `out_len`.
+pub fn fn_call(fh: u32, args: &[u8], result: &mut [u8], out_len: &mut u32) -> i32 {
+    // SAFETY: both buffers are live for their lengths, `out_len` a live u32, during the call.
+    unsafe { raw::fn_call(fh, args.as_ptr(), args.len(), result.as_mut_ptr(), result.len(), out_len) }
+}
+
+/// Closes a function handle.
+pub fn fn_close(fh: u32) -> i32 {
+    // SAFETY: the import takes only integers.
+    unsafe { raw::fn_close(fh) }
 }

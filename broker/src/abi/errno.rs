@@ -49,6 +49,41 @@ pub enum AbiError {
         /// The region's mode.
         actual: Mode,
     },
+    /// A callback was refused at registration.
+    #[error(transparent)]
+    Callback(#[from] crate::runtime::events::CallbackError),
+    /// This capability already has a watch.
+    #[error("a watch is already registered through this handle")]
+    AlreadyRegistered,
+    /// No watch is registered through this handle.
+    #[error("no watch is registered through this handle")]
+    NotRegistered,
+    /// The handle's region is not a toolkit object.
+    #[error("the handle does not name a toolkit object")]
+    NotAnObject,
+    /// The native library refused.
+    #[error("native library: {0}")]
+    Native(String),
+    /// A fixed pool (trampolines, callbacks per object, function handles) is used up.
+    #[error("exhausted: {0}")]
+    Exhausted(String),
+    /// No host service of that name.
+    #[error("no host service named {0:?}")]
+    NoSuchService(String),
+    /// The caller's tenant may not use that service.
+    #[error("tenant may not use host service {0:?}")]
+    ServiceDenied(String),
+    /// The host service failed.
+    #[error("host service failed: {0}")]
+    Service(String),
+    /// The result does not fit the caller's buffer (its length was written).
+    #[error("result of {needed} bytes does not fit a buffer of {cap}")]
+    ResultTooLarge {
+        /// Bytes needed.
+        needed: u32,
+        /// Bytes offered.
+        cap: u32,
+    },
     /// A map or unmap was refused.
     #[error(transparent)]
     Share(#[from] ShareError),
@@ -101,6 +136,15 @@ impl AbiError {
                 ShareError::Os(_) => Status::Internal,
             },
             AbiError::TimedOut => Status::TimedOut,
+            AbiError::Callback(_) => Status::BadCallback,
+            AbiError::AlreadyRegistered => Status::Busy,
+            AbiError::NotRegistered | AbiError::NoSuchService(_) => Status::NotFound,
+            AbiError::NotAnObject => Status::WrongMode,
+            AbiError::Native(_) => Status::Internal,
+            AbiError::Exhausted(_) => Status::QuotaExceeded,
+            AbiError::ServiceDenied(_) => Status::PermissionDenied,
+            AbiError::Service(_) => Status::ServiceFailed,
+            AbiError::ResultTooLarge { .. } => Status::OutOfBounds,
             AbiError::Broker(e) => broker_status(e),
         }
     }

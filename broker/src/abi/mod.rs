@@ -10,6 +10,7 @@
 //! The names, codes and rights bits come from the `broker-abi` crate, shared with `broker-guest`.
 //! `guest-lib/ABI.md` documents every call for app authors.
 
+mod callbacks;
 mod errno;
 pub(crate) mod guest_ptr;
 
@@ -44,6 +45,10 @@ pub(crate) struct GuestCtx {
     /// Held for reading while host code touches this instance's memory, for writing while a shared
     /// window in it is swapped (see `mode::shared`). Never take the capability lock while holding it.
     pub(crate) fence: MemoryFence,
+    /// Where events for this instance go (watch notifications, native callbacks).
+    pub(crate) sink: crate::runtime::EventSink,
+    /// Host services opened as function handles (handle = index + 1; closed slots stay empty).
+    pub(crate) functions: Vec<Option<Arc<crate::broker::Service>>>,
 }
 
 impl GuestCtx {
@@ -52,6 +57,7 @@ impl GuestCtx {
         instance: InstanceId,
         tenant: Arc<Tenant>,
         traffic: Arc<Traffic>,
+        sink: crate::runtime::EventSink,
     ) -> GuestCtx {
         GuestCtx {
             core,
@@ -61,6 +67,8 @@ impl GuestCtx {
             traffic,
             mirrors: HashMap::new(),
             fence: MemoryFence::default(),
+            sink,
+            functions: Vec::new(),
         }
     }
 
@@ -487,5 +495,46 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
     linker.func_wrap(MODULE, func::REGION_NOTIFY, |mut c: Ctx<'_>, h: u32, off: i64| {
         code(region_notify(&mut c, h, off))
     })?;
+    linker.func_wrap(MODULE, func::REGION_WATCH, |mut c: Ctx<'_>, h: u32, cb: u32, ud: u32| {
+        code(callbacks::region_watch(&mut c, h, cb, ud))
+    })?;
+    linker.func_wrap(MODULE, func::REGION_UNWATCH, |mut c: Ctx<'_>, h: u32| {
+        code(callbacks::region_unwatch(&mut c, h))
+    })?;
+    linker.func_wrap(MODULE, func::UI_CREATE, |mut c: Ctx<'_>, parent: u32, mode: u32, out: u32| {
+        code(callbacks::ui_create(&mut c, parent, mode, out))
+    })?;
+    linker.func_wrap(MODULE, func::UI_SET, |mut c: Ctx<'_>, h: u32, field: u32, v: i32| {
+        code(callbacks::ui_set(&mut c, h, field, v))
+    })?;
+    linker.func_wrap(MODULE, func::UI_GET, |mut c: Ctx<'_>, h: u32, field: u32, out: u32| {
+        code(callbacks::ui_get(&mut c, h, field, out))
+    })?;
+    linker.func_wrap(MODULE, func::UI_SET_TEXT, |mut c: Ctx<'_>, h: u32, p: u32, l: u32| {
+        code(callbacks::ui_set_text(&mut c, h, p, l))
+    })?;
+    linker.func_wrap(MODULE, func::UI_GET_TEXT, |mut c: Ctx<'_>, h: u32, p: u32, cap: u32, out: u32| {
+        code(callbacks::ui_get_text(&mut c, h, p, cap, out))
+    })?;
+    linker.func_wrap(MODULE, func::UI_ON_EVENT, |mut c: Ctx<'_>, h: u32, ev: u32, cb: u32, ud: u32| {
+        code(callbacks::ui_on_event(&mut c, h, ev, cb, ud))
+    })?;
+    linker.func_wrap(MODULE, func::UI_SEND, |mut c: Ctx<'_>, h: u32, ev: u32, param: i32, out: u32| {
+        code(callbacks::ui_send(&mut c, h, ev, param, out))
+    })?;
+    linker
+        .func_wrap(MODULE, func::UI_DELETE, |mut c: Ctx<'_>, h: u32| code(callbacks::ui_delete(&mut c, h)))?;
+    linker.func_wrap(MODULE, func::FN_OPEN, |mut c: Ctx<'_>, p: u32, l: u32, out: u32| {
+        code(callbacks::fn_open(&mut c, p, l, out))
+    })?;
+    linker.func_wrap(
+        MODULE,
+        func::FN_CALL,
+        |mut c: Ctx<'_>, fh: u32, ap: u32, al: u32, rp: u32, rc: u32, out: u32| {
+            code(callbacks::fn_call(&mut c, fh, ap, al, rp, rc, out))
+        },
+    )?;
+    linker
+        .func_wrap(MODULE, func::FN_CLOSE, |mut c: Ctx<'_>, fh: u32| code(callbacks::fn_close(&mut c, fh)))?;
     Ok(())
 }

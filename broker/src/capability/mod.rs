@@ -243,6 +243,35 @@ struct Node {
     charged: Option<Arc<Tenant>>,
     /// The shared window mapped through this capability, if any.
     window: Option<Window>,
+    /// What to undo when the capability goes: watches, native callback registrations, objects.
+    cleanups: Vec<(CleanupTag, Cleanup)>,
+}
+
+/// What a cleanup hook undoes, so it can be found and run early (unwatch, unregister).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CleanupTag {
+    /// A watch registered through this capability.
+    Watch,
+    /// A native event callback registration (by trampoline slot index).
+    NativeCallback(u32),
+    /// The native object behind a region (on its root).
+    NativeObject,
+}
+
+/// A hook run once when its capability is removed (or explicitly, by tag).
+pub struct Cleanup(Box<dyn FnOnce() + Send>);
+
+impl Cleanup {
+    /// Wraps a hook.
+    pub fn new(f: impl FnOnce() + Send + 'static) -> Cleanup {
+        Cleanup(Box::new(f))
+    }
+}
+
+impl fmt::Debug for Cleanup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Cleanup")
+    }
 }
 
 /// The global capability space: the derivation tree, every instance's handle table and inbox.
@@ -300,6 +329,7 @@ impl CapSpace {
                 holder: Holder::Root,
                 charged: None,
                 window: None,
+                cleanups: Vec::new(),
             },
         );
         id
@@ -391,6 +421,7 @@ impl CapSpace {
                 holder: Holder::Slot(instance, slot),
                 charged: Some(Arc::clone(tenant)),
                 window: None,
+                cleanups: Vec::new(),
             },
         );
         Ok(handle)
@@ -430,6 +461,7 @@ impl CapSpace {
                 holder: Holder::Inbox(target),
                 charged: Some(Arc::clone(tenant)),
                 window: None,
+                cleanups: Vec::new(),
             },
         );
         Ok(id)
@@ -530,6 +562,9 @@ impl CapSpace {
             }
             if let Some(t) = node.charged {
                 t.release(Resource::Handles, 1);
+            }
+            for (_, hook) in node.cleanups {
+                (hook.0)();
             }
             if let Some(w) = node.window {
                 let instance = w.instance;
@@ -681,6 +716,34 @@ impl CapSpace {
                     w.region.qualified_name()
                 )
             })
+    }
+
+    /// Attaches a cleanup hook to a capability.
+    ///
+    /// # Errors
+    /// [`CapError::Gone`] if the capability no longer exists.
+    pub fn add_cleanup(&mut self, id: CapId, tag: CleanupTag, hook: Cleanup) -> Result<(), CapError> {
+        let node = self.nodes.get_mut(&id).ok_or(CapError::Gone)?;
+        node.cleanups.push((tag, hook));
+        Ok(())
+    }
+
+    /// Whether a capability has a hook with this tag.
+    pub fn has_cleanup(&self, id: CapId, tag: CleanupTag) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.cleanups.iter().any(|(t, _)| *t == tag))
+    }
+
+    /// Runs and removes the hooks with this tag; returns how many ran.
+    pub fn run_cleanup(&mut self, id: CapId, tag: CleanupTag) -> usize {
+        let Some(node) = self.nodes.get_mut(&id) else { return 0 };
+        let (run, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut node.cleanups).into_iter().partition(|(t, _)| *t == tag);
+        node.cleanups = keep;
+        let n = run.len();
+        for (_, hook) in run {
+            (hook.0)();
+        }
+        n
     }
 
     /// Number of live windows (for leak checks).

@@ -5,16 +5,17 @@
 //! replaces the store (and so every capability the old one held) but keeps the id, name and mailbox.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use parking_lot::Mutex;
-use wasmtime::{Instance, InstancePre, Store, Trap, UpdateDeadline, Val, ValType};
+use wasmtime::{Instance, InstancePre, Ref, Store, Trap, UpdateDeadline, Val, ValType};
 
 use super::engine::EngineHandle;
+use super::events::{self, EventKind, EventQueue, Pending};
 use super::limits::TenantLimiter;
-use super::pool::WorkerPool;
+use super::pool::{PoolHandle, WorkerPool};
 use super::{InstanceConfig, InstanceError, InstanceId, InstanceStatus, RunState};
 use crate::abi::GuestCtx;
 use crate::broker::Core;
@@ -57,6 +58,14 @@ pub(crate) struct InstanceCell {
     kill: Arc<AtomicBool>,
     /// Bytes and pages this instance moved, across restarts.
     pub(crate) traffic: Arc<Traffic>,
+    /// Events waiting for delivery to the app's callbacks.
+    events: EventQueue,
+    /// Events that could not be delivered (instance trapped, stopped, or callback gone).
+    dead_events: AtomicU64,
+    /// Callbacks delivered.
+    delivered: AtomicU64,
+    me: Weak<InstanceCell>,
+    pool: PoolHandle,
     live: Mutex<Option<Live>>,
     status: Mutex<InstanceStatus>,
 }
@@ -76,6 +85,7 @@ impl InstanceCell {
         config: InstanceConfig,
         pre: InstancePre<InstanceState>,
         core: Arc<Core>,
+        pool: PoolHandle,
     ) -> Result<Arc<InstanceCell>, Error> {
         let (mailbox_tx, mailbox_rx) = unbounded();
         let status = InstanceStatus {
@@ -86,7 +96,7 @@ impl InstanceCell {
             restarts: 0,
             last_trap: None,
         };
-        let cell = InstanceCell {
+        let cell = Arc::new_cyclic(|me| InstanceCell {
             id,
             name,
             tenant,
@@ -98,12 +108,102 @@ impl InstanceCell {
             scheduled: AtomicBool::new(false),
             kill: Arc::new(AtomicBool::new(false)),
             traffic: Arc::new(Traffic::default()),
+            events: EventQueue::default(),
+            dead_events: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            me: me.clone(),
+            pool,
             live: Mutex::new(None),
             status: Mutex::new(status),
-        };
+        });
         let live = cell.instantiate()?;
         *cell.live.lock() = Some(live);
-        Ok(Arc::new(cell))
+        Ok(cell)
+    }
+
+    /// Where producers (region watchers, native trampolines) send events for this instance.
+    pub(crate) fn sink(&self) -> EventSink {
+        EventSink(self.me.clone())
+    }
+
+    /// Queues an event and, if none is pending, posts a job that delivers the queue.
+    fn deliver(self: &Arc<Self>, e: Pending) {
+        if self.events.push(e) {
+            self.pool.submit(self, Box::new(|cell, live| cell.drain_events(live)));
+        }
+    }
+
+    /// Calls the app's callback for every queued event, on this instance's worker.
+    fn drain_events(&self, live: &mut Option<Live>) {
+        let events = self.events.take();
+        let state = self.status.lock().state;
+        let Some(l) = live.as_mut().filter(|_| state == RunState::Running) else {
+            self.dead_events.fetch_add(u64::try_from(events.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
+            return;
+        };
+        let table = l.instance.get_table(&mut l.store, events::TABLE_EXPORT);
+        for (i, e) in events.iter().enumerate() {
+            let bits = |v: u32| i32::from_ne_bytes(v.to_ne_bytes());
+            let wide = |v: u64| i64::from_ne_bytes(v.to_ne_bytes());
+            let (args, params): (Vec<Val>, Vec<ValType>) = match e.kind {
+                EventKind::Watch { handle, version, offset, len } => (
+                    vec![
+                        Val::I32(bits(e.user_data)),
+                        Val::I32(bits(handle)),
+                        Val::I64(wide(version)),
+                        Val::I64(wide(offset)),
+                        Val::I64(wide(len)),
+                        Val::I32(bits(e.missed)),
+                    ],
+                    events::watch_signature().to_vec(),
+                ),
+                EventKind::Native { object, code, param } => (
+                    vec![
+                        Val::I32(bits(e.user_data)),
+                        Val::I32(bits(object)),
+                        Val::I32(bits(code)),
+                        Val::I32(param),
+                        Val::I32(bits(e.missed)),
+                    ],
+                    events::native_signature().to_vec(),
+                ),
+            };
+            // Checked at registration, but the app may have changed its table since: check again.
+            let func = table
+                .filter(|t| events::check_in_table(&mut l.store, *t, e.callback, &params).is_ok())
+                .and_then(|t| match t.get(&mut l.store, u64::from(e.callback)) {
+                    Some(Ref::Func(Some(f))) => Some(f),
+                    _ => None,
+                });
+            let Some(func) = func else {
+                self.dead_events.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            self.kill.store(false, Ordering::Release);
+            l.store.data_mut().budget = EngineHandle::ticks_for(self.config.call_timeout);
+            l.store.set_epoch_deadline(1);
+            match func.call(&mut l.store, &args, &mut []) {
+                Ok(()) => {
+                    self.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    let killed = self.kill.swap(false, Ordering::AcqRel);
+                    self.record_trap(&err, killed);
+                    let rest = events.len() - i - 1;
+                    self.dead_events.fetch_add(u64::try_from(rest).unwrap_or(u64::MAX), Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Callbacks delivered, events that could not be delivered, and events merged away.
+    pub(crate) fn event_counts(&self) -> (u64, u64, u64) {
+        (
+            self.delivered.load(Ordering::Relaxed),
+            self.dead_events.load(Ordering::Relaxed),
+            self.events.merged(),
+        )
     }
 
     fn instantiate(&self) -> Result<Live, Error> {
@@ -113,6 +213,7 @@ impl InstanceCell {
                 self.id,
                 Arc::clone(&self.tenant),
                 Arc::clone(&self.traffic),
+                self.sink(),
             ),
             limiter: TenantLimiter::new(Arc::clone(&self.tenant), self.config.max_memory_bytes),
             budget: EngineHandle::ticks_for(self.config.call_timeout),
@@ -224,24 +325,27 @@ impl InstanceCell {
         l.store.set_epoch_deadline(1);
         let outcome = func.call(&mut l.store, args, &mut results);
         let killed = self.kill.swap(false, Ordering::AcqRel);
-        let mut status = self.status.lock();
         match outcome {
             Ok(()) => {
-                status.calls += 1;
+                self.status.lock().calls += 1;
                 Ok(results)
             }
-            Err(e) => {
-                let err = match e.downcast_ref::<Trap>() {
-                    Some(Trap::Interrupt) if killed => InstanceError::Killed,
-                    Some(Trap::Interrupt) => InstanceError::Interrupted { timeout: self.config.call_timeout },
-                    _ => InstanceError::Trapped { message: self.explain(format!("{e:#}")) },
-                };
-                status.state = RunState::Trapped;
-                status.traps += 1;
-                status.last_trap = Some(err.to_string());
-                Err(err)
-            }
+            Err(e) => Err(self.record_trap(&e, killed)),
         }
+    }
+
+    /// Classifies a failed call, marks the instance trapped and records the trap.
+    fn record_trap(&self, e: &wasmtime::Error, killed: bool) -> InstanceError {
+        let err = match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) if killed => InstanceError::Killed,
+            Some(Trap::Interrupt) => InstanceError::Interrupted { timeout: self.config.call_timeout },
+            _ => InstanceError::Trapped { message: self.explain(format!("{e:#}")) },
+        };
+        let mut status = self.status.lock();
+        status.state = RunState::Trapped;
+        status.traps += 1;
+        status.last_trap = Some(err.to_string());
+        err
     }
 
     /// Replaces the store with a fresh instantiation; every capability of the old one is gone.
@@ -322,5 +426,27 @@ fn kind_of_val(v: &Val) -> &'static str {
         Val::V128(_) => "v128",
         // Reference arguments are not accepted from the host API: they would be refused anyway.
         _ => "ref",
+    }
+}
+
+/// A weak reference to an instance for event producers: delivering to a stopped instance is a no-op
+/// that reports failure.
+#[derive(Clone)]
+pub(crate) struct EventSink(Weak<InstanceCell>);
+
+impl EventSink {
+    /// Queues an event for the instance; false if the instance is gone or not running.
+    pub(crate) fn deliver(&self, e: Pending) -> bool {
+        match self.0.upgrade() {
+            Some(cell) if cell.status.lock().state == RunState::Running => {
+                cell.deliver(e);
+                true
+            }
+            Some(cell) => {
+                cell.dead_events.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            None => false,
+        }
     }
 }

@@ -11,6 +11,7 @@
 //! beyond the call's epoch deadline.
 
 mod engine;
+pub mod events;
 mod instance;
 mod limits;
 mod memory_creator;
@@ -20,7 +21,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub(crate) use engine::EngineHandle;
-pub(crate) use instance::{InstanceCell, InstanceState};
+pub(crate) use instance::{EventSink, InstanceCell, InstanceState};
 pub(crate) use pool::WorkerPool;
 
 /// Identifies an instance for the lifetime of a broker (a restart keeps the id).

@@ -26,6 +26,23 @@ pub(crate) struct WorkerPool {
     threads: Vec<JoinHandle<()>>,
 }
 
+/// A cheap handle for posting jobs, held by instances so events can schedule their own delivery.
+#[derive(Clone)]
+pub(crate) struct PoolHandle {
+    queue: Sender<Msg>,
+}
+
+impl PoolHandle {
+    /// Posts a job to an instance's mailbox and makes sure a worker will run it.
+    pub(crate) fn submit(&self, cell: &Arc<InstanceCell>, job: Job) {
+        // The cell owns both ends of its mailbox, so this send cannot fail.
+        let _ = cell.mailbox_tx.send(job);
+        if !cell.scheduled.swap(true, Ordering::AcqRel) {
+            let _ = self.queue.send(Msg::Run(Arc::clone(cell)));
+        }
+    }
+}
+
 impl WorkerPool {
     /// Starts `workers` threads (at least one).
     pub(crate) fn new(workers: usize) -> std::io::Result<WorkerPool> {
@@ -44,11 +61,12 @@ impl WorkerPool {
 
     /// Posts a job to an instance's mailbox and makes sure a worker will run it.
     pub(crate) fn submit(&self, cell: &Arc<InstanceCell>, job: Job) {
-        // The cell owns both ends of its mailbox, so this send cannot fail.
-        let _ = cell.mailbox_tx.send(job);
-        if !cell.scheduled.swap(true, Ordering::AcqRel) {
-            let _ = self.queue.send(Msg::Run(Arc::clone(cell)));
-        }
+        self.handle().submit(cell, job);
+    }
+
+    /// A handle for posting jobs later.
+    pub(crate) fn handle(&self) -> PoolHandle {
+        PoolHandle { queue: self.queue.clone() }
     }
 }
 

@@ -3,6 +3,7 @@
 mod abi_header;
 mod bench;
 mod c_guest;
+mod callback;
 mod control;
 mod demo;
 mod handle;

@@ -1,0 +1,398 @@
+//! Host functions for callbacks both ways: region watches (the broker calls the app), the native
+//! toolkit (objects as capability handles whose events reach app callbacks through C trampolines), and
+//! native functions as handles (the app calls host services).
+//!
+//! A callback is a wasm function pointer, i.e. an index into the app's exported function table; it is
+//! checked (present, non-null, right signature) when registered and delivered later on the app's own
+//! worker through its event queue (see `runtime::events`). Registrations hang off the capability they
+//! were made through, so closing or revoking it ends them.
+
+use std::sync::{Arc, Weak};
+
+use broker_abi::{ui, MAX_FUNCTION_HANDLES, MAX_NAME_LEN};
+use wasmtime::Caller;
+
+use super::{check_out, copy_in, fence, guest_ptr, memory, write_handle, AbiError, Ctx};
+use crate::broker::{Core, Service};
+use crate::capability::{Cap, Cleanup, CleanupTag, Handle, Rights};
+use crate::mode::{ConflictPolicy, Mode};
+use crate::name::Name;
+use crate::native::{EventCode, ObjectId, TrampolinePool, OBJ_FIELDS_SIZE};
+use crate::region::{Backing, Change};
+use crate::runtime::events::{self, EventKind, Pending};
+use crate::runtime::InstanceState;
+
+fn lookup(caller: &Ctx<'_>, handle: u32) -> Result<Cap, AbiError> {
+    caller.data().ctx.lookup(handle)
+}
+
+fn check_callback(
+    caller: &mut Caller<'_, InstanceState>,
+    index: u32,
+    params: &[wasmtime::ValType],
+) -> Result<(), AbiError> {
+    events::check_callback(caller, index, params).map_err(AbiError::Callback)
+}
+
+pub(super) fn region_watch(
+    caller: &mut Ctx<'_>,
+    handle: u32,
+    callback: u32,
+    user_data: u32,
+) -> Result<(), AbiError> {
+    check_callback(caller, callback, &events::watch_signature())?;
+    let ctx = &caller.data().ctx;
+    let mut caps = ctx.core.caps.lock();
+    let cap = caps.lookup(ctx.instance, Handle::from_raw(handle))?;
+    cap.require(Rights::WATCH)?;
+    if caps.has_cleanup(cap.id, CleanupTag::Watch) {
+        return Err(AbiError::AlreadyRegistered);
+    }
+    let (sink, range, source) = (ctx.sink.clone(), cap.range, cap.id.get());
+    let watch = cap.region.watch(Arc::new(move |c: &Change| {
+        // Only changes inside the capability's range, reported relative to it.
+        let start = c.offset.max(range.offset);
+        let end = (c.offset + c.len).min(range.offset + range.len);
+        if end <= start {
+            return;
+        }
+        let kind =
+            EventKind::Watch { handle, version: c.version, offset: start - range.offset, len: end - start };
+        sink.deliver(Pending { source, callback, user_data, kind, missed: 0 });
+    }));
+    let region = Arc::clone(&cap.region);
+    caps.add_cleanup(
+        cap.id,
+        CleanupTag::Watch,
+        Cleanup::new(move || {
+            region.unwatch(watch);
+        }),
+    )?;
+    Ok(())
+}
+
+pub(super) fn region_unwatch(caller: &mut Ctx<'_>, handle: u32) -> Result<(), AbiError> {
+    let ctx = &caller.data().ctx;
+    let mut caps = ctx.core.caps.lock();
+    let cap = caps.lookup(ctx.instance, Handle::from_raw(handle))?;
+    if caps.run_cleanup(cap.id, CleanupTag::Watch) == 0 {
+        return Err(AbiError::NotRegistered);
+    }
+    Ok(())
+}
+
+/// The native object behind an object handle.
+fn object_of(core: &Core, cap: &Cap) -> Result<ObjectId, AbiError> {
+    core.ui_objects.lock().get(&cap.region.id()).copied().ok_or(AbiError::NotAnObject)
+}
+
+/// Copies the object's region (the source of truth, whatever its mode) into the native object.
+fn push_to_native(core: &Core, cap: &Cap, object: ObjectId) -> Result<(), AbiError> {
+    let mut bytes = [0u8; OBJ_FIELDS_SIZE];
+    cap.region.read(0, &mut bytes)?;
+    core.toolkit.lock().write_fields_bytes(object, &bytes).map_err(|e| AbiError::Native(e.to_string()))
+}
+
+pub(super) fn ui_create(caller: &mut Ctx<'_>, parent: u32, mode: u32, out: u32) -> Result<(), AbiError> {
+    let mem = check_out(caller, out, 4)?;
+    let mode = Mode::from_raw(mode).ok_or(AbiError::UnknownMode(mode))?;
+    let ctx = &caller.data().ctx;
+    let core = &ctx.core;
+    let parent_obj = if parent == 0 { None } else { Some(object_of(core, &lookup(caller, parent)?)?) };
+    let object =
+        core.toolkit.lock().create_object(parent_obj).map_err(|e| AbiError::Native(e.to_string()))?;
+    let delete_object = |core: &Core| {
+        let _ = core.toolkit.lock().delete_object(object);
+    };
+    let name = Name::new(&format!("ui.{}", object.0)).map_err(AbiError::Name)?;
+    let size = u64::try_from(OBJ_FIELDS_SIZE).unwrap_or(60);
+    let region = match core.create_region(
+        &ctx.tenant,
+        name,
+        size,
+        mode,
+        ConflictPolicy::default(),
+        Backing::Ephemeral,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            delete_object(core);
+            return Err(e.into());
+        }
+    };
+    let initial = core.toolkit.lock().fields_bytes(object).map_err(|e| AbiError::Native(e.to_string()));
+    let initial = match initial {
+        Ok(b) => b,
+        Err(e) => {
+            delete_object(core);
+            let _ = core.destroy_region(region.id());
+            return Err(e);
+        }
+    };
+    region.write(0, &initial)?;
+    core.ui_objects.lock().insert(region.id(), object);
+    let weak: Weak<Core> = Arc::downgrade(core);
+    let region_id = region.id();
+    let derived = {
+        let mut caps = core.caps.lock();
+        let root = caps.root(region_id).ok_or(crate::capability::CapError::Gone)?;
+        caps.add_cleanup(
+            root,
+            CleanupTag::NativeObject,
+            Cleanup::new(move || {
+                if let Some(core) = weak.upgrade() {
+                    core.ui_objects.lock().remove(&region_id);
+                    let _ = core.toolkit.lock().delete_object(object);
+                }
+            }),
+        )?;
+        caps.derive_handle(root, Rights::ALL, 0, broker_abi::LEN_TO_END, ctx.instance, &ctx.tenant)
+    };
+    match derived {
+        Ok(h) => write_handle(caller, mem, out, h),
+        Err(e) => {
+            // Destroying the region runs the root's hook, which deletes the object.
+            let _ = core.destroy_region(region_id);
+            Err(e.into())
+        }
+    }
+}
+
+fn field_offset(field: u32) -> Result<i64, AbiError> {
+    if field < ui::FIELDS {
+        Ok(i64::from(field) * 4)
+    } else {
+        Err(AbiError::InvalidValue { field: "field", value: i64::from(field) })
+    }
+}
+
+pub(super) fn ui_set(caller: &mut Ctx<'_>, handle: u32, field: u32, value: i32) -> Result<(), AbiError> {
+    let cap = lookup(caller, handle)?;
+    cap.require(Rights::WRITE)?;
+    let core = &caller.data().ctx.core;
+    let object = object_of(core, &cap)?;
+    let at = cap.range.access(field_offset(field)?, 4)?;
+    cap.region.write(at, &value.to_le_bytes())?;
+    push_to_native(core, &cap, object)
+}
+
+pub(super) fn ui_get(caller: &mut Ctx<'_>, handle: u32, field: u32, out: u32) -> Result<(), AbiError> {
+    let mem = check_out(caller, out, 4)?;
+    let cap = lookup(caller, handle)?;
+    cap.require(Rights::READ)?;
+    object_of(&caller.data().ctx.core, &cap)?;
+    let at = cap.range.access(field_offset(field)?, 4)?;
+    let mut v = [0u8; 4];
+    cap.region.read(at, &mut v)?;
+    let _fence = fence(caller);
+    guest_ptr::slice_mut(mem.data_mut(&mut *caller), out, 4)?.copy_from_slice(&v);
+    Ok(())
+}
+
+pub(super) fn ui_set_text(caller: &mut Ctx<'_>, handle: u32, ptr: u32, len: u32) -> Result<(), AbiError> {
+    if len > ui::TEXT_MAX {
+        return Err(AbiError::InvalidValue { field: "len", value: i64::from(len) });
+    }
+    let text = copy_in(caller, ptr, len, ui::TEXT_MAX)?;
+    if text.contains(&0) {
+        return Err(AbiError::InvalidValue { field: "text", value: 0 });
+    }
+    let cap = lookup(caller, handle)?;
+    cap.require(Rights::WRITE)?;
+    let core = &caller.data().ctx.core;
+    let object = object_of(core, &cap)?;
+    let mut field = [0u8; (ui::TEXT_MAX + 1) as usize];
+    field[..text.len()].copy_from_slice(&text);
+    let at = cap.range.access(i64::from(ui::TEXT_OFFSET), u64::from(ui::TEXT_MAX + 1))?;
+    cap.region.write(at, &field)?;
+    push_to_native(core, &cap, object)
+}
+
+pub(super) fn ui_get_text(
+    caller: &mut Ctx<'_>,
+    handle: u32,
+    ptr: u32,
+    cap_len: u32,
+    out_len: u32,
+) -> Result<(), AbiError> {
+    let mem = check_out(caller, out_len, 4)?;
+    guest_ptr::check(mem.data_size(&*caller), ptr, cap_len)?;
+    let cap = lookup(caller, handle)?;
+    cap.require(Rights::READ)?;
+    object_of(&caller.data().ctx.core, &cap)?;
+    let mut field = [0u8; (ui::TEXT_MAX + 1) as usize];
+    let at = cap.range.access(i64::from(ui::TEXT_OFFSET), u64::from(ui::TEXT_MAX + 1))?;
+    cap.region.read(at, &mut field)?;
+    let n = field.iter().position(|b| *b == 0).unwrap_or(field.len());
+    let n32 = u32::try_from(n).unwrap_or(u32::MAX);
+    let _fence = fence(caller);
+    let data = mem.data_mut(&mut *caller);
+    guest_ptr::slice_mut(data, out_len, 4)?.copy_from_slice(&n32.to_le_bytes());
+    if n32 > cap_len {
+        return Err(AbiError::Broker(crate::Error::Region(crate::region::RegionError::OutOfBounds {
+            offset: 0,
+            len: u64::from(n32),
+            size: u64::from(cap_len),
+        })));
+    }
+    guest_ptr::slice_mut(data, ptr, n32)?.copy_from_slice(&field[..n]);
+    Ok(())
+}
+
+pub(super) fn ui_on_event(
+    caller: &mut Ctx<'_>,
+    handle: u32,
+    code: u32,
+    callback: u32,
+    user_data: u32,
+) -> Result<(), AbiError> {
+    check_callback(caller, callback, &events::native_signature())?;
+    let ctx = &caller.data().ctx;
+    let core = &ctx.core;
+    let cap = lookup(caller, handle)?;
+    cap.require(Rights::READ)?;
+    let object = object_of(core, &cap)?;
+    let sink = ctx.sink.clone();
+    let pool = TrampolinePool::global();
+    let source = (1u64 << 63) | cap.id.get();
+    let trampoline = pool
+        .allocate(Arc::new(move |ev: &crate::native::Event| {
+            let kind = EventKind::Native { object: handle, code: ev.code.0, param: ev.param };
+            if sink.deliver(Pending { source, callback, user_data, kind, missed: 0 }) {
+                Ok(())
+            } else {
+                Err("the app behind this callback has stopped or trapped".to_owned())
+            }
+        }))
+        .map_err(|e| AbiError::Exhausted(e.to_string()))?;
+    let (slot, fn_ptr) = (trampoline.slot(), trampoline.fn_ptr());
+    let user = usize::try_from(user_data).unwrap_or(usize::MAX);
+    if let Err(e) = core.toolkit.lock().add_event_cb(object, fn_ptr, EventCode(code), user) {
+        let _ = pool.free(slot);
+        return Err(AbiError::Exhausted(e.to_string()));
+    }
+    let weak: Weak<Core> = Arc::downgrade(core);
+    let hook = Cleanup::new(move || {
+        if let Some(core) = weak.upgrade() {
+            let _ = core.toolkit.lock().remove_event_cb(object, fn_ptr);
+        }
+        let _ = TrampolinePool::global().free(slot);
+    });
+    let mut caps = core.caps.lock();
+    if let Err(e) = caps.add_cleanup(cap.id, CleanupTag::NativeCallback(slot.index()), hook) {
+        drop(caps);
+        let _ = core.toolkit.lock().remove_event_cb(object, fn_ptr);
+        let _ = pool.free(slot);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+pub(super) fn ui_send(
+    caller: &mut Ctx<'_>,
+    handle: u32,
+    code: u32,
+    param: i32,
+    out: u32,
+) -> Result<(), AbiError> {
+    let mem = check_out(caller, out, 4)?;
+    let cap = lookup(caller, handle)?;
+    cap.require(Rights::WRITE)?;
+    let core = &caller.data().ctx.core;
+    let object = object_of(core, &cap)?;
+    push_to_native(core, &cap, object)?;
+    let n = core
+        .toolkit
+        .lock()
+        .send_event(object, EventCode(code), param)
+        .map_err(|e| AbiError::Native(e.to_string()))?;
+    let _fence = fence(caller);
+    guest_ptr::slice_mut(mem.data_mut(&mut *caller), out, 4)?.copy_from_slice(&n.to_le_bytes());
+    Ok(())
+}
+
+pub(super) fn ui_delete(caller: &mut Ctx<'_>, handle: u32) -> Result<(), AbiError> {
+    let cap = lookup(caller, handle)?;
+    cap.require(Rights::WRITE | Rights::GRANT)?;
+    let core = &caller.data().ctx.core;
+    object_of(core, &cap)?;
+    core.destroy_region(cap.region.id())?;
+    Ok(())
+}
+
+pub(super) fn fn_open(caller: &mut Ctx<'_>, name_ptr: u32, name_len: u32, out: u32) -> Result<(), AbiError> {
+    let mem = check_out(caller, out, 4)?;
+    let name = copy_in(caller, name_ptr, name_len, MAX_NAME_LEN)?;
+    let name =
+        std::str::from_utf8(&name).map_err(|_| AbiError::Name(crate::name::NameError::NotUtf8))?.to_owned();
+    let ctx = &caller.data().ctx;
+    let service: Arc<Service> =
+        ctx.core.services.read().get(&name).cloned().ok_or_else(|| AbiError::NoSuchService(name.clone()))?;
+    if !service.allows(ctx.tenant.id()) {
+        return Err(AbiError::ServiceDenied(name));
+    }
+    let state = caller.data_mut();
+    let open = state.ctx.functions.iter().filter(|f| f.is_some()).count();
+    if u32::try_from(open).unwrap_or(u32::MAX) >= MAX_FUNCTION_HANDLES {
+        return Err(AbiError::Exhausted("too many function handles".into()));
+    }
+    state.ctx.functions.push(Some(service));
+    let h = u32::try_from(state.ctx.functions.len()).unwrap_or(u32::MAX);
+    let _fence = fence(caller);
+    guest_ptr::slice_mut(mem.data_mut(&mut *caller), out, 4)?.copy_from_slice(&h.to_le_bytes());
+    Ok(())
+}
+
+fn function(caller: &Ctx<'_>, fh: u32) -> Result<Arc<Service>, AbiError> {
+    let fns = &caller.data().ctx.functions;
+    let index = usize::try_from(fh).ok().and_then(|h| h.checked_sub(1));
+    match index.and_then(|i| fns.get(i)) {
+        Some(Some(s)) => Ok(Arc::clone(s)),
+        Some(None) => Err(crate::capability::CapError::StaleHandle(fh).into()),
+        None => Err(crate::capability::CapError::InvalidHandle(fh).into()),
+    }
+}
+
+/// The largest argument buffer a service call copies.
+const MAX_ARGS: u32 = 1 << 20;
+
+pub(super) fn fn_call(
+    caller: &mut Ctx<'_>,
+    fh: u32,
+    arg_ptr: u32,
+    arg_len: u32,
+    res_ptr: u32,
+    res_cap: u32,
+    out_len: u32,
+) -> Result<(), AbiError> {
+    let mem = check_out(caller, out_len, 4)?;
+    guest_ptr::check(mem.data_size(&*caller), res_ptr, res_cap)?;
+    let service = function(caller, fh)?;
+    if arg_len > MAX_ARGS {
+        return Err(AbiError::InvalidValue { field: "arg_len", value: i64::from(arg_len) });
+    }
+    let args = {
+        let m = memory(caller, arg_ptr, arg_len)?;
+        let _fence = fence(caller);
+        guest_ptr::slice(m.data(&*caller), arg_ptr, arg_len)?.to_vec()
+    };
+    let result = service.call(&args).map_err(AbiError::Service)?;
+    let n = u32::try_from(result.len()).unwrap_or(u32::MAX);
+    let _fence = fence(caller);
+    let data = mem.data_mut(&mut *caller);
+    guest_ptr::slice_mut(data, out_len, 4)?.copy_from_slice(&n.to_le_bytes());
+    if n > res_cap {
+        return Err(AbiError::ResultTooLarge { needed: n, cap: res_cap });
+    }
+    guest_ptr::slice_mut(data, res_ptr, n)?.copy_from_slice(&result);
+    Ok(())
+}
+
+pub(super) fn fn_close(caller: &mut Ctx<'_>, fh: u32) -> Result<(), AbiError> {
+    function(caller, fh)?;
+    let fns = &mut caller.data_mut().ctx.functions;
+    if let Some(slot) = usize::try_from(fh).ok().and_then(|h| h.checked_sub(1)).and_then(|i| fns.get_mut(i)) {
+        *slot = None;
+    }
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! Events for apps: change notifications (watch) and native library callbacks, queued per instance and
+//! delivered by calling the app's callback on its own worker.
+//!
+//! A wasm "function pointer" is an index into the instance's exported function table
+//! (`__indirect_function_table`). [`check_callback`] validates an index and its signature when the app
+//! registers it; delivery looks it up again and calls it with the call's epoch budget. Each instance has
+//! a bounded queue: when it is full, a new event is merged into the last pending event of the same
+//! source (version and range widened, `missed` counted), so a slow app costs bounded memory and still
+//! learns how much it missed. Events keep the order they were produced in.
+
+use std::collections::VecDeque;
+
+use parking_lot::Mutex;
+use wasmtime::{AsContextMut, Caller, FuncType, Ref, Table, ValType};
+
+/// Events pending per instance before they are merged.
+pub const QUEUE_CAPACITY: usize = 256;
+
+/// The export that holds a wasm module's function table.
+pub const TABLE_EXPORT: &str = "__indirect_function_table";
+
+/// What an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A region changed: `(handle, version, offset, len)`.
+    Watch {
+        /// The handle the watch was registered through.
+        handle: u32,
+        /// The region's version after the change.
+        version: u64,
+        /// Start of the changed bytes.
+        offset: u64,
+        /// Number of changed bytes.
+        len: u64,
+    },
+    /// A native object fired an event.
+    Native {
+        /// The object's handle in the app.
+        object: u32,
+        /// The event code.
+        code: u32,
+        /// The event's parameter.
+        param: i32,
+    },
+}
+
+/// One queued event with the callback it goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    /// Identifies the registration, so events of the same source can be merged.
+    pub source: u64,
+    /// Table index of the app's callback.
+    pub callback: u32,
+    /// The app's user data, passed back verbatim.
+    pub user_data: u32,
+    /// The event.
+    pub kind: EventKind,
+    /// Events merged into this one.
+    pub missed: u32,
+}
+
+/// The bounded queue of an instance.
+#[derive(Debug, Default)]
+pub struct EventQueue {
+    inner: Mutex<Queue>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    events: VecDeque<Pending>,
+    /// Whether a delivery job is posted and has not started draining yet.
+    scheduled: bool,
+    /// Events merged away so far (for stats).
+    merged: u64,
+}
+
+impl EventQueue {
+    /// Queues an event; returns true if the caller must schedule a delivery job.
+    pub fn push(&self, e: Pending) -> bool {
+        let mut q = self.inner.lock();
+        if q.events.len() >= QUEUE_CAPACITY {
+            if let Some(last) = q.events.iter_mut().rev().find(|p| p.source == e.source) {
+                merge(last, &e);
+                q.merged += 1;
+                return false;
+            }
+            // Nothing of this source to merge into: drop the oldest event instead, counted on the new one.
+            q.events.pop_front();
+            q.merged += 1;
+            let mut e = e;
+            e.missed = e.missed.saturating_add(1);
+            q.events.push_back(e);
+        } else {
+            q.events.push_back(e);
+        }
+        let schedule = !q.scheduled;
+        q.scheduled = true;
+        schedule
+    }
+
+    /// Takes every pending event (the delivery job calls this before delivering).
+    pub fn take(&self) -> VecDeque<Pending> {
+        let mut q = self.inner.lock();
+        q.scheduled = false;
+        std::mem::take(&mut q.events)
+    }
+
+    /// Events merged away since the instance started.
+    pub fn merged(&self) -> u64 {
+        self.inner.lock().merged
+    }
+}
+
+fn merge(into: &mut Pending, e: &Pending) {
+    into.missed = into.missed.saturating_add(1).saturating_add(e.missed);
+    match (&mut into.kind, e.kind) {
+        (
+            EventKind::Watch { version, offset, len, .. },
+            EventKind::Watch { version: v2, offset: o2, len: l2, .. },
+        ) => {
+            let start = (*offset).min(o2);
+            let end = (*offset + *len).max(o2 + l2);
+            *version = (*version).max(v2);
+            *offset = start;
+            *len = end - start;
+        }
+        (k, other) => *k = other,
+    }
+}
+
+/// Parameter types of a watch callback: `(user_data, handle, version, offset, len, missed)`.
+pub fn watch_signature() -> [ValType; 6] {
+    [ValType::I32, ValType::I32, ValType::I64, ValType::I64, ValType::I64, ValType::I32]
+}
+
+/// Parameter types of a native event callback: `(user_data, object, code, param, missed)`.
+pub fn native_signature() -> [ValType; 5] {
+    [ValType::I32, ValType::I32, ValType::I32, ValType::I32, ValType::I32]
+}
+
+/// Why a callback was refused at registration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallbackError {
+    /// The module exports no function table.
+    #[error("the module exports no function table ({TABLE_EXPORT}); link with --export-table")]
+    NoTable,
+    /// Index 0 (the null function pointer) or an empty table slot.
+    #[error("callback {0} is a null function pointer")]
+    Null(u32),
+    /// The index lies beyond the table.
+    #[error("callback {index} is outside the function table of {size} entries")]
+    OutOfRange {
+        /// The index.
+        index: u32,
+        /// The table's size.
+        size: u64,
+    },
+    /// The function has another signature.
+    #[error("callback {index} has signature {found}, expected ({expected}) -> ()")]
+    WrongSignature {
+        /// The index.
+        index: u32,
+        /// Its type.
+        found: String,
+        /// The parameters expected.
+        expected: String,
+    },
+}
+
+fn kinds(ps: &[ValType]) -> String {
+    ps.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// Looks up `index` in the instance's table and checks it is a function with parameters `params` and no
+/// results.
+///
+/// # Errors
+/// [`CallbackError`] naming what is wrong.
+pub fn check_callback<T>(
+    caller: &mut Caller<'_, T>,
+    index: u32,
+    params: &[ValType],
+) -> Result<(), CallbackError> {
+    let table = caller
+        .get_export(TABLE_EXPORT)
+        .and_then(wasmtime::Extern::into_table)
+        .ok_or(CallbackError::NoTable)?;
+    check_in_table(caller, table, index, params)
+}
+
+pub(crate) fn check_in_table(
+    mut store: impl AsContextMut,
+    table: Table,
+    index: u32,
+    params: &[ValType],
+) -> Result<(), CallbackError> {
+    let size = table.size(&store);
+    if index == 0 {
+        return Err(CallbackError::Null(index));
+    }
+    let func = match table.get(&mut store, u64::from(index)) {
+        None => return Err(CallbackError::OutOfRange { index, size }),
+        Some(Ref::Func(Some(f))) => f,
+        Some(_) => return Err(CallbackError::Null(index)),
+    };
+    let ty: FuncType = func.ty(&store);
+    let ok = ty.results().len() == 0
+        && ty.params().len() == params.len()
+        && ty.params().zip(params).all(|(a, b)| ValType::eq(&a, b));
+    if ok {
+        Ok(())
+    } else {
+        let found = format!(
+            "({}) -> ({})",
+            kinds(&ty.params().collect::<Vec<_>>()),
+            kinds(&ty.results().collect::<Vec<_>>())
+        );
+        Err(CallbackError::WrongSignature { index, found, expected: kinds(params) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch(source: u64, version: u64, offset: u64) -> Pending {
+        Pending {
+            source,
+            callback: 1,
+            user_data: 0,
+            kind: EventKind::Watch { handle: 1, version, offset, len: 8 },
+            missed: 0,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_merges_into_the_same_source_and_counts() {
+        let q = EventQueue::default();
+        assert!(q.push(watch(1, 1, 0)));
+        for v in 2..=(QUEUE_CAPACITY as u64) {
+            assert!(!q.push(watch(1, v, 0)), "already scheduled");
+        }
+        // Full: the next events merge into the last one.
+        q.push(watch(1, 1000, 100));
+        q.push(watch(1, 1001, 0));
+        let events = q.take();
+        assert_eq!(events.len(), QUEUE_CAPACITY);
+        let last = events.back().copied().expect("events");
+        assert_eq!(last.missed, 2);
+        assert_eq!(last.kind, EventKind::Watch { handle: 1, version: 1001, offset: 0, len: 108 });
+        assert_eq!(q.merged(), 2);
+        let versions: Vec<u64> = events
+            .iter()
+            .map(|p| match p.kind {
+                EventKind::Watch { version, .. } => version,
+                EventKind::Native { .. } => 0,
+            })
+            .collect();
+        assert!(versions.windows(2).all(|w| w[0] < w[1]), "order kept");
+        assert!(q.push(watch(1, 2000, 0)), "after a take, the next push schedules again");
+    }
+}

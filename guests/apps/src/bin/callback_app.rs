@@ -1,0 +1,318 @@
+//! An app that receives callbacks: region watches, toolkit events through native trampolines, and
+//! host services through function handles. Callbacks record what they saw in statics the host reads
+//! back through exports; exports return a non-negative result or a negative status.
+
+#![no_main]
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use broker_guest::{ui_callback, ui_code, watch_callback, Error, Field, HostFn, Mode, Object, Region};
+
+static WATCH_CALLS: AtomicU64 = AtomicU64::new(0);
+static WATCH_MISSED: AtomicU64 = AtomicU64::new(0);
+static WATCH_LAST_VERSION: AtomicU64 = AtomicU64::new(0);
+static WATCH_OUT_OF_ORDER: AtomicU64 = AtomicU64::new(0);
+static WATCH_USER_DATA: AtomicU64 = AtomicU64::new(0);
+static WATCH_LAST_RANGE: AtomicI64 = AtomicI64::new(0);
+
+thread_local! {
+    static REGIONS: RefCell<Vec<Region>> = const { RefCell::new(Vec::new()) };
+    static OBJECTS: RefCell<Vec<Object>> = const { RefCell::new(Vec::new()) };
+    static UI_LOG: RefCell<Vec<(u32, u32, u32, i32)>> = const { RefCell::new(Vec::new()) };
+}
+
+watch_callback!(fn on_change(user_data, event) {
+    WATCH_CALLS.fetch_add(1, Ordering::Relaxed);
+    WATCH_MISSED.fetch_add(u64::from(event.missed), Ordering::Relaxed);
+    WATCH_USER_DATA.store(u64::from(user_data), Ordering::Relaxed);
+    let last = WATCH_LAST_VERSION.swap(event.version, Ordering::Relaxed);
+    if event.version <= last {
+        WATCH_OUT_OF_ORDER.fetch_add(1, Ordering::Relaxed);
+    }
+    WATCH_LAST_RANGE.store(i64::try_from(event.offset << 32 | event.len).unwrap_or(-1), Ordering::Relaxed);
+});
+
+ui_callback!(fn on_ui(user_data, event) {
+    UI_LOG.with_borrow_mut(|log| log.push((user_data, event.object, event.code, event.param)));
+    let _ = event.missed;
+});
+
+/// A function with a signature no callback has.
+#[no_mangle]
+pub extern "C" fn wrong_sig(_x: u32) {}
+
+fn ret(r: Result<u64, Error>) -> i64 {
+    match r {
+        Ok(v) => i64::try_from(v).unwrap_or(i64::MAX),
+        Err(e) => i64::from(e.code()),
+    }
+}
+
+/// Opens `name_sel` ("data" = 0, "flag" = 1, "alpha/data" = 2) and keeps the handle; returns its index.
+fn keep(sel: i32) -> Result<usize, Error> {
+    let name = ["data", "flag", "alpha/data"]
+        .get(usize::try_from(sel).map_err(|_| Error::InvalidArgument)?)
+        .copied()
+        .ok_or(Error::InvalidArgument)?;
+    let r = Region::open(name)?;
+    Ok(REGIONS.with_borrow_mut(|v| {
+        v.push(r);
+        v.len() - 1
+    }))
+}
+
+/// Opens region `sel` and watches it with user data `ud`; returns the handle.
+#[no_mangle]
+pub extern "C" fn watch(sel: i32, ud: i32) -> i64 {
+    let run = || -> Result<u64, Error> {
+        let i = keep(sel)?;
+        REGIONS.with_borrow(|v| {
+            let r = &v[i];
+            r.watch(on_change, u32::try_from(ud).unwrap_or(0))?;
+            Ok(u64::from(r.raw()))
+        })
+    };
+    ret(run())
+}
+
+/// Registers a raw table index as a watch callback on region `sel`; returns the status.
+#[no_mangle]
+pub extern "C" fn watch_raw(sel: i32, index: i32) -> i64 {
+    let run = || -> Result<u64, Error> {
+        let i = keep(sel)?;
+        let h = REGIONS.with_borrow(|v| v[i].raw());
+        #[allow(clippy::cast_sign_loss, reason = "raw table index")]
+        Error::check(broker_guest::sys::region_watch(h, index as u32, 0)).map(|()| 0)
+    };
+    ret(run())
+}
+
+/// The table index of `wrong_sig` (a function of the wrong signature).
+#[no_mangle]
+pub extern "C" fn wrong_sig_index() -> i64 {
+    i64::try_from(wrong_sig as *const () as usize).unwrap_or(-1)
+}
+
+/// Ends the watch of the first kept region.
+#[no_mangle]
+pub extern "C" fn unwatch() -> i64 {
+    ret(REGIONS
+        .with_borrow(|v| v.first().ok_or(Error::InvalidArgument).and_then(Region::unwatch).map(|()| 0)))
+}
+
+/// Closes every kept region handle.
+#[no_mangle]
+pub extern "C" fn close_all() -> i64 {
+    REGIONS.with_borrow_mut(Vec::clear);
+    0
+}
+
+#[no_mangle]
+pub extern "C" fn watch_calls() -> i64 {
+    i64::try_from(WATCH_CALLS.load(Ordering::Relaxed)).unwrap_or(-1)
+}
+
+#[no_mangle]
+pub extern "C" fn watch_missed() -> i64 {
+    i64::try_from(WATCH_MISSED.load(Ordering::Relaxed)).unwrap_or(-1)
+}
+
+#[no_mangle]
+pub extern "C" fn watch_last_version() -> i64 {
+    i64::try_from(WATCH_LAST_VERSION.load(Ordering::Relaxed)).unwrap_or(-1)
+}
+
+#[no_mangle]
+pub extern "C" fn watch_out_of_order() -> i64 {
+    i64::try_from(WATCH_OUT_OF_ORDER.load(Ordering::Relaxed)).unwrap_or(-1)
+}
+
+#[no_mangle]
+pub extern "C" fn watch_user_data() -> i64 {
+    i64::try_from(WATCH_USER_DATA.load(Ordering::Relaxed)).unwrap_or(-1)
+}
+
+/// `offset << 32 | len` of the last event.
+#[no_mangle]
+pub extern "C" fn watch_last_range() -> i64 {
+    WATCH_LAST_RANGE.load(Ordering::Relaxed)
+}
+
+/// Sets the u64 at offset 8 of region "flag", then keeps the app busy until the u64 at offset 0 is
+/// non-zero (so events pile up meanwhile).
+#[no_mangle]
+pub extern "C" fn busy_until_flag() -> i64 {
+    let run = || -> Result<u64, Error> {
+        let flag = Region::open("flag")?;
+        // Tell the host the loop has started, so what it does next happens while this app is busy.
+        flag.store(8, &1u64)?;
+        let mut spins = 0u64;
+        while flag.load::<u64>(0)? == 0 {
+            spins += 1;
+        }
+        Ok(spins)
+    };
+    ret(run())
+}
+
+/// Creates a toolkit object (fields in a region of `mode`: 0 handle, 1 mirror, 2 shared) and registers
+/// `on_ui` for all its events with user data `ud`; returns the object's handle.
+#[no_mangle]
+pub extern "C" fn ui_make(mode: i32, ud: i32) -> i64 {
+    let mode = match mode {
+        1 => Mode::Mirror,
+        2 => Mode::Shared,
+        _ => Mode::Handle,
+    };
+    let run = || -> Result<u64, Error> {
+        let o = Object::create(None, mode)?;
+        if let Err(e) = o.on_event(ui_code::EVENT_ALL, on_ui, u32::try_from(ud).unwrap_or(0)) {
+            // An object nobody listens to is of no use to this app: delete it rather than leak it.
+            let _ = o.delete();
+            return Err(e);
+        }
+        let h = u64::from(o.handle());
+        OBJECTS.with_borrow_mut(|v| v.push(o));
+        Ok(h)
+    };
+    ret(run())
+}
+
+fn with_object(i: i32, f: impl FnOnce(&Object) -> Result<u64, Error>) -> i64 {
+    OBJECTS.with_borrow(|v| {
+        ret(usize::try_from(i).ok().and_then(|i| v.get(i)).ok_or(Error::InvalidArgument).and_then(f))
+    })
+}
+
+/// Fires an event on object `i`; returns how many callbacks ran.
+#[no_mangle]
+pub extern "C" fn ui_fire(i: i32, code: i32, param: i32) -> i64 {
+    with_object(i, |o| o.send(u32::try_from(code).unwrap_or(0), param).map(u64::from))
+}
+
+/// Sets the value field.
+#[no_mangle]
+pub extern "C" fn ui_set_value(i: i32, v: i32) -> i64 {
+    with_object(i, |o| o.set(Field::Value, v).map(|()| 0))
+}
+
+/// Reads the value field (as u32 bits).
+#[no_mangle]
+pub extern "C" fn ui_get_value(i: i32) -> i64 {
+    with_object(i, |o| o.get(Field::Value).map(|v| u64::from(v.cast_unsigned())))
+}
+
+/// Sets then reads the text; returns its length if it came back equal, else -1000.
+#[no_mangle]
+pub extern "C" fn ui_text(i: i32) -> i64 {
+    with_object(i, |o| {
+        o.set_text("hello toolkit")?;
+        let t = o.text()?;
+        Ok(if t == "hello toolkit" { t.len() as u64 } else { 1000 })
+    })
+}
+
+/// Reads the value field through the object's region (a plain region read).
+#[no_mangle]
+pub extern "C" fn ui_value_via_region(i: i32) -> i64 {
+    with_object(i, |o| o.region().load::<i32>(16).map(|v| u64::from(v.cast_unsigned())))
+}
+
+/// Registers a raw table index as an event callback on object `i`.
+#[no_mangle]
+pub extern "C" fn ui_on_event_raw(i: i32, index: i32) -> i64 {
+    #[allow(clippy::cast_sign_loss, reason = "raw table index")]
+    with_object(i, |o| {
+        Error::check(broker_guest::sys::ui_on_event(o.handle(), 0, index as u32, 0)).map(|()| 0)
+    })
+}
+
+/// Registers `on_ui` again on object `i` (to exhaust callback slots).
+#[no_mangle]
+pub extern "C" fn ui_on_event_again(i: i32) -> i64 {
+    with_object(i, |o| o.on_event(ui_code::EVENT_ALL, on_ui, 0).map(|()| 0))
+}
+
+/// Deletes object `i`.
+#[no_mangle]
+pub extern "C" fn ui_delete(i: i32) -> i64 {
+    let o =
+        OBJECTS.with_borrow_mut(|v| usize::try_from(i).ok().filter(|i| *i < v.len()).map(|i| v.remove(i)));
+    ret(o.ok_or(Error::InvalidArgument).and_then(Object::delete).map(|()| 0))
+}
+
+/// Number of toolkit events received.
+#[no_mangle]
+pub extern "C" fn ui_events() -> i64 {
+    UI_LOG.with_borrow(|l| i64::try_from(l.len()).unwrap_or(-1))
+}
+
+/// Event `k` as `user_data << 48 | code << 32 | param` (param as u32).
+#[no_mangle]
+pub extern "C" fn ui_event(k: i32) -> i64 {
+    UI_LOG.with_borrow(|l| {
+        usize::try_from(k).ok().and_then(|k| l.get(k)).map_or(-1, |(ud, _, code, param)| {
+            i64::from(*ud) << 48 | i64::from(*code) << 32 | i64::from(param.cast_unsigned())
+        })
+    })
+}
+
+/// Calls the host service "sensor.sample" for sample `i`.
+#[no_mangle]
+pub extern "C" fn sensor(i: i64) -> i64 {
+    let run = || -> Result<u64, Error> {
+        let f = HostFn::open("sensor.sample")?;
+        let mut out = [0u8; 8];
+        let n = f.call(&i.to_le_bytes(), &mut out)?;
+        if n != 8 {
+            return Err(Error::Internal);
+        }
+        Ok(u64::from_le_bytes(out))
+    };
+    ret(run())
+}
+
+/// Opens a host service by name index (0 "sensor.sample", 1 "nope", 2 "test.secret", 3 "test.fail",
+/// 4 "test.big") and calls it with 8 bytes into an 8-byte buffer; returns the first result byte or the
+/// status.
+#[no_mangle]
+pub extern "C" fn service(sel: i32) -> i64 {
+    let names = ["sensor.sample", "nope", "test.secret", "test.fail", "test.big"];
+    let run = || -> Result<u64, Error> {
+        let name = names
+            .get(usize::try_from(sel).map_err(|_| Error::InvalidArgument)?)
+            .ok_or(Error::InvalidArgument)?;
+        let f = HostFn::open(name)?;
+        let mut out = [0u8; 8];
+        f.call(&[1, 2, 3, 4, 5, 6, 7, 8], &mut out)?;
+        Ok(u64::from(out[0]))
+    };
+    ret(run())
+}
+
+/// Calls a raw function handle value.
+#[no_mangle]
+pub extern "C" fn fn_call_raw(fh: i32) -> i64 {
+    let mut out = [0u8; 8];
+    let mut n = 0u32;
+    #[allow(clippy::cast_sign_loss, reason = "raw handle")]
+    ret(Error::check(broker_guest::sys::fn_call(fh as u32, &[0; 8], &mut out, &mut n)).map(|()| 0))
+}
+
+#[no_mangle]
+pub extern "C" fn trap() -> i64 {
+    core::arch::wasm32::unreachable()
+}
+
+#[no_mangle]
+pub extern "C" fn ping() -> i64 {
+    1
+}
+
+/// The table index of the watch callback, for benchmarks that call it directly.
+#[no_mangle]
+pub extern "C" fn on_change_index() -> i64 {
+    let f: broker_guest::RawWatchFn = on_change;
+    i64::try_from(f as usize).unwrap_or(-1)
+}

@@ -1,0 +1,260 @@
+//! Callbacks both ways: region watches delivered to app callbacks in version order with bounded
+//! queues, the unchanged C toolkit firing events into app callbacks through native trampolines, and
+//! host services called through function handles.
+
+use std::sync::Arc;
+
+use broker::{Broker, InstanceId, Mode, RegionId, RegionSpec, Rights, TenantId};
+use broker_tests::{args, broker, call, code, start, tenant, watchdog, Status};
+use parking_lot::Mutex;
+
+/// The trampoline pool is process-wide: tests that register toolkit callbacks take turns.
+static TOOLKIT: Mutex<()> = Mutex::new(());
+
+fn setup() -> (Broker, TenantId, RegionId, InstanceId) {
+    let b = broker();
+    let t = tenant(&b, "alpha");
+    let data = b.create_region(t, RegionSpec::new("data", 4096, Mode::Handle)).expect("region");
+    b.create_region(t, RegionSpec::new("flag", 64, Mode::Handle)).expect("region");
+    let app = start(&b, t, "callback_app", "app");
+    (b, t, data, app)
+}
+
+/// The named test for the `callback_app` guest: host writes reach the app's watch callback, with its
+/// user data, in version order, relative to the handle's range; unwatch and close end the watch.
+#[test]
+pub(crate) fn callback_app() {
+    let (b, _, data, app) = setup();
+    let h = call(&b, app, "watch", args![0, 7]);
+    assert!(h > 0, "watch failed: {h}");
+    for (i, off) in [0u64, 100, 4000].iter().enumerate() {
+        assert_eq!(b.write_region(data, *off, &[1, 2, 3, 4]).expect("write"), i as u64 + 1);
+    }
+    // Deliveries are queued on the app's worker ahead of this call.
+    assert_eq!(call(&b, app, "watch_calls", args![]), 3);
+    assert_eq!(call(&b, app, "watch_user_data", args![]), 7);
+    assert_eq!(call(&b, app, "watch_last_version", args![]), 3);
+    assert_eq!(call(&b, app, "watch_out_of_order", args![]), 0);
+    assert_eq!(call(&b, app, "watch_last_range", args![]), (4000 << 32) | 4);
+    assert!(call(&b, app, "watch", args![0, 8]) > 0, "a second handle may watch the same region");
+    b.write_region(data, 0, &[5]).expect("write");
+    assert_eq!(call(&b, app, "watch_calls", args![]), 5, "both watches heard the write");
+    assert_eq!(call(&b, app, "unwatch", args![]), 0);
+    assert_eq!(call(&b, app, "unwatch", args![]), code(Status::NotFound));
+    b.write_region(data, 0, &[9]).expect("write");
+    let calls = call(&b, app, "watch_calls", args![]);
+    assert_eq!(calls, 6, "only the second watch is left");
+    assert_eq!(call(&b, app, "close_all", args![]), 0);
+    b.write_region(data, 0, &[9]).expect("write");
+    assert_eq!(call(&b, app, "watch_calls", args![]), calls, "closing the handles ended every watch");
+    assert_eq!(b.region_info(data).expect("info").version, 6);
+}
+
+#[test]
+fn callbacks_with_bad_indexes_or_signatures_are_refused() {
+    let _turn = TOOLKIT.lock();
+    let (b, t, _, app) = setup();
+    let wrong = call(&b, app, "wrong_sig_index", args![]);
+    assert!(wrong > 0);
+    let wrong = i32::try_from(wrong).expect("small index");
+    for index in [0, 1_000_000, wrong, -1] {
+        assert_eq!(
+            call(&b, app, "watch_raw", args![0, index]),
+            code(Status::BadCallback),
+            "watch with index {index}"
+        );
+    }
+    assert!(call(&b, app, "ui_make", args![0, 1]) > 0);
+    for index in [0, 1_000_000, wrong] {
+        assert_eq!(
+            call(&b, app, "ui_on_event_raw", args![0, index]),
+            code(Status::BadCallback),
+            "ui callback {index}"
+        );
+    }
+    // Watching needs the watch right.
+    let other = b.create_tenant("beta", broker::Quotas::default()).expect("tenant");
+    let reader = start(&b, other, "callback_app", "reader");
+    let data = b.region_id(t, "data").expect("id");
+    b.grant(data, reader, Rights::READ, 0, None).expect("grant");
+    assert_eq!(call(&b, reader, "watch", args![2, 0]), code(Status::PermissionDenied));
+    b.grant(data, reader, Rights::READ | Rights::WATCH, 0, Some(8)).expect("grant");
+    assert!(call(&b, reader, "watch", args![2, 0]) > 0);
+    // The sub-range grant only hears about its own 8 bytes.
+    b.write_region(data, 100, &[1]).expect("write");
+    b.write_region(data, 4, &[1, 1, 1, 1, 1, 1]).expect("write");
+    assert_eq!(call(&b, reader, "watch_calls", args![]), 1);
+    assert_eq!(call(&b, reader, "watch_last_range", args![]), (4 << 32) | 4, "clipped to the range");
+    b.stop_instance(app).expect("stop");
+}
+
+#[test]
+fn a_watch_flood_is_bounded_merged_and_counted() {
+    watchdog(120, || {
+        let (b, t, data, app) = setup();
+        let b = Arc::new(b);
+        assert!(call(&b, app, "watch", args![0, 1]) > 0);
+        let flag = b.region_id(t, "flag").expect("id");
+        let bb = Arc::clone(&b);
+        let busy = std::thread::spawn(move || bb.call_i64(app, "busy_until_flag", &[]));
+        let mut started = [0u8; 8];
+        while started == [0; 8] {
+            b.read_region(flag, 8, &mut started).expect("read");
+            std::thread::yield_now();
+        }
+        let writes = 5_000u64;
+        for i in 0..writes {
+            b.write_region(data, i % 4000, &[1]).expect("write");
+        }
+        b.write_region(flag, 0, &1u64.to_le_bytes()).expect("release");
+        assert!(busy.join().expect("thread").expect("busy call") >= 0);
+        let calls = u64::try_from(call(&b, app, "watch_calls", args![])).expect("count");
+        let missed = u64::try_from(call(&b, app, "watch_missed", args![])).expect("count");
+        let capacity = broker::runtime::events::QUEUE_CAPACITY as u64;
+        assert_eq!(calls, capacity, "the queue held exactly its capacity while the app was busy");
+        assert_eq!(calls + missed, writes, "every change was delivered or counted as missed");
+        assert_eq!(call(&b, app, "watch_out_of_order", args![]), 0);
+        assert_eq!(call(&b, app, "watch_last_version", args![]), i64::try_from(writes).expect("small"));
+        let (delivered, _, merged) = b.event_counts(app).expect("counts");
+        assert_eq!((delivered, merged), (calls, missed));
+    });
+}
+
+fn ui_region(b: &Broker, t: TenantId) -> RegionId {
+    b.regions(t).into_iter().find(|r| r.name.starts_with("ui.")).map(|r| r.id).expect("an object region")
+}
+
+#[test]
+fn the_toolkit_fires_events_into_app_callbacks_in_order() {
+    let _turn = TOOLKIT.lock();
+    let (b, t, _, app) = setup();
+    let h = call(&b, app, "ui_make", args![0, 42]);
+    assert!(h > 0, "ui_make: {h}");
+    let obj = ui_region(&b, t);
+    let n = 20;
+    for i in 0..n {
+        assert_eq!(b.ui_send(obj, 3, i).expect("send"), 1, "one callback registered");
+    }
+    assert_eq!(call(&b, app, "ui_events", args![]), i64::from(n));
+    for k in 0..n {
+        let e = call(&b, app, "ui_event", args![k]);
+        assert_eq!(e, (42 << 48) | (3 << 32) | i64::from(k), "event {k} in order with its user data");
+    }
+    // The app fires events itself; they arrive after the call that fired them.
+    assert_eq!(call(&b, app, "ui_fire", args![0, 4, 99]), 1);
+    assert_eq!(call(&b, app, "ui_events", args![]), i64::from(n) + 1);
+    assert_eq!(call(&b, app, "ui_event", args![n]), (42 << 48) | (4 << 32) | 99);
+    b.stop_instance(app).expect("stop");
+    assert_eq!(b.ui_send(obj, 3, 0).expect("send"), 0, "stopping the app unregistered its callback");
+}
+
+#[test]
+fn toolkit_objects_are_regions_in_every_mode() {
+    let _turn = TOOLKIT.lock();
+    for (mode, raw) in [(Mode::Handle, 0), (Mode::Mirror, 1), (Mode::Shared, 2)] {
+        let (b, t, _, app) = setup();
+        assert!(call(&b, app, "ui_make", args![raw, 1]) > 0, "{mode}");
+        let obj = ui_region(&b, t);
+        assert_eq!(b.region_info(obj).expect("info").mode, mode);
+        assert_eq!(call(&b, app, "ui_set_value", args![0, 5]), 0);
+        assert_eq!(call(&b, app, "ui_get_value", args![0]), 5);
+        assert_eq!(call(&b, app, "ui_value_via_region", args![0]), 5, "the field is in the region");
+        let mut v = [0u8; 4];
+        b.read_region(obj, 16, &mut v).expect("read");
+        assert_eq!(i32::from_le_bytes(v), 5);
+        b.write_region(obj, 16, &9i32.to_le_bytes()).expect("write");
+        assert_eq!(call(&b, app, "ui_get_value", args![0]), 9, "the region is the source of truth");
+        assert_eq!(call(&b, app, "ui_text", args![0]), 13);
+        assert_eq!(b.ui_object_count(), 1);
+        assert_eq!(call(&b, app, "ui_delete", args![0]), 0);
+        assert_eq!(b.ui_object_count(), 0);
+        assert!(b.region_info(obj).is_err(), "deleting the object destroyed its region");
+    }
+}
+
+#[test]
+fn events_for_trapped_or_stopped_apps_are_counted_not_crashes() {
+    let _turn = TOOLKIT.lock();
+    let (b, t, data, app) = setup();
+    assert!(call(&b, app, "ui_make", args![0, 1]) > 0);
+    assert!(call(&b, app, "watch", args![0, 1]) > 0);
+    let obj = ui_region(&b, t);
+    let pool = broker::native::TrampolinePool::global();
+    let dead_before = pool.dead_calls();
+    assert!(b.call(app, "trap", &[]).is_err());
+    assert_eq!(b.ui_send(obj, 3, 1).expect("send"), 1, "the C library still calls the trampoline");
+    assert_eq!(pool.dead_calls(), dead_before + 1, "which returns safely and is counted");
+    b.write_region(data, 0, &[1]).expect("a write to a watched region of a trapped app is fine");
+    let (_, dead, _) = b.event_counts(app).expect("counts");
+    assert!(dead >= 1, "the watch event was counted as undeliverable");
+    b.stop_instance(app).expect("stop");
+    assert_eq!(b.ui_send(obj, 3, 1).expect("send"), 0);
+    b.write_region(data, 0, &[2]).expect("write after stop");
+}
+
+#[test]
+fn trampoline_slots_run_out_and_are_reused() {
+    let _turn = TOOLKIT.lock();
+    let (b, _, _, app) = setup();
+    let pool = broker::native::TrampolinePool::global();
+    let free = pool.capacity() - pool.in_use();
+    // Objects take up to 8 callbacks each (the toolkit's limit); fill every free trampoline.
+    let mut registered = 0;
+    let mut objects = 0;
+    while registered < free {
+        assert!(call(&b, app, "ui_make", args![0, 0]) > 0);
+        registered += 1;
+        for _ in 0..7 {
+            if registered == free {
+                break;
+            }
+            assert_eq!(call(&b, app, "ui_on_event_again", args![objects]), 0);
+            registered += 1;
+        }
+        objects += 1;
+    }
+    assert_eq!(pool.in_use(), pool.capacity());
+    assert_eq!(call(&b, app, "ui_make", args![0, 0]), code(Status::QuotaExceeded), "no trampoline left");
+    assert_eq!(
+        b.ui_object_count(),
+        usize::try_from(objects).expect("small"),
+        "the refused object was not kept"
+    );
+    // Deleting an object frees its trampolines, which the next registration reuses.
+    assert_eq!(call(&b, app, "ui_delete", args![0]), 0);
+    assert!(pool.in_use() < pool.capacity());
+    assert!(call(&b, app, "ui_make", args![0, 0]) > 0);
+    b.stop_instance(app).expect("stop");
+}
+
+#[test]
+fn host_services_are_function_handles() {
+    let (b, t, _, app) = setup();
+    let other = b.create_tenant("beta", broker::Quotas::default()).expect("tenant");
+    b.register_service("test.secret", Some(vec![other]), Arc::new(|_: &[u8]| Ok(vec![1]))).expect("register");
+    b.register_service("test.fail", None, Arc::new(|_: &[u8]| Err("sensor offline".into())))
+        .expect("register");
+    b.register_service("test.big", None, Arc::new(|_: &[u8]| Ok(vec![7; 100]))).expect("register");
+    assert!(
+        b.register_service("test.big", None, Arc::new(|_: &[u8]| Ok(vec![]))).is_err(),
+        "names are unique"
+    );
+    for i in [0i64, 1, 41] {
+        let x = (i as u64).wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        assert_eq!(call(&b, app, "sensor", args![i]), i64::try_from((x >> 33) % 1000).expect("small"));
+    }
+    assert_eq!(call(&b, app, "service", args![1]), code(Status::NotFound));
+    assert_eq!(call(&b, app, "service", args![2]), code(Status::PermissionDenied), "alpha may not use it");
+    let beta_app = start(&b, other, "callback_app", "b");
+    assert_eq!(call(&b, beta_app, "service", args![2]), 1, "beta may");
+    assert_eq!(call(&b, app, "service", args![3]), code(Status::ServiceFailed));
+    assert_eq!(call(&b, app, "service", args![4]), code(Status::OutOfBounds), "100 bytes do not fit 8");
+    assert_eq!(call(&b, app, "fn_call_raw", args![0]), code(Status::InvalidHandle));
+    assert_eq!(
+        call(&b, app, "fn_call_raw", args![1]),
+        code(Status::StaleHandle),
+        "closed when the HostFn dropped"
+    );
+    assert_eq!(call(&b, app, "fn_call_raw", args![999]), code(Status::InvalidHandle));
+    let _ = t;
+}
