@@ -481,6 +481,7 @@ impl Broker {
                 Ok(id)
             }
             Err(e) => {
+                self.core.caps.lock().forget_instance(id);
                 self.core.registry.write().instance_names.remove(&(tenant, inn));
                 Err(e)
             }
@@ -559,6 +560,7 @@ impl Broker {
             .remove(&instance)
             .ok_or_else(|| Error::InstanceNotFound(instance.to_string()))?;
         cell.stop(&self.pool);
+        self.core.caps.lock().forget_instance(instance);
         self.core.registry.write().instance_names.remove(&(cell.tenant.id(), cell.name.clone()));
         cell.tenant.release(Resource::Instances, 1);
         Ok(())

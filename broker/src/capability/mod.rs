@@ -346,7 +346,8 @@ impl CapSpace {
         self.inboxes.entry(instance).or_default();
     }
 
-    /// Removes an instance's table and inbox, and every capability it held or that was derived from one.
+    /// Removes every capability an instance held (handles and received grants) and everything derived
+    /// from them.
     pub fn remove_instance(&mut self, instance: InstanceId) {
         let held: Vec<CapId> = self
             .nodes
@@ -357,9 +358,16 @@ impl CapSpace {
         for id in held {
             self.remove_subtree(id);
         }
+        // The table stays (with every slot's generation bumped), so a restarted instance never gets a
+        // handle value its earlier incarnation used; `forget_instance` drops it when the instance is gone.
+        self.tombstones.remove(&instance);
+    }
+
+    /// Drops a stopped instance's (empty) table and inbox.
+    pub fn forget_instance(&mut self, instance: InstanceId) {
+        self.remove_instance(instance);
         self.tables.remove(&instance);
         self.inboxes.remove(&instance);
-        self.tombstones.remove(&instance);
     }
 
     /// Removes a region's whole tree (on destroy).

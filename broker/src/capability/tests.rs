@@ -116,3 +116,189 @@ fn a_long_delegation_chain_is_removed_without_recursion() {
     assert_eq!(s.revoke_children(root), 100_000);
     assert!(t.is_idle());
 }
+
+/// A reference model of the derivation tree, checked against `CapSpace` after every operation of a
+/// random sequence: grant, attenuate, revoke cascades, close and instance exit.
+mod model {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Open { inst: u8 },
+        Restrict { inst: u8, pick: u8, rights: u8, off: u8, len: u8 },
+        GrantAndOpen { inst: u8, pick: u8, target: u8, rights: u8, off: u8, len: u8 },
+        Revoke { inst: u8, pick: u8 },
+        Close { inst: u8, pick: u8 },
+        Exit { inst: u8 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..3).prop_map(|inst| Op::Open { inst }),
+            (0u8..3, any::<u8>(), 0u8..32, 0u8..120, 0u8..120)
+                .prop_map(|(inst, pick, rights, off, len)| Op::Restrict { inst, pick, rights, off, len }),
+            (0u8..3, any::<u8>(), 0u8..3, 0u8..32, 0u8..120, 0u8..120).prop_map(
+                |(inst, pick, target, rights, off, len)| Op::GrantAndOpen {
+                    inst,
+                    pick,
+                    target,
+                    rights,
+                    off,
+                    len
+                }
+            ),
+            (0u8..3, any::<u8>()).prop_map(|(inst, pick)| Op::Revoke { inst, pick }),
+            (0u8..3, any::<u8>()).prop_map(|(inst, pick)| Op::Close { inst, pick }),
+            (0u8..3).prop_map(|inst| Op::Exit { inst }),
+        ]
+    }
+
+    /// The model: capability `id` → (parent, rights, absolute range, holder instance, is a live handle).
+    #[derive(Default)]
+    struct Model {
+        caps: HashMap<u64, (Option<u64>, Rights, CapRange)>,
+        handles: HashMap<u8, Vec<(Handle, u64)>>,
+        inboxes: HashMap<u8, Vec<u64>>,
+        dead: Vec<(u8, Handle)>,
+    }
+
+    impl Model {
+        fn descendants(&self, id: u64) -> Vec<u64> {
+            let mut out = Vec::new();
+            let mut stack = vec![id];
+            while let Some(c) = stack.pop() {
+                for (k, (p, _, _)) in &self.caps {
+                    if *p == Some(c) {
+                        out.push(*k);
+                        stack.push(*k);
+                    }
+                }
+            }
+            out
+        }
+
+        fn remove(&mut self, ids: &[u64]) {
+            for id in ids {
+                self.caps.remove(id);
+            }
+            for inbox in self.inboxes.values_mut() {
+                inbox.retain(|id| !ids.contains(id));
+            }
+            for (inst, hs) in &mut self.handles {
+                let (gone, keep): (Vec<_>, Vec<_>) = hs.drain(..).partition(|(_, id)| ids.contains(id));
+                self.dead.extend(gone.into_iter().map(|(h, _)| (*inst, h)));
+                *hs = keep;
+            }
+        }
+    }
+
+    fn sub(r: CapRange, off: u8, len: u8) -> Option<CapRange> {
+        let (off, len) = (u64::from(off), u64::from(len));
+        (off + len <= r.len).then_some(CapRange { offset: r.offset + off, len })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn capability_space_matches_the_model(ops in proptest::collection::vec(op(), 1..60)) {
+            let (mut s, root, t) = setup(10_000);
+            let root_id = root.get();
+            let mut m = Model::default();
+            m.caps.insert(root_id, (None, Rights::ALL, CapRange { offset: 0, len: 100 }));
+            let inst = |i: u8| InstanceId(u64::from(i) + 1);
+            for op in ops {
+                match op {
+                    Op::Open { inst: i } => {
+                        let h = s.derive_handle(root, Rights::ALL, 0, -1, inst(i), &t).expect("open");
+                        let id = s.lookup(inst(i), h).expect("live").id.get();
+                        m.caps.insert(id, (Some(root_id), Rights::ALL, CapRange { offset: 0, len: 100 }));
+                        m.handles.entry(i).or_default().push((h, id));
+                    }
+                    Op::Restrict { inst: i, pick, rights, off, len } => {
+                        let Some(&(h, pid)) = m.handles.get(&i).and_then(|v| v.get(usize::from(pick) % v.len().max(1))) else { continue };
+                        let (_, prights, prange) = m.caps[&pid];
+                        let want = Rights::from_bits(u32::from(rights)).expect("5 bits");
+                        let got = s.lookup(inst(i), h).and_then(|c| s.derive_handle(c.id, want, i64::from(off), i64::from(len), inst(i), &t));
+                        match (prights.contains(want), sub(prange, off, len), got) {
+                            (true, Some(r), Ok(nh)) => {
+                                let id = s.lookup(inst(i), nh).expect("live").id.get();
+                                m.caps.insert(id, (Some(pid), want, r));
+                                m.handles.entry(i).or_default().push((nh, id));
+                            }
+                            (false, _, Err(CapError::Escalation { .. })) | (true, None, Err(CapError::OutOfBounds { .. })) => {}
+                            (ok, r, got) => prop_assert!(false, "restrict: model says {ok} {r:?}, space says {got:?}"),
+                        }
+                    }
+                    Op::GrantAndOpen { inst: i, pick, target, rights, off, len } => {
+                        let Some(&(h, pid)) = m.handles.get(&i).and_then(|v| v.get(usize::from(pick) % v.len().max(1))) else { continue };
+                        let (_, prights, prange) = m.caps[&pid];
+                        let want = Rights::from_bits(u32::from(rights)).expect("5 bits");
+                        let grant = s.lookup(inst(i), h).and_then(|c| s.derive_grant(c.id, want, i64::from(off), i64::from(len), inst(target), &t));
+                        match (prights.contains(want), sub(prange, off, len), grant) {
+                            (true, Some(r), Ok(gid)) => {
+                                m.caps.insert(gid.get(), (Some(pid), want, r));
+                                m.inboxes.entry(target).or_default().push(gid.get());
+                                let nh = s.derive_handle(gid, want, 0, -1, inst(target), &t).expect("open grant");
+                                let id = s.lookup(inst(target), nh).expect("live").id.get();
+                                m.caps.insert(id, (Some(gid.get()), want, r));
+                                m.handles.entry(target).or_default().push((nh, id));
+                            }
+                            (false, _, Err(CapError::Escalation { .. })) | (true, None, Err(CapError::OutOfBounds { .. })) => {}
+                            (ok, r, got) => prop_assert!(false, "grant: model says {ok} {r:?}, space says {got:?}"),
+                        }
+                    }
+                    Op::Revoke { inst: i, pick } => {
+                        let Some(&(h, id)) = m.handles.get(&i).and_then(|v| v.get(usize::from(pick) % v.len().max(1))) else { continue };
+                        let gone = m.descendants(id);
+                        prop_assert_eq!(s.revoke(inst(i), h).expect("revoke"), gone.len());
+                        m.remove(&gone);
+                    }
+                    Op::Close { inst: i, pick } => {
+                        let Some(&(h, id)) = m.handles.get(&i).and_then(|v| v.get(usize::from(pick) % v.len().max(1))) else { continue };
+                        let mut gone = m.descendants(id);
+                        gone.push(id);
+                        s.close(inst(i), h).expect("close");
+                        m.remove(&gone);
+                    }
+                    Op::Exit { inst: i } => {
+                        let mut roots: Vec<u64> = m.handles.get(&i).map(|v| v.iter().map(|(_, id)| *id).collect()).unwrap_or_default();
+                        roots.extend(m.inboxes.get(&i).cloned().unwrap_or_default());
+                        let mut gone = Vec::new();
+                        for id in roots {
+                            gone.push(id);
+                            gone.extend(m.descendants(id));
+                        }
+                        s.remove_instance(inst(i));
+                        s.add_instance(inst(i));
+                        gone.sort_unstable();
+                        gone.dedup();
+                        m.remove(&gone);
+                    }
+                }
+                // Every live handle resolves to exactly the model's capability...
+                for (i, hs) in &m.handles {
+                    for (h, id) in hs {
+                        let cap = s.lookup(inst(*i), *h);
+                        prop_assert!(cap.is_ok(), "handle {h:?} of instance {i} should be live");
+                        let cap = cap.expect("checked");
+                        let (_, rights, range) = m.caps[id];
+                        prop_assert_eq!(cap.id.get(), *id);
+                        prop_assert_eq!((cap.rights, cap.range), (rights, range));
+                    }
+                }
+                // ...and no dead one resolves to anything.
+                for (i, h) in &m.dead {
+                    prop_assert!(s.lookup(inst(*i), *h).is_err(), "dead handle {h:?} of instance {i} still resolves");
+                }
+                // The space holds exactly the model's capabilities, each charged to the quota once.
+                prop_assert_eq!(s.len(), m.caps.len());
+                prop_assert_eq!(t.usage().handles, u64::try_from(s.len() - 1).expect("small"));
+            }
+        }
+    }
+}
