@@ -90,7 +90,8 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// TOML config file (keys: listen, state_dir, admin_token_file, max_message_bytes, concurrency_limit, workers).
+    /// TOML config file (keys: listen, state_dir, admin_token_file, max_message_bytes, concurrency_limit,
+    /// workers, drain_timeout_ms).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on (default 127.0.0.1:7878).
@@ -385,7 +386,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<bool, CliError> {
                 .map_err(|e| CliError::Local(format!("the demo could not run: {e}")))?;
             Ok(report.ok())
         }
-        Command::Serve(args) => rt.block_on(serve_main(args)).map(|()| true),
+        Command::Serve(args) => rt.block_on(serve_main(args, out)).map(|()| true),
         Command::Tenant { verb, conn } => rt.block_on(tenant(verb, &conn, out)).map(|()| true),
         Command::Module { verb, conn } => rt.block_on(module(verb, &conn, out)).map(|()| true),
         Command::Instance { verb, conn } => rt.block_on(instance(verb, &conn, out)).map(|()| true),
@@ -394,7 +395,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<bool, CliError> {
     }
 }
 
-async fn serve_main(args: ServeArgs) -> Result<(), CliError> {
+/// Runs the daemon. Once the listener is bound, prints exactly one line `listening on <addr>` to `out`
+/// (and flushes it), so a supervisor or test that asked for port 0 learns the port without polling.
+async fn serve_main(args: ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -428,25 +431,34 @@ async fn serve_main(args: ServeArgs) -> Result<(), CliError> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| CliError::Local(format!("cannot listen on {}: {e}", config.listen)))?;
-    serve(plane, listener, &config, shutdown_signal()).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CliError::Local(format!("cannot read the bound address of {}: {e}", config.listen)))?;
+    // Install the signal handlers before announcing the address: a SIGTERM sent as soon as the line is
+    // read must take the graceful path (drain, flush), not the default action that kills the process.
+    let shutdown = shutdown_signal()?;
+    writeln!(out, "listening on {addr}")
+        .and_then(|()| out.flush())
+        .map_err(|e| CliError::Local(format!("cannot write output: {e}")))?;
+    serve(plane, listener, &config, shutdown).await?;
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+/// Registers for SIGINT and SIGTERM now and returns a future that resolves on the first of them.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listen = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| CliError::Local(format!("cannot handle {name}: {e}")))
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
-    tracing::info!("shutting down: draining calls");
+    let mut term = listen(SignalKind::terminate(), "SIGTERM")?;
+    let mut interrupt = listen(SignalKind::interrupt(), "SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        tracing::info!("shutting down: draining calls");
+    })
 }
 
 async fn client(conn: &Conn) -> Result<BrokerClient<Channel>, CliError> {

@@ -30,9 +30,12 @@ pub const MAX_READ_BYTES: u64 = 16 << 20;
 /// Watch events buffered per stream before changes are merged.
 const WATCH_QUEUE: usize = 256;
 
+/// A grant made through the API: the broker's grant and the request it came from, kept in memory
+/// (and mirrored in the store, if any) so a restarted instance gets its grants back.
 struct ApiGrant {
     grant: GrantId,
     region: RegionId,
+    record: GrantRecord,
 }
 
 /// The control plane's state: the broker, tokens, the state store and the API's grant ids.
@@ -43,6 +46,15 @@ pub struct ControlPlane {
     state_dir: Option<PathBuf>,
     grants: Mutex<HashMap<u64, ApiGrant>>,
     next_grant: AtomicU64,
+    watches: Mutex<WatchRegistry>,
+}
+
+/// The open watch streams, so a shutdown can end them: a stream never ends by itself, and a graceful
+/// drain waits for every open stream.
+#[derive(Default)]
+struct WatchRegistry {
+    open: HashMap<WatchId, RegionId>,
+    closed: bool,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -57,6 +69,16 @@ fn record_quotas(r: &[u64; 5]) -> Quotas {
 
 fn split(key: &str) -> Option<(&str, &str)> {
     key.split_once('/')
+}
+
+/// Checks a name field of a request against the naming rules: empty is a missing field, anything else
+/// the rules refuse an invalid one, and either error names the field.
+fn name_field(field: &'static str, value: &str) -> ApiResult<()> {
+    match crate::name::Name::new(value) {
+        Ok(_) => Ok(()),
+        Err(crate::name::NameError::Empty) => Err(ApiError::MissingField(field)),
+        Err(e) => Err(ApiError::InvalidField { field, reason: e.to_string() }),
+    }
 }
 
 impl ControlPlane {
@@ -85,6 +107,7 @@ impl ControlPlane {
             state_dir,
             grants: Mutex::new(HashMap::new()),
             next_grant: AtomicU64::new(1),
+            watches: Mutex::new(WatchRegistry::default()),
         };
         cp.restore()?;
         Ok(cp)
@@ -145,15 +168,16 @@ impl ControlPlane {
 
     fn apply_grant(&self, id: u64, g: &GrantRecord) -> ApiResult<()> {
         let rt = self.tenant_id(&g.region_tenant)?;
-        let region = self.region_id(rt, &g.region)?;
+        let region = self.region_id(rt, "region.name", &g.region)?;
+        name_field("instance", &g.instance)?;
         let it = self.tenant_id(&g.instance_tenant)?;
-        let instance = self.instance_id(it, &g.instance)?;
+        let instance = self.instance_id(it, "instance", &g.instance)?;
         let rights = Rights::from_bits(g.rights).ok_or(ApiError::InvalidField {
             field: "rights",
             reason: format!("unknown bits {:#x}", g.rights),
         })?;
         let grant = self.broker.grant(region, instance, rights, g.offset, g.len)?;
-        self.grants.lock().insert(id, ApiGrant { grant, region });
+        self.grants.lock().insert(id, ApiGrant { grant, region, record: g.clone() });
         Ok(())
     }
 
@@ -188,8 +212,10 @@ impl ControlPlane {
     /// The tenant a request acts on: the named one for the admin, the caller's own for a tenant.
     fn scope(&self, who: &Identity, tenant: &str) -> ApiResult<(TenantId, String)> {
         let name = match who {
-            Identity::Admin if tenant.is_empty() => return Err(ApiError::MissingField("tenant")),
-            Identity::Admin => tenant,
+            Identity::Admin => {
+                name_field("tenant", tenant)?;
+                tenant
+            }
             Identity::Tenant(own) if tenant.is_empty() || tenant == own => own.as_str(),
             Identity::Tenant(_) => {
                 return Err(ApiError::PermissionDenied(
@@ -200,20 +226,25 @@ impl ControlPlane {
         Ok((self.tenant_id(name)?, name.to_owned()))
     }
 
-    fn region_id(&self, tenant: TenantId, name: &str) -> ApiResult<RegionId> {
-        if name.is_empty() {
-            return Err(ApiError::MissingField("region.name"));
-        }
+    /// A tenant named by an admin-only request's `tenant` field.
+    fn named_tenant(&self, name: &str) -> ApiResult<TenantId> {
+        name_field("tenant", name)?;
+        self.tenant_id(name)
+    }
+
+    /// The region `name` (from request field `field`) of a tenant.
+    fn region_id(&self, tenant: TenantId, field: &'static str, name: &str) -> ApiResult<RegionId> {
+        name_field(field, name)?;
         self.broker.region_id(tenant, name).ok_or_else(|| Error::RegionNotFound(name.to_owned()).into())
     }
 
-    fn instance_id(&self, tenant: TenantId, name: &str) -> ApiResult<InstanceId> {
-        if name.is_empty() {
-            return Err(ApiError::MissingField("instance"));
-        }
+    /// The instance `name` (from request field `field`) of a tenant.
+    fn instance_id(&self, tenant: TenantId, field: &'static str, name: &str) -> ApiResult<InstanceId> {
+        name_field(field, name)?;
         self.broker.instance_id(tenant, name).ok_or_else(|| Error::InstanceNotFound(name.to_owned()).into())
     }
 
+    /// The region a request's `region` field names.
     fn region_ref(
         &self,
         who: &Identity,
@@ -221,7 +252,13 @@ impl ControlPlane {
     ) -> ApiResult<(TenantId, String, RegionId)> {
         let r = r.ok_or(ApiError::MissingField("region"))?;
         let (tid, tname) = self.scope(who, &r.tenant)?;
-        Ok((tid, tname, self.region_id(tid, &r.name)?))
+        Ok((tid, tname, self.region_id(tid, "region.name", &r.name)?))
+    }
+
+    /// The region a request that is itself a `RegionRef` names (its field is `name`).
+    fn region_of(&self, who: &Identity, r: &pb::RegionRef) -> ApiResult<(TenantId, String, RegionId)> {
+        let (tid, tname) = self.scope(who, &r.tenant)?;
+        Ok((tid, tname, self.region_id(tid, "name", &r.name)?))
     }
 
     fn save_tenant(&self, name: &str) -> ApiResult<()> {
@@ -295,7 +332,7 @@ fn ok<T>(r: ApiResult<T>) -> Result<Response<T>, Status> {
 /// A server stream of region changes that unregisters its watcher when the client goes away.
 pub struct WatchStream {
     rx: mpsc::Receiver<Result<pb::RegionEvent, Status>>,
-    broker: Arc<Broker>,
+    plane: Arc<ControlPlane>,
     region: RegionId,
     watch: WatchId,
 }
@@ -310,7 +347,8 @@ impl Stream for WatchStream {
 
 impl Drop for WatchStream {
     fn drop(&mut self) {
-        self.broker.unwatch_region(self.region, self.watch);
+        self.plane.watches.lock().open.remove(&self.watch);
+        self.plane.broker.unwatch_region(self.region, self.watch);
     }
 }
 
@@ -324,6 +362,7 @@ impl pb::broker_server::Broker for ControlService {
         ok((|| {
             Self::check_admin(p, &req)?;
             let r = req.get_ref();
+            name_field("name", &r.name)?;
             let quotas = r.quotas.as_ref().map_or_else(Quotas::default, quotas_from);
             let tid = p.broker.create_tenant(&r.name, quotas)?;
             p.auth.set_tenant(&r.name, Vec::new());
@@ -339,7 +378,7 @@ impl pb::broker_server::Broker for ControlService {
             Self::check_admin(p, &req)?;
             let r = req.get_ref();
             let q = r.quotas.as_ref().ok_or(ApiError::MissingField("quotas"))?;
-            let tid = p.tenant_id(&r.tenant)?;
+            let tid = p.named_tenant(&r.tenant)?;
             p.broker.set_quotas(tid, quotas_from(q))?;
             p.save_tenant(&r.tenant)?;
             p.tenant_msg(tid)
@@ -379,7 +418,7 @@ impl pb::broker_server::Broker for ControlService {
         ok((|| {
             Self::check_admin(p, &req)?;
             let r = req.get_ref();
-            p.tenant_id(&r.tenant)?;
+            p.named_tenant(&r.tenant)?;
             let token = auth::new_token()?;
             let mut hashes = if r.rotate { Vec::new() } else { p.auth.tenant_hashes(&r.tenant) };
             hashes.push(auth::hash(&token));
@@ -399,10 +438,14 @@ impl pb::broker_server::Broker for ControlService {
             let who = p.identify(&req)?;
             let r = req.get_ref();
             let (tid, tname) = p.scope(&who, &r.tenant)?;
+            name_field("name", &r.name)?;
             if r.wasm.is_empty() {
                 return Err(ApiError::MissingField("wasm"));
             }
-            p.broker.load_module(tid, &r.name, &r.wasm)?;
+            p.broker.load_module(tid, &r.name, &r.wasm).map_err(|e| match e {
+                Error::InvalidModule { reason, .. } => ApiError::InvalidField { field: "wasm", reason },
+                e => e.into(),
+            })?;
             if let Some(store) = &p.store {
                 store.put_module(&format!("{tname}/{}", r.name), &r.wasm)?;
             }
@@ -436,6 +479,7 @@ impl pb::broker_server::Broker for ControlService {
             let who = p.identify(&req)?;
             let r = req.get_ref();
             let (tid, tname) = p.scope(&who, &r.tenant)?;
+            name_field("name", &r.name)?;
             p.broker.unload_module(tid, &r.name)?;
             if let Some(store) = &p.store {
                 store.delete_module(&format!("{tname}/{}", r.name))?;
@@ -453,6 +497,8 @@ impl pb::broker_server::Broker for ControlService {
             let who = p.identify(&req)?;
             let r = req.get_ref();
             let (tid, tname) = p.scope(&who, &r.tenant)?;
+            name_field("module", &r.module)?;
+            name_field("name", &r.name)?;
             let config = convert::instance_config_from(r.config.as_ref())?;
             let id = p.broker.start_instance(tid, &r.module, &r.name, config.clone())?;
             if let Some(store) = &p.store {
@@ -477,7 +523,7 @@ impl pb::broker_server::Broker for ControlService {
             let who = p.identify(&req)?;
             let r = req.get_ref();
             let (tid, _) = p.scope(&who, &r.tenant)?;
-            let id = p.instance_id(tid, &r.instance)?;
+            let id = p.instance_id(tid, "instance", &r.instance)?;
             if r.export.is_empty() {
                 return Err(ApiError::MissingField("export"));
             }
@@ -496,7 +542,7 @@ impl pb::broker_server::Broker for ControlService {
             let who = p.identify(&req)?;
             let r = req.get_ref();
             let (tid, tname) = p.scope(&who, &r.tenant)?;
-            let id = p.instance_id(tid, &r.name)?;
+            let id = p.instance_id(tid, "name", &r.name)?;
             p.broker.stop_instance(id)?;
             if let Some(store) = &p.store {
                 store.delete_instance(&format!("{tname}/{}", r.name))?;
@@ -516,7 +562,7 @@ impl pb::broker_server::Broker for ControlService {
             let who = p.identify(&req)?;
             let r = req.get_ref();
             let (tid, tname) = p.scope(&who, &r.tenant)?;
-            let id = p.instance_id(tid, &r.name)?;
+            let id = p.instance_id(tid, "name", &r.name)?;
             p.broker.restart_instance(id)?;
             // A restart drops every capability the instance held: give it its API grants back.
             p.reapply_grants_to(&tname, &r.name)?;
@@ -531,7 +577,7 @@ impl pb::broker_server::Broker for ControlService {
             let who = p.identify(&req)?;
             let r = req.get_ref();
             let (tid, tname) = p.scope(&who, &r.tenant)?;
-            let id = p.instance_id(tid, &r.name)?;
+            let id = p.instance_id(tid, "name", &r.name)?;
             Ok(convert::instance_to(&tname, &r.name, &p.broker.instance_info(id)?.status))
         })())
     }
@@ -572,8 +618,7 @@ impl pb::broker_server::Broker for ControlService {
                     reason: "must be at least 1 byte".into(),
                 });
             }
-            crate::name::Name::new(&r.name)
-                .map_err(|e| ApiError::InvalidField { field: "name", reason: e.to_string() })?;
+            name_field("name", &r.name)?;
             let mut spec = RegionSpec::new(r.name.clone(), r.size, mode).with_policy(policy);
             if persistent {
                 spec = spec.persistent(p.region_path(&tname, &r.name)?);
@@ -596,7 +641,7 @@ impl pb::broker_server::Broker for ControlService {
         let p = &self.plane;
         ok((|| {
             let who = p.identify(&req)?;
-            let (_, tname, id) = p.region_ref(&who, Some(req.get_ref()))?;
+            let (_, tname, id) = p.region_of(&who, req.get_ref())?;
             p.region_msg(&tname, id)
         })())
     }
@@ -711,7 +756,7 @@ impl pb::broker_server::Broker for ControlService {
         ok((|| {
             let who = p.identify(&req)?;
             let r = req.get_ref();
-            let (_, tname, id) = p.region_ref(&who, Some(r))?;
+            let (_, tname, id) = p.region_of(&who, r)?;
             let backing = p.broker.region_info(id)?.backing;
             p.broker.destroy_region(id)?;
             p.drop_grants_where(|g| g.region == id)?;
@@ -732,7 +777,7 @@ impl pb::broker_server::Broker for ControlService {
         let p = Arc::clone(&self.plane);
         ok(blocking(move || {
             let who = p.identify(&req)?;
-            let (_, _, id) = p.region_ref(&who, Some(req.get_ref()))?;
+            let (_, _, id) = p.region_of(&who, req.get_ref())?;
             Ok(pb::FlushRegionResponse { persistent: p.broker.flush_region(id)? })
         })
         .await)
@@ -744,7 +789,12 @@ impl pb::broker_server::Broker for ControlService {
         let p = &self.plane;
         ok((|| {
             let who = p.identify(&req)?;
-            let (_, tname, id) = p.region_ref(&who, Some(req.get_ref()))?;
+            let (_, tname, id) = p.region_of(&who, req.get_ref())?;
+            // Registered under the lock that `end_watches` takes, so no stream opens after shutdown began.
+            let mut watches = p.watches.lock();
+            if watches.closed {
+                return Err(ApiError::ShuttingDown);
+            }
             let (tx, rx) = mpsc::channel(WATCH_QUEUE);
             let missed = Arc::new(AtomicU64::new(0));
             let region_name = req.get_ref().name.clone();
@@ -765,7 +815,8 @@ impl pb::broker_server::Broker for ControlService {
                     }
                 }),
             )?;
-            Ok(WatchStream { rx, broker: Arc::clone(&p.broker), region: id, watch })
+            watches.open.insert(watch, id);
+            Ok(WatchStream { rx, plane: Arc::clone(p), region: id, watch })
         })())
     }
 
@@ -811,28 +862,39 @@ impl ControlService {
 }
 
 impl ControlPlane {
-    fn stored_grants_to(&self, tenant: &str, instance: &str) -> ApiResult<Vec<(u64, GrantRecord)>> {
-        let Some(store) = &self.store else { return Ok(Vec::new()) };
-        Ok(store
-            .grants()?
-            .into_iter()
-            .filter(|(_, g)| g.instance_tenant == tenant && g.instance == instance)
-            .collect())
+    /// The API grants to one instance, from memory: the store only mirrors them, and a daemon without
+    /// a state dir must give a restarted instance its grants back all the same.
+    fn grants_to(&self, tenant: &str, instance: &str) -> Vec<(u64, GrantRecord)> {
+        self.grants
+            .lock()
+            .iter()
+            .filter(|(_, g)| g.record.instance_tenant == tenant && g.record.instance == instance)
+            .map(|(id, g)| (*id, g.record.clone()))
+            .collect()
     }
 
     fn forget_grants_to(&self, tenant: &str, instance: &str) -> ApiResult<()> {
-        let ids: Vec<u64> = self.stored_grants_to(tenant, instance)?.into_iter().map(|(id, _)| id).collect();
-        self.grants.lock().retain(|id, _| !ids.contains(id));
-        match &self.store {
-            Some(store) if !ids.is_empty() => store.delete_grants(&ids),
-            _ => Ok(()),
-        }
+        self.drop_grants_where(|g| g.record.instance_tenant == tenant && g.record.instance == instance)
     }
 
     fn reapply_grants_to(&self, tenant: &str, instance: &str) -> ApiResult<()> {
-        for (id, g) in self.stored_grants_to(tenant, instance)? {
+        for (id, g) in self.grants_to(tenant, instance) {
             self.apply_grant(id, &g)?;
         }
         Ok(())
+    }
+
+    /// Ends every open watch stream and refuses new ones: called when the daemon starts shutting down,
+    /// because a stream never ends by itself and a graceful drain waits for every open stream.
+    pub fn end_watches(&self) {
+        let open = {
+            let mut w = self.watches.lock();
+            w.closed = true;
+            std::mem::take(&mut w.open)
+        };
+        // Removing the watcher drops its sender, so the stream yields its last events and ends.
+        for (watch, region) in open {
+            self.broker.unwatch_region(region, watch);
+        }
     }
 }

@@ -36,6 +36,9 @@ pub enum ApiError {
     /// The state store failed.
     #[error("state store: {0}")]
     Store(String),
+    /// The daemon is shutting down and takes no new long-lived calls.
+    #[error("the broker is shutting down")]
+    ShuttingDown,
 }
 
 impl From<redb::Error> for ApiError {
@@ -89,6 +92,7 @@ impl From<ApiError> for Status {
             ApiError::Precondition(_) => Code::FailedPrecondition,
             ApiError::Broker(b) => code_of(b),
             ApiError::Store(_) => Code::Internal,
+            ApiError::ShuttingDown => Code::Unavailable,
         };
         Status::new(code, e.to_string())
     }

@@ -578,3 +578,680 @@ fn cli_talks_to_the_daemon() {
     let err = broker::control::cli::run(cli, &mut Vec::new()).expect_err("nothing listens there");
     assert!(err.to_string().contains("is `broker serve` running"), "{err}");
 }
+
+// Every RPC of the service, table-driven: who may call it, and what each request field may hold.
+
+/// One RPC with a fixed request, called as whichever client the test passes.
+type Call<'a> = Box<dyn Fn(&Client) -> Result<(), tonic::Status> + 'a>;
+
+/// A row of an RPC table, named after the RPC: `row!(d, get_region, region_ref("alpha", "data"))`.
+macro_rules! row {
+    ($d:expr, $method:ident, $msg:expr) => {
+        (
+            rpc_name(stringify!($method)),
+            Box::new(move |c: &Client| rpc!($d, c, $method, $msg).map(drop)) as Call<'_>,
+        )
+    };
+}
+
+/// The RPCs of `broker.v1.Broker`, read from the proto itself, so a table that misses one fails.
+fn proto_rpcs() -> Vec<&'static str> {
+    include_str!("../../../proto/broker.proto")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("rpc "))
+        .filter_map(|l| l.split('(').next())
+        .map(str::trim)
+        .collect()
+}
+
+/// `create_tenant` -> `CreateTenant`.
+fn rpc_name(method: &str) -> String {
+    method
+        .split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Everything a tenant owns, as the API reports it: compared before and after an attack.
+fn tenant_view(
+    d: &Daemon,
+    admin: &Client,
+    owner: &Client,
+) -> (Vec<pb::Tenant>, pb::StatsResponse, Vec<pb::Module>, Vec<pb::Instance>, Vec<pb::Region>) {
+    let tenants = rpc!(d, admin, list_tenants, pb::ListTenantsRequest {}).expect("tenants").tenants;
+    let stats = rpc!(d, owner, stats, pb::StatsRequest { tenant: String::new() }).expect("stats");
+    let modules =
+        rpc!(d, owner, list_modules, pb::ListModulesRequest { tenant: String::new() }).expect("list").modules;
+    let instances = rpc!(d, owner, list_instances, pb::ListInstancesRequest { tenant: String::new() })
+        .expect("list")
+        .instances;
+    let regions =
+        rpc!(d, owner, list_regions, pb::ListRegionsRequest { tenant: String::new() }).expect("list").regions;
+    (tenants, stats, modules, instances, regions)
+}
+
+#[test]
+fn every_rpc_needs_a_valid_token_and_keeps_tenants_apart() {
+    let daemon = Daemon::start(None);
+    let d = &daemon;
+    let admin = d.client(Some(&d.admin));
+    // alpha owns a module, an instance and a region; beta's app holds a read grant on that region.
+    let alpha = tenant(d, &admin, "alpha");
+    let beta = tenant(d, &admin, "beta");
+    let mallory = tenant(d, &admin, "mallory");
+    upload(d, &alpha, "app", broker_guests::HANDLE_APP_WASM);
+    start(d, &alpha, "app", "worker");
+    region(d, &alpha, "data", 4096, pb::Mode::Handle, pb::Backing::Ephemeral);
+    let bytes: Vec<u8> = (1..=8).collect();
+    let w = pb::WriteRegionRequest { region: Some(region_ref("", "data")), offset: 0, data: bytes.clone() };
+    assert_eq!(rpc!(d, alpha, write_region, w).expect("write").version, 1);
+    upload(d, &beta, "app", broker_guests::HANDLE_APP_WASM);
+    start(d, &beta, "app", "reader");
+    let g = pb::GrantRequest {
+        region: Some(region_ref("", "data")),
+        instance: "beta/reader".into(),
+        rights: 1,
+        offset: 0,
+        len: None,
+    };
+    let grant_id = rpc!(d, alpha, grant, g).expect("grant").grant_id;
+    let h = as_i64(&call(d, &beta, "reader", "open", vec![i32v(1)]).expect("open alpha/data"));
+    let h = i32::try_from(h).expect("a handle");
+    let expected = i64::from_le_bytes(bytes.clone().try_into().expect("8 bytes"));
+    assert_eq!(
+        as_i64(&call(d, &beta, "reader", "load_u64", vec![i32v(h), i64v(0)]).expect("load")),
+        expected
+    );
+    // mallory has objects of its own, so nothing below fails for want of them.
+    upload(d, &mallory, "app", broker_guests::HANDLE_APP_WASM);
+    start(d, &mallory, "app", "spy");
+    let stale_token = mallory.clone();
+    let fresh = rpc!(d, admin, issue_token, pb::IssueTokenRequest { tenant: "mallory".into(), rotate: true })
+        .expect("rotate");
+    let mallory = d.client(Some(&fresh.token));
+    let before = tenant_view(d, &admin, &alpha);
+
+    // Every RPC, naming alpha's objects, with the most damaging request it takes.
+    let alpha_ref = || region_ref("alpha", "data");
+    let wasm = broker_guests::HANDLE_APP_WASM;
+    let quotas = Some(pb::Quotas::default());
+    let table: Vec<(String, Call<'_>)> = vec![
+        row!(d, create_tenant, pb::CreateTenantRequest { name: "alpha2".into(), quotas: None }),
+        row!(d, set_quotas, pb::SetQuotasRequest { tenant: "alpha".into(), quotas }),
+        row!(d, list_tenants, pb::ListTenantsRequest {}),
+        row!(d, issue_token, pb::IssueTokenRequest { tenant: "alpha".into(), rotate: true }),
+        row!(
+            d,
+            upload_module,
+            pb::UploadModuleRequest { tenant: "alpha".into(), name: "evil".into(), wasm: wasm.to_vec() }
+        ),
+        row!(d, list_modules, pb::ListModulesRequest { tenant: "alpha".into() }),
+        row!(d, delete_module, pb::ModuleRef { tenant: "alpha".into(), name: "app".into() }),
+        row!(
+            d,
+            start_instance,
+            pb::StartInstanceRequest {
+                tenant: "alpha".into(),
+                module: "app".into(),
+                name: "evil".into(),
+                config: None
+            }
+        ),
+        row!(
+            d,
+            call_instance,
+            pb::CallInstanceRequest {
+                tenant: "alpha".into(),
+                instance: "worker".into(),
+                export: "ping".into(),
+                args: Vec::new()
+            }
+        ),
+        row!(d, stop_instance, pb::InstanceRef { tenant: "alpha".into(), name: "worker".into() }),
+        row!(d, restart_instance, pb::InstanceRef { tenant: "alpha".into(), name: "worker".into() }),
+        row!(d, get_instance, pb::InstanceRef { tenant: "alpha".into(), name: "worker".into() }),
+        row!(d, list_instances, pb::ListInstancesRequest { tenant: "alpha".into() }),
+        row!(
+            d,
+            create_region,
+            pb::CreateRegionRequest {
+                tenant: "alpha".into(),
+                name: "evil".into(),
+                size: 64,
+                mode: 0,
+                policy: 0,
+                backing: 0
+            }
+        ),
+        row!(d, get_region, alpha_ref()),
+        row!(d, list_regions, pb::ListRegionsRequest { tenant: "alpha".into() }),
+        row!(d, read_region, pb::ReadRegionRequest { region: Some(alpha_ref()), offset: 0, len: 8 }),
+        row!(
+            d,
+            write_region,
+            pb::WriteRegionRequest { region: Some(alpha_ref()), offset: 0, data: vec![0xff; 8] }
+        ),
+        row!(
+            d,
+            grant,
+            pb::GrantRequest {
+                region: Some(alpha_ref()),
+                instance: "mallory/spy".into(),
+                rights: 0x1f,
+                offset: 0,
+                len: None
+            }
+        ),
+        row!(d, revoke, pb::RevokeRequest { region: Some(alpha_ref()), grant_id }),
+        row!(d, destroy_region, alpha_ref()),
+        row!(d, flush_region, alpha_ref()),
+        row!(d, watch_region, alpha_ref()),
+        row!(d, stats, pb::StatsRequest { tenant: "alpha".into() }),
+    ];
+    let mut names: Vec<&str> = table.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    let mut all = proto_rpcs();
+    all.sort_unstable();
+    assert_eq!(names, all, "the table has one row per RPC of broker.v1.Broker");
+
+    // Calls that need the admin token; ListTenants answers a tenant with its own entry only.
+    let admin_only = ["CreateTenant", "SetQuotas", "IssueToken"];
+    let own_only = ["ListTenants"];
+    let anonymous = d.client(None);
+    let wrong = d.client(Some(&format!("brk_{}", "0".repeat(64))));
+    for (rpc, call) in &table {
+        for (who, client) in
+            [("no token", &anonymous), ("a wrong token", &wrong), ("a rotated token", &stale_token)]
+        {
+            let got = call(client).map_err(|s| s.code());
+            assert_eq!(got, Err(Code::Unauthenticated), "{rpc} with {who}");
+        }
+        for (who, client) in [("mallory", &mallory), ("beta, which holds a grant on alpha/data", &beta)] {
+            let got = call(client).map_err(|s| s.code());
+            if own_only.contains(&rpc.as_str()) {
+                assert_eq!(got, Ok(()), "{rpc} as {who}");
+            } else {
+                let why = if admin_only.contains(&rpc.as_str()) {
+                    "an admin-only call"
+                } else {
+                    "naming alpha's objects"
+                };
+                assert_eq!(got, Err(Code::PermissionDenied), "{rpc} as {who}: {why}");
+            }
+        }
+    }
+    // Admin-only calls refuse a tenant token even when it names its own tenant.
+    let own_quotas = pb::SetQuotasRequest { tenant: "mallory".into(), quotas: Some(pb::Quotas::default()) };
+    assert_eq!(code(rpc!(d, mallory, set_quotas, own_quotas)), Code::PermissionDenied);
+    let own_token = pb::IssueTokenRequest { tenant: "mallory".into(), rotate: false };
+    assert_eq!(code(rpc!(d, mallory, issue_token, own_token)), Code::PermissionDenied);
+    let listed = rpc!(d, mallory, list_tenants, pb::ListTenantsRequest {}).expect("list").tenants;
+    assert_eq!(listed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["mallory"]);
+
+    // Nothing changed: same tenants, quotas and usage; same module, instance (running, same call count),
+    // region (same version and traffic); alpha's token still works; beta's grant still reads the bytes.
+    let after = tenant_view(d, &admin, &alpha);
+    assert_eq!(after, before);
+    let (_, _, modules, instances, regions) = &after;
+    assert_eq!(modules.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["app"]);
+    assert_eq!(
+        instances.iter().map(|i| (i.name.as_str(), i.state)).collect::<Vec<_>>(),
+        [("worker", i32::from(pb::InstanceState::Running))]
+    );
+    assert_eq!(regions.iter().map(|r| (r.name.as_str(), r.version)).collect::<Vec<_>>(), [("data", 1)]);
+    let read = pb::ReadRegionRequest { region: Some(region_ref("", "data")), offset: 0, len: 4096 };
+    let mut want = bytes;
+    want.resize(4096, 0);
+    assert_eq!(rpc!(d, alpha, read_region, read).expect("read").data, want);
+    assert_eq!(
+        as_i64(&call(d, &beta, "reader", "load_u64", vec![i32v(h), i64v(0)]).expect("load")),
+        expected
+    );
+    assert!(as_i64(&call(d, &alpha, "worker", "ping", Vec::new()).expect("the worker still answers")) > 0);
+}
+
+/// Checks that a call was refused with `want`, and that the message names `field` (as the server
+/// writes field names: in backticks) when given; returns what is wrong, if anything.
+fn refusal_mismatch(
+    rpc: &str,
+    request: &str,
+    got: Result<(), tonic::Status>,
+    want: Code,
+    field: Option<&str>,
+) -> Option<String> {
+    let status = match got {
+        Ok(()) => return Some(format!("{rpc}({request}) succeeded; expected {want:?}")),
+        Err(s) => s,
+    };
+    if status.code() != want {
+        return Some(format!(
+            "{rpc}({request}): got {:?} {:?}; expected {want:?}",
+            status.code(),
+            status.message()
+        ));
+    }
+    let quoted = format!("`{}`", field?);
+    (!status.message().contains(&quoted))
+        .then(|| format!("{rpc}({request}): the message should name {quoted}: {:?}", status.message()))
+}
+
+/// One row of the bad-input table: calls `method` with `msg` as `client` and checks the code (and the
+/// field the message must name); evaluates to the RPC's name and what went wrong, if anything.
+macro_rules! bad {
+    ($d:expr, $client:expr, $method:ident, $msg:expr, $code:ident $(, $field:literal)?) => {{
+        let msg = $msg;
+        let mut shown = format!("{msg:?}");
+        if shown.len() > 160 {
+            shown = format!("{}...", shown.chars().take(160).collect::<String>());
+        }
+        let got = rpc!($d, $client, $method, msg).map(drop);
+        let field: Option<&str> = None $(.or(Some($field)))?;
+        (stringify!($method), refusal_mismatch(stringify!($method), &shown, got, Code::$code, field))
+    }};
+}
+
+#[test]
+fn every_request_field_is_validated() {
+    let daemon = Daemon::start(None);
+    let d = &daemon;
+    let admin = d.client(Some(&d.admin));
+    let t = tenant(d, &admin, "t");
+    upload(d, &t, "app", broker_guests::HANDLE_APP_WASM);
+    start(d, &t, "app", "inst");
+    region(d, &t, "data", 4096, pb::Mode::Handle, pb::Backing::Ephemeral);
+    let wasm = || broker_guests::HANDLE_APP_WASM.to_vec();
+    let data = || Some(region_ref("", "data"));
+    let quotas = || Some(pb::Quotas::default());
+    let long = "x".repeat(300);
+    let create_tenant = |name: &str| pb::CreateTenantRequest { name: name.into(), quotas: None };
+    let upload_req = |tenant: &str, name: &str, wasm: Vec<u8>| pb::UploadModuleRequest {
+        tenant: tenant.into(),
+        name: name.into(),
+        wasm,
+    };
+    let start_req = |module: &str, name: &str, call_timeout_ms: u64| pb::StartInstanceRequest {
+        tenant: String::new(),
+        module: module.into(),
+        name: name.into(),
+        config: Some(pb::InstanceConfig { call_timeout_ms, max_memory_bytes: 0 }),
+    };
+    let call_req = |instance: &str, export: &str, args: Vec<pb::Value>| pb::CallInstanceRequest {
+        tenant: String::new(),
+        instance: instance.into(),
+        export: export.into(),
+        args,
+    };
+    let inst = |name: &str| pb::InstanceRef { tenant: String::new(), name: name.into() };
+    let create_region = |name: &str, size: u64, mode: i32, policy: i32, backing: i32| {
+        pb::CreateRegionRequest { tenant: String::new(), name: name.into(), size, mode, policy, backing }
+    };
+    let read =
+        |region: Option<pb::RegionRef>, offset: u64, len: u64| pb::ReadRegionRequest { region, offset, len };
+    let write = |region: Option<pb::RegionRef>, offset: u64, data: Vec<u8>| pb::WriteRegionRequest {
+        region,
+        offset,
+        data,
+    };
+    let grant =
+        |region: Option<pb::RegionRef>, instance: &str, rights: u32, offset: u64, len: Option<u64>| {
+            pb::GrantRequest { region, instance: instance.into(), rights, offset, len }
+        };
+    let quota_req = |tenant: &str, quotas| pb::SetQuotasRequest { tenant: tenant.into(), quotas };
+    let token_req = |tenant: &str| pb::IssueTokenRequest { tenant: tenant.into(), rotate: false };
+    let module_ref = |name: &str| pb::ModuleRef { tenant: String::new(), name: name.into() };
+    let modules_of = |tenant: &str| pb::ListModulesRequest { tenant: tenant.into() };
+    let instances_of = |tenant: &str| pb::ListInstancesRequest { tenant: tenant.into() };
+    let regions_of = |tenant: &str| pb::ListRegionsRequest { tenant: tenant.into() };
+    let revoke_req = |region: Option<pb::RegionRef>, grant_id| pb::RevokeRequest { region, grant_id };
+    let stats_of = |tenant: &str| pb::StatsRequest { tenant: tenant.into() };
+    let no_value = pb::Value { value: None };
+    let over_an_hour = 3_600_001;
+    let persistent = i32::from(pb::Backing::Persistent);
+
+    let covered = [
+        bad!(d, admin, create_tenant, create_tenant(""), InvalidArgument, "name"),
+        bad!(d, admin, create_tenant, create_tenant("a/b"), InvalidArgument, "name"),
+        bad!(d, admin, create_tenant, create_tenant("two words"), InvalidArgument, "name"),
+        bad!(d, admin, create_tenant, create_tenant(&long), InvalidArgument, "name"),
+        bad!(d, admin, set_quotas, quota_req("t", None), InvalidArgument, "quotas"),
+        bad!(d, admin, set_quotas, quota_req("", quotas()), InvalidArgument, "tenant"),
+        bad!(d, admin, set_quotas, quota_req("nobody", quotas()), NotFound),
+        bad!(d, admin, issue_token, token_req(""), InvalidArgument, "tenant"),
+        bad!(d, admin, issue_token, token_req("nobody"), NotFound),
+        bad!(d, t, upload_module, upload_req("", "m", Vec::new()), InvalidArgument, "wasm"),
+        bad!(d, t, upload_module, upload_req("", "", wasm()), InvalidArgument, "name"),
+        bad!(d, t, upload_module, upload_req("", "a/b", wasm()), InvalidArgument, "name"),
+        bad!(d, t, upload_module, upload_req("", "a b", wasm()), InvalidArgument, "name"),
+        bad!(d, t, upload_module, upload_req("", "m", b"\0asm junk".to_vec()), InvalidArgument, "wasm"),
+        bad!(d, admin, upload_module, upload_req("", "m", wasm()), InvalidArgument, "tenant"),
+        bad!(d, admin, upload_module, upload_req("nobody", "m", wasm()), NotFound),
+        bad!(d, admin, list_modules, modules_of(""), InvalidArgument, "tenant"),
+        bad!(d, admin, list_modules, modules_of("nobody"), NotFound),
+        bad!(d, t, delete_module, module_ref(""), InvalidArgument, "name"),
+        bad!(d, t, delete_module, module_ref("a/b"), InvalidArgument, "name"),
+        bad!(d, t, delete_module, module_ref("nope"), NotFound),
+        bad!(d, t, start_instance, start_req("", "i", 0), InvalidArgument, "module"),
+        bad!(d, t, start_instance, start_req("a b", "i", 0), InvalidArgument, "module"),
+        bad!(d, t, start_instance, start_req("nope", "i", 0), NotFound),
+        bad!(d, t, start_instance, start_req("app", "", 0), InvalidArgument, "name"),
+        bad!(d, t, start_instance, start_req("app", "x/y", 0), InvalidArgument, "name"),
+        bad!(
+            d,
+            t,
+            start_instance,
+            start_req("app", "i", over_an_hour),
+            InvalidArgument,
+            "config.call_timeout_ms"
+        ),
+        bad!(d, t, start_instance, start_req("app", "inst", 0), AlreadyExists),
+        bad!(d, t, call_instance, call_req("", "ping", Vec::new()), InvalidArgument, "instance"),
+        bad!(d, t, call_instance, call_req("a b", "ping", Vec::new()), InvalidArgument, "instance"),
+        bad!(d, t, call_instance, call_req("nope", "ping", Vec::new()), NotFound),
+        bad!(d, t, call_instance, call_req("inst", "", Vec::new()), InvalidArgument, "export"),
+        bad!(d, t, call_instance, call_req("inst", "nope", Vec::new()), NotFound),
+        bad!(d, t, call_instance, call_req("inst", "open", vec![no_value]), InvalidArgument, "args"),
+        bad!(d, t, call_instance, call_req("inst", "open", Vec::new()), InvalidArgument),
+        bad!(d, t, call_instance, call_req("inst", "open", vec![i64v(0)]), InvalidArgument),
+        bad!(d, t, stop_instance, inst(""), InvalidArgument, "name"),
+        bad!(d, t, stop_instance, inst("a/b"), InvalidArgument, "name"),
+        bad!(d, t, stop_instance, inst("nope"), NotFound),
+        bad!(d, t, restart_instance, inst(""), InvalidArgument, "name"),
+        bad!(d, t, restart_instance, inst("nope"), NotFound),
+        bad!(d, t, get_instance, inst(""), InvalidArgument, "name"),
+        bad!(d, t, get_instance, inst("a b"), InvalidArgument, "name"),
+        bad!(d, t, get_instance, inst("nope"), NotFound),
+        bad!(d, admin, list_instances, instances_of(""), InvalidArgument, "tenant"),
+        bad!(d, admin, list_instances, instances_of("nobody"), NotFound),
+        bad!(d, t, create_region, create_region("", 64, 0, 0, 0), InvalidArgument, "name"),
+        bad!(d, t, create_region, create_region("a/b", 64, 0, 0, 0), InvalidArgument, "name"),
+        bad!(d, t, create_region, create_region("a b", 64, 0, 0, 0), InvalidArgument, "name"),
+        bad!(d, t, create_region, create_region("r", 0, 0, 0, 0), InvalidArgument, "size"),
+        bad!(d, t, create_region, create_region("r", 64, 99, 0, 0), InvalidArgument, "mode"),
+        bad!(d, t, create_region, create_region("r", 64, -1, 0, 0), InvalidArgument, "mode"),
+        bad!(d, t, create_region, create_region("r", 64, 0, 99, 0), InvalidArgument, "policy"),
+        bad!(d, t, create_region, create_region("r", 64, 0, 0, 99), InvalidArgument, "backing"),
+        bad!(d, t, create_region, create_region("r", 64, 0, 0, persistent), FailedPrecondition),
+        bad!(d, t, create_region, create_region("data", 64, 0, 0, 0), AlreadyExists),
+        bad!(d, t, get_region, region_ref("", ""), InvalidArgument, "name"),
+        bad!(d, t, get_region, region_ref("", "a b"), InvalidArgument, "name"),
+        bad!(d, t, get_region, region_ref("", "nope"), NotFound),
+        bad!(d, admin, get_region, region_ref("", "data"), InvalidArgument, "tenant"),
+        bad!(d, admin, list_regions, regions_of(""), InvalidArgument, "tenant"),
+        bad!(d, admin, list_regions, regions_of("nobody"), NotFound),
+        bad!(d, t, read_region, read(None, 0, 8), InvalidArgument, "region"),
+        bad!(d, t, read_region, read(Some(region_ref("", "")), 0, 8), InvalidArgument, "region.name"),
+        bad!(d, t, read_region, read(Some(region_ref("", "nope")), 0, 8), NotFound),
+        bad!(d, t, read_region, read(data(), 0, (16 << 20) + 1), InvalidArgument, "len"),
+        bad!(d, t, read_region, read(data(), 4096, 1), InvalidArgument),
+        bad!(d, t, read_region, read(data(), 4000, 200), InvalidArgument),
+        bad!(d, t, read_region, read(data(), u64::MAX, 2), InvalidArgument),
+        bad!(d, t, write_region, write(None, 0, vec![1]), InvalidArgument, "region"),
+        bad!(d, t, write_region, write(Some(region_ref("", "")), 0, vec![1]), InvalidArgument, "region.name"),
+        bad!(d, t, write_region, write(data(), 4095, vec![1, 2]), InvalidArgument),
+        bad!(d, t, write_region, write(data(), u64::MAX, vec![1]), InvalidArgument),
+        bad!(d, t, write_region, write(data(), 0, vec![0; 4097]), InvalidArgument),
+        bad!(d, t, grant, grant(None, "inst", 1, 0, None), InvalidArgument, "region"),
+        bad!(d, t, grant, grant(data(), "", 1, 0, None), InvalidArgument, "instance"),
+        bad!(d, t, grant, grant(data(), "t/", 1, 0, None), InvalidArgument, "instance"),
+        bad!(d, t, grant, grant(data(), "a b", 1, 0, None), InvalidArgument, "instance"),
+        bad!(d, t, grant, grant(data(), "nope", 1, 0, None), NotFound),
+        bad!(d, t, grant, grant(data(), "nobody/inst", 1, 0, None), NotFound),
+        bad!(d, t, grant, grant(data(), "inst", 0x100, 0, None), InvalidArgument, "rights"),
+        bad!(d, t, grant, grant(data(), "inst", 1, 4097, None), InvalidArgument),
+        bad!(d, t, grant, grant(data(), "inst", 1, 4000, Some(200)), InvalidArgument),
+        bad!(d, t, revoke, revoke_req(None, 1), InvalidArgument, "region"),
+        bad!(d, t, revoke, revoke_req(data(), 999), NotFound),
+        bad!(d, t, destroy_region, region_ref("", ""), InvalidArgument, "name"),
+        bad!(d, t, destroy_region, region_ref("", "nope"), NotFound),
+        bad!(d, t, flush_region, region_ref("", ""), InvalidArgument, "name"),
+        bad!(d, t, flush_region, region_ref("", "nope"), NotFound),
+        bad!(d, t, watch_region, region_ref("", ""), InvalidArgument, "name"),
+        bad!(d, t, watch_region, region_ref("", "nope"), NotFound),
+        bad!(d, admin, stats, stats_of(""), InvalidArgument, "tenant"),
+        bad!(d, admin, stats, stats_of("nobody"), NotFound),
+    ];
+    let failures: Vec<&str> = covered.iter().filter_map(|(_, failure)| failure.as_deref()).collect();
+    assert!(failures.is_empty(), "{} bad-input cases failed:\n{}", failures.len(), failures.join("\n"));
+    // Every RPC whose request has a field is covered (ListTenants takes none).
+    for rpc in proto_rpcs() {
+        let has_case = covered.iter().any(|(m, _)| rpc_name(m) == rpc);
+        assert!(has_case || rpc == "ListTenants", "no bad-input case for {rpc}");
+    }
+    // None of it changed anything.
+    let regions =
+        rpc!(d, t, list_regions, pb::ListRegionsRequest { tenant: String::new() }).expect("list").regions;
+    assert_eq!(regions.iter().map(|r| (r.name.as_str(), r.version)).collect::<Vec<_>>(), [("data", 0)]);
+    let instances = rpc!(d, t, list_instances, pb::ListInstancesRequest { tenant: String::new() })
+        .expect("list")
+        .instances;
+    assert_eq!(instances.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["inst"]);
+    let modules =
+        rpc!(d, t, list_modules, pb::ListModulesRequest { tenant: String::new() }).expect("list").modules;
+    assert_eq!(modules.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["app"]);
+    let tenants = rpc!(d, admin, list_tenants, pb::ListTenantsRequest {}).expect("list").tenants;
+    assert_eq!(tenants.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["t"]);
+}
+
+#[test]
+fn full_lifecycle_over_the_api() {
+    let daemon = Daemon::start(None);
+    let d = &daemon;
+    let admin = d.client(Some(&d.admin));
+    let usage = |who: &Client| {
+        let t = rpc!(d, who, stats, pb::StatsRequest { tenant: String::new() }).expect("stats").tenant;
+        t.and_then(|t| t.usage).expect("usage")
+    };
+    // Tenants and tokens: alpha owns the region, beta runs the app that reads it.
+    let alpha = tenant(d, &admin, "alpha");
+    let beta = tenant(d, &admin, "beta");
+    // Module upload.
+    let module = rpc!(
+        d,
+        beta,
+        upload_module,
+        pb::UploadModuleRequest {
+            tenant: String::new(),
+            name: "app".into(),
+            wasm: broker_guests::HANDLE_APP_WASM.to_vec()
+        }
+    )
+    .expect("upload");
+    assert_eq!((module.tenant.as_str(), module.name.as_str()), ("beta", "app"));
+    assert!(module.exports.iter().any(|e| e == "load_u64"), "{:?}", module.exports);
+    // Region, written by a native producer.
+    let created = region(d, &alpha, "data", 4096, pb::Mode::Handle, pb::Backing::Ephemeral);
+    assert_eq!((created.tenant.as_str(), created.size, created.version), ("alpha", 4096, 0));
+    let write = |offset: u64, value: u64| {
+        let w = pb::WriteRegionRequest {
+            region: Some(region_ref("", "data")),
+            offset,
+            data: value.to_le_bytes().to_vec(),
+        };
+        rpc!(d, alpha, write_region, w).expect("write").version
+    };
+    assert_eq!(write(0, 42), 1);
+    // Instance.
+    let started = rpc!(
+        d,
+        beta,
+        start_instance,
+        pb::StartInstanceRequest {
+            tenant: String::new(),
+            module: "app".into(),
+            name: "reader".into(),
+            config: None
+        }
+    )
+    .expect("start");
+    assert_eq!(started.state, i32::from(pb::InstanceState::Running));
+    assert_eq!(usage(&beta).instances, 1);
+    // Before the grant, the app cannot open alpha's region.
+    let not_found = i64::from(broker_abi::Status::NotFound.code());
+    assert_eq!(as_i64(&call(d, &beta, "reader", "open", vec![i32v(1)]).expect("open")), not_found);
+    // Grant, then a call that reads the region.
+    let g = pb::GrantRequest {
+        region: Some(region_ref("", "data")),
+        instance: "beta/reader".into(),
+        rights: 1,
+        offset: 0,
+        len: None,
+    };
+    let grant_id = rpc!(d, alpha, grant, g).expect("grant").grant_id;
+    let h = i32::try_from(as_i64(&call(d, &beta, "reader", "open", vec![i32v(1)]).expect("open")))
+        .expect("handle");
+    assert!(h > 0);
+    let load = || as_i64(&call(d, &beta, "reader", "load_u64", vec![i32v(h), i64v(0)]).expect("load"));
+    assert_eq!(load(), 42);
+    // A write shows up in the app and on the watch stream.
+    let mut watch =
+        d.rt.block_on(alpha.inner.clone().watch_region(alpha.req(region_ref("", "data"))))
+            .expect("watch")
+            .into_inner();
+    assert_eq!(write(0, 43), 2);
+    let event = d.rt.block_on(watch.message()).expect("stream").expect("an event");
+    assert_eq!(
+        (event.tenant.as_str(), event.region.as_str(), event.version, event.offset, event.len, event.missed),
+        ("alpha", "data", 2, 0, 8, 0)
+    );
+    assert_eq!(load(), 43);
+    // A restart drops the app's handles; the API grant comes back with it.
+    let restarted =
+        rpc!(d, beta, restart_instance, pb::InstanceRef { tenant: String::new(), name: "reader".into() })
+            .expect("restart");
+    assert_eq!((restarted.state, restarted.restarts), (i32::from(pb::InstanceState::Running), 1));
+    let h = i32::try_from(as_i64(&call(d, &beta, "reader", "open", vec![i32v(1)]).expect("open")))
+        .expect("handle");
+    assert!(h > 0, "the grant survives a restart of its instance");
+    let load = || as_i64(&call(d, &beta, "reader", "load_u64", vec![i32v(h), i64v(0)]).expect("load"));
+    assert_eq!(load(), 43);
+    let stats = rpc!(d, alpha, stats, pb::StatsRequest { tenant: String::new() }).expect("stats");
+    assert_eq!(stats.regions[0].version, 2);
+    let beta_stats = rpc!(d, beta, stats, pb::StatsRequest { tenant: String::new() }).expect("stats");
+    assert!(beta_stats.instances[0].traffic.as_ref().is_some_and(|t| t.bytes_out >= 8), "{beta_stats:?}");
+    // Revoke: the app's handle goes stale.
+    let revoke = pb::RevokeRequest { region: Some(region_ref("", "data")), grant_id };
+    rpc!(d, alpha, revoke, revoke).expect("revoke");
+    assert_eq!(load(), i64::from(broker_abi::Status::StaleHandle.code()));
+    let again = pb::RevokeRequest { region: Some(region_ref("", "data")), grant_id };
+    assert_eq!(code(rpc!(d, alpha, revoke, again)), Code::NotFound, "a grant is revoked once");
+    // Stop.
+    rpc!(d, beta, stop_instance, pb::InstanceRef { tenant: String::new(), name: "reader".into() })
+        .expect("stop");
+    assert_eq!(
+        code(rpc!(d, beta, get_instance, pb::InstanceRef { tenant: String::new(), name: "reader".into() })),
+        Code::NotFound
+    );
+    assert_eq!(usage(&beta).instances, 0);
+    // Destroy: the watch stream ends.
+    rpc!(d, alpha, destroy_region, region_ref("", "data")).expect("destroy");
+    assert_eq!(d.rt.block_on(watch.message()).expect("the stream ends cleanly"), None);
+    assert_eq!(usage(&alpha), pb::Usage::default(), "the region's bytes are given back");
+    // Delete the module.
+    rpc!(d, beta, delete_module, pb::ModuleRef { tenant: String::new(), name: "app".into() })
+        .expect("delete");
+    assert!(rpc!(d, beta, list_modules, pb::ListModulesRequest { tenant: String::new() })
+        .expect("list")
+        .modules
+        .is_empty());
+    assert_eq!(usage(&beta), pb::Usage::default());
+}
+
+#[test]
+fn sixteen_clients_at_once() {
+    const CLIENTS: u64 = 16;
+    const ITERATIONS: u64 = 40;
+    let daemon = Daemon::start(None);
+    let d = &daemon;
+    let admin = d.client(Some(&d.admin));
+    let t = tenant(d, &admin, "t");
+    region(d, &t, "slots", CLIENTS * 8, pb::Mode::Handle, pb::Backing::Ephemeral);
+    upload(d, &t, "app", broker_guests::RUNTIME_MISBEHAVE_WASM);
+    start(d, &t, "app", "pinger");
+
+    // Each client owns an 8-byte slot: it writes its iteration count there, reads it back, calls the
+    // instance and asks for stats, on its own connection, all at once.
+    let clients: Vec<Client> = (0..CLIENTS)
+        .map(|_| {
+            let issue = pb::IssueTokenRequest { tenant: "t".into(), rotate: false };
+            d.client(Some(&rpc!(d, admin, issue_token, issue).expect("token").token))
+        })
+        .collect();
+    let outcome = d.rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (slot, c) in (0u64..).zip(clients) {
+            tasks.spawn(async move {
+                let mut api = c.inner.clone();
+                let slot_ref = || Some(region_ref("", "slots"));
+                for i in 1..=ITERATIONS {
+                    let w = pb::WriteRegionRequest {
+                        region: slot_ref(),
+                        offset: slot * 8,
+                        data: i.to_le_bytes().to_vec(),
+                    };
+                    api.write_region(c.req(w)).await.map_err(|e| format!("client {slot} write {i}: {e}"))?;
+                    let r = pb::ReadRegionRequest { region: slot_ref(), offset: slot * 8, len: 8 };
+                    let data = api
+                        .read_region(c.req(r))
+                        .await
+                        .map_err(|e| format!("client {slot} read {i}: {e}"))?
+                        .into_inner()
+                        .data;
+                    if data != i.to_le_bytes() {
+                        return Err(format!("client {slot} read {data:?} after writing {i}"));
+                    }
+                    if i % 4 == 0 {
+                        let call = pb::CallInstanceRequest {
+                            tenant: String::new(),
+                            instance: "pinger".into(),
+                            export: "ping".into(),
+                            args: Vec::new(),
+                        };
+                        let results = api
+                            .call_instance(c.req(call))
+                            .await
+                            .map_err(|e| format!("client {slot} call {i}: {e}"))?
+                            .into_inner()
+                            .results;
+                        if as_i64(&results) != 7 {
+                            return Err(format!("client {slot} ping returned {results:?}"));
+                        }
+                        api.stats(c.req(pb::StatsRequest { tenant: String::new() }))
+                            .await
+                            .map_err(|e| format!("client {slot} stats {i}: {e}"))?;
+                    }
+                }
+                Ok::<u64, String>(slot)
+            });
+        }
+        // A watchdog against deadlock, not a timing assertion.
+        tokio::time::timeout(std::time::Duration::from_secs(120), async {
+            let mut done = Vec::new();
+            while let Some(joined) = tasks.join_next().await {
+                done.push(joined.expect("the client task did not panic"));
+            }
+            done
+        })
+        .await
+        .expect("the clients finished: deadlock?")
+    });
+    let mut finished: Vec<u64> =
+        outcome.into_iter().collect::<Result<_, _>>().unwrap_or_else(|e| panic!("{e}"));
+    finished.sort_unstable();
+    assert_eq!(finished, (0..CLIENTS).collect::<Vec<_>>());
+
+    // Every slot holds its client's last count; no write was lost or torn.
+    let all = pb::ReadRegionRequest { region: Some(region_ref("", "slots")), offset: 0, len: CLIENTS * 8 };
+    let read = rpc!(d, t, read_region, all).expect("read");
+    let slots: Vec<u64> =
+        read.data.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+    assert_eq!(slots, (0..CLIENTS).map(|_| ITERATIONS).collect::<Vec<_>>());
+    assert_eq!(read.version, CLIENTS * ITERATIONS, "one version per write");
+    let stats =
+        rpc!(d, t, stats, pb::StatsRequest { tenant: String::new() }).expect("the daemon still answers");
+    assert_eq!(stats.instances[0].calls, CLIENTS * (ITERATIONS / 4));
+    assert_eq!(stats.regions[0].traffic.as_ref().map(|t| t.bytes_in), Some(CLIENTS * ITERATIONS * 8));
+    assert_eq!(as_i64(&call(d, &t, "pinger", "ping", Vec::new()).expect("ping")), 7);
+}

@@ -1,0 +1,343 @@
+//! The `broker serve` binary as a real process: it announces its address on stdout, keeps tenants,
+//! regions and the admin token in its state dir across a graceful restart (SIGTERM: drain, flush,
+//! exit 0), and loses nothing that `FlushRegion` acknowledged when it is killed outright (SIGKILL).
+//!
+//! Every child runs under a guard that kills it on drop and a watchdog that kills it if the test stalls,
+//! so a failing test never leaves a daemon behind.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use broker_proto::pb;
+use broker_proto::pb::broker_client::BrokerClient;
+use rustix::process::{kill_process, Pid, Signal};
+use tonic::transport::Channel;
+
+/// How long one daemon may live before the watchdog kills it: far longer than any case needs, so it
+/// fires only on a hang (which then fails the test instead of blocking it forever).
+const WATCHDOG: Duration = Duration::from_secs(120);
+
+/// A fresh state dir, removed on drop.
+struct StateDir(PathBuf);
+
+impl StateDir {
+    fn new(case: &str) -> StateDir {
+        let dir = std::env::temp_dir().join(format!("broker-process-{}-{case}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the state dir");
+        StateDir(dir)
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `broker serve`: killed (SIGKILL) and reaped on drop unless it already exited; a watchdog
+/// thread kills it after [`WATCHDOG`].
+struct Daemon {
+    child: Child,
+    /// Kept open so the daemon never writes to a closed pipe.
+    _stdout: BufReader<ChildStdout>,
+    addr: String,
+    log: PathBuf,
+    watchdog: Option<mpsc::Sender<()>>,
+}
+
+impl Daemon {
+    /// Starts the binary on `127.0.0.1:0` over `state_dir` and reads the address it announces.
+    fn start(state_dir: &Path, run: u32) -> Daemon {
+        Daemon::start_with(state_dir, run, &[])
+    }
+
+    /// As [`Daemon::start`], with more `broker serve` arguments.
+    fn start_with(state_dir: &Path, run: u32, extra: &[&str]) -> Daemon {
+        let log = state_dir.with_extension(format!("run{run}.log"));
+        let stderr = std::fs::File::create(&log).expect("create the daemon log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_broker"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2", "--state-dir"])
+            .arg(state_dir)
+            .args(extra)
+            .env_remove("BROKER_ADMIN_TOKEN")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn the broker binary");
+        let pid = child.id();
+        let (tx, rx) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            // Either the guard hung up (the child is reaped) or the time ran out: kill it then, which
+            // turns a hang into a failed read or call in the test thread.
+            if rx.recv_timeout(WATCHDOG) == Err(mpsc::RecvTimeoutError::Timeout) {
+                signal(pid, Signal::KILL);
+            }
+        });
+        let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        let mut daemon = Daemon { child, _stdout: stdout, addr: String::new(), log, watchdog: Some(tx) };
+        let mut line = String::new();
+        daemon._stdout.read_line(&mut line).expect("read the daemon's stdout");
+        let Some(addr) = line.trim_end().strip_prefix("listening on ") else {
+            panic!("expected `listening on <addr>`, got {line:?}; log:\n{}", daemon.log_text())
+        };
+        daemon.addr = format!("http://{addr}");
+        daemon
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `sig` and waits for the process to exit.
+    fn stop_with(&mut self, sig: Signal) -> ExitStatus {
+        signal(self.pid(), sig);
+        let status = self.child.wait().expect("wait for the daemon");
+        // Reaped: its pid may be reused, so the watchdog must not signal it any more.
+        drop(self.watchdog.take());
+        status
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        drop(self.watchdog.take());
+        if std::thread::panicking() {
+            eprintln!("daemon log ({}):\n{}", self.log.display(), self.log_text());
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn signal(pid: u32, sig: Signal) {
+    let pid = i32::try_from(pid).ok().and_then(Pid::from_raw).expect("a child pid");
+    // The child may have exited already (then there is nothing to signal).
+    let _ = kill_process(pid, sig);
+}
+
+/// A gRPC client of a daemon, with a bearer token. Its runtime has a worker thread of its own, so the
+/// client answers the server (pings, a graceful close) between calls, as a real client does.
+struct Client {
+    rt: tokio::runtime::Runtime,
+    inner: BrokerClient<Channel>,
+    token: String,
+}
+
+impl Client {
+    fn connect(d: &Daemon, token: &str) -> Client {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        Client::on(rt, d, token)
+    }
+
+    /// A client whose runtime runs only while the test blocks on a call: between calls it answers
+    /// nothing, like a hung or vanished client.
+    fn stalled(d: &Daemon, token: &str) -> Client {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        Client::on(rt, d, token)
+    }
+
+    fn on(rt: tokio::runtime::Runtime, d: &Daemon, token: &str) -> Client {
+        let channel = rt
+            .block_on(tonic::transport::Endpoint::from_shared(d.addr.clone()).expect("endpoint").connect())
+            .expect("connect to the daemon");
+        Client { rt, inner: BrokerClient::new(channel), token: token.to_owned() }
+    }
+
+    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        let value = format!("Bearer {}", self.token).parse().expect("an ascii token");
+        r.metadata_mut().insert("authorization", value);
+        r
+    }
+}
+
+/// Calls one RPC on a [`Client`] and returns the message (or the status).
+macro_rules! rpc {
+    ($c:expr, $method:ident, $msg:expr) => {{
+        let c = &$c;
+        c.rt.block_on(c.inner.clone().$method(c.req($msg))).map(|r| r.into_inner())
+    }};
+}
+
+fn admin_token(state_dir: &Path) -> String {
+    let token = std::fs::read_to_string(state_dir.join("admin.token")).expect("the admin token file");
+    token.trim().to_owned()
+}
+
+fn region_ref(name: &str) -> Option<pb::RegionRef> {
+    Some(pb::RegionRef { tenant: "acme".into(), name: name.into() })
+}
+
+fn create_region(c: &Client, name: &str, size: u64, backing: pb::Backing) {
+    let msg = pb::CreateRegionRequest {
+        tenant: "acme".into(),
+        name: name.into(),
+        size,
+        mode: pb::Mode::Handle.into(),
+        policy: 0,
+        backing: backing.into(),
+    };
+    rpc!(c, create_region, msg).expect("create the region");
+}
+
+fn write(c: &Client, region: &str, offset: u64, data: &[u8]) -> u64 {
+    let msg = pb::WriteRegionRequest { region: region_ref(region), offset, data: data.to_vec() };
+    rpc!(c, write_region, msg).expect("write").version
+}
+
+fn read(c: &Client, region: &str, offset: u64, len: u64) -> Vec<u8> {
+    rpc!(c, read_region, pb::ReadRegionRequest { region: region_ref(region), offset, len })
+        .expect("read")
+        .data
+}
+
+fn flush(c: &Client, region: &str) -> bool {
+    let r = region_ref(region).expect("a ref");
+    rpc!(c, flush_region, r).expect("flush").persistent
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| u8::try_from(i % 251).unwrap_or(0)).collect()
+}
+
+#[test]
+fn graceful_restart_keeps_state_and_the_admin_token() {
+    let dir = StateDir::new("graceful");
+    let bytes = pattern(3000);
+    let mut d = Daemon::start(&dir.0, 1);
+    let token = admin_token(&dir.0);
+    assert!(token.starts_with("brk_"), "a generated token: {token}");
+    let admin = Client::connect(&d, &token);
+    rpc!(admin, create_tenant, pb::CreateTenantRequest { name: "acme".into(), quotas: None })
+        .expect("tenant");
+    create_region(&admin, "durable", 8192, pb::Backing::Persistent);
+    create_region(&admin, "scratch", 4096, pb::Backing::Ephemeral);
+    assert_eq!(write(&admin, "durable", 100, &bytes), 1);
+    write(&admin, "scratch", 0, &[0xee; 64]);
+    assert!(flush(&admin, "durable"), "a persistent region says it was flushed");
+    assert!(!flush(&admin, "scratch"), "flushing an ephemeral region is a no-op");
+    // Bytes written after the last explicit flush: the graceful shutdown's final flush covers them.
+    write(&admin, "durable", 8000, &[0x5a; 192]);
+    // A client still watching a region must not hold the shutdown up.
+    let mut watch = rpc!(admin, watch_region, region_ref("durable").expect("a ref")).expect("watch");
+
+    let status = d.stop_with(Signal::TERM);
+    assert!(status.success(), "SIGTERM shuts the daemon down cleanly: {status:?}");
+    assert!(d.log_text().contains("flushed=1"), "the shutdown flushed the persistent region");
+    let last = admin.rt.block_on(watch.message()).expect("the watch stream ended cleanly, not cut off");
+    assert_eq!(last, None, "the shutdown ended the watch stream");
+    drop(watch);
+    drop(admin);
+    drop(d);
+
+    let mut d = Daemon::start(&dir.0, 2);
+    assert_eq!(admin_token(&dir.0), token, "the admin token file is kept, not regenerated");
+    let admin = Client::connect(&d, &token);
+    let tenants = rpc!(admin, list_tenants, pb::ListTenantsRequest {}).expect("the admin token still works");
+    assert_eq!(tenants.tenants.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["acme"]);
+    let regions =
+        rpc!(admin, list_regions, pb::ListRegionsRequest { tenant: "acme".into() }).expect("list").regions;
+    let mut shapes: Vec<(String, u64, i32)> =
+        regions.iter().map(|r| (r.name.clone(), r.size, r.backing)).collect();
+    shapes.sort();
+    assert_eq!(
+        shapes,
+        [
+            ("durable".to_owned(), 8192, i32::from(pb::Backing::Persistent)),
+            ("scratch".to_owned(), 4096, i32::from(pb::Backing::Ephemeral)),
+        ]
+    );
+    assert_eq!(read(&admin, "durable", 100, 3000), bytes, "the persistent bytes survived");
+    assert_eq!(read(&admin, "durable", 8000, 192), vec![0x5a; 192], "the late write is kept too");
+    assert_eq!(read(&admin, "durable", 0, 100), vec![0; 100]);
+    assert_eq!(read(&admin, "scratch", 0, 4096), vec![0; 4096], "the ephemeral region came back zeroed");
+    // The restarted daemon takes new state too.
+    assert_eq!(write(&admin, "scratch", 0, &[1]), 1);
+    let status = d.stop_with(Signal::TERM);
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn sigkill_after_an_acknowledged_flush_loses_nothing() {
+    let dir = StateDir::new("sigkill");
+    let bytes = pattern(5000);
+    let mut d = Daemon::start(&dir.0, 1);
+    let token = admin_token(&dir.0);
+    let admin = Client::connect(&d, &token);
+    rpc!(admin, create_tenant, pb::CreateTenantRequest { name: "acme".into(), quotas: None })
+        .expect("tenant");
+    create_region(&admin, "durable", 1 << 16, pb::Backing::Persistent);
+    write(&admin, "durable", 4000, &bytes);
+    assert!(flush(&admin, "durable"));
+
+    let status = d.stop_with(Signal::KILL);
+    assert!(!status.success(), "SIGKILL gives no chance to exit cleanly: {status:?}");
+    drop(admin);
+    drop(d);
+
+    let mut d = Daemon::start(&dir.0, 2);
+    let admin = Client::connect(&d, &token);
+    let info =
+        rpc!(admin, get_region, region_ref("durable").expect("a ref")).expect("the region is still defined");
+    assert_eq!((info.size, info.backing), (1 << 16, i32::from(pb::Backing::Persistent)));
+    assert_eq!(read(&admin, "durable", 4000, 5000), bytes, "the flushed bytes survived the kill");
+    // The metadata store opened cleanly and takes writes again.
+    rpc!(admin, create_tenant, pb::CreateTenantRequest { name: "later".into(), quotas: None })
+        .expect("the store accepts a new tenant after the crash");
+    let mut names: Vec<String> = rpc!(admin, list_tenants, pb::ListTenantsRequest {})
+        .expect("list")
+        .tenants
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["acme", "later"]);
+    let status = d.stop_with(Signal::TERM);
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_client_that_stops_answering_cannot_hold_the_shutdown_up() {
+    let dir = StateDir::new("stalled");
+    let config = dir.0.with_extension("toml");
+    std::fs::write(&config, "drain_timeout_ms = 200\n").expect("write the config");
+    let mut d = Daemon::start_with(&dir.0, 1, &["--config", config.to_str().expect("a utf-8 path")]);
+    let token = admin_token(&dir.0);
+    let stalled = Client::stalled(&d, &token);
+    rpc!(stalled, create_tenant, pb::CreateTenantRequest { name: "acme".into(), quotas: None })
+        .expect("tenant");
+    create_region(&stalled, "durable", 4096, pb::Backing::Persistent);
+    write(&stalled, "durable", 0, b"kept");
+    // The client holds its connection open but answers nothing while the daemon drains.
+    let status = d.stop_with(Signal::TERM);
+    assert!(status.success(), "the drain gave up on the silent client and exited cleanly: {status:?}");
+    assert!(d.log_text().contains("drain deadline passed"), "the deadline, not the client, ended the drain");
+    assert!(d.log_text().contains("flushed=1"), "the final flush still ran");
+    drop(stalled);
+    drop(d);
+    let _ = std::fs::remove_file(&config);
+
+    // The state is intact after the cut-short drain.
+    let mut d = Daemon::start(&dir.0, 2);
+    let admin = Client::connect(&d, &token);
+    assert_eq!(read(&admin, "durable", 0, 4), b"kept");
+    let status = d.stop_with(Signal::TERM);
+    assert!(status.success(), "{status:?}");
+}
