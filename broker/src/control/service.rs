@@ -764,6 +764,7 @@ impl pb::broker_server::Broker for ControlService {
                 store.delete_region(&format!("{tname}/{}", r.name))?;
             }
             if let Backing::Persistent(path) = backing {
+                let _ = std::fs::remove_file(crate::region::mapping::snapshot_path(&path));
                 let _ = std::fs::remove_file(path);
             }
             Ok(pb::Empty {})

@@ -26,6 +26,15 @@ pub struct RegionMemory {
     len: u64,
     // Kept so the shared mode can map the same pages into guests.
     _file: File,
+    /// Where a persistent region's flushed image lives (`None` for memfd regions).
+    snapshot: Option<std::path::PathBuf>,
+}
+
+/// `<path>.snap`: the last flushed image of a persistent region.
+pub fn snapshot_path(path: &std::path::Path) -> std::path::PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".snap");
+    std::path::PathBuf::from(s)
 }
 
 impl RegionMemory {
@@ -46,14 +55,16 @@ impl RegionMemory {
         if u64::try_from(map.len()).ok() != Some(file_len) {
             return Err(RegionError::TooLarge { size: len });
         }
-        Ok(RegionMemory { map, len, _file: file })
+        Ok(RegionMemory { map, len, _file: file, snapshot: None })
     }
 
     /// Opens (creating if needed) a file of `len` bytes, rounded up to whole pages, and maps it shared.
-    /// An existing file of that size keeps its contents; one of another size is resized.
+    /// If a flushed snapshot (`<path>.snap`) of this size exists, its bytes replace the file's: the
+    /// snapshot is the last acknowledged flush, while the live file may hold later, possibly half-done,
+    /// writes from before a crash.
     ///
     /// # Errors
-    /// [`RegionError::Os`] if the file cannot be opened, sized or mapped.
+    /// [`RegionError::Os`] if the file cannot be opened, sized, mapped or restored.
     pub fn open_file(path: &std::path::Path, len: u64) -> Result<RegionMemory, RegionError> {
         let os = |op: &'static str| {
             move |e: std::io::Error| RegionError::Os { op, message: format!("{}: {e}", path.display()) }
@@ -73,15 +84,63 @@ impl RegionMemory {
         if u64::try_from(map.len()).ok() != Some(file_len) {
             return Err(RegionError::TooLarge { size: len });
         }
-        Ok(RegionMemory { map, len, _file: file })
+        let memory = RegionMemory { map, len, _file: file, snapshot: Some(snapshot_path(path)) };
+        memory.restore_snapshot()?;
+        Ok(memory)
     }
 
-    /// Writes dirty pages back to the backing file and waits for the disk (msync).
+    /// Copies the flushed snapshot, if there is one of the right size, over the live bytes.
+    fn restore_snapshot(&self) -> Result<(), RegionError> {
+        let Some(snap) = &self.snapshot else { return Ok(()) };
+        let os = |op: &'static str| {
+            move |e: std::io::Error| RegionError::Os { op, message: format!("{}: {e}", snap.display()) }
+        };
+        let bytes = match std::fs::read(snap) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(os("read snapshot")(e)),
+        };
+        if u64::try_from(bytes.len()).ok() != Some(self.len) {
+            // A snapshot of another size belongs to an older definition of the region: ignore it.
+            return Ok(());
+        }
+        self.copy_in(0, &bytes)?;
+        self.map.flush().map_err(os("msync"))
+    }
+
+    /// Makes the current bytes durable: msync of the live file, then an atomic snapshot (written to a
+    /// temporary file, synced, renamed over `<path>.snap`, directory synced). A crash at any moment
+    /// leaves the previous snapshot or this one, never a mix. Callers hold the region's reader lock, so
+    /// no write is half-done meanwhile. Memfd regions have nothing to flush.
     ///
     /// # Errors
     /// [`RegionError::Os`].
     pub fn flush(&self) -> Result<(), RegionError> {
-        self.map.flush().map_err(|e| RegionError::Os { op: "msync", message: e.to_string() })
+        use std::io::Write;
+        let Some(snap) = &self.snapshot else { return Ok(()) };
+        let os = |op: &'static str| {
+            move |e: std::io::Error| RegionError::Os { op, message: format!("{}: {e}", snap.display()) }
+        };
+        self.map.flush().map_err(os("msync"))?;
+        let tmp = snap.with_extension("snap.tmp");
+        {
+            let mut f = File::create(&tmp).map_err(os("create snapshot"))?;
+            let mut chunk = vec![0u8; 1 << 20];
+            let mut at = 0u64;
+            while at < self.len {
+                let n = usize::try_from((self.len - at).min(1 << 20)).unwrap_or(1 << 20);
+                let part = chunk.get_mut(..n).unwrap_or_default();
+                self.copy_out(at, part)?;
+                f.write_all(part).map_err(os("write snapshot"))?;
+                at += u64::try_from(n).unwrap_or(u64::MAX);
+            }
+            f.sync_all().map_err(os("fsync snapshot"))?;
+        }
+        std::fs::rename(&tmp, snap).map_err(os("rename snapshot"))?;
+        if let Some(dir) = snap.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(os("fsync directory"))?;
+        }
+        Ok(())
     }
 
     /// Length in bytes.
