@@ -445,3 +445,25 @@ fn sigkill_at_random_moments_never_loses_or_tears_a_flushed_commit() {
     let found = journal_seq(&read(&c, "journal", 0, JOURNAL)).expect("not torn");
     assert!(found >= acknowledged && acknowledged > 0, "acknowledged {acknowledged}, found {found}");
 }
+
+/// `broker loadtest`: 8 clients for 2 seconds of mixed RPCs against an in-process daemon: no errors,
+/// and resident memory at the end within a bounded growth of the start.
+#[test]
+fn loadtest_reports_no_errors_and_bounded_memory() {
+    let out = Command::new(env!("CARGO_BIN_EXE_broker"))
+        .args(["loadtest", "--clients", "8", "--seconds", "2", "--json"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run broker loadtest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "loadtest failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON report");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(report["ops"].as_u64().is_some_and(|n| n > 100), "{report}");
+    let (start, end) =
+        (report["rss_start"].as_u64().unwrap_or(0), report["rss_end"].as_u64().unwrap_or(u64::MAX));
+    assert!(start > 0 && end <= start + (64 << 20), "resident memory grew from {start} to {end}");
+    assert!(report["p99_us"].as_f64().is_some_and(|p| p > 0.0), "{report}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("clients 8"), "progress is printed once a second");
+}

@@ -81,6 +81,19 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Hold N concurrent clients for M seconds of mixed RPCs against an in-process daemon on loopback;
+    /// report errors (must be 0), latency percentiles and resident memory at the start and the end.
+    Loadtest {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        clients: u64,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        seconds: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Statistics of a tenant: usage, regions, instances.
     Stats {
         #[command(flatten)]
@@ -392,6 +405,33 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<bool, CliError> {
         Command::Instance { verb, conn } => rt.block_on(instance(verb, &conn, out)).map(|()| true),
         Command::Region { verb, conn } => rt.block_on(region(verb, &conn, out)).map(|()| true),
         Command::Stats { conn } => rt.block_on(stats(&conn, out)).map(|()| true),
+        Command::Loadtest { clients, seconds, json } => {
+            let clients = usize::try_from(clients).unwrap_or(16);
+            let mut progress = |line: String| eprintln!("{line}");
+            let report = rt
+                .block_on(super::loadtest::run(clients, seconds, &mut progress))
+                .map_err(CliError::Local)?;
+            let io = |e: std::io::Error| CliError::Local(format!("cannot write output: {e}"));
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&report).unwrap_or_default()).map_err(io)?;
+            } else {
+                writeln!(
+                    out,
+                    "clients {}  seconds {}  ops {}  errors {}  ops/s {:.0}",
+                    report.clients, report.seconds, report.ops, report.errors, report.ops_per_sec
+                )
+                .map_err(io)?;
+                writeln!(
+                    out,
+                    "latency p50 {:.0} us  p99 {:.0} us  max {:.0} us",
+                    report.p50_us, report.p99_us, report.max_us
+                )
+                .map_err(io)?;
+                writeln!(out, "rss start {} MiB  end {} MiB", report.rss_start >> 20, report.rss_end >> 20)
+                    .map_err(io)?;
+            }
+            Ok(report.errors == 0)
+        }
     }
 }
 

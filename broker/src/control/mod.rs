@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod cli;
 mod convert;
+pub mod loadtest;
 pub mod server;
 pub mod service;
 pub mod status;

@@ -188,7 +188,7 @@ fn no_lost_update(apps: usize, per_app: usize, shared_page: bool, policy: Confli
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 6, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(6), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn concurrent_commits_lose_no_update(apps in 2usize..=4, per_app in 3usize..=12, shared_page: bool, merge: bool) {
