@@ -58,7 +58,7 @@ pub(super) fn region_watch(
         }
         let kind =
             EventKind::Watch { handle, version: c.version, offset: start - range.offset, len: end - start };
-        sink.deliver(Pending { source, callback, user_data, kind, missed: 0 });
+        sink.deliver(Pending { source, callback, user_data, kind, missed: 0, echo: false });
     }));
     let region = Arc::clone(&cap.region);
     caps.add_cleanup(
@@ -190,6 +190,10 @@ pub(super) fn ui_get(caller: &mut Ctx<'_>, handle: u32, field: u32, out: u32) ->
 }
 
 pub(super) fn ui_set_text(caller: &mut Ctx<'_>, handle: u32, ptr: u32, len: u32) -> Result<(), AbiError> {
+    // Handle and rights first, as for every call (see ABI.md), then the text.
+    let cap = lookup(caller, handle)?;
+    cap.require(Rights::WRITE)?;
+    let object = object_of(&caller.data().ctx.core, &cap)?;
     if len > ui::TEXT_MAX {
         return Err(AbiError::InvalidValue { field: "len", value: i64::from(len) });
     }
@@ -197,10 +201,7 @@ pub(super) fn ui_set_text(caller: &mut Ctx<'_>, handle: u32, ptr: u32, len: u32)
     if text.contains(&0) {
         return Err(AbiError::InvalidValue { field: "text", value: 0 });
     }
-    let cap = lookup(caller, handle)?;
-    cap.require(Rights::WRITE)?;
     let core = &caller.data().ctx.core;
-    let object = object_of(core, &cap)?;
     let mut field = [0u8; (ui::TEXT_MAX + 1) as usize];
     field[..text.len()].copy_from_slice(&text);
     let at = cap.range.access(i64::from(ui::TEXT_OFFSET), u64::from(ui::TEXT_MAX + 1))?;
@@ -258,7 +259,7 @@ pub(super) fn ui_on_event(
     let trampoline = pool
         .allocate(Arc::new(move |ev: &crate::native::Event| {
             let kind = EventKind::Native { object: handle, code: ev.code.0, param: ev.param };
-            if sink.deliver(Pending { source, callback, user_data, kind, missed: 0 }) {
+            if sink.deliver(Pending { source, callback, user_data, kind, missed: 0, echo: false }) {
                 Ok(())
             } else {
                 Err("the app behind this callback has stopped or trapped".to_owned())

@@ -57,7 +57,14 @@ pub struct Pending {
     pub kind: EventKind,
     /// Events merged into this one.
     pub missed: u32,
+    /// Whether the app's own callback produced this event while it was being delivered to (set by the
+    /// broker; a chain of such echoes is a callback loop).
+    pub echo: bool,
 }
+
+/// Consecutive deliveries made only of echoes (events the app's own callbacks produced) after which
+/// the app is stopped as a callback loop.
+pub const MAX_ECHO_CHAIN: u32 = 1024;
 
 /// The bounded queue of an instance.
 #[derive(Debug, Default)]
@@ -113,6 +120,7 @@ impl EventQueue {
 
 fn merge(into: &mut Pending, e: &Pending) {
     into.missed = into.missed.saturating_add(1).saturating_add(e.missed);
+    into.echo = into.echo && e.echo;
     match (&mut into.kind, e.kind) {
         (
             EventKind::Watch { version, offset, len, .. },
@@ -230,6 +238,7 @@ mod tests {
             user_data: 0,
             kind: EventKind::Watch { handle: 1, version, offset, len: 8 },
             missed: 0,
+            echo: false,
         }
     }
 

@@ -64,6 +64,8 @@ pub(crate) struct InstanceCell {
     dead_events: AtomicU64,
     /// Callbacks delivered.
     delivered: AtomicU64,
+    /// Consecutive deliveries made only of events this app's own callbacks produced.
+    echo_chain: std::sync::atomic::AtomicU32,
     me: Weak<InstanceCell>,
     pool: PoolHandle,
     live: Mutex<Option<Live>>,
@@ -111,6 +113,7 @@ impl InstanceCell {
             events: EventQueue::default(),
             dead_events: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
+            echo_chain: std::sync::atomic::AtomicU32::new(0),
             me: me.clone(),
             pool,
             live: Mutex::new(None),
@@ -141,6 +144,25 @@ impl InstanceCell {
             self.dead_events.fetch_add(u64::try_from(events.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
             return;
         };
+        // A callback that re-triggers itself (writes the region it watches, fires the event it handles)
+        // would keep this instance's mailbox busy forever, one bounded callback at a time: stop it as a
+        // runaway once a long enough chain consists of nothing but its own echoes.
+        let chain = if !events.is_empty() && events.iter().all(|e| e.echo) {
+            self.echo_chain.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.echo_chain.store(0, Ordering::Relaxed);
+            0
+        };
+        if chain > events::MAX_ECHO_CHAIN {
+            let message = format!(
+                "callback loop: the app's callbacks re-triggered themselves {chain} times in a row without \
+                 any other event"
+            );
+            self.mark_trapped(InstanceError::Trapped { message });
+            self.dead_events.fetch_add(u64::try_from(events.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
+            return;
+        }
+        let _delivering = Delivering::enter(self.id);
         let table = l.instance.get_table(&mut l.store, events::TABLE_EXPORT);
         for (i, e) in events.iter().enumerate() {
             let bits = |v: u32| i32::from_ne_bytes(v.to_ne_bytes());
@@ -179,7 +201,13 @@ impl InstanceCell {
                 self.dead_events.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            self.kill.store(false, Ordering::Release);
+            // An interrupt that arrived between two callbacks stops the rest of the delivery too.
+            if self.kill.swap(false, Ordering::AcqRel) {
+                self.mark_trapped(InstanceError::Killed);
+                let rest = events.len() - i;
+                self.dead_events.fetch_add(u64::try_from(rest).unwrap_or(u64::MAX), Ordering::Relaxed);
+                return;
+            }
             l.store.data_mut().budget = EngineHandle::ticks_for(self.config.call_timeout);
             l.store.set_epoch_deadline(1);
             match func.call(&mut l.store, &args, &mut []) {
@@ -341,6 +369,11 @@ impl InstanceCell {
             Some(Trap::Interrupt) => InstanceError::Interrupted { timeout: self.config.call_timeout },
             _ => InstanceError::Trapped { message: self.explain(format!("{e:#}")) },
         };
+        self.mark_trapped(err)
+    }
+
+    /// Marks the instance trapped with `err` as its last trap.
+    fn mark_trapped(&self, err: InstanceError) -> InstanceError {
         let mut status = self.status.lock();
         status.state = RunState::Trapped;
         status.traps += 1;
@@ -434,11 +467,33 @@ fn kind_of_val(v: &Val) -> &'static str {
 #[derive(Clone)]
 pub(crate) struct EventSink(Weak<InstanceCell>);
 
+thread_local! {
+    /// The instance whose callbacks this thread is delivering right now, if any.
+    static DELIVERING: std::cell::Cell<Option<InstanceId>> = const { std::cell::Cell::new(None) };
+}
+
+/// Marks this thread as delivering to an instance until dropped.
+struct Delivering(Option<InstanceId>);
+
+impl Delivering {
+    fn enter(id: InstanceId) -> Delivering {
+        Delivering(DELIVERING.with(|d| d.replace(Some(id))))
+    }
+}
+
+impl Drop for Delivering {
+    fn drop(&mut self) {
+        DELIVERING.with(|d| d.set(self.0));
+    }
+}
+
 impl EventSink {
-    /// Queues an event for the instance; false if the instance is gone or not running.
-    pub(crate) fn deliver(&self, e: Pending) -> bool {
+    /// Queues an event for the instance; false if the instance is gone or not running. An event produced
+    /// on the thread that is delivering to this same instance comes from its own callback: an echo.
+    pub(crate) fn deliver(&self, mut e: Pending) -> bool {
         match self.0.upgrade() {
             Some(cell) if cell.status.lock().state == RunState::Running => {
+                e.echo = DELIVERING.with(std::cell::Cell::get) == Some(cell.id);
                 cell.deliver(e);
                 true
             }
