@@ -4,7 +4,7 @@
 //! a batch of its jobs, then either re-queues it (more jobs arrived) or clears the flag. So one instance
 //! never runs on two threads at once, and a busy instance cannot starve the others for more than a batch.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -37,7 +37,11 @@ impl PoolHandle {
     pub(crate) fn submit(&self, cell: &Arc<InstanceCell>, job: Job) {
         // The cell owns both ends of its mailbox, so this send cannot fail.
         let _ = cell.mailbox_tx.send(job);
-        if !cell.scheduled.swap(true, Ordering::AcqRel) {
+        // Store (the job) then load (the flag), against the worker's store (the flag) then load (the
+        // mailbox): without a full fence on both sides each could miss the other's store, and the job
+        // would sit in a mailbox no worker is scheduled to run (a lost wake-up, seen as a hung call).
+        fence(Ordering::SeqCst);
+        if !cell.scheduled.swap(true, Ordering::SeqCst) {
             let _ = self.queue.send(Msg::Run(Arc::clone(cell)));
         }
     }
@@ -73,10 +77,12 @@ impl WorkerPool {
 fn work(rx: &Receiver<Msg>, queue: &Sender<Msg>) {
     while let Ok(Msg::Run(cell)) = rx.recv() {
         cell.run_jobs(BATCH);
-        cell.scheduled.store(false, Ordering::Release);
+        cell.scheduled.store(false, Ordering::SeqCst);
         // A job posted after the batch but before the flag was cleared saw `scheduled == true` and did not
-        // queue the cell: pick it up here, unless a submitter already re-queued it.
-        if !cell.mailbox_rx.is_empty() && !cell.scheduled.swap(true, Ordering::AcqRel) {
+        // queue the cell: pick it up here, unless a submitter already re-queued it. The fence pairs with
+        // the one in `PoolHandle::submit`.
+        fence(Ordering::SeqCst);
+        if !cell.mailbox_rx.is_empty() && !cell.scheduled.swap(true, Ordering::SeqCst) {
             let _ = queue.send(Msg::Run(cell));
         }
     }
