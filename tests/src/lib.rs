@@ -7,6 +7,8 @@
 use broker::{Broker, BrokerConfig, InstanceConfig, InstanceId, Quotas, TenantId, Val};
 pub use broker_abi::Status;
 
+pub mod fuzz;
+
 /// A broker with two workers, as on the CI machine.
 pub fn broker() -> Broker {
     Broker::new(BrokerConfig { workers: 2 }).expect("broker starts")

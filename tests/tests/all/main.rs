@@ -7,6 +7,7 @@ mod callback;
 mod control;
 mod demo;
 mod handle;
+mod malicious;
 mod mirror;
 mod runtime;
 mod shared;
@@ -21,3 +22,4 @@ macro_rules! assert_test_exists {
     };
 }
 broker_guests::foreach_guest!(assert_test_exists);
+mod fuzz;
