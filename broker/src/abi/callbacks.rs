@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use broker_abi::{ui, MAX_FUNCTION_HANDLES, MAX_NAME_LEN};
 use wasmtime::Caller;
 
-use super::{check_out, copy_in, fence, guest_ptr, memory, write_handle, AbiError, Ctx};
+use super::{check_out, copy_in, fence, guarded, guest_ptr, memory, write_handle, AbiError, Ctx};
 use crate::broker::{Core, Service};
 use crate::capability::{Cap, Cleanup, CleanupTag, Handle, Rights};
 use crate::mode::{ConflictPolicy, Mode};
@@ -184,7 +184,8 @@ pub(super) fn ui_get(caller: &mut Ctx<'_>, handle: u32, field: u32, out: u32) ->
     let at = cap.range.access(field_offset(field)?, 4)?;
     let mut v = [0u8; 4];
     cap.region.read(at, &mut v)?;
-    let _fence = fence(caller);
+    let fence = fence(caller);
+    guarded(&fence, out, 4, true)?;
     guest_ptr::slice_mut(mem.data_mut(&mut *caller), out, 4)?.copy_from_slice(&v);
     Ok(())
 }
@@ -226,7 +227,9 @@ pub(super) fn ui_get_text(
     cap.region.read(at, &mut field)?;
     let n = field.iter().position(|b| *b == 0).unwrap_or(field.len());
     let n32 = u32::try_from(n).unwrap_or(u32::MAX);
-    let _fence = fence(caller);
+    let fence = fence(caller);
+    guarded(&fence, out_len, 4, true)?;
+    guarded(&fence, ptr, cap_len.min(n32), true)?;
     let data = mem.data_mut(&mut *caller);
     guest_ptr::slice_mut(data, out_len, 4)?.copy_from_slice(&n32.to_le_bytes());
     if n32 > cap_len {
@@ -307,7 +310,8 @@ pub(super) fn ui_send(
         .lock()
         .send_event(object, EventCode(code), param)
         .map_err(|e| AbiError::Native(e.to_string()))?;
-    let _fence = fence(caller);
+    let fence = fence(caller);
+    guarded(&fence, out, 4, true)?;
     guest_ptr::slice_mut(mem.data_mut(&mut *caller), out, 4)?.copy_from_slice(&n.to_le_bytes());
     Ok(())
 }
@@ -332,6 +336,8 @@ pub(super) fn fn_open(caller: &mut Ctx<'_>, name_ptr: u32, name_len: u32, out: u
     if !service.allows(ctx.tenant.id()) {
         return Err(AbiError::ServiceDenied(name));
     }
+    let fence = fence(caller);
+    guarded(&fence, out, 4, true)?;
     let state = caller.data_mut();
     let open = state.ctx.functions.iter().filter(|f| f.is_some()).count();
     if u32::try_from(open).unwrap_or(u32::MAX) >= MAX_FUNCTION_HANDLES {
@@ -339,7 +345,6 @@ pub(super) fn fn_open(caller: &mut Ctx<'_>, name_ptr: u32, name_len: u32, out: u
     }
     state.ctx.functions.push(Some(service));
     let h = u32::try_from(state.ctx.functions.len()).unwrap_or(u32::MAX);
-    let _fence = fence(caller);
     guest_ptr::slice_mut(mem.data_mut(&mut *caller), out, 4)?.copy_from_slice(&h.to_le_bytes());
     Ok(())
 }
@@ -374,12 +379,15 @@ pub(super) fn fn_call(
     }
     let args = {
         let m = memory(caller, arg_ptr, arg_len)?;
-        let _fence = fence(caller);
+        let fence = fence(caller);
+        guarded(&fence, arg_ptr, arg_len, false)?;
         guest_ptr::slice(m.data(&*caller), arg_ptr, arg_len)?.to_vec()
     };
     let result = service.call(&args).map_err(AbiError::Service)?;
     let n = u32::try_from(result.len()).unwrap_or(u32::MAX);
-    let _fence = fence(caller);
+    let fence = fence(caller);
+    guarded(&fence, out_len, 4, true)?;
+    guarded(&fence, res_ptr, res_cap.min(n), true)?;
     let data = mem.data_mut(&mut *caller);
     guest_ptr::slice_mut(data, out_len, 4)?.copy_from_slice(&n.to_le_bytes());
     if n > res_cap {

@@ -24,6 +24,14 @@ pub enum AbiError {
         /// The memory's size.
         memory_len: usize,
     },
+    /// A guest range lies over a read-only window (and the host would write it) or a revoked window.
+    #[error("guest range at {ptr:#x} of {len} bytes lies over a read-only or revoked shared window")]
+    GuardedPointer {
+        /// The guest pointer.
+        ptr: u32,
+        /// The length.
+        len: u32,
+    },
     /// A name was refused.
     #[error("bad name: {0}")]
     Name(#[from] NameError),
@@ -114,7 +122,7 @@ impl AbiError {
     /// The status code the guest receives.
     pub fn status(&self) -> Status {
         match self {
-            AbiError::BadPointer { .. } => Status::BadPointer,
+            AbiError::BadPointer { .. } | AbiError::GuardedPointer { .. } => Status::BadPointer,
             AbiError::Name(_)
             | AbiError::UnknownRights(_)
             | AbiError::UnknownMode(_)

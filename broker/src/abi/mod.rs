@@ -92,8 +92,20 @@ type Ctx<'a> = Caller<'a, InstanceState>;
 
 /// Holds the caller's memory fence for reading: no shared window of this instance is swapped while the
 /// guard lives, so host code touching guest memory cannot fault.
-fn fence(caller: &Ctx<'_>) -> parking_lot::ArcRwLockReadGuard<parking_lot::RawRwLock, ()> {
+fn fence(caller: &Ctx<'_>) -> FenceGuard {
     caller.data().ctx.fence.read_arc()
+}
+
+type FenceGuard = parking_lot::ArcRwLockReadGuard<parking_lot::RawRwLock, crate::mode::shared::Guards>;
+
+/// Refuses a guest range over a read-only window (for a host write) or a revoked window (for any host
+/// access): host code would fault there.
+fn guarded(g: &FenceGuard, ptr: u32, len: u32, write: bool) -> Result<(), AbiError> {
+    if g.allows(ptr, len, write) {
+        Ok(())
+    } else {
+        Err(AbiError::GuardedPointer { ptr, len })
+    }
 }
 
 /// The caller's exported memory; a guest without one can pass no valid pointer.
@@ -109,7 +121,8 @@ fn copy_in(caller: &Ctx<'_>, ptr: u32, len: u32, max: u32) -> Result<Vec<u8>, Ab
         }));
     }
     let mem = memory(caller, ptr, len)?;
-    let _fence = fence(caller);
+    let fence = fence(caller);
+    guarded(&fence, ptr, len, false)?;
     Ok(guest_ptr::slice(mem.data(caller), ptr, len)?.to_vec())
 }
 
@@ -124,9 +137,11 @@ fn check_out(caller: &Ctx<'_>, ptr: u32, len: u32) -> Result<Memory, AbiError> {
 /// the call has no effect.
 fn write_handle(caller: &mut Ctx<'_>, mem: Memory, out: u32, handle: Handle) -> Result<(), AbiError> {
     let written = {
-        let _fence = fence(caller);
-        guest_ptr::slice_mut(mem.data_mut(&mut *caller), out, 4)
-            .map(|s| s.copy_from_slice(&handle.raw().to_le_bytes()))
+        let fence = fence(caller);
+        guarded(&fence, out, 4, true).and_then(|()| {
+            guest_ptr::slice_mut(mem.data_mut(&mut *caller), out, 4)
+                .map(|s| s.copy_from_slice(&handle.raw().to_le_bytes()))
+        })
     };
     if written.is_err() {
         let ctx = &caller.data().ctx;
@@ -184,7 +199,8 @@ fn handle_info(caller: &mut Ctx<'_>, handle: u32, out: u32) -> Result<(), AbiErr
         rights: cap.rights.bits(),
         mode: cap.region.mode().to_raw(),
     };
-    let _fence = fence(caller);
+    let fence = fence(caller);
+    guarded(&fence, out, size, true)?;
     guest_ptr::slice_mut(mem.data_mut(caller), out, size)?.copy_from_slice(&info.to_bytes());
     Ok(())
 }
@@ -194,7 +210,8 @@ fn region_read(caller: &mut Ctx<'_>, handle: u32, offset: i64, dst: u32, len: u3
     cap.require(Rights::READ)?;
     let at = cap.range.access(offset, u64::from(len))?;
     let mem = memory(caller, dst, len)?;
-    let _fence = fence(caller);
+    let fence = fence(caller);
+    guarded(&fence, dst, len, true)?;
     let dst = guest_ptr::slice_mut(mem.data_mut(&mut *caller), dst, len)?;
     cap.region.read(at, dst)?;
     caller.data().ctx.traffic.copied_out(u64::from(len));
@@ -207,7 +224,8 @@ fn region_write(caller: &mut Ctx<'_>, handle: u32, offset: i64, src: u32, len: u
     let at = cap.range.access(offset, u64::from(len))?;
     let mem = memory(caller, src, len)?;
     // The guest bytes are read exactly once, by the copy into the region.
-    let _fence = fence(caller);
+    let fence = fence(caller);
+    guarded(&fence, src, len, false)?;
     let src = guest_ptr::slice(mem.data(&*caller), src, len)?;
     cap.region.write(at, src)?;
     caller.data().ctx.traffic.copied_in(u64::from(len));
@@ -292,7 +310,9 @@ fn mirror_acquire(
         caller.data().ctx.tenant.reserve(Resource::MemoryBytes, cap.range.len).map_err(crate::Error::from)?;
     // This takes the capability lock, so it runs before the fence is held.
     caller.data_mut().ctx.drop_stale_mirrors();
-    let _fence = fence(caller);
+    let fence = fence(caller);
+    guarded(&fence, ptr, len, true)?;
+    guarded(&fence, out_version, 8, true)?;
     let (data, state) = mem.data_and_store_mut(&mut *caller);
     let dst = guest_ptr::slice_mut(data, ptr, len)?;
     let (mirror, version) = mirror::acquire(&cap.region, cap.range, dst, charge)?;
@@ -300,6 +320,23 @@ fn mirror_acquire(
     ctx.traffic.copied_out(mirror.range().len);
     ctx.mirrors.insert(handle, mirror);
     put_u64(data, out_version, version)
+}
+
+/// The checks refresh and commit share: both out-pointers writable, then the handle, the right and the
+/// mirror mode (in that order, as for every call).
+fn mirror_call(
+    caller: &mut Ctx<'_>,
+    handle: u32,
+    right: Rights,
+    out_version: u32,
+    out_pages: u32,
+) -> Result<(Memory, Cap), AbiError> {
+    let mem = check_out(caller, out_version, 8)?;
+    check_out(caller, out_pages, 4)?;
+    let cap = caller.data().ctx.lookup(handle)?;
+    cap.require(right)?;
+    require_mode(&cap, Mode::Mirror)?;
+    Ok((mem, cap))
 }
 
 fn mirror_refresh(
@@ -311,12 +348,11 @@ fn mirror_refresh(
     out_version: u32,
     out_pages: u32,
 ) -> Result<(), AbiError> {
-    let mem = check_out(caller, out_version, 8)?;
-    check_out(caller, out_pages, 4)?;
-    let cap = caller.data().ctx.lookup(handle)?;
-    cap.require(Rights::READ)?;
-    require_mode(&cap, Mode::Mirror)?;
-    let _fence = fence(caller);
+    let (mem, cap) = mirror_call(caller, handle, Rights::READ, out_version, out_pages)?;
+    let fence = fence(caller);
+    guarded(&fence, ptr, len, true)?;
+    guarded(&fence, out_version, 8, true)?;
+    guarded(&fence, out_pages, 4, true)?;
     let (data, state) = mem.data_and_store_mut(&mut *caller);
     let ctx = &mut state.ctx;
     let m = ctx.mirrors.get_mut(&handle).ok_or(MirrorError::NotAcquired)?;
@@ -336,12 +372,11 @@ fn mirror_commit(
     out_version: u32,
     out_pages: u32,
 ) -> Result<(), AbiError> {
-    let mem = check_out(caller, out_version, 8)?;
-    check_out(caller, out_pages, 4)?;
-    let cap = caller.data().ctx.lookup(handle)?;
-    cap.require(Rights::WRITE)?;
-    require_mode(&cap, Mode::Mirror)?;
-    let _fence = fence(caller);
+    let (mem, cap) = mirror_call(caller, handle, Rights::WRITE, out_version, out_pages)?;
+    let fence = fence(caller);
+    guarded(&fence, ptr, len, false)?;
+    guarded(&fence, out_version, 8, true)?;
+    guarded(&fence, out_pages, 4, true)?;
     let (data, state) = mem.data_and_store_mut(&mut *caller);
     let ctx = &mut state.ctx;
     let m = ctx.mirrors.get_mut(&handle).ok_or(MirrorError::NotAcquired)?;
@@ -387,7 +422,7 @@ fn region_unmap(caller: &mut Ctx<'_>, handle: u32, ptr: u32) -> Result<(), AbiEr
     let mem = memory(caller, ptr, 0)?;
     let base = mem.data_ptr(&*caller) as usize;
     let ctx = &caller.data().ctx;
-    ctx.core.caps.lock().unmap_window(ctx.instance, Handle::from_raw(handle), ptr, base)?;
+    ctx.core.caps.lock().unmap_window(ctx.instance, Handle::from_raw(handle), ptr, base, &ctx.fence)?;
     Ok(())
 }
 

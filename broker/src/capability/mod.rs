@@ -631,6 +631,18 @@ impl CapSpace {
         if self.nodes.get(&cap.id).is_some_and(|n| n.window.is_some()) {
             return Err(ShareError::AlreadyMapped);
         }
+        // A revoked window the new one covers only in part would lose its record (and with it the
+        // guest's way to get those pages back): refuse; unmap the revoked window first.
+        let partly_covers_a_revoked_window = self.tombstones.get(&instance).is_some_and(|ts| {
+            ts.iter().any(|t| {
+                shared::overlap(t.guest_ptr, t.len, req.guest_ptr, req.len)
+                    && !(t.guest_ptr >= req.guest_ptr
+                        && u64::from(t.guest_ptr) + t.len <= u64::from(req.guest_ptr) + req.len)
+            })
+        });
+        if partly_covers_a_revoked_window {
+            return Err(ShareError::Overlap { guest_ptr: req.guest_ptr, len: req.len });
+        }
         let clash = self
             .nodes
             .values()
@@ -671,12 +683,13 @@ impl CapSpace {
     ///
     /// # Errors
     /// [`ShareError::NotMapped`], or the handle's error if it is stale and no revoked window was there.
-    pub fn unmap_window(
+    pub(crate) fn unmap_window(
         &mut self,
         instance: InstanceId,
         handle: Handle,
         guest_ptr: u32,
         memory_base: usize,
+        fence: &MemoryFence,
     ) -> Result<(), ShareError> {
         match self.lookup(instance, handle) {
             Ok(cap) => {
@@ -695,7 +708,7 @@ impl CapSpace {
                 // SAFETY: the tombstone records a window this instance mapped inside its own memory, which is
                 // alive (tombstones are dropped with the instance); the caller is the instance itself.
                 #[allow(unsafe_code, reason = "restores pages of the caller's own memory")]
-                let restored = unsafe { shared::restore(memory_base, &tomb) };
+                let restored = unsafe { shared::restore(memory_base, &tomb, fence) };
                 restored.map_err(|e| ShareError::Os(e.to_string()))
             }
         }

@@ -36,8 +36,45 @@ use crate::runtime::InstanceId;
 /// Host page size: windows and their guest addresses are aligned to it.
 pub const HOST_PAGE: u64 = 4096;
 
-/// Guards an instance's linear memory against page swaps while host code touches it.
-pub(crate) type MemoryFence = Arc<RwLock<()>>;
+/// What host code may not do to a range of a guest's linear memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Guard {
+    /// A read-only window: the host may read it but must not write it (a store would fault).
+    ReadOnly,
+    /// A revoked window: inaccessible pages, neither readable nor writable.
+    Revoked,
+}
+
+/// The ranges of one guest's linear memory that are read-only or inaccessible windows. Host functions
+/// check every guest range they copy to or from against it, so host code never faults on a window.
+#[derive(Debug, Default)]
+pub(crate) struct Guards {
+    ranges: Vec<(u32, u64, Guard)>,
+}
+
+impl Guards {
+    /// Whether the host may read (or, with `write`, write) `[ptr, ptr+len)`.
+    pub(crate) fn allows(&self, ptr: u32, len: u32, write: bool) -> bool {
+        if len == 0 {
+            return true;
+        }
+        self.ranges.iter().all(|(start, n, guard)| {
+            !overlap(*start, *n, ptr, u64::from(len)) || (*guard == Guard::ReadOnly && !write)
+        })
+    }
+
+    /// Records what `[ptr, ptr+len)` is now (`None`: ordinary memory again).
+    fn set(&mut self, ptr: u32, len: u64, guard: Option<Guard>) {
+        self.ranges.retain(|(start, n, _)| !overlap(*start, *n, ptr, len));
+        if let Some(g) = guard {
+            self.ranges.push((ptr, len, g));
+        }
+    }
+}
+
+/// Guards an instance's linear memory: held for reading while host code touches it, for writing while
+/// a window in it is swapped; it also records which ranges are read-only or revoked windows.
+pub(crate) type MemoryFence = Arc<RwLock<Guards>>;
 
 /// Why a map or unmap was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -162,6 +199,8 @@ impl Window {
                 at.region_offset,
             )
         }?;
+        // A window replaces whatever the range was (a fully covered revoked window included).
+        at.fence.write().set(at.guest_ptr, at.len, (!at.writable).then_some(Guard::ReadOnly));
         Ok(Window {
             instance: at.instance,
             guest_ptr: at.guest_ptr,
@@ -189,7 +228,7 @@ impl Window {
     }
 
     fn replace(self, prot: ProtFlags) -> std::io::Result<()> {
-        let _exclusive = self.fence.write();
+        let mut guards = self.fence.write();
         // SAFETY: by the type's invariant the range lies in the instance's live memory; holding the fence
         // for writing means no host function of that instance is touching its memory right now; wasm code
         // that touches the range afterwards traps (PROT_NONE) or sees zeros it owns (read-write).
@@ -201,6 +240,8 @@ impl Window {
                 MapFlags::PRIVATE | MapFlags::FIXED,
             )
         }?;
+        let revoked = prot == ProtFlags::empty();
+        guards.set(self.guest_ptr, self.len, revoked.then_some(Guard::Revoked));
         Ok(())
     }
 
@@ -214,7 +255,12 @@ impl Window {
 ///
 /// # Safety
 /// As [`Window::map`]: the range must lie in the calling instance's live memory.
-pub(crate) unsafe fn restore(memory_base: usize, tomb: &Tombstone) -> std::io::Result<()> {
+pub(crate) unsafe fn restore(
+    memory_base: usize,
+    tomb: &Tombstone,
+    fence: &MemoryFence,
+) -> std::io::Result<()> {
+    let mut guards = fence.write();
     let addr = memory_base
         .checked_add(usize_of(u64::from(tomb.guest_ptr))?)
         .ok_or(std::io::ErrorKind::InvalidInput)?;
@@ -228,6 +274,7 @@ pub(crate) unsafe fn restore(memory_base: usize, tomb: &Tombstone) -> std::io::R
             MapFlags::PRIVATE | MapFlags::FIXED,
         )
     }?;
+    guards.set(tomb.guest_ptr, tomb.len, None);
     Ok(())
 }
 

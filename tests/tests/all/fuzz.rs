@@ -7,10 +7,9 @@ use broker_tests::fuzz::{self, AbiOp, Options};
 use broker_tests::{watchdog, Status};
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 
-/// The suite keeps guest ranges the broker copies through away from the driver's own windows: a host
-/// function copying into a read-only or revoked window crashes the broker process today (see
-/// `Options::avoid_window_pointers`); the cargo-fuzz target runs without this.
-const OPTIONS: Options = Options { avoid_window_pointers: true };
+/// Guest ranges may point anywhere, the driver's own read-only and revoked windows included: the broker
+/// refuses host copies over them with BAD_POINTER (it used to fault and crash the process).
+const OPTIONS: Options = Options { avoid_window_pointers: false };
 
 /// The named test for the `fuzz_driver` guest: 256 random sequences of up to 64 ops.
 ///
@@ -174,4 +173,40 @@ fn seed_corpus_decodes_and_runs_clean() {
         let ok: u32 = report.succeeded.iter().sum();
         assert!(ok >= 2, "{}: only {ok} calls succeeded: {:?}", seed.display(), report.statuses);
     }
+}
+
+/// Regression (found by cargo-fuzz): a host copy into a read-only window used to fault in host code and
+/// kill the broker; it is now refused with BAD_POINTER.
+#[test]
+fn host_copies_over_read_only_or_revoked_windows_are_refused() {
+    let read_only = [
+        AbiOp::new("region_map", [0; 6]), // "sh" read-only at page 0 of the page buffer
+        AbiOp::new("region_read", [8, 0, 5, 0, 0, 0]), // region_read("rw", 0, that page, 1 byte)
+    ];
+    let r = fuzz::run_with(&read_only, OPTIONS).expect("an error status, not a crash");
+    assert_eq!(r.statuses[1], Some(Status::BadPointer.code()));
+    let revoked = [
+        AbiOp::new("region_map", [0, 0, 0, 3, 0, 0]),
+        AbiOp::new("handle_close", [24, 0, 0, 0, 0, 0]),
+        AbiOp::new("region_write", [8, 0, 5, 0, 0, 0]),
+    ];
+    let r = fuzz::run_with(&revoked, OPTIONS).expect("an error status, not a crash");
+    assert_eq!(r.statuses[2], Some(Status::BadPointer.code()));
+}
+
+/// Regression (found by cargo-fuzz): mapping a window over part of a revoked one made the broker forget
+/// the revoked one; such a map is now refused, and the revoked window can still be unmapped.
+#[test]
+fn a_window_over_part_of_a_revoked_one_is_refused() {
+    let ops = [
+        AbiOp::new("region_map", [0, 0, 0, 3, 0, 0]), // sh (8 KiB) read-write at pages 0-1
+        AbiOp::new("handle_close", [24, 0, 0, 0, 0, 0]), // revoke it: pages 0-1 inaccessible
+        AbiOp::new("region_open", [24, 0, 0, 0, 0, 0]), // reopen sh
+        AbiOp::new("handle_restrict", [24, 6, 13, 5, 0, 0]), // all rights over [4096, 8192)
+        AbiOp::new("region_map", [11, 8, 0, 3, 0, 0]), // map it at page 1
+        AbiOp::new("region_unmap", [0, 0, 0, 0, 0, 0]), // clean up page 0 with the stale handle
+    ];
+    let r = fuzz::run_with(&ops, OPTIONS).expect("no invariant broken");
+    assert_eq!(r.statuses[4], Some(Status::Busy.code()), "a partial cover of a revoked window is refused");
+    assert_eq!(r.statuses[5], Some(Status::Ok.code()), "the revoked window is still known and unmapped");
 }
