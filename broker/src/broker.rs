@@ -619,6 +619,15 @@ impl Broker {
         Ok(self.core.region(region)?.read(offset, buf)?)
     }
 
+    /// As [`Broker::read_region`], and returns the version the bytes belong to (never a newer one, even
+    /// with writes running concurrently).
+    ///
+    /// # Errors
+    /// As [`Broker::read_region`].
+    pub fn read_region_versioned(&self, region: RegionId, offset: u64, buf: &mut [u8]) -> Result<u64, Error> {
+        Ok(self.core.region(region)?.read_versioned(offset, buf)?)
+    }
+
     /// Writes region bytes from the host side (a native producer); returns the new version.
     ///
     /// # Errors

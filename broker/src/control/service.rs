@@ -676,8 +676,8 @@ impl pb::broker_server::Broker for ControlService {
                 });
             }
             let mut data = vec![0u8; usize::try_from(r.len).unwrap_or(0)];
-            p.broker.read_region(id, r.offset, &mut data)?;
-            Ok(pb::ReadRegionResponse { data, version: p.broker.region_info(id)?.version })
+            let version = p.broker.read_region_versioned(id, r.offset, &mut data)?;
+            Ok(pb::ReadRegionResponse { data, version })
         })())
     }
 

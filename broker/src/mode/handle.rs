@@ -8,15 +8,17 @@
 
 use crate::region::{Region, RegionError};
 
-/// Copies `dst.len()` bytes at absolute `offset` of the region into `dst`.
+/// Copies `dst.len()` bytes at absolute `offset` of the region into `dst`; returns the version those
+/// bytes belong to.
 ///
 /// # Errors
 /// [`RegionError::OutOfBounds`] if the range does not lie inside the region.
-pub(crate) fn read(region: &Region, offset: u64, dst: &mut [u8]) -> Result<(), RegionError> {
+pub(crate) fn read(region: &Region, offset: u64, dst: &mut [u8]) -> Result<u64, RegionError> {
     let _pages = region.pages.read();
     region.memory.copy_out(offset, dst)?;
     region.traffic.copied_out(len64(dst.len()));
-    Ok(())
+    // Read under the same lock as the bytes: the version the bytes belong to.
+    Ok(region.version())
 }
 
 /// Copies `src` to absolute `offset` of the region and returns the region's new version.

@@ -358,6 +358,14 @@ impl Region {
     /// # Errors
     /// [`RegionError::OutOfBounds`].
     pub fn read(&self, offset: u64, dst: &mut [u8]) -> Result<(), RegionError> {
+        mode::handle::read(self, offset, dst).map(|_| ())
+    }
+
+    /// As [`Region::read`], and returns the version the bytes belong to (read under the same lock).
+    ///
+    /// # Errors
+    /// [`RegionError::OutOfBounds`].
+    pub fn read_versioned(&self, offset: u64, dst: &mut [u8]) -> Result<u64, RegionError> {
         mode::handle::read(self, offset, dst)
     }
 

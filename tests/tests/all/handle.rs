@@ -352,3 +352,28 @@ fn guest_created_regions_are_checked() {
     assert_eq!(w.b.region_info(id).expect("info").size, 4096);
     let _ = ALL;
 }
+
+/// A versioned host read returns the version its bytes belong to, even with a writer running: write k
+/// stores k and makes version k, so every (bytes, version) pair must agree.
+#[test]
+fn versioned_reads_pair_bytes_with_their_version() {
+    let b = std::sync::Arc::new(broker());
+    let t = tenant(&b, "alpha");
+    let r = b.create_region(t, RegionSpec::new("data", 64, Mode::Handle)).expect("region");
+    let writer = {
+        let b = std::sync::Arc::clone(&b);
+        std::thread::spawn(move || {
+            for k in 1..=2_000u64 {
+                assert_eq!(b.write_region(r, 0, &k.to_le_bytes()).expect("write"), k);
+            }
+        })
+    };
+    let mut seen = 0;
+    while !writer.is_finished() || seen == 0 {
+        let mut word = [0u8; 8];
+        let version = b.read_region_versioned(r, 0, &mut word).expect("read");
+        assert_eq!(u64::from_le_bytes(word), version, "bytes and version from the same moment");
+        seen += 1;
+    }
+    writer.join().expect("writer");
+}
