@@ -258,6 +258,30 @@ pub enum CleanupTag {
     NativeObject,
 }
 
+impl Node {
+    /// A capability derived from `parent`, held by `holder` and charged to `tenant`.
+    fn derived(
+        region: Arc<Region>,
+        rights: Rights,
+        range: CapRange,
+        parent: CapId,
+        holder: Holder,
+        tenant: &Arc<Tenant>,
+    ) -> Node {
+        Node {
+            region,
+            rights,
+            range,
+            parent: Some(parent),
+            children: BTreeSet::new(),
+            holder,
+            charged: Some(Arc::clone(tenant)),
+            window: None,
+            cleanups: Vec::new(),
+        }
+    }
+}
+
 /// A hook run once when its capability is removed (or explicitly, by tag).
 pub struct Cleanup(Box<dyn FnOnce() + Send>);
 
@@ -420,17 +444,7 @@ impl CapSpace {
         self.link(
             id,
             parent,
-            Node {
-                region,
-                rights,
-                range,
-                parent: Some(parent),
-                children: BTreeSet::new(),
-                holder: Holder::Slot(instance, slot),
-                charged: Some(Arc::clone(tenant)),
-                window: None,
-                cleanups: Vec::new(),
-            },
+            Node::derived(region, rights, range, parent, Holder::Slot(instance, slot), tenant),
         );
         Ok(handle)
     }
@@ -457,21 +471,7 @@ impl CapSpace {
         if let Some(inbox) = self.inboxes.get_mut(&target) {
             inbox.insert(id);
         }
-        self.link(
-            id,
-            parent,
-            Node {
-                region,
-                rights,
-                range,
-                parent: Some(parent),
-                children: BTreeSet::new(),
-                holder: Holder::Inbox(target),
-                charged: Some(Arc::clone(tenant)),
-                window: None,
-                cleanups: Vec::new(),
-            },
-        );
+        self.link(id, parent, Node::derived(region, rights, range, parent, Holder::Inbox(target), tenant));
         Ok(id)
     }
 
