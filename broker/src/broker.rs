@@ -506,6 +506,17 @@ impl Broker {
         Ok(self.cell(instance)?.call(&self.pool, export, args)?)
     }
 
+    /// The parameter types of an instance's export, so a caller holding plain integers (a scenario file,
+    /// say) can build arguments of the right width.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`], or [`InstanceError::NoSuchExport`].
+    pub fn export_params(&self, instance: InstanceId, export: &str) -> Result<Vec<wasmtime::ValType>, Error> {
+        self.cell(instance)?
+            .export_params(export)
+            .ok_or_else(|| InstanceError::NoSuchExport(export.to_owned()).into())
+    }
+
     /// Calls an export that returns one `i64` (the convention of the repository's guests).
     ///
     /// # Errors
@@ -609,6 +620,12 @@ impl Broker {
     /// [`Error::RegionNotFound`].
     pub fn region_info(&self, region: RegionId) -> Result<RegionInfo, Error> {
         Ok(self.core.region(region)?.info())
+    }
+
+    /// The region itself, for in-crate code that measures its mapping directly (the native baseline
+    /// of `broker bench`).
+    pub(crate) fn region_ref(&self, region: RegionId) -> Result<Arc<Region>, Error> {
+        self.core.region(region)
     }
 
     /// Reads region bytes from the host side.

@@ -230,7 +230,8 @@ impl Mode {
         }
     }
 
-    pub(crate) fn from_raw(raw: u32) -> Option<Mode> {
+    /// Decodes the ABI encoding of a mode; `None` for an unknown value.
+    pub fn from_raw(raw: u32) -> Option<Mode> {
         match raw {
             raw_mode::HANDLE => Some(Mode::Handle),
             raw_mode::MIRROR => Some(Mode::Mirror),

@@ -94,6 +94,28 @@ impl<'r> View<'r> {
         }
     }
 
+    /// The region's bytes in place, without a copy: the local mirror or the mapped window; `None` in
+    /// handle mode, where every access is a host call. Lets bulk work (scans, transforms) skip the copy
+    /// that [`View::read`] makes.
+    pub fn as_slice(&self) -> Option<&[u8]> {
+        match self {
+            View::Handle(_) => None,
+            View::Mirror(m) => Some(m),
+            View::Shared(w) => Some(w),
+            View::SharedReadOnly(w) => Some(w),
+        }
+    }
+
+    /// The region's bytes in place for writing (mirror: published by [`View::commit`]); `None` in
+    /// handle mode and for a read-only window.
+    pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
+        match self {
+            View::Handle(_) | View::SharedReadOnly(_) => None,
+            View::Mirror(m) => Some(m),
+            View::Shared(w) => Some(w),
+        }
+    }
+
     /// Reads a `Pod` value.
     ///
     /// # Errors

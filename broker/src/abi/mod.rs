@@ -459,37 +459,55 @@ fn region_notify(caller: &mut Ctx<'_>, handle: u32, offset: i64) -> Result<(), A
     Ok(())
 }
 
+/// Counts one host call against the caller's traffic (host calls per operation is a figure the
+/// scenario reports compare across modes).
+fn tick(caller: &Ctx<'_>) {
+    caller.data().ctx.traffic.host_called();
+}
+
 /// Registers every ABI v1 import.
 ///
 /// # Errors
 /// Only if a name is registered twice, which would be a bug in this function.
 pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
     linker.func_wrap(MODULE, func::ABI_VERSION, || broker_abi::VERSION)?;
-    linker.func_wrap(MODULE, func::NOP, || Status::Ok.code())?;
+    linker.func_wrap(MODULE, func::NOP, |c: Ctx<'_>| {
+        tick(&c);
+        Status::Ok.code()
+    })?;
     linker.func_wrap(MODULE, func::REGION_OPEN, |mut c: Ctx<'_>, p: u32, l: u32, out: u32| {
+        tick(&c);
         code(region_open(&mut c, p, l, out))
     })?;
     linker.func_wrap(
         MODULE,
         func::REGION_CREATE,
         |mut c: Ctx<'_>, p: u32, l: u32, size: i64, mode: u32, out: u32| {
+            tick(&c);
             code(region_create(&mut c, p, l, size, mode, out))
         },
     )?;
-    linker.func_wrap(MODULE, func::HANDLE_CLOSE, |mut c: Ctx<'_>, h: u32| code(handle_close(&mut c, h)))?;
+    linker.func_wrap(MODULE, func::HANDLE_CLOSE, |mut c: Ctx<'_>, h: u32| {
+        tick(&c);
+        code(handle_close(&mut c, h))
+    })?;
     linker.func_wrap(MODULE, func::HANDLE_INFO, |mut c: Ctx<'_>, h: u32, out: u32| {
+        tick(&c);
         code(handle_info(&mut c, h, out))
     })?;
     linker.func_wrap(MODULE, func::REGION_READ, |mut c: Ctx<'_>, h: u32, off: i64, p: u32, l: u32| {
+        tick(&c);
         code(region_read(&mut c, h, off, p, l))
     })?;
     linker.func_wrap(MODULE, func::REGION_WRITE, |mut c: Ctx<'_>, h: u32, off: i64, p: u32, l: u32| {
+        tick(&c);
         code(region_write(&mut c, h, off, p, l))
     })?;
     linker.func_wrap(
         MODULE,
         func::HANDLE_RESTRICT,
         |mut c: Ctx<'_>, h: u32, r: u32, off: i64, len: i64, out: u32| {
+            tick(&c);
             code(handle_restrict(&mut c, h, r, off, len, out))
         },
     )?;
@@ -497,17 +515,23 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
         MODULE,
         func::HANDLE_GRANT,
         |mut c: Ctx<'_>, h: u32, p: u32, l: u32, r: u32, off: i64, len: i64| {
+            tick(&c);
             code(handle_grant(&mut c, h, p, l, r, off, len))
         },
     )?;
-    linker.func_wrap(MODULE, func::HANDLE_REVOKE, |mut c: Ctx<'_>, h: u32| code(handle_revoke(&mut c, h)))?;
+    linker.func_wrap(MODULE, func::HANDLE_REVOKE, |mut c: Ctx<'_>, h: u32| {
+        tick(&c);
+        code(handle_revoke(&mut c, h))
+    })?;
     linker.func_wrap(MODULE, func::MIRROR_ACQUIRE, |mut c: Ctx<'_>, h: u32, p: u32, l: u32, out: u32| {
+        tick(&c);
         code(mirror_acquire(&mut c, h, p, l, out))
     })?;
     linker.func_wrap(
         MODULE,
         func::MIRROR_REFRESH,
         |mut c: Ctx<'_>, h: u32, p: u32, l: u32, since: i64, v: u32, n: u32| {
+            tick(&c);
             code(mirror_refresh(&mut c, h, p, l, since, v, n))
         },
     )?;
@@ -515,61 +539,81 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
         MODULE,
         func::MIRROR_COMMIT,
         |mut c: Ctx<'_>, h: u32, p: u32, l: u32, base: i64, v: u32, n: u32| {
+            tick(&c);
             code(mirror_commit(&mut c, h, p, l, base, v, n))
         },
     )?;
     linker.func_wrap(MODULE, func::REGION_MAP, |mut c: Ctx<'_>, h: u32, p: u32, l: u32, f: u32| {
+        tick(&c);
         code(region_map(&mut c, h, p, l, f))
     })?;
     linker.func_wrap(MODULE, func::REGION_UNMAP, |mut c: Ctx<'_>, h: u32, p: u32| {
+        tick(&c);
         code(region_unmap(&mut c, h, p))
     })?;
     linker.func_wrap(MODULE, func::REGION_WAIT, |mut c: Ctx<'_>, h: u32, off: i64, v: u32, ms: u32| {
+        tick(&c);
         code(region_wait(&mut c, h, off, v, ms))
     })?;
     linker.func_wrap(MODULE, func::REGION_NOTIFY, |mut c: Ctx<'_>, h: u32, off: i64| {
+        tick(&c);
         code(region_notify(&mut c, h, off))
     })?;
     linker.func_wrap(MODULE, func::REGION_WATCH, |mut c: Ctx<'_>, h: u32, cb: u32, ud: u32| {
+        tick(&c);
         code(callbacks::region_watch(&mut c, h, cb, ud))
     })?;
     linker.func_wrap(MODULE, func::REGION_UNWATCH, |mut c: Ctx<'_>, h: u32| {
+        tick(&c);
         code(callbacks::region_unwatch(&mut c, h))
     })?;
     linker.func_wrap(MODULE, func::UI_CREATE, |mut c: Ctx<'_>, parent: u32, mode: u32, out: u32| {
+        tick(&c);
         code(callbacks::ui_create(&mut c, parent, mode, out))
     })?;
     linker.func_wrap(MODULE, func::UI_SET, |mut c: Ctx<'_>, h: u32, field: u32, v: i32| {
+        tick(&c);
         code(callbacks::ui_set(&mut c, h, field, v))
     })?;
     linker.func_wrap(MODULE, func::UI_GET, |mut c: Ctx<'_>, h: u32, field: u32, out: u32| {
+        tick(&c);
         code(callbacks::ui_get(&mut c, h, field, out))
     })?;
     linker.func_wrap(MODULE, func::UI_SET_TEXT, |mut c: Ctx<'_>, h: u32, p: u32, l: u32| {
+        tick(&c);
         code(callbacks::ui_set_text(&mut c, h, p, l))
     })?;
     linker.func_wrap(MODULE, func::UI_GET_TEXT, |mut c: Ctx<'_>, h: u32, p: u32, cap: u32, out: u32| {
+        tick(&c);
         code(callbacks::ui_get_text(&mut c, h, p, cap, out))
     })?;
     linker.func_wrap(MODULE, func::UI_ON_EVENT, |mut c: Ctx<'_>, h: u32, ev: u32, cb: u32, ud: u32| {
+        tick(&c);
         code(callbacks::ui_on_event(&mut c, h, ev, cb, ud))
     })?;
     linker.func_wrap(MODULE, func::UI_SEND, |mut c: Ctx<'_>, h: u32, ev: u32, param: i32, out: u32| {
+        tick(&c);
         code(callbacks::ui_send(&mut c, h, ev, param, out))
     })?;
-    linker
-        .func_wrap(MODULE, func::UI_DELETE, |mut c: Ctx<'_>, h: u32| code(callbacks::ui_delete(&mut c, h)))?;
+    linker.func_wrap(MODULE, func::UI_DELETE, |mut c: Ctx<'_>, h: u32| {
+        tick(&c);
+        code(callbacks::ui_delete(&mut c, h))
+    })?;
     linker.func_wrap(MODULE, func::FN_OPEN, |mut c: Ctx<'_>, p: u32, l: u32, out: u32| {
+        tick(&c);
         code(callbacks::fn_open(&mut c, p, l, out))
     })?;
     linker.func_wrap(
         MODULE,
         func::FN_CALL,
         |mut c: Ctx<'_>, fh: u32, ap: u32, al: u32, rp: u32, rc: u32, out: u32| {
+            tick(&c);
             code(callbacks::fn_call(&mut c, fh, ap, al, rp, rc, out))
         },
     )?;
-    linker
-        .func_wrap(MODULE, func::FN_CLOSE, |mut c: Ctx<'_>, fh: u32| code(callbacks::fn_close(&mut c, fh)))?;
+    linker.func_wrap(MODULE, func::FN_CLOSE, |mut c: Ctx<'_>, fh: u32| {
+        tick(&c);
+        code(callbacks::fn_close(&mut c, fh))
+    })?;
     Ok(())
 }

@@ -51,6 +51,10 @@ enum Command {
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
         readings: u32,
     },
+    /// Measure the mode trade-off matrix: modes x region sizes x access patterns x readers, with a
+    /// native baseline on the same mapping; print a table and a recommended mode per cell, and write
+    /// the figures as JSON and SVG charts.
+    Bench(BenchArgs),
     /// Run the daemon: the gRPC control API.
     Serve(ServeArgs),
     /// Tenants (admin token).
@@ -94,11 +98,63 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Multi-app scenarios: run a built-in scenario or a scenario file once per mode and report what
+    /// each mode cost (ops/s, MB/s, latency, copies, host calls, memory) and whether the apps' results
+    /// were right.
+    Scenario {
+        #[command(subcommand)]
+        verb: ScenarioVerb,
+    },
     /// Statistics of a tenant: usage, regions, instances.
     Stats {
         #[command(flatten)]
         conn: Conn,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ScenarioVerb {
+    /// Run a scenario in-process on a fresh broker per mode; print the report, write it as JSON and an
+    /// SVG chart, and exit non-zero if a check failed.
+    Run(ScenarioRunArgs),
+    /// List the built-in scenarios.
+    List,
+    /// Print a built-in scenario's file: a commented starting point for your own.
+    Show {
+        /// The built-in scenario's name.
+        name: String,
+    },
+    /// Validate a scenario file without running it.
+    Check {
+        /// A built-in scenario's name or a path to a .toml file.
+        scenario: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ScenarioRunArgs {
+    /// A built-in scenario (see `broker scenario list`) or a path to a scenario .toml file.
+    #[arg(default_value = crate::scenario::DEFAULT)]
+    scenario: String,
+    /// Modes to run, comma-separated, e.g. `handle,mirror,shared` (default: the scenario's own list);
+    /// regions declared `mode = "auto"` take each mode in turn, the same guest binaries run in all.
+    #[arg(long)]
+    modes: Option<String>,
+    /// Multiply every actor's duration and iterations (0.1 for a quick look).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Directory for `<scenario>.json` and `<scenario>.svg`.
+    #[arg(long, default_value = "target/broker-scenarios")]
+    out: PathBuf,
+    /// Worker threads of the broker (default: one per core, at least two).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    workers: Option<u64>,
+    /// Print the JSON report instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// No progress output (by default: a progress bar on a terminal, plain lines on stderr otherwise).
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -370,6 +426,80 @@ fn rpc_error(what: &'static str, s: Status) -> CliError {
     CliError::Rpc { what, message: s.message().to_owned(), hint: hint.to_owned() }
 }
 
+fn scenario_command(verb: ScenarioVerb, out: &mut dyn Write) -> Result<bool, CliError> {
+    use crate::scenario;
+    let write = |out: &mut dyn Write, text: &str| {
+        out.write_all(text.as_bytes()).map_err(|e| CliError::Local(format!("writing the output: {e}")))
+    };
+    match verb {
+        ScenarioVerb::List => {
+            for (name, text) in scenario::BUILTINS {
+                let description =
+                    scenario::parse(text, name, None).map(|s| s.description).unwrap_or_default();
+                write(out, &format!("{name:<12} {description}\n"))?;
+            }
+            Ok(true)
+        }
+        ScenarioVerb::Show { name } => {
+            let text = scenario::builtin::builtin_text(&name).ok_or_else(|| {
+                let known: Vec<_> = scenario::BUILTINS.iter().map(|(n, _)| *n).collect();
+                CliError::Local(format!("no built-in scenario {name:?} (known: {})", known.join(", ")))
+            })?;
+            write(out, text)?;
+            Ok(true)
+        }
+        ScenarioVerb::Check { scenario: name } => {
+            let s = scenario::load(&name).map_err(|e| CliError::Local(e.to_string()))?;
+            write(
+                out,
+                &format!(
+                    "{name}: ok ({} tenants, {} instances, {} regions, {} phases)\n",
+                    s.tenants.len(),
+                    s.instances.len(),
+                    s.regions.len(),
+                    s.phases.len()
+                ),
+            )?;
+            Ok(true)
+        }
+        ScenarioVerb::Run(args) => {
+            let s = scenario::load(&args.scenario).map_err(|e| CliError::Local(e.to_string()))?;
+            let modes = args
+                .modes
+                .as_deref()
+                .map(scenario::spec::parse_modes)
+                .transpose()
+                .map_err(|e| CliError::Local(format!("--modes: {e}")))?;
+            let opts = scenario::RunOptions {
+                modes,
+                scale: args.scale,
+                workers: args.workers.and_then(|w| usize::try_from(w).ok()),
+            };
+            let progress: Box<dyn crate::metrics::ProgressSink> = if args.quiet {
+                Box::new(crate::metrics::NoProgress)
+            } else {
+                Box::new(crate::metrics::TerminalProgress::stderr())
+            };
+            let report =
+                scenario::run(&s, &opts, progress.as_ref()).map_err(|e| CliError::Local(e.to_string()))?;
+            if args.json {
+                let json = serde_json::to_string_pretty(&report)
+                    .map_err(|e| CliError::Local(format!("encoding the report: {e}")))?;
+                write(out, &format!("{json}\n"))?;
+            } else {
+                write(out, &report.render())?;
+            }
+            let files = report.write_files(&args.out).map_err(|e| CliError::Local(e.to_string()))?;
+            if !args.json {
+                let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                write(out, &format!("wrote {}\n", names.join(", ")))?;
+                write(out, if report.ok() { "all checks passed\n" } else { "SOME CHECKS FAILED\n" })?;
+            }
+            Ok(report.ok())
+        }
+    }
+}
+
 /// Entry point of the binary: parses arguments, runs the command, prints errors, returns the exit code.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -399,12 +529,14 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<bool, CliError> {
                 .map_err(|e| CliError::Local(format!("the demo could not run: {e}")))?;
             Ok(report.ok())
         }
+        Command::Bench(args) => bench_main(args, out),
         Command::Serve(args) => rt.block_on(serve_main(args, out)).map(|()| true),
         Command::Tenant { verb, conn } => rt.block_on(tenant(verb, &conn, out)).map(|()| true),
         Command::Module { verb, conn } => rt.block_on(module(verb, &conn, out)).map(|()| true),
         Command::Instance { verb, conn } => rt.block_on(instance(verb, &conn, out)).map(|()| true),
         Command::Region { verb, conn } => rt.block_on(region(verb, &conn, out)).map(|()| true),
         Command::Stats { conn } => rt.block_on(stats(&conn, out)).map(|()| true),
+        Command::Scenario { verb } => scenario_command(verb, out),
         Command::Loadtest { clients, seconds, json } => {
             let clients = usize::try_from(clients).unwrap_or(16);
             let mut progress = |line: String| eprintln!("{line}");
@@ -1020,4 +1152,72 @@ async fn stats(conn: &Conn, out: &mut dyn Write) -> Result<(), CliError> {
         ]);
     }
     print(out, conn, &value, &table)
+}
+
+/// `broker bench`: which cells to measure and where to write the report.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Defaults: all modes; sizes 4KiB,64KiB,1MiB,16MiB,64MiB; all patterns; readers 1,2,8; \
+                  150 ms a cell. --quick: sizes 4KiB,1MiB, readers 1,2, 20 ms a cell. Flags given explicitly \
+                  override either. Run a release build (`cargo run --release -p broker -- bench`): a debug \
+                  build measures the host's debug code."
+)]
+struct BenchArgs {
+    /// Modes to measure, comma-separated: handle, mirror, shared.
+    #[arg(long, value_delimiter = ',', value_parser = crate::bench::parse_mode)]
+    modes: Option<Vec<crate::Mode>>,
+    /// Region sizes, comma-separated, in bytes or with a B, KiB, MiB or GiB suffix (multiples of 8, at
+    /// most 1GiB), e.g. `4KiB,1MiB`.
+    #[arg(long, value_delimiter = ',', value_parser = crate::bench::parse_size)]
+    sizes: Option<Vec<u64>>,
+    /// Access patterns, comma-separated: scan (sum every u64 in order), random (random 8-byte loads),
+    /// write1 (random 8-byte accesses, 1% stores, committed every 1024).
+    #[arg(long, value_delimiter = ',', value_parser = parse_pattern)]
+    patterns: Option<Vec<crate::bench::Pattern>>,
+    /// Concurrent readers (guest instances; host threads for native), comma-separated, 1 to 64.
+    #[arg(long, value_delimiter = ',', value_parser = crate::bench::parse_readers)]
+    readers: Option<Vec<usize>>,
+    /// Milliseconds each cell is measured, after a warm-up call.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    cell_ms: Option<u64>,
+    /// Directory for bench.json and bench-<pattern>.svg.
+    #[arg(long, default_value = "target/broker-bench")]
+    out: PathBuf,
+    /// A small matrix for a smoke run (see below).
+    #[arg(long)]
+    quick: bool,
+}
+
+fn parse_pattern(s: &str) -> Result<crate::bench::Pattern, crate::bench::BenchArgError> {
+    s.parse()
+}
+
+fn bench_main(args: BenchArgs, out: &mut dyn Write) -> Result<bool, CliError> {
+    use crate::bench::{self, BenchConfig};
+    let mut config = if args.quick { BenchConfig::quick() } else { BenchConfig::standard() };
+    if let Some(modes) = args.modes {
+        config.modes = modes;
+    }
+    if let Some(sizes) = args.sizes {
+        config.sizes = sizes;
+    }
+    if let Some(patterns) = args.patterns {
+        config.patterns = patterns;
+    }
+    if let Some(readers) = args.readers {
+        config.readers = readers;
+    }
+    if let Some(ms) = args.cell_ms {
+        config.cell = std::time::Duration::from_millis(ms);
+    }
+    let progress = crate::metrics::TerminalProgress::stderr();
+    let report =
+        bench::run(&config, &progress).map_err(|e| CliError::Local(format!("the bench failed: {e}")))?;
+    let written = report.write(&args.out).map_err(|e| CliError::Local(e.to_string()))?;
+    let io = |e: std::io::Error| CliError::Local(format!("cannot write output: {e}"));
+    out.write_all(report.render().as_bytes()).map_err(io)?;
+    for path in std::iter::once(&written.json).chain(&written.charts) {
+        writeln!(out, "wrote {}", path.display()).map_err(io)?;
+    }
+    Ok(true)
 }

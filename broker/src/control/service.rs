@@ -352,6 +352,84 @@ impl Drop for WatchStream {
     }
 }
 
+/// The server stream of `RunScenario`: progress messages, then the report.
+pub type ScenarioStream = tokio_stream::wrappers::ReceiverStream<Result<pb::ScenarioProgress, Status>>;
+
+/// Forwards a scenario run's progress to its gRPC stream (a client that went away just stops reading).
+struct StreamProgress {
+    tx: mpsc::Sender<Result<pb::ScenarioProgress, Status>>,
+    last: Mutex<(u64, u64)>,
+}
+
+impl crate::metrics::ProgressSink for StreamProgress {
+    fn event(&self, event: crate::metrics::ProgressEvent<'_>) {
+        use crate::metrics::ProgressEvent;
+        let (done, total, message) = {
+            let mut last = self.last.lock();
+            match event {
+                ProgressEvent::Start { total, label } => {
+                    *last = (0, total);
+                    (0, total, label.to_owned())
+                }
+                ProgressEvent::Advance { done, total, message } => {
+                    *last = (done, total);
+                    (done, total, message.to_owned())
+                }
+                ProgressEvent::Line(line) => (last.0, last.1, line.to_owned()),
+                ProgressEvent::Finish => return,
+            }
+        };
+        let _ =
+            self.tx.blocking_send(Ok(pb::ScenarioProgress { done, total, message, ..Default::default() }));
+    }
+}
+
+/// Validates a `RunScenario` request into a scenario and run options.
+fn scenario_request(
+    req: &pb::RunScenarioRequest,
+) -> ApiResult<(crate::scenario::Scenario, crate::scenario::RunOptions)> {
+    use crate::scenario::{self, spec::ModuleSource};
+    let invalid = |field: &'static str, reason: String| ApiError::InvalidField { field, reason };
+    let s = match (req.builtin.is_empty(), req.toml.is_empty()) {
+        (false, true) => scenario::builtin::builtin_text(&req.builtin)
+            .ok_or_else(|| {
+                let known: Vec<_> = scenario::BUILTINS.iter().map(|(n, _)| *n).collect();
+                invalid(
+                    "builtin",
+                    format!("no built-in scenario {:?} (known: {})", req.builtin, known.join(", ")),
+                )
+            })
+            .and_then(|text| {
+                scenario::parse(text, &req.builtin, None).map_err(|e| invalid("builtin", e.to_string()))
+            })?,
+        (true, false) => {
+            let s = scenario::parse(&req.toml, "request.toml", None)
+                .map_err(|e| invalid("toml", e.to_string()))?;
+            if let Some(m) = s.modules.iter().find(|m| matches!(m.source, ModuleSource::File(_))) {
+                return Err(invalid(
+                    "toml",
+                    format!(
+                        "module {}/{}: over gRPC, modules must name a guest app, not a path",
+                        m.tenant, m.name
+                    ),
+                ));
+            }
+            s
+        }
+        _ => return Err(invalid("builtin", "give exactly one of `builtin` and `toml`".into())),
+    };
+    let modes = if req.modes.is_empty() {
+        None
+    } else {
+        Some(scenario::spec::parse_modes(&req.modes.join(",")).map_err(|e| invalid("modes", e))?)
+    };
+    let scale = if req.scale == 0.0 { 1.0 } else { req.scale };
+    if !(scale.is_finite() && scale > 0.0 && scale <= 1000.0) {
+        return Err(invalid("scale", format!("{} is not in (0, 1000]", req.scale)));
+    }
+    Ok((s, scenario::RunOptions { modes, scale, workers: None }))
+}
+
 #[tonic::async_trait]
 impl pb::broker_server::Broker for ControlService {
     async fn create_tenant(
@@ -819,6 +897,48 @@ impl pb::broker_server::Broker for ControlService {
             watches.open.insert(watch, id);
             Ok(WatchStream { rx, plane: Arc::clone(p), region: id, watch })
         })())
+    }
+
+    type RunScenarioStream = ScenarioStream;
+
+    async fn run_scenario(
+        &self,
+        req: Request<pb::RunScenarioRequest>,
+    ) -> Result<Response<ScenarioStream>, Status> {
+        let p = &self.plane;
+        let (scenario, opts) = (|| {
+            let who = p.identify(&req)?;
+            ControlPlane::admin(&who)?;
+            if p.watches.lock().closed {
+                return Err(ApiError::ShuttingDown);
+            }
+            scenario_request(req.get_ref())
+        })()
+        .map_err(Status::from)?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::task::spawn_blocking(move || {
+            let progress = StreamProgress { tx: tx.clone(), last: Mutex::new((0, 0)) };
+            let last = match crate::scenario::run(&scenario, &opts, &progress) {
+                Ok(report) => {
+                    let (done, total) = *progress.last.lock();
+                    serde_json::to_string(&report)
+                        .map(|report_json| pb::ScenarioProgress {
+                            done,
+                            total,
+                            message: format!("scenario {} finished", report.scenario),
+                            report_json,
+                            ok: report.ok(),
+                            report_text: report.render(),
+                        })
+                        .map_err(|e| Status::from(ApiError::Store(format!("encoding the report: {e}"))))
+                }
+                Err(e) => {
+                    Err(Status::from(ApiError::Precondition(format!("the scenario could not run: {e}"))))
+                }
+            };
+            let _ = tx.blocking_send(last);
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
     async fn stats(&self, req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {

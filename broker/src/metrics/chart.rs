@@ -90,7 +90,7 @@ pub(super) fn render_svg(
     let drawable = |v: f64| v.is_finite() && (!log_y || v > 0.0);
     let values = series.iter().flat_map(|s| s.values.iter().copied()).filter(|v| drawable(*v));
     let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    let layout = Layout::new(groups, series);
+    let layout = Layout::new(title, groups, series);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (layout.width, layout.height)).into_drawing_area();
@@ -129,10 +129,12 @@ struct Layout {
 const CHAR_PX: usize = 7;
 
 impl Layout {
-    fn new(groups: &[String], series: &[Series]) -> Layout {
+    fn new(title: &str, groups: &[String], series: &[Series]) -> Layout {
         let longest = groups.iter().map(|g| g.chars().count()).max().unwrap_or(0);
         let group_px = (series.len() * 14 + 24).max(longest * CHAR_PX + 16);
-        let width = (groups.len() * group_px + 120).clamp(480, 20_000);
+        // The 20 px title is about 11 px a character.
+        let title_px = title.chars().count() * 11 + 40;
+        let width = (groups.len() * group_px + 120).max(title_px).clamp(480, 20_000);
         Layout { width: u32::try_from(width).unwrap_or(20_000), height: 480 }
     }
 

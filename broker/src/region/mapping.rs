@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::ptr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use memmap2::MmapRaw;
 use rustix::fs::{memfd_create, MemfdFlags};
@@ -169,6 +169,40 @@ impl RegionMemory {
         Ok(atom.load(Ordering::SeqCst))
     }
 
+    /// Returns the live mapping as an `AtomicU64` at `offset`, which must be 8-byte aligned.
+    fn atomic_u64(&self, offset: u64) -> Result<&AtomicU64, RegionError> {
+        let start = self.check(offset, 8)?;
+        if !offset.is_multiple_of(8) {
+            return Err(RegionError::OutOfBounds { offset, len: 8, size: self.len });
+        }
+        // SAFETY: `check` proved `[start, start+8)` lies in the mapping, which stays mapped for as long as
+        // `self` (and so the returned reference) lives; the mapping is page aligned and `offset` is a
+        // multiple of 8, so the pointer is aligned for an `AtomicU64`. Other parties (guests through
+        // shared windows, byte copies) may touch the same bytes concurrently: an atomic is the one Rust
+        // type for which that is sound, and it never hands out a plain `&u64`.
+        Ok(unsafe { AtomicU64::from_ptr(self.map.as_mut_ptr().add(start).cast::<u64>()) })
+    }
+
+    /// Loads the `u64` at `offset` (8-byte aligned) straight from the mapping, relaxed, without the
+    /// region lock: what an app with the region mapped does. `broker bench`'s native baseline uses it.
+    ///
+    /// # Errors
+    /// [`RegionError::OutOfBounds`] outside the region or when misaligned.
+    pub fn load_u64(&self, offset: u64) -> Result<u64, RegionError> {
+        Ok(self.atomic_u64(offset)?.load(Ordering::Relaxed))
+    }
+
+    /// Stores `value` at `offset` (8-byte aligned) straight into the mapping, relaxed, without the
+    /// region lock and without bumping versions (so mirrors do not see it): the native baseline's
+    /// counterpart of a store through a shared window.
+    ///
+    /// # Errors
+    /// [`RegionError::OutOfBounds`] outside the region or when misaligned; nothing is written then.
+    pub fn store_u64(&self, offset: u64, value: u64) -> Result<(), RegionError> {
+        self.atomic_u64(offset)?.store(value, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Whether the region has no bytes (never true for a created region).
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -227,5 +261,18 @@ mod tests {
         assert_eq!(m.copy_in(97, &[0; 4]), Err(RegionError::OutOfBounds { offset: 97, len: 4, size: 100 }));
         assert!(m.copy_out(u64::MAX, &mut out).is_err());
         m.copy_out(100, &mut []).expect("empty range at the end is fine");
+    }
+
+    #[test]
+    fn u64_accesses_are_aligned_and_bounds_checked() {
+        let m = RegionMemory::new_memfd("t", 24).expect("memfd");
+        m.store_u64(16, 0x0102_0304_0506_0708).expect("in range");
+        assert_eq!(m.load_u64(16), Ok(0x0102_0304_0506_0708));
+        let mut out = [0u8; 8];
+        m.copy_out(16, &mut out).expect("in range");
+        assert_eq!(out, 0x0102_0304_0506_0708u64.to_ne_bytes());
+        assert_eq!(m.load_u64(20), Err(RegionError::OutOfBounds { offset: 20, len: 8, size: 24 }));
+        assert_eq!(m.store_u64(24, 1), Err(RegionError::OutOfBounds { offset: 24, len: 8, size: 24 }));
+        assert_eq!(m.load_u64(4), Err(RegionError::OutOfBounds { offset: 4, len: 8, size: 24 }));
     }
 }

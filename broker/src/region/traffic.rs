@@ -12,6 +12,7 @@ pub struct Traffic {
     pages_refreshed: AtomicU64,
     commits: AtomicU64,
     conflicts: AtomicU64,
+    host_calls: AtomicU64,
 }
 
 /// A snapshot of [`Traffic`].
@@ -27,6 +28,8 @@ pub struct TrafficStats {
     pub commits: u64,
     /// Mirror commits refused for a conflict.
     pub conflicts: u64,
+    /// Host calls made (counted per instance; a region's counter stays 0).
+    pub host_calls: u64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -59,6 +62,11 @@ impl Traffic {
         add(&self.conflicts, 1);
     }
 
+    /// Counts a host call.
+    pub fn host_called(&self) {
+        add(&self.host_calls, 1);
+    }
+
     /// A snapshot.
     pub fn stats(&self) -> TrafficStats {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -68,6 +76,7 @@ impl Traffic {
             pages_refreshed: g(&self.pages_refreshed),
             commits: g(&self.commits),
             conflicts: g(&self.conflicts),
+            host_calls: g(&self.host_calls),
         }
     }
 }

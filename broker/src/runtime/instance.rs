@@ -321,6 +321,14 @@ impl InstanceCell {
         rx.recv().unwrap_or(Err(InstanceError::ShuttingDown))
     }
 
+    /// The parameter types of an export of the module, or `None` if it exports no such function.
+    pub(crate) fn export_params(&self, export: &str) -> Option<Vec<ValType>> {
+        match self.pre.module().get_export(export)? {
+            wasmtime::ExternType::Func(f) => Some(f.params().collect()),
+            _ => None,
+        }
+    }
+
     fn run_call(
         &self,
         live: &mut Option<Live>,

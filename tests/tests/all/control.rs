@@ -750,6 +750,7 @@ fn every_rpc_needs_a_valid_token_and_keeps_tenants_apart() {
         row!(d, flush_region, alpha_ref()),
         row!(d, watch_region, alpha_ref()),
         row!(d, stats, pb::StatsRequest { tenant: "alpha".into() }),
+        row!(d, run_scenario, pb::RunScenarioRequest { builtin: "pipeline".into(), ..Default::default() }),
     ];
     let mut names: Vec<&str> = table.iter().map(|(n, _)| n.as_str()).collect();
     names.sort_unstable();
@@ -758,7 +759,7 @@ fn every_rpc_needs_a_valid_token_and_keeps_tenants_apart() {
     assert_eq!(names, all, "the table has one row per RPC of broker.v1.Broker");
 
     // Calls that need the admin token; ListTenants answers a tenant with its own entry only.
-    let admin_only = ["CreateTenant", "SetQuotas", "IssueToken"];
+    let admin_only = ["CreateTenant", "SetQuotas", "IssueToken", "RunScenario"];
     let own_only = ["ListTenants"];
     let anonymous = d.client(None);
     let wrong = d.client(Some(&format!("brk_{}", "0".repeat(64))));
@@ -1254,4 +1255,83 @@ fn sixteen_clients_at_once() {
     assert_eq!(stats.instances[0].calls, CLIENTS * (ITERATIONS / 4));
     assert_eq!(stats.regions[0].traffic.as_ref().map(|t| t.bytes_in), Some(CLIENTS * ITERATIONS * 8));
     assert_eq!(as_i64(&call(d, &t, "pinger", "ping", Vec::new()).expect("ping")), 7);
+}
+
+#[test]
+fn run_scenario_streams_progress_then_the_report() {
+    let d = Daemon::start(None);
+    let admin = d.client(Some(&d.admin));
+    let req = pb::RunScenarioRequest {
+        builtin: "pipeline".into(),
+        modes: vec!["shared".into(), "handle".into()],
+        scale: 0.01,
+        ..Default::default()
+    };
+    let mut stream = rpc!(d, admin, run_scenario, req).expect("starts");
+    let mut messages = Vec::new();
+    while let Some(m) = d.rt.block_on(stream.message()).expect("stream stays healthy") {
+        messages.push(m);
+    }
+    let last = messages.pop().expect("a final message");
+    assert!(!messages.is_empty(), "progress came before the report");
+    assert!(messages.iter().all(|m| m.report_json.is_empty() && m.total == 2), "{messages:?}");
+    assert!(messages.iter().any(|m| m.message.contains("shared")), "{messages:?}");
+    assert!(last.ok, "{}", last.report_text);
+    assert_eq!((last.done, last.total), (2, 2));
+    let report: serde_json::Value = serde_json::from_str(&last.report_json).expect("JSON report");
+    let modes: Vec<&str> =
+        report["runs"].as_array().expect("runs").iter().filter_map(|r| r["mode"].as_str()).collect();
+    assert_eq!(modes, ["shared", "handle"]);
+    assert!(last.report_text.contains("stream/blocks"), "{}", last.report_text);
+    // The daemon's own broker is untouched: the scenario ran on a private one.
+    let tenants = rpc!(d, admin, list_tenants, pb::ListTenantsRequest {}).expect("list").tenants;
+    assert!(tenants.is_empty(), "{tenants:?}");
+}
+
+#[test]
+fn run_scenario_refuses_bad_requests_with_the_field() {
+    let d = Daemon::start(None);
+    let admin = d.client(Some(&d.admin));
+    let run = |req: pb::RunScenarioRequest| rpc!(d, admin, run_scenario, req).map(drop).expect_err("refused");
+    let bad_toml = "name = \"x\"\n[[tenant]]\nname = \"a\"\n[[region]]\ntenant = \"a\"\nname = \"r\"\nsize = \"9 parsecs\"\n";
+    let cases = [
+        (pb::RunScenarioRequest::default(), "exactly one"),
+        (
+            pb::RunScenarioRequest { builtin: "pipeline".into(), toml: "x".into(), ..Default::default() },
+            "exactly one",
+        ),
+        (pb::RunScenarioRequest { builtin: "nope".into(), ..Default::default() }, "known: pipeline"),
+        (
+            pb::RunScenarioRequest { toml: bad_toml.into(), ..Default::default() },
+            "request.toml:7: region[0].size",
+        ),
+        (
+            pb::RunScenarioRequest {
+                builtin: "pipeline".into(),
+                modes: vec!["warp".into()],
+                ..Default::default()
+            },
+            "unknown mode",
+        ),
+        (pb::RunScenarioRequest { builtin: "pipeline".into(), scale: -1.0, ..Default::default() }, "scale"),
+        (
+            pb::RunScenarioRequest { builtin: "pipeline".into(), scale: f64::NAN, ..Default::default() },
+            "scale",
+        ),
+    ];
+    for (req, reason) in cases {
+        let status = run(req);
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(reason), "{reason}: {}", status.message());
+    }
+    // A module given by path (a real file) is refused over gRPC: the daemon reads no client-named files.
+    let with_path = format!(
+        "name = \"x\"\n[[tenant]]\nname = \"a\"\n[[module]]\ntenant = \"a\"\nname = \"m\"\npath = {:?}\n\
+         [[instance]]\ntenant = \"a\"\nname = \"i\"\nmodule = \"m\"\n[[phase]]\nname = \"p\"\n\
+         [[phase.actor]]\nname = \"x\"\niterations = 1\nsteps = [{{ call = \"a/i\", export = \"f\" }}]\n",
+        broker_guests::SCENARIO_PIPELINE
+    );
+    let status = run(pb::RunScenarioRequest { toml: with_path, ..Default::default() });
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("not a path"), "{}", status.message());
 }

@@ -10,6 +10,7 @@ mod handle;
 mod malicious;
 mod mirror;
 mod runtime;
+mod scenario;
 mod shared;
 mod tenant;
 mod tidy;

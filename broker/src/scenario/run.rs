@@ -1,0 +1,757 @@
+//! The scenario runner: builds a fresh in-process broker per mode, sets the scenario up, runs its
+//! phases (each phase's actors concurrently, each actor on its own host threads), measures, and
+//! evaluates the checks.
+//!
+//! Measurements are taken where they are cheap and honest: an operation's latency is the wall time of
+//! its calls as the host sees them (or, for the sensor feed, from the sample's write to the app's
+//! acknowledgement); bytes copied and host calls are the instances' own traffic counters, read before
+//! and after the phase. The same guest binaries run in every mode; only the regions declared `auto`
+//! change mode.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use wasmtime::{Val, ValType};
+
+use super::expect;
+use super::report::{ActorReport, CheckOutcome, CheckReport, ModeRun, PhaseReport, ScenarioReport};
+use super::spec::{
+    mode_name, ActorDef, Amount, Arg, CallDef, CheckDef, CheckSource, Expect, ModuleSource, PhaseDef,
+    Scenario, Work,
+};
+use crate::metrics::{peak_rss_bytes, reset_peak_rss, Latency, ProgressEvent, ProgressSink};
+use crate::{Broker, BrokerConfig, Error, InstanceConfig, InstanceId, Mode, RegionId, RegionSpec, TenantId};
+
+/// How to run a scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOptions {
+    /// The modes to run, one run each (`None`: the scenario's own list).
+    pub modes: Option<Vec<Mode>>,
+    /// Multiplies every actor's iterations and duration (0.01 for a quick functional run); at least one
+    /// operation always runs.
+    pub scale: f64,
+    /// Worker threads of each run's broker (`None`: the default, one per core and at least two).
+    pub workers: Option<usize>,
+}
+
+impl Default for RunOptions {
+    fn default() -> RunOptions {
+        RunOptions { modes: None, scale: 1.0, workers: None }
+    }
+}
+
+/// Why a run could not be carried out (a failed check is not an error: the report says so).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// An option is out of range.
+    #[error("invalid option {field}: {reason}")]
+    InvalidOption {
+        /// The option.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The broker refused a setup step.
+    #[error("{step}: {source}")]
+    Setup {
+        /// The step, e.g. `creating region producers/stage1`.
+        step: String,
+        /// The broker's error.
+        source: Error,
+    },
+    /// A module file could not be read.
+    #[error("reading module {path}: {source}")]
+    ModuleFile {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// An init call failed or returned a negative status.
+    #[error("init call {instance}.{export}: {reason}")]
+    Init {
+        /// The instance.
+        instance: String,
+        /// The export.
+        export: String,
+        /// What happened.
+        reason: String,
+    },
+    /// A persistent region's directory could not be made.
+    #[error("temporary directory for persistent regions: {0}")]
+    TempDir(std::io::Error),
+}
+
+fn setup<T>(step: impl FnOnce() -> String, r: Result<T, Error>) -> Result<T, RunError> {
+    r.map_err(|source| RunError::Setup { step: step(), source })
+}
+
+/// Runs `scenario` once per mode and reports every figure and check.
+///
+/// # Errors
+/// [`RunError`] if a run cannot be set up; failed checks and errored operations are in the report.
+pub fn run(
+    scenario: &Scenario,
+    opts: &RunOptions,
+    progress: &dyn ProgressSink,
+) -> Result<ScenarioReport, RunError> {
+    if !(opts.scale.is_finite() && opts.scale > 0.0 && opts.scale <= 1000.0) {
+        return Err(RunError::InvalidOption {
+            field: "scale",
+            reason: format!("{} is not in (0, 1000]", opts.scale),
+        });
+    }
+    if opts.workers == Some(0) || opts.workers.is_some_and(|w| w > 256) {
+        return Err(RunError::InvalidOption { field: "workers", reason: "must be 1 to 256".into() });
+    }
+    let modes = opts.modes.clone().unwrap_or_else(|| scenario.modes.clone());
+    if modes.is_empty() {
+        return Err(RunError::InvalidOption { field: "modes", reason: "no modes given".into() });
+    }
+    let total = u64::try_from(modes.len() * scenario.phases.len()).unwrap_or(u64::MAX);
+    let label = format!("scenario {}", scenario.name);
+    progress.event(ProgressEvent::Start { total, label: &label });
+    let mut runs = Vec::new();
+    for (m, mode) in modes.iter().enumerate() {
+        let done_before = u64::try_from(m * scenario.phases.len()).unwrap_or(0);
+        let run = run_mode(scenario, *mode, opts, progress, done_before, total);
+        match run {
+            Ok(run) => runs.push(run),
+            Err(e) => {
+                progress.event(ProgressEvent::Finish);
+                return Err(e);
+            }
+        }
+    }
+    progress.event(ProgressEvent::Finish);
+    Ok(ScenarioReport {
+        scenario: scenario.name.clone(),
+        description: scenario.description.clone(),
+        figures: scenario.figures.iter().map(|f| f.as_str().to_owned()).collect(),
+        scale: opts.scale,
+        cores: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        runs,
+    })
+}
+
+/// Send times of the samples of the feed actor running now, for the acknowledgement service.
+#[derive(Default)]
+struct AckState {
+    current: Mutex<Option<Arc<FeedClock>>>,
+}
+
+struct FeedClock {
+    start: Instant,
+    /// Nanoseconds after `start` at which sample `i` was written (`u64::MAX`: not yet).
+    written: Vec<AtomicU64>,
+    latency: Mutex<Latency>,
+    /// One past the newest sample acknowledged.
+    acked: AtomicU64,
+}
+
+impl FeedClock {
+    fn ack(&self, seq: u64) {
+        let now = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let sent =
+            usize::try_from(seq).ok().and_then(|i| self.written.get(i)).map(|w| w.load(Ordering::Acquire));
+        if let Some(sent) = sent.filter(|s| *s != u64::MAX) {
+            self.latency.lock().record_ns(now.saturating_sub(sent));
+            self.acked.fetch_max(seq + 1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Everything a running scenario needs to find by index.
+struct World<'a> {
+    scenario: &'a Scenario,
+    broker: Broker,
+    mode: Mode,
+    instances: Vec<InstanceId>,
+    regions: Vec<RegionId>,
+    acks: HashMap<String, Arc<AckState>>,
+    /// Parameter types of each (instance, export) called, looked up once.
+    params: Mutex<HashMap<(usize, String), Vec<ValType>>>,
+}
+
+impl World<'_> {
+    fn instance_name(&self, i: usize) -> String {
+        self.scenario.instances.get(i).map_or_else(|| format!("#{i}"), |d| format!("{}/{}", d.tenant, d.name))
+    }
+
+    /// Makes one call, filling in `{i}`, `{mode}` and `{thread}`; returns the export's i64 result.
+    fn call(&self, call: &CallDef, index: u64, thread: u32) -> Result<i64, String> {
+        let instance = self.instances.get(call.instance).copied().ok_or("no such instance")?;
+        let key = (call.instance, call.export.clone());
+        let params = {
+            let mut cache = self.params.lock();
+            match cache.get(&key) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = self.broker.export_params(instance, &call.export).map_err(|e| e.to_string())?;
+                    cache.insert(key, p.clone());
+                    p
+                }
+            }
+        };
+        if params.len() != call.args.len() {
+            return Err(format!(
+                "{}.{} takes {} arguments, the scenario passes {}",
+                self.instance_name(call.instance),
+                call.export,
+                params.len(),
+                call.args.len()
+            ));
+        }
+        let mut vals = Vec::with_capacity(params.len());
+        for (ty, arg) in params.iter().zip(&call.args) {
+            let v: i64 = match arg {
+                Arg::Int(v) => *v,
+                Arg::Index => i64::try_from(index).unwrap_or(i64::MAX),
+                Arg::Mode => i64::from(self.mode.to_raw()),
+                Arg::Thread => i64::from(thread),
+            };
+            vals.push(match ty {
+                ValType::I64 => Val::I64(v),
+                ValType::I32 => Val::I32(
+                    i32::try_from(v)
+                        .map_err(|_| format!("argument {v} of {} does not fit an i32", call.export))?,
+                ),
+                other => {
+                    return Err(format!("{} takes a {other} parameter; scenarios pass integers", call.export))
+                }
+            });
+        }
+        self.broker.call_i64(instance, &call.export, &vals).map_err(|e| e.to_string())
+    }
+
+    fn traffic(&self, observe: &[usize]) -> (u64, u64) {
+        observe.iter().filter_map(|i| self.instances.get(*i)).fold((0, 0), |(bytes, calls), id| {
+            match self.broker.instance_traffic(*id) {
+                Ok(t) => (bytes + t.bytes_in + t.bytes_out, calls + t.host_calls),
+                Err(_) => (bytes, calls),
+            }
+        })
+    }
+}
+
+fn run_mode(
+    scenario: &Scenario,
+    mode: Mode,
+    opts: &RunOptions,
+    progress: &dyn ProgressSink,
+    done_before: u64,
+    total: u64,
+) -> Result<ModeRun, RunError> {
+    let started = Instant::now();
+    let rss_reset = reset_peak_rss();
+    let config = opts.workers.map_or_else(BrokerConfig::default, |workers| BrokerConfig { workers });
+    let broker = setup(|| "starting the broker".into(), Broker::new(config))?;
+    let state_dir = if scenario.regions.iter().any(|r| r.persistent) {
+        let dir = std::env::temp_dir().join(format!(
+            "broker-scenario-{}-{}-{}",
+            std::process::id(),
+            scenario.name,
+            mode_name(mode)
+        ));
+        std::fs::create_dir_all(&dir).map_err(RunError::TempDir)?;
+        Some(TempDir(dir))
+    } else {
+        None
+    };
+
+    let mut tenants: HashMap<&str, TenantId> = HashMap::new();
+    for t in &scenario.tenants {
+        let id = setup(|| format!("creating tenant {}", t.name), broker.create_tenant(&t.name, t.quotas))?;
+        tenants.insert(&t.name, id);
+    }
+    let tenant =
+        |name: &str| tenants.get(name).copied().ok_or_else(|| Error::TenantNotFound(name.to_owned()));
+
+    let mut acks = HashMap::new();
+    for phase in &scenario.phases {
+        for actor in &phase.actors {
+            if let Work::SensorFeed { ack_service: Some(service), .. } = &actor.work {
+                if acks.contains_key(service) {
+                    continue;
+                }
+                let state = Arc::new(AckState::default());
+                let s = Arc::clone(&state);
+                let f: crate::ServiceFn = Arc::new(move |args: &[u8]| {
+                    let seq = args
+                        .get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_le_bytes)
+                        .ok_or("expects an 8-byte sequence number")?;
+                    if let Some(clock) = s.current.lock().as_ref() {
+                        clock.ack(seq);
+                    }
+                    Ok(Vec::new())
+                });
+                setup(
+                    || format!("registering service {service}"),
+                    broker.register_service(service, None, f),
+                )?;
+                acks.insert(service.clone(), state);
+            }
+        }
+    }
+
+    for m in &scenario.modules {
+        let bytes: Vec<u8> = match &m.source {
+            ModuleSource::Guest(g) => broker_guests::embedded(g).map(<[u8]>::to_vec).unwrap_or_default(),
+            ModuleSource::File(path) => std::fs::read(path)
+                .map_err(|source| RunError::ModuleFile { path: path.display().to_string(), source })?,
+        };
+        let t = setup(|| format!("module {}/{}", m.tenant, m.name), tenant(&m.tenant))?;
+        setup(|| format!("loading module {}/{}", m.tenant, m.name), broker.load_module(t, &m.name, &bytes))?;
+    }
+
+    let mut regions = Vec::new();
+    for r in &scenario.regions {
+        let t = setup(|| format!("region {}/{}", r.tenant, r.name), tenant(&r.tenant))?;
+        let mut spec = RegionSpec::new(r.name.clone(), r.size, r.mode.resolve(mode)).with_policy(r.policy);
+        if let (true, Some(dir)) = (r.persistent, &state_dir) {
+            spec = spec.persistent(dir.0.join(format!("{}-{}.region", r.tenant, r.name)));
+        }
+        regions.push(setup(
+            || format!("creating region {}/{}", r.tenant, r.name),
+            broker.create_region(t, spec),
+        )?);
+    }
+
+    let mut instances = Vec::new();
+    for i in &scenario.instances {
+        let t = setup(|| format!("instance {}/{}", i.tenant, i.name), tenant(&i.tenant))?;
+        instances.push(setup(
+            || format!("starting instance {}/{}", i.tenant, i.name),
+            broker.start_instance(t, &i.module, &i.name, InstanceConfig::default()),
+        )?);
+    }
+
+    for g in &scenario.grants {
+        let (region, to) = (regions[g.region], instances[g.to]);
+        let r = &scenario.regions[g.region];
+        let i = &scenario.instances[g.to];
+        setup(
+            || format!("granting {}/{} to {}/{}", r.tenant, r.name, i.tenant, i.name),
+            broker.grant(region, to, g.rights, g.offset, g.len),
+        )?;
+    }
+
+    let world =
+        World { scenario, broker, mode, instances, regions, acks, params: Mutex::new(HashMap::new()) };
+    for (k, i) in scenario.instances.iter().enumerate() {
+        for call in &i.init {
+            let _ = k;
+            let fail = |reason: String| RunError::Init {
+                instance: format!("{}/{}", i.tenant, i.name),
+                export: call.export.clone(),
+                reason,
+            };
+            match world.call(call, 0, 0) {
+                Ok(v) if v < 0 => return Err(fail(status_text(v))),
+                Ok(_) => {}
+                Err(e) => return Err(fail(e)),
+            }
+        }
+    }
+
+    let mut phases = Vec::new();
+    for (p, phase) in scenario.phases.iter().enumerate() {
+        let done = done_before + u64::try_from(p).unwrap_or(0);
+        phases.push(run_phase(&world, phase, opts.scale, progress, done, total));
+        let report: &PhaseReport = &phases[phases.len() - 1];
+        let summary = report
+            .actors
+            .iter()
+            .map(|a| format!("{} {:.0} ops/s", a.name, a.ops_per_sec))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let failed = report.checks.iter().filter(|c| c.outcome == CheckOutcome::Fail).count();
+        let line = format!(
+            "{} · {} · {}: {summary}{}",
+            scenario.name,
+            mode_name(mode),
+            phase.name,
+            if failed > 0 { format!(" · {failed} check(s) FAILED") } else { String::new() }
+        );
+        progress.event(ProgressEvent::Advance { done: done + 1, total, message: &line });
+        progress.event(ProgressEvent::Line(&line));
+    }
+    drop(world);
+    drop(state_dir);
+    Ok(ModeRun {
+        mode: mode_name(mode).to_owned(),
+        phases,
+        peak_rss_bytes: if rss_reset { peak_rss_bytes() } else { None },
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A directory removed when the run ends.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn status_text(v: i64) -> String {
+    i32::try_from(v)
+        .ok()
+        .and_then(broker_abi::Status::from_code)
+        .map_or_else(|| format!("returned {v}"), |s| format!("returned {} ({v})", s.c_name()))
+}
+
+/// What one actor measured.
+struct ActorOutcome {
+    ops: u64,
+    errors: u64,
+    first_error: Option<String>,
+    elapsed: Duration,
+    latency: Latency,
+    end_to_end: bool,
+    tallies: BTreeMap<String, i64>,
+    copied: u64,
+    host_calls: u64,
+}
+
+fn scaled(amount: Amount, scale: f64) -> Amount {
+    match amount {
+        #[allow(clippy::cast_precision_loss, reason = "iteration counts are far below 2^52")]
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "rounded, positive and bounded by the check above"
+        )]
+        #[allow(clippy::cast_sign_loss, reason = "positive")]
+        Amount::Iterations(n) => Amount::Iterations(((n as f64 * scale).round() as u64).max(1)),
+        Amount::Duration(d) => Amount::Duration(d.mul_f64(scale).max(Duration::from_millis(1))),
+    }
+}
+
+fn run_phase(
+    world: &World<'_>,
+    phase: &PhaseDef,
+    scale: f64,
+    progress: &dyn ProgressSink,
+    done: u64,
+    total: u64,
+) -> PhaseReport {
+    let counters: Vec<AtomicU64> = phase.actors.iter().map(|_| AtomicU64::new(0)).collect();
+    let finished = AtomicBool::new(false);
+    let outcomes: Vec<ActorOutcome> = std::thread::scope(|s| {
+        let handles: Vec<_> = phase
+            .actors
+            .iter()
+            .zip(&counters)
+            .map(|(actor, counter)| s.spawn(|| run_actor(world, actor, scaled(actor.amount, scale), counter)))
+            .collect();
+        // Progress while the actors run: the operation counts, once a second.
+        s.spawn(|| {
+            while !finished.load(Ordering::Acquire) {
+                let ops: Vec<String> = phase
+                    .actors
+                    .iter()
+                    .zip(&counters)
+                    .map(|(a, c)| format!("{} {}", a.name, c.load(Ordering::Relaxed)))
+                    .collect();
+                let msg = format!(
+                    "{} · {} · {}: {} ops",
+                    world.scenario.name,
+                    mode_name(world.mode),
+                    phase.name,
+                    ops.join(", ")
+                );
+                progress.event(ProgressEvent::Advance { done, total, message: &msg });
+                std::thread::park_timeout(Duration::from_secs(1));
+            }
+        });
+        let outcomes = handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| ActorOutcome {
+                    ops: 0,
+                    errors: 1,
+                    first_error: Some("actor thread panicked".into()),
+                    elapsed: Duration::ZERO,
+                    latency: Latency::new(),
+                    end_to_end: false,
+                    tallies: BTreeMap::new(),
+                    copied: 0,
+                    host_calls: 0,
+                })
+            })
+            .collect();
+        finished.store(true, Ordering::Release);
+        outcomes
+    });
+
+    let mut tallies: BTreeMap<String, i64> = BTreeMap::new();
+    let mut actors = Vec::new();
+    for (actor, o) in phase.actors.iter().zip(outcomes) {
+        for (k, v) in &o.tallies {
+            *tallies.entry(k.clone()).or_default() += v;
+        }
+        actors.push(actor_report(actor, &o));
+    }
+    let checks = phase.checks.iter().map(|c| run_check(world, phase, &actors, &tallies, c)).collect();
+    PhaseReport { name: phase.name.clone(), actors, tallies, checks }
+}
+
+fn actor_report(actor: &ActorDef, o: &ActorOutcome) -> ActorReport {
+    let secs = o.elapsed.as_secs_f64().max(1e-9);
+    #[allow(clippy::cast_precision_loss, reason = "figures for people")]
+    let (ops_f, per_op) = (o.ops as f64, |v: u64| if o.ops == 0 { 0.0 } else { v as f64 / o.ops as f64 });
+    ActorReport {
+        name: actor.name.clone(),
+        ops: o.ops,
+        errors: o.errors,
+        first_error: o.first_error.clone(),
+        seconds: o.elapsed.as_secs_f64(),
+        ops_per_sec: ops_f / secs,
+        #[allow(clippy::cast_precision_loss, reason = "figures for people")]
+        mb_per_sec: (actor.bytes_per_op > 0).then(|| ops_f * actor.bytes_per_op as f64 / secs / 1e6),
+        latency: o.latency.summary(),
+        latency_kind: if o.end_to_end { "write to acknowledgement" } else { "per operation" }.to_owned(),
+        bytes_copied_per_op: per_op(o.copied),
+        host_calls_per_op: per_op(o.host_calls),
+    }
+}
+
+fn run_actor(world: &World<'_>, actor: &ActorDef, amount: Amount, counter: &AtomicU64) -> ActorOutcome {
+    let (copied0, calls0) = world.traffic(&actor.observe);
+    let feed = match &actor.work {
+        Work::SensorFeed { region, ack_service } => {
+            let capacity = match amount {
+                Amount::Iterations(n) => n,
+                // A bound on what the rate allows; without a rate, samples past the bound are not timed.
+                #[allow(clippy::cast_possible_truncation, reason = "bounded by the min")]
+                #[allow(clippy::cast_sign_loss, reason = "positive")]
+                Amount::Duration(d) => actor.rate.map_or(1 << 20, |r| {
+                    (r * d.as_secs_f64() * 1.5 + 16.0).min(f64::from(1u32 << 24)) as u64
+                }),
+            };
+            let clock = Arc::new(FeedClock {
+                start: Instant::now(),
+                written: (0..capacity).map(|_| AtomicU64::new(u64::MAX)).collect(),
+                latency: Mutex::new(Latency::new()),
+                acked: AtomicU64::new(0),
+            });
+            let ack = ack_service.as_ref().and_then(|s| world.acks.get(s)).cloned();
+            if let Some(a) = &ack {
+                *a.current.lock() = Some(Arc::clone(&clock));
+            }
+            Some((
+                world.regions.get(*region).copied(),
+                world.scenario.regions.get(*region).map(|r| r.size),
+                clock,
+                ack,
+            ))
+        }
+        Work::Calls(_) => None,
+    };
+
+    let next = AtomicU64::new(0);
+    let start = Instant::now();
+    let deadline = match amount {
+        Amount::Duration(d) => Some(start + d),
+        Amount::Iterations(_) => None,
+    };
+    let limit = match amount {
+        Amount::Iterations(n) => n,
+        Amount::Duration(_) => u64::MAX,
+    };
+    let shared = Mutex::new((Latency::new(), BTreeMap::<String, i64>::new(), 0u64, None::<String>));
+    // The feed has one writer: samples must go out in order.
+    let threads = if feed.is_some() { 1 } else { actor.concurrency };
+    let per_thread_interval = actor.rate.map(|r| Duration::from_secs_f64(f64::from(threads) / r));
+    std::thread::scope(|s| {
+        for thread in 0..threads {
+            let (next, shared, feed) = (&next, &shared, &feed);
+            s.spawn(move || {
+                let mut latency = Latency::new();
+                let mut tallies: BTreeMap<String, i64> = BTreeMap::new();
+                let mut errors = 0u64;
+                let mut first_error = None;
+                let mut k = 0u32;
+                loop {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        break;
+                    }
+                    if let Some(interval) = per_thread_interval {
+                        let due = start + interval * k;
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                    }
+                    k = k.saturating_add(1);
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= limit {
+                        break;
+                    }
+                    let t0 = Instant::now();
+                    let result = match (&actor.work, feed) {
+                        (Work::Calls(steps), _) => run_steps(world, steps, i, thread, &mut tallies),
+                        (Work::SensorFeed { .. }, Some((Some(region), Some(size), clock, _))) => {
+                            write_sample(world, *region, *size, clock, i)
+                        }
+                        _ => Err("feed region missing".to_owned()),
+                    };
+                    match result {
+                        Ok(()) => {
+                            latency.record(t0.elapsed());
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                let mut g = shared.lock();
+                g.0.merge(&latency);
+                for (k, v) in tallies {
+                    *g.1.entry(k).or_default() += v;
+                }
+                g.2 += errors;
+                if g.3.is_none() {
+                    g.3 = first_error;
+                }
+            });
+        }
+    });
+    let elapsed = start.elapsed();
+    let (op_latency, tallies, errors, first_error) = shared.into_inner();
+    let (latency, end_to_end) = match &feed {
+        Some((_, _, clock, Some(ack))) => {
+            // Acknowledgements of the last samples may still be on their way: wait for the apps to catch
+            // up (bounded), then stop timing this feed.
+            let until = Instant::now() + Duration::from_secs(5);
+            let written = counter.load(Ordering::Relaxed);
+            while clock.acked.load(Ordering::Relaxed) < written && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            *ack.current.lock() = None;
+            let l = std::mem::take(&mut *clock.latency.lock());
+            (l, true)
+        }
+        _ => (op_latency, false),
+    };
+    let (copied1, calls1) = world.traffic(&actor.observe);
+    ActorOutcome {
+        ops: counter.load(Ordering::Relaxed),
+        errors,
+        first_error,
+        elapsed,
+        latency,
+        end_to_end,
+        tallies,
+        copied: copied1.saturating_sub(copied0),
+        host_calls: calls1.saturating_sub(calls0),
+    }
+}
+
+fn run_steps(
+    world: &World<'_>,
+    steps: &[super::spec::Step],
+    i: u64,
+    thread: u32,
+    tallies: &mut BTreeMap<String, i64>,
+) -> Result<(), String> {
+    for step in steps {
+        let v = world.call(&step.call, i, thread)?;
+        if v < 0 {
+            return Err(format!(
+                "{}.{} {}",
+                world.instance_name(step.call.instance),
+                step.call.export,
+                status_text(v)
+            ));
+        }
+        if let Some(t) = &step.tally {
+            let e = tallies.entry(t.clone()).or_default();
+            *e = e.saturating_add(v);
+        }
+    }
+    Ok(())
+}
+
+/// Writes sample `i` into its ring slot, then publishes the new count in the header (one version
+/// each; apps watch the header).
+fn write_sample(
+    world: &World<'_>,
+    region: RegionId,
+    size: u64,
+    clock: &FeedClock,
+    i: u64,
+) -> Result<(), String> {
+    const HEADER: u64 = 64;
+    const SLOT: u64 = 16;
+    let slots = (size.saturating_sub(HEADER) / SLOT).max(1);
+    let mut slot = [0u8; 16];
+    slot[..8].copy_from_slice(&i.to_le_bytes());
+    slot[8..].copy_from_slice(&expect::sensor_sample(i).to_le_bytes());
+    world.broker.write_region(region, HEADER + (i % slots) * SLOT, &slot).map_err(|e| e.to_string())?;
+    if let Some(w) = usize::try_from(i).ok().and_then(|k| clock.written.get(k)) {
+        w.store(u64::try_from(clock.start.elapsed().as_nanos()).unwrap_or(u64::MAX), Ordering::Release);
+    }
+    world.broker.write_region(region, 0, &(i + 1).to_le_bytes()).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn run_check(
+    world: &World<'_>,
+    phase: &PhaseDef,
+    actors: &[ActorReport],
+    tallies: &BTreeMap<String, i64>,
+    check: &CheckDef,
+) -> CheckReport {
+    let report = |value: Option<i64>, expected: Option<String>, outcome: CheckOutcome, detail: String| {
+        CheckReport { name: check.name.clone(), value, expected, outcome, detail }
+    };
+    let ops_of = |name: &str| actors.iter().find(|a| a.name == name).map_or(0, |a| a.ops);
+    if let (Some(gate), CheckSource::Call(call)) = (&check.when_zero, &check.source) {
+        let gate_call = CallDef { instance: call.instance, export: gate.clone(), args: Vec::new() };
+        match world.call(&gate_call, 0, 0) {
+            Ok(0) => {}
+            Ok(v) => {
+                return report(None, None, CheckOutcome::Skipped, format!("skipped: {gate} is {v}, not 0"));
+            }
+            Err(e) => return report(None, None, CheckOutcome::Fail, format!("{gate}: {e}")),
+        }
+    }
+    let value = match &check.source {
+        CheckSource::Call(call) => match world.call(call, 0, 0) {
+            Ok(v) => v,
+            Err(e) => return report(None, None, CheckOutcome::Fail, e),
+        },
+        CheckSource::Tally(t) => tallies.get(t).copied().unwrap_or(0),
+    };
+    #[allow(clippy::cast_possible_wrap, reason = "checksums are compared as the guest's i64 bits")]
+    let expected: Option<i64> = match &check.expect {
+        Expect::Equals(v) => Some(*v),
+        Expect::AtLeast(min) => {
+            let ok = value >= *min;
+            let outcome = if ok { CheckOutcome::Pass } else { CheckOutcome::Fail };
+            return report(Some(value), Some(format!(">= {min}")), outcome, String::new());
+        }
+        Expect::Ops(a) => Some(i64::try_from(ops_of(a)).unwrap_or(i64::MAX)),
+        Expect::PipelineChecksum { actor, region } => {
+            let block = world.scenario.regions.get(*region).map_or(0, |r| r.size);
+            Some(expect::pipeline_checksum(ops_of(actor), block) as i64)
+        }
+        Expect::SensorSum(a) => Some(expect::sensor_sum(ops_of(a)) as i64),
+        Expect::Report => return report(Some(value), None, CheckOutcome::Reported, String::new()),
+    };
+    let _ = phase;
+    match expected {
+        Some(e) if e == value => report(Some(value), Some(e.to_string()), CheckOutcome::Pass, String::new()),
+        Some(e) => report(Some(value), Some(e.to_string()), CheckOutcome::Fail, String::new()),
+        None => report(Some(value), None, CheckOutcome::Reported, String::new()),
+    }
+}

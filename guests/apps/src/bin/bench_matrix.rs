@@ -1,0 +1,171 @@
+//! The guest of `broker bench`: one export per access pattern, written once against
+//! `broker_guest::View`, so exactly the same code runs whatever mode the region is in (handle: host
+//! calls; mirror: a local copy, refreshed and committed; shared: the mapped pages).
+//!
+//! Every pattern works in batches of [`BATCH`] accesses (a scan pass is one batch): it refreshes the
+//! view first, so a reader sees what other readers committed, and `write1` commits after the batch.
+//! Exports return 0 or a negative status code; `checksum` and `conflicts` report the figures.
+
+#![no_main]
+
+use std::cell::RefCell;
+
+use broker_guest::{Error, Region, Result, View};
+
+/// Bytes a scan copies per read: one page, the granularity mirror refresh works at.
+const CHUNK: usize = 4096;
+
+/// Accesses between a refresh (and, for `write1`, a commit).
+const BATCH: u32 = 1024;
+
+struct Bench {
+    view: View<'static>,
+    /// Region length in bytes (a multiple of 8).
+    len: u64,
+    /// Last checksum: a scan's sum of every little-endian u64, or the sum of the values loaded.
+    checksum: u64,
+    /// Mirror commits refused for a conflict (the batch's changes on those pages are dropped).
+    conflicts: u64,
+    chunk: Vec<u8>,
+}
+
+thread_local! {
+    static BENCH: RefCell<Option<Bench>> = const { RefCell::new(None) };
+}
+
+fn status(r: Result<()>) -> i32 {
+    r.map_or_else(|e| e.code(), |()| 0)
+}
+
+fn with(f: impl FnOnce(&mut Bench) -> Result<()>) -> i32 {
+    status(BENCH.with_borrow_mut(|b| b.as_mut().map_or(Err(Error::NotFound), f)))
+}
+
+/// xorshift64: cheap, deterministic per seed, and the same on host and guest.
+fn next(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *state = x;
+    x
+}
+
+fn seed(s: i64) -> u64 {
+    u64::from_ne_bytes(s.to_ne_bytes()) | 1
+}
+
+fn count(n: i32) -> u32 {
+    u32::try_from(n).unwrap_or(0)
+}
+
+/// Opens the region `bench` of this app's tenant and its view (a mirror copy or a mapped window in
+/// those modes). Call once per instance; returns 0 or a status code.
+#[no_mangle]
+pub extern "C" fn open() -> i32 {
+    let run = || -> Result<()> {
+        // The view borrows the region for the instance's whole life, so the region is leaked.
+        let region: &'static Region = Box::leak(Box::new(Region::open("bench")?));
+        let len = region.len()?;
+        let view = region.view()?;
+        let chunk = vec![0u8; CHUNK];
+        BENCH.with_borrow_mut(|b| *b = Some(Bench { view, len, checksum: 0, conflicts: 0, chunk }));
+        Ok(())
+    };
+    status(run())
+}
+
+/// `passes` sequential scans: refresh, then read the region a page at a time and sum every u64.
+#[no_mangle]
+pub extern "C" fn scan(passes: i32) -> i32 {
+    with(|b| {
+        for _ in 0..count(passes) {
+            b.view.refresh()?;
+            let mut sum = 0u64;
+            let mut offset = 0u64;
+            while offset < b.len {
+                let n = usize::try_from((b.len - offset).min(CHUNK as u64)).unwrap_or(CHUNK);
+                let chunk = &mut b.chunk[..n];
+                b.view.read(offset, chunk)?;
+                for word in chunk.chunks_exact(8) {
+                    let bytes: [u8; 8] = word.try_into().map_err(|_| Error::Internal)?;
+                    sum = sum.wrapping_add(u64::from_le_bytes(bytes));
+                }
+                offset += CHUNK as u64;
+            }
+            b.checksum = sum;
+        }
+        Ok(())
+    })
+}
+
+/// `iters` loads of random 8-byte-aligned u64s, refreshing every [`BATCH`].
+#[no_mangle]
+pub extern "C" fn random(iters: i32, seed_value: i64) -> i32 {
+    with(|b| {
+        let words = (b.len / 8).max(1);
+        let mut rng = seed(seed_value);
+        let mut acc = 0u64;
+        let mut left = count(iters);
+        while left > 0 {
+            let n = left.min(BATCH);
+            b.view.refresh()?;
+            for _ in 0..n {
+                let offset = (next(&mut rng) % words) * 8;
+                acc = acc.wrapping_add(b.view.load::<u64>(offset)?);
+            }
+            left -= n;
+        }
+        b.checksum = acc;
+        Ok(())
+    })
+}
+
+/// `iters` random 8-byte accesses of which 1% are stores, in batches of [`BATCH`]: refresh, access,
+/// commit. A refused commit (mirror mode, another reader changed a page this batch wrote) is counted,
+/// and the view refreshed, which drops this batch's changes on those pages, as a real app would redo.
+#[no_mangle]
+pub extern "C" fn write1(iters: i32, seed_value: i64) -> i32 {
+    with(|b| {
+        let words = (b.len / 8).max(1);
+        let mut rng = seed(seed_value);
+        let mut acc = 0u64;
+        let mut left = count(iters);
+        while left > 0 {
+            let n = left.min(BATCH);
+            b.view.refresh()?;
+            for _ in 0..n {
+                let r = next(&mut rng);
+                let offset = ((r >> 7) % words) * 8;
+                if r.is_multiple_of(100) {
+                    b.view.store(offset, &(acc ^ r))?;
+                } else {
+                    acc = acc.wrapping_add(b.view.load::<u64>(offset)?);
+                }
+            }
+            match b.view.commit() {
+                Ok(()) => {}
+                Err(Error::Conflict) => {
+                    b.conflicts += 1;
+                    b.view.refresh()?;
+                }
+                Err(e) => return Err(e),
+            }
+            left -= n;
+        }
+        b.checksum = acc;
+        Ok(())
+    })
+}
+
+/// The last checksum, as the bits of an i64.
+#[no_mangle]
+pub extern "C" fn checksum() -> i64 {
+    BENCH.with_borrow(|b| b.as_ref().map_or(0, |b| i64::from_ne_bytes(b.checksum.to_ne_bytes())))
+}
+
+/// Mirror commits refused for a conflict since `open`.
+#[no_mangle]
+pub extern "C" fn conflicts() -> i64 {
+    BENCH.with_borrow(|b| b.as_ref().map_or(0, |b| i64::try_from(b.conflicts).unwrap_or(i64::MAX)))
+}

@@ -1,0 +1,433 @@
+//! The scenario runner and the four built-in scenarios, each run at a reduced size in every mode it
+//! declares. The tests assert the apps' functional results (never timings): every sample seen in order
+//! or counted as missed, the pipeline's output equal to the expected transformation (computed here,
+//! independently of the broker and the guests), the attacks refused and the trusted results unchanged.
+//! Scenario files with mistakes get errors that name the file, the line and the field.
+
+use broker::metrics::{CollectProgress, NoProgress};
+use broker::scenario::report::{CheckOutcome, PhaseReport, ScenarioReport};
+use broker::scenario::{self, RunOptions};
+use broker::Mode;
+
+/// A quick run: every duration and iteration count scaled down 50 times.
+const SCALE: f64 = 0.02;
+
+fn run_builtin(name: &str, modes: Option<Vec<Mode>>) -> ScenarioReport {
+    let s = scenario::load(name).expect("built-in scenario validates");
+    let report = scenario::run(&s, &RunOptions { modes, scale: SCALE, workers: None }, &NoProgress)
+        .expect("scenario runs");
+    assert!(!report.runs.is_empty());
+    report
+}
+
+fn phase<'r>(report: &'r ScenarioReport, mode: &str, name: &str) -> &'r PhaseReport {
+    let run = report.runs.iter().find(|r| r.mode == mode).unwrap_or_else(|| panic!("no run in {mode} mode"));
+    run.phases.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no phase {name}"))
+}
+
+fn check_value(p: &PhaseReport, name_contains: &str) -> (Option<i64>, CheckOutcome) {
+    let c = p
+        .checks
+        .iter()
+        .find(|c| c.name.contains(name_contains))
+        .unwrap_or_else(|| panic!("no check {name_contains:?} in {:?}", p.checks));
+    (c.value, c.outcome)
+}
+
+fn ops(p: &PhaseReport, actor: &str) -> u64 {
+    p.actors.iter().find(|a| a.name == actor).map_or_else(|| panic!("no actor {actor}"), |a| a.ops)
+}
+
+// ----- an independent implementation of the pipeline's data and transformation -----
+
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn expected_pipeline_checksum(blocks: u64, block_bytes: u64) -> i64 {
+    let mut acc = 0u64;
+    for i in 0..blocks {
+        let mut sum = 0u64;
+        for w in 0..block_bytes / 8 {
+            let y = mix((i << 32) | w).rotate_left(13) ^ 0xA5A5_5A5A_DEAD_BEEF;
+            sum = sum.wrapping_add((w + 1).wrapping_mul(y));
+        }
+        acc = acc.wrapping_mul(31).wrapping_add(sum);
+    }
+    i64::from_le_bytes(acc.to_le_bytes())
+}
+
+fn expected_sensor_sum(n: u64) -> i64 {
+    let total: u64 = (0..n)
+        .map(|i| {
+            let x = i.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (x >> 33) % 1000
+        })
+        .sum();
+    i64::try_from(total).expect("small")
+}
+
+/// The named test for the `scenario_pipeline` guest: the pipeline scenario in all three modes; the
+/// consumer's checksum equals the transformation of every block produced.
+#[test]
+pub(crate) fn scenario_pipeline() {
+    let report = run_builtin("pipeline", None);
+    assert_eq!(
+        report.runs.iter().map(|r| r.mode.as_str()).collect::<Vec<_>>(),
+        ["handle", "mirror", "shared"]
+    );
+    for mode in ["handle", "mirror", "shared"] {
+        let p = phase(&report, mode, "stream");
+        let blocks = ops(p, "blocks");
+        assert!(blocks >= 1, "{mode}: at least one block went through");
+        assert_eq!(p.actors[0].errors, 0, "{mode}: {:?}", p.actors[0].first_error);
+        let (value, outcome) = check_value(p, "checksum");
+        assert_eq!(value, Some(expected_pipeline_checksum(blocks, 256 << 10)), "{mode}");
+        assert_eq!(outcome, CheckOutcome::Pass, "{mode}");
+        let a = &p.actors[0];
+        assert!(a.mb_per_sec.is_some_and(|m| m > 0.0));
+        assert_eq!(a.latency.count, blocks, "{mode}: one latency sample per block");
+        if mode == "shared" {
+            assert!(a.bytes_copied_per_op == 0.0, "shared mode copies nothing: {}", a.bytes_copied_per_op);
+        } else {
+            // Handle and mirror mode copy each block in and out of both regions.
+            assert!(a.bytes_copied_per_op >= f64::from(4 * (256 << 10)), "{mode}: {}", a.bytes_copied_per_op);
+            assert!(a.host_calls_per_op >= 4.0, "{mode}: {}", a.host_calls_per_op);
+        }
+    }
+    assert!(report.ok());
+}
+
+/// The named test for the `scenario_nanoapp` guest: the sensor hub; every nanoapp accounts for every
+/// sample (seen in order, or missed and counted) and read the values the sensor wrote.
+#[test]
+pub(crate) fn scenario_nanoapp() {
+    let report = run_builtin("sensor-hub", None);
+    for run in &report.runs {
+        let p = phase(&report, &run.mode, "stream");
+        let samples = ops(p, "sensor");
+        assert!(samples >= 1);
+        for k in 0..4 {
+            let app = format!("nanoapp-{k} ");
+            let get = |what: &str| {
+                p.checks
+                    .iter()
+                    .find(|c| c.name.starts_with(&app) && c.name.contains(what))
+                    .unwrap_or_else(|| panic!("{app}{what}"))
+            };
+            let accounted = get("accounted");
+            assert_eq!(accounted.value, Some(i64::try_from(samples).expect("small")), "{} {app}", run.mode);
+            assert_eq!(get("out of order").value, Some(0));
+            assert_eq!(get("callbacks").value, Some(0));
+            let missed = get("samples missed").value.expect("reported");
+            let sum = get("values");
+            if missed == 0 {
+                assert_eq!(sum.value, Some(expected_sensor_sum(samples)), "{} {app}", run.mode);
+                assert_eq!(sum.outcome, CheckOutcome::Pass);
+            } else {
+                assert_eq!(sum.outcome, CheckOutcome::Skipped, "a sum over missed samples cannot hold");
+            }
+        }
+        let feed = &p.actors[0];
+        assert_eq!(feed.latency_kind, "write to acknowledgement");
+        assert!(feed.latency.count >= 1, "{}: acknowledgements were timed", run.mode);
+    }
+    assert!(report.ok());
+}
+
+/// The named test for the `scenario_widgets` guest: the ui-toolkit scenario; every click reaches the
+/// app's callback through the C toolkit and the counter widget shows them all.
+#[test]
+pub(crate) fn scenario_widgets() {
+    let report = run_builtin("ui-toolkit", None);
+    assert_eq!(report.runs.len(), 3);
+    for run in &report.runs {
+        let p = phase(&report, &run.mode, "frames");
+        let frames = i64::try_from(ops(p, "frame")).expect("small");
+        assert!(frames >= 1);
+        assert_eq!(check_value(p, "reached").0, Some(frames), "{}", run.mode);
+        assert_eq!(check_value(p, "counter widget").0, Some(frames), "{}", run.mode);
+        assert_eq!(check_value(p, "without error").0, Some(0));
+    }
+    // Shared-mode widgets are written in place: fewer host calls per frame than handle mode.
+    let calls = |mode: &str| phase(&report, mode, "frames").actors[0].host_calls_per_op;
+    assert!(calls("shared") < calls("handle"), "shared {} vs handle {}", calls("shared"), calls("handle"));
+    assert!(report.ok());
+}
+
+/// The named test for the `scenario_attacker` guest: mixed trust; the attacks are refused, none gets
+/// through, and the trusted pipeline's results are right alone and under attack.
+#[test]
+pub(crate) fn scenario_attacker() {
+    let report = run_builtin("mixed-trust", None);
+    assert_eq!(report.runs.len(), 1, "every region's mode is fixed: one run");
+    for name in ["alone", "attack"] {
+        let p = phase(&report, "shared", name);
+        let blocks = ops(p, "trusted");
+        assert!(blocks >= 1);
+        assert_eq!(
+            check_value(p, "trusted checksum").0,
+            Some(expected_pipeline_checksum(blocks, 64 << 10)),
+            "{name}"
+        );
+    }
+    let p = phase(&report, "shared", "attack");
+    assert_eq!(check_value(p, "got through").0, Some(0), "no attack got through");
+    let refused = p.tallies.get("attacks_refused").copied().unwrap_or(0);
+    let attempts = ops(p, "forger") * (64 * 2 + 4) + ops(p, "prober") * 4 * 12;
+    assert_eq!(u64::try_from(refused).expect("positive"), attempts, "every attack was refused and counted");
+    let writes = p.tallies.get("inbox_writes").copied().unwrap_or(0);
+    assert_eq!(writes, i64::try_from(ops(p, "flooder") * 256).expect("small"));
+    // Every flooded change reached the trusted consumer, delivered or merged: none lost, none extra.
+    assert_eq!(check_value(p, "inbox changes").0, Some(writes));
+    assert!(report.ok());
+}
+
+#[test]
+fn the_documented_example_validates_and_runs() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/example.toml");
+    let s = scenario::load(path).expect("example validates");
+    assert_eq!(s.name, "example");
+    let progress = CollectProgress::new();
+    let report = scenario::run(
+        &s,
+        &RunOptions { modes: Some(vec![Mode::Mirror]), scale: 1.0, workers: Some(2) },
+        &progress,
+    )
+    .expect("runs");
+    assert!(report.ok(), "{}", report.render());
+    let lines = progress.lines();
+    assert!(lines.iter().any(|l| l.contains("example") && l.contains("mirror")), "{lines:?}");
+    let text = report.render();
+    assert!(text.contains("ops/s") && text.contains("mirror"), "{text}");
+}
+
+#[test]
+fn reports_are_written_as_json_and_svg() {
+    let s = scenario::load("pipeline").expect("valid");
+    let report = scenario::run(
+        &s,
+        &RunOptions { modes: Some(vec![Mode::Shared]), scale: 0.01, workers: None },
+        &NoProgress,
+    )
+    .expect("runs");
+    let dir = std::env::temp_dir().join(format!("broker-scenario-report-{}", std::process::id()));
+    let files = report.write_files(&dir).expect("written");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&files[0]).expect("json file")).expect("parses");
+    assert_eq!(json["scenario"], "pipeline");
+    assert_eq!(json["runs"][0]["mode"], "shared");
+    assert_eq!(json["runs"][0]["phases"][0]["actors"][0]["ops"], report.runs[0].phases[0].actors[0].ops);
+    assert!(json["runs"][0]["phases"][0]["actors"][0]["latency"]["p999_ns"].is_u64());
+    let svg = std::fs::read_to_string(&files[1]).expect("svg file");
+    assert!(svg.contains("<svg") && svg.contains("shared"), "{svg}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ----- validation -----
+
+const GOOD: &str = r#"
+name = "t"
+[[tenant]]
+name = "a"
+[[module]]
+tenant = "a"
+name = "m"
+guest = "scenario_pipeline"
+[[region]]
+tenant = "a"
+name = "stage1"
+size = "4KiB"
+[[instance]]
+tenant = "a"
+name = "i"
+module = "m"
+[[phase]]
+name = "p"
+[[phase.actor]]
+name = "x"
+iterations = 3
+steps = [{ call = "a/i", export = "take_checksum" }]
+"#;
+
+fn parse_err(text: &str) -> scenario::SpecError {
+    scenario::parse(text, "bad.toml", None).expect_err("must be refused")
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).expect("needle in text") + 1
+}
+
+#[test]
+fn a_good_file_validates() {
+    let s = scenario::parse(GOOD, "good.toml", None).expect("valid");
+    assert_eq!(s.modes, Mode::ALL.to_vec(), "all modes by default");
+    assert_eq!(s.regions[0].size, 4096);
+    assert_eq!(s.phases[0].actors[0].amount, scenario::spec::Amount::Iterations(3));
+}
+
+#[test]
+fn validation_errors_name_the_file_the_line_and_the_field() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        // (replace, with, field, reason fragment)
+        ("size = \"4KiB\"", "size = \"12XB\"", "region[0].size", "unknown unit"),
+        ("size = \"4KiB\"", "size = -5", "region[0].size", "negative"),
+        ("size = \"4KiB\"", "size = 0", "region[0].size", "1 byte"),
+        (
+            "call = \"a/i\"",
+            "call = \"a/nobody\"",
+            "phase[0].actor[0].steps[0].call",
+            "no instance \"a/nobody\"",
+        ),
+        ("module = \"m\"", "module = \"missing\"", "instance[0].module", "declares no module"),
+        ("guest = \"scenario_pipeline\"", "guest = \"no_such_app\"", "module[0].guest", "no guest app"),
+        ("iterations = 3", "iterations = 0", "phase[0].actor[0].iterations", "at least 1"),
+        ("iterations = 3", "iterations = 3\nduration = \"1s\"", "phase[0].actor[0]", "exactly one of"),
+        ("iterations = 3", "duration = \"10 parsecs\"", "phase[0].actor[0].duration", "unknown unit"),
+        ("name = \"x\"", "name = \"x\"\nconcurrency = 0", "phase[0].actor[0].concurrency", "1 to 64"),
+        ("name = \"x\"", "name = \"x\"\nrate = -3.0", "phase[0].actor[0].rate", "positive"),
+        (
+            "export = \"take_checksum\"",
+            "export = \"f\", args = [\"{j}\"]",
+            "phase[0].actor[0].steps[0].args[0]",
+            "not an argument",
+        ),
+        ("size = \"4KiB\"", "size = \"4KiB\"\nmode = \"turbo\"", "region[0].mode", "auto"),
+        ("size = \"4KiB\"", "size = \"4KiB\"\npolicy = \"yolo\"", "region[0].policy", "reject"),
+        (
+            "name = \"t\"",
+            "name = \"t\"\nmodes = [\"handle\", \"psychic\"]",
+            "modes[1]",
+            "handle, mirror or shared",
+        ),
+        ("name = \"t\"", "name = \"t\"\nreport = [\"vibes\"]", "report[0]", "unknown figure"),
+        (
+            "tenant = \"a\"\nname = \"stage1\"",
+            "tenant = \"b\"\nname = \"stage1\"",
+            "region[0].tenant",
+            "no tenant \"b\"",
+        ),
+        (
+            "name = \"p\"",
+            "name = \"p\"\n[[phase.check]]\nname = \"c\"\ntally = \"t\"\nexpect = { ops = \"ghost\" }",
+            "phase[0].check[0].expect",
+            "no actor \"ghost\"",
+        ),
+        ("name = \"t\"", "name = \"t\"\nbogus = 1", "(syntax)", "unknown field"),
+        ("[[phase]]", "[[phase]\n", "(syntax)", ""),
+    ];
+    for (from, to, field, reason) in cases {
+        assert!(GOOD.contains(from), "bad case {from:?}");
+        let text = GOOD.replacen(from, to, 1);
+        let e = parse_err(&text);
+        assert_eq!(e.file, "bad.toml");
+        assert_eq!(&e.field, field, "{to:?}: {e}");
+        assert!(e.reason.contains(reason), "{to:?}: {e}");
+        // The line that holds the offending key: the leaf of the field path, without its index.
+        let leaf = field.rsplit('.').next().unwrap_or(field).split('[').next().unwrap_or(field);
+        let first_new_line = to.lines().find(|l| l.contains(leaf)).unwrap_or(to.lines().next().unwrap_or(""));
+        if *field == "phase[0].actor[0]" {
+            // A problem of the whole entry points at its header.
+            assert_eq!(e.line, line_of(&text, "[[phase.actor]]"), "{to:?}: {e}");
+        } else if *field != "(syntax)" {
+            assert_eq!(e.line, line_of(&text, first_new_line.trim()), "{to:?}: {e}");
+        }
+        assert!(e.to_string().starts_with(&format!("bad.toml:{}: {field}: ", e.line)), "{e}");
+    }
+}
+
+#[test]
+fn a_grant_outside_the_region_or_of_no_rights_is_refused() {
+    let with = |grant: &str| format!("{GOOD}\n[[grant]]\nregion = \"a/stage1\"\nto = \"a/i\"\n{grant}\n");
+    let e = parse_err(&with("rights = [\"read\"]\noffset = 8192"));
+    assert_eq!(e.field, "grant[0]");
+    assert!(e.reason.contains("does not fit"), "{e}");
+    let e = parse_err(&with("rights = []"));
+    assert_eq!(e.field, "grant[0].rights");
+    let e = parse_err(&with("rights = [\"telepathy\"]"));
+    assert_eq!(e.field, "grant[0].rights[0]");
+    scenario::parse(&with("rights = [\"read\", \"map\"]\noffset = 0\nlen = 4096"), "ok.toml", None)
+        .expect("fits");
+}
+
+#[test]
+fn unknown_scenarios_and_bad_options_are_refused() {
+    let e = scenario::load("no-such-scenario").expect_err("unknown");
+    let text = e.to_string();
+    assert!(text.contains("pipeline") && text.contains("sensor-hub"), "lists the built-ins: {text}");
+    let s = scenario::parse(GOOD, "good.toml", None).expect("valid");
+    for scale in [0.0, -1.0, f64::NAN, 1e9] {
+        let e = scenario::run(&s, &RunOptions { modes: None, scale, workers: None }, &NoProgress)
+            .expect_err("bad scale");
+        assert!(e.to_string().contains("scale"), "{e}");
+    }
+    let e = scenario::run(&s, &RunOptions { modes: None, scale: 1.0, workers: Some(0) }, &NoProgress)
+        .expect_err("no workers");
+    assert!(e.to_string().contains("workers"), "{e}");
+    assert!(scenario::spec::parse_modes("handle,bogus").is_err());
+    assert_eq!(scenario::spec::parse_modes("shared, handle").expect("ok"), vec![Mode::Shared, Mode::Handle]);
+}
+
+#[test]
+fn an_export_with_the_wrong_arguments_fails_the_run_with_its_name() {
+    // `take_checksum` takes no arguments: passing one is an error in every operation, reported.
+    let text = GOOD.replace("export = \"take_checksum\"", "export = \"take_checksum\", args = [1]");
+    let s = scenario::parse(&text, "t.toml", None).expect("valid syntax");
+    let report = scenario::run(
+        &s,
+        &RunOptions { modes: Some(vec![Mode::Handle]), scale: 1.0, workers: None },
+        &NoProgress,
+    )
+    .expect("runs");
+    let a = &report.runs[0].phases[0].actors[0];
+    assert_eq!((a.ops, a.errors), (0, 3));
+    assert!(a.first_error.as_deref().is_some_and(|e| e.contains("take_checksum")), "{:?}", a.first_error);
+    assert!(!report.ok());
+}
+
+#[test]
+fn the_cli_lists_shows_checks_and_runs_scenarios() {
+    use broker::control::cli::{run, Cli};
+    use clap::Parser;
+    let cli = |args: &[&str]| {
+        let mut out = Vec::new();
+        let ok = run(Cli::parse_from(std::iter::once("broker").chain(args.iter().copied())), &mut out);
+        (ok, String::from_utf8(out).expect("utf-8"))
+    };
+    let (ok, text) = cli(&["scenario", "list"]);
+    assert!(ok.expect("runs"));
+    for (name, _) in scenario::BUILTINS {
+        assert!(text.contains(name), "{text}");
+    }
+    let (ok, text) = cli(&["scenario", "show", "sensor-hub"]);
+    assert!(ok.expect("runs") && text.contains("[[phase.actor]]"));
+    let (ok, _) = cli(&["scenario", "show", "nope"]);
+    assert!(ok.is_err());
+    let (ok, text) = cli(&["scenario", "check", "mixed-trust"]);
+    assert!(ok.expect("runs") && text.contains("ok"), "{text}");
+
+    let dir = std::env::temp_dir().join(format!("broker-cli-scenario-{}", std::process::id()));
+    let out = dir.to_string_lossy().into_owned();
+    let (ok, text) = cli(&[
+        "scenario",
+        "run",
+        "pipeline",
+        "--modes",
+        "handle,shared",
+        "--scale",
+        "0.01",
+        "--quiet",
+        "--out",
+        &out,
+    ]);
+    assert!(ok.expect("runs"), "{text}");
+    assert!(text.contains("handle") && text.contains("shared") && !text.contains("mirror "), "{text}");
+    assert!(text.contains("all checks passed"), "{text}");
+    assert!(dir.join("pipeline.json").is_file() && dir.join("pipeline.svg").is_file());
+    let (ok, _) = cli(&["scenario", "run", "pipeline", "--modes", "fast", "--quiet", "--out", &out]);
+    assert!(ok.expect_err("bad mode").to_string().contains("--modes"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
