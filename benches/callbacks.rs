@@ -42,8 +42,8 @@ impl World {
         let start = Instant::now();
         let mut left = n;
         while left > 0 {
-            // Stay under the queue's capacity so nothing merges: every write is one callback.
-            let batch = left.min(128);
+            // Stay within a watch's undelivered capacity so nothing merges: every write is one callback.
+            let batch = left.min(broker::runtime::events::WATCH_SOURCE_CAPACITY as u64);
             for _ in 0..batch {
                 self.broker.write_region(self.data, 0, &[1]).expect("write");
             }

@@ -6,15 +6,22 @@
 //! registers it; delivery looks it up again and calls it with the call's epoch budget. Each instance has
 //! a bounded queue: when it is full, a new event is merged into the last pending event of the same
 //! source (version and range widened, `missed` counted), so a slow app costs bounded memory and still
-//! learns how much it missed. Events keep the order they were produced in.
+//! learns how much it missed. Change notifications are bounded per watch too: beyond
+//! [`WATCH_SOURCE_CAPACITY`] undelivered changes of one watch, the next merge into its newest, so a
+//! tenant that floods a region others watch costs each watcher a few callbacks per delivery, not one
+//! per write (a change notification says "the region moved on to version v"; merged ones lose nothing
+//! the app can act on). Events keep the order they were produced in.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use parking_lot::Mutex;
 use wasmtime::{AsContextMut, Caller, FuncType, Ref, Table, ValType};
 
 /// Events pending per instance before they are merged.
 pub const QUEUE_CAPACITY: usize = 256;
+
+/// Undelivered change notifications of one watch beyond which new changes merge into the newest.
+pub const WATCH_SOURCE_CAPACITY: usize = 8;
 
 /// The export that holds a wasm module's function table.
 pub const TABLE_EXPORT: &str = "__indirect_function_table";
@@ -79,12 +86,24 @@ struct Queue {
     scheduled: bool,
     /// Events merged away so far (for stats).
     merged: u64,
+    /// Pending watch events per source.
+    watch_pending: HashMap<u64, usize>,
 }
 
 impl EventQueue {
     /// Queues an event; returns true if the caller must schedule a delivery job.
     pub fn push(&self, e: Pending) -> bool {
         let mut q = self.inner.lock();
+        let q = &mut *q;
+        let is_watch = matches!(e.kind, EventKind::Watch { .. });
+        if is_watch && q.watch_pending.get(&e.source).is_some_and(|n| *n >= WATCH_SOURCE_CAPACITY) {
+            if let Some(last) = q.events.iter_mut().rev().find(|p| p.source == e.source) {
+                merge(last, &e);
+                q.merged += 1;
+                // Events of this source are pending, so a delivery is already scheduled.
+                return false;
+            }
+        }
         if q.events.len() >= QUEUE_CAPACITY {
             if let Some(last) = q.events.iter_mut().rev().find(|p| p.source == e.source) {
                 merge(last, &e);
@@ -92,13 +111,20 @@ impl EventQueue {
                 return false;
             }
             // Nothing of this source to merge into: drop the oldest event instead, counted on the new one.
-            q.events.pop_front();
+            if let Some(oldest) = q.events.pop_front() {
+                if let Some(n) = q.watch_pending.get_mut(&oldest.source) {
+                    *n = n.saturating_sub(1);
+                }
+            }
             q.merged += 1;
             let mut e = e;
             e.missed = e.missed.saturating_add(1);
             q.events.push_back(e);
         } else {
             q.events.push_back(e);
+        }
+        if is_watch {
+            *q.watch_pending.entry(e.source).or_default() += 1;
         }
         let schedule = !q.scheduled;
         q.scheduled = true;
@@ -109,6 +135,7 @@ impl EventQueue {
     pub fn take(&self) -> VecDeque<Pending> {
         let mut q = self.inner.lock();
         q.scheduled = false;
+        q.watch_pending.clear();
         std::mem::take(&mut q.events)
     }
 
@@ -242,30 +269,71 @@ mod tests {
         }
     }
 
+    fn native(source: u64, param: i32) -> Pending {
+        Pending {
+            source,
+            callback: 1,
+            user_data: 0,
+            kind: EventKind::Native { object: 1, code: 3, param },
+            missed: 0,
+            echo: false,
+        }
+    }
+
+    #[test]
+    fn changes_of_one_watch_merge_beyond_its_capacity() {
+        let q = EventQueue::default();
+        assert!(q.push(watch(1, 1, 0)));
+        for v in 2..=1000u64 {
+            assert!(!q.push(watch(1, v, (v % 3) * 8)), "already scheduled");
+        }
+        q.push(watch(2, 1001, 0));
+        let events = q.take();
+        let of_one: Vec<&Pending> = events.iter().filter(|p| p.source == 1).collect();
+        assert_eq!(of_one.len(), WATCH_SOURCE_CAPACITY);
+        let last = of_one.last().copied().copied().expect("events");
+        assert_eq!(last.missed as usize, 1000 - WATCH_SOURCE_CAPACITY);
+        assert_eq!(last.kind, EventKind::Watch { handle: 1, version: 1000, offset: 0, len: 24 });
+        assert_eq!(events.len(), WATCH_SOURCE_CAPACITY + 1, "another watch is not merged into it");
+        assert_eq!(q.merged() as usize, 1000 - WATCH_SOURCE_CAPACITY);
+        assert!(q.push(watch(1, 2000, 0)), "after a take, the next push schedules again");
+    }
+
     #[test]
     fn a_full_queue_merges_into_the_same_source_and_counts() {
         let q = EventQueue::default();
-        assert!(q.push(watch(1, 1, 0)));
-        for v in 2..=(QUEUE_CAPACITY as u64) {
-            assert!(!q.push(watch(1, v, 0)), "already scheduled");
+        assert!(q.push(native(1, 0)));
+        for k in 1..QUEUE_CAPACITY {
+            assert!(!q.push(native(1, i32::try_from(k).expect("small"))), "already scheduled");
         }
-        // Full: the next events merge into the last one.
-        q.push(watch(1, 1000, 100));
-        q.push(watch(1, 1001, 0));
+        // Full: the next events merge into the last one of their source.
+        q.push(native(1, 1000));
+        q.push(native(1, 1001));
         let events = q.take();
         assert_eq!(events.len(), QUEUE_CAPACITY);
         let last = events.back().copied().expect("events");
         assert_eq!(last.missed, 2);
-        assert_eq!(last.kind, EventKind::Watch { handle: 1, version: 1001, offset: 0, len: 108 });
         assert_eq!(q.merged(), 2);
-        let versions: Vec<u64> = events
+        let params: Vec<i32> = events
             .iter()
             .map(|p| match p.kind {
-                EventKind::Watch { version, .. } => version,
-                EventKind::Native { .. } => 0,
+                EventKind::Native { param, .. } => param,
+                EventKind::Watch { .. } => -1,
             })
             .collect();
-        assert!(versions.windows(2).all(|w| w[0] < w[1]), "order kept");
-        assert!(q.push(watch(1, 2000, 0)), "after a take, the next push schedules again");
+        assert!(params[..QUEUE_CAPACITY - 1].windows(2).all(|w| w[0] < w[1]), "order kept");
+    }
+
+    #[test]
+    fn a_full_queue_of_other_sources_drops_the_oldest_and_counts_it() {
+        let q = EventQueue::default();
+        for s in 0..QUEUE_CAPACITY as u64 {
+            q.push(watch(s, 1, 0));
+        }
+        q.push(watch(9999, 2, 0));
+        let events = q.take();
+        assert_eq!(events.len(), QUEUE_CAPACITY);
+        assert_eq!(events.front().map(|p| p.source), Some(1), "the oldest went");
+        assert_eq!(events.back().map(|p| (p.source, p.missed)), Some((9999, 1)));
     }
 }

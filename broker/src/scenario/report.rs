@@ -170,6 +170,7 @@ impl ScenarioReport {
         }
         let mut out = format!("scenario {} (scale {}, {} cores)\n", self.scenario, self.scale, self.cores);
         out.push_str(&table.render());
+        out.push_str(&self.render_across_phases());
         for run in &self.runs {
             for phase in &run.phases {
                 for a in phase.actors.iter().filter(|a| a.latency_kind != "per operation") {
@@ -210,6 +211,41 @@ impl ScenarioReport {
                         run.mode, phase.name, c.name
                     );
                 }
+            }
+        }
+        out
+    }
+
+    /// For an actor that runs in several phases (the trusted group alone, then under attack): its ops/s
+    /// in each, relative to the first.
+    fn render_across_phases(&self) -> String {
+        let mut out = String::new();
+        for run in &self.runs {
+            let mut names: Vec<&str> = Vec::new();
+            for a in run.phases.iter().flat_map(|p| &p.actors) {
+                if !names.contains(&a.name.as_str()) {
+                    names.push(&a.name);
+                }
+            }
+            for name in names {
+                let per_phase: Vec<(&str, f64)> = run
+                    .phases
+                    .iter()
+                    .filter_map(|p| {
+                        p.actors.iter().find(|a| a.name == name).map(|a| (p.name.as_str(), a.ops_per_sec))
+                    })
+                    .collect();
+                let Some(&(_, first)) = per_phase.first().filter(|_| per_phase.len() > 1) else {
+                    continue;
+                };
+                let parts: Vec<String> = per_phase
+                    .iter()
+                    .map(|(phase, v)| {
+                        let ratio = if first > 0.0 { format!(" ({:.2}x)", v / first) } else { String::new() };
+                        format!("{phase} {}{ratio}", format_rate(*v))
+                    })
+                    .collect();
+                let _ = writeln!(out, "  {} {name}: ops/s by phase: {}", run.mode, parts.join(", "));
             }
         }
         out

@@ -110,8 +110,8 @@ fn a_watch_flood_is_bounded_merged_and_counted() {
         assert!(busy.join().expect("thread").expect("busy call") >= 0);
         let calls = u64::try_from(call(&b, app, "watch_calls", args![])).expect("count");
         let missed = u64::try_from(call(&b, app, "watch_missed", args![])).expect("count");
-        let capacity = broker::runtime::events::QUEUE_CAPACITY as u64;
-        assert_eq!(calls, capacity, "the queue held exactly its capacity while the app was busy");
+        let capacity = broker::runtime::events::WATCH_SOURCE_CAPACITY as u64;
+        assert_eq!(calls, capacity, "the queue held exactly the watch's capacity while the app was busy");
         assert_eq!(calls + missed, writes, "every change was delivered or counted as missed");
         assert_eq!(call(&b, app, "watch_out_of_order", args![]), 0);
         assert_eq!(call(&b, app, "watch_last_version", args![]), i64::try_from(writes).expect("small"));

@@ -235,9 +235,9 @@ fn stack_overflow(w: &World) -> Result<i64, Error> {
 fn watch_flood(w: &World) -> Result<i64, Error> {
     let outcome = w.attack("watch_flood", args![FLOOD_WRITES])?;
     // The writes all happened during that one call, so the queue filled up and merged the rest.
-    let capacity = i64::try_from(broker::runtime::events::QUEUE_CAPACITY).expect("small");
+    let capacity = i64::try_from(broker::runtime::events::WATCH_SOURCE_CAPACITY).expect("small");
     let writes = i64::from(FLOOD_WRITES);
-    assert_eq!(w.attack("flood_calls", args![])?, capacity, "the queue held exactly its capacity");
+    assert_eq!(w.attack("flood_calls", args![])?, capacity, "the queue held exactly the watch's capacity");
     assert_eq!(w.attack("flood_missed", args![])?, writes - capacity, "the rest was merged and counted");
     let (delivered, dead, merged) = w.b.event_counts(w.attacker).expect("counts");
     assert_eq!((delivered, dead, merged), (capacity as u64, 0, (writes - capacity) as u64));

@@ -175,7 +175,8 @@ pub(crate) fn scenario_attacker() {
         );
     }
     let p = phase(&report, "shared", "attack");
-    assert_eq!(check_value(p, "got through").0, Some(0), "no attack got through");
+    assert_eq!(check_value(p, "forged-handle attacks that got through").0, Some(0));
+    assert_eq!(check_value(p, "out-of-bounds attacks that got through").0, Some(0));
     let refused = p.tallies.get("attacks_refused").copied().unwrap_or(0);
     let attempts = ops(p, "forger") * (64 * 2 + 4) + ops(p, "prober") * 4 * 12;
     assert_eq!(u64::try_from(refused).expect("positive"), attempts, "every attack was refused and counted");
