@@ -7,8 +7,9 @@
 //! shared (the pages are mapped into every app: fastest, but any writer can corrupt what readers see).
 //! The rule: **recommend the most isolated mode whose time per op is within [`ISOLATION_SLACK`] of the
 //! fastest mode's**, where mirror also needs no more than [`CONFLICT_LIMIT`] of its commits refused.
-//! So shared is picked only when both others are more than twice as slow. The rule assumes the access
-//! is on the app's hot path; an app touching a region rarely can afford handle mode whatever the ratio.
+//! So shared is picked only when both others are more than twice as slow (or mirror conflicts). The
+//! rule assumes the access is on the app's hot path; an app touching a region rarely can afford handle
+//! mode whatever the ratio.
 
 use serde::Serialize;
 
@@ -94,7 +95,7 @@ pub(super) fn recommend(cells: &[&Cell]) -> Option<Recommendation> {
             } else if conflicted(c) {
                 format!(" ({} of {} commits conflicted)", c.conflicts, c.commits + c.conflicts)
             } else if slow(c) {
-                format!(" (over {ISOLATION_SLACK}x slower)")
+                format!(" (over {ISOLATION_SLACK}x the fastest)")
             } else {
                 String::new()
             };

@@ -1,6 +1,11 @@
 //! The guest of `broker bench`: one export per access pattern, written once against
-//! `broker_guest::View`, so exactly the same code runs whatever mode the region is in (handle: host
-//! calls; mirror: a local copy, refreshed and committed; shared: the mapped pages).
+//! `broker_guest::View`, so the same code runs whatever mode the region is in.
+//!
+//! Where the view holds the region's bytes in this app's memory (`View::as_slice`: a mirror's copy, a
+//! shared window) the patterns access them in place, as an app would; in handle mode every access is a
+//! host call (`View::read`, `View::load`, `View::store`). Going through `View::read`/`load` in the other
+//! modes too would add a guest-side copy per access (a wasm `memory.copy`), which costs more than the
+//! mode does (see `benches/README.md`).
 //!
 //! Every pattern works in batches of [`BATCH`] accesses (a scan pass is one batch): it refreshes the
 //! view first, so a reader sees what other readers committed, and `write1` commits after the batch.
@@ -12,7 +17,7 @@ use std::cell::RefCell;
 
 use broker_guest::{Error, Region, Result, View};
 
-/// Bytes a scan copies per read: one page, the granularity mirror refresh works at.
+/// Bytes a handle-mode scan copies per host call: one page, the granularity mirror refresh works at.
 const CHUNK: usize = 4096;
 
 /// Accesses between a refresh (and, for `write1`, a commit).
@@ -41,7 +46,27 @@ fn with(f: impl FnOnce(&mut Bench) -> Result<()>) -> i32 {
     status(BENCH.with_borrow_mut(|b| b.as_mut().map_or(Err(Error::NotFound), f)))
 }
 
-/// xorshift64: cheap, deterministic per seed, and the same on host and guest.
+fn word(bytes: &[u8], offset: u64) -> Result<u64> {
+    let at = usize::try_from(offset).map_err(|_| Error::OutOfBounds)?;
+    let w: [u8; 8] = bytes.get(at..at + 8).and_then(|s| s.try_into().ok()).ok_or(Error::OutOfBounds)?;
+    Ok(u64::from_le_bytes(w))
+}
+
+fn set_word(bytes: &mut [u8], offset: u64, value: u64) -> Result<()> {
+    let at = usize::try_from(offset).map_err(|_| Error::OutOfBounds)?;
+    bytes.get_mut(at..at + 8).ok_or(Error::OutOfBounds)?.copy_from_slice(&value.to_le_bytes());
+    Ok(())
+}
+
+fn sum_words(bytes: &[u8]) -> u64 {
+    bytes.chunks_exact(8).fold(0u64, |sum, w| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        sum.wrapping_add(u64::from_le_bytes(b))
+    })
+}
+
+/// xorshift64: cheap, deterministic per seed, and the same as the host's native baseline.
 fn next(state: &mut u64) -> u64 {
     let mut x = *state;
     x ^= x << 13;
@@ -75,22 +100,24 @@ pub extern "C" fn open() -> i32 {
     status(run())
 }
 
-/// `passes` sequential scans: refresh, then read the region a page at a time and sum every u64.
+/// `passes` sequential scans: refresh, then sum every u64 of the region in order (in handle mode,
+/// reading it a page at a time).
 #[no_mangle]
 pub extern "C" fn scan(passes: i32) -> i32 {
     with(|b| {
         for _ in 0..count(passes) {
             b.view.refresh()?;
+            if let Some(bytes) = b.view.as_slice() {
+                b.checksum = sum_words(bytes);
+                continue;
+            }
             let mut sum = 0u64;
             let mut offset = 0u64;
             while offset < b.len {
                 let n = usize::try_from((b.len - offset).min(CHUNK as u64)).unwrap_or(CHUNK);
                 let chunk = &mut b.chunk[..n];
                 b.view.read(offset, chunk)?;
-                for word in chunk.chunks_exact(8) {
-                    let bytes: [u8; 8] = word.try_into().map_err(|_| Error::Internal)?;
-                    sum = sum.wrapping_add(u64::from_le_bytes(bytes));
-                }
+                sum = sum.wrapping_add(sum_words(chunk));
                 offset += CHUNK as u64;
             }
             b.checksum = sum;
@@ -110,9 +137,14 @@ pub extern "C" fn random(iters: i32, seed_value: i64) -> i32 {
         while left > 0 {
             let n = left.min(BATCH);
             b.view.refresh()?;
-            for _ in 0..n {
-                let offset = (next(&mut rng) % words) * 8;
-                acc = acc.wrapping_add(b.view.load::<u64>(offset)?);
+            if let Some(bytes) = b.view.as_slice() {
+                for _ in 0..n {
+                    acc = acc.wrapping_add(word(bytes, (next(&mut rng) % words) * 8)?);
+                }
+            } else {
+                for _ in 0..n {
+                    acc = acc.wrapping_add(b.view.load::<u64>((next(&mut rng) % words) * 8)?);
+                }
             }
             left -= n;
         }
@@ -137,10 +169,12 @@ pub extern "C" fn write1(iters: i32, seed_value: i64) -> i32 {
             for _ in 0..n {
                 let r = next(&mut rng);
                 let offset = ((r >> 7) % words) * 8;
-                if r.is_multiple_of(100) {
-                    b.view.store(offset, &(acc ^ r))?;
-                } else {
-                    acc = acc.wrapping_add(b.view.load::<u64>(offset)?);
+                let store = r.is_multiple_of(100);
+                match b.view.as_mut_slice() {
+                    Some(bytes) if store => set_word(bytes, offset, acc ^ r)?,
+                    Some(bytes) => acc = acc.wrapping_add(word(bytes, offset)?),
+                    None if store => b.view.store(offset, &(acc ^ r))?,
+                    None => acc = acc.wrapping_add(b.view.load::<u64>(offset)?),
                 }
             }
             match b.view.commit() {
