@@ -121,6 +121,12 @@ impl<'r> View<'r> {
     /// # Errors
     /// As [`View::read`].
     pub fn load<T: Pod>(&self, offset: u64) -> Result<T> {
+        if let Some(bytes) = self.as_slice() {
+            // An unaligned typed load: a value-sized copy through `read` compiles to `memory.copy`,
+            // which wasmtime runs as a libcall, many times the cost of the load itself.
+            let r = range(offset, core::mem::size_of::<T>(), bytes.len())?;
+            return Ok(bytemuck::pod_read_unaligned(&bytes[r]));
+        }
         let mut v = T::zeroed();
         self.read(offset, bytemuck::bytes_of_mut(&mut v))?;
         Ok(v)
@@ -131,6 +137,15 @@ impl<'r> View<'r> {
     /// # Errors
     /// As [`View::write`].
     pub fn store<T: Pod>(&mut self, offset: u64, value: &T) -> Result<()> {
+        if let Some(bytes) = self.as_mut_slice() {
+            let r = range(offset, core::mem::size_of::<T>(), bytes.len())?;
+            // Byte by byte rather than `copy_from_slice`, which would become a `memory.copy` libcall;
+            // the compiler merges the loop into one store.
+            for (dst, src) in bytes[r].iter_mut().zip(bytemuck::bytes_of(value)) {
+                *dst = *src;
+            }
+            return Ok(());
+        }
         self.write(offset, bytemuck::bytes_of(value))
     }
 

@@ -170,6 +170,7 @@ impl ScenarioReport {
         }
         let mut out = format!("scenario {} (scale {}, {} cores)\n", self.scenario, self.scale, self.cores);
         out.push_str(&table.render());
+        out.push_str(&self.render_across_modes());
         out.push_str(&self.render_across_phases());
         for run in &self.runs {
             for phase in &run.phases {
@@ -211,6 +212,45 @@ impl ScenarioReport {
                         run.mode, phase.name, c.name
                     );
                 }
+            }
+        }
+        out
+    }
+
+    /// For each phase/actor run in several modes: ops/s per mode relative to the fastest, the ratio an
+    /// operator weighs against each mode's isolation.
+    fn render_across_modes(&self) -> String {
+        if self.runs.len() < 2 {
+            return String::new();
+        }
+        let mut out = String::new();
+        let Some(first) = self.runs.first() else { return out };
+        for phase in &first.phases {
+            for actor in &phase.actors {
+                let per_mode: Vec<(&str, f64)> = self
+                    .runs
+                    .iter()
+                    .filter_map(|r| {
+                        let p = r.phases.iter().find(|p| p.name == phase.name)?;
+                        p.actors
+                            .iter()
+                            .find(|a| a.name == actor.name)
+                            .map(|a| (r.mode.as_str(), a.ops_per_sec))
+                    })
+                    .collect();
+                let best = per_mode.iter().map(|(_, v)| *v).fold(0.0, f64::max);
+                if best <= 0.0 {
+                    continue;
+                }
+                let parts: Vec<String> =
+                    per_mode.iter().map(|(m, v)| format!("{m} {:.2}x", v / best)).collect();
+                let _ = writeln!(
+                    out,
+                    "  {}/{}: ops/s relative to the fastest mode: {}",
+                    phase.name,
+                    actor.name,
+                    parts.join(", ")
+                );
             }
         }
         out

@@ -379,7 +379,6 @@ fn run_mode(
             if failed > 0 { format!(" · {failed} check(s) FAILED") } else { String::new() }
         );
         progress.event(ProgressEvent::Advance { done: done + 1, total, message: &line });
-        progress.event(ProgressEvent::Line(&line));
     }
     drop(world);
     drop(state_dir);
@@ -451,8 +450,12 @@ fn run_phase(
             .map(|(actor, counter)| s.spawn(|| run_actor(world, actor, scaled(actor.amount, scale), counter)))
             .collect();
         // Progress while the actors run: the operation counts, once a second.
-        s.spawn(|| {
-            while !finished.load(Ordering::Acquire) {
+        let ticker = s.spawn(|| {
+            loop {
+                std::thread::park_timeout(Duration::from_secs(1));
+                if finished.load(Ordering::Acquire) {
+                    break;
+                }
                 let ops: Vec<String> = phase
                     .actors
                     .iter()
@@ -467,7 +470,6 @@ fn run_phase(
                     ops.join(", ")
                 );
                 progress.event(ProgressEvent::Advance { done, total, message: &msg });
-                std::thread::park_timeout(Duration::from_secs(1));
             }
         });
         let outcomes = handles
@@ -487,6 +489,7 @@ fn run_phase(
             })
             .collect();
         finished.store(true, Ordering::Release);
+        ticker.thread().unpark();
         outcomes
     });
 

@@ -867,6 +867,11 @@ fn every_request_field_is_validated() {
     let data = || Some(region_ref("", "data"));
     let quotas = || Some(pb::Quotas::default());
     let long = "x".repeat(300);
+    let scenario_of = |builtin: &str, scale: f64| pb::RunScenarioRequest {
+        builtin: builtin.into(),
+        scale,
+        ..pb::RunScenarioRequest::default()
+    };
     let create_tenant = |name: &str| pb::CreateTenantRequest { name: name.into(), quotas: None };
     let upload_req = |tenant: &str, name: &str, wasm: Vec<u8>| pb::UploadModuleRequest {
         tenant: tenant.into(),
@@ -1013,6 +1018,9 @@ fn every_request_field_is_validated() {
         bad!(d, t, watch_region, region_ref("", "nope"), NotFound),
         bad!(d, admin, stats, stats_of(""), InvalidArgument, "tenant"),
         bad!(d, admin, stats, stats_of("nobody"), NotFound),
+        bad!(d, admin, run_scenario, pb::RunScenarioRequest::default(), InvalidArgument, "builtin"),
+        bad!(d, admin, run_scenario, scenario_of("nope", 1.0), InvalidArgument, "builtin"),
+        bad!(d, admin, run_scenario, scenario_of("pipeline", -2.0), InvalidArgument, "scale"),
     ];
     let failures: Vec<&str> = covered.iter().filter_map(|(_, failure)| failure.as_deref()).collect();
     assert!(failures.is_empty(), "{} bad-input cases failed:\n{}", failures.len(), failures.join("\n"));
