@@ -114,18 +114,10 @@ const SIZE_HINT: &str =
 /// [`BenchArgError::Size`] naming the value and what is wrong with it.
 pub fn parse_size(s: &str) -> Result<u64, BenchArgError> {
     let bad = |reason| BenchArgError::Size { value: s.to_owned(), reason };
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "kib" => 10,
-        "mib" => 20,
-        "gib" => 30,
-        _ => return Err(bad(SIZE_HINT)),
-    };
-    let n: u64 = digits.parse().map_err(|_| bad(SIZE_HINT))?;
-    let size = n.checked_mul(1 << shift).ok_or(bad("larger than 1GiB"))?;
+    let size = crate::region::parse_size(s).map_err(|e| match e {
+        crate::region::SizeError::NotASize(_) => bad(SIZE_HINT),
+        crate::region::SizeError::TooLarge(_) => bad("larger than 1GiB"),
+    })?;
     if size == 0 {
         return Err(bad("a region needs at least 8 bytes"));
     }

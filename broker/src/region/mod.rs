@@ -49,6 +49,44 @@ impl fmt::Display for RegionId {
 /// always fit in `i64` and `usize`.
 pub const MAX_REGION_SIZE: u64 = 1 << 40;
 
+/// A size written as text that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    /// Not digits with an optional unit.
+    #[error("{0:?} is not a size: use bytes or a B, KiB, MiB or GiB suffix, like 64KiB")]
+    NotASize(String),
+    /// More bytes than a `u64` holds.
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+}
+
+/// Parses a byte count as people write it: `4096`, `4096B`, `64KiB`, `16 MiB`, `1GiB` (binary units,
+/// case-insensitive). Scenario files and `broker bench` both take sizes this way; each checks its own
+/// range afterwards.
+///
+/// # Errors
+/// [`SizeError`], naming the text.
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "kib" => 10,
+        "mib" => 20,
+        "gib" => 30,
+        _ => return Err(SizeError::NotASize(text.to_owned())),
+    };
+    let n: u64 = digits.parse().map_err(|_| {
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            SizeError::TooLarge(text.to_owned())
+        } else {
+            SizeError::NotASize(text.to_owned())
+        }
+    })?;
+    n.checked_mul(1 << shift).ok_or_else(|| SizeError::TooLarge(text.to_owned()))
+}
+
 /// Errors of region memory and access.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegionError {

@@ -526,26 +526,7 @@ impl Ctx<'_> {
     }
 }
 
-/// Parses a size: a non-negative integer of bytes, or a string with a unit (`"64KiB"`, `"1 MiB"`,
-/// `"2GiB"`, `"4096"`).
-///
-/// # Errors
-/// A description of what is wrong.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: u64 =
-        digits.parse().map_err(|_| format!("{text:?} is not a size (e.g. 4096, \"64KiB\", \"16MiB\")"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" | "k" => 1 << 10,
-        "MiB" | "M" => 1 << 20,
-        "GiB" | "G" => 1 << 30,
-        other => return Err(format!("unknown unit {other:?} in {text:?} (use B, KiB, MiB or GiB)")),
-    };
-    n.checked_mul(mult).ok_or_else(|| format!("{text:?} overflows"))
-}
+pub use crate::region::parse_size;
 
 /// Parses a duration: `"500ms"`, `"2s"`, `"1m"`.
 ///
@@ -565,23 +546,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// Parses a mode name.
+/// Parses a mode name (`handle`, `mirror`, `shared`).
 fn parse_mode(text: &str) -> Option<Mode> {
-    match text {
-        "handle" => Some(Mode::Handle),
-        "mirror" => Some(Mode::Mirror),
-        "shared" => Some(Mode::Shared),
-        _ => None,
-    }
+    text.parse().ok()
 }
 
 /// The name of a mode as files and the CLI spell it.
-pub fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Handle => "handle",
-        Mode::Mirror => "mirror",
-        Mode::Shared => "shared",
-    }
+pub fn mode_name(mode: Mode) -> String {
+    mode.to_string()
 }
 
 /// Parses a comma-separated list of modes (`"handle,mirror,shared"`).
@@ -606,7 +578,7 @@ pub fn parse_modes(text: &str) -> Result<Vec<Mode>, String> {
 fn size(ctx: &Ctx<'_>, v: &Spanned<RawSize>, field: &str) -> Result<u64, SpecError> {
     match v.get_ref() {
         RawSize::Int(n) => u64::try_from(*n).map_err(|_| ctx.err(&v.span(), field, "must not be negative")),
-        RawSize::Text(t) => parse_size(t).map_err(|e| ctx.err(&v.span(), field, e)),
+        RawSize::Text(t) => parse_size(t).map_err(|e| ctx.err(&v.span(), field, e.to_string())),
     }
 }
 

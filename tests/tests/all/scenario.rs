@@ -274,7 +274,7 @@ fn a_good_file_validates() {
 fn validation_errors_name_the_file_the_line_and_the_field() {
     let cases: &[(&str, &str, &str, &str)] = &[
         // (replace, with, field, reason fragment)
-        ("size = \"4KiB\"", "size = \"12XB\"", "region[0].size", "unknown unit"),
+        ("size = \"4KiB\"", "size = \"12XB\"", "region[0].size", "not a size"),
         ("size = \"4KiB\"", "size = -5", "region[0].size", "negative"),
         ("size = \"4KiB\"", "size = 0", "region[0].size", "1 byte"),
         (
