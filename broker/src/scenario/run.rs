@@ -450,27 +450,25 @@ fn run_phase(
             .map(|(actor, counter)| s.spawn(|| run_actor(world, actor, scaled(actor.amount, scale), counter)))
             .collect();
         // Progress while the actors run: the operation counts, once a second.
-        let ticker = s.spawn(|| {
-            loop {
-                std::thread::park_timeout(Duration::from_secs(1));
-                if finished.load(Ordering::Acquire) {
-                    break;
-                }
-                let ops: Vec<String> = phase
-                    .actors
-                    .iter()
-                    .zip(&counters)
-                    .map(|(a, c)| format!("{} {}", a.name, c.load(Ordering::Relaxed)))
-                    .collect();
-                let msg = format!(
-                    "{} · {} · {}: {} ops",
-                    world.scenario.name,
-                    mode_name(world.mode),
-                    phase.name,
-                    ops.join(", ")
-                );
-                progress.event(ProgressEvent::Advance { done, total, message: &msg });
+        let ticker = s.spawn(|| loop {
+            std::thread::park_timeout(Duration::from_secs(1));
+            if finished.load(Ordering::Acquire) {
+                break;
             }
+            let ops: Vec<String> = phase
+                .actors
+                .iter()
+                .zip(&counters)
+                .map(|(a, c)| format!("{} {}", a.name, c.load(Ordering::Relaxed)))
+                .collect();
+            let msg = format!(
+                "{} · {} · {}: {} ops",
+                world.scenario.name,
+                mode_name(world.mode),
+                phase.name,
+                ops.join(", ")
+            );
+            progress.event(ProgressEvent::Advance { done, total, message: &msg });
         });
         let outcomes = handles
             .into_iter()

@@ -9,9 +9,11 @@
 use broker_guest::{Error, Mode, Region, Rights};
 
 /// Region names, by the index the host passes.
-const REGIONS: &[&str] = &["data", "alpha/data", "beta/data", "missing", "", "scratch", "alpha/secret", "beta/other"];
+const REGIONS: &[&str] =
+    &["data", "alpha/data", "beta/data", "missing", "", "scratch", "alpha/secret", "beta/other"];
 /// Instance names, by the index the host passes.
-const TARGETS: &[&str] = &["reader", "beta/reader", "alpha/writer", "nobody", "alpha/reader", "writer", "beta/relay"];
+const TARGETS: &[&str] =
+    &["reader", "beta/reader", "alpha/writer", "nobody", "alpha/reader", "writer", "beta/relay"];
 
 fn name(table: &[&'static str], i: i32) -> Result<&'static str, Error> {
     usize::try_from(i).ok().and_then(|i| table.get(i).copied()).ok_or(Error::InvalidArgument)
@@ -167,7 +169,11 @@ pub extern "C" fn uniform_read(h: i32, len: i32) -> i64 {
     with(h, |r| match r.read(0, &mut buf) {
         Ok(()) => {
             let first = buf.first().copied().unwrap_or(0);
-            if buf.iter().all(|b| *b == first) { i64::from(first) } else { -1000 }
+            if buf.iter().all(|b| *b == first) {
+                i64::from(first)
+            } else {
+                -1000
+            }
         }
         Err(e) => i64::from(e.code()),
     })

@@ -12,7 +12,14 @@ extern "C" {
     fn region_read(handle: u32, offset: i64, dst: *mut u8, len: usize) -> i32;
     fn region_write(handle: u32, offset: i64, src: *const u8, len: usize) -> i32;
     fn handle_restrict(handle: u32, rights: u32, offset: i64, len: i64, out_handle: *mut u32) -> i32;
-    fn handle_grant(handle: u32, target: *const u8, target_len: usize, rights: u32, offset: i64, len: i64) -> i32;
+    fn handle_grant(
+        handle: u32,
+        target: *const u8,
+        target_len: usize,
+        rights: u32,
+        offset: i64,
+        len: i64,
+    ) -> i32;
     fn handle_revoke(handle: u32) -> i32;
 }
 
@@ -32,7 +39,11 @@ pub extern "C" fn open_data() -> i64 {
     let name = b"data";
     // SAFETY: `name` and `h` are live during the call.
     let rc = unsafe { region_open(name.as_ptr(), name.len(), &mut h) };
-    if rc == 0 { i64::from(h) } else { i64::from(rc) }
+    if rc == 0 {
+        i64::from(h)
+    } else {
+        i64::from(rc)
+    }
 }
 
 /// Calls every handle-taking import with `count` handle values from a xorshift sequence seeded by `seed`,
@@ -80,7 +91,9 @@ pub extern "C" fn read_raw(h: i32, offset: i64, ptr: i32, len: i32) -> i32 {
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
     // SAFETY: not safe at all for a native program: the broker must check `ptr` and `len`, which is the
     // point of this test. In wasm the worst outcome is a refused call.
-    unsafe { region_read(h as u32, offset, ptr as usize as *mut u8, len as usize) }
+    unsafe {
+        region_read(h as u32, offset, ptr as usize as *mut u8, len as usize)
+    }
 }
 
 /// `region_write` from an arbitrary guest pointer.
@@ -88,7 +101,9 @@ pub extern "C" fn read_raw(h: i32, offset: i64, ptr: i32, len: i32) -> i32 {
 pub extern "C" fn write_raw(h: i32, offset: i64, ptr: i32, len: i32) -> i32 {
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
     // SAFETY: as in `read_raw`: the broker validates the range.
-    unsafe { region_write(h as u32, offset, ptr as usize as *const u8, len as usize) }
+    unsafe {
+        region_write(h as u32, offset, ptr as usize as *const u8, len as usize)
+    }
 }
 
 /// `handle_info` to an arbitrary pointer.
@@ -96,7 +111,9 @@ pub extern "C" fn write_raw(h: i32, offset: i64, ptr: i32, len: i32) -> i32 {
 pub extern "C" fn info_raw(h: i32, ptr: i32) -> i32 {
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
     // SAFETY: as in `read_raw`: the broker validates the range.
-    unsafe { handle_info(h as u32, ptr as usize as *mut u8) }
+    unsafe {
+        handle_info(h as u32, ptr as usize as *mut u8)
+    }
 }
 
 /// `region_open` with an arbitrary name pointer and length, and an arbitrary out pointer.
@@ -104,7 +121,9 @@ pub extern "C" fn info_raw(h: i32, ptr: i32) -> i32 {
 pub extern "C" fn open_raw(name_ptr: i32, name_len: i32, out_ptr: i32) -> i32 {
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
     // SAFETY: as in `read_raw`: the broker validates the ranges.
-    unsafe { region_open(name_ptr as usize as *const u8, name_len as usize, out_ptr as usize as *mut u32) }
+    unsafe {
+        region_open(name_ptr as usize as *const u8, name_len as usize, out_ptr as usize as *mut u32)
+    }
 }
 
 /// `region_open` of a name that is not UTF-8.
@@ -123,7 +142,9 @@ pub extern "C" fn create_raw(size: i64, mode: i32) -> i32 {
     let mut h = 0u32;
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
     // SAFETY: `name` and `h` are live during the call.
-    unsafe { region_create(name.as_ptr(), name.len(), size, mode as u32, &mut h) }
+    unsafe {
+        region_create(name.as_ptr(), name.len(), size, mode as u32, &mut h)
+    }
 }
 
 /// `handle_restrict` with raw arguments; the new handle is closed again on success.
@@ -146,7 +167,9 @@ pub extern "C" fn grant_raw(h: i32, rights: i32, offset: i64, len: i64) -> i32 {
     let target = b"reader";
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
     // SAFETY: `target` is live during the call.
-    unsafe { handle_grant(h as u32, target.as_ptr(), target.len(), rights as u32, offset, len) }
+    unsafe {
+        handle_grant(h as u32, target.as_ptr(), target.len(), rights as u32, offset, len)
+    }
 }
 
 /// `handle_grant` with a raw target pointer.
@@ -154,7 +177,9 @@ pub extern "C" fn grant_raw(h: i32, rights: i32, offset: i64, len: i64) -> i32 {
 pub extern "C" fn grant_target_raw(h: i32, ptr: i32, len: i32) -> i32 {
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
     // SAFETY: as in `read_raw`: the broker validates the range.
-    unsafe { handle_grant(h as u32, ptr as usize as *const u8, len as usize, 1, 0, -1) }
+    unsafe {
+        handle_grant(h as u32, ptr as usize as *const u8, len as usize, 1, 0, -1)
+    }
 }
 
 /// The size of this app's linear memory, in bytes.
@@ -181,8 +206,22 @@ pub extern "C" fn scratch_sum(len: i32) -> i64 {
 #[link(wasm_import_module = "broker_v1")]
 extern "C" {
     fn mirror_acquire(handle: u32, buf: *mut u8, len: usize, out_version: *mut u64) -> i32;
-    fn mirror_refresh(handle: u32, buf: *mut u8, len: usize, since: i64, out_version: *mut u64, out_pages: *mut u32) -> i32;
-    fn mirror_commit(handle: u32, buf: *const u8, len: usize, base: i64, out_version: *mut u64, out_pages: *mut u32) -> i32;
+    fn mirror_refresh(
+        handle: u32,
+        buf: *mut u8,
+        len: usize,
+        since: i64,
+        out_version: *mut u64,
+        out_pages: *mut u32,
+    ) -> i32;
+    fn mirror_commit(
+        handle: u32,
+        buf: *const u8,
+        len: usize,
+        base: i64,
+        out_version: *mut u64,
+        out_pages: *mut u32,
+    ) -> i32;
 }
 
 static mut OUT_VERSION: u64 = 0;
@@ -200,7 +239,9 @@ pub extern "C" fn out_version() -> i64 {
 pub extern "C" fn mirror_acquire_raw(h: i32, ptr: i32, len: i32) -> i32 {
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
     // SAFETY: the broker validates the range; the out-pointer is a static.
-    unsafe { mirror_acquire(h as u32, ptr as usize as *mut u8, len as usize, core::ptr::addr_of_mut!(OUT_VERSION)) }
+    unsafe {
+        mirror_acquire(h as u32, ptr as usize as *mut u8, len as usize, core::ptr::addr_of_mut!(OUT_VERSION))
+    }
 }
 
 /// `mirror_refresh` with raw arguments.
@@ -209,7 +250,14 @@ pub extern "C" fn mirror_refresh_raw(h: i32, ptr: i32, len: i32, since: i64) -> 
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
     // SAFETY: the broker validates the range; the out-pointers are statics.
     unsafe {
-        mirror_refresh(h as u32, ptr as usize as *mut u8, len as usize, since, core::ptr::addr_of_mut!(OUT_VERSION), core::ptr::addr_of_mut!(OUT_PAGES))
+        mirror_refresh(
+            h as u32,
+            ptr as usize as *mut u8,
+            len as usize,
+            since,
+            core::ptr::addr_of_mut!(OUT_VERSION),
+            core::ptr::addr_of_mut!(OUT_PAGES),
+        )
     }
 }
 
@@ -219,7 +267,14 @@ pub extern "C" fn mirror_commit_raw(h: i32, ptr: i32, len: i32, base: i64) -> i3
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
     // SAFETY: the broker validates the range; the out-pointers are statics.
     unsafe {
-        mirror_commit(h as u32, ptr as usize as *const u8, len as usize, base, core::ptr::addr_of_mut!(OUT_VERSION), core::ptr::addr_of_mut!(OUT_PAGES))
+        mirror_commit(
+            h as u32,
+            ptr as usize as *const u8,
+            len as usize,
+            base,
+            core::ptr::addr_of_mut!(OUT_VERSION),
+            core::ptr::addr_of_mut!(OUT_PAGES),
+        )
     }
 }
 
@@ -228,7 +283,16 @@ pub extern "C" fn mirror_commit_raw(h: i32, ptr: i32, len: i32, base: i64) -> i3
 pub extern "C" fn mirror_commit_out_raw(h: i32, ptr: i32, len: i32, out: i32) -> i32 {
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
     // SAFETY: the broker validates every range.
-    unsafe { mirror_commit(h as u32, ptr as usize as *const u8, len as usize, 0, out as usize as *mut u64, core::ptr::addr_of_mut!(OUT_PAGES)) }
+    unsafe {
+        mirror_commit(
+            h as u32,
+            ptr as usize as *const u8,
+            len as usize,
+            0,
+            out as usize as *mut u64,
+            core::ptr::addr_of_mut!(OUT_PAGES),
+        )
+    }
 }
 
 /// Opens the region named by the first `len` bytes of the scratch buffer; returns the handle or status.
@@ -238,7 +302,11 @@ pub extern "C" fn open_scratch(len: i32) -> i64 {
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
     // SAFETY: the broker validates the range; `h` is live.
     let rc = unsafe { region_open(buf(), len as usize, &mut h) };
-    if rc == 0 { i64::from(h) } else { i64::from(rc) }
+    if rc == 0 {
+        i64::from(h)
+    } else {
+        i64::from(rc)
+    }
 }
 
 /// Writes `bytes` (up to 8, little-endian packed in `v`) to the scratch buffer at `at`.
@@ -263,7 +331,11 @@ pub extern "C" fn restrict_raw_keep(h: i32, rights: i32) -> i64 {
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
     // SAFETY: `out` is live during the call.
     let rc = unsafe { handle_restrict(h as u32, rights as u32, 0, -1, &mut out) };
-    if rc == 0 { i64::from(out) } else { i64::from(rc) }
+    if rc == 0 {
+        i64::from(out)
+    } else {
+        i64::from(rc)
+    }
 }
 
 /// `handle_close` of a raw value.
@@ -271,5 +343,7 @@ pub extern "C" fn restrict_raw_keep(h: i32, rights: i32) -> i64 {
 pub extern "C" fn close_raw(h: i32) -> i32 {
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
     // SAFETY: integer-only call.
-    unsafe { handle_close(h as u32) }
+    unsafe {
+        handle_close(h as u32)
+    }
 }

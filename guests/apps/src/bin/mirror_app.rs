@@ -111,7 +111,11 @@ pub extern "C" fn uniform(slot: i32) -> i64 {
     SLOTS.with_borrow(|slots| {
         let Some(m) = usize::try_from(slot).ok().and_then(|i| slots.get(i)) else { return -1 };
         let first = m.first().copied().unwrap_or(0);
-        if m.iter().all(|b| *b == first) { i64::from(first) } else { -1000 }
+        if m.iter().all(|b| *b == first) {
+            i64::from(first)
+        } else {
+            -1000
+        }
     })
 }
 

@@ -25,7 +25,11 @@ pub extern "C" fn trap() -> i64 {
 pub extern "C" fn grow(pages: i32) -> i64 {
     let delta = usize::try_from(pages).unwrap_or(0);
     let prev = core::arch::wasm32::memory_grow(0, delta);
-    if prev == usize::MAX { -1 } else { i64::try_from(prev).unwrap_or(i64::MAX) }
+    if prev == usize::MAX {
+        -1
+    } else {
+        i64::try_from(prev).unwrap_or(i64::MAX)
+    }
 }
 
 /// Grows memory one page at a time until refused; returns the number of pages gained.

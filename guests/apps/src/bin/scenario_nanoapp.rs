@@ -111,7 +111,8 @@ pub extern "C" fn init(index: i32) -> i64 {
         if slots == 0 {
             return Err(Error::OutOfBounds);
         }
-        let header = samples.restrict(broker_guest::Rights::READ | broker_guest::Rights::WATCH, 0, Some(8))?;
+        let header =
+            samples.restrict(broker_guest::Rights::READ | broker_guest::Rights::WATCH, 0, Some(8))?;
         header.watch(on_samples, 0)?;
         let results = leak(Region::open(&format!("results-{index}"))?);
         let app = App {

@@ -140,7 +140,8 @@ pub extern "C" fn transform() -> i64 {
 pub extern "C" fn consume() -> i64 {
     ret(stage(&INPUT, STAGE2, |input| {
         let (sum, len) = input.with_bytes(|bytes| {
-            let sum = (1u64..).zip(words(bytes)).fold(0u64, |acc, (k, y)| acc.wrapping_add(k.wrapping_mul(y)));
+            let sum =
+                (1u64..).zip(words(bytes)).fold(0u64, |acc, (k, y)| acc.wrapping_add(k.wrapping_mul(y)));
             (sum, bytes.len())
         })?;
         CHECKSUM.with_borrow_mut(|acc| *acc = acc.wrapping_mul(31).wrapping_add(sum));

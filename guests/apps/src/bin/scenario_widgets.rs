@@ -103,9 +103,11 @@ pub extern "C" fn clicks() -> i64 {
 #[no_mangle]
 pub extern "C" fn counter() -> i64 {
     SCREEN.with_borrow(|s| {
-        ret(s.as_ref().ok_or(Error::InvalidArgument).and_then(|s| s.counter.get(Field::Value)).map(|v| {
-            u64::try_from(v).unwrap_or(0)
-        }))
+        ret(s
+            .as_ref()
+            .ok_or(Error::InvalidArgument)
+            .and_then(|s| s.counter.get(Field::Value))
+            .map(|v| u64::try_from(v).unwrap_or(0)))
     })
 }
 
@@ -115,7 +117,9 @@ pub extern "C" fn slider_sum() -> i64 {
     SCREEN.with_borrow(|s| {
         let s = s.as_ref().ok_or(Error::InvalidArgument);
         ret(s.and_then(|s| {
-            s.sliders.iter().try_fold(0u64, |acc, (o, _)| Ok(acc + u64::try_from(o.get(Field::Value)?).unwrap_or(0)))
+            s.sliders
+                .iter()
+                .try_fold(0u64, |acc, (o, _)| Ok(acc + u64::try_from(o.get(Field::Value)?).unwrap_or(0)))
         }))
     })
 }

@@ -51,7 +51,11 @@ fn open(sel: i32) -> Result<&'static Region, Error> {
 
 fn with_slot(slot: i32, f: impl FnOnce(&Slot) -> Result<u64, Error>) -> i64 {
     SLOTS.with_borrow(|s| {
-        let w = usize::try_from(slot).ok().and_then(|i| s.get(i)).and_then(Option::as_ref).ok_or(Error::InvalidArgument);
+        let w = usize::try_from(slot)
+            .ok()
+            .and_then(|i| s.get(i))
+            .and_then(Option::as_ref)
+            .ok_or(Error::InvalidArgument);
         ret(w.and_then(f))
     })
 }
@@ -77,9 +81,11 @@ pub extern "C" fn map(sel: i32, writable: i32) -> i64 {
 /// Unmaps (drops) the window in `slot`.
 #[no_mangle]
 pub extern "C" fn unmap(slot: i32) -> i64 {
-    SLOTS.with_borrow_mut(|s| match usize::try_from(slot).ok().and_then(|i| s.get_mut(i)).and_then(Option::take) {
-        Some(_) => 0,
-        None => i64::from(Error::InvalidArgument.code()),
+    SLOTS.with_borrow_mut(|s| {
+        match usize::try_from(slot).ok().and_then(|i| s.get_mut(i)).and_then(Option::take) {
+            Some(_) => 0,
+            None => i64::from(Error::InvalidArgument.code()),
+        }
     })
 }
 
@@ -161,7 +167,11 @@ pub extern "C" fn watch_forever(slot: i32) -> i64 {
 #[no_mangle]
 pub extern "C" fn grow(pages: i32) -> i64 {
     let prev = core::arch::wasm32::memory_grow(0, usize::try_from(pages).unwrap_or(0));
-    if prev == usize::MAX { -1 } else { i64::try_from(prev).unwrap_or(-1) }
+    if prev == usize::MAX {
+        -1
+    } else {
+        i64::try_from(prev).unwrap_or(-1)
+    }
 }
 
 /// Maps and unmaps region `sel` `n` times.
@@ -251,7 +261,9 @@ pub extern "C" fn alloc_pages(pages: i32) -> i64 {
 pub extern "C" fn map_raw(h: i32, ptr: i32, len: i32, flags: i32) -> i32 {
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this export")]
     // SAFETY: the target memory is leaked test memory (or invalid, which the broker must refuse).
-    unsafe { raw_region_map(h as u32, ptr as usize as *mut u8, len as usize, flags as u32) }
+    unsafe {
+        raw_region_map(h as u32, ptr as usize as *mut u8, len as usize, flags as u32)
+    }
 }
 
 /// `region_unmap` with raw arguments.
@@ -259,7 +271,9 @@ pub extern "C" fn map_raw(h: i32, ptr: i32, len: i32, flags: i32) -> i32 {
 pub extern "C" fn unmap_raw(h: i32, ptr: i32) -> i32 {
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this export")]
     // SAFETY: as in `map_raw`.
-    unsafe { raw_region_unmap(h as u32, ptr as usize as *mut u8) }
+    unsafe {
+        raw_region_unmap(h as u32, ptr as usize as *mut u8)
+    }
 }
 
 /// Reads byte `i` of the app's memory (to look at unmapped or revoked pages).
@@ -293,7 +307,11 @@ pub extern "C" fn restrict(h: i32, rights: i32, offset: i64, len: i64) -> i64 {
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns")]
     let r = Region::from_raw(h as u32);
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns")]
-    let out = r.restrict(broker_guest::Rights::from_bits(rights as u32), u64::try_from(offset).unwrap_or(u64::MAX), u64::try_from(len).ok());
+    let out = r.restrict(
+        broker_guest::Rights::from_bits(rights as u32),
+        u64::try_from(offset).unwrap_or(u64::MAX),
+        u64::try_from(len).ok(),
+    );
     let _ = r.into_raw();
     ret(out.map(|n| u64::from(n.into_raw())))
 }
