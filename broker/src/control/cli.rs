@@ -474,6 +474,7 @@ fn scenario_command(verb: ScenarioVerb, out: &mut dyn Write) -> Result<bool, Cli
                 modes,
                 scale: args.scale,
                 workers: args.workers.and_then(|w| usize::try_from(w).ok()),
+                cancel: scenario::Cancel::new(),
             };
             let progress: Box<dyn crate::metrics::ProgressSink> = if args.quiet {
                 Box::new(crate::metrics::NoProgress)

@@ -55,6 +55,9 @@ pub struct ControlPlane {
 struct WatchRegistry {
     open: HashMap<WatchId, RegionId>,
     closed: bool,
+    /// Scenario runs streaming to clients, by a run number; shutdown cancels them.
+    scenarios: HashMap<u64, crate::scenario::Cancel>,
+    next_scenario: u64,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -355,10 +358,11 @@ impl Drop for WatchStream {
 /// The server stream of `RunScenario`: progress messages, then the report.
 pub type ScenarioStream = tokio_stream::wrappers::ReceiverStream<Result<pb::ScenarioProgress, Status>>;
 
-/// Forwards a scenario run's progress to its gRPC stream (a client that went away just stops reading).
+/// Forwards a scenario run's progress to its gRPC stream; a client that went away cancels the run.
 struct StreamProgress {
     tx: mpsc::Sender<Result<pb::ScenarioProgress, Status>>,
     last: Mutex<(u64, u64)>,
+    cancel: crate::scenario::Cancel,
 }
 
 impl crate::metrics::ProgressSink for StreamProgress {
@@ -379,8 +383,11 @@ impl crate::metrics::ProgressSink for StreamProgress {
                 ProgressEvent::Finish => return,
             }
         };
-        let _ =
-            self.tx.blocking_send(Ok(pb::ScenarioProgress { done, total, message, ..Default::default() }));
+        let update = pb::ScenarioProgress { done, total, message, ..Default::default() };
+        if self.tx.blocking_send(Ok(update)).is_err() {
+            // The client went away: nobody will read the report.
+            self.cancel.cancel();
+        }
     }
 }
 
@@ -427,7 +434,7 @@ fn scenario_request(
     if !(scale.is_finite() && scale > 0.0 && scale <= 1000.0) {
         return Err(invalid("scale", format!("{} is not in (0, 1000]", req.scale)));
     }
-    Ok((s, scenario::RunOptions { modes, scale, workers: None }))
+    Ok((s, scenario::RunOptions { modes, scale, workers: None, cancel: scenario::Cancel::new() }))
 }
 
 #[tonic::async_trait]
@@ -906,18 +913,26 @@ impl pb::broker_server::Broker for ControlService {
         req: Request<pb::RunScenarioRequest>,
     ) -> Result<Response<ScenarioStream>, Status> {
         let p = &self.plane;
-        let (scenario, opts) = (|| {
+        let (scenario, opts, run_id) = (|| {
             let who = p.identify(&req)?;
             ControlPlane::admin(&who)?;
-            if p.watches.lock().closed {
+            let (scenario, opts) = scenario_request(req.get_ref())?;
+            // Registered under the lock `end_watches` takes, so shutdown cancels every run it did not refuse.
+            let mut w = p.watches.lock();
+            if w.closed {
                 return Err(ApiError::ShuttingDown);
             }
-            scenario_request(req.get_ref())
+            let run_id = w.next_scenario;
+            w.next_scenario += 1;
+            w.scenarios.insert(run_id, opts.cancel.clone());
+            Ok((scenario, opts, run_id))
         })()
         .map_err(Status::from)?;
         let (tx, rx) = mpsc::channel(64);
+        let plane = Arc::clone(p);
         tokio::task::spawn_blocking(move || {
-            let progress = StreamProgress { tx: tx.clone(), last: Mutex::new((0, 0)) };
+            let progress =
+                StreamProgress { tx: tx.clone(), last: Mutex::new((0, 0)), cancel: opts.cancel.clone() };
             let last = match crate::scenario::run(&scenario, &opts, &progress) {
                 Ok(report) => {
                     let (done, total) = *progress.last.lock();
@@ -936,6 +951,7 @@ impl pb::broker_server::Broker for ControlService {
                     Err(Status::from(ApiError::Precondition(format!("the scenario could not run: {e}"))))
                 }
             };
+            plane.watches.lock().scenarios.remove(&run_id);
             let _ = tx.blocking_send(last);
         });
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
@@ -1005,12 +1021,16 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Ends every open watch stream and refuses new ones: called when the daemon starts shutting down,
-    /// because a stream never ends by itself and a graceful drain waits for every open stream.
+    /// Ends every open watch stream and scenario run and refuses new ones: called when the daemon starts
+    /// shutting down, because a stream never ends by itself and a graceful drain waits for every open
+    /// stream.
     pub fn end_watches(&self) {
         let open = {
             let mut w = self.watches.lock();
             w.closed = true;
+            for cancel in w.scenarios.values() {
+                cancel.cancel();
+            }
             std::mem::take(&mut w.open)
         };
         // Removing the watcher drops its sender, so the stream yields its last events and ends.

@@ -15,5 +15,5 @@ pub mod spec;
 
 pub use builtin::{load, LoadError, BUILTINS, DEFAULT};
 pub use report::{CheckOutcome, ScenarioReport};
-pub use run::{run, RunError, RunOptions};
+pub use run::{run, Cancel, RunError, RunOptions};
 pub use spec::{parse, Scenario, SpecError};

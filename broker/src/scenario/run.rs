@@ -25,8 +25,30 @@ use super::spec::{
 use crate::metrics::{peak_rss_bytes, reset_peak_rss, Latency, ProgressEvent, ProgressSink};
 use crate::{Broker, BrokerConfig, Error, InstanceConfig, InstanceId, Mode, RegionId, RegionSpec, TenantId};
 
+/// Stops a scenario run early: actors finish the operation in hand and the run ends with
+/// [`RunError::Cancelled`]. Clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// A fresh token, not cancelled.
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// Asks the run to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether the run was asked to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// How to run a scenario.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct RunOptions {
     /// The modes to run, one run each (`None`: the scenario's own list).
     pub modes: Option<Vec<Mode>>,
@@ -35,11 +57,13 @@ pub struct RunOptions {
     pub scale: f64,
     /// Worker threads of each run's broker (`None`: the default, one per core and at least two).
     pub workers: Option<usize>,
+    /// Stops the run early (a gRPC client that went away, a daemon shutting down).
+    pub cancel: Cancel,
 }
 
 impl Default for RunOptions {
     fn default() -> RunOptions {
-        RunOptions { modes: None, scale: 1.0, workers: None }
+        RunOptions { modes: None, scale: 1.0, workers: None, cancel: Cancel::new() }
     }
 }
 
@@ -83,6 +107,9 @@ pub enum RunError {
     /// A persistent region's directory could not be made.
     #[error("temporary directory for persistent regions: {0}")]
     TempDir(std::io::Error),
+    /// The run was cancelled before it finished.
+    #[error("the run was cancelled")]
+    Cancelled,
 }
 
 fn setup<T>(step: impl FnOnce() -> String, r: Result<T, Error>) -> Result<T, RunError> {
@@ -116,6 +143,10 @@ pub fn run(
     progress.event(ProgressEvent::Start { total, label: &label });
     let mut runs = Vec::new();
     for (m, mode) in modes.iter().enumerate() {
+        if opts.cancel.is_cancelled() {
+            progress.event(ProgressEvent::Finish);
+            return Err(RunError::Cancelled);
+        }
         let done_before = u64::try_from(m * scenario.phases.len()).unwrap_or(0);
         let run = run_mode(scenario, *mode, opts, progress, done_before, total);
         match run {
@@ -362,7 +393,10 @@ fn run_mode(
     let mut phases = Vec::new();
     for (p, phase) in scenario.phases.iter().enumerate() {
         let done = done_before + u64::try_from(p).unwrap_or(0);
-        phases.push(run_phase(&world, phase, opts.scale, progress, done, total));
+        phases.push(run_phase(&world, phase, opts, progress, done, total));
+        if opts.cancel.is_cancelled() {
+            return Err(RunError::Cancelled);
+        }
         let report: &PhaseReport = &phases[phases.len() - 1];
         let summary = report
             .actors
@@ -435,7 +469,7 @@ fn scaled(amount: Amount, scale: f64) -> Amount {
 fn run_phase(
     world: &World<'_>,
     phase: &PhaseDef,
-    scale: f64,
+    opts: &RunOptions,
     progress: &dyn ProgressSink,
     done: u64,
     total: u64,
@@ -447,7 +481,9 @@ fn run_phase(
             .actors
             .iter()
             .zip(&counters)
-            .map(|(actor, counter)| s.spawn(|| run_actor(world, actor, scaled(actor.amount, scale), counter)))
+            .map(|(actor, counter)| {
+                s.spawn(|| run_actor(world, actor, scaled(actor.amount, opts.scale), counter, &opts.cancel))
+            })
             .collect();
         // Progress while the actors run: the operation counts, once a second.
         let ticker = s.spawn(|| loop {
@@ -523,7 +559,13 @@ fn actor_report(actor: &ActorDef, o: &ActorOutcome) -> ActorReport {
     }
 }
 
-fn run_actor(world: &World<'_>, actor: &ActorDef, amount: Amount, counter: &AtomicU64) -> ActorOutcome {
+fn run_actor(
+    world: &World<'_>,
+    actor: &ActorDef,
+    amount: Amount,
+    counter: &AtomicU64,
+    cancel: &Cancel,
+) -> ActorOutcome {
     let (copied0, calls0) = world.traffic(&actor.observe);
     let feed = match &actor.work {
         Work::SensorFeed { region, ack_service } => {
@@ -580,7 +622,7 @@ fn run_actor(world: &World<'_>, actor: &ActorDef, amount: Amount, counter: &Atom
                 let mut first_error = None;
                 let mut k = 0u32;
                 loop {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                    if deadline.is_some_and(|d| Instant::now() >= d) || cancel.is_cancelled() {
                         break;
                     }
                     if let Some(interval) = per_thread_interval {

@@ -1343,3 +1343,33 @@ fn run_scenario_refuses_bad_requests_with_the_field() {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("not a path"), "{}", status.message());
 }
+
+#[test]
+fn shutting_down_cancels_a_running_scenario() {
+    let d = Daemon::start(None);
+    let admin = d.client(Some(&d.admin));
+    // Ten times the pipeline's phases: minutes of work, unless the run is cancelled.
+    let req = pb::RunScenarioRequest { builtin: "pipeline".into(), scale: 10.0, ..Default::default() };
+    let mut stream = rpc!(d, admin, run_scenario, req).expect("starts");
+    let first = d.rt.block_on(stream.message()).expect("healthy").expect("a progress message");
+    assert!(first.report_json.is_empty());
+    // What the daemon does when SIGTERM arrives.
+    d.plane.end_watches();
+    let end = broker_tests::watchdog(60, move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(m)) => assert!(m.report_json.is_empty(), "a cancelled run sends no report"),
+                    Ok(None) => return None,
+                    Err(status) => return Some(status),
+                }
+            }
+        })
+    });
+    let status = end.expect("the stream ends with the cancellation");
+    assert!(status.message().contains("cancelled"), "{status:?}");
+    // And no new run starts.
+    let again = pb::RunScenarioRequest { builtin: "pipeline".into(), ..Default::default() };
+    assert_eq!(code(rpc!(d, admin, run_scenario, again)), Code::Unavailable);
+}

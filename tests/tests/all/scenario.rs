@@ -14,8 +14,12 @@ const SCALE: f64 = 0.02;
 
 fn run_builtin(name: &str, modes: Option<Vec<Mode>>) -> ScenarioReport {
     let s = scenario::load(name).expect("built-in scenario validates");
-    let report = scenario::run(&s, &RunOptions { modes, scale: SCALE, workers: None }, &NoProgress)
-        .expect("scenario runs");
+    let report = scenario::run(
+        &s,
+        &RunOptions { modes, scale: SCALE, workers: None, ..RunOptions::default() },
+        &NoProgress,
+    )
+    .expect("scenario runs");
     assert!(!report.runs.is_empty());
     report
 }
@@ -195,7 +199,12 @@ fn the_documented_example_validates_and_runs() {
     let progress = CollectProgress::new();
     let report = scenario::run(
         &s,
-        &RunOptions { modes: Some(vec![Mode::Mirror]), scale: 1.0, workers: Some(2) },
+        &RunOptions {
+            modes: Some(vec![Mode::Mirror]),
+            scale: 1.0,
+            workers: Some(2),
+            ..RunOptions::default()
+        },
         &progress,
     )
     .expect("runs");
@@ -211,7 +220,7 @@ fn reports_are_written_as_json_and_svg() {
     let s = scenario::load("pipeline").expect("valid");
     let report = scenario::run(
         &s,
-        &RunOptions { modes: Some(vec![Mode::Shared]), scale: 0.01, workers: None },
+        &RunOptions { modes: Some(vec![Mode::Shared]), scale: 0.01, workers: None, ..RunOptions::default() },
         &NoProgress,
     )
     .expect("runs");
@@ -361,12 +370,20 @@ fn unknown_scenarios_and_bad_options_are_refused() {
     assert!(text.contains("pipeline") && text.contains("sensor-hub"), "lists the built-ins: {text}");
     let s = scenario::parse(GOOD, "good.toml", None).expect("valid");
     for scale in [0.0, -1.0, f64::NAN, 1e9] {
-        let e = scenario::run(&s, &RunOptions { modes: None, scale, workers: None }, &NoProgress)
-            .expect_err("bad scale");
+        let e = scenario::run(
+            &s,
+            &RunOptions { modes: None, scale, workers: None, ..RunOptions::default() },
+            &NoProgress,
+        )
+        .expect_err("bad scale");
         assert!(e.to_string().contains("scale"), "{e}");
     }
-    let e = scenario::run(&s, &RunOptions { modes: None, scale: 1.0, workers: Some(0) }, &NoProgress)
-        .expect_err("no workers");
+    let e = scenario::run(
+        &s,
+        &RunOptions { modes: None, scale: 1.0, workers: Some(0), ..RunOptions::default() },
+        &NoProgress,
+    )
+    .expect_err("no workers");
     assert!(e.to_string().contains("workers"), "{e}");
     assert!(scenario::spec::parse_modes("handle,bogus").is_err());
     assert_eq!(scenario::spec::parse_modes("shared, handle").expect("ok"), vec![Mode::Shared, Mode::Handle]);
@@ -379,7 +396,7 @@ fn an_export_with_the_wrong_arguments_fails_the_run_with_its_name() {
     let s = scenario::parse(&text, "t.toml", None).expect("valid syntax");
     let report = scenario::run(
         &s,
-        &RunOptions { modes: Some(vec![Mode::Handle]), scale: 1.0, workers: None },
+        &RunOptions { modes: Some(vec![Mode::Handle]), scale: 1.0, workers: None, ..RunOptions::default() },
         &NoProgress,
     )
     .expect("runs");
@@ -431,4 +448,23 @@ fn the_cli_lists_shows_checks_and_runs_scenarios() {
     let (ok, _) = cli(&["scenario", "run", "pipeline", "--modes", "fast", "--quiet", "--out", &out]);
     assert!(ok.expect_err("bad mode").to_string().contains("--modes"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_cancelled_run_stops_early_with_cancelled() {
+    // A minute of work per mode, unless cancelled.
+    let text = GOOD.replace("iterations = 3", "duration = \"60s\"");
+    let s = scenario::parse(&text, "t.toml", None).expect("valid");
+    let opts = RunOptions::default();
+    let cancel = opts.cancel.clone();
+    let progress = std::sync::Arc::new(CollectProgress::new());
+    let p = std::sync::Arc::clone(&progress);
+    let run = std::thread::spawn(move || scenario::run(&s, &opts, p.as_ref()));
+    // Cancel once the run is under way (its first progress event is the start).
+    while progress.lines().is_empty() {
+        std::thread::yield_now();
+    }
+    cancel.cancel();
+    let outcome = broker_tests::watchdog(60, move || run.join().expect("no panic"));
+    assert!(matches!(outcome, Err(scenario::RunError::Cancelled)), "{outcome:?}");
 }
