@@ -178,17 +178,29 @@ impl Ranged for GroupAxis {
     }
 }
 
-/// A y-axis tick: integers without a fraction, `1e5` style beyond four digits, two decimals else.
+/// A y-axis tick: `0`, `250`, `12.5`, `45k`, `1.2M`, `3G`: SI suffixes beyond four digits with up to
+/// two significant decimals, so neighbouring ticks (450k, 400k) never print the same label.
 fn axis_number(v: f64) -> String {
     let a = v.abs();
+    let trim = |s: String| {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_owned()
+        } else {
+            s
+        }
+    };
     if a == 0.0 {
         "0".to_owned()
-    } else if !(0.01..10_000.0).contains(&a) {
-        format!("{v:.0e}")
-    } else if v.fract().abs() < 1e-9 {
-        format!("{v:.0}")
+    } else if a >= 1e9 {
+        format!("{}G", trim(format!("{:.2}", v / 1e9)))
+    } else if a >= 1e6 {
+        format!("{}M", trim(format!("{:.2}", v / 1e6)))
+    } else if a >= 1e4 {
+        format!("{}k", trim(format!("{:.2}", v / 1e3)))
+    } else if a < 0.01 {
+        format!("{v:.1e}")
     } else {
-        format!("{v:.2}").trim_end_matches('0').to_owned()
+        trim(format!("{v:.2}"))
     }
 }
 
@@ -262,4 +274,20 @@ where
         .draw()
         .map_err(draw_error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod axis_tests {
+    use super::axis_number;
+
+    #[test]
+    fn neighbouring_ticks_get_different_labels() {
+        let ticks = [350_000.0, 400_000.0, 450_000.0, 15_000.0, 20_000.0, 25_000.0, 1_250_000.0];
+        let labels: Vec<String> = ticks.iter().map(|v| axis_number(*v)).collect();
+        assert_eq!(labels, ["350k", "400k", "450k", "15k", "20k", "25k", "1.25M"]);
+        assert_eq!(axis_number(0.0), "0");
+        assert_eq!(axis_number(2500.0), "2500");
+        assert_eq!(axis_number(12.5), "12.5");
+        assert_eq!(axis_number(3e9), "3G");
+    }
 }
