@@ -66,9 +66,10 @@ pub extern "C" fn forge(seed: i64, n: i32) -> i64 {
             x ^= x >> 7;
             x ^= x << 17;
             #[allow(clippy::cast_possible_truncation, reason = "the high half of the state is the handle")]
-            let h = (x >> 32) as u32;
+            let mut h = (x >> 32) as u32;
             if h == own {
-                continue;
+                // Never the attacker's own handle: every attempt must be a forgery, so the host can count them.
+                h = h.wrapping_add(1);
             }
             // SAFETY: BUF is a live 64-byte static and the guest is single-threaded.
             count += refused(unsafe { region_read(h, 0, buf(), 8) });
