@@ -1115,7 +1115,7 @@ async fn stats(conn: &Conn, out: &mut dyn Write) -> Result<(), CliError> {
     let t = s.tenant.clone().unwrap_or_default();
     let traffic = |tr: &Option<pb::Traffic>| {
         let tr = (*tr).unwrap_or_default();
-        json!({"bytes_in": tr.bytes_in, "bytes_out": tr.bytes_out, "pages_refreshed": tr.pages_refreshed, "commits": tr.commits, "conflicts": tr.conflicts})
+        json!({"bytes_in": tr.bytes_in, "bytes_out": tr.bytes_out, "pages_refreshed": tr.pages_refreshed, "commits": tr.commits, "conflicts": tr.conflicts, "host_calls": tr.host_calls})
     };
     let value = json!({
         "tenant": tenant_json(&t),
@@ -1140,7 +1140,7 @@ async fn stats(conn: &Conn, out: &mut dyn Write) -> Result<(), CliError> {
         ]);
     }
     table.push(vec![]);
-    table.push(header(&["INSTANCE", "CALLS", "TRAPS", "HANDLES", "BYTES IN", "BYTES OUT"]));
+    table.push(header(&["INSTANCE", "CALLS", "TRAPS", "HANDLES", "BYTES IN", "BYTES OUT", "HOST CALLS"]));
     for i in &s.instances {
         let tr = i.traffic.unwrap_or_default();
         table.push(vec![
@@ -1150,6 +1150,7 @@ async fn stats(conn: &Conn, out: &mut dyn Write) -> Result<(), CliError> {
             i.handles.to_string(),
             tr.bytes_in.to_string(),
             tr.bytes_out.to_string(),
+            tr.host_calls.to_string(),
         ]);
     }
     print(out, conn, &value, &table)

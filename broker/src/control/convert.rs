@@ -156,5 +156,6 @@ pub(crate) fn traffic_to(t: &TrafficStats) -> pb::Traffic {
         pages_refreshed: t.pages_refreshed,
         commits: t.commits,
         conflicts: t.conflicts,
+        host_calls: t.host_calls,
     }
 }

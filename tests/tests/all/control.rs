@@ -397,6 +397,10 @@ fn regions_grants_and_watch() {
         .expect("revoke");
     let stale = i64::from(broker_abi::Status::StaleHandle.code());
     assert_eq!(as_i64(&call(&d, &beta, "reader", "load_u64", vec![i32v(h), i64v(0)]).expect("load")), stale);
+    // The reader's host calls are counted: an open and two loads at least.
+    let beta_stats = rpc!(d, beta, stats, pb::StatsRequest { tenant: String::new() }).expect("stats");
+    let reader = beta_stats.instances.iter().find(|i| i.name == "reader").expect("the reader");
+    assert!(reader.traffic.as_ref().is_some_and(|t| t.host_calls >= 3), "{:?}", reader.traffic);
 
     // The watch stream reports each change with its version and range.
     let mut stream =
