@@ -468,3 +468,29 @@ fn a_cancelled_run_stops_early_with_cancelled() {
     let outcome = broker_tests::watchdog(60, move || run.join().expect("no panic"));
     assert!(matches!(outcome, Err(scenario::RunError::Cancelled)), "{outcome:?}");
 }
+
+#[test]
+fn a_module_can_be_a_wasm_file_next_to_the_scenario() {
+    // A scenario directory of its own: the .toml and the app's .wasm side by side.
+    let dir = std::env::temp_dir().join(format!("broker-scenario-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("app.wasm"), broker_guests::SCENARIO_PIPELINE_WASM).expect("wasm");
+    let text = GOOD.replace("guest = \"scenario_pipeline\"", "path = \"app.wasm\"");
+    std::fs::write(dir.join("s.toml"), &text).expect("toml");
+    let path = dir.join("s.toml");
+    let s = scenario::load(path.to_str().expect("utf-8 path")).expect("validates");
+    assert_eq!(s.modules[0].source, scenario::spec::ModuleSource::File(dir.join("app.wasm")));
+    let report = scenario::run(
+        &s,
+        &RunOptions { modes: Some(vec![Mode::Shared]), ..RunOptions::default() },
+        &NoProgress,
+    )
+    .expect("runs");
+    assert_eq!(report.runs[0].phases[0].actors[0].ops, 3);
+    assert!(report.ok());
+    // A path that is not there is refused at validation, naming the field.
+    std::fs::remove_file(dir.join("app.wasm")).expect("remove");
+    let e = scenario::load(path.to_str().expect("utf-8 path")).expect_err("missing file");
+    assert!(e.to_string().contains("module[0].path"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
