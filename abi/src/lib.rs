@@ -49,6 +49,9 @@ pub mod func {
     pub const MIRROR_REFRESH: &str = "mirror_refresh";
     /// `mirror_commit(handle, ptr, len, base: i64, out_version_ptr, out_pages_ptr) -> status`.
     pub const MIRROR_COMMIT: &str = "mirror_commit";
+    /// `mirror_hint(handle, first_page, pages) -> status`: limits the next `mirror_commit` through
+    /// `handle` to the pages hinted since the last commit (relative to the handle's range).
+    pub const MIRROR_HINT: &str = "mirror_hint";
     /// `region_map(handle, ptr, len, flags) -> status`: maps a shared region at `ptr`.
     pub const REGION_MAP: &str = "region_map";
     /// `region_unmap(handle, ptr) -> status`.
@@ -119,6 +122,7 @@ pub mod func {
         FN_OPEN,
         FN_CALL,
         FN_CLOSE,
+        MIRROR_HINT,
     ];
 }
 

@@ -105,6 +105,9 @@ BROKER_IMPORT(handle_revoke) int32_t broker_handle_revoke(broker_handle_t handle
 BROKER_IMPORT(mirror_acquire) int32_t broker_mirror_acquire(broker_handle_t handle, void *buf, size_t len, uint64_t *out_version);
 BROKER_IMPORT(mirror_refresh) int32_t broker_mirror_refresh(broker_handle_t handle, void *buf, size_t len, int64_t since_version, uint64_t *out_version, uint32_t *out_pages);
 BROKER_IMPORT(mirror_commit) int32_t broker_mirror_commit(broker_handle_t handle, const void *buf, size_t len, int64_t base_version, uint64_t *out_version, uint32_t *out_pages);
+/* Limits the next commit through `handle` to the pages hinted since the last commit (page indices
+ * relative to the handle's range; pages == 0 hints none): a commit then costs the pages changed. */
+BROKER_IMPORT(mirror_hint) int32_t broker_mirror_hint(broker_handle_t handle, uint32_t first_page, uint32_t pages);
 
 BROKER_IMPORT(region_map) int32_t broker_region_map(broker_handle_t handle, void *addr, size_t len, uint32_t flags);
 BROKER_IMPORT(region_unmap) int32_t broker_region_unmap(broker_handle_t handle, void *addr);

@@ -5,6 +5,11 @@
 //! aligned offsets. The broker tracks what this copy was given: `refresh` copies only changed pages and
 //! `commit` writes back only pages that differ, failing with [`Error::Conflict`] (and nothing written)
 //! when the region's conflict policy refuses it.
+//!
+//! Writes through [`Mirror::store`], [`Mirror::write`] and [`Mirror::view_mut`] record the pages they
+//! touch, and `commit` hints exactly those to the broker (`mirror_hint`), so a commit costs the pages
+//! changed rather than the whole region. Writing through the `&mut [u8]` deref cannot be tracked: it
+//! makes the next commit compare every page, as without hints.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -21,7 +26,14 @@ pub struct Mirror<'r> {
     words: Vec<u64>,
     len: usize,
     version: u64,
+    /// Pages written through the tracked methods since the last commit (a bit per page).
+    dirty: Vec<u64>,
+    /// The buffer was borrowed mutably as a whole: the next commit compares every page.
+    untracked: bool,
 }
+
+/// The broker's page size, the granularity of refreshes, commits and hints.
+const PAGE: usize = 4096;
 
 fn version_arg(v: u64) -> Result<i64> {
     i64::try_from(v).map_err(|_| Error::BadVersion)
@@ -30,7 +42,15 @@ fn version_arg(v: u64) -> Result<i64> {
 impl<'r> Mirror<'r> {
     pub(crate) fn acquire(region: &'r Region) -> Result<Mirror<'r>> {
         let len = usize::try_from(region.len()?).map_err(|_| Error::OutOfBounds)?;
-        let mut m = Mirror { region, words: vec![0u64; len.div_ceil(8)], len, version: 0 };
+        let pages = len.div_ceil(PAGE);
+        let mut m = Mirror {
+            region,
+            words: vec![0u64; len.div_ceil(8)],
+            len,
+            version: 0,
+            dirty: vec![0u64; pages.div_ceil(64)],
+            untracked: false,
+        };
         let mut version = 0;
         Error::check(sys::mirror_acquire(region.raw(), m.bytes_mut(), &mut version))?;
         m.version = version;
@@ -40,6 +60,11 @@ impl<'r> Mirror<'r> {
     fn bytes_mut(&mut self) -> &mut [u8] {
         let len = self.len;
         &mut bytemuck::cast_slice_mut(&mut self.words)[..len]
+    }
+
+    /// The region this mirror copies.
+    pub fn region(&self) -> &'r Region {
+        self.region
     }
 
     /// The region version this copy reflects (after a conflict: the region's current version).
@@ -70,13 +95,75 @@ impl<'r> Mirror<'r> {
     pub fn commit(&mut self) -> Result<u32> {
         let (mut version, mut pages) = (0, 0);
         let base = version_arg(self.version)?;
-        let r = sys::mirror_commit(self.region.raw(), self, base, &mut version, &mut pages);
+        let h = self.region.raw();
+        if !self.untracked {
+            self.send_hints()?;
+        }
+        let r = sys::mirror_commit(h, self, base, &mut version, &mut pages);
         if r == crate::Status::Conflict.code() {
             self.version = version;
         }
         Error::check(r)?;
         self.version = version;
+        self.dirty.iter_mut().for_each(|w| *w = 0);
+        self.untracked = false;
         Ok(pages)
+    }
+
+    /// Hints the dirty pages to the broker, one call per run of consecutive pages (one call hinting
+    /// none if nothing was written, which still makes the commit skip every page).
+    fn send_hints(&self) -> Result<()> {
+        let h = self.region.raw();
+        let pages = self.len.div_ceil(PAGE);
+        let is_dirty = |i: usize| self.dirty.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0);
+        let mut sent = false;
+        let mut i = 0;
+        while i < pages {
+            if self.dirty.get(i / 64) == Some(&0) {
+                i = (i / 64 + 1) * 64;
+                continue;
+            }
+            if !is_dirty(i) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < pages && is_dirty(i) {
+                i += 1;
+            }
+            let (first, n) = (u32::try_from(start), u32::try_from(i - start));
+            let (Ok(first), Ok(n)) = (first, n) else { return Err(Error::OutOfBounds) };
+            Error::check(sys::mirror_hint(h, first, n))?;
+            sent = true;
+        }
+        if !sent {
+            Error::check(sys::mirror_hint(h, 0, 0))?;
+        }
+        Ok(())
+    }
+
+    /// Records that `[offset, offset + len)` was written.
+    fn mark(&mut self, offset: usize, len: usize) {
+        if len == 0 {
+            return;
+        }
+        let last = (offset + len - 1) / PAGE;
+        for p in offset / PAGE..=last {
+            if let Some(w) = self.dirty.get_mut(p / 64) {
+                *w |= 1 << (p % 64);
+            }
+        }
+    }
+
+    /// Writes `data` at `offset` (locally, until [`Mirror::commit`]), recording the pages it touches.
+    ///
+    /// # Errors
+    /// `OutOfBounds` past the end.
+    pub fn write(&mut self, offset: usize, data: &[u8]) -> Result<()> {
+        let end = offset.checked_add(data.len()).ok_or(Error::OutOfBounds)?;
+        self.bytes_mut().get_mut(offset..end).ok_or(Error::OutOfBounds)?.copy_from_slice(data);
+        self.mark(offset, data.len());
+        Ok(())
     }
 
     /// Throws away local edits: copies the whole region again.
@@ -88,6 +175,8 @@ impl<'r> Mirror<'r> {
         let h = self.region.raw();
         Error::check(sys::mirror_acquire(h, self.bytes_mut(), &mut version))?;
         self.version = version;
+        self.dirty.iter_mut().for_each(|w| *w = 0);
+        self.untracked = false;
         Ok(())
     }
 
@@ -108,7 +197,11 @@ impl<'r> Mirror<'r> {
     /// As [`Mirror::view`].
     pub fn view_mut<T: Pod>(&mut self, offset: usize) -> Result<&mut T> {
         let end = offset.checked_add(core::mem::size_of::<T>()).ok_or(Error::OutOfBounds)?;
-        let bytes = self.get_mut(offset..end).ok_or(Error::OutOfBounds)?;
+        if end > self.len {
+            return Err(Error::OutOfBounds);
+        }
+        self.mark(offset, core::mem::size_of::<T>());
+        let bytes = self.bytes_mut().get_mut(offset..end).ok_or(Error::OutOfBounds)?;
         bytemuck::try_from_bytes_mut(bytes).map_err(|_| Error::InvalidArgument)
     }
 
@@ -127,7 +220,12 @@ impl<'r> Mirror<'r> {
     /// `OutOfBounds` past the end.
     pub fn store<T: Pod>(&mut self, offset: usize, value: &T) -> Result<()> {
         let end = offset.checked_add(core::mem::size_of::<T>()).ok_or(Error::OutOfBounds)?;
-        self.get_mut(offset..end).ok_or(Error::OutOfBounds)?.copy_from_slice(bytemuck::bytes_of(value));
+        let bytes = self.bytes_mut().get_mut(offset..end).ok_or(Error::OutOfBounds)?;
+        // Byte by byte: a value-sized `copy_from_slice` can become a `memory.copy` libcall.
+        for (dst, src) in bytes.iter_mut().zip(bytemuck::bytes_of(value)) {
+            *dst = *src;
+        }
+        self.mark(offset, core::mem::size_of::<T>());
         Ok(())
     }
 }
@@ -141,7 +239,10 @@ impl Deref for Mirror<'_> {
 }
 
 impl DerefMut for Mirror<'_> {
+    /// The whole buffer, writable; writes through it are not tracked, so the next commit compares
+    /// every page.
     fn deref_mut(&mut self) -> &mut [u8] {
+        self.untracked = true;
         self.bytes_mut()
     }
 }

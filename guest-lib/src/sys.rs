@@ -69,6 +69,7 @@ mod raw {
             out_len: *mut u32,
         ) -> i32;
         pub fn fn_close(fh: u32) -> i32;
+        pub fn mirror_hint(handle: u32, first_page: u32, pages: u32) -> i32;
         pub fn mirror_commit(
             handle: u32,
             buf: *const u8,
@@ -169,6 +170,13 @@ pub fn mirror_refresh(
 pub fn mirror_commit(handle: u32, buf: &[u8], base: i64, out_version: &mut u64, out_pages: &mut u32) -> i32 {
     // SAFETY: `buf` is live for `buf.len()` bytes; the out-pointers are live locals.
     unsafe { raw::mirror_commit(handle, buf.as_ptr(), buf.len(), base, out_version, out_pages) }
+}
+
+/// Limits the next commit through `handle` to the pages hinted since the last commit (page indices
+/// relative to the handle's range; `pages == 0` hints none).
+pub fn mirror_hint(handle: u32, first_page: u32, pages: u32) -> i32 {
+    // SAFETY: the import takes plain integers.
+    unsafe { raw::mirror_hint(handle, first_page, pages) }
 }
 
 /// Maps the capability's range at `addr` (page aligned, `len` bytes of this app's memory).

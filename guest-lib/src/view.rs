@@ -81,9 +81,8 @@ impl<'r> View<'r> {
         match self {
             View::Handle(r) => r.write(offset, data),
             View::Mirror(m) => {
-                let r = range(offset, data.len(), m.len())?;
-                m[r].copy_from_slice(data);
-                Ok(())
+                let start = range(offset, data.len(), m.len())?.start;
+                m.write(start, data)
             }
             View::Shared(w) => {
                 let r = range(offset, data.len(), w.len())?;
@@ -106,8 +105,9 @@ impl<'r> View<'r> {
         }
     }
 
-    /// The region's bytes in place for writing (mirror: published by [`View::commit`]); `None` in
-    /// handle mode and for a read-only window.
+    /// The region's bytes in place for writing (mirror: published by [`View::commit`], which then
+    /// compares every page, since writes through the slice cannot be tracked); `None` in handle mode
+    /// and for a read-only window.
     pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
         match self {
             View::Handle(_) | View::SharedReadOnly(_) => None,
@@ -137,6 +137,11 @@ impl<'r> View<'r> {
     /// # Errors
     /// As [`View::write`].
     pub fn store<T: Pod>(&mut self, offset: u64, value: &T) -> Result<()> {
+        if let View::Mirror(m) = self {
+            // Tracked, so the commit hints only the pages written.
+            let start = range(offset, core::mem::size_of::<T>(), m.len())?.start;
+            return m.store(start, value);
+        }
         if let Some(bytes) = self.as_mut_slice() {
             let r = range(offset, core::mem::size_of::<T>(), bytes.len())?;
             // Byte by byte rather than `copy_from_slice`, which would become a `memory.copy` libcall;

@@ -132,6 +132,7 @@ impl AbiError {
                 MirrorError::LengthMismatch { .. } | MirrorError::NotAcquired => Status::InvalidArgument,
                 MirrorError::BadVersion { .. } => Status::BadVersion,
                 MirrorError::Conflict { .. } => Status::Conflict,
+                MirrorError::HintOutOfRange { .. } => Status::OutOfBounds,
             },
             AbiError::Share(e) => match e {
                 ShareError::Cap(c) => broker_status(&Error::Capability(c.clone())),

@@ -400,6 +400,14 @@ fn mirror_commit(
     }
 }
 
+fn mirror_hint(caller: &mut Ctx<'_>, handle: u32, first: u32, pages: u32) -> Result<(), AbiError> {
+    let cap = caller.data().ctx.lookup(handle)?;
+    cap.require(Rights::WRITE)?;
+    require_mode(&cap, Mode::Mirror)?;
+    let m = caller.data_mut().ctx.mirrors.get_mut(&handle).ok_or(MirrorError::NotAcquired)?;
+    Ok(m.hint(first, pages)?)
+}
+
 fn region_map(caller: &mut Ctx<'_>, handle: u32, ptr: u32, len: u32, flags: u32) -> Result<(), AbiError> {
     if flags & !broker_abi::map_flags::ALL != 0 {
         return Err(AbiError::InvalidValue { field: "flags", value: i64::from(flags) });
@@ -543,6 +551,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
             code(mirror_commit(&mut c, h, p, l, base, v, n))
         },
     )?;
+    linker.func_wrap(MODULE, func::MIRROR_HINT, |mut c: Ctx<'_>, h: u32, first: u32, pages: u32| {
+        tick(&c);
+        code(mirror_hint(&mut c, h, first, pages))
+    })?;
     linker.func_wrap(MODULE, func::REGION_MAP, |mut c: Ctx<'_>, h: u32, p: u32, l: u32, f: u32| {
         tick(&c);
         code(region_map(&mut c, h, p, l, f))

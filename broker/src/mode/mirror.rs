@@ -90,6 +90,16 @@ pub enum MirrorError {
     /// No mirror was acquired through this handle.
     #[error("no mirror acquired through this handle")]
     NotAcquired,
+    /// A hint names pages outside the mirror.
+    #[error("pages {first}..{first}+{pages} are not all inside the mirror's {range_pages} pages")]
+    HintOutOfRange {
+        /// First page hinted.
+        first: u32,
+        /// Pages hinted.
+        pages: u32,
+        /// Pages the mirror covers.
+        range_pages: usize,
+    },
 }
 
 /// The broker's record of one mirror: what the app was given, and when.
@@ -101,6 +111,9 @@ pub(crate) struct MirrorState {
     seen: Vec<u64>,
     /// A region version at which every page of the range was as in the shadow.
     synced: u64,
+    /// Pages the app says it changed since the last commit (bit per page of the range); `None`: no
+    /// hint, the next commit compares every page.
+    hints: Option<Vec<u64>>,
     /// Charge for the shadow against the tenant's memory quota.
     _charge: Reservation,
 }
@@ -159,7 +172,8 @@ pub(crate) fn acquire(
     let version = region.version();
     drop(pv);
     region.traffic.copied_out(range.len);
-    let state = MirrorState { range, shadow: dst.to_vec(), seen, synced: version, _charge: charge };
+    let state =
+        MirrorState { range, shadow: dst.to_vec(), seen, synced: version, hints: None, _charge: charge };
     Ok((state, version))
 }
 
@@ -211,6 +225,33 @@ impl MirrorState {
         Ok(Synced { version: current, pages: copied })
     }
 
+    /// Limits the next commit to the pages hinted since the last one (`pages == 0` hints none but
+    /// still turns the limit on): the app promises it changed no other page, so a commit costs the
+    /// pages it changed rather than the whole range. An app that breaks the promise only keeps its
+    /// unhinted changes to itself.
+    ///
+    /// # Errors
+    /// [`MirrorError::HintOutOfRange`]; the hints are unchanged then.
+    pub(crate) fn hint(&mut self, first: u32, pages: u32) -> Result<(), MirrorError> {
+        let range_pages = self.seen.len();
+        let out = MirrorError::HintOutOfRange { first, pages, range_pages };
+        let (Ok(start), Ok(count)) = (usize::try_from(first), usize::try_from(pages)) else {
+            return Err(out);
+        };
+        match start.checked_add(count) {
+            Some(end) if end <= range_pages => {
+                let bits = self.hints.get_or_insert_with(|| vec![0u64; range_pages.div_ceil(64)]);
+                for i in start..end {
+                    if let Some(w) = bits.get_mut(i / 64) {
+                        *w |= 1 << (i % 64);
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(out),
+        }
+    }
+
     /// Writes back the pages of `src` that differ from what the app was given, under `policy`.
     ///
     /// # Errors
@@ -218,11 +259,15 @@ impl MirrorState {
     /// written).
     pub(crate) fn commit(&mut self, region: &Region, src: &[u8], base: i64) -> Result<Synced, MirrorError> {
         check_len(self.range, src.len())?;
+        // Hints apply to one commit, whatever its outcome (an app retrying after a conflict hints again).
+        let hints = self.hints.take();
+        let hinted =
+            |i: usize| hints.as_ref().is_none_or(|b| b.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0));
         // Copy each page out of guest memory once, then compare the copy with the shadow: the bytes
         // committed are exactly the bytes the decision was made on.
         let mut dirty: Vec<(usize, usize, std::ops::Range<usize>)> = Vec::new();
         let mut staged: Vec<u8> = Vec::new();
-        for (i, (p, slice)) in pages(self.range).enumerate() {
+        for (i, (p, slice)) in pages(self.range).enumerate().filter(|(i, _)| hinted(*i)) {
             let (Some(g), Some(s)) = (src.get(slice.clone()), self.shadow.get(slice.clone())) else {
                 continue;
             };

@@ -107,6 +107,8 @@ fn fixed_sequence_reaches_every_kind_of_call() {
         (op("mirror_commit", [0, 0, 0, CURRENT, 0, 0]), s(Ok)),
         (op("mirror_refresh", [0, 0, 0, CURRENT, 0, 0]), s(Ok)),
         (op("mirror_commit", [0, 0, 2 << 24, VERSION_0, 0, 0]), s(Conflict)),
+        (op("mirror_hint", [0, 0, 0, 0, 0, 0]), s(Ok)),
+        (op("mirror_hint", [0, 7 | 1000 << 3, 0, 0, 0, 0]), s(OutOfBounds)),
         (op("fn_open", [0, 0, 0, 0, 0, 0]), s(Ok)),
         (op("fn_call", [0, SCRATCH_START, 0, scratch(200), 0, 0]), s(Ok)),
         (op("fn_call", [0, SCRATCH_START, 0, scratch(200), 5, 0]), s(OutOfBounds)),

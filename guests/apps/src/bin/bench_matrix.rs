@@ -52,12 +52,6 @@ fn word(bytes: &[u8], offset: u64) -> Result<u64> {
     Ok(u64::from_le_bytes(w))
 }
 
-fn set_word(bytes: &mut [u8], offset: u64, value: u64) -> Result<()> {
-    let at = usize::try_from(offset).map_err(|_| Error::OutOfBounds)?;
-    bytes.get_mut(at..at + 8).ok_or(Error::OutOfBounds)?.copy_from_slice(&value.to_le_bytes());
-    Ok(())
-}
-
 fn sum_words(bytes: &[u8]) -> u64 {
     bytes.chunks_exact(8).fold(0u64, |sum, w| {
         let mut b = [0u8; 8];
@@ -170,11 +164,14 @@ pub extern "C" fn write1(iters: i32, seed_value: i64) -> i32 {
                 let r = next(&mut rng);
                 let offset = ((r >> 7) % words) * 8;
                 let store = r.is_multiple_of(100);
-                match b.view.as_mut_slice() {
-                    Some(bytes) if store => set_word(bytes, offset, acc ^ r)?,
-                    Some(bytes) => acc = acc.wrapping_add(word(bytes, offset)?),
-                    None if store => b.view.store(offset, &(acc ^ r))?,
-                    None => acc = acc.wrapping_add(b.view.load::<u64>(offset)?),
+                // Stores go through `View::store`: in place in shared mode, tracked in mirror mode (so
+                // the commit hints only the pages written), a host call in handle mode.
+                if store {
+                    b.view.store(offset, &(acc ^ r))?;
+                } else if let Some(bytes) = b.view.as_slice() {
+                    acc = acc.wrapping_add(word(bytes, offset)?);
+                } else {
+                    acc = acc.wrapping_add(b.view.load::<u64>(offset)?);
                 }
             }
             match b.view.commit() {

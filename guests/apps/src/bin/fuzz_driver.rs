@@ -60,6 +60,7 @@ extern "C" {
         out_version: *mut u64,
         out_pages: *mut u32,
     ) -> i32;
+    fn mirror_hint(handle: u32, first_page: u32, pages: u32) -> i32;
     fn region_map(handle: u32, addr: *mut u8, len: usize, flags: u32) -> i32;
     fn region_unmap(handle: u32, addr: *mut u8) -> i32;
     fn region_wait(handle: u32, offset: i64, expected: u32, timeout_ms: u32) -> i32;
@@ -87,7 +88,7 @@ extern "C" {
 }
 
 /// Number of imports `op` dispatches over (`broker_abi::func::ALL.len()`).
-const FUNCS: i32 = 31;
+const FUNCS: i32 = 32;
 
 /// What `op` returns when a guard zone changed: the broker wrote outside a range it was given.
 pub const GUARD_BROKEN: i32 = 0x4755_4152;
@@ -652,7 +653,7 @@ pub extern "C" fn callbacks_run() -> i64 {
     i64::try_from(CALLBACKS.load(Ordering::Relaxed)).unwrap_or(-1)
 }
 
-/// Calls import number `func % 31` (in the order of `broker_abi::func::ALL`) with arguments derived
+/// Calls import number `func % 32` (in the order of `broker_abi::func::ALL`) with arguments derived
 /// from `a`..`f`; returns what it returned, or [`GUARD_BROKEN`] if the call wrote outside its ranges.
 #[no_mangle]
 pub extern "C" fn op(func: i32, a: i64, b: i64, c: i64, d: i64, e: i64, f: i64) -> i32 {
@@ -857,7 +858,21 @@ fn dispatch(func: i32, [a, b, c, d, e, f]: [i64; 6]) -> i32 {
                     as_mut(out_pointer(f, 4, 1)).cast(),
                 )
             }
-            _ => fn_close(function_handle(a)),
+            30 => fn_close(function_handle(a)),
+            _ => {
+                // Pages of a mirror mostly; sometimes none, past its end, or wild.
+                let first = match b & 7 {
+                    0..=5 => pick(b, 4),
+                    6 => pick(b, 1 << 16),
+                    _ => bits32(b >> 3),
+                };
+                let pages = match c & 7 {
+                    0..=5 => pick(c, 4),
+                    6 => 0,
+                    _ => bits32(c >> 3),
+                };
+                mirror_hint(handle(a, Want::Mirror), first, pages)
+            }
         }
     }
 }

@@ -214,6 +214,7 @@ extern "C" {
         out_version: *mut u64,
         out_pages: *mut u32,
     ) -> i32;
+    fn mirror_hint(handle: u32, first_page: u32, pages: u32) -> i32;
     fn mirror_commit(
         handle: u32,
         buf: *const u8,
@@ -262,6 +263,16 @@ pub extern "C" fn mirror_refresh_raw(h: i32, ptr: i32, len: i32, since: i64) -> 
 }
 
 /// `mirror_commit` with raw arguments.
+/// `mirror_hint` with raw values.
+#[no_mangle]
+pub extern "C" fn mirror_hint_raw(h: i32, first: i32, pages: i32) -> i32 {
+    #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
+    // SAFETY: the import takes plain integers.
+    unsafe {
+        mirror_hint(h as u32, first as u32, pages as u32)
+    }
+}
+
 #[no_mangle]
 pub extern "C" fn mirror_commit_raw(h: i32, ptr: i32, len: i32, base: i64) -> i32 {
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]

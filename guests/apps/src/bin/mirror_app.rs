@@ -156,3 +156,22 @@ pub extern "C" fn view_add(sel: i32, off: i64, delta: i64) -> i64 {
     };
     ret(run())
 }
+
+/// Writes `byte` into pages `hinted` and `other` through the untracked slice, hints only `hinted` and
+/// commits with the raw imports; returns the pages the broker wrote back.
+#[no_mangle]
+pub extern "C" fn hinted_commit(slot: i32, hinted: i32, other: i32, byte: i32) -> i64 {
+    with_slot(slot, |m| {
+        let page = |p: i32| usize::try_from(p).map_err(|_| Error::InvalidArgument).map(|p| p * 4096);
+        let v = u8::try_from(byte & 0xff).unwrap_or(0);
+        *m.get_mut(page(hinted)?).ok_or(Error::OutOfBounds)? = v;
+        *m.get_mut(page(other)?).ok_or(Error::OutOfBounds)? = v;
+        let h = m.region().raw();
+        let first = u32::try_from(hinted).map_err(|_| Error::InvalidArgument)?;
+        Error::check(broker_guest::sys::mirror_hint(h, first, 1))?;
+        let base = i64::try_from(m.version()).map_err(|_| Error::BadVersion)?;
+        let (mut version, mut pages) = (0, 0);
+        Error::check(broker_guest::sys::mirror_commit(h, m, base, &mut version, &mut pages))?;
+        Ok(u64::from(pages))
+    })
+}
