@@ -1,35 +1,161 @@
-//! The worker pool: a few threads that run many instances' mailboxes.
+//! The worker pool: a few threads that run many instances' mailboxes, taking turns by tenant.
 //!
-//! An instance with pending jobs is on the run queue at most once (its `scheduled` flag); a worker runs
-//! a batch of its jobs, then either re-queues it (more jobs arrived) or clears the flag. So one instance
-//! never runs on two threads at once, and a busy instance cannot starve the others for more than a batch.
+//! An instance with pending jobs is runnable at most once (its `scheduled` flag); a worker runs a batch
+//! of its jobs, then either makes it runnable again (more jobs arrived) or clears the flag. So one
+//! instance never runs on two threads at once, and a busy instance cannot starve the others for more
+//! than a batch.
+//!
+//! Runnable instances wait in one queue per tenant, and workers serve the tenants round robin: a tenant
+//! with many busy instances (an attacker keeping three apps busy, say) gets one turn in the rotation
+//! like any other tenant, not one per instance, so it cannot crowd out another tenant's work by
+//! running more apps. Within a tenant, instances run in the order they became runnable.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use parking_lot::{Condvar, Mutex};
 
 use super::instance::{InstanceCell, Job};
+use crate::tenant::TenantId;
 
 /// Jobs an instance runs before it yields its worker.
 const BATCH: usize = 16;
 
-enum Msg {
-    Run(Arc<InstanceCell>),
-    Stop,
+/// Rounds of exponential spinning (1, 2, 4, ... 64 pause instructions, then 64 each) an idle worker
+/// does before it sleeps: a few microseconds.
+const IDLE_SPINS: u32 = 12;
+
+/// The runnable instances, by tenant, and the tenants' turn order.
+struct Queues<T> {
+    /// Tenants with runnable instances, in turn order.
+    /// **Invariant:** a tenant is here exactly once iff its list in `runnable` is non-empty.
+    turns: VecDeque<TenantId>,
+    /// Runnable instances per tenant, in the order they became runnable.
+    runnable: HashMap<TenantId, VecDeque<T>>,
+    /// The pool is shutting down: workers exit.
+    stopping: bool,
+}
+
+impl<T> Default for Queues<T> {
+    fn default() -> Queues<T> {
+        Queues { turns: VecDeque::new(), runnable: HashMap::new(), stopping: false }
+    }
+}
+
+impl<T> Queues<T> {
+    /// Adds `item` at the back of its tenant's list (and the tenant to the rotation if it was idle).
+    fn push(&mut self, tenant: TenantId, item: T) {
+        let list = self.runnable.entry(tenant).or_default();
+        let was_idle = list.is_empty();
+        list.push_back(item);
+        if was_idle {
+            self.turns.push_back(tenant);
+        }
+    }
+
+    /// Takes the first item of the tenant whose turn it is, moving the tenant to the back of the
+    /// rotation if it has more.
+    fn take_turn(&mut self) -> Option<T> {
+        while let Some(tenant) = self.turns.pop_front() {
+            let (item, more) = match self.runnable.get_mut(&tenant) {
+                Some(list) => (list.pop_front(), !list.is_empty()),
+                None => (None, false),
+            };
+            if more {
+                self.turns.push_back(tenant);
+            } else {
+                self.runnable.remove(&tenant);
+            }
+            if item.is_some() {
+                return item;
+            }
+        }
+        None
+    }
+}
+
+/// What the workers and the submitters share.
+#[derive(Default)]
+struct Scheduler {
+    queues: Mutex<Queues<Arc<InstanceCell>>>,
+    ready: Condvar,
+}
+
+impl Scheduler {
+    /// Makes `cell` runnable (the caller set its `scheduled` flag).
+    fn push(&self, cell: Arc<InstanceCell>) {
+        let tenant = cell.tenant.id();
+        let mut q = self.queues.lock();
+        if q.stopping {
+            // No worker will run it; keeping it would also keep the cell alive through a cycle (the
+            // cell holds a handle to this scheduler).
+            return;
+        }
+        q.push(tenant, cell);
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    /// The next instance to run: the first of the tenant whose turn it is; `None` once the pool is
+    /// stopping (what is still runnable then is dropped: nobody waits for it, since the broker is being
+    /// dropped, and a job that keeps re-posting itself must not hold the shutdown).
+    ///
+    /// An idle worker spins briefly (a few microseconds, never yielding its core) before it sleeps:
+    /// calls often arrive microseconds apart, and a futex wake-up costs more than the call, while
+    /// yielding in a loop would take CPU time from the tenants' work on a small machine.
+    fn pop(&self) -> Option<Arc<InstanceCell>> {
+        let mut spins = 0u32;
+        loop {
+            let mut q = self.queues.lock();
+            loop {
+                if q.stopping {
+                    return None;
+                }
+                if let Some(cell) = q.take_turn() {
+                    return Some(cell);
+                }
+                if spins < IDLE_SPINS {
+                    break;
+                }
+                // Checked and found empty under the lock that `push` takes before notifying: no
+                // wake-up is lost.
+                self.ready.wait(&mut q);
+                spins = 0;
+            }
+            drop(q);
+            for _ in 0..(1u32 << spins.min(6)) {
+                std::hint::spin_loop();
+            }
+            spins += 1;
+        }
+    }
+
+    /// Stops the workers and drops every runnable instance's entry (breaking the cell -> scheduler ->
+    /// cell cycle).
+    fn stop(&self) {
+        let runnable = {
+            let mut q = self.queues.lock();
+            q.stopping = true;
+            q.turns.clear();
+            std::mem::take(&mut q.runnable)
+        };
+        self.ready.notify_all();
+        drop(runnable);
+    }
 }
 
 /// Threads that drive instance mailboxes.
 pub(crate) struct WorkerPool {
-    queue: Sender<Msg>,
+    scheduler: Arc<Scheduler>,
     threads: Vec<JoinHandle<()>>,
 }
 
 /// A cheap handle for posting jobs, held by instances so events can schedule their own delivery.
 #[derive(Clone)]
 pub(crate) struct PoolHandle {
-    queue: Sender<Msg>,
+    scheduler: Arc<Scheduler>,
 }
 
 impl PoolHandle {
@@ -42,7 +168,7 @@ impl PoolHandle {
         // would sit in a mailbox no worker is scheduled to run (a lost wake-up, seen as a hung call).
         fence(Ordering::SeqCst);
         if !cell.scheduled.swap(true, Ordering::SeqCst) {
-            let _ = self.queue.send(Msg::Run(Arc::clone(cell)));
+            self.scheduler.push(Arc::clone(cell));
         }
     }
 }
@@ -50,17 +176,25 @@ impl PoolHandle {
 impl WorkerPool {
     /// Starts `workers` threads (at least one).
     pub(crate) fn new(workers: usize) -> std::io::Result<WorkerPool> {
-        let (queue, rx) = unbounded::<Msg>();
+        let scheduler = Arc::new(Scheduler::default());
         let mut threads = Vec::new();
         for i in 0..workers.max(1) {
-            let (rx, queue) = (rx.clone(), queue.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("broker-worker-{i}"))
-                    .spawn(move || work(&rx, &queue))?,
-            );
+            let s = Arc::clone(&scheduler);
+            let spawned =
+                std::thread::Builder::new().name(format!("broker-worker-{i}")).spawn(move || work(&s));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    // Stop the threads already started before reporting.
+                    scheduler.stop();
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(e);
+                }
+            }
         }
-        Ok(WorkerPool { queue, threads })
+        Ok(WorkerPool { scheduler, threads })
     }
 
     /// Posts a job to an instance's mailbox and makes sure a worker will run it.
@@ -70,31 +204,51 @@ impl WorkerPool {
 
     /// A handle for posting jobs later.
     pub(crate) fn handle(&self) -> PoolHandle {
-        PoolHandle { queue: self.queue.clone() }
+        PoolHandle { scheduler: Arc::clone(&self.scheduler) }
     }
 }
 
-fn work(rx: &Receiver<Msg>, queue: &Sender<Msg>) {
-    while let Ok(Msg::Run(cell)) = rx.recv() {
+fn work(scheduler: &Scheduler) {
+    while let Some(cell) = scheduler.pop() {
         cell.run_jobs(BATCH);
         cell.scheduled.store(false, Ordering::SeqCst);
         // A job posted after the batch but before the flag was cleared saw `scheduled == true` and did not
-        // queue the cell: pick it up here, unless a submitter already re-queued it. The fence pairs with
+        // make the cell runnable: pick it up here, unless a submitter already did. The fence pairs with
         // the one in `PoolHandle::submit`.
         fence(Ordering::SeqCst);
         if !cell.mailbox_rx.is_empty() && !cell.scheduled.swap(true, Ordering::SeqCst) {
-            let _ = queue.send(Msg::Run(cell));
+            scheduler.push(cell);
         }
     }
 }
 
 impl Drop for WorkerPool {
     fn drop(&mut self) {
-        for _ in &self.threads {
-            let _ = self.queue.send(Msg::Stop);
-        }
+        self.scheduler.stop();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Queues, TenantId};
+
+    #[test]
+    fn tenants_take_turns_however_many_instances_they_have() {
+        let (a, b, c) = (TenantId(1), TenantId(2), TenantId(3));
+        let mut q = Queues::default();
+        for item in ["a1", "a2", "a3"] {
+            q.push(a, item);
+        }
+        q.push(b, "b1");
+        let first: Vec<_> = (0..3).filter_map(|_| q.take_turn()).collect();
+        assert_eq!(first, ["a1", "b1", "a2"]);
+        q.push(c, "c1");
+        q.push(b, "b2");
+        let rest: Vec<_> = std::iter::from_fn(|| q.take_turn()).collect();
+        assert_eq!(rest, ["a3", "c1", "b2"]);
+        assert!(q.turns.is_empty() && q.runnable.is_empty(), "an empty rotation holds nothing");
     }
 }
