@@ -11,7 +11,7 @@
 //! running more apps. Within a tenant, instances run in the order they became runnable.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -81,6 +81,9 @@ impl<T> Queues<T> {
 struct Scheduler {
     queues: Mutex<Queues<Arc<InstanceCell>>>,
     ready: Condvar,
+    /// Instances runnable (a hint read without the lock, so spinning workers leave the lock to
+    /// submitters).
+    runnable: AtomicUsize,
 }
 
 impl Scheduler {
@@ -94,6 +97,7 @@ impl Scheduler {
             return;
         }
         q.push(tenant, cell);
+        self.runnable.fetch_add(1, Ordering::Relaxed);
         drop(q);
         self.ready.notify_one();
     }
@@ -114,6 +118,7 @@ impl Scheduler {
                     return None;
                 }
                 if let Some(cell) = q.take_turn() {
+                    self.runnable.fetch_sub(1, Ordering::Relaxed);
                     return Some(cell);
                 }
                 if spins < IDLE_SPINS {
@@ -126,6 +131,9 @@ impl Scheduler {
             }
             drop(q);
             for _ in 0..(1u32 << spins.min(6)) {
+                if self.runnable.load(Ordering::Relaxed) > 0 {
+                    break;
+                }
                 std::hint::spin_loop();
             }
             spins += 1;
@@ -139,6 +147,7 @@ impl Scheduler {
             let mut q = self.queues.lock();
             q.stopping = true;
             q.turns.clear();
+            self.runnable.store(0, Ordering::Relaxed);
             std::mem::take(&mut q.runnable)
         };
         self.ready.notify_all();
