@@ -168,6 +168,9 @@ pub fn run(
     })
 }
 
+/// The most samples of one feed actor whose send time is kept for the latency figure.
+const MAX_TIMED_SAMPLES: u64 = 1 << 22;
+
 /// Send times of the samples of the feed actor running now, for the acknowledgement service.
 #[derive(Default)]
 struct AckState {
@@ -374,9 +377,8 @@ fn run_mode(
 
     let world =
         World { scenario, broker, mode, instances, regions, acks, params: Mutex::new(HashMap::new()) };
-    for (k, i) in scenario.instances.iter().enumerate() {
+    for i in &scenario.instances {
         for call in &i.init {
-            let _ = k;
             let fail = |reason: String| RunError::Init {
                 instance: format!("{}/{}", i.tenant, i.name),
                 export: call.export.clone(),
@@ -535,7 +537,7 @@ fn run_phase(
         }
         actors.push(actor_report(actor, &o));
     }
-    let checks = phase.checks.iter().map(|c| run_check(world, phase, &actors, &tallies, c)).collect();
+    let checks = phase.checks.iter().map(|c| run_check(world, &actors, &tallies, c)).collect();
     PhaseReport { name: phase.name.clone(), actors, tallies, checks }
 }
 
@@ -569,13 +571,14 @@ fn run_actor(
     let (copied0, calls0) = world.traffic(&actor.observe);
     let feed = match &actor.work {
         Work::SensorFeed { region, ack_service } => {
+            // Send times are kept for at most MAX_TIMED_SAMPLES samples (32 MiB); later samples go
+            // untimed, so no scenario value can make the runner allocate without bound.
             let capacity = match amount {
-                Amount::Iterations(n) => n,
-                // A bound on what the rate allows; without a rate, samples past the bound are not timed.
+                Amount::Iterations(n) => n.min(MAX_TIMED_SAMPLES),
                 #[allow(clippy::cast_possible_truncation, reason = "bounded by the min")]
                 #[allow(clippy::cast_sign_loss, reason = "positive")]
                 Amount::Duration(d) => actor.rate.map_or(1 << 20, |r| {
-                    (r * d.as_secs_f64() * 1.5 + 16.0).min(f64::from(1u32 << 24)) as u64
+                    (r * d.as_secs_f64() * 1.5 + 16.0).min(MAX_TIMED_SAMPLES as f64) as u64
                 }),
             };
             let clock = Arc::new(FeedClock {
@@ -749,7 +752,6 @@ fn write_sample(
 
 fn run_check(
     world: &World<'_>,
-    phase: &PhaseDef,
     actors: &[ActorReport],
     tallies: &BTreeMap<String, i64>,
     check: &CheckDef,
@@ -791,7 +793,6 @@ fn run_check(
         Expect::SensorSum(a) => Some(expect::sensor_sum(ops_of(a)) as i64),
         Expect::Report => return report(Some(value), None, CheckOutcome::Reported, String::new()),
     };
-    let _ = phase;
     match expected {
         Some(e) if e == value => report(Some(value), Some(e.to_string()), CheckOutcome::Pass, String::new()),
         Some(e) => report(Some(value), Some(e.to_string()), CheckOutcome::Fail, String::new()),

@@ -329,6 +329,12 @@ pub struct PhaseDef {
     pub checks: Vec<CheckDef>,
 }
 
+/// The longest an actor may run (before scaling): bounds every deadline the runner computes.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The slowest and fastest paces an actor may ask for, in operations per second.
+const MIN_RATE: f64 = 0.001;
+const MAX_RATE: f64 = 1e9;
+
 // ----- raw file types -----
 
 #[derive(Deserialize)]
@@ -1003,8 +1009,12 @@ fn validate_actor(
         (None, Some(d)) => {
             let d_parsed = parse_duration(d.get_ref())
                 .map_err(|e| ctx.err(&d.span(), format!("{field}.duration"), e))?;
-            if d_parsed.is_zero() {
-                return Err(ctx.err(&d.span(), format!("{field}.duration"), "must be longer than 0"));
+            if d_parsed.is_zero() || d_parsed > MAX_DURATION {
+                return Err(ctx.err(
+                    &d.span(),
+                    format!("{field}.duration"),
+                    "must be longer than 0 and at most 7 days",
+                ));
             }
             Amount::Duration(d_parsed)
         }
@@ -1012,9 +1022,13 @@ fn validate_actor(
     };
     let rate = match &a.rate {
         None => None,
-        Some(r) if r.get_ref().is_finite() && *r.get_ref() > 0.0 => Some(*r.get_ref()),
+        Some(r) if (MIN_RATE..=MAX_RATE).contains(r.get_ref()) => Some(*r.get_ref()),
         Some(r) => {
-            return Err(ctx.err(&r.span(), format!("{field}.rate"), "must be a positive number of ops/s"))
+            return Err(ctx.err(
+                &r.span(),
+                format!("{field}.rate"),
+                "must be 0.001 to 1e9 operations per second",
+            ))
         }
     };
     let concurrency = match &a.concurrency {

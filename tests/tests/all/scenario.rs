@@ -298,7 +298,9 @@ fn validation_errors_name_the_file_the_line_and_the_field() {
         ("iterations = 3", "iterations = 3\nduration = \"1s\"", "phase[0].actor[0]", "exactly one of"),
         ("iterations = 3", "duration = \"10 parsecs\"", "phase[0].actor[0].duration", "unknown unit"),
         ("name = \"x\"", "name = \"x\"\nconcurrency = 0", "phase[0].actor[0].concurrency", "1 to 64"),
-        ("name = \"x\"", "name = \"x\"\nrate = -3.0", "phase[0].actor[0].rate", "positive"),
+        ("name = \"x\"", "name = \"x\"\nrate = -3.0", "phase[0].actor[0].rate", "0.001 to 1e9"),
+        ("name = \"x\"", "name = \"x\"\nrate = 1e-300", "phase[0].actor[0].rate", "0.001 to 1e9"),
+        ("iterations = 3", "duration = \"99999999999999s\"", "phase[0].actor[0].duration", "7 days"),
         (
             "export = \"take_checksum\"",
             "export = \"f\", args = [\"{j}\"]",
