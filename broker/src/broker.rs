@@ -853,15 +853,15 @@ impl Broker {
             Ok(u64::try_from(n).unwrap_or(u64::MAX).to_le_bytes().to_vec())
         });
         // A deterministic synthetic sensor: sample `i` (an 8-byte little-endian index) is a reading in
-        // [0, 1000) from a fixed pseudo-random sequence, so scenarios are reproducible.
+        // [0, 1000) from a fixed pseudo-random sequence (the one the scenarios' sensor feed writes), so
+        // scenarios are reproducible.
         let sensor: ServiceFn = Arc::new(|args: &[u8]| {
             let i = args
                 .get(..8)
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_le_bytes)
                 .ok_or("expects an 8-byte sample index")?;
-            let x = i.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            Ok(((x >> 33) % 1000).to_le_bytes().to_vec())
+            Ok(crate::scenario::expect::sensor_sample(i).to_le_bytes().to_vec())
         });
         let mut services = core.services.write();
         services.insert("toolkit.object_count".into(), Arc::new(Service { allowed: None, f: count }));

@@ -20,7 +20,7 @@ pub use config::{
     MAX_SIZE,
 };
 pub use recommend::{Recommendation, CONFLICT_LIMIT, ISOLATION_SLACK};
-pub use report::{format_ns, Cell, Machine, Report, Settings, Subject, Written};
+pub use report::{Cell, Machine, Report, Settings, Subject, Written};
 pub use runner::{expected_checksum, fill_word, run};
 
 use std::path::PathBuf;

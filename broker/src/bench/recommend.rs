@@ -16,7 +16,8 @@ use serde::Serialize;
 use crate::mode::Mode;
 
 use super::config::{format_size, Pattern};
-use super::report::{display, format_ns, Cell, Subject};
+use super::report::{display, Cell, Subject};
+use crate::metrics::format_ns;
 
 /// How much slower than the fastest mode a more isolated mode may be and still be recommended.
 pub const ISOLATION_SLACK: f64 = 2.0;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::metrics::{bar_chart_svg, LatencySummary, Series, Table};
+use crate::metrics::{bar_chart_svg, format_count, format_ns, LatencySummary, Series, Table};
 use crate::mode::Mode;
 
 use super::config::{format_size, BenchConfig, Pattern};
@@ -195,32 +195,6 @@ pub struct Written {
     pub json: PathBuf,
     /// One SVG chart per pattern.
     pub charts: Vec<PathBuf>,
-}
-
-/// `12.3 ns`, `4.56 us`, `7.89 ms`, `1.23 s`.
-pub fn format_ns(ns: f64) -> String {
-    if ns < 1e3 {
-        format!("{ns:.1} ns")
-    } else if ns < 1e6 {
-        format!("{:.2} us", ns / 1e3)
-    } else if ns < 1e9 {
-        format!("{:.2} ms", ns / 1e6)
-    } else {
-        format!("{:.2} s", ns / 1e9)
-    }
-}
-
-/// `950`, `12.3k`, `4.56M`, `7.89G`.
-fn format_count(v: f64) -> String {
-    if v < 1e3 {
-        format!("{v:.0}")
-    } else if v < 1e6 {
-        format!("{:.1}k", v / 1e3)
-    } else if v < 1e9 {
-        format!("{:.2}M", v / 1e6)
-    } else {
-        format!("{:.2}G", v / 1e9)
-    }
 }
 
 impl Report {

@@ -9,12 +9,14 @@
 //! gRPC stream alike.
 
 mod chart;
+mod format;
 mod latency;
 mod progress;
 mod rss;
 mod table;
 
 pub use chart::{bar_chart_svg, ChartError, Series};
+pub use format::{format_bytes, format_count, format_ns};
 pub use latency::{Latency, LatencySummary};
 pub use progress::{CollectProgress, NoProgress, ProgressEvent, ProgressSink, TerminalProgress};
 pub use rss::{peak_rss_bytes, reset_peak_rss};

@@ -2,8 +2,9 @@
 //! producer writes and the transformation its transformer applies, and the sensor service's samples.
 //! A check passes only when an app's result equals what the host computed on its own.
 
-/// The sensor service's sample `i` (the built-in `sensor.sample` host service): a reading in
-/// `[0, 1000)` from a fixed pseudo-random sequence.
+/// Sample `i` of the synthetic sensor: a reading in `[0, 1000)` from a fixed pseudo-random sequence.
+/// The one home of the sequence: the built-in `sensor.sample` host service and the scenarios' sensor
+/// feed both serve it.
 pub fn sensor_sample(i: u64) -> u64 {
     let x = i.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
     (x >> 33) % 1000

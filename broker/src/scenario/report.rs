@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::metrics::{bar_chart_svg, ChartError, LatencySummary, Series, Table};
+use crate::metrics::{
+    bar_chart_svg, format_bytes, format_count, format_ns, ChartError, LatencySummary, Series, Table,
+};
 
 /// The report of one scenario, every mode it ran.
 #[derive(Debug, Clone, Serialize)]
@@ -145,24 +147,24 @@ impl ScenarioReport {
                         vec![run.mode.clone(), format!("{}/{}", phase.name, a.name), a.ops.to_string()];
                     row.push(a.errors.to_string());
                     if self.shows("ops_per_sec") {
-                        row.push(format_rate(a.ops_per_sec));
+                        row.push(format_count(a.ops_per_sec));
                     }
                     if self.shows("mb_per_sec") {
                         row.push(a.mb_per_sec.map_or_else(|| "-".into(), |m| format!("{m:.1}")));
                     }
                     if self.shows("latency") {
                         for ns in [a.latency.p50_ns, a.latency.p99_ns, a.latency.p999_ns] {
-                            row.push(if a.latency.count == 0 { "-".into() } else { format_ns(ns) });
+                            row.push(if a.latency.count == 0 { "-".into() } else { format_ns(ns as f64) });
                         }
                     }
                     if self.shows("bytes_copied_per_op") {
-                        row.push(format_bytes_f(a.bytes_copied_per_op));
+                        row.push(format_bytes(a.bytes_copied_per_op));
                     }
                     if self.shows("host_calls_per_op") {
                         row.push(format!("{:.1}", a.host_calls_per_op));
                     }
                     if self.shows("peak_rss") {
-                        row.push(run.peak_rss_bytes.map_or_else(|| "-".into(), |b| format_bytes_f(b as f64)));
+                        row.push(run.peak_rss_bytes.map_or_else(|| "-".into(), |b| format_bytes(b as f64)));
                     }
                     table.row(row);
                 }
@@ -282,7 +284,7 @@ impl ScenarioReport {
                     .iter()
                     .map(|(phase, v)| {
                         let ratio = if first > 0.0 { format!(" ({:.2}x)", v / first) } else { String::new() };
-                        format!("{phase} {}{ratio}", format_rate(*v))
+                        format!("{phase} {}{ratio}", format_count(*v))
                     })
                     .collect();
                 let _ = writeln!(out, "  {} {name}: ops/s by phase: {}", run.mode, parts.join(", "));
@@ -361,43 +363,4 @@ pub enum ReportError {
     /// The chart could not be drawn.
     #[error("drawing the chart: {0}")]
     Chart(#[from] ChartError),
-}
-
-/// `12.3k`, `4.56M`.
-pub fn format_rate(v: f64) -> String {
-    if v >= 1e6 {
-        format!("{:.2}M", v / 1e6)
-    } else if v >= 1e3 {
-        format!("{:.1}k", v / 1e3)
-    } else {
-        format!("{v:.1}")
-    }
-}
-
-/// `850ns`, `12.3us`, `4.5ms`, `1.20s`.
-pub fn format_ns(ns: u64) -> String {
-    #[allow(clippy::cast_precision_loss, reason = "figures for people")]
-    let v = ns as f64;
-    if v >= 1e9 {
-        format!("{:.2}s", v / 1e9)
-    } else if v >= 1e6 {
-        format!("{:.1}ms", v / 1e6)
-    } else if v >= 1e3 {
-        format!("{:.1}us", v / 1e3)
-    } else {
-        format!("{ns}ns")
-    }
-}
-
-/// `512`, `4.0KiB`, `1.5MiB`.
-pub fn format_bytes_f(v: f64) -> String {
-    if v >= f64::from(1u32 << 30) {
-        format!("{:.1}GiB", v / f64::from(1u32 << 30))
-    } else if v >= f64::from(1u32 << 20) {
-        format!("{:.1}MiB", v / f64::from(1u32 << 20))
-    } else if v >= 1024.0 {
-        format!("{:.1}KiB", v / 1024.0)
-    } else {
-        format!("{v:.0}")
-    }
 }

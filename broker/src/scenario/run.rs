@@ -19,8 +19,7 @@ use wasmtime::{Val, ValType};
 use super::expect;
 use super::report::{ActorReport, CheckOutcome, CheckReport, ModeRun, PhaseReport, ScenarioReport};
 use super::spec::{
-    mode_name, ActorDef, Amount, Arg, CallDef, CheckDef, CheckSource, Expect, ModuleSource, PhaseDef,
-    Scenario, Work,
+    ActorDef, Amount, Arg, CallDef, CheckDef, CheckSource, Expect, ModuleSource, PhaseDef, Scenario, Work,
 };
 use crate::metrics::{peak_rss_bytes, reset_peak_rss, Latency, ProgressEvent, ProgressSink};
 use crate::{Broker, BrokerConfig, Error, InstanceConfig, InstanceId, Mode, RegionId, RegionSpec, TenantId};
@@ -288,7 +287,7 @@ fn run_mode(
             "broker-scenario-{}-{}-{}",
             std::process::id(),
             scenario.name,
-            mode_name(mode)
+            mode
         ));
         std::fs::create_dir_all(&dir).map_err(RunError::TempDir)?;
         Some(TempDir(dir))
@@ -410,7 +409,7 @@ fn run_mode(
         let line = format!(
             "{} · {} · {}: {summary}{}",
             scenario.name,
-            mode_name(mode),
+            mode,
             phase.name,
             if failed > 0 { format!(" · {failed} check(s) FAILED") } else { String::new() }
         );
@@ -419,7 +418,7 @@ fn run_mode(
     drop(world);
     drop(state_dir);
     Ok(ModeRun {
-        mode: mode_name(mode).to_owned(),
+        mode: mode.to_string(),
         phases,
         peak_rss_bytes: if rss_reset { peak_rss_bytes() } else { None },
         seconds: started.elapsed().as_secs_f64(),
@@ -499,13 +498,8 @@ fn run_phase(
                 .zip(&counters)
                 .map(|(a, c)| format!("{} {}", a.name, c.load(Ordering::Relaxed)))
                 .collect();
-            let msg = format!(
-                "{} · {} · {}: {} ops",
-                world.scenario.name,
-                mode_name(world.mode),
-                phase.name,
-                ops.join(", ")
-            );
+            let msg =
+                format!("{} · {} · {}: {} ops", world.scenario.name, world.mode, phase.name, ops.join(", "));
             progress.event(ProgressEvent::Advance { done, total, message: &msg });
         });
         let outcomes = handles

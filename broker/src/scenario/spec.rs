@@ -557,11 +557,6 @@ fn parse_mode(text: &str) -> Option<Mode> {
     text.parse().ok()
 }
 
-/// The name of a mode as files and the CLI spell it.
-pub fn mode_name(mode: Mode) -> String {
-    mode.to_string()
-}
-
 /// Parses a comma-separated list of modes (`"handle,mirror,shared"`).
 ///
 /// # Errors

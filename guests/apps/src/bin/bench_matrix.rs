@@ -166,10 +166,9 @@ pub extern "C" fn write1(iters: i32, seed_value: i64) -> i32 {
                 let store = r.is_multiple_of(100);
                 // Stores go through `View::store`: in place in shared mode, tracked in mirror mode (so
                 // the commit hints only the pages written), a host call in handle mode.
+                // Loads through `View::load`: in place in mirror and shared mode, a host call in handle mode.
                 if store {
                     b.view.store(offset, &(acc ^ r))?;
-                } else if let Some(bytes) = b.view.as_slice() {
-                    acc = acc.wrapping_add(word(bytes, offset)?);
                 } else {
                     acc = acc.wrapping_add(b.view.load::<u64>(offset)?);
                 }
