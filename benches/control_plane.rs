@@ -136,6 +136,7 @@ impl Bench {
                 instances: 16,
                 handles: 1024,
                 memory_bytes: 1 << 30,
+                ..Default::default()
             };
             let tenant = pb::CreateTenantRequest { name: "bench".into(), quotas: Some(quotas) };
             c.create_tenant(authorized(&admin, tenant)).await.expect("tenant");

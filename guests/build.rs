@@ -1,5 +1,6 @@
-//! Compiles every guest app in `guests/apps` to `wasm32-unknown-unknown` with `+atomics,+bulk-memory`
-//! and writes `$OUT_DIR/guests.rs` with one path constant per guest, modelled on wasmtime's
+//! Compiles every guest app in `guests/apps` to `wasm32-unknown-unknown` with `+atomics,+bulk-memory`,
+//! assembles every hand-written guest in `guests/wat` (raw instructions, for attacks no library would
+//! emit), and writes `$OUT_DIR/guests.rs` with one path constant per guest, modelled on wasmtime's
 //! `crates/test-programs/artifacts/build.rs`.
 //!
 //! The wasm32 standard library is installed with `rustup target add` when it is missing, so a fresh machine
@@ -20,7 +21,8 @@ fn main() {
     let apps = manifest_dir.join("apps");
     let repo = manifest_dir.parent().expect("guests/ lives inside the repository").to_path_buf();
 
-    for dir in [apps.join("src"), repo.join("guest-lib/src"), repo.join("abi/src")] {
+    for dir in [apps.join("src"), repo.join("guest-lib/src"), repo.join("abi/src"), manifest_dir.join("wat")]
+    {
         println!("cargo:rerun-if-changed={}", dir.display());
     }
     for file in [apps.join("Cargo.toml"), apps.join("Cargo.lock"), repo.join("guest-lib/Cargo.toml")] {
@@ -57,11 +59,24 @@ fn main() {
     assert!(status.success(), "building the guest apps failed: {status}");
 
     let wasm_dir = target_dir.join(TARGET).join("release");
-    let mut names = bins(&apps.join("src/bin"));
-    names.sort();
+    let mut guests: Vec<(String, PathBuf)> = bins(&apps.join("src/bin"))
+        .into_iter()
+        .map(|n| (n.clone(), wasm_dir.join(format!("{n}.wasm"))))
+        .collect();
+    let wat_out = out_dir.join("wat");
+    std::fs::create_dir_all(&wat_out).expect("failed to create the wat output dir");
+    for name in files_with(&manifest_dir.join("wat"), "wat") {
+        let source = manifest_dir.join("wat").join(format!("{name}.wat"));
+        let bytes =
+            wat::parse_file(&source).unwrap_or_else(|e| panic!("assembling {}: {e}", source.display()));
+        let path = wat_out.join(format!("{name}.wasm"));
+        std::fs::write(&path, bytes).expect("failed to write an assembled guest");
+        guests.push((name, path));
+    }
+    guests.sort();
+    let names: Vec<String> = guests.iter().map(|(n, _)| n.clone()).collect();
     let mut code = String::new();
-    for name in &names {
-        let path = wasm_dir.join(format!("{name}.wasm"));
+    for (name, path) in &guests {
         assert!(path.exists(), "guest {name} produced no {}", path.display());
         let _ = writeln!(code, "/// Path of the `{name}` guest's `.wasm` file.");
         let _ = writeln!(code, "pub const {}: &str = {:?};", name.to_uppercase(), path.display().to_string());
@@ -99,12 +114,17 @@ fn main() {
 }
 
 fn bins(dir: &Path) -> Vec<String> {
-    let entries = std::fs::read_dir(dir).expect("guests/apps/src/bin exists");
+    files_with(dir, "rs")
+}
+
+/// Stems of the files in `dir` with extension `ext`.
+fn files_with(dir: &Path, ext: &str) -> Vec<String> {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{} exists: {e}", dir.display()));
     entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let p = e.path();
-            (p.extension()? == "rs").then(|| p.file_stem()?.to_str().map(str::to_owned))?
+            (p.extension()? == ext).then(|| p.file_stem()?.to_str().map(str::to_owned))?
         })
         .collect()
 }

@@ -25,6 +25,13 @@ PROPTEST_CASES=${PROPTEST_CASES:-200} timeout $((seconds / 4 + 60)) \
   cargo test --release -p broker-tests -- mirror::concurrent fuzz >"$log/props.txt" 2>&1 && props=ok || props=FAILED
 summary+=("property tests: capability model $model, mirror + ABI driver $props ($(( $(date +%s) - start )) s)")
 
+step "instruction-level fuzzing: loads, stores, bulk memory and atomics on shared windows under revocation"
+start=$(date +%s)
+PROPTEST_CASES=${INSN_CASES:-3000} timeout $((seconds / 4 + 120)) \
+  cargo test --release -p broker-tests --test all -- isolation::instruction_level --nocapture >"$log/insn.txt" 2>&1 \
+  && insn=ok || insn=FAILED
+summary+=("$(grep -o 'instruction fuzzing: .*' "$log/insn.txt" | tail -1 || echo 'instruction fuzzing: no figure'), $insn ($(( $(date +%s) - start )) s)")
+
 step "crash loop: SIGKILL the daemon at random moments"
 iterations=$((seconds / 2))
 start=$(date +%s)

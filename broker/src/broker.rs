@@ -205,12 +205,13 @@ impl Core {
         reg.region_names.remove(&(region.owner(), region.name().clone()));
         let owner = reg.tenants.get(&region.owner()).cloned();
         drop(reg);
-        self.caps.lock().remove_region(id);
+        let removed = self.caps.lock().remove_region(id);
         if let Some(t) = owner {
             t.release(Resource::Regions, 1);
             t.release(Resource::RegionBytes, region.size());
         }
-        Ok(())
+        // A window that could not be revoked fails the destroy: its instance is being stopped.
+        Ok(removed?)
     }
 
     /// Opens `name` for a guest: a region of its own tenant, or one granted to this instance.
@@ -481,7 +482,8 @@ impl Broker {
                 Ok(id)
             }
             Err(e) => {
-                self.core.caps.lock().forget_instance(id);
+                // A failed start held no capability that could have a window.
+                let _ = self.core.caps.lock().forget_instance(id);
                 self.core.registry.write().instance_names.remove(&(tenant, inn));
                 Err(e)
             }
@@ -571,10 +573,22 @@ impl Broker {
             .remove(&instance)
             .ok_or_else(|| Error::InstanceNotFound(instance.to_string()))?;
         cell.stop(&self.pool);
-        self.core.caps.lock().forget_instance(instance);
+        let removed = self.core.caps.lock().forget_instance(instance);
         self.core.registry.write().instance_names.remove(&(cell.tenant.id(), cell.name.clone()));
         cell.tenant.release(Resource::Instances, 1);
-        Ok(())
+        // Stopped either way; a window of another instance derived from this one's capabilities that
+        // could not be revoked is reported (that instance is being stopped).
+        Ok(removed?)
+    }
+
+    /// Shared windows an instance holds, revoked ones not yet unmapped included (what its window quota
+    /// counts).
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`].
+    pub fn windows_of(&self, instance: InstanceId) -> Result<usize, Error> {
+        self.cell(instance)?;
+        Ok(self.core.caps.lock().windows_of(instance))
     }
 
     /// Number of open handles an instance holds.
@@ -690,8 +704,7 @@ impl Broker {
     pub fn revoke_grant(&self, grant: GrantId) -> Result<(), Error> {
         let mut caps = self.core.caps.lock();
         caps.cap(grant.0).map_err(|_| Error::GrantNotFound(grant.get()))?;
-        caps.remove_subtree(grant.0);
-        Ok(())
+        Ok(caps.revoke_node(grant.0)?)
     }
 
     /// Revokes every capability to a region (the region itself stays).
@@ -701,7 +714,7 @@ impl Broker {
     pub fn revoke_all(&self, region: RegionId) -> Result<usize, Error> {
         let mut caps = self.core.caps.lock();
         let root = caps.root(region).ok_or_else(|| Error::RegionNotFound(region.to_string()))?;
-        Ok(caps.revoke_children(root))
+        Ok(caps.revoke_children(root)?)
     }
 
     /// What crossed a region's boundary: bytes in and out, pages refreshed, commits, conflicts.

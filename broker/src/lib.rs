@@ -42,7 +42,7 @@ pub mod scenario;
 pub mod tenant;
 
 pub use crate::broker::{Broker, BrokerConfig, GrantId, InstanceInfo, ModuleInfo, ServiceFn, TenantInfo};
-pub use crate::capability::{Handle, Rights};
+pub use crate::capability::{CapError, Handle, Rights};
 pub use crate::error::Error;
 pub use crate::mode::Mode;
 pub use crate::region::{Backing, RegionId, RegionInfo, RegionSpec, TrafficStats};

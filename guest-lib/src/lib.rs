@@ -3,8 +3,10 @@
 //! An app opens a [`Region`] by name and gets an owned capability handle; reads, writes, typed loads and
 //! stores, delegation (`grant`), attenuation (`restrict`) and revocation go through it. Every call returns
 //! a [`Result`] whose error mirrors the ABI status codes one to one, so an app can match on exactly what the
-//! broker refused. The API does not assume a mode: the mirror and shared modes add `view()`-style accessors
-//! next to these methods, so code written against `read`/`write` keeps working under every mode.
+//! broker refused. The API does not assume a mode: the mirror and shared modes add accessors next to these
+//! methods, so code written against `read`/`write` keeps working under every mode. A [`Mirror`] is the
+//! app's own copy and lends it as slices; a [`SharedWindow`], whose bytes other apps change concurrently,
+//! never does: it offers by-value loads and stores, copies, atomics and `UnsafeCell` cells instead.
 
 #![no_std]
 #![deny(missing_docs)]
@@ -449,10 +451,11 @@ impl Region {
         SharedWindow::map(self, true)
     }
 
-    /// A mode-agnostic [`View`]: a mirror for mirror-mode regions, host calls otherwise.
+    /// A mode-agnostic [`View`]: a mirror for mirror-mode regions, a mapped window (read-write if the
+    /// capability has the write right) for shared-mode ones, host calls otherwise.
     ///
     /// # Errors
-    /// As [`Region::info`] and [`Region::mirror`].
+    /// As [`Region::info`], [`Region::mirror`] and [`Region::map`].
     pub fn view(&self) -> Result<View<'_>> {
         View::open(self)
     }

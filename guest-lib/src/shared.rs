@@ -1,19 +1,35 @@
-//! Shared windows: a shared-mode region's pages mapped into this app's memory, used with ordinary loads
-//! and stores, plus atomics and a single-producer single-consumer ring for app-to-app streaming.
+//! Shared windows: a shared-mode region's pages mapped into this app's memory, plus atomics and a
+//! single-producer single-consumer ring for app-to-app streaming.
 //!
-//! Other apps may write the bytes at any time. Plain reads through `Deref` see whatever is there; to
-//! publish data between apps use the atomic helpers (acquire/release or sequentially consistent), as
-//! threads sharing memory would. A window is read-only unless mapped with [`Region::map_mut`]; a store
-//! into a read-only window traps this app. Dropping the window unmaps it and gives the memory back.
+//! Other apps (and host threads) may change the bytes at any time, so this module never hands out
+//! `&[u8]`, `&mut [u8]` or `&T` over them: Rust assumes the bytes behind such references do not change,
+//! and the compiler may rely on it. Instead a window offers what stays true under concurrent change, as
+//! wasmtime's `SharedMemory::data` does:
 //!
-//! This module may use `unsafe` (see `ARCHITECTURE.md`): it owns the window's allocation and the raw
-//! accesses the ring makes.
+//! - by-value [`SharedWindow::load`] and [`SharedWindow::store`] of `Pod` values at any offset, which
+//!   compile to plain (unaligned) loads and stores;
+//! - bulk copies out of and into the window, [`SharedWindow::read_into`] and
+//!   [`SharedWindow::write_from`];
+//! - atomics, [`SharedWindow::atomic_u32`] and [`SharedWindow::atomic_u64`];
+//! - the raw bytes as cells, [`SharedWindow::cells`] (`&[UnsafeCell<u8>]`), for code that needs
+//!   pointers into the window.
+//!
+//! Every access copies through the window's raw pointer, bounds checked, never through a reference to
+//! the bytes. Plain loads see whatever is there, possibly half of another app's store; to publish data
+//! between apps use the atomics (acquire/release or sequentially consistent), as threads sharing memory
+//! would, and copy what you decide on once before validating it. A window is read-only unless mapped
+//! with [`Region::map_mut`]; only a read-write window offers `store` and `write_from`, and a store into
+//! a read-only window through its raw address traps this app. Dropping the window unmaps it and gives
+//! the memory back.
+//!
+//! This module may use `unsafe` (see `ARCHITECTURE.md`): it owns the window's allocation and every raw
+//! access to it, the ring's included.
 
 #![allow(unsafe_code, reason = "owns window allocations and raw shared-memory accesses")]
 
 use alloc::alloc::{alloc_zeroed, dealloc, Layout};
+use core::cell::UnsafeCell;
 use core::marker::PhantomData;
-use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use bytemuck::Pod;
@@ -30,8 +46,12 @@ pub enum ReadOnly {}
 #[derive(Debug)]
 pub enum ReadWrite {}
 
-/// A region's pages mapped into this app's memory; derefs to `[u8]` (and to `&mut [u8]` when mapped
-/// read-write).
+/// A region's pages mapped into this app's memory, read through by-value loads, copies, atomics and
+/// cells (and written through them when mapped read-write); never borrowed as `&[u8]`.
+///
+/// **Invariant:** `[ptr, ptr + len)` lies inside an allocation of this window's own (`layout`), mapped
+/// to the region from construction until drop and reached only through this window; no `&[u8]`,
+/// `&mut [u8]` or `&T` over it is ever created.
 #[derive(Debug)]
 pub struct SharedWindow<'r, A = ReadOnly> {
     region: &'r Region,
@@ -64,49 +84,107 @@ impl<'r, A> SharedWindow<'r, A> {
     }
 
     /// The window's address in this app's memory (page aligned).
+    #[inline]
     pub fn addr(&self) -> usize {
         self.ptr as usize
     }
 
-    fn check<T>(&self, offset: usize) -> Result<*mut T> {
-        let end = offset.checked_add(core::mem::size_of::<T>()).ok_or(Error::OutOfBounds)?;
+    /// The window's length in bytes: the capability's range (the mapping itself is rounded up to whole
+    /// pages).
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the window maps no bytes.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The window's bytes as cells that other apps may change at any time, as wasmtime's
+    /// `SharedMemory::data`: reading or writing them needs `unsafe` code that accounts for concurrent
+    /// change, through the cells' raw pointers and never by turning them into `&[u8]` or `&mut [u8]`
+    /// (in a read-only window, a write traps). Prefer [`SharedWindow::load`],
+    /// [`SharedWindow::read_into`] and the atomics.
+    #[inline]
+    pub fn cells(&self) -> &[UnsafeCell<u8>] {
+        // SAFETY: `UnsafeCell<u8>` has the layout of `u8`, and `ptr` is valid for `len` bytes for as long
+        // as `&self` lives (the window invariant). `UnsafeCell` tells the compiler the bytes may change
+        // behind the shared reference, which is what other apps do.
+        unsafe { core::slice::from_raw_parts(self.ptr.cast::<UnsafeCell<u8>>(), self.len) }
+    }
+
+    /// A pointer to `[offset, offset + len)` of the window, bounds checked.
+    #[inline]
+    fn range(&self, offset: usize, len: usize) -> Result<*mut u8> {
+        let end = offset.checked_add(len).ok_or(Error::OutOfBounds)?;
         if end > self.len {
             return Err(Error::OutOfBounds);
         }
+        // SAFETY: `offset <= end <= len`, so the result stays inside the window's allocation (or one past
+        // its end when `offset == len`).
+        Ok(unsafe { self.ptr.add(offset) })
+    }
+
+    /// A pointer to a `T` at `offset`, bounds checked and aligned for `T`.
+    #[inline]
+    fn aligned<T>(&self, offset: usize) -> Result<*mut T> {
+        let p = self.range(offset, core::mem::size_of::<T>())?;
+        // The window is page aligned, so an aligned offset is an aligned address.
         if !offset.is_multiple_of(core::mem::align_of::<T>()) {
             return Err(Error::Unaligned);
         }
-        // SAFETY: `offset + size_of::<T>() <= len`, inside the window.
-        Ok(unsafe { self.ptr.add(offset) }.cast())
+        Ok(p.cast())
     }
 
-    /// A typed view of a `Pod` value at an aligned `offset`.
+    /// Reads the `Pod` value at `offset` (any alignment) by value: a plain load, no copy call. Another
+    /// app's concurrent store may be seen in part.
     ///
     /// # Errors
-    /// `OutOfBounds`, `Unaligned`.
-    pub fn view<T: Pod>(&self, offset: usize) -> Result<&T> {
-        // SAFETY: in bounds and aligned (checked), any bit pattern is a valid `T` (Pod), and the window
-        // lives as long as the borrow.
-        self.check::<T>(offset).map(|p| unsafe { &*p })
+    /// `OutOfBounds` if the value does not lie inside the window.
+    #[inline]
+    pub fn load<T: Pod>(&self, offset: usize) -> Result<T> {
+        let p = self.range(offset, core::mem::size_of::<T>())?.cast::<T>();
+        // SAFETY: `[p, p + size_of::<T>())` lies inside the window (checked) and is readable for the
+        // window's life; `read_unaligned` needs no alignment, and any bit pattern is a valid `T` (`Pod`).
+        // It copies through the raw pointer, so no reference to the shared bytes exists.
+        Ok(unsafe { p.read_unaligned() })
+    }
+
+    /// Copies `buf.len()` bytes at `offset` out of the window into `buf`.
+    ///
+    /// # Errors
+    /// `OutOfBounds` if the range does not lie inside the window.
+    #[inline]
+    pub fn read_into(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
+        let src = self.range(offset, buf.len())?;
+        // SAFETY: the source lies inside the window (checked) and is readable for its life; `buf` is a
+        // `&mut [u8]` valid for its length, so it cannot overlap the window, which no one may borrow as a
+        // slice (the window invariant, and the contract of `cells`).
+        unsafe { core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
     }
 
     /// The `u32` at an aligned `offset` as an atomic shared with other apps.
     ///
     /// # Errors
     /// `OutOfBounds`, `Unaligned`.
+    #[inline]
     pub fn atomic_u32(&self, offset: usize) -> Result<&AtomicU32> {
         // SAFETY: in bounds and 4-byte aligned (checked); the bytes live as long as the window, and all
         // cross-app synchronisation through them is atomic.
-        self.check::<u32>(offset).map(|p| unsafe { AtomicU32::from_ptr(p) })
+        self.aligned::<u32>(offset).map(|p| unsafe { AtomicU32::from_ptr(p) })
     }
 
     /// The `u64` at an aligned `offset` as an atomic shared with other apps.
     ///
     /// # Errors
     /// `OutOfBounds`, `Unaligned`.
+    #[inline]
     pub fn atomic_u64(&self, offset: usize) -> Result<&AtomicU64> {
         // SAFETY: as in `atomic_u32`, with 8-byte alignment checked.
-        self.check::<u64>(offset).map(|p| unsafe { AtomicU64::from_ptr(p) })
+        self.aligned::<u64>(offset).map(|p| unsafe { AtomicU64::from_ptr(p) })
     }
 
     /// The region this window maps.
@@ -116,13 +194,34 @@ impl<'r, A> SharedWindow<'r, A> {
 }
 
 impl<'r> SharedWindow<'r, ReadWrite> {
-    /// A mutable typed view of a `Pod` value at an aligned `offset`.
+    /// Writes `value` at `offset` (any alignment) by value: a plain store, no copy call. Other apps may
+    /// see it in part until they synchronise with this one through an atomic.
+    ///
+    /// Takes `&self`: the bytes are shared anyway, as with atomics.
     ///
     /// # Errors
-    /// `OutOfBounds`, `Unaligned`.
-    pub fn view_mut<T: Pod>(&mut self, offset: usize) -> Result<&mut T> {
-        // SAFETY: in bounds and aligned (checked), exclusive through `&mut self`.
-        self.check::<T>(offset).map(|p| unsafe { &mut *p })
+    /// `OutOfBounds` if the value does not lie inside the window.
+    #[inline]
+    pub fn store<T: Pod>(&self, offset: usize, value: &T) -> Result<()> {
+        let p = self.range(offset, core::mem::size_of::<T>())?.cast::<T>();
+        // SAFETY: `[p, p + size_of::<T>())` lies inside the window (checked), which is mapped writable
+        // (`ReadWrite`); `write_unaligned` needs no alignment and writes through the raw pointer, so no
+        // reference to the shared bytes exists.
+        unsafe { p.write_unaligned(*value) };
+        Ok(())
+    }
+
+    /// Copies `data` into the window at `offset`.
+    ///
+    /// # Errors
+    /// `OutOfBounds` if the range does not lie inside the window.
+    #[inline]
+    pub fn write_from(&self, offset: usize, data: &[u8]) -> Result<()> {
+        let dst = self.range(offset, data.len())?;
+        // SAFETY: the destination lies inside the window (checked), which is mapped writable (`ReadWrite`);
+        // `data` is valid for its length and cannot overlap the window, which no one may borrow as a slice.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        Ok(())
     }
 
     /// Turns this read-write window into a ring buffer endpoint (see [`SpscRing`]).
@@ -131,23 +230,6 @@ impl<'r> SharedWindow<'r, ReadWrite> {
     /// `OutOfBounds` if the window is too small for the ring's header and some data.
     pub fn into_ring(self) -> Result<SpscRing<'r>> {
         SpscRing::new(self)
-    }
-}
-
-impl<A> Deref for SharedWindow<'_, A> {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        // SAFETY: `ptr` is valid for `len` bytes while the window lives. Other apps may change them
-        // concurrently: readers that need consistency synchronise through the atomic helpers.
-        unsafe { core::slice::from_raw_parts(self.ptr, self.len) }
-    }
-}
-
-impl DerefMut for SharedWindow<'_, ReadWrite> {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `deref`; the window is writable and `&mut self` is exclusive within this app.
-        unsafe { core::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 }
 
@@ -181,7 +263,8 @@ const DATA: usize = 192;
 ///
 /// Layout (offsets in the window): producer counter at 0, consumer counter at 64, the consumer's
 /// "parked" flag at 128, data from 192. Counters are byte positions that wrap; the producer publishes
-/// with a release store and the consumer reads with an acquire load.
+/// with a release store and the consumer reads with an acquire load. Messages are copied in and out
+/// through the window's raw pointer; the ring never borrows the shared bytes.
 #[derive(Debug)]
 pub struct SpscRing<'r> {
     window: SharedWindow<'r, ReadWrite>,

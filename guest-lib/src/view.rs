@@ -3,7 +3,16 @@
 //! In handle mode every access is a host call; in mirror mode accesses hit the local copy and
 //! [`View::commit`] publishes them; in shared mode they hit the mapped window directly (refresh and
 //! commit are no-ops). Code that reads and writes through a `View` and calls `refresh`
-//! before reading and `commit` after writing behaves the same under both.
+//! before reading and `commit` after writing behaves the same under every mode.
+//!
+//! Only a mirror's bytes are lent as slices ([`View::as_slice`], [`View::as_mut_slice`]): they are the
+//! app's own copy, which nothing but this app and its own host calls changes. A shared window's bytes
+//! change under the app whenever another app writes, so they are never lent as `&[u8]` (see
+//! [`SharedWindow`]): in shared mode [`View::load`] and [`View::store`] are plain loads and stores by
+//! value, [`View::read`] and [`View::write`] copy through the window's raw pointer, and
+//! [`View::as_cells`] lends the bytes as `&[UnsafeCell<u8>]` for code that needs pointers into them.
+
+use core::cell::UnsafeCell;
 
 use bytemuck::Pod;
 
@@ -29,6 +38,12 @@ fn range(offset: u64, len: usize, total: usize) -> Result<core::ops::Range<usize
         return Err(Error::OutOfBounds);
     }
     Ok(start..end)
+}
+
+/// An offset into a window or mirror (both of which fit in this app's memory).
+#[inline]
+fn at(offset: u64) -> Result<usize> {
+    usize::try_from(offset).map_err(|_| Error::OutOfBounds)
 }
 
 impl<'r> View<'r> {
@@ -62,14 +77,8 @@ impl<'r> View<'r> {
                 buf.copy_from_slice(&m[range(offset, buf.len(), m.len())?]);
                 Ok(())
             }
-            View::Shared(w) => {
-                buf.copy_from_slice(&w[range(offset, buf.len(), w.len())?]);
-                Ok(())
-            }
-            View::SharedReadOnly(w) => {
-                buf.copy_from_slice(&w[range(offset, buf.len(), w.len())?]);
-                Ok(())
-            }
+            View::Shared(w) => w.read_into(at(offset)?, buf),
+            View::SharedReadOnly(w) => w.read_into(at(offset)?, buf),
         }
     }
 
@@ -84,74 +93,73 @@ impl<'r> View<'r> {
                 let start = range(offset, data.len(), m.len())?.start;
                 m.write(start, data)
             }
-            View::Shared(w) => {
-                let r = range(offset, data.len(), w.len())?;
-                w[r].copy_from_slice(data);
-                Ok(())
-            }
+            View::Shared(w) => w.write_from(at(offset)?, data),
             View::SharedReadOnly(_) => Err(Error::PermissionDenied),
         }
     }
 
-    /// The region's bytes in place, without a copy: the local mirror or the mapped window; `None` in
-    /// handle mode, where every access is a host call. Lets bulk work (scans, transforms) skip the copy
-    /// that [`View::read`] makes.
+    /// A mirror's bytes in place, without a copy; `None` in handle mode, where every access is a host
+    /// call, and in shared mode, whose bytes other apps change concurrently (see [`View::as_cells`]).
+    /// Lets bulk work (scans, transforms) skip the copy that [`View::read`] makes.
     pub fn as_slice(&self) -> Option<&[u8]> {
         match self {
-            View::Handle(_) => None,
             View::Mirror(m) => Some(m),
-            View::Shared(w) => Some(w),
-            View::SharedReadOnly(w) => Some(w),
+            View::Handle(_) | View::Shared(_) | View::SharedReadOnly(_) => None,
         }
     }
 
-    /// The region's bytes in place for writing (mirror: published by [`View::commit`], which then
-    /// compares every page, since writes through the slice cannot be tracked); `None` in handle mode
-    /// and for a read-only window.
+    /// A mirror's bytes in place for writing (published by [`View::commit`], which then compares every
+    /// page, since writes through the slice cannot be tracked); `None` in the other modes, as for
+    /// [`View::as_slice`].
     pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
         match self {
-            View::Handle(_) | View::SharedReadOnly(_) => None,
             View::Mirror(m) => Some(m),
-            View::Shared(w) => Some(w),
+            View::Handle(_) | View::Shared(_) | View::SharedReadOnly(_) => None,
         }
     }
 
-    /// Reads a `Pod` value.
+    /// A shared window's bytes in place, as cells that other apps may change at any time (see
+    /// [`SharedWindow::cells`]); `None` in handle and mirror mode.
+    pub fn as_cells(&self) -> Option<&[UnsafeCell<u8>]> {
+        match self {
+            View::Shared(w) => Some(w.cells()),
+            View::SharedReadOnly(w) => Some(w.cells()),
+            View::Handle(_) | View::Mirror(_) => None,
+        }
+    }
+
+    /// Reads a `Pod` value (any alignment). In mirror and shared mode this is a plain load in place,
+    /// with no copy call (a value-sized copy through [`View::read`] would compile to a wasm
+    /// `memory.copy`, which wasmtime runs as a libcall, many times the cost of the load itself).
     ///
     /// # Errors
     /// As [`View::read`].
+    #[inline]
     pub fn load<T: Pod>(&self, offset: u64) -> Result<T> {
-        if let Some(bytes) = self.as_slice() {
-            // An unaligned typed load: a value-sized copy through `read` compiles to `memory.copy`,
-            // which wasmtime runs as a libcall, many times the cost of the load itself.
-            let r = range(offset, core::mem::size_of::<T>(), bytes.len())?;
-            return Ok(bytemuck::pod_read_unaligned(&bytes[r]));
+        match self {
+            View::Handle(r) => r.load(offset),
+            View::Mirror(m) => {
+                let r = range(offset, core::mem::size_of::<T>(), m.len())?;
+                Ok(bytemuck::pod_read_unaligned(&m[r]))
+            }
+            View::Shared(w) => w.load(at(offset)?),
+            View::SharedReadOnly(w) => w.load(at(offset)?),
         }
-        let mut v = T::zeroed();
-        self.read(offset, bytemuck::bytes_of_mut(&mut v))?;
-        Ok(v)
     }
 
-    /// Writes a `Pod` value.
+    /// Writes a `Pod` value (any alignment): a plain store in place in shared mode; in mirror mode
+    /// tracked, so the commit hints only the pages written.
     ///
     /// # Errors
     /// As [`View::write`].
+    #[inline]
     pub fn store<T: Pod>(&mut self, offset: u64, value: &T) -> Result<()> {
-        if let View::Mirror(m) = self {
-            // Tracked, so the commit hints only the pages written.
-            let start = range(offset, core::mem::size_of::<T>(), m.len())?.start;
-            return m.store(start, value);
+        match self {
+            View::Handle(r) => r.store(offset, value),
+            View::Mirror(m) => m.store(at(offset)?, value),
+            View::Shared(w) => w.store(at(offset)?, value),
+            View::SharedReadOnly(_) => Err(Error::PermissionDenied),
         }
-        if let Some(bytes) = self.as_mut_slice() {
-            let r = range(offset, core::mem::size_of::<T>(), bytes.len())?;
-            // Byte by byte rather than `copy_from_slice`, which would become a `memory.copy` libcall;
-            // the compiler merges the loop into one store.
-            for (dst, src) in bytes[r].iter_mut().zip(bytemuck::bytes_of(value)) {
-                *dst = *src;
-            }
-            return Ok(());
-        }
-        self.write(offset, bytemuck::bytes_of(value))
     }
 
     /// Brings the view up to date with the region (a no-op in handle and shared mode, never stale).

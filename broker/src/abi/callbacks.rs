@@ -12,7 +12,8 @@ use std::sync::{Arc, Weak};
 use broker_abi::{ui, MAX_FUNCTION_HANDLES, MAX_NAME_LEN};
 use wasmtime::Caller;
 
-use super::{check_out, copy_in, fence, guarded, guest_ptr, memory, write_handle, AbiError, Ctx};
+use super::guest_memory::{check_bounds, GuestMemory};
+use super::{check_out, copy_in, memory_size, write_handle, AbiError, Ctx};
 use crate::broker::{Core, Service};
 use crate::capability::{Cap, Cleanup, CleanupTag, Handle, Rights};
 use crate::mode::{ConflictPolicy, Mode};
@@ -94,7 +95,7 @@ fn push_to_native(core: &Core, cap: &Cap, object: ObjectId) -> Result<(), AbiErr
 }
 
 pub(super) fn ui_create(caller: &mut Ctx<'_>, parent: u32, mode: u32, out: u32) -> Result<(), AbiError> {
-    let mem = check_out(caller, out, 4)?;
+    check_out(caller, out, 4)?;
     let mode = Mode::from_raw(mode).ok_or(AbiError::UnknownMode(mode))?;
     let ctx = &caller.data().ctx;
     let core = &ctx.core;
@@ -149,7 +150,7 @@ pub(super) fn ui_create(caller: &mut Ctx<'_>, parent: u32, mode: u32, out: u32) 
         caps.derive_handle(root, Rights::ALL, 0, broker_abi::LEN_TO_END, ctx.instance, &ctx.tenant)
     };
     match derived {
-        Ok(h) => write_handle(caller, mem, out, h),
+        Ok(h) => write_handle(caller, out, h),
         Err(e) => {
             // Destroying the region runs the root's hook, which deletes the object.
             let _ = core.destroy_region(region_id);
@@ -177,17 +178,14 @@ pub(super) fn ui_set(caller: &mut Ctx<'_>, handle: u32, field: u32, value: i32) 
 }
 
 pub(super) fn ui_get(caller: &mut Ctx<'_>, handle: u32, field: u32, out: u32) -> Result<(), AbiError> {
-    let mem = check_out(caller, out, 4)?;
+    check_out(caller, out, 4)?;
     let cap = lookup(caller, handle)?;
     cap.require(Rights::READ)?;
     object_of(&caller.data().ctx.core, &cap)?;
     let at = cap.range.access(field_offset(field)?, 4)?;
     let mut v = [0u8; 4];
     cap.region.read(at, &mut v)?;
-    let fence = fence(caller);
-    guarded(&fence, out, 4, true)?;
-    guest_ptr::slice_mut(mem.data_mut(&mut *caller), out, 4)?.copy_from_slice(&v);
-    Ok(())
+    GuestMemory::lock(caller).write(out, &v)
 }
 
 pub(super) fn ui_set_text(caller: &mut Ctx<'_>, handle: u32, ptr: u32, len: u32) -> Result<(), AbiError> {
@@ -217,8 +215,8 @@ pub(super) fn ui_get_text(
     cap_len: u32,
     out_len: u32,
 ) -> Result<(), AbiError> {
-    let mem = check_out(caller, out_len, 4)?;
-    guest_ptr::check(mem.data_size(&*caller), ptr, cap_len)?;
+    check_out(caller, out_len, 4)?;
+    check_bounds(memory_size(caller), ptr, cap_len)?;
     let cap = lookup(caller, handle)?;
     cap.require(Rights::READ)?;
     object_of(&caller.data().ctx.core, &cap)?;
@@ -227,11 +225,10 @@ pub(super) fn ui_get_text(
     cap.region.read(at, &mut field)?;
     let n = field.iter().position(|b| *b == 0).unwrap_or(field.len());
     let n32 = u32::try_from(n).unwrap_or(u32::MAX);
-    let fence = fence(caller);
-    guarded(&fence, out_len, 4, true)?;
-    guarded(&fence, ptr, cap_len.min(n32), true)?;
-    let data = mem.data_mut(&mut *caller);
-    guest_ptr::slice_mut(data, out_len, 4)?.copy_from_slice(&n32.to_le_bytes());
+    let mem = GuestMemory::lock(caller);
+    let len_out = mem.check(out_len, 4, true)?;
+    let text_out = mem.check(ptr, cap_len.min(n32), true)?;
+    len_out.write_from(0, &n32.to_le_bytes())?;
     if n32 > cap_len {
         return Err(AbiError::Broker(crate::Error::Region(crate::region::RegionError::OutOfBounds {
             offset: 0,
@@ -239,8 +236,7 @@ pub(super) fn ui_get_text(
             size: u64::from(cap_len),
         })));
     }
-    guest_ptr::slice_mut(data, ptr, n32)?.copy_from_slice(&field[..n]);
-    Ok(())
+    text_out.write_from(0, field.get(..n).unwrap_or_default())
 }
 
 pub(super) fn ui_on_event(
@@ -299,7 +295,7 @@ pub(super) fn ui_send(
     param: i32,
     out: u32,
 ) -> Result<(), AbiError> {
-    let mem = check_out(caller, out, 4)?;
+    check_out(caller, out, 4)?;
     let cap = lookup(caller, handle)?;
     cap.require(Rights::WRITE)?;
     let core = &caller.data().ctx.core;
@@ -310,10 +306,7 @@ pub(super) fn ui_send(
         .lock()
         .send_event(object, EventCode(code), param)
         .map_err(|e| AbiError::Native(e.to_string()))?;
-    let fence = fence(caller);
-    guarded(&fence, out, 4, true)?;
-    guest_ptr::slice_mut(mem.data_mut(&mut *caller), out, 4)?.copy_from_slice(&n.to_le_bytes());
-    Ok(())
+    GuestMemory::lock(caller).write_u32(out, n)
 }
 
 pub(super) fn ui_delete(caller: &mut Ctx<'_>, handle: u32) -> Result<(), AbiError> {
@@ -326,7 +319,7 @@ pub(super) fn ui_delete(caller: &mut Ctx<'_>, handle: u32) -> Result<(), AbiErro
 }
 
 pub(super) fn fn_open(caller: &mut Ctx<'_>, name_ptr: u32, name_len: u32, out: u32) -> Result<(), AbiError> {
-    let mem = check_out(caller, out, 4)?;
+    check_out(caller, out, 4)?;
     let name = copy_in(caller, name_ptr, name_len, MAX_NAME_LEN)?;
     let name =
         std::str::from_utf8(&name).map_err(|_| AbiError::Name(crate::name::NameError::NotUtf8))?.to_owned();
@@ -336,8 +329,8 @@ pub(super) fn fn_open(caller: &mut Ctx<'_>, name_ptr: u32, name_len: u32, out: u
     if !service.allows(ctx.tenant.id()) {
         return Err(AbiError::ServiceDenied(name));
     }
-    let fence = fence(caller);
-    guarded(&fence, out, 4, true)?;
+    let mem = GuestMemory::lock(caller);
+    let out = mem.check(out, 4, true)?;
     let state = caller.data_mut();
     let open = state.ctx.functions.iter().filter(|f| f.is_some()).count();
     if u32::try_from(open).unwrap_or(u32::MAX) >= MAX_FUNCTION_HANDLES {
@@ -345,8 +338,7 @@ pub(super) fn fn_open(caller: &mut Ctx<'_>, name_ptr: u32, name_len: u32, out: u
     }
     state.ctx.functions.push(Some(service));
     let h = u32::try_from(state.ctx.functions.len()).unwrap_or(u32::MAX);
-    guest_ptr::slice_mut(mem.data_mut(&mut *caller), out, 4)?.copy_from_slice(&h.to_le_bytes());
-    Ok(())
+    out.write_from(0, &h.to_le_bytes())
 }
 
 fn function(caller: &Ctx<'_>, fh: u32) -> Result<Arc<Service>, AbiError> {
@@ -371,30 +363,23 @@ pub(super) fn fn_call(
     res_cap: u32,
     out_len: u32,
 ) -> Result<(), AbiError> {
-    let mem = check_out(caller, out_len, 4)?;
-    guest_ptr::check(mem.data_size(&*caller), res_ptr, res_cap)?;
+    check_out(caller, out_len, 4)?;
+    check_bounds(memory_size(caller), res_ptr, res_cap)?;
     let service = function(caller, fh)?;
     if arg_len > MAX_ARGS {
         return Err(AbiError::InvalidValue { field: "arg_len", value: i64::from(arg_len) });
     }
-    let args = {
-        let m = memory(caller, arg_ptr, arg_len)?;
-        let fence = fence(caller);
-        guarded(&fence, arg_ptr, arg_len, false)?;
-        guest_ptr::slice(m.data(&*caller), arg_ptr, arg_len)?.to_vec()
-    };
+    let args = GuestMemory::lock(caller).read(arg_ptr, arg_len)?;
     let result = service.call(&args).map_err(AbiError::Service)?;
     let n = u32::try_from(result.len()).unwrap_or(u32::MAX);
-    let fence = fence(caller);
-    guarded(&fence, out_len, 4, true)?;
-    guarded(&fence, res_ptr, res_cap.min(n), true)?;
-    let data = mem.data_mut(&mut *caller);
-    guest_ptr::slice_mut(data, out_len, 4)?.copy_from_slice(&n.to_le_bytes());
+    let mem = GuestMemory::lock(caller);
+    let len_out = mem.check(out_len, 4, true)?;
+    let res_out = mem.check(res_ptr, res_cap.min(n), true)?;
+    len_out.write_from(0, &n.to_le_bytes())?;
     if n > res_cap {
         return Err(AbiError::ResultTooLarge { needed: n, cap: res_cap });
     }
-    guest_ptr::slice_mut(data, res_ptr, n)?.copy_from_slice(&result);
-    Ok(())
+    res_out.write_from(0, &result)
 }
 
 pub(super) fn fn_close(caller: &mut Ctx<'_>, fh: u32) -> Result<(), AbiError> {

@@ -142,7 +142,8 @@ impl AbiError {
                 ShareError::BeyondMemory { .. } => Status::BadPointer,
                 ShareError::AlreadyMapped | ShareError::Overlap { .. } => Status::Busy,
                 ShareError::NotMapped { .. } => Status::NotFound,
-                ShareError::Os(_) => Status::Internal,
+                ShareError::Os(_) | ShareError::NotRevoked { .. } => Status::Internal,
+                ShareError::Quota(_) => Status::QuotaExceeded,
             },
             AbiError::TimedOut => Status::TimedOut,
             AbiError::Callback(_) => Status::BadCallback,
@@ -181,6 +182,7 @@ fn broker_status(e: &Error) -> Status {
         Error::Capability(c) => match c {
             CapError::InvalidHandle(_) => Status::InvalidHandle,
             CapError::StaleHandle(_) | CapError::Gone => Status::StaleHandle,
+            CapError::NotRevoked { .. } => Status::Internal,
             CapError::PermissionDenied { .. } | CapError::Escalation { .. } => Status::PermissionDenied,
             CapError::OutOfBounds { .. } => Status::OutOfBounds,
             CapError::Quota(_) | CapError::TableFull => Status::QuotaExceeded,

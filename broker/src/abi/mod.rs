@@ -12,7 +12,7 @@
 
 mod callbacks;
 mod errno;
-pub(crate) mod guest_ptr;
+pub(crate) mod guest_memory;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +29,7 @@ use crate::name::QualifiedName;
 use crate::region::{Traffic, PAGE_SIZE};
 use crate::runtime::{InstanceId, InstanceState};
 use crate::tenant::{Resource, Tenant};
+use guest_memory::{check_bounds, GuestMemory};
 
 pub use errno::AbiError;
 
@@ -58,6 +59,7 @@ impl GuestCtx {
         tenant: Arc<Tenant>,
         traffic: Arc<Traffic>,
         sink: crate::runtime::EventSink,
+        fence: MemoryFence,
     ) -> GuestCtx {
         GuestCtx {
             core,
@@ -66,7 +68,7 @@ impl GuestCtx {
             memory: None,
             traffic,
             mirrors: HashMap::new(),
-            fence: MemoryFence::default(),
+            fence,
             sink,
             functions: Vec::new(),
         }
@@ -83,6 +85,11 @@ impl GuestCtx {
         self.memory = memory;
     }
 
+    /// The instance's exported memory, if it has one.
+    pub(crate) fn memory(&self) -> Option<Memory> {
+        self.memory
+    }
+
     fn lookup(&self, handle: u32) -> Result<Cap, AbiError> {
         Ok(self.core.caps.lock().lookup(self.instance, Handle::from_raw(handle))?)
     }
@@ -90,27 +97,9 @@ impl GuestCtx {
 
 type Ctx<'a> = Caller<'a, InstanceState>;
 
-/// Holds the caller's memory fence for reading: no shared window of this instance is swapped while the
-/// guard lives, so host code touching guest memory cannot fault.
-fn fence(caller: &Ctx<'_>) -> FenceGuard {
-    caller.data().ctx.fence.read_arc()
-}
-
-type FenceGuard = parking_lot::ArcRwLockReadGuard<parking_lot::RawRwLock, crate::mode::shared::Guards>;
-
-/// Refuses a guest range over a read-only window (for a host write) or a revoked window (for any host
-/// access): host code would fault there.
-fn guarded(g: &FenceGuard, ptr: u32, len: u32, write: bool) -> Result<(), AbiError> {
-    if g.allows(ptr, len, write) {
-        Ok(())
-    } else {
-        Err(AbiError::GuardedPointer { ptr, len })
-    }
-}
-
-/// The caller's exported memory; a guest without one can pass no valid pointer.
-fn memory(caller: &Ctx<'_>, ptr: u32, len: u32) -> Result<Memory, AbiError> {
-    caller.data().ctx.memory.ok_or(AbiError::BadPointer { ptr, len, memory_len: 0 })
+/// The size of the caller's memory (0 if it has none), for bounds checks made before the fence is held.
+fn memory_size(caller: &Ctx<'_>) -> usize {
+    caller.data().ctx.memory.map_or(0, |m| m.data_size(caller))
 }
 
 /// Copies `[ptr, ptr+len)` out of guest memory once; `max` bounds the copy before anything is read.
@@ -120,29 +109,19 @@ fn copy_in(caller: &Ctx<'_>, ptr: u32, len: u32, max: u32) -> Result<Vec<u8>, Ab
             len: usize::try_from(len).unwrap_or(usize::MAX),
         }));
     }
-    let mem = memory(caller, ptr, len)?;
-    let fence = fence(caller);
-    guarded(&fence, ptr, len, false)?;
-    Ok(guest_ptr::slice(mem.data(caller), ptr, len)?.to_vec())
+    GuestMemory::lock(caller).read(ptr, len)
 }
 
-/// Checks that an out-pointer of `len` bytes is writable before the operation runs.
-fn check_out(caller: &Ctx<'_>, ptr: u32, len: u32) -> Result<Memory, AbiError> {
-    let mem = memory(caller, ptr, len)?;
-    guest_ptr::check(mem.data_size(caller), ptr, len)?;
-    Ok(mem)
+/// Checks that an out-pointer of `len` bytes lies in memory before the operation runs (the write checks
+/// the window guards again, under the fence).
+fn check_out(caller: &Ctx<'_>, ptr: u32, len: u32) -> Result<(), AbiError> {
+    check_bounds(memory_size(caller), ptr, len)
 }
 
-/// Writes a new handle to a checked out-pointer; if that fails after all, the handle is closed again so
-/// the call has no effect.
-fn write_handle(caller: &mut Ctx<'_>, mem: Memory, out: u32, handle: Handle) -> Result<(), AbiError> {
-    let written = {
-        let fence = fence(caller);
-        guarded(&fence, out, 4, true).and_then(|()| {
-            guest_ptr::slice_mut(mem.data_mut(&mut *caller), out, 4)
-                .map(|s| s.copy_from_slice(&handle.raw().to_le_bytes()))
-        })
-    };
+/// Writes a new handle to a checked out-pointer; if that fails after all (a window was mapped over it
+/// meanwhile), the handle is closed again so the call has no effect.
+fn write_handle(caller: &mut Ctx<'_>, out: u32, handle: Handle) -> Result<(), AbiError> {
+    let written = GuestMemory::lock(caller).write_u32(out, handle.raw());
     if written.is_err() {
         let ctx = &caller.data().ctx;
         let _ = ctx.core.caps.lock().close(ctx.instance, handle);
@@ -162,10 +141,10 @@ fn code(r: Result<(), AbiError>) -> i32 {
 }
 
 fn region_open(caller: &mut Ctx<'_>, name_ptr: u32, name_len: u32, out: u32) -> Result<(), AbiError> {
-    let mem = check_out(caller, out, 4)?;
+    check_out(caller, out, 4)?;
     let name = QualifiedName::from_bytes(&copy_in(caller, name_ptr, name_len, MAX_NAME_LEN)?)?;
     let handle = caller.data().ctx.core.open_for_guest(&caller.data().ctx, &name)?;
-    write_handle(caller, mem, out, handle)
+    write_handle(caller, out, handle)
 }
 
 fn region_create(
@@ -176,7 +155,7 @@ fn region_create(
     mode: u32,
     out: u32,
 ) -> Result<(), AbiError> {
-    let mem = check_out(caller, out, 4)?;
+    check_out(caller, out, 4)?;
     let name = crate::name::Name::from_bytes(&copy_in(caller, name_ptr, name_len, MAX_NAME_LEN)?)?;
     let size = u64::try_from(size)
         .ok()
@@ -184,12 +163,12 @@ fn region_create(
         .ok_or(AbiError::InvalidValue { field: "size", value: size })?;
     let mode = Mode::from_raw(mode).ok_or(AbiError::UnknownMode(mode))?;
     let handle = caller.data().ctx.core.create_region_for_guest(&caller.data().ctx, name, size, mode)?;
-    write_handle(caller, mem, out, handle)
+    write_handle(caller, out, handle)
 }
 
 fn handle_info(caller: &mut Ctx<'_>, handle: u32, out: u32) -> Result<(), AbiError> {
     let size = u32::try_from(HandleInfo::SIZE).unwrap_or(u32::MAX);
-    let mem = check_out(caller, out, size)?;
+    check_out(caller, out, size)?;
     let cap = caller.data().ctx.lookup(handle)?;
     let info = HandleInfo {
         region_size: cap.region.size(),
@@ -199,21 +178,17 @@ fn handle_info(caller: &mut Ctx<'_>, handle: u32, out: u32) -> Result<(), AbiErr
         rights: cap.rights.bits(),
         mode: cap.region.mode().to_raw(),
     };
-    let fence = fence(caller);
-    guarded(&fence, out, size, true)?;
-    guest_ptr::slice_mut(mem.data_mut(caller), out, size)?.copy_from_slice(&info.to_bytes());
-    Ok(())
+    GuestMemory::lock(caller).write(out, &info.to_bytes())
 }
 
 fn region_read(caller: &mut Ctx<'_>, handle: u32, offset: i64, dst: u32, len: u32) -> Result<(), AbiError> {
     let cap = caller.data().ctx.lookup(handle)?;
     cap.require(Rights::READ)?;
     let at = cap.range.access(offset, u64::from(len))?;
-    let mem = memory(caller, dst, len)?;
-    let fence = fence(caller);
-    guarded(&fence, dst, len, true)?;
-    let dst = guest_ptr::slice_mut(mem.data_mut(&mut *caller), dst, len)?;
-    cap.region.read(at, dst)?;
+    let mem = GuestMemory::lock(caller);
+    let dst = mem.check(dst, len, true)?;
+    let n = dst.len();
+    crate::mode::handle::read_with(&cap.region, n, |m| dst.copy_from_region(0, n, m, at))?;
     caller.data().ctx.traffic.copied_out(u64::from(len));
     Ok(())
 }
@@ -222,12 +197,11 @@ fn region_write(caller: &mut Ctx<'_>, handle: u32, offset: i64, src: u32, len: u
     let cap = caller.data().ctx.lookup(handle)?;
     cap.require(Rights::WRITE)?;
     let at = cap.range.access(offset, u64::from(len))?;
-    let mem = memory(caller, src, len)?;
+    let mem = GuestMemory::lock(caller);
+    let src = mem.check(src, len, false)?;
+    let n = src.len();
     // The guest bytes are read exactly once, by the copy into the region.
-    let fence = fence(caller);
-    guarded(&fence, src, len, false)?;
-    let src = guest_ptr::slice(mem.data(&*caller), src, len)?;
-    cap.region.write(at, src)?;
+    crate::mode::handle::write_with(&cap.region, at, n, |m| src.copy_to_region(0, n, m, at))?;
     caller.data().ctx.traffic.copied_in(u64::from(len));
     Ok(())
 }
@@ -240,11 +214,11 @@ fn handle_restrict(
     len: i64,
     out: u32,
 ) -> Result<(), AbiError> {
-    let mem = check_out(caller, out, 4)?;
+    check_out(caller, out, 4)?;
     let rights = rights(bits)?;
     let ctx = &caller.data().ctx;
     let new = ctx.core.restrict_for_guest(ctx, Handle::from_raw(handle), rights, offset, len)?;
-    write_handle(caller, mem, out, new)
+    write_handle(caller, out, new)
 }
 
 fn handle_grant(
@@ -284,16 +258,6 @@ fn require_mode(cap: &Cap, mode: Mode) -> Result<(), AbiError> {
     }
 }
 
-fn put_u64(data: &mut [u8], ptr: u32, v: u64) -> Result<(), AbiError> {
-    guest_ptr::slice_mut(data, ptr, 8)?.copy_from_slice(&v.to_le_bytes());
-    Ok(())
-}
-
-fn put_u32(data: &mut [u8], ptr: u32, v: u32) -> Result<(), AbiError> {
-    guest_ptr::slice_mut(data, ptr, 4)?.copy_from_slice(&v.to_le_bytes());
-    Ok(())
-}
-
 fn mirror_acquire(
     caller: &mut Ctx<'_>,
     handle: u32,
@@ -301,7 +265,7 @@ fn mirror_acquire(
     len: u32,
     out_version: u32,
 ) -> Result<(), AbiError> {
-    let mem = check_out(caller, out_version, 8)?;
+    check_out(caller, out_version, 8)?;
     let cap = caller.data().ctx.lookup(handle)?;
     cap.require(Rights::READ)?;
     require_mode(&cap, Mode::Mirror)?;
@@ -310,16 +274,14 @@ fn mirror_acquire(
         caller.data().ctx.tenant.reserve(Resource::MemoryBytes, cap.range.len).map_err(crate::Error::from)?;
     // This takes the capability lock, so it runs before the fence is held.
     caller.data_mut().ctx.drop_stale_mirrors();
-    let fence = fence(caller);
-    guarded(&fence, ptr, len, true)?;
-    guarded(&fence, out_version, 8, true)?;
-    let (data, state) = mem.data_and_store_mut(&mut *caller);
-    let dst = guest_ptr::slice_mut(data, ptr, len)?;
-    let (mirror, version) = mirror::acquire(&cap.region, cap.range, dst, charge)?;
-    let ctx = &mut state.ctx;
+    let mem = GuestMemory::lock(caller);
+    let dst = mem.check(ptr, len, true)?;
+    let out = mem.check(out_version, 8, true)?;
+    let (mirror, version) = mirror::acquire(&cap.region, cap.range, &dst, charge)?;
+    let ctx = &mut caller.data_mut().ctx;
     ctx.traffic.copied_out(mirror.range().len);
     ctx.mirrors.insert(handle, mirror);
-    put_u64(data, out_version, version)
+    out.write_from(0, &version.to_le_bytes())
 }
 
 /// The checks refresh and commit share: both out-pointers writable, then the handle, the right and the
@@ -330,13 +292,13 @@ fn mirror_call(
     right: Rights,
     out_version: u32,
     out_pages: u32,
-) -> Result<(Memory, Cap), AbiError> {
-    let mem = check_out(caller, out_version, 8)?;
+) -> Result<Cap, AbiError> {
+    check_out(caller, out_version, 8)?;
     check_out(caller, out_pages, 4)?;
     let cap = caller.data().ctx.lookup(handle)?;
     cap.require(right)?;
     require_mode(&cap, Mode::Mirror)?;
-    Ok((mem, cap))
+    Ok(cap)
 }
 
 fn mirror_refresh(
@@ -348,19 +310,17 @@ fn mirror_refresh(
     out_version: u32,
     out_pages: u32,
 ) -> Result<(), AbiError> {
-    let (mem, cap) = mirror_call(caller, handle, Rights::READ, out_version, out_pages)?;
-    let fence = fence(caller);
-    guarded(&fence, ptr, len, true)?;
-    guarded(&fence, out_version, 8, true)?;
-    guarded(&fence, out_pages, 4, true)?;
-    let (data, state) = mem.data_and_store_mut(&mut *caller);
-    let ctx = &mut state.ctx;
+    let cap = mirror_call(caller, handle, Rights::READ, out_version, out_pages)?;
+    let mem = GuestMemory::lock(caller);
+    let dst = mem.check(ptr, len, true)?;
+    let (v_out, p_out) = (mem.check(out_version, 8, true)?, mem.check(out_pages, 4, true)?);
+    let ctx = &mut caller.data_mut().ctx;
     let m = ctx.mirrors.get_mut(&handle).ok_or(MirrorError::NotAcquired)?;
-    let synced = m.refresh(&cap.region, guest_ptr::slice_mut(data, ptr, len)?, since)?;
+    let synced = m.refresh(&cap.region, &dst, since)?;
     ctx.traffic.refreshed(u64::from(synced.pages));
     ctx.traffic.copied_out(u64::from(synced.pages) * PAGE_SIZE);
-    put_u64(data, out_version, synced.version)?;
-    put_u32(data, out_pages, synced.pages)
+    v_out.write_from(0, &synced.version.to_le_bytes())?;
+    p_out.write_from(0, &synced.pages.to_le_bytes())
 }
 
 fn mirror_commit(
@@ -372,28 +332,26 @@ fn mirror_commit(
     out_version: u32,
     out_pages: u32,
 ) -> Result<(), AbiError> {
-    let (mem, cap) = mirror_call(caller, handle, Rights::WRITE, out_version, out_pages)?;
-    let fence = fence(caller);
-    guarded(&fence, ptr, len, false)?;
-    guarded(&fence, out_version, 8, true)?;
-    guarded(&fence, out_pages, 4, true)?;
-    let (data, state) = mem.data_and_store_mut(&mut *caller);
-    let ctx = &mut state.ctx;
+    let cap = mirror_call(caller, handle, Rights::WRITE, out_version, out_pages)?;
+    let mem = GuestMemory::lock(caller);
+    let src = mem.check(ptr, len, false)?;
+    let (v_out, p_out) = (mem.check(out_version, 8, true)?, mem.check(out_pages, 4, true)?);
+    let ctx = &mut caller.data_mut().ctx;
     let m = ctx.mirrors.get_mut(&handle).ok_or(MirrorError::NotAcquired)?;
-    let outcome = m.commit(&cap.region, guest_ptr::slice(data, ptr, len)?, base);
+    let outcome = m.commit(&cap.region, &src, base);
     match outcome {
         Ok(synced) => {
             ctx.traffic.committed();
             ctx.traffic.copied_in(u64::from(synced.pages) * PAGE_SIZE);
-            put_u64(data, out_version, synced.version)?;
-            put_u32(data, out_pages, synced.pages)
+            v_out.write_from(0, &synced.version.to_le_bytes())?;
+            p_out.write_from(0, &synced.pages.to_le_bytes())
         }
         Err(e) => {
             if let MirrorError::Conflict { current } = e {
                 ctx.traffic.conflicted();
                 // The error carries the version the app must refresh to.
-                put_u64(data, out_version, current)?;
-                put_u32(data, out_pages, 0)?;
+                v_out.write_from(0, &current.to_le_bytes())?;
+                p_out.write_from(0, &0u32.to_le_bytes())?;
             }
             Err(e.into())
         }
@@ -412,7 +370,7 @@ fn region_map(caller: &mut Ctx<'_>, handle: u32, ptr: u32, len: u32, flags: u32)
     if flags & !broker_abi::map_flags::ALL != 0 {
         return Err(AbiError::InvalidValue { field: "flags", value: i64::from(flags) });
     }
-    let mem = memory(caller, ptr, len)?;
+    let mem = caller.data().ctx.memory.ok_or(AbiError::BadPointer { ptr, len, memory_len: 0 })?;
     let req = MapRequest {
         guest_ptr: ptr,
         len: u64::from(len),
@@ -420,6 +378,7 @@ fn region_map(caller: &mut Ctx<'_>, handle: u32, ptr: u32, len: u32, flags: u32)
         memory_base: mem.data_ptr(&*caller) as usize,
         memory_size: mem.data_size(&*caller),
         fence: caller.data().ctx.fence.clone(),
+        tenant: Arc::clone(&caller.data().ctx.tenant),
     };
     let ctx = &caller.data().ctx;
     ctx.core.caps.lock().map_window(ctx.instance, Handle::from_raw(handle), req)?;
@@ -427,7 +386,7 @@ fn region_map(caller: &mut Ctx<'_>, handle: u32, ptr: u32, len: u32, flags: u32)
 }
 
 fn region_unmap(caller: &mut Ctx<'_>, handle: u32, ptr: u32) -> Result<(), AbiError> {
-    let mem = memory(caller, ptr, 0)?;
+    let mem = caller.data().ctx.memory.ok_or(AbiError::BadPointer { ptr, len: 0, memory_len: 0 })?;
     let base = mem.data_ptr(&*caller) as usize;
     let ctx = &caller.data().ctx;
     ctx.core.caps.lock().unmap_window(ctx.instance, Handle::from_raw(handle), ptr, base, &ctx.fence)?;
@@ -468,9 +427,15 @@ fn region_notify(caller: &mut Ctx<'_>, handle: u32, offset: i64) -> Result<(), A
 }
 
 /// Counts one host call against the caller's traffic (host calls per operation is a figure the
-/// scenario reports compare across modes).
-fn tick(caller: &Ctx<'_>) {
-    caller.data().ctx.traffic.host_called();
+/// scenario reports compare across modes), and traps an instance that must stop: one whose memory took
+/// a fault outside wasm code or was sealed (see `runtime::fault`) gets no further service.
+fn enter(caller: &Ctx<'_>) -> wasmtime::Result<()> {
+    let ctx = &caller.data().ctx;
+    ctx.traffic.host_called();
+    match ctx.fence.stop() {
+        None => Ok(()),
+        Some(stop) => Err(wasmtime::Error::new(crate::runtime::StopTrap(stop))),
+    }
 }
 
 /// Registers every ABI v1 import.
@@ -479,153 +444,229 @@ fn tick(caller: &Ctx<'_>) {
 /// Only if a name is registered twice, which would be a bug in this function.
 pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
     linker.func_wrap(MODULE, func::ABI_VERSION, || broker_abi::VERSION)?;
-    linker.func_wrap(MODULE, func::NOP, |c: Ctx<'_>| {
-        tick(&c);
-        Status::Ok.code()
+    linker.func_wrap(MODULE, func::NOP, |c: Ctx<'_>| -> wasmtime::Result<i32> {
+        enter(&c)?;
+        Ok(Status::Ok.code())
     })?;
-    linker.func_wrap(MODULE, func::REGION_OPEN, |mut c: Ctx<'_>, p: u32, l: u32, out: u32| {
-        tick(&c);
-        code(region_open(&mut c, p, l, out))
-    })?;
+    linker.func_wrap(
+        MODULE,
+        func::REGION_OPEN,
+        |mut c: Ctx<'_>, p: u32, l: u32, out: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(region_open(&mut c, p, l, out)))
+        },
+    )?;
     linker.func_wrap(
         MODULE,
         func::REGION_CREATE,
-        |mut c: Ctx<'_>, p: u32, l: u32, size: i64, mode: u32, out: u32| {
-            tick(&c);
-            code(region_create(&mut c, p, l, size, mode, out))
+        |mut c: Ctx<'_>, p: u32, l: u32, size: i64, mode: u32, out: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(region_create(&mut c, p, l, size, mode, out)))
         },
     )?;
-    linker.func_wrap(MODULE, func::HANDLE_CLOSE, |mut c: Ctx<'_>, h: u32| {
-        tick(&c);
-        code(handle_close(&mut c, h))
-    })?;
-    linker.func_wrap(MODULE, func::HANDLE_INFO, |mut c: Ctx<'_>, h: u32, out: u32| {
-        tick(&c);
-        code(handle_info(&mut c, h, out))
-    })?;
-    linker.func_wrap(MODULE, func::REGION_READ, |mut c: Ctx<'_>, h: u32, off: i64, p: u32, l: u32| {
-        tick(&c);
-        code(region_read(&mut c, h, off, p, l))
-    })?;
-    linker.func_wrap(MODULE, func::REGION_WRITE, |mut c: Ctx<'_>, h: u32, off: i64, p: u32, l: u32| {
-        tick(&c);
-        code(region_write(&mut c, h, off, p, l))
+    linker.func_wrap(MODULE, func::HANDLE_CLOSE, |mut c: Ctx<'_>, h: u32| -> wasmtime::Result<i32> {
+        enter(&c)?;
+        Ok(code(handle_close(&mut c, h)))
     })?;
     linker.func_wrap(
         MODULE,
+        func::HANDLE_INFO,
+        |mut c: Ctx<'_>, h: u32, out: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(handle_info(&mut c, h, out)))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        func::REGION_READ,
+        |mut c: Ctx<'_>, h: u32, off: i64, p: u32, l: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(region_read(&mut c, h, off, p, l)))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        func::REGION_WRITE,
+        |mut c: Ctx<'_>, h: u32, off: i64, p: u32, l: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(region_write(&mut c, h, off, p, l)))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
         func::HANDLE_RESTRICT,
-        |mut c: Ctx<'_>, h: u32, r: u32, off: i64, len: i64, out: u32| {
-            tick(&c);
-            code(handle_restrict(&mut c, h, r, off, len, out))
+        |mut c: Ctx<'_>, h: u32, r: u32, off: i64, len: i64, out: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(handle_restrict(&mut c, h, r, off, len, out)))
         },
     )?;
     linker.func_wrap(
         MODULE,
         func::HANDLE_GRANT,
-        |mut c: Ctx<'_>, h: u32, p: u32, l: u32, r: u32, off: i64, len: i64| {
-            tick(&c);
-            code(handle_grant(&mut c, h, p, l, r, off, len))
+        |mut c: Ctx<'_>, h: u32, p: u32, l: u32, r: u32, off: i64, len: i64| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(handle_grant(&mut c, h, p, l, r, off, len)))
         },
     )?;
-    linker.func_wrap(MODULE, func::HANDLE_REVOKE, |mut c: Ctx<'_>, h: u32| {
-        tick(&c);
-        code(handle_revoke(&mut c, h))
-    })?;
-    linker.func_wrap(MODULE, func::MIRROR_ACQUIRE, |mut c: Ctx<'_>, h: u32, p: u32, l: u32, out: u32| {
-        tick(&c);
-        code(mirror_acquire(&mut c, h, p, l, out))
+    linker.func_wrap(MODULE, func::HANDLE_REVOKE, |mut c: Ctx<'_>, h: u32| -> wasmtime::Result<i32> {
+        enter(&c)?;
+        Ok(code(handle_revoke(&mut c, h)))
     })?;
     linker.func_wrap(
         MODULE,
+        func::MIRROR_ACQUIRE,
+        |mut c: Ctx<'_>, h: u32, p: u32, l: u32, out: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(mirror_acquire(&mut c, h, p, l, out)))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
         func::MIRROR_REFRESH,
-        |mut c: Ctx<'_>, h: u32, p: u32, l: u32, since: i64, v: u32, n: u32| {
-            tick(&c);
-            code(mirror_refresh(&mut c, h, p, l, since, v, n))
+        |mut c: Ctx<'_>, h: u32, p: u32, l: u32, since: i64, v: u32, n: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(mirror_refresh(&mut c, h, p, l, since, v, n)))
         },
     )?;
     linker.func_wrap(
         MODULE,
         func::MIRROR_COMMIT,
-        |mut c: Ctx<'_>, h: u32, p: u32, l: u32, base: i64, v: u32, n: u32| {
-            tick(&c);
-            code(mirror_commit(&mut c, h, p, l, base, v, n))
+        |mut c: Ctx<'_>, h: u32, p: u32, l: u32, base: i64, v: u32, n: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(mirror_commit(&mut c, h, p, l, base, v, n)))
         },
     )?;
-    linker.func_wrap(MODULE, func::MIRROR_HINT, |mut c: Ctx<'_>, h: u32, first: u32, pages: u32| {
-        tick(&c);
-        code(mirror_hint(&mut c, h, first, pages))
-    })?;
-    linker.func_wrap(MODULE, func::REGION_MAP, |mut c: Ctx<'_>, h: u32, p: u32, l: u32, f: u32| {
-        tick(&c);
-        code(region_map(&mut c, h, p, l, f))
-    })?;
-    linker.func_wrap(MODULE, func::REGION_UNMAP, |mut c: Ctx<'_>, h: u32, p: u32| {
-        tick(&c);
-        code(region_unmap(&mut c, h, p))
-    })?;
-    linker.func_wrap(MODULE, func::REGION_WAIT, |mut c: Ctx<'_>, h: u32, off: i64, v: u32, ms: u32| {
-        tick(&c);
-        code(region_wait(&mut c, h, off, v, ms))
-    })?;
-    linker.func_wrap(MODULE, func::REGION_NOTIFY, |mut c: Ctx<'_>, h: u32, off: i64| {
-        tick(&c);
-        code(region_notify(&mut c, h, off))
-    })?;
-    linker.func_wrap(MODULE, func::REGION_WATCH, |mut c: Ctx<'_>, h: u32, cb: u32, ud: u32| {
-        tick(&c);
-        code(callbacks::region_watch(&mut c, h, cb, ud))
-    })?;
-    linker.func_wrap(MODULE, func::REGION_UNWATCH, |mut c: Ctx<'_>, h: u32| {
-        tick(&c);
-        code(callbacks::region_unwatch(&mut c, h))
-    })?;
-    linker.func_wrap(MODULE, func::UI_CREATE, |mut c: Ctx<'_>, parent: u32, mode: u32, out: u32| {
-        tick(&c);
-        code(callbacks::ui_create(&mut c, parent, mode, out))
-    })?;
-    linker.func_wrap(MODULE, func::UI_SET, |mut c: Ctx<'_>, h: u32, field: u32, v: i32| {
-        tick(&c);
-        code(callbacks::ui_set(&mut c, h, field, v))
-    })?;
-    linker.func_wrap(MODULE, func::UI_GET, |mut c: Ctx<'_>, h: u32, field: u32, out: u32| {
-        tick(&c);
-        code(callbacks::ui_get(&mut c, h, field, out))
-    })?;
-    linker.func_wrap(MODULE, func::UI_SET_TEXT, |mut c: Ctx<'_>, h: u32, p: u32, l: u32| {
-        tick(&c);
-        code(callbacks::ui_set_text(&mut c, h, p, l))
-    })?;
-    linker.func_wrap(MODULE, func::UI_GET_TEXT, |mut c: Ctx<'_>, h: u32, p: u32, cap: u32, out: u32| {
-        tick(&c);
-        code(callbacks::ui_get_text(&mut c, h, p, cap, out))
-    })?;
-    linker.func_wrap(MODULE, func::UI_ON_EVENT, |mut c: Ctx<'_>, h: u32, ev: u32, cb: u32, ud: u32| {
-        tick(&c);
-        code(callbacks::ui_on_event(&mut c, h, ev, cb, ud))
-    })?;
-    linker.func_wrap(MODULE, func::UI_SEND, |mut c: Ctx<'_>, h: u32, ev: u32, param: i32, out: u32| {
-        tick(&c);
-        code(callbacks::ui_send(&mut c, h, ev, param, out))
-    })?;
-    linker.func_wrap(MODULE, func::UI_DELETE, |mut c: Ctx<'_>, h: u32| {
-        tick(&c);
-        code(callbacks::ui_delete(&mut c, h))
-    })?;
-    linker.func_wrap(MODULE, func::FN_OPEN, |mut c: Ctx<'_>, p: u32, l: u32, out: u32| {
-        tick(&c);
-        code(callbacks::fn_open(&mut c, p, l, out))
+    linker.func_wrap(
+        MODULE,
+        func::MIRROR_HINT,
+        |mut c: Ctx<'_>, h: u32, first: u32, pages: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(mirror_hint(&mut c, h, first, pages)))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        func::REGION_MAP,
+        |mut c: Ctx<'_>, h: u32, p: u32, l: u32, f: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(region_map(&mut c, h, p, l, f)))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        func::REGION_UNMAP,
+        |mut c: Ctx<'_>, h: u32, p: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(region_unmap(&mut c, h, p)))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        func::REGION_WAIT,
+        |mut c: Ctx<'_>, h: u32, off: i64, v: u32, ms: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(region_wait(&mut c, h, off, v, ms)))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        func::REGION_NOTIFY,
+        |mut c: Ctx<'_>, h: u32, off: i64| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(region_notify(&mut c, h, off)))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        func::REGION_WATCH,
+        |mut c: Ctx<'_>, h: u32, cb: u32, ud: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(callbacks::region_watch(&mut c, h, cb, ud)))
+        },
+    )?;
+    linker.func_wrap(MODULE, func::REGION_UNWATCH, |mut c: Ctx<'_>, h: u32| -> wasmtime::Result<i32> {
+        enter(&c)?;
+        Ok(code(callbacks::region_unwatch(&mut c, h)))
     })?;
     linker.func_wrap(
         MODULE,
-        func::FN_CALL,
-        |mut c: Ctx<'_>, fh: u32, ap: u32, al: u32, rp: u32, rc: u32, out: u32| {
-            tick(&c);
-            code(callbacks::fn_call(&mut c, fh, ap, al, rp, rc, out))
+        func::UI_CREATE,
+        |mut c: Ctx<'_>, parent: u32, mode: u32, out: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(callbacks::ui_create(&mut c, parent, mode, out)))
         },
     )?;
-    linker.func_wrap(MODULE, func::FN_CLOSE, |mut c: Ctx<'_>, fh: u32| {
-        tick(&c);
-        code(callbacks::fn_close(&mut c, fh))
+    linker.func_wrap(
+        MODULE,
+        func::UI_SET,
+        |mut c: Ctx<'_>, h: u32, field: u32, v: i32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(callbacks::ui_set(&mut c, h, field, v)))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        func::UI_GET,
+        |mut c: Ctx<'_>, h: u32, field: u32, out: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(callbacks::ui_get(&mut c, h, field, out)))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        func::UI_SET_TEXT,
+        |mut c: Ctx<'_>, h: u32, p: u32, l: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(callbacks::ui_set_text(&mut c, h, p, l)))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        func::UI_GET_TEXT,
+        |mut c: Ctx<'_>, h: u32, p: u32, cap: u32, out: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(callbacks::ui_get_text(&mut c, h, p, cap, out)))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        func::UI_ON_EVENT,
+        |mut c: Ctx<'_>, h: u32, ev: u32, cb: u32, ud: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(callbacks::ui_on_event(&mut c, h, ev, cb, ud)))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        func::UI_SEND,
+        |mut c: Ctx<'_>, h: u32, ev: u32, param: i32, out: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(callbacks::ui_send(&mut c, h, ev, param, out)))
+        },
+    )?;
+    linker.func_wrap(MODULE, func::UI_DELETE, |mut c: Ctx<'_>, h: u32| -> wasmtime::Result<i32> {
+        enter(&c)?;
+        Ok(code(callbacks::ui_delete(&mut c, h)))
+    })?;
+    linker.func_wrap(
+        MODULE,
+        func::FN_OPEN,
+        |mut c: Ctx<'_>, p: u32, l: u32, out: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(callbacks::fn_open(&mut c, p, l, out)))
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        func::FN_CALL,
+        |mut c: Ctx<'_>, fh: u32, ap: u32, al: u32, rp: u32, rc: u32, out: u32| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code(callbacks::fn_call(&mut c, fh, ap, al, rp, rc, out)))
+        },
+    )?;
+    linker.func_wrap(MODULE, func::FN_CLOSE, |mut c: Ctx<'_>, fh: u32| -> wasmtime::Result<i32> {
+        enter(&c)?;
+        Ok(code(callbacks::fn_close(&mut c, fh)))
     })?;
     Ok(())
 }

@@ -73,6 +73,7 @@ fn quotas(max_readers: u64, max_size: u64) -> Quotas {
         instances: max_readers + 1,
         handles: 4096,
         memory_bytes: max_readers * (instance_memory(max_size) + max_size),
+        ..Quotas::default()
     }
 }
 

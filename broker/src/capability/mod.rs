@@ -181,6 +181,17 @@ pub enum CapError {
     /// The capability (a grant or root) no longer exists.
     #[error("capability no longer exists")]
     Gone,
+    /// Capabilities were removed, but a shared window mapped through one of them could not be taken
+    /// away (the kernel refused even the scrub of the memory); that instance is being stopped.
+    #[error(
+        "the shared window of region {region} could not be revoked ({reason}); its instance is being stopped"
+    )]
+    NotRevoked {
+        /// The region the window maps.
+        region: String,
+        /// What the kernel said.
+        reason: String,
+    },
 }
 
 /// Identifies a node of the derivation tree; never reused.
@@ -218,6 +229,17 @@ impl Cap {
         } else {
             Err(CapError::PermissionDenied { needed, held: self.rights })
         }
+    }
+
+    /// Whether this capability may be mapped as a shared window: mapping gives read access by
+    /// hardware, so a read-only window needs READ as well as MAP, and a writable one WRITE too.
+    ///
+    /// # Errors
+    /// [`CapError::PermissionDenied`] naming every right the mapping needs.
+    pub fn may_map(&self, writable: bool) -> Result<(), CapError> {
+        let needed =
+            if writable { Rights::READ | Rights::WRITE | Rights::MAP } else { Rights::READ | Rights::MAP };
+        self.require(needed)
     }
 }
 
@@ -309,6 +331,10 @@ pub struct CapSpace {
     inboxes: HashMap<InstanceId, BTreeSet<CapId>>,
     /// Where revoked windows were, per instance, so traps there can name the region.
     tombstones: HashMap<InstanceId, Vec<Tombstone>>,
+    /// Windows whose revocation failed; their instances were told to stop, and they go with them.
+    unrevoked: Vec<Window>,
+    /// Revocation failures since the last public operation reported them.
+    failures: Vec<CapError>,
 }
 
 /// What a guest asks for when it maps a window.
@@ -324,6 +350,8 @@ pub struct MapRequest {
     /// The linear memory's current size.
     pub memory_size: usize,
     pub(crate) fence: MemoryFence,
+    /// The instance's tenant, charged for the window.
+    pub(crate) tenant: Arc<Tenant>,
 }
 
 impl CapSpace {
@@ -371,8 +399,12 @@ impl CapSpace {
     }
 
     /// Removes every capability an instance held (handles and received grants) and everything derived
-    /// from them.
-    pub fn remove_instance(&mut self, instance: InstanceId) {
+    /// from them. The caller drops the instance's store (and memory) next.
+    ///
+    /// # Errors
+    /// [`CapError::NotRevoked`] if a window of another instance, derived from one of these
+    /// capabilities, could not be revoked.
+    pub fn remove_instance(&mut self, instance: InstanceId) -> Result<(), CapError> {
         let held: Vec<CapId> = self
             .nodes
             .iter()
@@ -385,19 +417,38 @@ impl CapSpace {
         // The table stays (with every slot's generation bumped), so a restarted instance never gets a
         // handle value its earlier incarnation used; `forget_instance` drops it when the instance is gone.
         self.tombstones.remove(&instance);
+        // Its memory goes with its store, right after this.
+        self.unrevoked.retain(|w| w.instance != instance);
+        self.take_failures()
     }
 
     /// Drops a stopped instance's (empty) table and inbox.
-    pub fn forget_instance(&mut self, instance: InstanceId) {
-        self.remove_instance(instance);
+    ///
+    /// # Errors
+    /// As [`CapSpace::remove_instance`].
+    pub fn forget_instance(&mut self, instance: InstanceId) -> Result<(), CapError> {
+        let removed = self.remove_instance(instance);
         self.tables.remove(&instance);
         self.inboxes.remove(&instance);
+        removed
     }
 
     /// Removes a region's whole tree (on destroy).
-    pub fn remove_region(&mut self, region: RegionId) {
+    ///
+    /// # Errors
+    /// [`CapError::NotRevoked`] if a window could not be revoked (its instance is being stopped).
+    pub fn remove_region(&mut self, region: RegionId) -> Result<(), CapError> {
         if let Some(root) = self.roots.remove(&region) {
             self.remove_subtree(root);
+        }
+        self.take_failures()
+    }
+
+    /// Reports (once) the windows that could not be revoked since the last report.
+    fn take_failures(&mut self) -> Result<(), CapError> {
+        match std::mem::take(&mut self.failures).into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(()),
         }
     }
 
@@ -513,27 +564,43 @@ impl CapSpace {
     /// [`CapError::InvalidHandle`] or [`CapError::StaleHandle`].
     pub fn revoke(&mut self, instance: InstanceId, handle: Handle) -> Result<usize, CapError> {
         let id = self.lookup(instance, handle)?.id;
-        Ok(self.revoke_children(id))
+        self.revoke_children(id)
     }
 
     /// Revokes every capability derived from `id`; returns how many were removed.
-    pub fn revoke_children(&mut self, id: CapId) -> usize {
+    ///
+    /// # Errors
+    /// [`CapError::NotRevoked`] if a window could not be revoked (its instance is being stopped): the
+    /// capabilities are gone, but the revocation is not reported as complete.
+    pub fn revoke_children(&mut self, id: CapId) -> Result<usize, CapError> {
         let children = self.nodes.get_mut(&id).map(|n| std::mem::take(&mut n.children)).unwrap_or_default();
-        children.into_iter().map(|c| self.remove_detached(c)).sum()
+        let removed = children.into_iter().map(|c| self.remove_detached(c)).sum();
+        self.take_failures().map(|()| removed)
     }
 
     /// Closes `instance`'s `handle`: removes it and everything derived from it.
     ///
     /// # Errors
-    /// [`CapError::InvalidHandle`] or [`CapError::StaleHandle`].
+    /// [`CapError::InvalidHandle`] or [`CapError::StaleHandle`]; [`CapError::NotRevoked`] as for
+    /// [`CapSpace::revoke_children`].
     pub fn close(&mut self, instance: InstanceId, handle: Handle) -> Result<(), CapError> {
         let id = self.lookup(instance, handle)?.id;
         self.remove_subtree(id);
-        Ok(())
+        self.take_failures()
     }
 
-    /// Removes `id` and its descendants; returns how many nodes were removed.
-    pub fn remove_subtree(&mut self, id: CapId) -> usize {
+    /// Removes `id` (a grant or any node) and its descendants.
+    ///
+    /// # Errors
+    /// [`CapError::NotRevoked`] as for [`CapSpace::revoke_children`].
+    pub fn revoke_node(&mut self, id: CapId) -> Result<(), CapError> {
+        self.remove_subtree(id);
+        self.take_failures()
+    }
+
+    /// Removes `id` and its descendants; returns how many nodes were removed. Callers report
+    /// revocation failures with `take_failures`.
+    fn remove_subtree(&mut self, id: CapId) -> usize {
         if let Some(parent) = self.nodes.get(&id).and_then(|n| n.parent) {
             if let Some(p) = self.nodes.get_mut(&parent) {
                 p.children.remove(&id);
@@ -576,8 +643,22 @@ impl CapSpace {
             }
             if let Some(w) = node.window {
                 let instance = w.instance;
-                let tomb = w.revoke();
-                self.tombstones.entry(instance).or_default().push(tomb);
+                match w.revoke() {
+                    Ok(tomb) => self.tombstones.entry(instance).or_default().push(tomb),
+                    Err(failed) => {
+                        let (w, e) = *failed;
+                        self.failures.push(match e {
+                            ShareError::NotRevoked { region, reason } => {
+                                CapError::NotRevoked { region, reason }
+                            }
+                            other => CapError::NotRevoked {
+                                region: w.region.qualified_name(),
+                                reason: other.to_string(),
+                            },
+                        });
+                        self.unrevoked.push(w);
+                    }
+                }
             }
         }
         removed
@@ -597,10 +678,7 @@ impl CapSpace {
         req: MapRequest,
     ) -> Result<(), ShareError> {
         let cap = self.lookup(instance, handle)?;
-        cap.require(Rights::MAP)?;
-        if req.writable {
-            cap.require(Rights::WRITE)?;
-        }
+        cap.may_map(req.writable)?;
         let mode = cap.region.mode();
         if mode != Mode::Shared {
             return Err(ShareError::WrongMode(mode));
@@ -651,6 +729,22 @@ impl CapSpace {
         if clash {
             return Err(ShareError::Overlap { guest_ptr: req.guest_ptr, len: req.len });
         }
+        // Every window (and every revoked one not yet unmapped) costs the process kernel mappings: bound
+        // them per instance and per tenant. A new window replaces the tombstones it covers.
+        let limit = req.tenant.quotas().windows_per_instance;
+        let held = self.windows_of(instance).saturating_sub(self.tombstones.get(&instance).map_or(0, |ts| {
+            ts.iter().filter(|t| shared::overlap(t.guest_ptr, t.len, req.guest_ptr, req.len)).count()
+        }));
+        let held = u64::try_from(held).unwrap_or(u64::MAX);
+        if held >= limit {
+            return Err(ShareError::Quota(QuotaError {
+                resource: Resource::InstanceWindows,
+                limit,
+                in_use: held,
+                requested: 1,
+            }));
+        }
+        let charge = req.tenant.reserve(Resource::Windows, 1)?;
         let at = MapAt {
             instance,
             memory_base: req.memory_base,
@@ -659,6 +753,7 @@ impl CapSpace {
             region_offset: cap.range.offset,
             writable: req.writable,
             fence: req.fence,
+            charge,
         };
         #[allow(unsafe_code, reason = "the one place windows are created; this type keeps their invariant")]
         let mapped = {
@@ -698,18 +793,25 @@ impl CapSpace {
                     return Err(ShareError::NotMapped { guest_ptr });
                 }
                 let window = node.window.take().ok_or(ShareError::NotMapped { guest_ptr })?;
-                window.unmap().map_err(|e| ShareError::Os(e.to_string()))
+                window.unmap().map_err(|(window, e)| {
+                    // Still mapped: keep it where revocation finds it.
+                    node.window = Some(window);
+                    ShareError::Os(e.to_string())
+                })
             }
             Err(e) => {
                 let tombs = self.tombstones.get_mut(&instance);
                 let found = tombs.as_ref().and_then(|t| t.iter().position(|t| t.guest_ptr == guest_ptr));
                 let (Some(tombs), Some(i)) = (tombs, found) else { return Err(e.into()) };
-                let tomb = tombs.swap_remove(i);
+                let Some(tomb) = tombs.get(i) else { return Err(e.into()) };
                 // SAFETY: the tombstone records a window this instance mapped inside its own memory, which is
                 // alive (tombstones are dropped with the instance); the caller is the instance itself.
                 #[allow(unsafe_code, reason = "restores pages of the caller's own memory")]
-                let restored = unsafe { shared::restore(memory_base, &tomb, fence) };
-                restored.map_err(|e| ShareError::Os(e.to_string()))
+                let restored = unsafe { shared::restore(memory_base, tomb, fence) };
+                restored.map_err(|e| ShareError::Os(e.to_string()))?;
+                // Restored: the tombstone (and the window quota it held) goes.
+                tombs.swap_remove(i);
+                Ok(())
             }
         }
     }
@@ -770,6 +872,14 @@ impl CapSpace {
     /// Number of live windows (for leak checks).
     pub fn window_count(&self) -> usize {
         self.nodes.values().filter(|n| n.window.is_some()).count()
+    }
+
+    /// Windows an instance holds, revoked ones not yet unmapped (tombstones) included: what its window
+    /// quota counts.
+    pub fn windows_of(&self, instance: InstanceId) -> usize {
+        let live =
+            self.nodes.values().filter_map(|n| n.window.as_ref()).filter(|w| w.instance == instance).count();
+        live + self.tombstones.get(&instance).map_or(0, Vec::len)
     }
 
     /// Number of live capabilities (all nodes, roots included), for leak checks.

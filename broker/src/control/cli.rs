@@ -191,6 +191,12 @@ struct QuotaArgs {
     /// Total linear memory of instances.
     #[arg(long)]
     memory_bytes: Option<u64>,
+    /// Shared windows of all the tenant's instances (each costs the daemon kernel mappings).
+    #[arg(long)]
+    windows: Option<u64>,
+    /// Shared windows of any one instance.
+    #[arg(long)]
+    windows_per_instance: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -679,6 +685,8 @@ fn quotas_msg(q: &QuotaArgs, base: Option<&pb::Quotas>) -> pb::Quotas {
         instances: d.instances,
         handles: d.handles,
         memory_bytes: d.memory_bytes,
+        windows: Some(d.windows),
+        windows_per_instance: Some(d.windows_per_instance),
     });
     pb::Quotas {
         region_bytes: q.region_bytes.unwrap_or(b.region_bytes),
@@ -686,6 +694,8 @@ fn quotas_msg(q: &QuotaArgs, base: Option<&pb::Quotas>) -> pb::Quotas {
         instances: q.instances.unwrap_or(b.instances),
         handles: q.handles.unwrap_or(b.handles),
         memory_bytes: q.memory_bytes.unwrap_or(b.memory_bytes),
+        windows: q.windows.or(b.windows),
+        windows_per_instance: q.windows_per_instance.or(b.windows_per_instance),
     }
 }
 
@@ -694,8 +704,8 @@ fn tenant_json(t: &pb::Tenant) -> Json {
     let u = t.usage.unwrap_or_default();
     json!({
         "name": t.name,
-        "quotas": {"region_bytes": q.region_bytes, "regions": q.regions, "instances": q.instances, "handles": q.handles, "memory_bytes": q.memory_bytes},
-        "usage": {"region_bytes": u.region_bytes, "regions": u.regions, "instances": u.instances, "handles": u.handles, "memory_bytes": u.memory_bytes},
+        "quotas": {"region_bytes": q.region_bytes, "regions": q.regions, "instances": q.instances, "handles": q.handles, "memory_bytes": q.memory_bytes, "windows": q.windows, "windows_per_instance": q.windows_per_instance},
+        "usage": {"region_bytes": u.region_bytes, "regions": u.regions, "instances": u.instances, "handles": u.handles, "memory_bytes": u.memory_bytes, "windows": u.windows},
     })
 }
 

@@ -16,6 +16,9 @@ pub(crate) fn quotas_from(q: &pb::Quotas) -> Quotas {
         instances: q.instances,
         handles: q.handles,
         memory_bytes: q.memory_bytes,
+        // Absent (a client built before windows had quotas): the default.
+        windows: q.windows.unwrap_or(Quotas::DEFAULT_WINDOWS),
+        windows_per_instance: q.windows_per_instance.unwrap_or(Quotas::DEFAULT_WINDOWS_PER_INSTANCE),
     }
 }
 
@@ -26,6 +29,8 @@ pub(crate) fn quotas_to(q: &Quotas) -> pb::Quotas {
         instances: q.instances,
         handles: q.handles,
         memory_bytes: q.memory_bytes,
+        windows: Some(q.windows),
+        windows_per_instance: Some(q.windows_per_instance),
     }
 }
 
@@ -36,6 +41,7 @@ pub(crate) fn usage_to(u: &Usage) -> pb::Usage {
         instances: u.instances,
         handles: u.handles,
         memory_bytes: u.memory_bytes,
+        windows: u.windows,
     }
 }
 

@@ -66,8 +66,17 @@ fn quotas_record(q: &Quotas) -> [u64; 5] {
     [q.region_bytes, q.regions, q.instances, q.handles, q.memory_bytes]
 }
 
-fn record_quotas(r: &[u64; 5]) -> Quotas {
-    Quotas { region_bytes: r[0], regions: r[1], instances: r[2], handles: r[3], memory_bytes: r[4] }
+fn record_quotas(t: &TenantRecord) -> Quotas {
+    let r = &t.quotas;
+    Quotas {
+        region_bytes: r[0],
+        regions: r[1],
+        instances: r[2],
+        handles: r[3],
+        memory_bytes: r[4],
+        windows: t.windows,
+        windows_per_instance: t.windows_per_instance,
+    }
 }
 
 fn split(key: &str) -> Option<(&str, &str)> {
@@ -124,7 +133,7 @@ impl ControlPlane {
     fn restore(&self) -> ApiResult<()> {
         let Some(store) = &self.store else { return Ok(()) };
         for (name, t) in store.tenants()? {
-            self.broker.create_tenant(&name, record_quotas(&t.quotas))?;
+            self.broker.create_tenant(&name, record_quotas(&t))?;
             self.auth.set_tenant(&name, t.tokens.iter().filter_map(|h| auth::from_hex(h)).collect());
         }
         for (key, wasm) in store.modules()? {
@@ -269,7 +278,15 @@ impl ControlPlane {
         let tid = self.tenant_id(name)?;
         let quotas = self.broker.tenant_info(tid)?.quotas;
         let tokens = self.auth.tenant_hashes(name).iter().map(auth::to_hex).collect();
-        store.put_tenant(name, &TenantRecord { quotas: quotas_record(&quotas), tokens })
+        store.put_tenant(
+            name,
+            &TenantRecord {
+                quotas: quotas_record(&quotas),
+                windows: quotas.windows,
+                windows_per_instance: quotas.windows_per_instance,
+                tokens,
+            },
+        )
     }
 
     fn tenant_msg(&self, tid: TenantId) -> ApiResult<pb::Tenant> {
@@ -985,6 +1002,7 @@ impl pb::broker_server::Broker for ControlService {
                     traps: i.status.traps,
                     handles: p.broker.handle_count(i.id).map_or(0, |n| u64::try_from(n).unwrap_or(u64::MAX)),
                     traffic: p.broker.instance_traffic(i.id).ok().as_ref().map(convert::traffic_to),
+                    windows: u64::try_from(p.broker.windows_of(i.id).unwrap_or(0)).unwrap_or(u64::MAX),
                 })
                 .collect();
             Ok(pb::StatsResponse { tenant: Some(p.tenant_msg(tid)?), regions, instances })

@@ -70,6 +70,7 @@ fn code_of(e: &Error) -> Code {
             CapError::PermissionDenied { .. } => Code::PermissionDenied,
             CapError::Escalation { .. } | CapError::OutOfBounds { .. } => Code::InvalidArgument,
             CapError::InvalidHandle(_) | CapError::StaleHandle(_) | CapError::Gone => Code::NotFound,
+            CapError::NotRevoked { .. } => Code::Internal,
         },
         Error::Instance(i) => match i {
             InstanceError::NotRunning { .. } => Code::FailedPrecondition,

@@ -24,8 +24,22 @@ const GRANTS: TableDefinition<u64, &str> = TableDefinition::new("grants");
 pub struct TenantRecord {
     /// Quotas: region bytes, regions, instances, handles, memory bytes.
     pub quotas: [u64; 5],
+    /// Quota of shared windows (records written before it existed get the default).
+    #[serde(default = "default_windows")]
+    pub windows: u64,
+    /// Quota of shared windows per instance (as `windows`).
+    #[serde(default = "default_windows_per_instance")]
+    pub windows_per_instance: u64,
     /// Hex SHA-256 hashes of the tenant's tokens.
     pub tokens: Vec<String>,
+}
+
+fn default_windows() -> u64 {
+    crate::Quotas::DEFAULT_WINDOWS
+}
+
+fn default_windows_per_instance() -> u64 {
+    crate::Quotas::DEFAULT_WINDOWS_PER_INSTANCE
 }
 
 /// A region definition.

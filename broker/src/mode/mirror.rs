@@ -20,6 +20,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::handle::len64;
+use crate::abi::guest_memory::GuestBytes;
 use crate::capability::CapRange;
 use crate::region::{PageVersions, Region, PAGE_SIZE};
 use crate::tenant::Reservation;
@@ -157,23 +158,23 @@ fn version_arg(given: i64, current: u64) -> Result<u64, MirrorError> {
 pub(crate) fn acquire(
     region: &Region,
     range: CapRange,
-    dst: &mut [u8],
+    dst: &GuestBytes<'_>,
     charge: Reservation,
 ) -> Result<(MirrorState, u64), MirrorError> {
     check_len(range, dst.len())?;
+    let mismatch = MirrorError::LengthMismatch { given: len64(dst.len()), expected: range.len };
+    let mut shadow = vec![0u8; dst.len()];
     let pv = region.pages.read();
     // The range was checked against the region when the capability was derived.
-    region
-        .memory
-        .copy_out(range.offset, dst)
-        .map_err(|_| MirrorError::LengthMismatch { given: len64(dst.len()), expected: range.len })?;
+    region.memory.copy_out(range.offset, &mut shadow).map_err(|_| mismatch.clone())?;
     let seen =
         PageVersions::touched(range.offset, range.len).map(|p| pv.0.get(p).copied().unwrap_or(0)).collect();
     let version = region.version();
     drop(pv);
+    // The app gets exactly the bytes the shadow records (copied from the shadow, not the region again).
+    dst.write_from(0, &shadow).map_err(|_| mismatch)?;
     region.traffic.copied_out(range.len);
-    let state =
-        MirrorState { range, shadow: dst.to_vec(), seen, synced: version, hints: None, _charge: charge };
+    let state = MirrorState { range, shadow, seen, synced: version, hints: None, _charge: charge };
     Ok((state, version))
 }
 
@@ -190,7 +191,7 @@ impl MirrorState {
     pub(crate) fn refresh(
         &mut self,
         region: &Region,
-        dst: &mut [u8],
+        dst: &GuestBytes<'_>,
         since: i64,
     ) -> Result<Synced, MirrorError> {
         check_len(self.range, dst.len())?;
@@ -208,11 +209,12 @@ impl MirrorState {
             let Some(seen) = self.seen.get_mut(i) else { continue };
             if version != *seen || version > since {
                 let at = self.range.offset + len64(slice.start);
-                let (Some(d), Some(s)) = (dst.get_mut(slice.clone()), self.shadow.get_mut(slice)) else {
+                let start = slice.start;
+                let Some(s) = self.shadow.get_mut(slice) else {
                     continue;
                 };
-                if region.memory.copy_out(at, d).is_ok() {
-                    s.copy_from_slice(d);
+                // Region to shadow, then shadow to the app: the app gets what the shadow records.
+                if region.memory.copy_out(at, s).is_ok() && dst.write_from(start, s).is_ok() {
                     *seen = version;
                     copied += 1;
                 }
@@ -257,7 +259,12 @@ impl MirrorState {
     /// # Errors
     /// [`MirrorError::LengthMismatch`], [`MirrorError::BadVersion`], [`MirrorError::Conflict`] (nothing
     /// written).
-    pub(crate) fn commit(&mut self, region: &Region, src: &[u8], base: i64) -> Result<Synced, MirrorError> {
+    pub(crate) fn commit(
+        &mut self,
+        region: &Region,
+        src: &GuestBytes<'_>,
+        base: i64,
+    ) -> Result<Synced, MirrorError> {
         check_len(self.range, src.len())?;
         // Hints apply to one commit, whatever its outcome (an app retrying after a conflict hints again).
         let hints = self.hints.take();
@@ -268,12 +275,13 @@ impl MirrorState {
         let mut dirty: Vec<(usize, usize, std::ops::Range<usize>)> = Vec::new();
         let mut staged: Vec<u8> = Vec::new();
         for (i, (p, slice)) in pages(self.range).enumerate().filter(|(i, _)| hinted(*i)) {
-            let (Some(g), Some(s)) = (src.get(slice.clone()), self.shadow.get(slice.clone())) else {
+            let Some(s) = self.shadow.get(slice.clone()) else {
                 continue;
             };
             let at = staged.len();
-            staged.extend_from_slice(g);
-            if staged.get(at..).is_some_and(|copy| copy != s) {
+            staged.resize(at + slice.len(), 0);
+            let copied = staged.get_mut(at..).is_some_and(|copy| src.read_into(slice.start, copy).is_ok());
+            if copied && staged.get(at..).is_some_and(|copy| copy != s) {
                 dirty.push((i, p, slice));
             } else {
                 staged.truncate(at);

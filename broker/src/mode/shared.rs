@@ -23,15 +23,19 @@
 #![allow(unsafe_code, reason = "maps region pages into guest linear memories")]
 
 use std::ffi::c_void;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
 use rustix::mm::{mmap, mmap_anonymous, MapFlags, ProtFlags};
+use wasmtime::Engine;
 
 use crate::capability::CapError;
 use crate::mode::Mode;
 use crate::region::Region;
+use crate::runtime::memory_creator::{MemoryShape, ANON_FLAGS};
 use crate::runtime::InstanceId;
+use crate::tenant::{QuotaError, Reservation};
 
 /// Host page size: windows and their guest addresses are aligned to it.
 pub const HOST_PAGE: u64 = 4096;
@@ -45,16 +49,23 @@ pub(crate) enum Guard {
     Revoked,
 }
 
-/// The ranges of one guest's linear memory that are read-only or inaccessible windows. Host functions
-/// check every guest range they copy to or from against it, so host code never faults on a window.
+/// The ranges of one guest's linear memory that are read-only or inaccessible windows. Every host access
+/// to guest memory is checked against it (see `abi::guest_memory`), so host code never faults on a
+/// window.
 #[derive(Debug, Default)]
 pub(crate) struct Guards {
     ranges: Vec<(u32, u64, Guard)>,
+    /// The memory was scrubbed because a window could not be revoked: the instance is being stopped
+    /// and the host touches none of its memory any more.
+    sealed: bool,
 }
 
 impl Guards {
     /// Whether the host may read (or, with `write`, write) `[ptr, ptr+len)`.
     pub(crate) fn allows(&self, ptr: u32, len: u32, write: bool) -> bool {
+        if self.sealed {
+            return false;
+        }
         if len == 0 {
             return true;
         }
@@ -72,9 +83,109 @@ impl Guards {
     }
 }
 
-/// Guards an instance's linear memory: held for reading while host code touches it, for writing while
-/// a window in it is swapped; it also records which ranges are read-only or revoked windows.
-pub(crate) type MemoryFence = Arc<RwLock<Guards>>;
+/// Why an instance must stop at its next epoch check, as `Fence::stop` stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Code outside wasm (a wasmtime helper such as `memory.fill`, or a host function) faulted at this
+    /// wasm address of a window; the memory was scrubbed so the helper could finish.
+    Fault {
+        /// Wasm address of the fault.
+        addr: u64,
+    },
+    /// A window could not be revoked, so the whole memory was scrubbed (or is about to be dropped).
+    Sealed,
+}
+
+const STOP_NONE: u64 = 0;
+const STOP_SEALED: u64 = u64::MAX;
+
+/// Guards one instance's linear memory (one per store).
+///
+/// `guards` is held for reading while host code touches the memory and for writing while a window in it
+/// is swapped. `stop` and `shape` are read without locks by the fault handler (`runtime::fault`).
+#[derive(Debug)]
+pub(crate) struct Fence {
+    guards: Arc<RwLock<Guards>>,
+    /// The memory windows are mapped into, once the instance has one.
+    shape: OnceLock<Arc<MemoryShape>>,
+    /// [`STOP_NONE`], [`STOP_SEALED`], or a faulting wasm address plus one: set once, never cleared
+    /// (a stopped store is dropped, not reused).
+    stop: AtomicU64,
+    /// Advancing the epoch makes the instance reach its epoch check (and see `stop`) promptly.
+    engine: Engine,
+}
+
+/// The fence shared by an instance's host functions, its windows and its fault handler.
+pub(crate) type MemoryFence = Arc<Fence>;
+
+impl Fence {
+    /// A fence for a new store of `engine`.
+    pub(crate) fn new(engine: Engine) -> MemoryFence {
+        Arc::new(Fence {
+            guards: Arc::new(RwLock::new(Guards::default())),
+            shape: OnceLock::new(),
+            stop: AtomicU64::new(STOP_NONE),
+            engine,
+        })
+    }
+
+    /// Holds the guards for reading: no window of this memory is swapped while the guard lives (the
+    /// only way host code gets at guest memory, see `abi::guest_memory`).
+    pub(crate) fn read_arc(&self) -> parking_lot::ArcRwLockReadGuard<parking_lot::RawRwLock, Guards> {
+        self.guards.read_arc()
+    }
+
+    /// Records which memory this fence guards (once, after instantiation).
+    pub(crate) fn set_shape(&self, shape: Arc<MemoryShape>) {
+        let _ = self.shape.set(shape);
+    }
+
+    /// The guarded memory's shape, if the instance has a memory.
+    pub(crate) fn shape(&self) -> Option<&Arc<MemoryShape>> {
+        self.shape.get()
+    }
+
+    /// Why the instance must stop, if it must.
+    pub(crate) fn stop(&self) -> Option<Stop> {
+        match self.stop.load(Ordering::Acquire) {
+            STOP_NONE => None,
+            STOP_SEALED => Some(Stop::Sealed),
+            a => Some(Stop::Fault { addr: a - 1 }),
+        }
+    }
+
+    /// Records a fault outside wasm code at wasm address `addr` (the first one wins) and advances the
+    /// epoch so the instance reaches its epoch check at once. Async-signal-safe: atomics only.
+    pub(crate) fn record_fault(&self, addr: u64) {
+        let _ = self.stop.compare_exchange(
+            STOP_NONE,
+            addr.saturating_add(1).min(STOP_SEALED - 1),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.engine.increment_epoch();
+    }
+
+    /// The fail-closed path of revocation: scrubs the whole memory (every window goes at once), refuses
+    /// the host any further access to it, and stops the instance at its next epoch check.
+    ///
+    /// # Errors
+    /// The operating system's error if even the scrub failed; the instance is still marked to stop.
+    pub(crate) fn seal(&self) -> std::io::Result<()> {
+        let mut guards = self.guards.write();
+        self.stop.store(STOP_SEALED, Ordering::Release);
+        self.engine.increment_epoch();
+        guards.sealed = true;
+        match self.shape.get() {
+            // SAFETY: the shape belongs to this fence's store, which is alive (windows, which hold the
+            // fence, are removed before their store drops); holding the guards for writing means no
+            // host function of the instance is touching its memory; wasm code running on it sees zeros
+            // and stops at the epoch check the advance above triggers.
+            Some(shape) => unsafe { shape.scrub() }.map_err(std::io::Error::from),
+            None => Ok(()),
+        }
+    }
+}
 
 /// Why a map or unmap was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,6 +246,20 @@ pub enum ShareError {
     /// The operating system refused the mapping.
     #[error("mapping failed: {0}")]
     Os(String),
+    /// A window could not be taken away (the kernel refused both the window's replacement and the
+    /// scrub of the whole memory); its instance was told to stop.
+    #[error(
+        "the shared window of region {region} could not be revoked ({reason}); its instance is being stopped"
+    )]
+    NotRevoked {
+        /// The region the window maps.
+        region: String,
+        /// What the kernel said.
+        reason: String,
+    },
+    /// The instance, or its tenant, has as many windows (revoked ones included) as its quota allows.
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
 }
 
 /// A region mapped into a guest's linear memory.
@@ -147,14 +272,18 @@ pub(crate) struct Window {
     host_addr: usize,
     fence: MemoryFence,
     pub(crate) region: Arc<Region>,
+    /// The window's place in its tenant's window quota.
+    charge: Reservation,
 }
 
-/// Where a revoked window was, so a trap there can name the region.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a revoked window was, so a trap there can name the region. It keeps the window's quota
+/// charge (its `PROT_NONE` pages are still a mapping) until the guest unmaps it or exits.
+#[derive(Debug)]
 pub(crate) struct Tombstone {
     pub(crate) guest_ptr: u32,
     pub(crate) len: u64,
     pub(crate) region: String,
+    _charge: Reservation,
 }
 
 /// A request to map, validated by the caller against the capability and memory.
@@ -167,6 +296,7 @@ pub(crate) struct MapAt {
     pub(crate) region_offset: u64,
     pub(crate) writable: bool,
     pub(crate) fence: MemoryFence,
+    pub(crate) charge: Reservation,
 }
 
 fn usize_of(v: u64) -> std::io::Result<usize> {
@@ -187,6 +317,7 @@ impl Window {
             .checked_add(usize_of(u64::from(at.guest_ptr))?)
             .ok_or(std::io::ErrorKind::InvalidInput)?;
         let prot = if at.writable { ProtFlags::READ | ProtFlags::WRITE } else { ProtFlags::READ };
+        let mut guards = at.fence.guards.write();
         // SAFETY: the caller guarantees the target range is ours to replace (inside the instance's
         // memory, aligned, unreferenced); MAP_FIXED replaces exactly those pages with the region's.
         unsafe {
@@ -200,7 +331,8 @@ impl Window {
             )
         }?;
         // A window replaces whatever the range was (a fully covered revoked window included).
-        at.fence.write().set(at.guest_ptr, at.len, (!at.writable).then_some(Guard::ReadOnly));
+        guards.set(at.guest_ptr, at.len, (!at.writable).then_some(Guard::ReadOnly));
+        drop(guards);
         Ok(Window {
             instance: at.instance,
             guest_ptr: at.guest_ptr,
@@ -209,26 +341,61 @@ impl Window {
             host_addr,
             fence: at.fence,
             region,
+            charge: at.charge,
         })
     }
 
-    /// Replaces the window with fresh zeroed read-write pages: the guest gets its memory back.
-    pub(crate) fn unmap(self) -> std::io::Result<()> {
-        self.replace(ProtFlags::READ | ProtFlags::WRITE)
+    /// Replaces the window with fresh zeroed read-write pages: the guest gets its memory back. The pages
+    /// are of the memory's own kind, so the kernel merges them with their neighbours again.
+    ///
+    /// # Errors
+    /// The operating system's error, with the window, which is then still mapped: the caller keeps it.
+    pub(crate) fn unmap(self) -> Result<(), (Window, std::io::Error)> {
+        match self.replace(ProtFlags::READ | ProtFlags::WRITE) {
+            Ok(()) => Ok(()),
+            Err(e) => Err((self, e)),
+        }
     }
 
-    /// Replaces the window with `PROT_NONE` pages and returns the tombstone to remember.
-    pub(crate) fn revoke(self) -> Tombstone {
-        let tomb =
-            Tombstone { guest_ptr: self.guest_ptr, len: self.len, region: self.region.qualified_name() };
-        // If even this fails the pages stay mapped to the region; nothing better can be done, and it
-        // cannot fail for a range we mapped ourselves.
-        let _ = self.replace(ProtFlags::empty());
-        tomb
+    /// Replaces the window with `PROT_NONE` pages and returns the tombstone to remember. Fail-closed: if
+    /// the kernel refuses (as it does at its limit on mappings when the replacement must split one),
+    /// the whole memory is scrubbed instead and the instance is stopped at its next epoch check.
+    ///
+    /// # Errors
+    /// [`ShareError::NotRevoked`], with the window, if even the scrub failed: the instance is marked to
+    /// stop, but the window may be reachable until it does, so the caller keeps it and must not report
+    /// success.
+    pub(crate) fn revoke(self) -> Result<Tombstone, Box<(Window, ShareError)>> {
+        let outcome = match self.replace(ProtFlags::empty()) {
+            Ok(()) => Ok(()),
+            Err(first) => {
+                tracing::warn!(
+                    region = %self.region.qualified_name(),
+                    "revoking a shared window failed ({first}); scrubbing the instance's memory and stopping it"
+                );
+                self.fence.seal().map_err(|e| format!("{first}; then {e}"))
+            }
+        };
+        match outcome {
+            Ok(()) => Ok(Tombstone {
+                guest_ptr: self.guest_ptr,
+                len: self.len,
+                region: self.region.qualified_name(),
+                _charge: self.charge,
+            }),
+            Err(reason) => {
+                let region = self.region.qualified_name();
+                Err(Box::new((self, ShareError::NotRevoked { region, reason })))
+            }
+        }
     }
 
-    fn replace(self, prot: ProtFlags) -> std::io::Result<()> {
-        let mut guards = self.fence.write();
+    fn replace(&self, prot: ProtFlags) -> std::io::Result<()> {
+        let mut guards = self.fence.guards.write();
+        if guards.sealed {
+            // The memory was scrubbed whole: the window's pages are already gone.
+            return Ok(());
+        }
         // SAFETY: by the type's invariant the range lies in the instance's live memory; holding the fence
         // for writing means no host function of that instance is touching its memory right now; wasm code
         // that touches the range afterwards traps (PROT_NONE) or sees zeros it owns (read-write).
@@ -237,7 +404,7 @@ impl Window {
                 self.host_addr as *mut c_void,
                 usize_of(self.len)?,
                 prot,
-                MapFlags::PRIVATE | MapFlags::FIXED,
+                ANON_FLAGS | MapFlags::FIXED,
             )
         }?;
         let revoked = prot == ProtFlags::empty();
@@ -260,7 +427,10 @@ pub(crate) unsafe fn restore(
     tomb: &Tombstone,
     fence: &MemoryFence,
 ) -> std::io::Result<()> {
-    let mut guards = fence.write();
+    let mut guards = fence.guards.write();
+    if guards.sealed {
+        return Ok(());
+    }
     let addr = memory_base
         .checked_add(usize_of(u64::from(tomb.guest_ptr))?)
         .ok_or(std::io::ErrorKind::InvalidInput)?;
@@ -271,7 +441,7 @@ pub(crate) unsafe fn restore(
             addr as *mut c_void,
             usize_of(tomb.len)?,
             ProtFlags::READ | ProtFlags::WRITE,
-            MapFlags::PRIVATE | MapFlags::FIXED,
+            ANON_FLAGS | MapFlags::FIXED,
         )
     }?;
     guards.set(tomb.guest_ptr, tomb.len, None);

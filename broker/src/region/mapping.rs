@@ -247,6 +247,52 @@ impl RegionMemory {
     }
 }
 
+impl RegionMemory {
+    /// Copies `len` bytes at `offset` to `dst`, which may be memory another party changes concurrently
+    /// (a guest's linear memory).
+    ///
+    /// # Errors
+    /// [`RegionError::OutOfBounds`] if the range is not inside the region; nothing is copied then.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `len` bytes for the whole call, and must not be a reference's
+    /// target (it is written through a raw pointer).
+    pub(crate) unsafe fn copy_out_raw(
+        &self,
+        offset: u64,
+        dst: *mut u8,
+        len: usize,
+    ) -> Result<(), RegionError> {
+        let start = self.check(offset, len)?;
+        // SAFETY: `check` proved the source lies inside the live mapping; the caller vouches for `dst`.
+        // A guest window of this same region is another virtual range (physically aliased pages are not
+        // overlapping pointers), so the copy sees some mix of old and new bytes at worst.
+        unsafe { ptr::copy(self.map.as_ptr().add(start), dst, len) };
+        Ok(())
+    }
+
+    /// Copies `len` bytes from `src`, which may be memory another party changes concurrently, to
+    /// `offset`.
+    ///
+    /// # Errors
+    /// [`RegionError::OutOfBounds`] if the range is not inside the region; nothing is written then.
+    ///
+    /// # Safety
+    /// `src` must be valid for reads of `len` bytes for the whole call.
+    pub(crate) unsafe fn copy_in_raw(
+        &self,
+        offset: u64,
+        src: *const u8,
+        len: usize,
+    ) -> Result<(), RegionError> {
+        let start = self.check(offset, len)?;
+        // SAFETY: `check` proved the destination lies inside the live writable mapping; the caller vouches
+        // for `src`.
+        unsafe { ptr::copy(src, self.map.as_mut_ptr().add(start), len) };
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

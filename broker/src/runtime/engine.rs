@@ -8,7 +8,7 @@ use wasmtime::{Config, Engine};
 
 use crate::error::Error;
 
-/// How often the epoch advances; call deadlines are counted in these ticks.
+/// How often the epoch advances; call deadlines are checked at these ticks.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// The engine plus the thread that advances its epoch; stopping is joining.
@@ -43,12 +43,6 @@ impl EngineHandle {
             })
             .map_err(|e| Error::InvalidArgument { field: "epoch thread", reason: e.to_string() })?;
         Ok(EngineHandle { engine, stop: Some(stop), ticker: Some(ticker) })
-    }
-
-    /// Epoch ticks that cover `timeout` (at least one, plus one for the tick in progress).
-    pub(crate) fn ticks_for(timeout: Duration) -> u64 {
-        let ticks = timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
-        u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
     }
 }
 

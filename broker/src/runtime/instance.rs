@@ -7,19 +7,22 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use parking_lot::Mutex;
 use wasmtime::{Instance, InstancePre, Ref, Store, Trap, UpdateDeadline, Val, ValType};
 
-use super::engine::EngineHandle;
 use super::events::{self, EventKind, EventQueue, Pending};
+use super::fault;
 use super::limits::TenantLimiter;
+use super::memory_creator;
 use super::pool::{PoolHandle, WorkerPool};
 use super::{InstanceConfig, InstanceError, InstanceId, InstanceStatus, RunState};
 use crate::abi::GuestCtx;
 use crate::broker::Core;
 use crate::error::Error;
+use crate::mode::shared::{Fence, Stop};
 use crate::name::Name;
 use crate::region::Traffic;
 use crate::tenant::Tenant;
@@ -32,8 +35,9 @@ pub(crate) struct InstanceState {
     /// What host functions need: the broker core, the caller's identity and memory.
     pub(crate) ctx: GuestCtx,
     limiter: TenantLimiter,
-    /// Epoch ticks the current call may still run.
-    budget: u64,
+    /// When the current call's budget runs out. A deadline rather than a count of ticks, so extra
+    /// epoch advances (a fault handler stopping another instance) cost nobody any budget.
+    deadline: Instant,
     /// Set by [`InstanceCell::interrupt`] to stop the current call at the next tick.
     kill: Arc<AtomicBool>,
 }
@@ -201,6 +205,12 @@ impl InstanceCell {
                 self.dead_events.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
+            if let Some(stop) = l.store.data().ctx.fence.stop() {
+                self.record_trap(&wasmtime::Error::new(StopTrap(stop)), false);
+                let rest = events.len() - i;
+                self.dead_events.fetch_add(u64::try_from(rest).unwrap_or(u64::MAX), Ordering::Relaxed);
+                return;
+            }
             // An interrupt that arrived between two callbacks stops the rest of the delivery too.
             if self.kill.swap(false, Ordering::AcqRel) {
                 self.mark_trapped(InstanceError::Killed);
@@ -208,9 +218,10 @@ impl InstanceCell {
                 self.dead_events.fetch_add(u64::try_from(rest).unwrap_or(u64::MAX), Ordering::Relaxed);
                 return;
             }
-            l.store.data_mut().budget = EngineHandle::ticks_for(self.config.call_timeout);
+            l.store.data_mut().deadline = deadline_after(self.config.call_timeout);
             l.store.set_epoch_deadline(1);
-            match func.call(&mut l.store, &args, &mut []) {
+            let called = func.call(&mut l.store, &args, &mut []);
+            match stopped(&l.store, called) {
                 Ok(()) => {
                     self.delivered.fetch_add(1, Ordering::Relaxed);
                 }
@@ -235,6 +246,8 @@ impl InstanceCell {
     }
 
     fn instantiate(&self) -> Result<Live, Error> {
+        let module = self.pre.module();
+        let fence = Fence::new(module.engine().clone());
         let state = InstanceState {
             ctx: GuestCtx::new(
                 Arc::clone(&self.core),
@@ -242,20 +255,26 @@ impl InstanceCell {
                 Arc::clone(&self.tenant),
                 Arc::clone(&self.traffic),
                 self.sink(),
+                Arc::clone(&fence),
             ),
             limiter: TenantLimiter::new(Arc::clone(&self.tenant), self.config.max_memory_bytes),
-            budget: EngineHandle::ticks_for(self.config.call_timeout),
+            deadline: deadline_after(self.config.call_timeout),
             kill: Arc::clone(&self.kill),
         };
-        let mut store = Store::new(self.pre.module().engine(), state);
+        let mut store = Store::new(module.engine(), state);
         store.limiter(|s| &mut s.limiter);
-        // Checked at every epoch tick: the call's own budget, or the host's interrupt, ends it.
-        store.epoch_deadline_callback(|mut ctx| {
-            let s = ctx.data_mut();
-            if s.kill.load(Ordering::Acquire) || s.budget == 0 {
+        let code = module.image_range();
+        fault::install(&mut store, Arc::clone(&fence), code.start as usize..code.end as usize);
+        // Checked at every epoch tick: a fault outside wasm code, the call's own budget, or the host's
+        // interrupt ends it.
+        store.epoch_deadline_callback(|ctx| {
+            let s = ctx.data();
+            if let Some(stop) = s.ctx.fence.stop() {
+                return Err(wasmtime::Error::new(StopTrap(stop)));
+            }
+            if s.kill.load(Ordering::Acquire) || Instant::now() >= s.deadline {
                 return Ok(UpdateDeadline::Interrupt);
             }
-            s.budget -= 1;
             Ok(UpdateDeadline::Continue(1))
         });
         store.set_epoch_deadline(1);
@@ -263,11 +282,17 @@ impl InstanceCell {
         match self.pre.instantiate(&mut store) {
             Ok(instance) => {
                 let memory = instance.get_memory(&mut store, "memory");
+                if let Some(shape) =
+                    memory.and_then(|m| memory_creator::shape_of(m.data_ptr(&store) as usize))
+                {
+                    fence.set_shape(shape);
+                }
                 store.data_mut().ctx.set_memory(memory);
                 Ok(Live { store, instance })
             }
             Err(e) => {
-                self.core.caps.lock().remove_instance(self.id);
+                // Instantiation failed before the app could hold a capability.
+                let _ = self.core.caps.lock().remove_instance(self.id);
                 match store.data().limiter.last_refusal {
                     Some(q) => Err(Error::Quota(q)),
                     None => Err(InstanceError::Instantiate(format!("{e:#}")).into()),
@@ -279,7 +304,11 @@ impl InstanceCell {
     /// Drops the live store and every capability it held.
     fn teardown(&self, live: &mut Option<Live>) {
         if let Some(l) = live.take() {
-            self.core.caps.lock().remove_instance(self.id);
+            if let Err(e) = self.core.caps.lock().remove_instance(self.id) {
+                // Another instance's window, derived from this one's capabilities, is still mapped; that
+                // instance was told to stop. This one stops regardless.
+                tracing::warn!(instance = %self.id, "{e}");
+            }
             drop(l);
         }
     }
@@ -356,10 +385,15 @@ impl InstanceCell {
         }
         let mut results: Vec<Val> =
             ty.results().map(|t| Val::default_for_ty(&t).unwrap_or(Val::I32(0))).collect();
+        if let Some(stop) = l.store.data().ctx.fence.stop() {
+            // Told to stop (a window could not be revoked, say) before this call began: run nothing.
+            return Err(self.record_trap(&wasmtime::Error::new(StopTrap(stop)), false));
+        }
         self.kill.store(false, Ordering::Release);
-        l.store.data_mut().budget = EngineHandle::ticks_for(self.config.call_timeout);
+        l.store.data_mut().deadline = deadline_after(self.config.call_timeout);
         l.store.set_epoch_deadline(1);
-        let outcome = func.call(&mut l.store, args, &mut results);
+        let called = func.call(&mut l.store, args, &mut results);
+        let outcome = stopped(&l.store, called);
         let killed = self.kill.swap(false, Ordering::AcqRel);
         match outcome {
             Ok(()) => {
@@ -372,6 +406,23 @@ impl InstanceCell {
 
     /// Classifies a failed call, marks the instance trapped and records the trap.
     fn record_trap(&self, e: &wasmtime::Error, killed: bool) -> InstanceError {
+        if let Some(StopTrap(stop)) = e.downcast_ref::<StopTrap>() {
+            let message = match *stop {
+                Stop::Fault { addr } => {
+                    let what = self.core.caps.lock().explain_fault(self.id, addr).unwrap_or_else(|| {
+                        format!("fault at wasm address {addr:#x} in a shared window (since unmapped)")
+                    });
+                    format!(
+                        "{what}: memory fault outside wasm code (a bulk-memory or atomic helper, or a host \
+                         call) at wasm address {addr:#x}; the instance's memory was cleared"
+                    )
+                }
+                Stop::Sealed => "a shared window of this instance could not be revoked, so its memory was \
+                                 cleared and the instance stopped"
+                    .to_owned(),
+            };
+            return self.mark_trapped(InstanceError::Trapped { message });
+        }
         let err = match e.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) if killed => InstanceError::Killed,
             Some(Trap::Interrupt) => InstanceError::Interrupted { timeout: self.config.call_timeout },
@@ -445,6 +496,37 @@ impl InstanceCell {
     pub(crate) fn status(&self) -> InstanceStatus {
         self.status.lock().clone()
     }
+}
+
+/// The error an instance that must stop traps with (see [`Fence::stop`]): raised by the epoch callback
+/// and by host calls, or added when a call returns normally after a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StopTrap(pub(crate) Stop);
+
+impl std::fmt::Display for StopTrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Stop::Fault { addr } => write!(f, "memory fault outside wasm code at wasm address {addr:#x}"),
+            Stop::Sealed => f.write_str("the instance's memory was sealed"),
+        }
+    }
+}
+
+impl std::error::Error for StopTrap {}
+
+/// A call that returned normally after a fault outside wasm code (straight-line code after a helper
+/// that faulted reaches no epoch check) still traps.
+fn stopped(store: &Store<InstanceState>, outcome: wasmtime::Result<()>) -> wasmtime::Result<()> {
+    match (outcome, store.data().ctx.fence.stop()) {
+        (Ok(()), Some(stop)) => Err(wasmtime::Error::new(StopTrap(stop))),
+        (outcome, _) => outcome,
+    }
+}
+
+/// When a call of `timeout` started now must end.
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout).unwrap_or(now + Duration::from_secs(365 * 24 * 3600))
 }
 
 fn kind_of_type(t: &ValType) -> &'static str {

@@ -6,14 +6,96 @@
 //! pages beyond the current size, so windows mapped inside the memory survive `memory.grow`. The base
 //! never moves. Dropping the memory unmaps the whole reservation, windows included.
 //!
+//! Each memory publishes its [`MemoryShape`] (base, reservation length, accessible size), found by base
+//! address with [`shape_of`]. The shape is what `runtime::fault` reads, without locks, inside a signal
+//! handler, and what [`MemoryShape::scrub`] uses to replace every page of the memory at once.
+//!
+//! **Invariant:** every mapping made over a part of the accessible prefix that hands pages back to the
+//! guest uses [`ANON_FLAGS`] and read-write protection, exactly as the prefix was made, so the kernel
+//! merges it with its neighbours and a map/unmap cycle leaves the process's mapping count unchanged.
+//!
 //! This module is one of the few allowed to use `unsafe` (see `ARCHITECTURE.md`).
 
 #![allow(unsafe_code, reason = "owns the raw reservations of linear memories")]
 
+use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Weak};
 
+use parking_lot::Mutex;
 use rustix::mm::{mmap_anonymous, mprotect, munmap, MapFlags, MprotectFlags, ProtFlags};
 use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
+
+/// Flags of every anonymous mapping inside a reservation. Pages handed back to the guest must be mapped
+/// with exactly these (and read-write), or the kernel cannot merge them with the pages around them and
+/// each map/unmap cycle would cost the process two more mappings.
+pub(crate) const ANON_FLAGS: MapFlags = MapFlags::PRIVATE.union(MapFlags::NORESERVE);
+
+/// Where a linear memory lives and how much of it is accessible, readable without locks (a signal
+/// handler reads it).
+#[derive(Debug)]
+pub(crate) struct MemoryShape {
+    base: usize,
+    /// Accessible bytes (the memory's byte size).
+    size: AtomicUsize,
+}
+
+impl MemoryShape {
+    /// Host address of the memory's first byte.
+    pub(crate) fn base(&self) -> usize {
+        self.base
+    }
+
+    /// The accessible size in bytes, rounded up to whole host pages.
+    pub(crate) fn accessible(&self) -> usize {
+        round_up(self.size.load(Ordering::Acquire)).unwrap_or(usize::MAX)
+    }
+
+    /// Whether host address `addr` lies in the accessible part of this memory.
+    pub(crate) fn contains(&self, addr: usize) -> bool {
+        addr >= self.base && addr - self.base < self.accessible()
+    }
+
+    /// Replaces every accessible page with fresh zeroed read-write pages of the memory's own kind: every
+    /// window (read-only, read-write or revoked) is gone at once, and nothing of any region is reachable
+    /// through this memory any more. Its contents are lost; only a memory whose instance is being
+    /// stopped is scrubbed. The range starts at the reservation's start and ends where its inaccessible
+    /// tail begins, so the kernel never has to split a mapping of someone else to do it.
+    ///
+    /// Async-signal-safe: one `mmap` system call, no allocation, no lock.
+    ///
+    /// # Safety
+    /// The memory must be alive (its owner, a store, has not dropped it), and no host code may hold a
+    /// reference into its bytes (raw-pointer copies in progress are fine: they see zeros).
+    pub(crate) unsafe fn scrub(&self) -> rustix::io::Result<()> {
+        let len = self.accessible();
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: `[base, base+len)` is the accessible prefix of our own live reservation (the caller's
+        // obligation); MAP_FIXED replaces exactly those pages with private zero pages of the same kind
+        // as the prefix, so the address range stays ours and nothing outside it changes.
+        unsafe {
+            mmap_anonymous(
+                self.base as *mut c_void,
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                ANON_FLAGS | MapFlags::FIXED,
+            )
+        }
+        .map(|_| ())
+    }
+}
+
+/// Every live memory's shape, by base address, so an instance can find the shape of the memory
+/// wasmtime created for it.
+static SHAPES: LazyLock<Mutex<HashMap<usize, Weak<MemoryShape>>>> = LazyLock::new(Default::default);
+
+/// The shape of the live memory at host address `base`, if the broker created it.
+pub(crate) fn shape_of(base: usize) -> Option<Arc<MemoryShape>> {
+    SHAPES.lock().get(&base).and_then(Weak::upgrade)
+}
 
 /// Host page size the broker assumes for reservations and windows.
 pub(crate) const HOST_PAGE: usize = 4096;
@@ -53,6 +135,8 @@ pub(crate) struct HostMemory {
     capacity: usize,
     /// The whole mapping: capacity plus guard.
     mapping_len: usize,
+    /// Published for lock-free readers (see [`shape_of`]).
+    shape: Arc<MemoryShape>,
 }
 
 impl HostMemory {
@@ -70,16 +154,14 @@ impl HostMemory {
         let mapping_len =
             capacity.checked_add(round_up(guard).ok_or("guard overflows")?).ok_or("reservation overflows")?;
         // SAFETY: a fresh anonymous PROT_NONE mapping at an address the kernel chooses aliases nothing.
-        let base = unsafe {
-            mmap_anonymous(
-                std::ptr::null_mut(),
-                mapping_len,
-                ProtFlags::empty(),
-                MapFlags::PRIVATE | MapFlags::NORESERVE,
-            )
-        }
-        .map_err(|e| format!("reserving {mapping_len} bytes for a linear memory failed: {e}"))?;
-        let mut memory = HostMemory { base: base as usize, size: 0, capacity, mapping_len };
+        let base =
+            unsafe { mmap_anonymous(std::ptr::null_mut(), mapping_len, ProtFlags::empty(), ANON_FLAGS) }
+                .map_err(|e| format!("reserving {mapping_len} bytes for a linear memory failed: {e}"))?;
+        let base = base as usize;
+        let shape = Arc::new(MemoryShape { base, size: AtomicUsize::new(0) });
+        SHAPES.lock().insert(base, Arc::downgrade(&shape));
+        // From here on, dropping `memory` unmaps the reservation and unregisters the shape.
+        let mut memory = HostMemory { base, size: 0, capacity, mapping_len, shape };
         memory.make_accessible(minimum).map_err(|e| e.to_string())?;
         Ok(memory)
     }
@@ -105,6 +187,7 @@ impl HostMemory {
             .map_err(|e| wasmtime::format_err!("growing a linear memory failed: {e}"))?;
         }
         self.size = new_size;
+        self.shape.size.store(new_size, Ordering::Release);
         Ok(())
     }
 }
@@ -132,9 +215,23 @@ unsafe impl LinearMemory for HostMemory {
 
 impl Drop for HostMemory {
     fn drop(&mut self) {
+        {
+            let mut shapes = SHAPES.lock();
+            if shapes.get(&self.base).is_some_and(|w| w.as_ptr() == Arc::as_ptr(&self.shape)) {
+                shapes.remove(&self.base);
+            }
+        }
         // SAFETY: the mapping is ours, of exactly `mapping_len` bytes, and wasmtime drops the memory only
         // once no instance can touch it; every window inside was unregistered when the instance's
         // capabilities were removed, before its store dropped.
-        let _ = unsafe { munmap(self.base as *mut c_void, self.mapping_len) };
+        if let Err(e) = unsafe { munmap(self.base as *mut c_void, self.mapping_len) } {
+            // Unmapping our own whole reservation cannot fail; if it ever did, the address space stays
+            // reserved (leaked), which is safe: nothing else can be mapped there.
+            tracing::error!(
+                base = self.base,
+                len = self.mapping_len,
+                "unmapping a linear memory failed: {e}"
+            );
+        }
     }
 }

@@ -12,16 +12,17 @@
 
 mod engine;
 pub mod events;
+mod fault;
 mod instance;
 mod limits;
-mod memory_creator;
+pub(crate) mod memory_creator;
 mod pool;
 
 use std::fmt;
 use std::time::Duration;
 
 pub(crate) use engine::EngineHandle;
-pub(crate) use instance::{EventSink, InstanceCell, InstanceState};
+pub(crate) use instance::{EventSink, InstanceCell, InstanceState, StopTrap};
 pub(crate) use pool::WorkerPool;
 
 /// Identifies an instance for the lifetime of a broker (a restart keeps the id).

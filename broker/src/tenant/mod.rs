@@ -1,7 +1,8 @@
 //! Tenants and their quotas.
 //!
 //! A tenant owns regions, modules and instances, and every resource it consumes is counted against its
-//! [`Quotas`]: region bytes, region count, instance count, handle count and linear-memory bytes.
+//! [`Quotas`]: region bytes, region count, instance count, handle count, linear-memory bytes and shared
+//! windows (each costs the process kernel mappings, a resource the whole process has a fixed amount of).
 //! Consumption goes through a [`Reservation`] that is released on drop unless committed, so an operation
 //! that fails half-way gives everything back and nothing is ever partly created.
 //!
@@ -46,15 +47,21 @@ pub enum Resource {
     Handles,
     /// Total linear-memory bytes of the tenant's instances.
     MemoryBytes,
+    /// Shared windows of the tenant's instances, revoked ones not yet unmapped included.
+    Windows,
+    /// Shared windows of one instance (a limit per instance, counted by the capability space).
+    InstanceWindows,
 }
 
 impl Resource {
-    const ALL: [Resource; 5] = [
+    const ALL: [Resource; 7] = [
         Resource::RegionBytes,
         Resource::Regions,
         Resource::Instances,
         Resource::Handles,
         Resource::MemoryBytes,
+        Resource::Windows,
+        Resource::InstanceWindows,
     ];
 
     fn index(self) -> usize {
@@ -64,6 +71,8 @@ impl Resource {
             Resource::Instances => 2,
             Resource::Handles => 3,
             Resource::MemoryBytes => 4,
+            Resource::Windows => 5,
+            Resource::InstanceWindows => 6,
         }
     }
 }
@@ -76,6 +85,8 @@ impl fmt::Display for Resource {
             Resource::Instances => "instances",
             Resource::Handles => "handles",
             Resource::MemoryBytes => "memory bytes",
+            Resource::Windows => "shared windows",
+            Resource::InstanceWindows => "shared windows per instance",
         })
     }
 }
@@ -93,13 +104,33 @@ pub struct Quotas {
     pub handles: u64,
     /// Total linear memory of all instances.
     pub memory_bytes: u64,
+    /// Shared windows of all the tenant's instances (revoked ones not yet unmapped included).
+    pub windows: u64,
+    /// Shared windows of any one instance.
+    pub windows_per_instance: u64,
+}
+
+impl Quotas {
+    /// Default for [`Quotas::windows`]: with at most three kernel mappings per window, the default
+    /// tenant can hold under 1/20 of Linux's default limit of 65,530 mappings per process.
+    pub const DEFAULT_WINDOWS: u64 = 1024;
+    /// Default for [`Quotas::windows_per_instance`].
+    pub const DEFAULT_WINDOWS_PER_INSTANCE: u64 = 256;
 }
 
 impl Default for Quotas {
     /// Generous defaults for a development broker: 256 MiB of regions, 64 regions, 16 instances,
-    /// 4096 handles and 1 GiB of linear memory.
+    /// 4096 handles, 1 GiB of linear memory, 1024 shared windows (256 per instance).
     fn default() -> Quotas {
-        Quotas { region_bytes: 256 << 20, regions: 64, instances: 16, handles: 4096, memory_bytes: 1 << 30 }
+        Quotas {
+            region_bytes: 256 << 20,
+            regions: 64,
+            instances: 16,
+            handles: 4096,
+            memory_bytes: 1 << 30,
+            windows: Quotas::DEFAULT_WINDOWS,
+            windows_per_instance: Quotas::DEFAULT_WINDOWS_PER_INSTANCE,
+        }
     }
 }
 
@@ -111,6 +142,8 @@ impl Quotas {
             Resource::Instances => self.instances,
             Resource::Handles => self.handles,
             Resource::MemoryBytes => self.memory_bytes,
+            Resource::Windows => self.windows,
+            Resource::InstanceWindows => self.windows_per_instance,
         }
     }
 }
@@ -128,6 +161,8 @@ pub struct Usage {
     pub handles: u64,
     /// Total linear memory.
     pub memory_bytes: u64,
+    /// Shared windows (revoked ones not yet unmapped included).
+    pub windows: u64,
 }
 
 /// A reservation was refused because it would exceed the quota.
@@ -150,7 +185,7 @@ pub struct Tenant {
     id: TenantId,
     name: Name,
     quotas: RwLock<Quotas>,
-    used: [AtomicU64; 5],
+    used: [AtomicU64; 7],
 }
 
 impl Tenant {
@@ -186,6 +221,7 @@ impl Tenant {
             instances: g(Resource::Instances),
             handles: g(Resource::Handles),
             memory_bytes: g(Resource::MemoryBytes),
+            windows: g(Resource::Windows),
         }
     }
 

@@ -184,12 +184,24 @@ fn tenants_and_quotas_bad_inputs() {
         code(rpc!(d, admin, issue_token, pb::IssueTokenRequest { tenant: "nobody".into(), rotate: false })),
         Code::NotFound
     );
-    let quotas =
-        pb::Quotas { region_bytes: 100, regions: 1, instances: 1, handles: 10, memory_bytes: 1 << 30 };
+    // As a client built before window quotas existed sends it: no window fields.
+    let quotas = pb::Quotas {
+        region_bytes: 100,
+        regions: 1,
+        instances: 1,
+        handles: 10,
+        memory_bytes: 1 << 30,
+        ..Default::default()
+    };
     let updated =
         rpc!(d, admin, set_quotas, pb::SetQuotasRequest { tenant: "t".into(), quotas: Some(quotas) })
             .expect("quotas");
     assert_eq!(updated.quotas.map(|q| q.regions), Some(1));
+    assert_eq!(
+        updated.quotas.and_then(|q| q.windows),
+        Some(broker::Quotas::DEFAULT_WINDOWS),
+        "absent: default"
+    );
     let too_big = pb::CreateRegionRequest {
         tenant: String::new(),
         name: "r".into(),
@@ -1376,4 +1388,59 @@ fn shutting_down_cancels_a_running_scenario() {
     // And no new run starts.
     let again = pb::RunScenarioRequest { builtin: "pipeline".into(), ..Default::default() };
     assert_eq!(code(rpc!(d, admin, run_scenario, again)), Code::Unavailable);
+}
+
+/// Issue 13, as reported: a tenant with only its token maps a read-only window of its own region and
+/// runs `memory.fill` over it (wasmtime runs it as a host-side helper, which used to kill the daemon).
+/// The daemon lives, the call ends with the attacker's trap, and another tenant's call still answers.
+#[test]
+fn r13_memory_fill_over_a_read_only_window_traps_only_the_attacker() {
+    let d = Daemon::start(None);
+    let admin = d.client(Some(&d.admin));
+    let evil = tenant(&d, &admin, "evil");
+    let acme = tenant(&d, &admin, "acme");
+    let ops = broker_guests::ISOLATION_OPS_WASM;
+    for (c, who) in [(&evil, "evil"), (&acme, "acme")] {
+        upload(&d, c, "ops", ops);
+        start(&d, c, "ops", who);
+    }
+    region(&d, &evil, "data", 8192, pb::Mode::Shared, pb::Backing::Ephemeral);
+    let grant = pb::GrantRequest {
+        region: Some(region_ref("", "data")),
+        instance: "evil".into(),
+        rights: 1 | 4,
+        offset: 0,
+        len: None,
+    };
+    rpc!(d, evil, grant, grant).expect("grant");
+    // The guest writes "evil/data" into its memory byte by byte (op 10 = i32.store8) and opens it.
+    for (i, byte) in b"evil/data".iter().enumerate() {
+        let at = 0x100 + i32::try_from(i).expect("short");
+        call(&d, &evil, "evil", "op", vec![i32v(10), i32v(at), i32v(i32::from(*byte)), i32v(0)])
+            .expect("store8");
+    }
+    let opened = call(&d, &evil, "evil", "open", vec![i32v(0x100), i32v(9)]).expect("open");
+    let Some(pb::Value { value: Some(pb::value::Value::I64(h)) }) = opened.first().cloned() else {
+        panic!("open returned {opened:?}")
+    };
+    let h = i32::try_from(h).expect("a small handle");
+    let mapped =
+        call(&d, &evil, "evil", "map", vec![i32v(h), i32v(0x10_0000), i32v(8192), i32v(0)]).expect("map");
+    assert_eq!(mapped.first().cloned().map(|v| v.value), Some(Some(pb::value::Value::I32(0))));
+    // memory.fill (op 2) over the read-only window.
+    let err = call(&d, &evil, "evil", "op", vec![i32v(2), i32v(0x10_0000), i32v(0x41), i32v(4096)])
+        .expect_err("the fill traps");
+    assert!(err.message().contains("read-only shared window of region evil/data"), "{}", err.message());
+    // The daemon serves everyone still: another tenant's call, and the region's bytes are intact.
+    let nop =
+        call(&d, &acme, "acme", "op", vec![i32v(12), i32v(0), i32v(0), i32v(0)]).expect("bystander answers");
+    assert_eq!(nop.first().cloned().map(|v| v.value), Some(Some(pb::value::Value::I32(0))));
+    let read = rpc!(
+        d,
+        evil,
+        read_region,
+        pb::ReadRegionRequest { region: Some(region_ref("", "data")), offset: 0, len: 4096 }
+    )
+    .expect("read");
+    assert!(read.data.iter().all(|b| *b == 0), "the fill reached the region");
 }

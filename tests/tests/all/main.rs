@@ -24,3 +24,4 @@ macro_rules! assert_test_exists {
 }
 broker_guests::foreach_guest!(assert_test_exists);
 mod fuzz;
+mod isolation;

@@ -164,7 +164,8 @@ fn guest_region_creation_counts_against_the_quota() {
             regions: 1,
             handles: 1,
             instances: 1,
-            memory_bytes: b.tenant_usage(t).expect("usage").memory_bytes
+            memory_bytes: b.tenant_usage(t).expect("usage").memory_bytes,
+            windows: 0,
         }
     );
     // A handle quota of zero: the created region cannot be held, so it is not created at all.

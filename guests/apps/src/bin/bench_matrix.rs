@@ -1,11 +1,14 @@
 //! The guest of `broker bench`: one export per access pattern, written once against
 //! `broker_guest::View`, so the same code runs whatever mode the region is in.
 //!
-//! Where the view holds the region's bytes in this app's memory (`View::as_slice`: a mirror's copy, a
-//! shared window) the patterns access them in place, as an app would; in handle mode every access is a
-//! host call (`View::read`, `View::load`, `View::store`). Going through `View::read`/`load` in the other
-//! modes too would add a guest-side copy per access (a wasm `memory.copy`), which costs more than the
-//! mode does (see `benches/README.md`).
+//! Where the view holds the region's bytes in this app's memory the patterns access them in place, as
+//! an app would: a mirror's copy, which only this app changes, as a slice; a shared window, whose bytes
+//! other apps change at any time and which is therefore never lent as a slice, by value
+//! (`SharedWindow::load` in `scan` and `random`, `View::load` and `View::store` in `write1`: plain loads
+//! and stores). In handle mode every access is a host call (`View::read`, `View::load`, `View::store`).
+//! Going through `View::read` per access in the other modes would add a guest-side copy per access (a
+//! wasm `memory.copy`, which wasmtime runs as a libcall), which costs more than the mode does (see
+//! `benches/README.md`).
 //!
 //! Every pattern works in batches of [`BATCH`] accesses (a scan pass is one batch): it refreshes the
 //! view first, so a reader sees what other readers committed, and `write1` commits after the batch.
@@ -15,7 +18,7 @@
 
 use std::cell::RefCell;
 
-use broker_guest::{Error, Region, Result, View};
+use broker_guest::{Error, Region, Result, SharedWindow, View};
 
 /// Bytes a handle-mode scan copies per host call: one page, the granularity mirror refresh works at.
 const CHUNK: usize = 4096;
@@ -60,6 +63,28 @@ fn sum_words(bytes: &[u8]) -> u64 {
     })
 }
 
+/// The little-endian u64 at `offset` of a shared window, loaded by value in place.
+fn window_word<A>(w: &SharedWindow<'_, A>, offset: u64) -> Result<u64> {
+    let at = usize::try_from(offset).map_err(|_| Error::OutOfBounds)?;
+    Ok(u64::from_le(w.load::<u64>(at)?))
+}
+
+/// The sum of every little-endian u64 of a shared window, loaded by value in place, 64 bytes (one
+/// bounds check, eight plain loads) at a time.
+fn sum_window<A>(w: &SharedWindow<'_, A>) -> Result<u64> {
+    let mut sum = 0u64;
+    let whole = w.len() / 64 * 64;
+    for at in (0..whole).step_by(64) {
+        for x in w.load::<[u64; 8]>(at)? {
+            sum = sum.wrapping_add(u64::from_le(x));
+        }
+    }
+    for at in (whole..w.len() / 8 * 8).step_by(8) {
+        sum = sum.wrapping_add(u64::from_le(w.load::<u64>(at)?));
+    }
+    Ok(sum)
+}
+
 /// xorshift64: cheap, deterministic per seed, and the same as the host's native baseline.
 fn next(state: &mut u64) -> u64 {
     let mut x = *state;
@@ -101,8 +126,14 @@ pub extern "C" fn scan(passes: i32) -> i32 {
     with(|b| {
         for _ in 0..count(passes) {
             b.view.refresh()?;
-            if let Some(bytes) = b.view.as_slice() {
-                b.checksum = sum_words(bytes);
+            let in_place = match &b.view {
+                View::Mirror(m) => Some(sum_words(m)),
+                View::Shared(w) => Some(sum_window(w)?),
+                View::SharedReadOnly(w) => Some(sum_window(w)?),
+                View::Handle(_) => None,
+            };
+            if let Some(sum) = in_place {
+                b.checksum = sum;
                 continue;
             }
             let mut sum = 0u64;
@@ -120,6 +151,20 @@ pub extern "C" fn scan(passes: i32) -> i32 {
     })
 }
 
+/// `n` loads of random 8-byte-aligned u64s through `load`, added to `acc`.
+fn random_loads(
+    n: u32,
+    words: u64,
+    rng: &mut u64,
+    acc: &mut u64,
+    load: impl Fn(u64) -> Result<u64>,
+) -> Result<()> {
+    for _ in 0..n {
+        *acc = acc.wrapping_add(load((next(rng) % words) * 8)?);
+    }
+    Ok(())
+}
+
 /// `iters` loads of random 8-byte-aligned u64s, refreshing every [`BATCH`].
 #[no_mangle]
 pub extern "C" fn random(iters: i32, seed_value: i64) -> i32 {
@@ -131,14 +176,16 @@ pub extern "C" fn random(iters: i32, seed_value: i64) -> i32 {
         while left > 0 {
             let n = left.min(BATCH);
             b.view.refresh()?;
-            if let Some(bytes) = b.view.as_slice() {
-                for _ in 0..n {
-                    acc = acc.wrapping_add(word(bytes, (next(&mut rng) % words) * 8)?);
+            // In place where the bytes are in this app's memory; a host call per load in handle mode.
+            let (r, a) = (&mut rng, &mut acc);
+            match &b.view {
+                View::Mirror(m) => {
+                    let bytes: &[u8] = m;
+                    random_loads(n, words, r, a, |offset| word(bytes, offset))?;
                 }
-            } else {
-                for _ in 0..n {
-                    acc = acc.wrapping_add(b.view.load::<u64>((next(&mut rng) % words) * 8)?);
-                }
+                View::Shared(w) => random_loads(n, words, r, a, |offset| window_word(w, offset))?,
+                View::SharedReadOnly(w) => random_loads(n, words, r, a, |offset| window_word(w, offset))?,
+                View::Handle(_) => random_loads(n, words, r, a, |offset| b.view.load::<u64>(offset))?,
             }
             left -= n;
         }
@@ -164,9 +211,10 @@ pub extern "C" fn write1(iters: i32, seed_value: i64) -> i32 {
                 let r = next(&mut rng);
                 let offset = ((r >> 7) % words) * 8;
                 let store = r.is_multiple_of(100);
-                // Stores go through `View::store`: in place in shared mode, tracked in mirror mode (so
-                // the commit hints only the pages written), a host call in handle mode.
-                // Loads through `View::load`: in place in mirror and shared mode, a host call in handle mode.
+                // Stores go through `View::store`: a plain store in shared mode, tracked in mirror mode
+                // (so the commit hints only the pages written), a host call in handle mode.
+                // Loads through `View::load`: a plain load in mirror and shared mode, a host call in
+                // handle mode.
                 if store {
                     b.view.store(offset, &(acc ^ r))?;
                 } else {

@@ -76,10 +76,12 @@ fn run(seed: u64) -> Result<u64, Error> {
 
     // Shared mode: fill a read-write window, read it back through the window and through the broker.
     let window_region = Region::open("window")?;
-    let mut window = window_region.map_mut()?;
+    let window = window_region.map_mut()?;
     let fill = pattern(seed, 200, window.len());
-    window.copy_from_slice(&fill);
-    if *window != *fill {
+    window.write_from(0, &fill)?;
+    let mut back = vec![0u8; window.len()];
+    window.read_into(0, &mut back)?;
+    if back != fill {
         return Err(inconsistent(4));
     }
     let mut read = vec![0u8; window.len()];
@@ -87,7 +89,7 @@ fn run(seed: u64) -> Result<u64, Error> {
     if read != fill {
         return Err(inconsistent(5));
     }
-    sum = fnv(sum, &window);
+    sum = fnv(sum, &back);
     drop(window);
 
     // A host service.

@@ -5,7 +5,9 @@
 //! grant and folds it into a checksum the host compares with its own computation.
 //!
 //! Every role reaches its regions through `Region::view()`, so the same code runs in handle, mirror and
-//! shared mode: in place where the mode allows (mirror, shared), through one bulk host call otherwise.
+//! shared mode: in place in mirror mode (the app's own copy), by one copy out of or into the window in
+//! shared mode (whose bytes other apps may change meanwhile, so they are never borrowed as a slice), and
+//! through one bulk host call in handle mode.
 //! Exports return a non-negative result or a negative status.
 //!
 //! The data is fixed by formulas the host re-implements (`broker::scenario::expect`): word `w` of block
@@ -33,7 +35,7 @@ fn splitmix64(x: u64) -> u64 {
 struct Stage {
     view: View<'static>,
     len: usize,
-    /// Scratch for handle mode, where the bytes cannot be reached in place.
+    /// Scratch for handle and shared mode, where the bytes are not lent as a slice.
     buf: Vec<u8>,
 }
 
@@ -44,7 +46,8 @@ impl Stage {
         Ok(Stage { view: region.view()?, len, buf: Vec::new() })
     }
 
-    /// Runs `f` over the current bytes (refreshed first), in place when the mode allows.
+    /// Runs `f` over the current bytes (refreshed first): in place in mirror mode, otherwise over one copy,
+    /// so `f` sees bytes that do not change under it.
     fn with_bytes<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<R, Error> {
         self.view.refresh()?;
         if let Some(bytes) = self.view.as_slice() {
@@ -55,7 +58,8 @@ impl Stage {
         Ok(f(&self.buf))
     }
 
-    /// Lets `f` fill the bytes, then publishes them.
+    /// Lets `f` fill the bytes (in place in mirror mode, otherwise in scratch copied in whole), then
+    /// publishes them.
     fn fill(&mut self, f: impl FnOnce(&mut [u8])) -> Result<(), Error> {
         if let Some(bytes) = self.view.as_mut_slice() {
             f(bytes);
@@ -118,12 +122,12 @@ pub extern "C" fn produce(i: i64) -> i64 {
 #[no_mangle]
 pub extern "C" fn transform() -> i64 {
     ret(BLOCK.with_borrow_mut(|block| {
-        // The input is copied out once (in place where the mode allows) before the output is touched, so
+        // The input is copied out once (read in place in mirror mode) before the output is touched, so
         // the two regions never need to be borrowed at the same time.
         let len = stage(&INPUT, STAGE1, |input| {
             input.with_bytes(|bytes| {
                 block.clear();
-                block.extend(words(bytes).map(|x| (x.rotate_left(13) ^ MASK).to_le_bytes()).flatten());
+                block.extend(words(bytes).flat_map(|x| (x.rotate_left(13) ^ MASK).to_le_bytes()));
                 bytes.len()
             })
         })?;

@@ -1,5 +1,6 @@
 //! An app that uses shared windows: it maps regions read-write or read-only, reads and writes them with
-//! plain and atomic accesses, streams through an SPSC ring, and drives the raw map ABI with bad inputs.
+//! plain (by-value and copying) and atomic accesses, streams through an SPSC ring, and drives the raw map
+//! ABI with bad inputs.
 //! Windows live in slots the host refers to by index; exports return a non-negative result or a
 //! negative status.
 
@@ -18,10 +19,17 @@ enum Slot {
 }
 
 impl Slot {
-    fn bytes(&self) -> &[u8] {
+    fn read_into(&self, offset: usize, buf: &mut [u8]) -> Result<(), Error> {
         match self {
-            Slot::Rw(w) => w,
-            Slot::Ro(w) => w,
+            Slot::Rw(w) => w.read_into(offset, buf),
+            Slot::Ro(w) => w.read_into(offset, buf),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Slot::Rw(w) => w.len(),
+            Slot::Ro(w) => w.len(),
         }
     }
 
@@ -104,8 +112,8 @@ pub extern "C" fn store(slot: i32, o: i64, v: i64) -> i64 {
     })
 }
 
-/// A plain (non-atomic) byte store through `DerefMut`, which a read-only window does not offer: for a
-/// read-only slot it writes through the raw address instead, and the hardware must stop it.
+/// A plain (non-atomic) byte store through `SharedWindow::store`, which a read-only window does not offer:
+/// for a read-only slot it writes through the raw address instead, and the hardware must stop it.
 #[no_mangle]
 pub extern "C" fn poke(slot: i32, o: i64, byte: i32) -> i64 {
     let b = u8::try_from(byte & 0xff).unwrap_or(0);
@@ -113,12 +121,9 @@ pub extern "C" fn poke(slot: i32, o: i64, byte: i32) -> i64 {
         let Some(Some(w)) = usize::try_from(slot).ok().and_then(|i| s.get_mut(i)) else { return -1 };
         let Ok(at) = off(o) else { return -1 };
         match w {
-            Slot::Rw(w) => match w.get_mut(at) {
-                Some(x) => {
-                    *x = b;
-                    0
-                }
-                None => i64::from(Error::OutOfBounds.code()),
+            Slot::Rw(w) => match w.store(at, &b) {
+                Ok(()) => 0,
+                Err(e) => i64::from(e.code()),
             },
             Slot::Ro(w) => {
                 if at >= w.len() {
@@ -145,10 +150,20 @@ pub extern "C" fn add_many(slot: i32, o: i64, n: i32) -> i64 {
     })
 }
 
-/// Sum of every byte of the window.
+/// Sum of every byte of the window, copied out a page at a time (the bytes may change meanwhile).
 #[no_mangle]
 pub extern "C" fn sum(slot: i32) -> i64 {
-    with_slot(slot, |w| Ok(w.bytes().iter().map(|b| u64::from(*b)).sum()))
+    with_slot(slot, |w| {
+        let mut page = [0u8; 4096];
+        let mut sum = 0u64;
+        for at in (0..w.len()).step_by(page.len()) {
+            let n = (w.len() - at).min(page.len());
+            let chunk = &mut page[..n];
+            w.read_into(at, chunk)?;
+            sum += chunk.iter().map(|b| u64::from(*b)).sum::<u64>();
+        }
+        Ok(sum)
+    })
 }
 
 /// Sets the u64 at 8 to 1 (so the host knows the loop started), then reads the u64 at 0 forever.
