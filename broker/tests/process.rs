@@ -467,3 +467,173 @@ fn loadtest_reports_no_errors_and_bounded_memory() {
     assert!(report["p99_us"].as_f64().is_some_and(|p| p > 0.0), "{report}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("clients 8"), "progress is printed once a second");
 }
+
+fn i32v(v: i32) -> pb::Value {
+    pb::Value { value: Some(pb::value::Value::I32(v)) }
+}
+
+/// Calls an export of the `isolation_ops` guest through the daemon and returns its one result.
+fn op_call(c: &Client, instance: &str, export: &str, args: &[i32]) -> Result<i64, tonic::Status> {
+    let msg = pb::CallInstanceRequest {
+        tenant: String::new(),
+        instance: instance.into(),
+        export: export.into(),
+        args: args.iter().map(|a| i32v(*a)).collect(),
+    };
+    let results = rpc!(c, call_instance, msg)?.results;
+    Ok(match results.first().and_then(|v| v.value) {
+        Some(pb::value::Value::I32(v)) => i64::from(v),
+        Some(pb::value::Value::I64(v)) => v,
+        other => panic!("unexpected result {other:?}"),
+    })
+}
+
+/// What the kernel has handed the process: mappings, open files and threads.
+fn kernel_resources(pid: u32) -> (usize, usize, usize) {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps").lines().count();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fds").count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a thread count");
+    (maps, fds, threads)
+}
+
+/// Issue 13 through the real daemon, with tenant tokens only: map/unmap churn leaves the daemon's
+/// mappings, files and threads where they were; `memory.fill` over a read-only window and
+/// `memory.copy` out of a revoked one trap the attacker, not the daemon; revocation through the API
+/// takes the window away; another tenant's calls answer throughout.
+#[test]
+fn r13_a_hostile_tenant_cannot_kill_the_daemon_or_outlive_a_revoke() {
+    let dir = StateDir::new("r13");
+    let d = Daemon::start(&dir.0, 1);
+    let admin = Client::connect(&d, &admin_token(&dir.0));
+    let mut clients = Vec::new();
+    for name in ["evil", "acme"] {
+        rpc!(admin, create_tenant, pb::CreateTenantRequest { name: name.into(), quotas: None })
+            .expect("tenant");
+        let t = rpc!(admin, issue_token, pb::IssueTokenRequest { tenant: name.into(), rotate: false })
+            .expect("token");
+        let c = Client::connect(&d, &t.token);
+        let upload = pb::UploadModuleRequest {
+            tenant: String::new(),
+            name: "ops".into(),
+            wasm: broker_guests::ISOLATION_OPS_WASM.to_vec(),
+        };
+        rpc!(c, upload_module, upload).expect("upload");
+        let start = pb::StartInstanceRequest {
+            tenant: String::new(),
+            module: "ops".into(),
+            name: name.into(),
+            config: None,
+        };
+        rpc!(c, start_instance, start).expect("start");
+        clients.push(c);
+    }
+    let (evil, acme) = (&clients[0], &clients[1]);
+    let data = || Some(pb::RegionRef { tenant: String::new(), name: "data".into() });
+    let region = pb::CreateRegionRequest {
+        tenant: String::new(),
+        name: "data".into(),
+        size: 8192,
+        mode: pb::Mode::Shared.into(),
+        policy: 0,
+        backing: pb::Backing::Ephemeral.into(),
+    };
+    rpc!(evil, create_region, region).expect("region");
+    let grant = |rights| {
+        let msg = pb::GrantRequest { region: data(), instance: "evil".into(), rights, offset: 0, len: None };
+        rpc!(evil, grant, msg).expect("grant").grant_id
+    };
+    let open = || {
+        for (i, byte) in b"evil/data".iter().enumerate() {
+            let at = 0x100 + i32::try_from(i).expect("short");
+            op_call(evil, "evil", "op", &[10, at, i32::from(*byte), 0]).expect("store8");
+        }
+        i32::try_from(op_call(evil, "evil", "open", &[0x100, 9]).expect("open")).expect("a small handle")
+    };
+    let acme_answers = || assert_eq!(op_call(acme, "acme", "op", &[12, 0, 0, 0]).expect("acme answers"), 0);
+
+    // Churn: map and unmap a read-write window 2,000 times.
+    grant(1 | 2 | 4);
+    let h = open();
+    // Warm up first: the daemon's async runtime starts its threads (and their stacks and arenas) lazily.
+    for i in 0..300 {
+        assert_eq!(op_call(evil, "evil", "map", &[h, 0x10_0000, 8192, i % 2]).expect("map"), 0);
+        assert_eq!(op_call(evil, "evil", "unmap", &[h, 0x10_0000]).expect("unmap"), 0);
+    }
+    let before = kernel_resources(d.pid());
+    for i in 0..2_000 {
+        let at = 0x10_0000 + (i % 5) * 0x4000;
+        assert_eq!(op_call(evil, "evil", "map", &[h, at, 8192, i % 2]).expect("map"), 0);
+        assert_eq!(op_call(evil, "evil", "unmap", &[h, at]).expect("unmap"), 0);
+    }
+    let after = kernel_resources(d.pid());
+    // The async runtime may start a blocking-pool thread at any time (a stack, its guard and an
+    // allocator arena: a few mappings each); the 2,000 cycles themselves must add nothing (they used
+    // to add two mappings each).
+    let new_threads = after.2.saturating_sub(before.2);
+    assert!(
+        after.0 <= before.0 + 8 * new_threads && after.1 == before.1,
+        "(mappings, fds, threads) went from {before:?} to {after:?} over 2,000 map/unmap cycles"
+    );
+    acme_answers();
+
+    // memory.fill over a read-only window.
+    let ro = grant(1 | 4);
+    let h = open();
+    assert_eq!(op_call(evil, "evil", "map", &[h, 0x20_0000, 8192, 0]).expect("map"), 0);
+    let err = op_call(evil, "evil", "op", &[2, 0x20_0000, 0x41, 4096]).expect_err("the fill traps");
+    assert!(err.message().contains("read-only shared window of region evil/data"), "{}", err.message());
+    acme_answers();
+    let restart = pb::InstanceRef { tenant: String::new(), name: "evil".into() };
+    rpc!(evil, restart_instance, restart.clone()).expect("restart");
+    let _ = ro;
+
+    // memory.copy out of a window of another tenant's region, which its owner revoked through the API.
+    let shared = pb::CreateRegionRequest {
+        tenant: String::new(),
+        name: "shared".into(),
+        size: 8192,
+        mode: pb::Mode::Shared.into(),
+        policy: 0,
+        backing: pb::Backing::Ephemeral.into(),
+    };
+    rpc!(acme, create_region, shared).expect("region");
+    let acme_shared = || Some(pb::RegionRef { tenant: String::new(), name: "shared".into() });
+    let to_evil = pb::GrantRequest {
+        region: acme_shared(),
+        instance: "evil/evil".into(),
+        rights: 1 | 2 | 4,
+        offset: 0,
+        len: None,
+    };
+    let rw = rpc!(acme, grant, to_evil).expect("grant").grant_id;
+    for (i, byte) in b"acme/shared".iter().enumerate() {
+        let at = 0x100 + i32::try_from(i).expect("short");
+        op_call(evil, "evil", "op", &[10, at, i32::from(*byte), 0]).expect("store8");
+    }
+    let h =
+        i32::try_from(op_call(evil, "evil", "open", &[0x100, 11]).expect("open")).expect("a small handle");
+    assert_eq!(op_call(evil, "evil", "map", &[h, 0x20_0000, 8192, 1]).expect("map"), 0);
+    rpc!(acme, revoke, pb::RevokeRequest { region: acme_shared(), grant_id: rw }).expect("revoke");
+    let err = op_call(evil, "evil", "op", &[4, 0x20_0000, 0x8_0000, 4096]).expect_err("the copy traps");
+    assert!(err.message().contains("acme/shared") && err.message().contains("revoked"), "{}", err.message());
+    acme_answers();
+    let read = rpc!(acme, read_region, pb::ReadRegionRequest { region: acme_shared(), offset: 0, len: 8192 })
+        .expect("read");
+    assert!(read.data.iter().all(|b| *b == 0), "nothing reached the region");
+    let read = rpc!(evil, read_region, pb::ReadRegionRequest { region: data(), offset: 0, len: 8192 })
+        .expect("read");
+    assert!(read.data.iter().all(|b| *b == 0), "the fill never reached evil's own region");
+    rpc!(evil, restart_instance, restart).expect("restart");
+    // Every window went with the restarts: the only new mapping since the churn is acme's region (and
+    // whatever new runtime threads brought).
+    let end = kernel_resources(d.pid());
+    assert!(
+        end.0 <= after.0 + 1 + 8 * end.2.saturating_sub(after.2),
+        "the restarted attacker holds extra mappings: {after:?} -> {end:?}"
+    );
+}

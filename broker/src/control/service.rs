@@ -844,7 +844,12 @@ impl pb::broker_server::Broker for ControlService {
                 }
             };
             // The grant may already be gone (its instance restarted or stopped): forget it either way.
-            let _ = p.broker.revoke_grant(grant);
+            // Anything else (a window that could not be taken away) fails the revoke: never report
+            // success while the grantee may still have access.
+            match p.broker.revoke_grant(grant) {
+                Ok(()) | Err(Error::GrantNotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
             let id = r.grant_id;
             p.drop_grants_where(|g| g.grant == grant).map(|()| {
                 tracing::info!(grant = id, "grant revoked");

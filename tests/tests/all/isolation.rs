@@ -387,23 +387,16 @@ struct Step {
 
 fn steps() -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
     use proptest::prelude::*;
-    let step = (0..14i32, 0..4u8, 0..(2 * PAGE), any::<i32>(), 0..(3 * PAGE), 1..512i32, 0..512i32).prop_map(
-        |(kind, target, offset, b, n, count, stride)| Step { kind, target, offset, b, n, count, stride },
-    );
+    let step =
+        (0..14i32, 0..4u8, 0..(2 * PAGE), any::<i32>(), 0..(3 * PAGE), 1..2048i32, 0..512i32).prop_map(
+            |(kind, target, offset, b, n, count, stride)| Step { kind, target, offset, b, n, count, stride },
+        );
     proptest::collection::vec(step, 1..24)
 }
 
-/// Runs one case: maps a read-only window (pages 0-1) and a read-write one (pages 2-3), then runs the
-/// steps while another thread revokes the read-write grant after `revoke_after` host yields. Returns
-/// how many instructions ran. Checks: the process lives (we are still here), every trap is an ordinary
-/// trap (window faults name the region), the read-only pages never change, and the bystander answers.
-fn fuzz_case(steps: &[Step], revoke_after: u32) -> Result<u64, String> {
-    let s = setup(4);
-    let ro_before = {
-        let mut b = vec![0u8; 2 * 4096];
-        s.b.read_region(s.region, 0, &mut b).map_err(|e| e.to_string())?;
-        b
-    };
+/// Grants the attacker a read-only window of pages 0-1 (mapped at `WINDOW`) and a read-write one of
+/// pages 2-3 (mapped at `WINDOW` + 3 pages); returns the read-write grant.
+fn arm(s: &Setup) -> GrantId {
     // The newest grant is the one a guest opens: grant, open and map one window at a time.
     let _ro = s.grant(Rights::READ | Rights::MAP, 0, 2);
     let h_ro = open(&s.b, s.attacker, "alpha/data");
@@ -411,6 +404,21 @@ fn fuzz_case(steps: &[Step], revoke_after: u32) -> Result<u64, String> {
     let rw = s.grant(Rights::READ | Rights::WRITE | Rights::MAP, 2, 2);
     let h_rw = open(&s.b, s.attacker, "alpha/data");
     assert_eq!(call(&s.b, s.attacker, "map", args![h_rw, WINDOW + 3 * PAGE, 2 * PAGE, 1]), 0);
+    rw
+}
+
+/// Runs one case: maps a read-only window (pages 0-1) and a read-write one (pages 2-3), then runs the
+/// steps while another thread revokes the read-write grant after `revoke_after` host yields. Returns
+/// how many instructions ran. Checks: the process lives (we are still here), every trap is an ordinary
+/// trap (window faults name the region), the read-only pages never change, and the bystander answers.
+fn fuzz_case(steps: &[Step], revoke_after: u32) -> Result<FuzzCount, String> {
+    let s = setup(4);
+    let ro_before = {
+        let mut b = vec![0u8; 2 * 4096];
+        s.b.read_region(s.region, 0, &mut b).map_err(|e| e.to_string())?;
+        b
+    };
+    let rw = arm(&s);
     let b = Arc::clone(&s.b);
     let revoker = std::thread::spawn(move || {
         for _ in 0..revoke_after {
@@ -422,7 +430,7 @@ fn fuzz_case(steps: &[Step], revoke_after: u32) -> Result<u64, String> {
             Err(e) => Err(format!("revoke failed: {e}")),
         }
     });
-    let mut ran = 0u64;
+    let mut count = FuzzCount::default();
     for st in steps {
         let base = match st.target {
             0 => SCRATCH,
@@ -437,18 +445,23 @@ fn fuzz_case(steps: &[Step], revoke_after: u32) -> Result<u64, String> {
         );
         match outcome {
             Ok(v) => {
-                ran += match v.first() {
+                count.instructions += match v.first() {
                     Some(broker::Val::I32(n)) => u64::try_from(*n).unwrap_or(0),
                     _ => 0,
                 }
             }
             Err(Error::Instance(InstanceError::Trapped { message })) => {
-                ran += 1;
+                count.instructions += 1;
+                count.traps += 1;
+                if message.contains("outside wasm code") {
+                    count.helper_faults += 1;
+                }
                 if message.contains("shared window") && !message.contains("alpha/data") {
                     return Err(format!("a window fault that does not name the region: {message}"));
                 }
                 s.b.restart_instance(s.attacker).map_err(|e| e.to_string())?;
-                break;
+                // A restart drops the attacker's capabilities: arm it again and carry on.
+                arm(&s);
             }
             Err(e) => return Err(format!("unexpected outcome {e}")),
         }
@@ -460,7 +473,16 @@ fn fuzz_case(steps: &[Step], revoke_after: u32) -> Result<u64, String> {
         return Err("pages the attacker could only read changed".into());
     }
     s.bystander_answers();
-    Ok(ran)
+    Ok(count)
+}
+
+/// What one fuzzer case ran.
+#[derive(Debug, Default)]
+struct FuzzCount {
+    instructions: u64,
+    traps: u64,
+    /// Traps from faults outside wasm code (bulk-memory helpers), which used to kill the process.
+    helper_faults: u64,
 }
 
 /// Instructions at fuzzer-chosen addresses, inside read-only, read-write and revoked windows, while the
@@ -470,7 +492,7 @@ fn fuzz_case(steps: &[Step], revoke_after: u32) -> Result<u64, String> {
 fn instruction_level_fuzzing_never_crashes_the_process() {
     use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
     let cases = std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(48);
-    let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let total = Arc::new(parking_lot::Mutex::new(FuzzCount::default()));
     let counted = Arc::clone(&total);
     let outcome = watchdog(900, move || {
         let config = Config { cases, failure_persistence: None, ..Config::default() };
@@ -478,14 +500,19 @@ fn instruction_level_fuzzing_never_crashes_the_process() {
         runner
             .run(&(steps(), 0..2000u32), |(steps, revoke_after)| {
                 let ran = fuzz_case(&steps, revoke_after).map_err(TestCaseError::fail)?;
-                counted.fetch_add(ran, std::sync::atomic::Ordering::Relaxed);
+                let mut c = counted.lock();
+                c.instructions += ran.instructions;
+                c.traps += ran.traps;
+                c.helper_faults += ran.helper_faults;
                 Ok(())
             })
             .map_err(|e| e.to_string())
     });
+    let c = total.lock();
     eprintln!(
-        "instruction fuzzing: {cases} cases, {} instructions, 0 process crashes",
-        total.load(std::sync::atomic::Ordering::Relaxed)
+        "instruction fuzzing: {cases} cases, {} instructions, {} traps ({} from faults in bulk-memory helpers), \
+         0 process crashes",
+        c.instructions, c.traps, c.helper_faults
     );
     if let Err(e) = outcome {
         panic!("{e}");
