@@ -572,13 +572,13 @@ impl Broker {
             .write()
             .remove(&instance)
             .ok_or_else(|| Error::InstanceNotFound(instance.to_string()))?;
-        cell.stop(&self.pool);
-        let removed = self.core.caps.lock().forget_instance(instance);
+        let stopped = cell.stop(&self.pool);
+        let removed = self.core.caps.lock().forget_instance(instance).map_err(Error::from).and(stopped);
         self.core.registry.write().instance_names.remove(&(cell.tenant.id(), cell.name.clone()));
         cell.tenant.release(Resource::Instances, 1);
         // Stopped either way; a window of another instance derived from this one's capabilities that
         // could not be revoked is reported (that instance is being stopped).
-        Ok(removed?)
+        removed
     }
 
     /// Shared windows an instance holds, revoked ones not yet unmapped included (what its window quota
@@ -962,7 +962,10 @@ impl Drop for Broker {
         // Stop instances before the pool goes, so their stores drop on a worker, in order.
         let cells: Vec<_> = self.cells.write().drain().map(|(_, c)| c).collect();
         for cell in cells {
-            cell.stop(&self.pool);
+            // Every instance stops; a window that could not be revoked belongs to one of them anyway.
+            if let Err(e) = cell.stop(&self.pool) {
+                tracing::warn!(instance = %cell.id, "{e}");
+            }
         }
     }
 }

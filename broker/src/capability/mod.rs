@@ -744,7 +744,16 @@ impl CapSpace {
                 requested: 1,
             }));
         }
-        let charge = req.tenant.reserve(Resource::Windows, 1)?;
+        // A window over the instance's own revoked window takes over that tombstone's place in the
+        // quota (the tombstone goes once the window is mapped); otherwise it reserves a new one.
+        let covered = self.tombstones.get_mut(&instance).and_then(|ts| {
+            let i = ts.iter().position(|t| shared::overlap(t.guest_ptr, t.len, req.guest_ptr, req.len))?;
+            ts.get_mut(i).and_then(Tombstone::take_charge)
+        });
+        let charge = match covered {
+            Some(c) => c,
+            None => req.tenant.reserve(Resource::Windows, 1)?,
+        };
         let at = MapAt {
             instance,
             memory_base: req.memory_base,

@@ -865,7 +865,12 @@ impl pb::broker_server::Broker for ControlService {
             let r = req.get_ref();
             let (_, tname, id) = p.region_of(&who, r)?;
             let backing = p.broker.region_info(id)?.backing;
-            p.broker.destroy_region(id)?;
+            // The region is gone from the broker even when a window of it could not be revoked (its
+            // instance is being stopped): finish forgetting it, then report that failure.
+            let destroyed = p.broker.destroy_region(id);
+            if let Err(e @ Error::RegionNotFound(_)) = destroyed {
+                return Err(e.into());
+            }
             p.drop_grants_where(|g| g.region == id)?;
             if let Some(store) = &p.store {
                 store.delete_region(&format!("{tname}/{}", r.name))?;
@@ -874,6 +879,7 @@ impl pb::broker_server::Broker for ControlService {
                 let _ = std::fs::remove_file(crate::region::mapping::snapshot_path(&path));
                 let _ = std::fs::remove_file(path);
             }
+            destroyed?;
             Ok(pb::Empty {})
         })())
     }

@@ -283,7 +283,15 @@ pub(crate) struct Tombstone {
     pub(crate) guest_ptr: u32,
     pub(crate) len: u64,
     pub(crate) region: String,
-    _charge: Reservation,
+    /// `None` once a window mapped over it took the charge over.
+    charge: Option<Reservation>,
+}
+
+impl Tombstone {
+    /// Hands this tombstone's quota charge to a window mapped over it.
+    pub(crate) fn take_charge(&mut self) -> Option<Reservation> {
+        self.charge.take()
+    }
 }
 
 /// A request to map, validated by the caller against the capability and memory.
@@ -318,6 +326,13 @@ impl Window {
             .ok_or(std::io::ErrorKind::InvalidInput)?;
         let prot = if at.writable { ProtFlags::READ | ProtFlags::WRITE } else { ProtFlags::READ };
         let mut guards = at.fence.guards.write();
+        // A memory the broker did not create has no shape: the fault handler could not cover a window
+        // there, nor could a failed revocation scrub it. And a stopping instance (sealed after a failed
+        // revocation, or after a fault) gets no new window: a later revoke would find its memory sealed
+        // and could not take the window away.
+        if at.fence.shape().is_none() || guards.sealed || at.fence.stop().is_some() {
+            return Err(std::io::Error::other("this instance's memory takes no windows (it is stopping)"));
+        }
         // SAFETY: the caller guarantees the target range is ours to replace (inside the instance's
         // memory, aligned, unreferenced); MAP_FIXED replaces exactly those pages with the region's.
         unsafe {
@@ -381,7 +396,7 @@ impl Window {
                 guest_ptr: self.guest_ptr,
                 len: self.len,
                 region: self.region.qualified_name(),
-                _charge: self.charge,
+                charge: Some(self.charge),
             }),
             Err(reason) => {
                 let region = self.region.qualified_name();
@@ -393,19 +408,18 @@ impl Window {
     fn replace(&self, prot: ProtFlags) -> std::io::Result<()> {
         let mut guards = self.fence.guards.write();
         if guards.sealed {
-            // The memory was scrubbed whole: the window's pages are already gone.
+            // The memory was scrubbed whole (and takes no new window since): the pages are gone.
             return Ok(());
         }
+        // Pages given back are of the memory's own kind, so they merge with their neighbours; a revoked
+        // window's `PROT_NONE` pages lack `NORESERVE`, so they never merge with the reservation's
+        // inaccessible tail or guard (a scrub of the accessible prefix then never splits a mapping).
+        let flags = if prot.is_empty() { MapFlags::PRIVATE } else { ANON_FLAGS };
         // SAFETY: by the type's invariant the range lies in the instance's live memory; holding the fence
         // for writing means no host function of that instance is touching its memory right now; wasm code
         // that touches the range afterwards traps (PROT_NONE) or sees zeros it owns (read-write).
         unsafe {
-            mmap_anonymous(
-                self.host_addr as *mut c_void,
-                usize_of(self.len)?,
-                prot,
-                ANON_FLAGS | MapFlags::FIXED,
-            )
+            mmap_anonymous(self.host_addr as *mut c_void, usize_of(self.len)?, prot, flags | MapFlags::FIXED)
         }?;
         let revoked = prot == ProtFlags::empty();
         guards.set(self.guest_ptr, self.len, revoked.then_some(Guard::Revoked));

@@ -28,6 +28,9 @@ pub struct RegionMemory {
     _file: File,
     /// Where a persistent region's flushed image lives (`None` for memfd regions).
     snapshot: Option<std::path::PathBuf>,
+    /// Serialises flushes (they share the snapshot's temporary file), without blocking readers or
+    /// writers of the region while a flush syncs.
+    flushing: parking_lot::Mutex<()>,
 }
 
 /// `<path>.snap`: the last flushed image of a persistent region.
@@ -55,7 +58,7 @@ impl RegionMemory {
         if u64::try_from(map.len()).ok() != Some(file_len) {
             return Err(RegionError::TooLarge { size: len });
         }
-        Ok(RegionMemory { map, len, _file: file, snapshot: None })
+        Ok(RegionMemory { map, len, _file: file, snapshot: None, flushing: parking_lot::Mutex::new(()) })
     }
 
     /// Opens (creating if needed) a file of `len` bytes, rounded up to whole pages, and maps it shared.
@@ -80,11 +83,22 @@ impl RegionMemory {
         if file.metadata().map_err(os("stat"))?.len() != file_len {
             file.set_len(file_len).map_err(os("ftruncate"))?;
         }
+        // Allocate every block now: a sparse file would fault with SIGBUS, killing the process, the
+        // first time a guest's window (or the host) wrote into a hole on a full filesystem. Full disk
+        // is an error here, at creation, instead.
+        rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, file_len)
+            .map_err(|e| os("fallocate")(e.into()))?;
         let map = MmapRaw::map_raw(&file).map_err(os("mmap"))?;
         if u64::try_from(map.len()).ok() != Some(file_len) {
             return Err(RegionError::TooLarge { size: len });
         }
-        let memory = RegionMemory { map, len, _file: file, snapshot: Some(snapshot_path(path)) };
+        let memory = RegionMemory {
+            map,
+            len,
+            _file: file,
+            snapshot: Some(snapshot_path(path)),
+            flushing: parking_lot::Mutex::new(()),
+        };
         memory.restore_snapshot()?;
         Ok(memory)
     }
@@ -108,39 +122,34 @@ impl RegionMemory {
         self.map.flush().map_err(os("msync"))
     }
 
-    /// Makes the current bytes durable: msync of the live file, then an atomic snapshot (written to a
-    /// temporary file, synced, renamed over `<path>.snap`, directory synced). A crash at any moment
-    /// leaves the previous snapshot or this one, never a mix. Callers hold the region's reader lock, so
-    /// no write is half-done meanwhile. Memfd regions have nothing to flush.
+    /// Makes the current bytes durable, in two steps so that the region's lock is held only while its
+    /// bytes are copied: `stage` (called under the region's reader lock, so no write is half-done)
+    /// copies them into a temporary file without syncing; the returned [`StagedSnapshot`]'s `commit`
+    /// (called after the lock is released) syncs it, renames it over `<path>.snap`, syncs the
+    /// directory and msyncs the live file. A crash at any moment leaves the previous snapshot or this
+    /// one, never a mix. Memfd regions have nothing to flush (`Ok(None)`).
     ///
     /// # Errors
     /// [`RegionError::Os`].
-    pub fn flush(&self) -> Result<(), RegionError> {
+    pub(crate) fn stage_snapshot(&self) -> Result<Option<StagedSnapshot<'_>>, RegionError> {
         use std::io::Write;
-        let Some(snap) = &self.snapshot else { return Ok(()) };
+        let Some(snap) = &self.snapshot else { return Ok(None) };
+        let serial = self.flushing.lock();
         let os = |op: &'static str| {
             move |e: std::io::Error| RegionError::Os { op, message: format!("{}: {e}", snap.display()) }
         };
-        self.map.flush().map_err(os("msync"))?;
         let tmp = snap.with_extension("snap.tmp");
-        {
-            let mut f = File::create(&tmp).map_err(os("create snapshot"))?;
-            let mut chunk = vec![0u8; 1 << 20];
-            let mut at = 0u64;
-            while at < self.len {
-                let n = usize::try_from((self.len - at).min(1 << 20)).unwrap_or(1 << 20);
-                let part = chunk.get_mut(..n).unwrap_or_default();
-                self.copy_out(at, part)?;
-                f.write_all(part).map_err(os("write snapshot"))?;
-                at += u64::try_from(n).unwrap_or(u64::MAX);
-            }
-            f.sync_all().map_err(os("fsync snapshot"))?;
+        let mut f = File::create(&tmp).map_err(os("create snapshot"))?;
+        let mut chunk = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        while at < self.len {
+            let n = usize::try_from((self.len - at).min(1 << 20)).unwrap_or(1 << 20);
+            let part = chunk.get_mut(..n).unwrap_or_default();
+            self.copy_out(at, part)?;
+            f.write_all(part).map_err(os("write snapshot"))?;
+            at += u64::try_from(n).unwrap_or(u64::MAX);
         }
-        std::fs::rename(&tmp, snap).map_err(os("rename snapshot"))?;
-        if let Some(dir) = snap.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(os("fsync directory"))?;
-        }
-        Ok(())
+        Ok(Some(StagedSnapshot { memory: self, file: f, tmp, _serial: serial }))
     }
 
     /// Length in bytes.
@@ -244,6 +253,34 @@ impl RegionMemory {
         // PROT_WRITE, MAP_SHARED) mapping; `src` is a distinct allocation, so the ranges do not overlap.
         unsafe { ptr::copy_nonoverlapping(src.as_ptr(), self.map.as_mut_ptr().add(start), src.len()) };
         Ok(())
+    }
+}
+
+/// A snapshot copied to its temporary file, not yet durable (see [`RegionMemory::stage_snapshot`]).
+pub(crate) struct StagedSnapshot<'m> {
+    memory: &'m RegionMemory,
+    file: File,
+    tmp: std::path::PathBuf,
+    /// Holds the region's flush lock until the snapshot is in place.
+    _serial: parking_lot::MutexGuard<'m, ()>,
+}
+
+impl StagedSnapshot<'_> {
+    /// Syncs the snapshot and puts it in place, then msyncs the live file.
+    ///
+    /// # Errors
+    /// [`RegionError::Os`].
+    pub(crate) fn commit(self) -> Result<(), RegionError> {
+        let Some(snap) = &self.memory.snapshot else { return Ok(()) };
+        let os = |op: &'static str| {
+            move |e: std::io::Error| RegionError::Os { op, message: format!("{}: {e}", snap.display()) }
+        };
+        self.file.sync_all().map_err(os("fsync snapshot"))?;
+        std::fs::rename(&self.tmp, snap).map_err(os("rename snapshot"))?;
+        if let Some(dir) = snap.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(os("fsync directory"))?;
+        }
+        self.memory.map.flush().map_err(os("msync"))
     }
 }
 

@@ -329,9 +329,16 @@ impl Region {
         match self.backing {
             Backing::Ephemeral => Ok(false),
             Backing::Persistent(_) => {
-                // Under the reader lock: no write or commit is half-done while we sync.
-                let _pages = self.pages.read();
-                self.memory.flush()?;
+                // The bytes are copied under the reader lock (no write or commit is half-done), then
+                // synced without it, so a slow disk never holds the region's writers (or, through them,
+                // anyone waiting on their guests' memory fences) for the length of an fsync.
+                let staged = {
+                    let _pages = self.pages.read();
+                    self.memory.stage_snapshot()?
+                };
+                if let Some(s) = staged {
+                    s.commit()?;
+                }
                 Ok(true)
             }
         }

@@ -302,15 +302,19 @@ impl InstanceCell {
     }
 
     /// Drops the live store and every capability it held.
-    fn teardown(&self, live: &mut Option<Live>) {
-        if let Some(l) = live.take() {
-            if let Err(e) = self.core.caps.lock().remove_instance(self.id) {
-                // Another instance's window, derived from this one's capabilities, is still mapped; that
-                // instance was told to stop. This one stops regardless.
-                tracing::warn!(instance = %self.id, "{e}");
-            }
-            drop(l);
+    ///
+    /// # Errors
+    /// [`crate::capability::CapError::NotRevoked`] if a window of another instance, derived from this
+    /// one's capabilities, could not be taken away (that instance was told to stop); this one is torn
+    /// down regardless.
+    fn teardown(&self, live: &mut Option<Live>) -> Result<(), Error> {
+        if live.is_none() {
+            return Ok(());
         }
+        // Capabilities (and their windows) go before the store and its memory do.
+        let removed = self.core.caps.lock().remove_instance(self.id);
+        drop(live.take());
+        Ok(removed?)
     }
 
     /// Runs up to `max` queued jobs; called by the worker that holds this cell.
@@ -323,7 +327,9 @@ impl InstanceCell {
             // A panic here would be a broker bug; contain it to this instance rather than lose the worker.
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| job(self, &mut live)));
             if outcome.is_err() {
-                self.teardown(&mut live);
+                if let Err(e) = self.teardown(&mut live) {
+                    tracing::warn!(instance = %self.id, "{e}");
+                }
                 let mut s = self.status.lock();
                 s.state = RunState::Trapped;
                 s.traps += 1;
@@ -446,8 +452,8 @@ impl InstanceCell {
         pool.submit(
             self,
             Box::new(move |cell, live| {
-                cell.teardown(live);
-                let outcome = cell.instantiate().map(|l| {
+                let torn = cell.teardown(live);
+                let outcome = torn.and_then(|()| cell.instantiate()).map(|l| {
                     *live = Some(l);
                     let mut s = cell.status.lock();
                     s.state = RunState::Running;
@@ -460,17 +466,20 @@ impl InstanceCell {
     }
 
     /// Stops the instance for good, dropping its store and capabilities.
-    pub(crate) fn stop(self: &Arc<Self>, pool: &WorkerPool) {
+    ///
+    /// # Errors
+    /// As `teardown`: the instance is stopped either way.
+    pub(crate) fn stop(self: &Arc<Self>, pool: &WorkerPool) -> Result<(), Error> {
         let (tx, rx) = bounded(1);
         pool.submit(
             self,
             Box::new(move |cell, live| {
-                cell.teardown(live);
+                let torn = cell.teardown(live);
                 cell.status.lock().state = RunState::Stopped;
-                let _ = tx.send(());
+                let _ = tx.send(torn);
             }),
         );
-        let _ = rx.recv();
+        rx.recv().unwrap_or(Ok(()))
     }
 
     /// Prefixes a memory fault inside a shared window (revoked, or written while read-only) with the

@@ -127,13 +127,15 @@ unsafe impl MemoryCreator for BrokerMemoryCreator {
     }
 }
 
-/// One linear memory: a reservation whose first `size` bytes are read-write.
+/// One linear memory: a reservation whose first `size` bytes are read-write, preceded by one
+/// inaccessible guard page of its own (so the memory's first mapping never merges with whatever the
+/// kernel placed below it).
 pub(crate) struct HostMemory {
     base: usize,
     size: usize,
     /// Bytes the memory may grow to without moving.
     capacity: usize,
-    /// The whole mapping: capacity plus guard.
+    /// The whole mapping: the leading guard page, capacity and the trailing guard.
     mapping_len: usize,
     /// Published for lock-free readers (see [`shape_of`]).
     shape: Arc<MemoryShape>,
@@ -151,13 +153,16 @@ impl HostMemory {
         if minimum > capacity {
             return Err(format!("minimum memory of {minimum} bytes exceeds the reservation of {capacity}"));
         }
-        let mapping_len =
-            capacity.checked_add(round_up(guard).ok_or("guard overflows")?).ok_or("reservation overflows")?;
+        // One guard page before the memory, then the memory's capacity, then the guard wasmtime asked for.
+        let mapping_len = capacity
+            .checked_add(round_up(guard).ok_or("guard overflows")?)
+            .and_then(|l| l.checked_add(HOST_PAGE))
+            .ok_or("reservation overflows")?;
         // SAFETY: a fresh anonymous PROT_NONE mapping at an address the kernel chooses aliases nothing.
-        let base =
+        let start =
             unsafe { mmap_anonymous(std::ptr::null_mut(), mapping_len, ProtFlags::empty(), ANON_FLAGS) }
                 .map_err(|e| format!("reserving {mapping_len} bytes for a linear memory failed: {e}"))?;
-        let base = base as usize;
+        let base = start as usize + HOST_PAGE;
         let shape = Arc::new(MemoryShape { base, size: AtomicUsize::new(0) });
         SHAPES.lock().insert(base, Arc::downgrade(&shape));
         // From here on, dropping `memory` unmaps the reservation and unregisters the shape.
@@ -215,16 +220,18 @@ unsafe impl LinearMemory for HostMemory {
 
 impl Drop for HostMemory {
     fn drop(&mut self) {
+        let start = self.base - HOST_PAGE;
         {
             let mut shapes = SHAPES.lock();
             if shapes.get(&self.base).is_some_and(|w| w.as_ptr() == Arc::as_ptr(&self.shape)) {
                 shapes.remove(&self.base);
             }
         }
-        // SAFETY: the mapping is ours, of exactly `mapping_len` bytes, and wasmtime drops the memory only
+        // SAFETY: the mapping is ours, from the guard page before `base`, of exactly `mapping_len` bytes,
+        // and wasmtime drops the memory only
         // once no instance can touch it; every window inside was unregistered when the instance's
         // capabilities were removed, before its store dropped.
-        if let Err(e) = unsafe { munmap(self.base as *mut c_void, self.mapping_len) } {
+        if let Err(e) = unsafe { munmap(start as *mut c_void, self.mapping_len) } {
             // Unmapping our own whole reservation cannot fail; if it ever did, the address space stays
             // reserved (leaked), which is safe: nothing else can be mapped there.
             tracing::error!(

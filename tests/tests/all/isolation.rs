@@ -156,7 +156,16 @@ fn map_without_read_is_refused() {
     assert_eq!(call(&s.b, s.attacker, "map", args![h, WINDOW, PAGE, 0]), code(Status::PermissionDenied));
     assert_eq!(call(&s.b, s.attacker, "map", args![h, WINDOW, PAGE, 1]), code(Status::PermissionDenied));
     assert_eq!(s.b.window_count(), 0);
-    // With READ it maps, read-only; WRITE is still needed for a writable window.
+    // With READ it maps read-only; a writable window needs WRITE as well.
+    s.grant(Rights::READ | Rights::MAP, 0, 1);
+    let h = open(&s.b, s.attacker, "alpha/data");
+    assert_eq!(call(&s.b, s.attacker, "map", args![h, WINDOW, PAGE, 1]), code(Status::PermissionDenied));
+    assert_eq!(call(&s.b, s.attacker, "map", args![h, WINDOW, PAGE, 0]), 0);
+    assert_eq!(s.b.window_count(), 1);
+    s.grant(Rights::READ | Rights::WRITE | Rights::MAP, 0, 1);
+    let h = open(&s.b, s.attacker, "alpha/data");
+    assert_eq!(call(&s.b, s.attacker, "map", args![h, WINDOW + PAGE, PAGE, 1]), 0);
+    assert_eq!(s.b.window_count(), 2);
     let _ = s.owner;
 }
 
@@ -165,8 +174,8 @@ fn a_copy_racing_a_revoke_never_kills_the_process() {
     watchdog(600, || {
         let s = setup(4);
         let before = s.region_bytes();
-        let (mut completed, mut trapped) = (0u32, 0u32);
-        for _ in 0..10_000 {
+        let (mut completed, mut trapped, mut in_helper) = (0u32, 0u32, 0u32);
+        for i in 0..10_000u32 {
             let g = s.grant(Rights::READ | Rights::WRITE | Rights::MAP, 0, 4);
             let h = open(&s.b, s.attacker, "alpha/data");
             assert_eq!(call(&s.b, s.attacker, "map", args![h, WINDOW, 4 * PAGE, 1]), 0);
@@ -175,6 +184,10 @@ fn a_copy_racing_a_revoke_never_kills_the_process() {
             let copier = std::thread::spawn(move || {
                 b.call(a, "repeat", args![op::COPY_OUT, WINDOW, SCRATCH, 4 * PAGE, 8, 0, 0])
             });
+            // Vary when the revoke lands: before the copy, in the middle of one, or after the call.
+            for _ in 0..(i % 97) * 8 {
+                std::thread::yield_now();
+            }
             s.b.revoke_grant(g).expect("revoke reports success only when the window is gone");
             match copier.join().expect("copier") {
                 Ok(_) => completed += 1,
@@ -182,6 +195,7 @@ fn a_copy_racing_a_revoke_never_kills_the_process() {
                     let message = trap_message(Err(e));
                     assert!(message.contains("region alpha/data"), "{message}");
                     trapped += 1;
+                    in_helper += u32::from(message.contains("outside wasm code"));
                     s.b.restart_instance(s.attacker).expect("restart");
                     continue;
                 }
@@ -190,7 +204,11 @@ fn a_copy_racing_a_revoke_never_kills_the_process() {
             assert_eq!(call(&s.b, s.attacker, "unmap", args![h, WINDOW]), 0);
             assert_eq!(call(&s.b, s.attacker, "close", args![h]), code(Status::StaleHandle));
         }
+        eprintln!(
+            "copy racing revoke: {completed} completed, {trapped} trapped, {in_helper} inside memory.copy"
+        );
         assert_eq!(completed + trapped, 10_000);
+        assert!(in_helper > 0, "no revoke landed inside a memory.copy: the race was never exercised");
         assert_eq!(s.region_bytes(), before);
         assert_eq!(s.b.window_count(), 0);
         s.bystander_answers();
@@ -267,6 +285,24 @@ fn mappings() -> usize {
     std::fs::read_to_string("/proc/self/maps").expect("procfs").lines().count()
 }
 
+/// The mappings the kernel counts against `vm.max_map_count` (`[vsyscall]` is listed but not counted).
+fn counted_mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .expect("procfs")
+        .lines()
+        .filter(|l| !l.contains("[vsyscall]"))
+        .count()
+}
+
+/// Mappings of the test region's memfd: the broker's own, plus one per live window of it.
+fn region_mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .expect("procfs")
+        .lines()
+        .filter(|l| l.contains("memfd:broker-region-data"))
+        .count()
+}
+
 #[test]
 fn map_unmap_churn_leaves_the_process_mapping_count_where_it_started() {
     in_child_process("isolation::map_unmap_churn_leaves_the_process_mapping_count_where_it_started", || {
@@ -341,8 +377,10 @@ fn revocation_under_mapping_pressure_never_reports_success_while_the_grantee_has
                 .trim()
                 .parse()
                 .expect("number");
-            while mappings() > limit && held.pop().is_some() {}
+            while counted_mappings() > limit && held.pop().is_some() {}
+            assert_eq!(region_mappings(), 2, "the broker's own mapping and the three windows, merged");
             let outcome = s.b.revoke_grant(grants[1]);
+            let windows_left = region_mappings() - 1;
             let at_limit = mappings();
             drop(held);
             eprintln!("revoke at the mapping limit ({at_limit} mappings): {outcome:?}");
@@ -360,6 +398,21 @@ fn revocation_under_mapping_pressure_never_reports_success_while_the_grantee_has
                 "the grantee still reads the region after revoke reported {outcome:?}"
             );
             eprintln!("the grantee loading through the revoked window: {seen:?}");
+            // Revoking the middle window had to split the merged mapping, which the kernel refuses at its
+            // limit: revocation took the fail-closed path (the memory scrubbed, or NotRevoked), and the
+            // instance stops rather than runs.
+            match &seen {
+                Err(Error::Instance(InstanceError::Trapped { message })) => {
+                    assert!(message.contains("could not be revoked"), "not the fail-closed path: {message}")
+                }
+                other => panic!("the grantee ran after a revoke at the mapping limit: {other:?}"),
+            }
+            if outcome.is_ok() {
+                assert_eq!(
+                    windows_left, 0,
+                    "revoke reported success with the region still mapped in the grantee"
+                );
+            }
             let _ = s.b.call(s.attacker, "op", args![op::STORE, WINDOW + PAGE, 0x5555_5555, 0]);
             let mut after = [0u8; 4096];
             s.b.read_region(s.region, page1, &mut after).expect("host read");
@@ -418,13 +471,14 @@ fn fuzz_case(steps: &[Step], revoke_after: u32) -> Result<FuzzCount, String> {
         s.b.read_region(s.region, 0, &mut b).map_err(|e| e.to_string())?;
         b
     };
-    let rw = arm(&s);
-    let b = Arc::clone(&s.b);
+    let current = Arc::new(parking_lot::Mutex::new(arm(&s)));
+    let (b, latest) = (Arc::clone(&s.b), Arc::clone(&current));
     let revoker = std::thread::spawn(move || {
         for _ in 0..revoke_after {
             std::thread::yield_now();
         }
-        match b.revoke_grant(rw) {
+        let grant = *latest.lock();
+        match b.revoke_grant(grant) {
             // Gone already if the attacker trapped and was restarted first.
             Ok(()) | Err(Error::GrantNotFound(_)) => Ok(()),
             Err(e) => Err(format!("revoke failed: {e}")),
@@ -460,8 +514,9 @@ fn fuzz_case(steps: &[Step], revoke_after: u32) -> Result<FuzzCount, String> {
                     return Err(format!("a window fault that does not name the region: {message}"));
                 }
                 s.b.restart_instance(s.attacker).map_err(|e| e.to_string())?;
-                // A restart drops the attacker's capabilities: arm it again and carry on.
-                arm(&s);
+                // A restart drops the attacker's capabilities: arm it again and carry on (the revoker takes
+                // the newest read-write grant if it has not struck yet).
+                *current.lock() = arm(&s);
             }
             Err(e) => return Err(format!("unexpected outcome {e}")),
         }
