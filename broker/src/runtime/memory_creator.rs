@@ -1,12 +1,13 @@
 //! Host-owned linear memories: every instance's memory is a reservation the broker made itself, so the
 //! shared mode can map a region's memfd pages into it.
 //!
-//! A memory is one `PROT_NONE` reservation of `reserved + guard` bytes (as wasmtime's own allocator
-//! makes); the accessible prefix is made read-write as the memory grows, and growth only ever touches
-//! pages beyond the current size, so windows mapped inside the memory survive `memory.grow`. The base
-//! never moves. Dropping the memory unmaps the whole reservation, windows included.
+//! A memory is one `PROT_NONE` reservation of a leading guard page plus `reserved + guard` bytes (as
+//! wasmtime's own allocator makes, with the page before); the accessible prefix is made read-write as
+//! the memory grows, and growth only ever touches pages beyond the current size, so windows mapped
+//! inside the memory survive `memory.grow`. The base never moves. Dropping the memory unmaps the whole
+//! reservation, windows included.
 //!
-//! Each memory publishes its [`MemoryShape`] (base, reservation length, accessible size), found by base
+//! Each memory publishes its [`MemoryShape`] (base and accessible size), found by base
 //! address with [`shape_of`]. The shape is what `runtime::fault` reads, without locks, inside a signal
 //! handler, and what [`MemoryShape::scrub`] uses to replace every page of the memory at once.
 //!
