@@ -56,6 +56,8 @@ impl GrantId {
 struct LoadedModule {
     module: Module,
     size: u64,
+    /// Bytes of compiled code, charged to the tenant's `compiled_bytes` quota.
+    compiled: u64,
 }
 
 /// A module as the host API lists it.
@@ -388,9 +390,20 @@ impl Broker {
     /// [`Error::InvalidName`], [`Error::TenantNotFound`], [`Error::InvalidModule`], [`Error::ModuleExists`].
     pub fn load_module(&self, tenant: TenantId, module_name: &str, wasm: &[u8]) -> Result<(), Error> {
         let n = name(module_name)?;
-        self.core.tenant(tenant)?;
+        let t = self.core.tenant(tenant)?;
+        if self.core.registry.read().modules.contains_key(&(tenant, n.clone())) {
+            return Err(Error::ModuleExists(n.to_string()));
+        }
+        // Quotas first, so a module over them costs no compilation.
+        let size = u64::try_from(wasm.len()).unwrap_or(u64::MAX);
+        let count = t.reserve(Resource::Modules, 1)?;
+        let bytes = t.reserve(Resource::ModuleBytes, size)?;
         let invalid = |reason: String| Error::InvalidModule { name: module_name.to_owned(), reason };
         let module = Module::new(&self.engine.engine, wasm).map_err(|e| invalid(format!("{e:#}")))?;
+        let code = module.image_range();
+        let compiled =
+            u64::try_from((code.end as usize).saturating_sub(code.start as usize)).unwrap_or(u64::MAX);
+        let code_charge = t.reserve(Resource::CompiledBytes, compiled)?;
         for import in module.imports() {
             let known =
                 import.module() == broker_abi::MODULE && broker_abi::func::ALL.contains(&import.name());
@@ -406,8 +419,10 @@ impl Broker {
         if reg.modules.contains_key(&(tenant, n.clone())) {
             return Err(Error::ModuleExists(n.to_string()));
         }
-        let size = u64::try_from(wasm.len()).unwrap_or(u64::MAX);
-        reg.modules.insert((tenant, n), LoadedModule { module, size });
+        reg.modules.insert((tenant, n), LoadedModule { module, size, compiled });
+        count.commit();
+        bytes.commit();
+        code_charge.commit();
         Ok(())
     }
 
@@ -417,13 +432,21 @@ impl Broker {
     /// [`Error::ModuleNotFound`].
     pub fn unload_module(&self, tenant: TenantId, module_name: &str) -> Result<(), Error> {
         let n = name(module_name)?;
-        self.core
+        let removed = self
+            .core
             .registry
             .write()
             .modules
             .remove(&(tenant, n))
-            .map(|_| ())
-            .ok_or_else(|| Error::ModuleNotFound(module_name.to_owned()))
+            .ok_or_else(|| Error::ModuleNotFound(module_name.to_owned()))?;
+        // Instances still running it keep its code alive, but the tenant may load another in its place:
+        // the instances themselves are bounded by their own quota.
+        if let Ok(t) = self.core.tenant(tenant) {
+            t.release(Resource::Modules, 1);
+            t.release(Resource::ModuleBytes, removed.size);
+            t.release(Resource::CompiledBytes, removed.compiled);
+        }
+        Ok(())
     }
 
     // ----- instances -----
@@ -444,6 +467,16 @@ impl Broker {
     ) -> Result<InstanceId, Error> {
         let (mn, inn) = (name(module_name)?, name(instance_name)?);
         let t = self.core.tenant(tenant)?;
+        let cap = t.quotas().max_call_timeout_ms;
+        if config.call_timeout > std::time::Duration::from_millis(cap) {
+            return Err(Error::InvalidArgument {
+                field: "call_timeout",
+                reason: format!(
+                    "{} ms exceeds the tenant's cap max_call_timeout_ms = {cap}",
+                    config.call_timeout.as_millis()
+                ),
+            });
+        }
         let module = self
             .core
             .registry

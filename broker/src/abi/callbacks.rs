@@ -331,23 +331,80 @@ pub(super) fn fn_open(caller: &mut Ctx<'_>, name_ptr: u32, name_len: u32, out: u
     }
     let mem = GuestMemory::lock(caller);
     let out = mem.check(out, 4, true)?;
-    let state = caller.data_mut();
-    let open = state.ctx.functions.iter().filter(|f| f.is_some()).count();
-    if u32::try_from(open).unwrap_or(u32::MAX) >= MAX_FUNCTION_HANDLES {
-        return Err(AbiError::Exhausted("too many function handles".into()));
-    }
-    state.ctx.functions.push(Some(service));
-    let h = u32::try_from(state.ctx.functions.len()).unwrap_or(u32::MAX);
+    let h = caller.data_mut().ctx.functions.open(service)?;
     out.write_from(0, &h.to_le_bytes())
 }
 
 fn function(caller: &Ctx<'_>, fh: u32) -> Result<Arc<Service>, AbiError> {
-    let fns = &caller.data().ctx.functions;
-    let index = usize::try_from(fh).ok().and_then(|h| h.checked_sub(1));
-    match index.and_then(|i| fns.get(i)) {
-        Some(Some(s)) => Ok(Arc::clone(s)),
-        Some(None) => Err(crate::capability::CapError::StaleHandle(fh).into()),
-        None => Err(crate::capability::CapError::InvalidHandle(fh).into()),
+    caller.data().ctx.functions.get(fh)
+}
+
+/// An instance's open host services. A handle packs a slot index (plus one, so 0 is never valid) in its
+/// low 20 bits and the slot's generation in its high 12, so closed slots are reused (open/close churn
+/// costs nothing) while a stale handle never reaches the service later opened in its slot; lookups,
+/// opens and closes are O(1).
+#[derive(Default)]
+pub(crate) struct FunctionTable {
+    slots: Vec<(u32, Option<Arc<Service>>)>,
+    free: Vec<usize>,
+    open: u32,
+}
+
+const SLOT_BITS: u32 = 20;
+const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
+const GENERATIONS: u32 = 1 << (32 - SLOT_BITS);
+
+impl FunctionTable {
+    /// Opens `service`; returns its handle.
+    fn open(&mut self, service: Arc<Service>) -> Result<u32, AbiError> {
+        if self.open >= MAX_FUNCTION_HANDLES {
+            return Err(AbiError::Exhausted("too many function handles".into()));
+        }
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push((0, None));
+                self.slots.len() - 1
+            }
+        };
+        let slot = self.slots.get_mut(index).ok_or(AbiError::Exhausted("function table".into()))?;
+        slot.1 = Some(service);
+        self.open += 1;
+        let low = u32::try_from(index + 1).map_err(|_| AbiError::Exhausted("function table".into()))?;
+        Ok(slot.0 << SLOT_BITS | low)
+    }
+
+    fn slot(&self, fh: u32) -> Result<usize, AbiError> {
+        let index = usize::try_from(fh & SLOT_MASK).ok().and_then(|i| i.checked_sub(1));
+        match index {
+            Some(i) if i < self.slots.len() => Ok(i),
+            _ => Err(crate::capability::CapError::InvalidHandle(fh).into()),
+        }
+    }
+
+    /// The service behind a live handle.
+    fn get(&self, fh: u32) -> Result<Arc<Service>, AbiError> {
+        let i = self.slot(fh)?;
+        match self.slots.get(i) {
+            Some((gen, Some(s))) if *gen == fh >> SLOT_BITS => Ok(Arc::clone(s)),
+            _ => Err(crate::capability::CapError::StaleHandle(fh).into()),
+        }
+    }
+
+    /// Closes a live handle; its slot is reused with the next generation (a slot whose generations are
+    /// used up is retired).
+    fn close(&mut self, fh: u32) -> Result<(), AbiError> {
+        self.get(fh)?;
+        let i = self.slot(fh)?;
+        if let Some(slot) = self.slots.get_mut(i) {
+            slot.1 = None;
+            slot.0 += 1;
+            self.open -= 1;
+            if slot.0 < GENERATIONS {
+                self.free.push(i);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -383,10 +440,5 @@ pub(super) fn fn_call(
 }
 
 pub(super) fn fn_close(caller: &mut Ctx<'_>, fh: u32) -> Result<(), AbiError> {
-    function(caller, fh)?;
-    let fns = &mut caller.data_mut().ctx.functions;
-    if let Some(slot) = usize::try_from(fh).ok().and_then(|h| h.checked_sub(1)).and_then(|i| fns.get_mut(i)) {
-        *slot = None;
-    }
-    Ok(())
+    caller.data_mut().ctx.functions.close(fh)
 }

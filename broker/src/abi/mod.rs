@@ -48,8 +48,8 @@ pub(crate) struct GuestCtx {
     pub(crate) fence: MemoryFence,
     /// Where events for this instance go (watch notifications, native callbacks).
     pub(crate) sink: crate::runtime::EventSink,
-    /// Host services opened as function handles (handle = index + 1; closed slots stay empty).
-    pub(crate) functions: Vec<Option<Arc<crate::broker::Service>>>,
+    /// Host services opened as function handles.
+    pub(crate) functions: callbacks::FunctionTable,
 }
 
 impl GuestCtx {
@@ -70,7 +70,7 @@ impl GuestCtx {
             mirrors: HashMap::new(),
             fence,
             sink,
-            functions: Vec::new(),
+            functions: callbacks::FunctionTable::default(),
         }
     }
 

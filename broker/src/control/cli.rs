@@ -197,6 +197,18 @@ struct QuotaArgs {
     /// Shared windows of any one instance.
     #[arg(long)]
     windows_per_instance: Option<u64>,
+    /// Modules loaded.
+    #[arg(long)]
+    modules: Option<u64>,
+    /// Bytes of wasm of all loaded modules (an upload over it is refused before compiling).
+    #[arg(long)]
+    module_bytes: Option<u64>,
+    /// Bytes of compiled code of all loaded modules.
+    #[arg(long)]
+    compiled_bytes: Option<u64>,
+    /// The longest call deadline an instance of the tenant may ask for, in milliseconds.
+    #[arg(long)]
+    max_call_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -687,6 +699,10 @@ fn quotas_msg(q: &QuotaArgs, base: Option<&pb::Quotas>) -> pb::Quotas {
         memory_bytes: d.memory_bytes,
         windows: Some(d.windows),
         windows_per_instance: Some(d.windows_per_instance),
+        modules: Some(d.modules),
+        module_bytes: Some(d.module_bytes),
+        compiled_bytes: Some(d.compiled_bytes),
+        max_call_timeout_ms: Some(d.max_call_timeout_ms),
     });
     pb::Quotas {
         region_bytes: q.region_bytes.unwrap_or(b.region_bytes),
@@ -696,6 +712,10 @@ fn quotas_msg(q: &QuotaArgs, base: Option<&pb::Quotas>) -> pb::Quotas {
         memory_bytes: q.memory_bytes.unwrap_or(b.memory_bytes),
         windows: q.windows.or(b.windows),
         windows_per_instance: q.windows_per_instance.or(b.windows_per_instance),
+        modules: q.modules.or(b.modules),
+        module_bytes: q.module_bytes.or(b.module_bytes),
+        compiled_bytes: q.compiled_bytes.or(b.compiled_bytes),
+        max_call_timeout_ms: q.max_call_timeout_ms.or(b.max_call_timeout_ms),
     }
 }
 
@@ -704,8 +724,8 @@ fn tenant_json(t: &pb::Tenant) -> Json {
     let u = t.usage.unwrap_or_default();
     json!({
         "name": t.name,
-        "quotas": {"region_bytes": q.region_bytes, "regions": q.regions, "instances": q.instances, "handles": q.handles, "memory_bytes": q.memory_bytes, "windows": q.windows, "windows_per_instance": q.windows_per_instance},
-        "usage": {"region_bytes": u.region_bytes, "regions": u.regions, "instances": u.instances, "handles": u.handles, "memory_bytes": u.memory_bytes, "windows": u.windows},
+        "quotas": {"region_bytes": q.region_bytes, "regions": q.regions, "instances": q.instances, "handles": q.handles, "memory_bytes": q.memory_bytes, "windows": q.windows, "windows_per_instance": q.windows_per_instance, "modules": q.modules, "module_bytes": q.module_bytes, "compiled_bytes": q.compiled_bytes, "max_call_timeout_ms": q.max_call_timeout_ms},
+        "usage": {"region_bytes": u.region_bytes, "regions": u.regions, "instances": u.instances, "handles": u.handles, "memory_bytes": u.memory_bytes, "windows": u.windows, "modules": u.modules, "module_bytes": u.module_bytes, "compiled_bytes": u.compiled_bytes},
     })
 }
 

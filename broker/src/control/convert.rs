@@ -19,6 +19,10 @@ pub(crate) fn quotas_from(q: &pb::Quotas) -> Quotas {
         // Absent (a client built before windows had quotas): the default.
         windows: q.windows.unwrap_or(Quotas::DEFAULT_WINDOWS),
         windows_per_instance: q.windows_per_instance.unwrap_or(Quotas::DEFAULT_WINDOWS_PER_INSTANCE),
+        modules: q.modules.unwrap_or(Quotas::DEFAULT_MODULES),
+        module_bytes: q.module_bytes.unwrap_or(Quotas::DEFAULT_MODULE_BYTES),
+        compiled_bytes: q.compiled_bytes.unwrap_or(Quotas::DEFAULT_COMPILED_BYTES),
+        max_call_timeout_ms: q.max_call_timeout_ms.unwrap_or(Quotas::DEFAULT_MAX_CALL_TIMEOUT_MS),
     }
 }
 
@@ -31,6 +35,10 @@ pub(crate) fn quotas_to(q: &Quotas) -> pb::Quotas {
         memory_bytes: q.memory_bytes,
         windows: Some(q.windows),
         windows_per_instance: Some(q.windows_per_instance),
+        modules: Some(q.modules),
+        module_bytes: Some(q.module_bytes),
+        compiled_bytes: Some(q.compiled_bytes),
+        max_call_timeout_ms: Some(q.max_call_timeout_ms),
     }
 }
 
@@ -42,6 +50,9 @@ pub(crate) fn usage_to(u: &Usage) -> pb::Usage {
         handles: u.handles,
         memory_bytes: u.memory_bytes,
         windows: u.windows,
+        modules: u.modules,
+        module_bytes: u.module_bytes,
+        compiled_bytes: u.compiled_bytes,
     }
 }
 

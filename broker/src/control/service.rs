@@ -47,6 +47,19 @@ pub struct ControlPlane {
     grants: Mutex<HashMap<u64, ApiGrant>>,
     next_grant: AtomicU64,
     watches: Mutex<WatchRegistry>,
+    /// Compilations the daemon runs at once (on the blocking pool, never on the async runtime).
+    compiles: Arc<tokio::sync::Semaphore>,
+    /// Per tenant, compilations at once ([`COMPILES_PER_TENANT`]): one tenant's uploads queue behind
+    /// each other, not in front of everyone else's.
+    tenant_compiles: Mutex<HashMap<TenantId, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// Compilations one tenant may run at once.
+pub const COMPILES_PER_TENANT: usize = 1;
+
+/// Compilations the daemon runs at once: all but one core, so compiling never takes the whole machine.
+fn compile_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }
 
 /// The open watch streams, so a shutdown can end them: a stream never ends by itself, and a graceful
@@ -76,6 +89,10 @@ fn record_quotas(t: &TenantRecord) -> Quotas {
         memory_bytes: r[4],
         windows: t.windows,
         windows_per_instance: t.windows_per_instance,
+        modules: t.code[0],
+        module_bytes: t.code[1],
+        compiled_bytes: t.code[2],
+        max_call_timeout_ms: t.code[3],
     }
 }
 
@@ -120,6 +137,8 @@ impl ControlPlane {
             grants: Mutex::new(HashMap::new()),
             next_grant: AtomicU64::new(1),
             watches: Mutex::new(WatchRegistry::default()),
+            compiles: Arc::new(tokio::sync::Semaphore::new(compile_slots())),
+            tenant_compiles: Mutex::new(HashMap::new()),
         };
         cp.restore()?;
         Ok(cp)
@@ -284,6 +303,12 @@ impl ControlPlane {
                 quotas: quotas_record(&quotas),
                 windows: quotas.windows,
                 windows_per_instance: quotas.windows_per_instance,
+                code: [
+                    quotas.modules,
+                    quotas.module_bytes,
+                    quotas.compiled_bytes,
+                    quotas.max_call_timeout_ms,
+                ],
                 tokens,
             },
         )
@@ -535,8 +560,8 @@ impl pb::broker_server::Broker for ControlService {
         &self,
         req: Request<pb::UploadModuleRequest>,
     ) -> Result<Response<pb::Module>, Status> {
-        let p = &self.plane;
-        ok((|| {
+        let p = Arc::clone(&self.plane);
+        let checked = (|| {
             let who = p.identify(&req)?;
             let r = req.get_ref();
             let (tid, tname) = p.scope(&who, &r.tenant)?;
@@ -544,6 +569,33 @@ impl pb::broker_server::Broker for ControlService {
             if r.wasm.is_empty() {
                 return Err(ApiError::MissingField("wasm"));
             }
+            Ok((tid, tname))
+        })();
+        let (tid, tname) = match checked {
+            Ok(v) => v,
+            Err(e) => return ok(Err(e)),
+        };
+        let r = req.into_inner();
+        // Compiling is CPU-bound work of up to seconds: it runs on the blocking pool, at most one per
+        // tenant and `compile_slots` in all, so uploads never hold the async runtime (every other
+        // tenant's RPCs) or the whole machine.
+        let mine = Arc::clone(
+            p.tenant_compiles
+                .lock()
+                .entry(tid)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(COMPILES_PER_TENANT))),
+        );
+        let closed = |_| ApiError::Store("the daemon is shutting down".into());
+        let own = match mine.acquire_owned().await.map_err(closed) {
+            Ok(permit) => permit,
+            Err(e) => return ok(Err(e)),
+        };
+        let slot = match Arc::clone(&p.compiles).acquire_owned().await.map_err(closed) {
+            Ok(permit) => permit,
+            Err(e) => return ok(Err(e)),
+        };
+        ok(blocking(move || {
+            let _permits = (own, slot);
             p.broker.load_module(tid, &r.name, &r.wasm).map_err(|e| match e {
                 Error::InvalidModule { reason, .. } => ApiError::InvalidField { field: "wasm", reason },
                 e => e.into(),
@@ -553,8 +605,9 @@ impl pb::broker_server::Broker for ControlService {
             }
             let info = p.broker.modules(tid).into_iter().find(|m| m.name == r.name);
             let (size, exports) = info.map_or((0, Vec::new()), |m| (m.size, m.exports));
-            Ok(pb::Module { tenant: tname, name: r.name.clone(), size, exports })
-        })())
+            Ok(pb::Module { tenant: tname, name: r.name, size, exports })
+        })
+        .await)
     }
 
     async fn list_modules(

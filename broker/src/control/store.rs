@@ -30,6 +30,10 @@ pub struct TenantRecord {
     /// Quota of shared windows per instance (as `windows`).
     #[serde(default = "default_windows_per_instance")]
     pub windows_per_instance: u64,
+    /// Quotas added later still (modules, module bytes, compiled bytes, call-timeout cap); records
+    /// written before they existed get the defaults.
+    #[serde(default = "default_code_quotas")]
+    pub code: [u64; 4],
     /// Hex SHA-256 hashes of the tenant's tokens.
     pub tokens: Vec<String>,
 }
@@ -40,6 +44,16 @@ fn default_windows() -> u64 {
 
 fn default_windows_per_instance() -> u64 {
     crate::Quotas::DEFAULT_WINDOWS_PER_INSTANCE
+}
+
+fn default_code_quotas() -> [u64; 4] {
+    use crate::Quotas;
+    [
+        Quotas::DEFAULT_MODULES,
+        Quotas::DEFAULT_MODULE_BYTES,
+        Quotas::DEFAULT_COMPILED_BYTES,
+        Quotas::DEFAULT_MAX_CALL_TIMEOUT_MS,
+    ]
 }
 
 /// A region definition.

@@ -29,6 +29,9 @@ impl EngineHandle {
         // wasmtime's copy-on-write memory images only work with its own memories.
         config.with_host_memory(std::sync::Arc::new(super::memory_creator::BrokerMemoryCreator));
         config.memory_init_cow(false);
+        // One compilation uses one thread: the control plane bounds how many run at once (per tenant and
+        // in all), which bounds the cores compiling can take only if each compile stays on its thread.
+        config.parallel_compilation(false);
         let engine = Engine::new(&config)
             .map_err(|e| Error::InvalidArgument { field: "engine config", reason: e.to_string() })?;
         let (stop, rx) = bounded::<()>(0);

@@ -51,10 +51,16 @@ pub enum Resource {
     Windows,
     /// Shared windows of one instance (a limit per instance, counted by the capability space).
     InstanceWindows,
+    /// Modules loaded.
+    Modules,
+    /// Bytes of the modules' wasm.
+    ModuleBytes,
+    /// Bytes of the modules' compiled code.
+    CompiledBytes,
 }
 
 impl Resource {
-    const ALL: [Resource; 7] = [
+    const ALL: [Resource; 10] = [
         Resource::RegionBytes,
         Resource::Regions,
         Resource::Instances,
@@ -62,6 +68,9 @@ impl Resource {
         Resource::MemoryBytes,
         Resource::Windows,
         Resource::InstanceWindows,
+        Resource::Modules,
+        Resource::ModuleBytes,
+        Resource::CompiledBytes,
     ];
 
     fn index(self) -> usize {
@@ -73,6 +82,9 @@ impl Resource {
             Resource::MemoryBytes => 4,
             Resource::Windows => 5,
             Resource::InstanceWindows => 6,
+            Resource::Modules => 7,
+            Resource::ModuleBytes => 8,
+            Resource::CompiledBytes => 9,
         }
     }
 }
@@ -87,6 +99,9 @@ impl fmt::Display for Resource {
             Resource::MemoryBytes => "memory bytes",
             Resource::Windows => "shared windows",
             Resource::InstanceWindows => "shared windows per instance",
+            Resource::Modules => "modules",
+            Resource::ModuleBytes => "module bytes",
+            Resource::CompiledBytes => "compiled code bytes",
         })
     }
 }
@@ -108,6 +123,14 @@ pub struct Quotas {
     pub windows: u64,
     /// Shared windows of any one instance.
     pub windows_per_instance: u64,
+    /// Modules loaded.
+    pub modules: u64,
+    /// Bytes of wasm of all loaded modules.
+    pub module_bytes: u64,
+    /// Bytes of compiled code of all loaded modules.
+    pub compiled_bytes: u64,
+    /// The longest call deadline the tenant's instances may ask for, in milliseconds.
+    pub max_call_timeout_ms: u64,
 }
 
 impl Quotas {
@@ -116,11 +139,20 @@ impl Quotas {
     pub const DEFAULT_WINDOWS: u64 = 1024;
     /// Default for [`Quotas::windows_per_instance`].
     pub const DEFAULT_WINDOWS_PER_INSTANCE: u64 = 256;
+    /// Default for [`Quotas::modules`].
+    pub const DEFAULT_MODULES: u64 = 32;
+    /// Default for [`Quotas::module_bytes`]: 64 MiB of wasm.
+    pub const DEFAULT_MODULE_BYTES: u64 = 64 << 20;
+    /// Default for [`Quotas::compiled_bytes`]: 256 MiB of compiled code.
+    pub const DEFAULT_COMPILED_BYTES: u64 = 256 << 20;
+    /// Default for [`Quotas::max_call_timeout_ms`]: one minute.
+    pub const DEFAULT_MAX_CALL_TIMEOUT_MS: u64 = 60_000;
 }
 
 impl Default for Quotas {
     /// Generous defaults for a development broker: 256 MiB of regions, 64 regions, 16 instances,
-    /// 4096 handles, 1 GiB of linear memory, 1024 shared windows (256 per instance).
+    /// 4096 handles, 1 GiB of linear memory, 1024 shared windows (256 per instance), 32 modules of
+    /// 64 MiB of wasm and 256 MiB of compiled code in all, calls of at most a minute.
     fn default() -> Quotas {
         Quotas {
             region_bytes: 256 << 20,
@@ -130,6 +162,10 @@ impl Default for Quotas {
             memory_bytes: 1 << 30,
             windows: Quotas::DEFAULT_WINDOWS,
             windows_per_instance: Quotas::DEFAULT_WINDOWS_PER_INSTANCE,
+            modules: Quotas::DEFAULT_MODULES,
+            module_bytes: Quotas::DEFAULT_MODULE_BYTES,
+            compiled_bytes: Quotas::DEFAULT_COMPILED_BYTES,
+            max_call_timeout_ms: Quotas::DEFAULT_MAX_CALL_TIMEOUT_MS,
         }
     }
 }
@@ -144,6 +180,9 @@ impl Quotas {
             Resource::MemoryBytes => self.memory_bytes,
             Resource::Windows => self.windows,
             Resource::InstanceWindows => self.windows_per_instance,
+            Resource::Modules => self.modules,
+            Resource::ModuleBytes => self.module_bytes,
+            Resource::CompiledBytes => self.compiled_bytes,
         }
     }
 }
@@ -163,6 +202,12 @@ pub struct Usage {
     pub memory_bytes: u64,
     /// Shared windows (revoked ones not yet unmapped included).
     pub windows: u64,
+    /// Modules loaded.
+    pub modules: u64,
+    /// Bytes of wasm of the loaded modules.
+    pub module_bytes: u64,
+    /// Bytes of compiled code of the loaded modules.
+    pub compiled_bytes: u64,
 }
 
 /// A reservation was refused because it would exceed the quota.
@@ -185,7 +230,7 @@ pub struct Tenant {
     id: TenantId,
     name: Name,
     quotas: RwLock<Quotas>,
-    used: [AtomicU64; 7],
+    used: [AtomicU64; 10],
 }
 
 impl Tenant {
@@ -222,6 +267,9 @@ impl Tenant {
             handles: g(Resource::Handles),
             memory_bytes: g(Resource::MemoryBytes),
             windows: g(Resource::Windows),
+            modules: g(Resource::Modules),
+            module_bytes: g(Resource::ModuleBytes),
+            compiled_bytes: g(Resource::CompiledBytes),
         }
     }
 

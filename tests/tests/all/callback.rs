@@ -258,3 +258,22 @@ fn host_services_are_function_handles() {
     assert_eq!(call(&b, app, "fn_call_raw", args![999]), code(Status::InvalidHandle));
     let _ = t;
 }
+
+/// Issue 14: function handles are slots reused with a new generation, so open/close churn costs
+/// nothing and a handle closed long ago never reaches a service opened later in its slot.
+#[test]
+fn r14_function_handle_churn_reuses_slots_with_new_generations() {
+    let (b, _, _, app) = setup();
+    b.register_service("test.fail", None, Arc::new(|_: &[u8]| Err("sensor offline".into())))
+        .expect("register");
+    // Each call opens `test.fail` (a fresh handle), calls it and closes it: 5,000 generations of one
+    // slot, more than it has (4,096), so it is retired and the next slot takes over.
+    for _ in 0..5_000 {
+        assert_eq!(call(&b, app, "service", args![3]), code(Status::ServiceFailed));
+    }
+    // Slot 0's first handle (value 1) and a later one (generation 7, value 7 << 20 | 1) are stale.
+    assert_eq!(call(&b, app, "fn_call_raw", args![1]), code(Status::StaleHandle));
+    assert_eq!(call(&b, app, "fn_call_raw", args![(7 << 20) | 1]), code(Status::StaleHandle));
+    // A slot never used is not a handle at all.
+    assert_eq!(call(&b, app, "fn_call_raw", args![3]), code(Status::InvalidHandle));
+}

@@ -1444,3 +1444,107 @@ fn r13_memory_fill_over_a_read_only_window_traps_only_the_attacker() {
     .expect("read");
     assert!(read.data.iter().all(|b| *b == 0), "the fill reached the region");
 }
+
+/// A valid module with `functions` exported functions, each a little arithmetic: costly to compile.
+fn big_module(functions: usize) -> Vec<u8> {
+    let mut wat = String::from("(module\n");
+    for i in 0..functions {
+        wat.push_str(&format!(
+            "(func (export \"f{i}\") (param i64) (result i64) local.get 0 i64.const {i} i64.mul i64.const 7 \
+             i64.xor local.get 0 i64.add i64.const 3 i64.rotl)\n"
+        ));
+    }
+    wat.push(')');
+    wat::parse_str(&wat).expect("valid wat")
+}
+
+/// Issue 14: module quotas are checked before compiling (junk bytes over the byte quota are refused
+/// for the quota, not for being junk), compiled code is charged, unloading gives it all back, and a
+/// call deadline above the tenant's cap is refused naming the cap.
+#[test]
+fn r14_module_quotas_and_the_call_timeout_cap() {
+    let d = Daemon::start(None);
+    let admin = d.client(Some(&d.admin));
+    let quotas = pb::Quotas {
+        region_bytes: 1 << 20,
+        regions: 4,
+        instances: 4,
+        handles: 64,
+        memory_bytes: 1 << 30,
+        modules: Some(2),
+        module_bytes: Some(64 << 10),
+        max_call_timeout_ms: Some(10_000),
+        ..Default::default()
+    };
+    rpc!(d, admin, create_tenant, pb::CreateTenantRequest { name: "t".into(), quotas: Some(quotas) })
+        .expect("tenant");
+    let token = rpc!(d, admin, issue_token, pb::IssueTokenRequest { tenant: "t".into(), rotate: false })
+        .expect("token")
+        .token;
+    let t = d.client(Some(&token));
+    let junk =
+        pb::UploadModuleRequest { tenant: String::new(), name: "junk".into(), wasm: vec![0xff; 65 << 10] };
+    let err = rpc!(d, t, upload_module, junk).expect_err("over the byte quota");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(err.message().contains("module bytes"), "{}", err.message());
+    let ops = broker_guests::ISOLATION_OPS_WASM;
+    upload(&d, &t, "a", ops);
+    upload(&d, &t, "b", ops);
+    let third = pb::UploadModuleRequest { tenant: String::new(), name: "c".into(), wasm: ops.to_vec() };
+    let err = rpc!(d, t, upload_module, third.clone()).expect_err("over the module count");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    let tenants = rpc!(d, admin, list_tenants, pb::ListTenantsRequest {}).expect("tenants").tenants;
+    let usage = tenants.iter().find(|x| x.name == "t").and_then(|x| x.usage).expect("usage");
+    assert_eq!((usage.modules, usage.module_bytes), (2, 2 * u64::try_from(ops.len()).expect("small")));
+    assert!(usage.compiled_bytes > 0, "compiled code is charged");
+    rpc!(d, t, delete_module, pb::ModuleRef { tenant: String::new(), name: "a".into() }).expect("delete");
+    rpc!(d, t, upload_module, third).expect("room again after a delete");
+
+    let start = |ms: u64| pb::StartInstanceRequest {
+        tenant: String::new(),
+        module: "b".into(),
+        name: format!("i{ms}"),
+        config: Some(pb::InstanceConfig { call_timeout_ms: ms, max_memory_bytes: 0 }),
+    };
+    let err = rpc!(d, t, start_instance, start(10_001)).expect_err("above the cap");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("max_call_timeout_ms = 10000"), "{}", err.message());
+    rpc!(d, t, start_instance, start(10_000)).expect("at the cap");
+}
+
+/// Issue 14: a storm of expensive compiles by one tenant leaves another tenant's cheap RPCs answering
+/// meanwhile (compiles run on the blocking pool, one per tenant at a time, never on the async runtime).
+#[test]
+fn r14_a_compile_storm_leaves_another_tenants_get_region_answering() {
+    let d = Daemon::start(None);
+    let admin = d.client(Some(&d.admin));
+    let storm = tenant(&d, &admin, "storm");
+    let calm = tenant(&d, &admin, "calm");
+    region(&d, &calm, "r", 4096, pb::Mode::Handle, pb::Backing::Ephemeral);
+    let wasm = big_module(20_000);
+    let uploads = 4;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..uploads)
+        .map(|i| {
+            let (mut c, wasm, done) = (storm.inner.clone(), wasm.clone(), std::sync::Arc::clone(&done));
+            let req =
+                storm.req(pb::UploadModuleRequest { tenant: String::new(), name: format!("big{i}"), wasm });
+            d.rt.spawn(async move {
+                let r = c.upload_module(req).await;
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                r.map(|_| ())
+            })
+        })
+        .collect();
+    // While the storm compiles, the calm tenant's reads answer, many times over.
+    for _ in 0..20 {
+        rpc!(d, calm, get_region, region_ref("", "r")).expect("get region answers");
+    }
+    assert!(
+        done.load(std::sync::atomic::Ordering::SeqCst) < uploads,
+        "every compile finished before the calm tenant's 20 reads: the storm was never under way"
+    );
+    for t in tasks {
+        d.rt.block_on(t).expect("task").expect("upload");
+    }
+}

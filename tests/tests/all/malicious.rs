@@ -349,6 +349,8 @@ fn run(attack: &Attack) {
     b.create_region(mallory, RegionSpec::new("echo", 4096, Mode::Handle)).expect("region");
     b.create_region(mallory, RegionSpec::new("mirrored", 4096, Mode::Mirror)).expect("region");
     let arena = b.create_region(mallory, RegionSpec::new("arena", 8192, Mode::Shared)).expect("region");
+    // The attacker's module is loaded before the snapshot: stopping an instance leaves its module.
+    b.load_module(mallory, "malicious_app", broker_guests::MALICIOUS_APP_WASM).expect("module");
     let before = Accounts::of(&b, victims, mallory);
     let attacker = start_with(&b, mallory, "malicious_app", "attacker", small(attack.call_timeout));
     let w = World { b, victims, mallory, victim, attacker, window, arena };

@@ -40,7 +40,13 @@ pub(crate) fn runtime_misbehave() {
 fn runaway_guest_is_interrupted_while_another_instance_keeps_serving() {
     watchdog(60, || {
         let b = std::sync::Arc::new(broker());
-        let t = tenant(&b, "t");
+        // A tenant the operator lets ask for hour-long calls.
+        let t = b
+            .create_tenant(
+                "t",
+                broker::Quotas { max_call_timeout_ms: 3_600_000, ..broker::Quotas::default() },
+            )
+            .expect("tenant");
         let flag = b.create_region(t, RegionSpec::new("flag", 8, Mode::Handle)).expect("region");
         // A deadline far beyond the test: only the host's interrupt can end this call.
         let long = InstanceConfig { call_timeout: Duration::from_secs(3600), ..InstanceConfig::default() };
@@ -155,5 +161,14 @@ fn memory_bomb_is_capped_by_instance_and_tenant_limits() {
 
     b.stop_instance(bomber).expect("stop");
     b.stop_instance(second).expect("stop");
-    assert!(b.tenant_usage(t).expect("usage") == broker::Usage::default(), "stopping gives everything back");
+    let usage = b.tenant_usage(t).expect("usage");
+    let module_only = broker::Usage {
+        modules: usage.modules,
+        module_bytes: usage.module_bytes,
+        compiled_bytes: usage.compiled_bytes,
+        ..broker::Usage::default()
+    };
+    assert_eq!(usage, module_only, "stopping gives everything back but the loaded module");
+    b.unload_module(t, "runtime_misbehave").expect("unload");
+    assert!(b.tenant_usage(t).expect("usage") == broker::Usage::default(), "unloading gives the module back");
 }

@@ -102,7 +102,15 @@ fn instance_start_bad_inputs() {
         b.start_instance(t, "wrong-sig", "i", InstanceConfig::default()),
         Err(Error::InvalidModule { .. })
     ));
-    assert_eq!(b.tenant_usage(t).expect("usage"), Usage::default(), "nothing was charged");
+    // Only the module that loaded is charged; the refused ones left nothing behind.
+    let usage = b.tenant_usage(t).expect("usage");
+    let loaded = Usage {
+        modules: 1,
+        module_bytes: u64::try_from(wrong_sig.len()).expect("small"),
+        compiled_bytes: usage.compiled_bytes,
+        ..Usage::default()
+    };
+    assert_eq!(usage, loaded, "nothing else was charged");
 }
 
 /// A minimal module importing `module::name` as a `(i32) -> ()` function, encoded by hand.
@@ -166,6 +174,9 @@ fn guest_region_creation_counts_against_the_quota() {
             instances: 1,
             memory_bytes: b.tenant_usage(t).expect("usage").memory_bytes,
             windows: 0,
+            modules: 1,
+            module_bytes: u64::try_from(broker_guests::HANDLE_APP_WASM.len()).expect("small"),
+            compiled_bytes: b.tenant_usage(t).expect("usage").compiled_bytes,
         }
     );
     // A handle quota of zero: the created region cannot be held, so it is not created at all.
