@@ -22,6 +22,7 @@ use crate::native::{EventCode, ObjectId, TrampolinePool, OBJ_FIELDS_SIZE};
 use crate::region::{Backing, Change};
 use crate::runtime::events::{self, EventKind, Pending};
 use crate::runtime::InstanceState;
+use crate::tenant::Resource;
 
 fn lookup(caller: &Ctx<'_>, handle: u32) -> Result<Cap, AbiError> {
     caller.data().ctx.lookup(handle)
@@ -254,6 +255,9 @@ pub(super) fn ui_on_event(
     let object = object_of(core, &cap)?;
     let sink = ctx.sink.clone();
     let pool = TrampolinePool::global();
+    // The pool is process-wide: each tenant holds at most its share, so one tenant's callbacks cannot
+    // leave another's registrations without a trampoline. The charge goes with the registration.
+    let charge = ctx.tenant.reserve(Resource::Trampolines, 1).map_err(crate::Error::from)?;
     let source = (1u64 << 63) | cap.id.get();
     let trampoline = pool
         .allocate(Arc::new(move |ev: &crate::native::Event| {
@@ -277,6 +281,7 @@ pub(super) fn ui_on_event(
             let _ = core.toolkit.lock().remove_event_cb(object, fn_ptr);
         }
         let _ = TrampolinePool::global().free(slot);
+        drop(charge);
     });
     let mut caps = core.caps.lock();
     if let Err(e) = caps.add_cleanup(cap.id, CleanupTag::NativeCallback(slot.index()), hook) {

@@ -209,6 +209,9 @@ struct QuotaArgs {
     /// The longest call deadline an instance of the tenant may ask for, in milliseconds.
     #[arg(long)]
     max_call_timeout_ms: Option<u64>,
+    /// Native trampolines (toolkit event callbacks) the tenant's apps may hold.
+    #[arg(long)]
+    trampolines: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -703,6 +706,7 @@ fn quotas_msg(q: &QuotaArgs, base: Option<&pb::Quotas>) -> pb::Quotas {
         module_bytes: Some(d.module_bytes),
         compiled_bytes: Some(d.compiled_bytes),
         max_call_timeout_ms: Some(d.max_call_timeout_ms),
+        trampolines: Some(d.trampolines),
     });
     pb::Quotas {
         region_bytes: q.region_bytes.unwrap_or(b.region_bytes),
@@ -716,6 +720,7 @@ fn quotas_msg(q: &QuotaArgs, base: Option<&pb::Quotas>) -> pb::Quotas {
         module_bytes: q.module_bytes.or(b.module_bytes),
         compiled_bytes: q.compiled_bytes.or(b.compiled_bytes),
         max_call_timeout_ms: q.max_call_timeout_ms.or(b.max_call_timeout_ms),
+        trampolines: q.trampolines.or(b.trampolines),
     }
 }
 
@@ -724,8 +729,8 @@ fn tenant_json(t: &pb::Tenant) -> Json {
     let u = t.usage.unwrap_or_default();
     json!({
         "name": t.name,
-        "quotas": {"region_bytes": q.region_bytes, "regions": q.regions, "instances": q.instances, "handles": q.handles, "memory_bytes": q.memory_bytes, "windows": q.windows, "windows_per_instance": q.windows_per_instance, "modules": q.modules, "module_bytes": q.module_bytes, "compiled_bytes": q.compiled_bytes, "max_call_timeout_ms": q.max_call_timeout_ms},
-        "usage": {"region_bytes": u.region_bytes, "regions": u.regions, "instances": u.instances, "handles": u.handles, "memory_bytes": u.memory_bytes, "windows": u.windows, "modules": u.modules, "module_bytes": u.module_bytes, "compiled_bytes": u.compiled_bytes},
+        "quotas": {"region_bytes": q.region_bytes, "regions": q.regions, "instances": q.instances, "handles": q.handles, "memory_bytes": q.memory_bytes, "windows": q.windows, "windows_per_instance": q.windows_per_instance, "modules": q.modules, "module_bytes": q.module_bytes, "compiled_bytes": q.compiled_bytes, "max_call_timeout_ms": q.max_call_timeout_ms, "trampolines": q.trampolines},
+        "usage": {"region_bytes": u.region_bytes, "regions": u.regions, "instances": u.instances, "handles": u.handles, "memory_bytes": u.memory_bytes, "windows": u.windows, "modules": u.modules, "module_bytes": u.module_bytes, "compiled_bytes": u.compiled_bytes, "trampolines": u.trampolines},
     })
 }
 

@@ -23,6 +23,7 @@ pub(crate) fn quotas_from(q: &pb::Quotas) -> Quotas {
         module_bytes: q.module_bytes.unwrap_or(Quotas::DEFAULT_MODULE_BYTES),
         compiled_bytes: q.compiled_bytes.unwrap_or(Quotas::DEFAULT_COMPILED_BYTES),
         max_call_timeout_ms: q.max_call_timeout_ms.unwrap_or(Quotas::DEFAULT_MAX_CALL_TIMEOUT_MS),
+        trampolines: q.trampolines.unwrap_or(Quotas::DEFAULT_TRAMPOLINES),
     }
 }
 
@@ -39,6 +40,7 @@ pub(crate) fn quotas_to(q: &Quotas) -> pb::Quotas {
         module_bytes: Some(q.module_bytes),
         compiled_bytes: Some(q.compiled_bytes),
         max_call_timeout_ms: Some(q.max_call_timeout_ms),
+        trampolines: Some(q.trampolines),
     }
 }
 
@@ -53,6 +55,7 @@ pub(crate) fn usage_to(u: &Usage) -> pb::Usage {
         modules: u.modules,
         module_bytes: u.module_bytes,
         compiled_bytes: u.compiled_bytes,
+        trampolines: u.trampolines,
     }
 }
 

@@ -93,6 +93,7 @@ fn record_quotas(t: &TenantRecord) -> Quotas {
         module_bytes: t.code[1],
         compiled_bytes: t.code[2],
         max_call_timeout_ms: t.code[3],
+        trampolines: t.trampolines,
     }
 }
 
@@ -309,6 +310,7 @@ impl ControlPlane {
                     quotas.compiled_bytes,
                     quotas.max_call_timeout_ms,
                 ],
+                trampolines: quotas.trampolines,
                 tokens,
             },
         )

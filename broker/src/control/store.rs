@@ -34,6 +34,9 @@ pub struct TenantRecord {
     /// written before they existed get the defaults.
     #[serde(default = "default_code_quotas")]
     pub code: [u64; 4],
+    /// Quota of native trampolines (default for older records).
+    #[serde(default = "default_trampolines")]
+    pub trampolines: u64,
     /// Hex SHA-256 hashes of the tenant's tokens.
     pub tokens: Vec<String>,
 }
@@ -44,6 +47,10 @@ fn default_windows() -> u64 {
 
 fn default_windows_per_instance() -> u64 {
     crate::Quotas::DEFAULT_WINDOWS_PER_INSTANCE
+}
+
+fn default_trampolines() -> u64 {
+    crate::Quotas::DEFAULT_TRAMPOLINES
 }
 
 fn default_code_quotas() -> [u64; 4] {

@@ -57,10 +57,12 @@ pub enum Resource {
     ModuleBytes,
     /// Bytes of the modules' compiled code.
     CompiledBytes,
+    /// Native trampolines (C function pointers into app callbacks) held: the process has a fixed pool.
+    Trampolines,
 }
 
 impl Resource {
-    const ALL: [Resource; 10] = [
+    const ALL: [Resource; 11] = [
         Resource::RegionBytes,
         Resource::Regions,
         Resource::Instances,
@@ -71,6 +73,7 @@ impl Resource {
         Resource::Modules,
         Resource::ModuleBytes,
         Resource::CompiledBytes,
+        Resource::Trampolines,
     ];
 
     fn index(self) -> usize {
@@ -85,6 +88,7 @@ impl Resource {
             Resource::Modules => 7,
             Resource::ModuleBytes => 8,
             Resource::CompiledBytes => 9,
+            Resource::Trampolines => 10,
         }
     }
 }
@@ -102,6 +106,7 @@ impl fmt::Display for Resource {
             Resource::Modules => "modules",
             Resource::ModuleBytes => "module bytes",
             Resource::CompiledBytes => "compiled code bytes",
+            Resource::Trampolines => "native trampolines",
         })
     }
 }
@@ -131,6 +136,9 @@ pub struct Quotas {
     pub compiled_bytes: u64,
     /// The longest call deadline the tenant's instances may ask for, in milliseconds.
     pub max_call_timeout_ms: u64,
+    /// Native trampolines the tenant's apps may hold at once (the process has
+    /// `native::TRAMPOLINE_COUNT`).
+    pub trampolines: u64,
 }
 
 impl Quotas {
@@ -147,6 +155,8 @@ impl Quotas {
     pub const DEFAULT_COMPILED_BYTES: u64 = 256 << 20;
     /// Default for [`Quotas::max_call_timeout_ms`]: one minute.
     pub const DEFAULT_MAX_CALL_TIMEOUT_MS: u64 = 60_000;
+    /// Default for [`Quotas::trampolines`]: a quarter of the process's pool.
+    pub const DEFAULT_TRAMPOLINES: u64 = 16;
 }
 
 impl Default for Quotas {
@@ -166,6 +176,7 @@ impl Default for Quotas {
             module_bytes: Quotas::DEFAULT_MODULE_BYTES,
             compiled_bytes: Quotas::DEFAULT_COMPILED_BYTES,
             max_call_timeout_ms: Quotas::DEFAULT_MAX_CALL_TIMEOUT_MS,
+            trampolines: Quotas::DEFAULT_TRAMPOLINES,
         }
     }
 }
@@ -183,6 +194,7 @@ impl Quotas {
             Resource::Modules => self.modules,
             Resource::ModuleBytes => self.module_bytes,
             Resource::CompiledBytes => self.compiled_bytes,
+            Resource::Trampolines => self.trampolines,
         }
     }
 }
@@ -208,6 +220,8 @@ pub struct Usage {
     pub module_bytes: u64,
     /// Bytes of compiled code of the loaded modules.
     pub compiled_bytes: u64,
+    /// Native trampolines held.
+    pub trampolines: u64,
 }
 
 /// A reservation was refused because it would exceed the quota.
@@ -230,7 +244,7 @@ pub struct Tenant {
     id: TenantId,
     name: Name,
     quotas: RwLock<Quotas>,
-    used: [AtomicU64; 10],
+    used: [AtomicU64; 11],
 }
 
 impl Tenant {
@@ -270,6 +284,7 @@ impl Tenant {
             modules: g(Resource::Modules),
             module_bytes: g(Resource::ModuleBytes),
             compiled_bytes: g(Resource::CompiledBytes),
+            trampolines: g(Resource::Trampolines),
         }
     }
 

@@ -195,7 +195,14 @@ fn events_for_trapped_or_stopped_apps_are_counted_not_crashes() {
 #[test]
 fn trampoline_slots_run_out_and_are_reused() {
     let _turn = TOOLKIT.lock();
-    let (b, _, _, app) = setup();
+    // A tenant the operator lets hold the whole pool.
+    let b = broker();
+    let whole = broker::Quotas {
+        trampolines: u64::from(broker::native::TRAMPOLINE_COUNT),
+        ..broker::Quotas::default()
+    };
+    let t = b.create_tenant("alpha", whole).expect("tenant");
+    let app = start(&b, t, "callback_app", "app");
     let pool = broker::native::TrampolinePool::global();
     let free = pool.capacity() - pool.in_use();
     // Objects take up to 8 callbacks each (the toolkit's limit); fill every free trampoline.
@@ -276,4 +283,36 @@ fn r14_function_handle_churn_reuses_slots_with_new_generations() {
     assert_eq!(call(&b, app, "fn_call_raw", args![(7 << 20) | 1]), code(Status::StaleHandle));
     // A slot never used is not a handle at all.
     assert_eq!(call(&b, app, "fn_call_raw", args![3]), code(Status::InvalidHandle));
+}
+
+/// Issue 14: the trampoline pool is process-wide, but each tenant holds at most its quota of it: one
+/// tenant registering every callback it can leaves another tenant's registrations working.
+#[test]
+fn r14_one_tenants_callbacks_leave_another_tenants_trampolines() {
+    let _turn = TOOLKIT.lock();
+    let b = broker();
+    let greedy = b
+        .create_tenant("greedy", broker::Quotas { trampolines: 4, ..broker::Quotas::default() })
+        .expect("tenant");
+    let other = tenant(&b, "other");
+    let hog = start(&b, greedy, "callback_app", "hog");
+    let app = start(&b, other, "callback_app", "app");
+    assert!(call(&b, hog, "ui_make", args![0, 0]) > 0);
+    for _ in 0..3 {
+        assert_eq!(call(&b, hog, "ui_on_event_again", args![0]), 0);
+    }
+    assert_eq!(
+        call(&b, hog, "ui_on_event_again", args![0]),
+        code(Status::QuotaExceeded),
+        "greedy's share is 4"
+    );
+    assert_eq!(call(&b, hog, "ui_make", args![0, 0]), code(Status::QuotaExceeded));
+    assert_eq!(b.tenant_usage(greedy).expect("usage").trampolines, 4);
+    // The other tenant registers and its callback runs when the C library fires the event.
+    assert!(call(&b, app, "ui_make", args![0, 7]) > 0);
+    assert_eq!(call(&b, app, "ui_fire", args![0, 3, 1]), 1, "one callback ran");
+    assert_eq!(b.tenant_usage(other).expect("usage").trampolines, 1);
+    // Deleting the greedy tenant's object gives its trampolines back.
+    assert_eq!(call(&b, hog, "ui_delete", args![0]), 0);
+    assert_eq!(b.tenant_usage(greedy).expect("usage").trampolines, 0);
 }
