@@ -638,9 +638,6 @@ impl CapSpace {
             if let Some(t) = node.charged {
                 t.release(Resource::Handles, 1);
             }
-            for (_, hook) in node.cleanups {
-                (hook.0)();
-            }
             if let Some(w) = node.window {
                 let instance = w.instance;
                 match w.revoke() {
@@ -659,6 +656,10 @@ impl CapSpace {
                         self.unrevoked.push(w);
                     }
                 }
+            }
+            // Hooks run after the window is gone: whatever a hook does, no mapping is left unrecorded.
+            for (_, hook) in node.cleanups {
+                (hook.0)();
             }
         }
         removed
