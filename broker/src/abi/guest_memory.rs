@@ -127,6 +127,12 @@ impl GuestMemory {
     }
 }
 
+/// A copy between a region and a checked guest range that does not fit the range (a broker bug),
+/// reported as the region's own out-of-bounds error.
+fn region_oob(region: &RegionMemory, offset: u64, n: usize) -> RegionError {
+    RegionError::OutOfBounds { offset, len: u64::try_from(n).unwrap_or(u64::MAX), size: region.len() }
+}
+
 /// An internal offset past a checked range: a broker bug, reported to the guest as a bad pointer.
 fn past_end(at: usize, n: usize, len: usize) -> AbiError {
     AbiError::BadPointer {
@@ -199,12 +205,7 @@ impl GuestBytes<'_> {
         region: &RegionMemory,
         offset: u64,
     ) -> Result<(), RegionError> {
-        let oob = || RegionError::OutOfBounds {
-            offset,
-            len: u64::try_from(n).unwrap_or(u64::MAX),
-            size: region.len(),
-        };
-        let dst = self.writable_at(at, n).map_err(|_| oob())?;
+        let dst = self.writable_at(at, n).map_err(|_| region_oob(region, offset, n))?;
         // SAFETY: `[dst, dst+n)` lies inside checked, writable guest memory that stays mapped while the
         // fence guard is held; nothing holds a reference to it.
         unsafe { region.copy_out_raw(offset, dst, n) }
@@ -221,11 +222,7 @@ impl GuestBytes<'_> {
         region: &RegionMemory,
         offset: u64,
     ) -> Result<(), RegionError> {
-        let src = self.at(at, n).map_err(|_| RegionError::OutOfBounds {
-            offset,
-            len: u64::try_from(n).unwrap_or(u64::MAX),
-            size: region.len(),
-        })?;
+        let src = self.at(at, n).map_err(|_| region_oob(region, offset, n))?;
         // SAFETY: `[src, src+n)` lies inside checked, readable guest memory that stays mapped while the
         // fence guard is held.
         unsafe { region.copy_in_raw(offset, src.cast_const(), n) }

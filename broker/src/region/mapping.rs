@@ -232,15 +232,12 @@ impl RegionMemory {
     /// # Errors
     /// [`RegionError::OutOfBounds`] if the range is not inside the region; `dst` is untouched then.
     pub fn copy_out(&self, offset: u64, dst: &mut [u8]) -> Result<(), RegionError> {
-        let start = self.check(offset, dst.len())?;
-        // SAFETY: `check` proved `start + dst.len() <= len`, and the mapping is `len` bytes long and lives
-        // as long as `self`, so the source range is valid for reads. `dst` is a distinct Rust slice (it is
-        // never inside this mapping: guests' memories and host buffers are other allocations), so the
-        // ranges do not overlap. Bytes may change concurrently through other mappings of the memfd (the
-        // shared mode); the copy then returns some mix of old and new bytes, which callers that need a
-        // consistent snapshot prevent with the region lock.
-        unsafe { ptr::copy_nonoverlapping(self.map.as_ptr().add(start), dst.as_mut_ptr(), dst.len()) };
-        Ok(())
+        // SAFETY: `dst` is a distinct Rust slice, valid for writes of its length (it is never inside this
+        // mapping: guests' memories and host buffers are other allocations). Bytes may change
+        // concurrently through other mappings of the memfd (the shared mode); the copy then returns some
+        // mix of old and new bytes, which callers that need a consistent snapshot prevent with the region
+        // lock.
+        unsafe { self.copy_out_raw(offset, dst.as_mut_ptr(), dst.len()) }
     }
 
     /// Copies `src` to `offset`.
@@ -248,11 +245,8 @@ impl RegionMemory {
     /// # Errors
     /// [`RegionError::OutOfBounds`] if the range is not inside the region; nothing is written then.
     pub fn copy_in(&self, offset: u64, src: &[u8]) -> Result<(), RegionError> {
-        let start = self.check(offset, src.len())?;
-        // SAFETY: `check` proved the destination range lies inside the live, writable (PROT_READ |
-        // PROT_WRITE, MAP_SHARED) mapping; `src` is a distinct allocation, so the ranges do not overlap.
-        unsafe { ptr::copy_nonoverlapping(src.as_ptr(), self.map.as_mut_ptr().add(start), src.len()) };
-        Ok(())
+        // SAFETY: `src` is a distinct Rust slice, valid for reads of its length.
+        unsafe { self.copy_in_raw(offset, src.as_ptr(), src.len()) }
     }
 }
 
