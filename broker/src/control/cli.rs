@@ -212,6 +212,9 @@ struct QuotaArgs {
     /// Native trampolines (toolkit event callbacks) the tenant's apps may hold.
     #[arg(long)]
     trampolines: Option<u64>,
+    /// Workers the tenant's instances may occupy at once (0: no cap).
+    #[arg(long)]
+    max_workers: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -707,6 +710,7 @@ fn quotas_msg(q: &QuotaArgs, base: Option<&pb::Quotas>) -> pb::Quotas {
         compiled_bytes: Some(d.compiled_bytes),
         max_call_timeout_ms: Some(d.max_call_timeout_ms),
         trampolines: Some(d.trampolines),
+        max_workers: Some(d.max_workers),
     });
     pb::Quotas {
         region_bytes: q.region_bytes.unwrap_or(b.region_bytes),
@@ -721,6 +725,7 @@ fn quotas_msg(q: &QuotaArgs, base: Option<&pb::Quotas>) -> pb::Quotas {
         compiled_bytes: q.compiled_bytes.or(b.compiled_bytes),
         max_call_timeout_ms: q.max_call_timeout_ms.or(b.max_call_timeout_ms),
         trampolines: q.trampolines.or(b.trampolines),
+        max_workers: q.max_workers.or(b.max_workers),
     }
 }
 
@@ -729,7 +734,7 @@ fn tenant_json(t: &pb::Tenant) -> Json {
     let u = t.usage.unwrap_or_default();
     json!({
         "name": t.name,
-        "quotas": {"region_bytes": q.region_bytes, "regions": q.regions, "instances": q.instances, "handles": q.handles, "memory_bytes": q.memory_bytes, "windows": q.windows, "windows_per_instance": q.windows_per_instance, "modules": q.modules, "module_bytes": q.module_bytes, "compiled_bytes": q.compiled_bytes, "max_call_timeout_ms": q.max_call_timeout_ms, "trampolines": q.trampolines},
+        "quotas": {"region_bytes": q.region_bytes, "regions": q.regions, "instances": q.instances, "handles": q.handles, "memory_bytes": q.memory_bytes, "windows": q.windows, "windows_per_instance": q.windows_per_instance, "modules": q.modules, "module_bytes": q.module_bytes, "compiled_bytes": q.compiled_bytes, "max_call_timeout_ms": q.max_call_timeout_ms, "trampolines": q.trampolines, "max_workers": q.max_workers},
         "usage": {"region_bytes": u.region_bytes, "regions": u.regions, "instances": u.instances, "handles": u.handles, "memory_bytes": u.memory_bytes, "windows": u.windows, "modules": u.modules, "module_bytes": u.module_bytes, "compiled_bytes": u.compiled_bytes, "trampolines": u.trampolines},
     })
 }

@@ -24,6 +24,7 @@ pub(crate) fn quotas_from(q: &pb::Quotas) -> Quotas {
         compiled_bytes: q.compiled_bytes.unwrap_or(Quotas::DEFAULT_COMPILED_BYTES),
         max_call_timeout_ms: q.max_call_timeout_ms.unwrap_or(Quotas::DEFAULT_MAX_CALL_TIMEOUT_MS),
         trampolines: q.trampolines.unwrap_or(Quotas::DEFAULT_TRAMPOLINES),
+        max_workers: q.max_workers.unwrap_or(0),
     }
 }
 
@@ -41,6 +42,7 @@ pub(crate) fn quotas_to(q: &Quotas) -> pb::Quotas {
         compiled_bytes: Some(q.compiled_bytes),
         max_call_timeout_ms: Some(q.max_call_timeout_ms),
         trampolines: Some(q.trampolines),
+        max_workers: Some(q.max_workers),
     }
 }
 

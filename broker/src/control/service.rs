@@ -94,6 +94,7 @@ fn record_quotas(t: &TenantRecord) -> Quotas {
         compiled_bytes: t.code[2],
         max_call_timeout_ms: t.code[3],
         trampolines: t.trampolines,
+        max_workers: t.max_workers,
     }
 }
 
@@ -311,6 +312,7 @@ impl ControlPlane {
                     quotas.max_call_timeout_ms,
                 ],
                 trampolines: quotas.trampolines,
+                max_workers: quotas.max_workers,
                 tokens,
             },
         )

@@ -37,6 +37,9 @@ pub struct TenantRecord {
     /// Quota of native trampolines (default for older records).
     #[serde(default = "default_trampolines")]
     pub trampolines: u64,
+    /// Workers the tenant may occupy at once (0, also for older records: no cap).
+    #[serde(default)]
+    pub max_workers: u64,
     /// Hex SHA-256 hashes of the tenant's tokens.
     pub tokens: Vec<String>,
 }

@@ -9,6 +9,10 @@
 //! with many busy instances (an attacker keeping three apps busy, say) gets one turn in the rotation
 //! like any other tenant, not one per instance, so it cannot crowd out another tenant's work by
 //! running more apps. Within a tenant, instances run in the order they became runnable.
+//!
+//! A tenant whose `max_workers` quota is set occupies at most that many workers at once: its turn is
+//! skipped (it keeps its place in the rotation) while that many of its instances are running, so its
+//! long calls leave the other workers to everyone else.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
@@ -34,13 +38,15 @@ struct Queues<T> {
     turns: VecDeque<TenantId>,
     /// Runnable instances per tenant, in the order they became runnable.
     runnable: HashMap<TenantId, VecDeque<T>>,
+    /// Workers each tenant occupies right now.
+    running: HashMap<TenantId, usize>,
     /// The pool is shutting down: workers exit.
     stopping: bool,
 }
 
 impl<T> Default for Queues<T> {
     fn default() -> Queues<T> {
-        Queues { turns: VecDeque::new(), runnable: HashMap::new(), stopping: false }
+        Queues { turns: VecDeque::new(), runnable: HashMap::new(), running: HashMap::new(), stopping: false }
     }
 }
 
@@ -55,10 +61,22 @@ impl<T> Queues<T> {
         }
     }
 
-    /// Takes the first item of the tenant whose turn it is, moving the tenant to the back of the
-    /// rotation if it has more.
-    fn take_turn(&mut self) -> Option<T> {
-        while let Some(tenant) = self.turns.pop_front() {
+    /// Takes the first item of the first tenant in turn order that may run another worker (`cap`:
+    /// its `max_workers`, 0 for none), moving the tenant to the back of the rotation if it has more,
+    /// and counts the worker it takes. Tenants at their cap keep their place.
+    fn take_turn(&mut self, cap: impl Fn(&T) -> usize) -> Option<T> {
+        for _ in 0..self.turns.len() {
+            let Some(tenant) = self.turns.pop_front() else { break };
+            let running = self.running.get(&tenant).copied().unwrap_or(0);
+            let at_cap = self
+                .runnable
+                .get(&tenant)
+                .and_then(|l| l.front())
+                .is_some_and(|first| cap(first) != 0 && running >= cap(first));
+            if at_cap {
+                self.turns.push_back(tenant);
+                continue;
+            }
             let (item, more) = match self.runnable.get_mut(&tenant) {
                 Some(list) => (list.pop_front(), !list.is_empty()),
                 None => (None, false),
@@ -69,10 +87,21 @@ impl<T> Queues<T> {
                 self.runnable.remove(&tenant);
             }
             if item.is_some() {
+                *self.running.entry(tenant).or_default() += 1;
                 return item;
             }
         }
         None
+    }
+
+    /// A worker of `tenant` finished its batch.
+    fn finished(&mut self, tenant: TenantId) {
+        if let Some(n) = self.running.get_mut(&tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.running.remove(&tenant);
+            }
+        }
     }
 }
 
@@ -117,7 +146,7 @@ impl Scheduler {
                 if q.stopping {
                     return None;
                 }
-                if let Some(cell) = q.take_turn() {
+                if let Some(cell) = q.take_turn(worker_cap) {
                     self.runnable.fetch_sub(1, Ordering::Relaxed);
                     return Some(cell);
                 }
@@ -137,6 +166,18 @@ impl Scheduler {
                 std::hint::spin_loop();
             }
             spins += 1;
+        }
+    }
+
+    /// A worker finished running `tenant`'s batch: another of its instances may run now, so a worker
+    /// waiting for one is woken.
+    fn finished(&self, tenant: TenantId) {
+        let mut q = self.queues.lock();
+        q.finished(tenant);
+        let waiting = q.runnable.contains_key(&tenant);
+        drop(q);
+        if waiting {
+            self.ready.notify_one();
         }
     }
 
@@ -217,9 +258,15 @@ impl WorkerPool {
     }
 }
 
+/// The most workers `cell`'s tenant may occupy at once (0: no cap).
+fn worker_cap(cell: &Arc<InstanceCell>) -> usize {
+    usize::try_from(cell.tenant.quotas().max_workers).unwrap_or(usize::MAX)
+}
+
 fn work(scheduler: &Scheduler) {
     while let Some(cell) = scheduler.pop() {
         cell.run_jobs(BATCH);
+        scheduler.finished(cell.tenant.id());
         cell.scheduled.store(false, Ordering::SeqCst);
         // A job posted after the batch but before the flag was cleared saw `scheduled == true` and did not
         // make the cell runnable: pick it up here, unless a submitter already did. The fence pairs with
@@ -252,12 +299,34 @@ mod tests {
             q.push(a, item);
         }
         q.push(b, "b1");
-        let first: Vec<_> = (0..3).filter_map(|_| q.take_turn()).collect();
+        let first: Vec<_> = (0..3).filter_map(|_| q.take_turn(|_| 0)).collect();
         assert_eq!(first, ["a1", "b1", "a2"]);
         q.push(c, "c1");
         q.push(b, "b2");
-        let rest: Vec<_> = std::iter::from_fn(|| q.take_turn()).collect();
+        let rest: Vec<_> = std::iter::from_fn(|| q.take_turn(|_| 0)).collect();
         assert_eq!(rest, ["a3", "c1", "b2"]);
         assert!(q.turns.is_empty() && q.runnable.is_empty(), "an empty rotation holds nothing");
+    }
+
+    #[test]
+    fn a_tenant_at_its_worker_cap_waits_while_others_run() {
+        let (a, b) = (TenantId(1), TenantId(2));
+        let mut q = Queues::default();
+        for item in ["a1", "a2", "a3"] {
+            q.push(a, item);
+        }
+        q.push(b, "b1");
+        // Tenant a may occupy one worker.
+        let cap = |item: &&str| if item.starts_with('a') { 1 } else { 0 };
+        assert_eq!(q.take_turn(cap), Some("a1"));
+        assert_eq!(q.take_turn(cap), Some("b1"), "a is at its cap: b goes next");
+        assert_eq!(q.take_turn(cap), None, "only a has work, and it is at its cap");
+        q.finished(a);
+        assert_eq!(q.take_turn(cap), Some("a2"), "a's worker came back");
+        q.finished(a);
+        q.finished(b);
+        assert_eq!(q.take_turn(cap), Some("a3"));
+        q.finished(a);
+        assert!(q.running.is_empty(), "every worker was given back");
     }
 }

@@ -139,6 +139,8 @@ pub struct Quotas {
     /// Native trampolines the tenant's apps may hold at once (the process has
     /// `native::TRAMPOLINE_COUNT`).
     pub trampolines: u64,
+    /// Workers the tenant's instances may occupy at once; 0: no cap (all of them).
+    pub max_workers: u64,
 }
 
 impl Quotas {
@@ -162,7 +164,8 @@ impl Quotas {
 impl Default for Quotas {
     /// Generous defaults for a development broker: 256 MiB of regions, 64 regions, 16 instances,
     /// 4096 handles, 1 GiB of linear memory, 1024 shared windows (256 per instance), 32 modules of
-    /// 64 MiB of wasm and 256 MiB of compiled code in all, calls of at most a minute.
+    /// 64 MiB of wasm and 256 MiB of compiled code in all, calls of at most a minute, 16 native
+    /// trampolines, and no cap on workers.
     fn default() -> Quotas {
         Quotas {
             region_bytes: 256 << 20,
@@ -177,6 +180,7 @@ impl Default for Quotas {
             compiled_bytes: Quotas::DEFAULT_COMPILED_BYTES,
             max_call_timeout_ms: Quotas::DEFAULT_MAX_CALL_TIMEOUT_MS,
             trampolines: Quotas::DEFAULT_TRAMPOLINES,
+            max_workers: 0,
         }
     }
 }

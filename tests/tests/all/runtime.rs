@@ -172,3 +172,53 @@ fn memory_bomb_is_capped_by_instance_and_tenant_limits() {
     b.unload_module(t, "runtime_misbehave").expect("unload");
     assert!(b.tenant_usage(t).expect("usage") == broker::Usage::default(), "unloading gives the module back");
 }
+
+/// Issue 14: a tenant capped at one worker spins in two instances with hour-long deadlines on a
+/// two-worker broker: its second call waits for its first, and another tenant's calls are served
+/// meanwhile. Ordered by events: each spinner raises a flag once inside its loop, and only the test's
+/// interrupt ends it.
+#[test]
+fn r14_a_tenant_capped_at_one_worker_cannot_take_every_worker() {
+    watchdog(120, || {
+        let b = std::sync::Arc::new(broker());
+        let capped =
+            broker::Quotas { max_workers: 1, max_call_timeout_ms: 3_600_000, ..broker::Quotas::default() };
+        let evil = b.create_tenant("evil", capped).expect("tenant");
+        let acme = tenant(&b, "acme");
+        let flag = b.create_region(evil, RegionSpec::new("flag", 8, Mode::Handle)).expect("region");
+        let hour = InstanceConfig { call_timeout: Duration::from_secs(3600), ..InstanceConfig::default() };
+        let spinners: Vec<_> =
+            ["s1", "s2"].iter().map(|n| start_with(&b, evil, "runtime_misbehave", n, hour.clone())).collect();
+        let victim = start(&b, acme, "handle_app", "victim");
+        let raised = |b: &broker::Broker| {
+            let mut word = [0u8; 8];
+            b.read_region(flag, 0, &mut word).expect("read flag");
+            word != [0; 8]
+        };
+        let spin = |i: usize| {
+            let (bb, s) = (std::sync::Arc::clone(&b), spinners[i]);
+            std::thread::spawn(move || bb.call(s, "spin_signal", &[]))
+        };
+        let first = spin(0);
+        while !raised(&b) {
+            std::thread::yield_now();
+        }
+        b.write_region(flag, 0, &[0; 8]).expect("lower the flag");
+        let second = spin(1);
+        // The second spinner is queued behind the first (evil's one worker); the other worker serves
+        // acme, again and again.
+        for _ in 0..100 {
+            assert_eq!(call(&b, victim, "ping", args![]), 1);
+        }
+        assert!(!raised(&b), "the second spinner ran although its tenant was at its worker cap");
+        b.interrupt(spinners[0]).expect("interrupt");
+        assert_eq!(first.join().expect("thread").err(), Some(Error::Instance(InstanceError::Killed)));
+        // Now the second one gets the worker.
+        while !raised(&b) {
+            std::thread::yield_now();
+        }
+        b.interrupt(spinners[1]).expect("interrupt");
+        assert_eq!(second.join().expect("thread").err(), Some(Error::Instance(InstanceError::Killed)));
+        assert_eq!(call(&b, victim, "ping", args![]), 1);
+    });
+}
