@@ -50,6 +50,9 @@ pub(super) fn region_watch(
     if caps.has_cleanup(cap.id, CleanupTag::Watch) {
         return Err(AbiError::AlreadyRegistered);
     }
+    // Each watch costs a watcher on the region and callbacks queued for the app: bounded per tenant.
+    // The charge goes with the registration.
+    let charge = ctx.tenant.reserve(Resource::Watches, 1).map_err(crate::Error::from)?;
     let (sink, range, source) = (ctx.sink.clone(), cap.range, cap.id.get());
     let watch = cap.region.watch(Arc::new(move |c: &Change| {
         // Only changes inside the capability's range, reported relative to it.
@@ -68,6 +71,7 @@ pub(super) fn region_watch(
         CleanupTag::Watch,
         Cleanup::new(move || {
             region.unwatch(watch);
+            drop(charge);
         }),
     )?;
     Ok(())

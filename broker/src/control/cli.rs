@@ -215,6 +215,9 @@ struct QuotaArgs {
     /// Workers the tenant's instances may occupy at once (0: no cap).
     #[arg(long)]
     max_workers: Option<u64>,
+    /// Region watches the tenant's apps may hold.
+    #[arg(long)]
+    watches: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -711,6 +714,7 @@ fn quotas_msg(q: &QuotaArgs, base: Option<&pb::Quotas>) -> pb::Quotas {
         max_call_timeout_ms: Some(d.max_call_timeout_ms),
         trampolines: Some(d.trampolines),
         max_workers: Some(d.max_workers),
+        watches: Some(d.watches),
     });
     pb::Quotas {
         region_bytes: q.region_bytes.unwrap_or(b.region_bytes),
@@ -726,6 +730,7 @@ fn quotas_msg(q: &QuotaArgs, base: Option<&pb::Quotas>) -> pb::Quotas {
         max_call_timeout_ms: q.max_call_timeout_ms.or(b.max_call_timeout_ms),
         trampolines: q.trampolines.or(b.trampolines),
         max_workers: q.max_workers.or(b.max_workers),
+        watches: q.watches.or(b.watches),
     }
 }
 
@@ -734,8 +739,8 @@ fn tenant_json(t: &pb::Tenant) -> Json {
     let u = t.usage.unwrap_or_default();
     json!({
         "name": t.name,
-        "quotas": {"region_bytes": q.region_bytes, "regions": q.regions, "instances": q.instances, "handles": q.handles, "memory_bytes": q.memory_bytes, "windows": q.windows, "windows_per_instance": q.windows_per_instance, "modules": q.modules, "module_bytes": q.module_bytes, "compiled_bytes": q.compiled_bytes, "max_call_timeout_ms": q.max_call_timeout_ms, "trampolines": q.trampolines, "max_workers": q.max_workers},
-        "usage": {"region_bytes": u.region_bytes, "regions": u.regions, "instances": u.instances, "handles": u.handles, "memory_bytes": u.memory_bytes, "windows": u.windows, "modules": u.modules, "module_bytes": u.module_bytes, "compiled_bytes": u.compiled_bytes, "trampolines": u.trampolines},
+        "quotas": {"region_bytes": q.region_bytes, "regions": q.regions, "instances": q.instances, "handles": q.handles, "memory_bytes": q.memory_bytes, "windows": q.windows, "windows_per_instance": q.windows_per_instance, "modules": q.modules, "module_bytes": q.module_bytes, "compiled_bytes": q.compiled_bytes, "max_call_timeout_ms": q.max_call_timeout_ms, "trampolines": q.trampolines, "max_workers": q.max_workers, "watches": q.watches},
+        "usage": {"region_bytes": u.region_bytes, "regions": u.regions, "instances": u.instances, "handles": u.handles, "memory_bytes": u.memory_bytes, "windows": u.windows, "modules": u.modules, "module_bytes": u.module_bytes, "compiled_bytes": u.compiled_bytes, "trampolines": u.trampolines, "watches": u.watches},
     })
 }
 

@@ -25,6 +25,7 @@ pub(crate) fn quotas_from(q: &pb::Quotas) -> Quotas {
         max_call_timeout_ms: q.max_call_timeout_ms.unwrap_or(Quotas::DEFAULT_MAX_CALL_TIMEOUT_MS),
         trampolines: q.trampolines.unwrap_or(Quotas::DEFAULT_TRAMPOLINES),
         max_workers: q.max_workers.unwrap_or(0),
+        watches: q.watches.unwrap_or(Quotas::DEFAULT_WATCHES),
     }
 }
 
@@ -43,6 +44,7 @@ pub(crate) fn quotas_to(q: &Quotas) -> pb::Quotas {
         max_call_timeout_ms: Some(q.max_call_timeout_ms),
         trampolines: Some(q.trampolines),
         max_workers: Some(q.max_workers),
+        watches: Some(q.watches),
     }
 }
 
@@ -58,6 +60,7 @@ pub(crate) fn usage_to(u: &Usage) -> pb::Usage {
         module_bytes: u.module_bytes,
         compiled_bytes: u.compiled_bytes,
         trampolines: u.trampolines,
+        watches: u.watches,
     }
 }
 

@@ -95,6 +95,7 @@ fn record_quotas(t: &TenantRecord) -> Quotas {
         max_call_timeout_ms: t.code[3],
         trampolines: t.trampolines,
         max_workers: t.max_workers,
+        watches: t.watches,
     }
 }
 
@@ -313,6 +314,7 @@ impl ControlPlane {
                 ],
                 trampolines: quotas.trampolines,
                 max_workers: quotas.max_workers,
+                watches: quotas.watches,
                 tokens,
             },
         )

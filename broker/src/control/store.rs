@@ -40,6 +40,9 @@ pub struct TenantRecord {
     /// Workers the tenant may occupy at once (0, also for older records: no cap).
     #[serde(default)]
     pub max_workers: u64,
+    /// Quota of region watches (default for older records).
+    #[serde(default = "default_watches")]
+    pub watches: u64,
     /// Hex SHA-256 hashes of the tenant's tokens.
     pub tokens: Vec<String>,
 }
@@ -50,6 +53,10 @@ fn default_windows() -> u64 {
 
 fn default_windows_per_instance() -> u64 {
     crate::Quotas::DEFAULT_WINDOWS_PER_INSTANCE
+}
+
+fn default_watches() -> u64 {
+    crate::Quotas::DEFAULT_WATCHES
 }
 
 fn default_trampolines() -> u64 {

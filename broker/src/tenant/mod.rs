@@ -59,10 +59,13 @@ pub enum Resource {
     CompiledBytes,
     /// Native trampolines (C function pointers into app callbacks) held: the process has a fixed pool.
     Trampolines,
+    /// Region watches registered by the tenant's apps (each costs a watcher on the region and
+    /// callbacks queued for the app).
+    Watches,
 }
 
 impl Resource {
-    const ALL: [Resource; 11] = [
+    const ALL: [Resource; 12] = [
         Resource::RegionBytes,
         Resource::Regions,
         Resource::Instances,
@@ -74,6 +77,7 @@ impl Resource {
         Resource::ModuleBytes,
         Resource::CompiledBytes,
         Resource::Trampolines,
+        Resource::Watches,
     ];
 
     fn index(self) -> usize {
@@ -89,6 +93,7 @@ impl Resource {
             Resource::ModuleBytes => 8,
             Resource::CompiledBytes => 9,
             Resource::Trampolines => 10,
+            Resource::Watches => 11,
         }
     }
 }
@@ -107,6 +112,7 @@ impl fmt::Display for Resource {
             Resource::ModuleBytes => "module bytes",
             Resource::CompiledBytes => "compiled code bytes",
             Resource::Trampolines => "native trampolines",
+            Resource::Watches => "region watches",
         })
     }
 }
@@ -141,6 +147,8 @@ pub struct Quotas {
     pub trampolines: u64,
     /// Workers the tenant's instances may occupy at once; 0: no cap (all of them).
     pub max_workers: u64,
+    /// Region watches the tenant's apps may hold at once.
+    pub watches: u64,
 }
 
 impl Quotas {
@@ -159,13 +167,15 @@ impl Quotas {
     pub const DEFAULT_MAX_CALL_TIMEOUT_MS: u64 = 60_000;
     /// Default for [`Quotas::trampolines`]: a quarter of the process's pool.
     pub const DEFAULT_TRAMPOLINES: u64 = 16;
+    /// Default for [`Quotas::watches`].
+    pub const DEFAULT_WATCHES: u64 = 256;
 }
 
 impl Default for Quotas {
     /// Generous defaults for a development broker: 256 MiB of regions, 64 regions, 16 instances,
     /// 4096 handles, 1 GiB of linear memory, 1024 shared windows (256 per instance), 32 modules of
     /// 64 MiB of wasm and 256 MiB of compiled code in all, calls of at most a minute, 16 native
-    /// trampolines, and no cap on workers.
+    /// trampolines, 256 region watches, and no cap on workers.
     fn default() -> Quotas {
         Quotas {
             region_bytes: 256 << 20,
@@ -181,6 +191,7 @@ impl Default for Quotas {
             max_call_timeout_ms: Quotas::DEFAULT_MAX_CALL_TIMEOUT_MS,
             trampolines: Quotas::DEFAULT_TRAMPOLINES,
             max_workers: 0,
+            watches: Quotas::DEFAULT_WATCHES,
         }
     }
 }
@@ -199,6 +210,7 @@ impl Quotas {
             Resource::ModuleBytes => self.module_bytes,
             Resource::CompiledBytes => self.compiled_bytes,
             Resource::Trampolines => self.trampolines,
+            Resource::Watches => self.watches,
         }
     }
 }
@@ -226,6 +238,8 @@ pub struct Usage {
     pub compiled_bytes: u64,
     /// Native trampolines held.
     pub trampolines: u64,
+    /// Region watches held.
+    pub watches: u64,
 }
 
 /// A reservation was refused because it would exceed the quota.
@@ -248,7 +262,7 @@ pub struct Tenant {
     id: TenantId,
     name: Name,
     quotas: RwLock<Quotas>,
-    used: [AtomicU64; 11],
+    used: [AtomicU64; 12],
 }
 
 impl Tenant {
@@ -289,6 +303,7 @@ impl Tenant {
             module_bytes: g(Resource::ModuleBytes),
             compiled_bytes: g(Resource::CompiledBytes),
             trampolines: g(Resource::Trampolines),
+            watches: g(Resource::Watches),
         }
     }
 

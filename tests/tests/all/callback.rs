@@ -316,3 +316,24 @@ fn r14_one_tenants_callbacks_leave_another_tenants_trampolines() {
     assert_eq!(call(&b, hog, "ui_delete", args![0]), 0);
     assert_eq!(b.tenant_usage(greedy).expect("usage").trampolines, 0);
 }
+
+/// Issue 14: region watches count against the tenant's `watches` quota, charged per registration and
+/// given back when the watch ends, so one tenant cannot register watchers without bound.
+#[test]
+fn r14_watches_count_against_the_tenants_quota() {
+    let b = broker();
+    let t =
+        b.create_tenant("alpha", broker::Quotas { watches: 2, ..broker::Quotas::default() }).expect("tenant");
+    b.create_region(t, RegionSpec::new("data", 4096, Mode::Handle)).expect("region");
+    b.create_region(t, RegionSpec::new("flag", 64, Mode::Handle)).expect("region");
+    let app = start(&b, t, "callback_app", "app");
+    assert!(call(&b, app, "watch", args![0, 1]) > 0);
+    assert!(call(&b, app, "watch", args![1, 2]) > 0);
+    assert_eq!(call(&b, app, "watch", args![0, 3]), code(Status::QuotaExceeded), "two watches at most");
+    assert_eq!(b.tenant_usage(t).expect("usage").watches, 2);
+    assert_eq!(call(&b, app, "unwatch", args![]), 0);
+    assert_eq!(b.tenant_usage(t).expect("usage").watches, 1, "unwatching gives the watch back");
+    assert!(call(&b, app, "watch", args![0, 4]) > 0, "room again");
+    assert_eq!(call(&b, app, "close_all", args![]), 0);
+    assert_eq!(b.tenant_usage(t).expect("usage").watches, 0, "closing the handles ends their watches");
+}

@@ -178,6 +178,7 @@ fn guest_region_creation_counts_against_the_quota() {
             module_bytes: u64::try_from(broker_guests::HANDLE_APP_WASM.len()).expect("small"),
             compiled_bytes: b.tenant_usage(t).expect("usage").compiled_bytes,
             trampolines: 0,
+            watches: 0,
         }
     );
     // A handle quota of zero: the created region cannot be held, so it is not created at all.
