@@ -162,6 +162,10 @@ impl GuestBytes<'_> {
     /// [`AbiError::BadPointer`] if they lie past the range (a broker bug).
     pub(crate) fn read_into(&self, at: usize, dst: &mut [u8]) -> Result<(), AbiError> {
         let src = self.at(at, dst.len())?;
+        if dst.is_empty() {
+            // Nothing to copy, and the range's address may be null (a guest without memory).
+            return Ok(());
+        }
         // SAFETY: `[src, src+dst.len())` lies inside a range `GuestMemory::check` proved to be accessible
         // guest memory (not a revoked window), which stays mapped while the fence guard behind `'m` is
         // held; `dst` is a host buffer, never guest memory, so they do not overlap. Bytes other apps
@@ -177,6 +181,9 @@ impl GuestBytes<'_> {
     /// past the range (a broker bug).
     pub(crate) fn write_from(&self, at: usize, src: &[u8]) -> Result<(), AbiError> {
         let dst = self.writable_at(at, src.len())?;
+        if src.is_empty() {
+            return Ok(());
+        }
         // SAFETY: as in `read_into`, and the range was checked writable (no read-only or revoked window
         // in it); `src` is a host buffer, never guest memory.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
@@ -206,6 +213,9 @@ impl GuestBytes<'_> {
         offset: u64,
     ) -> Result<(), RegionError> {
         let dst = self.writable_at(at, n).map_err(|_| region_oob(region, offset, n))?;
+        if n == 0 {
+            return region.copy_out(offset, &mut []);
+        }
         // SAFETY: `[dst, dst+n)` lies inside checked, writable guest memory that stays mapped while the
         // fence guard is held; nothing holds a reference to it.
         unsafe { region.copy_out_raw(offset, dst, n) }
@@ -223,6 +233,9 @@ impl GuestBytes<'_> {
         offset: u64,
     ) -> Result<(), RegionError> {
         let src = self.at(at, n).map_err(|_| region_oob(region, offset, n))?;
+        if n == 0 {
+            return region.copy_in(offset, &[]);
+        }
         // SAFETY: `[src, src+n)` lies inside checked, readable guest memory that stays mapped while the
         // fence guard is held.
         unsafe { region.copy_in_raw(offset, src.cast_const(), n) }
@@ -254,6 +267,21 @@ mod tests {
             none.check(0, 1, false).err(),
             Some(AbiError::BadPointer { ptr: 0, len: 1, memory_len: 0 })
         );
+    }
+
+    #[test]
+    fn empty_ranges_of_a_guest_without_memory_copy_nothing() {
+        // A guest without a memory: base 0. Empty ranges pass the check and copy nothing (never
+        // through the null address).
+        let guards = std::sync::Arc::new(parking_lot::RwLock::new(Guards::default())).read_arc();
+        let m = GuestMemory { base: 0, size: 0, guards };
+        let r = m.check(0, 0, true).expect("an empty range is in bounds");
+        r.read_into(0, &mut []).expect("nothing to read");
+        r.write_from(0, &[]).expect("nothing to write");
+        let region = RegionMemory::new_memfd("t", 8).expect("memfd");
+        r.copy_from_region(0, 0, &region, 8).expect("nothing to copy");
+        r.copy_to_region(0, 0, &region, 8).expect("nothing to copy");
+        assert!(m.check(0, 1, false).is_err());
     }
 
     #[test]
