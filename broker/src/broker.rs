@@ -614,6 +614,17 @@ impl Broker {
         removed
     }
 
+    /// Reserves `amount` of a tenant's `resource` for something the control plane holds (a watch
+    /// stream); given back when the reservation drops.
+    pub(crate) fn reserve(
+        &self,
+        tenant: TenantId,
+        resource: Resource,
+        amount: u64,
+    ) -> Result<crate::tenant::Reservation, Error> {
+        Ok(self.core.tenant(tenant)?.reserve(resource, amount)?)
+    }
+
     /// Shared windows an instance holds, revoked ones not yet unmapped included (what its window quota
     /// counts).
     ///

@@ -386,6 +386,8 @@ pub struct WatchStream {
     plane: Arc<ControlPlane>,
     region: RegionId,
     watch: WatchId,
+    /// The stream's unit of the region tenant's `watches` quota, given back when it ends.
+    _charge: crate::tenant::Reservation,
 }
 
 impl Stream for WatchStream {
@@ -962,12 +964,15 @@ impl pb::broker_server::Broker for ControlService {
         let p = &self.plane;
         ok((|| {
             let who = p.identify(&req)?;
-            let (_, tname, id) = p.region_of(&who, req.get_ref())?;
+            let (tid, tname, id) = p.region_of(&who, req.get_ref())?;
             // Registered under the lock that `end_watches` takes, so no stream opens after shutdown began.
             let mut watches = p.watches.lock();
             if watches.closed {
                 return Err(ApiError::ShuttingDown);
             }
+            // A stream costs a watcher on the region, as a guest's watch does: it counts against the
+            // same quota, so a tenant cannot open streams without bound.
+            let charge = p.broker.reserve(tid, crate::tenant::Resource::Watches, 1)?;
             let (tx, rx) = mpsc::channel(WATCH_QUEUE);
             let missed = Arc::new(AtomicU64::new(0));
             let region_name = req.get_ref().name.clone();
@@ -989,7 +994,7 @@ impl pb::broker_server::Broker for ControlService {
                 }),
             )?;
             watches.open.insert(watch, id);
-            Ok(WatchStream { rx, plane: Arc::clone(p), region: id, watch })
+            Ok(WatchStream { rx, plane: Arc::clone(p), region: id, watch, _charge: charge })
         })())
     }
 

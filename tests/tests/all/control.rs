@@ -1548,3 +1548,36 @@ fn r14_a_compile_storm_leaves_another_tenants_get_region_answering() {
         d.rt.block_on(t).expect("task").expect("upload");
     }
 }
+
+/// Issue 14: a watch stream costs a watcher on the region, so it counts against the tenant's `watches`
+/// quota like a guest's watch: a tenant cannot open streams without bound.
+#[test]
+fn r14_watch_streams_count_against_the_watches_quota() {
+    let d = Daemon::start(None);
+    let admin = d.client(Some(&d.admin));
+    let quotas = pb::Quotas {
+        region_bytes: 1 << 20,
+        regions: 4,
+        instances: 4,
+        handles: 64,
+        memory_bytes: 1 << 30,
+        watches: Some(1),
+        ..Default::default()
+    };
+    rpc!(d, admin, create_tenant, pb::CreateTenantRequest { name: "t".into(), quotas: Some(quotas) })
+        .expect("tenant");
+    let token = rpc!(d, admin, issue_token, pb::IssueTokenRequest { tenant: "t".into(), rotate: false })
+        .expect("token")
+        .token;
+    let t = d.client(Some(&token));
+    region(&d, &t, "r", 4096, pb::Mode::Handle, pb::Backing::Ephemeral);
+    let first = rpc!(d, t, watch_region, region_ref("", "r")).expect("the first stream");
+    let usage = |d: &Daemon| {
+        let tenants = rpc!(d, admin, list_tenants, pb::ListTenantsRequest {}).expect("tenants").tenants;
+        tenants.iter().find(|x| x.name == "t").and_then(|x| x.usage).expect("usage")
+    };
+    assert_eq!(usage(&d).watches, 1);
+    let err = rpc!(d, t, watch_region, region_ref("", "r")).expect_err("a second stream is over the quota");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    drop(first);
+}
