@@ -23,11 +23,27 @@ fn region_ref(tenant: &str, name: &str) -> pb::RegionRef {
 
 /// Creates tenant `name` and returns a client holding a fresh token of it.
 fn tenant(d: &Daemon, admin: &Client, name: &str) -> Client {
-    rpc!(d, admin, create_tenant, pb::CreateTenantRequest { name: name.into(), quotas: None })
-        .expect("tenant");
+    tenant_with(d, admin, name, None)
+}
+
+/// As [`tenant`], with `quotas` (`None`: the broker's defaults).
+fn tenant_with(d: &Daemon, admin: &Client, name: &str, quotas: Option<pb::Quotas>) -> Client {
+    rpc!(d, admin, create_tenant, pb::CreateTenantRequest { name: name.into(), quotas }).expect("tenant");
     let t = rpc!(d, admin, issue_token, pb::IssueTokenRequest { tenant: name.into(), rotate: false })
         .expect("token");
     d.client(Some(&t.token))
+}
+
+/// Quotas small enough for one test's tenant, with the given optional fields set.
+fn small_quotas(extra: pb::Quotas) -> pb::Quotas {
+    pb::Quotas {
+        region_bytes: 1 << 20,
+        regions: 4,
+        instances: 4,
+        handles: 64,
+        memory_bytes: 1 << 30,
+        ..extra
+    }
 }
 
 fn region(d: &Daemon, c: &Client, name: &str, size: u64, mode: pb::Mode, backing: pb::Backing) -> pb::Region {
@@ -1465,23 +1481,13 @@ fn big_module(functions: usize) -> Vec<u8> {
 fn r14_module_quotas_and_the_call_timeout_cap() {
     let d = Daemon::start(None);
     let admin = d.client(Some(&d.admin));
-    let quotas = pb::Quotas {
-        region_bytes: 1 << 20,
-        regions: 4,
-        instances: 4,
-        handles: 64,
-        memory_bytes: 1 << 30,
+    let quotas = small_quotas(pb::Quotas {
         modules: Some(2),
         module_bytes: Some(64 << 10),
         max_call_timeout_ms: Some(10_000),
         ..Default::default()
-    };
-    rpc!(d, admin, create_tenant, pb::CreateTenantRequest { name: "t".into(), quotas: Some(quotas) })
-        .expect("tenant");
-    let token = rpc!(d, admin, issue_token, pb::IssueTokenRequest { tenant: "t".into(), rotate: false })
-        .expect("token")
-        .token;
-    let t = d.client(Some(&token));
+    });
+    let t = tenant_with(&d, &admin, "t", Some(quotas));
     let junk =
         pb::UploadModuleRequest { tenant: String::new(), name: "junk".into(), wasm: vec![0xff; 65 << 10] };
     let err = rpc!(d, t, upload_module, junk).expect_err("over the byte quota");
@@ -1555,21 +1561,8 @@ fn r14_a_compile_storm_leaves_another_tenants_get_region_answering() {
 fn r14_watch_streams_count_against_the_watches_quota() {
     let d = Daemon::start(None);
     let admin = d.client(Some(&d.admin));
-    let quotas = pb::Quotas {
-        region_bytes: 1 << 20,
-        regions: 4,
-        instances: 4,
-        handles: 64,
-        memory_bytes: 1 << 30,
-        watches: Some(1),
-        ..Default::default()
-    };
-    rpc!(d, admin, create_tenant, pb::CreateTenantRequest { name: "t".into(), quotas: Some(quotas) })
-        .expect("tenant");
-    let token = rpc!(d, admin, issue_token, pb::IssueTokenRequest { tenant: "t".into(), rotate: false })
-        .expect("token")
-        .token;
-    let t = d.client(Some(&token));
+    let quotas = small_quotas(pb::Quotas { watches: Some(1), ..Default::default() });
+    let t = tenant_with(&d, &admin, "t", Some(quotas));
     region(&d, &t, "r", 4096, pb::Mode::Handle, pb::Backing::Ephemeral);
     let first = rpc!(d, t, watch_region, region_ref("", "r")).expect("the first stream");
     let usage = |d: &Daemon| {
