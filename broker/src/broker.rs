@@ -138,6 +138,8 @@ pub(crate) struct Core {
     pub(crate) ui_objects: Mutex<HashMap<RegionId, crate::native::ObjectId>>,
     /// Host services by name.
     pub(crate) services: RwLock<HashMap<String, Arc<Service>>>,
+    /// Deadlines of waiting calls, fired by the epoch ticker.
+    pub(crate) timers: Arc<crate::runtime::Timers>,
 }
 
 fn name(s: &str) -> Result<Name, Error> {
@@ -336,6 +338,7 @@ impl Broker {
             toolkit: Mutex::new(crate::native::Toolkit::new()),
             ui_objects: Mutex::new(HashMap::new()),
             services: RwLock::new(HashMap::new()),
+            timers: Arc::clone(&engine.timers),
         });
         Self::register_builtin_services(&core);
         Ok(Broker { core, linker, cells: RwLock::new(HashMap::new()), pool, engine })
@@ -1003,8 +1006,12 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        // Stop instances before the pool goes, so their stores drop on a worker, in order.
+        // Stop instances before the pool goes, so their stores drop on a worker, in order. Calls in
+        // progress (a spinning app, a parked wait) are interrupted first rather than waited for.
         let cells: Vec<_> = self.cells.write().drain().map(|(_, c)| c).collect();
+        for cell in &cells {
+            cell.interrupt();
+        }
         for cell in cells {
             // Every instance stops; a window that could not be revoked belongs to one of them anyway.
             if let Err(e) = cell.stop(&self.pool) {

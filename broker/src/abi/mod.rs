@@ -3,7 +3,7 @@
 //! Each import returns an `i32` [`broker_abi::Status`]; results go through out-pointers. Every guest
 //! value is untrusted: handles are resolved through the caller's own handle table, offsets and lengths
 //! are checked against the capability's range with overflow caught, and pointers are checked against
-//! linear memory (see [`guest_ptr`]). Guest memory is read once per decision: names are copied out
+//! linear memory (see [`guest_memory`]). Guest memory is read once per decision: names are copied out
 //! before they are parsed, and out-pointers are checked before the operation so that a bad pointer
 //! never leaves a half-done effect behind.
 //!
@@ -13,6 +13,7 @@
 mod callbacks;
 mod errno;
 pub(crate) mod guest_memory;
+mod wait;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -393,39 +394,6 @@ fn region_unmap(caller: &mut Ctx<'_>, handle: u32, ptr: u32) -> Result<(), AbiEr
     Ok(())
 }
 
-fn region_wait(
-    caller: &mut Ctx<'_>,
-    handle: u32,
-    offset: i64,
-    expected: u32,
-    timeout_ms: u32,
-) -> Result<(), AbiError> {
-    let cap = caller.data().ctx.lookup(handle)?;
-    cap.require(Rights::READ)?;
-    let at = cap.range.access(offset, 4)?;
-    let timeout = std::time::Duration::from_millis(u64::from(timeout_ms.min(broker_abi::MAX_WAIT_MS)));
-    let region = &cap.region;
-    let mut parked = region.waiters.lock();
-    // Checked under the waiters lock, which `region_notify` takes too: a store followed by a notify
-    // cannot slip between this check and the sleep.
-    if region.memory.load_u32(at)? != expected {
-        return Ok(());
-    }
-    if region.wake.wait_for(&mut parked, timeout).timed_out() {
-        return Err(AbiError::TimedOut);
-    }
-    Ok(())
-}
-
-fn region_notify(caller: &mut Ctx<'_>, handle: u32, offset: i64) -> Result<(), AbiError> {
-    let cap = caller.data().ctx.lookup(handle)?;
-    cap.require(Rights::WRITE)?;
-    cap.range.access(offset, 4)?;
-    let _parked = cap.region.waiters.lock();
-    cap.region.wake.notify_all();
-    Ok(())
-}
-
 /// Counts one host call against the caller's traffic (host calls per operation is a figure the
 /// scenario reports compare across modes), and traps an instance that must stop: one whose memory took
 /// a fault outside wasm code or was sealed (see `runtime::fault`) gets no further service.
@@ -560,12 +528,15 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
             Ok(code(region_unmap(&mut c, h, p)))
         },
     )?;
-    linker.func_wrap(
+    // The one import that blocks: it parks the call without holding a worker (see `wait`).
+    linker.func_wrap_async(
         MODULE,
         func::REGION_WAIT,
-        |mut c: Ctx<'_>, h: u32, off: i64, v: u32, ms: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(region_wait(&mut c, h, off, v, ms)))
+        |c: Ctx<'_>, (h, off, v, ms): (u32, i64, u32, u32)| {
+            Box::new(async move {
+                enter(&c)?;
+                wait::Wait::new(c, h, off, v, ms).await
+            })
         },
     )?;
     linker.func_wrap(
@@ -573,7 +544,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
         func::REGION_NOTIFY,
         |mut c: Ctx<'_>, h: u32, off: i64| -> wasmtime::Result<i32> {
             enter(&c)?;
-            Ok(code(region_notify(&mut c, h, off)))
+            Ok(code(wait::region_notify(&mut c, h, off)))
         },
     )?;
     linker.func_wrap(

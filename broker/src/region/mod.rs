@@ -210,10 +210,58 @@ pub struct Region {
     /// The region version; written only under the `pages` writer lock, readable without it.
     version: AtomicU64,
     pub(crate) traffic: Traffic,
-    /// Guests parked in `region_wait` on this region, woken by `region_notify`.
-    pub(crate) waiters: parking_lot::Mutex<()>,
-    pub(crate) wake: parking_lot::Condvar,
+    /// Calls parked in `region_wait` on this region, woken by `region_notify`.
+    pub(crate) waiters: parking_lot::Mutex<Waiters>,
     watchers: Watchers,
+}
+
+/// The calls parked on a region, each as the waker of its instance.
+///
+/// A parked call holds no thread: its instance's worker went back to the pool, and the waker puts the
+/// instance back in the run queue. Each instance has at most one call in flight, so the list is no
+/// longer than the number of instances waiting, and a waiter removes itself when its wait ends.
+#[derive(Debug, Default)]
+pub(crate) struct Waiters {
+    /// Advanced by every notify: a waiter that parked at an older generation has been notified.
+    generation: u64,
+    parked: Vec<(u64, std::task::Waker)>,
+    next: u64,
+}
+
+impl Waiters {
+    /// The current generation (read when parking).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Parks a waiter; the key removes it again.
+    pub(crate) fn park(&mut self, waker: &std::task::Waker) -> u64 {
+        let key = self.next;
+        self.next = self.next.wrapping_add(1);
+        self.parked.push((key, waker.clone()));
+        key
+    }
+
+    /// Replaces a parked waiter's waker if the call is now polled through another.
+    pub(crate) fn repark(&mut self, key: u64, waker: &std::task::Waker) {
+        if let Some((_, w)) = self.parked.iter_mut().find(|(k, _)| *k == key) {
+            if !w.will_wake(waker) {
+                *w = waker.clone();
+            }
+        }
+    }
+
+    /// Removes a waiter (a no-op if a notify already took it).
+    pub(crate) fn unpark(&mut self, key: u64) {
+        self.parked.retain(|(k, _)| *k != key);
+    }
+
+    /// Starts a new generation and hands back every parked waker, to wake after the lock is released.
+    #[must_use = "the wakers must be woken"]
+    pub(crate) fn notify(&mut self) -> Vec<std::task::Waker> {
+        self.generation = self.generation.wrapping_add(1);
+        self.parked.drain(..).map(|(_, w)| w).collect()
+    }
 }
 
 /// The version of the last write or commit that changed each page.
@@ -274,8 +322,7 @@ impl Region {
             pages: RwLock::new(PageVersions(vec![0; usize::try_from(size.div_ceil(PAGE_SIZE)).unwrap_or(0)])),
             version: AtomicU64::new(0),
             traffic: Traffic::default(),
-            waiters: parking_lot::Mutex::new(()),
-            wake: parking_lot::Condvar::new(),
+            waiters: parking_lot::Mutex::new(Waiters::default()),
             watchers: Watchers::default(),
             backing,
         })

@@ -3,10 +3,20 @@
 //! [`InstanceCell`] is shared between the broker (which posts jobs) and the worker running it; the
 //! [`wasmtime::Store`] lives inside behind a mutex that only the running worker takes. Restarting
 //! replaces the store (and so every capability the old one held) but keeps the id, name and mailbox.
+//!
+//! A job is a future that owns the store while it runs and hands it back when it is done. Calls into
+//! wasm are `call_async` on a fiber, so a job can suspend: a long call yields at an epoch tick when
+//! other work waits for a worker, and `region_wait` parks until it is woken. A suspended job stays in
+//! the cell (it owns the store) and the worker goes back to the pool; the cell's waker puts the cell
+//! back in the run queue, and the next worker to take it resumes the job where it stopped. Jobs still
+//! run one at a time, in mailbox order: the next starts when the previous one finished.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
@@ -27,8 +37,29 @@ use crate::name::Name;
 use crate::region::Traffic;
 use crate::tenant::Tenant;
 
-/// A job run on an instance's worker with exclusive access to its live store.
-pub(crate) type Job = Box<dyn FnOnce(&InstanceCell, &mut Option<Live>) + Send>;
+/// Work in progress on an instance: it owns the live store (if any) and gives it back when done.
+pub(crate) type Task = Pin<Box<dyn Future<Output = Option<Live>> + Send>>;
+
+/// A job for an instance's worker: given the cell and its live store, the task to run.
+pub(crate) struct Job {
+    start: Box<dyn FnOnce(Arc<InstanceCell>, Option<Live>) -> Task + Send>,
+    /// Whether the task delivers events to the app's callbacks (events its callbacks produce are echoes).
+    delivering: bool,
+}
+
+impl Job {
+    fn new(start: impl FnOnce(Arc<InstanceCell>, Option<Live>) -> Task + Send + 'static) -> Job {
+        Job { start: Box::new(start), delivering: false }
+    }
+}
+
+/// What an instance's worker holds between turns.
+enum Slot {
+    /// No job in progress: the live store, if the instance has one.
+    Idle(Option<Live>),
+    /// A job that suspended (a long call yielded, or a host call waits); it owns the store.
+    Busy { task: Task, delivering: bool },
+}
 
 /// The data of every instance's [`Store`].
 pub(crate) struct InstanceState {
@@ -40,6 +71,20 @@ pub(crate) struct InstanceState {
     deadline: Instant,
     /// Set by [`InstanceCell::interrupt`] to stop the current call at the next tick.
     kill: Arc<AtomicBool>,
+    /// Says whether other work waits for a worker, so a long call yields its own.
+    pool: PoolHandle,
+}
+
+impl InstanceState {
+    /// Whether the current call must end: the host interrupted it or its budget ran out.
+    pub(crate) fn interrupted(&self) -> bool {
+        self.kill.load(Ordering::Acquire) || Instant::now() >= self.deadline
+    }
+
+    /// When the current call's budget runs out.
+    pub(crate) fn call_deadline(&self) -> Instant {
+        self.deadline
+    }
 }
 
 /// A running instance.
@@ -56,9 +101,17 @@ pub(crate) struct InstanceCell {
     config: InstanceConfig,
     pre: InstancePre<InstanceState>,
     core: Arc<Core>,
-    pub(super) mailbox_tx: Sender<Job>,
-    pub(super) mailbox_rx: Receiver<Job>,
-    pub(super) scheduled: AtomicBool,
+    mailbox_tx: Sender<Job>,
+    mailbox_rx: Receiver<Job>,
+    /// In the run queue or on a worker. **Invariant:** set while the cell is queued or running, so it
+    /// is queued at most once and never runs on two workers.
+    scheduled: AtomicBool,
+    /// Its waker was called since its worker last polled it: it must run again.
+    woken: AtomicBool,
+    /// A job is suspended in `slot` (only the worker holding the cell writes this).
+    suspended: AtomicBool,
+    /// Wakes this cell's suspended job: puts the cell back in the run queue.
+    waker: Waker,
     kill: Arc<AtomicBool>,
     /// Bytes and pages this instance moved, across restarts.
     pub(crate) traffic: Arc<Traffic>,
@@ -72,12 +125,30 @@ pub(crate) struct InstanceCell {
     echo_chain: std::sync::atomic::AtomicU32,
     me: Weak<InstanceCell>,
     pool: PoolHandle,
-    live: Mutex<Option<Live>>,
+    /// The store, or the suspended job that owns it; taken only by the worker holding the cell.
+    slot: Mutex<Slot>,
     status: Mutex<InstanceStatus>,
 }
 
+/// The waker of an instance's jobs. Weak, so a waker left in a timer or a region's waiter list does
+/// not keep a stopped instance alive.
+struct CellWaker(Weak<InstanceCell>);
+
+impl Wake for CellWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(cell) = self.0.upgrade() {
+            cell.wake();
+        }
+    }
+}
+
 impl InstanceCell {
-    /// Instantiates the module; the instance is running when this returns.
+    /// Instantiates the module (on a worker, where its start function may be preempted like any call);
+    /// the instance is running when this returns.
     ///
     /// # Errors
     /// [`Error::Quota`] if the tenant's memory quota refuses the initial memory, or
@@ -112,6 +183,9 @@ impl InstanceCell {
             mailbox_tx,
             mailbox_rx,
             scheduled: AtomicBool::new(false),
+            woken: AtomicBool::new(false),
+            suspended: AtomicBool::new(false),
+            waker: Waker::from(Arc::new(CellWaker(me.clone()))),
             kill: Arc::new(AtomicBool::new(false)),
             traffic: Arc::new(Traffic::default()),
             events: EventQueue::default(),
@@ -120,12 +194,63 @@ impl InstanceCell {
             echo_chain: std::sync::atomic::AtomicU32::new(0),
             me: me.clone(),
             pool,
-            live: Mutex::new(None),
+            slot: Mutex::new(Slot::Idle(None)),
             status: Mutex::new(status),
         });
-        let live = cell.instantiate()?;
-        *cell.live.lock() = Some(live);
+        let (tx, rx) = bounded(1);
+        cell.pool.submit(
+            &cell,
+            Job::new(move |cell, live| {
+                Box::pin(async move {
+                    match cell.instantiate().await {
+                        Ok(l) => {
+                            let _ = tx.send(Ok(()));
+                            Some(l)
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            live
+                        }
+                    }
+                })
+            }),
+        );
+        rx.recv().unwrap_or(Err(InstanceError::ShuttingDown.into()))?;
         Ok(cell)
+    }
+
+    /// Makes the cell run again (its suspended job was woken).
+    fn wake(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::SeqCst);
+        // Store (woken) then load (scheduled), against the worker's store (scheduled) then load
+        // (woken): see `reschedule`.
+        fence(Ordering::SeqCst);
+        if !self.scheduled.swap(true, Ordering::SeqCst) {
+            self.pool.schedule(Arc::clone(self));
+        }
+    }
+
+    /// Posts a job and makes sure a worker will run it.
+    pub(super) fn post(self: &Arc<Self>, job: Job) -> bool {
+        // The cell owns both ends of its mailbox, so this send cannot fail.
+        let _ = self.mailbox_tx.send(job);
+        // Store (the job) then load (the flag), against the worker's store (the flag) then load (the
+        // mailbox): without a full fence on both sides each could miss the other's store, and the job
+        // would sit in a mailbox no worker is scheduled to run (a lost wake-up, seen as a hung call).
+        fence(Ordering::SeqCst);
+        !self.scheduled.swap(true, Ordering::SeqCst)
+    }
+
+    /// Called by the worker after its turn: clears `scheduled`, then takes the cell again if it was
+    /// woken meanwhile or has jobs it can start. True if the caller must queue it again.
+    pub(super) fn reschedule(&self) -> bool {
+        self.scheduled.store(false, Ordering::SeqCst);
+        // Pairs with the fences in `post` and `wake`: a job posted or a wake-up made during the turn,
+        // which saw `scheduled == true` and so did not queue the cell, is seen here.
+        fence(Ordering::SeqCst);
+        let runnable = self.woken.load(Ordering::SeqCst)
+            || (!self.suspended.load(Ordering::Relaxed) && !self.mailbox_rx.is_empty());
+        runnable && !self.scheduled.swap(true, Ordering::SeqCst)
     }
 
     /// Where producers (region watchers, native trampolines) send events for this instance.
@@ -136,12 +261,19 @@ impl InstanceCell {
     /// Queues an event and, if none is pending, posts a job that delivers the queue.
     fn deliver(self: &Arc<Self>, e: Pending) {
         if self.events.push(e) {
-            self.pool.submit(self, Box::new(|cell, live| cell.drain_events(live)));
+            let mut job = Job::new(|cell, mut live| {
+                Box::pin(async move {
+                    cell.drain_events(&mut live).await;
+                    live
+                })
+            });
+            job.delivering = true;
+            self.pool.submit(self, job);
         }
     }
 
     /// Calls the app's callback for every queued event, on this instance's worker.
-    fn drain_events(&self, live: &mut Option<Live>) {
+    async fn drain_events(&self, live: &mut Option<Live>) {
         let events = self.events.take();
         let state = self.status.lock().state;
         let Some(l) = live.as_mut().filter(|_| state == RunState::Running) else {
@@ -166,7 +298,6 @@ impl InstanceCell {
             self.dead_events.fetch_add(u64::try_from(events.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
             return;
         }
-        let _delivering = Delivering::enter(self.id);
         let table = l.instance.get_table(&mut l.store, events::TABLE_EXPORT);
         for (i, e) in events.iter().enumerate() {
             let bits = |v: u32| i32::from_ne_bytes(v.to_ne_bytes());
@@ -220,7 +351,7 @@ impl InstanceCell {
             }
             l.store.data_mut().deadline = deadline_after(self.config.call_timeout);
             l.store.set_epoch_deadline(1);
-            let called = func.call(&mut l.store, &args, &mut []);
+            let called = func.call_async(&mut l.store, &args, &mut []).await;
             match stopped(&l.store, called) {
                 Ok(()) => {
                     self.delivered.fetch_add(1, Ordering::Relaxed);
@@ -245,7 +376,7 @@ impl InstanceCell {
         )
     }
 
-    fn instantiate(&self) -> Result<Live, Error> {
+    async fn instantiate(&self) -> Result<Live, Error> {
         let module = self.pre.module();
         let fence = Fence::new(module.engine().clone());
         let state = InstanceState {
@@ -260,26 +391,30 @@ impl InstanceCell {
             limiter: TenantLimiter::new(Arc::clone(&self.tenant), self.config.max_memory_bytes),
             deadline: deadline_after(self.config.call_timeout),
             kill: Arc::clone(&self.kill),
+            pool: self.pool.clone(),
         };
         let mut store = Store::new(module.engine(), state);
         store.limiter(|s| &mut s.limiter);
         let code = module.image_range();
         fault::install(&mut store, Arc::clone(&fence), code.start as usize..code.end as usize);
         // Checked at every epoch tick: a fault outside wasm code, the call's own budget, or the host's
-        // interrupt ends it.
+        // interrupt ends it; otherwise it yields its worker if other work waits for one.
         store.epoch_deadline_callback(|ctx| {
             let s = ctx.data();
             if let Some(stop) = s.ctx.fence.stop() {
                 return Err(wasmtime::Error::new(StopTrap(stop)));
             }
-            if s.kill.load(Ordering::Acquire) || Instant::now() >= s.deadline {
+            if s.interrupted() {
                 return Ok(UpdateDeadline::Interrupt);
+            }
+            if s.pool.contended() {
+                return Ok(UpdateDeadline::Yield(1));
             }
             Ok(UpdateDeadline::Continue(1))
         });
         store.set_epoch_deadline(1);
         self.core.caps.lock().add_instance(self.id);
-        match self.pre.instantiate(&mut store) {
+        match self.pre.instantiate_async(&mut store).await {
             Ok(instance) => {
                 let memory = instance.get_memory(&mut store, "memory");
                 if let Some(shape) =
@@ -317,25 +452,57 @@ impl InstanceCell {
         Ok(removed?)
     }
 
-    /// Runs up to `max` queued jobs; called by the worker that holds this cell.
-    pub(super) fn run_jobs(&self, max: usize) {
-        let mut live = self.live.lock();
-        for _ in 0..max {
-            let Ok(job) = self.mailbox_rx.try_recv() else {
-                break;
-            };
-            // A panic here would be a broker bug; contain it to this instance rather than lose the worker.
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| job(self, &mut live)));
-            if outcome.is_err() {
-                if let Err(e) = self.teardown(&mut live) {
-                    tracing::warn!(instance = %self.id, "{e}");
+    /// Runs the cell on the calling worker, which holds it: resumes its suspended job, if any, then
+    /// starts queued jobs, at most `max`, until one suspends or none is left.
+    pub(super) fn run_jobs(self: &Arc<Self>, max: usize) {
+        let mut slot = self.slot.lock();
+        // Cleared before polling, so a wake-up during the poll is kept for `reschedule`.
+        self.woken.store(false, Ordering::SeqCst);
+        let mut cx = Context::from_waker(&self.waker);
+        let mut started = 0;
+        loop {
+            if let Slot::Busy { task, delivering } = &mut *slot {
+                let _delivering = delivering.then(|| Delivering::enter(self.id));
+                // A panic here would be a broker bug; contain it to this instance rather than lose the
+                // worker.
+                match std::panic::catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(&mut cx))) {
+                    Ok(Poll::Pending) => {
+                        self.suspended.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    Ok(Poll::Ready(live)) => *slot = Slot::Idle(live),
+                    Err(_) => {
+                        self.contain_panic(&mut slot);
+                    }
                 }
-                let mut s = self.status.lock();
-                s.state = RunState::Trapped;
-                s.traps += 1;
-                s.last_trap = Some("internal broker error while running this instance".into());
+                self.suspended.store(false, Ordering::Relaxed);
             }
+            if started == max {
+                return;
+            }
+            let Ok(job) = self.mailbox_rx.try_recv() else {
+                return;
+            };
+            started += 1;
+            let live = match &mut *slot {
+                Slot::Idle(live) => live.take(),
+                Slot::Busy { .. } => None,
+            };
+            *slot = Slot::Busy { task: (job.start)(Arc::clone(self), live), delivering: job.delivering };
         }
+    }
+
+    /// After a job panicked: its capabilities go (while the task still owns the memory their windows
+    /// are mapped into), then the task and its store, and the instance is marked trapped.
+    fn contain_panic(&self, slot: &mut Slot) {
+        if let Err(e) = self.core.caps.lock().remove_instance(self.id) {
+            tracing::warn!(instance = %self.id, "{e}");
+        }
+        *slot = Slot::Idle(None);
+        let mut s = self.status.lock();
+        s.state = RunState::Trapped;
+        s.traps += 1;
+        s.last_trap = Some("internal broker error while running this instance".into());
     }
 
     /// Calls an export and waits for its results.
@@ -349,8 +516,11 @@ impl InstanceCell {
         let (export, args) = (export.to_owned(), args.to_vec());
         pool.submit(
             self,
-            Box::new(move |cell, live| {
-                let _ = tx.send(cell.run_call(live, &export, &args));
+            Job::new(move |cell, mut live| {
+                Box::pin(async move {
+                    let _ = tx.send(cell.run_call(&mut live, &export, &args).await);
+                    live
+                })
             }),
         );
         rx.recv().unwrap_or(Err(InstanceError::ShuttingDown))
@@ -364,7 +534,7 @@ impl InstanceCell {
         }
     }
 
-    fn run_call(
+    async fn run_call(
         &self,
         live: &mut Option<Live>,
         export: &str,
@@ -398,7 +568,7 @@ impl InstanceCell {
         self.kill.store(false, Ordering::Release);
         l.store.data_mut().deadline = deadline_after(self.config.call_timeout);
         l.store.set_epoch_deadline(1);
-        let called = func.call(&mut l.store, args, &mut results);
+        let called = func.call_async(&mut l.store, args, &mut results).await;
         let outcome = stopped(&l.store, called);
         let killed = self.kill.swap(false, Ordering::AcqRel);
         match outcome {
@@ -451,15 +621,20 @@ impl InstanceCell {
         let (tx, rx) = bounded(1);
         pool.submit(
             self,
-            Box::new(move |cell, live| {
-                let torn = cell.teardown(live);
-                let outcome = torn.and_then(|()| cell.instantiate()).map(|l| {
-                    *live = Some(l);
-                    let mut s = cell.status.lock();
-                    s.state = RunState::Running;
-                    s.restarts += 1;
-                });
-                let _ = tx.send(outcome);
+            Job::new(move |cell, mut live| {
+                Box::pin(async move {
+                    let outcome = match cell.teardown(&mut live) {
+                        Ok(()) => cell.instantiate().await,
+                        Err(e) => Err(e),
+                    };
+                    let _ = tx.send(outcome.map(|l| {
+                        live = Some(l);
+                        let mut s = cell.status.lock();
+                        s.state = RunState::Running;
+                        s.restarts += 1;
+                    }));
+                    live
+                })
             }),
         );
         rx.recv().unwrap_or(Err(InstanceError::ShuttingDown.into()))
@@ -473,10 +648,13 @@ impl InstanceCell {
         let (tx, rx) = bounded(1);
         pool.submit(
             self,
-            Box::new(move |cell, live| {
-                let torn = cell.teardown(live);
-                cell.status.lock().state = RunState::Stopped;
-                let _ = tx.send(torn);
+            Job::new(move |cell, mut live| {
+                Box::pin(async move {
+                    let torn = cell.teardown(&mut live);
+                    cell.status.lock().state = RunState::Stopped;
+                    let _ = tx.send(torn);
+                    live
+                })
             }),
         );
         rx.recv().unwrap_or(Ok(()))
@@ -496,9 +674,11 @@ impl InstanceCell {
         }
     }
 
-    /// Stops the call in progress (if any) at the next epoch tick; the instance is then trapped.
-    pub(crate) fn interrupt(&self) {
+    /// Stops the call in progress (if any) at the next epoch tick, or now if it is parked in a wait;
+    /// the instance is then trapped.
+    pub(crate) fn interrupt(self: &Arc<Self>) {
         self.kill.store(true, Ordering::Release);
+        self.wake();
     }
 
     /// A snapshot of the status.

@@ -17,6 +17,7 @@ mod instance;
 mod limits;
 pub(crate) mod memory_creator;
 mod pool;
+mod timer;
 
 use std::fmt;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use std::time::Duration;
 pub(crate) use engine::EngineHandle;
 pub(crate) use instance::{EventSink, InstanceCell, InstanceState, StopTrap};
 pub(crate) use pool::WorkerPool;
+pub(crate) use timer::{TimerKey, Timers};
 
 /// Identifies an instance for the lifetime of a broker (a restart keeps the id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

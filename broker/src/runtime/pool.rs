@@ -1,108 +1,143 @@
-//! The worker pool: a few threads that run many instances' mailboxes, taking turns by tenant.
+//! The worker pool: a few threads that run many instances, sharing them out among tenants by the
+//! CPU time each has used.
 //!
-//! An instance with pending jobs is runnable at most once (its `scheduled` flag); a worker runs a batch
-//! of its jobs, then either makes it runnable again (more jobs arrived) or clears the flag. So one
-//! instance never runs on two threads at once, and a busy instance cannot starve the others for more
-//! than a batch.
+//! An instance with work to do is runnable at most once (its `scheduled` flag); a worker resumes its
+//! suspended job or starts queued ones (a batch at most), until the job finishes or suspends, then
+//! either queues the instance again (it was woken, or has more jobs) or clears the flag. So one
+//! instance never runs on two threads at once. Calls are preempted: at each epoch tick a call yields
+//! its worker if anything else is runnable (see `instance`), and a waiting host call parks without a
+//! worker, so no call holds a worker for longer than a tick while others wait.
 //!
-//! Runnable instances wait in one queue per tenant, and workers serve the tenants round robin: a tenant
-//! with many busy instances (an attacker keeping three apps busy, say) gets one turn in the rotation
-//! like any other tenant, not one per instance, so it cannot crowd out another tenant's work by
-//! running more apps. Within a tenant, instances run in the order they became runnable.
+//! Which tenant goes next is decided by CPU time, as Linux CFS does: every tenant has a virtual
+//! runtime, the worker time its instances used divided by its `cpu_shares` weight, and the runnable
+//! tenant with the smallest virtual runtime goes next (ties in round-robin order). A tenant that was
+//! idle comes back at the smallest virtual runtime in play, so idling earns no credit to starve the
+//! others with later. A tenant with many busy instances gets its weighted share, not one share per
+//! instance. Within a tenant, instances run in the order they became runnable.
 //!
-//! A tenant whose `max_workers` quota is set occupies at most that many workers at once: its turn is
-//! skipped (it keeps its place in the rotation) while that many of its instances are running, so its
-//! long calls leave the other workers to everyone else.
+//! A tenant whose `max_workers` quota is set occupies at most that many workers at once: it is passed
+//! over (keeping its place) while that many of its instances are running, so its long calls leave the
+//! other workers to everyone else.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
 use super::instance::{InstanceCell, Job};
 use crate::tenant::TenantId;
 
-/// Jobs an instance runs before it yields its worker.
+// TODO(r14 merge): Quotas::DEFAULT_CPU_SHARES and the tenant's cpu_shares quota.
+const DEFAULT_CPU_SHARES: u64 = 1024;
+
+/// Jobs an instance starts in one turn before it gives its worker back.
 const BATCH: usize = 16;
 
 /// Rounds of exponential spinning (1, 2, 4, ... 64 pause instructions, then 64 each) an idle worker
 /// does before it sleeps: a few microseconds.
 const IDLE_SPINS: u32 = 12;
 
+/// One tenant's place in the scheduler.
+struct TenantQueue<T> {
+    /// Its runnable instances, in the order they became runnable.
+    runnable: VecDeque<T>,
+    /// Workers it occupies right now.
+    running: usize,
+    /// Worker time used, in nanoseconds scaled by `DEFAULT_CPU_SHARES / cpu_shares`.
+    vruntime: u64,
+}
+
 /// The runnable instances, by tenant, and the tenants' turn order.
 struct Queues<T> {
-    /// Tenants with runnable instances, in turn order.
-    /// **Invariant:** a tenant is here exactly once iff its list in `runnable` is non-empty.
+    /// Tenants with runnable instances, in round-robin order (which breaks ties of virtual runtime).
+    /// **Invariant:** a tenant is here exactly once iff its `runnable` list is non-empty.
     turns: VecDeque<TenantId>,
-    /// Runnable instances per tenant, in the order they became runnable.
-    runnable: HashMap<TenantId, VecDeque<T>>,
-    /// Workers each tenant occupies right now.
-    running: HashMap<TenantId, usize>,
+    /// Tenants with runnable or running instances, and idle ones still ahead of `floor` (an idle one
+    /// at or behind it would come back at `floor` anyway, so it is forgotten).
+    tenants: HashMap<TenantId, TenantQueue<T>>,
+    /// The smallest virtual runtime of a tenant given a turn so far; never decreases.
+    floor: u64,
     /// The pool is shutting down: workers exit.
     stopping: bool,
 }
 
 impl<T> Default for Queues<T> {
     fn default() -> Queues<T> {
-        Queues { turns: VecDeque::new(), runnable: HashMap::new(), running: HashMap::new(), stopping: false }
+        Queues { turns: VecDeque::new(), tenants: HashMap::new(), floor: 0, stopping: false }
     }
 }
 
 impl<T> Queues<T> {
-    /// Adds `item` at the back of its tenant's list (and the tenant to the rotation if it was idle).
+    /// Adds `item` at the back of its tenant's list (and the tenant to the rotation if it had nothing
+    /// runnable; one that was idle comes back no lower than the current floor).
     fn push(&mut self, tenant: TenantId, item: T) {
-        let list = self.runnable.entry(tenant).or_default();
-        let was_idle = list.is_empty();
-        list.push_back(item);
-        if was_idle {
+        let floor = self.floor;
+        let q = self.tenants.entry(tenant).or_insert_with(|| TenantQueue {
+            runnable: VecDeque::new(),
+            running: 0,
+            vruntime: floor,
+        });
+        if q.runnable.is_empty() {
+            if q.running == 0 {
+                q.vruntime = q.vruntime.max(floor);
+            }
             self.turns.push_back(tenant);
         }
+        q.runnable.push_back(item);
     }
 
-    /// Takes the first item of the first tenant in turn order that may run another worker (`cap`:
-    /// its `max_workers`, 0 for none), moving the tenant to the back of the rotation if it has more,
-    /// and counts the worker it takes. Tenants at their cap keep their place.
+    /// Takes the first item of the runnable tenant with the least virtual runtime that may run another
+    /// worker (`cap`: its `max_workers`, 0 for none; the first in rotation order among equals), moves
+    /// the tenant to the back of the rotation if it has more, and counts the worker it takes.
     fn take_turn(&mut self, cap: impl Fn(&T) -> usize) -> Option<T> {
-        for _ in 0..self.turns.len() {
-            let Some(tenant) = self.turns.pop_front() else { break };
-            let running = self.running.get(&tenant).copied().unwrap_or(0);
-            let at_cap = self
-                .runnable
-                .get(&tenant)
-                .and_then(|l| l.front())
-                .is_some_and(|first| cap(first) != 0 && running >= cap(first));
-            if at_cap {
-                self.turns.push_back(tenant);
+        let mut best: Option<(usize, u64)> = None;
+        for (i, tenant) in self.turns.iter().enumerate() {
+            let Some(q) = self.tenants.get(tenant) else { continue };
+            let Some(first) = q.runnable.front() else { continue };
+            let limit = cap(first);
+            if limit != 0 && q.running >= limit {
                 continue;
             }
-            let (item, more) = match self.runnable.get_mut(&tenant) {
-                Some(list) => (list.pop_front(), !list.is_empty()),
-                None => (None, false),
-            };
-            if more {
-                self.turns.push_back(tenant);
-            } else {
-                self.runnable.remove(&tenant);
-            }
-            if item.is_some() {
-                *self.running.entry(tenant).or_default() += 1;
-                return item;
+            if best.is_none_or(|(_, v)| q.vruntime < v) {
+                best = Some((i, q.vruntime));
             }
         }
-        None
+        let (i, vruntime) = best?;
+        let tenant = self.turns.remove(i)?;
+        let q = self.tenants.get_mut(&tenant)?;
+        let item = q.runnable.pop_front();
+        q.running += 1;
+        if !q.runnable.is_empty() {
+            self.turns.push_back(tenant);
+        }
+        self.floor = self.floor.max(vruntime);
+        item
     }
 
-    /// A worker of `tenant` finished its batch.
-    fn finished(&mut self, tenant: TenantId) {
-        if let Some(n) = self.running.get_mut(&tenant) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.running.remove(&tenant);
-            }
+    /// A worker of `tenant` finished its turn after `ran`, charged at weight `shares`.
+    fn finished(&mut self, tenant: TenantId, ran: Duration, shares: u64) {
+        let Some(q) = self.tenants.get_mut(&tenant) else { return };
+        q.running = q.running.saturating_sub(1);
+        q.vruntime = q.vruntime.saturating_add(weighted(ran, shares));
+        if q.running == 0 && q.runnable.is_empty() && q.vruntime <= self.floor {
+            self.tenants.remove(&tenant);
         }
     }
+
+    /// Whether `tenant` has runnable instances.
+    fn has_runnable(&self, tenant: TenantId) -> bool {
+        self.tenants.get(&tenant).is_some_and(|q| !q.runnable.is_empty())
+    }
+}
+
+/// `ran` in nanoseconds, scaled by the default weight over `shares` (at least 1).
+fn weighted(ran: Duration, shares: u64) -> u64 {
+    let ns = u128::from(u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX));
+    let scaled = ns * u128::from(DEFAULT_CPU_SHARES) / u128::from(shares.max(1));
+    u64::try_from(scaled).unwrap_or(u64::MAX)
 }
 
 /// What the workers and the submitters share.
@@ -117,7 +152,7 @@ struct Scheduler {
 
 impl Scheduler {
     /// Makes `cell` runnable (the caller set its `scheduled` flag).
-    fn push(&self, cell: Arc<InstanceCell>) {
+    pub(super) fn push(&self, cell: Arc<InstanceCell>) {
         let tenant = cell.tenant.id();
         let mut q = self.queues.lock();
         if q.stopping {
@@ -169,12 +204,12 @@ impl Scheduler {
         }
     }
 
-    /// A worker finished running `tenant`'s batch: another of its instances may run now, so a worker
-    /// waiting for one is woken.
-    fn finished(&self, tenant: TenantId) {
+    /// A worker finished running `tenant`'s turn after `ran`: it is charged, and another of its
+    /// instances may run now, so a worker waiting for one is woken.
+    fn finished(&self, tenant: TenantId, ran: Duration, shares: u64) {
         let mut q = self.queues.lock();
-        q.finished(tenant);
-        let waiting = q.runnable.contains_key(&tenant);
+        q.finished(tenant, ran, shares);
+        let waiting = q.has_runnable(tenant);
         drop(q);
         if waiting {
             self.ready.notify_one();
@@ -189,7 +224,7 @@ impl Scheduler {
             q.stopping = true;
             q.turns.clear();
             self.runnable.store(0, Ordering::Relaxed);
-            std::mem::take(&mut q.runnable)
+            std::mem::take(&mut q.tenants)
         };
         self.ready.notify_all();
         drop(runnable);
@@ -211,15 +246,19 @@ pub(crate) struct PoolHandle {
 impl PoolHandle {
     /// Posts a job to an instance's mailbox and makes sure a worker will run it.
     pub(crate) fn submit(&self, cell: &Arc<InstanceCell>, job: Job) {
-        // The cell owns both ends of its mailbox, so this send cannot fail.
-        let _ = cell.mailbox_tx.send(job);
-        // Store (the job) then load (the flag), against the worker's store (the flag) then load (the
-        // mailbox): without a full fence on both sides each could miss the other's store, and the job
-        // would sit in a mailbox no worker is scheduled to run (a lost wake-up, seen as a hung call).
-        fence(Ordering::SeqCst);
-        if !cell.scheduled.swap(true, Ordering::SeqCst) {
+        if cell.post(job) {
             self.scheduler.push(Arc::clone(cell));
         }
+    }
+
+    /// Queues a cell whose `scheduled` flag the caller set (a woken job).
+    pub(super) fn schedule(&self, cell: Arc<InstanceCell>) {
+        self.scheduler.push(cell);
+    }
+
+    /// Whether instances wait for a worker: a long call then yields its own at the next tick.
+    pub(super) fn contended(&self) -> bool {
+        self.scheduler.runnable.load(Ordering::Relaxed) > 0
     }
 }
 
@@ -263,16 +302,17 @@ fn worker_cap(cell: &Arc<InstanceCell>) -> usize {
     usize::try_from(cell.tenant.quotas().max_workers).unwrap_or(usize::MAX)
 }
 
+/// The weight `cell`'s tenant's CPU time is charged at.
+fn cpu_shares(_cell: &Arc<InstanceCell>) -> u64 {
+    DEFAULT_CPU_SHARES
+}
+
 fn work(scheduler: &Scheduler) {
     while let Some(cell) = scheduler.pop() {
+        let started = Instant::now();
         cell.run_jobs(BATCH);
-        scheduler.finished(cell.tenant.id());
-        cell.scheduled.store(false, Ordering::SeqCst);
-        // A job posted after the batch but before the flag was cleared saw `scheduled == true` and did not
-        // make the cell runnable: pick it up here, unless a submitter already did. The fence pairs with
-        // the one in `PoolHandle::submit`.
-        fence(Ordering::SeqCst);
-        if !cell.mailbox_rx.is_empty() && !cell.scheduled.swap(true, Ordering::SeqCst) {
+        scheduler.finished(cell.tenant.id(), started.elapsed(), cpu_shares(&cell));
+        if cell.reschedule() {
             scheduler.push(cell);
         }
     }
@@ -289,7 +329,11 @@ impl Drop for WorkerPool {
 
 #[cfg(test)]
 mod tests {
-    use super::{Queues, TenantId};
+    use std::time::Duration;
+
+    use super::{Queues, TenantId, DEFAULT_CPU_SHARES};
+
+    const MS: Duration = Duration::from_millis(1);
 
     #[test]
     fn tenants_take_turns_however_many_instances_they_have() {
@@ -300,12 +344,76 @@ mod tests {
         }
         q.push(b, "b1");
         let first: Vec<_> = (0..3).filter_map(|_| q.take_turn(|_| 0)).collect();
-        assert_eq!(first, ["a1", "b1", "a2"]);
+        assert_eq!(first, ["a1", "b1", "a2"], "equal virtual runtimes go round robin");
         q.push(c, "c1");
         q.push(b, "b2");
         let rest: Vec<_> = std::iter::from_fn(|| q.take_turn(|_| 0)).collect();
         assert_eq!(rest, ["a3", "c1", "b2"]);
-        assert!(q.turns.is_empty() && q.runnable.is_empty(), "an empty rotation holds nothing");
+        assert!(q.turns.is_empty(), "an empty rotation holds nothing");
+        for t in [a, a, a, b, b, c] {
+            q.finished(t, Duration::ZERO, DEFAULT_CPU_SHARES);
+        }
+        assert!(q.tenants.is_empty(), "idle tenants at the floor are forgotten");
+    }
+
+    #[test]
+    fn the_tenant_that_used_the_least_cpu_goes_next() {
+        let (a, b) = (TenantId(1), TenantId(2));
+        let mut q = Queues::default();
+        q.push(a, "a1");
+        q.push(b, "b1");
+        assert_eq!(q.take_turn(|_| 0), Some("a1"));
+        assert_eq!(q.take_turn(|_| 0), Some("b1"));
+        // a spun for 5 ms, b ran 1 ms; both stay runnable.
+        q.finished(a, 5 * MS, DEFAULT_CPU_SHARES);
+        q.push(a, "a2");
+        q.finished(b, MS, DEFAULT_CPU_SHARES);
+        q.push(b, "b2");
+        q.push(b, "b3");
+        assert_eq!(q.take_turn(|_| 0), Some("b2"), "b used less CPU, though a was first in the rotation");
+        q.finished(b, MS, DEFAULT_CPU_SHARES);
+        assert_eq!(q.take_turn(|_| 0), Some("b3"), "b at 2 ms is still behind a at 5 ms");
+        q.finished(b, 4 * MS, DEFAULT_CPU_SHARES);
+        assert_eq!(q.take_turn(|_| 0), Some("a2"), "b at 6 ms has passed a");
+    }
+
+    #[test]
+    fn cpu_time_is_charged_by_weight() {
+        let (a, b) = (TenantId(1), TenantId(2));
+        let mut q = Queues::default();
+        q.push(a, "a1");
+        q.push(b, "b1");
+        assert_eq!(q.take_turn(|_| 0), Some("a1"));
+        assert_eq!(q.take_turn(|_| 0), Some("b1"));
+        // a has twice b's weight: 4 ms of a count as 2 ms, 3 ms of b as 3 ms.
+        q.finished(a, 4 * MS, 2 * DEFAULT_CPU_SHARES);
+        q.finished(b, 3 * MS, DEFAULT_CPU_SHARES);
+        q.push(b, "b2");
+        q.push(a, "a2");
+        assert_eq!(q.take_turn(|_| 0), Some("a2"), "a's 4 ms weigh less than b's 3 ms");
+    }
+
+    #[test]
+    fn an_idle_tenant_comes_back_without_credit() {
+        let (a, b) = (TenantId(1), TenantId(2));
+        let mut q = Queues::default();
+        // a runs alone for a while: 10 turns of 5 ms.
+        for _ in 0..10 {
+            q.push(a, "a");
+            assert_eq!(q.take_turn(|_| 0), Some("a"));
+            q.finished(a, 5 * MS, DEFAULT_CPU_SHARES);
+        }
+        q.push(a, "a");
+        assert_eq!(q.take_turn(|_| 0), Some("a"));
+        // b arrives while a runs: it starts at the floor (a's virtual runtime at its last turn), not
+        // at 0, so it does not get 50 ms of the workers to itself before a runs again.
+        q.push(b, "b");
+        q.finished(a, 5 * MS, DEFAULT_CPU_SHARES);
+        q.push(a, "a-next");
+        assert_eq!(q.take_turn(|_| 0), Some("b"));
+        q.finished(b, 6 * MS, DEFAULT_CPU_SHARES);
+        q.push(b, "b-next");
+        assert_eq!(q.take_turn(|_| 0), Some("a-next"), "b's 6 ms put it past a");
     }
 
     #[test]
@@ -321,12 +429,12 @@ mod tests {
         assert_eq!(q.take_turn(cap), Some("a1"));
         assert_eq!(q.take_turn(cap), Some("b1"), "a is at its cap: b goes next");
         assert_eq!(q.take_turn(cap), None, "only a has work, and it is at its cap");
-        q.finished(a);
+        q.finished(a, Duration::ZERO, DEFAULT_CPU_SHARES);
         assert_eq!(q.take_turn(cap), Some("a2"), "a's worker came back");
-        q.finished(a);
-        q.finished(b);
+        q.finished(a, Duration::ZERO, DEFAULT_CPU_SHARES);
+        q.finished(b, Duration::ZERO, DEFAULT_CPU_SHARES);
         assert_eq!(q.take_turn(cap), Some("a3"));
-        q.finished(a);
-        assert!(q.running.is_empty(), "every worker was given back");
+        q.finished(a, Duration::ZERO, DEFAULT_CPU_SHARES);
+        assert!(q.tenants.is_empty(), "every worker was given back");
     }
 }

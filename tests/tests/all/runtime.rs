@@ -174,51 +174,128 @@ fn memory_bomb_is_capped_by_instance_and_tenant_limits() {
 }
 
 /// Issue 14: a tenant capped at one worker spins in two instances with hour-long deadlines on a
-/// two-worker broker: its second call waits for its first, and another tenant's calls are served
-/// meanwhile. Ordered by events: each spinner raises a flag once inside its loop, and only the test's
-/// interrupt ends it.
+/// two-worker broker: the two calls take turns on its one worker (both get to run: each raises its own
+/// flag inside its loop), and another tenant's calls are served meanwhile. Ordered by events: only the
+/// test's interrupts end the spinners. (That the capped tenant never occupies two workers at once is
+/// the scheduler's unit test `a_tenant_at_its_worker_cap_waits_while_others_run`.)
 #[test]
 fn r14_a_tenant_capped_at_one_worker_cannot_take_every_worker() {
     watchdog(120, || {
         let b = std::sync::Arc::new(broker());
-        let capped =
-            broker::Quotas { max_workers: 1, max_call_timeout_ms: 3_600_000, ..broker::Quotas::default() };
+        let capped = Quotas { max_workers: 1, max_call_timeout_ms: 3_600_000, ..Quotas::default() };
         let evil = b.create_tenant("evil", capped).expect("tenant");
         let acme = tenant(&b, "acme");
-        let flag = b.create_region(evil, RegionSpec::new("flag", 8, Mode::Handle)).expect("region");
+        let flag = b.create_region(evil, RegionSpec::new("flag", 64, Mode::Handle)).expect("region");
         let hour = InstanceConfig { call_timeout: Duration::from_secs(3600), ..InstanceConfig::default() };
-        let spinners: Vec<_> =
-            ["s1", "s2"].iter().map(|n| start_with(&b, evil, "runtime_misbehave", n, hour.clone())).collect();
+        let spinners: Vec<_> = (1..=2)
+            .map(|i| start_with(&b, evil, "runtime_misbehave", &format!("s{i}"), hour.clone()))
+            .collect();
         let victim = start(&b, acme, "handle_app", "victim");
-        let raised = |b: &broker::Broker| {
-            let mut word = [0u8; 8];
-            b.read_region(flag, 0, &mut word).expect("read flag");
-            word != [0; 8]
-        };
-        let spin = |i: usize| {
-            let (bb, s) = (std::sync::Arc::clone(&b), spinners[i]);
-            std::thread::spawn(move || bb.call(s, "spin_signal", &[]))
-        };
-        let first = spin(0);
-        while !raised(&b) {
-            std::thread::yield_now();
-        }
-        b.write_region(flag, 0, &[0; 8]).expect("lower the flag");
-        let second = spin(1);
-        // The second spinner is queued behind the first (evil's one worker); the other worker serves
-        // acme, again and again.
+        let threads = spin_all(&b, &spinners, "spin_signal_at");
+        wait_raised(&b, flag, &threads);
         for _ in 0..100 {
             assert_eq!(call(&b, victim, "ping", args![]), 1);
         }
-        assert!(!raised(&b), "the second spinner ran although its tenant was at its worker cap");
-        b.interrupt(spinners[0]).expect("interrupt");
-        assert_eq!(first.join().expect("thread").err(), Some(Error::Instance(InstanceError::Killed)));
-        // Now the second one gets the worker.
-        while !raised(&b) {
-            std::thread::yield_now();
+        for (&s, t) in spinners.iter().zip(threads) {
+            b.interrupt(s).expect("interrupt");
+            assert_eq!(t.join().expect("thread").err(), Some(Error::Instance(InstanceError::Killed)));
         }
-        b.interrupt(spinners[1]).expect("interrupt");
-        assert_eq!(second.join().expect("thread").err(), Some(Error::Instance(InstanceError::Killed)));
         assert_eq!(call(&b, victim, "ping", args![]), 1);
+    });
+}
+
+/// Calls `export(slot)` on each instance on a thread of its own, with slots 1, 2, ...
+fn spin_all(
+    b: &std::sync::Arc<broker::Broker>,
+    instances: &[broker::InstanceId],
+    export: &'static str,
+) -> Vec<std::thread::JoinHandle<Result<Vec<wasmtime::Val>, Error>>> {
+    instances
+        .iter()
+        .zip(1..)
+        .map(|(&s, slot)| {
+            let bb = std::sync::Arc::clone(b);
+            std::thread::spawn(move || bb.call(s, export, &[wasmtime::Val::I32(slot)]))
+        })
+        .collect()
+}
+
+/// Waits until every word `1..=threads.len()` of the region `flag` is non-zero (each call raised its
+/// flag), failing at once if a call ended instead.
+fn wait_raised<T>(b: &broker::Broker, flag: broker::RegionId, threads: &[std::thread::JoinHandle<T>]) {
+    let mut words = vec![0u8; (threads.len() + 1) * 8];
+    loop {
+        b.read_region(flag, 0, &mut words).expect("read flags");
+        if words.chunks(8).skip(1).all(|w| w != [0; 8]) {
+            return;
+        }
+        assert!(threads.iter().all(|t| !t.is_finished()), "a call ended before raising its flag");
+        std::thread::yield_now();
+    }
+}
+
+/// Issue 14: with no worker cap, a tenant spins in more instances than there are workers, each with an
+/// hour-long deadline. Calls are preempted at epoch ticks, so every spinner gets to run (each raises
+/// its own flag once inside its loop, which with three spinners on two workers only happens if running
+/// calls give their workers up), and another tenant's calls are served meanwhile. Ordered by events:
+/// only the test's interrupts end the spinners.
+#[test]
+fn r14_a_victim_is_served_while_spinners_hold_every_worker_for_an_hour() {
+    watchdog(120, || {
+        let b = std::sync::Arc::new(broker());
+        let hour_cap = Quotas { max_call_timeout_ms: 3_600_000, ..Quotas::default() };
+        let evil = b.create_tenant("evil", hour_cap).expect("tenant");
+        let acme = tenant(&b, "acme");
+        let flag = b.create_region(evil, RegionSpec::new("flag", 64, Mode::Handle)).expect("region");
+        let hour = InstanceConfig { call_timeout: Duration::from_secs(3600), ..InstanceConfig::default() };
+        let spinners: Vec<_> = (1..=3)
+            .map(|i| start_with(&b, evil, "runtime_misbehave", &format!("s{i}"), hour.clone()))
+            .collect();
+        let victim = start(&b, acme, "handle_app", "victim");
+        let threads = spin_all(&b, &spinners, "spin_signal_at");
+        wait_raised(&b, flag, &threads);
+        for _ in 0..100 {
+            assert_eq!(call(&b, victim, "ping", args![]), 1);
+        }
+        for (&s, t) in spinners.iter().zip(threads) {
+            b.interrupt(s).expect("interrupt");
+            assert_eq!(t.join().expect("thread").err(), Some(Error::Instance(InstanceError::Killed)));
+        }
+        assert_eq!(call(&b, victim, "ping", args![]), 1);
+    });
+}
+
+/// Issue 14: calls parked in `region_wait` hold no worker. More instances than there are workers wait
+/// (in a loop, so a design that pinned a worker per wait would never run the last one, nor the
+/// victim); the victim's calls are served; an interrupt ends a parked wait at once; and a change of
+/// the word ends the others.
+#[test]
+fn r14_waiting_calls_hold_no_worker() {
+    watchdog(120, || {
+        let b = std::sync::Arc::new(broker());
+        let waits = tenant(&b, "waits");
+        let acme = tenant(&b, "acme");
+        let flag = b.create_region(waits, RegionSpec::new("flag", 64, Mode::Handle)).expect("region");
+        let waiters: Vec<_> =
+            (1..=3).map(|i| start(&b, waits, "runtime_misbehave", &format!("w{i}"))).collect();
+        let victim = start(&b, acme, "handle_app", "victim");
+        let mut threads = spin_all(&b, &waiters, "wait_signal_at");
+        wait_raised(&b, flag, &threads);
+        for _ in 0..100 {
+            assert_eq!(call(&b, victim, "ping", args![]), 1);
+        }
+        // The first waiter is interrupted while parked (the word has not changed).
+        b.interrupt(waiters[0]).expect("interrupt");
+        let first = threads.remove(0);
+        assert_eq!(first.join().expect("thread").err(), Some(Error::Instance(InstanceError::Killed)));
+        // The others return once the word changes (each wait re-checks it within a second).
+        b.write_region(flag, 0, &1u64.to_ne_bytes()).expect("write");
+        for t in threads {
+            match t.join().expect("thread").expect("wait returns").as_slice() {
+                [wasmtime::Val::I64(timeouts)] => assert!(*timeouts >= 0, "a wait failed: {timeouts}"),
+                other => panic!("unexpected results {other:?}"),
+            }
+        }
+        assert_eq!(b.instance_status(waiters[0]).expect("status").state, RunState::Trapped);
     });
 }

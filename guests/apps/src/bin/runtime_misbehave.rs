@@ -57,3 +57,40 @@ pub extern "C" fn spin_signal() -> i64 {
     }
     spin()
 }
+
+/// Writes 1 at word `slot` of the region "flag" (so the host knows this instance's loop has begun),
+/// then spins forever.
+#[no_mangle]
+pub extern "C" fn spin_signal_at(slot: i32) -> i64 {
+    signal(slot);
+    spin()
+}
+
+/// Writes 1 at word `slot` of the region "flag", then waits (`region_wait`, up to a second at a time)
+/// until word 0 of "flag" is no longer 0; returns how many waits timed out, or -1 if the region cannot
+/// be opened.
+#[no_mangle]
+pub extern "C" fn wait_signal_at(slot: i32) -> i64 {
+    let Ok(flag) = broker_guest::Region::open("flag") else { return -1 };
+    signal(slot);
+    let mut timeouts = 0;
+    loop {
+        match broker_guest::sys::region_wait(flag.raw(), 0, 0, 1000) {
+            0 => {}
+            rc if rc == broker_guest::Status::TimedOut.code() => timeouts += 1,
+            rc => return i64::from(rc),
+        }
+        if flag.load::<u64>(0).is_ok_and(|v| v != 0) {
+            return timeouts;
+        }
+    }
+}
+
+/// Writes 1 at word `slot` (`slot` >= 1) of the region "flag".
+fn signal(slot: i32) {
+    let offset = u64::try_from(slot).unwrap_or(0) * 8;
+    if let Ok(flag) = broker_guest::Region::open("flag") {
+        let _ = flag.store(offset, &1u64);
+        let _ = flag.into_raw();
+    }
+}
