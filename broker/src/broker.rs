@@ -17,6 +17,7 @@ use crate::capability::{CapError, CapId, CapSpace, Handle, Rights};
 use crate::error::Error;
 use crate::mode::{ConflictPolicy, Mode};
 use crate::name::{Name, QualifiedName};
+use crate::native::TrampolinePool;
 use crate::region::{
     Backing, Region, RegionError, RegionId, RegionInfo, RegionSpec, TrafficStats, WatchFn, WatchId,
     MAX_REGION_SIZE,
@@ -32,13 +33,18 @@ use crate::tenant::{Quotas, Resource, Tenant, TenantId, Usage};
 pub struct BrokerConfig {
     /// Worker threads that run instances.
     pub workers: usize,
+    /// Native trampolines (C callback pointers into apps) the broker's pool may bind at once: 1 to
+    /// [`crate::native::MAX_TRAMPOLINES`], the number compiled in. Tenants' `trampolines` quotas share
+    /// this pool, so an operator with many tenants using the toolkit raises it.
+    pub trampolines: u32,
 }
 
 impl Default for BrokerConfig {
-    /// One worker per available core, at least two (so a runaway guest never blocks every instance).
+    /// One worker per available core, at least two (so a runaway guest never blocks every instance), and
+    /// a pool of [`crate::native::DEFAULT_TRAMPOLINES`] trampolines.
     fn default() -> BrokerConfig {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-        BrokerConfig { workers: cores.max(2) }
+        BrokerConfig { workers: cores.max(2), trampolines: crate::native::DEFAULT_TRAMPOLINES }
     }
 }
 
@@ -134,6 +140,9 @@ pub(crate) struct Core {
     next_id: AtomicU64,
     /// The native toolkit (a single-threaded C library: one caller at a time).
     pub(crate) toolkit: Mutex<crate::native::Toolkit>,
+    /// This broker's trampolines, sized by [`BrokerConfig::trampolines`]; shared with the cleanup hooks
+    /// of the callbacks bound to them, which free their slots even after the broker is gone.
+    pub(crate) trampolines: Arc<TrampolinePool>,
     /// Which regions are toolkit objects.
     pub(crate) ui_objects: Mutex<HashMap<RegionId, crate::native::ObjectId>>,
     /// Host services by name.
@@ -318,11 +327,15 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts a broker with its engine, epoch ticker and worker pool.
+    /// Starts a broker with its engine, epoch ticker, worker pool and trampoline pool.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if the engine or threads cannot be created.
+    /// [`Error::InvalidArgument`] naming `trampolines` if [`BrokerConfig::trampolines`] is 0 or above
+    /// [`crate::native::MAX_TRAMPOLINES`], or if the engine or threads cannot be created.
     pub fn new(config: BrokerConfig) -> Result<Broker, Error> {
+        // Checked first: a bad setting is refused before any thread starts.
+        let trampolines = TrampolinePool::new(config.trampolines)
+            .map_err(|e| Error::InvalidArgument { field: "trampolines", reason: e.to_string() })?;
         let engine = EngineHandle::new()?;
         let mut linker = Linker::new(&engine.engine);
         abi::add_to_linker(&mut linker)
@@ -334,6 +347,7 @@ impl Broker {
             caps: Mutex::new(CapSpace::new()),
             next_id: AtomicU64::new(0),
             toolkit: Mutex::new(crate::native::Toolkit::new()),
+            trampolines: Arc::new(trampolines),
             ui_objects: Mutex::new(HashMap::new()),
             services: RwLock::new(HashMap::new()),
         });
@@ -974,6 +988,12 @@ impl Broker {
         toolkit
             .send_event(object, crate::native::EventCode(code), param)
             .map_err(|e| Error::InvalidArgument { field: "object", reason: e.to_string() })
+    }
+
+    /// This broker's trampoline pool: its size ([`BrokerConfig::trampolines`]), the trampolines its
+    /// apps' callbacks hold now, and the process's undeliverable calls.
+    pub fn trampolines(&self) -> &TrampolinePool {
+        &self.core.trampolines
     }
 
     /// Toolkit objects alive in this broker.

@@ -160,7 +160,7 @@ struct ScenarioRunArgs {
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// TOML config file (keys: listen, state_dir, admin_token_file, max_message_bytes, concurrency_limit,
-    /// workers, drain_timeout_ms).
+    /// workers, trampolines, drain_timeout_ms).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on (default 127.0.0.1:7878).
@@ -172,6 +172,10 @@ struct ServeArgs {
     /// Worker threads running instances (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Native trampolines (toolkit event callbacks) all tenants' apps may hold together: 1 to 1024, the
+    /// number compiled in (default 64). Each tenant holds at most its `trampolines` quota of them.
+    #[arg(long)]
+    trampolines: Option<u32>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -618,6 +622,9 @@ async fn serve_main(args: ServeArgs, out: &mut dyn Write) -> Result<(), CliError
     if let Some(w) = args.workers {
         config.workers = w;
     }
+    if let Some(t) = args.trampolines {
+        config.trampolines = t;
+    }
     let (token, source) = config.admin_token()?;
     if source == "generated for this run" {
         eprintln!("admin token (this run only; use --state-dir to keep one): {token}");
@@ -625,7 +632,10 @@ async fn serve_main(args: ServeArgs, out: &mut dyn Write) -> Result<(), CliError
         tracing::info!(source = %source, "admin token loaded");
     }
     let workers = if config.workers == 0 { BrokerConfig::default().workers } else { config.workers };
-    let broker = Arc::new(Broker::new(BrokerConfig { workers }).map_err(|e| CliError::Local(e.to_string()))?);
+    let broker = Arc::new(
+        Broker::new(BrokerConfig { workers, trampolines: config.trampolines })
+            .map_err(|e| CliError::Local(e.to_string()))?,
+    );
     let plane =
         Arc::new(ControlPlane::open(broker, &token, config.state_dir.clone()).map_err(ServeError::from)?);
     let listener = tokio::net::TcpListener::bind(config.listen)

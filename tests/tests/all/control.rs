@@ -1574,3 +1574,18 @@ fn r14_watch_streams_count_against_the_watches_quota() {
     assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
     drop(first);
 }
+
+/// Issue 14: `broker serve --trampolines N` reaches the broker's config, which refuses a pool size the C
+/// table cannot hold, before anything listens.
+#[test]
+fn r14_serve_refuses_a_trampoline_pool_outside_the_compiled_range() {
+    for bad in ["0", "1025"] {
+        let args = ["broker", "serve", "--listen", "127.0.0.1:0", "--trampolines", bad];
+        let cli = broker::control::cli::Cli::try_parse_from(args).expect("valid arguments");
+        let mut out = Vec::new();
+        let err = broker::control::cli::run(cli, &mut out).expect_err("refused");
+        let text = err.to_string();
+        assert!(text.contains("invalid trampolines") && text.contains("1 to 1024"), "{text}");
+        assert!(out.is_empty(), "nothing listened: {}", String::from_utf8_lossy(&out));
+    }
+}
