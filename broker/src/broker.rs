@@ -153,6 +153,14 @@ fn name(s: &str) -> Result<Name, Error> {
     Name::new(s).map_err(|source| Error::InvalidName { name: s.to_owned(), source })
 }
 
+/// Checks the quotas that are not plain limits, whoever built them: a weight of 0 would make the
+/// scheduler divide by zero.
+fn check_quotas(q: &Quotas) -> Result<(), Error> {
+    Quotas::check_cpu_shares(q.cpu_shares)
+        .map(drop)
+        .map_err(|e| Error::InvalidArgument { field: "cpu_shares", reason: e.to_string() })
+}
+
 impl Core {
     fn fresh_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
@@ -360,9 +368,11 @@ impl Broker {
     /// Creates a tenant.
     ///
     /// # Errors
-    /// [`Error::InvalidName`], [`Error::TenantExists`].
+    /// [`Error::InvalidName`], [`Error::TenantExists`], and [`Error::InvalidArgument`] naming
+    /// `cpu_shares` if the quotas' [`Quotas::cpu_shares`] is not a valid weight.
     pub fn create_tenant(&self, tenant_name: &str, quotas: Quotas) -> Result<TenantId, Error> {
         let n = name(tenant_name)?;
+        check_quotas(&quotas)?;
         let mut reg = self.core.registry.write();
         if reg.tenant_names.contains_key(&n) {
             return Err(Error::TenantExists(n.to_string()));
@@ -382,8 +392,10 @@ impl Broker {
     /// Replaces a tenant's quotas; existing resources stay, new reservations see the new limits.
     ///
     /// # Errors
-    /// [`Error::TenantNotFound`].
+    /// [`Error::TenantNotFound`], and [`Error::InvalidArgument`] naming `cpu_shares` if
+    /// [`Quotas::cpu_shares`] is not a valid weight.
     pub fn set_quotas(&self, tenant: TenantId, quotas: Quotas) -> Result<(), Error> {
+        check_quotas(&quotas)?;
         self.core.tenant(tenant)?.set_quotas(quotas);
         Ok(())
     }

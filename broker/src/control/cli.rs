@@ -222,6 +222,10 @@ struct QuotaArgs {
     /// Region watches the tenant's apps may hold.
     #[arg(long)]
     watches: Option<u64>,
+    /// The tenant's weight for CPU time among busy tenants, 1 to 65536 (default 1024): twice the shares,
+    /// twice the time.
+    #[arg(long)]
+    cpu_shares: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -725,6 +729,7 @@ fn quotas_msg(q: &QuotaArgs, base: Option<&pb::Quotas>) -> pb::Quotas {
         trampolines: Some(d.trampolines),
         max_workers: Some(d.max_workers),
         watches: Some(d.watches),
+        cpu_shares: Some(d.cpu_shares),
     });
     pb::Quotas {
         region_bytes: q.region_bytes.unwrap_or(b.region_bytes),
@@ -741,6 +746,7 @@ fn quotas_msg(q: &QuotaArgs, base: Option<&pb::Quotas>) -> pb::Quotas {
         trampolines: q.trampolines.or(b.trampolines),
         max_workers: q.max_workers.or(b.max_workers),
         watches: q.watches.or(b.watches),
+        cpu_shares: q.cpu_shares.or(b.cpu_shares),
     }
 }
 
@@ -749,8 +755,8 @@ fn tenant_json(t: &pb::Tenant) -> Json {
     let u = t.usage.unwrap_or_default();
     json!({
         "name": t.name,
-        "quotas": {"region_bytes": q.region_bytes, "regions": q.regions, "instances": q.instances, "handles": q.handles, "memory_bytes": q.memory_bytes, "windows": q.windows, "windows_per_instance": q.windows_per_instance, "modules": q.modules, "module_bytes": q.module_bytes, "compiled_bytes": q.compiled_bytes, "max_call_timeout_ms": q.max_call_timeout_ms, "trampolines": q.trampolines, "max_workers": q.max_workers, "watches": q.watches},
-        "usage": {"region_bytes": u.region_bytes, "regions": u.regions, "instances": u.instances, "handles": u.handles, "memory_bytes": u.memory_bytes, "windows": u.windows, "modules": u.modules, "module_bytes": u.module_bytes, "compiled_bytes": u.compiled_bytes, "trampolines": u.trampolines, "watches": u.watches},
+        "quotas": {"region_bytes": q.region_bytes, "regions": q.regions, "instances": q.instances, "handles": q.handles, "memory_bytes": q.memory_bytes, "windows": q.windows, "windows_per_instance": q.windows_per_instance, "modules": q.modules, "module_bytes": q.module_bytes, "compiled_bytes": q.compiled_bytes, "max_call_timeout_ms": q.max_call_timeout_ms, "trampolines": q.trampolines, "max_workers": q.max_workers, "watches": q.watches, "cpu_shares": q.cpu_shares},
+        "usage": {"region_bytes": u.region_bytes, "regions": u.regions, "instances": u.instances, "handles": u.handles, "memory_bytes": u.memory_bytes, "windows": u.windows, "modules": u.modules, "module_bytes": u.module_bytes, "compiled_bytes": u.compiled_bytes, "trampolines": u.trampolines, "watches": u.watches, "events": u.events},
     })
 }
 
