@@ -20,7 +20,7 @@ struct World {
 }
 
 fn world() -> World {
-    let broker = Broker::new(BrokerConfig { workers: 1 }).expect("broker");
+    let broker = Broker::new(BrokerConfig { workers: 1, ..BrokerConfig::default() }).expect("broker");
     let t = broker.create_tenant("bench", Quotas::default()).expect("tenant");
     let data = broker.create_region(t, RegionSpec::new("data", 4096, Mode::Handle)).expect("region");
     broker.load_module(t, "app", broker_guests::CALLBACK_APP_WASM).expect("module");

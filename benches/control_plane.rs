@@ -106,7 +106,8 @@ impl Bench {
             .build()
             .expect("runtime");
         let admin = "bench-admin-token";
-        let broker = Arc::new(Broker::new(BrokerConfig { workers: 1 }).expect("broker"));
+        let broker =
+            Arc::new(Broker::new(BrokerConfig { workers: 1, ..BrokerConfig::default() }).expect("broker"));
         let plane = Arc::new(ControlPlane::open(broker, admin, None).expect("control plane"));
         let served = Arc::clone(&plane);
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");

@@ -24,7 +24,7 @@ impl Fixture {
     /// # Panics
     /// If the broker refuses the set-up (a bench cannot run without it).
     pub fn new(wasm: &[u8], region_size: u64, mode: Mode) -> Fixture {
-        let broker = Broker::new(BrokerConfig { workers: 1 }).expect("broker");
+        let broker = Broker::new(BrokerConfig { workers: 1, ..BrokerConfig::default() }).expect("broker");
         let quotas = Quotas { region_bytes: 1 << 30, memory_bytes: 4 << 30, ..Quotas::default() };
         let t = broker.create_tenant("bench", quotas).expect("tenant");
         let spec = RegionSpec::new("bench", region_size, mode).with_policy(ConflictPolicy::LastWriterWins);

@@ -17,6 +17,7 @@ use crate::capability::{CapError, CapId, CapSpace, Handle, Rights};
 use crate::error::Error;
 use crate::mode::{ConflictPolicy, Mode};
 use crate::name::{Name, QualifiedName};
+use crate::native::TrampolinePool;
 use crate::region::{
     Backing, Region, RegionError, RegionId, RegionInfo, RegionSpec, TrafficStats, WatchFn, WatchId,
     MAX_REGION_SIZE,
@@ -32,13 +33,18 @@ use crate::tenant::{Quotas, Resource, Tenant, TenantId, Usage};
 pub struct BrokerConfig {
     /// Worker threads that run instances.
     pub workers: usize,
+    /// Native trampolines (C callback pointers into apps) the broker's pool may bind at once: 1 to
+    /// [`crate::native::MAX_TRAMPOLINES`], the number compiled in. Tenants' `trampolines` quotas share
+    /// this pool, so an operator with many tenants using the toolkit raises it.
+    pub trampolines: u32,
 }
 
 impl Default for BrokerConfig {
-    /// One worker per available core, at least two (so a runaway guest never blocks every instance).
+    /// One worker per available core, at least two (so a runaway guest never blocks every instance), and
+    /// a pool of [`crate::native::DEFAULT_TRAMPOLINES`] trampolines.
     fn default() -> BrokerConfig {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-        BrokerConfig { workers: cores.max(2) }
+        BrokerConfig { workers: cores.max(2), trampolines: crate::native::DEFAULT_TRAMPOLINES }
     }
 }
 
@@ -134,6 +140,9 @@ pub(crate) struct Core {
     next_id: AtomicU64,
     /// The native toolkit (a single-threaded C library: one caller at a time).
     pub(crate) toolkit: Mutex<crate::native::Toolkit>,
+    /// This broker's trampolines, sized by [`BrokerConfig::trampolines`]; shared with the cleanup hooks
+    /// of the callbacks bound to them, which free their slots even after the broker is gone.
+    pub(crate) trampolines: Arc<TrampolinePool>,
     /// Which regions are toolkit objects.
     pub(crate) ui_objects: Mutex<HashMap<RegionId, crate::native::ObjectId>>,
     /// Host services by name.
@@ -144,6 +153,14 @@ pub(crate) struct Core {
 
 fn name(s: &str) -> Result<Name, Error> {
     Name::new(s).map_err(|source| Error::InvalidName { name: s.to_owned(), source })
+}
+
+/// Checks the quotas that are not plain limits, whoever built them: a weight of 0 would make the
+/// scheduler divide by zero.
+fn check_quotas(q: &Quotas) -> Result<(), Error> {
+    Quotas::check_cpu_shares(q.cpu_shares)
+        .map(drop)
+        .map_err(|e| Error::InvalidArgument { field: "cpu_shares", reason: e.to_string() })
 }
 
 impl Core {
@@ -320,11 +337,15 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts a broker with its engine, epoch ticker and worker pool.
+    /// Starts a broker with its engine, epoch ticker, worker pool and trampoline pool.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if the engine or threads cannot be created.
+    /// [`Error::InvalidArgument`] naming `trampolines` if [`BrokerConfig::trampolines`] is 0 or above
+    /// [`crate::native::MAX_TRAMPOLINES`], or if the engine or threads cannot be created.
     pub fn new(config: BrokerConfig) -> Result<Broker, Error> {
+        // Checked first: a bad setting is refused before any thread starts.
+        let trampolines = TrampolinePool::new(config.trampolines)
+            .map_err(|e| Error::InvalidArgument { field: "trampolines", reason: e.to_string() })?;
         let engine = EngineHandle::new()?;
         let mut linker = Linker::new(&engine.engine);
         abi::add_to_linker(&mut linker)
@@ -336,6 +357,7 @@ impl Broker {
             caps: Mutex::new(CapSpace::new()),
             next_id: AtomicU64::new(0),
             toolkit: Mutex::new(crate::native::Toolkit::new()),
+            trampolines: Arc::new(trampolines),
             ui_objects: Mutex::new(HashMap::new()),
             services: RwLock::new(HashMap::new()),
             timers: Arc::clone(&engine.timers),
@@ -349,9 +371,11 @@ impl Broker {
     /// Creates a tenant.
     ///
     /// # Errors
-    /// [`Error::InvalidName`], [`Error::TenantExists`].
+    /// [`Error::InvalidName`], [`Error::TenantExists`], and [`Error::InvalidArgument`] naming
+    /// `cpu_shares` if the quotas' [`Quotas::cpu_shares`] is not a valid weight.
     pub fn create_tenant(&self, tenant_name: &str, quotas: Quotas) -> Result<TenantId, Error> {
         let n = name(tenant_name)?;
+        check_quotas(&quotas)?;
         let mut reg = self.core.registry.write();
         if reg.tenant_names.contains_key(&n) {
             return Err(Error::TenantExists(n.to_string()));
@@ -371,8 +395,10 @@ impl Broker {
     /// Replaces a tenant's quotas; existing resources stay, new reservations see the new limits.
     ///
     /// # Errors
-    /// [`Error::TenantNotFound`].
+    /// [`Error::TenantNotFound`], and [`Error::InvalidArgument`] naming `cpu_shares` if
+    /// [`Quotas::cpu_shares`] is not a valid weight.
     pub fn set_quotas(&self, tenant: TenantId, quotas: Quotas) -> Result<(), Error> {
+        check_quotas(&quotas)?;
         self.core.tenant(tenant)?.set_quotas(quotas);
         Ok(())
     }
@@ -977,6 +1003,12 @@ impl Broker {
         toolkit
             .send_event(object, crate::native::EventCode(code), param)
             .map_err(|e| Error::InvalidArgument { field: "object", reason: e.to_string() })
+    }
+
+    /// This broker's trampoline pool: its size ([`BrokerConfig::trampolines`]), the trampolines its
+    /// apps' callbacks hold now, and the process's undeliverable calls.
+    pub fn trampolines(&self) -> &TrampolinePool {
+        &self.core.trampolines
     }
 
     /// Toolkit objects alive in this broker.

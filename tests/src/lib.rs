@@ -11,7 +11,7 @@ pub mod fuzz;
 
 /// A broker with two workers, as on the CI machine.
 pub fn broker() -> Broker {
-    Broker::new(BrokerConfig { workers: 2 }).expect("broker starts")
+    Broker::new(BrokerConfig { workers: 2, ..BrokerConfig::default() }).expect("broker starts")
 }
 
 /// Creates a tenant with default quotas.

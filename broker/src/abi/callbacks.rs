@@ -18,7 +18,7 @@ use crate::broker::{Core, Service};
 use crate::capability::{Cap, Cleanup, CleanupTag, Handle, Rights};
 use crate::mode::{ConflictPolicy, Mode};
 use crate::name::Name;
-use crate::native::{EventCode, ObjectId, TrampolinePool, OBJ_FIELDS_SIZE};
+use crate::native::{EventCode, ObjectId, OBJ_FIELDS_SIZE};
 use crate::region::{Backing, Change};
 use crate::runtime::events::{self, EventKind, Pending};
 use crate::runtime::InstanceState;
@@ -258,8 +258,8 @@ pub(super) fn ui_on_event(
     cap.require(Rights::READ)?;
     let object = object_of(core, &cap)?;
     let sink = ctx.sink.clone();
-    let pool = TrampolinePool::global();
-    // The pool is process-wide: each tenant holds at most its share, so one tenant's callbacks cannot
+    let pool = Arc::clone(&core.trampolines);
+    // The pool is broker-wide: each tenant holds at most its share, so one tenant's callbacks cannot
     // leave another's registrations without a trampoline. The charge goes with the registration.
     let charge = ctx.tenant.reserve(Resource::Trampolines, 1).map_err(crate::Error::from)?;
     let source = (1u64 << 63) | cap.id.get();
@@ -280,11 +280,13 @@ pub(super) fn ui_on_event(
         return Err(AbiError::Exhausted(e.to_string()));
     }
     let weak: Weak<Core> = Arc::downgrade(core);
+    // The hook holds the pool itself, not the core: the slot is freed even if the broker is gone.
+    let hook_pool = Arc::clone(&pool);
     let hook = Cleanup::new(move || {
         if let Some(core) = weak.upgrade() {
             let _ = core.toolkit.lock().remove_event_cb(object, fn_ptr);
         }
-        let _ = TrampolinePool::global().free(slot);
+        let _ = hook_pool.free(slot);
         drop(charge);
     });
     let mut caps = core.caps.lock();

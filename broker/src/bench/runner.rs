@@ -98,7 +98,8 @@ pub fn run(config: &BenchConfig, progress: &dyn ProgressSink) -> Result<Report, 
     config.validate()?;
     let max_readers = config.readers.iter().copied().max().unwrap_or(1);
     let max_size = config.sizes.iter().copied().max().unwrap_or(4096);
-    let broker = Broker::new(BrokerConfig { workers: max_readers.max(2) }).map_err(broker_error("broker"))?;
+    let broker = Broker::new(BrokerConfig { workers: max_readers.max(2), ..BrokerConfig::default() })
+        .map_err(broker_error("broker"))?;
     let tenant = broker
         .create_tenant("bench", quotas(readers_u64(max_readers), max_size))
         .map_err(broker_error("tenant"))?;

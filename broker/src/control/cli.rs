@@ -160,7 +160,7 @@ struct ScenarioRunArgs {
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// TOML config file (keys: listen, state_dir, admin_token_file, max_message_bytes, concurrency_limit,
-    /// workers, drain_timeout_ms).
+    /// workers, trampolines, drain_timeout_ms).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on (default 127.0.0.1:7878).
@@ -172,6 +172,10 @@ struct ServeArgs {
     /// Worker threads running instances (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Native trampolines (toolkit event callbacks) all tenants' apps may hold together: 1 to 1024, the
+    /// number compiled in (default 64). Each tenant holds at most its `trampolines` quota of them.
+    #[arg(long)]
+    trampolines: Option<u32>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -218,6 +222,10 @@ struct QuotaArgs {
     /// Region watches the tenant's apps may hold.
     #[arg(long)]
     watches: Option<u64>,
+    /// The tenant's weight for CPU time among busy tenants, 1 to 65536 (default 1024): twice the shares,
+    /// twice the time.
+    #[arg(long)]
+    cpu_shares: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -618,6 +626,9 @@ async fn serve_main(args: ServeArgs, out: &mut dyn Write) -> Result<(), CliError
     if let Some(w) = args.workers {
         config.workers = w;
     }
+    if let Some(t) = args.trampolines {
+        config.trampolines = t;
+    }
     let (token, source) = config.admin_token()?;
     if source == "generated for this run" {
         eprintln!("admin token (this run only; use --state-dir to keep one): {token}");
@@ -625,7 +636,10 @@ async fn serve_main(args: ServeArgs, out: &mut dyn Write) -> Result<(), CliError
         tracing::info!(source = %source, "admin token loaded");
     }
     let workers = if config.workers == 0 { BrokerConfig::default().workers } else { config.workers };
-    let broker = Arc::new(Broker::new(BrokerConfig { workers }).map_err(|e| CliError::Local(e.to_string()))?);
+    let broker = Arc::new(
+        Broker::new(BrokerConfig { workers, trampolines: config.trampolines })
+            .map_err(|e| CliError::Local(e.to_string()))?,
+    );
     let plane =
         Arc::new(ControlPlane::open(broker, &token, config.state_dir.clone()).map_err(ServeError::from)?);
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -715,6 +729,7 @@ fn quotas_msg(q: &QuotaArgs, base: Option<&pb::Quotas>) -> pb::Quotas {
         trampolines: Some(d.trampolines),
         max_workers: Some(d.max_workers),
         watches: Some(d.watches),
+        cpu_shares: Some(d.cpu_shares),
     });
     pb::Quotas {
         region_bytes: q.region_bytes.unwrap_or(b.region_bytes),
@@ -731,6 +746,7 @@ fn quotas_msg(q: &QuotaArgs, base: Option<&pb::Quotas>) -> pb::Quotas {
         trampolines: q.trampolines.or(b.trampolines),
         max_workers: q.max_workers.or(b.max_workers),
         watches: q.watches.or(b.watches),
+        cpu_shares: q.cpu_shares.or(b.cpu_shares),
     }
 }
 
@@ -739,8 +755,8 @@ fn tenant_json(t: &pb::Tenant) -> Json {
     let u = t.usage.unwrap_or_default();
     json!({
         "name": t.name,
-        "quotas": {"region_bytes": q.region_bytes, "regions": q.regions, "instances": q.instances, "handles": q.handles, "memory_bytes": q.memory_bytes, "windows": q.windows, "windows_per_instance": q.windows_per_instance, "modules": q.modules, "module_bytes": q.module_bytes, "compiled_bytes": q.compiled_bytes, "max_call_timeout_ms": q.max_call_timeout_ms, "trampolines": q.trampolines, "max_workers": q.max_workers, "watches": q.watches},
-        "usage": {"region_bytes": u.region_bytes, "regions": u.regions, "instances": u.instances, "handles": u.handles, "memory_bytes": u.memory_bytes, "windows": u.windows, "modules": u.modules, "module_bytes": u.module_bytes, "compiled_bytes": u.compiled_bytes, "trampolines": u.trampolines, "watches": u.watches},
+        "quotas": {"region_bytes": q.region_bytes, "regions": q.regions, "instances": q.instances, "handles": q.handles, "memory_bytes": q.memory_bytes, "windows": q.windows, "windows_per_instance": q.windows_per_instance, "modules": q.modules, "module_bytes": q.module_bytes, "compiled_bytes": q.compiled_bytes, "max_call_timeout_ms": q.max_call_timeout_ms, "trampolines": q.trampolines, "max_workers": q.max_workers, "watches": q.watches, "cpu_shares": q.cpu_shares},
+        "usage": {"region_bytes": u.region_bytes, "regions": u.regions, "instances": u.instances, "handles": u.handles, "memory_bytes": u.memory_bytes, "windows": u.windows, "modules": u.modules, "module_bytes": u.module_bytes, "compiled_bytes": u.compiled_bytes, "trampolines": u.trampolines, "watches": u.watches, "events": u.events},
     })
 }
 

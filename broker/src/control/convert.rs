@@ -9,8 +9,18 @@ use super::status::ApiError;
 use crate::mode::ConflictPolicy;
 use crate::{InstanceConfig, InstanceStatus, Mode, Quotas, RunState, TrafficStats, Usage, Val};
 
-pub(crate) fn quotas_from(q: &pb::Quotas) -> Quotas {
-    Quotas {
+/// The domain quotas of a `Quotas` message: absent optional fields take their defaults.
+///
+/// # Errors
+/// [`ApiError::InvalidField`] naming `quotas.cpu_shares` when it is 0 or above
+/// [`Quotas::MAX_CPU_SHARES`].
+pub(crate) fn quotas_from(q: &pb::Quotas) -> Result<Quotas, ApiError> {
+    let cpu_shares = match q.cpu_shares {
+        None => Quotas::DEFAULT_CPU_SHARES,
+        Some(shares) => Quotas::check_cpu_shares(shares)
+            .map_err(|e| ApiError::InvalidField { field: "quotas.cpu_shares", reason: e.to_string() })?,
+    };
+    Ok(Quotas {
         region_bytes: q.region_bytes,
         regions: q.regions,
         instances: q.instances,
@@ -26,7 +36,8 @@ pub(crate) fn quotas_from(q: &pb::Quotas) -> Quotas {
         trampolines: q.trampolines.unwrap_or(Quotas::DEFAULT_TRAMPOLINES),
         max_workers: q.max_workers.unwrap_or(0),
         watches: q.watches.unwrap_or(Quotas::DEFAULT_WATCHES),
-    }
+        cpu_shares,
+    })
 }
 
 pub(crate) fn quotas_to(q: &Quotas) -> pb::Quotas {
@@ -45,6 +56,7 @@ pub(crate) fn quotas_to(q: &Quotas) -> pb::Quotas {
         trampolines: Some(q.trampolines),
         max_workers: Some(q.max_workers),
         watches: Some(q.watches),
+        cpu_shares: Some(q.cpu_shares),
     }
 }
 
@@ -61,6 +73,7 @@ pub(crate) fn usage_to(u: &Usage) -> pb::Usage {
         compiled_bytes: u.compiled_bytes,
         trampolines: u.trampolines,
         watches: u.watches,
+        events: u.events,
     }
 }
 

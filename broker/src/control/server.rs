@@ -36,6 +36,9 @@ pub struct ServeConfig {
     pub concurrency_limit: usize,
     /// Worker threads running instances (0: one per core, at least two).
     pub workers: usize,
+    /// Native trampolines the broker's pool may bind at once (`BrokerConfig::trampolines`): 1 to
+    /// `native::MAX_TRAMPOLINES`; anything else is refused when the broker starts.
+    pub trampolines: u32,
     /// On shutdown, how long to wait for calls in flight and for clients to close their connections
     /// before giving up on them, in milliseconds.
     pub drain_timeout_ms: u64,
@@ -51,6 +54,7 @@ impl Default for ServeConfig {
             max_message_bytes: 32 << 20,
             concurrency_limit: 64,
             workers: 0,
+            trampolines: crate::native::DEFAULT_TRAMPOLINES,
             drain_timeout_ms: 10_000,
         }
     }

@@ -96,6 +96,7 @@ fn record_quotas(t: &TenantRecord) -> Quotas {
         trampolines: t.trampolines,
         max_workers: t.max_workers,
         watches: t.watches,
+        cpu_shares: t.cpu_shares,
     }
 }
 
@@ -315,6 +316,7 @@ impl ControlPlane {
                 trampolines: quotas.trampolines,
                 max_workers: quotas.max_workers,
                 watches: quotas.watches,
+                cpu_shares: quotas.cpu_shares,
                 tokens,
             },
         )
@@ -498,7 +500,7 @@ impl pb::broker_server::Broker for ControlService {
             Self::check_admin(p, &req)?;
             let r = req.get_ref();
             name_field("name", &r.name)?;
-            let quotas = r.quotas.as_ref().map_or_else(Quotas::default, quotas_from);
+            let quotas = r.quotas.as_ref().map_or_else(|| Ok(Quotas::default()), quotas_from)?;
             let tid = p.broker.create_tenant(&r.name, quotas)?;
             p.auth.set_tenant(&r.name, Vec::new());
             p.save_tenant(&r.name)?;
@@ -514,7 +516,7 @@ impl pb::broker_server::Broker for ControlService {
             let r = req.get_ref();
             let q = r.quotas.as_ref().ok_or(ApiError::MissingField("quotas"))?;
             let tid = p.named_tenant(&r.tenant)?;
-            p.broker.set_quotas(tid, quotas_from(q))?;
+            p.broker.set_quotas(tid, quotas_from(q)?)?;
             p.save_tenant(&r.tenant)?;
             p.tenant_msg(tid)
         })())

@@ -43,6 +43,9 @@ pub struct TenantRecord {
     /// Quota of region watches (default for older records).
     #[serde(default = "default_watches")]
     pub watches: u64,
+    /// The tenant's CPU weight (default for older records).
+    #[serde(default = "default_cpu_shares")]
+    pub cpu_shares: u64,
     /// Hex SHA-256 hashes of the tenant's tokens.
     pub tokens: Vec<String>,
 }
@@ -57,6 +60,10 @@ fn default_windows_per_instance() -> u64 {
 
 fn default_watches() -> u64 {
     crate::Quotas::DEFAULT_WATCHES
+}
+
+fn default_cpu_shares() -> u64 {
+    crate::Quotas::DEFAULT_CPU_SHARES
 }
 
 fn default_trampolines() -> u64 {
@@ -320,5 +327,19 @@ impl Store {
             out.push((k.value(), parse(v.value())?));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_record_written_before_cpu_shares_loads_with_the_default() {
+        let old = r#"{"quotas":[1,2,3,4,5],"windows":6,"windows_per_instance":7,"code":[8,9,10,11],
+            "trampolines":12,"max_workers":13,"watches":14,"tokens":[]}"#;
+        let record: TenantRecord = parse(old).expect("an old record loads");
+        assert_eq!(record.cpu_shares, crate::Quotas::DEFAULT_CPU_SHARES);
+        assert_eq!((record.trampolines, record.max_workers, record.watches), (12, 13, 14));
     }
 }

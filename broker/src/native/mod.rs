@@ -4,9 +4,10 @@
 //! `toolkit` owns the C object toolkit built from `broker/native/toolkit/` by `build.rs`: an unchanged,
 //! single-threaded C library whose objects live in native memory and whose callbacks are bare C
 //! function pointers. [`Toolkit`] is its only safe entry point, and hands out [`ObjectId`]s instead of
-//! pointers. `trampoline` owns the pool of static C trampolines: [`TrampolinePool::allocate`] binds a
-//! Rust [`EventTarget`] to a slot and returns that slot's real C function pointer, which the C library
-//! stores and calls like any other callback.
+//! pointers. `trampoline` owns the process's table of static C trampolines and the pools that share it
+//! (one per broker, sized by its config): [`TrampolinePool::allocate`] binds a Rust [`EventTarget`] to a
+//! slot and returns that slot's real C function pointer, which the C library stores and calls like any
+//! other callback.
 //!
 //! This module is allowed `unsafe` because it is the FFI boundary; raw pointers do not leave it.
 
@@ -20,4 +21,6 @@ pub use toolkit::{
     CallbackId, EventCallback, EventCode, ObjFields, ObjectId, Toolkit, ToolkitError, MAX_EVENT_CALLBACKS,
     OBJ_FIELDS_SIZE, TEXT_CAPACITY,
 };
-pub use trampoline::{Event, EventTarget, PoolError, SlotId, Trampoline, TrampolinePool, TRAMPOLINE_COUNT};
+pub use trampoline::{
+    Event, EventTarget, PoolError, SlotId, Trampoline, TrampolinePool, DEFAULT_TRAMPOLINES, MAX_TRAMPOLINES,
+};

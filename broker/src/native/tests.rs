@@ -1,25 +1,27 @@
 //! Unit tests of the native bridge: the C toolkit through its safe wrapper, and trampolines that the C
 //! library stores and calls as real function pointers.
 //!
-//! The toolkit and the pool are process-global, and cargo runs tests on parallel threads, so every test
-//! holds `SERIAL` and starts from an empty toolkit and pool.
+//! The toolkit and the trampoline table are process-global, and cargo runs tests on parallel threads, so
+//! every test holds `SERIAL` and starts from an empty toolkit and an empty table.
 
 use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 
-use super::trampoline::ffi_trampolines;
+use super::trampoline::{ffi_trampolines, reset_table};
 use super::*;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Serialises the test and empties the toolkit and the pool.
-fn fresh() -> (MutexGuard<'static, ()>, Toolkit, &'static TrampolinePool) {
+/// Serialises the test, empties the toolkit and the trampoline table (in that order: no C registration
+/// may outlive the table's reset), and gives the test a pool as large as the table, so filling the pool
+/// fills the table.
+fn fresh() -> (MutexGuard<'static, ()>, Toolkit, TrampolinePool) {
     let serial = SERIAL.lock();
     let toolkit = Toolkit::new();
-    let pool = TrampolinePool::global();
     toolkit.reset().expect("reset outside a callback");
-    pool.free_all();
+    reset_table();
+    let pool = TrampolinePool::new(MAX_TRAMPOLINES).expect("the largest pool is valid");
     (serial, toolkit, pool)
 }
 
@@ -282,8 +284,8 @@ fn the_longest_freed_slot_is_reused_first() {
 #[test]
 fn an_exhausted_pool_gives_a_typed_error() {
     let (_serial, _, pool) = fresh();
-    assert_eq!(pool.capacity(), ffi_trampolines::broker_trampoline_count(), "Rust and C agree on the count");
-    assert!(ffi_trampolines::broker_trampoline_ptr(TRAMPOLINE_COUNT).is_none());
+    assert_eq!(MAX_TRAMPOLINES, ffi_trampolines::broker_trampoline_count(), "Rust and C agree on the count");
+    assert!(ffi_trampolines::broker_trampoline_ptr(MAX_TRAMPOLINES).is_none());
 
     let all: Vec<Trampoline> =
         (0..pool.capacity()).map(|_| pool.allocate(accept_all()).expect("allocate")).collect();
@@ -294,8 +296,88 @@ fn an_exhausted_pool_gives_a_typed_error() {
 
     assert_eq!(
         pool.allocate(accept_all()).map(|t| t.slot()),
-        Err(PoolError::Exhausted { capacity: TRAMPOLINE_COUNT })
+        Err(PoolError::Exhausted { capacity: MAX_TRAMPOLINES })
     );
+}
+
+#[test]
+fn a_pool_of_n_refuses_the_next_one_until_one_is_freed() {
+    let (_serial, _, _) = fresh();
+    for n in [1, 3, DEFAULT_TRAMPOLINES] {
+        let pool = TrampolinePool::new(n).expect("a valid size");
+        assert_eq!(pool.capacity(), n);
+        let all: Vec<Trampoline> = (0..n).map(|_| pool.allocate(accept_all()).expect("allocate")).collect();
+        assert_eq!(pool.in_use(), n);
+        assert_eq!(
+            pool.allocate(accept_all()).map(|t| t.slot()),
+            Err(PoolError::Exhausted { capacity: n }),
+            "the table has room, the pool of {n} has not"
+        );
+        pool.free(all[0].slot()).expect("free");
+        assert_eq!(pool.in_use(), n - 1);
+        pool.allocate(accept_all()).expect("room again after a free");
+        assert_eq!(pool.in_use(), n);
+    }
+}
+
+#[test]
+fn pool_sizes_outside_one_to_the_maximum_are_refused() {
+    for bad in [0, MAX_TRAMPOLINES + 1, u32::MAX] {
+        assert_eq!(
+            TrampolinePool::new(bad).map(|p| p.capacity()),
+            Err(PoolError::InvalidCapacity { requested: bad, max: MAX_TRAMPOLINES })
+        );
+    }
+    for good in [1, DEFAULT_TRAMPOLINES, MAX_TRAMPOLINES] {
+        assert_eq!(TrampolinePool::new(good).map(|p| p.capacity()), Ok(good));
+    }
+}
+
+#[test]
+fn pools_share_the_table_and_free_only_their_own_slots() {
+    let (_serial, _, _) = fresh();
+    let small = TrampolinePool::new(4).expect("valid");
+    let big = TrampolinePool::new(MAX_TRAMPOLINES - 2).expect("valid");
+    let held: Vec<Trampoline> =
+        (0..big.capacity()).map(|_| big.allocate(accept_all()).expect("allocate")).collect();
+    let mine: Vec<Trampoline> = (0..2).map(|_| small.allocate(accept_all()).expect("allocate")).collect();
+    assert_eq!(
+        small.allocate(accept_all()).map(|t| t.slot()),
+        Err(PoolError::ProcessExhausted { max: MAX_TRAMPOLINES }),
+        "the small pool has room, the process has none"
+    );
+    assert_eq!(small.free(held[0].slot()), Err(PoolError::StaleSlot(held[0].slot())));
+    assert_eq!(big.free(mine[0].slot()), Err(PoolError::StaleSlot(mine[0].slot())));
+    assert_eq!((big.in_use(), small.in_use()), (MAX_TRAMPOLINES - 2, 2));
+    // A slot one pool frees, another may take.
+    big.free(held[0].slot()).expect("free");
+    assert_eq!(small.allocate(accept_all()).map(|t| t.slot().index()), Ok(held[0].slot().index()));
+}
+
+#[test]
+fn a_pool_dropped_while_holding_slots_retires_them() {
+    let (_serial, tk, pool) = fresh();
+    let log = Log::default();
+    let dropped = TrampolinePool::new(1).expect("valid");
+    let forgotten = dropped.allocate(recorder("forgotten", &log)).expect("allocate");
+    let obj = tk.create_object(None).expect("create");
+    // The registration stays in C, as when a broker goes without running its cleanup hooks.
+    tk.add_event_cb(obj, forgotten.fn_ptr(), EventCode::ALL, 0).expect("add");
+    drop(dropped);
+    let dead_before = pool.dead_calls();
+    assert_eq!(tk.send_event(obj, EventCode::CLICKED, 1), Ok(1));
+    assert_eq!(pool.dead_calls(), dead_before + 1, "the retired slot's target is gone");
+    assert!(log.lock().is_empty());
+    // Every other slot can be taken, the retired one never.
+    let all: Vec<Trampoline> =
+        (0..MAX_TRAMPOLINES - 1).map(|_| pool.allocate(accept_all()).expect("allocate")).collect();
+    assert!(all.iter().all(|t| t.slot().index() != forgotten.slot().index()));
+    assert_eq!(
+        pool.allocate(accept_all()).map(|t| t.slot()),
+        Err(PoolError::ProcessExhausted { max: MAX_TRAMPOLINES })
+    );
+    assert_eq!(tk.send_event(obj, EventCode::CLICKED, 2), Ok(1));
+    assert!(log.lock().is_empty(), "C's stale pointer reaches no new target");
 }
 
 #[test]
@@ -362,4 +444,8 @@ fn error_messages_are_lower_case_sentences() {
         "event code all is a filter and cannot be sent"
     );
     assert_eq!(PoolError::Exhausted { capacity: 64 }.to_string(), "all 64 trampolines are in use");
+    assert_eq!(
+        PoolError::InvalidCapacity { requested: 0, max: 1024 }.to_string(),
+        "a pool holds 1 to 1024 trampolines (the number compiled in), not 0"
+    );
 }

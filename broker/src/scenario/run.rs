@@ -280,7 +280,9 @@ fn run_mode(
 ) -> Result<ModeRun, RunError> {
     let started = Instant::now();
     let rss_reset = reset_peak_rss();
-    let config = opts.workers.map_or_else(BrokerConfig::default, |workers| BrokerConfig { workers });
+    let config = opts
+        .workers
+        .map_or_else(BrokerConfig::default, |workers| BrokerConfig { workers, ..BrokerConfig::default() });
     let broker = setup(|| "starting the broker".into(), Broker::new(config))?;
     let state_dir = if scenario.regions.iter().any(|r| r.persistent) {
         let dir = std::env::temp_dir().join(format!(

@@ -375,6 +375,7 @@ struct RawQuotas {
     instances: Option<u64>,
     handles: Option<u64>,
     memory_bytes: Option<Spanned<RawSize>>,
+    cpu_shares: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -738,6 +739,10 @@ fn validate(ctx: &Ctx<'_>, raw: RawScenario) -> Result<Scenario, SpecError> {
             }
             if let Some(v) = q.handles {
                 quotas.handles = v;
+            }
+            if let Some(v) = &q.cpu_shares {
+                quotas.cpu_shares = Quotas::check_cpu_shares(*v.get_ref())
+                    .map_err(|e| ctx.err(&v.span(), format!("{field}.quotas.cpu_shares"), e.to_string()))?;
             }
         }
         tenants.push(TenantDef { name: tname, quotas });

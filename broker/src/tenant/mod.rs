@@ -6,6 +6,11 @@
 //! Consumption goes through a [`Reservation`] that is released on drop unless committed, so an operation
 //! that fails half-way gives everything back and nothing is ever partly created.
 //!
+//! Two quotas are not resources: `max_workers` caps how many workers the tenant occupies at once, and
+//! `cpu_shares` is its weight when workers are shared out among tenants by CPU time. Besides the
+//! counters of [`Resource`]s, a tenant counts the events queued for its instances (a gauge for
+//! [`Usage::events`], not a quota).
+//!
 //! **Invariant:** a tenant's usage never exceeds its quota at the moment of reservation (a quota lowered
 //! later does not evict anything; it only refuses new reservations).
 
@@ -142,11 +147,17 @@ pub struct Quotas {
     pub compiled_bytes: u64,
     /// The longest call deadline the tenant's instances may ask for, in milliseconds.
     pub max_call_timeout_ms: u64,
-    /// Native trampolines the tenant's apps may hold at once (the process has
-    /// `native::TRAMPOLINE_COUNT`).
+    /// Native trampolines the tenant's apps may hold at once (the broker's pool has
+    /// `BrokerConfig::trampolines`, `native::DEFAULT_TRAMPOLINES` by default).
     pub trampolines: u64,
     /// Workers the tenant's instances may occupy at once; 0: no cap (all of them).
     pub max_workers: u64,
+    /// The tenant's weight when worker time is shared out among tenants: the scheduler charges a
+    /// tenant the worker time it used divided by this weight and runs the least-charged tenant next
+    /// (as Linux CFS does with cgroup `cpu.shares`), so a tenant with twice the shares of another gets
+    /// twice its CPU time when both are busy. A weight, not a resource: nothing is reserved against it.
+    /// Valid values are 1 to [`Quotas::MAX_CPU_SHARES`] (see [`Quotas::check_cpu_shares`]).
+    pub cpu_shares: u64,
     /// Region watches the tenant's apps may hold at once.
     pub watches: u64,
 }
@@ -165,17 +176,45 @@ impl Quotas {
     pub const DEFAULT_COMPILED_BYTES: u64 = 256 << 20;
     /// Default for [`Quotas::max_call_timeout_ms`]: one minute.
     pub const DEFAULT_MAX_CALL_TIMEOUT_MS: u64 = 60_000;
-    /// Default for [`Quotas::trampolines`]: a quarter of the process's pool.
+    /// Default for [`Quotas::trampolines`]: a quarter of a broker's default pool
+    /// (`native::DEFAULT_TRAMPOLINES`).
     pub const DEFAULT_TRAMPOLINES: u64 = 16;
     /// Default for [`Quotas::watches`].
     pub const DEFAULT_WATCHES: u64 = 256;
+    /// Default for [`Quotas::cpu_shares`]: every tenant that is not given a weight has the same one
+    /// (1024, the cgroup default, which leaves room to weigh a tenant below the default).
+    pub const DEFAULT_CPU_SHARES: u64 = 1024;
+    /// The largest [`Quotas::cpu_shares`], 64 times the default; the smallest is 1. The bound keeps a
+    /// weighted charge (time divided by shares) meaningful and a weight of 0, a division by zero, out.
+    pub const MAX_CPU_SHARES: u64 = 65_536;
+
+    /// Checks a [`Quotas::cpu_shares`] value, for every boundary that takes one from outside (the
+    /// control API, scenario files, [`crate::Broker::create_tenant`]).
+    ///
+    /// # Errors
+    /// [`CpuSharesError`] when `shares` is 0 or above [`Quotas::MAX_CPU_SHARES`].
+    pub fn check_cpu_shares(shares: u64) -> Result<u64, CpuSharesError> {
+        if (1..=Quotas::MAX_CPU_SHARES).contains(&shares) {
+            Ok(shares)
+        } else {
+            Err(CpuSharesError { shares })
+        }
+    }
+}
+
+/// A [`Quotas::cpu_shares`] value outside 1 to [`Quotas::MAX_CPU_SHARES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("cpu_shares {shares} is out of range: a weight is 1 to {max}", max = Quotas::MAX_CPU_SHARES)]
+pub struct CpuSharesError {
+    /// The refused value.
+    pub shares: u64,
 }
 
 impl Default for Quotas {
     /// Generous defaults for a development broker: 256 MiB of regions, 64 regions, 16 instances,
     /// 4096 handles, 1 GiB of linear memory, 1024 shared windows (256 per instance), 32 modules of
     /// 64 MiB of wasm and 256 MiB of compiled code in all, calls of at most a minute, 16 native
-    /// trampolines, 256 region watches, and no cap on workers.
+    /// trampolines, 256 region watches, no cap on workers, and a CPU weight of 1024 shares.
     fn default() -> Quotas {
         Quotas {
             region_bytes: 256 << 20,
@@ -192,6 +231,7 @@ impl Default for Quotas {
             trampolines: Quotas::DEFAULT_TRAMPOLINES,
             max_workers: 0,
             watches: Quotas::DEFAULT_WATCHES,
+            cpu_shares: Quotas::DEFAULT_CPU_SHARES,
         }
     }
 }
@@ -240,6 +280,9 @@ pub struct Usage {
     pub trampolines: u64,
     /// Region watches held.
     pub watches: u64,
+    /// Events (watch notifications, native callbacks) queued for delivery to the tenant's instances
+    /// right now: queued and not yet taken for delivery, or dropped with their queue.
+    pub events: u64,
 }
 
 /// A reservation was refused because it would exceed the quota.
@@ -263,11 +306,19 @@ pub struct Tenant {
     name: Name,
     quotas: RwLock<Quotas>,
     used: [AtomicU64; 12],
+    /// Events queued for the tenant's instances: a gauge, not a quota, so kept apart from `used`.
+    events: AtomicU64,
 }
 
 impl Tenant {
     pub(crate) fn new(id: TenantId, name: Name, quotas: Quotas) -> Arc<Tenant> {
-        Arc::new(Tenant { id, name, quotas: RwLock::new(quotas), used: Default::default() })
+        Arc::new(Tenant {
+            id,
+            name,
+            quotas: RwLock::new(quotas),
+            used: Default::default(),
+            events: AtomicU64::new(0),
+        })
     }
 
     /// The tenant's id.
@@ -304,7 +355,36 @@ impl Tenant {
             compiled_bytes: g(Resource::CompiledBytes),
             trampolines: g(Resource::Trampolines),
             watches: g(Resource::Watches),
+            events: self.events.load(Ordering::Relaxed),
         }
+    }
+
+    /// Counts `n` events queued for delivery to one of the tenant's instances.
+    ///
+    /// Called on every event, so it is one atomic update. The counter is a statistic that publishes no
+    /// other memory, hence `Relaxed`; it saturates rather than wraps.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "runtime/ calls it once its event queues report to their tenant (issue 14)"
+        )
+    )]
+    pub(crate) fn events_queued(&self, n: u64) {
+        let _ = self.events.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(c.saturating_add(n)));
+    }
+
+    /// Counts `n` queued events gone: taken for delivery, or dropped with their queue (an instance that
+    /// stopped, trapped or restarted). Saturates at 0, as [`Tenant::release`] does.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "runtime/ calls it once its event queues report to their tenant (issue 14)"
+        )
+    )]
+    pub(crate) fn events_taken(&self, n: u64) {
+        let _ = self.events.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(c.saturating_sub(n)));
     }
 
     /// Reserves `amount` of `resource`; the reservation is returned on drop unless committed.
@@ -347,9 +427,11 @@ impl Tenant {
         let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| Some(c.saturating_sub(amount)));
     }
 
-    /// Whether all counters are zero (every resource was given back), for leak checks in tests.
+    /// Whether all counters are zero (every resource was given back, and no event is counted as queued),
+    /// for leak checks in tests.
     pub fn is_idle(&self) -> bool {
         Resource::ALL.iter().all(|r| self.used[r.index()].load(Ordering::Acquire) == 0)
+            && self.events.load(Ordering::Relaxed) == 0
     }
 }
 
@@ -398,6 +480,39 @@ mod tests {
         assert_eq!(t.usage().handles, 3);
         t.release(Resource::Handles, 3);
         assert!(t.is_idle());
+    }
+
+    #[test]
+    fn queued_events_are_counted_until_taken_and_saturate() {
+        let t = tenant(1);
+        assert_eq!(t.usage().events, 0);
+        t.events_queued(3);
+        t.events_queued(2);
+        assert_eq!(t.usage().events, 5);
+        assert!(!t.is_idle(), "queued events are not idle");
+        t.events_taken(4);
+        assert_eq!(t.usage().events, 1);
+        t.events_taken(7);
+        assert_eq!(t.usage().events, 0, "taking more than was queued stops at 0");
+        assert!(t.is_idle());
+        t.events_queued(u64::MAX);
+        t.events_queued(1);
+        assert_eq!(t.usage().events, u64::MAX, "queuing past the top stops there");
+    }
+
+    #[test]
+    fn cpu_shares_are_one_to_the_maximum() {
+        assert_eq!(Quotas::default().cpu_shares, Quotas::DEFAULT_CPU_SHARES);
+        for ok in [1, Quotas::DEFAULT_CPU_SHARES, Quotas::MAX_CPU_SHARES] {
+            assert_eq!(Quotas::check_cpu_shares(ok), Ok(ok));
+        }
+        for bad in [0, Quotas::MAX_CPU_SHARES + 1, u64::MAX] {
+            assert_eq!(Quotas::check_cpu_shares(bad), Err(CpuSharesError { shares: bad }));
+        }
+        assert_eq!(
+            CpuSharesError { shares: 0 }.to_string(),
+            "cpu_shares 0 is out of range: a weight is 1 to 65536"
+        );
     }
 
     #[test]

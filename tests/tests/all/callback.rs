@@ -4,11 +4,12 @@
 
 use std::sync::Arc;
 
-use broker::{Broker, InstanceId, Mode, RegionId, RegionSpec, Rights, TenantId};
+use broker::{Broker, BrokerConfig, InstanceId, Mode, RegionId, RegionSpec, Rights, TenantId};
 use broker_tests::{args, broker, call, code, start, tenant, watchdog, Status};
 use parking_lot::Mutex;
 
-/// The trampoline pool is process-wide: tests that register toolkit callbacks take turns.
+/// The toolkit's C state and the trampoline table are process-wide: tests that register toolkit callbacks
+/// take turns.
 static TOOLKIT: Mutex<()> = Mutex::new(());
 
 fn setup() -> (Broker, TenantId, RegionId, InstanceId) {
@@ -179,7 +180,7 @@ fn events_for_trapped_or_stopped_apps_are_counted_not_crashes() {
     assert!(call(&b, app, "ui_make", args![0, 1]) > 0);
     assert!(call(&b, app, "watch", args![0, 1]) > 0);
     let obj = ui_region(&b, t);
-    let pool = broker::native::TrampolinePool::global();
+    let pool = b.trampolines();
     let dead_before = pool.dead_calls();
     assert!(b.call(app, "trap", &[]).is_err());
     assert_eq!(b.ui_send(obj, 3, 1).expect("send"), 1, "the C library still calls the trampoline");
@@ -195,16 +196,15 @@ fn events_for_trapped_or_stopped_apps_are_counted_not_crashes() {
 #[test]
 fn trampoline_slots_run_out_and_are_reused() {
     let _turn = TOOLKIT.lock();
-    // A tenant the operator lets hold the whole pool.
-    let b = broker();
-    let whole = broker::Quotas {
-        trampolines: u64::from(broker::native::TRAMPOLINE_COUNT),
-        ..broker::Quotas::default()
-    };
-    let t = b.create_tenant("alpha", whole).expect("tenant");
+    // A broker with a pool of 20 (not a multiple of the 8 callbacks an object takes), and a tenant the
+    // operator lets hold more than the whole pool, so the pool's size is what runs out.
+    let b = Broker::new(BrokerConfig { workers: 2, trampolines: 20 }).expect("broker");
+    let more = broker::Quotas { trampolines: 21, ..broker::Quotas::default() };
+    let t = b.create_tenant("alpha", more).expect("tenant");
     let app = start(&b, t, "callback_app", "app");
-    let pool = broker::native::TrampolinePool::global();
-    let free = pool.capacity() - pool.in_use();
+    let pool = b.trampolines();
+    assert_eq!((pool.capacity(), pool.in_use()), (20, 0));
+    let free = pool.capacity();
     // Objects take up to 8 callbacks each (the toolkit's limit); fill every free trampoline.
     let mut registered = 0;
     let mut objects = 0;
@@ -221,17 +221,35 @@ fn trampoline_slots_run_out_and_are_reused() {
         objects += 1;
     }
     assert_eq!(pool.in_use(), pool.capacity());
+    assert_eq!(b.tenant_usage(t).expect("usage").trampolines, 20, "the tenant's quota is not the limit");
     assert_eq!(call(&b, app, "ui_make", args![0, 0]), code(Status::QuotaExceeded), "no trampoline left");
     assert_eq!(
         b.ui_object_count(),
         usize::try_from(objects).expect("small"),
         "the refused object was not kept"
     );
-    // Deleting an object frees its trampolines, which the next registration reuses.
+    // Deleting an object gives its trampolines back to the pool, so the next registration fits.
     assert_eq!(call(&b, app, "ui_delete", args![0]), 0);
     assert!(pool.in_use() < pool.capacity());
     assert!(call(&b, app, "ui_make", args![0, 0]) > 0);
     b.stop_instance(app).expect("stop");
+}
+
+#[test]
+fn trampoline_pool_sizes_outside_one_to_the_maximum_are_refused() {
+    let max = broker::native::MAX_TRAMPOLINES;
+    for bad in [0, max + 1] {
+        let err = Broker::new(BrokerConfig { workers: 2, trampolines: bad }).err();
+        assert_eq!(
+            err,
+            Some(broker::Error::InvalidArgument {
+                field: "trampolines",
+                reason: format!("a pool holds 1 to {max} trampolines (the number compiled in), not {bad}"),
+            })
+        );
+    }
+    let largest = Broker::new(BrokerConfig { workers: 2, trampolines: max }).expect("the maximum is valid");
+    assert_eq!(largest.trampolines().capacity(), max);
 }
 
 #[test]

@@ -576,9 +576,21 @@ fn cli_talks_to_the_daemon() {
             Err(e) => (false, e.to_string()),
         }
     };
-    let (ok, text) = run(&["tenant", "create", "acme", "--regions", "3"]);
+    let (ok, text) = run(&["tenant", "create", "acme", "--regions", "3", "--cpu-shares", "2048"]);
     assert!(ok, "{text}");
     assert!(text.contains("acme") && text.contains("0/3"), "{text}");
+    let (ok, text) = run(&["tenant", "list", "--json"]);
+    assert!(ok, "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(json[0]["quotas"]["cpu_shares"], 2048);
+    assert_eq!(json[0]["quotas"]["regions"], 3);
+    assert_eq!(json[0]["usage"]["events"], 0);
+    let (ok, text) = run(&["tenant", "quotas", "acme", "--cpu-shares", "0"]);
+    assert!(!ok && text.contains("quotas.cpu_shares") && text.contains("1 to 65536"), "{text}");
+    let (ok, text) = run(&["tenant", "quotas", "acme", "--instances", "2", "--json"]);
+    assert!(ok, "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(json[0]["quotas"]["cpu_shares"], 2048, "unset flags keep their value");
     let (ok, text) =
         run(&["region", "create", "data", "--size", "4096", "--mode", "mirror", "--tenant", "acme"]);
     assert!(ok, "{text}");
@@ -938,6 +950,9 @@ fn every_request_field_is_validated() {
             pb::GrantRequest { region, instance: instance.into(), rights, offset, len }
         };
     let quota_req = |tenant: &str, quotas| pb::SetQuotasRequest { tenant: tenant.into(), quotas };
+    let shares = |cpu_shares: u64| Some(pb::Quotas { cpu_shares: Some(cpu_shares), ..pb::Quotas::default() });
+    let create_weighted =
+        |cpu_shares: u64| pb::CreateTenantRequest { name: "w".into(), quotas: shares(cpu_shares) };
     let token_req = |tenant: &str| pb::IssueTokenRequest { tenant: tenant.into(), rotate: false };
     let module_ref = |name: &str| pb::ModuleRef { tenant: String::new(), name: name.into() };
     let modules_of = |tenant: &str| pb::ListModulesRequest { tenant: tenant.into() };
@@ -954,6 +969,11 @@ fn every_request_field_is_validated() {
         bad!(d, admin, create_tenant, create_tenant("a/b"), InvalidArgument, "name"),
         bad!(d, admin, create_tenant, create_tenant("two words"), InvalidArgument, "name"),
         bad!(d, admin, create_tenant, create_tenant(&long), InvalidArgument, "name"),
+        bad!(d, admin, create_tenant, create_weighted(0), InvalidArgument, "quotas.cpu_shares"),
+        bad!(d, admin, create_tenant, create_weighted(65_537), InvalidArgument, "quotas.cpu_shares"),
+        bad!(d, admin, create_tenant, create_weighted(u64::MAX), InvalidArgument, "quotas.cpu_shares"),
+        bad!(d, admin, set_quotas, quota_req("t", shares(0)), InvalidArgument, "quotas.cpu_shares"),
+        bad!(d, admin, set_quotas, quota_req("t", shares(65_537)), InvalidArgument, "quotas.cpu_shares"),
         bad!(d, admin, set_quotas, quota_req("t", None), InvalidArgument, "quotas"),
         bad!(d, admin, set_quotas, quota_req("", quotas()), InvalidArgument, "tenant"),
         bad!(d, admin, set_quotas, quota_req("nobody", quotas()), NotFound),
@@ -1573,4 +1593,89 @@ fn r14_watch_streams_count_against_the_watches_quota() {
     let err = rpc!(d, t, watch_region, region_ref("", "r")).expect_err("a second stream is over the quota");
     assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
     drop(first);
+}
+
+/// Issue 14: the `cpu_shares` weight is optional (absent: 1024), refused outside 1 to 65536 with the
+/// range in the message (nothing created, nothing changed), reported with the quotas, and persisted: a
+/// restarted daemon has the same weights. `Usage.events` is reported (nothing queued here).
+#[test]
+fn r14_cpu_shares_round_trip_and_survive_a_restart() {
+    let dir = std::env::temp_dir().join(format!("broker-cpu-shares-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let quotas =
+        |cpu_shares: Option<u64>| Some(small_quotas(pb::Quotas { cpu_shares, ..Default::default() }));
+    let shares_of = |d: &Daemon, admin: &Client| {
+        let tenants = rpc!(d, admin, list_tenants, pb::ListTenantsRequest {}).expect("tenants").tenants;
+        tenants
+            .iter()
+            .map(|t| (t.name.clone(), t.quotas.and_then(|q| q.cpu_shares), t.usage.map(|u| u.events)))
+            .collect::<Vec<_>>()
+    };
+    {
+        let d = Daemon::start(Some(dir.clone()));
+        let admin = d.client(Some(&d.admin));
+        for bad in [0, 65_537] {
+            let create = pb::CreateTenantRequest { name: "heavy".into(), quotas: quotas(Some(bad)) };
+            let err = rpc!(d, admin, create_tenant, create).expect_err("out of range");
+            assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+            assert!(err.message().contains("`quotas.cpu_shares`"), "names the field: {}", err.message());
+            assert!(err.message().contains("1 to 65536"), "gives the range: {}", err.message());
+        }
+        let created = rpc!(
+            d,
+            admin,
+            create_tenant,
+            pb::CreateTenantRequest { name: "heavy".into(), quotas: quotas(Some(4096)) }
+        )
+        .expect("a valid weight");
+        assert_eq!(created.quotas.and_then(|q| q.cpu_shares), Some(4096));
+        let plain =
+            rpc!(d, admin, create_tenant, pb::CreateTenantRequest { name: "plain".into(), quotas: None })
+                .expect("default quotas");
+        assert_eq!(plain.quotas.and_then(|q| q.cpu_shares), Some(broker::Quotas::DEFAULT_CPU_SHARES));
+        let light = pb::SetQuotasRequest { tenant: "plain".into(), quotas: quotas(Some(2)) };
+        assert_eq!(
+            rpc!(d, admin, set_quotas, light).expect("set").quotas.and_then(|q| q.cpu_shares),
+            Some(2)
+        );
+        let refused = pb::SetQuotasRequest { tenant: "plain".into(), quotas: quotas(Some(0)) };
+        assert_eq!(code(rpc!(d, admin, set_quotas, refused)), Code::InvalidArgument);
+        let absent = pb::SetQuotasRequest { tenant: "heavy".into(), quotas: quotas(None) };
+        assert_eq!(
+            rpc!(d, admin, set_quotas, absent).expect("set").quotas.and_then(|q| q.cpu_shares),
+            Some(broker::Quotas::DEFAULT_CPU_SHARES),
+            "absent: the default, as for every optional quota"
+        );
+        let again = pb::SetQuotasRequest { tenant: "heavy".into(), quotas: quotas(Some(65_536)) };
+        rpc!(d, admin, set_quotas, again).expect("the largest weight");
+        assert_eq!(
+            shares_of(&d, &admin),
+            [("heavy".to_owned(), Some(65_536), Some(0)), ("plain".to_owned(), Some(2), Some(0))]
+        );
+        d.stop();
+    }
+    let d = Daemon::start(Some(dir.clone()));
+    let admin = d.client(Some(&d.admin));
+    assert_eq!(
+        shares_of(&d, &admin),
+        [("heavy".to_owned(), Some(65_536), Some(0)), ("plain".to_owned(), Some(2), Some(0))],
+        "the weights survived the restart"
+    );
+    d.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 14: `broker serve --trampolines N` reaches the broker's config, which refuses a pool size the C
+/// table cannot hold, before anything listens.
+#[test]
+fn r14_serve_refuses_a_trampoline_pool_outside_the_compiled_range() {
+    for bad in ["0", "1025"] {
+        let args = ["broker", "serve", "--listen", "127.0.0.1:0", "--trampolines", bad];
+        let cli = broker::control::cli::Cli::try_parse_from(args).expect("valid arguments");
+        let mut out = Vec::new();
+        let err = broker::control::cli::run(cli, &mut out).expect_err("refused");
+        let text = err.to_string();
+        assert!(text.contains("invalid trampolines") && text.contains("1 to 1024"), "{text}");
+        assert!(out.is_empty(), "nothing listened: {}", String::from_utf8_lossy(&out));
+    }
 }

@@ -196,6 +196,7 @@ fn the_documented_example_validates_and_runs() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/example.toml");
     let s = scenario::load(path).expect("example validates");
     assert_eq!(s.name, "example");
+    assert_eq!(s.tenants[0].quotas.cpu_shares, 2048, "the documented weight is read");
     let progress = CollectProgress::new();
     let report = scenario::run(
         &s,
@@ -327,6 +328,18 @@ fn validation_errors_name_the_file_the_line_and_the_field() {
             "name = \"p\"\n[[phase.check]]\nname = \"c\"\ntally = \"t\"\nexpect = { ops = \"ghost\" }",
             "phase[0].check[0].expect",
             "no actor \"ghost\"",
+        ),
+        (
+            "name = \"a\"",
+            "name = \"a\"\nquotas = { regions = 2, cpu_shares = 0 }",
+            "tenant[0].quotas.cpu_shares",
+            "1 to 65536",
+        ),
+        (
+            "name = \"a\"",
+            "name = \"a\"\nquotas = { cpu_shares = 65537 }",
+            "tenant[0].quotas.cpu_shares",
+            "out of range",
         ),
         ("name = \"t\"", "name = \"t\"\nbogus = 1", "(syntax)", "unknown field"),
         ("[[phase]]", "[[phase]\n", "(syntax)", ""),

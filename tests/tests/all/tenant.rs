@@ -33,6 +33,26 @@ fn region_quotas_refuse_and_leave_nothing_behind() {
     b.create_region(t, RegionSpec::new("c", 1, Mode::Handle)).expect("fits now");
 }
 
+/// Issue 14: `cpu_shares` is a weight the scheduler divides by, so 0 and values above the maximum are
+/// refused by the embedding API too, not only at the control plane; a refused change keeps the old value.
+#[test]
+fn r14_cpu_shares_outside_one_to_the_maximum_are_refused() {
+    let b = broker();
+    let shares = |cpu_shares| Quotas { cpu_shares, ..Quotas::default() };
+    let refused = |value: u64| Error::InvalidArgument {
+        field: "cpu_shares",
+        reason: format!("cpu_shares {value} is out of range: a weight is 1 to {}", Quotas::MAX_CPU_SHARES),
+    };
+    for bad in [0, Quotas::MAX_CPU_SHARES + 1, u64::MAX] {
+        assert_eq!(b.create_tenant("t", shares(bad)).err(), Some(refused(bad)));
+    }
+    assert_eq!(b.tenant_id("t"), None, "nothing was created");
+    let t = b.create_tenant("t", shares(1)).expect("the smallest weight");
+    b.set_quotas(t, shares(Quotas::MAX_CPU_SHARES)).expect("the largest weight");
+    assert_eq!(b.set_quotas(t, shares(0)).err(), Some(refused(0)));
+    assert_eq!(b.tenant_info(t).expect("info").quotas.cpu_shares, Quotas::MAX_CPU_SHARES);
+}
+
 #[test]
 fn region_creation_bad_inputs() {
     let b = broker();
@@ -179,6 +199,7 @@ fn guest_region_creation_counts_against_the_quota() {
             compiled_bytes: b.tenant_usage(t).expect("usage").compiled_bytes,
             trampolines: 0,
             watches: 0,
+            events: 0,
         }
     );
     // A handle quota of zero: the created region cannot be held, so it is not created at all.
