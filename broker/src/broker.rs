@@ -1042,7 +1042,7 @@ impl Drop for Broker {
         // progress (a spinning app, a parked wait) are interrupted first rather than waited for.
         let cells: Vec<_> = self.cells.write().drain().map(|(_, c)| c).collect();
         for cell in &cells {
-            cell.interrupt();
+            cell.close();
         }
         for cell in cells {
             // Every instance stops; a window that could not be revoked belongs to one of them anyway.

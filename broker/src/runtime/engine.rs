@@ -12,7 +12,10 @@ use crate::error::Error;
 
 /// How often the epoch advances; call deadlines are checked, long calls yield their worker, and
 /// waiting calls' timers fire at these ticks.
-pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(EPOCH_TICK_MS);
+
+/// [`EPOCH_TICK`] in milliseconds.
+pub(crate) const EPOCH_TICK_MS: u64 = 5;
 
 /// The engine plus the thread that advances its epoch; stopping is joining.
 pub(crate) struct EngineHandle {

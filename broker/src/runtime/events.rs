@@ -73,6 +73,15 @@ pub struct Pending {
 /// the app is stopped as a callback loop.
 pub const MAX_ECHO_CHAIN: u32 = 1024;
 
+/// What [`EventQueue::push`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    /// No delivery was pending: the caller must schedule one.
+    pub schedule: bool,
+    /// The queue holds one more event (the tenant's count of queued events goes up).
+    pub grew: bool,
+}
+
 /// The bounded queue of an instance.
 #[derive(Debug, Default)]
 pub struct EventQueue {
@@ -91,8 +100,9 @@ struct Queue {
 }
 
 impl EventQueue {
-    /// Queues an event; returns true if the caller must schedule a delivery job.
-    pub fn push(&self, e: Pending) -> bool {
+    /// Queues an event; says whether the caller must schedule a delivery job and whether the queue
+    /// grew (rather than merging the event into a pending one or replacing the oldest).
+    pub fn push(&self, e: Pending) -> Pushed {
         let mut q = self.inner.lock();
         let q = &mut *q;
         let is_watch = matches!(e.kind, EventKind::Watch { .. });
@@ -101,14 +111,14 @@ impl EventQueue {
                 merge(last, &e);
                 q.merged += 1;
                 // Events of this source are pending, so a delivery is already scheduled.
-                return false;
+                return Pushed { schedule: false, grew: false };
             }
         }
-        if q.events.len() >= QUEUE_CAPACITY {
+        let grew = if q.events.len() >= QUEUE_CAPACITY {
             if let Some(last) = q.events.iter_mut().rev().find(|p| p.source == e.source) {
                 merge(last, &e);
                 q.merged += 1;
-                return false;
+                return Pushed { schedule: false, grew: false };
             }
             // Nothing of this source to merge into: drop the oldest event instead, counted on the new one.
             if let Some(oldest) = q.events.pop_front() {
@@ -120,15 +130,17 @@ impl EventQueue {
             let mut e = e;
             e.missed = e.missed.saturating_add(1);
             q.events.push_back(e);
+            false
         } else {
             q.events.push_back(e);
-        }
+            true
+        };
         if is_watch {
             *q.watch_pending.entry(e.source).or_default() += 1;
         }
         let schedule = !q.scheduled;
         q.scheduled = true;
-        schedule
+        Pushed { schedule, grew }
     }
 
     /// Takes every pending event (the delivery job calls this before delivering).
@@ -283,10 +295,14 @@ mod tests {
     #[test]
     fn changes_of_one_watch_merge_beyond_its_capacity() {
         let q = EventQueue::default();
-        assert!(q.push(watch(1, 1, 0)));
+        assert_eq!(q.push(watch(1, 1, 0)), Pushed { schedule: true, grew: true });
+        let mut grew = 1;
         for v in 2..=1000u64 {
-            assert!(!q.push(watch(1, v, (v % 3) * 8)), "already scheduled");
+            let pushed = q.push(watch(1, v, (v % 3) * 8));
+            assert!(!pushed.schedule, "already scheduled");
+            grew += usize::from(pushed.grew);
         }
+        assert_eq!(grew, WATCH_SOURCE_CAPACITY, "merged events do not grow the queue");
         q.push(watch(2, 1001, 0));
         let events = q.take();
         let of_one: Vec<&Pending> = events.iter().filter(|p| p.source == 1).collect();
@@ -296,19 +312,20 @@ mod tests {
         assert_eq!(last.kind, EventKind::Watch { handle: 1, version: 1000, offset: 0, len: 24 });
         assert_eq!(events.len(), WATCH_SOURCE_CAPACITY + 1, "another watch is not merged into it");
         assert_eq!(q.merged() as usize, 1000 - WATCH_SOURCE_CAPACITY);
-        assert!(q.push(watch(1, 2000, 0)), "after a take, the next push schedules again");
+        assert!(q.push(watch(1, 2000, 0)).schedule, "after a take, the next push schedules again");
     }
 
     #[test]
     fn a_full_queue_merges_into_the_same_source_and_counts() {
         let q = EventQueue::default();
-        assert!(q.push(native(1, 0)));
+        assert!(q.push(native(1, 0)).schedule);
         for k in 1..QUEUE_CAPACITY {
-            assert!(!q.push(native(1, i32::try_from(k).expect("small"))), "already scheduled");
+            let pushed = q.push(native(1, i32::try_from(k).expect("small")));
+            assert_eq!(pushed, Pushed { schedule: false, grew: true }, "already scheduled");
         }
         // Full: the next events merge into the last one of their source.
-        q.push(native(1, 1000));
-        q.push(native(1, 1001));
+        assert!(!q.push(native(1, 1000)).grew);
+        assert!(!q.push(native(1, 1001)).grew);
         let events = q.take();
         assert_eq!(events.len(), QUEUE_CAPACITY);
         let last = events.back().copied().expect("events");
@@ -330,7 +347,7 @@ mod tests {
         for s in 0..QUEUE_CAPACITY as u64 {
             q.push(watch(s, 1, 0));
         }
-        q.push(watch(9999, 2, 0));
+        assert!(!q.push(watch(9999, 2, 0)).grew, "one in, the oldest out");
         let events = q.take();
         assert_eq!(events.len(), QUEUE_CAPACITY);
         assert_eq!(events.front().map(|p| p.source), Some(1), "the oldest went");

@@ -71,6 +71,9 @@ pub(crate) struct InstanceState {
     deadline: Instant,
     /// Set by [`InstanceCell::interrupt`] to stop the current call at the next tick.
     kill: Arc<AtomicBool>,
+    /// Time the current call spent runnable but waiting for a worker (preempted), in nanoseconds: it
+    /// extends the deadline, so other tenants' fair share never uses up this call's budget.
+    credit: Arc<AtomicU64>,
     /// Says whether other work waits for a worker, so a long call yields its own.
     pool: PoolHandle,
 }
@@ -78,12 +81,19 @@ pub(crate) struct InstanceState {
 impl InstanceState {
     /// Whether the current call must end: the host interrupted it or its budget ran out.
     pub(crate) fn interrupted(&self) -> bool {
-        self.kill.load(Ordering::Acquire) || Instant::now() >= self.deadline
+        self.kill.load(Ordering::Acquire) || Instant::now() >= self.call_deadline()
     }
 
-    /// When the current call's budget runs out.
+    /// When the current call's budget runs out: its deadline, plus the time it spent preempted.
     pub(crate) fn call_deadline(&self) -> Instant {
-        self.deadline
+        let credit = Duration::from_nanos(self.credit.load(Ordering::Relaxed));
+        self.deadline.checked_add(credit).unwrap_or(self.deadline)
+    }
+
+    /// Starts a new call's budget.
+    fn start_call(&mut self, timeout: Duration) {
+        self.deadline = deadline_after(timeout);
+        self.credit.store(0, Ordering::Relaxed);
     }
 }
 
@@ -91,6 +101,18 @@ impl InstanceState {
 pub(crate) struct Live {
     store: Store<InstanceState>,
     instance: Instance,
+}
+
+impl Drop for Live {
+    /// Capabilities (and so the shared windows mapped into the store's memory) go before the store
+    /// and its memory do, however the store is dropped: torn down, or unwound with a panicking job.
+    /// Removing an instance's capabilities twice is a no-op.
+    fn drop(&mut self) {
+        let ctx = &self.store.data().ctx;
+        if let Err(e) = ctx.core.caps.lock().remove_instance(ctx.instance) {
+            tracing::warn!(instance = %ctx.instance, "{e}");
+        }
+    }
 }
 
 /// An instance as the broker and the pool see it.
@@ -113,6 +135,12 @@ pub(crate) struct InstanceCell {
     /// Wakes this cell's suspended job: puts the cell back in the run queue.
     waker: Waker,
     kill: Arc<AtomicBool>,
+    /// See [`InstanceState::credit`].
+    credit: Arc<AtomicU64>,
+    /// When the cell was queued again with its job suspended (preempted or woken), to credit the wait.
+    requeued: Mutex<Option<Instant>>,
+    /// Stopping for good: calls and deliveries still queued are refused rather than run.
+    closing: AtomicBool,
     /// Bytes and pages this instance moved, across restarts.
     pub(crate) traffic: Arc<Traffic>,
     /// Events waiting for delivery to the app's callbacks.
@@ -128,6 +156,14 @@ pub(crate) struct InstanceCell {
     /// The store, or the suspended job that owns it; taken only by the worker holding the cell.
     slot: Mutex<Slot>,
     status: Mutex<InstanceStatus>,
+}
+
+impl Drop for InstanceCell {
+    /// Events still queued go with the instance: its tenant no longer holds them.
+    fn drop(&mut self) {
+        let rest = self.events.take();
+        self.tenant.events_taken(u64::try_from(rest.len()).unwrap_or(u64::MAX));
+    }
 }
 
 /// The waker of an instance's jobs. Weak, so a waker left in a timer or a region's waiter list does
@@ -187,6 +223,9 @@ impl InstanceCell {
             suspended: AtomicBool::new(false),
             waker: Waker::from(Arc::new(CellWaker(me.clone()))),
             kill: Arc::new(AtomicBool::new(false)),
+            credit: Arc::new(AtomicU64::new(0)),
+            requeued: Mutex::new(None),
+            closing: AtomicBool::new(false),
             traffic: Arc::new(Traffic::default()),
             events: EventQueue::default(),
             dead_events: AtomicU64::new(0),
@@ -226,6 +265,7 @@ impl InstanceCell {
         // (woken): see `reschedule`.
         fence(Ordering::SeqCst);
         if !self.scheduled.swap(true, Ordering::SeqCst) {
+            self.requeued.lock().get_or_insert_with(Instant::now);
             self.pool.schedule(Arc::clone(self));
         }
     }
@@ -248,9 +288,13 @@ impl InstanceCell {
         // Pairs with the fences in `post` and `wake`: a job posted or a wake-up made during the turn,
         // which saw `scheduled == true` and so did not queue the cell, is seen here.
         fence(Ordering::SeqCst);
-        let runnable = self.woken.load(Ordering::SeqCst)
-            || (!self.suspended.load(Ordering::Relaxed) && !self.mailbox_rx.is_empty());
-        runnable && !self.scheduled.swap(true, Ordering::SeqCst)
+        let suspended = self.suspended.load(Ordering::Relaxed);
+        let runnable = self.woken.load(Ordering::SeqCst) || (!suspended && !self.mailbox_rx.is_empty());
+        let requeue = runnable && !self.scheduled.swap(true, Ordering::SeqCst);
+        if requeue && suspended {
+            self.requeued.lock().get_or_insert_with(Instant::now);
+        }
+        requeue
     }
 
     /// Where producers (region watchers, native trampolines) send events for this instance.
@@ -260,7 +304,11 @@ impl InstanceCell {
 
     /// Queues an event and, if none is pending, posts a job that delivers the queue.
     fn deliver(self: &Arc<Self>, e: Pending) {
-        if self.events.push(e) {
+        let pushed = self.events.push(e);
+        if pushed.grew {
+            self.tenant.events_queued(1);
+        }
+        if pushed.schedule {
             let mut job = Job::new(|cell, mut live| {
                 Box::pin(async move {
                     cell.drain_events(&mut live).await;
@@ -275,8 +323,12 @@ impl InstanceCell {
     /// Calls the app's callback for every queued event, on this instance's worker.
     async fn drain_events(&self, live: &mut Option<Live>) {
         let events = self.events.take();
+        self.tenant.events_taken(u64::try_from(events.len()).unwrap_or(u64::MAX));
         let state = self.status.lock().state;
-        let Some(l) = live.as_mut().filter(|_| state == RunState::Running) else {
+        // An interrupt that came while the instance was idle is stale: it was for no call of this job.
+        self.kill.store(false, Ordering::Release);
+        let closing = self.closing.load(Ordering::Acquire);
+        let Some(l) = live.as_mut().filter(|_| state == RunState::Running && !closing) else {
             self.dead_events.fetch_add(u64::try_from(events.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
             return;
         };
@@ -349,7 +401,7 @@ impl InstanceCell {
                 self.dead_events.fetch_add(u64::try_from(rest).unwrap_or(u64::MAX), Ordering::Relaxed);
                 return;
             }
-            l.store.data_mut().deadline = deadline_after(self.config.call_timeout);
+            l.store.data_mut().start_call(self.config.call_timeout);
             l.store.set_epoch_deadline(1);
             let called = func.call_async(&mut l.store, &args, &mut []).await;
             match stopped(&l.store, called) {
@@ -377,8 +429,14 @@ impl InstanceCell {
     }
 
     async fn instantiate(&self) -> Result<Live, Error> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(InstanceError::NotRunning { state: RunState::Stopped }.into());
+        }
         let module = self.pre.module();
         let fence = Fence::new(module.engine().clone());
+        // A stale interrupt (sent while the instance was idle) must not cut the start function short.
+        self.kill.store(false, Ordering::Release);
+        self.credit.store(0, Ordering::Relaxed);
         let state = InstanceState {
             ctx: GuestCtx::new(
                 Arc::clone(&self.core),
@@ -391,6 +449,7 @@ impl InstanceCell {
             limiter: TenantLimiter::new(Arc::clone(&self.tenant), self.config.max_memory_bytes),
             deadline: deadline_after(self.config.call_timeout),
             kill: Arc::clone(&self.kill),
+            credit: Arc::clone(&self.credit),
             pool: self.pool.clone(),
         };
         let mut store = Store::new(module.engine(), state);
@@ -456,8 +515,15 @@ impl InstanceCell {
     /// starts queued jobs, at most `max`, until one suspends or none is left.
     pub(super) fn run_jobs(self: &Arc<Self>, max: usize) {
         let mut slot = self.slot.lock();
-        // Cleared before polling, so a wake-up during the poll is kept for `reschedule`.
-        self.woken.store(false, Ordering::SeqCst);
+        // Cleared before polling, so a wake-up during the poll is kept for `reschedule`; a swap, so the
+        // poll sees what the waker's caller wrote before waking (an interrupt's kill flag).
+        self.woken.swap(false, Ordering::SeqCst);
+        if let Some(since) = self.requeued.lock().take() {
+            if matches!(*slot, Slot::Busy { .. }) {
+                let waited = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.credit.fetch_add(waited, Ordering::Relaxed);
+            }
+        }
         let mut cx = Context::from_waker(&self.waker);
         let mut started = 0;
         loop {
@@ -492,12 +558,9 @@ impl InstanceCell {
         }
     }
 
-    /// After a job panicked: its capabilities go (while the task still owns the memory their windows
-    /// are mapped into), then the task and its store, and the instance is marked trapped.
+    /// After a job panicked: the task is dropped (its store went while the panic unwound, and took its
+    /// capabilities with it first: see `Live`'s `Drop`), and the instance is marked trapped.
     fn contain_panic(&self, slot: &mut Slot) {
-        if let Err(e) = self.core.caps.lock().remove_instance(self.id) {
-            tracing::warn!(instance = %self.id, "{e}");
-        }
         *slot = Slot::Idle(None);
         let mut s = self.status.lock();
         s.state = RunState::Trapped;
@@ -540,6 +603,9 @@ impl InstanceCell {
         export: &str,
         args: &[Val],
     ) -> Result<Vec<Val>, InstanceError> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(InstanceError::NotRunning { state: RunState::Stopped });
+        }
         let state = self.status.lock().state;
         let Some(l) = live.as_mut().filter(|_| state == RunState::Running) else {
             return Err(InstanceError::NotRunning { state });
@@ -566,7 +632,7 @@ impl InstanceCell {
             return Err(self.record_trap(&wasmtime::Error::new(StopTrap(stop)), false));
         }
         self.kill.store(false, Ordering::Release);
-        l.store.data_mut().deadline = deadline_after(self.config.call_timeout);
+        l.store.data_mut().start_call(self.config.call_timeout);
         l.store.set_epoch_deadline(1);
         let called = func.call_async(&mut l.store, args, &mut results).await;
         let outcome = stopped(&l.store, called);
@@ -645,6 +711,7 @@ impl InstanceCell {
     /// # Errors
     /// As `teardown`: the instance is stopped either way.
     pub(crate) fn stop(self: &Arc<Self>, pool: &WorkerPool) -> Result<(), Error> {
+        self.close();
         let (tx, rx) = bounded(1);
         pool.submit(
             self,
@@ -672,6 +739,13 @@ impl InstanceCell {
             Some(what) => format!("{what}: {message}"),
             None => message,
         }
+    }
+
+    /// Marks the instance as stopping for good and interrupts its call in progress: calls and
+    /// deliveries queued behind it are refused instead of run, so stopping takes at most a tick.
+    pub(crate) fn close(self: &Arc<Self>) {
+        self.closing.store(true, Ordering::Release);
+        self.interrupt();
     }
 
     /// Stops the call in progress (if any) at the next epoch tick, or now if it is parked in a wait;

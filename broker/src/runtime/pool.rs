@@ -11,8 +11,9 @@
 //! Which tenant goes next is decided by CPU time, as Linux CFS does: every tenant has a virtual
 //! runtime, the worker time its instances used divided by its `cpu_shares` weight, and the runnable
 //! tenant with the smallest virtual runtime goes next (ties in round-robin order). A tenant that was
-//! idle comes back at the smallest virtual runtime in play, so idling earns no credit to starve the
-//! others with later. A tenant with many busy instances gets its weighted share, not one share per
+//! idle comes back no lower than the virtual runtime of the last tenant given a turn, so idling earns
+//! no credit to starve the others with later; and one turn is charged at most a few ticks (a call
+//! yields within a tick of anyone else wanting a worker), so using an idle machine earns no debt. A tenant with many busy instances gets its weighted share, not one share per
 //! instance. Within a tenant, instances run in the order they became runnable.
 //!
 //! A tenant whose `max_workers` quota is set occupies at most that many workers at once: it is passed
@@ -28,10 +29,14 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::instance::{InstanceCell, Job};
-use crate::tenant::TenantId;
+use crate::tenant::{Quotas, TenantId};
 
-// TODO(r14 merge): Quotas::DEFAULT_CPU_SHARES and the tenant's cpu_shares quota.
-const DEFAULT_CPU_SHARES: u64 = 1024;
+/// The most worker time one turn is charged. A running call yields within a tick of other work
+/// becoming runnable, so time beyond a few ticks in one turn was time no other tenant asked for:
+/// charging it would let a tenant that used an idle machine be starved afterwards by one that was not
+/// there (the scheduler is work-conserving). Host operations without an epoch check inside (one large
+/// copy) can overrun by their own length; this undercharges them, and only them.
+const MAX_CHARGE: Duration = Duration::from_millis(4 * super::engine::EPOCH_TICK_MS);
 
 /// Jobs an instance starts in one turn before it gives its worker back.
 const BATCH: usize = 16;
@@ -46,7 +51,7 @@ struct TenantQueue<T> {
     runnable: VecDeque<T>,
     /// Workers it occupies right now.
     running: usize,
-    /// Worker time used, in nanoseconds scaled by `DEFAULT_CPU_SHARES / cpu_shares`.
+    /// Worker time used, in nanoseconds scaled by `Quotas::DEFAULT_CPU_SHARES / cpu_shares`.
     vruntime: u64,
 }
 
@@ -58,7 +63,8 @@ struct Queues<T> {
     /// Tenants with runnable or running instances, and idle ones still ahead of `floor` (an idle one
     /// at or behind it would come back at `floor` anyway, so it is forgotten).
     tenants: HashMap<TenantId, TenantQueue<T>>,
-    /// The smallest virtual runtime of a tenant given a turn so far; never decreases.
+    /// The virtual runtime of the last tenant given a turn (the least runnable one then); never
+    /// decreases.
     floor: u64,
     /// The pool is shutting down: workers exit.
     stopping: bool,
@@ -121,7 +127,7 @@ impl<T> Queues<T> {
     fn finished(&mut self, tenant: TenantId, ran: Duration, shares: u64) {
         let Some(q) = self.tenants.get_mut(&tenant) else { return };
         q.running = q.running.saturating_sub(1);
-        q.vruntime = q.vruntime.saturating_add(weighted(ran, shares));
+        q.vruntime = q.vruntime.saturating_add(weighted(ran.min(MAX_CHARGE), shares));
         if q.running == 0 && q.runnable.is_empty() && q.vruntime <= self.floor {
             self.tenants.remove(&tenant);
         }
@@ -136,7 +142,7 @@ impl<T> Queues<T> {
 /// `ran` in nanoseconds, scaled by the default weight over `shares` (at least 1).
 fn weighted(ran: Duration, shares: u64) -> u64 {
     let ns = u128::from(u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX));
-    let scaled = ns * u128::from(DEFAULT_CPU_SHARES) / u128::from(shares.max(1));
+    let scaled = ns * u128::from(Quotas::DEFAULT_CPU_SHARES) / u128::from(shares.max(1));
     u64::try_from(scaled).unwrap_or(u64::MAX)
 }
 
@@ -303,8 +309,8 @@ fn worker_cap(cell: &Arc<InstanceCell>) -> usize {
 }
 
 /// The weight `cell`'s tenant's CPU time is charged at.
-fn cpu_shares(_cell: &Arc<InstanceCell>) -> u64 {
-    DEFAULT_CPU_SHARES
+fn cpu_shares(cell: &Arc<InstanceCell>) -> u64 {
+    cell.tenant.quotas().cpu_shares
 }
 
 fn work(scheduler: &Scheduler) {
@@ -331,7 +337,10 @@ impl Drop for WorkerPool {
 mod tests {
     use std::time::Duration;
 
-    use super::{Queues, TenantId, DEFAULT_CPU_SHARES};
+    use super::{Queues, TenantId};
+    use crate::tenant::Quotas;
+
+    const DEFAULT_CPU_SHARES: u64 = Quotas::DEFAULT_CPU_SHARES;
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -414,6 +423,36 @@ mod tests {
         q.finished(b, 6 * MS, DEFAULT_CPU_SHARES);
         q.push(b, "b-next");
         assert_eq!(q.take_turn(|_| 0), Some("a-next"), "b's 6 ms put it past a");
+    }
+
+    #[test]
+    fn a_long_turn_on_an_idle_machine_earns_no_debt() {
+        let (a, b) = (TenantId(1), TenantId(2));
+        let mut q = Queues::default();
+        q.push(a, "a");
+        assert_eq!(q.take_turn(|_| 0), Some("a"));
+        // b arrives while a's call has been running alone for a minute; a yields at the next tick.
+        q.push(b, "b");
+        q.finished(a, Duration::from_secs(60), DEFAULT_CPU_SHARES);
+        q.push(a, "a");
+        // b always has more work, in 5 ms turns. a was charged a few ticks, not a minute, so it gets a
+        // turn again after a few of b's, not after a minute of them.
+        let mut b_turns = 0;
+        loop {
+            match q.take_turn(|_| 0) {
+                Some("b") => {
+                    b_turns += 1;
+                    assert!(b_turns <= 8, "a starved after using an idle machine");
+                    q.finished(b, 5 * MS, DEFAULT_CPU_SHARES);
+                    q.push(b, "b");
+                }
+                other => {
+                    assert_eq!(other, Some("a"));
+                    break;
+                }
+            }
+        }
+        assert!(b_turns >= 1, "b went first: a had used more");
     }
 
     #[test]

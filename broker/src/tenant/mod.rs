@@ -363,26 +363,12 @@ impl Tenant {
     ///
     /// Called on every event, so it is one atomic update. The counter is a statistic that publishes no
     /// other memory, hence `Relaxed`; it saturates rather than wraps.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "runtime/ calls it once its event queues report to their tenant (issue 14)"
-        )
-    )]
     pub(crate) fn events_queued(&self, n: u64) {
         let _ = self.events.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(c.saturating_add(n)));
     }
 
     /// Counts `n` queued events gone: taken for delivery, or dropped with their queue (an instance that
     /// stopped, trapped or restarted). Saturates at 0, as [`Tenant::release`] does.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "runtime/ calls it once its event queues report to their tenant (issue 14)"
-        )
-    )]
     pub(crate) fn events_taken(&self, n: u64) {
         let _ = self.events.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(c.saturating_sub(n)));
     }

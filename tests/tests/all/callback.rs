@@ -107,11 +107,17 @@ fn a_watch_flood_is_bounded_merged_and_counted() {
         for i in 0..writes {
             b.write_region(data, i % 4000, &[1]).expect("write");
         }
+        let capacity = broker::runtime::events::WATCH_SOURCE_CAPACITY as u64;
+        assert_eq!(
+            b.tenant_usage(t).expect("usage").events,
+            capacity,
+            "the tenant's usage counts the events queued for its busy app"
+        );
         b.write_region(flag, 0, &1u64.to_le_bytes()).expect("release");
         assert!(busy.join().expect("thread").expect("busy call") >= 0);
         let calls = u64::try_from(call(&b, app, "watch_calls", args![])).expect("count");
+        assert_eq!(b.tenant_usage(t).expect("usage").events, 0, "delivered events leave the count");
         let missed = u64::try_from(call(&b, app, "watch_missed", args![])).expect("count");
-        let capacity = broker::runtime::events::WATCH_SOURCE_CAPACITY as u64;
         assert_eq!(calls, capacity, "the queue held exactly the watch's capacity while the app was busy");
         assert_eq!(calls + missed, writes, "every change was delivered or counted as missed");
         assert_eq!(call(&b, app, "watch_out_of_order", args![]), 0);

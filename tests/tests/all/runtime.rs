@@ -173,35 +173,23 @@ fn memory_bomb_is_capped_by_instance_and_tenant_limits() {
     assert!(b.tenant_usage(t).expect("usage") == broker::Usage::default(), "unloading gives the module back");
 }
 
-/// Issue 14: a tenant capped at one worker spins in two instances with hour-long deadlines on a
-/// two-worker broker: the two calls take turns on its one worker (both get to run: each raises its own
-/// flag inside its loop), and another tenant's calls are served meanwhile. Ordered by events: only the
-/// test's interrupts end the spinners. (That the capped tenant never occupies two workers at once is
-/// the scheduler's unit test `a_tenant_at_its_worker_cap_waits_while_others_run`.)
-#[test]
-fn r14_a_tenant_capped_at_one_worker_cannot_take_every_worker() {
-    watchdog(120, || {
-        let b = std::sync::Arc::new(broker());
-        let capped = Quotas { max_workers: 1, max_call_timeout_ms: 3_600_000, ..Quotas::default() };
-        let evil = b.create_tenant("evil", capped).expect("tenant");
-        let acme = tenant(&b, "acme");
-        let flag = b.create_region(evil, RegionSpec::new("flag", 64, Mode::Handle)).expect("region");
-        let hour = InstanceConfig { call_timeout: Duration::from_secs(3600), ..InstanceConfig::default() };
-        let spinners: Vec<_> = (1..=2)
-            .map(|i| start_with(&b, evil, "runtime_misbehave", &format!("s{i}"), hour.clone()))
-            .collect();
-        let victim = start(&b, acme, "handle_app", "victim");
-        let threads = spin_all(&b, &spinners, "spin_signal_at");
-        wait_raised(&b, flag, &threads);
-        for _ in 0..100 {
-            assert_eq!(call(&b, victim, "ping", args![]), 1);
+/// Interrupts the calls it holds when dropped, so a failing test does not leave hour-long spinners
+/// behind to starve the tests that run after it.
+struct Interrupts(std::sync::Arc<broker::Broker>, Vec<broker::InstanceId>);
+
+impl Drop for Interrupts {
+    fn drop(&mut self) {
+        for &i in &self.1 {
+            let _ = self.0.interrupt(i);
         }
-        for (&s, t) in spinners.iter().zip(threads) {
-            b.interrupt(s).expect("interrupt");
-            assert_eq!(t.join().expect("thread").err(), Some(Error::Instance(InstanceError::Killed)));
-        }
-        assert_eq!(call(&b, victim, "ping", args![]), 1);
-    });
+    }
+}
+
+/// A tenant whose instances may run calls of up to an hour, and that config.
+fn hour_tenant(b: &broker::Broker, name: &str, max_workers: u64) -> (broker::TenantId, InstanceConfig) {
+    let quotas = Quotas { max_workers, max_call_timeout_ms: 3_600_000, ..Quotas::default() };
+    let t = b.create_tenant(name, quotas).expect("tenant");
+    (t, InstanceConfig { call_timeout: Duration::from_secs(3600), ..InstanceConfig::default() })
 }
 
 /// Calls `export(slot)` on each instance on a thread of its own, with slots 1, 2, ...
@@ -234,6 +222,45 @@ fn wait_raised<T>(b: &broker::Broker, flag: broker::RegionId, threads: &[std::th
     }
 }
 
+/// Starts `n` instances of `runtime_misbehave` named `{prefix}1..` with `config`.
+fn misbehavers(
+    b: &broker::Broker,
+    t: broker::TenantId,
+    prefix: &str,
+    n: usize,
+    config: &InstanceConfig,
+) -> Vec<broker::InstanceId> {
+    (1..=n).map(|i| start_with(b, t, "runtime_misbehave", &format!("{prefix}{i}"), config.clone())).collect()
+}
+
+/// Issue 14: a tenant capped at one worker spins in two instances with hour-long deadlines on a
+/// two-worker broker: the two calls take turns on its one worker (both get to run: each raises its own
+/// flag inside its loop), and another tenant's calls are served meanwhile. Ordered by events: only the
+/// test's interrupts end the spinners. (That the capped tenant never occupies two workers at once is
+/// the scheduler's unit test `a_tenant_at_its_worker_cap_waits_while_others_run`.)
+#[test]
+fn r14_a_capped_tenants_spinners_share_its_worker_while_a_victim_is_served() {
+    watchdog(120, || {
+        let b = std::sync::Arc::new(broker());
+        let (evil, hour) = hour_tenant(&b, "evil", 1);
+        let acme = tenant(&b, "acme");
+        let flag = b.create_region(evil, RegionSpec::new("flag", 64, Mode::Handle)).expect("region");
+        let spinners = misbehavers(&b, evil, "s", 2, &hour);
+        let victim = start(&b, acme, "handle_app", "victim");
+        let _guard = Interrupts(std::sync::Arc::clone(&b), spinners.clone());
+        let threads = spin_all(&b, &spinners, "spin_signal_at");
+        wait_raised(&b, flag, &threads);
+        for _ in 0..100 {
+            assert_eq!(call(&b, victim, "ping", args![]), 1);
+        }
+        for (&s, t) in spinners.iter().zip(threads) {
+            b.interrupt(s).expect("interrupt");
+            assert_eq!(t.join().expect("thread").err(), Some(Error::Instance(InstanceError::Killed)));
+        }
+        assert_eq!(call(&b, victim, "ping", args![]), 1);
+    });
+}
+
 /// Issue 14: with no worker cap, a tenant spins in more instances than there are workers, each with an
 /// hour-long deadline. Calls are preempted at epoch ticks, so every spinner gets to run (each raises
 /// its own flag once inside its loop, which with three spinners on two workers only happens if running
@@ -243,15 +270,12 @@ fn wait_raised<T>(b: &broker::Broker, flag: broker::RegionId, threads: &[std::th
 fn r14_a_victim_is_served_while_spinners_hold_every_worker_for_an_hour() {
     watchdog(120, || {
         let b = std::sync::Arc::new(broker());
-        let hour_cap = Quotas { max_call_timeout_ms: 3_600_000, ..Quotas::default() };
-        let evil = b.create_tenant("evil", hour_cap).expect("tenant");
+        let (evil, hour) = hour_tenant(&b, "evil", 0);
         let acme = tenant(&b, "acme");
         let flag = b.create_region(evil, RegionSpec::new("flag", 64, Mode::Handle)).expect("region");
-        let hour = InstanceConfig { call_timeout: Duration::from_secs(3600), ..InstanceConfig::default() };
-        let spinners: Vec<_> = (1..=3)
-            .map(|i| start_with(&b, evil, "runtime_misbehave", &format!("s{i}"), hour.clone()))
-            .collect();
+        let spinners = misbehavers(&b, evil, "s", 3, &hour);
         let victim = start(&b, acme, "handle_app", "victim");
+        let _guard = Interrupts(std::sync::Arc::clone(&b), spinners.clone());
         let threads = spin_all(&b, &spinners, "spin_signal_at");
         wait_raised(&b, flag, &threads);
         for _ in 0..100 {
@@ -266,29 +290,24 @@ fn r14_a_victim_is_served_while_spinners_hold_every_worker_for_an_hour() {
 }
 
 /// Issue 14: calls parked in `region_wait` hold no worker. More instances than there are workers wait
-/// (in a loop, so a design that pinned a worker per wait would never run the last one, nor the
-/// victim); the victim's calls are served; an interrupt ends a parked wait at once; and a change of
-/// the word ends the others.
+/// in a loop (a design that pinned a worker per wait would never run the last one, nor the victim);
+/// the victim's calls are served; and a change of the word ends the waits.
 #[test]
 fn r14_waiting_calls_hold_no_worker() {
     watchdog(120, || {
         let b = std::sync::Arc::new(broker());
-        let waits = tenant(&b, "waits");
+        let (waits, hour) = hour_tenant(&b, "waits", 0);
         let acme = tenant(&b, "acme");
         let flag = b.create_region(waits, RegionSpec::new("flag", 64, Mode::Handle)).expect("region");
-        let waiters: Vec<_> =
-            (1..=3).map(|i| start(&b, waits, "runtime_misbehave", &format!("w{i}"))).collect();
+        let waiters = misbehavers(&b, waits, "w", 3, &hour);
         let victim = start(&b, acme, "handle_app", "victim");
-        let mut threads = spin_all(&b, &waiters, "wait_signal_at");
+        let _guard = Interrupts(std::sync::Arc::clone(&b), waiters.clone());
+        let threads = spin_all(&b, &waiters, "wait_signal_at");
         wait_raised(&b, flag, &threads);
         for _ in 0..100 {
             assert_eq!(call(&b, victim, "ping", args![]), 1);
         }
-        // The first waiter is interrupted while parked (the word has not changed).
-        b.interrupt(waiters[0]).expect("interrupt");
-        let first = threads.remove(0);
-        assert_eq!(first.join().expect("thread").err(), Some(Error::Instance(InstanceError::Killed)));
-        // The others return once the word changes (each wait re-checks it within a second).
+        // The waits return once the word changes (each re-checks it within a second).
         b.write_region(flag, 0, &1u64.to_ne_bytes()).expect("write");
         for t in threads {
             match t.join().expect("thread").expect("wait returns").as_slice() {
@@ -296,6 +315,42 @@ fn r14_waiting_calls_hold_no_worker() {
                 other => panic!("unexpected results {other:?}"),
             }
         }
-        assert_eq!(b.instance_status(waiters[0]).expect("status").state, RunState::Trapped);
+    });
+}
+
+/// Issue 14: a parked wait is woken by another app's `region_notify` (it returns OK although the word
+/// never changed: only a notify ends it early) and by the host's interrupt (the call ends `Killed`,
+/// where an interrupt that did not wake it would let it time out and return normally).
+#[test]
+fn r14_a_parked_wait_is_woken_by_notify_and_by_interrupt() {
+    watchdog(120, || {
+        let b = std::sync::Arc::new(broker());
+        let (t, hour) = hour_tenant(&b, "waits", 0);
+        let flag = b.create_region(t, RegionSpec::new("flag", 64, Mode::Handle)).expect("region");
+        let apps = misbehavers(&b, t, "w", 2, &hour);
+        let _guard = Interrupts(std::sync::Arc::clone(&b), apps.clone());
+
+        // Notify: the waiter raises its flag just before parking, so the notifier keeps notifying until
+        // the wait returns; a notify that lands before it parks is simply not the one that wakes it.
+        let threads = spin_all(&b, &apps[..1], "wait_once_at");
+        wait_raised(&b, flag, &threads);
+        while !threads[0].is_finished() {
+            assert_eq!(call(&b, apps[1], "notify", args![]), 0);
+        }
+        let woken = threads.into_iter().next().expect("one").join().expect("thread");
+        assert!(
+            matches!(woken.as_deref(), Ok([wasmtime::Val::I64(0)])),
+            "a notified wait returns OK, not BROKER_ERR_TIMED_OUT: {woken:?}"
+        );
+
+        // Interrupt: the second waiter is interrupted while parked.
+        b.write_region(flag, 0, &[0; 64]).expect("lower the flags");
+        let threads = spin_all(&b, &apps[1..], "wait_once_at");
+        wait_raised(&b, flag, &threads);
+        b.interrupt(apps[1]).expect("interrupt");
+        let killed = threads.into_iter().next().expect("one").join().expect("thread");
+        assert_eq!(killed.err(), Some(Error::Instance(InstanceError::Killed)));
+        assert_eq!(b.instance_status(apps[1]).expect("status").state, RunState::Trapped);
+        assert_eq!(call(&b, apps[0], "ping", args![]), 7, "the notified app still answers");
     });
 }

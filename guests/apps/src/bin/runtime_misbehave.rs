@@ -94,3 +94,20 @@ fn signal(slot: i32) {
         let _ = flag.into_raw();
     }
 }
+
+/// Writes 1 at word `slot` of the region "flag", then waits once (`region_wait` for up to a second)
+/// while word 0 is 0; returns the wait's status (0: woken or the word changed, negative: an error, such
+/// as `BROKER_ERR_TIMED_OUT`), or -1 if the region cannot be opened.
+#[no_mangle]
+pub extern "C" fn wait_once_at(slot: i32) -> i64 {
+    let Ok(flag) = broker_guest::Region::open("flag") else { return -1 };
+    signal(slot);
+    i64::from(broker_guest::sys::region_wait(flag.raw(), 0, 0, 1000))
+}
+
+/// Wakes every call parked on the region "flag" (`region_notify`); returns the status.
+#[no_mangle]
+pub extern "C" fn notify() -> i64 {
+    let Ok(flag) = broker_guest::Region::open("flag") else { return -1 };
+    i64::from(broker_guest::sys::region_notify(flag.raw(), 0))
+}
