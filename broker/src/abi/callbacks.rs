@@ -22,7 +22,7 @@ use crate::native::{EventCode, ObjectId, OBJ_FIELDS_SIZE};
 use crate::region::{Backing, Change};
 use crate::runtime::events::{self, EventKind, Pending};
 use crate::runtime::InstanceState;
-use crate::tenant::Resource;
+use crate::tenant::{Reservation, Resource};
 
 fn lookup(caller: &Ctx<'_>, handle: u32) -> Result<Cap, AbiError> {
     caller.data().ctx.lookup(handle)
@@ -340,9 +340,12 @@ pub(super) fn fn_open(caller: &mut Ctx<'_>, name_ptr: u32, name_len: u32, out: u
     if !service.allows(ctx.tenant.id()) {
         return Err(AbiError::ServiceDenied(name));
     }
+    // A function handle is a capability like any other: it counts against the tenant's handles quota
+    // (and so shows in its usage) for as long as it is open.
+    let charge = ctx.tenant.reserve(Resource::Handles, 1).map_err(crate::Error::from)?;
     let mem = GuestMemory::lock(caller);
     let out = mem.check(out, 4, true)?;
-    let h = caller.data_mut().ctx.functions.open(service)?;
+    let h = caller.data_mut().ctx.functions.open(service, charge)?;
     out.write_from(0, &h.to_le_bytes())
 }
 
@@ -350,13 +353,17 @@ fn function(caller: &Ctx<'_>, fh: u32) -> Result<Arc<Service>, AbiError> {
     caller.data().ctx.functions.get(fh)
 }
 
+/// An open function handle: the service, and its charge against the tenant's handles quota.
+type OpenFunction = (Arc<Service>, Reservation);
+
 /// An instance's open host services. A handle packs a slot index (plus one, so 0 is never valid) in its
 /// low 20 bits and the slot's generation in its high 12, so closed slots are reused (open/close churn
 /// costs nothing) while a stale handle never reaches the service later opened in its slot; lookups,
-/// opens and closes are O(1).
+/// opens and closes are O(1). An open slot holds its charge against the tenant's handles quota.
 #[derive(Default)]
 pub(crate) struct FunctionTable {
-    slots: Vec<(u32, Option<Arc<Service>>)>,
+    /// Each slot's generation, and its service with the handle's charge while open.
+    slots: Vec<(u32, Option<OpenFunction>)>,
     free: Vec<usize>,
     open: u32,
 }
@@ -367,7 +374,7 @@ const GENERATIONS: u32 = 1 << (32 - SLOT_BITS);
 
 impl FunctionTable {
     /// Opens `service`; returns its handle.
-    fn open(&mut self, service: Arc<Service>) -> Result<u32, AbiError> {
+    fn open(&mut self, service: Arc<Service>, charge: Reservation) -> Result<u32, AbiError> {
         if self.open >= MAX_FUNCTION_HANDLES {
             return Err(AbiError::Exhausted("too many function handles".into()));
         }
@@ -379,7 +386,7 @@ impl FunctionTable {
             }
         };
         let slot = self.slots.get_mut(index).ok_or(AbiError::Exhausted("function table".into()))?;
-        slot.1 = Some(service);
+        slot.1 = Some((service, charge));
         self.open += 1;
         let low = u32::try_from(index + 1).map_err(|_| AbiError::Exhausted("function table".into()))?;
         Ok(slot.0 << SLOT_BITS | low)
@@ -397,7 +404,7 @@ impl FunctionTable {
     fn get(&self, fh: u32) -> Result<Arc<Service>, AbiError> {
         let i = self.slot(fh)?;
         match self.slots.get(i) {
-            Some((gen, Some(s))) if *gen == fh >> SLOT_BITS => Ok(Arc::clone(s)),
+            Some((gen, Some((s, _)))) if *gen == fh >> SLOT_BITS => Ok(Arc::clone(s)),
             _ => Err(crate::capability::CapError::StaleHandle(fh).into()),
         }
     }

@@ -294,9 +294,11 @@ fn host_services_are_function_handles() {
 /// nothing and a handle closed long ago never reaches a service opened later in its slot.
 #[test]
 fn r14_function_handle_churn_reuses_slots_with_new_generations() {
-    let (b, _, _, app) = setup();
+    let (b, t, _, app) = setup();
     b.register_service("test.fail", None, Arc::new(|_: &[u8]| Err("sensor offline".into())))
         .expect("register");
+    let handles = |b: &Broker| b.tenant_usage(t).expect("usage").handles;
+    let before = handles(&b);
     // Each call opens `test.fail` (a fresh handle), calls it and closes it: 5,000 generations of one
     // slot, more than it has (4,096), so it is retired and the next slot takes over.
     for _ in 0..5_000 {
@@ -307,6 +309,22 @@ fn r14_function_handle_churn_reuses_slots_with_new_generations() {
     assert_eq!(call(&b, app, "fn_call_raw", args![(7 << 20) | 1]), code(Status::StaleHandle));
     // A slot never used is not a handle at all.
     assert_eq!(call(&b, app, "fn_call_raw", args![3]), code(Status::InvalidHandle));
+    // An open function handle counts against the tenant's handles; a closed one gives it back.
+    assert_eq!(handles(&b), before, "closed function handles hold no charge");
+    assert!(call(&b, app, "keep_service", args![0]) > 0);
+    assert_eq!(handles(&b), before + 1, "an open function handle is charged");
+}
+
+/// Issue 14: function handles count against the handles quota: opening one beyond it is refused.
+#[test]
+fn r14_function_handles_are_refused_beyond_the_handles_quota() {
+    let (b, t, _, app) = setup();
+    let used = b.tenant_usage(t).expect("usage").handles;
+    b.set_quotas(t, broker::Quotas { handles: used + 2, ..broker::Quotas::default() }).expect("quotas");
+    assert!(call(&b, app, "keep_service", args![0]) > 0);
+    assert!(call(&b, app, "keep_service", args![0]) > 0);
+    assert_eq!(call(&b, app, "keep_service", args![0]), code(Status::QuotaExceeded));
+    assert_eq!(b.tenant_usage(t).expect("usage").handles, used + 2, "the refused open holds nothing");
 }
 
 /// Issue 14: the trampoline pool is process-wide, but each tenant holds at most its quota of it: one

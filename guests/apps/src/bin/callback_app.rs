@@ -300,6 +300,22 @@ pub extern "C" fn service(sel: i32) -> i64 {
     ret(run())
 }
 
+/// Opens a host service by name index (as `service`) and keeps it open; returns the raw handle or the
+/// status.
+#[no_mangle]
+pub extern "C" fn keep_service(sel: i32) -> i64 {
+    let names = ["sensor.sample", "nope", "test.secret", "test.fail", "test.big"];
+    let run = || -> Result<u64, Error> {
+        let name = names
+            .get(usize::try_from(sel).map_err(|_| Error::InvalidArgument)?)
+            .ok_or(Error::InvalidArgument)?;
+        let mut fh = 0;
+        Error::check(broker_guest::sys::fn_open(name.as_bytes(), &mut fh))?;
+        Ok(u64::from(fh))
+    };
+    ret(run())
+}
+
 /// Calls a raw function handle value.
 #[no_mangle]
 pub extern "C" fn fn_call_raw(fh: i32) -> i64 {
