@@ -428,7 +428,8 @@ impl Broker {
         let count = t.reserve(Resource::Modules, 1)?;
         let bytes = t.reserve(Resource::ModuleBytes, size)?;
         let invalid = |reason: String| Error::InvalidModule { name: module_name.to_owned(), reason };
-        let module = Module::new(&self.engine.engine, wasm).map_err(|e| invalid(format!("{e:#}")))?;
+        let module =
+            crate::runtime::compile(&self.engine.engine, wasm).map_err(|e| invalid(format!("{e:#}")))?;
         let code = module.image_range();
         let compiled =
             u64::try_from((code.end as usize).saturating_sub(code.start as usize)).unwrap_or(u64::MAX);
