@@ -154,8 +154,22 @@ impl Client {
     }
 
     fn on(rt: tokio::runtime::Runtime, d: &Daemon, token: &str) -> Client {
+        Client::on_addr(rt, &d.addr, token)
+    }
+
+    /// A client of the daemon at `addr` (for a thread of its own, which cannot borrow the daemon).
+    fn at(addr: &str, token: &str) -> Client {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        Client::on_addr(rt, addr, token)
+    }
+
+    fn on_addr(rt: tokio::runtime::Runtime, addr: &str, token: &str) -> Client {
         let channel = rt
-            .block_on(tonic::transport::Endpoint::from_shared(d.addr.clone()).expect("endpoint").connect())
+            .block_on(tonic::transport::Endpoint::from_shared(addr.to_owned()).expect("endpoint").connect())
             .expect("connect to the daemon");
         Client { rt, inner: BrokerClient::new(channel), token: token.to_owned() }
     }
@@ -636,4 +650,91 @@ fn r13_a_hostile_tenant_cannot_kill_the_daemon_or_outlive_a_revoke() {
         end.0 <= after.0 + 1 + 8 * end.2.saturating_sub(after.2),
         "the restarted attacker holds extra mappings: {after:?} -> {end:?}"
     );
+}
+
+/// Issue 14 through the real daemon, with tenant tokens only: a tenant the operator allows hour-long
+/// calls spins in three instances on a two-worker daemon (each call raises its own flag once inside its
+/// loop: with three spinners on two workers that only happens if running calls give their workers up);
+/// another tenant's calls answer meanwhile; StopInstance ends a spinning call at once.
+#[test]
+fn r14_a_spinning_tenant_cannot_starve_another_through_the_daemon() {
+    const HOUR_MS: u64 = 3_600_000;
+    let dir = StateDir::new("r14");
+    let d = Daemon::start(&dir.0, 1);
+    let admin = Client::connect(&d, &admin_token(&dir.0));
+    let hour = pb::Quotas {
+        region_bytes: 1 << 20,
+        regions: 4,
+        instances: 8,
+        handles: 256,
+        memory_bytes: 1 << 30,
+        max_call_timeout_ms: Some(HOUR_MS),
+        ..pb::Quotas::default()
+    };
+    let mut tokens = Vec::new();
+    for (name, quotas) in [("evil", Some(hour)), ("acme", None)] {
+        rpc!(admin, create_tenant, pb::CreateTenantRequest { name: name.into(), quotas }).expect("tenant");
+        let t = rpc!(admin, issue_token, pb::IssueTokenRequest { tenant: name.into(), rotate: false })
+            .expect("token");
+        let c = Client::connect(&d, &t.token);
+        let upload = pb::UploadModuleRequest {
+            tenant: String::new(),
+            name: "m".into(),
+            wasm: broker_guests::RUNTIME_MISBEHAVE_WASM.to_vec(),
+        };
+        rpc!(c, upload_module, upload).expect("upload");
+        tokens.push(t.token);
+    }
+    let (evil, acme) = (Client::connect(&d, &tokens[0]), Client::connect(&d, &tokens[1]));
+    let flag = || Some(pb::RegionRef { tenant: String::new(), name: "flag".into() });
+    let region = pb::CreateRegionRequest {
+        tenant: String::new(),
+        name: "flag".into(),
+        size: 64,
+        mode: pb::Mode::Handle.into(),
+        policy: 0,
+        backing: pb::Backing::Ephemeral.into(),
+    };
+    rpc!(evil, create_region, region).expect("region");
+    let start = |c: &Client, name: &str, timeout_ms| {
+        let config = Some(pb::InstanceConfig { call_timeout_ms: timeout_ms, max_memory_bytes: 0 });
+        let msg =
+            pb::StartInstanceRequest { tenant: String::new(), module: "m".into(), name: name.into(), config };
+        rpc!(c, start_instance, msg).expect("start");
+    };
+    let spinners = ["s1", "s2", "s3"];
+    for s in spinners {
+        start(&evil, s, HOUR_MS);
+    }
+    start(&acme, "a", 0);
+    let calls: Vec<_> = spinners
+        .iter()
+        .zip(1..)
+        .map(|(s, slot)| {
+            let (d_addr, token, s) = (d.addr.clone(), tokens[0].clone(), (*s).to_owned());
+            std::thread::spawn(move || {
+                let c = Client::at(&d_addr, &token);
+                op_call(&c, &s, "spin_signal_at", &[slot])
+            })
+        })
+        .collect();
+    loop {
+        let read = rpc!(evil, read_region, pb::ReadRegionRequest { region: flag(), offset: 0, len: 32 })
+            .expect("read the flags");
+        if read.data.chunks(8).skip(1).all(|w| w != [0; 8]) {
+            break;
+        }
+        assert!(calls.iter().all(|t| !t.is_finished()), "a spinning call ended before raising its flag");
+        std::thread::yield_now();
+    }
+    for _ in 0..20 {
+        assert_eq!(op_call(&acme, "a", "ping", &[]).expect("acme answers"), 7);
+    }
+    for (s, call) in spinners.iter().zip(calls) {
+        rpc!(evil, stop_instance, pb::InstanceRef { tenant: String::new(), name: (*s).into() })
+            .expect("stop");
+        let ended = call.join().expect("thread").expect_err("a stopped spinner's call fails");
+        assert_eq!(ended.code(), tonic::Code::Aborted, "{ended:?}");
+    }
+    assert_eq!(op_call(&acme, "a", "ping", &[]).expect("acme answers"), 7);
 }
