@@ -11,6 +11,7 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ("sensor-hub", include_str!("../../../scenarios/sensor-hub.toml")),
     ("ui-toolkit", include_str!("../../../scenarios/ui-toolkit.toml")),
     ("mixed-trust", include_str!("../../../scenarios/mixed-trust.toml")),
+    ("noisy-neighbor", include_str!("../../../scenarios/noisy-neighbor.toml")),
 ];
 
 /// The scenario `broker scenario run` uses when none is named.

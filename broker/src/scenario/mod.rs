@@ -4,11 +4,12 @@
 //! [`spec`] turns a TOML file into a validated [`Scenario`] (every error names the file, line and
 //! field); [`run()`] builds a fresh broker per mode, runs the phases and evaluates the checks against
 //! results the host computes itself ([`expect`]); [`report`] renders the figures as a table, JSON and an
-//! SVG chart. [`builtin`] embeds the four scenarios of `scenarios/`: sensor-hub, ui-toolkit, pipeline
-//! and mixed-trust.
+//! SVG chart. [`builtin`] embeds the five scenarios of `scenarios/`: sensor-hub, ui-toolkit, pipeline,
+//! mixed-trust and noisy-neighbor.
 
 pub mod builtin;
 pub mod expect;
+mod generated;
 pub mod report;
 mod run;
 pub mod spec;

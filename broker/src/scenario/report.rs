@@ -1,6 +1,7 @@
 //! What a scenario run reports: per mode, per phase and per actor the figures the scenario asked for,
-//! the tallies (e.g. attacks refused) and the outcome of every check; rendered as a terminal table, a
-//! JSON file and an SVG chart comparing the modes.
+//! the tallies (e.g. attacks refused) and the outcome of every check, and for an actor that runs in
+//! several phases (a victim alone, then under attack) its throughput and p99 latency in each relative to
+//! the first; rendered as a terminal table, a JSON file and an SVG chart comparing the modes.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,8 +26,78 @@ pub struct ScenarioReport {
     pub scale: f64,
     /// Cores of the machine.
     pub cores: usize,
+    /// Worker threads of each run's broker.
+    pub workers: usize,
+    /// Per mode, every actor that ran in several phases, compared across them.
+    pub across_phases: Vec<AcrossPhases>,
     /// One run per mode.
     pub runs: Vec<ModeRun>,
+}
+
+/// One actor that ran in several phases of one mode's run (the same name in each), with its figures
+/// in each phase relative to the first: measured in one run, the ratios are steadier than the figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct AcrossPhases {
+    /// The mode of the run.
+    pub mode: String,
+    /// The actor's name.
+    pub actor: String,
+    /// Its figures in each phase it ran in, in phase order.
+    pub phases: Vec<PhaseFigures>,
+}
+
+/// An actor's figures in one phase, and their ratio to its first phase's.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseFigures {
+    /// The phase's name.
+    pub phase: String,
+    /// Operations per second.
+    pub ops_per_sec: f64,
+    /// p99 latency in nanoseconds (`None`: no operation completed).
+    pub p99_ns: Option<u64>,
+    /// `ops_per_sec` over the first phase's (`None` where that made no operation).
+    pub ops_ratio: Option<f64>,
+    /// `p99_ns` over the first phase's (`None` where either has no latency).
+    pub p99_ratio: Option<f64>,
+}
+
+/// For every run, the actors that ran in several of its phases: their ops/s and p99 in each phase,
+/// relative to the first phase they ran in.
+pub fn compare_phases(runs: &[ModeRun]) -> Vec<AcrossPhases> {
+    let mut out = Vec::new();
+    for run in runs {
+        let mut names: Vec<&str> = Vec::new();
+        for a in run.phases.iter().flat_map(|p| &p.actors) {
+            if !names.contains(&a.name.as_str()) {
+                names.push(&a.name);
+            }
+        }
+        for name in names {
+            let found: Vec<(&str, &ActorReport)> = run
+                .phases
+                .iter()
+                .filter_map(|p| p.actors.iter().find(|a| a.name == name).map(|a| (p.name.as_str(), a)))
+                .collect();
+            let Some(&(_, first)) = found.first().filter(|_| found.len() > 1) else { continue };
+            let p99 = |a: &ActorReport| (a.latency.count > 0).then_some(a.latency.p99_ns);
+            #[allow(clippy::cast_precision_loss, reason = "a ratio for people")]
+            let phases = found
+                .iter()
+                .map(|(phase, a)| PhaseFigures {
+                    phase: (*phase).to_owned(),
+                    ops_per_sec: a.ops_per_sec,
+                    p99_ns: p99(a),
+                    ops_ratio: (first.ops_per_sec > 0.0).then(|| a.ops_per_sec / first.ops_per_sec),
+                    p99_ratio: match (p99(a), p99(first)) {
+                        (Some(v), Some(base)) if base > 0 => Some(v as f64 / base as f64),
+                        _ => None,
+                    },
+                })
+                .collect();
+            out.push(AcrossPhases { mode: run.mode.clone(), actor: name.to_owned(), phases });
+        }
+    }
+    out
 }
 
 /// One mode's run.
@@ -170,7 +241,10 @@ impl ScenarioReport {
                 }
             }
         }
-        let mut out = format!("scenario {} (scale {}, {} cores)\n", self.scenario, self.scale, self.cores);
+        let mut out = format!(
+            "scenario {} (scale {}, {} cores, {} workers)\n",
+            self.scenario, self.scale, self.cores, self.workers
+        );
         out.push_str(&table.render());
         out.push_str(&self.render_across_modes());
         out.push_str(&self.render_across_phases());
@@ -258,36 +332,29 @@ impl ScenarioReport {
         out
     }
 
-    /// For an actor that runs in several phases (the trusted group alone, then under attack): its ops/s
-    /// in each, relative to the first.
+    /// For an actor that runs in several phases (a victim alone, then under attack): its ops/s and, where
+    /// the report shows latency, its p99 in each, relative to the first.
     fn render_across_phases(&self) -> String {
         let mut out = String::new();
-        for run in &self.runs {
-            let mut names: Vec<&str> = Vec::new();
-            for a in run.phases.iter().flat_map(|p| &p.actors) {
-                if !names.contains(&a.name.as_str()) {
-                    names.push(&a.name);
-                }
-            }
-            for name in names {
-                let per_phase: Vec<(&str, f64)> = run
+        let ratio = |r: Option<f64>| r.map_or_else(String::new, |r| format!(" ({r:.2}x)"));
+        for a in &self.across_phases {
+            let ops: Vec<String> = a
+                .phases
+                .iter()
+                .map(|p| format!("{} {}{}", p.phase, format_count(p.ops_per_sec), ratio(p.ops_ratio)))
+                .collect();
+            let _ = writeln!(out, "  {} {}: ops/s by phase: {}", a.mode, a.actor, ops.join(", "));
+            if self.shows("latency") && a.phases.iter().all(|p| p.p99_ns.is_some()) {
+                #[allow(clippy::cast_precision_loss, reason = "figures for people")]
+                let p99: Vec<String> = a
                     .phases
                     .iter()
-                    .filter_map(|p| {
-                        p.actors.iter().find(|a| a.name == name).map(|a| (p.name.as_str(), a.ops_per_sec))
+                    .map(|p| {
+                        let ns = p.p99_ns.unwrap_or(0) as f64;
+                        format!("{} {}{}", p.phase, format_ns(ns), ratio(p.p99_ratio))
                     })
                     .collect();
-                let Some(&(_, first)) = per_phase.first().filter(|_| per_phase.len() > 1) else {
-                    continue;
-                };
-                let parts: Vec<String> = per_phase
-                    .iter()
-                    .map(|(phase, v)| {
-                        let ratio = if first > 0.0 { format!(" ({:.2}x)", v / first) } else { String::new() };
-                        format!("{phase} {}{ratio}", format_count(*v))
-                    })
-                    .collect();
-                let _ = writeln!(out, "  {} {name}: ops/s by phase: {}", run.mode, parts.join(", "));
+                let _ = writeln!(out, "  {} {}: p99 by phase: {}", a.mode, a.actor, p99.join(", "));
             }
         }
         out

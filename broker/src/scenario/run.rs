@@ -3,11 +3,12 @@
 //! evaluates the checks.
 //!
 //! Measurements are taken where they are cheap and honest: an operation's latency is the wall time of
-//! its calls as the host sees them (or, for the sensor feed, from the sample's write to the app's
-//! acknowledgement); bytes copied and host calls are the instances' own traffic counters, read before
-//! and after the phase. The same guest binaries run in every mode; only the regions declared `auto`
-//! change mode.
+//! its calls as the host sees them (for the sensor feed, from the sample's write to the app's
+//! acknowledgement; for an upload, the module's load and unload); bytes copied and host calls are the
+//! instances' own traffic counters, read before and after the phase. The same guest binaries run in
+//! every mode; only the regions declared `auto` change mode.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,9 +18,13 @@ use parking_lot::Mutex;
 use wasmtime::{Val, ValType};
 
 use super::expect;
-use super::report::{ActorReport, CheckOutcome, CheckReport, ModeRun, PhaseReport, ScenarioReport};
+use super::generated::generated_module;
+use super::report::{
+    compare_phases, ActorReport, CheckOutcome, CheckReport, ModeRun, PhaseReport, ScenarioReport,
+};
 use super::spec::{
-    ActorDef, Amount, Arg, CallDef, CheckDef, CheckSource, Expect, ModuleSource, PhaseDef, Scenario, Work,
+    ActorDef, Amount, Arg, CallDef, CheckDef, CheckSource, Expect, ModuleSource, PhaseDef, Scenario,
+    UploadSource, Work,
 };
 use crate::metrics::{peak_rss_bytes, reset_peak_rss, Latency, ProgressEvent, ProgressSink};
 use crate::{Broker, BrokerConfig, Error, InstanceConfig, InstanceId, Mode, RegionId, RegionSpec, TenantId};
@@ -163,6 +168,8 @@ pub fn run(
         figures: scenario.figures.iter().map(|f| f.as_str().to_owned()).collect(),
         scale: opts.scale,
         cores: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        workers: opts.workers.unwrap_or_else(|| BrokerConfig::default().workers),
+        across_phases: compare_phases(&runs),
         runs,
     })
 }
@@ -202,6 +209,7 @@ struct World<'a> {
     scenario: &'a Scenario,
     broker: Broker,
     mode: Mode,
+    tenants: HashMap<String, TenantId>,
     instances: Vec<InstanceId>,
     regions: Vec<RegionId>,
     acks: HashMap<String, Arc<AckState>>,
@@ -216,8 +224,14 @@ impl World<'_> {
 
     /// Makes one call, filling in `{i}`, `{mode}` and `{thread}`; returns the export's i64 result.
     fn call(&self, call: &CallDef, index: u64, thread: u32) -> Result<i64, String> {
-        let instance = self.instances.get(call.instance).copied().ok_or("no such instance")?;
-        let key = (call.instance, call.export.clone());
+        self.call_on(call.instance, call, index, thread)
+    }
+
+    /// Makes `call` on instance `on` (index into the scenario's instances) instead of its own: a step
+    /// whose instance is named with `{thread}`.
+    fn call_on(&self, on: usize, call: &CallDef, index: u64, thread: u32) -> Result<i64, String> {
+        let instance = self.instances.get(on).copied().ok_or("no such instance")?;
+        let key = (on, call.export.clone());
         let params = {
             let mut cache = self.params.lock();
             match cache.get(&key) {
@@ -232,7 +246,7 @@ impl World<'_> {
         if params.len() != call.args.len() {
             return Err(format!(
                 "{}.{} takes {} arguments, the scenario passes {}",
-                self.instance_name(call.instance),
+                self.instance_name(on),
                 call.export,
                 params.len(),
                 call.args.len()
@@ -360,9 +374,12 @@ fn run_mode(
     let mut instances = Vec::new();
     for i in &scenario.instances {
         let t = setup(|| format!("instance {}/{}", i.tenant, i.name), tenant(&i.tenant))?;
+        let defaults = InstanceConfig::default();
+        let config =
+            InstanceConfig { call_timeout: i.call_timeout.unwrap_or(defaults.call_timeout), ..defaults };
         instances.push(setup(
             || format!("starting instance {}/{}", i.tenant, i.name),
-            broker.start_instance(t, &i.module, &i.name, InstanceConfig::default()),
+            broker.start_instance(t, &i.module, &i.name, config),
         )?);
     }
 
@@ -376,8 +393,17 @@ fn run_mode(
         )?;
     }
 
-    let world =
-        World { scenario, broker, mode, instances, regions, acks, params: Mutex::new(HashMap::new()) };
+    let tenants = tenants.into_iter().map(|(name, id)| (name.to_owned(), id)).collect();
+    let world = World {
+        scenario,
+        broker,
+        mode,
+        tenants,
+        instances,
+        regions,
+        acks,
+        params: Mutex::new(HashMap::new()),
+    };
     for i in &scenario.instances {
         for call in &i.init {
             let fail = |reason: String| RunError::Init {
@@ -594,7 +620,21 @@ fn run_actor(
                 ack,
             ))
         }
-        Work::Calls(_) => None,
+        Work::Calls(_) | Work::Upload { .. } => None,
+    };
+    // An upload's module is made before the clock starts: the operation is its load and unload alone.
+    let upload = match &actor.work {
+        Work::Upload { tenant, module } => {
+            let bytes: Cow<'static, [u8]> = match module {
+                UploadSource::Guest(g) => Cow::Borrowed(broker_guests::embedded(g).unwrap_or_default()),
+                // Validated to at most 1 GiB, which fits the `usize` of any host the broker builds for.
+                UploadSource::Generated(size) => {
+                    Cow::Owned(generated_module(usize::try_from(*size).unwrap_or(0)))
+                }
+            };
+            Some((world.tenants.get(tenant).copied(), bytes))
+        }
+        _ => None,
     };
 
     let next = AtomicU64::new(0);
@@ -613,7 +653,7 @@ fn run_actor(
     let per_thread_interval = actor.rate.map(|r| Duration::from_secs_f64(f64::from(threads) / r));
     std::thread::scope(|s| {
         for thread in 0..threads {
-            let (next, shared, feed) = (&next, &shared, &feed);
+            let (next, shared, feed, upload) = (&next, &shared, &feed, &upload);
             s.spawn(move || {
                 let mut latency = Latency::new();
                 let mut tallies: BTreeMap<String, i64> = BTreeMap::new();
@@ -637,11 +677,15 @@ fn run_actor(
                         break;
                     }
                     let t0 = Instant::now();
-                    let result = match (&actor.work, feed) {
-                        (Work::Calls(steps), _) => run_steps(world, steps, i, thread, &mut tallies),
-                        (Work::SensorFeed { .. }, Some((Some(region), Some(size), clock, _))) => {
+                    let result = match (&actor.work, feed, upload) {
+                        (Work::Calls(steps), _, _) => run_steps(world, steps, i, thread, &mut tallies),
+                        (Work::SensorFeed { .. }, Some((Some(region), Some(size), clock, _)), _) => {
                             write_sample(world, *region, *size, clock, i)
                         }
+                        (Work::Upload { .. }, _, Some((Some(tenant), bytes))) => {
+                            upload_module(world, *tenant, bytes, i)
+                        }
+                        (Work::Upload { tenant, .. }, _, _) => Err(format!("no tenant {tenant}")),
                         _ => Err("feed region missing".to_owned()),
                     };
                     match result {
@@ -706,14 +750,10 @@ fn run_steps(
     tallies: &mut BTreeMap<String, i64>,
 ) -> Result<(), String> {
     for step in steps {
-        let v = world.call(&step.call, i, thread)?;
+        let instance = step.instance(thread);
+        let v = world.call_on(instance, &step.call, i, thread)?;
         if v < 0 {
-            return Err(format!(
-                "{}.{} {}",
-                world.instance_name(step.call.instance),
-                step.call.export,
-                status_text(v)
-            ));
+            return Err(format!("{}.{} {}", world.instance_name(instance), step.call.export, status_text(v)));
         }
         if let Some(t) = &step.tally {
             let e = tallies.entry(t.clone()).or_default();
@@ -721,6 +761,15 @@ fn run_steps(
         }
     }
     Ok(())
+}
+
+/// Upload `i`: loads `wasm` into `tenant` as module `upload.<i>` (compiling it, as the control plane's
+/// `UploadModule` does) and unloads it again, so the next upload compiles afresh and the tenant's module
+/// quotas hold at most one module per thread.
+fn upload_module(world: &World<'_>, tenant: TenantId, wasm: &[u8], i: u64) -> Result<(), String> {
+    let name = format!("upload.{i}");
+    world.broker.load_module(tenant, &name, wasm).map_err(|e| format!("uploading {name}: {e}"))?;
+    world.broker.unload_module(tenant, &name).map_err(|e| format!("unloading {name}: {e}"))
 }
 
 /// Writes sample `i` into its ring slot, then publishes the new count in the header (one version

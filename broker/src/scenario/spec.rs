@@ -174,6 +174,9 @@ pub struct InstanceDef {
     pub name: String,
     /// The module it runs (of the same tenant).
     pub module: String,
+    /// The longest one call may run (`None`: the broker's default); at most the tenant's
+    /// `max_call_timeout_ms` quota.
+    pub call_timeout: Option<Duration>,
     /// Calls made once every grant exists, in order (e.g. to open regions and register callbacks).
     pub init: Vec<CallDef>,
 }
@@ -242,15 +245,48 @@ pub enum Work {
         /// Name of the acknowledgement service, if any.
         ack_service: Option<String>,
     },
+    /// Module uploads, as a tenant's control-plane client makes them: operation `i` loads the module
+    /// into the tenant under the fresh name `upload.<i>` (compiling it) and unloads it again, through
+    /// the same `Broker` calls the control plane's `UploadModule` and `DeleteModule` make.
+    Upload {
+        /// The tenant that uploads.
+        tenant: String,
+        /// What it uploads.
+        module: UploadSource,
+    },
+}
+
+/// The module an upload actor loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadSource {
+    /// A guest app of this repository.
+    Guest(String),
+    /// A generated module of at least this many bytes (whole functions) that is expensive to compile
+    /// (see `scenario::generated`).
+    Generated(u64),
 }
 
 /// One call of an operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
-    /// The call.
+    /// The call; for a call whose instance is named with `{thread}`, `call.instance` is thread 0's.
     pub call: CallDef,
+    /// For a call whose instance is named with `{thread}`: the instance of each of the actor's threads
+    /// (thread `t` calls `per_thread[t]`); empty otherwise.
+    pub per_thread: Vec<usize>,
     /// Tally that sums this step's results.
     pub tally: Option<String>,
+}
+
+impl Step {
+    /// The instance (index into [`Scenario::instances`]) that the actor's thread `thread` calls.
+    pub fn instance(&self, thread: u32) -> usize {
+        usize::try_from(thread)
+            .ok()
+            .and_then(|t| self.per_thread.get(t))
+            .copied()
+            .unwrap_or(self.call.instance)
+    }
 }
 
 /// A workload running during a phase, concurrently with the phase's other actors.
@@ -334,6 +370,10 @@ const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The slowest and fastest paces an actor may ask for, in operations per second.
 const MIN_RATE: f64 = 0.001;
 const MAX_RATE: f64 = 1e9;
+/// The largest module an upload actor may generate.
+const MAX_GENERATED_MODULE: u64 = 1 << 30;
+/// What `{thread}` in an instance name stands for.
+const THREAD: &str = "{thread}";
 
 // ----- raw file types -----
 
@@ -376,6 +416,15 @@ struct RawQuotas {
     handles: Option<u64>,
     memory_bytes: Option<Spanned<RawSize>>,
     cpu_shares: Option<Spanned<u64>>,
+    windows: Option<u64>,
+    windows_per_instance: Option<u64>,
+    modules: Option<u64>,
+    module_bytes: Option<Spanned<RawSize>>,
+    compiled_bytes: Option<Spanned<RawSize>>,
+    max_call_timeout_ms: Option<u64>,
+    trampolines: Option<u64>,
+    max_workers: Option<u64>,
+    watches: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -429,6 +478,7 @@ struct RawInstance {
     tenant: Spanned<String>,
     name: Spanned<String>,
     module: Spanned<String>,
+    call_timeout: Option<Spanned<String>>,
     #[serde(default)]
     init: Vec<Spanned<RawInitCall>>,
 }
@@ -474,7 +524,16 @@ struct RawActor {
     #[serde(default)]
     steps: Vec<Spanned<RawCall>>,
     feed: Option<Spanned<RawFeed>>,
+    upload: Option<Spanned<RawUpload>>,
     observe: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpload {
+    tenant: Spanned<String>,
+    guest: Option<Spanned<String>>,
+    size: Option<Spanned<RawSize>>,
 }
 
 #[derive(Deserialize)]
@@ -744,6 +803,26 @@ fn validate(ctx: &Ctx<'_>, raw: RawScenario) -> Result<Scenario, SpecError> {
                 quotas.cpu_shares = Quotas::check_cpu_shares(*v.get_ref())
                     .map_err(|e| ctx.err(&v.span(), format!("{field}.quotas.cpu_shares"), e.to_string()))?;
             }
+            if let Some(v) = &q.module_bytes {
+                quotas.module_bytes = size(ctx, v, &format!("{field}.quotas.module_bytes"))?;
+            }
+            if let Some(v) = &q.compiled_bytes {
+                quotas.compiled_bytes = size(ctx, v, &format!("{field}.quotas.compiled_bytes"))?;
+            }
+            let counts = [
+                (q.windows, &mut quotas.windows),
+                (q.windows_per_instance, &mut quotas.windows_per_instance),
+                (q.modules, &mut quotas.modules),
+                (q.max_call_timeout_ms, &mut quotas.max_call_timeout_ms),
+                (q.trampolines, &mut quotas.trampolines),
+                (q.max_workers, &mut quotas.max_workers),
+                (q.watches, &mut quotas.watches),
+            ];
+            for (value, quota) in counts {
+                if let Some(v) = value {
+                    *quota = v;
+                }
+            }
         }
         tenants.push(TenantDef { name: tname, quotas });
     }
@@ -873,10 +952,32 @@ fn validate(ctx: &Ctx<'_>, raw: RawScenario) -> Result<Scenario, SpecError> {
         if names.instances.insert(format!("{tenant}/{iname}"), instances.len()).is_some() {
             return Err(ctx.err(&i.name.span(), format!("{field}.name"), "declared twice in this tenant"));
         }
+        let call_timeout = match &i.call_timeout {
+            None => None,
+            Some(t) => {
+                let f = format!("{field}.call_timeout");
+                let timeout = parse_duration(t.get_ref()).map_err(|e| ctx.err(&t.span(), &f, e))?;
+                if timeout.is_zero() {
+                    return Err(ctx.err(&t.span(), f, "must be longer than 0"));
+                }
+                // The broker refuses it too; said here, it names the line.
+                let cap =
+                    tenants.iter().find(|d| d.name == tenant).map_or(0, |d| d.quotas.max_call_timeout_ms);
+                if timeout > Duration::from_millis(cap) {
+                    return Err(ctx.err(
+                        &t.span(),
+                        f,
+                        format!("exceeds tenant {tenant:?}'s quota max_call_timeout_ms = {cap}"),
+                    ));
+                }
+                Some(timeout)
+            }
+        };
         instances.push(InstanceDef {
             tenant,
             name: iname,
             module: i.module.get_ref().clone(),
+            call_timeout,
             init: Vec::new(),
         });
     }
@@ -953,7 +1054,7 @@ fn validate(ctx: &Ctx<'_>, raw: RawScenario) -> Result<Scenario, SpecError> {
         for (a, actor) in phase.actors.iter().enumerate() {
             let f = format!("{field}.actor[{a}]");
             let aspan = actor.span();
-            actors.push(validate_actor(ctx, &names, &regions, actor.get_ref(), &aspan, &f)?);
+            actors.push(validate_actor(ctx, &names, &tenants, &regions, actor.get_ref(), &aspan, &f)?);
             if actors[..actors.len() - 1].iter().any(|x| x.name == actors[actors.len() - 1].name) {
                 return Err(ctx.err(
                     &actor.get_ref().name.span(),
@@ -993,6 +1094,7 @@ fn validate(ctx: &Ctx<'_>, raw: RawScenario) -> Result<Scenario, SpecError> {
 fn validate_actor(
     ctx: &Ctx<'_>,
     names: &Names,
+    tenants: &[TenantDef],
     regions: &[RegionDef],
     a: &RawActor,
     span: &Range<usize>,
@@ -1044,8 +1146,17 @@ fn validate_actor(
         .map(|b| size(ctx, b, &format!("{field}.bytes_per_op")))
         .transpose()?
         .unwrap_or(0);
-    let work = match (&a.feed, a.steps.is_empty()) {
-        (Some(feed), true) => {
+    let kinds =
+        usize::from(!a.steps.is_empty()) + usize::from(a.feed.is_some()) + usize::from(a.upload.is_some());
+    if kinds != 1 {
+        return Err(ctx.err(
+            span,
+            field,
+            "give exactly one of `steps` (calls), `feed` (the sensor service) or `upload` (module uploads)",
+        ));
+    }
+    let work = match (&a.feed, &a.upload) {
+        (Some(feed), _) => {
             let feed_ref = feed.get_ref();
             let region =
                 qualified(ctx, &names.regions, &feed_ref.region, &format!("{field}.feed.region"), "region")?;
@@ -1065,23 +1176,21 @@ fn validate_actor(
             };
             Work::SensorFeed { region, ack_service }
         }
-        (None, false) => {
+        (None, Some(upload)) => validate_upload(ctx, tenants, upload, &format!("{field}.upload"))?,
+        (None, None) => {
             let mut steps = Vec::new();
             for (s, step) in a.steps.iter().enumerate() {
                 let step = step.get_ref();
                 let f = format!("{field}.steps[{s}]");
-                let call = call(ctx, names, &step.call, &step.export, &step.args, &f)?;
+                let (call, per_thread) = if step.call.get_ref().contains(THREAD) {
+                    per_thread_call(ctx, names, step, concurrency, &f)?
+                } else {
+                    (call(ctx, names, &step.call, &step.export, &step.args, &f)?, Vec::new())
+                };
                 let tally = step.tally.as_ref().map(|t| t.get_ref().clone());
-                steps.push(Step { call, tally });
+                steps.push(Step { call, per_thread, tally });
             }
             Work::Calls(steps)
-        }
-        _ => {
-            return Err(ctx.err(
-                span,
-                field,
-                "give either `steps` (calls) or `feed` (the sensor service), not both",
-            ))
         }
     };
     let observe = match &a.observe {
@@ -1092,15 +1201,117 @@ fn validate_actor(
             .collect::<Result<Vec<_>, _>>()?,
         None => match &work {
             Work::Calls(steps) => {
-                let mut v: Vec<usize> = steps.iter().map(|s| s.call.instance).collect();
+                let mut v: Vec<usize> = steps
+                    .iter()
+                    .flat_map(|s| s.per_thread.iter().copied().chain([s.call.instance]))
+                    .collect();
                 v.sort_unstable();
                 v.dedup();
                 v
             }
             Work::SensorFeed { .. } => (0..names.instances.len()).collect(),
+            Work::Upload { .. } => Vec::new(),
         },
     };
     Ok(ActorDef { name: aname, amount, rate, concurrency, bytes_per_op, work, observe })
+}
+
+/// A step whose instance is named with `{thread}`: each of the actor's `threads` calls the instance
+/// named with its own index in place of `{thread}`, and every one of them must be declared.
+fn per_thread_call(
+    ctx: &Ctx<'_>,
+    names: &Names,
+    step: &RawCall,
+    threads: u32,
+    field: &str,
+) -> Result<(CallDef, Vec<usize>), SpecError> {
+    let pattern = step.call.get_ref();
+    let mut per_thread = Vec::new();
+    for t in 0..threads {
+        let name = pattern.replace(THREAD, &t.to_string());
+        let instance = names.instances.get(&name).copied().ok_or_else(|| {
+            ctx.err(
+                &step.call.span(),
+                format!("{field}.call"),
+                format!(
+                    "no instance {name:?} is declared for thread {t} of {threads} ({THREAD} stands for each \
+                     thread's index, 0 to concurrency - 1)"
+                ),
+            )
+        })?;
+        per_thread.push(instance);
+    }
+    // The export and arguments are checked as for any call, against thread 0's instance.
+    let first = Spanned::new(step.call.span(), pattern.replace(THREAD, "0"));
+    let call = call(ctx, names, &first, &step.export, &step.args, field)?;
+    Ok((call, per_thread))
+}
+
+fn validate_upload(
+    ctx: &Ctx<'_>,
+    tenants: &[TenantDef],
+    upload: &Spanned<RawUpload>,
+    field: &str,
+) -> Result<Work, SpecError> {
+    let span = upload.span();
+    let upload = upload.get_ref();
+    let tenant = upload.tenant.get_ref();
+    let Some(quotas) = tenants.iter().find(|t| &t.name == tenant).map(|t| t.quotas) else {
+        return Err(ctx.err(
+            &upload.tenant.span(),
+            format!("{field}.tenant"),
+            format!("no tenant {tenant:?} is declared"),
+        ));
+    };
+    let module = match (&upload.guest, &upload.size) {
+        (Some(g), None) => match broker_guests::embedded(g.get_ref()) {
+            Some(bytes) => {
+                let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+                if len > quotas.module_bytes {
+                    return Err(ctx.err(
+                        &g.span(),
+                        format!("{field}.guest"),
+                        format!(
+                            "its {len} bytes exceed tenant {tenant:?}'s quota module_bytes = {}",
+                            quotas.module_bytes
+                        ),
+                    ));
+                }
+                UploadSource::Guest(g.get_ref().clone())
+            }
+            None => {
+                let known: Vec<&str> = broker_guests::EMBEDDED.iter().map(|(n, _)| *n).collect();
+                return Err(ctx.err(
+                    &g.span(),
+                    format!("{field}.guest"),
+                    format!("no guest app {:?} in this build (known: {})", g.get_ref(), known.join(", ")),
+                ));
+            }
+        },
+        (None, Some(s)) => {
+            let f = format!("{field}.size");
+            let bytes = size(ctx, s, &f)?;
+            if bytes == 0 || bytes > MAX_GENERATED_MODULE {
+                return Err(ctx.err(&s.span(), f, "must be 1 byte to 1GiB"));
+            }
+            if bytes > quotas.module_bytes {
+                return Err(ctx.err(
+                    &s.span(),
+                    f,
+                    format!("exceeds tenant {tenant:?}'s quota module_bytes = {}", quotas.module_bytes),
+                ));
+            }
+            UploadSource::Generated(bytes)
+        }
+        _ => {
+            return Err(ctx.err(
+                &span,
+                field,
+                "give exactly one of `guest` (an app of this repo) or `size` (a generated module)",
+            ))
+        }
+    };
+    Ok(Work::Upload { tenant: tenant.clone(), module })
 }
 
 fn validate_check(

@@ -1,11 +1,13 @@
-//! The scenario runner and the four built-in scenarios, each run at a reduced size in every mode it
+//! The scenario runner and the five built-in scenarios, each run at a reduced size in every mode it
 //! declares. The tests assert the apps' functional results (never timings): every sample seen in order
 //! or counted as missed, the pipeline's output equal to the expected transformation (computed here,
-//! independently of the broker and the guests), the attacks refused and the trusted results unchanged.
-//! Scenario files with mistakes get errors that name the file, the line and the field.
+//! independently of the broker and the guests), the attacks refused and the trusted results unchanged,
+//! a victim's results right under a noisy neighbour. Scenario files with mistakes get errors that name
+//! the file, the line and the field.
 
 use broker::metrics::{CollectProgress, NoProgress};
 use broker::scenario::report::{CheckOutcome, PhaseReport, ScenarioReport};
+use broker::scenario::spec::{UploadSource, Work};
 use broker::scenario::{self, RunOptions};
 use broker::Mode;
 
@@ -191,6 +193,58 @@ pub(crate) fn scenario_attacker() {
     assert!(report.ok());
 }
 
+/// Issue 14: noisy-neighbor at a small scale. The victim's pipeline is right alone and under attack;
+/// the attacker's spinners, uploads and trampoline grab all ran; the attacker got exactly its share of
+/// trampolines (its quota in the file) and the victim still registers a callback and has it called;
+/// the report compares the victim's ops/s and p99 across the phases, in the table and the JSON. The
+/// figures themselves are wall-clock measurements and are not asserted.
+#[test]
+fn r14_noisy_neighbor_reports_the_victim_alone_and_under_attack() {
+    let report = run_builtin("noisy-neighbor", None);
+    assert!(report.ok(), "{}", report.render());
+    assert_eq!(report.runs.len(), 1, "every region's mode is fixed: one run");
+    for name in ["alone", "attack"] {
+        let p = phase(&report, "shared", name);
+        let blocks = ops(p, "pipeline");
+        assert!(blocks >= 1 && ops(p, "ping") >= 1, "{name}");
+        assert_eq!(
+            check_value(p, "victim checksum").0,
+            Some(expected_pipeline_checksum(blocks, 64 << 10)),
+            "{name}"
+        );
+    }
+    let attack = phase(&report, "shared", "attack");
+    for actor in ["spinners", "uploader", "grabber"] {
+        assert!(ops(attack, actor) >= 1, "{actor} ran");
+    }
+    assert_eq!(attack.tallies.get("trampolines_grabbed"), Some(&16), "the attacker's quota, then refused");
+    assert_eq!(check_value(attack, "victim toolkit object").1, CheckOutcome::Pass);
+    assert_eq!(check_value(attack, "victim callbacks").0, Some(1));
+
+    // Both victim actors are compared across the two phases, with ratios to the first.
+    for actor in ["pipeline", "ping"] {
+        let a = report.across_phases.iter().find(|a| a.actor == actor).unwrap_or_else(|| panic!("{actor}"));
+        let phases: Vec<&str> = a.phases.iter().map(|p| p.phase.as_str()).collect();
+        assert_eq!(phases, ["alone", "attack"], "{actor}");
+        assert!(a.phases.iter().all(|p| p.ops_ratio.is_some() && p.p99_ratio.is_some()), "{actor}");
+    }
+    assert!(
+        report.across_phases.iter().all(|a| a.actor == "pipeline" || a.actor == "ping"),
+        "only actors of several phases are compared"
+    );
+    let text = report.render();
+    for line in ["shared pipeline: ops/s by phase: alone", "shared ping: p99 by phase: alone"] {
+        assert!(text.contains(line), "{line:?} in\n{text}");
+    }
+    let json = serde_json::to_value(&report).expect("encodes");
+    let ping = json["across_phases"]
+        .as_array()
+        .and_then(|list| list.iter().find(|a| a["actor"] == "ping"))
+        .expect("ping compared in the JSON");
+    assert_eq!(ping["phases"][1]["phase"], "attack");
+    assert!(ping["phases"][1]["p99_ratio"].is_f64() && ping["phases"][1]["ops_ratio"].is_f64(), "{ping}");
+}
+
 #[test]
 fn the_documented_example_validates_and_runs() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/example.toml");
@@ -342,6 +396,92 @@ fn validation_errors_name_the_file_the_line_and_the_field() {
             "out of range",
         ),
         ("name = \"t\"", "name = \"t\"\nbogus = 1", "(syntax)", "unknown field"),
+        // Issue 14's keys: instance call deadlines, per-thread instances, uploads, the newer quotas.
+        (
+            "module = \"m\"",
+            "module = \"m\"\ncall_timeout = \"abc\"",
+            "instance[0].call_timeout",
+            "not a duration",
+        ),
+        (
+            "module = \"m\"",
+            "module = \"m\"\ncall_timeout = \"0s\"",
+            "instance[0].call_timeout",
+            "longer than 0",
+        ),
+        (
+            "module = \"m\"",
+            "module = \"m\"\ncall_timeout = \"2m\"",
+            "instance[0].call_timeout",
+            "max_call_timeout_ms = 60000",
+        ),
+        (
+            "call = \"a/i\"",
+            "call = \"a/i{thread}\"",
+            "phase[0].actor[0].steps[0].call",
+            "no instance \"a/i0\"",
+        ),
+        (
+            "steps = [{ call = \"a/i\", export = \"take_checksum\" }]",
+            "upload = { tenant = \"b\", size = \"1MiB\" }",
+            "phase[0].actor[0].upload.tenant",
+            "no tenant \"b\"",
+        ),
+        (
+            "steps = [{ call = \"a/i\", export = \"take_checksum\" }]",
+            "upload = { tenant = \"a\", guest = \"no_such_app\" }",
+            "phase[0].actor[0].upload.guest",
+            "no guest app",
+        ),
+        (
+            "steps = [{ call = \"a/i\", export = \"take_checksum\" }]",
+            "upload = { tenant = \"a\", size = 0 }",
+            "phase[0].actor[0].upload.size",
+            "1 byte to 1GiB",
+        ),
+        (
+            "steps = [{ call = \"a/i\", export = \"take_checksum\" }]",
+            "upload = { tenant = \"a\", size = \"2GiB\" }",
+            "phase[0].actor[0].upload.size",
+            "1 byte to 1GiB",
+        ),
+        (
+            "steps = [{ call = \"a/i\", export = \"take_checksum\" }]",
+            "upload = { tenant = \"a\", size = \"12XB\" }",
+            "phase[0].actor[0].upload.size",
+            "not a size",
+        ),
+        (
+            "steps = [{ call = \"a/i\", export = \"take_checksum\" }]",
+            "upload = { tenant = \"a\", size = \"1MiB\", guest = \"scenario_pipeline\" }",
+            "phase[0].actor[0].upload",
+            "exactly one of `guest`",
+        ),
+        (
+            "steps = [{ call = \"a/i\", export = \"take_checksum\" }]",
+            "upload = { tenant = \"a\" }",
+            "phase[0].actor[0].upload",
+            "exactly one of `guest`",
+        ),
+        (
+            "steps = [{ call = \"a/i\", export = \"take_checksum\" }]",
+            "steps = [{ call = \"a/i\", export = \"take_checksum\" }]\nupload = { tenant = \"a\", size = 1 }",
+            "phase[0].actor[0]",
+            "exactly one of `steps`",
+        ),
+        (
+            "name = \"a\"",
+            "name = \"a\"\nquotas = { module_bytes = \"12XB\" }",
+            "tenant[0].quotas.module_bytes",
+            "not a size",
+        ),
+        (
+            "name = \"a\"",
+            "name = \"a\"\nquotas = { compiled_bytes = -1 }",
+            "tenant[0].quotas.compiled_bytes",
+            "negative",
+        ),
+        ("name = \"a\"", "name = \"a\"\nquotas = { trampolines = -1 }", "(syntax)", ""),
         ("[[phase]]", "[[phase]\n", "(syntax)", ""),
     ];
     for (from, to, field, reason) in cases {
@@ -362,6 +502,103 @@ fn validation_errors_name_the_file_the_line_and_the_field() {
         }
         assert!(e.to_string().starts_with(&format!("bad.toml:{}: {field}: ", e.line)), "{e}");
     }
+}
+
+/// Issue 14: the keys a noisy neighbour needs validate into the types the runner uses: every tenant
+/// quota, an instance's call deadline (within its tenant's cap), a step whose instance is each
+/// thread's own, and an upload of a generated module or a guest app (within the tenant's module bytes).
+#[test]
+fn r14_quotas_call_timeouts_per_thread_calls_and_uploads_validate() {
+    let text = GOOD
+        .replacen(
+            "name = \"a\"",
+            "name = \"a\"\nquotas = { max_call_timeout_ms = 120000, trampolines = 2, max_workers = 1, modules = 3, \
+             module_bytes = \"8MiB\", compiled_bytes = \"64MiB\", watches = 5, windows = 7, windows_per_instance = 3 }",
+            1,
+        )
+        .replace(
+            "name = \"i\"\nmodule = \"m\"",
+            "name = \"i0\"\nmodule = \"m\"\ncall_timeout = \"2m\"\n[[instance]]\ntenant = \"a\"\nname = \"i1\"\nmodule = \"m\"",
+        )
+        .replace(
+            "steps = [{ call = \"a/i\", export = \"take_checksum\" }]",
+            "concurrency = 2\nsteps = [{ call = \"a/i{thread}\", export = \"take_checksum\" }]\n\
+             [[phase.actor]]\nname = \"up\"\niterations = 1\nupload = { tenant = \"a\", size = \"1MiB\" }\n\
+             [[phase.actor]]\nname = \"up-guest\"\niterations = 1\nupload = { tenant = \"a\", guest = \"scenario_pipeline\" }",
+        );
+    let s = scenario::parse(&text, "good.toml", None).expect("valid");
+    let q = s.tenants[0].quotas;
+    assert_eq!(
+        (
+            q.max_call_timeout_ms,
+            q.trampolines,
+            q.max_workers,
+            q.modules,
+            q.watches,
+            q.windows,
+            q.windows_per_instance
+        ),
+        (120_000, 2, 1, 3, 5, 7, 3)
+    );
+    assert_eq!((q.module_bytes, q.compiled_bytes), (8 << 20, 64 << 20));
+    assert_eq!(s.instances[0].call_timeout, Some(std::time::Duration::from_secs(120)));
+    assert_eq!(s.instances[1].call_timeout, None, "the broker's default");
+    let actors = &s.phases[0].actors;
+    let Work::Calls(steps) = &actors[0].work else { panic!("calls") };
+    assert_eq!(steps[0].per_thread, [0, 1], "thread t calls a/i<t>");
+    assert_eq!((steps[0].instance(0), steps[0].instance(1)), (0, 1));
+    assert_eq!(actors[0].observe, [0, 1], "both threads' instances are observed");
+    assert_eq!(actors[1].work, Work::Upload { tenant: "a".into(), module: UploadSource::Generated(1 << 20) });
+    assert_eq!(
+        actors[2].work,
+        Work::Upload { tenant: "a".into(), module: UploadSource::Guest("scenario_pipeline".into()) }
+    );
+
+    // Over the tenant's caps, said at validation with the line, rather than by the broker at setup.
+    let over = text.replace("call_timeout = \"2m\"", "call_timeout = \"121s\"");
+    let e = parse_err(&over);
+    assert_eq!((e.field.as_str(), e.line), ("instance[0].call_timeout", line_of(&over, "121s")), "{e}");
+    assert!(e.reason.contains("max_call_timeout_ms = 120000"), "{e}");
+    let over = text.replace("size = \"1MiB\"", "size = \"9MiB\"");
+    let e = parse_err(&over);
+    assert_eq!(e.field, "phase[0].actor[1].upload.size", "{e}");
+    assert!(e.reason.contains("module_bytes = 8388608"), "{e}");
+    let over = text
+        .replace("module_bytes = \"8MiB\"", "module_bytes = 1024")
+        .replace("size = \"1MiB\"", "size = 1000");
+    let e = parse_err(&over);
+    assert_eq!(e.field, "phase[0].actor[2].upload.guest", "{e}");
+    assert!(e.reason.contains("module_bytes = 1024"), "{e}");
+}
+
+/// Issue 14: an upload actor loads its module under a fresh name and unloads it, operation after
+/// operation, so the tenant's module quota is never used up; a call on `{thread}` instances reaches
+/// each thread's own.
+#[test]
+fn r14_uploads_and_per_thread_calls_run() {
+    let text = GOOD
+        .replacen("name = \"a\"", "name = \"a\"\nquotas = { modules = 3 }", 1)
+        .replace("name = \"i\"", "name = \"i0\"\nmodule = \"m\"\n[[instance]]\ntenant = \"a\"\nname = \"i1\"")
+        .replace(
+            "iterations = 3\nsteps = [{ call = \"a/i\", export = \"take_checksum\" }]",
+            "iterations = 4\nconcurrency = 2\nsteps = [{ call = \"a/i{thread}\", export = \"take_checksum\" }]\n\
+             [[phase.actor]]\nname = \"up\"\niterations = 3\nupload = { tenant = \"a\", guest = \"scenario_pipeline\" }\n\
+             [[phase.actor]]\nname = \"up-generated\"\niterations = 2\nupload = { tenant = \"a\", size = \"64KiB\" }",
+        );
+    let s = scenario::parse(&text, "t.toml", None).expect("valid");
+    let report = scenario::run(
+        &s,
+        &RunOptions { modes: Some(vec![Mode::Handle]), workers: Some(2), ..RunOptions::default() },
+        &NoProgress,
+    )
+    .expect("runs");
+    assert!(report.ok(), "{}", report.render());
+    let p = &report.runs[0].phases[0];
+    // The tenant holds one module of its own and may hold three: the two upload actors' five uploads
+    // pass only if each is unloaded again.
+    assert_eq!((ops(p, "x"), ops(p, "up"), ops(p, "up-generated")), (4, 3, 2));
+    assert_eq!(report.workers, 2);
+    assert!(report.render().contains("2 workers"));
 }
 
 #[test]

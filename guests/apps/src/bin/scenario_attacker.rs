@@ -1,15 +1,20 @@
-//! The mixed-trust scenario's untrusted app: it attacks the trusted group with forged handles,
-//! out-of-bounds requests and a flood of writes to the inbox region the trusted consumer watches.
+//! The built-in scenarios' untrusted app.
 //!
-//! Every attack that the broker refuses is counted and returned, so the host can report how many were
-//! refused; an attack that succeeds is a breach (`breaches()` must stay 0). The forged handles and wild
-//! pointers go through the raw imports, so no library code filters them.
+//! In mixed-trust it attacks the trusted group with forged handles, out-of-bounds requests and a flood
+//! of writes to the inbox region the trusted consumer watches. Every attack that the broker refuses is
+//! counted and returned, so the host can report how many were refused; an attack that succeeds is a
+//! breach (`breaches()` must stay 0). The forged handles and wild pointers go through the raw imports,
+//! so no library code filters them.
+//!
+//! In noisy-neighbor it attacks the machine rather than the other tenants' data: `burn` spins in pure
+//! wasm (no host call, so only preemption at epoch ticks can take its worker back), and
+//! `grab_trampolines` registers native toolkit callbacks until the broker refuses one.
 
 #![no_main]
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
-use broker_guest::{Error, Region};
+use broker_guest::{ui_callback, ui_code, Error, Mode, Object, Region};
 
 #[link(wasm_import_module = "broker_v1")]
 extern "C" {
@@ -20,7 +25,14 @@ extern "C" {
 thread_local! {
     static INBOX: Cell<u32> = const { Cell::new(0) };
     static BREACHES: Cell<u64> = const { Cell::new(0) };
+    /// Toolkit objects whose callbacks hold the trampolines `grab_trampolines` got; kept for the life
+    /// of the instance, so the trampolines stay taken.
+    static GRABBED: RefCell<Vec<Object>> = const { RefCell::new(Vec::new()) };
 }
+
+/// The most callbacks `grab_trampolines` tries to register: far above any share of the process's
+/// 64-trampoline pool, so only a refusal ends the loop on a working broker, yet a bound on a broken one.
+const MAX_GRAB: usize = 1024;
 
 static mut BUF: [u8; 64] = [0; 64];
 
@@ -143,4 +155,47 @@ pub extern "C" fn flood(n: i32) -> i64 {
 #[no_mangle]
 pub extern "C" fn breaches() -> i64 {
     i64::try_from(BREACHES.get()).unwrap_or(i64::MAX)
+}
+
+/// Burns CPU in pure wasm for `millions` million rounds of a multiply-xorshift chain (about a
+/// nanosecond a round), with no host call: a spinner that only preemption at epoch ticks can take a
+/// worker back from. Returns the chain's final state (non-negative), so the loop cannot be optimised
+/// away.
+#[no_mangle]
+pub extern "C" fn burn(millions: i32) -> i64 {
+    let rounds = u64::try_from(millions).unwrap_or(0).saturating_mul(1_000_000);
+    let mut x = std::hint::black_box(0x9E37_79B9_7F4A_7C15u64);
+    for _ in 0..rounds {
+        x = x.wrapping_mul(0x5851_F42D_4C95_7F2D).wrapping_add(0x1405_7B7E_F767_814F);
+        x ^= x >> 29;
+    }
+    i64::try_from(x >> 1).unwrap_or(0)
+}
+
+ui_callback!(fn on_grabbed(_user_data, _event) {});
+
+/// Registers native toolkit callbacks, one new object each, until the broker refuses one with
+/// `QUOTA_EXCEEDED` (the tenant's share of the trampoline pool, or the pool itself, is used up); keeps
+/// every registration, so its trampolines stay taken, and returns how many this app holds. Any other
+/// refusal is returned as its status.
+#[no_mangle]
+pub extern "C" fn grab_trampolines() -> i64 {
+    let run = || -> Result<u64, Error> {
+        for _ in 0..MAX_GRAB {
+            let object = Object::create(None, Mode::Handle)?;
+            match object.on_event(ui_code::EVENT_ALL, on_grabbed, 0) {
+                Ok(()) => GRABBED.with_borrow_mut(|held| held.push(object)),
+                Err(e) => {
+                    // An object nobody listens to holds no trampoline: give its region back.
+                    let _ = object.delete();
+                    if e == Error::QuotaExceeded {
+                        break;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(u64::try_from(GRABBED.with_borrow(Vec::len)).unwrap_or(u64::MAX))
+    };
+    ret(run())
 }
