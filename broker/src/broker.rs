@@ -37,14 +37,22 @@ pub struct BrokerConfig {
     /// [`crate::native::MAX_TRAMPOLINES`], the number compiled in. Tenants' `trampolines` quotas share
     /// this pool, so an operator with many tenants using the toolkit raises it.
     pub trampolines: u32,
+    /// How the workers (and compiles) share the host's CPUs with the threads that feed them. `Normal`
+    /// by default for an embedded broker (threads of the embedding program that busy-wait would starve
+    /// idle-class workers); `broker serve` defaults to `Idle`.
+    pub worker_priority: crate::runtime::WorkerPriority,
 }
 
 impl Default for BrokerConfig {
-    /// One worker per available core, at least two (so a runaway guest never blocks every instance), and
-    /// a pool of [`crate::native::DEFAULT_TRAMPOLINES`] trampolines.
+    /// One worker per available core, at least two (so a runaway guest never blocks every instance), a
+    /// pool of [`crate::native::DEFAULT_TRAMPOLINES`] trampolines, and normal-class (niced) workers.
     fn default() -> BrokerConfig {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-        BrokerConfig { workers: cores.max(2), trampolines: crate::native::DEFAULT_TRAMPOLINES }
+        BrokerConfig {
+            workers: cores.max(2),
+            trampolines: crate::native::DEFAULT_TRAMPOLINES,
+            worker_priority: crate::runtime::WorkerPriority::Normal,
+        }
     }
 }
 
@@ -334,6 +342,7 @@ pub struct Broker {
     cells: RwLock<HashMap<InstanceId, Arc<InstanceCell>>>,
     pool: WorkerPool,
     engine: EngineHandle,
+    priority: crate::runtime::WorkerPriority,
 }
 
 impl Broker {
@@ -350,7 +359,7 @@ impl Broker {
         let mut linker = Linker::new(&engine.engine);
         abi::add_to_linker(&mut linker)
             .map_err(|e| Error::InvalidArgument { field: "host functions", reason: e.to_string() })?;
-        let pool = WorkerPool::new(config.workers)
+        let pool = WorkerPool::new(config.workers, engine.engine.clone(), config.worker_priority)
             .map_err(|e| Error::InvalidArgument { field: "workers", reason: e.to_string() })?;
         let core = Arc::new(Core {
             registry: RwLock::new(Registry::default()),
@@ -363,7 +372,14 @@ impl Broker {
             timers: Arc::clone(&engine.timers),
         });
         Self::register_builtin_services(&core);
-        Ok(Broker { core, linker, cells: RwLock::new(HashMap::new()), pool, engine })
+        Ok(Broker {
+            core,
+            linker,
+            cells: RwLock::new(HashMap::new()),
+            pool,
+            engine,
+            priority: config.worker_priority,
+        })
     }
 
     // ----- tenants -----
@@ -428,8 +444,11 @@ impl Broker {
         let count = t.reserve(Resource::Modules, 1)?;
         let bytes = t.reserve(Resource::ModuleBytes, size)?;
         let invalid = |reason: String| Error::InvalidModule { name: module_name.to_owned(), reason };
-        let module =
-            crate::runtime::compile(&self.engine.engine, wasm).map_err(|e| invalid(format!("{e:#}")))?;
+        // Compiling is CPU time of this tenant's: it is charged to the tenant's share of the workers, so
+        // a tenant uploading in a loop gets fewer turns for its calls, not more CPU than its share.
+        let (compiled, used) = crate::runtime::compile(&self.engine.engine, wasm, self.priority);
+        self.pool.charge(tenant, used, t.quotas().cpu_shares);
+        let module = compiled.map_err(|e| invalid(format!("{e:#}")))?;
         let code = module.image_range();
         let compiled =
             u64::try_from((code.end as usize).saturating_sub(code.start as usize)).unwrap_or(u64::MAX);

@@ -46,6 +46,8 @@ pub use crate::capability::{CapError, Handle, Rights};
 pub use crate::error::Error;
 pub use crate::mode::Mode;
 pub use crate::region::{Backing, RegionId, RegionInfo, RegionSpec, TrafficStats};
-pub use crate::runtime::{InstanceConfig, InstanceError, InstanceId, InstanceStatus, RunState};
+pub use crate::runtime::{
+    InstanceConfig, InstanceError, InstanceId, InstanceStatus, RunState, WorkerPriority,
+};
 pub use crate::tenant::{QuotaError, Quotas, Resource, TenantId, Usage};
 pub use wasmtime::Val;

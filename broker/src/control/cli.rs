@@ -149,6 +149,10 @@ struct ScenarioRunArgs {
     /// Worker threads of the broker (default: one per core, at least two).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     workers: Option<u64>,
+    /// How the workers share the CPUs, as for `broker serve`: "idle" (default, as the daemon) or
+    /// "normal".
+    #[arg(long, default_value = "idle")]
+    worker_priority: crate::runtime::WorkerPriority,
     /// Print the JSON report instead of the table.
     #[arg(long)]
     json: bool,
@@ -160,7 +164,7 @@ struct ScenarioRunArgs {
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// TOML config file (keys: listen, state_dir, admin_token_file, max_message_bytes, concurrency_limit,
-    /// workers, trampolines, drain_timeout_ms).
+    /// workers, trampolines, worker_priority, drain_timeout_ms).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on (default 127.0.0.1:7878).
@@ -176,6 +180,12 @@ struct ServeArgs {
     /// number compiled in (default 64). Each tenant holds at most its `trampolines` quota of them.
     #[arg(long)]
     trampolines: Option<u32>,
+    /// How workers share the CPUs: "idle" (default: workers and compiles run in the kernel's idle
+    /// class, so the daemon's own threads, and with them every tenant's replies, always get a core at
+    /// once; for a host that runs the broker) or "normal" (workers at nice +5, compiles at +10; for a
+    /// host shared with other busy processes).
+    #[arg(long)]
+    worker_priority: Option<crate::runtime::WorkerPriority>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -509,6 +519,7 @@ fn scenario_command(verb: ScenarioVerb, out: &mut dyn Write) -> Result<bool, Cli
                 modes,
                 scale: args.scale,
                 workers: args.workers.and_then(|w| usize::try_from(w).ok()),
+                worker_priority: args.worker_priority,
                 cancel: scenario::Cancel::new(),
             };
             let progress: Box<dyn crate::metrics::ProgressSink> = if args.quiet {
@@ -629,6 +640,9 @@ async fn serve_main(args: ServeArgs, out: &mut dyn Write) -> Result<(), CliError
     if let Some(t) = args.trampolines {
         config.trampolines = t;
     }
+    if let Some(p) = args.worker_priority {
+        config.worker_priority = p;
+    }
     let (token, source) = config.admin_token()?;
     if source == "generated for this run" {
         eprintln!("admin token (this run only; use --state-dir to keep one): {token}");
@@ -637,8 +651,12 @@ async fn serve_main(args: ServeArgs, out: &mut dyn Write) -> Result<(), CliError
     }
     let workers = if config.workers == 0 { BrokerConfig::default().workers } else { config.workers };
     let broker = Arc::new(
-        Broker::new(BrokerConfig { workers, trampolines: config.trampolines })
-            .map_err(|e| CliError::Local(e.to_string()))?,
+        Broker::new(BrokerConfig {
+            workers,
+            trampolines: config.trampolines,
+            worker_priority: config.worker_priority,
+        })
+        .map_err(|e| CliError::Local(e.to_string()))?,
     );
     let plane =
         Arc::new(ControlPlane::open(broker, &token, config.state_dir.clone()).map_err(ServeError::from)?);

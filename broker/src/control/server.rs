@@ -39,6 +39,9 @@ pub struct ServeConfig {
     /// Native trampolines the broker's pool may bind at once (`BrokerConfig::trampolines`): 1 to
     /// `native::MAX_TRAMPOLINES`; anything else is refused when the broker starts.
     pub trampolines: u32,
+    /// How workers share the CPUs with the daemon's other threads (`BrokerConfig::worker_priority`):
+    /// "idle" (the default) or "normal".
+    pub worker_priority: crate::runtime::WorkerPriority,
     /// On shutdown, how long to wait for calls in flight and for clients to close their connections
     /// before giving up on them, in milliseconds.
     pub drain_timeout_ms: u64,
@@ -55,6 +58,7 @@ impl Default for ServeConfig {
             concurrency_limit: 64,
             workers: 0,
             trampolines: crate::native::DEFAULT_TRAMPOLINES,
+            worker_priority: crate::runtime::WorkerPriority::Idle,
             drain_timeout_ms: 10_000,
         }
     }

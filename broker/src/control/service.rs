@@ -486,7 +486,7 @@ fn scenario_request(
     if !(scale.is_finite() && scale > 0.0 && scale <= 1000.0) {
         return Err(invalid("scale", format!("{} is not in (0, 1000]", req.scale)));
     }
-    Ok((s, scenario::RunOptions { modes, scale, workers: None, cancel: scenario::Cancel::new() }))
+    Ok((s, scenario::RunOptions { modes, scale, ..scenario::RunOptions::default() }))
 }
 
 #[tonic::async_trait]

@@ -72,56 +72,41 @@ impl Drop for EngineHandle {
     }
 }
 
-/// How much lower than the workers a compile thread runs (a nice value: the kernel then gives it about a
-/// tenth of a core that workers also want).
-const COMPILE_NICE: i32 = 10;
-
-/// Compiles a module on a thread of its own at a lower CPU priority than the workers, and waits for it.
+/// Compiles a module on a thread of its own at a priority no higher than the workers' (see
+/// [`super::priority`]), and waits for it.
 ///
-/// Compiling a large module takes a core for seconds; at the workers' priority, a tenant uploading in a
-/// loop would take CPU time from every tenant's calls, outside the fair share the pool enforces. A
-/// niced thread compiles at full speed on an idle machine and yields to calls on a busy one.
+/// Compiling a large module takes a core for seconds; at the priority of the threads that feed the
+/// workers, a tenant uploading in a loop would take CPU time from every tenant's calls, outside the
+/// fair share the pool enforces. A lowered thread compiles at full speed on an idle machine and shares
+/// a busy one with the workers. (Lowering a thread's priority needs no privilege; raising it again
+/// would, hence a thread per compile.)
 ///
-/// # Errors
-/// wasmtime's, for a module that does not validate or compile; a compile thread that could not start
-/// or panicked is reported the same way.
-pub(crate) fn compile(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<wasmtime::Module> {
-    niced(|| wasmtime::Module::new(engine, wasm))
-        .unwrap_or_else(|e| Err(wasmtime::Error::msg(format!("the compile thread failed: {e}"))))
-}
-
-/// Runs `f` on a new thread whose nice value is [`COMPILE_NICE`] above the caller's, and waits for it.
-/// (Raising a thread's nice value needs no privilege; lowering it again would, hence a thread per
-/// call.) If the kernel refuses the change, `f` runs at the caller's priority.
-fn niced<T: Send>(f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+/// Returns the module (or wasmtime's error, for a module that does not validate or compile; a compile
+/// thread that could not start or panicked is reported the same way) and the CPU time the compile used.
+pub(crate) fn compile(
+    engine: &Engine,
+    wasm: &[u8],
+    priority: super::WorkerPriority,
+) -> (wasmtime::Result<wasmtime::Module>, Duration) {
     std::thread::scope(|scope| {
         let thread = std::thread::Builder::new().name("broker-compile".into()).spawn_scoped(scope, || {
-            let me = rustix::thread::gettid();
-            let current = rustix::process::getpriority_process(Some(me)).unwrap_or(0);
-            if let Err(e) =
-                rustix::process::setpriority_process(Some(me), current.saturating_add(COMPILE_NICE))
-            {
-                tracing::debug!("compile thread keeps the workers' priority: {e}");
-            }
-            f()
-        })?;
-        thread.join().map_err(|_| std::io::Error::other("the thread panicked"))
+            super::priority::lower_this_thread(priority, super::priority::Role::Compile);
+            let cpu_ns = || {
+                let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+                i128::from(t.tv_sec) * 1_000_000_000 + i128::from(t.tv_nsec)
+            };
+            let start = cpu_ns();
+            let compiled = wasmtime::Module::new(engine, wasm);
+            let used = Duration::from_nanos(u64::try_from(cpu_ns() - start).unwrap_or(0));
+            (compiled, used)
+        });
+        match thread.map(std::thread::ScopedJoinHandle::join) {
+            Ok(Ok(done)) => done,
+            Ok(Err(_)) => (Err(wasmtime::Error::msg("the compile thread panicked")), Duration::ZERO),
+            Err(e) => (
+                Err(wasmtime::Error::msg(format!("the compile thread could not start: {e}"))),
+                Duration::ZERO,
+            ),
+        }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn niced_work_runs_below_the_callers_priority() {
-        let own = rustix::process::getpriority_process(None).expect("own priority");
-        let inside = niced(|| rustix::process::getpriority_process(Some(rustix::thread::gettid())))
-            .expect("thread")
-            .expect("priority");
-        // Nice values stop at 19.
-        assert_eq!(inside, (own + COMPILE_NICE).min(19), "the compile thread runs niced");
-        let after = rustix::process::getpriority_process(Some(rustix::thread::gettid())).expect("priority");
-        assert_eq!(after, own, "the caller's own priority is untouched");
-    }
 }

@@ -17,6 +17,7 @@ mod instance;
 mod limits;
 pub(crate) mod memory_creator;
 mod pool;
+mod priority;
 mod timer;
 
 use std::fmt;
@@ -25,6 +26,7 @@ use std::time::Duration;
 pub(crate) use engine::{compile, EngineHandle};
 pub(crate) use instance::{EventSink, InstanceCell, InstanceState, StopTrap};
 pub(crate) use pool::WorkerPool;
+pub use priority::WorkerPriority;
 pub(crate) use timer::{TimerKey, Timers};
 
 /// Identifies an instance for the lifetime of a broker (a restart keeps the id).

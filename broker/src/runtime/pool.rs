@@ -78,8 +78,9 @@ impl<T> Default for Queues<T> {
 
 impl<T> Queues<T> {
     /// Adds `item` at the back of its tenant's list (and the tenant to the rotation if it had nothing
-    /// runnable; one that was idle comes back no lower than the current floor).
-    fn push(&mut self, tenant: TenantId, item: T) {
+    /// runnable; one that was idle comes back no lower than the current floor). True if the tenant is
+    /// owed a worker before another tenant that holds one now: its virtual runtime is no higher.
+    fn push(&mut self, tenant: TenantId, item: T) -> bool {
         let floor = self.floor;
         let q = self.tenants.entry(tenant).or_insert_with(|| TenantQueue {
             runnable: VecDeque::new(),
@@ -93,6 +94,10 @@ impl<T> Queues<T> {
             self.turns.push_back(tenant);
         }
         q.runnable.push_back(item);
+        // A running tenant is charged its turn only when the turn ends, so one at the same virtual
+        // runtime has already used more than it shows.
+        let mine = q.vruntime;
+        self.tenants.iter().any(|(t, o)| *t != tenant && o.running > 0 && o.vruntime >= mine)
     }
 
     /// Takes the first item of the runnable tenant with the least virtual runtime that may run another
@@ -133,6 +138,17 @@ impl<T> Queues<T> {
         }
     }
 
+    /// Charges `tenant` for CPU time used outside the workers (a compile), at weight `shares`.
+    fn charge(&mut self, tenant: TenantId, used: Duration, shares: u64) {
+        let floor = self.floor;
+        let q = self.tenants.entry(tenant).or_insert_with(|| TenantQueue {
+            runnable: VecDeque::new(),
+            running: 0,
+            vruntime: floor,
+        });
+        q.vruntime = q.vruntime.max(floor).saturating_add(weighted(used, shares));
+    }
+
     /// Whether `tenant` has runnable instances.
     fn has_runnable(&self, tenant: TenantId) -> bool {
         self.tenants.get(&tenant).is_some_and(|q| !q.runnable.is_empty())
@@ -147,18 +163,37 @@ fn weighted(ran: Duration, shares: u64) -> u64 {
 }
 
 /// What the workers and the submitters share.
-#[derive(Default)]
 struct Scheduler {
     queues: Mutex<Queues<Arc<InstanceCell>>>,
     ready: Condvar,
     /// Instances runnable (a hint read without the lock, so spinning workers leave the lock to
     /// submitters).
     runnable: AtomicUsize,
+    /// Workers running an instance right now, and how many there are.
+    busy: AtomicUsize,
+    workers: usize,
+    /// The engine whose epoch is advanced to preempt running calls at once (see `push`).
+    engine: wasmtime::Engine,
+}
+
+/// Why an instance became runnable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// New work: a job was posted, or a parked call was woken.
+    New,
+    /// A worker queued it again after its turn (it yielded, or has more jobs).
+    Again,
 }
 
 impl Scheduler {
     /// Makes `cell` runnable (the caller set its `scheduled` flag).
-    pub(super) fn push(&self, cell: Arc<InstanceCell>) {
+    ///
+    /// New work of a tenant that is owed a worker (its virtual runtime is lower than that of a tenant
+    /// running now), arriving while every worker is busy, advances the engine's epoch: every running
+    /// call reaches its epoch check at once and yields, instead of at the next tick. So a tenant's call
+    /// waits microseconds, not a tick, for a worker that spinners hold. Work queued again after a turn
+    /// never does this (two spinners would make each other yield without end).
+    fn push(&self, cell: Arc<InstanceCell>, arrival: Arrival) {
         let tenant = cell.tenant.id();
         let mut q = self.queues.lock();
         if q.stopping {
@@ -166,10 +201,13 @@ impl Scheduler {
             // cell holds a handle to this scheduler).
             return;
         }
-        q.push(tenant, cell);
+        let owed = q.push(tenant, cell);
         self.runnable.fetch_add(1, Ordering::Relaxed);
         drop(q);
         self.ready.notify_one();
+        if arrival == Arrival::New && owed && self.busy.load(Ordering::Relaxed) >= self.workers {
+            self.engine.increment_epoch();
+        }
     }
 
     /// The next instance to run: the first of the tenant whose turn it is; `None` once the pool is
@@ -189,6 +227,9 @@ impl Scheduler {
                 }
                 if let Some(cell) = q.take_turn(worker_cap) {
                     self.runnable.fetch_sub(1, Ordering::Relaxed);
+                    // Counted under the lock `push` takes, so a push that finds every worker busy and
+                    // preempts sees this one too (the caller gives it back after its turn).
+                    self.busy.fetch_add(1, Ordering::Relaxed);
                     return Some(cell);
                 }
                 if spins < IDLE_SPINS {
@@ -253,13 +294,19 @@ impl PoolHandle {
     /// Posts a job to an instance's mailbox and makes sure a worker will run it.
     pub(crate) fn submit(&self, cell: &Arc<InstanceCell>, job: Job) {
         if cell.post(job) {
-            self.scheduler.push(Arc::clone(cell));
+            self.scheduler.push(Arc::clone(cell), Arrival::New);
         }
     }
 
     /// Queues a cell whose `scheduled` flag the caller set (a woken job).
     pub(super) fn schedule(&self, cell: Arc<InstanceCell>) {
-        self.scheduler.push(cell);
+        self.scheduler.push(cell, Arrival::New);
+    }
+
+    /// Charges `tenant` for CPU time `used` outside the workers (a compile) at weight `shares`, so its
+    /// instances' next turns wait until the others have had as much.
+    pub(crate) fn charge(&self, tenant: TenantId, used: Duration, shares: u64) {
+        self.scheduler.queues.lock().charge(tenant, used, shares);
     }
 
     /// Whether instances wait for a worker: a long call then yields its own at the next tick.
@@ -269,14 +316,26 @@ impl PoolHandle {
 }
 
 impl WorkerPool {
-    /// Starts `workers` threads (at least one).
-    pub(crate) fn new(workers: usize) -> std::io::Result<WorkerPool> {
-        let scheduler = Arc::new(Scheduler::default());
+    /// Starts `workers` threads (at least one) that run calls on `engine`, at `priority`.
+    pub(crate) fn new(
+        workers: usize,
+        engine: wasmtime::Engine,
+        priority: super::WorkerPriority,
+    ) -> std::io::Result<WorkerPool> {
+        let scheduler = Arc::new(Scheduler {
+            queues: Mutex::new(Queues::default()),
+            ready: Condvar::new(),
+            runnable: AtomicUsize::new(0),
+            busy: AtomicUsize::new(0),
+            workers: workers.max(1),
+            engine,
+        });
         let mut threads = Vec::new();
         for i in 0..workers.max(1) {
             let s = Arc::clone(&scheduler);
-            let spawned =
-                std::thread::Builder::new().name(format!("broker-worker-{i}")).spawn(move || work(&s));
+            let spawned = std::thread::Builder::new()
+                .name(format!("broker-worker-{i}"))
+                .spawn(move || work(&s, priority));
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -297,6 +356,11 @@ impl WorkerPool {
         self.handle().submit(cell, job);
     }
 
+    /// See [`PoolHandle::charge`].
+    pub(crate) fn charge(&self, tenant: TenantId, used: Duration, shares: u64) {
+        self.handle().charge(tenant, used, shares);
+    }
+
     /// A handle for posting jobs later.
     pub(crate) fn handle(&self) -> PoolHandle {
         PoolHandle { scheduler: Arc::clone(&self.scheduler) }
@@ -313,13 +377,15 @@ fn cpu_shares(cell: &Arc<InstanceCell>) -> u64 {
     cell.tenant.quotas().cpu_shares
 }
 
-fn work(scheduler: &Scheduler) {
+fn work(scheduler: &Scheduler, priority: super::WorkerPriority) {
+    super::priority::lower_this_thread(priority, super::priority::Role::Worker);
     while let Some(cell) = scheduler.pop() {
         let started = Instant::now();
         cell.run_jobs(BATCH);
+        scheduler.busy.fetch_sub(1, Ordering::Relaxed);
         scheduler.finished(cell.tenant.id(), started.elapsed(), cpu_shares(&cell));
         if cell.reschedule() {
-            scheduler.push(cell);
+            scheduler.push(cell, Arrival::Again);
         }
     }
 }
@@ -453,6 +519,25 @@ mod tests {
             }
         }
         assert!(b_turns >= 1, "b went first: a had used more");
+    }
+
+    #[test]
+    fn new_work_of_a_tenant_that_used_less_is_owed_a_running_tenants_worker() {
+        let (a, b) = (TenantId(1), TenantId(2));
+        let mut q = Queues::default();
+        assert!(!q.push(a, "a1"), "nobody runs: nothing to preempt");
+        assert_eq!(q.take_turn(|_| 0), Some("a1"));
+        assert!(q.push(b, "b1"), "b at the floor is owed a worker a holds (a's turn is not charged yet)");
+        assert_eq!(q.take_turn(|_| 0), Some("b1"));
+        q.finished(b, 5 * MS, DEFAULT_CPU_SHARES);
+        q.finished(a, MS, DEFAULT_CPU_SHARES);
+        assert!(!q.push(a, "a2"), "nobody runs");
+        assert_eq!(q.take_turn(|_| 0), Some("a2"));
+        assert!(!q.push(a, "a3"), "a tenant is never owed its own worker");
+        assert!(!q.push(b, "b2"), "b has used more than a, which runs: not owed");
+        // Compiling is charged to the tenant too.
+        q.charge(a, Duration::from_secs(1), DEFAULT_CPU_SHARES);
+        assert!(q.push(b, "b3"), "a's compile put it far ahead of b");
     }
 
     #[test]

@@ -61,13 +61,22 @@ pub struct RunOptions {
     pub scale: f64,
     /// Worker threads of each run's broker (`None`: the default, one per core and at least two).
     pub workers: Option<usize>,
+    /// How each run's workers share the CPUs: as the daemon's do by default (`Idle`), so the figures
+    /// say what `broker serve` does.
+    pub worker_priority: crate::WorkerPriority,
     /// Stops the run early (a gRPC client that went away, a daemon shutting down).
     pub cancel: Cancel,
 }
 
 impl Default for RunOptions {
     fn default() -> RunOptions {
-        RunOptions { modes: None, scale: 1.0, workers: None, cancel: Cancel::new() }
+        RunOptions {
+            modes: None,
+            scale: 1.0,
+            workers: None,
+            worker_priority: crate::WorkerPriority::Idle,
+            cancel: Cancel::new(),
+        }
     }
 }
 
@@ -294,9 +303,12 @@ fn run_mode(
 ) -> Result<ModeRun, RunError> {
     let started = Instant::now();
     let rss_reset = reset_peak_rss();
-    let config = opts
-        .workers
-        .map_or_else(BrokerConfig::default, |workers| BrokerConfig { workers, ..BrokerConfig::default() });
+    let defaults = BrokerConfig::default();
+    let config = BrokerConfig {
+        workers: opts.workers.unwrap_or(defaults.workers),
+        worker_priority: opts.worker_priority,
+        ..defaults
+    };
     let broker = setup(|| "starting the broker".into(), Broker::new(config))?;
     let state_dir = if scenario.regions.iter().any(|r| r.persistent) {
         let dir = std::env::temp_dir().join(format!(

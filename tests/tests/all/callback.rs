@@ -204,7 +204,8 @@ fn trampoline_slots_run_out_and_are_reused() {
     let _turn = TOOLKIT.lock();
     // A broker with a pool of 20 (not a multiple of the 8 callbacks an object takes), and a tenant the
     // operator lets hold more than the whole pool, so the pool's size is what runs out.
-    let b = Broker::new(BrokerConfig { workers: 2, trampolines: 20 }).expect("broker");
+    let b =
+        Broker::new(BrokerConfig { workers: 2, trampolines: 20, ..BrokerConfig::default() }).expect("broker");
     let more = broker::Quotas { trampolines: 21, ..broker::Quotas::default() };
     let t = b.create_tenant("alpha", more).expect("tenant");
     let app = start(&b, t, "callback_app", "app");
@@ -245,7 +246,7 @@ fn trampoline_slots_run_out_and_are_reused() {
 fn trampoline_pool_sizes_outside_one_to_the_maximum_are_refused() {
     let max = broker::native::MAX_TRAMPOLINES;
     for bad in [0, max + 1] {
-        let err = Broker::new(BrokerConfig { workers: 2, trampolines: bad }).err();
+        let err = Broker::new(BrokerConfig { workers: 2, trampolines: bad, ..BrokerConfig::default() }).err();
         assert_eq!(
             err,
             Some(broker::Error::InvalidArgument {
@@ -254,7 +255,8 @@ fn trampoline_pool_sizes_outside_one_to_the_maximum_are_refused() {
             })
         );
     }
-    let largest = Broker::new(BrokerConfig { workers: 2, trampolines: max }).expect("the maximum is valid");
+    let largest = Broker::new(BrokerConfig { workers: 2, trampolines: max, ..BrokerConfig::default() })
+        .expect("the maximum is valid");
     assert_eq!(largest.trampolines().capacity(), max);
 }
 
