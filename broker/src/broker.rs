@@ -774,6 +774,12 @@ impl Broker {
         offset: u64,
         len: Option<u64>,
     ) -> Result<GrantId, Error> {
+        if rights == Rights::NONE {
+            return Err(Error::InvalidArgument {
+                field: "rights",
+                reason: "a grant needs at least one right (read, write, map, grant, watch)".into(),
+            });
+        }
         let r = self.core.region(region)?;
         self.cell(instance)?;
         let owner = self.core.tenant(r.owner())?;

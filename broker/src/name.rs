@@ -30,9 +30,14 @@ pub enum NameError {
     /// The bytes are not UTF-8.
     #[error("name is not valid UTF-8")]
     NotUtf8,
+    /// `.` and `..` mean "this directory" and "the parent directory" wherever a name becomes part of
+    /// a path, so they are never names.
+    #[error("{0:?} is reserved and cannot be a name")]
+    Reserved(&'static str),
 }
 
-/// A validated name: 1 to [`MAX_LEN`] bytes of `[A-Za-z0-9._-]`.
+/// A validated name: 1 to [`MAX_LEN`] bytes of `[A-Za-z0-9._-]`, other than `.` and `..`. So a name
+/// is always a plain file name: persistent state is stored under names without escaping.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Name(String);
 
@@ -50,6 +55,11 @@ impl Name {
         }
         if let Some(ch) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
             return Err(NameError::BadChar { ch });
+        }
+        match s {
+            "." => return Err(NameError::Reserved(".")),
+            ".." => return Err(NameError::Reserved("..")),
+            _ => {}
         }
         Ok(Name(s.to_owned()))
     }
@@ -118,6 +128,11 @@ mod tests {
         assert_eq!(Name::new(&"x".repeat(MAX_LEN + 1)), Err(NameError::TooLong { len: MAX_LEN + 1 }));
         assert_eq!(Name::from_bytes(&[0xff]), Err(NameError::NotUtf8));
         assert!(Name::new("sensor-hub_1.v2").is_ok());
+        // Issue 15: the two path components that are not plain names.
+        assert_eq!(Name::new("."), Err(NameError::Reserved(".")));
+        assert_eq!(Name::new(".."), Err(NameError::Reserved("..")));
+        assert_eq!(QualifiedName::parse("../x"), Err(NameError::Reserved("..")));
+        assert!(Name::new("...").is_ok() && Name::new(".hidden").is_ok(), "only the two reserved ones");
     }
 
     #[test]

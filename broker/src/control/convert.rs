@@ -79,7 +79,11 @@ pub(crate) fn usage_to(u: &Usage) -> pb::Usage {
 
 pub(crate) fn mode_from(raw: i32) -> Result<Mode, ApiError> {
     match pb::Mode::try_from(raw) {
-        Ok(pb::Mode::Unspecified | pb::Mode::Handle) => Ok(Mode::Handle),
+        Ok(pb::Mode::Unspecified) => Err(ApiError::InvalidField {
+            field: "mode",
+            reason: "MODE_UNSPECIFIED: say MODE_HANDLE, MODE_MIRROR or MODE_SHARED".into(),
+        }),
+        Ok(pb::Mode::Handle) => Ok(Mode::Handle),
         Ok(pb::Mode::Mirror) => Ok(Mode::Mirror),
         Ok(pb::Mode::Shared) => Ok(Mode::Shared),
         Err(_) => Err(ApiError::InvalidField { field: "mode", reason: format!("unknown mode {raw}") }),

@@ -95,7 +95,7 @@ pub async fn run(
             tenant: "load".into(),
             name: "data".into(),
             size,
-            mode: 0,
+            mode: pb::Mode::Handle.into(),
             policy: 0,
             backing: 0,
         };

@@ -225,7 +225,11 @@ impl ControlPlane {
             })?
             .join("regions")
             .join(tenant);
-        std::fs::create_dir_all(&dir).map_err(|e| ApiError::Store(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            tracing::error!(dir = %dir.display(), "cannot create a tenant's regions directory: {e}");
+            // The client learns what failed, not where the daemon keeps its files.
+            ApiError::Store(format!("cannot create the regions directory of tenant {tenant}: {e}"))
+        })?;
         Ok(dir.join(format!("{name}.region")))
     }
 

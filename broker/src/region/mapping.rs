@@ -70,7 +70,7 @@ impl RegionMemory {
     /// [`RegionError::Os`] if the file cannot be opened, sized, mapped or restored.
     pub fn open_file(path: &std::path::Path, len: u64) -> Result<RegionMemory, RegionError> {
         let os = |op: &'static str| {
-            move |e: std::io::Error| RegionError::Os { op, message: format!("{}: {e}", path.display()) }
+            move |e: std::io::Error| RegionError::Os { op, message: format!("{}: {e}", shown(path)) }
         };
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -107,7 +107,7 @@ impl RegionMemory {
     fn restore_snapshot(&self) -> Result<(), RegionError> {
         let Some(snap) = &self.snapshot else { return Ok(()) };
         let os = |op: &'static str| {
-            move |e: std::io::Error| RegionError::Os { op, message: format!("{}: {e}", snap.display()) }
+            move |e: std::io::Error| RegionError::Os { op, message: format!("{}: {e}", shown(snap)) }
         };
         let bytes = match std::fs::read(snap) {
             Ok(b) => b,
@@ -136,7 +136,7 @@ impl RegionMemory {
         let Some(snap) = &self.snapshot else { return Ok(None) };
         let serial = self.flushing.lock();
         let os = |op: &'static str| {
-            move |e: std::io::Error| RegionError::Os { op, message: format!("{}: {e}", snap.display()) }
+            move |e: std::io::Error| RegionError::Os { op, message: format!("{}: {e}", shown(snap)) }
         };
         let tmp = snap.with_extension("snap.tmp");
         let mut f = File::create(&tmp).map_err(os("create snapshot"))?;
@@ -267,7 +267,7 @@ impl StagedSnapshot<'_> {
     pub(crate) fn commit(self) -> Result<(), RegionError> {
         let Some(snap) = &self.memory.snapshot else { return Ok(()) };
         let os = |op: &'static str| {
-            move |e: std::io::Error| RegionError::Os { op, message: format!("{}: {e}", snap.display()) }
+            move |e: std::io::Error| RegionError::Os { op, message: format!("{}: {e}", shown(snap)) }
         };
         self.file.sync_all().map_err(os("fsync snapshot"))?;
         std::fs::rename(&self.tmp, snap).map_err(os("rename snapshot"))?;
@@ -322,6 +322,12 @@ impl RegionMemory {
         unsafe { ptr::copy(src, self.map.as_mut_ptr().add(start), len) };
         Ok(())
     }
+}
+
+/// A file as error messages show it: its name only. Errors reach clients, and the server's directory
+/// layout (an absolute path under the state dir) is none of their business; the daemon log has it.
+fn shown(path: &std::path::Path) -> String {
+    path.file_name().map_or_else(|| "the region file".to_owned(), |n| n.to_string_lossy().into_owned())
 }
 
 #[cfg(test)]

@@ -222,7 +222,7 @@ fn tenants_and_quotas_bad_inputs() {
         tenant: String::new(),
         name: "r".into(),
         size: 101,
-        mode: 0,
+        mode: pb::Mode::Handle.into(),
         policy: 0,
         backing: 0,
     };
@@ -232,7 +232,7 @@ fn tenants_and_quotas_bad_inputs() {
         tenant: String::new(),
         name: "s".into(),
         size: 1,
-        mode: 0,
+        mode: pb::Mode::Handle.into(),
         policy: 0,
         backing: 0,
     };
@@ -322,7 +322,7 @@ fn regions_grants_and_watch() {
         tenant: String::new(),
         name: "z".into(),
         size: 0,
-        mode: 0,
+        mode: pb::Mode::Handle.into(),
         policy: 0,
         backing: 0,
     };
@@ -340,7 +340,7 @@ fn regions_grants_and_watch() {
         tenant: String::new(),
         name: "z".into(),
         size: 1,
-        mode: 0,
+        mode: pb::Mode::Handle.into(),
         policy: 0,
         backing: pb::Backing::Persistent.into(),
     };
@@ -349,7 +349,7 @@ fn regions_grants_and_watch() {
         tenant: String::new(),
         name: "data".into(),
         size: 1,
-        mode: 0,
+        mode: pb::Mode::Handle.into(),
         policy: 0,
         backing: 0,
     };
@@ -765,7 +765,7 @@ fn every_rpc_needs_a_valid_token_and_keeps_tenants_apart() {
                 tenant: "alpha".into(),
                 name: "evil".into(),
                 size: 64,
-                mode: 0,
+                mode: pb::Mode::Handle.into(),
                 policy: 0,
                 backing: 0
             }
@@ -1023,16 +1023,17 @@ fn every_request_field_is_validated() {
         bad!(d, t, get_instance, inst("nope"), NotFound),
         bad!(d, admin, list_instances, instances_of(""), InvalidArgument, "tenant"),
         bad!(d, admin, list_instances, instances_of("nobody"), NotFound),
-        bad!(d, t, create_region, create_region("", 64, 0, 0, 0), InvalidArgument, "name"),
-        bad!(d, t, create_region, create_region("a/b", 64, 0, 0, 0), InvalidArgument, "name"),
-        bad!(d, t, create_region, create_region("a b", 64, 0, 0, 0), InvalidArgument, "name"),
-        bad!(d, t, create_region, create_region("r", 0, 0, 0, 0), InvalidArgument, "size"),
+        bad!(d, t, create_region, create_region("", 64, 1, 0, 0), InvalidArgument, "name"),
+        bad!(d, t, create_region, create_region("a/b", 64, 1, 0, 0), InvalidArgument, "name"),
+        bad!(d, t, create_region, create_region("a b", 64, 1, 0, 0), InvalidArgument, "name"),
+        bad!(d, t, create_region, create_region("r", 0, 1, 0, 0), InvalidArgument, "size"),
         bad!(d, t, create_region, create_region("r", 64, 99, 0, 0), InvalidArgument, "mode"),
         bad!(d, t, create_region, create_region("r", 64, -1, 0, 0), InvalidArgument, "mode"),
-        bad!(d, t, create_region, create_region("r", 64, 0, 99, 0), InvalidArgument, "policy"),
-        bad!(d, t, create_region, create_region("r", 64, 0, 0, 99), InvalidArgument, "backing"),
-        bad!(d, t, create_region, create_region("r", 64, 0, 0, persistent), FailedPrecondition),
-        bad!(d, t, create_region, create_region("data", 64, 0, 0, 0), AlreadyExists),
+        bad!(d, t, create_region, create_region("r", 64, 0, 0, 0), InvalidArgument, "mode"),
+        bad!(d, t, create_region, create_region("r", 64, 1, 99, 0), InvalidArgument, "policy"),
+        bad!(d, t, create_region, create_region("r", 64, 1, 0, 99), InvalidArgument, "backing"),
+        bad!(d, t, create_region, create_region("r", 64, 1, 0, persistent), FailedPrecondition),
+        bad!(d, t, create_region, create_region("data", 64, 1, 0, 0), AlreadyExists),
         bad!(d, t, get_region, region_ref("", ""), InvalidArgument, "name"),
         bad!(d, t, get_region, region_ref("", "a b"), InvalidArgument, "name"),
         bad!(d, t, get_region, region_ref("", "nope"), NotFound),
@@ -1678,4 +1679,94 @@ fn r14_serve_refuses_a_trampoline_pool_outside_the_compiled_range() {
         assert!(text.contains("invalid trampolines") && text.contains("1 to 1024"), "{text}");
         assert!(out.is_empty(), "nothing listened: {}", String::from_utf8_lossy(&out));
     }
+}
+
+/// Issue 15: `.` and `..` are never names (they would be path components in the state dir), a grant
+/// needs a right, a region needs a mode, and an error about a file shows no server path.
+#[test]
+fn r15_reserved_names_empty_grants_unspecified_modes_and_no_server_paths() {
+    let dir = std::env::temp_dir().join(format!("broker-r15-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = Daemon::start(Some(dir.clone()));
+    let admin = d.client(Some(&d.admin));
+    for bad in [".", ".."] {
+        let err = rpc!(d, admin, create_tenant, pb::CreateTenantRequest { name: bad.into(), quotas: None })
+            .expect_err("reserved");
+        assert_eq!(err.code(), Code::InvalidArgument, "tenant {bad:?}: {}", err.message());
+        assert!(err.message().contains("reserved"), "{}", err.message());
+    }
+    let t = tenant(&d, &admin, "t");
+    for bad in [".", ".."] {
+        let r = pb::CreateRegionRequest {
+            tenant: String::new(),
+            name: bad.into(),
+            size: 4096,
+            mode: pb::Mode::Handle.into(),
+            policy: 0,
+            backing: pb::Backing::Persistent.into(),
+        };
+        assert_eq!(code(rpc!(d, t, create_region, r)), Code::InvalidArgument, "region {bad:?}");
+        let m = pb::UploadModuleRequest {
+            tenant: String::new(),
+            name: bad.into(),
+            wasm: broker_guests::ISOLATION_OPS_WASM.to_vec(),
+        };
+        assert_eq!(code(rpc!(d, t, upload_module, m)), Code::InvalidArgument, "module {bad:?}");
+    }
+    upload(&d, &t, "ops", broker_guests::ISOLATION_OPS_WASM);
+    for bad in [".", ".."] {
+        let s = pb::StartInstanceRequest {
+            tenant: String::new(),
+            module: "ops".into(),
+            name: bad.into(),
+            config: None,
+        };
+        assert_eq!(code(rpc!(d, t, start_instance, s)), Code::InvalidArgument, "instance {bad:?}");
+    }
+    assert!(!dir.join("regions").join("t").join("...region").exists() && !dir.join("..region").exists());
+
+    // A region needs a mode: MODE_UNSPECIFIED (0, a client's default) is refused, naming the field.
+    let unspecified = pb::CreateRegionRequest {
+        tenant: String::new(),
+        name: "r".into(),
+        size: 4096,
+        mode: pb::Mode::Unspecified.into(),
+        policy: 0,
+        backing: pb::Backing::Ephemeral.into(),
+    };
+    let err = rpc!(d, t, create_region, unspecified).expect_err("no mode");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("mode") && err.message().contains("MODE_HANDLE"), "{}", err.message());
+
+    // A grant with no rights is refused; nothing is granted.
+    region(&d, &t, "r", 4096, pb::Mode::Handle, pb::Backing::Ephemeral);
+    start(&d, &t, "ops", "app");
+    let none = pb::GrantRequest {
+        region: Some(region_ref("", "r")),
+        instance: "app".into(),
+        rights: 0,
+        offset: 0,
+        len: None,
+    };
+    let err = rpc!(d, t, grant, none).expect_err("no rights");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("rights"), "{}", err.message());
+
+    // A persistent region whose file cannot be created: the error names the file, not where it is.
+    std::fs::create_dir_all(dir.join("regions").join("t").join("blocked.region"))
+        .expect("a directory in the way");
+    let blocked = pb::CreateRegionRequest {
+        tenant: String::new(),
+        name: "blocked".into(),
+        size: 4096,
+        mode: pb::Mode::Handle.into(),
+        policy: 0,
+        backing: pb::Backing::Persistent.into(),
+    };
+    let err = rpc!(d, t, create_region, blocked).expect_err("the file is a directory");
+    assert!(err.message().contains("blocked.region"), "{}", err.message());
+    let root = dir.to_string_lossy().into_owned();
+    assert!(!err.message().contains(&root), "a server path in an error: {}", err.message());
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
 }
