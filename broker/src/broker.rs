@@ -475,12 +475,23 @@ impl Broker {
         Ok(())
     }
 
-    /// Removes a module; running instances keep their compiled code.
+    /// Removes a module and gives its quota back.
     ///
     /// # Errors
-    /// [`Error::ModuleNotFound`].
+    /// [`Error::ModuleNotFound`]; [`Error::ModuleInUse`] while instances run it (stop them first).
     pub fn unload_module(&self, tenant: TenantId, module_name: &str) -> Result<(), Error> {
         let n = name(module_name)?;
+        let mut users: Vec<String> = self
+            .cells
+            .read()
+            .values()
+            .filter(|c| c.tenant.id() == tenant && c.status().module == n.as_str())
+            .map(|c| c.name.to_string())
+            .collect();
+        if !users.is_empty() {
+            users.sort();
+            return Err(Error::ModuleInUse { module: n.to_string(), instances: users });
+        }
         let removed = self
             .core
             .registry
@@ -488,8 +499,6 @@ impl Broker {
             .modules
             .remove(&(tenant, n))
             .ok_or_else(|| Error::ModuleNotFound(module_name.to_owned()))?;
-        // Instances still running it keep its code alive, but the tenant may load another in its place:
-        // the instances themselves are bounded by their own quota.
         if let Ok(t) = self.core.tenant(tenant) {
             t.release(Resource::Modules, 1);
             t.release(Resource::ModuleBytes, removed.size);

@@ -50,6 +50,14 @@ pub enum Error {
     /// A module with that name exists in the tenant.
     #[error("module {0} already exists")]
     ModuleExists(String),
+    /// A module cannot be unloaded while instances run it.
+    #[error("module {module} is in use by instances {}; stop them first", instances.join(", "))]
+    ModuleInUse {
+        /// The module.
+        module: String,
+        /// The instances running it.
+        instances: Vec<String>,
+    },
     /// No instance has that name or id.
     #[error("instance {0} not found")]
     InstanceNotFound(String),

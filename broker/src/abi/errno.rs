@@ -175,6 +175,8 @@ fn broker_status(e: &Error) -> Status {
         | Error::InstanceExists(_)
         | Error::RegionExists(_) => Status::AlreadyExists,
         Error::ModeNotSupported(_) => Status::ModeNotSupported,
+        // Guests never unload modules; mapped for completeness.
+        Error::ModuleInUse { .. } => Status::PermissionDenied,
         Error::Quota(_) => Status::QuotaExceeded,
         Error::Region(RegionError::OutOfBounds { .. }) => Status::OutOfBounds,
         Error::Region(RegionError::ZeroSize | RegionError::TooLarge { .. }) => Status::InvalidArgument,

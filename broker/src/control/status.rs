@@ -62,6 +62,7 @@ fn code_of(e: &Error) -> Code {
         | Error::InstanceExists(_)
         | Error::RegionExists(_) => Code::AlreadyExists,
         Error::ModeNotSupported(_) => Code::InvalidArgument,
+        Error::ModuleInUse { .. } => Code::FailedPrecondition,
         Error::Quota(_) => Code::ResourceExhausted,
         Error::Region(RegionError::Os { .. }) => Code::Internal,
         Error::Region(_) => Code::InvalidArgument,

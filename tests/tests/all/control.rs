@@ -1767,6 +1767,14 @@ fn r15_reserved_names_empty_grants_unspecified_modes_and_no_server_paths() {
     assert!(err.message().contains("blocked.region"), "{}", err.message());
     let root = dir.to_string_lossy().into_owned();
     assert!(!err.message().contains(&root), "a server path in an error: {}", err.message());
+
+    // A module is not deleted from under the instances that run it.
+    let ops = || pb::ModuleRef { tenant: String::new(), name: "ops".into() };
+    let err = rpc!(d, t, delete_module, ops()).expect_err("in use");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("app"), "the message lists the instances: {}", err.message());
+    rpc!(d, t, stop_instance, pb::InstanceRef { tenant: String::new(), name: "app".into() }).expect("stop");
+    rpc!(d, t, delete_module, ops()).expect("no instance runs it any more");
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }
