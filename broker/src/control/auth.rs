@@ -91,10 +91,13 @@ impl Auth {
         let value = meta
             .get("authorization")
             .ok_or(ApiError::Unauthenticated("missing `authorization: Bearer <token>` metadata"))?;
+        // The scheme is case-insensitive (RFC 6750 after RFC 9110), so `bearer` and `BEARER` work too.
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
             .ok_or(ApiError::Unauthenticated("authorization metadata must be `Bearer <token>`"))?;
         let h = hash(token.trim());
         if same(&h, &self.admin) {
@@ -136,6 +139,14 @@ mod tests {
         assert!(auth.identify(&meta).is_err());
         meta.insert("authorization", "Basic t1".parse().expect("ascii"));
         assert!(auth.identify(&meta).is_err());
+        for scheme in ["bearer", "BEARER", "BeArEr"] {
+            meta.insert("authorization", format!("{scheme} t1").parse().expect("ascii"));
+            assert_eq!(auth.identify(&meta).ok(), Some(Identity::Tenant("acme".into())), "{scheme}");
+        }
+        for junk in ["Bearer", "Bearert1", "", " t1"] {
+            meta.insert("authorization", junk.parse().expect("ascii"));
+            assert!(auth.identify(&meta).is_err(), "{junk:?}");
+        }
         let token = new_token().expect("random");
         assert!(token.starts_with("brk_") && token.len() == 68);
     }
