@@ -1,7 +1,8 @@
-//! The daemon: `broker serve` runs the gRPC API on a loopback address by default, with the health and
-//! reflection services, message-size and concurrency limits, and a graceful shutdown that stops
-//! accepting calls, ends watch streams, drains the calls in flight (for at most `drain_timeout_ms`, so a
-//! client that never answers cannot hold the daemon up) and flushes persistent regions.
+//! The daemon: `broker serve` runs the gRPC API on a loopback address by default, with the health service
+//! and reflection (`v1` and `v1alpha`, listing and resolving every service served here), message-size
+//! and concurrency limits, and a graceful shutdown that stops accepting calls, ends watch streams, drains
+//! the calls in flight (for at most `drain_timeout_ms`, so a client that never answers cannot hold the
+//! daemon up) and flushes persistent regions.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use serde::Deserialize;
 use tonic::transport::server::TcpIncoming;
 
 use super::auth;
+use super::reflection::{IndexError, ReflectionIndex, ReflectionV1, ReflectionV1Alpha};
 use super::service::{ControlPlane, ControlService};
 use super::status::ApiError;
 
@@ -84,9 +86,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
-    /// The reflection service could not be built.
+    /// The reflection index could not be built from the compiled-in descriptor sets.
     #[error("reflection: {0}")]
-    Reflection(String),
+    Reflection(#[from] IndexError),
 }
 
 impl ServeConfig {
@@ -162,10 +164,8 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<pb::broker_server::BrokerServer<ControlService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    // Both reflection versions answer from one index of every service added below, health included.
+    let index = Arc::new(ReflectionIndex::daemon()?);
     let api = pb::broker_server::BrokerServer::new(ControlService::new(Arc::clone(&plane)))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
@@ -181,7 +181,8 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(config.concurrency_limit.max(1))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(ReflectionV1::new(Arc::clone(&index)).into_server())
+        .add_service(ReflectionV1Alpha::new(index).into_server())
         .add_service(api)
         .serve_with_incoming_shutdown(incoming(listener), shutdown);
     // The graceful close of an HTTP/2 connection needs the client's answer to a ping: a client that

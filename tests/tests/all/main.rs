@@ -9,6 +9,7 @@ mod demo;
 mod handle;
 mod malicious;
 mod mirror;
+mod reflection;
 mod runtime;
 mod scenario;
 mod shared;
