@@ -155,9 +155,19 @@ impl ControlPlane {
 
     fn restore(&self) -> ApiResult<()> {
         let Some(store) = &self.store else { return Ok(()) };
-        for (name, t) in store.tenants()? {
-            self.broker.create_tenant(&name, record_quotas(&t))?;
-            self.auth.set_tenant(&name, t.tokens.iter().filter_map(|h| auth::from_hex(h)).collect());
+        let tenants = store.tenants()?;
+        // Everything that exists is restored whatever the quotas say now: an operator may have lowered
+        // a quota below what the tenant already holds, which blocks new allocations but must never drop
+        // or hide what is there. So tenants come back without limits, and get their quotas once
+        // everything they hold is back.
+        for (name, t) in &tenants {
+            let unlimited = Quotas {
+                cpu_shares: record_quotas(t).cpu_shares,
+                max_workers: record_quotas(t).max_workers,
+                ..Quotas::unlimited()
+            };
+            self.broker.create_tenant(name, unlimited)?;
+            self.auth.set_tenant(name, t.tokens.iter().filter_map(|h| auth::from_hex(h)).collect());
         }
         for (key, wasm) in store.modules()? {
             let Some((t, m)) = split(&key) else { continue };
@@ -196,6 +206,11 @@ impl ControlPlane {
         for (id, g) in grants {
             if let Err(e) = self.apply_grant(id, &g) {
                 tracing::warn!(grant = id, error = %e, "could not restore grant");
+            }
+        }
+        for (name, t) in &tenants {
+            if let Some(tid) = self.broker.tenant_id(name) {
+                self.broker.set_quotas(tid, record_quotas(t))?;
             }
         }
         Ok(())

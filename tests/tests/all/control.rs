@@ -1778,3 +1778,58 @@ fn r15_reserved_names_empty_grants_unspecified_modes_and_no_server_paths() {
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 15: lowering a tenant's quotas below what it holds blocks new allocations only, and a
+/// restart brings back everything it held (a persistent region with its bytes, an instance), with the
+/// lowered quotas in force.
+#[test]
+fn r15_quotas_lowered_below_usage_hide_nothing_after_a_restart() {
+    let dir = std::env::temp_dir().join(format!("broker-r15-quotas-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let token;
+    {
+        let d = Daemon::start(Some(dir.clone()));
+        let admin = d.client(Some(&d.admin));
+        let t = tenant_with(&d, &admin, "t", Some(small_quotas(pb::Quotas::default())));
+        token = rpc!(d, admin, issue_token, pb::IssueTokenRequest { tenant: "t".into(), rotate: false })
+            .expect("token")
+            .token;
+        region(&d, &t, "keep", 4096, pb::Mode::Handle, pb::Backing::Persistent);
+        let write = pb::WriteRegionRequest {
+            region: Some(region_ref("", "keep")),
+            offset: 0,
+            data: b"still here".to_vec(),
+        };
+        rpc!(d, t, write_region, write).expect("write");
+        rpc!(d, t, flush_region, region_ref("", "keep")).expect("flush");
+        upload(&d, &t, "ops", broker_guests::ISOLATION_OPS_WASM);
+        start(&d, &t, "ops", "app");
+        let lowered =
+            pb::Quotas { region_bytes: 0, regions: 0, instances: 0, ..small_quotas(pb::Quotas::default()) };
+        rpc!(d, admin, set_quotas, pb::SetQuotasRequest { tenant: "t".into(), quotas: Some(lowered) })
+            .expect("lowering below usage blocks new allocations only");
+    }
+    let d = Daemon::start(Some(dir.clone()));
+    let t = d.client(Some(&token));
+    let read = rpc!(
+        d,
+        t,
+        read_region,
+        pb::ReadRegionRequest { region: Some(region_ref("", "keep")), offset: 0, len: 10 }
+    )
+    .expect("the region came back");
+    assert_eq!(read.data, b"still here");
+    rpc!(d, t, get_instance, pb::InstanceRef { tenant: String::new(), name: "app".into() })
+        .expect("the instance came back");
+    let more = pb::CreateRegionRequest {
+        tenant: String::new(),
+        name: "more".into(),
+        size: 4096,
+        mode: pb::Mode::Handle.into(),
+        policy: 0,
+        backing: pb::Backing::Ephemeral.into(),
+    };
+    assert_eq!(code(rpc!(d, t, create_region, more)), Code::ResourceExhausted, "the lowered quota holds");
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
