@@ -738,3 +738,42 @@ fn r14_a_spinning_tenant_cannot_starve_another_through_the_daemon() {
     }
     assert_eq!(op_call(&acme, "a", "ping", &[]).expect("acme answers"), 7);
 }
+
+/// Issue 15: a persistent region's version never goes backwards, across a graceful restart and across
+/// SIGKILL after writes that were never flushed.
+#[test]
+fn r15_region_versions_never_go_backwards_across_restarts_and_kills() {
+    let dir = StateDir::new("r15-versions");
+    let mut d = Daemon::start(&dir.0, 1);
+    let token = admin_token(&dir.0);
+    let admin = Client::connect(&d, &token);
+    rpc!(admin, create_tenant, pb::CreateTenantRequest { name: "acme".into(), quotas: None })
+        .expect("tenant");
+    create_region(&admin, "durable", 4096, pb::Backing::Persistent);
+    let mut seen = 0;
+    for i in 0..5u8 {
+        let v = write(&admin, "durable", 0, &[i]);
+        assert!(v > seen, "versions rise: {v} after {seen}");
+        seen = v;
+    }
+    let version =
+        |c: &Client| rpc!(c, get_region, region_ref("durable").expect("ref")).expect("region").version;
+    // A graceful restart.
+    assert!(d.stop_with(Signal::TERM).success());
+    let mut d = Daemon::start(&dir.0, 2);
+    let admin = Client::connect(&d, &token);
+    assert!(version(&admin) >= seen, "after a restart: {} < {seen}", version(&admin));
+    let v = write(&admin, "durable", 0, &[9]);
+    assert!(v > seen, "a write after the restart: {v} <= {seen}");
+    seen = v;
+    // Writes that are never flushed, then SIGKILL.
+    for i in 0..5u8 {
+        seen = write(&admin, "durable", 1, &[i]);
+    }
+    d.stop_with(Signal::KILL);
+    let d = Daemon::start(&dir.0, 3);
+    let admin = Client::connect(&d, &token);
+    assert!(version(&admin) >= seen, "after SIGKILL: {} < {seen}", version(&admin));
+    let v = write(&admin, "durable", 0, &[1]);
+    assert!(v > seen, "a write after SIGKILL: {v} <= {seen}");
+}

@@ -7,6 +7,7 @@
 //! **Invariant:** every access to a region's bytes is bounds-checked against its size here, whatever
 //! the caller checked before.
 
+mod lease;
 pub mod mapping;
 mod traffic;
 mod watch;
@@ -209,6 +210,8 @@ pub struct Region {
     pub(crate) pages: RwLock<PageVersions>,
     /// The region version; written only under the `pages` writer lock, readable without it.
     version: AtomicU64,
+    /// For a persistent region: the durable reservation that keeps versions rising across restarts.
+    lease: Option<lease::VersionLease>,
     pub(crate) traffic: Traffic,
     /// Calls parked in `region_wait` on this region, woken by `region_notify`.
     pub(crate) waiters: parking_lot::Mutex<Waiters>,
@@ -307,9 +310,12 @@ impl Region {
         if size > MAX_REGION_SIZE {
             return Err(RegionError::TooLarge { size });
         }
-        let memory = match &backing {
-            Backing::Ephemeral => RegionMemory::new_memfd(name.as_str(), size)?,
-            Backing::Persistent(path) => RegionMemory::open_file(path, size)?,
+        let (memory, lease, start) = match &backing {
+            Backing::Ephemeral => (RegionMemory::new_memfd(name.as_str(), size)?, None, 0),
+            Backing::Persistent(path) => {
+                let (lease, start) = lease::VersionLease::open(path);
+                (RegionMemory::open_file(path, size)?, Some(lease), start)
+            }
         };
         Ok(Region {
             id,
@@ -320,7 +326,8 @@ impl Region {
             memory,
             policy,
             pages: RwLock::new(PageVersions(vec![0; usize::try_from(size.div_ceil(PAGE_SIZE)).unwrap_or(0)])),
-            version: AtomicU64::new(0),
+            version: AtomicU64::new(start),
+            lease,
             traffic: Traffic::default(),
             waiters: parking_lot::Mutex::new(Waiters::default()),
             watchers: Watchers::default(),
@@ -428,7 +435,11 @@ impl Region {
 
     /// Advances the version; callers hold the `pages` writer lock.
     pub(crate) fn bump_version(&self) -> u64 {
-        self.version.fetch_add(1, Ordering::AcqRel) + 1
+        let v = self.version.fetch_add(1, Ordering::AcqRel) + 1;
+        if let Some(lease) = &self.lease {
+            lease.cover(v);
+        }
+        v
     }
 
     /// A metadata snapshot.
