@@ -54,6 +54,8 @@ pub(super) fn region_watch(
     // The charge goes with the registration.
     let charge = ctx.tenant.reserve(Resource::Watches, 1).map_err(crate::Error::from)?;
     let (sink, range, source) = (ctx.sink.clone(), cap.range, cap.id.get());
+    let ending = sink.clone();
+    sink.watch_started(source);
     let watch = cap.region.watch(Arc::new(move |c: &Change| {
         // Only changes inside the capability's range, reported relative to it.
         let start = c.offset.max(range.offset);
@@ -71,6 +73,9 @@ pub(super) fn region_watch(
         CleanupTag::Watch,
         Cleanup::new(move || {
             region.unwatch(watch);
+            // Events of this watch already queued go too: no callback runs after the unwatch, close
+            // or revoke that ran this returns.
+            ending.watch_ended(source);
             drop(charge);
         }),
     )?;

@@ -12,7 +12,7 @@
 //! per write (a change notification says "the region moved on to version v"; merged ones lose nothing
 //! the app can act on). Events keep the order they were produced in.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use parking_lot::Mutex;
 use wasmtime::{AsContextMut, Caller, FuncType, Ref, Table, ValType};
@@ -97,15 +97,43 @@ struct Queue {
     merged: u64,
     /// Pending watch events per source.
     watch_pending: HashMap<u64, usize>,
+    /// Watches registered and not yet ended: an event of any other watch source is dropped, queued or
+    /// not, so no callback of a watch runs after its unwatch, close or revoke returned.
+    live_watches: HashSet<u64>,
 }
 
 impl EventQueue {
+    /// Registers a watch source: its events are queued from now on.
+    pub fn watch_started(&self, source: u64) {
+        self.inner.lock().live_watches.insert(source);
+    }
+
+    /// Ends a watch source: its pending events are dropped, and later ones are not queued; returns how
+    /// many pending events were dropped.
+    pub fn watch_ended(&self, source: u64) -> usize {
+        let mut q = self.inner.lock();
+        q.live_watches.remove(&source);
+        q.watch_pending.remove(&source);
+        let before = q.events.len();
+        q.events.retain(|e| !(e.source == source && matches!(e.kind, EventKind::Watch { .. })));
+        before - q.events.len()
+    }
+
+    /// Whether an event may still be delivered (a watch event only while its watch is live).
+    pub fn deliverable(&self, e: &Pending) -> bool {
+        !matches!(e.kind, EventKind::Watch { .. }) || self.inner.lock().live_watches.contains(&e.source)
+    }
+
     /// Queues an event; says whether the caller must schedule a delivery job and whether the queue
     /// grew (rather than merging the event into a pending one or replacing the oldest).
     pub fn push(&self, e: Pending) -> Pushed {
         let mut q = self.inner.lock();
         let q = &mut *q;
         let is_watch = matches!(e.kind, EventKind::Watch { .. });
+        if is_watch && !q.live_watches.contains(&e.source) {
+            // The watch ended (or never started): nothing of it is delivered any more.
+            return Pushed { schedule: false, grew: false };
+        }
         if is_watch && q.watch_pending.get(&e.source).is_some_and(|n| *n >= WATCH_SOURCE_CAPACITY) {
             if let Some(last) = q.events.iter_mut().rev().find(|p| p.source == e.source) {
                 merge(last, &e);
@@ -295,6 +323,8 @@ mod tests {
     #[test]
     fn changes_of_one_watch_merge_beyond_its_capacity() {
         let q = EventQueue::default();
+        q.watch_started(1);
+        q.watch_started(2);
         assert_eq!(q.push(watch(1, 1, 0)), Pushed { schedule: true, grew: true });
         let mut grew = 1;
         for v in 2..=1000u64 {
@@ -344,6 +374,9 @@ mod tests {
     #[test]
     fn a_full_queue_of_other_sources_drops_the_oldest_and_counts_it() {
         let q = EventQueue::default();
+        for s in (0..QUEUE_CAPACITY as u64).chain([9999]) {
+            q.watch_started(s);
+        }
         for s in 0..QUEUE_CAPACITY as u64 {
             q.push(watch(s, 1, 0));
         }
@@ -352,5 +385,24 @@ mod tests {
         assert_eq!(events.len(), QUEUE_CAPACITY);
         assert_eq!(events.front().map(|p| p.source), Some(1), "the oldest went");
         assert_eq!(events.back().map(|p| (p.source, p.missed)), Some((9999, 1)));
+    }
+
+    #[test]
+    fn an_ended_watch_delivers_nothing_more() {
+        let q = EventQueue::default();
+        assert_eq!(q.push(watch(1, 1, 0)), Pushed { schedule: false, grew: false }, "not started: dropped");
+        q.watch_started(1);
+        q.watch_started(2);
+        assert!(q.push(watch(1, 2, 0)).grew);
+        assert!(q.push(watch(2, 3, 0)).grew);
+        assert!(q.push(watch(1, 4, 8)).grew);
+        let first = watch(1, 5, 0);
+        assert!(q.deliverable(&first));
+        assert_eq!(q.watch_ended(1), 2, "its two pending events are dropped");
+        assert!(!q.deliverable(&first), "an event of it taken before the end is not delivered either");
+        assert!(!q.push(watch(1, 6, 0)).grew, "and none is queued after");
+        let left: Vec<u64> = q.take().iter().map(|p| p.source).collect();
+        assert_eq!(left, [2], "other watches keep theirs");
+        assert!(q.deliverable(&native(1, 0)), "native callbacks are not watches");
     }
 }

@@ -388,6 +388,12 @@ impl InstanceCell {
                 self.dead_events.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
+            // Its watch may have ended since the batch was taken (the app unwatched in an earlier
+            // callback of this batch, or the grant was revoked): then it is not delivered.
+            if !self.events.deliverable(e) {
+                self.dead_events.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             if let Some(stop) = l.store.data().ctx.fence.stop() {
                 self.record_trap(&wasmtime::Error::new(StopTrap(stop)), false);
                 let rest = events.len() - i;
@@ -841,6 +847,22 @@ impl Drop for Delivering {
 }
 
 impl EventSink {
+    /// Registers a watch of this instance (see [`EventQueue::watch_started`]).
+    pub(crate) fn watch_started(&self, source: u64) {
+        if let Some(cell) = self.0.upgrade() {
+            cell.events.watch_started(source);
+        }
+    }
+
+    /// Ends a watch of this instance: its queued events are dropped and no callback of it runs later.
+    pub(crate) fn watch_ended(&self, source: u64) {
+        if let Some(cell) = self.0.upgrade() {
+            let dropped = cell.events.watch_ended(source);
+            cell.tenant.events_taken(u64::try_from(dropped).unwrap_or(u64::MAX));
+            cell.dead_events.fetch_add(u64::try_from(dropped).unwrap_or(u64::MAX), Ordering::Relaxed);
+        }
+    }
+
     /// Queues an event for the instance; false if the instance is gone or not running. An event produced
     /// on the thread that is delivering to this same instance comes from its own callback: an echo.
     pub(crate) fn deliver(&self, mut e: Pending) -> bool {

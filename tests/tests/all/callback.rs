@@ -381,3 +381,37 @@ fn r14_watches_count_against_the_tenants_quota() {
     assert_eq!(call(&b, app, "close_all", args![]), 0);
     assert_eq!(b.tenant_usage(t).expect("usage").watches, 0, "closing the handles ends their watches");
 }
+
+/// Issue 15: once a revoke of the grant a watch was made through returns, no callback of that watch
+/// runs, including for changes queued while the app was busy (they used to be delivered afterwards,
+/// with a stale handle); the tenant's count of queued events drops with them.
+#[test]
+fn r15_no_callback_of_a_watch_runs_after_its_revoke_returns() {
+    watchdog(120, || {
+        let b = Arc::new(broker());
+        let alpha = tenant(&b, "alpha");
+        let data = b.create_region(alpha, RegionSpec::new("data", 4096, Mode::Handle)).expect("region");
+        let beta = tenant(&b, "beta");
+        let flag = b.create_region(beta, RegionSpec::new("flag", 64, Mode::Handle)).expect("region");
+        let app = start(&b, beta, "callback_app", "app");
+        let grant = b.grant(data, app, Rights::READ | Rights::WATCH, 0, None).expect("grant");
+        assert!(call(&b, app, "watch", args![2, 0]) > 0);
+        let bb = Arc::clone(&b);
+        let busy = std::thread::spawn(move || bb.call_i64(app, "busy_until_flag", &[]));
+        let mut started = [0u8; 8];
+        while started == [0; 8] {
+            b.read_region(flag, 8, &mut started).expect("read");
+            assert!(!busy.is_finished(), "the busy call ended early");
+            std::thread::yield_now();
+        }
+        for i in 0..100u64 {
+            b.write_region(data, i, &[1]).expect("write");
+        }
+        assert!(b.tenant_usage(beta).expect("usage").events > 0, "changes are queued while the app is busy");
+        b.revoke_grant(grant).expect("revoke");
+        assert_eq!(b.tenant_usage(beta).expect("usage").events, 0, "the revoke dropped the queued changes");
+        b.write_region(flag, 0, &1u64.to_le_bytes()).expect("release");
+        assert!(busy.join().expect("thread").expect("busy call") >= 0);
+        assert_eq!(call(&b, app, "watch_calls", args![]), 0, "no callback ran after the revoke");
+    });
+}
