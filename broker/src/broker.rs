@@ -444,10 +444,7 @@ impl Broker {
         let count = t.reserve(Resource::Modules, 1)?;
         let bytes = t.reserve(Resource::ModuleBytes, size)?;
         let invalid = |reason: String| Error::InvalidModule { name: module_name.to_owned(), reason };
-        // Compiling is CPU time of this tenant's: it is charged to the tenant's share of the workers, so
-        // a tenant uploading in a loop gets fewer turns for its calls, not more CPU than its share.
-        let (compiled, used) = crate::runtime::compile(&self.engine.engine, wasm, self.priority);
-        self.pool.charge(tenant, used, t.quotas().cpu_shares);
+        let compiled = crate::runtime::compile(&self.engine.engine, wasm, self.priority);
         let module = compiled.map_err(|e| invalid(format!("{e:#}")))?;
         let code = module.image_range();
         let compiled =

@@ -181,8 +181,18 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(config.concurrency_limit.max(1))
         .add_service(health_service)
-        .add_service(ReflectionV1::new(Arc::clone(&index)).into_server())
-        .add_service(ReflectionV1Alpha::new(index).into_server())
+        .add_service(
+            ReflectionV1::new(Arc::clone(&index))
+                .into_server()
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(config.max_message_bytes),
+        )
+        .add_service(
+            ReflectionV1Alpha::new(index)
+                .into_server()
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(config.max_message_bytes),
+        )
         .add_service(api)
         .serve_with_incoming_shutdown(incoming(listener), shutdown);
     // The graceful close of an HTTP/2 connection needs the client's answer to a ping: a client that

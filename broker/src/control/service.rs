@@ -156,17 +156,25 @@ impl ControlPlane {
     fn restore(&self) -> ApiResult<()> {
         let Some(store) = &self.store else { return Ok(()) };
         let tenants = store.tenants()?;
-        // Everything that exists is restored whatever the quotas say now: an operator may have lowered
-        // a quota below what the tenant already holds, which blocks new allocations but must never drop
-        // or hide what is there. So tenants come back without limits, and get their quotas once
-        // everything they hold is back.
+        // Everything stored is restored whatever the quotas say now: an operator may have lowered a
+        // quota below what the tenant already holds, which blocks new allocations but must never drop
+        // or hide what is there. So while restoring, the limits on stored things (regions, modules,
+        // instances, grants, their sizes and call deadlines) are lifted; the limits on what guest code
+        // takes as it runs (memory, windows, trampolines, watches) are not, since start functions run
+        // during the restore. The tenant's own quotas apply once everything is back.
         for (name, t) in &tenants {
-            let unlimited = Quotas {
-                cpu_shares: record_quotas(t).cpu_shares,
-                max_workers: record_quotas(t).max_workers,
-                ..Quotas::unlimited()
+            let restoring = Quotas {
+                region_bytes: u64::MAX,
+                regions: u64::MAX,
+                instances: u64::MAX,
+                handles: u64::MAX,
+                modules: u64::MAX,
+                module_bytes: u64::MAX,
+                compiled_bytes: u64::MAX,
+                max_call_timeout_ms: u64::MAX,
+                ..record_quotas(t)
             };
-            self.broker.create_tenant(name, unlimited)?;
+            self.broker.create_tenant(name, restoring)?;
             self.auth.set_tenant(name, t.tokens.iter().filter_map(|h| auth::from_hex(h)).collect());
         }
         for (key, wasm) in store.modules()? {
@@ -959,6 +967,7 @@ impl pb::broker_server::Broker for ControlService {
             }
             if let Backing::Persistent(path) = backing {
                 let _ = std::fs::remove_file(crate::region::mapping::snapshot_path(&path));
+                crate::region::lease::VersionLease::remove(&path);
                 let _ = std::fs::remove_file(path);
             }
             destroyed?;

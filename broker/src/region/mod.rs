@@ -7,7 +7,7 @@
 //! **Invariant:** every access to a region's bytes is bounds-checked against its size here, whatever
 //! the caller checked before.
 
-mod lease;
+pub(crate) mod lease;
 pub mod mapping;
 mod traffic;
 mod watch;
@@ -435,10 +435,12 @@ impl Region {
 
     /// Advances the version; callers hold the `pages` writer lock.
     pub(crate) fn bump_version(&self) -> u64 {
-        let v = self.version.fetch_add(1, Ordering::AcqRel) + 1;
+        // Reserved durably before anyone (lock-free readers included) can see it.
+        let v = self.version.load(Ordering::Acquire) + 1;
         if let Some(lease) = &self.lease {
             lease.cover(v);
         }
+        self.version.store(v, Ordering::Release);
         v
     }
 

@@ -76,37 +76,26 @@ impl Drop for EngineHandle {
 /// [`super::priority`]), and waits for it.
 ///
 /// Compiling a large module takes a core for seconds; at the priority of the threads that feed the
-/// workers, a tenant uploading in a loop would take CPU time from every tenant's calls, outside the
-/// fair share the pool enforces. A lowered thread compiles at full speed on an idle machine and shares
-/// a busy one with the workers. (Lowering a thread's priority needs no privilege; raising it again
-/// would, hence a thread per compile.)
+/// workers, a tenant uploading in a loop would take CPU time from every tenant's calls. (Lowering a
+/// thread's priority needs no privilege; raising it again would, hence a thread per compile.)
 ///
-/// Returns the module (or wasmtime's error, for a module that does not validate or compile; a compile
-/// thread that could not start or panicked is reported the same way) and the CPU time the compile used.
+/// # Errors
+/// wasmtime's, for a module that does not validate or compile; a compile thread that could not start
+/// or panicked is reported the same way.
 pub(crate) fn compile(
     engine: &Engine,
     wasm: &[u8],
     priority: super::WorkerPriority,
-) -> (wasmtime::Result<wasmtime::Module>, Duration) {
+) -> wasmtime::Result<wasmtime::Module> {
     std::thread::scope(|scope| {
         let thread = std::thread::Builder::new().name("broker-compile".into()).spawn_scoped(scope, || {
             super::priority::lower_this_thread(priority, super::priority::Role::Compile);
-            let cpu_ns = || {
-                let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-                i128::from(t.tv_sec) * 1_000_000_000 + i128::from(t.tv_nsec)
-            };
-            let start = cpu_ns();
-            let compiled = wasmtime::Module::new(engine, wasm);
-            let used = Duration::from_nanos(u64::try_from(cpu_ns() - start).unwrap_or(0));
-            (compiled, used)
+            wasmtime::Module::new(engine, wasm)
         });
         match thread.map(std::thread::ScopedJoinHandle::join) {
-            Ok(Ok(done)) => done,
-            Ok(Err(_)) => (Err(wasmtime::Error::msg("the compile thread panicked")), Duration::ZERO),
-            Err(e) => (
-                Err(wasmtime::Error::msg(format!("the compile thread could not start: {e}"))),
-                Duration::ZERO,
-            ),
+            Ok(Ok(compiled)) => compiled,
+            Ok(Err(_)) => Err(wasmtime::Error::msg("the compile thread panicked")),
+            Err(e) => Err(wasmtime::Error::msg(format!("the compile thread could not start: {e}"))),
         }
     })
 }

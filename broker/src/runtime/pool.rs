@@ -21,7 +21,7 @@
 //! other workers to everyone else.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,6 +37,9 @@ use crate::tenant::{Quotas, TenantId};
 /// there (the scheduler is work-conserving). Host operations without an epoch check inside (one large
 /// copy) can overrun by their own length; this undercharges them, and only them.
 const MAX_CHARGE: Duration = Duration::from_millis(4 * super::engine::EPOCH_TICK_MS);
+
+/// The most often new work preempts running calls (see `Scheduler::preempt`).
+const PREEMPT_EVERY: Duration = Duration::from_micros(200);
 
 /// Jobs an instance starts in one turn before it gives its worker back.
 const BATCH: usize = 16;
@@ -80,7 +83,7 @@ impl<T> Queues<T> {
     /// Adds `item` at the back of its tenant's list (and the tenant to the rotation if it had nothing
     /// runnable; one that was idle comes back no lower than the current floor). True if the tenant is
     /// owed a worker before another tenant that holds one now: its virtual runtime is no higher.
-    fn push(&mut self, tenant: TenantId, item: T) -> bool {
+    fn push(&mut self, tenant: TenantId, item: T, cap: usize) -> bool {
         let floor = self.floor;
         let q = self.tenants.entry(tenant).or_insert_with(|| TenantQueue {
             runnable: VecDeque::new(),
@@ -96,6 +99,10 @@ impl<T> Queues<T> {
         q.runnable.push_back(item);
         // A running tenant is charged its turn only when the turn ends, so one at the same virtual
         // runtime has already used more than it shows.
+        // A tenant at its worker cap is owed nothing: it could not take a freed worker.
+        if cap != 0 && q.running >= cap {
+            return false;
+        }
         let mine = q.vruntime;
         self.tenants.iter().any(|(t, o)| *t != tenant && o.running > 0 && o.vruntime >= mine)
     }
@@ -138,17 +145,6 @@ impl<T> Queues<T> {
         }
     }
 
-    /// Charges `tenant` for CPU time used outside the workers (a compile), at weight `shares`.
-    fn charge(&mut self, tenant: TenantId, used: Duration, shares: u64) {
-        let floor = self.floor;
-        let q = self.tenants.entry(tenant).or_insert_with(|| TenantQueue {
-            runnable: VecDeque::new(),
-            running: 0,
-            vruntime: floor,
-        });
-        q.vruntime = q.vruntime.max(floor).saturating_add(weighted(used, shares));
-    }
-
     /// Whether `tenant` has runnable instances.
     fn has_runnable(&self, tenant: TenantId) -> bool {
         self.tenants.get(&tenant).is_some_and(|q| !q.runnable.is_empty())
@@ -174,6 +170,9 @@ struct Scheduler {
     workers: usize,
     /// The engine whose epoch is advanced to preempt running calls at once (see `push`).
     engine: wasmtime::Engine,
+    /// When the pool started, and when it last preempted (nanoseconds since then).
+    started: Instant,
+    last_preempt: AtomicU64,
 }
 
 /// Why an instance became runnable.
@@ -201,12 +200,13 @@ impl Scheduler {
             // cell holds a handle to this scheduler).
             return;
         }
-        let owed = q.push(tenant, cell);
+        let cap = worker_cap(&cell);
+        let owed = q.push(tenant, cell, cap);
         self.runnable.fetch_add(1, Ordering::Relaxed);
         drop(q);
         self.ready.notify_one();
         if arrival == Arrival::New && owed && self.busy.load(Ordering::Relaxed) >= self.workers {
-            self.engine.increment_epoch();
+            self.preempt();
         }
     }
 
@@ -263,6 +263,20 @@ impl Scheduler {
         }
     }
 
+    /// Advances the epoch so running calls yield now, at most once per [`PREEMPT_EVERY`]: a tenant
+    /// that makes work arrive cheaply (a wait and a notify between two of its own instances) must not
+    /// make every other tenant's call yield each time.
+    fn preempt(&self) {
+        let now = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let last = self.last_preempt.load(Ordering::Relaxed);
+        let every = u64::try_from(PREEMPT_EVERY.as_nanos()).unwrap_or(u64::MAX);
+        if now.saturating_sub(last) >= every
+            && self.last_preempt.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            self.engine.increment_epoch();
+        }
+    }
+
     /// Stops the workers and drops every runnable instance's entry (breaking the cell -> scheduler ->
     /// cell cycle).
     fn stop(&self) {
@@ -303,12 +317,6 @@ impl PoolHandle {
         self.scheduler.push(cell, Arrival::New);
     }
 
-    /// Charges `tenant` for CPU time `used` outside the workers (a compile) at weight `shares`, so its
-    /// instances' next turns wait until the others have had as much.
-    pub(crate) fn charge(&self, tenant: TenantId, used: Duration, shares: u64) {
-        self.scheduler.queues.lock().charge(tenant, used, shares);
-    }
-
     /// Whether instances wait for a worker: a long call then yields its own at the next tick.
     pub(super) fn contended(&self) -> bool {
         self.scheduler.runnable.load(Ordering::Relaxed) > 0
@@ -329,6 +337,8 @@ impl WorkerPool {
             busy: AtomicUsize::new(0),
             workers: workers.max(1),
             engine,
+            started: Instant::now(),
+            last_preempt: AtomicU64::new(0),
         });
         let mut threads = Vec::new();
         for i in 0..workers.max(1) {
@@ -354,11 +364,6 @@ impl WorkerPool {
     /// Posts a job to an instance's mailbox and makes sure a worker will run it.
     pub(crate) fn submit(&self, cell: &Arc<InstanceCell>, job: Job) {
         self.handle().submit(cell, job);
-    }
-
-    /// See [`PoolHandle::charge`].
-    pub(crate) fn charge(&self, tenant: TenantId, used: Duration, shares: u64) {
-        self.handle().charge(tenant, used, shares);
     }
 
     /// A handle for posting jobs later.
@@ -415,13 +420,13 @@ mod tests {
         let (a, b, c) = (TenantId(1), TenantId(2), TenantId(3));
         let mut q = Queues::default();
         for item in ["a1", "a2", "a3"] {
-            q.push(a, item);
+            q.push(a, item, 0);
         }
-        q.push(b, "b1");
+        q.push(b, "b1", 0);
         let first: Vec<_> = (0..3).filter_map(|_| q.take_turn(|_| 0)).collect();
         assert_eq!(first, ["a1", "b1", "a2"], "equal virtual runtimes go round robin");
-        q.push(c, "c1");
-        q.push(b, "b2");
+        q.push(c, "c1", 0);
+        q.push(b, "b2", 0);
         let rest: Vec<_> = std::iter::from_fn(|| q.take_turn(|_| 0)).collect();
         assert_eq!(rest, ["a3", "c1", "b2"]);
         assert!(q.turns.is_empty(), "an empty rotation holds nothing");
@@ -435,16 +440,16 @@ mod tests {
     fn the_tenant_that_used_the_least_cpu_goes_next() {
         let (a, b) = (TenantId(1), TenantId(2));
         let mut q = Queues::default();
-        q.push(a, "a1");
-        q.push(b, "b1");
+        q.push(a, "a1", 0);
+        q.push(b, "b1", 0);
         assert_eq!(q.take_turn(|_| 0), Some("a1"));
         assert_eq!(q.take_turn(|_| 0), Some("b1"));
         // a spun for 5 ms, b ran 1 ms; both stay runnable.
         q.finished(a, 5 * MS, DEFAULT_CPU_SHARES);
-        q.push(a, "a2");
+        q.push(a, "a2", 0);
         q.finished(b, MS, DEFAULT_CPU_SHARES);
-        q.push(b, "b2");
-        q.push(b, "b3");
+        q.push(b, "b2", 0);
+        q.push(b, "b3", 0);
         assert_eq!(q.take_turn(|_| 0), Some("b2"), "b used less CPU, though a was first in the rotation");
         q.finished(b, MS, DEFAULT_CPU_SHARES);
         assert_eq!(q.take_turn(|_| 0), Some("b3"), "b at 2 ms is still behind a at 5 ms");
@@ -456,15 +461,15 @@ mod tests {
     fn cpu_time_is_charged_by_weight() {
         let (a, b) = (TenantId(1), TenantId(2));
         let mut q = Queues::default();
-        q.push(a, "a1");
-        q.push(b, "b1");
+        q.push(a, "a1", 0);
+        q.push(b, "b1", 0);
         assert_eq!(q.take_turn(|_| 0), Some("a1"));
         assert_eq!(q.take_turn(|_| 0), Some("b1"));
         // a has twice b's weight: 4 ms of a count as 2 ms, 3 ms of b as 3 ms.
         q.finished(a, 4 * MS, 2 * DEFAULT_CPU_SHARES);
         q.finished(b, 3 * MS, DEFAULT_CPU_SHARES);
-        q.push(b, "b2");
-        q.push(a, "a2");
+        q.push(b, "b2", 0);
+        q.push(a, "a2", 0);
         assert_eq!(q.take_turn(|_| 0), Some("a2"), "a's 4 ms weigh less than b's 3 ms");
     }
 
@@ -474,20 +479,20 @@ mod tests {
         let mut q = Queues::default();
         // a runs alone for a while: 10 turns of 5 ms.
         for _ in 0..10 {
-            q.push(a, "a");
+            q.push(a, "a", 0);
             assert_eq!(q.take_turn(|_| 0), Some("a"));
             q.finished(a, 5 * MS, DEFAULT_CPU_SHARES);
         }
-        q.push(a, "a");
+        q.push(a, "a", 0);
         assert_eq!(q.take_turn(|_| 0), Some("a"));
         // b arrives while a runs: it starts at the floor (a's virtual runtime at its last turn), not
         // at 0, so it does not get 50 ms of the workers to itself before a runs again.
-        q.push(b, "b");
+        q.push(b, "b", 0);
         q.finished(a, 5 * MS, DEFAULT_CPU_SHARES);
-        q.push(a, "a-next");
+        q.push(a, "a-next", 0);
         assert_eq!(q.take_turn(|_| 0), Some("b"));
         q.finished(b, 6 * MS, DEFAULT_CPU_SHARES);
-        q.push(b, "b-next");
+        q.push(b, "b-next", 0);
         assert_eq!(q.take_turn(|_| 0), Some("a-next"), "b's 6 ms put it past a");
     }
 
@@ -495,12 +500,12 @@ mod tests {
     fn a_long_turn_on_an_idle_machine_earns_no_debt() {
         let (a, b) = (TenantId(1), TenantId(2));
         let mut q = Queues::default();
-        q.push(a, "a");
+        q.push(a, "a", 0);
         assert_eq!(q.take_turn(|_| 0), Some("a"));
         // b arrives while a's call has been running alone for a minute; a yields at the next tick.
-        q.push(b, "b");
+        q.push(b, "b", 0);
         q.finished(a, Duration::from_secs(60), DEFAULT_CPU_SHARES);
-        q.push(a, "a");
+        q.push(a, "a", 0);
         // b always has more work, in 5 ms turns. a was charged a few ticks, not a minute, so it gets a
         // turn again after a few of b's, not after a minute of them.
         let mut b_turns = 0;
@@ -510,7 +515,7 @@ mod tests {
                     b_turns += 1;
                     assert!(b_turns <= 8, "a starved after using an idle machine");
                     q.finished(b, 5 * MS, DEFAULT_CPU_SHARES);
-                    q.push(b, "b");
+                    q.push(b, "b", 0);
                 }
                 other => {
                     assert_eq!(other, Some("a"));
@@ -525,19 +530,27 @@ mod tests {
     fn new_work_of_a_tenant_that_used_less_is_owed_a_running_tenants_worker() {
         let (a, b) = (TenantId(1), TenantId(2));
         let mut q = Queues::default();
-        assert!(!q.push(a, "a1"), "nobody runs: nothing to preempt");
+        assert!(!q.push(a, "a1", 0), "nobody runs: nothing to preempt");
         assert_eq!(q.take_turn(|_| 0), Some("a1"));
-        assert!(q.push(b, "b1"), "b at the floor is owed a worker a holds (a's turn is not charged yet)");
+        assert!(q.push(b, "b1", 0), "b at the floor is owed a worker a holds (a's turn is not charged yet)");
         assert_eq!(q.take_turn(|_| 0), Some("b1"));
         q.finished(b, 5 * MS, DEFAULT_CPU_SHARES);
         q.finished(a, MS, DEFAULT_CPU_SHARES);
-        assert!(!q.push(a, "a2"), "nobody runs");
+        assert!(!q.push(a, "a2", 0), "nobody runs");
         assert_eq!(q.take_turn(|_| 0), Some("a2"));
-        assert!(!q.push(a, "a3"), "a tenant is never owed its own worker");
-        assert!(!q.push(b, "b2"), "b has used more than a, which runs: not owed");
-        // Compiling is charged to the tenant too.
-        q.charge(a, Duration::from_secs(1), DEFAULT_CPU_SHARES);
-        assert!(q.push(b, "b3"), "a's compile put it far ahead of b");
+        assert!(!q.push(a, "a3", 0), "a tenant is never owed its own worker");
+        assert!(!q.push(b, "b2", 0), "b has used more than a, which runs: not owed");
+    }
+
+    #[test]
+    fn a_tenant_at_its_worker_cap_is_owed_nothing() {
+        let (a, b) = (TenantId(1), TenantId(2));
+        let mut q = Queues::default();
+        q.push(a, "a1", 0);
+        assert_eq!(q.take_turn(|_| 0), Some("a1"));
+        assert!(q.push(b, "b1", 1), "below its cap of one worker, b is owed a's");
+        assert_eq!(q.take_turn(|_| 0), Some("b1"));
+        assert!(!q.push(b, "b2", 1), "at its cap it could not take a freed worker: nothing to preempt");
     }
 
     #[test]
@@ -545,9 +558,9 @@ mod tests {
         let (a, b) = (TenantId(1), TenantId(2));
         let mut q = Queues::default();
         for item in ["a1", "a2", "a3"] {
-            q.push(a, item);
+            q.push(a, item, 0);
         }
-        q.push(b, "b1");
+        q.push(b, "b1", 0);
         // Tenant a may occupy one worker.
         let cap = |item: &&str| if item.starts_with('a') { 1 } else { 0 };
         assert_eq!(q.take_turn(cap), Some("a1"));

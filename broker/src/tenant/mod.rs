@@ -210,30 +210,6 @@ pub struct CpuSharesError {
     pub shares: u64,
 }
 
-impl Quotas {
-    /// No limit on anything (the default weight and no worker cap): what a tenant is restored with
-    /// before its own quotas are applied, so that a quota lowered below what it holds hides nothing.
-    pub fn unlimited() -> Quotas {
-        Quotas {
-            region_bytes: u64::MAX,
-            regions: u64::MAX,
-            instances: u64::MAX,
-            handles: u64::MAX,
-            memory_bytes: u64::MAX,
-            windows: u64::MAX,
-            windows_per_instance: u64::MAX,
-            modules: u64::MAX,
-            module_bytes: u64::MAX,
-            compiled_bytes: u64::MAX,
-            max_call_timeout_ms: u64::MAX,
-            trampolines: u64::MAX,
-            max_workers: 0,
-            watches: u64::MAX,
-            cpu_shares: Quotas::DEFAULT_CPU_SHARES,
-        }
-    }
-}
-
 impl Default for Quotas {
     /// Generous defaults for a development broker: 256 MiB of regions, 64 regions, 16 instances,
     /// 4096 handles, 1 GiB of linear memory, 1024 shared windows (256 per instance), 32 modules of

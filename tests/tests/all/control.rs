@@ -1723,7 +1723,8 @@ fn r15_reserved_names_empty_grants_unspecified_modes_and_no_server_paths() {
         };
         assert_eq!(code(rpc!(d, t, start_instance, s)), Code::InvalidArgument, "instance {bad:?}");
     }
-    assert!(!dir.join("regions").join("t").join("...region").exists() && !dir.join("..region").exists());
+    let tdir = dir.join("regions").join("t");
+    assert!(!tdir.join("..region").exists() && !tdir.join("...region").exists(), "no file was made for them");
 
     // A region needs a mode: MODE_UNSPECIFIED (0, a client's default) is refused, naming the field.
     let unspecified = pb::CreateRegionRequest {
