@@ -240,25 +240,7 @@ fn misbehavers(
 /// the scheduler's unit test `a_tenant_at_its_worker_cap_waits_while_others_run`.)
 #[test]
 fn r14_a_capped_tenants_spinners_share_its_worker_while_a_victim_is_served() {
-    watchdog(120, || {
-        let b = std::sync::Arc::new(broker());
-        let (evil, hour) = hour_tenant(&b, "evil", 1);
-        let acme = tenant(&b, "acme");
-        let flag = b.create_region(evil, RegionSpec::new("flag", 64, Mode::Handle)).expect("region");
-        let spinners = misbehavers(&b, evil, "s", 2, &hour);
-        let victim = start(&b, acme, "handle_app", "victim");
-        let _guard = Interrupts(std::sync::Arc::clone(&b), spinners.clone());
-        let threads = spin_all(&b, &spinners, "spin_signal_at");
-        wait_raised(&b, flag, &threads);
-        for _ in 0..100 {
-            assert_eq!(call(&b, victim, "ping", args![]), 1);
-        }
-        for (&s, t) in spinners.iter().zip(threads) {
-            b.interrupt(s).expect("interrupt");
-            assert_eq!(t.join().expect("thread").err(), Some(Error::Instance(InstanceError::Killed)));
-        }
-        assert_eq!(call(&b, victim, "ping", args![]), 1);
-    });
+    spinners_and_a_victim(1, 2);
 }
 
 /// Issue 14: with no worker cap, a tenant spins in more instances than there are workers, each with an
@@ -268,12 +250,19 @@ fn r14_a_capped_tenants_spinners_share_its_worker_while_a_victim_is_served() {
 /// only the test's interrupts end the spinners.
 #[test]
 fn r14_a_victim_is_served_while_spinners_hold_every_worker_for_an_hour() {
-    watchdog(120, || {
+    spinners_and_a_victim(0, 3);
+}
+
+/// A tenant with `max_workers` (0: no cap) spins in `spinners` instances with hour-long deadlines on a
+/// two-worker broker: every spinner raises its own flag inside its loop, another tenant's calls are
+/// served meanwhile, and only the test's interrupts end the spinners.
+fn spinners_and_a_victim(max_workers: u64, spinners: usize) {
+    watchdog(120, move || {
         let b = std::sync::Arc::new(broker());
-        let (evil, hour) = hour_tenant(&b, "evil", 0);
+        let (evil, hour) = hour_tenant(&b, "evil", max_workers);
         let acme = tenant(&b, "acme");
         let flag = b.create_region(evil, RegionSpec::new("flag", 64, Mode::Handle)).expect("region");
-        let spinners = misbehavers(&b, evil, "s", 3, &hour);
+        let spinners = misbehavers(&b, evil, "s", spinners, &hour);
         let victim = start(&b, acme, "handle_app", "victim");
         let _guard = Interrupts(std::sync::Arc::clone(&b), spinners.clone());
         let threads = spin_all(&b, &spinners, "spin_signal_at");

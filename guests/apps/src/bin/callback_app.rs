@@ -282,17 +282,19 @@ pub extern "C" fn sensor(i: i64) -> i64 {
     ret(run())
 }
 
+/// The host service of name index `sel` (see `service`).
+fn service_name(sel: i32) -> Result<&'static str, Error> {
+    let names = ["sensor.sample", "nope", "test.secret", "test.fail", "test.big"];
+    names.get(usize::try_from(sel).map_err(|_| Error::InvalidArgument)?).copied().ok_or(Error::InvalidArgument)
+}
+
 /// Opens a host service by name index (0 "sensor.sample", 1 "nope", 2 "test.secret", 3 "test.fail",
 /// 4 "test.big") and calls it with 8 bytes into an 8-byte buffer; returns the first result byte or the
 /// status.
 #[no_mangle]
 pub extern "C" fn service(sel: i32) -> i64 {
-    let names = ["sensor.sample", "nope", "test.secret", "test.fail", "test.big"];
     let run = || -> Result<u64, Error> {
-        let name = names
-            .get(usize::try_from(sel).map_err(|_| Error::InvalidArgument)?)
-            .ok_or(Error::InvalidArgument)?;
-        let f = HostFn::open(name)?;
+        let f = HostFn::open(service_name(sel)?)?;
         let mut out = [0u8; 8];
         f.call(&[1, 2, 3, 4, 5, 6, 7, 8], &mut out)?;
         Ok(u64::from(out[0]))
@@ -304,11 +306,8 @@ pub extern "C" fn service(sel: i32) -> i64 {
 /// status.
 #[no_mangle]
 pub extern "C" fn keep_service(sel: i32) -> i64 {
-    let names = ["sensor.sample", "nope", "test.secret", "test.fail", "test.big"];
     let run = || -> Result<u64, Error> {
-        let name = names
-            .get(usize::try_from(sel).map_err(|_| Error::InvalidArgument)?)
-            .ok_or(Error::InvalidArgument)?;
+        let name = service_name(sel)?;
         let mut fh = 0;
         Error::check(broker_guest::sys::fn_open(name.as_bytes(), &mut fh))?;
         Ok(u64::from(fh))
