@@ -21,7 +21,7 @@
 //! other workers to everyone else.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,9 +37,6 @@ use crate::tenant::{Quotas, TenantId};
 /// there (the scheduler is work-conserving). Host operations without an epoch check inside (one large
 /// copy) can overrun by their own length; this undercharges them, and only them.
 const MAX_CHARGE: Duration = Duration::from_millis(4 * super::engine::EPOCH_TICK_MS);
-
-/// The most often new work preempts running calls (see `Scheduler::preempt`).
-const PREEMPT_EVERY: Duration = Duration::from_micros(200);
 
 /// Jobs an instance starts in one turn before it gives its worker back.
 const BATCH: usize = 16;
@@ -170,9 +167,6 @@ struct Scheduler {
     workers: usize,
     /// The engine whose epoch is advanced to preempt running calls at once (see `push`).
     engine: wasmtime::Engine,
-    /// When the pool started, and when it last preempted (nanoseconds since then).
-    started: Instant,
-    last_preempt: AtomicU64,
 }
 
 /// Why an instance became runnable.
@@ -206,7 +200,7 @@ impl Scheduler {
         drop(q);
         self.ready.notify_one();
         if arrival == Arrival::New && owed && self.busy.load(Ordering::Relaxed) >= self.workers {
-            self.preempt();
+            self.engine.increment_epoch();
         }
     }
 
@@ -260,20 +254,6 @@ impl Scheduler {
         drop(q);
         if waiting {
             self.ready.notify_one();
-        }
-    }
-
-    /// Advances the epoch so running calls yield now, at most once per [`PREEMPT_EVERY`]: a tenant
-    /// that makes work arrive cheaply (a wait and a notify between two of its own instances) must not
-    /// make every other tenant's call yield each time.
-    fn preempt(&self) {
-        let now = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let last = self.last_preempt.load(Ordering::Relaxed);
-        let every = u64::try_from(PREEMPT_EVERY.as_nanos()).unwrap_or(u64::MAX);
-        if now.saturating_sub(last) >= every
-            && self.last_preempt.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
-            self.engine.increment_epoch();
         }
     }
 
@@ -337,8 +317,6 @@ impl WorkerPool {
             busy: AtomicUsize::new(0),
             workers: workers.max(1),
             engine,
-            started: Instant::now(),
-            last_preempt: AtomicU64::new(0),
         });
         let mut threads = Vec::new();
         for i in 0..workers.max(1) {
