@@ -393,6 +393,16 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// Queues where `a` and then `b` each took a worker (with items "a1" and "b1").
+    fn both_running(a: TenantId, b: TenantId) -> Queues<&'static str> {
+        let mut q = Queues::default();
+        q.push(a, "a1", 0);
+        q.push(b, "b1", 0);
+        assert_eq!(q.take_turn(|_| 0), Some("a1"));
+        assert_eq!(q.take_turn(|_| 0), Some("b1"));
+        q
+    }
+
     #[test]
     fn tenants_take_turns_however_many_instances_they_have() {
         let (a, b, c) = (TenantId(1), TenantId(2), TenantId(3));
@@ -417,11 +427,7 @@ mod tests {
     #[test]
     fn the_tenant_that_used_the_least_cpu_goes_next() {
         let (a, b) = (TenantId(1), TenantId(2));
-        let mut q = Queues::default();
-        q.push(a, "a1", 0);
-        q.push(b, "b1", 0);
-        assert_eq!(q.take_turn(|_| 0), Some("a1"));
-        assert_eq!(q.take_turn(|_| 0), Some("b1"));
+        let mut q = both_running(a, b);
         // a spun for 5 ms, b ran 1 ms; both stay runnable.
         q.finished(a, 5 * MS, DEFAULT_CPU_SHARES);
         q.push(a, "a2", 0);
@@ -438,11 +444,7 @@ mod tests {
     #[test]
     fn cpu_time_is_charged_by_weight() {
         let (a, b) = (TenantId(1), TenantId(2));
-        let mut q = Queues::default();
-        q.push(a, "a1", 0);
-        q.push(b, "b1", 0);
-        assert_eq!(q.take_turn(|_| 0), Some("a1"));
-        assert_eq!(q.take_turn(|_| 0), Some("b1"));
+        let mut q = both_running(a, b);
         // a has twice b's weight: 4 ms of a count as 2 ms, 3 ms of b as 3 ms.
         q.finished(a, 4 * MS, 2 * DEFAULT_CPU_SHARES);
         q.finished(b, 3 * MS, DEFAULT_CPU_SHARES);
