@@ -737,6 +737,36 @@ fn r14_a_spinning_tenant_cannot_starve_another_through_the_daemon() {
         assert_eq!(ended.code(), tonic::Code::Aborted, "{ended:?}");
     }
     assert_eq!(op_call(&acme, "a", "ping", &[]).expect("acme answers"), 7);
+
+    // Counting what the kernel hands out: calls (each store keeps one fiber stack), waits that time
+    // out (a timer each), restarts (a fresh store) and uploads (a compile thread each) leave the
+    // daemon's mappings, files and threads where they were after a warm-up.
+    let cycle = |i: i32| {
+        assert_eq!(op_call(&acme, "a", "ping", &[]).expect("ping"), 7);
+        rpc!(acme, restart_instance, pb::InstanceRef { tenant: String::new(), name: "a".into() })
+            .expect("restart");
+        let upload = pb::UploadModuleRequest {
+            tenant: String::new(),
+            name: format!("u{i}"),
+            wasm: broker_guests::RUNTIME_MISBEHAVE_WASM.to_vec(),
+        };
+        rpc!(acme, upload_module, upload).expect("upload");
+        rpc!(acme, delete_module, pb::ModuleRef { tenant: String::new(), name: format!("u{i}") })
+            .expect("delete");
+    };
+    for i in 0..5 {
+        cycle(i);
+    }
+    let before = kernel_resources(d.pid());
+    for i in 5..55 {
+        cycle(i);
+    }
+    let after = kernel_resources(d.pid());
+    let new_threads = after.2.saturating_sub(before.2);
+    assert!(
+        after.0 <= before.0 + 8 * new_threads + 8 && after.1 == before.1 && new_threads <= 2,
+        "(mappings, fds, threads) went from {before:?} to {after:?} over 50 call/restart/upload cycles"
+    );
 }
 
 /// Issue 15: a persistent region's version never goes backwards, across a graceful restart and across
