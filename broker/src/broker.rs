@@ -37,7 +37,7 @@ pub struct BrokerConfig {
     /// [`crate::native::MAX_TRAMPOLINES`], the number compiled in. Tenants' `trampolines` quotas share
     /// this pool, so an operator with many tenants using the toolkit raises it.
     pub trampolines: u32,
-    /// How the workers (and compiles) share the host's CPUs with the threads that feed them. `Normal`
+    /// How the workers (which also compile modules) share the host's CPUs with the threads that feed them. `Normal`
     /// by default for an embedded broker (threads of the embedding program that busy-wait would starve
     /// idle-class workers); `broker serve` defaults to `Idle`.
     pub worker_priority: crate::runtime::WorkerPriority,
@@ -342,7 +342,6 @@ pub struct Broker {
     cells: RwLock<HashMap<InstanceId, Arc<InstanceCell>>>,
     pool: WorkerPool,
     engine: EngineHandle,
-    priority: crate::runtime::WorkerPriority,
 }
 
 impl Broker {
@@ -372,14 +371,7 @@ impl Broker {
             timers: Arc::clone(&engine.timers),
         });
         Self::register_builtin_services(&core);
-        Ok(Broker {
-            core,
-            linker,
-            cells: RwLock::new(HashMap::new()),
-            pool,
-            engine,
-            priority: config.worker_priority,
-        })
+        Ok(Broker { core, linker, cells: RwLock::new(HashMap::new()), pool, engine })
     }
 
     // ----- tenants -----
@@ -444,7 +436,15 @@ impl Broker {
         let count = t.reserve(Resource::Modules, 1)?;
         let bytes = t.reserve(Resource::ModuleBytes, size)?;
         let invalid = |reason: String| Error::InvalidModule { name: module_name.to_owned(), reason };
-        let compiled = crate::runtime::compile(&self.engine.engine, wasm, self.priority);
+        // On a worker, as a turn of the tenant: compiling is CPU-bound for up to seconds (see
+        // `runtime::pool`). The task owns what it compiles, so the bytes are copied once (a memcpy
+        // next to a compile).
+        let engine = self.engine.engine.clone();
+        let owned = wasm.to_vec();
+        let compiled = self
+            .pool
+            .run_task(&t, move || wasmtime::Module::new(&engine, &owned))
+            .ok_or_else(|| invalid("the broker is shutting down".into()))?;
         let module = compiled.map_err(|e| invalid(format!("{e:#}")))?;
         let code = module.image_range();
         let compiled =

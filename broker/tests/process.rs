@@ -739,7 +739,7 @@ fn r14_a_spinning_tenant_cannot_starve_another_through_the_daemon() {
     assert_eq!(op_call(&acme, "a", "ping", &[]).expect("acme answers"), 7);
 
     // Counting what the kernel hands out: calls (each store keeps one fiber stack), waits that time
-    // out (a timer each), restarts (a fresh store) and uploads (a compile thread each) leave the
+    // out (a timer each), restarts (a fresh store) and uploads (compiled on a worker) leave the
     // daemon's mappings, files and threads where they were after a warm-up.
     let cycle = |i: i32| {
         assert_eq!(op_call(&acme, "a", "ping", &[]).expect("ping"), 7);

@@ -180,9 +180,9 @@ struct ServeArgs {
     /// number compiled in (default 64). Each tenant holds at most its `trampolines` quota of them.
     #[arg(long)]
     trampolines: Option<u32>,
-    /// How workers share the CPUs: "idle" (default: workers and compiles run in the kernel's idle
-    /// class, so the daemon's own threads, and with them every tenant's replies, always get a core at
-    /// once; for a host that runs the broker) or "normal" (workers at nice +5, compiles at +10; for a
+    /// How workers (which also compile uploads) share the CPUs: "idle" (default: workers run in the
+    /// kernel's idle class, so the daemon's own threads, and with them every tenant's replies, always
+    /// get a core at once; for a host that runs the broker) or "normal" (workers at nice +5; for a
     /// host shared with other busy processes).
     #[arg(long)]
     worker_priority: Option<crate::runtime::WorkerPriority>,

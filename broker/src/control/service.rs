@@ -613,9 +613,9 @@ impl pb::broker_server::Broker for ControlService {
             Err(e) => return ok(Err(e)),
         };
         let r = req.into_inner();
-        // Compiling is CPU-bound work of up to seconds: it runs on the blocking pool, at most one per
-        // tenant and `compile_slots` in all, so uploads never hold the async runtime (every other
-        // tenant's RPCs) or the whole machine.
+        // Compiling is CPU-bound work of up to seconds: the request waits on the blocking pool, at most
+        // one per tenant and `compile_slots` in all, so uploads never hold the async runtime (every
+        // other tenant's RPCs); the compile itself runs on a worker as the tenant's turn.
         let mine = Arc::clone(
             p.tenant_compiles
                 .lock()

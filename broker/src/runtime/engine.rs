@@ -40,8 +40,8 @@ impl EngineHandle {
         // wasmtime's copy-on-write memory images only work with its own memories.
         config.with_host_memory(std::sync::Arc::new(super::memory_creator::BrokerMemoryCreator));
         config.memory_init_cow(false);
-        // One compilation uses one thread: the control plane bounds how many run at once (per tenant and
-        // in all), which bounds the cores compiling can take only if each compile stays on its thread.
+        // One compilation uses one thread: it runs on a worker as its tenant's turn (see
+        // `runtime::pool`), which bounds the cores compiling takes only if it stays on that thread.
         config.parallel_compilation(false);
         let engine = Engine::new(&config)
             .map_err(|e| Error::InvalidArgument { field: "engine config", reason: e.to_string() })?;
@@ -70,32 +70,4 @@ impl Drop for EngineHandle {
             let _ = t.join();
         }
     }
-}
-
-/// Compiles a module on a thread of its own at a priority no higher than the workers' (see
-/// [`super::priority`]), and waits for it.
-///
-/// Compiling a large module takes a core for seconds; at the priority of the threads that feed the
-/// workers, a tenant uploading in a loop would take CPU time from every tenant's calls. (Lowering a
-/// thread's priority needs no privilege; raising it again would, hence a thread per compile.)
-///
-/// # Errors
-/// wasmtime's, for a module that does not validate or compile; a compile thread that could not start
-/// or panicked is reported the same way.
-pub(crate) fn compile(
-    engine: &Engine,
-    wasm: &[u8],
-    priority: super::WorkerPriority,
-) -> wasmtime::Result<wasmtime::Module> {
-    std::thread::scope(|scope| {
-        let thread = std::thread::Builder::new().name("broker-compile".into()).spawn_scoped(scope, || {
-            super::priority::lower_this_thread(priority, super::priority::Role::Compile);
-            wasmtime::Module::new(engine, wasm)
-        });
-        match thread.map(std::thread::ScopedJoinHandle::join) {
-            Ok(Ok(compiled)) => compiled,
-            Ok(Err(_)) => Err(wasmtime::Error::msg("the compile thread panicked")),
-            Err(e) => Err(wasmtime::Error::msg(format!("the compile thread could not start: {e}"))),
-        }
-    })
 }

@@ -23,7 +23,7 @@ mod timer;
 use std::fmt;
 use std::time::Duration;
 
-pub(crate) use engine::{compile, EngineHandle};
+pub(crate) use engine::EngineHandle;
 pub(crate) use instance::{EventSink, InstanceCell, InstanceState, StopTrap};
 pub(crate) use pool::WorkerPool;
 pub use priority::WorkerPriority;

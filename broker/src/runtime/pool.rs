@@ -13,12 +13,20 @@
 //! tenant with the smallest virtual runtime goes next (ties in round-robin order). A tenant that was
 //! idle comes back no lower than the virtual runtime of the last tenant given a turn, so idling earns
 //! no credit to starve the others with later; and one turn is charged at most a few ticks (a call
-//! yields within a tick of anyone else wanting a worker), so using an idle machine earns no debt. A tenant with many busy instances gets its weighted share, not one share per
-//! instance. Within a tenant, instances run in the order they became runnable.
+//! yields within a tick of anyone else wanting a worker), so using an idle machine earns no debt. A
+//! tenant with many busy instances gets its weighted share, not one share per instance. Within a
+//! tenant, instances run in the order they became runnable. New work of a tenant that is owed a worker
+//! (its virtual runtime is no higher than a running tenant's, that tenant's current turn counted so
+//! far) preempts at once rather than at the next tick.
 //!
-//! A tenant whose `max_workers` quota is set occupies at most that many workers at once: it is passed
-//! over (keeping its place) while that many of its instances are running, so its long calls leave the
-//! other workers to everyone else.
+//! A tenant's blocking tasks (compiles) run on the workers too, as its turns: a task cannot be
+//! preempted, so it is charged in full, as it runs, and at most one fewer task than workers runs at
+//! once. A compile on a thread of its own would be one more busy thread than cores, and the kernel's
+//! time slices among them all would delay every tenant's calls behind one tenant's uploads.
+//!
+//! A tenant whose `max_workers` quota is set occupies at most that many workers at once (its tasks
+//! included): it is passed over (keeping its place) while that many of its turns are running, so its
+//! long calls leave the other workers to everyone else.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,7 +37,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::instance::{InstanceCell, Job};
-use crate::tenant::{Quotas, TenantId};
+use crate::tenant::{Quotas, Tenant, TenantId};
 
 /// The most worker time one turn is charged. A running call yields within a tick of other work
 /// becoming runnable, so time beyond a few ticks in one turn was time no other tenant asked for:
@@ -53,6 +61,24 @@ struct TenantQueue<T> {
     running: usize,
     /// Worker time used, in nanoseconds scaled by `Quotas::DEFAULT_CPU_SHARES / cpu_shares`.
     vruntime: u64,
+    /// When its latest running turn started (none before its first), and the weight its time is
+    /// charged at.
+    started: Option<Instant>,
+    shares: u64,
+    /// Of `running`, the workers running its tasks.
+    tasks: usize,
+}
+
+impl<T> TenantQueue<T> {
+    /// Its virtual runtime with its latest running turn counted so far (at most [`MAX_CHARGE`]; tasks
+    /// are counted as they run, see [`Queues::accrue`]).
+    fn current(&self, now: Instant) -> u64 {
+        let turn = match self.started {
+            Some(at) if self.running > self.tasks => now.saturating_duration_since(at).min(MAX_CHARGE),
+            _ => Duration::ZERO,
+        };
+        self.vruntime.saturating_add(weighted(turn, self.shares))
+    }
 }
 
 /// The runnable instances, by tenant, and the tenants' turn order.
@@ -68,24 +94,36 @@ struct Queues<T> {
     floor: u64,
     /// The pool is shutting down: workers exit.
     stopping: bool,
+    /// Tasks running now, and when their time was last added to their tenants' virtual runtimes.
+    tasks: usize,
+    accrued_at: Option<Instant>,
 }
 
 impl<T> Default for Queues<T> {
     fn default() -> Queues<T> {
-        Queues { turns: VecDeque::new(), tenants: HashMap::new(), floor: 0, stopping: false }
+        Queues {
+            turns: VecDeque::new(),
+            tenants: HashMap::new(),
+            floor: 0,
+            stopping: false,
+            tasks: 0,
+            accrued_at: None,
+        }
     }
 }
 
 impl<T> Queues<T> {
     /// Adds `item` at the back of its tenant's list (and the tenant to the rotation if it had nothing
-    /// runnable; one that was idle comes back no lower than the current floor). True if the tenant is
-    /// owed a worker before another tenant that holds one now: its virtual runtime is no higher.
-    fn push(&mut self, tenant: TenantId, item: T, cap: usize) -> bool {
+    /// runnable; one that was idle comes back no lower than the current floor).
+    fn push(&mut self, tenant: TenantId, item: T) {
         let floor = self.floor;
         let q = self.tenants.entry(tenant).or_insert_with(|| TenantQueue {
             runnable: VecDeque::new(),
             running: 0,
             vruntime: floor,
+            started: None,
+            shares: Quotas::DEFAULT_CPU_SHARES,
+            tasks: 0,
         });
         if q.runnable.is_empty() {
             if q.running == 0 {
@@ -94,26 +132,31 @@ impl<T> Queues<T> {
             self.turns.push_back(tenant);
         }
         q.runnable.push_back(item);
-        // A running tenant is charged its turn only when the turn ends, so one at the same virtual
-        // runtime has already used more than it shows.
-        // A tenant at its worker cap is owed nothing: it could not take a freed worker.
+    }
+
+    /// Whether `tenant` (with `max_workers` `cap`, 0 for none) is owed a worker before another tenant
+    /// that holds one at `now`: its virtual runtime is no higher than that tenant's with its current
+    /// turn counted so far (as CFS updates the running thread's before it decides on a wake-up).
+    /// A tenant at its worker cap is owed nothing: it could not take a freed worker.
+    fn owed(&self, tenant: TenantId, cap: usize, now: Instant) -> bool {
+        let Some(q) = self.tenants.get(&tenant) else { return false };
         if cap != 0 && q.running >= cap {
             return false;
         }
         let mine = q.vruntime;
-        self.tenants.iter().any(|(t, o)| *t != tenant && o.running > 0 && o.vruntime >= mine)
+        self.tenants.iter().any(|(t, o)| *t != tenant && o.running > 0 && o.current(now) >= mine)
     }
 
-    /// Takes the first item of the runnable tenant with the least virtual runtime that may run another
-    /// worker (`cap`: its `max_workers`, 0 for none; the first in rotation order among equals), moves
-    /// the tenant to the back of the rotation if it has more, and counts the worker it takes.
-    fn take_turn(&mut self, cap: impl Fn(&T) -> usize) -> Option<T> {
+    /// Takes the first item of the runnable tenant with the least virtual runtime whose first item may
+    /// run now (`may_run`, given the item and the workers its tenant occupies: its `max_workers` cap;
+    /// the first in rotation order among equals), moves the tenant to the back of the rotation if it
+    /// has more, and counts the worker it takes.
+    fn take_turn(&mut self, may_run: impl Fn(&T, usize) -> bool) -> Option<T> {
         let mut best: Option<(usize, u64)> = None;
         for (i, tenant) in self.turns.iter().enumerate() {
             let Some(q) = self.tenants.get(tenant) else { continue };
             let Some(first) = q.runnable.front() else { continue };
-            let limit = cap(first);
-            if limit != 0 && q.running >= limit {
+            if !may_run(first, q.running) {
                 continue;
             }
             if best.is_none_or(|(_, v)| q.vruntime < v) {
@@ -132,11 +175,61 @@ impl<T> Queues<T> {
         item
     }
 
-    /// A worker of `tenant` finished its turn after `ran`, charged at weight `shares`.
+    /// A worker of `tenant` finished its turn after `ran`, charged at weight `shares` (at most
+    /// [`MAX_CHARGE`]: the turn yielded as soon as anyone else wanted the worker).
     fn finished(&mut self, tenant: TenantId, ran: Duration, shares: u64) {
+        self.charge(tenant, ran.min(MAX_CHARGE), shares);
+    }
+
+    /// Adds the time tasks ran since the last call to their tenants' virtual runtimes, as it passes
+    /// (as CFS charges the running thread at every tick): a task runs for up to seconds, and its tenant
+    /// must not look owed a worker meanwhile. A task is never preempted, so all of its time is charged,
+    /// not [`MAX_CHARGE`] of it.
+    fn accrue(&mut self, now: Instant) {
+        if self.tasks == 0 {
+            self.accrued_at = None;
+            return;
+        }
+        let since = self.accrued_at.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+        self.accrued_at = Some(now);
+        for q in self.tenants.values_mut().filter(|q| q.tasks > 0) {
+            let ran = since.saturating_mul(u32::try_from(q.tasks).unwrap_or(u32::MAX));
+            q.vruntime = q.vruntime.saturating_add(weighted(ran, q.shares));
+        }
+    }
+
+    /// `tenant`'s turn just taken (by `take_turn`) started at `now`, charged at weight `shares`.
+    fn turn_started(&mut self, tenant: TenantId, shares: u64, now: Instant) {
+        if let Some(q) = self.tenants.get_mut(&tenant) {
+            q.started = Some(now);
+            q.shares = shares;
+        }
+    }
+
+    /// `tenant`'s turn just taken (by `take_turn`) is a task charged at weight `shares`.
+    fn task_started(&mut self, tenant: TenantId, shares: u64, now: Instant) {
+        self.accrue(now);
+        let Some(q) = self.tenants.get_mut(&tenant) else { return };
+        q.tasks += 1;
+        q.shares = shares;
+        self.tasks += 1;
+        self.accrued_at = Some(now);
+    }
+
+    /// A worker of `tenant` finished a task; its time was charged as it ran.
+    fn task_finished(&mut self, tenant: TenantId, now: Instant) {
+        self.accrue(now);
+        let Some(q) = self.tenants.get_mut(&tenant) else { return };
+        q.tasks = q.tasks.saturating_sub(1);
+        self.tasks = self.tasks.saturating_sub(1);
+        self.charge(tenant, Duration::ZERO, Quotas::DEFAULT_CPU_SHARES);
+    }
+
+    /// Gives `tenant`'s worker back and adds `ran` at weight `shares` to its virtual runtime.
+    fn charge(&mut self, tenant: TenantId, ran: Duration, shares: u64) {
         let Some(q) = self.tenants.get_mut(&tenant) else { return };
         q.running = q.running.saturating_sub(1);
-        q.vruntime = q.vruntime.saturating_add(weighted(ran.min(MAX_CHARGE), shares));
+        q.vruntime = q.vruntime.saturating_add(weighted(ran, shares));
         if q.running == 0 && q.runnable.is_empty() && q.vruntime <= self.floor {
             self.tenants.remove(&tenant);
         }
@@ -155,9 +248,38 @@ fn weighted(ran: Duration, shares: u64) -> u64 {
     u64::try_from(scaled).unwrap_or(u64::MAX)
 }
 
+/// Work a worker takes a turn at.
+enum Runnable {
+    /// An instance with jobs to run or a job to resume.
+    Instance(Arc<InstanceCell>),
+    /// A tenant's blocking task.
+    Task(Task),
+}
+
+/// A closure run once on a worker, as a turn of its tenant: compiling a module.
+///
+/// Compiling takes a core for up to seconds and cannot be preempted. On a thread of its own it would
+/// be one more busy thread than the workers, and the kernel would share the cores among them all, so
+/// every tenant's calls would wait kernel time slices behind one tenant's uploads. On a worker it takes
+/// that tenant's seat, counts against its `max_workers` and its CPU time, and the other workers stay
+/// with the other tenants.
+struct Task {
+    tenant: Arc<Tenant>,
+    run: Box<dyn FnOnce() + Send>,
+}
+
+impl Runnable {
+    fn tenant(&self) -> &Arc<Tenant> {
+        match self {
+            Runnable::Instance(cell) => &cell.tenant,
+            Runnable::Task(task) => &task.tenant,
+        }
+    }
+}
+
 /// What the workers and the submitters share.
 struct Scheduler {
-    queues: Mutex<Queues<Arc<InstanceCell>>>,
+    queues: Mutex<Queues<Runnable>>,
     ready: Condvar,
     /// Instances runnable (a hint read without the lock, so spinning workers leave the lock to
     /// submitters).
@@ -165,6 +287,9 @@ struct Scheduler {
     /// Workers running an instance right now, and how many there are.
     busy: AtomicUsize,
     workers: usize,
+    /// How many workers may run tasks at once: one fewer than the workers, so a task never holds every
+    /// worker (calls are preempted; tasks are not).
+    task_limit: usize,
     /// The engine whose epoch is advanced to preempt running calls at once (see `push`).
     engine: wasmtime::Engine,
 }
@@ -179,27 +304,32 @@ enum Arrival {
 }
 
 impl Scheduler {
-    /// Makes `cell` runnable (the caller set its `scheduled` flag).
+    /// Makes `item` runnable (for an instance, the caller set its `scheduled` flag).
     ///
     /// New work of a tenant that is owed a worker (its virtual runtime is lower than that of a tenant
     /// running now), arriving while every worker is busy, advances the engine's epoch: every running
     /// call reaches its epoch check at once and yields, instead of at the next tick. So a tenant's call
     /// waits microseconds, not a tick, for a worker that spinners hold. Work queued again after a turn
     /// never does this (two spinners would make each other yield without end).
-    fn push(&self, cell: Arc<InstanceCell>, arrival: Arrival) {
-        let tenant = cell.tenant.id();
+    fn push(&self, item: Runnable, arrival: Arrival) {
+        let tenant = item.tenant().id();
+        let cap = worker_cap(item.tenant());
         let mut q = self.queues.lock();
         if q.stopping {
             // No worker will run it; keeping it would also keep the cell alive through a cycle (the
-            // cell holds a handle to this scheduler).
+            // cell holds a handle to this scheduler). A task's caller learns from its dropped channel.
             return;
         }
-        let cap = worker_cap(&cell);
-        let owed = q.push(tenant, cell, cap);
+        q.push(tenant, item);
+        let preempt = arrival == Arrival::New && self.busy.load(Ordering::Relaxed) >= self.workers && {
+            let now = Instant::now();
+            q.accrue(now);
+            q.owed(tenant, cap, now)
+        };
         self.runnable.fetch_add(1, Ordering::Relaxed);
         drop(q);
         self.ready.notify_one();
-        if arrival == Arrival::New && owed && self.busy.load(Ordering::Relaxed) >= self.workers {
+        if preempt {
             self.engine.increment_epoch();
         }
     }
@@ -211,7 +341,7 @@ impl Scheduler {
     /// An idle worker spins briefly (a few microseconds, never yielding its core) before it sleeps:
     /// calls often arrive microseconds apart, and a futex wake-up costs more than the call, while
     /// yielding in a loop would take CPU time from the tenants' work on a small machine.
-    fn pop(&self) -> Option<Arc<InstanceCell>> {
+    fn pop(&self) -> Option<Runnable> {
         let mut spins = 0u32;
         loop {
             let mut q = self.queues.lock();
@@ -219,12 +349,28 @@ impl Scheduler {
                 if q.stopping {
                     return None;
                 }
-                if let Some(cell) = q.take_turn(worker_cap) {
+                let now = (q.tasks > 0).then(Instant::now);
+                if let Some(now) = now {
+                    q.accrue(now);
+                }
+                let tasks_full = q.tasks >= self.task_limit;
+                let may_run = |item: &Runnable, running: usize| {
+                    let cap = worker_cap(item.tenant());
+                    (cap == 0 || running < cap) && !(tasks_full && matches!(item, Runnable::Task(_)))
+                };
+                if let Some(item) = q.take_turn(may_run) {
                     self.runnable.fetch_sub(1, Ordering::Relaxed);
                     // Counted under the lock `push` takes, so a push that finds every worker busy and
                     // preempts sees this one too (the caller gives it back after its turn).
                     self.busy.fetch_add(1, Ordering::Relaxed);
-                    return Some(cell);
+                    let now = now.unwrap_or_else(Instant::now);
+                    let (tenant, shares) = (item.tenant().id(), item.tenant().quotas().cpu_shares);
+                    if matches!(item, Runnable::Task(_)) {
+                        q.task_started(tenant, shares, now);
+                    } else {
+                        q.turn_started(tenant, shares, now);
+                    }
+                    return Some(item);
                 }
                 if spins < IDLE_SPINS {
                     break;
@@ -245,12 +391,16 @@ impl Scheduler {
         }
     }
 
-    /// A worker finished running `tenant`'s turn after `ran`: it is charged, and another of its
-    /// instances may run now, so a worker waiting for one is woken.
-    fn finished(&self, tenant: TenantId, ran: Duration, shares: u64) {
+    /// A worker finished running `tenant`'s turn after `ran` (a task's if `task`): it is charged, and
+    /// another of its instances (or another task) may run now, so a worker waiting for one is woken.
+    fn finished(&self, tenant: TenantId, ran: Duration, shares: u64, task: bool) {
         let mut q = self.queues.lock();
-        q.finished(tenant, ran, shares);
-        let waiting = q.has_runnable(tenant);
+        if task {
+            q.task_finished(tenant, Instant::now());
+        } else {
+            q.finished(tenant, ran, shares);
+        }
+        let waiting = task || q.has_runnable(tenant);
         drop(q);
         if waiting {
             self.ready.notify_one();
@@ -288,13 +438,13 @@ impl PoolHandle {
     /// Posts a job to an instance's mailbox and makes sure a worker will run it.
     pub(crate) fn submit(&self, cell: &Arc<InstanceCell>, job: Job) {
         if cell.post(job) {
-            self.scheduler.push(Arc::clone(cell), Arrival::New);
+            self.scheduler.push(Runnable::Instance(Arc::clone(cell)), Arrival::New);
         }
     }
 
     /// Queues a cell whose `scheduled` flag the caller set (a woken job).
     pub(super) fn schedule(&self, cell: Arc<InstanceCell>) {
-        self.scheduler.push(cell, Arrival::New);
+        self.scheduler.push(Runnable::Instance(cell), Arrival::New);
     }
 
     /// Whether instances wait for a worker: a long call then yields its own at the next tick.
@@ -316,6 +466,7 @@ impl WorkerPool {
             runnable: AtomicUsize::new(0),
             busy: AtomicUsize::new(0),
             workers: workers.max(1),
+            task_limit: workers.saturating_sub(1).max(1),
             engine,
         });
         let mut threads = Vec::new();
@@ -348,27 +499,49 @@ impl WorkerPool {
     pub(crate) fn handle(&self) -> PoolHandle {
         PoolHandle { scheduler: Arc::clone(&self.scheduler) }
     }
+
+    /// Runs `task` on a worker as one turn of `tenant` (see [`Task`]) and waits for its result, which
+    /// is `None` if the pool stopped first. At most one fewer task than workers run at once, so calls
+    /// always keep a worker. Must not be called from a worker (it would wait for itself).
+    pub(crate) fn run_task<R: Send + 'static>(
+        &self,
+        tenant: &Arc<Tenant>,
+        task: impl FnOnce() -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let run = Box::new(move || {
+            // The caller may have stopped waiting (it never does today); the result is dropped then.
+            let _ = tx.send(task());
+        });
+        self.scheduler.push(Runnable::Task(Task { tenant: Arc::clone(tenant), run }), Arrival::New);
+        rx.recv().ok()
+    }
 }
 
-/// The most workers `cell`'s tenant may occupy at once (0: no cap).
-fn worker_cap(cell: &Arc<InstanceCell>) -> usize {
-    usize::try_from(cell.tenant.quotas().max_workers).unwrap_or(usize::MAX)
-}
-
-/// The weight `cell`'s tenant's CPU time is charged at.
-fn cpu_shares(cell: &Arc<InstanceCell>) -> u64 {
-    cell.tenant.quotas().cpu_shares
+/// The most workers `tenant` may occupy at once (0: no cap).
+fn worker_cap(tenant: &Tenant) -> usize {
+    usize::try_from(tenant.quotas().max_workers).unwrap_or(usize::MAX)
 }
 
 fn work(scheduler: &Scheduler, priority: super::WorkerPriority) {
-    super::priority::lower_this_thread(priority, super::priority::Role::Worker);
-    while let Some(cell) = scheduler.pop() {
+    super::priority::lower_this_thread(priority);
+    while let Some(item) = scheduler.pop() {
         let started = Instant::now();
-        cell.run_jobs(BATCH);
-        scheduler.busy.fetch_sub(1, Ordering::Relaxed);
-        scheduler.finished(cell.tenant.id(), started.elapsed(), cpu_shares(&cell));
-        if cell.reschedule() {
-            scheduler.push(cell, Arrival::Again);
+        match item {
+            Runnable::Instance(cell) => {
+                cell.run_jobs(BATCH);
+                scheduler.busy.fetch_sub(1, Ordering::Relaxed);
+                let shares = cell.tenant.quotas().cpu_shares;
+                scheduler.finished(cell.tenant.id(), started.elapsed(), shares, false);
+                if cell.reschedule() {
+                    scheduler.push(Runnable::Instance(cell), Arrival::Again);
+                }
+            }
+            Runnable::Task(Task { tenant, run }) => {
+                run();
+                scheduler.busy.fetch_sub(1, Ordering::Relaxed);
+                scheduler.finished(tenant.id(), started.elapsed(), tenant.quotas().cpu_shares, true);
+            }
         }
     }
 }
@@ -384,22 +557,27 @@ impl Drop for WorkerPool {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
-    use super::{Queues, TenantId};
+    use super::{weighted, Queues, TenantId, MAX_CHARGE};
     use crate::tenant::Quotas;
 
     const DEFAULT_CPU_SHARES: u64 = Quotas::DEFAULT_CPU_SHARES;
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// Lets every item run.
+    fn any(_: &&str, _: usize) -> bool {
+        true
+    }
+
     /// Queues where `a` and then `b` each took a worker (with items "a1" and "b1").
     fn both_running(a: TenantId, b: TenantId) -> Queues<&'static str> {
         let mut q = Queues::default();
-        q.push(a, "a1", 0);
-        q.push(b, "b1", 0);
-        assert_eq!(q.take_turn(|_| 0), Some("a1"));
-        assert_eq!(q.take_turn(|_| 0), Some("b1"));
+        q.push(a, "a1");
+        q.push(b, "b1");
+        assert_eq!(q.take_turn(any), Some("a1"));
+        assert_eq!(q.take_turn(any), Some("b1"));
         q
     }
 
@@ -408,14 +586,14 @@ mod tests {
         let (a, b, c) = (TenantId(1), TenantId(2), TenantId(3));
         let mut q = Queues::default();
         for item in ["a1", "a2", "a3"] {
-            q.push(a, item, 0);
+            q.push(a, item);
         }
-        q.push(b, "b1", 0);
-        let first: Vec<_> = (0..3).filter_map(|_| q.take_turn(|_| 0)).collect();
+        q.push(b, "b1");
+        let first: Vec<_> = (0..3).filter_map(|_| q.take_turn(any)).collect();
         assert_eq!(first, ["a1", "b1", "a2"], "equal virtual runtimes go round robin");
-        q.push(c, "c1", 0);
-        q.push(b, "b2", 0);
-        let rest: Vec<_> = std::iter::from_fn(|| q.take_turn(|_| 0)).collect();
+        q.push(c, "c1");
+        q.push(b, "b2");
+        let rest: Vec<_> = std::iter::from_fn(|| q.take_turn(any)).collect();
         assert_eq!(rest, ["a3", "c1", "b2"]);
         assert!(q.turns.is_empty(), "an empty rotation holds nothing");
         for t in [a, a, a, b, b, c] {
@@ -430,15 +608,15 @@ mod tests {
         let mut q = both_running(a, b);
         // a spun for 5 ms, b ran 1 ms; both stay runnable.
         q.finished(a, 5 * MS, DEFAULT_CPU_SHARES);
-        q.push(a, "a2", 0);
+        q.push(a, "a2");
         q.finished(b, MS, DEFAULT_CPU_SHARES);
-        q.push(b, "b2", 0);
-        q.push(b, "b3", 0);
-        assert_eq!(q.take_turn(|_| 0), Some("b2"), "b used less CPU, though a was first in the rotation");
+        q.push(b, "b2");
+        q.push(b, "b3");
+        assert_eq!(q.take_turn(any), Some("b2"), "b used less CPU, though a was first in the rotation");
         q.finished(b, MS, DEFAULT_CPU_SHARES);
-        assert_eq!(q.take_turn(|_| 0), Some("b3"), "b at 2 ms is still behind a at 5 ms");
+        assert_eq!(q.take_turn(any), Some("b3"), "b at 2 ms is still behind a at 5 ms");
         q.finished(b, 4 * MS, DEFAULT_CPU_SHARES);
-        assert_eq!(q.take_turn(|_| 0), Some("a2"), "b at 6 ms has passed a");
+        assert_eq!(q.take_turn(any), Some("a2"), "b at 6 ms has passed a");
     }
 
     #[test]
@@ -448,9 +626,9 @@ mod tests {
         // a has twice b's weight: 4 ms of a count as 2 ms, 3 ms of b as 3 ms.
         q.finished(a, 4 * MS, 2 * DEFAULT_CPU_SHARES);
         q.finished(b, 3 * MS, DEFAULT_CPU_SHARES);
-        q.push(b, "b2", 0);
-        q.push(a, "a2", 0);
-        assert_eq!(q.take_turn(|_| 0), Some("a2"), "a's 4 ms weigh less than b's 3 ms");
+        q.push(b, "b2");
+        q.push(a, "a2");
+        assert_eq!(q.take_turn(any), Some("a2"), "a's 4 ms weigh less than b's 3 ms");
     }
 
     #[test]
@@ -459,43 +637,43 @@ mod tests {
         let mut q = Queues::default();
         // a runs alone for a while: 10 turns of 5 ms.
         for _ in 0..10 {
-            q.push(a, "a", 0);
-            assert_eq!(q.take_turn(|_| 0), Some("a"));
+            q.push(a, "a");
+            assert_eq!(q.take_turn(any), Some("a"));
             q.finished(a, 5 * MS, DEFAULT_CPU_SHARES);
         }
-        q.push(a, "a", 0);
-        assert_eq!(q.take_turn(|_| 0), Some("a"));
+        q.push(a, "a");
+        assert_eq!(q.take_turn(any), Some("a"));
         // b arrives while a runs: it starts at the floor (a's virtual runtime at its last turn), not
         // at 0, so it does not get 50 ms of the workers to itself before a runs again.
-        q.push(b, "b", 0);
+        q.push(b, "b");
         q.finished(a, 5 * MS, DEFAULT_CPU_SHARES);
-        q.push(a, "a-next", 0);
-        assert_eq!(q.take_turn(|_| 0), Some("b"));
+        q.push(a, "a-next");
+        assert_eq!(q.take_turn(any), Some("b"));
         q.finished(b, 6 * MS, DEFAULT_CPU_SHARES);
-        q.push(b, "b-next", 0);
-        assert_eq!(q.take_turn(|_| 0), Some("a-next"), "b's 6 ms put it past a");
+        q.push(b, "b-next");
+        assert_eq!(q.take_turn(any), Some("a-next"), "b's 6 ms put it past a");
     }
 
     #[test]
     fn a_long_turn_on_an_idle_machine_earns_no_debt() {
         let (a, b) = (TenantId(1), TenantId(2));
         let mut q = Queues::default();
-        q.push(a, "a", 0);
-        assert_eq!(q.take_turn(|_| 0), Some("a"));
+        q.push(a, "a");
+        assert_eq!(q.take_turn(any), Some("a"));
         // b arrives while a's call has been running alone for a minute; a yields at the next tick.
-        q.push(b, "b", 0);
+        q.push(b, "b");
         q.finished(a, Duration::from_secs(60), DEFAULT_CPU_SHARES);
-        q.push(a, "a", 0);
+        q.push(a, "a");
         // b always has more work, in 5 ms turns. a was charged a few ticks, not a minute, so it gets a
         // turn again after a few of b's, not after a minute of them.
         let mut b_turns = 0;
         loop {
-            match q.take_turn(|_| 0) {
+            match q.take_turn(any) {
                 Some("b") => {
                     b_turns += 1;
                     assert!(b_turns <= 8, "a starved after using an idle machine");
                     q.finished(b, 5 * MS, DEFAULT_CPU_SHARES);
-                    q.push(b, "b", 0);
+                    q.push(b, "b");
                 }
                 other => {
                     assert_eq!(other, Some("a"));
@@ -508,29 +686,80 @@ mod tests {
 
     #[test]
     fn new_work_of_a_tenant_that_used_less_is_owed_a_running_tenants_worker() {
+        let now = Instant::now();
         let (a, b) = (TenantId(1), TenantId(2));
         let mut q = Queues::default();
-        assert!(!q.push(a, "a1", 0), "nobody runs: nothing to preempt");
-        assert_eq!(q.take_turn(|_| 0), Some("a1"));
-        assert!(q.push(b, "b1", 0), "b at the floor is owed a worker a holds (a's turn is not charged yet)");
-        assert_eq!(q.take_turn(|_| 0), Some("b1"));
+        q.push(a, "a1");
+        assert!(!q.owed(a, 0, now), "nobody runs: nothing to preempt");
+        assert_eq!(q.take_turn(any), Some("a1"));
+        q.push(b, "b1");
+        assert!(q.owed(b, 0, now), "b at the floor is owed a worker a holds (a's turn is not charged yet)");
+        assert_eq!(q.take_turn(any), Some("b1"));
         q.finished(b, 5 * MS, DEFAULT_CPU_SHARES);
         q.finished(a, MS, DEFAULT_CPU_SHARES);
-        assert!(!q.push(a, "a2", 0), "nobody runs");
-        assert_eq!(q.take_turn(|_| 0), Some("a2"));
-        assert!(!q.push(a, "a3", 0), "a tenant is never owed its own worker");
-        assert!(!q.push(b, "b2", 0), "b has used more than a, which runs: not owed");
+        q.push(a, "a2");
+        assert!(!q.owed(a, 0, now), "nobody runs");
+        assert_eq!(q.take_turn(any), Some("a2"));
+        q.push(a, "a3");
+        assert!(!q.owed(a, 0, now), "a tenant is never owed its own worker");
+        q.push(b, "b2");
+        assert!(!q.owed(b, 0, now), "b has used more than a, which runs: not owed");
+    }
+
+    #[test]
+    fn a_running_turn_counts_as_it_goes() {
+        let (a, b) = (TenantId(1), TenantId(2));
+        let t0 = Instant::now();
+        let mut q = both_running(a, b);
+        q.turn_started(a, DEFAULT_CPU_SHARES, t0);
+        // b ran 3 ms, then has new work while a's turn goes on.
+        q.finished(b, 3 * MS, DEFAULT_CPU_SHARES);
+        q.push(b, "b2");
+        assert!(!q.owed(b, 0, t0 + MS), "a's turn so far (1 ms) is below b's 3 ms");
+        assert!(q.owed(b, 0, t0 + 3 * MS), "after 3 ms of a's turn, b is owed a's worker");
+        let minute = t0 + Duration::from_secs(60);
+        assert_eq!(
+            q.tenants[&a].current(minute),
+            weighted(MAX_CHARGE, DEFAULT_CPU_SHARES),
+            "at most MAX_CHARGE"
+        );
+    }
+
+    #[test]
+    fn a_task_is_charged_in_full_as_it_runs() {
+        let (a, b) = (TenantId(1), TenantId(2));
+        let t0 = Instant::now();
+        let mut q = both_running(a, b);
+        // a's turn is a task (a compile); b's is a call that ran 10 ms.
+        q.task_started(a, DEFAULT_CPU_SHARES, t0);
+        q.finished(b, 10 * MS, DEFAULT_CPU_SHARES);
+        q.push(b, "b2");
+        assert!(!q.owed(b, 0, t0 + 5 * MS), "5 ms into a's task, b has used more");
+        q.accrue(t0 + 5 * MS);
+        q.accrue(t0 + Duration::from_secs(1));
+        assert!(q.owed(b, 0, t0 + Duration::from_secs(1)), "a second into it, b is owed");
+        q.task_finished(a, t0 + Duration::from_secs(2));
+        assert_eq!(
+            q.tenants[&a].vruntime,
+            weighted(Duration::from_secs(2), DEFAULT_CPU_SHARES),
+            "all 2 s of the task, not MAX_CHARGE"
+        );
+        q.push(a, "a2");
+        assert_eq!(q.take_turn(any), Some("b2"), "b, 1.99 s behind, goes first");
     }
 
     #[test]
     fn a_tenant_at_its_worker_cap_is_owed_nothing() {
+        let now = Instant::now();
         let (a, b) = (TenantId(1), TenantId(2));
         let mut q = Queues::default();
-        q.push(a, "a1", 0);
-        assert_eq!(q.take_turn(|_| 0), Some("a1"));
-        assert!(q.push(b, "b1", 1), "below its cap of one worker, b is owed a's");
-        assert_eq!(q.take_turn(|_| 0), Some("b1"));
-        assert!(!q.push(b, "b2", 1), "at its cap it could not take a freed worker: nothing to preempt");
+        q.push(a, "a1");
+        assert_eq!(q.take_turn(any), Some("a1"));
+        q.push(b, "b1");
+        assert!(q.owed(b, 1, now), "below its cap of one worker, b is owed a's");
+        assert_eq!(q.take_turn(any), Some("b1"));
+        q.push(b, "b2");
+        assert!(!q.owed(b, 1, now), "at its cap it could not take a freed worker: nothing to preempt");
     }
 
     #[test]
@@ -538,11 +767,11 @@ mod tests {
         let (a, b) = (TenantId(1), TenantId(2));
         let mut q = Queues::default();
         for item in ["a1", "a2", "a3"] {
-            q.push(a, item, 0);
+            q.push(a, item);
         }
-        q.push(b, "b1", 0);
+        q.push(b, "b1");
         // Tenant a may occupy one worker.
-        let cap = |item: &&str| if item.starts_with('a') { 1 } else { 0 };
+        let cap = |item: &&str, running: usize| !item.starts_with('a') || running < 1;
         assert_eq!(q.take_turn(cap), Some("a1"));
         assert_eq!(q.take_turn(cap), Some("b1"), "a is at its cap: b goes next");
         assert_eq!(q.take_turn(cap), None, "only a has work, and it is at its cap");

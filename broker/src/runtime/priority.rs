@@ -1,5 +1,5 @@
-//! CPU priority of the broker's own threads: workers run below the threads that hand them calls and
-//! take their replies, and compiles run no higher than the workers.
+//! CPU priority of the broker's workers: they run below the threads that hand them calls and take
+//! their replies. (Compiles run on the workers too, as their tenant's turns: see `runtime::pool`.)
 //!
 //! Workers are busy by design (with preemption, a spinning tenant keeps every worker busy), while the
 //! threads that feed them (the control plane's, an embedder's) mostly sleep. When one of those wakes to
@@ -13,12 +13,12 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkerPriority {
-    /// `SCHED_IDLE` for workers and compiles: they run on whatever CPU time no normal thread wants, so
+    /// `SCHED_IDLE` for the workers (which also compile): they run on whatever CPU time no normal thread wants, so
     /// the threads that feed them always get a core at once. For a host that runs the broker (the
     /// daemon's default): on a host shared with other busy processes, or in a program whose own threads
     /// busy-wait, the broker's calls get only the CPU time those leave.
     Idle,
-    /// Normal scheduling, with workers at nice +5 and compiles at nice +10 relative to the process:
+    /// Normal scheduling, with workers at nice +5 relative to the process:
     /// for a host shared with other work. A thread feeding the workers then waits up to a kernel time
     /// slice for a core when every worker is busy.
     Normal,
@@ -45,33 +45,20 @@ impl std::fmt::Display for WorkerPriority {
     }
 }
 
-/// Which of the broker's busy threads is lowering itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Role {
-    /// A worker running instances.
-    Worker,
-    /// A thread compiling one module.
-    Compile,
-}
-
-/// Lowers the calling thread's priority for `role` (never raises it: that would need privileges). A
-/// kernel that refuses leaves the thread as it was, which costs latency, not correctness.
-pub(crate) fn lower_this_thread(priority: WorkerPriority, role: Role) {
+/// Lowers the calling worker's priority (never raises it: that would need privileges). A kernel that
+/// refuses leaves the thread as it was, which costs latency, not correctness.
+pub(crate) fn lower_this_thread(priority: WorkerPriority) {
     let lowered = match priority {
         WorkerPriority::Idle => set_idle_policy(),
         WorkerPriority::Normal => {
-            let by = match role {
-                Role::Worker => 5,
-                Role::Compile => 10,
-            };
             let me = rustix::thread::gettid();
             let own = rustix::process::getpriority_process(Some(me)).unwrap_or(0);
-            rustix::process::setpriority_process(Some(me), own.saturating_add(by))
+            rustix::process::setpriority_process(Some(me), own.saturating_add(5))
                 .map_err(std::io::Error::from)
         }
     };
     if let Err(e) = lowered {
-        tracing::debug!(?role, %priority, "thread keeps its priority: {e}");
+        tracing::debug!(%priority, "worker keeps its priority: {e}");
     }
 }
 
@@ -104,31 +91,24 @@ mod tests {
     }
 
     #[test]
-    fn idle_priority_puts_workers_and_compiles_in_the_idle_class() {
-        for role in [Role::Worker, Role::Compile] {
-            let policy = on_a_thread(|| {
-                lower_this_thread(WorkerPriority::Idle, role);
-                this_thread_policy()
-            });
-            assert_eq!(policy, libc::SCHED_IDLE, "{role:?}");
-        }
+    fn idle_priority_puts_workers_in_the_idle_class() {
+        let policy = on_a_thread(|| {
+            lower_this_thread(WorkerPriority::Idle);
+            this_thread_policy()
+        });
+        assert_eq!(policy, libc::SCHED_IDLE);
         assert_ne!(this_thread_policy(), libc::SCHED_IDLE, "the caller's thread is untouched");
     }
 
     #[test]
-    fn normal_priority_nices_compiles_below_workers() {
+    fn normal_priority_nices_workers() {
         let own = rustix::process::getpriority_process(Some(rustix::thread::gettid())).expect("priority");
-        let nice = |role| {
-            on_a_thread(|| {
-                lower_this_thread(WorkerPriority::Normal, role);
-                (this_thread_policy(), rustix::process::getpriority_process(Some(rustix::thread::gettid())))
-            })
-        };
-        let (worker_policy, worker) = nice(Role::Worker);
-        let (_, compile) = nice(Role::Compile);
-        assert_eq!(worker_policy, libc::SCHED_OTHER);
-        assert_eq!(worker.expect("priority"), (own + 5).min(19));
-        assert_eq!(compile.expect("priority"), (own + 10).min(19));
+        let (policy, nice) = on_a_thread(|| {
+            lower_this_thread(WorkerPriority::Normal);
+            (this_thread_policy(), rustix::process::getpriority_process(Some(rustix::thread::gettid())))
+        });
+        assert_eq!(policy, libc::SCHED_OTHER);
+        assert_eq!(nice.expect("priority"), (own + 5).min(19));
     }
 
     #[test]
