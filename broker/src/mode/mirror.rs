@@ -3,7 +3,14 @@
 //!
 //! The broker keeps, per mirror, a shadow of what the app was last given and the page versions it saw.
 //! A refresh copies only pages whose version moved (and costs one atomic load when nothing did); a
-//! commit diffs the app's buffer against the shadow page by page and writes back only dirty pages.
+//! commit diffs the app's buffer against the shadow page by page and writes back only the bytes that
+//! differ, so under `last-writer-wins` apps that change different bytes of one page keep each other's
+//! changes.
+//!
+//! Pages are counted two ways. Versions, refreshes and conflicts work on the region's pages (a range
+//! that starts inside a page shares it with whatever precedes it). Hints (`mirror_hint`) name pages of
+//! the capability's range, as the app sees its buffer: range page `k` is bytes `[k * 4096, (k + 1) *
+//! 4096)` of the range, whatever the range's alignment.
 //!
 //! Atomicity: commits hold the region's writer lock (the same `RwLock` as handle-mode writes) while
 //! they copy and bump versions; acquires, refreshes, handle reads and host reads hold the reader lock.
@@ -98,7 +105,7 @@ pub enum MirrorError {
         first: u32,
         /// Pages hinted.
         pages: u32,
-        /// Pages the mirror covers.
+        /// Pages the mirror's range covers, counted from its start.
         range_pages: usize,
     },
 }
@@ -112,8 +119,8 @@ pub(crate) struct MirrorState {
     seen: Vec<u64>,
     /// A region version at which every page of the range was as in the shadow.
     synced: u64,
-    /// Pages the app says it changed since the last commit (bit per page of the range); `None`: no
-    /// hint, the next commit compares every page.
+    /// Range pages the app says it changed since the last commit (a bit per 4 KiB of the range,
+    /// counted from the range's start); `None`: no hint, the next commit compares every page.
     hints: Option<Vec<u64>>,
     /// Charge for the shadow against the tenant's memory quota.
     _charge: Reservation,
@@ -136,6 +143,36 @@ fn pages(range: CapRange) -> impl Iterator<Item = (usize, std::ops::Range<usize>
         let lo = page_start.max(range.offset) - range.offset;
         let hi = page_start.saturating_add(PAGE_SIZE).min(end) - range.offset;
         (p, usize::try_from(lo).unwrap_or(usize::MAX)..usize::try_from(hi).unwrap_or(usize::MAX))
+    })
+}
+
+/// The runs of bytes where `mine` differs from `theirs` (same length), as ranges of indices. Equal
+/// stretches are skipped 64 bytes at a time (a `memcmp`), so a page with a few changed bytes costs
+/// little more than comparing it.
+fn changed_runs<'a>(mine: &'a [u8], theirs: &'a [u8]) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
+    const CHUNK: usize = 64;
+    let len = mine.len().min(theirs.len());
+    let differs = move |i: usize| mine.get(i) != theirs.get(i);
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < len {
+            let end = (i + CHUNK).min(len);
+            if i % CHUNK == 0 && mine.get(i..end) == theirs.get(i..end) {
+                i = end;
+            } else if differs(i) {
+                break;
+            } else {
+                i += 1;
+            }
+        }
+        if i >= len {
+            return None;
+        }
+        let start = i;
+        while i < len && differs(i) {
+            i += 1;
+        }
+        Some(start..i)
     })
 }
 
@@ -235,7 +272,7 @@ impl MirrorState {
     /// # Errors
     /// [`MirrorError::HintOutOfRange`]; the hints are unchanged then.
     pub(crate) fn hint(&mut self, first: u32, pages: u32) -> Result<(), MirrorError> {
-        let range_pages = self.seen.len();
+        let range_pages = self.range_pages();
         let out = MirrorError::HintOutOfRange { first, pages, range_pages };
         let (Ok(start), Ok(count)) = (usize::try_from(first), usize::try_from(pages)) else {
             return Err(out);
@@ -254,7 +291,13 @@ impl MirrorState {
         }
     }
 
-    /// Writes back the pages of `src` that differ from what the app was given, under `policy`.
+    /// Pages of the range as the app counts them (its buffer in 4 KiB pages).
+    fn range_pages(&self) -> usize {
+        usize::try_from(self.range.len.div_ceil(PAGE_SIZE)).unwrap_or(usize::MAX)
+    }
+
+    /// Writes back the bytes of `src` that differ from what the app was given, under the region's
+    /// policy.
     ///
     /// # Errors
     /// [`MirrorError::LengthMismatch`], [`MirrorError::BadVersion`], [`MirrorError::Conflict`] (nothing
@@ -268,13 +311,18 @@ impl MirrorState {
         check_len(self.range, src.len())?;
         // Hints apply to one commit, whatever its outcome (an app retrying after a conflict hints again).
         let hints = self.hints.take();
-        let hinted =
-            |i: usize| hints.as_ref().is_none_or(|b| b.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0));
+        let page = usize::try_from(PAGE_SIZE).unwrap_or(usize::MAX);
+        let hinted_page =
+            |k: usize| hints.as_ref().is_none_or(|b| b.get(k / 64).is_some_and(|w| w & (1 << (k % 64)) != 0));
+        // A region page's part of the range is compared if any range page it overlaps was hinted.
+        let hinted = |slice: &std::ops::Range<usize>| {
+            slice.is_empty() || (slice.start / page..=(slice.end - 1) / page).any(hinted_page)
+        };
         // Copy each page out of guest memory once, then compare the copy with the shadow: the bytes
         // committed are exactly the bytes the decision was made on.
         let mut dirty: Vec<(usize, usize, std::ops::Range<usize>)> = Vec::new();
         let mut staged: Vec<u8> = Vec::new();
-        for (i, (p, slice)) in pages(self.range).enumerate().filter(|(i, _)| hinted(*i)) {
+        for (i, (p, slice)) in pages(self.range).enumerate().filter(|(_, (_, slice))| hinted(slice)) {
             let Some(s) = self.shadow.get(slice.clone()) else {
                 continue;
             };
@@ -305,35 +353,50 @@ impl MirrorState {
             return Ok(Synced { version: current, pages: 0 });
         }
         let version = region.bump_version();
+        // Per dirty page: whether the app's copy of it is now the region's (nobody else changed it
+        // since the app saw it; only last-writer-wins commits over such changes).
+        let mut whole = Vec::with_capacity(dirty.len());
+        let (mut first, mut last) = (usize::MAX, 0);
         let mut from = 0;
-        for (_, p, slice) in &dirty {
+        for (i, p, slice) in &dirty {
             let n = slice.len();
-            let at = self.range.offset + len64(slice.start);
-            if let Some(bytes) = staged.get(from..from + n) {
+            let (Some(mine), Some(theirs)) = (staged.get(from..from + n), self.shadow.get(slice.clone()))
+            else {
+                whole.push(false);
+                from += n;
+                continue;
+            };
+            // Only the bytes this commit changed: under last-writer-wins, bytes of the page that
+            // another app changed meanwhile and this one did not are kept.
+            for run in changed_runs(mine, theirs) {
+                let (Some(bytes), at) = (mine.get(run.clone()), slice.start + run.start) else { continue };
                 // In range by construction: the slice lies inside the capability's range.
-                let _ = region.memory.copy_in(at, bytes);
+                let _ = region.memory.copy_in(self.range.offset + len64(at), bytes);
+                first = first.min(at);
+                last = last.max(at + bytes.len());
             }
+            whole.push(pv.0.get(*p) == self.seen.get(*i));
             if let Some(v) = pv.0.get_mut(*p) {
                 *v = version;
             }
             from += n;
         }
-        let first = dirty.first().map_or(0, |(_, _, r)| r.start);
-        let last = dirty.last().map_or(0, |(_, _, r)| r.end);
         region.publish(crate::region::Change {
             version,
-            offset: self.range.offset + len64(first),
+            offset: self.range.offset + len64(first.min(last)),
             len: len64(last.saturating_sub(first)),
         });
         drop(pv);
 
         let mut from = 0;
-        for (i, _, slice) in &dirty {
+        for ((i, _, slice), whole) in dirty.iter().zip(whole) {
             let n = slice.len();
             if let (Some(s), Some(bytes)) = (self.shadow.get_mut(slice.clone()), staged.get(from..from + n)) {
                 s.copy_from_slice(bytes);
             }
-            if let Some(seen) = self.seen.get_mut(*i) {
+            // A page others also changed stays at the version the app last saw, so its next refresh
+            // brings their bytes.
+            if let Some(seen) = self.seen.get_mut(*i).filter(|_| whole) {
                 *seen = version;
             }
             from += n;

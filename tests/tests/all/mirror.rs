@@ -134,6 +134,88 @@ fn last_writer_wins_never_refuses() {
     assert_eq!(b.region_traffic(r).expect("traffic").conflicts, 0);
 }
 
+/// Under last-writer-wins, a commit writes back only the bytes it changed (issue 15): apps that each
+/// count on their own part of one page, never refreshing, keep every count; a refresh then brings the
+/// others' bytes into each app's copy.
+#[test]
+fn last_writer_wins_writes_back_only_the_bytes_a_commit_changed() {
+    let (b, t, r) = setup(PAGE, ConflictPolicy::LastWriterWins);
+    let apps: Vec<InstanceId> = (0..3).map(|i| start(&b, t, "mirror_app", &format!("app{i}"))).collect();
+    for app in &apps {
+        assert_eq!(call(&b, *app, "acquire", args![0]), 0);
+    }
+    let rounds = 20;
+    for _ in 0..rounds {
+        for (i, app) in apps.iter().enumerate() {
+            let at = 8 * i64::try_from(i).expect("small");
+            let v = call(&b, *app, "load", args![0, at]);
+            assert_eq!(call(&b, *app, "store", args![0, at, v + 1]), 0);
+            assert_eq!(call(&b, *app, "commit", args![0]), 1, "one page, with only this app's bytes");
+        }
+    }
+    for i in 0..apps.len() {
+        assert_eq!(host_u64(&b, r, 8 * i as u64), rounds, "app {i}'s count is whole");
+    }
+    // The first app's copy still holds zeros for the others' counters until it refreshes: the page it
+    // committed over their changes is refreshed, not taken as seen.
+    assert_eq!(call(&b, apps[0], "load", args![0, 8i64]), 0);
+    assert_eq!(call(&b, apps[0], "refresh", args![0]), 1);
+    assert_eq!(call(&b, apps[0], "load", args![0, 8i64]), i64::try_from(rounds).expect("small"));
+    assert_eq!(call(&b, apps[0], "load", args![0, 0i64]), i64::try_from(rounds).expect("small"));
+}
+
+/// Hint pages count from the capability's range, whatever its alignment (issue 15). The broker once
+/// counted them from the region page holding the range's start, so on `[100, 5100)` a change at range
+/// offset 4050 hinted as page 0 was compared as region page 0 and silently not published.
+#[test]
+fn hints_count_pages_from_the_ranges_start_whatever_its_alignment() {
+    use broker_abi::rights::{READ, WRITE};
+    let (b, t, r) = setup(4 * PAGE, ConflictPolicy::Reject);
+    let a = start(&b, t, "handle_attacker", "attacker");
+    let h = handle(call(&b, a, "open_data", args![]));
+    let rw = i32::try_from(READ | WRITE).expect("rights bits");
+    let scratch = i32::try_from(call(&b, a, "scratch", args![])).expect("pointer");
+    let byte = |at: u64| {
+        let mut v = [0u8; 1];
+        b.read_region(r, at, &mut v).expect("read");
+        v[0]
+    };
+
+    // [100, 5100): 5000 bytes, range pages [0, 4096) and [4096, 5000).
+    let sub = handle(call(&b, a, "restrict_range_keep", args![h, rw, 100i64, 5000i64]));
+    assert_eq!(call(&b, a, "mirror_acquire_raw", args![sub, scratch, 5000]), 0);
+    assert_eq!(call(&b, a, "scratch_put", args![4050, 0xab_i64, 1]), 0);
+    assert_eq!(call(&b, a, "mirror_hint_raw", args![sub, 0, 1]), 0);
+    assert_eq!(call(&b, a, "mirror_commit_raw", args![sub, scratch, 5000, 0i64]), 0);
+    assert_eq!(byte(4150), 0xab, "the hinted change is published");
+    assert_eq!(call(&b, a, "out_version", args![]), 1);
+    // The range has two pages: page 2, or two pages from page 1, are refused and change nothing.
+    for (first, pages) in [(2, 1), (1, 2), (0, 3)] {
+        let got = call(&b, a, "mirror_hint_raw", args![sub, first, pages]);
+        assert_eq!(got, code(Status::OutOfBounds), "hint {first}+{pages}");
+    }
+    assert_eq!(call(&b, a, "scratch_put", args![4990, 0xcd_i64, 1]), 0);
+    assert_eq!(call(&b, a, "mirror_hint_raw", args![sub, 1, 1]), 0);
+    assert_eq!(call(&b, a, "mirror_commit_raw", args![sub, scratch, 5000, 1i64]), 0);
+    assert_eq!(byte(5090), 0xcd);
+    // A change outside the hinted pages stays the app's own (its promise), and the commit says so: no
+    // page written, no new version.
+    assert_eq!(call(&b, a, "scratch_put", args![10, 0x11_i64, 1]), 0);
+    assert_eq!(call(&b, a, "mirror_hint_raw", args![sub, 1, 1]), 0);
+    assert_eq!(call(&b, a, "mirror_commit_raw", args![sub, scratch, 5000, 2i64]), 0);
+    assert_eq!((byte(110), call(&b, a, "out_version", args![])), (0, 2));
+
+    // [4000, 4200): one range page, though it spans two region pages.
+    let small = handle(call(&b, a, "restrict_range_keep", args![h, rw, 4000i64, 200i64]));
+    let buf = scratch + 8192;
+    assert_eq!(call(&b, a, "mirror_acquire_raw", args![small, buf, 200]), 0);
+    assert_eq!(call(&b, a, "mirror_hint_raw", args![small, 1, 1]), code(Status::OutOfBounds));
+    assert_eq!(call(&b, a, "scratch_put", args![8192 + 150, 0xef_i64, 1]), 0);
+    assert_eq!(call(&b, a, "mirror_hint_raw", args![small, 0, 1]), 0);
+    assert_eq!(call(&b, a, "mirror_commit_raw", args![small, buf, 200, 2i64]), 0);
+    assert_eq!(byte(4150), 0xef, "range offset 150 is region offset 4150, on region page 1");
+}
+
 /// Runs `apps` apps concurrently, each making `per_app` accepted increments of its counter (retrying
 /// conflicts), and checks that nothing was lost and that accepted commits form a serial order.
 fn no_lost_update(apps: usize, per_app: usize, shared_page: bool, policy: ConflictPolicy) {
@@ -191,8 +273,10 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(6), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn concurrent_commits_lose_no_update(apps in 2usize..=4, per_app in 3usize..=12, shared_page: bool, merge: bool) {
-        let policy = if merge { ConflictPolicy::Merge } else { ConflictPolicy::Reject };
+    fn concurrent_commits_lose_no_update(apps in 2usize..=4, per_app in 3usize..=12, shared_page: bool, policy in 0usize..3) {
+        // Under last-writer-wins too: each app changes only its own counter, and a commit writes back
+        // only the bytes it changed.
+        let policy = ConflictPolicy::ALL[policy];
         watchdog(120, move || no_lost_update(apps, per_app, shared_page, policy));
     }
 }

@@ -26,7 +26,9 @@ extern "C" {
 const INVALID_HANDLE: i32 = broker_guest::Status::InvalidHandle.code();
 const STALE_HANDLE: i32 = broker_guest::Status::StaleHandle.code();
 
-static mut BUF: [u8; 4096] = [0; 4096];
+/// Scratch space: a page for most cases, three for mirrors of ranges longer than a page.
+static mut BUF: [u8; SCRATCH] = [0; SCRATCH];
+const SCRATCH: usize = 3 * 4096;
 
 fn buf() -> *mut u8 {
     core::ptr::addr_of_mut!(BUF).cast()
@@ -188,7 +190,7 @@ pub extern "C" fn memory_bytes() -> i64 {
     i64::try_from(core::arch::wasm32::memory_size(0) * 65536).unwrap_or(i64::MAX)
 }
 
-/// Address of the app's 4 KiB scratch buffer, for in-bounds pointer cases.
+/// Address of the app's scratch buffer (12 KiB), for in-bounds pointer cases.
 #[no_mangle]
 pub extern "C" fn scratch() -> i32 {
     i32::try_from(buf() as usize).unwrap_or(-1)
@@ -197,8 +199,8 @@ pub extern "C" fn scratch() -> i32 {
 /// Sum of the scratch buffer's first `len` bytes.
 #[no_mangle]
 pub extern "C" fn scratch_sum(len: i32) -> i64 {
-    let len = usize::try_from(len).unwrap_or(0).min(4096);
-    // SAFETY: the buffer is 4096 bytes and `len` is clamped to that; the guest is single-threaded.
+    let len = usize::try_from(len).unwrap_or(0).min(SCRATCH);
+    // SAFETY: the buffer is `SCRATCH` bytes and `len` is clamped to that; the guest is single-threaded.
     let bytes = unsafe { core::slice::from_raw_parts(buf(), len) };
     bytes.iter().map(|b| i64::from(*b)).sum()
 }
@@ -324,12 +326,12 @@ pub extern "C" fn open_scratch(len: i32) -> i64 {
 #[no_mangle]
 pub extern "C" fn scratch_put(at: i32, v: i64, n: i32) -> i32 {
     let (at, n) = (usize::try_from(at).unwrap_or(0), usize::try_from(n).unwrap_or(0).min(8));
-    if at + n > 4096 {
+    if at + n > SCRATCH {
         return -1;
     }
     let bytes = v.to_le_bytes();
     for (i, b) in bytes.iter().take(n).enumerate() {
-        // SAFETY: `at + n <= 4096` was checked; single-threaded guest.
+        // SAFETY: `at + n <= SCRATCH` was checked; single-threaded guest.
         unsafe { buf().add(at + i).write(*b) };
     }
     0
@@ -342,6 +344,21 @@ pub extern "C" fn restrict_raw_keep(h: i32, rights: i32) -> i64 {
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
     // SAFETY: `out` is live during the call.
     let rc = unsafe { handle_restrict(h as u32, rights as u32, 0, -1, &mut out) };
+    if rc == 0 {
+        i64::from(out)
+    } else {
+        i64::from(rc)
+    }
+}
+
+/// `handle_restrict` to `rights` over `[offset, offset + len)` of the handle's range, keeping the new
+/// handle; returns it or the status.
+#[no_mangle]
+pub extern "C" fn restrict_range_keep(h: i32, rights: i32, offset: i64, len: i64) -> i64 {
+    let mut out = 0u32;
+    #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
+    // SAFETY: `out` is live during the call.
+    let rc = unsafe { handle_restrict(h as u32, rights as u32, offset, len, &mut out) };
     if rc == 0 {
         i64::from(out)
     } else {
