@@ -19,8 +19,8 @@ use crate::mode::{ConflictPolicy, Mode};
 use crate::name::{Name, QualifiedName};
 use crate::native::TrampolinePool;
 use crate::region::{
-    Backing, Region, RegionError, RegionId, RegionInfo, RegionSpec, TrafficStats, WatchFn, WatchId,
-    MAX_REGION_SIZE,
+    Backing, PageVersions, Region, RegionError, RegionId, RegionInfo, RegionSpec, TrafficStats, WatchFn,
+    WatchId, MAX_REGION_SIZE,
 };
 use crate::runtime::{
     EngineHandle, InstanceCell, InstanceConfig, InstanceError, InstanceId, InstanceState, InstanceStatus,
@@ -204,6 +204,8 @@ impl Core {
         }
         let count = tenant.reserve(Resource::Regions, 1)?;
         let bytes = tenant.reserve(Resource::RegionBytes, size)?;
+        // The page-version table is the tenant's host memory too.
+        let table = tenant.reserve(Resource::MemoryBytes, PageVersions::table_bytes(size))?;
         let mut reg = self.registry.write();
         let key = (tenant.id(), name);
         if reg.region_names.contains_key(&key) {
@@ -225,6 +227,7 @@ impl Core {
         self.caps.lock().add_root(Arc::clone(&region));
         count.commit();
         bytes.commit();
+        table.commit();
         Ok(region)
     }
 
@@ -238,6 +241,7 @@ impl Core {
         if let Some(t) = owner {
             t.release(Resource::Regions, 1);
             t.release(Resource::RegionBytes, region.size());
+            t.release(Resource::MemoryBytes, PageVersions::table_bytes(region.size()));
         }
         // A window that could not be revoked fails the destroy: its instance is being stopped.
         Ok(removed?)

@@ -161,20 +161,22 @@ impl ControlPlane {
         // or hide what is there. So while restoring, the limits on stored things (regions, modules,
         // instances, grants, their sizes and call deadlines) are lifted; the limits on what guest code
         // takes as it runs (memory, windows, trampolines, watches) are not, since start functions run
-        // during the restore. The tenant's own quotas apply once everything is back.
+        // during the restore. Memory is lifted too while regions come back (each region's page-version
+        // table is charged to it), and set again before any instance starts. The tenant's own quotas
+        // apply once everything is back.
+        let restoring = |t: &TenantRecord| Quotas {
+            region_bytes: u64::MAX,
+            regions: u64::MAX,
+            instances: u64::MAX,
+            handles: u64::MAX,
+            modules: u64::MAX,
+            module_bytes: u64::MAX,
+            compiled_bytes: u64::MAX,
+            max_call_timeout_ms: u64::MAX,
+            ..record_quotas(t)
+        };
         for (name, t) in &tenants {
-            let restoring = Quotas {
-                region_bytes: u64::MAX,
-                regions: u64::MAX,
-                instances: u64::MAX,
-                handles: u64::MAX,
-                modules: u64::MAX,
-                module_bytes: u64::MAX,
-                compiled_bytes: u64::MAX,
-                max_call_timeout_ms: u64::MAX,
-                ..record_quotas(t)
-            };
-            self.broker.create_tenant(name, restoring)?;
+            self.broker.create_tenant(name, Quotas { memory_bytes: u64::MAX, ..restoring(t) })?;
             self.auth.set_tenant(name, t.tokens.iter().filter_map(|h| auth::from_hex(h)).collect());
         }
         for (key, wasm) in store.modules()? {
@@ -195,6 +197,11 @@ impl ControlPlane {
             }
             if let Err(e) = self.broker.create_region(tid, spec) {
                 tracing::warn!(region = %key, error = %e, "could not restore region");
+            }
+        }
+        for (name, t) in &tenants {
+            if let Some(tid) = self.broker.tenant_id(name) {
+                self.broker.set_quotas(tid, restoring(t))?;
             }
         }
         for (key, r) in store.instances()? {

@@ -272,6 +272,12 @@ impl Waiters {
 pub(crate) struct PageVersions(pub(crate) Vec<u64>);
 
 impl PageVersions {
+    /// Host memory the table of a region of `size` bytes takes (a `u64` per 4 KiB page, a size in
+    /// 4 KiB pages: 1/512 of the region), charged to the owner's `memory_bytes`.
+    pub(crate) fn table_bytes(size: u64) -> u64 {
+        size.div_ceil(PAGE_SIZE).saturating_mul(8)
+    }
+
     /// Indexes of the pages that `[offset, offset+len)` touches.
     pub(crate) fn touched(offset: u64, len: u64) -> std::ops::Range<usize> {
         if len == 0 {

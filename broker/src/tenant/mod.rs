@@ -133,7 +133,8 @@ pub struct Quotas {
     pub instances: u64,
     /// Number of capabilities (open handles and outstanding grants).
     pub handles: u64,
-    /// Total linear memory of all instances.
+    /// Host memory on the tenant's behalf: its instances' linear memories, its mirrors' shadow copies
+    /// and its regions' page-version tables (8 bytes per 4 KiB page).
     pub memory_bytes: u64,
     /// Shared windows of all the tenant's instances (revoked ones not yet unmapped included).
     pub windows: u64,
@@ -266,7 +267,7 @@ pub struct Usage {
     pub instances: u64,
     /// Number of capabilities.
     pub handles: u64,
-    /// Total linear memory.
+    /// Host memory in use (see [`Quotas::memory_bytes`]).
     pub memory_bytes: u64,
     /// Shared windows (revoked ones not yet unmapped included).
     pub windows: u64,

@@ -23,14 +23,37 @@ fn region_quotas_refuse_and_leave_nothing_behind() {
     b.create_region(t, RegionSpec::new("b", 4000, Mode::Handle)).expect("fits");
     let err = b.create_region(t, RegionSpec::new("c", 1, Mode::Handle)).expect_err("count");
     assert_eq!(quota_of(&err), Some(Resource::Regions));
+    // Each region's page-version table (8 bytes per 4 KiB page: 2 pages and 1) is host memory.
     assert_eq!(
         b.tenant_usage(t).expect("usage"),
-        Usage { region_bytes: 10_000, regions: 2, ..Usage::default() }
+        Usage { region_bytes: 10_000, regions: 2, memory_bytes: 8 * (2 + 1), ..Usage::default() }
     );
 
     // Raising the quota lets the same request through.
     b.set_quotas(t, Quotas { regions: 3, region_bytes: 10_001, ..Quotas::default() }).expect("set");
     b.create_region(t, RegionSpec::new("c", 1, Mode::Handle)).expect("fits now");
+}
+
+/// Issue 15: a region's page-version table (a `u64` per 4 KiB page) is charged to its owner's
+/// `memory_bytes`, refused like any other allocation over the quota, and given back with the region.
+#[test]
+fn a_regions_page_version_table_is_charged_to_its_owners_memory() {
+    let b = broker();
+    let mib = 1u64 << 20;
+    let table = mib / 4096 * 8;
+    let t = b
+        .create_tenant("t", Quotas { memory_bytes: table + table / 2, ..Quotas::default() })
+        .expect("tenant");
+    let r = b.create_region(t, RegionSpec::new("a", mib, Mode::Handle)).expect("fits");
+    assert_eq!(b.tenant_usage(t).expect("usage").memory_bytes, table);
+    let err =
+        b.create_region(t, RegionSpec::new("b", mib, Mode::Mirror)).expect_err("a second table is over");
+    assert_eq!(quota_of(&err), Some(Resource::MemoryBytes));
+    assert_eq!(b.region_id(t, "b"), None, "nothing is left of the refused region");
+    assert_eq!(b.tenant_usage(t).expect("usage").regions, 1);
+    b.destroy_region(r).expect("destroy");
+    assert_eq!(b.tenant_usage(t).expect("usage").memory_bytes, 0, "given back with the region");
+    b.create_region(t, RegionSpec::new("b", mib, Mode::Mirror)).expect("fits again");
 }
 
 /// Issue 14: `cpu_shares` is a weight the scheduler divides by, so 0 and values above the maximum are
