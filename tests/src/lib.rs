@@ -76,6 +76,12 @@ pub fn call(b: &Broker, inst: InstanceId, export: &str, args: &[Val]) -> i64 {
     b.call_i64(inst, export, args).unwrap_or_else(|e| panic!("calling {export}: {e}"))
 }
 
+/// The memory a tenant's regions' page-version tables take (8 bytes per 4 KiB page), which its
+/// `memory_bytes` usage includes beside its instances' memory.
+pub fn page_tables(b: &Broker, t: TenantId) -> u64 {
+    b.regions(t).iter().map(|r| r.size.div_ceil(4096) * 8).sum()
+}
+
 /// The code of a status, as the guests return it.
 pub fn code(s: Status) -> i64 {
     i64::from(s.code())

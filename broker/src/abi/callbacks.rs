@@ -328,8 +328,15 @@ pub(super) fn ui_send(
 pub(super) fn ui_delete(caller: &mut Ctx<'_>, handle: u32) -> Result<(), AbiError> {
     let cap = lookup(caller, handle)?;
     cap.require(Rights::WRITE | Rights::GRANT)?;
-    let core = &caller.data().ctx.core;
+    let ctx = &caller.data().ctx;
+    let core = &ctx.core;
     object_of(core, &cap)?;
+    // Deleting destroys the object's whole region: only a capability over all of it, held by an app
+    // of the tenant that owns it, may (a sub-range or another tenant's grant only closes).
+    let whole = cap.range.offset == 0 && cap.range.len == cap.region.size();
+    if !whole || cap.region.owner() != ctx.tenant.id() {
+        return Err(AbiError::NotWholeObject);
+    }
     core.destroy_region(cap.region.id())?;
     Ok(())
 }

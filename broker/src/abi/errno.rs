@@ -69,6 +69,10 @@ pub enum AbiError {
     /// The handle's region is not a toolkit object.
     #[error("the handle does not name a toolkit object")]
     NotAnObject,
+    /// `ui_delete` through a capability that does not cover the whole object, or that another
+    /// tenant's app holds: deleting would destroy what the capability does not give.
+    #[error("the capability covers only part of the object, or another tenant's: close the handle instead")]
+    NotWholeObject,
     /// The native library refused.
     #[error("native library: {0}")]
     Native(String),
@@ -150,6 +154,7 @@ impl AbiError {
             AbiError::AlreadyRegistered => Status::Busy,
             AbiError::NotRegistered | AbiError::NoSuchService(_) => Status::NotFound,
             AbiError::NotAnObject => Status::WrongMode,
+            AbiError::NotWholeObject => Status::PermissionDenied,
             AbiError::Native(_) => Status::Internal,
             AbiError::Exhausted(_) => Status::QuotaExceeded,
             AbiError::ServiceDenied(_) => Status::PermissionDenied,

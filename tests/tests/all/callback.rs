@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use broker::{Broker, BrokerConfig, InstanceId, Mode, RegionId, RegionSpec, Rights, TenantId};
-use broker_tests::{args, broker, call, code, start, tenant, watchdog, Status};
+use broker_tests::{args, broker, call, code, handle, start, tenant, watchdog, Status};
 use parking_lot::Mutex;
 
 /// The toolkit's C state and the trampoline table are process-wide: tests that register toolkit callbacks
@@ -177,6 +177,46 @@ fn toolkit_objects_are_regions_in_every_mode() {
         assert_eq!(b.ui_object_count(), 0);
         assert!(b.region_info(obj).is_err(), "deleting the object destroyed its region");
     }
+}
+
+/// Issue 15: `ui_delete` destroys the object's whole region, so it takes a capability over all of it
+/// held by the owning tenant's app. A sub-range with every right, or another tenant's grant of the
+/// whole object, is refused and the object lives on; the owner's own handle still deletes it.
+#[test]
+fn ui_delete_removes_only_what_its_capability_covers() {
+    let _turn = TOOLKIT.lock();
+    let (b, t, _, app) = setup();
+    assert!(call(&b, app, "ui_make", args![0, 1]) > 0);
+    let obj = ui_region(&b, t);
+    let name = b.region_info(obj).expect("info").name;
+    let all = i32::try_from(Rights::ALL.bits()).expect("bits");
+
+    // An app of another tenant holding a grant of the whole object, with every right.
+    let other = tenant(&b, "beta");
+    let m = start(&b, other, "handle_attacker", "m");
+    b.grant(obj, m, Rights::ALL, 0, None).expect("grant");
+    let open = |inst: InstanceId, name: &str| {
+        for (i, chunk) in name.as_bytes().chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            let (at, n) = (i32::try_from(i * 8).expect("small"), i32::try_from(chunk.len()).expect("small"));
+            assert_eq!(call(&b, inst, "scratch_put", args![at, i64::from_le_bytes(w), n]), 0);
+        }
+        handle(call(&b, inst, "open_scratch", args![i32::try_from(name.len()).expect("small")]))
+    };
+    let granted = open(m, &format!("alpha/{name}"));
+    assert_eq!(call(&b, m, "ui_delete_raw", args![granted]), code(Status::PermissionDenied));
+    // A sub-range of the object with every right, in its own tenant.
+    let own = start(&b, t, "handle_attacker", "own");
+    b.grant(obj, own, Rights::ALL, 0, None).expect("grant");
+    let whole = open(own, &name);
+    let part = handle(call(&b, own, "restrict_range_keep", args![whole, all, 0i64, 16i64]));
+    assert_eq!(call(&b, own, "ui_delete_raw", args![part]), code(Status::PermissionDenied));
+    assert_eq!(b.ui_object_count(), 1);
+    assert_eq!(call(&b, app, "ui_set_value", args![0, 5]), 0);
+    assert_eq!(call(&b, app, "ui_get_value", args![0]), 5, "the object lives on");
+    assert_eq!(call(&b, app, "ui_delete", args![0]), 0, "the owner's whole handle deletes it");
+    assert_eq!(b.ui_object_count(), 0);
 }
 
 #[test]

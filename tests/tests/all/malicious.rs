@@ -222,7 +222,7 @@ fn spin(w: &World) -> Result<i64, Error> {
 
 fn memory_bomb(w: &World) -> Result<i64, Error> {
     // The tenant's memory also holds its regions' page-version tables (8 bytes per 4 KiB page).
-    let tables: u64 = w.b.regions(w.mallory).iter().map(|r| r.size.div_ceil(4096) * 8).sum();
+    let tables = broker_tests::page_tables(&w.b, w.mallory);
     let initial = w.usage(w.mallory).memory_bytes - tables;
     let pages = w.attack("memory_bomb", args![])?;
     assert_eq!(

@@ -21,6 +21,7 @@ extern "C" {
         len: i64,
     ) -> i32;
     fn handle_revoke(handle: u32) -> i32;
+    fn ui_delete(object: u32) -> i32;
 }
 
 const INVALID_HANDLE: i32 = broker_guest::Status::InvalidHandle.code();
@@ -363,6 +364,16 @@ pub extern "C" fn restrict_range_keep(h: i32, rights: i32, offset: i64, len: i64
         i64::from(out)
     } else {
         i64::from(rc)
+    }
+}
+
+/// `ui_delete` of a raw value (a toolkit object's handle, whole or restricted).
+#[no_mangle]
+pub extern "C" fn ui_delete_raw(h: i32) -> i32 {
+    #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
+    // SAFETY: integer-only call.
+    unsafe {
+        ui_delete(h as u32)
     }
 }
 
