@@ -234,58 +234,28 @@ macro_rules! reflection_suite {
 reflection_suite!(v1);
 reflection_suite!(v1alpha);
 
-/// A Python interpreter that imports grpcio and grpcio-reflection: `python3` if it does, otherwise the
-/// one of a virtual environment under the target dir, where pip installs both on first use.
+/// A Python interpreter that imports grpcio and grpcio-reflection, from `examples/python/bootstrap.py`
+/// (shared with the example client's test in `broker/tests/process.rs`): `python3` if it imports them,
+/// otherwise a virtual environment under the target dir, where pip installs
+/// `examples/python/requirements.txt` on first use.
 ///
 /// # Errors
 /// Why there is none: no `python3`, no `venv`, or pip could not install the packages (offline).
 fn python_with_grpcio() -> Result<PathBuf, String> {
-    let imports = |python: &Path| {
-        Command::new(python)
-            .args(["-c", "import grpc, grpc_reflection"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let system = PathBuf::from("python3");
-    if imports(&system) {
-        return Ok(system);
-    }
+    let bootstrap = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/bootstrap.py");
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-grpcio");
-    let python = venv.join("bin").join("python");
-    if imports(&python) {
-        return Ok(python);
-    }
-    let run = |command: &mut Command, what: &str| -> Result<(), String> {
-        let out = command.output().map_err(|e| format!("{what}: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!("{what}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr)))
+    let out = Command::new("python3")
+        .arg(&bootstrap)
+        .arg(&venv)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match stdout.lines().last() {
+        Some(path) if out.status.success() => Ok(PathBuf::from(path)),
+        _ => {
+            Err(format!("{}: {}\n{}", bootstrap.display(), out.status, String::from_utf8_lossy(&out.stderr)))
         }
-    };
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv")?;
-    run(
-        Command::new(&python).args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--retries",
-            "1",
-            "--timeout",
-            "30",
-            "grpcio",
-            "grpcio-reflection",
-        ]),
-        "pip install grpcio grpcio-reflection",
-    )?;
-    if imports(&python) {
-        Ok(python)
-    } else {
-        Err(format!("{} cannot import grpc_reflection after installing it", python.display()))
     }
 }
 
