@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 
-use broker::{Broker, BrokerConfig, InstanceConfig, InstanceId, Mode, Quotas, RegionId, RegionSpec, Val};
+use broker::{
+    Broker, BrokerConfig, InstanceConfig, InstanceId, Mode, Quotas, RegionId, RegionSpec, Rights, Val,
+};
 use broker_benches::full_run;
 
 struct World {
@@ -22,7 +24,9 @@ struct World {
 fn world() -> World {
     let broker = Broker::new(BrokerConfig { workers: 1, ..BrokerConfig::default() }).expect("broker");
     let t = broker.create_tenant("bench", Quotas::default()).expect("tenant");
-    let data = broker.create_region(t, RegionSpec::new("data", 4096, Mode::Handle)).expect("region");
+    let data = broker
+        .create_region(t, RegionSpec::new("data", 4096, Mode::Handle).with_members(Rights::ALL))
+        .expect("region");
     broker.load_module(t, "app", broker_guests::CALLBACK_APP_WASM).expect("module");
     let app = broker.start_instance(t, "app", "app", InstanceConfig::default()).expect("instance");
     assert!(broker.call_i64(app, "watch", &[Val::I32(0), Val::I32(1)]).expect("watch") > 0);

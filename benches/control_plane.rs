@@ -151,6 +151,8 @@ impl Bench {
                 mode: pb::Mode::Handle.into(),
                 policy: 0,
                 backing: 0,
+                // Only the control plane touches it: no app opens it.
+                member_rights: 0,
             };
             c.create_region(authorized(&token, region)).await.expect("region");
             token

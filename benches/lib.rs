@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant};
 
 use broker::mode::ConflictPolicy;
-use broker::{Broker, BrokerConfig, InstanceConfig, InstanceId, Mode, Quotas, RegionId, RegionSpec, Val};
+use broker::{
+    Broker, BrokerConfig, InstanceConfig, InstanceId, Mode, Quotas, RegionId, RegionSpec, Rights, Val,
+};
 
 /// A broker, a region "bench" and an instance of a bench guest.
 pub struct Fixture {
@@ -27,7 +29,9 @@ impl Fixture {
         let broker = Broker::new(BrokerConfig { workers: 1, ..BrokerConfig::default() }).expect("broker");
         let quotas = Quotas { region_bytes: 1 << 30, memory_bytes: 4 << 30, ..Quotas::default() };
         let t = broker.create_tenant("bench", quotas).expect("tenant");
-        let spec = RegionSpec::new("bench", region_size, mode).with_policy(ConflictPolicy::LastWriterWins);
+        let spec = RegionSpec::new("bench", region_size, mode)
+            .with_members(Rights::ALL)
+            .with_policy(ConflictPolicy::LastWriterWins);
         let region = broker.create_region(t, spec).expect("region");
         broker.load_module(t, "guest", wasm).expect("module");
         let config = InstanceConfig { max_memory_bytes: 1 << 30, ..InstanceConfig::default() };

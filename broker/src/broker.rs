@@ -247,14 +247,14 @@ impl Core {
         Ok(removed?)
     }
 
-    /// Opens `name` for a guest: a region of its own tenant, or one granted to this instance.
+    /// Opens `name` for a guest, with what it was given and nothing more (no ambient authority within
+    /// a tenant): a region this instance created (all rights), the latest grant to this instance, or a
+    /// region of its own tenant opened to the tenant's apps (its member rights), in that order.
     pub(crate) fn open_for_guest(&self, ctx: &GuestCtx, q: &QualifiedName) -> Result<Handle, Error> {
         let own = ctx.tenant.name();
-        let not_found = || {
-            Error::RegionNotFound(match &q.tenant {
-                Some(t) => format!("{t}/{}", q.name),
-                None => q.name.to_string(),
-            })
+        let shown = || match &q.tenant {
+            Some(t) => format!("{t}/{}", q.name),
+            None => q.name.to_string(),
         };
         let owner = q.tenant.as_ref().unwrap_or(own);
         let own_region = if owner == own {
@@ -263,11 +263,20 @@ impl Core {
             None
         };
         let mut caps = self.caps.lock();
-        let source = match own_region.and_then(|r| caps.root(r)) {
-            Some(root) => root,
-            None => caps.find_grant(ctx.instance, owner.as_str(), q.name.as_str()).ok_or_else(not_found)?,
+        let created =
+            own_region.filter(|r| caps.creator(*r) == Some(ctx.instance)).and_then(|r| caps.root(r));
+        let source = created
+            .or_else(|| caps.find_grant(ctx.instance, owner.as_str(), q.name.as_str()))
+            .or_else(|| own_region.and_then(|r| caps.members(r)));
+        let Some(source) = source else {
+            // A region of its own tenant exists (the tenant's operator made it): say why it is closed.
+            return Err(if own_region.is_some() {
+                Error::RegionNotGranted(shown())
+            } else {
+                Error::RegionNotFound(shown())
+            });
         };
-        let rights = caps.cap(source).map_err(|_| not_found())?.rights;
+        let rights = caps.cap(source).map_err(|_| Error::RegionNotFound(shown()))?.rights;
         Ok(caps.derive_handle(source, rights, 0, LEN_TO_END, ctx.instance, &ctx.tenant)?)
     }
 
@@ -282,6 +291,8 @@ impl Core {
             self.create_region(&ctx.tenant, name, size, mode, ConflictPolicy::default(), Backing::Ephemeral)?;
         let derived = {
             let mut caps = self.caps.lock();
+            // Its creator may open it again by name; other apps need a grant.
+            caps.set_creator(region.id(), ctx.instance);
             caps.root(region.id()).ok_or(CapError::Gone).and_then(|root| {
                 caps.derive_handle(root, Rights::ALL, 0, LEN_TO_END, ctx.instance, &ctx.tenant)
             })
@@ -479,7 +490,9 @@ impl Broker {
     /// Removes a module and gives its quota back.
     ///
     /// # Errors
-    /// [`Error::ModuleNotFound`]; [`Error::ModuleInUse`] while instances run it (stop them first).
+    /// [`Error::ModuleNotFound`]; [`Error::ModuleInUse`], listing them, while any instance of the module
+    /// exists, stopped ones included since they can be restarted ([`Broker::delete_instance`] them
+    /// first).
     pub fn unload_module(&self, tenant: TenantId, module_name: &str) -> Result<(), Error> {
         let n = name(module_name)?;
         let mut users: Vec<String> = self
@@ -524,6 +537,35 @@ impl Broker {
         instance_name: &str,
         config: InstanceConfig,
     ) -> Result<InstanceId, Error> {
+        self.add_instance(tenant, module_name, instance_name, config, true)
+    }
+
+    /// Registers a named instance of a tenant's module without running it: it is stopped (as if
+    /// started and then [`Broker::stop_instance`]d, minus the run: no start function, no memory) until
+    /// [`Broker::restart_instance`]. A control plane restores a stopped instance with it. It takes the
+    /// name and counts against the tenant's `instances` quota as a stopped instance does.
+    ///
+    /// # Errors
+    /// As [`Broker::start_instance`], less the errors of running it. Nothing remains on error.
+    pub fn create_stopped_instance(
+        &self,
+        tenant: TenantId,
+        module_name: &str,
+        instance_name: &str,
+        config: InstanceConfig,
+    ) -> Result<InstanceId, Error> {
+        self.add_instance(tenant, module_name, instance_name, config, false)
+    }
+
+    /// Registers an instance, and runs it if `run`.
+    fn add_instance(
+        &self,
+        tenant: TenantId,
+        module_name: &str,
+        instance_name: &str,
+        config: InstanceConfig,
+        run: bool,
+    ) -> Result<InstanceId, Error> {
         let (mn, inn) = (name(module_name)?, name(instance_name)?);
         let t = self.core.tenant(tenant)?;
         let cap = t.quotas().max_call_timeout_ms;
@@ -558,16 +600,13 @@ impl Broker {
             }
             reg.instance_names.insert(key, id);
         }
-        match InstanceCell::start(
-            id,
-            inn.clone(),
-            Arc::clone(&t),
-            mn,
-            config,
-            pre,
-            Arc::clone(&self.core),
-            self.pool.handle(),
-        ) {
+        let (core, pool) = (Arc::clone(&self.core), self.pool.handle());
+        let cell = if run {
+            InstanceCell::start(id, inn.clone(), Arc::clone(&t), mn, config, pre, core, pool)
+        } else {
+            Ok(InstanceCell::stopped(id, inn.clone(), Arc::clone(&t), mn, config, pre, core, pool))
+        };
+        match cell {
             Ok(cell) => {
                 self.cells.write().insert(id, cell);
                 slot.commit();
@@ -595,7 +634,8 @@ impl Broker {
     /// Calls an exported function on the instance's worker and waits for its results.
     ///
     /// # Errors
-    /// [`Error::InstanceNotFound`], or [`Error::Instance`] with the trap, interruption or argument error.
+    /// [`Error::InstanceNotFound`], or [`Error::Instance`] with the trap, interruption or argument error;
+    /// [`InstanceError::NotRunning`] (with the state) if the instance is trapped or stopped.
     pub fn call(&self, instance: InstanceId, export: &str, args: &[Val]) -> Result<Vec<Val>, Error> {
         Ok(self.cell(instance)?.call(&self.pool, export, args)?)
     }
@@ -646,29 +686,49 @@ impl Broker {
         Ok(self.cell(instance)?.status())
     }
 
-    /// Re-instantiates an instance (after a trap, say); its old capabilities are all revoked.
+    /// Re-instantiates an instance: a trapped or stopped one runs again, a running one starts afresh.
+    /// Its old capabilities are all revoked, grants it received while stopped included; it keeps its id
+    /// and name.
     ///
     /// # Errors
-    /// [`Error::InstanceNotFound`], or instantiation errors.
+    /// [`Error::InstanceNotFound`], or instantiation errors (a stopped instance stays stopped then).
     pub fn restart_instance(&self, instance: InstanceId) -> Result<(), Error> {
         self.cell(instance)?.restart(&self.pool)
     }
 
-    /// Stops an instance for good, revoking its capabilities and releasing its quota.
+    /// Stops an instance: its call in progress is interrupted, the calls queued behind it are refused,
+    /// and its store goes with every capability it held, so its memory and windows are freed. It stays
+    /// registered, stopped: it keeps its name, module and config, shows [`crate::RunState::Stopped`] in
+    /// [`Broker::instance_status`], refuses calls with [`InstanceError::NotRunning`], and
+    /// [`Broker::restart_instance`] runs it again. Because it keeps its name and can be restarted, it
+    /// still counts against the tenant's `instances` quota; [`Broker::delete_instance`] releases that.
+    /// Stopping a stopped instance changes nothing.
     ///
     /// # Errors
-    /// [`Error::InstanceNotFound`].
+    /// [`Error::InstanceNotFound`]; [`Error::Capability`] if a window of another instance derived from
+    /// this one's capabilities could not be revoked (that instance is being stopped; this one is
+    /// stopped either way).
     pub fn stop_instance(&self, instance: InstanceId) -> Result<(), Error> {
+        self.cell(instance)?.stop(&self.pool)
+    }
+
+    /// Deletes an instance, stopping it first if it runs (as [`Broker::stop_instance`]): its name is
+    /// freed, its slot of the tenant's `instances` quota released, and grants to it are gone.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`]; [`Error::Capability`] as for [`Broker::stop_instance`] (the
+    /// instance is deleted either way).
+    pub fn delete_instance(&self, instance: InstanceId) -> Result<(), Error> {
         let cell = self
             .cells
             .write()
             .remove(&instance)
             .ok_or_else(|| Error::InstanceNotFound(instance.to_string()))?;
-        let stopped = cell.stop(&self.pool);
+        let stopped = cell.delete(&self.pool);
         let removed = self.core.caps.lock().forget_instance(instance).map_err(Error::from).and(stopped);
         self.core.registry.write().instance_names.remove(&(cell.tenant.id(), cell.name.clone()));
         cell.tenant.release(Resource::Instances, 1);
-        // Stopped either way; a window of another instance derived from this one's capabilities that
+        // Deleted either way; a window of another instance derived from this one's capabilities that
         // could not be revoked is reported (that instance is being stopped).
         removed
     }
@@ -713,7 +773,26 @@ impl Broker {
     pub fn create_region(&self, tenant: TenantId, spec: RegionSpec) -> Result<RegionId, Error> {
         let n = name(&spec.name)?;
         let t = self.core.tenant(tenant)?;
-        Ok(self.core.create_region(&t, n, spec.size, spec.mode, spec.policy, spec.backing)?.id())
+        let region = self.core.create_region(&t, n, spec.size, spec.mode, spec.policy, spec.backing)?;
+        if spec.members != Rights::NONE {
+            if let Err(e) = self.core.caps.lock().set_members(region.id(), spec.members) {
+                let _ = self.core.destroy_region(region.id());
+                return Err(e.into());
+            }
+        }
+        Ok(region.id())
+    }
+
+    /// Sets what every app of the region's owner tenant may open it with by name (`Rights::NONE`: only
+    /// the instances it is granted to). Handles opened through the old member rights are revoked,
+    /// windows included, as a revoked grant's are: apps open the region again.
+    ///
+    /// # Errors
+    /// [`Error::RegionNotFound`]; [`crate::capability::CapError::NotRevoked`] if a window could not be
+    /// revoked (its instance is being stopped; the new rights are in place).
+    pub fn set_members(&self, region: RegionId, rights: Rights) -> Result<(), Error> {
+        self.core.region(region)?;
+        Ok(self.core.caps.lock().set_members(region, rights)?)
     }
 
     /// Destroys a region: every capability to it is revoked first, then its memory is unmapped once no
@@ -736,7 +815,16 @@ impl Broker {
     /// # Errors
     /// [`Error::RegionNotFound`].
     pub fn region_info(&self, region: RegionId) -> Result<RegionInfo, Error> {
-        Ok(self.core.region(region)?.info())
+        let info = self.core.region(region)?.info();
+        Ok(self.with_members(info))
+    }
+
+    /// `info` with its member rights, which the capability space keeps.
+    fn with_members(&self, mut info: RegionInfo) -> RegionInfo {
+        let caps = self.core.caps.lock();
+        info.members =
+            caps.members(info.id).and_then(|m| caps.cap(m).ok()).map_or(Rights::NONE, |c| c.rights);
+        info
     }
 
     /// The region itself, for in-crate code that measures its mapping directly (the native baseline
@@ -771,7 +859,8 @@ impl Broker {
     }
 
     /// Grants an instance `rights` over `[offset, offset+len)` of a region (`len: None` = to the end).
-    /// The instance opens it as `"<owner tenant>/<region>"`.
+    /// The instance opens it as `"<owner tenant>/<region>"`. A trapped or stopped instance can be
+    /// granted a region too, but its restart drops the grant, as it drops every capability it held.
     ///
     /// # Errors
     /// [`Error::RegionNotFound`], [`Error::InstanceNotFound`], [`Error::Capability`] for a bad range,
@@ -816,14 +905,23 @@ impl Broker {
         Ok(caps.revoke_node(grant.0)?)
     }
 
-    /// Revokes every capability to a region (the region itself stays).
+    /// Revokes every capability to a region: every handle, grant and window (the region itself stays,
+    /// and so do its member rights: apps of its tenant may open it again). Returns how many
+    /// capabilities were revoked.
     ///
     /// # Errors
-    /// [`Error::RegionNotFound`].
+    /// [`Error::RegionNotFound`]; [`crate::capability::CapError::NotRevoked`] if a window could not be
+    /// revoked (its instance is being stopped).
     pub fn revoke_all(&self, region: RegionId) -> Result<usize, Error> {
         let mut caps = self.core.caps.lock();
         let root = caps.root(region).ok_or_else(|| Error::RegionNotFound(region.to_string()))?;
-        Ok(caps.revoke_children(root)?)
+        let members = caps.members(region).and_then(|m| caps.cap(m).ok()).map(|c| c.rights);
+        let revoked = caps.revoke_children(root);
+        // The membership went with the rest (so did every handle opened through it): put it back.
+        let restored = members.map_or(Ok(()), |rights| caps.set_members(region, rights));
+        let revoked = revoked?;
+        restored?;
+        Ok(revoked.saturating_sub(usize::from(members.is_some())))
     }
 
     /// What crossed a region's boundary: bytes in and out, pages refreshed, commits, conflicts.
@@ -918,9 +1016,12 @@ impl Broker {
 
     /// A tenant's regions, sorted by name.
     pub fn regions(&self, tenant: TenantId) -> Vec<RegionInfo> {
-        let reg = self.core.registry.read();
-        let mut out: Vec<RegionInfo> =
-            reg.regions.values().filter(|r| r.owner() == tenant).map(|r| r.info()).collect();
+        let infos: Vec<RegionInfo> = {
+            let reg = self.core.registry.read();
+            reg.regions.values().filter(|r| r.owner() == tenant).map(|r| r.info()).collect()
+        };
+        // The registry before the capability space (the lock order), never both at once here.
+        let mut out: Vec<RegionInfo> = infos.into_iter().map(|i| self.with_members(i)).collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }

@@ -10,7 +10,7 @@ use std::io::Write;
 use broker_abi::Status;
 use wasmtime::Val;
 
-use crate::{Broker, BrokerConfig, Error, InstanceConfig, Mode, Quotas, RegionSpec};
+use crate::{Broker, BrokerConfig, Error, InstanceConfig, Mode, Quotas, RegionSpec, Rights};
 
 /// What the demo observed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +54,9 @@ pub fn run(readings: u32, out: &mut dyn Write) -> Result<DemoReport, Error> {
     let size = 8 + 8 * u64::from(readings);
     let region = broker.create_region(producers, RegionSpec::new("readings", size, Mode::Handle))?;
     step(out, &format!("created region producers/readings: {size} bytes, handle mode"));
+    // Apps hold what they are given: the producer may write the readings and share them, nothing more.
+    broker.grant(region, producer, Rights::READ | Rights::WRITE | Rights::GRANT, 0, None)?;
+    step(out, "granted producers/producer read, write and grant on it");
 
     let readings_arg = i32::try_from(readings)
         .map_err(|_| Error::InvalidArgument { field: "readings", reason: "exceeds i32".into() })?;

@@ -50,12 +50,13 @@ pub enum Error {
     /// A module with that name exists in the tenant.
     #[error("module {0} already exists")]
     ModuleExists(String),
-    /// A module cannot be unloaded while instances run it.
-    #[error("module {module} is in use by instances {}; stop them first", instances.join(", "))]
+    /// A module cannot be unloaded while instances of it exist, stopped ones included (they can be
+    /// restarted).
+    #[error("module {module} is in use by instances {}; delete them first", instances.join(", "))]
     ModuleInUse {
         /// The module.
         module: String,
-        /// The instances running it.
+        /// Its instances, running, trapped or stopped.
         instances: Vec<String>,
     },
     /// No instance has that name or id.
@@ -67,6 +68,10 @@ pub enum Error {
     /// No region has that name or id.
     #[error("region {0} not found")]
     RegionNotFound(String),
+    /// An app asked to open a region of its own tenant that was neither granted to it, nor created by
+    /// it, nor opened to the tenant's apps (`members`).
+    #[error("region {0} is not granted to this instance (grant it, or set the region's member rights)")]
+    RegionNotGranted(String),
     /// A region with that name exists in the tenant.
     #[error("region {0} already exists")]
     RegionExists(String),

@@ -14,7 +14,9 @@
 //! # let wasm: Vec<u8> = Vec::new();
 //! broker.load_module(tenant, "app", &wasm)?;
 //! let app = broker.start_instance(tenant, "app", "app-1", InstanceConfig::default())?;
-//! let region = broker.create_region(tenant, RegionSpec::new("data", 4096, Mode::Handle))?;
+//! // Apps hold only what they are given: here every app of "acme" may read and write "data".
+//! let spec = RegionSpec::new("data", 4096, Mode::Handle).with_members(Rights::READ | Rights::WRITE);
+//! let region = broker.create_region(tenant, spec)?;
 //! broker.write_region(region, 0, b"hello")?;
 //! let results = broker.call(app, "run", &[])?;
 //! # let _ = results;

@@ -208,6 +208,7 @@ fn create_region(c: &Client, name: &str, size: u64, backing: pb::Backing) {
         mode: pb::Mode::Handle.into(),
         policy: 0,
         backing: backing.into(),
+        member_rights: broker_abi::rights::ALL,
     };
     rpc!(c, create_region, msg).expect("create the region");
 }
@@ -556,6 +557,7 @@ fn r13_a_hostile_tenant_cannot_kill_the_daemon_or_outlive_a_revoke() {
         mode: pb::Mode::Shared.into(),
         policy: 0,
         backing: pb::Backing::Ephemeral.into(),
+        member_rights: broker_abi::rights::ALL,
     };
     rpc!(evil, create_region, region).expect("region");
     let grant = |rights| {
@@ -615,6 +617,7 @@ fn r13_a_hostile_tenant_cannot_kill_the_daemon_or_outlive_a_revoke() {
         mode: pb::Mode::Shared.into(),
         policy: 0,
         backing: pb::Backing::Ephemeral.into(),
+        member_rights: broker_abi::rights::ALL,
     };
     rpc!(acme, create_region, shared).expect("region");
     let acme_shared = || Some(pb::RegionRef { tenant: String::new(), name: "shared".into() });
@@ -695,6 +698,7 @@ fn r14_a_spinning_tenant_cannot_starve_another_through_the_daemon() {
         mode: pb::Mode::Handle.into(),
         policy: 0,
         backing: pb::Backing::Ephemeral.into(),
+        member_rights: broker_abi::rights::ALL,
     };
     rpc!(evil, create_region, region).expect("region");
     let start = |c: &Client, name: &str, timeout_ms| {
@@ -888,7 +892,7 @@ fn r15_python_example_client_walks_the_api() {
         "watch event",
         "cleanup: revoke",
         "cleanup: destroy region",
-        "cleanup: stop instance",
+        "cleanup: delete instance",
         "cleanup: delete module",
     ] {
         let prefix = format!("ok {step}: ");
@@ -913,4 +917,158 @@ fn r15_python_example_client_walks_the_api() {
     drop(admin);
     let status = d.stop_with(Signal::TERM);
     assert!(status.success(), "{status:?}");
+}
+
+/// Issue 15, item 5, through real daemon restarts: a stopped instance comes back stopped (and its API
+/// grant with it, applied once it is restarted), a deleted one stays gone, a running one runs; a
+/// restart clears the stopped mark, so the next daemon runs it again.
+#[test]
+fn r15_a_stopped_instance_stays_stopped_across_restarts_and_a_deleted_one_stays_gone() {
+    let dir = StateDir::new("r15-stopped");
+    let mut d = Daemon::start(&dir.0, 1);
+    let token = admin_token(&dir.0);
+    let admin = Client::connect(&d, &token);
+    let mut tokens = Vec::new();
+    for name in ["alpha", "beta"] {
+        rpc!(admin, create_tenant, pb::CreateTenantRequest { name: name.into(), quotas: None })
+            .expect("tenant");
+        let t = rpc!(admin, issue_token, pb::IssueTokenRequest { tenant: name.into(), rotate: false })
+            .expect("token");
+        tokens.push(t.token);
+    }
+    let region = pb::CreateRegionRequest {
+        tenant: "alpha".into(),
+        name: "data".into(),
+        size: 4096,
+        mode: pb::Mode::Handle.into(),
+        policy: 0,
+        backing: pb::Backing::Ephemeral.into(),
+        member_rights: broker_abi::rights::ALL,
+    };
+    rpc!(admin, create_region, region).expect("region");
+    let beta = Client::connect(&d, &tokens[1]);
+    let upload = pb::UploadModuleRequest {
+        tenant: String::new(),
+        name: "app".into(),
+        wasm: broker_guests::HANDLE_APP_WASM.to_vec(),
+    };
+    rpc!(beta, upload_module, upload).expect("upload");
+    for name in ["kept", "gone", "live"] {
+        let start = pb::StartInstanceRequest {
+            tenant: String::new(),
+            module: "app".into(),
+            name: name.into(),
+            config: None,
+        };
+        rpc!(beta, start_instance, start).expect("start");
+    }
+    let grant = pb::GrantRequest {
+        region: Some(pb::RegionRef { tenant: "alpha".into(), name: "data".into() }),
+        instance: "beta/kept".into(),
+        rights: 1,
+        offset: 0,
+        len: None,
+    };
+    rpc!(admin, grant, grant).expect("grant");
+    let iref = |name: &str| pb::InstanceRef { tenant: String::new(), name: name.into() };
+    rpc!(beta, stop_instance, iref("kept")).expect("stop");
+    rpc!(beta, delete_instance, iref("gone")).expect("delete");
+    drop(beta);
+    drop(admin);
+    assert!(d.stop_with(Signal::TERM).success());
+    drop(d);
+
+    let state = |c: &Client, name: &str| rpc!(c, get_instance, iref(name)).map(|i| i.state);
+    let (stopped, running) = (i32::from(pb::InstanceState::Stopped), i32::from(pb::InstanceState::Running));
+    let mut d = Daemon::start(&dir.0, 2);
+    let beta = Client::connect(&d, &tokens[1]);
+    assert_eq!(state(&beta, "kept").expect("kept"), stopped, "a stopped instance comes back stopped");
+    assert_eq!(state(&beta, "live").expect("live"), running);
+    assert_eq!(state(&beta, "gone").expect_err("gone").code(), tonic::Code::NotFound);
+    let refused = op_call(&beta, "kept", "ping", &[]).expect_err("a stopped instance refuses calls");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    rpc!(beta, restart_instance, iref("kept")).expect("restart");
+    assert!(
+        op_call(&beta, "kept", "open", &[1]).expect("open alpha/data") > 0,
+        "its grant came back with it"
+    );
+    rpc!(beta, stop_instance, iref("live")).expect("stop");
+    drop(beta);
+    assert!(d.stop_with(Signal::TERM).success());
+    drop(d);
+
+    let mut d = Daemon::start(&dir.0, 3);
+    let beta = Client::connect(&d, &tokens[1]);
+    assert_eq!(state(&beta, "kept").expect("kept"), running, "restarted, it runs after a daemon restart");
+    assert_eq!(state(&beta, "live").expect("live"), stopped);
+    assert!(op_call(&beta, "kept", "open", &[1]).expect("open alpha/data") > 0);
+    let listed =
+        rpc!(beta, list_instances, pb::ListInstancesRequest { tenant: String::new() }).expect("list");
+    let mut names: Vec<_> = listed.instances.iter().map(|i| i.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["kept", "live"]);
+    drop(beta);
+    assert!(d.stop_with(Signal::TERM).success());
+}
+
+/// Issue 15, items 1 and 2, against the real daemon killed outright: quotas lowered below what a
+/// tenant holds block new allocations and hide nothing after a SIGKILL and restart (its persistent
+/// region, its data and its instance are all back), and a region's member rights are stored with it.
+#[test]
+fn r15_lowered_quotas_and_member_rights_survive_a_kill() {
+    let dir = StateDir::new("r15-quotas");
+    let mut d = Daemon::start(&dir.0, 1);
+    let token = admin_token(&dir.0);
+    let admin = Client::connect(&d, &token);
+    rpc!(admin, create_tenant, pb::CreateTenantRequest { name: "acme".into(), quotas: None })
+        .expect("tenant");
+    create_region(&admin, "kept", 8192, pb::Backing::Persistent);
+    let read_only =
+        pb::SetMemberRightsRequest { region: region_ref("kept"), rights: broker_abi::rights::READ };
+    rpc!(admin, set_member_rights, read_only).expect("member rights");
+    write(&admin, "kept", 100, b"still here");
+    assert!(flush(&admin, "kept"));
+    let wasm = broker_guests::RUNTIME_MISBEHAVE_WASM.to_vec();
+    rpc!(admin, upload_module, pb::UploadModuleRequest { tenant: "acme".into(), name: "m".into(), wasm })
+        .expect("module");
+    let start = pb::StartInstanceRequest {
+        tenant: "acme".into(),
+        module: "m".into(),
+        name: "a".into(),
+        config: None,
+    };
+    rpc!(admin, start_instance, start).expect("instance");
+    // Every stored-object quota to zero, below what acme holds: accepted.
+    let zero = pb::Quotas {
+        region_bytes: 0,
+        regions: 0,
+        instances: 0,
+        handles: 0,
+        memory_bytes: 0,
+        ..Default::default()
+    };
+    rpc!(admin, set_quotas, pb::SetQuotasRequest { tenant: "acme".into(), quotas: Some(zero) })
+        .expect("lowering below usage is accepted");
+
+    d.stop_with(Signal::KILL);
+    let d = Daemon::start(&dir.0, 2);
+    let admin = Client::connect(&d, &token);
+    let kept = rpc!(admin, get_region, region_ref("kept").expect("ref")).expect("the region is back");
+    assert_eq!(kept.member_rights, broker_abi::rights::READ, "member rights are stored with the region");
+    assert_eq!(read(&admin, "kept", 100, 10), b"still here");
+    let a = pb::InstanceRef { tenant: "acme".into(), name: "a".into() };
+    let status = rpc!(admin, get_instance, a).expect("the instance is back");
+    assert_eq!(status.state, i32::from(pb::InstanceState::Running));
+    // The lowered quotas block what is new.
+    let more = pb::CreateRegionRequest {
+        tenant: "acme".into(),
+        name: "more".into(),
+        size: 64,
+        mode: pb::Mode::Handle.into(),
+        policy: 0,
+        backing: 0,
+        member_rights: 0,
+    };
+    let err = rpc!(admin, create_region, more).expect_err("over the lowered quota");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
 }

@@ -141,7 +141,8 @@ def walk(pb, grpc_stubs, channel, args, cleanup):
     instance = f"{args.name}-1"
     with step("start instance") as s:
         started = tenant.StartInstance(pb.StartInstanceRequest(module=args.name, name=instance))
-        cleanup.callback(undo, "stop instance", tenant.StopInstance, pb.InstanceRef(name=instance))
+        # DeleteInstance, not StopInstance: a stopped instance stays (restartable) and keeps its module.
+        cleanup.callback(undo, "delete instance", tenant.DeleteInstance, pb.InstanceRef(name=instance))
         state = pb.InstanceState.Name(started.state)
         check(started.state == pb.INSTANCE_STATE_RUNNING, f"{instance} is {state}")
         s.detail = f"{instance} is {state}"

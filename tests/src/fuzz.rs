@@ -158,7 +158,7 @@ impl Fuzzer {
         let b = &self.b;
         for tenant in [self.t, self.owner] {
             for i in b.instances(tenant) {
-                b.stop_instance(i.id).map_err(fail("stopping an instance"))?;
+                b.delete_instance(i.id).map_err(fail("deleting an instance"))?;
             }
             for r in b.regions(tenant) {
                 b.destroy_region(r.id).map_err(fail("destroying a region"))?;
@@ -204,14 +204,20 @@ impl<'f> World<'f> {
     /// The driver holds only a READ|MAP|WATCH grant of "owner/ro".
     fn new(f: &'f Fuzzer, options: Options) -> Result<World<'f>, String> {
         let (b, t, owner) = (&f.b, f.t, f.owner);
-        let ro = b.create_region(owner, RegionSpec::new("ro", 4096, Mode::Handle)).map_err(fail("ro"))?;
+        let ro = b
+            .create_region(owner, RegionSpec::new("ro", 4096, Mode::Handle).with_members(Rights::ALL))
+            .map_err(fail("ro"))?;
         let pattern: Vec<u8> = (0..RO_SIZE).map(|i| u8::try_from(i * 7 % 251).unwrap_or(0) | 1).collect();
         b.write_region(ro, 0, &pattern).map_err(fail("ro pattern"))?;
-        let owner_rw =
-            b.create_region(owner, RegionSpec::new("rw", 4096, Mode::Handle)).map_err(fail("owner/rw"))?;
-        b.create_region(t, RegionSpec::new("rw", 6000, Mode::Handle)).map_err(fail("rw"))?;
-        b.create_region(t, RegionSpec::new("mi", 8192, Mode::Mirror)).map_err(fail("mi"))?;
-        b.create_region(t, RegionSpec::new("sh", 8192, Mode::Shared)).map_err(fail("sh"))?;
+        let owner_rw = b
+            .create_region(owner, RegionSpec::new("rw", 4096, Mode::Handle).with_members(Rights::ALL))
+            .map_err(fail("owner/rw"))?;
+        b.create_region(t, RegionSpec::new("rw", 6000, Mode::Handle).with_members(Rights::ALL))
+            .map_err(fail("rw"))?;
+        b.create_region(t, RegionSpec::new("mi", 8192, Mode::Mirror).with_members(Rights::ALL))
+            .map_err(fail("mi"))?;
+        b.create_region(t, RegionSpec::new("sh", 8192, Mode::Shared).with_members(Rights::ALL))
+            .map_err(fail("sh"))?;
         // Usage before the instances, less the regions' page-version tables (see `finish`).
         let usage_of = |tenant: TenantId| {
             let mut u = b.tenant_usage(tenant).map_err(fail("usage"))?;
@@ -339,11 +345,11 @@ impl<'f> World<'f> {
         self.check_frozen_regions()
     }
 
-    /// Stops both instances and checks that nothing they held survives them.
+    /// Deletes both instances and checks that nothing they held survives them.
     fn finish(self) -> Result<(), String> {
         let b = self.b;
-        b.stop_instance(self.driver).map_err(fail("stopping the driver"))?;
-        b.stop_instance(self.reader).map_err(fail("stopping the reader"))?;
+        b.delete_instance(self.driver).map_err(fail("deleting the driver"))?;
+        b.delete_instance(self.reader).map_err(fail("deleting the reader"))?;
         if b.window_count() != 0 {
             return Err(format!("{} shared windows outlived their instances", b.window_count()));
         }
@@ -363,10 +369,12 @@ impl<'f> World<'f> {
                 return Err(format!("tenant {name} still uses {after:?} after its instances stopped"));
             }
         }
-        let roots = b.regions(self.t).len() + b.regions(self.owner).len();
+        // Each region's root, and its membership if the tenant's apps may open it.
+        let regions: Vec<_> = b.regions(self.t).into_iter().chain(b.regions(self.owner)).collect();
+        let roots = regions.len() + regions.iter().filter(|r| r.members != Rights::NONE).count();
         if b.capability_count() != roots {
             return Err(format!(
-                "{} capabilities outlived the instances ({roots} regions' roots remain)",
+                "{} capabilities outlived the instances ({roots} regions' roots and memberships remain)",
                 b.capability_count()
             ));
         }

@@ -181,7 +181,7 @@ fn broker_status(e: &Error) -> Status {
         | Error::RegionExists(_) => Status::AlreadyExists,
         Error::ModeNotSupported(_) => Status::ModeNotSupported,
         // Guests never unload modules; mapped for completeness.
-        Error::ModuleInUse { .. } => Status::PermissionDenied,
+        Error::ModuleInUse { .. } | Error::RegionNotGranted(_) => Status::PermissionDenied,
         Error::Quota(_) => Status::QuotaExceeded,
         Error::Region(RegionError::OutOfBounds { .. }) => Status::OutOfBounds,
         Error::Region(RegionError::ZeroSize | RegionError::TooLarge { .. }) => Status::InvalidArgument,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::metrics::{self, Latency, ProgressEvent, ProgressSink};
 use crate::mode::{ConflictPolicy, Mode};
 use crate::region::{Region, RegionId, RegionSpec};
+use crate::Rights;
 use crate::{Broker, BrokerConfig, InstanceConfig, InstanceId, Quotas, TenantId, Val};
 
 use super::config::{format_size, BenchConfig, Pattern};
@@ -168,7 +169,8 @@ impl<'b> Group<'b> {
         let label = format!("{mode} {}", format_size(size));
         // Merge: commits of disjoint pages both land; a commit touching a page another reader changed
         // since it last refreshed is refused and counted (see the guest's `write1`).
-        let spec = RegionSpec::new(REGION, size, mode).with_policy(ConflictPolicy::Merge);
+        let spec =
+            RegionSpec::new(REGION, size, mode).with_members(Rights::ALL).with_policy(ConflictPolicy::Merge);
         let region =
             broker.create_region(tenant, spec).map_err(broker_error(format!("region for {label}")))?;
         let memory = broker.region_ref(region).map_err(broker_error(format!("region for {label}")))?;
@@ -286,9 +288,10 @@ impl<'b> Group<'b> {
 
 impl Drop for Group<'_> {
     fn drop(&mut self) {
-        // Best effort: the bench's broker is dropped at the end of the run anyway.
+        // Best effort: the bench's broker is dropped at the end of the run anyway. Deleted, not just
+        // stopped, so the next group can start readers of the same names.
         for id in self.instances.drain(..) {
-            let _ = self.broker.stop_instance(id);
+            let _ = self.broker.delete_instance(id);
         }
         let _ = self.broker.destroy_region(self.region);
     }

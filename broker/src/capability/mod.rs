@@ -251,6 +251,8 @@ enum Holder {
     Slot(InstanceId, u32),
     /// An instance's inbox of received grants, opened by name.
     Inbox(InstanceId),
+    /// The region's membership: what every app of the owner tenant may open it with, by name.
+    Members,
 }
 
 #[derive(Debug)]
@@ -335,6 +337,10 @@ pub struct CapSpace {
     unrevoked: Vec<Window>,
     /// Revocation failures since the last public operation reported them.
     failures: Vec<CapError>,
+    /// Each region's membership node (see [`CapSpace::set_members`]), if it has one.
+    members: HashMap<RegionId, CapId>,
+    /// The instance that created each guest-created region: it may open it again by name.
+    creators: HashMap<RegionId, InstanceId>,
 }
 
 /// What a guest asks for when it maps a window.
@@ -422,7 +428,7 @@ impl CapSpace {
         self.take_failures()
     }
 
-    /// Drops a stopped instance's (empty) table and inbox.
+    /// Drops a deleted instance's table and inbox, with every capability they held.
     ///
     /// # Errors
     /// As [`CapSpace::remove_instance`].
@@ -441,7 +447,58 @@ impl CapSpace {
         if let Some(root) = self.roots.remove(&region) {
             self.remove_subtree(root);
         }
+        self.creators.remove(&region);
         self.take_failures()
+    }
+
+    /// Sets what every app of the region's owner tenant may open it with by name (`Rights::NONE`:
+    /// nothing; only its creator and the instances it was granted to may). The membership is a node
+    /// derived from the root, and handles opened through it derive from it, so changing it revokes
+    /// every handle (and window) opened through the old one, as revoking a grant does; apps open the
+    /// region again under the new rights.
+    ///
+    /// # Errors
+    /// [`CapError::Gone`] if the region has no root; [`CapError::NotRevoked`] as for
+    /// [`CapSpace::revoke_children`] (the new membership is in place even then).
+    pub fn set_members(&mut self, region: RegionId, rights: Rights) -> Result<(), CapError> {
+        let root = self.root(region).ok_or(CapError::Gone)?;
+        if let Some(old) = self.members.remove(&region) {
+            self.remove_subtree(old);
+        }
+        if rights != Rights::NONE {
+            let (region_arc, range) = self.check_derivation(root, rights, 0, broker_abi::LEN_TO_END)?;
+            let id = self.fresh_id();
+            // Not charged to a handle quota: it is the operator's setting, like the root.
+            let node = Node {
+                region: region_arc,
+                rights,
+                range,
+                parent: Some(root),
+                children: BTreeSet::new(),
+                holder: Holder::Members,
+                charged: None,
+                window: None,
+                cleanups: Vec::new(),
+            };
+            self.link(id, root, node);
+            self.members.insert(region, id);
+        }
+        self.take_failures()
+    }
+
+    /// The region's membership node, if its owner tenant's apps may open it by name.
+    pub fn members(&self, region: RegionId) -> Option<CapId> {
+        self.members.get(&region).copied()
+    }
+
+    /// Records that `instance` created `region` (it may open it again by name).
+    pub fn set_creator(&mut self, region: RegionId, instance: InstanceId) {
+        self.creators.insert(region, instance);
+    }
+
+    /// The instance that created `region`, for guest-created regions.
+    pub fn creator(&self, region: RegionId) -> Option<InstanceId> {
+        self.creators.get(&region).copied()
     }
 
     /// Reports (once) the windows that could not be revoked since the last report.
@@ -632,6 +689,11 @@ impl CapSpace {
                 Holder::Inbox(instance) => {
                     if let Some(inbox) = self.inboxes.get_mut(&instance) {
                         inbox.remove(&id);
+                    }
+                }
+                Holder::Members => {
+                    if self.members.get(&node.region.id()) == Some(&id) {
+                        self.members.remove(&node.region.id());
                     }
                 }
             }

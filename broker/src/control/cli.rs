@@ -277,7 +277,8 @@ enum ModuleVerb {
     },
     /// List modules.
     List,
-    /// Delete a module (running instances keep running).
+    /// Delete a module. Refused while any instance of it exists, stopped ones included: delete them
+    /// first (`broker instance delete NAME`).
     Delete {
         /// The module's name.
         name: String,
@@ -309,13 +310,22 @@ enum InstanceVerb {
         /// Arguments.
         args: Vec<String>,
     },
-    /// Stop an instance for good.
+    /// Stop an instance: its running call is interrupted and its memory and handles freed. It stays
+    /// listed as stopped, keeping its name, module and config (and its slot of the `instances` quota),
+    /// until `restart` runs it again or `delete` removes it; it stays stopped across a daemon restart.
     Stop {
         /// The instance.
         name: String,
     },
-    /// Restart a (trapped) instance.
+    /// Restart a trapped or stopped instance (a running one starts afresh); its grants are applied
+    /// again.
     Restart {
+        /// The instance.
+        name: String,
+    },
+    /// Delete an instance, stopping it first if it runs: its name and its slot of the `instances`
+    /// quota are freed, and grants to it are forgotten. Needed before deleting its module.
+    Delete {
         /// The instance.
         name: String,
     },
@@ -346,6 +356,18 @@ enum RegionVerb {
         /// Back the region by a file in the daemon's state dir.
         #[arg(long)]
         persistent: bool,
+        /// Rights every app of the tenant opens it with by name: letters of r, w, m, g, n (default:
+        /// none; then only the instances it is granted to may open it).
+        #[arg(long, default_value = "")]
+        members: String,
+    },
+    /// Set the rights every app of the tenant opens the region with by name (letters of r, w, m, g,
+    /// n; "" for none). Handles opened through the old rights are revoked; grants are untouched.
+    Members {
+        /// The region.
+        name: String,
+        /// Rights: letters of r (read), w (write), m (map), g (grant), n (watch); "" for none.
+        rights: String,
     },
     /// List regions.
     List,
@@ -464,7 +486,8 @@ fn rpc_error(what: &'static str, s: Status) -> CliError {
         }
         Code::AlreadyExists => "\nhint: pick another name, or delete the existing object first.",
         Code::FailedPrecondition => {
-            "\nhint: the object is not in a state that allows this (e.g. restart a trapped instance)."
+            "\nhint: the object is not in a state that allows this (e.g. restart a trapped or stopped \
+             instance, or delete a module's instances before the module)."
         }
         _ => "",
     };
@@ -954,6 +977,12 @@ async fn instance(verb: InstanceVerb, conn: &Conn, out: &mut dyn Write) -> Resul
             c.stop_instance(req(conn, r(name.clone()))?).await.map_err(|s| rpc_error("instance stop", s))?;
             return print(out, conn, &json!({"stopped": name}), &[vec![format!("stopped instance {name}")]]);
         }
+        InstanceVerb::Delete { name } => {
+            c.delete_instance(req(conn, r(name.clone()))?)
+                .await
+                .map_err(|s| rpc_error("instance delete", s))?;
+            return print(out, conn, &json!({"deleted": name}), &[vec![format!("deleted instance {name}")]]);
+        }
         InstanceVerb::Restart { name } => vec![c
             .restart_instance(req(conn, r(name))?)
             .await
@@ -996,7 +1025,22 @@ fn region_json(r: &pb::Region) -> Json {
     let mode = pb::Mode::try_from(r.mode).map_or("unknown", |m| m.as_str_name());
     let backing = pb::Backing::try_from(r.backing).map_or("unknown", |b| b.as_str_name());
     let policy = pb::ConflictPolicy::try_from(r.policy).map_or("unknown", |p| p.as_str_name());
-    json!({"tenant": r.tenant, "name": r.name, "size": r.size, "mode": mode, "policy": policy, "backing": backing, "version": r.version})
+    json!({"tenant": r.tenant, "name": r.name, "size": r.size, "mode": mode, "policy": policy, "backing": backing, "version": r.version, "members": rights_letters(r.member_rights)})
+}
+
+/// Rights bits as the letters `--rights` takes (r, w, m, g, n); "-" for none.
+fn rights_letters(bits: u32) -> String {
+    use broker_abi::rights::{GRANT, MAP, READ, WATCH, WRITE};
+    let letters: String = [(READ, 'r'), (WRITE, 'w'), (MAP, 'm'), (GRANT, 'g'), (WATCH, 'n')]
+        .iter()
+        .filter(|(bit, _)| bits & bit != 0)
+        .map(|(_, c)| *c)
+        .collect();
+    if letters.is_empty() {
+        "-".into()
+    } else {
+        letters
+    }
 }
 
 fn short(name: &str, prefix: &str) -> String {
@@ -1033,7 +1077,8 @@ async fn region(verb: RegionVerb, conn: &Conn, out: &mut dyn Write) -> Result<()
     let tenant = conn.tenant.clone();
     let rr = |name: String| pb::RegionRef { tenant: tenant.clone(), name };
     let regions = match verb {
-        RegionVerb::Create { name, size, mode, policy, persistent } => {
+        RegionVerb::Create { name, size, mode, policy, persistent, members } => {
+            let member_rights = parse_rights(&members)?;
             let mode = match mode {
                 crate::Mode::Handle => pb::Mode::Handle,
                 crate::Mode::Mirror => pb::Mode::Mirror,
@@ -1052,11 +1097,20 @@ async fn region(verb: RegionVerb, conn: &Conn, out: &mut dyn Write) -> Result<()
                 mode: mode.into(),
                 policy: policy.into(),
                 backing: backing.into(),
+                member_rights,
             };
             vec![c
                 .create_region(req(conn, msg)?)
                 .await
                 .map_err(|s| rpc_error("region create", s))?
+                .into_inner()]
+        }
+        RegionVerb::Members { name, rights } => {
+            let rights = parse_rights(&rights)?;
+            vec![c
+                .set_member_rights(req(conn, pb::SetMemberRightsRequest { region: Some(rr(name)), rights })?)
+                .await
+                .map_err(|s| rpc_error("region members", s))?
                 .into_inner()]
         }
         RegionVerb::List => {
@@ -1167,7 +1221,7 @@ async fn region(verb: RegionVerb, conn: &Conn, out: &mut dyn Write) -> Result<()
         }
     };
     let value = Json::Array(regions.iter().map(region_json).collect());
-    let mut table = vec![header(&["REGION", "SIZE", "MODE", "POLICY", "BACKING", "VERSION"])];
+    let mut table = vec![header(&["REGION", "SIZE", "MODE", "POLICY", "BACKING", "VERSION", "MEMBERS"])];
     table.extend(regions.iter().map(|r| {
         vec![
             r.name.clone(),
@@ -1179,6 +1233,7 @@ async fn region(verb: RegionVerb, conn: &Conn, out: &mut dyn Write) -> Result<()
             ),
             short(pb::Backing::try_from(r.backing).map_or("?", |b| b.as_str_name()), "BACKING_"),
             r.version.to_string(),
+            rights_letters(r.member_rights),
         ]
     }));
     print(out, conn, &value, &table)

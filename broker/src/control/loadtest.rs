@@ -98,6 +98,8 @@ pub async fn run(
             mode: pb::Mode::Handle.into(),
             policy: 0,
             backing: 0,
+            // Every client app reads and writes its own slot of the one region.
+            member_rights: broker_abi::rights::READ | broker_abi::rights::WRITE,
         };
         c.create_region(req(admin, region)).await?;
         let wasm = broker_guests::HANDLE_APP_WASM.to_vec();

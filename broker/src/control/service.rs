@@ -54,6 +54,11 @@ pub struct ControlPlane {
     tenant_compiles: Mutex<HashMap<TenantId, Arc<tokio::sync::Semaphore>>>,
 }
 
+/// Rights bits from a request field; unknown bits are refused, naming the field.
+fn rights_field(field: &'static str, bits: u32) -> ApiResult<Rights> {
+    Rights::from_bits(bits).ok_or(ApiError::InvalidField { field, reason: format!("unknown bits {bits:#x}") })
+}
+
 /// Compilations one tenant may run at once.
 pub const COMPILES_PER_TENANT: usize = 1;
 
@@ -159,12 +164,13 @@ impl ControlPlane {
         // Everything stored is restored whatever the quotas say now: an operator may have lowered a
         // quota below what the tenant already holds, which blocks new allocations but must never drop
         // or hide what is there. So while restoring, the limits on stored things (regions, modules,
-        // instances, grants, their sizes and call deadlines) are lifted; the limits on what guest code
-        // takes as it runs (memory, windows, trampolines, watches) are not, since start functions run
-        // during the restore. Memory is lifted too while regions come back (each region's page-version
-        // table is charged to it), and set again before any instance starts. The tenant's own quotas
-        // apply once everything is back.
+        // instances, grants, their sizes and call deadlines) are lifted, and so is memory (each region's
+        // page-version table, and each instance's memory, existed before the restart; an instance's own
+        // `max_memory_bytes` still bounds what its start function takes). The limits on what guest code
+        // takes through the ABI (windows, trampolines, watches) are not. The tenant's own quotas apply
+        // once everything is back, blocking only new allocations.
         let restoring = |t: &TenantRecord| Quotas {
+            memory_bytes: u64::MAX,
             region_bytes: u64::MAX,
             regions: u64::MAX,
             instances: u64::MAX,
@@ -176,7 +182,7 @@ impl ControlPlane {
             ..record_quotas(t)
         };
         for (name, t) in &tenants {
-            self.broker.create_tenant(name, Quotas { memory_bytes: u64::MAX, ..restoring(t) })?;
+            self.broker.create_tenant(name, restoring(t))?;
             self.auth.set_tenant(name, t.tokens.iter().filter_map(|h| auth::from_hex(h)).collect());
         }
         for (key, wasm) in store.modules()? {
@@ -191,17 +197,13 @@ impl ControlPlane {
             let Some((t, n)) = split(&key) else { continue };
             let Some(tid) = self.broker.tenant_id(t) else { continue };
             let (Ok(mode), Ok(policy)) = (r.mode.parse(), r.policy.parse()) else { continue };
-            let mut spec = RegionSpec::new(n, r.size, mode).with_policy(policy);
+            let members = rights_field("member_rights", r.member_rights)?;
+            let mut spec = RegionSpec::new(n, r.size, mode).with_policy(policy).with_members(members);
             if r.persistent {
                 spec = spec.persistent(self.region_path(t, n)?);
             }
             if let Err(e) = self.broker.create_region(tid, spec) {
                 tracing::warn!(region = %key, error = %e, "could not restore region");
-            }
-        }
-        for (name, t) in &tenants {
-            if let Some(tid) = self.broker.tenant_id(name) {
-                self.broker.set_quotas(tid, restoring(t))?;
             }
         }
         for (key, r) in store.instances()? {
@@ -211,8 +213,15 @@ impl ControlPlane {
                 call_timeout: std::time::Duration::from_millis(r.call_timeout_ms),
                 max_memory_bytes: r.max_memory_bytes,
             };
-            if let Err(e) = self.broker.start_instance(tid, &r.module, n, config) {
-                tracing::warn!(instance = %key, error = %e, "could not restart instance");
+            // A stopped instance comes back stopped: registered (its name taken, its grants kept for
+            // when it restarts), not run.
+            let restored = if r.stopped {
+                self.broker.create_stopped_instance(tid, &r.module, n, config)
+            } else {
+                self.broker.start_instance(tid, &r.module, n, config)
+            };
+            if let Err(e) = restored {
+                tracing::warn!(instance = %key, error = %e, "could not restore instance");
             }
         }
         let grants = store.grants()?;
@@ -237,10 +246,7 @@ impl ControlPlane {
         name_field("instance", &g.instance)?;
         let it = self.tenant_id(&g.instance_tenant)?;
         let instance = self.instance_id(it, "instance", &g.instance)?;
-        let rights = Rights::from_bits(g.rights).ok_or(ApiError::InvalidField {
-            field: "rights",
-            reason: format!("unknown bits {:#x}", g.rights),
-        })?;
+        let rights = rights_field("rights", g.rights)?;
         let grant = self.broker.grant(region, instance, rights, g.offset, g.len)?;
         self.grants.lock().insert(id, ApiGrant { grant, region, record: g.clone() });
         Ok(())
@@ -375,6 +381,7 @@ impl ControlPlane {
             policy: convert::policy_to(info.policy).into(),
             backing: backing.into(),
             version: info.version,
+            member_rights: info.members.bits(),
         })
     }
 
@@ -705,6 +712,7 @@ impl pb::broker_server::Broker for ControlService {
                     module: r.module.clone(),
                     call_timeout_ms: u64::try_from(config.call_timeout.as_millis()).unwrap_or(u64::MAX),
                     max_memory_bytes: config.max_memory_bytes,
+                    stopped: false,
                 };
                 store.put_instance(&format!("{tname}/{}", r.name), &rec)?;
             }
@@ -742,11 +750,41 @@ impl pb::broker_server::Broker for ControlService {
             let r = req.get_ref();
             let (tid, tname) = p.scope(&who, &r.tenant)?;
             let id = p.instance_id(tid, "name", &r.name)?;
-            p.broker.stop_instance(id)?;
+            // Stopped even when a window derived from its capabilities could not be revoked (that
+            // instance is being stopped): record it as stopped, then report that failure. Its API
+            // grants are kept, to be applied again when it restarts.
+            let stopped = p.broker.stop_instance(id);
+            if let Err(e @ Error::InstanceNotFound(_)) = stopped {
+                return Err(e.into());
+            }
+            if let Some(store) = &p.store {
+                store.set_instance_stopped(&format!("{tname}/{}", r.name), true)?;
+            }
+            stopped?;
+            Ok(pb::Empty {})
+        })
+        .await)
+    }
+
+    async fn delete_instance(&self, req: Request<pb::InstanceRef>) -> Result<Response<pb::Empty>, Status> {
+        let p = Arc::clone(&self.plane);
+        ok(blocking(move || {
+            let who = p.identify(&req)?;
+            let r = req.get_ref();
+            let (tid, tname) = p.scope(&who, &r.tenant)?;
+            let id = p.instance_id(tid, "name", &r.name)?;
+            // Gone from the broker even when a window could not be revoked: finish forgetting it (its
+            // record and the API grants to it), then report that failure.
+            let deleted = p.broker.delete_instance(id);
+            if let Err(e @ Error::InstanceNotFound(_)) = deleted {
+                return Err(e.into());
+            }
             if let Some(store) = &p.store {
                 store.delete_instance(&format!("{tname}/{}", r.name))?;
             }
             p.forget_grants_to(&tname, &r.name)?;
+            deleted?;
+            tracing::info!(tenant = %tname, instance = %r.name, "instance deleted");
             Ok(pb::Empty {})
         })
         .await)
@@ -765,6 +803,9 @@ impl pb::broker_server::Broker for ControlService {
             p.broker.restart_instance(id)?;
             // A restart drops every capability the instance held: give it its API grants back.
             p.reapply_grants_to(&tname, &r.name)?;
+            if let Some(store) = &p.store {
+                store.set_instance_stopped(&format!("{tname}/{}", r.name), false)?;
+            }
             Ok(convert::instance_to(&tname, &r.name, &p.broker.instance_info(id)?.status))
         })
         .await)
@@ -818,7 +859,9 @@ impl pb::broker_server::Broker for ControlService {
                 });
             }
             name_field("name", &r.name)?;
-            let mut spec = RegionSpec::new(r.name.clone(), r.size, mode).with_policy(policy);
+            let members = rights_field("member_rights", r.member_rights)?;
+            let mut spec =
+                RegionSpec::new(r.name.clone(), r.size, mode).with_policy(policy).with_members(members);
             if persistent {
                 spec = spec.persistent(p.region_path(&tname, &r.name)?);
             }
@@ -829,11 +872,33 @@ impl pb::broker_server::Broker for ControlService {
                     mode: mode.to_string(),
                     policy: policy.to_string(),
                     persistent,
+                    member_rights: members.bits(),
                 };
                 store.put_region(&format!("{tname}/{}", r.name), &rec)?;
             }
             p.region_msg(&tname, id)
         })())
+    }
+
+    async fn set_member_rights(
+        &self,
+        req: Request<pb::SetMemberRightsRequest>,
+    ) -> Result<Response<pb::Region>, Status> {
+        let p = Arc::clone(&self.plane);
+        ok(blocking(move || {
+            let who = p.identify(&req)?;
+            let r = req.get_ref();
+            let region = r.region.as_ref().ok_or(ApiError::MissingField("region"))?;
+            let rights = rights_field("rights", r.rights)?;
+            let (_, tname, id) = p.region_of(&who, region)?;
+            // Revoking the old membership may unmap windows: off the async runtime.
+            p.broker.set_members(id, rights)?;
+            if let Some(store) = &p.store {
+                store.set_region_members(&format!("{tname}/{}", region.name), rights.bits())?;
+            }
+            p.region_msg(&tname, id)
+        })
+        .await)
     }
 
     async fn get_region(&self, req: Request<pb::RegionRef>) -> Result<Response<pb::Region>, Status> {

@@ -63,6 +63,7 @@ fn code_of(e: &Error) -> Code {
         | Error::RegionExists(_) => Code::AlreadyExists,
         Error::ModeNotSupported(_) => Code::InvalidArgument,
         Error::ModuleInUse { .. } => Code::FailedPrecondition,
+        Error::RegionNotGranted(_) => Code::PermissionDenied,
         Error::Quota(_) => Code::ResourceExhausted,
         Error::Region(RegionError::Os { .. }) => Code::Internal,
         Error::Region(_) => Code::InvalidArgument,

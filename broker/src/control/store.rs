@@ -91,9 +91,18 @@ pub struct RegionRecord {
     pub policy: String,
     /// Whether the bytes live in a file under the state dir.
     pub persistent: bool,
+    /// Rights bits every app of the tenant opens it with by name. Records written before member
+    /// rights existed load with every right: the access their apps had then, until the operator
+    /// narrows it (SetMemberRights).
+    #[serde(default = "all_rights")]
+    pub member_rights: u32,
 }
 
-/// An instance definition, restarted when the daemon starts.
+fn all_rights() -> u32 {
+    crate::capability::Rights::ALL.bits()
+}
+
+/// An instance definition, restored when the daemon starts: started again, or registered stopped.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct InstanceRecord {
     /// The module it runs.
@@ -102,6 +111,10 @@ pub struct InstanceRecord {
     pub call_timeout_ms: u64,
     /// Linear-memory cap in bytes.
     pub max_memory_bytes: u64,
+    /// Stopped by `StopInstance` (and not restarted since): it comes back stopped. Records written
+    /// before stopped instances were kept have no such field and load as running.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
 }
 
 /// A grant made through the API, re-applied when the daemon starts.
@@ -268,6 +281,42 @@ impl Store {
         self.put_str(INSTANCES, key, &json(r)?)
     }
 
+    /// Marks an instance definition stopped or running, in one transaction; a no-op if there is none.
+    ///
+    /// # Errors
+    /// [`ApiError::Store`], also for a stored record that does not parse.
+    pub fn set_instance_stopped(&self, key: &str, stopped: bool) -> Result<(), ApiError> {
+        self.update(INSTANCES, key, |r: InstanceRecord| InstanceRecord { stopped, ..r })
+    }
+
+    /// Sets a region definition's member rights, in one transaction; a no-op if there is none.
+    ///
+    /// # Errors
+    /// [`ApiError::Store`], also for a stored record that does not parse.
+    pub fn set_region_members(&self, key: &str, member_rights: u32) -> Result<(), ApiError> {
+        self.update(REGIONS, key, |r: RegionRecord| RegionRecord { member_rights, ..r })
+    }
+
+    /// Rewrites the record under `key` with `change`, in one transaction; a no-op if there is none.
+    fn update<T: Serialize + DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &str>,
+        key: &str,
+        change: impl FnOnce(T) -> T,
+    ) -> Result<(), ApiError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut t = txn.open_table(table).map_err(redb::Error::from)?;
+            let old = t.get(key).map_err(redb::Error::from)?.map(|v| v.value().to_owned());
+            if let Some(old) = old {
+                let record = change(parse(&old)?);
+                t.insert(key, json(&record)?.as_str()).map_err(redb::Error::from)?;
+            }
+        }
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
     /// Deletes an instance definition.
     ///
     /// # Errors
@@ -341,5 +390,34 @@ mod tests {
         let record: TenantRecord = parse(old).expect("an old record loads");
         assert_eq!(record.cpu_shares, crate::Quotas::DEFAULT_CPU_SHARES);
         assert_eq!((record.trampolines, record.max_workers, record.watches), (12, 13, 14));
+    }
+
+    #[test]
+    fn r15_an_instance_record_written_before_stop_kept_instances_loads_as_running() {
+        let old = r#"{"module":"app","call_timeout_ms":5000,"max_memory_bytes":1024}"#;
+        let record: InstanceRecord = parse(old).expect("an old record loads");
+        assert!(!record.stopped);
+        assert_eq!(record.module, "app");
+        // A running instance's record is written as before, so an older daemon reads it too.
+        assert_eq!(json(&record).expect("encode"), old);
+    }
+
+    #[test]
+    fn r15_marking_an_instance_stopped_keeps_the_rest_of_its_record() {
+        let dir = std::env::temp_dir().join(format!("broker-store-stopped-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let store = Store::open(&dir).expect("store");
+        let running =
+            InstanceRecord { module: "app".into(), call_timeout_ms: 7, max_memory_bytes: 8, stopped: false };
+        store.put_instance("t/i", &running).expect("put");
+        store.set_instance_stopped("t/i", true).expect("stop");
+        store.set_instance_stopped("t/ghost", true).expect("a missing record is a no-op");
+        let stopped = InstanceRecord { stopped: true, ..running.clone() };
+        assert_eq!(store.instances().expect("read"), vec![("t/i".to_owned(), stopped)]);
+        store.set_instance_stopped("t/i", false).expect("restart");
+        assert_eq!(store.instances().expect("read"), vec![("t/i".to_owned(), running)]);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -12,6 +12,7 @@ pub mod mapping;
 mod traffic;
 mod watch;
 
+use crate::capability::Rights;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -133,6 +134,10 @@ pub struct RegionSpec {
     pub policy: ConflictPolicy,
     /// Where the bytes live.
     pub backing: Backing,
+    /// What every app of the owner tenant may open the region with by name. `Rights::NONE` (the
+    /// default): only the instances it is granted to may open it (and, for a region an app created,
+    /// that app).
+    pub members: Rights,
 }
 
 /// Where a region's bytes live.
@@ -155,7 +160,16 @@ impl RegionSpec {
             mode,
             policy: ConflictPolicy::default(),
             backing: Backing::Ephemeral,
+            members: Rights::NONE,
         }
+    }
+
+    /// The same spec, opened by every app of the owner tenant with `rights` (see
+    /// [`RegionSpec::members`]).
+    #[must_use]
+    pub fn with_members(mut self, rights: Rights) -> RegionSpec {
+        self.members = rights;
+        self
     }
 
     /// The same spec backed by a file.
@@ -192,6 +206,8 @@ pub struct RegionInfo {
     pub backing: Backing,
     /// Version counter: bumped by every write.
     pub version: u64,
+    /// What the owner tenant's apps may open it with by name (see [`RegionSpec::members`]).
+    pub members: Rights,
 }
 
 /// A region: host-owned memory with a name, owner, mode and version.
@@ -461,6 +477,8 @@ impl Region {
             policy: self.policy,
             backing: self.backing.clone(),
             version: self.version(),
+            // Kept by the capability space: the broker fills it in.
+            members: Rights::NONE,
         }
     }
 

@@ -3,6 +3,8 @@
 //! [`InstanceCell`] is shared between the broker (which posts jobs) and the worker running it; the
 //! [`wasmtime::Store`] lives inside behind a mutex that only the running worker takes. Restarting
 //! replaces the store (and so every capability the old one held) but keeps the id, name and mailbox.
+//! Stopping drops the store and keeps the cell, stopped, so the instance can be restarted; deleting
+//! stops it for good (the broker then unregisters it).
 //!
 //! A job is a future that owns the store while it runs and hands it back when it is done. Calls into
 //! wasm are `call_async` on a fiber, so a job can suspend: a long call yields at an epoch tick when
@@ -139,8 +141,12 @@ pub(crate) struct InstanceCell {
     credit: Arc<AtomicU64>,
     /// When the cell was queued again with its job suspended (preempted or woken), to credit the wait.
     requeued: Mutex<Option<Instant>>,
-    /// Stopping for good: calls and deliveries still queued are refused rather than run.
+    /// Stopping or stopped: calls and deliveries still queued are refused rather than run. Set while
+    /// the instance is stopped; a restart clears it.
     closing: AtomicBool,
+    /// Serialises stop, restart and delete of this instance, so each sees the state the one before it
+    /// left; true once the instance is deleted, after which it never runs again.
+    lifecycle: Mutex<bool>,
     /// Bytes and pages this instance moved, across restarts.
     pub(crate) traffic: Arc<Traffic>,
     /// Events waiting for delivery to the app's callbacks.
@@ -200,42 +206,7 @@ impl InstanceCell {
         core: Arc<Core>,
         pool: PoolHandle,
     ) -> Result<Arc<InstanceCell>, Error> {
-        let (mailbox_tx, mailbox_rx) = unbounded();
-        let status = InstanceStatus {
-            module: module.to_string(),
-            state: RunState::Running,
-            calls: 0,
-            traps: 0,
-            restarts: 0,
-            last_trap: None,
-        };
-        let cell = Arc::new_cyclic(|me| InstanceCell {
-            id,
-            name,
-            tenant,
-            config,
-            pre,
-            core,
-            mailbox_tx,
-            mailbox_rx,
-            scheduled: AtomicBool::new(false),
-            woken: AtomicBool::new(false),
-            suspended: AtomicBool::new(false),
-            waker: Waker::from(Arc::new(CellWaker(me.clone()))),
-            kill: Arc::new(AtomicBool::new(false)),
-            credit: Arc::new(AtomicU64::new(0)),
-            requeued: Mutex::new(None),
-            closing: AtomicBool::new(false),
-            traffic: Arc::new(Traffic::default()),
-            events: EventQueue::default(),
-            dead_events: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-            echo_chain: std::sync::atomic::AtomicU32::new(0),
-            me: me.clone(),
-            pool,
-            slot: Mutex::new(Slot::Idle(None)),
-            status: Mutex::new(status),
-        });
+        let cell = InstanceCell::new(id, name, tenant, module, config, pre, core, pool, RunState::Running);
         let (tx, rx) = bounded(1);
         cell.pool.submit(
             &cell,
@@ -256,6 +227,78 @@ impl InstanceCell {
         );
         rx.recv().unwrap_or(Err(InstanceError::ShuttingDown.into()))?;
         Ok(cell)
+    }
+
+    /// Registers the instance without running it (no start function, no store, no memory): the cell
+    /// [`InstanceCell::stop`] leaves, with no run before. [`InstanceCell::restart`] starts it.
+    #[allow(clippy::too_many_arguments, reason = "a constructor of the cell's fields")]
+    pub(crate) fn stopped(
+        id: InstanceId,
+        name: Name,
+        tenant: Arc<Tenant>,
+        module: Name,
+        config: InstanceConfig,
+        pre: InstancePre<InstanceState>,
+        core: Arc<Core>,
+        pool: PoolHandle,
+    ) -> Arc<InstanceCell> {
+        let cell = InstanceCell::new(id, name, tenant, module, config, pre, core, pool, RunState::Stopped);
+        cell.closing.store(true, Ordering::Release);
+        // As for an instance stopped after running, its (empty) handle table and inbox exist, so regions
+        // can be granted to it before it restarts (the restart drops them, as it drops every grant).
+        cell.core.caps.lock().add_instance(id);
+        cell
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "a constructor of the cell's fields")]
+    fn new(
+        id: InstanceId,
+        name: Name,
+        tenant: Arc<Tenant>,
+        module: Name,
+        config: InstanceConfig,
+        pre: InstancePre<InstanceState>,
+        core: Arc<Core>,
+        pool: PoolHandle,
+        state: RunState,
+    ) -> Arc<InstanceCell> {
+        let (mailbox_tx, mailbox_rx) = unbounded();
+        let status = InstanceStatus {
+            module: module.to_string(),
+            state,
+            calls: 0,
+            traps: 0,
+            restarts: 0,
+            last_trap: None,
+        };
+        Arc::new_cyclic(|me| InstanceCell {
+            id,
+            name,
+            tenant,
+            config,
+            pre,
+            core,
+            mailbox_tx,
+            mailbox_rx,
+            scheduled: AtomicBool::new(false),
+            woken: AtomicBool::new(false),
+            suspended: AtomicBool::new(false),
+            waker: Waker::from(Arc::new(CellWaker(me.clone()))),
+            kill: Arc::new(AtomicBool::new(false)),
+            credit: Arc::new(AtomicU64::new(0)),
+            requeued: Mutex::new(None),
+            closing: AtomicBool::new(false),
+            lifecycle: Mutex::new(false),
+            traffic: Arc::new(Traffic::default()),
+            events: EventQueue::default(),
+            dead_events: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            echo_chain: std::sync::atomic::AtomicU32::new(0),
+            me: me.clone(),
+            pool,
+            slot: Mutex::new(Slot::Idle(None)),
+            status: Mutex::new(status),
+        })
     }
 
     /// Makes the cell run again (its suspended job was woken).
@@ -501,16 +544,14 @@ impl InstanceCell {
         }
     }
 
-    /// Drops the live store and every capability it held.
+    /// Drops the live store, if any, and every capability the instance holds: with no store too, since
+    /// a stopped instance may have been granted regions (a restart starts with none).
     ///
     /// # Errors
     /// [`crate::capability::CapError::NotRevoked`] if a window of another instance, derived from this
     /// one's capabilities, could not be taken away (that instance was told to stop); this one is torn
     /// down regardless.
     fn teardown(&self, live: &mut Option<Live>) -> Result<(), Error> {
-        if live.is_none() {
-            return Ok(());
-        }
         // Capabilities (and their windows) go before the store and its memory do.
         let removed = self.core.caps.lock().remove_instance(self.id);
         drop(live.take());
@@ -688,8 +729,20 @@ impl InstanceCell {
         err
     }
 
-    /// Replaces the store with a fresh instantiation; every capability of the old one is gone.
+    /// Replaces the store with a fresh instantiation (of a running, trapped or stopped instance); every
+    /// capability of the old one is gone.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`] if the instance was deleted meanwhile; [`Error::Quota`] or
+    /// [`InstanceError::Instantiate`] if the new instantiation fails, and
+    /// [`InstanceError::NotRunning`] if a stop came first. A stopped instance stays stopped then.
     pub(crate) fn restart(self: &Arc<Self>, pool: &WorkerPool) -> Result<(), Error> {
+        let deleted = self.lifecycle.lock();
+        if *deleted {
+            return Err(Error::InstanceNotFound(self.id.to_string()));
+        }
+        // A stopped instance refuses everything while `closing`; the restart opens it again.
+        self.closing.store(false, Ordering::Release);
         let (tx, rx) = bounded(1);
         pool.submit(
             self,
@@ -709,14 +762,40 @@ impl InstanceCell {
                 })
             }),
         );
-        rx.recv().unwrap_or(Err(InstanceError::ShuttingDown.into()))
+        let restarted = rx.recv().unwrap_or(Err(InstanceError::ShuttingDown.into()));
+        if restarted.is_err() && self.status.lock().state == RunState::Stopped {
+            self.closing.store(true, Ordering::Release);
+        }
+        drop(deleted);
+        restarted
     }
 
-    /// Stops the instance for good, dropping its store and capabilities.
+    /// Stops the instance: interrupts its call, refuses the calls and deliveries queued behind it, and
+    /// drops its store (so its memory and windows) and every capability it held. It stays registered,
+    /// stopped, until [`InstanceCell::restart`]; stopping a stopped instance changes nothing.
     ///
     /// # Errors
     /// As `teardown`: the instance is stopped either way.
     pub(crate) fn stop(self: &Arc<Self>, pool: &WorkerPool) -> Result<(), Error> {
+        self.shut_down(pool, false)
+    }
+
+    /// Stops the instance for good: as [`InstanceCell::stop`], and a restart that comes later (holding
+    /// the cell from before it was unregistered) finds it gone.
+    ///
+    /// # Errors
+    /// As [`InstanceCell::stop`].
+    pub(crate) fn delete(self: &Arc<Self>, pool: &WorkerPool) -> Result<(), Error> {
+        self.shut_down(pool, true)
+    }
+
+    fn shut_down(self: &Arc<Self>, pool: &WorkerPool, delete: bool) -> Result<(), Error> {
+        // Interrupted before the lock is taken, so a restart in progress (its start function running)
+        // is cut short rather than waited for.
+        self.close();
+        let mut deleted = self.lifecycle.lock();
+        *deleted |= delete;
+        // Again under the lock: a restart that finished meanwhile opened the instance again.
         self.close();
         let (tx, rx) = bounded(1);
         pool.submit(
@@ -730,7 +809,9 @@ impl InstanceCell {
                 })
             }),
         );
-        rx.recv().unwrap_or(Ok(()))
+        let stopped = rx.recv().unwrap_or(Ok(()));
+        drop(deleted);
+        stopped
     }
 
     /// Prefixes a memory fault inside a shared window (revoked, or written while read-only) with the
@@ -747,8 +828,8 @@ impl InstanceCell {
         }
     }
 
-    /// Marks the instance as stopping for good and interrupts its call in progress: calls and
-    /// deliveries queued behind it are refused instead of run, so stopping takes at most a tick.
+    /// Marks the instance as stopping and interrupts its call in progress: calls and deliveries queued
+    /// behind it are refused instead of run, so stopping takes at most a tick.
     pub(crate) fn close(self: &Arc<Self>) {
         self.closing.store(true, Ordering::Release);
         self.interrupt();

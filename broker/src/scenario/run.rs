@@ -373,7 +373,9 @@ fn run_mode(
     let mut regions = Vec::new();
     for r in &scenario.regions {
         let t = setup(|| format!("region {}/{}", r.tenant, r.name), tenant(&r.tenant))?;
-        let mut spec = RegionSpec::new(r.name.clone(), r.size, r.mode.resolve(mode)).with_policy(r.policy);
+        let mut spec = RegionSpec::new(r.name.clone(), r.size, r.mode.resolve(mode))
+            .with_policy(r.policy)
+            .with_members(r.members);
         if let (true, Some(dir)) = (r.persistent, &state_dir) {
             spec = spec.persistent(dir.0.join(format!("{}-{}.region", r.tenant, r.name)));
         }

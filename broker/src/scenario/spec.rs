@@ -163,6 +163,9 @@ pub struct RegionDef {
     pub policy: ConflictPolicy,
     /// Backed by a file (in a temporary directory of the run) rather than anonymous memory.
     pub persistent: bool,
+    /// What every app of the owning tenant may open it with by name (`members`; none by default:
+    /// only the instances it is granted to).
+    pub members: Rights,
 }
 
 /// An instance of a module.
@@ -453,6 +456,7 @@ struct RawRegion {
     policy: Option<Spanned<String>>,
     #[serde(default)]
     persistent: bool,
+    members: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -675,6 +679,34 @@ struct Names {
     modules: HashSet<(String, String)>,
     regions: HashMap<String, usize>,
     instances: HashMap<String, usize>,
+}
+
+/// A list of rights names (`["read", "write"]`) as [`Rights`]; `field` names the list in errors.
+fn rights_list(
+    ctx: &Ctx<'_>,
+    list: &Spanned<Vec<Spanned<String>>>,
+    field: &str,
+) -> Result<Rights, SpecError> {
+    let mut rights = Rights::NONE;
+    for (r, right) in list.get_ref().iter().enumerate() {
+        rights = rights
+            | match right.get_ref().as_str() {
+                "read" => Rights::READ,
+                "write" => Rights::WRITE,
+                "map" => Rights::MAP,
+                "grant" => Rights::GRANT,
+                "watch" => Rights::WATCH,
+                "all" => Rights::ALL,
+                _ => {
+                    return Err(ctx.err(
+                        &right.span(),
+                        format!("{field}[{r}]"),
+                        "use read, write, map, grant, watch or all",
+                    ))
+                }
+            };
+    }
+    Ok(rights)
 }
 
 fn qualified(
@@ -932,7 +964,19 @@ fn validate(ctx: &Ctx<'_>, raw: RawScenario) -> Result<Scenario, SpecError> {
         if names.regions.insert(qualified, regions.len()).is_some() {
             return Err(ctx.err(&r.name.span(), format!("{field}.name"), "declared twice in this tenant"));
         }
-        regions.push(RegionDef { tenant, name: rname, size: bytes, mode, policy, persistent: r.persistent });
+        let members = match &r.members {
+            None => Rights::NONE,
+            Some(list) => rights_list(ctx, list, &format!("{field}.members"))?,
+        };
+        regions.push(RegionDef {
+            tenant,
+            name: rname,
+            size: bytes,
+            mode,
+            policy,
+            persistent: r.persistent,
+            members,
+        });
     }
 
     // Instances first without their init calls: init calls may name any instance.
@@ -1005,25 +1049,7 @@ fn validate(ctx: &Ctx<'_>, raw: RawScenario) -> Result<Scenario, SpecError> {
         let g = g.get_ref();
         let region = qualified(ctx, &names.regions, &g.region, &format!("{field}.region"), "region")?;
         let to = qualified(ctx, &names.instances, &g.to, &format!("{field}.to"), "instance")?;
-        let mut rights = Rights::NONE;
-        for (r, right) in g.rights.get_ref().iter().enumerate() {
-            rights = rights
-                | match right.get_ref().as_str() {
-                    "read" => Rights::READ,
-                    "write" => Rights::WRITE,
-                    "map" => Rights::MAP,
-                    "grant" => Rights::GRANT,
-                    "watch" => Rights::WATCH,
-                    "all" => Rights::ALL,
-                    _ => {
-                        return Err(ctx.err(
-                            &right.span(),
-                            format!("{field}.rights[{r}]"),
-                            "use read, write, map, grant, watch or all",
-                        ))
-                    }
-                };
-        }
+        let rights = rights_list(ctx, &g.rights, &format!("{field}.rights"))?;
         if rights == Rights::NONE {
             return Err(ctx.err(&g.rights.span(), format!("{field}.rights"), "grant at least one right"));
         }

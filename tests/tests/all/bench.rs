@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use broker::bench::{self, BenchArgError, BenchConfig, BenchError, Pattern, Subject};
 use broker::metrics::CollectProgress;
-use broker::{Mode, RegionSpec};
+use broker::{Mode, RegionSpec, Rights};
 use broker_tests::{args, broker, call, code, handle, start, tenant, watchdog, Status};
 
 /// The named test for the `bench_handle` guest: its loops run and return OK, and the write loop really
@@ -15,7 +15,9 @@ use broker_tests::{args, broker, call, code, handle, start, tenant, watchdog, St
 pub(crate) fn bench_handle() {
     let b = broker();
     let t = tenant(&b, "t");
-    let region = b.create_region(t, RegionSpec::new("bench", 1 << 20, Mode::Handle)).expect("region");
+    let region = b
+        .create_region(t, RegionSpec::new("bench", 1 << 20, Mode::Handle).with_members(Rights::ALL))
+        .expect("region");
     let g = start(&b, t, "bench_handle", "g");
     let h = handle(call(&b, g, "open_bench", args![]));
     assert_eq!(call(&b, g, "nop_loop", args![100]), 0);
@@ -34,6 +36,7 @@ pub(crate) fn bench_mirror() {
         .create_region(
             t,
             RegionSpec::new("bench", 16 * 4096, Mode::Mirror)
+                .with_members(Rights::ALL)
                 .with_policy(broker::mode::ConflictPolicy::LastWriterWins),
         )
         .expect("region");
@@ -73,7 +76,9 @@ pub(crate) fn bench_matrix() {
         let g = start(&b, t, "bench_matrix", "g");
         assert_eq!(call(&b, g, "scan", args![1]), code(Status::NotFound), "{mode}: nothing opened yet");
         assert_eq!(call(&b, g, "open", args![]), code(Status::NotFound), "{mode}: no region yet");
-        let region = b.create_region(t, RegionSpec::new("bench", SIZE as u64, mode)).expect("region");
+        let region = b
+            .create_region(t, RegionSpec::new("bench", SIZE as u64, mode).with_members(Rights::ALL))
+            .expect("region");
         let fill: Vec<u8> = (0..SIZE as u64 / 8).flat_map(|i| bench::fill_word(i).to_le_bytes()).collect();
         b.write_region(region, 0, &fill).expect("fill");
         assert_eq!(call(&b, g, "open", args![]), 0, "{mode}");

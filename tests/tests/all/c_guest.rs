@@ -3,14 +3,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use broker::{InstanceConfig, Mode, RegionSpec};
+use broker::{InstanceConfig, Mode, RegionSpec, Rights};
 use broker_tests::{args, broker, call, tenant, Status};
 
 /// Loads a C guest build and checks its behaviour.
 fn check(wasm: &[u8]) {
     let b = broker();
     let t = tenant(&b, "c");
-    let data = b.create_region(t, RegionSpec::new("data", 64, Mode::Handle)).expect("region");
+    let data = b
+        .create_region(t, RegionSpec::new("data", 64, Mode::Handle).with_members(Rights::ALL))
+        .expect("region");
     b.load_module(t, "counter", wasm).expect("the C module uses only broker imports");
     let app = b.start_instance(t, "counter", "counter", InstanceConfig::default()).expect("start");
     assert_eq!(call(&b, app, "bump", args![5i64]), 5);

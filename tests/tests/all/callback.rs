@@ -15,8 +15,10 @@ static TOOLKIT: Mutex<()> = Mutex::new(());
 fn setup() -> (Broker, TenantId, RegionId, InstanceId) {
     let b = broker();
     let t = tenant(&b, "alpha");
-    let data = b.create_region(t, RegionSpec::new("data", 4096, Mode::Handle)).expect("region");
-    b.create_region(t, RegionSpec::new("flag", 64, Mode::Handle)).expect("region");
+    let data = b
+        .create_region(t, RegionSpec::new("data", 4096, Mode::Handle).with_members(Rights::ALL))
+        .expect("region");
+    b.create_region(t, RegionSpec::new("flag", 64, Mode::Handle).with_members(Rights::ALL)).expect("region");
     let app = start(&b, t, "callback_app", "app");
     (b, t, data, app)
 }
@@ -408,8 +410,9 @@ fn r14_watches_count_against_the_tenants_quota() {
     let b = broker();
     let t =
         b.create_tenant("alpha", broker::Quotas { watches: 2, ..broker::Quotas::default() }).expect("tenant");
-    b.create_region(t, RegionSpec::new("data", 4096, Mode::Handle)).expect("region");
-    b.create_region(t, RegionSpec::new("flag", 64, Mode::Handle)).expect("region");
+    b.create_region(t, RegionSpec::new("data", 4096, Mode::Handle).with_members(Rights::ALL))
+        .expect("region");
+    b.create_region(t, RegionSpec::new("flag", 64, Mode::Handle).with_members(Rights::ALL)).expect("region");
     let app = start(&b, t, "callback_app", "app");
     assert!(call(&b, app, "watch", args![0, 1]) > 0);
     assert!(call(&b, app, "watch", args![1, 2]) > 0);
@@ -430,9 +433,13 @@ fn r15_no_callback_of_a_watch_runs_after_its_revoke_returns() {
     watchdog(120, || {
         let b = Arc::new(broker());
         let alpha = tenant(&b, "alpha");
-        let data = b.create_region(alpha, RegionSpec::new("data", 4096, Mode::Handle)).expect("region");
+        let data = b
+            .create_region(alpha, RegionSpec::new("data", 4096, Mode::Handle).with_members(Rights::ALL))
+            .expect("region");
         let beta = tenant(&b, "beta");
-        let flag = b.create_region(beta, RegionSpec::new("flag", 64, Mode::Handle)).expect("region");
+        let flag = b
+            .create_region(beta, RegionSpec::new("flag", 64, Mode::Handle).with_members(Rights::ALL))
+            .expect("region");
         let app = start(&b, beta, "callback_app", "app");
         let grant = b.grant(data, app, Rights::READ | Rights::WATCH, 0, None).expect("grant");
         assert!(call(&b, app, "watch", args![2, 0]) > 0);

@@ -54,6 +54,7 @@ fn region(d: &Daemon, c: &Client, name: &str, size: u64, mode: pb::Mode, backing
         mode: mode.into(),
         policy: 0,
         backing: backing.into(),
+        member_rights: broker_abi::rights::ALL,
     };
     rpc!(d, c, create_region, msg).expect("region")
 }
@@ -225,6 +226,7 @@ fn tenants_and_quotas_bad_inputs() {
         mode: pb::Mode::Handle.into(),
         policy: 0,
         backing: 0,
+        member_rights: broker_abi::rights::ALL,
     };
     assert_eq!(code(rpc!(d, t, create_region, too_big)), Code::ResourceExhausted);
     region(&d, &t, "r", 100, pb::Mode::Handle, pb::Backing::Ephemeral);
@@ -235,6 +237,7 @@ fn tenants_and_quotas_bad_inputs() {
         mode: pb::Mode::Handle.into(),
         policy: 0,
         backing: 0,
+        member_rights: broker_abi::rights::ALL,
     };
     assert_eq!(code(rpc!(d, t, create_region, second)), Code::ResourceExhausted);
 }
@@ -290,11 +293,41 @@ fn modules_and_instances() {
     rpc!(d, t, restart_instance, pb::InstanceRef { tenant: String::new(), name: "i".into() })
         .expect("restart");
     assert_eq!(as_i64(&call(&d, &t, "i", "ping", vec![]).expect("ping")), 7);
-    rpc!(d, t, stop_instance, pb::InstanceRef { tenant: String::new(), name: "i".into() }).expect("stop");
-    assert!(rpc!(d, t, list_instances, pb::ListInstancesRequest { tenant: String::new() })
-        .expect("list")
-        .instances
-        .is_empty());
+    // Stopped, the instance stays listed, refuses calls and holds its module; restarted, it answers.
+    let iref = |name: &str| pb::InstanceRef { tenant: String::new(), name: name.into() };
+    let list = || {
+        rpc!(d, t, list_instances, pb::ListInstancesRequest { tenant: String::new() })
+            .expect("list")
+            .instances
+    };
+    let stopped = i32::from(pb::InstanceState::Stopped);
+    rpc!(d, t, stop_instance, iref("i")).expect("stop");
+    assert_eq!(rpc!(d, t, get_instance, iref("i")).expect("status").state, stopped);
+    assert_eq!(list().iter().map(|i| (i.name.as_str(), i.state)).collect::<Vec<_>>(), [("i", stopped)]);
+    let err = call(&d, &t, "i", "ping", vec![]).expect_err("a stopped instance refuses calls");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("stopped"), "{}", err.message());
+    rpc!(d, t, stop_instance, iref("i")).expect("stopping a stopped instance is a no-op");
+    let module = || pb::ModuleRef { tenant: String::new(), name: "misbehave".into() };
+    let err = rpc!(d, t, delete_module, module()).expect_err("a stopped instance holds its module");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("instances i;"), "the message lists it: {}", err.message());
+    let restarted = rpc!(d, t, restart_instance, iref("i")).expect("restart");
+    assert_eq!((restarted.state, restarted.restarts), (i32::from(pb::InstanceState::Running), 2));
+    assert_eq!(as_i64(&call(&d, &t, "i", "ping", vec![]).expect("ping")), 7);
+    // Deleted, running or stopped, it is gone.
+    start(&d, &t, "misbehave", "j");
+    rpc!(d, t, stop_instance, iref("j")).expect("stop");
+    rpc!(d, t, delete_instance, iref("i")).expect("delete a running instance");
+    rpc!(d, t, delete_instance, iref("j")).expect("delete a stopped instance");
+    assert!(list().is_empty());
+    for gone in ["i", "j"] {
+        assert_eq!(code(rpc!(d, t, get_instance, iref(gone))), Code::NotFound);
+        assert_eq!(code(rpc!(d, t, stop_instance, iref(gone))), Code::NotFound);
+        assert_eq!(code(rpc!(d, t, restart_instance, iref(gone))), Code::NotFound);
+        assert_eq!(code(rpc!(d, t, delete_instance, iref(gone))), Code::NotFound);
+        assert_eq!(code(call(&d, &t, gone, "ping", vec![])), Code::NotFound);
+    }
     rpc!(d, t, delete_module, pb::ModuleRef { tenant: String::new(), name: "misbehave".into() })
         .expect("delete");
     assert_eq!(
@@ -325,6 +358,7 @@ fn regions_grants_and_watch() {
         mode: pb::Mode::Handle.into(),
         policy: 0,
         backing: 0,
+        member_rights: broker_abi::rights::ALL,
     };
     assert_eq!(code(rpc!(d, alpha, create_region, zero)), Code::InvalidArgument);
     let bad_mode = pb::CreateRegionRequest {
@@ -334,6 +368,7 @@ fn regions_grants_and_watch() {
         mode: 99,
         policy: 0,
         backing: 0,
+        member_rights: broker_abi::rights::ALL,
     };
     assert_eq!(code(rpc!(d, alpha, create_region, bad_mode)), Code::InvalidArgument);
     let persistent = pb::CreateRegionRequest {
@@ -343,6 +378,7 @@ fn regions_grants_and_watch() {
         mode: pb::Mode::Handle.into(),
         policy: 0,
         backing: pb::Backing::Persistent.into(),
+        member_rights: broker_abi::rights::ALL,
     };
     assert_eq!(code(rpc!(d, alpha, create_region, persistent)), Code::FailedPrecondition, "no state dir");
     let dup = pb::CreateRegionRequest {
@@ -352,6 +388,7 @@ fn regions_grants_and_watch() {
         mode: pb::Mode::Handle.into(),
         policy: 0,
         backing: 0,
+        member_rights: broker_abi::rights::ALL,
     };
     assert_eq!(code(rpc!(d, alpha, create_region, dup)), Code::AlreadyExists);
     assert_eq!(
@@ -608,6 +645,34 @@ fn cli_talks_to_the_daemon() {
     assert!(!ok && text.contains("not found") && text.contains("hint:"), "errors say what to do: {text}");
     let (ok, text) = run(&["region", "write", "data", "--hex", "zz", "--tenant", "acme"]);
     assert!(!ok && text.contains("bad hex"), "{text}");
+    // An instance's life: stopped (listed, holding its module), then deleted.
+    let wasm = std::env::temp_dir().join(format!("broker-cli-{}.wasm", std::process::id()));
+    std::fs::write(&wasm, broker_guests::HANDLE_APP_WASM).expect("write the module");
+    let (ok, text) = run(&["module", "upload", "app", &wasm.to_string_lossy(), "--tenant", "acme"]);
+    let _ = std::fs::remove_file(&wasm);
+    assert!(ok, "{text}");
+    let (ok, text) = run(&["instance", "start", "i", "--module", "app", "--tenant", "acme"]);
+    assert!(ok && text.contains("running"), "{text}");
+    let (ok, text) = run(&["instance", "stop", "i", "--tenant", "acme"]);
+    assert!(ok && text.contains("stopped instance i"), "{text}");
+    let (ok, text) = run(&["instance", "status", "i", "--tenant", "acme", "--json"]);
+    assert!(ok, "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(json[0]["state"], "stopped");
+    let (ok, text) = run(&["module", "delete", "app", "--tenant", "acme"]);
+    assert!(!ok && text.contains("instances i") && text.contains("hint:"), "{text}");
+    let (ok, text) = run(&["instance", "delete", "i", "--tenant", "acme"]);
+    assert!(ok && text.contains("deleted instance i"), "{text}");
+    let (ok, text) = run(&["instance", "status", "i", "--tenant", "acme"]);
+    assert!(!ok && text.contains("not found"), "{text}");
+    let (ok, text) = run(&["module", "delete", "app", "--tenant", "acme"]);
+    assert!(ok, "{text}");
+    for (verb, says) in [("stop", "until `restart`"), ("delete", "quota are freed")] {
+        let help = broker::control::cli::Cli::try_parse_from(["broker", "instance", verb, "--help"])
+            .expect_err("--help prints the help")
+            .to_string();
+        assert!(help.contains(says), "`broker instance {verb} --help` explains it:\n{help}");
+    }
     // A wrong address fails with a connection hint.
     let cli = broker::control::cli::Cli::try_parse_from([
         "broker",
@@ -756,6 +821,7 @@ fn every_rpc_needs_a_valid_token_and_keeps_tenants_apart() {
         ),
         row!(d, stop_instance, pb::InstanceRef { tenant: "alpha".into(), name: "worker".into() }),
         row!(d, restart_instance, pb::InstanceRef { tenant: "alpha".into(), name: "worker".into() }),
+        row!(d, delete_instance, pb::InstanceRef { tenant: "alpha".into(), name: "worker".into() }),
         row!(d, get_instance, pb::InstanceRef { tenant: "alpha".into(), name: "worker".into() }),
         row!(d, list_instances, pb::ListInstancesRequest { tenant: "alpha".into() }),
         row!(
@@ -767,8 +833,14 @@ fn every_rpc_needs_a_valid_token_and_keeps_tenants_apart() {
                 size: 64,
                 mode: pb::Mode::Handle.into(),
                 policy: 0,
-                backing: 0
+                backing: 0,
+                member_rights: broker_abi::rights::ALL,
             }
+        ),
+        row!(
+            d,
+            set_member_rights,
+            pb::SetMemberRightsRequest { region: Some(alpha_ref()), rights: broker_abi::rights::ALL }
         ),
         row!(d, get_region, alpha_ref()),
         row!(d, list_regions, pb::ListRegionsRequest { tenant: "alpha".into() }),
@@ -935,9 +1007,17 @@ fn every_request_field_is_validated() {
         args,
     };
     let inst = |name: &str| pb::InstanceRef { tenant: String::new(), name: name.into() };
-    let create_region = |name: &str, size: u64, mode: i32, policy: i32, backing: i32| {
-        pb::CreateRegionRequest { tenant: String::new(), name: name.into(), size, mode, policy, backing }
-    };
+    let members = |region: Option<pb::RegionRef>, rights: u32| pb::SetMemberRightsRequest { region, rights };
+    let create_region =
+        |name: &str, size: u64, mode: i32, policy: i32, backing: i32| pb::CreateRegionRequest {
+            tenant: String::new(),
+            name: name.into(),
+            size,
+            mode,
+            policy,
+            backing,
+            member_rights: broker_abi::rights::ALL,
+        };
     let read =
         |region: Option<pb::RegionRef>, offset: u64, len: u64| pb::ReadRegionRequest { region, offset, len };
     let write = |region: Option<pb::RegionRef>, offset: u64, data: Vec<u8>| pb::WriteRegionRequest {
@@ -1017,6 +1097,9 @@ fn every_request_field_is_validated() {
         bad!(d, t, stop_instance, inst("a/b"), InvalidArgument, "name"),
         bad!(d, t, stop_instance, inst("nope"), NotFound),
         bad!(d, t, restart_instance, inst(""), InvalidArgument, "name"),
+        bad!(d, t, delete_instance, inst(""), InvalidArgument, "name"),
+        bad!(d, t, delete_instance, inst("a/b"), InvalidArgument, "name"),
+        bad!(d, t, delete_instance, inst("nope"), NotFound),
         bad!(d, t, restart_instance, inst("nope"), NotFound),
         bad!(d, t, get_instance, inst(""), InvalidArgument, "name"),
         bad!(d, t, get_instance, inst("a b"), InvalidArgument, "name"),
@@ -1065,6 +1148,18 @@ fn every_request_field_is_validated() {
         bad!(d, t, revoke, revoke_req(data(), 999), NotFound),
         bad!(d, t, destroy_region, region_ref("", ""), InvalidArgument, "name"),
         bad!(d, t, destroy_region, region_ref("", "nope"), NotFound),
+        bad!(
+            d,
+            t,
+            create_region,
+            pb::CreateRegionRequest { member_rights: 1 << 8, ..create_region("r", 64, 1, 0, 0) },
+            InvalidArgument,
+            "member_rights"
+        ),
+        bad!(d, t, set_member_rights, members(None, 1), InvalidArgument, "region"),
+        bad!(d, t, set_member_rights, members(data(), 1 << 8), InvalidArgument, "rights"),
+        bad!(d, t, set_member_rights, members(Some(region_ref("", "nope")), 1), NotFound),
+        bad!(d, t, set_member_rights, members(Some(region_ref("", "a b")), 1), InvalidArgument, "name"),
         bad!(d, t, flush_region, region_ref("", ""), InvalidArgument, "name"),
         bad!(d, t, flush_region, region_ref("", "nope"), NotFound),
         bad!(d, t, watch_region, region_ref("", ""), InvalidArgument, "name"),
@@ -1199,13 +1294,14 @@ fn full_lifecycle_over_the_api() {
     assert_eq!(load(), i64::from(broker_abi::Status::StaleHandle.code()));
     let again = pb::RevokeRequest { region: Some(region_ref("", "data")), grant_id };
     assert_eq!(code(rpc!(d, alpha, revoke, again)), Code::NotFound, "a grant is revoked once");
-    // Stop.
-    rpc!(d, beta, stop_instance, pb::InstanceRef { tenant: String::new(), name: "reader".into() })
-        .expect("stop");
-    assert_eq!(
-        code(rpc!(d, beta, get_instance, pb::InstanceRef { tenant: String::new(), name: "reader".into() })),
-        Code::NotFound
-    );
+    // Stop: the instance stays, stopped, in its quota slot. Delete: it is gone.
+    let reader = || pb::InstanceRef { tenant: String::new(), name: "reader".into() };
+    rpc!(d, beta, stop_instance, reader()).expect("stop");
+    let stopped = rpc!(d, beta, get_instance, reader()).expect("a stopped instance is still there");
+    assert_eq!(stopped.state, i32::from(pb::InstanceState::Stopped));
+    assert_eq!(usage(&beta).instances, 1);
+    rpc!(d, beta, delete_instance, reader()).expect("delete");
+    assert_eq!(code(rpc!(d, beta, get_instance, reader())), Code::NotFound);
     assert_eq!(usage(&beta).instances, 0);
     // Destroy: the watch stream ends.
     rpc!(d, alpha, destroy_region, region_ref("", "data")).expect("destroy");
@@ -1704,6 +1800,7 @@ fn r15_reserved_names_empty_grants_unspecified_modes_and_no_server_paths() {
             mode: pb::Mode::Handle.into(),
             policy: 0,
             backing: pb::Backing::Persistent.into(),
+            member_rights: broker_abi::rights::ALL,
         };
         assert_eq!(code(rpc!(d, t, create_region, r)), Code::InvalidArgument, "region {bad:?}");
         let m = pb::UploadModuleRequest {
@@ -1734,6 +1831,7 @@ fn r15_reserved_names_empty_grants_unspecified_modes_and_no_server_paths() {
         mode: pb::Mode::Unspecified.into(),
         policy: 0,
         backing: pb::Backing::Ephemeral.into(),
+        member_rights: broker_abi::rights::ALL,
     };
     let err = rpc!(d, t, create_region, unspecified).expect_err("no mode");
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -1763,6 +1861,7 @@ fn r15_reserved_names_empty_grants_unspecified_modes_and_no_server_paths() {
         mode: pb::Mode::Handle.into(),
         policy: 0,
         backing: pb::Backing::Persistent.into(),
+        member_rights: broker_abi::rights::ALL,
     };
     let err = rpc!(d, t, create_region, blocked).expect_err("the file is a directory");
     assert!(err.message().contains("blocked.region"), "{}", err.message());
@@ -1774,8 +1873,13 @@ fn r15_reserved_names_empty_grants_unspecified_modes_and_no_server_paths() {
     let err = rpc!(d, t, delete_module, ops()).expect_err("in use");
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("app"), "the message lists the instances: {}", err.message());
-    rpc!(d, t, stop_instance, pb::InstanceRef { tenant: String::new(), name: "app".into() }).expect("stop");
-    rpc!(d, t, delete_module, ops()).expect("no instance runs it any more");
+    let app = || pb::InstanceRef { tenant: String::new(), name: "app".into() };
+    rpc!(d, t, stop_instance, app()).expect("stop");
+    let err = rpc!(d, t, delete_module, ops()).expect_err("a stopped instance can be restarted");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("app"), "the message lists the stopped instance: {}", err.message());
+    rpc!(d, t, delete_instance, app()).expect("delete");
+    rpc!(d, t, delete_module, ops()).expect("no instance of it is left");
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1829,6 +1933,7 @@ fn r15_quotas_lowered_below_usage_hide_nothing_after_a_restart() {
         mode: pb::Mode::Handle.into(),
         policy: 0,
         backing: pb::Backing::Ephemeral.into(),
+        member_rights: broker_abi::rights::ALL,
     };
     assert_eq!(code(rpc!(d, t, create_region, more)), Code::ResourceExhausted, "the lowered quota holds");
     drop(d);
@@ -1886,4 +1991,111 @@ fn r15_concurrent_flushes_of_one_region_are_safe() {
     assert!(read.data.iter().all(|b| *b == 20), "the last flushed bytes came back whole");
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 15, item 5: a stopped instance keeps its API grants (a restart applies them again), a deleted
+/// one loses them (a new instance of the same name gets none, and the grant id is gone), and another
+/// tenant's token can neither stop nor delete it.
+#[test]
+fn r15_stop_keeps_api_grants_for_the_restart_and_delete_forgets_them() {
+    let d = Daemon::start(None);
+    let admin = d.client(Some(&d.admin));
+    let alpha = tenant(&d, &admin, "alpha");
+    let beta = tenant(&d, &admin, "beta");
+    region(&d, &alpha, "data", 4096, pb::Mode::Handle, pb::Backing::Ephemeral);
+    upload(&d, &beta, "app", broker_guests::HANDLE_APP_WASM);
+    start(&d, &beta, "app", "reader");
+    let g = pb::GrantRequest {
+        region: Some(region_ref("", "data")),
+        instance: "beta/reader".into(),
+        rights: 1,
+        offset: 0,
+        len: None,
+    };
+    let grant_id = rpc!(d, alpha, grant, g).expect("grant").grant_id;
+    let open = || as_i64(&call(&d, &beta, "reader", "open", vec![i32v(1)]).expect("open alpha/data"));
+    assert!(open() > 0);
+
+    // alpha owns the region granted to beta/reader, not the instance.
+    let theirs = || pb::InstanceRef { tenant: "beta".into(), name: "reader".into() };
+    assert_eq!(code(rpc!(d, alpha, stop_instance, theirs())), Code::PermissionDenied);
+    assert_eq!(code(rpc!(d, alpha, delete_instance, theirs())), Code::PermissionDenied);
+    let state = |c: &Client| rpc!(d, c, get_instance, theirs()).expect("status").state;
+    assert_eq!(state(&admin), i32::from(pb::InstanceState::Running));
+
+    let reader = || pb::InstanceRef { tenant: String::new(), name: "reader".into() };
+    rpc!(d, beta, stop_instance, reader()).expect("stop");
+    assert_eq!(state(&beta), i32::from(pb::InstanceState::Stopped));
+    rpc!(d, beta, restart_instance, reader()).expect("restart");
+    assert!(open() > 0, "the restart applied the API grant again");
+
+    // The admin may delete any tenant's instance.
+    rpc!(d, admin, delete_instance, theirs()).expect("delete");
+    start(&d, &beta, "app", "reader");
+    assert_eq!(open(), i64::from(broker_abi::Status::NotFound.code()), "a new instance gets no old grant");
+    let revoke = pb::RevokeRequest { region: Some(region_ref("", "data")), grant_id };
+    assert_eq!(code(rpc!(d, alpha, revoke, revoke)), Code::NotFound, "the grant was forgotten");
+}
+
+/// Issue 15, item 1, through the daemon with a tenant token only: a region the tenant creates without
+/// member rights is closed to its own apps until it grants them; a read-only grant is read-only, and
+/// revoking it takes the access away; member rights open it to every app of the tenant, and changing
+/// them revokes what was opened through the old ones.
+#[test]
+fn r15_a_tenant_token_gives_its_apps_only_what_it_grants() {
+    use broker_abi::{rights, Status};
+    let d = Daemon::start(None);
+    let admin = d.client(Some(&d.admin));
+    let t = tenant(&d, &admin, "alpha");
+    upload(&d, &t, "app", broker_guests::HANDLE_APP_WASM);
+    start(&d, &t, "app", "reader");
+    start(&d, &t, "app", "writer");
+    let create = pb::CreateRegionRequest {
+        tenant: String::new(),
+        name: "data".into(),
+        size: 4096,
+        mode: pb::Mode::Handle.into(),
+        policy: 0,
+        backing: 0,
+        member_rights: 0,
+    };
+    assert_eq!(rpc!(d, t, create_region, create).expect("create").member_rights, 0);
+    let status = |s: Status| i64::from(s.code());
+    let i = |v: i64| pb::Value { value: Some(pb::value::Value::I64(v)) };
+    let i32v = |v: i32| pb::Value { value: Some(pb::value::Value::I32(v)) };
+    let run = |inst: &str, export: &str, args: Vec<pb::Value>| {
+        as_i64(&call(&d, &t, inst, export, args).expect(export))
+    };
+    // handle_app's region 0 is "data".
+    assert_eq!(run("reader", "open", vec![i32v(0)]), status(Status::PermissionDenied), "nothing granted yet");
+
+    let grant = pb::GrantRequest {
+        region: Some(region_ref("", "data")),
+        instance: "reader".into(),
+        rights: rights::READ,
+        offset: 0,
+        len: None,
+    };
+    let grant_id = rpc!(d, t, grant, grant).expect("grant").grant_id;
+    let h = i32::try_from(run("reader", "open", vec![i32v(0)])).expect("a handle");
+    assert!(h > 0, "the grant opens it: {h}");
+    assert_eq!(run("reader", "load_u64", vec![i32v(h), i(0)]), 0);
+    assert_eq!(run("reader", "store_u64", vec![i32v(h), i(0), i(5)]), status(Status::PermissionDenied));
+    assert_eq!(run("writer", "open", vec![i32v(0)]), status(Status::PermissionDenied), "writer has nothing");
+    rpc!(d, t, revoke, pb::RevokeRequest { region: Some(region_ref("", "data")), grant_id }).expect("revoke");
+    assert_eq!(run("reader", "load_u64", vec![i32v(h), i(0)]), status(Status::StaleHandle), "revoked");
+
+    let open_to = |rights: u32| {
+        let req = pb::SetMemberRightsRequest { region: Some(region_ref("", "data")), rights };
+        rpc!(d, t, set_member_rights, req).expect("set member rights").member_rights
+    };
+    assert_eq!(open_to(rights::READ | rights::WRITE), rights::READ | rights::WRITE);
+    let w = i32::try_from(run("writer", "open", vec![i32v(0)])).expect("a handle");
+    assert_eq!(run("writer", "store_u64", vec![i32v(w), i(0), i(5)]), 0);
+    assert_eq!(run("reader", "load_u64", vec![i32v(h), i(0)]), status(Status::StaleHandle), "still revoked");
+    assert_eq!(open_to(0), 0);
+    assert_eq!(run("writer", "load_u64", vec![i32v(w), i(0)]), status(Status::StaleHandle));
+    assert_eq!(run("writer", "open", vec![i32v(0)]), status(Status::PermissionDenied));
+    let info = rpc!(d, t, get_region, region_ref("", "data")).expect("info");
+    assert_eq!((info.member_rights, info.version), (0, 1), "one write got through, under member rights");
 }

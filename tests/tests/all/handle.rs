@@ -31,8 +31,11 @@ fn world() -> World {
     let b = broker();
     let alpha = tenant(&b, "alpha");
     let beta = tenant(&b, "beta");
-    let data = b.create_region(alpha, RegionSpec::new("data", 4096, Mode::Handle)).expect("region");
-    b.create_region(alpha, RegionSpec::new("secret", 64, Mode::Handle)).expect("region");
+    let data = b
+        .create_region(alpha, RegionSpec::new("data", 4096, Mode::Handle).with_members(Rights::ALL))
+        .expect("region");
+    b.create_region(alpha, RegionSpec::new("secret", 64, Mode::Handle).with_members(Rights::ALL))
+        .expect("region");
     let writer = start(&b, alpha, "handle_app", "writer");
     let reader = start(&b, beta, "handle_app", "reader");
     let relay = start(&b, beta, "handle_app", "relay");
@@ -359,7 +362,9 @@ fn guest_created_regions_are_checked() {
 fn versioned_reads_pair_bytes_with_their_version() {
     let b = std::sync::Arc::new(broker());
     let t = tenant(&b, "alpha");
-    let r = b.create_region(t, RegionSpec::new("data", 64, Mode::Handle)).expect("region");
+    let r = b
+        .create_region(t, RegionSpec::new("data", 64, Mode::Handle).with_members(Rights::ALL))
+        .expect("region");
     let writer = {
         let b = std::sync::Arc::clone(&b);
         std::thread::spawn(move || {

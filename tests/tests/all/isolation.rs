@@ -61,7 +61,9 @@ fn setup(pages: u64) -> Setup {
     let evil = tenant(&b, "evil");
     let other = tenant(&b, "other");
     let size = pages * 4096;
-    let region = b.create_region(owner, RegionSpec::new("data", size, Mode::Shared)).expect("region");
+    let region = b
+        .create_region(owner, RegionSpec::new("data", size, Mode::Shared).with_members(Rights::ALL))
+        .expect("region");
     let fill = vec![0x11u8; usize::try_from(size).expect("small")];
     b.write_region(region, 0, &fill).expect("fill");
     let attacker = start(&b, evil, "isolation_ops", "attacker");
@@ -224,7 +226,9 @@ fn window_quotas_bound_windows_per_instance_and_per_tenant() {
             broker::Quotas { windows: 3, windows_per_instance: 2, ..broker::Quotas::default() },
         )
         .expect("tenant");
-    let r = b.create_region(alpha, RegionSpec::new("data", 4096, Mode::Shared)).expect("region");
+    let r = b
+        .create_region(alpha, RegionSpec::new("data", 4096, Mode::Shared).with_members(Rights::ALL))
+        .expect("region");
     let i1 = start(&b, alpha, "isolation_ops", "i1");
     let i2 = start(&b, alpha, "isolation_ops", "i2");
     let mut handles = Vec::new();

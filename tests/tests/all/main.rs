@@ -1,6 +1,7 @@
 //! The integration test suite: one binary, one module per area, real guests on a real broker.
 
 mod abi_header;
+mod authority;
 mod bench;
 mod c_guest;
 mod callback;

@@ -332,9 +332,13 @@ fn victim_world() -> (Broker, TenantId, InstanceId, RegionId, i64) {
     let b = broker();
     let victims =
         b.create_tenant("victims", Quotas { memory_bytes: 16 << 20, ..Quotas::default() }).expect("tenant");
-    b.create_region(victims, RegionSpec::new("data", 16 << 10, Mode::Handle)).expect("region");
-    b.create_region(victims, RegionSpec::new("mirror", 8 << 10, Mode::Mirror)).expect("region");
-    let window = b.create_region(victims, RegionSpec::new("window", 8 << 10, Mode::Shared)).expect("region");
+    b.create_region(victims, RegionSpec::new("data", 16 << 10, Mode::Handle).with_members(Rights::ALL))
+        .expect("region");
+    b.create_region(victims, RegionSpec::new("mirror", 8 << 10, Mode::Mirror).with_members(Rights::ALL))
+        .expect("region");
+    let window = b
+        .create_region(victims, RegionSpec::new("window", 8 << 10, Mode::Shared).with_members(Rights::ALL))
+        .expect("region");
     let victim = start_with(&b, victims, "malicious_victim", "victim", small(DEADLINE));
     let baseline = call(&b, victim, "workload", args![SEED]);
     assert!(baseline > 0, "the workload failed alone: {baseline}");
@@ -351,10 +355,15 @@ fn run(attack: &Attack) {
             Quotas { memory_bytes: 2 * ATTACKER_MEMORY, handles: HANDLE_QUOTA, ..Quotas::default() },
         )
         .expect("tenant");
-    b.create_region(mallory, RegionSpec::new("loot", 4096, Mode::Handle)).expect("region");
-    b.create_region(mallory, RegionSpec::new("echo", 4096, Mode::Handle)).expect("region");
-    b.create_region(mallory, RegionSpec::new("mirrored", 4096, Mode::Mirror)).expect("region");
-    let arena = b.create_region(mallory, RegionSpec::new("arena", 8192, Mode::Shared)).expect("region");
+    b.create_region(mallory, RegionSpec::new("loot", 4096, Mode::Handle).with_members(Rights::ALL))
+        .expect("region");
+    b.create_region(mallory, RegionSpec::new("echo", 4096, Mode::Handle).with_members(Rights::ALL))
+        .expect("region");
+    b.create_region(mallory, RegionSpec::new("mirrored", 4096, Mode::Mirror).with_members(Rights::ALL))
+        .expect("region");
+    let arena = b
+        .create_region(mallory, RegionSpec::new("arena", 8192, Mode::Shared).with_members(Rights::ALL))
+        .expect("region");
     // The attacker's module is loaded before the snapshot: stopping an instance leaves its module.
     b.load_module(mallory, "malicious_app", broker_guests::MALICIOUS_APP_WASM).expect("module");
     let before = Accounts::of(&b, victims, mallory);
@@ -402,12 +411,12 @@ fn run(attack: &Attack) {
     let victim_status = w.b.instance_status(w.victim).expect("status");
     assert_eq!((victim_status.state, victim_status.traps), (RunState::Running, 0), "[{name}]");
 
-    // (d) Stopping the attacker gives back every window, capability and quota unit it took.
-    w.b.stop_instance(w.attacker).expect("stop");
+    // (d) Deleting the attacker gives back every window, capability and quota unit it took.
+    w.b.delete_instance(w.attacker).expect("delete");
     assert_eq!(
         Accounts::of(&w.b, w.victims, w.mallory),
         before,
-        "[{name}] resources after the attacker stopped"
+        "[{name}] resources after the attacker was deleted"
     );
 
     // (b) The broker is up: new instances of both tenants start and answer, with the same result.
@@ -433,7 +442,7 @@ pub(crate) fn malicious_app() {
 pub(crate) fn malicious_victim() {
     let (b, victims, victim, _, baseline) = victim_world();
     let roots = b.capability_count();
-    assert_eq!(roots, 3, "only the three regions' roots are left");
+    assert_eq!(roots, 6, "only the three regions' roots and their memberships are left");
     assert_eq!(b.window_count(), 0);
     assert_eq!(b.handle_count(victim).expect("count"), 0);
     assert_eq!(b.tenant_usage(victims).expect("usage").handles, 0);

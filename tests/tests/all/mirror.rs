@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use broker::mode::ConflictPolicy;
-use broker::{Broker, InstanceId, Mode, RegionId, RegionSpec, TenantId};
+use broker::{Broker, InstanceId, Mode, RegionId, RegionSpec, Rights, TenantId};
 use broker_tests::{args, broker, call, code, handle, start, tenant, watchdog, Status};
 use proptest::prelude::*;
 
@@ -13,8 +13,12 @@ const PAGE: u64 = 4096;
 fn setup(size: u64, policy: ConflictPolicy) -> (Broker, TenantId, RegionId) {
     let b = broker();
     let t = tenant(&b, "alpha");
-    let r =
-        b.create_region(t, RegionSpec::new("data", size, Mode::Mirror).with_policy(policy)).expect("region");
+    let r = b
+        .create_region(
+            t,
+            RegionSpec::new("data", size, Mode::Mirror).with_members(Rights::ALL).with_policy(policy),
+        )
+        .expect("region");
     (b, t, r)
 }
 
@@ -347,7 +351,9 @@ fn no_reader_sees_a_torn_commit() {
 fn view_code_is_mode_agnostic(mode: Mode) {
     let b = broker();
     let t = tenant(&b, "alpha");
-    let r = b.create_region(t, RegionSpec::new("data", 2 * PAGE, mode)).expect("region");
+    let r = b
+        .create_region(t, RegionSpec::new("data", 2 * PAGE, mode).with_members(Rights::ALL))
+        .expect("region");
     let app = start(&b, t, "mirror_app", "app");
     assert_eq!(call(&b, app, "view_add", args![0, 8i64, 5i64]), 5);
     assert_eq!(call(&b, app, "view_add", args![0, 8i64, 6i64]), 11);
@@ -479,7 +485,8 @@ fn mirror_bad_inputs() {
     assert_eq!(call(&b, a, "mirror_hint_raw", args![ro, 0, 1]), code(Status::StaleHandle));
 
     // Mirror calls on a handle-mode region are refused.
-    b.create_region(t, RegionSpec::new("plain", PAGE, Mode::Handle)).expect("region");
+    b.create_region(t, RegionSpec::new("plain", PAGE, Mode::Handle).with_members(Rights::ALL))
+        .expect("region");
     assert_eq!(call(&b, a, "scratch_put", args![0, i64::from_le_bytes(*b"plain\0\0\0"), 5]), 0);
     let hp = handle(call(&b, a, "open_scratch", args![5]));
     assert_eq!(call(&b, a, "mirror_acquire_raw", args![hp, scratch, page]), code(Status::WrongMode));

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use broker::{Error, InstanceConfig, InstanceError, Mode, Quotas, RegionSpec, RunState};
+use broker::{Error, InstanceConfig, InstanceError, Mode, Quotas, RegionSpec, Rights, RunState};
 use broker_tests::{args, broker, call, start, start_with, tenant, watchdog};
 
 /// The named test for the `runtime_misbehave` guest: a runaway guest is stopped by its call deadline
@@ -47,7 +47,9 @@ fn runaway_guest_is_interrupted_while_another_instance_keeps_serving() {
                 broker::Quotas { max_call_timeout_ms: 3_600_000, ..broker::Quotas::default() },
             )
             .expect("tenant");
-        let flag = b.create_region(t, RegionSpec::new("flag", 8, Mode::Handle)).expect("region");
+        let flag = b
+            .create_region(t, RegionSpec::new("flag", 8, Mode::Handle).with_members(Rights::ALL))
+            .expect("region");
         // A deadline far beyond the test: only the host's interrupt can end this call.
         let long = InstanceConfig { call_timeout: Duration::from_secs(3600), ..InstanceConfig::default() };
         let spinner = start_with(&b, t, "runtime_misbehave", "spinner", long);
@@ -78,7 +80,9 @@ fn runaway_guest_is_interrupted_while_another_instance_keeps_serving() {
 fn a_trap_leaves_other_instances_untouched_and_can_be_restarted() {
     let b = broker();
     let t = tenant(&b, "t");
-    let data = b.create_region(t, RegionSpec::new("data", 64, Mode::Handle)).expect("region");
+    let data = b
+        .create_region(t, RegionSpec::new("data", 64, Mode::Handle).with_members(Rights::ALL))
+        .expect("region");
     let victim = start(&b, t, "runtime_misbehave", "victim");
     let bystander = start(&b, t, "handle_app", "bystander");
     let h = call(&b, bystander, "open", args![0]);
@@ -127,9 +131,10 @@ fn bad_calls_are_refused_without_harming_the_instance() {
     );
     assert_eq!(b.instance_status(i).expect("status").state, RunState::Running);
     assert_eq!(call(&b, i, "ping", args![]), 7);
-    b.stop_instance(i).expect("stop");
+    b.delete_instance(i).expect("delete");
     assert!(matches!(b.call(i, "ping", &[]), Err(Error::InstanceNotFound(_))));
     assert!(matches!(b.stop_instance(i), Err(Error::InstanceNotFound(_))));
+    assert!(matches!(b.delete_instance(i), Err(Error::InstanceNotFound(_))));
     assert!(matches!(b.restart_instance(i), Err(Error::InstanceNotFound(_))));
 }
 
@@ -161,6 +166,14 @@ fn memory_bomb_is_capped_by_instance_and_tenant_limits() {
 
     b.stop_instance(bomber).expect("stop");
     b.stop_instance(second).expect("stop");
+    let stopped = b.tenant_usage(t).expect("usage");
+    assert_eq!(
+        (stopped.memory_bytes, stopped.instances),
+        (0, 2),
+        "stopping frees the instances' memory; stopped, they still hold their names and quota slots"
+    );
+    b.delete_instance(bomber).expect("delete");
+    b.delete_instance(second).expect("delete");
     let usage = b.tenant_usage(t).expect("usage");
     let module_only = broker::Usage {
         modules: usage.modules,
@@ -168,7 +181,7 @@ fn memory_bomb_is_capped_by_instance_and_tenant_limits() {
         compiled_bytes: usage.compiled_bytes,
         ..broker::Usage::default()
     };
-    assert_eq!(usage, module_only, "stopping gives everything back but the loaded module");
+    assert_eq!(usage, module_only, "deleting gives everything back but the loaded module");
     b.unload_module(t, "runtime_misbehave").expect("unload");
     assert!(b.tenant_usage(t).expect("usage") == broker::Usage::default(), "unloading gives the module back");
 }
@@ -261,7 +274,9 @@ fn spinners_and_a_victim(max_workers: u64, spinners: usize) {
         let b = std::sync::Arc::new(broker());
         let (evil, hour) = hour_tenant(&b, "evil", max_workers);
         let acme = tenant(&b, "acme");
-        let flag = b.create_region(evil, RegionSpec::new("flag", 64, Mode::Handle)).expect("region");
+        let flag = b
+            .create_region(evil, RegionSpec::new("flag", 64, Mode::Handle).with_members(Rights::ALL))
+            .expect("region");
         let spinners = misbehavers(&b, evil, "s", spinners, &hour);
         let victim = start(&b, acme, "handle_app", "victim");
         let _guard = Interrupts(std::sync::Arc::clone(&b), spinners.clone());
@@ -287,7 +302,9 @@ fn r14_waiting_calls_hold_no_worker() {
         let b = std::sync::Arc::new(broker());
         let (waits, hour) = hour_tenant(&b, "waits", 0);
         let acme = tenant(&b, "acme");
-        let flag = b.create_region(waits, RegionSpec::new("flag", 64, Mode::Handle)).expect("region");
+        let flag = b
+            .create_region(waits, RegionSpec::new("flag", 64, Mode::Handle).with_members(Rights::ALL))
+            .expect("region");
         let waiters = misbehavers(&b, waits, "w", 3, &hour);
         let victim = start(&b, acme, "handle_app", "victim");
         let _guard = Interrupts(std::sync::Arc::clone(&b), waiters.clone());
@@ -315,7 +332,9 @@ fn r14_a_parked_wait_is_woken_by_notify_and_by_interrupt() {
     watchdog(120, || {
         let b = std::sync::Arc::new(broker());
         let (t, hour) = hour_tenant(&b, "waits", 0);
-        let flag = b.create_region(t, RegionSpec::new("flag", 64, Mode::Handle)).expect("region");
+        let flag = b
+            .create_region(t, RegionSpec::new("flag", 64, Mode::Handle).with_members(Rights::ALL))
+            .expect("region");
         let apps = misbehavers(&b, t, "w", 2, &hour);
         let _guard = Interrupts(std::sync::Arc::clone(&b), apps.clone());
 
@@ -342,4 +361,137 @@ fn r14_a_parked_wait_is_woken_by_notify_and_by_interrupt() {
         assert_eq!(b.instance_status(apps[1]).expect("status").state, RunState::Trapped);
         assert_eq!(call(&b, apps[0], "ping", args![]), 7, "the notified app still answers");
     });
+}
+
+/// Issue 15, item 5: stopping keeps an instance (stopped, restartable, listed, its name and quota slot
+/// taken) while freeing its memory and capabilities; deleting removes it, stopped or running.
+#[test]
+fn r15_stop_keeps_the_instance_restartable_and_delete_removes_it() {
+    let b = broker();
+    let t = tenant(&b, "t");
+    b.create_region(t, RegionSpec::new("data", 64, Mode::Handle).with_members(Rights::ALL)).expect("region");
+    let base = b.tenant_usage(t).expect("usage");
+    let i = start(&b, t, "handle_app", "i");
+    assert!(call(&b, i, "open", args![0]) > 0);
+    assert_eq!(b.handle_count(i).expect("handles"), 1);
+
+    b.stop_instance(i).expect("stop");
+    let status = b.instance_status(i).expect("a stopped instance is still there");
+    assert_eq!(status.state, RunState::Stopped);
+    assert_eq!(
+        b.call(i, "ping", &[]).err(),
+        Some(Error::Instance(InstanceError::NotRunning { state: RunState::Stopped }))
+    );
+    assert_eq!(b.instance_id(t, "i"), Some(i), "it keeps its name");
+    assert!(matches!(
+        b.start_instance(t, "handle_app", "i", InstanceConfig::default()),
+        Err(Error::InstanceExists(_))
+    ));
+    let listed: Vec<_> = b.instances(t).into_iter().map(|x| (x.name, x.status.state)).collect();
+    assert_eq!(listed, [("i".to_owned(), RunState::Stopped)]);
+    assert_eq!((b.handle_count(i).expect("handles"), b.windows_of(i).expect("windows")), (0, 0));
+    let stopped = b.tenant_usage(t).expect("usage");
+    assert_eq!(
+        (stopped.memory_bytes, stopped.handles, stopped.windows, stopped.instances),
+        (base.memory_bytes, base.handles, base.windows, 1),
+        "its memory and handles are freed; its quota slot is kept"
+    );
+    b.stop_instance(i).expect("stopping a stopped instance changes nothing");
+    assert_eq!(b.instance_status(i).expect("status"), status);
+    assert_eq!(
+        b.unload_module(t, "handle_app").err(),
+        Some(Error::ModuleInUse { module: "handle_app".into(), instances: vec!["i".into()] }),
+        "a module stays while a stopped instance of it could be restarted"
+    );
+
+    b.restart_instance(i).expect("restart");
+    let status = b.instance_status(i).expect("status");
+    assert_eq!((status.state, status.restarts), (RunState::Running, 1));
+    assert_eq!(call(&b, i, "ping", args![]), 1);
+    assert!(call(&b, i, "open", args![0]) > 0, "the restarted instance opens regions again");
+
+    let j = start(&b, t, "handle_app", "j");
+    b.stop_instance(i).expect("stop");
+    b.delete_instance(i).expect("delete a stopped instance");
+    b.delete_instance(j).expect("delete a running instance");
+    for gone in [i, j] {
+        assert!(matches!(b.instance_status(gone), Err(Error::InstanceNotFound(_))));
+        assert!(matches!(b.call(gone, "ping", &[]), Err(Error::InstanceNotFound(_))));
+        assert!(matches!(b.stop_instance(gone), Err(Error::InstanceNotFound(_))));
+        assert!(matches!(b.restart_instance(gone), Err(Error::InstanceNotFound(_))));
+        assert!(matches!(b.delete_instance(gone), Err(Error::InstanceNotFound(_))));
+    }
+    assert_eq!((b.instance_id(t, "i"), b.instance_id(t, "j")), (None, None), "deleting frees the names");
+    let usage = b.tenant_usage(t).expect("usage");
+    assert_eq!((usage.instances, usage.memory_bytes, usage.handles), (0, base.memory_bytes, base.handles));
+    b.unload_module(t, "handle_app").expect("no instance of it is left");
+    let again = start(&b, t, "handle_app", "i");
+    assert_ne!(again, i, "the name now belongs to a new instance");
+}
+
+/// Issue 15, item 5: stopping ends the call in progress at once (the host's interrupt), and the
+/// instance is then stopped, not trapped, until restarted.
+#[test]
+fn r15_stopping_interrupts_the_running_call() {
+    watchdog(60, || {
+        let b = std::sync::Arc::new(broker());
+        let t = b
+            .create_tenant("t", Quotas { max_call_timeout_ms: 3_600_000, ..Quotas::default() })
+            .expect("tenant");
+        let flag = b
+            .create_region(t, RegionSpec::new("flag", 8, Mode::Handle).with_members(Rights::ALL))
+            .expect("region");
+        // A deadline far beyond the test: only the stop can end this call.
+        let long = InstanceConfig { call_timeout: Duration::from_secs(3600), ..InstanceConfig::default() };
+        let spinner = start_with(&b, t, "runtime_misbehave", "spinner", long);
+        let bb = std::sync::Arc::clone(&b);
+        let spin = std::thread::spawn(move || bb.call(spinner, "spin_signal", &[]));
+        let mut word = [0u8; 8];
+        while word == [0; 8] {
+            b.read_region(flag, 0, &mut word).expect("read flag");
+            std::thread::yield_now();
+        }
+        b.stop_instance(spinner).expect("stop");
+        let outcome = spin.join().expect("caller thread");
+        assert_eq!(outcome.err(), Some(Error::Instance(InstanceError::Killed)));
+        assert_eq!(b.instance_status(spinner).expect("status").state, RunState::Stopped);
+        b.restart_instance(spinner).expect("restart");
+        assert_eq!(call(&b, spinner, "ping", args![]), 7);
+    });
+}
+
+/// Issue 15, item 5: an instance registered stopped (how a control plane restores a stopped one) takes
+/// its name and quota slot but runs nothing and holds no memory until restarted; regions granted to it
+/// meanwhile go with the restart, as every capability it held does.
+#[test]
+fn r15_an_instance_registered_stopped_runs_only_once_restarted() {
+    let b = broker();
+    let t = tenant(&b, "t");
+    let data = b
+        .create_region(t, RegionSpec::new("data", 64, Mode::Handle).with_members(Rights::ALL))
+        .expect("region");
+    b.load_module(t, "app", broker_guests::HANDLE_APP_WASM).expect("module");
+    let base = b.tenant_usage(t).expect("usage");
+    let config = InstanceConfig::default;
+    let i = b.create_stopped_instance(t, "app", "i", config()).expect("registered");
+    let status = b.instance_status(i).expect("status");
+    assert_eq!((status.state, status.calls, status.restarts), (RunState::Stopped, 0, 0));
+    assert_eq!(
+        b.call(i, "ping", &[]).err(),
+        Some(Error::Instance(InstanceError::NotRunning { state: RunState::Stopped }))
+    );
+    let usage = b.tenant_usage(t).expect("usage");
+    assert_eq!((usage.instances, usage.memory_bytes), (1, base.memory_bytes));
+    assert!(matches!(b.create_stopped_instance(t, "nope", "x", config()), Err(Error::ModuleNotFound(_))));
+    assert!(matches!(b.create_stopped_instance(t, "app", "i", config()), Err(Error::InstanceExists(_))));
+    assert!(matches!(b.create_stopped_instance(t, "app", "a b", config()), Err(Error::InvalidName { .. })));
+    assert_eq!(b.instances(t).len(), 1, "a refused registration leaves nothing");
+
+    let caps = b.capability_count();
+    b.grant(data, i, Rights::READ, 0, None).expect("a stopped instance can be granted a region");
+    assert_eq!(b.capability_count(), caps + 1);
+    b.restart_instance(i).expect("restart");
+    assert_eq!(b.capability_count(), caps, "the restart dropped the grant");
+    assert_eq!(call(&b, i, "ping", args![]), 1);
+    assert_eq!(b.instance_status(i).expect("status").state, RunState::Running);
 }

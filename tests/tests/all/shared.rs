@@ -15,7 +15,9 @@ const ALPHA_DATA: i32 = 1;
 fn setup(size: u64) -> (Broker, TenantId, RegionId) {
     let b = broker();
     let t = tenant(&b, "alpha");
-    let r = b.create_region(t, RegionSpec::new("data", size, Mode::Shared)).expect("region");
+    let r = b
+        .create_region(t, RegionSpec::new("data", size, Mode::Shared).with_members(Rights::ALL))
+        .expect("region");
     (b, t, r)
 }
 
@@ -77,7 +79,9 @@ fn a_write_to_a_read_only_window_traps_only_that_app() {
     let b = broker();
     let alpha = tenant(&b, "alpha");
     let beta = tenant(&b, "beta");
-    let r = b.create_region(alpha, RegionSpec::new("data", PAGE, Mode::Shared)).expect("region");
+    let r = b
+        .create_region(alpha, RegionSpec::new("data", PAGE, Mode::Shared).with_members(Rights::ALL))
+        .expect("region");
     let writer = start(&b, alpha, "shared_app", "writer");
     let reader = start(&b, beta, "shared_app", "reader");
     b.grant(r, reader, Rights::READ | Rights::MAP, 0, None).expect("grant");
@@ -113,7 +117,9 @@ fn revoking_during_active_use_traps_with_the_region_name() {
         let b = Arc::new(broker());
         let alpha = tenant(&b, "alpha");
         let beta = tenant(&b, "beta");
-        let r = b.create_region(alpha, RegionSpec::new("data", PAGE, Mode::Shared)).expect("region");
+        let r = b
+            .create_region(alpha, RegionSpec::new("data", PAGE, Mode::Shared).with_members(Rights::ALL))
+            .expect("region");
         let reader = start(&b, beta, "shared_app", "reader");
         let grant = b.grant(r, reader, Rights::READ | Rights::WRITE | Rights::MAP, 0, None).expect("grant");
         assert_eq!(call(&b, reader, "map", args![ALPHA_DATA, 1]), 0);
@@ -148,7 +154,9 @@ fn closing_or_destroying_unmaps_and_later_accesses_trap() {
     assert!(err.to_string().contains("revoked"), "{err}");
     // After a restart the app gets fresh memory; unmapping a revoked window gives the pages back.
     b.restart_instance(a).expect("restart");
-    let r2 = b.create_region(t, RegionSpec::new("data", PAGE, Mode::Shared)).expect("region");
+    let r2 = b
+        .create_region(t, RegionSpec::new("data", PAGE, Mode::Shared).with_members(Rights::ALL))
+        .expect("region");
     let h = handle(call(&b, a, "open_raw", args![DATA]));
     let p = i32::try_from(call(&b, a, "alloc_pages", args![1])).expect("address");
     assert_eq!(call(&b, a, "map_raw", args![h, p, 4096, 1]), 0);
@@ -160,7 +168,8 @@ fn closing_or_destroying_unmaps_and_later_accesses_trap() {
 #[test]
 fn bad_map_requests_are_refused() {
     let (b, t, _) = setup(3 * PAGE);
-    b.create_region(t, RegionSpec::new("flag", PAGE, Mode::Handle)).expect("handle-mode region");
+    b.create_region(t, RegionSpec::new("flag", PAGE, Mode::Handle).with_members(Rights::ALL))
+        .expect("handle-mode region");
     let a = start(&b, t, "shared_app", "a");
     let h = handle(call(&b, a, "open_raw", args![DATA]));
     let p = i32::try_from(call(&b, a, "alloc_pages", args![8])).expect("address");
@@ -229,10 +238,12 @@ fn a_thousand_cycles_leave_no_mapping_behind() {
     let b = broker();
     let t = tenant(&b, "alpha");
     let name = "leakcheck-6d1f";
-    b.create_region(t, RegionSpec::new(name, 2 * PAGE, Mode::Shared)).expect("region");
+    b.create_region(t, RegionSpec::new(name, 2 * PAGE, Mode::Shared).with_members(Rights::ALL))
+        .expect("region");
     let baseline = region_mappings(name);
     assert_eq!(baseline, 1, "the broker's own mapping");
-    b.create_region(t, RegionSpec::new("data", 2 * PAGE, Mode::Shared)).expect("region");
+    b.create_region(t, RegionSpec::new("data", 2 * PAGE, Mode::Shared).with_members(Rights::ALL))
+        .expect("region");
     let a = start(&b, t, "shared_app", "a");
     // 900 map/unmap cycles inside one instance...
     for _ in 0..9 {
@@ -248,6 +259,8 @@ fn a_thousand_cycles_leave_no_mapping_behind() {
         assert_eq!(call(&b, inst, "map_raw", args![h, p, 8192, 1]), 0);
         assert_eq!(region_mappings(name), baseline + 1);
         b.stop_instance(inst).expect("stop");
+        assert_eq!(region_mappings(name), baseline, "stopping unmaps the window");
+        b.delete_instance(inst).expect("delete");
     }
     assert_eq!(region_mappings(name), baseline);
     assert_eq!(b.window_count(), 0);
@@ -263,7 +276,8 @@ fn spsc_ring_streams_between_apps_parking_or_polling() {
         watchdog(120, move || {
             let b = Arc::new(broker());
             let t = tenant(&b, "alpha");
-            b.create_region(t, RegionSpec::new("ring", 4 * PAGE, Mode::Shared)).expect("region");
+            b.create_region(t, RegionSpec::new("ring", 4 * PAGE, Mode::Shared).with_members(Rights::ALL))
+                .expect("region");
             let producer = start(&b, t, "shared_app", "producer");
             let consumer = start(&b, t, "shared_app", "consumer");
             let count = 5_000;

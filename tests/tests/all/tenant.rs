@@ -1,6 +1,6 @@
 //! Tenants and quotas: every quota refuses with a typed error, and nothing is partly created.
 
-use broker::{Error, InstanceConfig, Mode, Quotas, RegionSpec, Resource, Usage};
+use broker::{Error, InstanceConfig, Mode, Quotas, RegionSpec, Resource, Rights, Usage};
 use broker_tests::{args, broker, call, code, handle, start, Status};
 
 fn quota_of(e: &Error) -> Option<Resource> {
@@ -16,12 +16,16 @@ fn region_quotas_refuse_and_leave_nothing_behind() {
     let t = b
         .create_tenant("t", Quotas { regions: 2, region_bytes: 10_000, ..Quotas::default() })
         .expect("tenant");
-    b.create_region(t, RegionSpec::new("a", 6000, Mode::Handle)).expect("fits");
-    let err = b.create_region(t, RegionSpec::new("b", 5000, Mode::Handle)).expect_err("bytes");
+    b.create_region(t, RegionSpec::new("a", 6000, Mode::Handle).with_members(Rights::ALL)).expect("fits");
+    let err = b
+        .create_region(t, RegionSpec::new("b", 5000, Mode::Handle).with_members(Rights::ALL))
+        .expect_err("bytes");
     assert_eq!(quota_of(&err), Some(Resource::RegionBytes));
     assert_eq!(b.region_id(t, "b"), None);
-    b.create_region(t, RegionSpec::new("b", 4000, Mode::Handle)).expect("fits");
-    let err = b.create_region(t, RegionSpec::new("c", 1, Mode::Handle)).expect_err("count");
+    b.create_region(t, RegionSpec::new("b", 4000, Mode::Handle).with_members(Rights::ALL)).expect("fits");
+    let err = b
+        .create_region(t, RegionSpec::new("c", 1, Mode::Handle).with_members(Rights::ALL))
+        .expect_err("count");
     assert_eq!(quota_of(&err), Some(Resource::Regions));
     // Each region's page-version table (8 bytes per 4 KiB page: 2 pages and 1) is host memory.
     assert_eq!(
@@ -31,7 +35,7 @@ fn region_quotas_refuse_and_leave_nothing_behind() {
 
     // Raising the quota lets the same request through.
     b.set_quotas(t, Quotas { regions: 3, region_bytes: 10_001, ..Quotas::default() }).expect("set");
-    b.create_region(t, RegionSpec::new("c", 1, Mode::Handle)).expect("fits now");
+    b.create_region(t, RegionSpec::new("c", 1, Mode::Handle).with_members(Rights::ALL)).expect("fits now");
 }
 
 /// Issue 15: a region's page-version table (a `u64` per 4 KiB page) is charged to its owner's
@@ -44,16 +48,19 @@ fn a_regions_page_version_table_is_charged_to_its_owners_memory() {
     let t = b
         .create_tenant("t", Quotas { memory_bytes: table + table / 2, ..Quotas::default() })
         .expect("tenant");
-    let r = b.create_region(t, RegionSpec::new("a", mib, Mode::Handle)).expect("fits");
+    let r =
+        b.create_region(t, RegionSpec::new("a", mib, Mode::Handle).with_members(Rights::ALL)).expect("fits");
     assert_eq!(b.tenant_usage(t).expect("usage").memory_bytes, table);
-    let err =
-        b.create_region(t, RegionSpec::new("b", mib, Mode::Mirror)).expect_err("a second table is over");
+    let err = b
+        .create_region(t, RegionSpec::new("b", mib, Mode::Mirror).with_members(Rights::ALL))
+        .expect_err("a second table is over");
     assert_eq!(quota_of(&err), Some(Resource::MemoryBytes));
     assert_eq!(b.region_id(t, "b"), None, "nothing is left of the refused region");
     assert_eq!(b.tenant_usage(t).expect("usage").regions, 1);
     b.destroy_region(r).expect("destroy");
     assert_eq!(b.tenant_usage(t).expect("usage").memory_bytes, 0, "given back with the region");
-    b.create_region(t, RegionSpec::new("b", mib, Mode::Mirror)).expect("fits again");
+    b.create_region(t, RegionSpec::new("b", mib, Mode::Mirror).with_members(Rights::ALL))
+        .expect("fits again");
 }
 
 /// Issue 14: `cpu_shares` is a weight the scheduler divides by, so 0 and values above the maximum are
@@ -82,12 +89,16 @@ fn region_creation_bad_inputs() {
     let t = b.create_tenant("t", Quotas::default()).expect("tenant");
     type Expect = fn(&Error) -> bool;
     let cases: Vec<(RegionSpec, Expect)> = vec![
-        (RegionSpec::new("", 1, Mode::Handle), |e| matches!(e, Error::InvalidName { .. })),
-        (RegionSpec::new("a/b", 1, Mode::Handle), |e| matches!(e, Error::InvalidName { .. })),
-        (RegionSpec::new("x", 0, Mode::Handle), |e| {
+        (RegionSpec::new("", 1, Mode::Handle).with_members(Rights::ALL), |e| {
+            matches!(e, Error::InvalidName { .. })
+        }),
+        (RegionSpec::new("a/b", 1, Mode::Handle).with_members(Rights::ALL), |e| {
+            matches!(e, Error::InvalidName { .. })
+        }),
+        (RegionSpec::new("x", 0, Mode::Handle).with_members(Rights::ALL), |e| {
             matches!(e, Error::Region(broker::region::RegionError::ZeroSize))
         }),
-        (RegionSpec::new("x", u64::MAX, Mode::Handle), |e| {
+        (RegionSpec::new("x", u64::MAX, Mode::Handle).with_members(Rights::ALL), |e| {
             matches!(e, Error::Region(broker::region::RegionError::TooLarge { .. }))
         }),
     ];
@@ -100,11 +111,15 @@ fn region_creation_bad_inputs() {
         .to_string()
         .contains("not supported"));
     assert_eq!(b.tenant_usage(t).expect("usage"), Usage::default());
-    b.create_region(t, RegionSpec::new("x", 1, Mode::Handle)).expect("valid");
-    assert!(matches!(b.create_region(t, RegionSpec::new("x", 1, Mode::Handle)), Err(Error::RegionExists(_))));
+    b.create_region(t, RegionSpec::new("x", 1, Mode::Handle).with_members(Rights::ALL)).expect("valid");
+    assert!(matches!(
+        b.create_region(t, RegionSpec::new("x", 1, Mode::Handle).with_members(Rights::ALL)),
+        Err(Error::RegionExists(_))
+    ));
     // The same name in another tenant is a different region.
     let u = b.create_tenant("u", Quotas::default()).expect("tenant");
-    b.create_region(u, RegionSpec::new("x", 1, Mode::Handle)).expect("per-tenant names");
+    b.create_region(u, RegionSpec::new("x", 1, Mode::Handle).with_members(Rights::ALL))
+        .expect("per-tenant names");
     assert!(matches!(b.create_tenant("u", Quotas::default()), Err(Error::TenantExists(_))));
     assert!(matches!(b.create_tenant("bad name", Quotas::default()), Err(Error::InvalidName { .. })));
 }
@@ -117,7 +132,14 @@ fn instance_quota_refuses_and_frees_the_name() {
     let err = b.start_instance(t, "runtime_misbehave", "two", InstanceConfig::default()).expect_err("quota");
     assert_eq!(quota_of(&err), Some(Resource::Instances));
     assert_eq!(b.instance_id(t, "two"), None);
+    // A stopped instance keeps its name and can be restarted, so it keeps its slot too.
     b.stop_instance(first).expect("stop");
+    let err = b
+        .start_instance(t, "runtime_misbehave", "two", InstanceConfig::default())
+        .expect_err("a stopped instance still counts");
+    assert_eq!(quota_of(&err), Some(Resource::Instances));
+    b.delete_instance(first).expect("delete");
+    assert_eq!(b.instance_id(t, "one"), None, "deleting frees the name");
     b.start_instance(t, "runtime_misbehave", "two", InstanceConfig::default()).expect("room again");
     assert!(matches!(
         b.start_instance(t, "runtime_misbehave", "two", InstanceConfig::default()),
@@ -177,7 +199,7 @@ fn wasm_importing(module: &str, name: &str) -> Vec<u8> {
 fn handle_quota_is_enforced_on_guest_opens() {
     let b = broker();
     let t = b.create_tenant("t", Quotas { handles: 3, ..Quotas::default() }).expect("tenant");
-    b.create_region(t, RegionSpec::new("data", 64, Mode::Handle)).expect("region");
+    b.create_region(t, RegionSpec::new("data", 64, Mode::Handle).with_members(Rights::ALL)).expect("region");
     let app = start(&b, t, "handle_app", "app");
     let hs: Vec<i32> = (0..3).map(|_| handle(call(&b, app, "open", args![0]))).collect();
     assert_eq!(call(&b, app, "open", args![0]), code(Status::QuotaExceeded));
