@@ -30,3 +30,10 @@ pub const C_HANDLE_COUNTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/c/handl
 
 /// Path of the C guest's source.
 pub const C_HANDLE_COUNTER_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/c/handle_counter.c");
+
+/// Path of the C mirror guest's checked-in `.wasm` (built from `guests/c/mirror_counter.c` as
+/// [`C_HANDLE_COUNTER`] is).
+pub const C_MIRROR_COUNTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/c/mirror_counter.wasm");
+
+/// Path of the C mirror guest's source.
+pub const C_MIRROR_COUNTER_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/c/mirror_counter.c");
