@@ -1072,3 +1072,46 @@ fn r15_lowered_quotas_and_member_rights_survive_a_kill() {
     let err = rpc!(admin, create_region, more).expect_err("over the lowered quota");
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
 }
+
+/// Issue 15, item 2: flushes of one persistent region racing each other and the writes (four clients
+/// flushing while a fifth writes) leave a whole image that survives SIGKILL, and no temporary file.
+#[test]
+fn r15_concurrent_flushes_survive_a_kill_whole() {
+    let dir = StateDir::new("r15-flush");
+    let mut d = Daemon::start(&dir.0, 1);
+    let token = admin_token(&dir.0);
+    let admin = Client::connect(&d, &token);
+    rpc!(admin, create_tenant, pb::CreateTenantRequest { name: "acme".into(), quotas: None })
+        .expect("tenant");
+    let size = 1u64 << 16;
+    create_region(&admin, "r", size, pb::Backing::Persistent);
+    std::thread::scope(|s| {
+        let flushers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    for _ in 0..10 {
+                        assert!(flush(&admin, "r"));
+                    }
+                })
+            })
+            .collect();
+        for byte in 1..=20u8 {
+            write(&admin, "r", 0, &vec![byte; 1 << 16]);
+        }
+        for f in flushers {
+            f.join().expect("a flusher");
+        }
+    });
+    assert!(flush(&admin, "r"));
+    d.stop_with(Signal::KILL);
+    let d = Daemon::start(&dir.0, 2);
+    let admin = Client::connect(&d, &token);
+    assert!(read(&admin, "r", 0, size).iter().all(|b| *b == 20), "the last flushed image came back whole");
+    let leftovers: Vec<String> = std::fs::read_dir(dir.0.join("regions").join("acme"))
+        .expect("the tenant's regions")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
+}
