@@ -775,7 +775,10 @@ impl Broker {
         let t = self.core.tenant(tenant)?;
         let region = self.core.create_region(&t, n, spec.size, spec.mode, spec.policy, spec.backing)?;
         if spec.members != Rights::NONE {
-            if let Err(e) = self.core.caps.lock().set_members(region.id(), spec.members) {
+            // The capability space is released before the destroy, which takes the registry (the lock
+            // order: registry, then capability space).
+            let set = self.core.caps.lock().set_members(region.id(), spec.members);
+            if let Err(e) = set {
                 let _ = self.core.destroy_region(region.id());
                 return Err(e.into());
             }
@@ -916,6 +919,8 @@ impl Broker {
         let mut caps = self.core.caps.lock();
         let root = caps.root(region).ok_or_else(|| Error::RegionNotFound(region.to_string()))?;
         let members = caps.members(region).and_then(|m| caps.cap(m).ok()).map(|c| c.rights);
+        // Its creator's right to open it again by name is a capability too.
+        caps.clear_creator(region);
         let revoked = caps.revoke_children(root);
         // The membership went with the rest (so did every handle opened through it): put it back.
         let restored = members.map_or(Ok(()), |rights| caps.set_members(region, rights));

@@ -1013,7 +1013,8 @@ fn r15_a_stopped_instance_stays_stopped_across_restarts_and_a_deleted_one_stays_
 
 /// Issue 15, items 1 and 2, against the real daemon killed outright: quotas lowered below what a
 /// tenant holds block new allocations and hide nothing after a SIGKILL and restart (its persistent
-/// region, its data and its instance are all back), and a region's member rights are stored with it.
+/// region and its data are back, and its instance, which no longer fits the memory quota, is back
+/// stopped and runs once the quota allows), and a region's member rights are stored with it.
 #[test]
 fn r15_lowered_quotas_and_member_rights_survive_a_kill() {
     let dir = StateDir::new("r15-quotas");
@@ -1056,9 +1057,22 @@ fn r15_lowered_quotas_and_member_rights_survive_a_kill() {
     let kept = rpc!(admin, get_region, region_ref("kept").expect("ref")).expect("the region is back");
     assert_eq!(kept.member_rights, broker_abi::rights::READ, "member rights are stored with the region");
     assert_eq!(read(&admin, "kept", 100, 10), b"still here");
-    let a = pb::InstanceRef { tenant: "acme".into(), name: "a".into() };
-    let status = rpc!(admin, get_instance, a).expect("the instance is back");
-    assert_eq!(status.state, i32::from(pb::InstanceState::Running));
+    // With no memory left in its quota it cannot run, so it comes back stopped: listed, restartable.
+    let a = || pb::InstanceRef { tenant: "acme".into(), name: "a".into() };
+    let status = rpc!(admin, get_instance, a()).expect("the instance is back");
+    assert_eq!(status.state, i32::from(pb::InstanceState::Stopped));
+    let raised = pb::Quotas {
+        region_bytes: 0,
+        regions: 0,
+        instances: 0,
+        handles: 0,
+        memory_bytes: 1 << 30,
+        ..Default::default()
+    };
+    rpc!(admin, set_quotas, pb::SetQuotasRequest { tenant: "acme".into(), quotas: Some(raised) })
+        .expect("quotas");
+    let restarted = rpc!(admin, restart_instance, a()).expect("with memory it runs again");
+    assert_eq!(restarted.state, i32::from(pb::InstanceState::Running));
     // The lowered quotas block what is new.
     let more = pb::CreateRegionRequest {
         tenant: "acme".into(),

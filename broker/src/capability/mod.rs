@@ -423,6 +423,9 @@ impl CapSpace {
         // The table stays (with every slot's generation bumped), so a restarted instance never gets a
         // handle value its earlier incarnation used; `forget_instance` drops it when the instance is gone.
         self.tombstones.remove(&instance);
+        // Reopening a region it created is one of the capabilities it held: stopped or restarted, it
+        // holds none.
+        self.creators.retain(|_, creator| *creator != instance);
         // Its memory goes with its store, right after this.
         self.unrevoked.retain(|w| w.instance != instance);
         self.take_failures()
@@ -499,6 +502,11 @@ impl CapSpace {
     /// The instance that created `region`, for guest-created regions.
     pub fn creator(&self, region: RegionId) -> Option<InstanceId> {
         self.creators.get(&region).copied()
+    }
+
+    /// Takes away `region`'s creator's right to open it again by name (revoke-all does).
+    pub fn clear_creator(&mut self, region: RegionId) {
+        self.creators.remove(&region);
     }
 
     /// Reports (once) the windows that could not be revoked since the last report.

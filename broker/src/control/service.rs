@@ -164,13 +164,14 @@ impl ControlPlane {
         // Everything stored is restored whatever the quotas say now: an operator may have lowered a
         // quota below what the tenant already holds, which blocks new allocations but must never drop
         // or hide what is there. So while restoring, the limits on stored things (regions, modules,
-        // instances, grants, their sizes and call deadlines) are lifted, and so is memory (each region's
-        // page-version table, and each instance's memory, existed before the restart; an instance's own
-        // `max_memory_bytes` still bounds what its start function takes). The limits on what guest code
-        // takes through the ABI (windows, trampolines, watches) are not. The tenant's own quotas apply
-        // once everything is back, blocking only new allocations.
+        // instances, grants, their sizes and call deadlines) are lifted, and memory too while regions
+        // come back (each region's page-version table is charged to it). The limits on what guest code
+        // takes as it runs (memory, windows, trampolines, watches) are not lifted for instances: start
+        // functions run during the restore, and lifting memory would let a tenant take more than its
+        // quota at every daemon start. An instance that cannot start within them comes back stopped
+        // (listed, restartable), not hidden. The tenant's own quotas apply once everything is back,
+        // blocking only new allocations.
         let restoring = |t: &TenantRecord| Quotas {
-            memory_bytes: u64::MAX,
             region_bytes: u64::MAX,
             regions: u64::MAX,
             instances: u64::MAX,
@@ -182,7 +183,7 @@ impl ControlPlane {
             ..record_quotas(t)
         };
         for (name, t) in &tenants {
-            self.broker.create_tenant(name, restoring(t))?;
+            self.broker.create_tenant(name, Quotas { memory_bytes: u64::MAX, ..restoring(t) })?;
             self.auth.set_tenant(name, t.tokens.iter().filter_map(|h| auth::from_hex(h)).collect());
         }
         for (key, wasm) in store.modules()? {
@@ -197,13 +198,19 @@ impl ControlPlane {
             let Some((t, n)) = split(&key) else { continue };
             let Some(tid) = self.broker.tenant_id(t) else { continue };
             let (Ok(mode), Ok(policy)) = (r.mode.parse(), r.policy.parse()) else { continue };
-            let members = rights_field("member_rights", r.member_rights)?;
+            // Unknown bits (a record from a newer version) keep the ones this version knows.
+            let members = Rights::from_bits(r.member_rights & Rights::ALL.bits()).unwrap_or(Rights::NONE);
             let mut spec = RegionSpec::new(n, r.size, mode).with_policy(policy).with_members(members);
             if r.persistent {
                 spec = spec.persistent(self.region_path(t, n)?);
             }
             if let Err(e) = self.broker.create_region(tid, spec) {
                 tracing::warn!(region = %key, error = %e, "could not restore region");
+            }
+        }
+        for (name, t) in &tenants {
+            if let Some(tid) = self.broker.tenant_id(name) {
+                self.broker.set_quotas(tid, restoring(t))?;
             }
         }
         for (key, r) in store.instances()? {
@@ -216,9 +223,14 @@ impl ControlPlane {
             // A stopped instance comes back stopped: registered (its name taken, its grants kept for
             // when it restarts), not run.
             let restored = if r.stopped {
-                self.broker.create_stopped_instance(tid, &r.module, n, config)
+                self.broker.create_stopped_instance(tid, &r.module, n, config.clone())
             } else {
-                self.broker.start_instance(tid, &r.module, n, config)
+                self.broker.start_instance(tid, &r.module, n, config.clone()).or_else(|e| {
+                    // It could not run (its tenant's memory quota was lowered, say): it comes back
+                    // stopped, so it is listed and restartable rather than hidden.
+                    tracing::warn!(instance = %key, error = %e, "could not start a restored instance: stopped");
+                    self.broker.create_stopped_instance(tid, &r.module, n, config)
+                })
             };
             if let Err(e) = restored {
                 tracing::warn!(instance = %key, error = %e, "could not restore instance");
@@ -227,11 +239,17 @@ impl ControlPlane {
         let grants = store.grants()?;
         let max_id = grants.iter().map(|(id, _)| *id).max().unwrap_or(0);
         self.next_grant.store(max_id + 1, Ordering::Relaxed);
+        // A grant whose region, instance or tenant is gone (a region an app created is not stored, so
+        // it does not survive a restart) is dropped from the store: kept, it would name whatever is
+        // later created under that name, which was never granted, and no revoke could reach it.
+        let mut dropped = Vec::new();
         for (id, g) in grants {
             if let Err(e) = self.apply_grant(id, &g) {
-                tracing::warn!(grant = id, error = %e, "could not restore grant");
+                tracing::warn!(grant = id, error = %e, "could not restore grant: dropped");
+                dropped.push(id);
             }
         }
+        store.delete_grants(&dropped)?;
         for (name, t) in &tenants {
             if let Some(tid) = self.broker.tenant_id(name) {
                 self.broker.set_quotas(tid, record_quotas(t))?;

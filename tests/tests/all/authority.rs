@@ -74,12 +74,32 @@ fn the_app_that_created_a_region_may_open_it_again_and_its_siblings_may_not() {
     let again = handle(open(a));
     assert_eq!(write(&b, a, again, 0), 0, "its creator holds every right");
     assert_eq!(open(c), code(Status::PermissionDenied), "a sibling app was given nothing");
-    // Until it is granted, by the host or by the creator.
+    // The creator's right to reopen it is a capability like the others: revoke-all takes it away.
     let region = b.region_id(t, name).expect("created");
+    b.revoke_all(region).expect("revoke all");
+    assert_eq!(read(&b, a, again, 0), code(Status::StaleHandle));
+    assert_eq!(open(a), code(Status::PermissionDenied), "revoke-all took the creator's reopening too");
+    // Until it is granted, by the host or by the creator.
     b.grant(region, c, Rights::READ, 0, None).expect("grant");
     let h = handle(open(c));
     assert_eq!(read(&b, c, h, 0), 0);
     assert_eq!(write(&b, c, h, 0), code(Status::PermissionDenied));
+}
+
+#[test]
+fn a_restart_takes_away_the_creators_reopening_as_every_capability() {
+    let (b, _, _, a, _) = world();
+    assert_eq!(call(&b, a, "create_raw", args![4096i64, 0]), 0);
+    b.restart_instance(a).expect("restart");
+    let name = b"made-by-attacker";
+    for (i, chunk) in name.chunks(8).enumerate() {
+        let mut w = [0u8; 8];
+        w[..chunk.len()].copy_from_slice(chunk);
+        let (at, n) = (i32::try_from(i * 8).expect("small"), i32::try_from(chunk.len()).expect("small"));
+        assert_eq!(call(&b, a, "scratch_put", args![at, i64::from_le_bytes(w), n]), 0);
+    }
+    let len = i32::try_from(name.len()).expect("small");
+    assert_eq!(call(&b, a, "open_scratch", args![len]), code(Status::PermissionDenied));
 }
 
 #[test]

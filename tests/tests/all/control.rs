@@ -2099,3 +2099,64 @@ fn r15_a_tenant_token_gives_its_apps_only_what_it_grants() {
     let info = rpc!(d, t, get_region, region_ref("", "data")).expect("info");
     assert_eq!((info.member_rights, info.version), (0, 1), "one write got through, under member rights");
 }
+
+/// A grant through the API of a region an app created (which is not stored, so it does not survive a
+/// restart) is dropped at the restart, not kept by name: a region later created under that name is
+/// not the one granted, and the other tenant's app cannot open it.
+#[test]
+fn r15_a_grant_whose_region_is_gone_after_a_restart_is_dropped_not_reused_by_name() {
+    let dir = std::env::temp_dir().join(format!("broker-r15-stale-grant-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let i32v = |v: i32| pb::Value { value: Some(pb::value::Value::I32(v)) };
+    let i64v = |v: i64| pb::Value { value: Some(pb::value::Value::I64(v)) };
+    let (alpha_token, beta_token);
+    {
+        let d = Daemon::start(Some(dir.clone()));
+        let admin = d.client(Some(&d.admin));
+        let alpha = tenant(&d, &admin, "alpha");
+        let beta = tenant(&d, &admin, "beta");
+        let token = |name: &str| {
+            rpc!(d, admin, issue_token, pb::IssueTokenRequest { tenant: name.into(), rotate: false })
+                .expect("token")
+                .token
+        };
+        (alpha_token, beta_token) = (token("alpha"), token("beta"));
+        for c in [&alpha, &beta] {
+            upload(&d, c, "app", broker_guests::HANDLE_APP_WASM);
+        }
+        start(&d, &alpha, "app", "maker");
+        start(&d, &beta, "app", "reader");
+        // The maker app creates "data" (handle_app's region 0) itself.
+        let made =
+            as_i64(&call(&d, &alpha, "maker", "create", vec![i32v(0), i64v(4096), i32v(0)]).expect("create"));
+        assert!(made > 0, "created: {made}");
+        let grant = pb::GrantRequest {
+            region: Some(region_ref("", "data")),
+            instance: "beta/reader".into(),
+            rights: broker_abi::rights::READ,
+            offset: 0,
+            len: None,
+        };
+        rpc!(d, alpha, grant, grant).expect("grant");
+        // beta's reader opens "alpha/data" (handle_app's region 1).
+        assert!(as_i64(&call(&d, &beta, "reader", "open", vec![i32v(1)]).expect("open")) > 0);
+    }
+    let d = Daemon::start(Some(dir.clone()));
+    let alpha = d.client(Some(&alpha_token));
+    let beta = d.client(Some(&beta_token));
+    region(&d, &alpha, "data", 4096, pb::Mode::Handle, pb::Backing::Ephemeral);
+    let opened = as_i64(&call(&d, &beta, "reader", "open", vec![i32v(1)]).expect("open"));
+    assert_eq!(
+        opened,
+        i64::from(broker_abi::Status::NotFound.code()),
+        "the new alpha/data was never granted"
+    );
+    drop(d);
+    // Nor after another restart: the record is gone, not waiting for the name.
+    let d = Daemon::start(Some(dir.clone()));
+    let beta = d.client(Some(&beta_token));
+    let opened = as_i64(&call(&d, &beta, "reader", "open", vec![i32v(1)]).expect("open"));
+    assert_eq!(opened, i64::from(broker_abi::Status::NotFound.code()));
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
