@@ -220,6 +220,31 @@ fn hints_count_pages_from_the_ranges_start_whatever_its_alignment() {
     assert_eq!(byte(4150), 0xef, "range offset 150 is region offset 4150, on region page 1");
 }
 
+/// `broker-guest`'s `Mirror` agrees with the broker on an unaligned grant (issue 15): the pages it
+/// hints for its typed stores are counted from the granted range's start, so a store at range offset
+/// 4050 of a grant of `[100, 5100)` reaches region offset 4150, and one at 4990 reaches 5090.
+#[test]
+fn the_guest_librarys_mirror_agrees_with_the_broker_on_an_unaligned_grant() {
+    let b = broker();
+    let t = tenant(&b, "alpha");
+    // No member rights: the app reaches the region only through its grant of [100, 5100).
+    let r = b.create_region(t, RegionSpec::new("data", 8192, Mode::Mirror)).expect("region");
+    let app = start(&b, t, "mirror_app", "app");
+    b.grant(r, app, Rights::READ | Rights::WRITE, 100, Some(5000)).expect("grant");
+    assert_eq!(call(&b, app, "acquire", args![0]), 0);
+    // One store on range page 0 (region page 1): the library hints page 0 and commits.
+    assert_eq!(call(&b, app, "store", args![0, 4050i64, 0x1122_3344i64]), 0);
+    let before = b.instance_traffic(app).expect("traffic").host_calls;
+    assert_eq!(call(&b, app, "commit", args![0]), 1);
+    let calls = b.instance_traffic(app).expect("traffic").host_calls - before;
+    assert_eq!(calls, 2, "one hint and the commit");
+    assert_eq!(host_u64(&b, r, 4150), 0x1122_3344, "the hinted store is published");
+    // One on range page 1.
+    assert_eq!(call(&b, app, "store", args![0, 4990i64, 0x55i64]), 0);
+    assert_eq!(call(&b, app, "commit", args![0]), 1);
+    assert_eq!(host_u64(&b, r, 5090), 0x55);
+}
+
 /// Runs `apps` apps concurrently, each making `per_app` accepted increments of its counter (retrying
 /// conflicts), and checks that nothing was lost and that accepted commits form a serial order.
 fn no_lost_update(apps: usize, per_app: usize, shared_page: bool, policy: ConflictPolicy) {
