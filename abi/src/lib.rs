@@ -319,6 +319,11 @@ pub const MAX_WAIT_MS: u32 = 1000;
 /// `len` value meaning "from the offset to the end of the capability's range" in restrict and grant.
 pub const LEN_TO_END: i64 = -1;
 
+/// The ABI's page size: 4 KiB. Shared windows are mapped at page-aligned guest addresses over whole
+/// pages, and mirror page versions, refreshes, commits and hints count pages of this size. The broker
+/// requires the host's page size to be the same.
+pub const PAGE_SIZE: u32 = 4096;
+
 /// The longest region or instance name, in bytes.
 pub const MAX_NAME_LEN: u32 = 256;
 

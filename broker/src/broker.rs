@@ -364,8 +364,20 @@ impl Broker {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] naming `trampolines` if [`BrokerConfig::trampolines`] is 0 or above
-    /// [`crate::native::MAX_TRAMPOLINES`], or if the engine or threads cannot be created.
+    /// [`crate::native::MAX_TRAMPOLINES`], or if the engine or threads cannot be created; naming
+    /// `page size` on a host whose pages are not the ABI's [`broker_abi::PAGE_SIZE`] (shared windows
+    /// map whole host pages at the ABI's page boundaries).
     pub fn new(config: BrokerConfig) -> Result<Broker, Error> {
+        let host_page = rustix::param::page_size();
+        if host_page != crate::region::PAGE_SIZE as usize {
+            return Err(Error::InvalidArgument {
+                field: "page size",
+                reason: format!(
+                    "the host's pages are {host_page} bytes; the broker needs {}",
+                    broker_abi::PAGE_SIZE
+                ),
+            });
+        }
         // Checked first: a bad setting is refused before any thread starts.
         let trampolines = TrampolinePool::new(config.trampolines)
             .map_err(|e| Error::InvalidArgument { field: "trampolines", reason: e.to_string() })?;

@@ -75,6 +75,9 @@
 /* Longest region or instance name, in bytes. */
 #define BROKER_MAX_NAME_LEN 256u
 
+/* The ABI's page size: window addresses and lengths, and mirror hint pages, count in these. */
+#define BROKER_PAGE_SIZE 4096u
+
 typedef uint32_t broker_handle_t;
 
 /* What broker_handle_info writes: 40 bytes, little-endian, no padding. */

@@ -26,7 +26,9 @@ pub use shared::{ReadOnly, ReadWrite, SharedWindow, SpscRing, Wait};
 pub use view::View;
 
 pub use broker_abi::ui as ui_code;
-pub use broker_abi::{mode as raw_mode, rights as raw_rights, HandleInfo, Status, LEN_TO_END, MAX_NAME_LEN};
+pub use broker_abi::{
+    mode as raw_mode, rights as raw_rights, HandleInfo, Status, LEN_TO_END, MAX_NAME_LEN, PAGE_SIZE,
+};
 pub use bytemuck::{Pod, Zeroable};
 
 use core::fmt;

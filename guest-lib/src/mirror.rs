@@ -33,7 +33,7 @@ pub struct Mirror<'r> {
 }
 
 /// The broker's page size, the granularity of refreshes, commits and hints.
-const PAGE: usize = 4096;
+const PAGE: usize = broker_abi::PAGE_SIZE as usize;
 
 fn version_arg(v: u64) -> Result<i64> {
     i64::try_from(v).map_err(|_| Error::BadVersion)

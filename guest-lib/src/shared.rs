@@ -37,7 +37,7 @@ use bytemuck::Pod;
 use crate::{sys, Error, Region, Result};
 
 /// Host page size: windows are allocated aligned to it.
-const PAGE: usize = 4096;
+const PAGE: usize = broker_abi::PAGE_SIZE as usize;
 
 /// Marker: the window is mapped read-only.
 #[derive(Debug)]

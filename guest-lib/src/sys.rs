@@ -9,7 +9,10 @@
 
 #![allow(unsafe_code, reason = "this module is the FFI boundary with the host")]
 
-mod raw {
+/// The raw imports, exactly as the host exports them. Apps use the safe wrappers below; this is public
+/// only for the hostile test guests, which must pass whatever pointers and lengths they like.
+#[doc(hidden)]
+pub mod raw {
     #[cfg_attr(target_arch = "wasm32", link(wasm_import_module = "broker_v1"))]
     extern "C" {
         pub fn abi_version() -> i32;

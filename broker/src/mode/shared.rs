@@ -38,7 +38,7 @@ use crate::runtime::InstanceId;
 use crate::tenant::{QuotaError, Reservation};
 
 /// Host page size: windows and their guest addresses are aligned to it.
-pub const HOST_PAGE: u64 = 4096;
+pub const HOST_PAGE: u64 = crate::region::PAGE_SIZE;
 
 /// What host code may not do to a range of a guest's linear memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

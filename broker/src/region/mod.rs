@@ -28,7 +28,7 @@ use watch::Watchers;
 pub use watch::{Change, WatchFn, WatchId};
 
 /// Granularity of per-page versions (mirror refresh and commit work in whole pages).
-pub const PAGE_SIZE: u64 = 4096;
+pub const PAGE_SIZE: u64 = broker_abi::PAGE_SIZE as u64;
 
 /// Identifies a region for the lifetime of a broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

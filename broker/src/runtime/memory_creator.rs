@@ -99,7 +99,7 @@ pub(crate) fn shape_of(base: usize) -> Option<Arc<MemoryShape>> {
 }
 
 /// Host page size the broker assumes for reservations and windows.
-pub(crate) const HOST_PAGE: usize = 4096;
+pub(crate) const HOST_PAGE: usize = broker_abi::PAGE_SIZE as usize;
 
 /// Reservation made when wasmtime asks for none (it always does on 64-bit hosts with default settings).
 const DEFAULT_RESERVATION: usize = 4 << 30;

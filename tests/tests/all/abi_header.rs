@@ -52,6 +52,7 @@ fn rights_modes_and_limits_match() {
         ("BROKER_MAX_NAME_LEN", broker_abi::MAX_NAME_LEN),
         ("BROKER_MAP_WRITE", broker_abi::map_flags::WRITE),
         ("BROKER_MAX_WAIT_MS", broker_abi::MAX_WAIT_MS),
+        ("BROKER_PAGE_SIZE", broker_abi::PAGE_SIZE),
     ];
     for (name, value) in pairs {
         assert_eq!(number(&define(&h, name)), i64::from(value), "{name}");

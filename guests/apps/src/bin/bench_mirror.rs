@@ -11,7 +11,7 @@ thread_local! {
     static MIRRORS: RefCell<Vec<Mirror<'static>>> = const { RefCell::new(Vec::new()) };
 }
 
-const PAGE: usize = 4096;
+const PAGE: usize = broker_guest::PAGE_SIZE as usize;
 
 /// Opens "bench" twice and acquires two mirrors (A writes, B reads); returns 0 or a status.
 #[no_mangle]

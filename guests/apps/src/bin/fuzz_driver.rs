@@ -23,69 +23,13 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-#[link(wasm_import_module = "broker_v1")]
-extern "C" {
-    fn abi_version() -> i32;
-    fn nop() -> i32;
-    fn region_open(name: *const u8, name_len: usize, out_handle: *mut u32) -> i32;
-    fn region_create(name: *const u8, name_len: usize, size: i64, mode: u32, out_handle: *mut u32) -> i32;
-    fn handle_close(handle: u32) -> i32;
-    fn handle_info(handle: u32, out_info: *mut u8) -> i32;
-    fn region_read(handle: u32, offset: i64, dst: *mut u8, len: usize) -> i32;
-    fn region_write(handle: u32, offset: i64, src: *const u8, len: usize) -> i32;
-    fn handle_restrict(handle: u32, rights: u32, offset: i64, len: i64, out_handle: *mut u32) -> i32;
-    fn handle_grant(
-        handle: u32,
-        target: *const u8,
-        target_len: usize,
-        rights: u32,
-        offset: i64,
-        len: i64,
-    ) -> i32;
-    fn handle_revoke(handle: u32) -> i32;
-    fn mirror_acquire(handle: u32, buf: *mut u8, len: usize, out_version: *mut u64) -> i32;
-    fn mirror_refresh(
-        handle: u32,
-        buf: *mut u8,
-        len: usize,
-        since: i64,
-        out_version: *mut u64,
-        out_pages: *mut u32,
-    ) -> i32;
-    fn mirror_commit(
-        handle: u32,
-        buf: *const u8,
-        len: usize,
-        base: i64,
-        out_version: *mut u64,
-        out_pages: *mut u32,
-    ) -> i32;
-    fn mirror_hint(handle: u32, first_page: u32, pages: u32) -> i32;
-    fn region_map(handle: u32, addr: *mut u8, len: usize, flags: u32) -> i32;
-    fn region_unmap(handle: u32, addr: *mut u8) -> i32;
-    fn region_wait(handle: u32, offset: i64, expected: u32, timeout_ms: u32) -> i32;
-    fn region_notify(handle: u32, offset: i64) -> i32;
-    fn region_watch(handle: u32, callback: u32, user_data: u32) -> i32;
-    fn region_unwatch(handle: u32) -> i32;
-    fn ui_create(parent: u32, mode: u32, out_handle: *mut u32) -> i32;
-    fn ui_set(handle: u32, field: u32, value: i32) -> i32;
-    fn ui_get(handle: u32, field: u32, out_value: *mut i32) -> i32;
-    fn ui_set_text(handle: u32, text: *const u8, len: usize) -> i32;
-    fn ui_get_text(handle: u32, buf: *mut u8, cap: usize, out_len: *mut u32) -> i32;
-    fn ui_on_event(handle: u32, code: u32, callback: u32, user_data: u32) -> i32;
-    fn ui_send(handle: u32, code: u32, param: i32, out_count: *mut u32) -> i32;
-    fn ui_delete(handle: u32) -> i32;
-    fn fn_open(name: *const u8, name_len: usize, out_handle: *mut u32) -> i32;
-    fn fn_call(
-        fh: u32,
-        args: *const u8,
-        args_len: usize,
-        result: *mut u8,
-        result_cap: usize,
-        out_len: *mut u32,
-    ) -> i32;
-    fn fn_close(fh: u32) -> i32;
-}
+use broker_guest::sys::raw::{
+    abi_version, fn_call, fn_close, fn_open, handle_close, handle_grant, handle_info, handle_restrict,
+    handle_revoke, mirror_acquire, mirror_commit, mirror_hint, mirror_refresh, nop, region_create,
+    region_map, region_notify, region_open, region_read, region_unmap, region_unwatch, region_wait,
+    region_watch, region_write, ui_create, ui_delete, ui_get, ui_get_text, ui_on_event, ui_send, ui_set,
+    ui_set_text,
+};
 
 /// Number of imports `op` dispatches over (`broker_abi::func::ALL.len()`).
 const FUNCS: i32 = 32;
@@ -95,7 +39,7 @@ pub const GUARD_BROKEN: i32 = 0x4755_4152;
 /// What `op` returns before `setup` ran.
 pub const NOT_SET_UP: i32 = 0x4e4f_5355;
 
-const PAGE: u32 = 4096;
+const PAGE: u32 = broker_guest::PAGE_SIZE;
 const MAP_WRITE: u32 = 1;
 const SCRATCH_LEN: u32 = 64 * 1024;
 /// The page buffer: this many pages are used as window targets (the allocation is twice as large, so a

@@ -3,26 +3,10 @@
 
 #![no_main]
 
-#[link(wasm_import_module = "broker_v1")]
-extern "C" {
-    fn region_open(name: *const u8, name_len: usize, out_handle: *mut u32) -> i32;
-    fn region_create(name: *const u8, name_len: usize, size: i64, mode: u32, out_handle: *mut u32) -> i32;
-    fn handle_close(handle: u32) -> i32;
-    fn handle_info(handle: u32, out_info: *mut u8) -> i32;
-    fn region_read(handle: u32, offset: i64, dst: *mut u8, len: usize) -> i32;
-    fn region_write(handle: u32, offset: i64, src: *const u8, len: usize) -> i32;
-    fn handle_restrict(handle: u32, rights: u32, offset: i64, len: i64, out_handle: *mut u32) -> i32;
-    fn handle_grant(
-        handle: u32,
-        target: *const u8,
-        target_len: usize,
-        rights: u32,
-        offset: i64,
-        len: i64,
-    ) -> i32;
-    fn handle_revoke(handle: u32) -> i32;
-    fn ui_delete(object: u32) -> i32;
-}
+use broker_guest::sys::raw::{
+    handle_close, handle_grant, handle_info, handle_restrict, handle_revoke, mirror_acquire, mirror_commit,
+    mirror_hint, mirror_refresh, region_create, region_open, region_read, region_write, ui_delete,
+};
 
 const INVALID_HANDLE: i32 = broker_guest::Status::InvalidHandle.code();
 const STALE_HANDLE: i32 = broker_guest::Status::StaleHandle.code();
@@ -204,28 +188,6 @@ pub extern "C" fn scratch_sum(len: i32) -> i64 {
     // SAFETY: the buffer is `SCRATCH` bytes and `len` is clamped to that; the guest is single-threaded.
     let bytes = unsafe { core::slice::from_raw_parts(buf(), len) };
     bytes.iter().map(|b| i64::from(*b)).sum()
-}
-
-#[link(wasm_import_module = "broker_v1")]
-extern "C" {
-    fn mirror_acquire(handle: u32, buf: *mut u8, len: usize, out_version: *mut u64) -> i32;
-    fn mirror_refresh(
-        handle: u32,
-        buf: *mut u8,
-        len: usize,
-        since: i64,
-        out_version: *mut u64,
-        out_pages: *mut u32,
-    ) -> i32;
-    fn mirror_hint(handle: u32, first_page: u32, pages: u32) -> i32;
-    fn mirror_commit(
-        handle: u32,
-        buf: *const u8,
-        len: usize,
-        base: i64,
-        out_version: *mut u64,
-        out_pages: *mut u32,
-    ) -> i32;
 }
 
 static mut OUT_VERSION: u64 = 0;

@@ -73,7 +73,7 @@ const READ: u32 = broker_guest::raw_rights::READ;
 const ALL: u32 = broker_guest::raw_rights::ALL;
 /// `BROKER_MAP_WRITE` (the guest library does not re-export the map flags).
 const MAP_WRITE: u32 = 0x1;
-const PAGE: u32 = 4096;
+const PAGE: u32 = broker_guest::PAGE_SIZE;
 /// Size of the shared-mode regions this app maps ("arena", "victims/window").
 const WINDOW: u32 = 2 * PAGE;
 

@@ -16,11 +16,7 @@ use std::cell::{Cell, RefCell};
 
 use broker_guest::{ui_callback, ui_code, Error, Mode, Object, Region};
 
-#[link(wasm_import_module = "broker_v1")]
-extern "C" {
-    fn region_read(handle: u32, offset: i64, dst: *mut u8, len: usize) -> i32;
-    fn region_write(handle: u32, offset: i64, src: *const u8, len: usize) -> i32;
-}
+use broker_guest::sys::raw::{region_read, region_write};
 
 thread_local! {
     static INBOX: Cell<u32> = const { Cell::new(0) };

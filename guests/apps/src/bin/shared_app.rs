@@ -247,13 +247,7 @@ pub extern "C" fn consume(sel: i32, count: i32, park: i32) -> i64 {
     }
 }
 
-#[link(wasm_import_module = "broker_v1")]
-extern "C" {
-    #[link_name = "region_map"]
-    fn raw_region_map(handle: u32, addr: *mut u8, len: usize, flags: u32) -> i32;
-    #[link_name = "region_unmap"]
-    fn raw_region_unmap(handle: u32, addr: *mut u8) -> i32;
-}
+use broker_guest::sys::raw::{region_map as raw_region_map, region_unmap as raw_region_unmap};
 
 /// Opens region `sel` and returns the raw handle (kept open).
 #[no_mangle]
