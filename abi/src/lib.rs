@@ -3,7 +3,8 @@
 //! Everything a guest and the broker must agree on lives here and only here: the import module and
 //! function names, the `i32` status codes every import returns, the rights bits, the region modes and the
 //! layout of the structs the broker writes into guest memory.
-//! The crate is `no_std` and has no dependencies so that it compiles unchanged for wasm32 guests.
+//! The crate is `no_std`, with `bitflags` its only dependency, so that it compiles unchanged for wasm32
+//! guests.
 //! `guest-lib/include/broker.h` mirrors these values for C guests; a test in `broker-tests` checks that the
 //! header and this crate agree.
 
@@ -252,6 +253,50 @@ pub mod rights {
     pub const WATCH: u32 = 1 << 4;
     /// Every right.
     pub const ALL: u32 = READ | WRITE | MAP | GRANT | WATCH;
+}
+
+bitflags::bitflags! {
+    /// A set of capability rights: what the host and the guests both mean by the [`rights`] bits.
+    ///
+    /// [`Rights::from_bits`] refuses unknown bits (what the broker does with a guest's or a client's
+    /// value); [`Rights::from_bits_retain`] keeps them (what a guest does, so the broker refuses them).
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct Rights: u32 {
+        /// Read the region's bytes.
+        const READ = rights::READ;
+        /// Write the region's bytes.
+        const WRITE = rights::WRITE;
+        /// Map the region into linear memory (shared mode).
+        const MAP = rights::MAP;
+        /// Delegate the capability (or a smaller one).
+        const GRANT = rights::GRANT;
+        /// Watch the region for changes.
+        const WATCH = rights::WATCH;
+        /// Every right.
+        const ALL = rights::ALL;
+    }
+}
+
+impl Rights {
+    /// No right.
+    pub const NONE: Rights = Rights::empty();
+}
+
+impl core::fmt::Display for Rights {
+    /// `rwmgn` with `-` for each right not held (`r-m--`).
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let names = [(Rights::READ, 'r'), (Rights::WRITE, 'w'), (Rights::MAP, 'm'), (Rights::GRANT, 'g')];
+        for (right, c) in names.into_iter().chain([(Rights::WATCH, 'n')]) {
+            core::fmt::Write::write_char(f, if self.contains(right) { c } else { '-' })?;
+        }
+        Ok(())
+    }
+}
+
+impl core::fmt::Debug for Rights {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Display::fmt(self, f)
+    }
 }
 
 /// Region modes, as the `mode` argument of `region_create` and the `mode` field of [`HandleInfo`].

@@ -171,48 +171,10 @@ impl fmt::Display for Error {
 /// Shorthand for results of broker calls.
 pub type Result<T, E = Error> = core::result::Result<T, E>;
 
-/// A set of capability rights; combine with `|`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Rights(u32);
-
-impl Rights {
-    /// Read the region's bytes.
-    pub const READ: Rights = Rights(raw_rights::READ);
-    /// Write the region's bytes.
-    pub const WRITE: Rights = Rights(raw_rights::WRITE);
-    /// Map the region (shared mode).
-    pub const MAP: Rights = Rights(raw_rights::MAP);
-    /// Delegate the capability.
-    pub const GRANT: Rights = Rights(raw_rights::GRANT);
-    /// Watch the region for changes.
-    pub const WATCH: Rights = Rights(raw_rights::WATCH);
-    /// Every right.
-    pub const ALL: Rights = Rights(raw_rights::ALL);
-    /// No right at all.
-    pub const NONE: Rights = Rights(0);
-
-    /// The raw bits, as the ABI carries them.
-    pub const fn bits(self) -> u32 {
-        self.0
-    }
-
-    /// Rights from raw bits; bits outside [`Rights::ALL`] are kept so the broker can refuse them.
-    pub const fn from_bits(bits: u32) -> Rights {
-        Rights(bits)
-    }
-
-    /// Whether every right of `other` is in `self`.
-    pub const fn contains(self, other: Rights) -> bool {
-        self.0 & other.0 == other.0
-    }
-}
-
-impl core::ops::BitOr for Rights {
-    type Output = Rights;
-    fn bitor(self, rhs: Rights) -> Rights {
-        Rights(self.0 | rhs.0)
-    }
-}
+/// A set of capability rights; combine with `|`. The ABI's own type, shared with the broker: an app
+/// that passes raw bits builds it with `Rights::from_bits_retain`, so unknown bits reach the broker,
+/// which refuses them.
+pub use broker_abi::Rights;
 
 /// The mode an operator (or the creating app) picked for a region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -348,7 +310,7 @@ impl Region {
             offset: raw.offset,
             len: raw.len,
             version: raw.version,
-            rights: Rights(raw.rights),
+            rights: Rights::from_bits_retain(raw.rights),
             mode: Mode::from_raw(raw.mode).ok_or(Error::Unknown(0))?,
         })
     }

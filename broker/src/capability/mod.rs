@@ -21,8 +21,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use broker_abi::rights as bits;
-
 use crate::mode::shared::{self, MapAt, MemoryFence, ShareError, Tombstone, Window, HOST_PAGE};
 use crate::mode::Mode;
 use crate::region::{Region, RegionId};
@@ -32,65 +30,7 @@ use crate::tenant::{QuotaError, Resource, Tenant};
 pub use table::Handle;
 use table::HandleTable;
 
-/// A set of capability rights.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Rights(u32);
-
-impl Rights {
-    /// Read the region's bytes.
-    pub const READ: Rights = Rights(bits::READ);
-    /// Write the region's bytes.
-    pub const WRITE: Rights = Rights(bits::WRITE);
-    /// Map the region (shared mode).
-    pub const MAP: Rights = Rights(bits::MAP);
-    /// Delegate the capability to another instance.
-    pub const GRANT: Rights = Rights(bits::GRANT);
-    /// Watch the region for changes.
-    pub const WATCH: Rights = Rights(bits::WATCH);
-    /// Every right.
-    pub const ALL: Rights = Rights(bits::ALL);
-    /// No right.
-    pub const NONE: Rights = Rights(0);
-
-    /// Rights from ABI bits; `None` if any bit is unknown.
-    pub fn from_bits(b: u32) -> Option<Rights> {
-        (b & !bits::ALL == 0).then_some(Rights(b))
-    }
-
-    /// The ABI bits.
-    pub fn bits(self) -> u32 {
-        self.0
-    }
-
-    /// Whether every right in `other` is in `self`.
-    pub fn contains(self, other: Rights) -> bool {
-        self.0 & other.0 == other.0
-    }
-}
-
-impl std::ops::BitOr for Rights {
-    type Output = Rights;
-    fn bitor(self, rhs: Rights) -> Rights {
-        Rights(self.0 | rhs.0)
-    }
-}
-
-impl fmt::Debug for Rights {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl fmt::Display for Rights {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names =
-            [(bits::READ, 'r'), (bits::WRITE, 'w'), (bits::MAP, 'm'), (bits::GRANT, 'g'), (bits::WATCH, 'n')];
-        for (bit, c) in names {
-            write!(f, "{}", if self.0 & bit != 0 { c } else { '-' })?;
-        }
-        Ok(())
-    }
-}
+pub use broker_abi::Rights;
 
 /// An absolute byte range of a region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -689,22 +689,21 @@ fn rights_list(
 ) -> Result<Rights, SpecError> {
     let mut rights = Rights::NONE;
     for (r, right) in list.get_ref().iter().enumerate() {
-        rights = rights
-            | match right.get_ref().as_str() {
-                "read" => Rights::READ,
-                "write" => Rights::WRITE,
-                "map" => Rights::MAP,
-                "grant" => Rights::GRANT,
-                "watch" => Rights::WATCH,
-                "all" => Rights::ALL,
-                _ => {
-                    return Err(ctx.err(
-                        &right.span(),
-                        format!("{field}[{r}]"),
-                        "use read, write, map, grant, watch or all",
-                    ))
-                }
-            };
+        rights |= match right.get_ref().as_str() {
+            "read" => Rights::READ,
+            "write" => Rights::WRITE,
+            "map" => Rights::MAP,
+            "grant" => Rights::GRANT,
+            "watch" => Rights::WATCH,
+            "all" => Rights::ALL,
+            _ => {
+                return Err(ctx.err(
+                    &right.span(),
+                    format!("{field}[{r}]"),
+                    "use read, write, map, grant, watch or all",
+                ))
+            }
+        };
     }
     Ok(rights)
 }

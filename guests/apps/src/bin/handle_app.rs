@@ -128,14 +128,14 @@ pub extern "C" fn sum(h: i32, off: i64, len: i32) -> i64 {
 #[no_mangle]
 pub extern "C" fn restrict(h: i32, rights: i32, off: i64, len: i64) -> i64 {
     #[allow(clippy::cast_sign_loss, reason = "rights are a bit pattern")]
-    let rights = Rights::from_bits(rights as u32);
+    let rights = Rights::from_bits_retain(rights as u32);
     with(h, |r| ret(r.restrict(rights, u(off), opt_len(len)).map(|r| u64::from(r.into_raw()))))
 }
 
 #[no_mangle]
 pub extern "C" fn grant(h: i32, target: i32, rights: i32, off: i64, len: i64) -> i64 {
     #[allow(clippy::cast_sign_loss, reason = "rights are a bit pattern")]
-    let rights = Rights::from_bits(rights as u32);
+    let rights = Rights::from_bits_retain(rights as u32);
     with(h, |r| status(name(TARGETS, target).and_then(|t| r.grant(t, rights, u(off), opt_len(len)))))
 }
 

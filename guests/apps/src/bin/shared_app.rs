@@ -317,7 +317,7 @@ pub extern "C" fn restrict(h: i32, rights: i32, offset: i64, len: i64) -> i64 {
     let r = Region::from_raw(h as u32);
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns")]
     let out = r.restrict(
-        broker_guest::Rights::from_bits(rights as u32),
+        broker_guest::Rights::from_bits_retain(rights as u32),
         u64::try_from(offset).unwrap_or(u64::MAX),
         u64::try_from(len).ok(),
     );
