@@ -28,25 +28,20 @@ pub fn hash(token: &str) -> TokenHash {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// Compares two hashes without a data-dependent early exit.
+/// Compares two hashes in constant time (`subtle`: no data-dependent branch the optimiser may add).
 fn same(a: &TokenHash, b: &TokenHash) -> bool {
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a.as_slice(), b.as_slice()).into()
 }
 
 /// Hex encoding for storage.
 pub fn to_hex(h: &TokenHash) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(h)
 }
 
 /// Decodes [`to_hex`]; `None` for anything else.
 pub fn from_hex(s: &str) -> Option<TokenHash> {
     let mut out = [0u8; 32];
-    if s.len() != 64 {
-        return None;
-    }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
 

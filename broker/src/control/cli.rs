@@ -1062,14 +1062,8 @@ fn parse_rights(s: &str) -> Result<u32, CliError> {
 }
 
 fn parse_hex(s: &str) -> Result<Vec<u8>, CliError> {
-    let bad = || CliError::Local(format!("bad hex {s:?}: use pairs of hex digits, e.g. 2a00ff"));
-    if !s.len().is_multiple_of(2) {
-        return Err(bad());
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|p| u8::from_str_radix(p, 16).ok()).ok_or_else(bad))
-        .collect()
+    hex::decode(s)
+        .map_err(|e| CliError::Local(format!("bad hex {s:?} ({e}): use pairs of hex digits, e.g. 2a00ff")))
 }
 
 async fn region(verb: RegionVerb, conn: &Conn, out: &mut dyn Write) -> Result<(), CliError> {
@@ -1131,7 +1125,7 @@ async fn region(verb: RegionVerb, conn: &Conn, out: &mut dyn Write) -> Result<()
                 .await
                 .map_err(|s| rpc_error("region read", s))?
                 .into_inner();
-            let hex: String = res.data.iter().map(|b| format!("{b:02x}")).collect();
+            let hex = hex::encode(&res.data);
             return print(
                 out,
                 conn,
