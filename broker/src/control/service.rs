@@ -80,29 +80,8 @@ struct WatchRegistry {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-fn quotas_record(q: &Quotas) -> [u64; 5] {
-    [q.region_bytes, q.regions, q.instances, q.handles, q.memory_bytes]
-}
-
 fn record_quotas(t: &TenantRecord) -> Quotas {
-    let r = &t.quotas;
-    Quotas {
-        region_bytes: r[0],
-        regions: r[1],
-        instances: r[2],
-        handles: r[3],
-        memory_bytes: r[4],
-        windows: t.windows,
-        windows_per_instance: t.windows_per_instance,
-        modules: t.code[0],
-        module_bytes: t.code[1],
-        compiled_bytes: t.code[2],
-        max_call_timeout_ms: t.code[3],
-        trampolines: t.trampolines,
-        max_workers: t.max_workers,
-        watches: t.watches,
-        cpu_shares: t.cpu_shares,
-    }
+    t.quotas
 }
 
 fn split(key: &str) -> Option<(&str, &str)> {
@@ -359,25 +338,7 @@ impl ControlPlane {
         let tid = self.tenant_id(name)?;
         let quotas = self.broker.tenant_info(tid)?.quotas;
         let tokens = self.auth.tenant_hashes(name).iter().map(auth::to_hex).collect();
-        store.put_tenant(
-            name,
-            &TenantRecord {
-                quotas: quotas_record(&quotas),
-                windows: quotas.windows,
-                windows_per_instance: quotas.windows_per_instance,
-                code: [
-                    quotas.modules,
-                    quotas.module_bytes,
-                    quotas.compiled_bytes,
-                    quotas.max_call_timeout_ms,
-                ],
-                trampolines: quotas.trampolines,
-                max_workers: quotas.max_workers,
-                watches: quotas.watches,
-                cpu_shares: quotas.cpu_shares,
-                tokens,
-            },
-        )
+        store.put_tenant(name, &TenantRecord { quotas, tokens })
     }
 
     fn tenant_msg(&self, tid: TenantId) -> ApiResult<pb::Tenant> {

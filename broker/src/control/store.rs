@@ -19,35 +19,77 @@ const REGIONS: TableDefinition<&str, &str> = TableDefinition::new("regions");
 const INSTANCES: TableDefinition<&str, &str> = TableDefinition::new("instances");
 const GRANTS: TableDefinition<u64, &str> = TableDefinition::new("grants");
 
-/// A tenant's persisted state.
+/// A tenant's persisted state: its quotas by name (fields a record lacks take their defaults, so
+/// quotas added later load from older records) and its tokens.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(from = "StoredTenant")]
 pub struct TenantRecord {
-    /// Quotas: region bytes, regions, instances, handles, memory bytes.
-    pub quotas: [u64; 5],
-    /// Quota of shared windows (records written before it existed get the default).
-    #[serde(default = "default_windows")]
-    pub windows: u64,
-    /// Quota of shared windows per instance (as `windows`).
-    #[serde(default = "default_windows_per_instance")]
-    pub windows_per_instance: u64,
-    /// Quotas added later still (modules, module bytes, compiled bytes, call-timeout cap); records
-    /// written before they existed get the defaults.
-    #[serde(default = "default_code_quotas")]
-    pub code: [u64; 4],
-    /// Quota of native trampolines (default for older records).
-    #[serde(default = "default_trampolines")]
-    pub trampolines: u64,
-    /// Workers the tenant may occupy at once (0, also for older records: no cap).
-    #[serde(default)]
-    pub max_workers: u64,
-    /// Quota of region watches (default for older records).
-    #[serde(default = "default_watches")]
-    pub watches: u64,
-    /// The tenant's CPU weight (default for older records).
-    #[serde(default = "default_cpu_shares")]
-    pub cpu_shares: u64,
+    /// Its quotas.
+    pub quotas: crate::Quotas,
     /// Hex SHA-256 hashes of the tenant's tokens.
     pub tokens: Vec<String>,
+}
+
+/// A tenant record as stored by this version or by the versions that kept quotas in positional
+/// arrays; tried in that order of age, since a positional array would also parse as named quotas.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredTenant {
+    Positional(PositionalTenant),
+    Named { quotas: crate::Quotas, tokens: Vec<String> },
+}
+
+impl From<StoredTenant> for TenantRecord {
+    fn from(stored: StoredTenant) -> TenantRecord {
+        match stored {
+            StoredTenant::Named { quotas, tokens } => TenantRecord { quotas, tokens },
+            StoredTenant::Positional(t) => {
+                let [region_bytes, regions, instances, handles, memory_bytes] = t.quotas;
+                let [modules, module_bytes, compiled_bytes, max_call_timeout_ms] = t.code;
+                let quotas = crate::Quotas {
+                    region_bytes,
+                    regions,
+                    instances,
+                    handles,
+                    memory_bytes,
+                    windows: t.windows,
+                    windows_per_instance: t.windows_per_instance,
+                    modules,
+                    module_bytes,
+                    compiled_bytes,
+                    max_call_timeout_ms,
+                    trampolines: t.trampolines,
+                    max_workers: t.max_workers,
+                    watches: t.watches,
+                    cpu_shares: t.cpu_shares,
+                };
+                TenantRecord { quotas, tokens: t.tokens }
+            }
+        }
+    }
+}
+
+/// The tenant record of the versions before quotas were stored by name.
+#[derive(Deserialize)]
+struct PositionalTenant {
+    /// Region bytes, regions, instances, handles, memory bytes.
+    quotas: [u64; 5],
+    #[serde(default = "default_windows")]
+    windows: u64,
+    #[serde(default = "default_windows_per_instance")]
+    windows_per_instance: u64,
+    /// Modules, module bytes, compiled bytes, call-timeout cap.
+    #[serde(default = "default_code_quotas")]
+    code: [u64; 4],
+    #[serde(default = "default_trampolines")]
+    trampolines: u64,
+    #[serde(default)]
+    max_workers: u64,
+    #[serde(default = "default_watches")]
+    watches: u64,
+    #[serde(default = "default_cpu_shares")]
+    cpu_shares: u64,
+    tokens: Vec<String>,
 }
 
 fn default_windows() -> u64 {
@@ -388,8 +430,25 @@ mod tests {
         let old = r#"{"quotas":[1,2,3,4,5],"windows":6,"windows_per_instance":7,"code":[8,9,10,11],
             "trampolines":12,"max_workers":13,"watches":14,"tokens":[]}"#;
         let record: TenantRecord = parse(old).expect("an old record loads");
-        assert_eq!(record.cpu_shares, crate::Quotas::DEFAULT_CPU_SHARES);
-        assert_eq!((record.trampolines, record.max_workers, record.watches), (12, 13, 14));
+        let q = record.quotas;
+        assert_eq!(q.cpu_shares, crate::Quotas::DEFAULT_CPU_SHARES);
+        assert_eq!((q.trampolines, q.max_workers, q.watches), (12, 13, 14));
+        assert_eq!((q.region_bytes, q.regions, q.instances, q.handles, q.memory_bytes), (1, 2, 3, 4, 5));
+        assert_eq!((q.windows, q.windows_per_instance), (6, 7));
+        assert_eq!((q.modules, q.module_bytes, q.compiled_bytes, q.max_call_timeout_ms), (8, 9, 10, 11));
+    }
+
+    #[test]
+    fn a_tenant_record_stores_its_quotas_by_name_and_reads_them_back() {
+        let quotas = crate::Quotas { regions: 3, cpu_shares: 7, max_workers: 2, ..crate::Quotas::default() };
+        let record = TenantRecord { quotas, tokens: vec!["ab".into()] };
+        let text = json(&record).expect("encode");
+        assert!(text.contains("\"regions\":3") && text.contains("\"cpu_shares\":7"), "by name: {text}");
+        assert_eq!(parse::<TenantRecord>(&text).expect("decode"), record);
+        // A quota a record lacks (added by a later version, say) takes its default.
+        let without = r#"{"quotas":{"regions":9},"tokens":[]}"#;
+        let q = parse::<TenantRecord>(without).expect("decode").quotas;
+        assert_eq!((q.regions, q.instances), (9, crate::Quotas::default().instances));
     }
 
     #[test]

@@ -122,8 +122,10 @@ impl fmt::Display for Resource {
     }
 }
 
-/// Limits on what a tenant may consume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Limits on what a tenant may consume. Stored by name (serde); a quota missing from a stored
+/// record takes its default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Quotas {
     /// Total bytes of regions.
     pub region_bytes: u64,
