@@ -6,6 +6,10 @@
 //! Every child runs under a guard that kills it on drop and a watchdog that kills it if the test stalls,
 //! so a failing test never leaves a daemon behind.
 
+/// Finding a Python with grpcio (shared with the integration suite).
+#[path = "../../tests/support/python.rs"]
+mod python;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
@@ -813,37 +817,13 @@ fn r15_region_versions_never_go_backwards_across_restarts_and_kills() {
     assert!(v > seen, "a write after SIGKILL: {v} <= {seen}");
 }
 
-/// A Python interpreter that can run `examples/python/client.py`, from `examples/python/bootstrap.py`:
-/// `python3` if it imports grpcio and its tools, otherwise a virtual environment under the target dir,
-/// where pip installs `examples/python/requirements.txt` on first use.
-///
-/// # Errors
-/// Why there is none: no `python3`, no `venv`, or pip could not install the packages (offline).
-fn python_with_grpcio() -> Result<PathBuf, String> {
-    let bootstrap = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/bootstrap.py");
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-grpcio");
-    let out = Command::new("python3")
-        .arg(&bootstrap)
-        .arg(&venv)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("python3: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    match stdout.lines().last() {
-        Some(path) if out.status.success() => Ok(PathBuf::from(path)),
-        _ => {
-            Err(format!("{}: {}\n{}", bootstrap.display(), out.status, String::from_utf8_lossy(&out.stderr)))
-        }
-    }
-}
-
 /// Issue 15, item 7: the Python example client (`examples/python/client.py`) walks the API against the
 /// real daemon, as the admin and then with the tenant token it is issued, and cleans up after itself.
 /// Skipped, saying why, only where no Python can get grpcio; `BROKER_REQUIRE_PYTHON=1` turns that skip
 /// into a failure.
 #[test]
 fn r15_python_example_client_walks_the_api() {
-    let python = match python_with_grpcio() {
+    let python = match python::python_with_grpcio() {
         Ok(python) => python,
         Err(why) if std::env::var_os("BROKER_REQUIRE_PYTHON").is_none() => {
             eprintln!("SKIPPED r15_python_example_client: no Python with grpcio and grpcio-tools: {why}");

@@ -27,3 +27,7 @@ macro_rules! assert_test_exists {
 broker_guests::foreach_guest!(assert_test_exists);
 mod fuzz;
 mod isolation;
+
+/// Finding a Python with grpcio (shared with the broker crate's process tests).
+#[path = "../../support/python.rs"]
+mod python;

@@ -4,8 +4,8 @@
 //! names and malformed requests with an `error_response` on a stream that stays open.
 //! The same suite runs under both versions; grpcio's own reflection client (Python) checks both again.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
 use broker_tests::{watchdog, Daemon};
 
@@ -234,37 +234,12 @@ macro_rules! reflection_suite {
 reflection_suite!(v1);
 reflection_suite!(v1alpha);
 
-/// A Python interpreter that imports grpcio and grpcio-reflection, from `examples/python/bootstrap.py`
-/// (shared with the example client's test in `broker/tests/process.rs`): `python3` if it imports them,
-/// otherwise a virtual environment under the target dir, where pip installs
-/// `examples/python/requirements.txt` on first use.
-///
-/// # Errors
-/// Why there is none: no `python3`, no `venv`, or pip could not install the packages (offline).
-fn python_with_grpcio() -> Result<PathBuf, String> {
-    let bootstrap = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/bootstrap.py");
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-grpcio");
-    let out = Command::new("python3")
-        .arg(&bootstrap)
-        .arg(&venv)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("python3: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    match stdout.lines().last() {
-        Some(path) if out.status.success() => Ok(PathBuf::from(path)),
-        _ => {
-            Err(format!("{}: {}\n{}", bootstrap.display(), out.status, String::from_utf8_lossy(&out.stderr)))
-        }
-    }
-}
-
 /// Issue 15, item 4: a client other than tonic's own, grpcio's, reflects over both versions
 /// (`tests/python/reflection.py` says how). Skipped, saying why, only where no Python can get grpcio;
 /// `BROKER_REQUIRE_PYTHON=1` turns that skip into a failure.
 #[test]
 fn r15_grpcio_reflection_client_lists_and_resolves_over_both_versions() {
-    let python = match python_with_grpcio() {
+    let python = match crate::python::python_with_grpcio() {
         Ok(python) => python,
         Err(why) if std::env::var_os("BROKER_REQUIRE_PYTHON").is_none() => {
             eprintln!(
