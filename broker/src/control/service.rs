@@ -45,6 +45,10 @@ pub struct ControlPlane {
     store: Option<Store>,
     state_dir: Option<PathBuf>,
     grants: Mutex<HashMap<u64, ApiGrant>>,
+    /// Held across every change to the API's grants that touches the broker and the record in turn
+    /// (grant, revoke, the re-grant after a restart, member rights), so a revoke is never undone by a
+    /// restart re-applying a grant it read just before, and the store agrees with what is live.
+    grant_changes: Mutex<()>,
     next_grant: AtomicU64,
     watches: Mutex<WatchRegistry>,
     /// Compilations the daemon runs at once (on the blocking pool, never on the async runtime).
@@ -123,6 +127,7 @@ impl ControlPlane {
             store,
             state_dir,
             grants: Mutex::new(HashMap::new()),
+            grant_changes: Mutex::new(()),
             next_grant: AtomicU64::new(1),
             watches: Mutex::new(WatchRegistry::default()),
             compiles: Arc::new(tokio::sync::Semaphore::new(compile_slots())),
@@ -871,6 +876,7 @@ impl pb::broker_server::Broker for ControlService {
             let rights = rights_field("rights", r.rights)?;
             let (_, tname, id) = p.region_of(&who, region)?;
             // Revoking the old membership may unmap windows: off the async runtime.
+            let _changing = p.grant_changes.lock();
             p.broker.set_members(id, rights)?;
             if let Some(store) = &p.store {
                 store.set_region_members(&format!("{tname}/{}", region.name), rights.bits())?;
@@ -958,6 +964,7 @@ impl pb::broker_server::Broker for ControlService {
                 len: r.len,
             };
             let id = p.next_grant.fetch_add(1, Ordering::Relaxed);
+            let _changing = p.grant_changes.lock();
             p.apply_grant(id, &rec)?;
             if let Some(store) = &p.store {
                 store.put_grant(id, &rec)?;
@@ -973,6 +980,7 @@ impl pb::broker_server::Broker for ControlService {
             let who = p.identify(&req)?;
             let r = req.get_ref();
             let (_, _, region) = p.region_ref(&who, r.region.as_ref())?;
+            let _changing = p.grant_changes.lock();
             if r.grant_id == 0 {
                 p.broker.revoke_all(region)?;
                 return p.drop_grants_where(|g| g.region == region).map(|()| pb::Empty {});
@@ -1189,6 +1197,7 @@ impl ControlPlane {
     }
 
     fn reapply_grants_to(&self, tenant: &str, instance: &str) -> ApiResult<()> {
+        let _changing = self.grant_changes.lock();
         for (id, g) in self.grants_to(tenant, instance) {
             self.apply_grant(id, &g)?;
         }
