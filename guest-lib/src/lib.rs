@@ -256,11 +256,14 @@ pub struct Region {
 
 impl Region {
     /// Opens a region by name: `"name"` for a region of this app's tenant, `"tenant/name"` for a region
-    /// another tenant granted to this instance.
+    /// another tenant granted to this instance. The handle carries what this instance was given and no
+    /// more: all rights on a region it created, a grant's rights and range, or the region's member
+    /// rights (see ABI.md, "Handles and names").
     ///
     /// # Errors
-    /// `NotFound` if no such region is visible to this instance, `QuotaExceeded` if the tenant holds its
-    /// maximum number of handles, `InvalidArgument` for an empty or overlong name.
+    /// `NotFound` if no such region is visible to this instance, `PermissionDenied` for a region of its
+    /// own tenant that was not given to it, `QuotaExceeded` if the tenant holds its maximum number of
+    /// handles, `InvalidArgument` for an empty or overlong name.
     pub fn open(name: &str) -> Result<Region> {
         let mut handle = 0u32;
         Error::check(sys::region_open(name.as_bytes(), &mut handle))?;
