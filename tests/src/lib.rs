@@ -82,6 +82,18 @@ pub fn page_tables(b: &Broker, t: TenantId) -> u64 {
     b.regions(t).iter().map(|r| r.size.div_ceil(4096) * 8).sum()
 }
 
+/// Makes a `handle_attacker` instance open `name` (`region_open` of its scratch buffer, where the name
+/// is written eight bytes at a time); the handle, or the status.
+pub fn open_in_attacker(b: &Broker, app: InstanceId, name: &str) -> i64 {
+    for (i, chunk) in name.as_bytes().chunks(8).enumerate() {
+        let mut w = [0u8; 8];
+        w[..chunk.len()].copy_from_slice(chunk);
+        let (at, n) = (i32::try_from(i * 8).expect("small"), i32::try_from(chunk.len()).expect("small"));
+        assert_eq!(call(b, app, "scratch_put", args![at, i64::from_le_bytes(w), n]), 0);
+    }
+    call(b, app, "open_scratch", args![i32::try_from(name.len()).expect("short name")])
+}
+
 /// The code of a status, as the guests return it.
 pub fn code(s: Status) -> i64 {
     i64::from(s.code())

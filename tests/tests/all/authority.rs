@@ -3,7 +3,7 @@
 //! tenant's apps (`members`), and then with exactly those rights; revoking takes the access away again.
 
 use broker::{Broker, InstanceId, Mode, RegionId, RegionSpec, Rights, TenantId};
-use broker_tests::{args, broker, call, code, handle, start, tenant, Status};
+use broker_tests::{args, broker, call, code, handle, open_in_attacker, start, tenant, Status};
 
 /// Tenant "t" with a handle-mode region "data" that no app was given, and two apps of `handle_attacker`.
 fn world() -> (Broker, TenantId, RegionId, InstanceId, InstanceId) {
@@ -62,15 +62,7 @@ fn the_app_that_created_a_region_may_open_it_again_and_its_siblings_may_not() {
     let (b, t, _, a, c) = world();
     assert_eq!(call(&b, a, "create_raw", args![4096i64, 0]), 0);
     let name = "made-by-attacker";
-    let open = |app: InstanceId| {
-        for (i, chunk) in name.as_bytes().chunks(8).enumerate() {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            let (at, n) = (i32::try_from(i * 8).expect("small"), i32::try_from(chunk.len()).expect("small"));
-            assert_eq!(call(&b, app, "scratch_put", args![at, i64::from_le_bytes(w), n]), 0);
-        }
-        call(&b, app, "open_scratch", args![i32::try_from(name.len()).expect("small")])
-    };
+    let open = |app: InstanceId| open_in_attacker(&b, app, name);
     let again = handle(open(a));
     assert_eq!(write(&b, a, again, 0), 0, "its creator holds every right");
     assert_eq!(open(c), code(Status::PermissionDenied), "a sibling app was given nothing");
@@ -91,15 +83,7 @@ fn a_restart_takes_away_the_creators_reopening_as_every_capability() {
     let (b, _, _, a, _) = world();
     assert_eq!(call(&b, a, "create_raw", args![4096i64, 0]), 0);
     b.restart_instance(a).expect("restart");
-    let name = b"made-by-attacker";
-    for (i, chunk) in name.chunks(8).enumerate() {
-        let mut w = [0u8; 8];
-        w[..chunk.len()].copy_from_slice(chunk);
-        let (at, n) = (i32::try_from(i * 8).expect("small"), i32::try_from(chunk.len()).expect("small"));
-        assert_eq!(call(&b, a, "scratch_put", args![at, i64::from_le_bytes(w), n]), 0);
-    }
-    let len = i32::try_from(name.len()).expect("small");
-    assert_eq!(call(&b, a, "open_scratch", args![len]), code(Status::PermissionDenied));
+    assert_eq!(open_in_attacker(&b, a, "made-by-attacker"), code(Status::PermissionDenied));
 }
 
 #[test]

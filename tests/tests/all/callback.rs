@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use broker::{Broker, BrokerConfig, InstanceId, Mode, RegionId, RegionSpec, Rights, TenantId};
-use broker_tests::{args, broker, call, code, handle, start, tenant, watchdog, Status};
+use broker_tests::{args, broker, call, code, handle, open_in_attacker, start, tenant, watchdog, Status};
 use parking_lot::Mutex;
 
 /// The toolkit's C state and the trampoline table are process-wide: tests that register toolkit callbacks
@@ -197,15 +197,7 @@ fn ui_delete_removes_only_what_its_capability_covers() {
     let other = tenant(&b, "beta");
     let m = start(&b, other, "handle_attacker", "m");
     b.grant(obj, m, Rights::ALL, 0, None).expect("grant");
-    let open = |inst: InstanceId, name: &str| {
-        for (i, chunk) in name.as_bytes().chunks(8).enumerate() {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            let (at, n) = (i32::try_from(i * 8).expect("small"), i32::try_from(chunk.len()).expect("small"));
-            assert_eq!(call(&b, inst, "scratch_put", args![at, i64::from_le_bytes(w), n]), 0);
-        }
-        handle(call(&b, inst, "open_scratch", args![i32::try_from(name.len()).expect("small")]))
-    };
+    let open = |inst: InstanceId, name: &str| handle(open_in_attacker(&b, inst, name));
     let granted = open(m, &format!("alpha/{name}"));
     assert_eq!(call(&b, m, "ui_delete_raw", args![granted]), code(Status::PermissionDenied));
     // A sub-range of the object with every right, in its own tenant.

@@ -303,15 +303,7 @@ pub extern "C" fn scratch_put(at: i32, v: i64, n: i32) -> i32 {
 /// `handle_restrict` to `rights` over the whole range, keeping the new handle; returns it or the status.
 #[no_mangle]
 pub extern "C" fn restrict_raw_keep(h: i32, rights: i32) -> i64 {
-    let mut out = 0u32;
-    #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
-    // SAFETY: `out` is live during the call.
-    let rc = unsafe { handle_restrict(h as u32, rights as u32, 0, -1, &mut out) };
-    if rc == 0 {
-        i64::from(out)
-    } else {
-        i64::from(rc)
-    }
+    restrict_range_keep(h, rights, 0, -1)
 }
 
 /// `handle_restrict` to `rights` over `[offset, offset + len)` of the handle's range, keeping the new
