@@ -13,10 +13,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use broker::control::server::ServeError;
-use broker::control::{ControlPlane, ServeConfig};
 use broker::{Broker, BrokerConfig, RegionId};
 use broker_benches::full_run;
+use broker_control::server::ServeError;
+use broker_control::{ControlPlane, ServeConfig};
 use broker_proto::pb;
 use broker_proto::pb::broker_client::BrokerClient;
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
@@ -115,7 +115,7 @@ impl Bench {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = rt.spawn(async move {
             let config = ServeConfig::default();
-            broker::control::serve(served, listener, &config, async {
+            broker_control::serve(served, listener, &config, async {
                 let _ = rx.await;
             })
             .await

@@ -14,8 +14,8 @@ summary=()
 step() { echo; echo "== $*"; }
 
 step "build (release)"
-cargo build --release -p broker
-cargo test --release --no-run -p broker -p broker-tests >/dev/null 2>&1
+cargo build --release -p broker-cli
+cargo test --release --no-run -p broker -p broker-cli -p broker-tests >/dev/null 2>&1
 
 step "property tests: capability model, mirror commits, ABI driver ($((seconds / 4)) s budget)"
 start=$(date +%s)
@@ -35,7 +35,7 @@ summary+=("$(grep -o 'instruction fuzzing: .*' "$log/insn.txt" | tail -1 || echo
 step "crash loop: SIGKILL the daemon at random moments"
 iterations=$((seconds / 2))
 start=$(date +%s)
-BROKER_CRASH_ITERATIONS=$iterations cargo test --release -p broker --test process sigkill_at_random >"$log/crash.txt" 2>&1 \
+BROKER_CRASH_ITERATIONS=$iterations cargo test --release -p broker-cli --test process sigkill_at_random >"$log/crash.txt" 2>&1 \
   && crash=ok || crash=FAILED
 summary+=("crash loop: $iterations kills, $crash ($(( $(date +%s) - start )) s)")
 

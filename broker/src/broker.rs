@@ -745,9 +745,12 @@ impl Broker {
         removed
     }
 
-    /// Reserves `amount` of a tenant's `resource` for something the control plane holds (a watch
-    /// stream); given back when the reservation drops.
-    pub(crate) fn reserve(
+    /// Reserves `amount` of a tenant's `resource` for something the embedder holds on the tenant's
+    /// behalf (the control plane's watch streams); given back when the reservation drops.
+    ///
+    /// # Errors
+    /// [`Error::TenantNotFound`], [`Error::Quota`] when the tenant has no room left.
+    pub fn reserve(
         &self,
         tenant: TenantId,
         resource: Resource,
@@ -842,9 +845,12 @@ impl Broker {
         info
     }
 
-    /// The region itself, for in-crate code that measures its mapping directly (the native baseline
-    /// of `broker bench`).
-    pub(crate) fn region_ref(&self, region: RegionId) -> Result<Arc<Region>, Error> {
+    /// The region itself, for embedders that measure its mapping directly (the native baseline of
+    /// `broker bench` reads it as host code would, with no capability in between).
+    ///
+    /// # Errors
+    /// [`Error::RegionNotFound`].
+    pub fn region_ref(&self, region: RegionId) -> Result<Arc<Region>, Error> {
         self.core.region(region)
     }
 
@@ -1092,20 +1098,8 @@ impl Broker {
             let n = weak.upgrade().map_or(0, |c| c.ui_objects.lock().len());
             Ok(u64::try_from(n).unwrap_or(u64::MAX).to_le_bytes().to_vec())
         });
-        // A deterministic synthetic sensor: sample `i` (an 8-byte little-endian index) is a reading in
-        // [0, 1000) from a fixed pseudo-random sequence (the one the scenarios' sensor feed writes), so
-        // scenarios are reproducible.
-        let sensor: ServiceFn = Arc::new(|args: &[u8]| {
-            let i = args
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_le_bytes)
-                .ok_or("expects an 8-byte sample index")?;
-            Ok(crate::scenario::expect::sensor_sample(i).to_le_bytes().to_vec())
-        });
         let mut services = core.services.write();
         services.insert("toolkit.object_count".into(), Arc::new(Service { allowed: None, f: count }));
-        services.insert("sensor.sample".into(), Arc::new(Service { allowed: None, f: sensor }));
     }
 
     /// Registers a host service apps can open by name (`fn_open`) and call; `allowed` limits which

@@ -28,19 +28,14 @@
 #![deny(missing_docs)]
 
 pub mod abi;
-pub mod bench;
 mod broker;
 pub mod capability;
-pub mod control;
-pub mod demo;
 mod error;
-pub mod metrics;
 pub mod mode;
 pub mod name;
 pub mod native;
 pub mod region;
 pub mod runtime;
-pub mod scenario;
 pub mod tenant;
 
 pub use crate::broker::{Broker, BrokerConfig, GrantId, InstanceInfo, ModuleInfo, ServiceFn, TenantInfo};

@@ -9,7 +9,7 @@ PIP_FIND_LINKS for a local wheel cache, proxies). pip's own output goes to stder
 only the path. Exits non-zero with the reason when there is no such Python (no venv module, or pip
 could not install the packages, e.g. offline).
 
-The broker's tests use it (broker/tests/process.rs, tests/tests/all/reflection.rs), so the logic that
+The broker's tests use it (cli/tests/process.rs, tests/tests/all/reflection.rs), so the logic that
 finds or installs grpcio lives here only.
 """
 

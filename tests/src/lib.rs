@@ -9,9 +9,13 @@ pub use broker_abi::Status;
 
 pub mod fuzz;
 
-/// A broker with two workers, as on the CI machine.
+/// A broker with two workers, as on the CI machine, offering the scenarios' `sensor.sample` service
+/// (the engine registers no services of its own).
 pub fn broker() -> Broker {
-    Broker::new(BrokerConfig { workers: 2, ..BrokerConfig::default() }).expect("broker starts")
+    let b = Broker::new(BrokerConfig { workers: 2, ..BrokerConfig::default() }).expect("broker starts");
+    let sensor = broker_scenario::expect::sensor_service();
+    b.register_service(broker_scenario::expect::SENSOR_SERVICE, None, sensor).expect("sensor service");
+    b
 }
 
 /// Creates a tenant with default quotas.
@@ -127,9 +131,9 @@ pub struct Daemon {
     /// The admin token.
     pub admin: String,
     /// The control plane (and through it the broker), for checks from the host side.
-    pub plane: std::sync::Arc<broker::control::ControlPlane>,
+    pub plane: std::sync::Arc<broker_control::ControlPlane>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<Result<(), broker::control::server::ServeError>>>,
+    server: Option<tokio::task::JoinHandle<Result<(), broker_control::server::ServeError>>>,
 }
 
 impl Daemon {
@@ -144,15 +148,15 @@ impl Daemon {
         let admin = "admin-secret-token".to_owned();
         let broker = std::sync::Arc::new(broker());
         let plane = std::sync::Arc::new(
-            broker::control::ControlPlane::open(broker, &admin, state_dir.clone()).expect("control plane"),
+            broker_control::ControlPlane::open(broker, &admin, state_dir.clone()).expect("control plane"),
         );
-        let config = broker::control::ServeConfig { state_dir, ..broker::control::ServeConfig::default() };
+        let config = broker_control::ServeConfig { state_dir, ..broker_control::ServeConfig::default() };
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
         let addr = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let p = std::sync::Arc::clone(&plane);
         let server = rt.spawn(async move {
-            broker::control::serve(p, listener, &config, async {
+            broker_control::serve(p, listener, &config, async {
                 let _ = rx.await;
             })
             .await

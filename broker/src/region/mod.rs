@@ -62,6 +62,14 @@ pub enum SizeError {
     TooLarge(String),
 }
 
+/// Deletes a destroyed persistent region's files: the region file, its snapshot and its version lease.
+/// Best effort: a file that is already gone is not an error, and the region must no longer exist.
+pub fn remove_persistent_files(path: &std::path::Path) {
+    let _ = std::fs::remove_file(mapping::snapshot_path(path));
+    lease::VersionLease::remove(path);
+    let _ = std::fs::remove_file(path);
+}
+
 /// Parses a byte count as people write it: `4096`, `4096B`, `64KiB`, `16 MiB`, `1GiB` (binary units,
 /// case-insensitive). Scenario files and `broker bench` both take sizes this way; each checks its own
 /// range afterwards.
@@ -360,6 +368,12 @@ impl Region {
     /// The region's id.
     pub fn id(&self) -> RegionId {
         self.id
+    }
+
+    /// The region's mapping, for host code that reads it directly (bounds-checked copies and atomic
+    /// word access; no capability, version or watch is involved).
+    pub fn memory(&self) -> &RegionMemory {
+        &self.memory
     }
 
     /// The region's name within its tenant.

@@ -427,7 +427,7 @@ impl Tenant {
 /// A quota reservation: released on drop unless [`Reservation::commit`]ted.
 #[derive(Debug)]
 #[must_use = "a reservation is released when dropped"]
-pub(crate) struct Reservation {
+pub struct Reservation {
     tenant: Arc<Tenant>,
     resource: Resource,
     amount: u64,

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use broker::bench::{self, BenchArgError, BenchConfig, BenchError, Pattern, Subject};
-use broker::metrics::CollectProgress;
 use broker::{Mode, RegionSpec, Rights};
+use broker_scenario::bench::{self, BenchArgError, BenchConfig, BenchError, Pattern, Subject};
+use broker_scenario::metrics::CollectProgress;
 use broker_tests::{args, broker, call, code, handle, start, tenant, watchdog, Status};
 
 /// The named test for the `bench_handle` guest: its loops run and return OK, and the write loop really
@@ -197,12 +197,12 @@ fn bench_runs_the_whole_matrix_and_recommends_a_mode_per_cell() {
 /// Bad settings are refused before anything runs, and the error names the value.
 #[test]
 fn bench_refuses_bad_arguments_naming_the_value() {
-    use broker::control::cli::Cli;
+    use broker_cli::cli::Cli;
     use clap::Parser;
 
     assert!(matches!(bench::parse_size("12XB"), Err(BenchArgError::Size { value, .. }) if value == "12XB"));
     let zero = BenchConfig { readers: vec![0], ..tiny_matrix() };
-    let e = bench::run(&zero, &broker::metrics::NoProgress).expect_err("0 readers");
+    let e = bench::run(&zero, &broker_scenario::metrics::NoProgress).expect_err("0 readers");
     assert!(matches!(&e, BenchError::Arg(BenchArgError::Readers { value }) if value == "0"), "{e:?}");
 
     for (args, value) in [

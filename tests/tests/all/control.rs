@@ -603,9 +603,9 @@ fn cli_talks_to_the_daemon() {
         let mut full = vec!["broker"];
         full.extend_from_slice(args);
         full.extend_from_slice(&["--addr", &d.addr, "--token", &d.admin]);
-        let cli = broker::control::cli::Cli::try_parse_from(full).expect("valid arguments");
+        let cli = broker_cli::cli::Cli::try_parse_from(full).expect("valid arguments");
         let mut out = Vec::new();
-        let ok = broker::control::cli::run(cli, &mut out);
+        let ok = broker_cli::cli::run(cli, &mut out);
         let text = String::from_utf8(out).expect("utf-8");
         match ok {
             Ok(true) => (true, text),
@@ -668,13 +668,13 @@ fn cli_talks_to_the_daemon() {
     let (ok, text) = run(&["module", "delete", "app", "--tenant", "acme"]);
     assert!(ok, "{text}");
     for (verb, says) in [("stop", "until `restart`"), ("delete", "quota are freed")] {
-        let help = broker::control::cli::Cli::try_parse_from(["broker", "instance", verb, "--help"])
+        let help = broker_cli::cli::Cli::try_parse_from(["broker", "instance", verb, "--help"])
             .expect_err("--help prints the help")
             .to_string();
         assert!(help.contains(says), "`broker instance {verb} --help` explains it:\n{help}");
     }
     // A wrong address fails with a connection hint.
-    let cli = broker::control::cli::Cli::try_parse_from([
+    let cli = broker_cli::cli::Cli::try_parse_from([
         "broker",
         "tenant",
         "list",
@@ -684,7 +684,7 @@ fn cli_talks_to_the_daemon() {
         "x",
     ])
     .expect("args");
-    let err = broker::control::cli::run(cli, &mut Vec::new()).expect_err("nothing listens there");
+    let err = broker_cli::cli::run(cli, &mut Vec::new()).expect_err("nothing listens there");
     assert!(err.to_string().contains("is `broker serve` running"), "{err}");
 }
 
@@ -1768,9 +1768,9 @@ fn r14_cpu_shares_round_trip_and_survive_a_restart() {
 fn r14_serve_refuses_a_trampoline_pool_outside_the_compiled_range() {
     for bad in ["0", "1025"] {
         let args = ["broker", "serve", "--listen", "127.0.0.1:0", "--trampolines", bad];
-        let cli = broker::control::cli::Cli::try_parse_from(args).expect("valid arguments");
+        let cli = broker_cli::cli::Cli::try_parse_from(args).expect("valid arguments");
         let mut out = Vec::new();
-        let err = broker::control::cli::run(cli, &mut out).expect_err("refused");
+        let err = broker_cli::cli::run(cli, &mut out).expect_err("refused");
         let text = err.to_string();
         assert!(text.contains("invalid trampolines") && text.contains("1 to 1024"), "{text}");
         assert!(out.is_empty(), "nothing listened: {}", String::from_utf8_lossy(&out));

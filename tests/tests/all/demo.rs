@@ -1,6 +1,6 @@
 //! The built-in demo that `broker demo` runs, checked end to end.
 
-use broker::demo;
+use broker_cli::demo;
 
 fn sum_of_squares_below(n: i64) -> i64 {
     (n - 1) * n * (2 * n - 1) / 6

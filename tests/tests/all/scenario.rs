@@ -5,18 +5,18 @@
 //! a victim's results right under a noisy neighbour. Scenario files with mistakes get errors that name
 //! the file, the line and the field.
 
-use broker::metrics::{CollectProgress, NoProgress};
-use broker::scenario::report::{CheckOutcome, PhaseReport, ScenarioReport};
-use broker::scenario::spec::{UploadSource, Work};
-use broker::scenario::{self, RunOptions};
 use broker::Mode;
+use broker_scenario::metrics::{CollectProgress, NoProgress};
+use broker_scenario::report::{CheckOutcome, PhaseReport, ScenarioReport};
+use broker_scenario::spec::{UploadSource, Work};
+use broker_scenario::RunOptions;
 
 /// A quick run: every duration and iteration count scaled down 50 times.
 const SCALE: f64 = 0.02;
 
 fn run_builtin(name: &str, modes: Option<Vec<Mode>>) -> ScenarioReport {
-    let s = scenario::load(name).expect("built-in scenario validates");
-    let report = scenario::run(
+    let s = broker_scenario::load(name).expect("built-in scenario validates");
+    let report = broker_scenario::run(
         &s,
         &RunOptions { modes, scale: SCALE, workers: None, ..RunOptions::default() },
         &NoProgress,
@@ -248,11 +248,11 @@ fn r14_noisy_neighbor_reports_the_victim_alone_and_under_attack() {
 #[test]
 fn the_documented_example_validates_and_runs() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/example.toml");
-    let s = scenario::load(path).expect("example validates");
+    let s = broker_scenario::load(path).expect("example validates");
     assert_eq!(s.name, "example");
     assert_eq!(s.tenants[0].quotas.cpu_shares, 2048, "the documented weight is read");
     let progress = CollectProgress::new();
-    let report = scenario::run(
+    let report = broker_scenario::run(
         &s,
         &RunOptions {
             modes: Some(vec![Mode::Mirror]),
@@ -272,8 +272,8 @@ fn the_documented_example_validates_and_runs() {
 
 #[test]
 fn reports_are_written_as_json_and_svg() {
-    let s = scenario::load("pipeline").expect("valid");
-    let report = scenario::run(
+    let s = broker_scenario::load("pipeline").expect("valid");
+    let report = broker_scenario::run(
         &s,
         &RunOptions { modes: Some(vec![Mode::Shared]), scale: 0.01, workers: None, ..RunOptions::default() },
         &NoProgress,
@@ -318,8 +318,8 @@ iterations = 3
 steps = [{ call = "a/i", export = "take_checksum" }]
 "#;
 
-fn parse_err(text: &str) -> scenario::SpecError {
-    scenario::parse(text, "bad.toml", None).expect_err("must be refused")
+fn parse_err(text: &str) -> broker_scenario::SpecError {
+    broker_scenario::parse(text, "bad.toml", None).expect_err("must be refused")
 }
 
 fn line_of(text: &str, needle: &str) -> usize {
@@ -328,10 +328,10 @@ fn line_of(text: &str, needle: &str) -> usize {
 
 #[test]
 fn a_good_file_validates() {
-    let s = scenario::parse(GOOD, "good.toml", None).expect("valid");
+    let s = broker_scenario::parse(GOOD, "good.toml", None).expect("valid");
     assert_eq!(s.modes, Mode::ALL.to_vec(), "all modes by default");
     assert_eq!(s.regions[0].size, 4096);
-    assert_eq!(s.phases[0].actors[0].amount, scenario::spec::Amount::Iterations(3));
+    assert_eq!(s.phases[0].actors[0].amount, broker_scenario::spec::Amount::Iterations(3));
 }
 
 #[test]
@@ -526,7 +526,7 @@ fn r14_quotas_call_timeouts_per_thread_calls_and_uploads_validate() {
              [[phase.actor]]\nname = \"up\"\niterations = 1\nupload = { tenant = \"a\", size = \"1MiB\" }\n\
              [[phase.actor]]\nname = \"up-guest\"\niterations = 1\nupload = { tenant = \"a\", guest = \"scenario_pipeline\" }",
         );
-    let s = scenario::parse(&text, "good.toml", None).expect("valid");
+    let s = broker_scenario::parse(&text, "good.toml", None).expect("valid");
     let q = s.tenants[0].quotas;
     assert_eq!(
         (
@@ -585,8 +585,8 @@ fn r14_uploads_and_per_thread_calls_run() {
              [[phase.actor]]\nname = \"up\"\niterations = 3\nupload = { tenant = \"a\", guest = \"scenario_pipeline\" }\n\
              [[phase.actor]]\nname = \"up-generated\"\niterations = 2\nupload = { tenant = \"a\", size = \"64KiB\" }",
         );
-    let s = scenario::parse(&text, "t.toml", None).expect("valid");
-    let report = scenario::run(
+    let s = broker_scenario::parse(&text, "t.toml", None).expect("valid");
+    let report = broker_scenario::run(
         &s,
         &RunOptions { modes: Some(vec![Mode::Handle]), workers: Some(2), ..RunOptions::default() },
         &NoProgress,
@@ -611,18 +611,18 @@ fn a_grant_outside_the_region_or_of_no_rights_is_refused() {
     assert_eq!(e.field, "grant[0].rights");
     let e = parse_err(&with("rights = [\"telepathy\"]"));
     assert_eq!(e.field, "grant[0].rights[0]");
-    scenario::parse(&with("rights = [\"read\", \"map\"]\noffset = 0\nlen = 4096"), "ok.toml", None)
+    broker_scenario::parse(&with("rights = [\"read\", \"map\"]\noffset = 0\nlen = 4096"), "ok.toml", None)
         .expect("fits");
 }
 
 #[test]
 fn unknown_scenarios_and_bad_options_are_refused() {
-    let e = scenario::load("no-such-scenario").expect_err("unknown");
+    let e = broker_scenario::load("no-such-scenario").expect_err("unknown");
     let text = e.to_string();
     assert!(text.contains("pipeline") && text.contains("sensor-hub"), "lists the built-ins: {text}");
-    let s = scenario::parse(GOOD, "good.toml", None).expect("valid");
+    let s = broker_scenario::parse(GOOD, "good.toml", None).expect("valid");
     for scale in [0.0, -1.0, f64::NAN, 1e9] {
-        let e = scenario::run(
+        let e = broker_scenario::run(
             &s,
             &RunOptions { modes: None, scale, workers: None, ..RunOptions::default() },
             &NoProgress,
@@ -630,23 +630,26 @@ fn unknown_scenarios_and_bad_options_are_refused() {
         .expect_err("bad scale");
         assert!(e.to_string().contains("scale"), "{e}");
     }
-    let e = scenario::run(
+    let e = broker_scenario::run(
         &s,
         &RunOptions { modes: None, scale: 1.0, workers: Some(0), ..RunOptions::default() },
         &NoProgress,
     )
     .expect_err("no workers");
     assert!(e.to_string().contains("workers"), "{e}");
-    assert!(scenario::spec::parse_modes("handle,bogus").is_err());
-    assert_eq!(scenario::spec::parse_modes("shared, handle").expect("ok"), vec![Mode::Shared, Mode::Handle]);
+    assert!(broker_scenario::spec::parse_modes("handle,bogus").is_err());
+    assert_eq!(
+        broker_scenario::spec::parse_modes("shared, handle").expect("ok"),
+        vec![Mode::Shared, Mode::Handle]
+    );
 }
 
 #[test]
 fn an_export_with_the_wrong_arguments_fails_the_run_with_its_name() {
     // `take_checksum` takes no arguments: passing one is an error in every operation, reported.
     let text = GOOD.replace("export = \"take_checksum\"", "export = \"take_checksum\", args = [1]");
-    let s = scenario::parse(&text, "t.toml", None).expect("valid syntax");
-    let report = scenario::run(
+    let s = broker_scenario::parse(&text, "t.toml", None).expect("valid syntax");
+    let report = broker_scenario::run(
         &s,
         &RunOptions { modes: Some(vec![Mode::Handle]), scale: 1.0, workers: None, ..RunOptions::default() },
         &NoProgress,
@@ -660,7 +663,7 @@ fn an_export_with_the_wrong_arguments_fails_the_run_with_its_name() {
 
 #[test]
 fn the_cli_lists_shows_checks_and_runs_scenarios() {
-    use broker::control::cli::{run, Cli};
+    use broker_cli::cli::{run, Cli};
     use clap::Parser;
     let cli = |args: &[&str]| {
         let mut out = Vec::new();
@@ -669,7 +672,7 @@ fn the_cli_lists_shows_checks_and_runs_scenarios() {
     };
     let (ok, text) = cli(&["scenario", "list"]);
     assert!(ok.expect("runs"));
-    for (name, _) in scenario::BUILTINS {
+    for (name, _) in broker_scenario::BUILTINS {
         assert!(text.contains(name), "{text}");
     }
     let (ok, text) = cli(&["scenario", "show", "sensor-hub"]);
@@ -706,19 +709,19 @@ fn the_cli_lists_shows_checks_and_runs_scenarios() {
 fn a_cancelled_run_stops_early_with_cancelled() {
     // A minute of work per mode, unless cancelled.
     let text = GOOD.replace("iterations = 3", "duration = \"60s\"");
-    let s = scenario::parse(&text, "t.toml", None).expect("valid");
+    let s = broker_scenario::parse(&text, "t.toml", None).expect("valid");
     let opts = RunOptions::default();
     let cancel = opts.cancel.clone();
     let progress = std::sync::Arc::new(CollectProgress::new());
     let p = std::sync::Arc::clone(&progress);
-    let run = std::thread::spawn(move || scenario::run(&s, &opts, p.as_ref()));
+    let run = std::thread::spawn(move || broker_scenario::run(&s, &opts, p.as_ref()));
     // Cancel once the run is under way (its first progress event is the start).
     while progress.lines().is_empty() {
         std::thread::yield_now();
     }
     cancel.cancel();
     let outcome = broker_tests::watchdog(60, move || run.join().expect("no panic"));
-    assert!(matches!(outcome, Err(scenario::RunError::Cancelled)), "{outcome:?}");
+    assert!(matches!(outcome, Err(broker_scenario::RunError::Cancelled)), "{outcome:?}");
 }
 
 #[test]
@@ -730,9 +733,9 @@ fn a_module_can_be_a_wasm_file_next_to_the_scenario() {
     let text = GOOD.replace("guest = \"scenario_pipeline\"", "path = \"app.wasm\"");
     std::fs::write(dir.join("s.toml"), &text).expect("toml");
     let path = dir.join("s.toml");
-    let s = scenario::load(path.to_str().expect("utf-8 path")).expect("validates");
-    assert_eq!(s.modules[0].source, scenario::spec::ModuleSource::File(dir.join("app.wasm")));
-    let report = scenario::run(
+    let s = broker_scenario::load(path.to_str().expect("utf-8 path")).expect("validates");
+    assert_eq!(s.modules[0].source, broker_scenario::spec::ModuleSource::File(dir.join("app.wasm")));
+    let report = broker_scenario::run(
         &s,
         &RunOptions { modes: Some(vec![Mode::Shared]), ..RunOptions::default() },
         &NoProgress,
@@ -742,7 +745,7 @@ fn a_module_can_be_a_wasm_file_next_to_the_scenario() {
     assert!(report.ok());
     // A path that is not there is refused at validation, naming the field.
     std::fs::remove_file(dir.join("app.wasm")).expect("remove");
-    let e = scenario::load(path.to_str().expect("utf-8 path")).expect_err("missing file");
+    let e = broker_scenario::load(path.to_str().expect("utf-8 path")).expect_err("missing file");
     assert!(e.to_string().contains("module[0].path"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }

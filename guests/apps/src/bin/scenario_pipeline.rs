@@ -10,7 +10,7 @@
 //! through one bulk host call in handle mode.
 //! Exports return a non-negative result or a negative status.
 //!
-//! The data is fixed by formulas the host re-implements (`broker::scenario::expect`): word `w` of block
+//! The data is fixed by formulas the host re-implements (`broker_scenario::expect`): word `w` of block
 //! `i` is `splitmix64(i << 32 | w)`, the transform is `rotl(x, 13) ^ 0xA5A5_5A5A_DEAD_BEEF`, and the
 //! checksum is `acc = acc * 31 + sum_w (w + 1) * y_w` over blocks in order (wrapping arithmetic).
 

@@ -14,11 +14,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::capability::Rights;
-use crate::mode::mirror::ConflictPolicy;
-use crate::mode::Mode;
-use crate::name::Name;
-use crate::tenant::Quotas;
+use broker::capability::Rights;
+use broker::mode::mirror::ConflictPolicy;
+use broker::mode::Mode;
+use broker::name::Name;
+use broker::tenant::Quotas;
 
 /// A scenario file that does not parse or does not make sense, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -596,7 +596,7 @@ impl Ctx<'_> {
     }
 }
 
-pub use crate::region::parse_size;
+pub use broker::region::parse_size;
 
 /// Parses a duration: `"500ms"`, `"2s"`, `"1m"`.
 ///
@@ -926,11 +926,11 @@ fn validate(ctx: &Ctx<'_>, raw: RawScenario) -> Result<Scenario, SpecError> {
         let tenant = tenant_ref(&r.tenant, &format!("{field}.tenant"))?;
         let rname = name(ctx, &r.name, &format!("{field}.name"))?;
         let bytes = size(ctx, &r.size, &format!("{field}.size"))?;
-        if bytes == 0 || bytes > crate::region::MAX_REGION_SIZE {
+        if bytes == 0 || bytes > broker::region::MAX_REGION_SIZE {
             return Err(ctx.err(
                 &r.size.span(),
                 format!("{field}.size"),
-                format!("must be 1 byte to {} bytes", crate::region::MAX_REGION_SIZE),
+                format!("must be 1 byte to {} bytes", broker::region::MAX_REGION_SIZE),
             ));
         }
         let mode = match &r.mode {

@@ -1,16 +1,17 @@
 //! The control plane: the gRPC API (`broker.v1`) through which operators and tenants drive the broker,
 //! its authentication, and the daemon's persistent state.
 //!
-//! [`ControlPlane`] holds the domain handle ([`crate::Broker`]), the token hashes and the state store;
+//! [`ControlPlane`] holds the domain handle ([`broker::Broker`]), the token hashes and the state store;
 //! [`service::ControlService`] is the tonic adapter over it; [`server::serve`] runs the daemon, with health
 //! and [`reflection`] (both protocol versions, over one index of every served service's descriptors).
 //! **Boundary:** protobuf types appear only in this module (and the generated `broker_proto::pb`);
 //! `status.rs` is the only place that maps errors to gRPC statuses.
 
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
+
 pub mod auth;
-pub mod cli;
 mod convert;
-pub mod loadtest;
 pub mod reflection;
 pub mod server;
 pub mod service;

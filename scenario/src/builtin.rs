@@ -7,11 +7,11 @@ use super::spec::{parse, Scenario, SpecError};
 
 /// Every built-in scenario as `(name, file text)`, in the order `broker scenario list` shows them.
 pub const BUILTINS: &[(&str, &str)] = &[
-    ("pipeline", include_str!("../../../scenarios/pipeline.toml")),
-    ("sensor-hub", include_str!("../../../scenarios/sensor-hub.toml")),
-    ("ui-toolkit", include_str!("../../../scenarios/ui-toolkit.toml")),
-    ("mixed-trust", include_str!("../../../scenarios/mixed-trust.toml")),
-    ("noisy-neighbor", include_str!("../../../scenarios/noisy-neighbor.toml")),
+    ("pipeline", include_str!("../../scenarios/pipeline.toml")),
+    ("sensor-hub", include_str!("../../scenarios/sensor-hub.toml")),
+    ("ui-toolkit", include_str!("../../scenarios/ui-toolkit.toml")),
+    ("mixed-trust", include_str!("../../scenarios/mixed-trust.toml")),
+    ("noisy-neighbor", include_str!("../../scenarios/noisy-neighbor.toml")),
 ];
 
 /// The scenario `broker scenario run` uses when none is named.

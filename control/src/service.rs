@@ -21,8 +21,8 @@ use super::auth::{self, Auth, Identity};
 use super::convert::{self, quotas_from, quotas_to, usage_to};
 use super::status::ApiError;
 use super::store::{GrantRecord, InstanceRecord, RegionRecord, Store, TenantRecord};
-use crate::region::{Change, WatchId};
-use crate::{Backing, Broker, Error, GrantId, InstanceId, Quotas, RegionId, RegionSpec, Rights, TenantId};
+use broker::region::{Change, WatchId};
+use broker::{Backing, Broker, Error, GrantId, InstanceId, Quotas, RegionId, RegionSpec, Rights, TenantId};
 
 /// The longest region read the API serves in one message.
 pub const MAX_READ_BYTES: u64 = 16 << 20;
@@ -78,7 +78,7 @@ struct WatchRegistry {
     open: HashMap<WatchId, RegionId>,
     closed: bool,
     /// Scenario runs streaming to clients, by a run number; shutdown cancels them.
-    scenarios: HashMap<u64, crate::scenario::Cancel>,
+    scenarios: HashMap<u64, broker_scenario::Cancel>,
     next_scenario: u64,
 }
 
@@ -95,9 +95,9 @@ fn split(key: &str) -> Option<(&str, &str)> {
 /// Checks a name field of a request against the naming rules: empty is a missing field, anything else
 /// the rules refuse an invalid one, and either error names the field.
 fn name_field(field: &'static str, value: &str) -> ApiResult<()> {
-    match crate::name::Name::new(value) {
+    match broker::name::Name::new(value) {
         Ok(_) => Ok(()),
-        Err(crate::name::NameError::Empty) => Err(ApiError::MissingField(field)),
+        Err(broker::name::NameError::Empty) => Err(ApiError::MissingField(field)),
         Err(e) => Err(ApiError::InvalidField { field, reason: e.to_string() }),
     }
 }
@@ -200,7 +200,7 @@ impl ControlPlane {
         for (key, r) in store.instances()? {
             let Some((t, n)) = split(&key) else { continue };
             let Some(tid) = self.broker.tenant_id(t) else { continue };
-            let config = crate::InstanceConfig {
+            let config = broker::InstanceConfig {
                 call_timeout: std::time::Duration::from_millis(r.call_timeout_ms),
                 max_memory_bytes: r.max_memory_bytes,
             };
@@ -414,7 +414,7 @@ pub struct WatchStream {
     region: RegionId,
     watch: WatchId,
     /// The stream's unit of the region tenant's `watches` quota, given back when it ends.
-    _charge: crate::tenant::Reservation,
+    _charge: broker::tenant::Reservation,
 }
 
 impl Stream for WatchStream {
@@ -439,12 +439,12 @@ pub type ScenarioStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Scen
 struct StreamProgress {
     tx: mpsc::Sender<Result<pb::ScenarioProgress, Status>>,
     last: Mutex<(u64, u64)>,
-    cancel: crate::scenario::Cancel,
+    cancel: broker_scenario::Cancel,
 }
 
-impl crate::metrics::ProgressSink for StreamProgress {
-    fn event(&self, event: crate::metrics::ProgressEvent<'_>) {
-        use crate::metrics::ProgressEvent;
+impl broker_scenario::metrics::ProgressSink for StreamProgress {
+    fn event(&self, event: broker_scenario::metrics::ProgressEvent<'_>) {
+        use broker_scenario::metrics::ProgressEvent;
         let (done, total, message) = {
             let mut last = self.last.lock();
             match event {
@@ -471,23 +471,24 @@ impl crate::metrics::ProgressSink for StreamProgress {
 /// Validates a `RunScenario` request into a scenario and run options.
 fn scenario_request(
     req: &pb::RunScenarioRequest,
-) -> ApiResult<(crate::scenario::Scenario, crate::scenario::RunOptions)> {
-    use crate::scenario::{self, spec::ModuleSource};
+) -> ApiResult<(broker_scenario::Scenario, broker_scenario::RunOptions)> {
+    use broker_scenario::spec::ModuleSource;
     let invalid = |field: &'static str, reason: String| ApiError::InvalidField { field, reason };
     let s = match (req.builtin.is_empty(), req.toml.is_empty()) {
-        (false, true) => scenario::builtin::builtin_text(&req.builtin)
+        (false, true) => broker_scenario::builtin::builtin_text(&req.builtin)
             .ok_or_else(|| {
-                let known: Vec<_> = scenario::BUILTINS.iter().map(|(n, _)| *n).collect();
+                let known: Vec<_> = broker_scenario::BUILTINS.iter().map(|(n, _)| *n).collect();
                 invalid(
                     "builtin",
                     format!("no built-in scenario {:?} (known: {})", req.builtin, known.join(", ")),
                 )
             })
             .and_then(|text| {
-                scenario::parse(text, &req.builtin, None).map_err(|e| invalid("builtin", e.to_string()))
+                broker_scenario::parse(text, &req.builtin, None)
+                    .map_err(|e| invalid("builtin", e.to_string()))
             })?,
         (true, false) => {
-            let s = scenario::parse(&req.toml, "request.toml", None)
+            let s = broker_scenario::parse(&req.toml, "request.toml", None)
                 .map_err(|e| invalid("toml", e.to_string()))?;
             if let Some(m) = s.modules.iter().find(|m| matches!(m.source, ModuleSource::File(_))) {
                 return Err(invalid(
@@ -505,13 +506,13 @@ fn scenario_request(
     let modes = if req.modes.is_empty() {
         None
     } else {
-        Some(scenario::spec::parse_modes(&req.modes.join(",")).map_err(|e| invalid("modes", e))?)
+        Some(broker_scenario::spec::parse_modes(&req.modes.join(",")).map_err(|e| invalid("modes", e))?)
     };
     let scale = if req.scale == 0.0 { 1.0 } else { req.scale };
     if !(scale.is_finite() && scale > 0.0 && scale <= 1000.0) {
         return Err(invalid("scale", format!("{} is not in (0, 1000]", req.scale)));
     }
-    Ok((s, scenario::RunOptions { modes, scale, ..scenario::RunOptions::default() }))
+    Ok((s, broker_scenario::RunOptions { modes, scale, ..broker_scenario::RunOptions::default() }))
 }
 
 #[tonic::async_trait]
@@ -1025,9 +1026,7 @@ impl pb::broker_server::Broker for ControlService {
                 store.delete_region(&format!("{tname}/{}", r.name))?;
             }
             if let Backing::Persistent(path) = backing {
-                let _ = std::fs::remove_file(crate::region::mapping::snapshot_path(&path));
-                crate::region::lease::VersionLease::remove(&path);
-                let _ = std::fs::remove_file(path);
+                broker::region::remove_persistent_files(&path);
             }
             destroyed?;
             Ok(pb::Empty {})
@@ -1061,7 +1060,7 @@ impl pb::broker_server::Broker for ControlService {
             }
             // A stream costs a watcher on the region, as a guest's watch does: it counts against the
             // same quota, so a tenant cannot open streams without bound.
-            let charge = p.broker.reserve(tid, crate::tenant::Resource::Watches, 1)?;
+            let charge = p.broker.reserve(tid, broker::tenant::Resource::Watches, 1)?;
             let (tx, rx) = mpsc::channel(WATCH_QUEUE);
             let missed = Arc::new(AtomicU64::new(0));
             let region_name = req.get_ref().name.clone();
@@ -1114,7 +1113,7 @@ impl pb::broker_server::Broker for ControlService {
         tokio::task::spawn_blocking(move || {
             let progress =
                 StreamProgress { tx: tx.clone(), last: Mutex::new((0, 0)), cancel: opts.cancel.clone() };
-            let last = match crate::scenario::run(&scenario, &opts, &progress) {
+            let last = match broker_scenario::run(&scenario, &opts, &progress) {
                 Ok(report) => {
                     let (done, total) = *progress.last.lock();
                     serde_json::to_string(&report)

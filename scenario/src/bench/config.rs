@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::mode::Mode;
+use broker::mode::Mode;
 
 /// The largest region the bench accepts: 1 GiB, so a mirror copy still fits a guest's 4 GiB memory.
 pub const MAX_SIZE: u64 = 1 << 30;
@@ -114,9 +114,9 @@ const SIZE_HINT: &str =
 /// [`BenchArgError::Size`] naming the value and what is wrong with it.
 pub fn parse_size(s: &str) -> Result<u64, BenchArgError> {
     let bad = |reason| BenchArgError::Size { value: s.to_owned(), reason };
-    let size = crate::region::parse_size(s).map_err(|e| match e {
-        crate::region::SizeError::NotASize(_) => bad(SIZE_HINT),
-        crate::region::SizeError::TooLarge(_) => bad("larger than 1GiB"),
+    let size = broker::region::parse_size(s).map_err(|e| match e {
+        broker::region::SizeError::NotASize(_) => bad(SIZE_HINT),
+        broker::region::SizeError::TooLarge(_) => bad("larger than 1GiB"),
     })?;
     if size == 0 {
         return Err(bad("a region needs at least 8 bytes"));

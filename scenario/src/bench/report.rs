@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::metrics::{bar_chart_svg, format_count, format_ns, LatencySummary, Series, Table};
-use crate::mode::Mode;
+use broker::mode::Mode;
 
 use super::config::{format_size, BenchConfig, Pattern};
 use super::recommend::{recommend, Recommendation};

@@ -10,7 +10,7 @@ use std::io::Write;
 use broker_abi::Status;
 use wasmtime::Val;
 
-use crate::{Broker, BrokerConfig, Error, InstanceConfig, Mode, Quotas, RegionSpec, Rights};
+use broker::{Broker, BrokerConfig, Error, InstanceConfig, Mode, Quotas, RegionSpec, Rights};
 
 /// What the demo observed.
 #[derive(Debug, Clone, PartialEq, Eq)]

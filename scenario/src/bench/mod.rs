@@ -25,7 +25,7 @@ pub use runner::{expected_checksum, fill_word, run};
 
 use std::path::PathBuf;
 
-use crate::mode::Mode;
+use broker::mode::Mode;
 
 /// Why a bench run failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,7 @@ pub enum BenchError {
         /// The step.
         what: String,
         /// The broker's error.
-        source: crate::Error,
+        source: broker::Error,
     },
     /// A guest export returned a status code other than 0.
     #[error("the bench guest's {export} failed in {mode} mode with status {code}")]
@@ -65,7 +65,7 @@ pub enum BenchError {
     },
     /// Region memory refused an access of the native baseline.
     #[error(transparent)]
-    Region(#[from] crate::region::RegionError),
+    Region(#[from] broker::region::RegionError),
     /// A report file could not be written.
     #[error("cannot write {path}: {source}")]
     Io {

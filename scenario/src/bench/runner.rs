@@ -11,10 +11,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use crate::metrics::{self, Latency, ProgressEvent, ProgressSink};
-use crate::mode::{ConflictPolicy, Mode};
-use crate::region::{Region, RegionId, RegionSpec};
-use crate::Rights;
-use crate::{Broker, BrokerConfig, InstanceConfig, InstanceId, Quotas, TenantId, Val};
+use broker::mode::{ConflictPolicy, Mode};
+use broker::region::{Region, RegionId, RegionSpec};
+use broker::Rights;
+use broker::{Broker, BrokerConfig, InstanceConfig, InstanceId, Quotas, TenantId, Val};
 
 use super::config::{format_size, BenchConfig, Pattern};
 use super::report::{Cell, Machine, Report, Subject};
@@ -78,7 +78,7 @@ fn quotas(max_readers: u64, max_size: u64) -> Quotas {
     }
 }
 
-fn broker_error(what: impl Into<String>) -> impl FnOnce(crate::Error) -> BenchError {
+fn broker_error(what: impl Into<String>) -> impl FnOnce(broker::Error) -> BenchError {
     let what = what.into();
     move |source| BenchError::Broker { what, source }
 }
@@ -265,7 +265,7 @@ impl<'b> Group<'b> {
         budget: Duration,
         expected: u64,
     ) -> Result<Cell, BenchError> {
-        let memory = &self.memory.memory;
+        let memory = self.memory.memory();
         let measured = timed(readers, budget, warm_iters(pattern), |_, iters, s| {
             native(memory, pattern, iters, s).map(|_| ())
         })?;
@@ -309,7 +309,7 @@ fn warm_iters(pattern: Pattern) -> u64 {
 /// (relaxed atomic u64 loads and stores, page-sized copies for the scan). Returns the checksum as the
 /// guest computes it.
 fn native(
-    memory: &crate::region::RegionMemory,
+    memory: &broker::region::RegionMemory,
     pattern: Pattern,
     iters: u64,
     seed: u64,

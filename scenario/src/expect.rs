@@ -3,11 +3,29 @@
 //! A check passes only when an app's result equals what the host computed on its own.
 
 /// Sample `i` of the synthetic sensor: a reading in `[0, 1000)` from a fixed pseudo-random sequence.
-/// The one home of the sequence: the built-in `sensor.sample` host service and the scenarios' sensor
-/// feed both serve it.
+/// The one home of the sequence: the `sensor.sample` host service ([`sensor_service`]) and the
+/// scenarios' sensor feed both serve it.
 pub fn sensor_sample(i: u64) -> u64 {
     let x = i.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
     (x >> 33) % 1000
+}
+
+/// The name apps open the synthetic sensor by (`fn_open("sensor.sample")`).
+pub const SENSOR_SERVICE: &str = "sensor.sample";
+
+/// The synthetic sensor as a host service: an 8-byte little-endian sample index in, the 8-byte reading
+/// ([`sensor_sample`]) out. Scenarios register it on the broker they build
+/// (`broker.register_service(SENSOR_SERVICE, None, sensor_service())`); the engine has no built-in
+/// services of its own.
+pub fn sensor_service() -> broker::ServiceFn {
+    std::sync::Arc::new(|args: &[u8]| {
+        let i = args
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .ok_or("expects an 8-byte sample index")?;
+        Ok(sensor_sample(i).to_le_bytes().to_vec())
+    })
 }
 
 /// The sum of samples `0..n`.

@@ -6,8 +6,8 @@ use std::time::Duration;
 use broker_proto::pb;
 
 use super::status::ApiError;
-use crate::mode::ConflictPolicy;
-use crate::{InstanceConfig, InstanceStatus, Mode, Quotas, RunState, TrafficStats, Usage, Val};
+use broker::mode::ConflictPolicy;
+use broker::{InstanceConfig, InstanceStatus, Mode, Quotas, RunState, TrafficStats, Usage, Val};
 
 /// The domain quotas of a `Quotas` message: absent optional fields take their defaults.
 ///

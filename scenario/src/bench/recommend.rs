@@ -13,7 +13,7 @@
 
 use serde::Serialize;
 
-use crate::mode::Mode;
+use broker::mode::Mode;
 
 use super::config::{format_size, Pattern};
 use super::report::{display, Cell, Subject};

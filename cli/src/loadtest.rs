@@ -10,9 +10,9 @@ use broker_proto::pb;
 use broker_proto::pb::broker_client::BrokerClient;
 use serde::Serialize;
 
-use super::server::{serve, ServeConfig};
-use super::service::ControlPlane;
-use crate::{Broker, BrokerConfig};
+use broker::{Broker, BrokerConfig};
+use broker_control::server::{serve, ServeConfig};
+use broker_control::service::ControlPlane;
 
 /// What a load run measured.
 #[derive(Debug, Clone, Serialize, PartialEq)]

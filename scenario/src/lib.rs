@@ -7,6 +7,12 @@
 //! SVG chart. [`builtin`] embeds the five scenarios of `scenarios/`: sensor-hub, ui-toolkit, pipeline,
 //! mixed-trust and noisy-neighbor.
 
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod bench;
+pub mod metrics;
+
 pub mod builtin;
 pub mod expect;
 mod generated;

@@ -14,9 +14,9 @@ use serde_json::{json, Value as Json};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
-use super::server::{serve, ServeConfig, ServeError};
-use super::service::ControlPlane;
-use crate::{Broker, BrokerConfig};
+use broker::{Broker, BrokerConfig};
+use broker_control::server::{serve, ServeConfig, ServeError};
+use broker_control::service::ControlPlane;
 
 /// Multi-tenant shared-memory broker for WebAssembly apps.
 #[derive(Debug, Parser)]
@@ -134,7 +134,7 @@ enum ScenarioVerb {
 #[derive(Debug, Args)]
 struct ScenarioRunArgs {
     /// A built-in scenario (see `broker scenario list`) or a path to a scenario .toml file.
-    #[arg(default_value = crate::scenario::DEFAULT)]
+    #[arg(default_value = broker_scenario::DEFAULT)]
     scenario: String,
     /// Modes to run, comma-separated, e.g. `handle,mirror,shared` (default: the scenario's own list);
     /// regions declared `mode = "auto"` take each mode in turn, the same guest binaries run in all.
@@ -152,7 +152,7 @@ struct ScenarioRunArgs {
     /// How the workers share the CPUs, as for `broker serve`: "idle" (default, as the daemon) or
     /// "normal".
     #[arg(long, default_value = "idle")]
-    worker_priority: crate::runtime::WorkerPriority,
+    worker_priority: broker::runtime::WorkerPriority,
     /// Print the JSON report instead of the table.
     #[arg(long)]
     json: bool,
@@ -185,7 +185,7 @@ struct ServeArgs {
     /// get a core at once; for a host that runs the broker) or "normal" (workers at nice +5; for a
     /// host shared with other busy processes).
     #[arg(long)]
-    worker_priority: Option<crate::runtime::WorkerPriority>,
+    worker_priority: Option<broker::runtime::WorkerPriority>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -349,10 +349,10 @@ enum RegionVerb {
         size: u64,
         /// handle, mirror or shared.
         #[arg(long, default_value = "handle")]
-        mode: crate::Mode,
+        mode: broker::Mode,
         /// reject, last-writer-wins or merge (mirror commits).
         #[arg(long, default_value = "reject")]
-        policy: crate::mode::ConflictPolicy,
+        policy: broker::mode::ConflictPolicy,
         /// Back the region by a file in the daemon's state dir.
         #[arg(long)]
         persistent: bool,
@@ -495,29 +495,28 @@ fn rpc_error(what: &'static str, s: Status) -> CliError {
 }
 
 fn scenario_command(verb: ScenarioVerb, out: &mut dyn Write) -> Result<bool, CliError> {
-    use crate::scenario;
     let write = |out: &mut dyn Write, text: &str| {
         out.write_all(text.as_bytes()).map_err(|e| CliError::Local(format!("writing the output: {e}")))
     };
     match verb {
         ScenarioVerb::List => {
-            for (name, text) in scenario::BUILTINS {
+            for (name, text) in broker_scenario::BUILTINS {
                 let description =
-                    scenario::parse(text, name, None).map(|s| s.description).unwrap_or_default();
+                    broker_scenario::parse(text, name, None).map(|s| s.description).unwrap_or_default();
                 write(out, &format!("{name:<12} {description}\n"))?;
             }
             Ok(true)
         }
         ScenarioVerb::Show { name } => {
-            let text = scenario::builtin::builtin_text(&name).ok_or_else(|| {
-                let known: Vec<_> = scenario::BUILTINS.iter().map(|(n, _)| *n).collect();
+            let text = broker_scenario::builtin::builtin_text(&name).ok_or_else(|| {
+                let known: Vec<_> = broker_scenario::BUILTINS.iter().map(|(n, _)| *n).collect();
                 CliError::Local(format!("no built-in scenario {name:?} (known: {})", known.join(", ")))
             })?;
             write(out, text)?;
             Ok(true)
         }
         ScenarioVerb::Check { scenario: name } => {
-            let s = scenario::load(&name).map_err(|e| CliError::Local(e.to_string()))?;
+            let s = broker_scenario::load(&name).map_err(|e| CliError::Local(e.to_string()))?;
             write(
                 out,
                 &format!(
@@ -531,27 +530,27 @@ fn scenario_command(verb: ScenarioVerb, out: &mut dyn Write) -> Result<bool, Cli
             Ok(true)
         }
         ScenarioVerb::Run(args) => {
-            let s = scenario::load(&args.scenario).map_err(|e| CliError::Local(e.to_string()))?;
+            let s = broker_scenario::load(&args.scenario).map_err(|e| CliError::Local(e.to_string()))?;
             let modes = args
                 .modes
                 .as_deref()
-                .map(scenario::spec::parse_modes)
+                .map(broker_scenario::spec::parse_modes)
                 .transpose()
                 .map_err(|e| CliError::Local(format!("--modes: {e}")))?;
-            let opts = scenario::RunOptions {
+            let opts = broker_scenario::RunOptions {
                 modes,
                 scale: args.scale,
                 workers: args.workers.and_then(|w| usize::try_from(w).ok()),
                 worker_priority: args.worker_priority,
-                cancel: scenario::Cancel::new(),
+                cancel: broker_scenario::Cancel::new(),
             };
-            let progress: Box<dyn crate::metrics::ProgressSink> = if args.quiet {
-                Box::new(crate::metrics::NoProgress)
+            let progress: Box<dyn broker_scenario::metrics::ProgressSink> = if args.quiet {
+                Box::new(broker_scenario::metrics::NoProgress)
             } else {
-                Box::new(crate::metrics::TerminalProgress::stderr())
+                Box::new(broker_scenario::metrics::TerminalProgress::stderr())
             };
-            let report =
-                scenario::run(&s, &opts, progress.as_ref()).map_err(|e| CliError::Local(e.to_string()))?;
+            let report = broker_scenario::run(&s, &opts, progress.as_ref())
+                .map_err(|e| CliError::Local(e.to_string()))?;
             if args.json {
                 let json = serde_json::to_string_pretty(&report)
                     .map_err(|e| CliError::Local(format!("encoding the report: {e}")))?;
@@ -611,7 +610,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<bool, CliError> {
             let clients = usize::try_from(clients).unwrap_or(16);
             let mut progress = |line: String| eprintln!("{line}");
             let report = rt
-                .block_on(super::loadtest::run(clients, seconds, &mut progress))
+                .block_on(crate::loadtest::run(clients, seconds, &mut progress))
                 .map_err(CliError::Local)?;
             let io = |e: std::io::Error| CliError::Local(format!("cannot write output: {e}"));
             if json {
@@ -754,7 +753,7 @@ fn print(out: &mut dyn Write, conn: &Conn, value: &Json, table: &[Vec<String>]) 
 }
 
 fn quotas_msg(q: &QuotaArgs, base: Option<&pb::Quotas>) -> pb::Quotas {
-    let d = crate::Quotas::default();
+    let d = broker::Quotas::default();
     let b = base.cloned().unwrap_or(pb::Quotas {
         region_bytes: d.region_bytes,
         regions: d.regions,
@@ -1074,14 +1073,14 @@ async fn region(verb: RegionVerb, conn: &Conn, out: &mut dyn Write) -> Result<()
         RegionVerb::Create { name, size, mode, policy, persistent, members } => {
             let member_rights = parse_rights(&members)?;
             let mode = match mode {
-                crate::Mode::Handle => pb::Mode::Handle,
-                crate::Mode::Mirror => pb::Mode::Mirror,
-                crate::Mode::Shared => pb::Mode::Shared,
+                broker::Mode::Handle => pb::Mode::Handle,
+                broker::Mode::Mirror => pb::Mode::Mirror,
+                broker::Mode::Shared => pb::Mode::Shared,
             };
             let policy = match policy {
-                crate::mode::ConflictPolicy::Reject => pb::ConflictPolicy::Reject,
-                crate::mode::ConflictPolicy::LastWriterWins => pb::ConflictPolicy::LastWriterWins,
-                crate::mode::ConflictPolicy::Merge => pb::ConflictPolicy::Merge,
+                broker::mode::ConflictPolicy::Reject => pb::ConflictPolicy::Reject,
+                broker::mode::ConflictPolicy::LastWriterWins => pb::ConflictPolicy::LastWriterWins,
+                broker::mode::ConflictPolicy::Merge => pb::ConflictPolicy::Merge,
             };
             let backing = if persistent { pb::Backing::Persistent } else { pb::Backing::Ephemeral };
             let msg = pb::CreateRegionRequest {
@@ -1289,23 +1288,23 @@ async fn stats(conn: &Conn, out: &mut dyn Write) -> Result<(), CliError> {
 #[command(
     after_help = "Defaults: all modes; sizes 4KiB,64KiB,1MiB,16MiB,64MiB; all patterns; readers 1,2,8; \
                   150 ms a cell. --quick: sizes 4KiB,1MiB, readers 1,2, 20 ms a cell. Flags given explicitly \
-                  override either. Run a release build (`cargo run --release -p broker -- bench`): a debug \
+                  override either. Run a release build (`cargo run --release -p broker-cli -- bench`): a debug \
                   build measures the host's debug code."
 )]
 struct BenchArgs {
     /// Modes to measure, comma-separated: handle, mirror, shared.
-    #[arg(long, value_delimiter = ',', value_parser = crate::bench::parse_mode)]
-    modes: Option<Vec<crate::Mode>>,
+    #[arg(long, value_delimiter = ',', value_parser = broker_scenario::bench::parse_mode)]
+    modes: Option<Vec<broker::Mode>>,
     /// Region sizes, comma-separated, in bytes or with a B, KiB, MiB or GiB suffix (multiples of 8, at
     /// most 1GiB), e.g. `4KiB,1MiB`.
-    #[arg(long, value_delimiter = ',', value_parser = crate::bench::parse_size)]
+    #[arg(long, value_delimiter = ',', value_parser = broker_scenario::bench::parse_size)]
     sizes: Option<Vec<u64>>,
     /// Access patterns, comma-separated: scan (sum every u64 in order), random (random 8-byte loads),
     /// write1 (random 8-byte accesses, 1% stores, committed every 1024).
     #[arg(long, value_delimiter = ',', value_parser = parse_pattern)]
-    patterns: Option<Vec<crate::bench::Pattern>>,
+    patterns: Option<Vec<broker_scenario::bench::Pattern>>,
     /// Concurrent readers (guest instances; host threads for native), comma-separated, 1 to 64.
-    #[arg(long, value_delimiter = ',', value_parser = crate::bench::parse_readers)]
+    #[arg(long, value_delimiter = ',', value_parser = broker_scenario::bench::parse_readers)]
     readers: Option<Vec<usize>>,
     /// Milliseconds each cell is measured, after a warm-up call.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=60_000))]
@@ -1318,12 +1317,12 @@ struct BenchArgs {
     quick: bool,
 }
 
-fn parse_pattern(s: &str) -> Result<crate::bench::Pattern, crate::bench::BenchArgError> {
+fn parse_pattern(s: &str) -> Result<broker_scenario::bench::Pattern, broker_scenario::bench::BenchArgError> {
     s.parse()
 }
 
 fn bench_main(args: BenchArgs, out: &mut dyn Write) -> Result<bool, CliError> {
-    use crate::bench::{self, BenchConfig};
+    use broker_scenario::bench::{self, BenchConfig};
     let mut config = if args.quick { BenchConfig::quick() } else { BenchConfig::standard() };
     if let Some(modes) = args.modes {
         config.modes = modes;
@@ -1340,7 +1339,7 @@ fn bench_main(args: BenchArgs, out: &mut dyn Write) -> Result<bool, CliError> {
     if let Some(ms) = args.cell_ms {
         config.cell = std::time::Duration::from_millis(ms);
     }
-    let progress = crate::metrics::TerminalProgress::stderr();
+    let progress = broker_scenario::metrics::TerminalProgress::stderr();
     let report =
         bench::run(&config, &progress).map_err(|e| CliError::Local(format!("the bench failed: {e}")))?;
     let written = report.write(&args.out).map_err(|e| CliError::Local(e.to_string()))?;

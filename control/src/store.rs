@@ -25,7 +25,7 @@ const GRANTS: TableDefinition<u64, &str> = TableDefinition::new("grants");
 #[serde(from = "StoredTenant")]
 pub struct TenantRecord {
     /// Its quotas.
-    pub quotas: crate::Quotas,
+    pub quotas: broker::Quotas,
     /// Hex SHA-256 hashes of the tenant's tokens.
     pub tokens: Vec<String>,
 }
@@ -36,7 +36,7 @@ pub struct TenantRecord {
 #[serde(untagged)]
 enum StoredTenant {
     Positional(PositionalTenant),
-    Named { quotas: crate::Quotas, tokens: Vec<String> },
+    Named { quotas: broker::Quotas, tokens: Vec<String> },
 }
 
 impl From<StoredTenant> for TenantRecord {
@@ -46,7 +46,7 @@ impl From<StoredTenant> for TenantRecord {
             StoredTenant::Positional(t) => {
                 let [region_bytes, regions, instances, handles, memory_bytes] = t.quotas;
                 let [modules, module_bytes, compiled_bytes, max_call_timeout_ms] = t.code;
-                let quotas = crate::Quotas {
+                let quotas = broker::Quotas {
                     region_bytes,
                     regions,
                     instances,
@@ -93,27 +93,27 @@ struct PositionalTenant {
 }
 
 fn default_windows() -> u64 {
-    crate::Quotas::DEFAULT_WINDOWS
+    broker::Quotas::DEFAULT_WINDOWS
 }
 
 fn default_windows_per_instance() -> u64 {
-    crate::Quotas::DEFAULT_WINDOWS_PER_INSTANCE
+    broker::Quotas::DEFAULT_WINDOWS_PER_INSTANCE
 }
 
 fn default_watches() -> u64 {
-    crate::Quotas::DEFAULT_WATCHES
+    broker::Quotas::DEFAULT_WATCHES
 }
 
 fn default_cpu_shares() -> u64 {
-    crate::Quotas::DEFAULT_CPU_SHARES
+    broker::Quotas::DEFAULT_CPU_SHARES
 }
 
 fn default_trampolines() -> u64 {
-    crate::Quotas::DEFAULT_TRAMPOLINES
+    broker::Quotas::DEFAULT_TRAMPOLINES
 }
 
 fn default_code_quotas() -> [u64; 4] {
-    use crate::Quotas;
+    use broker::Quotas;
     [
         Quotas::DEFAULT_MODULES,
         Quotas::DEFAULT_MODULE_BYTES,
@@ -141,7 +141,7 @@ pub struct RegionRecord {
 }
 
 fn all_rights() -> u32 {
-    crate::capability::Rights::ALL.bits()
+    broker::capability::Rights::ALL.bits()
 }
 
 /// An instance definition, restored when the daemon starts: started again, or registered stopped.
@@ -431,7 +431,7 @@ mod tests {
             "trampolines":12,"max_workers":13,"watches":14,"tokens":[]}"#;
         let record: TenantRecord = parse(old).expect("an old record loads");
         let q = record.quotas;
-        assert_eq!(q.cpu_shares, crate::Quotas::DEFAULT_CPU_SHARES);
+        assert_eq!(q.cpu_shares, broker::Quotas::DEFAULT_CPU_SHARES);
         assert_eq!((q.trampolines, q.max_workers, q.watches), (12, 13, 14));
         assert_eq!((q.region_bytes, q.regions, q.instances, q.handles, q.memory_bytes), (1, 2, 3, 4, 5));
         assert_eq!((q.windows, q.windows_per_instance), (6, 7));
@@ -440,7 +440,8 @@ mod tests {
 
     #[test]
     fn a_tenant_record_stores_its_quotas_by_name_and_reads_them_back() {
-        let quotas = crate::Quotas { regions: 3, cpu_shares: 7, max_workers: 2, ..crate::Quotas::default() };
+        let quotas =
+            broker::Quotas { regions: 3, cpu_shares: 7, max_workers: 2, ..broker::Quotas::default() };
         let record = TenantRecord { quotas, tokens: vec!["ab".into()] };
         let text = json(&record).expect("encode");
         assert!(text.contains("\"regions\":3") && text.contains("\"cpu_shares\":7"), "by name: {text}");
@@ -448,7 +449,7 @@ mod tests {
         // A quota a record lacks (added by a later version, say) takes its default.
         let without = r#"{"quotas":{"regions":9},"tokens":[]}"#;
         let q = parse::<TenantRecord>(without).expect("decode").quotas;
-        assert_eq!((q.regions, q.instances), (9, crate::Quotas::default().instances));
+        assert_eq!((q.regions, q.instances), (9, broker::Quotas::default().instances));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use super::spec::{
     UploadSource, Work,
 };
 use crate::metrics::{peak_rss_bytes, reset_peak_rss, Latency, ProgressEvent, ProgressSink};
-use crate::{Broker, BrokerConfig, Error, InstanceConfig, InstanceId, Mode, RegionId, RegionSpec, TenantId};
+use broker::{Broker, BrokerConfig, Error, InstanceConfig, InstanceId, Mode, RegionId, RegionSpec, TenantId};
 
 /// Stops a scenario run early: actors finish the operation in hand and the run ends with
 /// [`RunError::Cancelled`]. Clones share the flag.
@@ -63,7 +63,7 @@ pub struct RunOptions {
     pub workers: Option<usize>,
     /// How each run's workers share the CPUs: as the daemon's do by default (`Idle`), so the figures
     /// say what `broker serve` does.
-    pub worker_priority: crate::WorkerPriority,
+    pub worker_priority: broker::WorkerPriority,
     /// Stops the run early (a gRPC client that went away, a daemon shutting down).
     pub cancel: Cancel,
 }
@@ -74,7 +74,7 @@ impl Default for RunOptions {
             modes: None,
             scale: 1.0,
             workers: None,
-            worker_priority: crate::WorkerPriority::Idle,
+            worker_priority: broker::WorkerPriority::Idle,
             cancel: Cancel::new(),
         }
     }
@@ -310,6 +310,10 @@ fn run_mode(
         ..defaults
     };
     let broker = setup(|| "starting the broker".into(), Broker::new(config))?;
+    setup(
+        || format!("registering service {}", expect::SENSOR_SERVICE),
+        broker.register_service(expect::SENSOR_SERVICE, None, expect::sensor_service()),
+    )?;
     let state_dir = if scenario.regions.iter().any(|r| r.persistent) {
         let dir = std::env::temp_dir().join(format!(
             "broker-scenario-{}-{}-{}",
@@ -340,7 +344,7 @@ fn run_mode(
                 }
                 let state = Arc::new(AckState::default());
                 let s = Arc::clone(&state);
-                let f: crate::ServiceFn = Arc::new(move |args: &[u8]| {
+                let f: broker::ServiceFn = Arc::new(move |args: &[u8]| {
                     let seq = args
                         .get(..8)
                         .and_then(|b| b.try_into().ok())

@@ -2,10 +2,10 @@
 
 use tonic::{Code, Status};
 
-use crate::capability::CapError;
-use crate::region::RegionError;
-use crate::runtime::InstanceError;
-use crate::Error;
+use broker::capability::CapError;
+use broker::region::RegionError;
+use broker::runtime::InstanceError;
+use broker::Error;
 
 /// Why a control-plane request was refused.
 #[derive(Debug, thiserror::Error)]

@@ -43,7 +43,7 @@ pub struct ServeConfig {
     pub trampolines: u32,
     /// How workers share the CPUs with the daemon's other threads (`BrokerConfig::worker_priority`):
     /// "idle" (the default) or "normal".
-    pub worker_priority: crate::runtime::WorkerPriority,
+    pub worker_priority: broker::runtime::WorkerPriority,
     /// On shutdown, how long to wait for calls in flight and for clients to close their connections
     /// before giving up on them, in milliseconds.
     pub drain_timeout_ms: u64,
@@ -59,8 +59,8 @@ impl Default for ServeConfig {
             max_message_bytes: 32 << 20,
             concurrency_limit: 64,
             workers: 0,
-            trampolines: crate::native::DEFAULT_TRAMPOLINES,
-            worker_priority: crate::runtime::WorkerPriority::Idle,
+            trampolines: broker::native::DEFAULT_TRAMPOLINES,
+            worker_priority: broker::runtime::WorkerPriority::Idle,
             drain_timeout_ms: 10_000,
         }
     }
