@@ -1,27 +1,23 @@
 //! The embedding API: [`Broker`] ties tenants, regions, capabilities and the runtime together.
 //!
-//! [`Core`] is the state host functions need (registries and the capability space) and is shared with
-//! every instance; the runtime (engine, worker pool, instance cells) stays in [`Broker`], so instances
-//! never keep the pool alive. Lock order: the registry before the capability space, never the reverse.
+//! The state host functions need ([`crate::registry::Core`]: registries and the capability space) is
+//! shared with every instance; the runtime (engine, worker pool, instance cells) stays in [`Broker`],
+//! so instances never keep the pool alive.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use broker_abi::LEN_TO_END;
-use parking_lot::{Mutex, RwLock};
-use wasmtime::{ExternType, Linker, Module, Val};
+use parking_lot::RwLock;
+use wasmtime::{ExternType, Linker, Val};
 
-use crate::abi::{self, GuestCtx};
-use crate::capability::{CapError, CapId, CapSpace, Handle, Rights};
+use crate::abi;
+use crate::capability::{CapId, Rights};
 use crate::error::Error;
-use crate::mode::{ConflictPolicy, Mode};
-use crate::name::{Name, QualifiedName};
+use crate::name::Name;
 use crate::native::TrampolinePool;
-use crate::region::{
-    Backing, PageVersions, Region, RegionError, RegionId, RegionInfo, RegionSpec, TrafficStats, WatchFn,
-    WatchId, MAX_REGION_SIZE,
-};
+use crate::region::{Region, RegionId, RegionInfo, RegionSpec, TrafficStats, WatchFn, WatchId};
+use crate::registry::{name, Core, LoadedModule, Service, ServiceFn};
 use crate::runtime::{
     EngineHandle, InstanceCell, InstanceConfig, InstanceError, InstanceId, InstanceState, InstanceStatus,
     WorkerPool,
@@ -67,13 +63,6 @@ impl GrantId {
     }
 }
 
-struct LoadedModule {
-    module: Module,
-    size: u64,
-    /// Bytes of compiled code, charged to the tenant's `compiled_bytes` quota.
-    compiled: u64,
-}
-
 /// A module as the host API lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleInfo {
@@ -111,241 +100,12 @@ pub struct InstanceInfo {
     pub status: InstanceStatus,
 }
 
-#[derive(Default)]
-pub(crate) struct Registry {
-    tenants: HashMap<TenantId, Arc<Tenant>>,
-    tenant_names: HashMap<Name, TenantId>,
-    regions: HashMap<RegionId, Arc<Region>>,
-    region_names: HashMap<(TenantId, Name), RegionId>,
-    modules: HashMap<(TenantId, Name), LoadedModule>,
-    instance_names: HashMap<(TenantId, Name), InstanceId>,
-}
-
-/// A host service apps can open by name as a function handle and call with argument and result bytes.
-pub type ServiceFn = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
-
-/// A registered host service and who may use it.
-pub(crate) struct Service {
-    /// Tenants allowed to open it; `None` means every tenant.
-    allowed: Option<Vec<TenantId>>,
-    f: ServiceFn,
-}
-
-impl Service {
-    pub(crate) fn allows(&self, tenant: TenantId) -> bool {
-        self.allowed.as_ref().is_none_or(|a| a.contains(&tenant))
-    }
-
-    pub(crate) fn call(&self, args: &[u8]) -> Result<Vec<u8>, String> {
-        (self.f)(args)
-    }
-}
-
-/// The state shared by the host API and every instance's host functions.
-pub(crate) struct Core {
-    pub(crate) registry: RwLock<Registry>,
-    pub(crate) caps: Mutex<CapSpace>,
-    next_id: AtomicU64,
-    /// The native toolkit (a single-threaded C library: one caller at a time).
-    pub(crate) toolkit: Mutex<crate::native::Toolkit>,
-    /// This broker's trampolines, sized by [`BrokerConfig::trampolines`]; shared with the cleanup hooks
-    /// of the callbacks bound to them, which free their slots even after the broker is gone.
-    pub(crate) trampolines: Arc<TrampolinePool>,
-    /// Which regions are toolkit objects.
-    pub(crate) ui_objects: Mutex<HashMap<RegionId, crate::native::ObjectId>>,
-    /// Host services by name.
-    pub(crate) services: RwLock<HashMap<String, Arc<Service>>>,
-    /// Deadlines of waiting calls, fired by the epoch ticker.
-    pub(crate) timers: Arc<crate::runtime::Timers>,
-}
-
-fn name(s: &str) -> Result<Name, Error> {
-    Name::new(s).map_err(|source| Error::InvalidName { name: s.to_owned(), source })
-}
-
 /// Checks the quotas that are not plain limits, whoever built them: a weight of 0 would make the
 /// scheduler divide by zero.
 fn check_quotas(q: &Quotas) -> Result<(), Error> {
     Quotas::check_cpu_shares(q.cpu_shares)
         .map(drop)
         .map_err(|e| Error::InvalidArgument { field: "cpu_shares", reason: e.to_string() })
-}
-
-impl Core {
-    fn fresh_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    fn tenant(&self, id: TenantId) -> Result<Arc<Tenant>, Error> {
-        self.registry.read().tenants.get(&id).cloned().ok_or_else(|| Error::TenantNotFound(id.to_string()))
-    }
-
-    fn region(&self, id: RegionId) -> Result<Arc<Region>, Error> {
-        self.registry.read().regions.get(&id).cloned().ok_or_else(|| Error::RegionNotFound(id.to_string()))
-    }
-
-    /// Creates a region owned by `tenant`, charging its quota; nothing remains on error.
-    pub(crate) fn create_region(
-        &self,
-        tenant: &Arc<Tenant>,
-        name: Name,
-        size: u64,
-        mode: Mode,
-        policy: ConflictPolicy,
-        backing: Backing,
-    ) -> Result<Arc<Region>, Error> {
-        mode.ensure_supported()?;
-        // Refuse impossible sizes before touching the quota, so the error names the real problem.
-        if size == 0 {
-            return Err(RegionError::ZeroSize.into());
-        }
-        if size > MAX_REGION_SIZE {
-            return Err(RegionError::TooLarge { size }.into());
-        }
-        let count = tenant.reserve(Resource::Regions, 1)?;
-        let bytes = tenant.reserve(Resource::RegionBytes, size)?;
-        // The page-version table is the tenant's host memory too.
-        let table = tenant.reserve(Resource::MemoryBytes, PageVersions::table_bytes(size))?;
-        let mut reg = self.registry.write();
-        let key = (tenant.id(), name);
-        if reg.region_names.contains_key(&key) {
-            return Err(Error::RegionExists(format!("{}/{}", tenant.name(), key.1)));
-        }
-        let id = RegionId(self.fresh_id());
-        let region = Arc::new(Region::new(
-            id,
-            key.1.clone(),
-            tenant.id(),
-            tenant.name().clone(),
-            size,
-            mode,
-            policy,
-            backing,
-        )?);
-        reg.region_names.insert(key, id);
-        reg.regions.insert(id, Arc::clone(&region));
-        self.caps.lock().add_root(Arc::clone(&region));
-        count.commit();
-        bytes.commit();
-        table.commit();
-        Ok(region)
-    }
-
-    pub(crate) fn destroy_region(&self, id: RegionId) -> Result<(), Error> {
-        let mut reg = self.registry.write();
-        let region = reg.regions.remove(&id).ok_or_else(|| Error::RegionNotFound(id.to_string()))?;
-        reg.region_names.remove(&(region.owner(), region.name().clone()));
-        let owner = reg.tenants.get(&region.owner()).cloned();
-        drop(reg);
-        let removed = self.caps.lock().remove_region(id);
-        if let Some(t) = owner {
-            t.release(Resource::Regions, 1);
-            t.release(Resource::RegionBytes, region.size());
-            t.release(Resource::MemoryBytes, PageVersions::table_bytes(region.size()));
-        }
-        // A window that could not be revoked fails the destroy: its instance is being stopped.
-        Ok(removed?)
-    }
-
-    /// Opens `name` for a guest, with what it was given and nothing more (no ambient authority within
-    /// a tenant): a region this instance created (all rights), the latest grant to this instance, or a
-    /// region of its own tenant opened to the tenant's apps (its member rights), in that order.
-    pub(crate) fn open_for_guest(&self, ctx: &GuestCtx, q: &QualifiedName) -> Result<Handle, Error> {
-        let own = ctx.tenant.name();
-        let shown = || match &q.tenant {
-            Some(t) => format!("{t}/{}", q.name),
-            None => q.name.to_string(),
-        };
-        let owner = q.tenant.as_ref().unwrap_or(own);
-        let own_region = if owner == own {
-            self.registry.read().region_names.get(&(ctx.tenant.id(), q.name.clone())).copied()
-        } else {
-            None
-        };
-        let mut caps = self.caps.lock();
-        let created =
-            own_region.filter(|r| caps.creator(*r) == Some(ctx.instance)).and_then(|r| caps.root(r));
-        let source = created
-            .or_else(|| caps.find_grant(ctx.instance, owner.as_str(), q.name.as_str()))
-            .or_else(|| own_region.and_then(|r| caps.members(r)));
-        let Some(source) = source else {
-            // A region of its own tenant exists (the tenant's operator made it): say why it is closed.
-            return Err(if own_region.is_some() {
-                Error::RegionNotGranted(shown())
-            } else {
-                Error::RegionNotFound(shown())
-            });
-        };
-        let rights = caps.cap(source).map_err(|_| Error::RegionNotFound(shown()))?.rights;
-        Ok(caps.derive_handle(source, rights, 0, LEN_TO_END, ctx.instance, &ctx.tenant)?)
-    }
-
-    pub(crate) fn create_region_for_guest(
-        &self,
-        ctx: &GuestCtx,
-        name: Name,
-        size: u64,
-        mode: Mode,
-    ) -> Result<Handle, Error> {
-        let region =
-            self.create_region(&ctx.tenant, name, size, mode, ConflictPolicy::default(), Backing::Ephemeral)?;
-        let derived = {
-            let mut caps = self.caps.lock();
-            // Its creator may open it again by name; other apps need a grant.
-            caps.set_creator(region.id(), ctx.instance);
-            caps.root(region.id()).ok_or(CapError::Gone).and_then(|root| {
-                caps.derive_handle(root, Rights::ALL, 0, LEN_TO_END, ctx.instance, &ctx.tenant)
-            })
-        };
-        derived.map_err(|e| {
-            // Creating without being able to hold it would leave an orphan: undo the creation.
-            let _ = self.destroy_region(region.id());
-            Error::from(e)
-        })
-    }
-
-    pub(crate) fn restrict_for_guest(
-        &self,
-        ctx: &GuestCtx,
-        handle: Handle,
-        rights: Rights,
-        offset: i64,
-        len: i64,
-    ) -> Result<Handle, Error> {
-        let mut caps = self.caps.lock();
-        let cap = caps.lookup(ctx.instance, handle)?;
-        Ok(caps.derive_handle(cap.id, rights, offset, len, ctx.instance, &ctx.tenant)?)
-    }
-
-    pub(crate) fn grant_for_guest(
-        &self,
-        ctx: &GuestCtx,
-        handle: Handle,
-        target: &QualifiedName,
-        rights: Rights,
-        offset: i64,
-        len: i64,
-    ) -> Result<(), Error> {
-        // The handle is checked first, so a forged handle gets a handle error whatever the target.
-        let cap = self.caps.lock().lookup(ctx.instance, handle)?;
-        cap.require(Rights::GRANT)?;
-        let target_id = {
-            let reg = self.registry.read();
-            let tenant_id = match &target.tenant {
-                None => ctx.tenant.id(),
-                Some(t) => *reg
-                    .tenant_names
-                    .get(t)
-                    .ok_or_else(|| Error::InstanceNotFound(format!("{t}/{}", target.name)))?,
-            };
-            *reg.instance_names
-                .get(&(tenant_id, target.name.clone()))
-                .ok_or_else(|| Error::InstanceNotFound(target.name.to_string()))?
-        };
-        // Revoked in between? Then the derivation finds its parent gone and refuses.
-        self.caps.lock().derive_grant(cap.id, rights, offset, len, target_id, &ctx.tenant)?;
-        Ok(())
-    }
 }
 
 /// A broker: tenants, modules, instances and regions, and the runtime that runs the instances.
@@ -387,16 +147,7 @@ impl Broker {
             .map_err(|e| Error::InvalidArgument { field: "host functions", reason: e.to_string() })?;
         let pool = WorkerPool::new(config.workers, engine.engine.clone(), config.worker_priority)
             .map_err(|e| Error::InvalidArgument { field: "workers", reason: e.to_string() })?;
-        let core = Arc::new(Core {
-            registry: RwLock::new(Registry::default()),
-            caps: Mutex::new(CapSpace::new()),
-            next_id: AtomicU64::new(0),
-            toolkit: Mutex::new(crate::native::Toolkit::new()),
-            trampolines: Arc::new(trampolines),
-            ui_objects: Mutex::new(HashMap::new()),
-            services: RwLock::new(HashMap::new()),
-            timers: Arc::clone(&engine.timers),
-        });
+        let core = Arc::new(Core::new(trampolines, Arc::clone(&engine.timers)));
         Self::register_builtin_services(&core);
         Ok(Broker { core, linker, cells: RwLock::new(HashMap::new()), pool, engine })
     }

@@ -35,14 +35,16 @@ pub mod mode;
 pub mod name;
 pub mod native;
 pub mod region;
+mod registry;
 pub mod runtime;
 pub mod tenant;
 
-pub use crate::broker::{Broker, BrokerConfig, GrantId, InstanceInfo, ModuleInfo, ServiceFn, TenantInfo};
+pub use crate::broker::{Broker, BrokerConfig, GrantId, InstanceInfo, ModuleInfo, TenantInfo};
 pub use crate::capability::{CapError, Handle, Rights};
 pub use crate::error::Error;
 pub use crate::mode::Mode;
 pub use crate::region::{Backing, RegionId, RegionInfo, RegionSpec, TrafficStats};
+pub use crate::registry::ServiceFn;
 pub use crate::runtime::{
     InstanceConfig, InstanceError, InstanceId, InstanceStatus, RunState, WorkerPriority,
 };

@@ -14,12 +14,12 @@ use wasmtime::Caller;
 
 use super::guest_memory::{check_bounds, GuestMemory};
 use super::{check_out, copy_in, memory_size, write_handle, AbiError, Ctx};
-use crate::broker::{Core, Service};
 use crate::capability::{Cap, Cleanup, CleanupTag, Handle, Rights};
 use crate::mode::{ConflictPolicy, Mode};
 use crate::name::Name;
 use crate::native::{EventCode, ObjectId, OBJ_FIELDS_SIZE};
 use crate::region::{Backing, Change};
+use crate::registry::{Core, Service};
 use crate::runtime::events::{self, EventKind, Pending};
 use crate::runtime::InstanceState;
 use crate::tenant::{Reservation, Resource};

@@ -10,6 +10,7 @@
 //! The names, codes and rights bits come from the `broker-abi` crate, shared with `broker-guest`.
 //! `guest-lib/ABI.md` documents every call for app authors.
 
+mod authority;
 mod callbacks;
 mod errno;
 pub(crate) mod guest_memory;
@@ -21,13 +22,13 @@ use std::sync::Arc;
 use broker_abi::{func, HandleInfo, Status, MAX_NAME_LEN, MODULE};
 use wasmtime::{Caller, Linker, Memory};
 
-use crate::broker::Core;
 use crate::capability::{Cap, Handle, MapRequest, Rights};
 use crate::mode::mirror::{self, MirrorError, MirrorState};
 use crate::mode::shared::MemoryFence;
 use crate::mode::Mode;
 use crate::name::QualifiedName;
 use crate::region::{Traffic, PAGE_SIZE};
+use crate::registry::Core;
 use crate::runtime::{InstanceId, InstanceState};
 use crate::tenant::{Resource, Tenant};
 use guest_memory::{check_bounds, GuestMemory};
@@ -144,7 +145,7 @@ fn code(r: Result<(), AbiError>) -> i32 {
 fn region_open(caller: &mut Ctx<'_>, name_ptr: u32, name_len: u32, out: u32) -> Result<(), AbiError> {
     check_out(caller, out, 4)?;
     let name = QualifiedName::from_bytes(&copy_in(caller, name_ptr, name_len, MAX_NAME_LEN)?)?;
-    let handle = caller.data().ctx.core.open_for_guest(&caller.data().ctx, &name)?;
+    let handle = authority::open(&caller.data().ctx.core, &caller.data().ctx, &name)?;
     write_handle(caller, out, handle)
 }
 
@@ -163,7 +164,7 @@ fn region_create(
         .filter(|s| *s > 0)
         .ok_or(AbiError::InvalidValue { field: "size", value: size })?;
     let mode = Mode::from_raw(mode).ok_or(AbiError::UnknownMode(mode))?;
-    let handle = caller.data().ctx.core.create_region_for_guest(&caller.data().ctx, name, size, mode)?;
+    let handle = authority::create_region(&caller.data().ctx.core, &caller.data().ctx, name, size, mode)?;
     write_handle(caller, out, handle)
 }
 
@@ -218,7 +219,7 @@ fn handle_restrict(
     check_out(caller, out, 4)?;
     let rights = rights(bits)?;
     let ctx = &caller.data().ctx;
-    let new = ctx.core.restrict_for_guest(ctx, Handle::from_raw(handle), rights, offset, len)?;
+    let new = authority::restrict(&ctx.core, ctx, Handle::from_raw(handle), rights, offset, len)?;
     write_handle(caller, out, new)
 }
 
@@ -234,7 +235,7 @@ fn handle_grant(
     let target = QualifiedName::from_bytes(&copy_in(caller, target_ptr, target_len, MAX_NAME_LEN)?)?;
     let rights = rights(bits)?;
     let ctx = &caller.data().ctx;
-    ctx.core.grant_for_guest(ctx, Handle::from_raw(handle), &target, rights, offset, len)?;
+    authority::grant(&ctx.core, ctx, Handle::from_raw(handle), &target, rights, offset, len)?;
     Ok(())
 }
 

@@ -32,11 +32,11 @@ use super::memory_creator;
 use super::pool::{PoolHandle, WorkerPool};
 use super::{InstanceConfig, InstanceError, InstanceId, InstanceStatus, RunState};
 use crate::abi::GuestCtx;
-use crate::broker::Core;
 use crate::error::Error;
 use crate::mode::shared::{Fence, Stop};
 use crate::name::Name;
 use crate::region::Traffic;
+use crate::registry::Core;
 use crate::tenant::Tenant;
 
 /// Work in progress on an instance: it owns the live store (if any) and gives it back when done.

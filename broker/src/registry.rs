@@ -1,0 +1,192 @@
+//! The state shared by the host API and every instance's host functions: the registries (tenants,
+//! regions, modules, instance names), the capability space and the host services.
+//!
+//! [`Core`] sits below both [`crate::Broker`] (the embedding API) and [`crate::abi`] (the host functions
+//! guests call): it knows nothing of either. Lock order: the registry before the capability space,
+//! never the reverse.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use wasmtime::Module;
+
+use crate::capability::CapSpace;
+use crate::error::Error;
+use crate::mode::{ConflictPolicy, Mode};
+use crate::name::Name;
+use crate::native::TrampolinePool;
+use crate::region::{Backing, PageVersions, Region, RegionError, RegionId, MAX_REGION_SIZE};
+use crate::runtime::InstanceId;
+use crate::tenant::{Resource, Tenant, TenantId};
+
+/// A compiled module and what it costs its tenant.
+pub(crate) struct LoadedModule {
+    pub(crate) module: Module,
+    pub(crate) size: u64,
+    /// Bytes of compiled code, charged to the tenant's `compiled_bytes` quota.
+    pub(crate) compiled: u64,
+}
+
+/// Everything the broker knows by id and by name: tenants, regions, modules and instance names.
+#[derive(Default)]
+pub(crate) struct Registry {
+    pub(crate) tenants: HashMap<TenantId, Arc<Tenant>>,
+    pub(crate) tenant_names: HashMap<Name, TenantId>,
+    pub(crate) regions: HashMap<RegionId, Arc<Region>>,
+    pub(crate) region_names: HashMap<(TenantId, Name), RegionId>,
+    pub(crate) modules: HashMap<(TenantId, Name), LoadedModule>,
+    pub(crate) instance_names: HashMap<(TenantId, Name), InstanceId>,
+}
+
+/// A host service apps can open by name as a function handle and call with argument and result bytes.
+pub type ServiceFn = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// A registered host service and who may use it.
+pub(crate) struct Service {
+    /// Tenants allowed to open it; `None` means every tenant.
+    pub(crate) allowed: Option<Vec<TenantId>>,
+    pub(crate) f: ServiceFn,
+}
+
+impl Service {
+    pub(crate) fn allows(&self, tenant: TenantId) -> bool {
+        self.allowed.as_ref().is_none_or(|a| a.contains(&tenant))
+    }
+
+    pub(crate) fn call(&self, args: &[u8]) -> Result<Vec<u8>, String> {
+        (self.f)(args)
+    }
+}
+
+/// The state shared by the host API and every instance's host functions.
+pub(crate) struct Core {
+    pub(crate) registry: RwLock<Registry>,
+    pub(crate) caps: Mutex<CapSpace>,
+    next_id: AtomicU64,
+    /// The native toolkit (a single-threaded C library: one caller at a time).
+    pub(crate) toolkit: Mutex<crate::native::Toolkit>,
+    /// This broker's trampolines, sized by [`BrokerConfig::trampolines`]; shared with the cleanup hooks
+    /// of the callbacks bound to them, which free their slots even after the broker is gone.
+    pub(crate) trampolines: Arc<TrampolinePool>,
+    /// Which regions are toolkit objects.
+    pub(crate) ui_objects: Mutex<HashMap<RegionId, crate::native::ObjectId>>,
+    /// Host services by name.
+    pub(crate) services: RwLock<HashMap<String, Arc<Service>>>,
+    /// Deadlines of waiting calls, fired by the epoch ticker.
+    pub(crate) timers: Arc<crate::runtime::Timers>,
+}
+
+/// A name from an API argument, or the error that names it.
+pub(crate) fn name(s: &str) -> Result<Name, Error> {
+    Name::new(s).map_err(|source| Error::InvalidName { name: s.to_owned(), source })
+}
+
+impl Core {
+    /// Empty registries and capability space, with the broker's trampoline pool and timers.
+    pub(crate) fn new(trampolines: TrampolinePool, timers: Arc<crate::runtime::Timers>) -> Core {
+        Core {
+            registry: RwLock::new(Registry::default()),
+            caps: Mutex::new(CapSpace::new()),
+            next_id: AtomicU64::new(0),
+            toolkit: Mutex::new(crate::native::Toolkit::new()),
+            trampolines: Arc::new(trampolines),
+            ui_objects: Mutex::new(HashMap::new()),
+            services: RwLock::new(HashMap::new()),
+            timers,
+        }
+    }
+
+    pub(crate) fn fresh_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn tenant(&self, id: TenantId) -> Result<Arc<Tenant>, Error> {
+        self.registry.read().tenants.get(&id).cloned().ok_or_else(|| Error::TenantNotFound(id.to_string()))
+    }
+
+    pub(crate) fn region(&self, id: RegionId) -> Result<Arc<Region>, Error> {
+        self.registry.read().regions.get(&id).cloned().ok_or_else(|| Error::RegionNotFound(id.to_string()))
+    }
+
+    /// Creates a region owned by `tenant`, charging its quota; nothing remains on error.
+    pub(crate) fn create_region(
+        &self,
+        tenant: &Arc<Tenant>,
+        name: Name,
+        size: u64,
+        mode: Mode,
+        policy: ConflictPolicy,
+        backing: Backing,
+    ) -> Result<Arc<Region>, Error> {
+        mode.ensure_supported()?;
+        // Refuse impossible sizes before touching the quota, so the error names the real problem.
+        if size == 0 {
+            return Err(RegionError::ZeroSize.into());
+        }
+        if size > MAX_REGION_SIZE {
+            return Err(RegionError::TooLarge { size }.into());
+        }
+        let count = tenant.reserve(Resource::Regions, 1)?;
+        let bytes = tenant.reserve(Resource::RegionBytes, size)?;
+        // The page-version table is the tenant's host memory too.
+        let table = tenant.reserve(Resource::MemoryBytes, PageVersions::table_bytes(size))?;
+        let mut reg = self.registry.write();
+        let key = (tenant.id(), name);
+        if reg.region_names.contains_key(&key) {
+            return Err(Error::RegionExists(format!("{}/{}", tenant.name(), key.1)));
+        }
+        let id = RegionId(self.fresh_id());
+        let region = Arc::new(Region::new(
+            id,
+            key.1.clone(),
+            tenant.id(),
+            tenant.name().clone(),
+            size,
+            mode,
+            policy,
+            backing,
+        )?);
+        reg.region_names.insert(key, id);
+        reg.regions.insert(id, Arc::clone(&region));
+        self.caps.lock().add_root(Arc::clone(&region));
+        count.commit();
+        bytes.commit();
+        table.commit();
+        Ok(region)
+    }
+
+    /// The region `name` of tenant `tenant`, if there is one.
+    pub(crate) fn region_named(&self, tenant: TenantId, name: &Name) -> Option<RegionId> {
+        self.registry.read().region_names.get(&(tenant, name.clone())).copied()
+    }
+
+    /// The tenant called `name`, if there is one.
+    pub(crate) fn tenant_named(&self, name: &Name) -> Option<TenantId> {
+        self.registry.read().tenant_names.get(name).copied()
+    }
+
+    /// The instance `name` of tenant `tenant`, if there is one.
+    pub(crate) fn instance_named(&self, tenant: TenantId, name: &Name) -> Option<InstanceId> {
+        self.registry.read().instance_names.get(&(tenant, name.clone())).copied()
+    }
+
+    /// Destroys a region: forgets its name, revokes every capability derived from it and gives its
+    /// quota back.
+    pub(crate) fn destroy_region(&self, id: RegionId) -> Result<(), Error> {
+        let mut reg = self.registry.write();
+        let region = reg.regions.remove(&id).ok_or_else(|| Error::RegionNotFound(id.to_string()))?;
+        reg.region_names.remove(&(region.owner(), region.name().clone()));
+        let owner = reg.tenants.get(&region.owner()).cloned();
+        drop(reg);
+        let removed = self.caps.lock().remove_region(id);
+        if let Some(t) = owner {
+            t.release(Resource::Regions, 1);
+            t.release(Resource::RegionBytes, region.size());
+            t.release(Resource::MemoryBytes, PageVersions::table_bytes(region.size()));
+        }
+        // A window that could not be revoked fails the destroy: its instance is being stopped.
+        Ok(removed?)
+    }
+}
