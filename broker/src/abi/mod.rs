@@ -190,7 +190,7 @@ fn region_read(caller: &mut Ctx<'_>, handle: u32, offset: i64, dst: u32, len: u3
     let mem = GuestMemory::lock(caller);
     let dst = mem.check(dst, len, true)?;
     let n = dst.len();
-    crate::mode::handle::read_with(&cap.region, n, |m| dst.copy_from_region(0, n, m, at))?;
+    cap.region.read_with(n, |m| dst.copy_from_region(0, n, m, at))?;
     caller.data().ctx.traffic.copied_out(u64::from(len));
     Ok(())
 }
@@ -203,7 +203,7 @@ fn region_write(caller: &mut Ctx<'_>, handle: u32, offset: i64, src: u32, len: u
     let src = mem.check(src, len, false)?;
     let n = src.len();
     // The guest bytes are read exactly once, by the copy into the region.
-    crate::mode::handle::write_with(&cap.region, at, n, |m| src.copy_to_region(0, n, m, at))?;
+    cap.region.write_with(at, n, |m| src.copy_to_region(0, n, m, at))?;
     caller.data().ctx.traffic.copied_in(u64::from(len));
     Ok(())
 }

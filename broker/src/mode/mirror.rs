@@ -26,9 +26,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::handle::len64;
 use crate::abi::guest_memory::GuestBytes;
 use crate::capability::CapRange;
+use crate::region::len64;
 use crate::region::{PageVersions, Region, PAGE_SIZE};
 use crate::tenant::Reservation;
 

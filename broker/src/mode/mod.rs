@@ -1,11 +1,11 @@
 //! Region modes: how an app reaches a region's bytes.
 //!
 //! The operator picks one [`Mode`] per region. This module is the one place that knows which modes this
-//! broker implements ([`Mode::ensure_supported`]). The handle mode's copies live in [`handle`] (and serve
-//! every mode: host reads and writes and handle calls work on any region); [`mirror`] adds page-granular
-//! copy-on-access mirrors, and [`shared`] zero-copy windows mapped into guests' linear memories.
+//! broker implements ([`Mode::ensure_supported`]). Handle mode needs nothing beyond the region itself: its
+//! copies are [`crate::region::Region`]'s locked reads and writes (which serve every mode: host reads and
+//! writes and handle calls work on any region). [`mirror`] adds page-granular copy-on-access mirrors, and
+//! [`shared`] zero-copy windows mapped into guests' linear memories.
 
-pub mod handle;
 pub mod mirror;
 pub mod shared;
 

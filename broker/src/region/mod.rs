@@ -12,13 +12,13 @@ pub mod mapping;
 mod traffic;
 mod watch;
 
-use crate::capability::Rights;
+use broker_abi::Rights;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
-use crate::mode::{self, ConflictPolicy, Mode};
+use crate::mode::{ConflictPolicy, Mode};
 use crate::name::Name;
 use crate::tenant::TenantId;
 
@@ -501,7 +501,7 @@ impl Region {
     /// # Errors
     /// [`RegionError::OutOfBounds`].
     pub fn read(&self, offset: u64, dst: &mut [u8]) -> Result<(), RegionError> {
-        mode::handle::read(self, offset, dst).map(|_| ())
+        self.read_versioned(offset, dst).map(|_| ())
     }
 
     /// As [`Region::read`], and returns the version the bytes belong to (read under the same lock).
@@ -509,7 +509,7 @@ impl Region {
     /// # Errors
     /// [`RegionError::OutOfBounds`].
     pub fn read_versioned(&self, offset: u64, dst: &mut [u8]) -> Result<u64, RegionError> {
-        mode::handle::read(self, offset, dst)
+        self.read_with(dst.len(), |m| m.copy_out(offset, dst))
     }
 
     /// Copies `src` to absolute `offset`; returns the new version.
@@ -517,6 +517,49 @@ impl Region {
     /// # Errors
     /// [`RegionError::OutOfBounds`]; nothing is written.
     pub fn write(&self, offset: u64, src: &[u8]) -> Result<u64, RegionError> {
-        mode::handle::write(self, offset, src)
+        self.write_with(offset, src.len(), |m| m.copy_in(offset, src))
     }
+
+    /// Runs `copy` (which copies `len` bytes out of the region's memory to wherever the caller keeps
+    /// them: a host buffer, or a guest's memory for a handle-mode read) under the reader lock; returns
+    /// the version those bytes belong to, read under the same lock.
+    ///
+    /// # Errors
+    /// What `copy` returns.
+    pub(crate) fn read_with(
+        &self,
+        len: usize,
+        copy: impl FnOnce(&RegionMemory) -> Result<(), RegionError>,
+    ) -> Result<u64, RegionError> {
+        let _pages = self.pages.read();
+        copy(&self.memory)?;
+        self.traffic.copied_out(len64(len));
+        Ok(self.version())
+    }
+
+    /// Runs `copy` (which copies `len` bytes to absolute `offset` of the region's memory) under the
+    /// writer lock, then marks the pages, bumps the version and publishes the change; returns the new
+    /// version.
+    ///
+    /// # Errors
+    /// What `copy` returns; nothing is marked or published then.
+    pub(crate) fn write_with(
+        &self,
+        offset: u64,
+        len: usize,
+        copy: impl FnOnce(&RegionMemory) -> Result<(), RegionError>,
+    ) -> Result<u64, RegionError> {
+        let mut pages = self.pages.write();
+        copy(&self.memory)?;
+        let version = self.bump_version();
+        pages.mark(offset, len64(len), version);
+        self.traffic.copied_in(len64(len));
+        self.publish(Change { version, offset, len: len64(len) });
+        Ok(version)
+    }
+}
+
+/// A length as the `u64` regions count in (saturating, though no buffer comes near).
+pub(crate) fn len64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
 }

@@ -16,12 +16,12 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::bounded;
 use parking_lot::Mutex;
 use wasmtime::{Instance, InstancePre, Ref, Store, Trap, UpdateDeadline, Val, ValType};
 
@@ -29,7 +29,7 @@ use super::events::{self, EventKind, EventQueue, Pending};
 use super::fault;
 use super::limits::TenantLimiter;
 use super::memory_creator;
-use super::pool::{PoolHandle, WorkerPool};
+use super::pool::{Mailbox, PoolHandle, Runnable, WorkerPool};
 use super::{InstanceConfig, InstanceError, InstanceId, InstanceStatus, RunState};
 use crate::abi::GuestCtx;
 use crate::error::Error;
@@ -125,15 +125,8 @@ pub(crate) struct InstanceCell {
     config: InstanceConfig,
     pre: InstancePre<InstanceState>,
     core: Arc<Core>,
-    mailbox_tx: Sender<Job>,
-    mailbox_rx: Receiver<Job>,
-    /// In the run queue or on a worker. **Invariant:** set while the cell is queued or running, so it
-    /// is queued at most once and never runs on two workers.
-    scheduled: AtomicBool,
-    /// Its waker was called since its worker last polled it: it must run again.
-    woken: AtomicBool,
-    /// A job is suspended in `slot` (only the worker holding the cell writes this).
-    suspended: AtomicBool,
+    /// Its jobs, run one at a time by the pool (which keeps the cell queued at most once).
+    mailbox: Mailbox<Job>,
     /// Wakes this cell's suspended job: puts the cell back in the run queue.
     waker: Waker,
     kill: Arc<AtomicBool>,
@@ -169,6 +162,67 @@ impl Drop for InstanceCell {
     fn drop(&mut self) {
         let rest = self.events.take();
         self.tenant.events_taken(u64::try_from(rest.len()).unwrap_or(u64::MAX));
+    }
+}
+
+/// The pool runs an instance's jobs in turns charged to its tenant.
+impl Runnable for InstanceCell {
+    type Job = Job;
+
+    fn tenant(&self) -> &Arc<Tenant> {
+        &self.tenant
+    }
+
+    fn mailbox(&self) -> &Mailbox<Job> {
+        &self.mailbox
+    }
+
+    fn run_turn(self: &Arc<Self>, max: usize) {
+        let mut slot = self.slot.lock();
+        // Before polling, so a wake-up during the poll is kept for the end of the turn.
+        self.mailbox.begin_turn();
+        if let Some(since) = self.requeued.lock().take() {
+            if matches!(*slot, Slot::Busy { .. }) {
+                let waited = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.credit.fetch_add(waited, Ordering::Relaxed);
+            }
+        }
+        let mut cx = Context::from_waker(&self.waker);
+        let mut started = 0;
+        loop {
+            if let Slot::Busy { task, delivering } = &mut *slot {
+                let _delivering = delivering.then(|| Delivering::enter(self.id));
+                // A panic here would be a broker bug; contain it to this instance rather than lose the
+                // worker.
+                match std::panic::catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(&mut cx))) {
+                    Ok(Poll::Pending) => {
+                        self.mailbox.set_suspended(true);
+                        return;
+                    }
+                    Ok(Poll::Ready(live)) => *slot = Slot::Idle(live),
+                    Err(_) => {
+                        self.contain_panic(&mut slot);
+                    }
+                }
+                self.mailbox.set_suspended(false);
+            }
+            if started == max {
+                return;
+            }
+            let Some(job) = self.mailbox.next_job() else {
+                return;
+            };
+            started += 1;
+            let live = match &mut *slot {
+                Slot::Idle(live) => live.take(),
+                Slot::Busy { .. } => None,
+            };
+            *slot = Slot::Busy { task: (job.start)(Arc::clone(self), live), delivering: job.delivering };
+        }
+    }
+
+    fn queued_suspended(&self) {
+        self.requeued.lock().get_or_insert_with(Instant::now);
     }
 }
 
@@ -262,7 +316,6 @@ impl InstanceCell {
         pool: PoolHandle,
         state: RunState,
     ) -> Arc<InstanceCell> {
-        let (mailbox_tx, mailbox_rx) = unbounded();
         let status = InstanceStatus {
             module: module.to_string(),
             state,
@@ -278,11 +331,7 @@ impl InstanceCell {
             config,
             pre,
             core,
-            mailbox_tx,
-            mailbox_rx,
-            scheduled: AtomicBool::new(false),
-            woken: AtomicBool::new(false),
-            suspended: AtomicBool::new(false),
+            mailbox: Mailbox::default(),
             waker: Waker::from(Arc::new(CellWaker(me.clone()))),
             kill: Arc::new(AtomicBool::new(false)),
             credit: Arc::new(AtomicU64::new(0)),
@@ -303,41 +352,7 @@ impl InstanceCell {
 
     /// Makes the cell run again (its suspended job was woken).
     fn wake(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::SeqCst);
-        // Store (woken) then load (scheduled), against the worker's store (scheduled) then load
-        // (woken): see `reschedule`.
-        fence(Ordering::SeqCst);
-        if !self.scheduled.swap(true, Ordering::SeqCst) {
-            self.requeued.lock().get_or_insert_with(Instant::now);
-            self.pool.schedule(Arc::clone(self));
-        }
-    }
-
-    /// Posts a job and makes sure a worker will run it.
-    pub(super) fn post(self: &Arc<Self>, job: Job) -> bool {
-        // The cell owns both ends of its mailbox, so this send cannot fail.
-        let _ = self.mailbox_tx.send(job);
-        // Store (the job) then load (the flag), against the worker's store (the flag) then load (the
-        // mailbox): without a full fence on both sides each could miss the other's store, and the job
-        // would sit in a mailbox no worker is scheduled to run (a lost wake-up, seen as a hung call).
-        fence(Ordering::SeqCst);
-        !self.scheduled.swap(true, Ordering::SeqCst)
-    }
-
-    /// Called by the worker after its turn: clears `scheduled`, then takes the cell again if it was
-    /// woken meanwhile or has jobs it can start. True if the caller must queue it again.
-    pub(super) fn reschedule(&self) -> bool {
-        self.scheduled.store(false, Ordering::SeqCst);
-        // Pairs with the fences in `post` and `wake`: a job posted or a wake-up made during the turn,
-        // which saw `scheduled == true` and so did not queue the cell, is seen here.
-        fence(Ordering::SeqCst);
-        let suspended = self.suspended.load(Ordering::Relaxed);
-        let runnable = self.woken.load(Ordering::SeqCst) || (!suspended && !self.mailbox_rx.is_empty());
-        let requeue = runnable && !self.scheduled.swap(true, Ordering::SeqCst);
-        if requeue && suspended {
-            self.requeued.lock().get_or_insert_with(Instant::now);
-        }
-        requeue
+        self.pool.wake(self);
     }
 
     /// Where producers (region watchers, native trampolines) send events for this instance.
@@ -556,53 +571,6 @@ impl InstanceCell {
         let removed = self.core.caps.lock().remove_instance(self.id);
         drop(live.take());
         Ok(removed?)
-    }
-
-    /// Runs the cell on the calling worker, which holds it: resumes its suspended job, if any, then
-    /// starts queued jobs, at most `max`, until one suspends or none is left.
-    pub(super) fn run_jobs(self: &Arc<Self>, max: usize) {
-        let mut slot = self.slot.lock();
-        // Cleared before polling, so a wake-up during the poll is kept for `reschedule`; a swap, so the
-        // poll sees what the waker's caller wrote before waking (an interrupt's kill flag).
-        self.woken.swap(false, Ordering::SeqCst);
-        if let Some(since) = self.requeued.lock().take() {
-            if matches!(*slot, Slot::Busy { .. }) {
-                let waited = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                self.credit.fetch_add(waited, Ordering::Relaxed);
-            }
-        }
-        let mut cx = Context::from_waker(&self.waker);
-        let mut started = 0;
-        loop {
-            if let Slot::Busy { task, delivering } = &mut *slot {
-                let _delivering = delivering.then(|| Delivering::enter(self.id));
-                // A panic here would be a broker bug; contain it to this instance rather than lose the
-                // worker.
-                match std::panic::catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(&mut cx))) {
-                    Ok(Poll::Pending) => {
-                        self.suspended.store(true, Ordering::Relaxed);
-                        return;
-                    }
-                    Ok(Poll::Ready(live)) => *slot = Slot::Idle(live),
-                    Err(_) => {
-                        self.contain_panic(&mut slot);
-                    }
-                }
-                self.suspended.store(false, Ordering::Relaxed);
-            }
-            if started == max {
-                return;
-            }
-            let Ok(job) = self.mailbox_rx.try_recv() else {
-                return;
-            };
-            started += 1;
-            let live = match &mut *slot {
-                Slot::Idle(live) => live.take(),
-                Slot::Busy { .. } => None,
-            };
-            *slot = Slot::Busy { task: (job.start)(Arc::clone(self), live), delivering: job.delivering };
-        }
     }
 
     /// After a job panicked: the task is dropped (its store went while the panic unwound, and took its

@@ -1,9 +1,10 @@
 //! The worker pool: a few threads that run many instances, sharing them out among tenants by the
 //! CPU time each has used.
 //!
-//! An instance with work to do is runnable at most once (its `scheduled` flag); a worker resumes its
-//! suspended job or starts queued ones (a batch at most), until the job finishes or suspends, then
-//! either queues the instance again (it was woken, or has more jobs) or clears the flag. So one
+//! The pool runs anything [`Runnable`]: something with a tenant and a [`Mailbox`] of jobs (an instance).
+//! A runnable with work to do is queued at most once (its mailbox's `scheduled` flag); a worker resumes
+//! its suspended job or starts queued ones (a batch at most), until the job finishes or suspends, then
+//! either queues it again (it was woken, or has more jobs) or clears the flag. So one
 //! instance never runs on two threads at once. Calls are preempted: at each epoch tick a call yields
 //! its worker if anything else is runnable (see `instance`), and a waiting host call parks without a
 //! worker, so no call holds a worker for longer than a tick while others wait.
@@ -29,14 +30,13 @@
 //! long calls leave the other workers to everyone else.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::instance::{InstanceCell, Job};
 use crate::tenant::{Quotas, Tenant, TenantId};
 
 /// The most worker time one turn is charged. A running call yields within a tick of other work
@@ -248,10 +248,136 @@ fn weighted(ran: Duration, shares: u64) -> u64 {
     u64::try_from(scaled).unwrap_or(u64::MAX)
 }
 
+/// Something the pool runs in turns, with a [`Mailbox`] of its jobs: an instance (see `instance`). The
+/// pool knows nothing else about it: it queues it when its mailbox says so, charges its turns to its
+/// tenant, and queues it again when a turn ends with more to do.
+pub(crate) trait Runnable: Send + Sync + 'static {
+    /// What its mailbox holds.
+    type Job: Send + 'static;
+
+    /// The tenant its turns are charged to.
+    fn tenant(&self) -> &Arc<Tenant>;
+
+    /// Its jobs and scheduling flags.
+    fn mailbox(&self) -> &Mailbox<Self::Job>;
+
+    /// Runs one turn on the calling worker, which holds it: resumes a suspended job, if any, then
+    /// starts queued jobs ([`Mailbox::next_job`]), at most `max`, until one suspends
+    /// ([`Mailbox::set_suspended`]) or none is left.
+    fn run_turn(self: &Arc<Self>, max: usize);
+
+    /// It was queued again with a job suspended (woken, or preempted with more to do): the time until
+    /// its next turn is waiting, not running.
+    fn queued_suspended(&self) {}
+}
+
+/// A [`Runnable`] with its job type erased, as the run queue holds it.
+trait Turn: Send + Sync {
+    fn tenant(&self) -> &Arc<Tenant>;
+
+    /// Runs a turn; true if it must be queued again.
+    fn take_turn(self: Arc<Self>, max: usize) -> bool;
+}
+
+impl<R: Runnable> Turn for R {
+    fn tenant(&self) -> &Arc<Tenant> {
+        Runnable::tenant(self)
+    }
+
+    fn take_turn(self: Arc<Self>, max: usize) -> bool {
+        self.run_turn(max);
+        let mailbox = self.mailbox();
+        let requeue = mailbox.end_turn();
+        if requeue && mailbox.suspended.load(Ordering::Relaxed) {
+            self.queued_suspended();
+        }
+        requeue
+    }
+}
+
+/// A runnable's jobs, and the flags that keep it in the run queue at most once.
+///
+/// **Invariant:** `scheduled` is set while the owner is queued or running, so it is queued at most
+/// once and never runs on two workers. Posting (job, then flag) and waking (`woken`, then flag) race
+/// with the end of a turn (flag, then jobs and `woken`); each side has a full fence between its store
+/// and its load, so at least one of them sees the other and the owner is queued: no lost wake-up.
+pub(crate) struct Mailbox<J> {
+    tx: crossbeam_channel::Sender<J>,
+    rx: crossbeam_channel::Receiver<J>,
+    scheduled: AtomicBool,
+    /// Its owner was woken since its last turn began: it must run again.
+    woken: AtomicBool,
+    /// A job is suspended (only the worker holding the owner writes this).
+    suspended: AtomicBool,
+}
+
+impl<J> Default for Mailbox<J> {
+    fn default() -> Mailbox<J> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Mailbox {
+            tx,
+            rx,
+            scheduled: AtomicBool::new(false),
+            woken: AtomicBool::new(false),
+            suspended: AtomicBool::new(false),
+        }
+    }
+}
+
+impl<J> Mailbox<J> {
+    /// Posts a job; true if the caller took the owner's place in the run queue (and must queue it).
+    fn post(&self, job: J) -> bool {
+        // The mailbox owns both ends of its channel, so this send cannot fail.
+        let _ = self.tx.send(job);
+        // Store (the job) then load (the flag), against the worker's store (the flag) then load (the
+        // mailbox): without a full fence on both sides each could miss the other's store, and the job
+        // would sit in a mailbox no worker is scheduled to run (a lost wake-up, seen as a hung call).
+        fence(Ordering::SeqCst);
+        !self.scheduled.swap(true, Ordering::SeqCst)
+    }
+
+    /// Marks the owner woken; true if the caller took its place in the run queue.
+    fn wake(&self) -> bool {
+        self.woken.store(true, Ordering::SeqCst);
+        // Store (woken) then load (scheduled), against the worker's store (scheduled) then load
+        // (woken): see `end_turn`.
+        fence(Ordering::SeqCst);
+        !self.scheduled.swap(true, Ordering::SeqCst)
+    }
+
+    /// Called by the owner as its turn begins: a wake-up from now on is kept for `end_turn`. A swap, so
+    /// the turn sees what the waker's caller wrote before waking (an interrupt's kill flag).
+    pub(crate) fn begin_turn(&self) {
+        self.woken.swap(false, Ordering::SeqCst);
+    }
+
+    /// The next queued job, if any.
+    pub(crate) fn next_job(&self) -> Option<J> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Records whether the owner's current job is suspended (it then starts no other job).
+    pub(crate) fn set_suspended(&self, suspended: bool) {
+        self.suspended.store(suspended, Ordering::Relaxed);
+    }
+
+    /// After a turn: clears `scheduled`, then takes the owner's place again if it was woken meanwhile
+    /// or has jobs it can start. True if the caller must queue it again.
+    fn end_turn(&self) -> bool {
+        self.scheduled.store(false, Ordering::SeqCst);
+        // Pairs with the fences in `post` and `wake`: a job posted or a wake-up made during the turn,
+        // which saw `scheduled == true` and so did not queue the owner, is seen here.
+        fence(Ordering::SeqCst);
+        let suspended = self.suspended.load(Ordering::Relaxed);
+        let runnable = self.woken.load(Ordering::SeqCst) || (!suspended && !self.rx.is_empty());
+        runnable && !self.scheduled.swap(true, Ordering::SeqCst)
+    }
+}
+
 /// Work a worker takes a turn at.
-enum Runnable {
-    /// An instance with jobs to run or a job to resume.
-    Instance(Arc<InstanceCell>),
+enum Work {
+    /// A runnable with jobs to run or a job to resume.
+    Runnable(Arc<dyn Turn>),
     /// A tenant's blocking task.
     Task(Task),
 }
@@ -268,18 +394,18 @@ struct Task {
     run: Box<dyn FnOnce() + Send>,
 }
 
-impl Runnable {
+impl Work {
     fn tenant(&self) -> &Arc<Tenant> {
         match self {
-            Runnable::Instance(cell) => &cell.tenant,
-            Runnable::Task(task) => &task.tenant,
+            Work::Runnable(r) => r.tenant(),
+            Work::Task(task) => &task.tenant,
         }
     }
 }
 
 /// What the workers and the submitters share.
 struct Scheduler {
-    queues: Mutex<Queues<Runnable>>,
+    queues: Mutex<Queues<Work>>,
     ready: Condvar,
     /// Instances runnable (a hint read without the lock, so spinning workers leave the lock to
     /// submitters).
@@ -311,7 +437,7 @@ impl Scheduler {
     /// call reaches its epoch check at once and yields, instead of at the next tick. So a tenant's call
     /// waits microseconds, not a tick, for a worker that spinners hold. Work queued again after a turn
     /// never does this (two spinners would make each other yield without end).
-    fn push(&self, item: Runnable, arrival: Arrival) {
+    fn push(&self, item: Work, arrival: Arrival) {
         let tenant = item.tenant().id();
         let cap = worker_cap(item.tenant());
         let mut q = self.queues.lock();
@@ -341,7 +467,7 @@ impl Scheduler {
     /// An idle worker spins briefly (a few microseconds, never yielding its core) before it sleeps:
     /// calls often arrive microseconds apart, and a futex wake-up costs more than the call, while
     /// yielding in a loop would take CPU time from the tenants' work on a small machine.
-    fn pop(&self) -> Option<Runnable> {
+    fn pop(&self) -> Option<Work> {
         let mut spins = 0u32;
         loop {
             let mut q = self.queues.lock();
@@ -354,9 +480,9 @@ impl Scheduler {
                     q.accrue(now);
                 }
                 let tasks_full = q.tasks >= self.task_limit;
-                let may_run = |item: &Runnable, running: usize| {
+                let may_run = |item: &Work, running: usize| {
                     let cap = worker_cap(item.tenant());
-                    (cap == 0 || running < cap) && !(tasks_full && matches!(item, Runnable::Task(_)))
+                    (cap == 0 || running < cap) && !(tasks_full && matches!(item, Work::Task(_)))
                 };
                 if let Some(item) = q.take_turn(may_run) {
                     self.runnable.fetch_sub(1, Ordering::Relaxed);
@@ -365,7 +491,7 @@ impl Scheduler {
                     self.busy.fetch_add(1, Ordering::Relaxed);
                     let now = now.unwrap_or_else(Instant::now);
                     let (tenant, shares) = (item.tenant().id(), item.tenant().quotas().cpu_shares);
-                    if matches!(item, Runnable::Task(_)) {
+                    if matches!(item, Work::Task(_)) {
                         q.task_started(tenant, shares, now);
                     } else {
                         q.turn_started(tenant, shares, now);
@@ -422,7 +548,7 @@ impl Scheduler {
     }
 }
 
-/// Threads that drive instance mailboxes.
+/// Threads that drive runnables' mailboxes.
 pub(crate) struct WorkerPool {
     scheduler: Arc<Scheduler>,
     threads: Vec<JoinHandle<()>>,
@@ -435,16 +561,19 @@ pub(crate) struct PoolHandle {
 }
 
 impl PoolHandle {
-    /// Posts a job to an instance's mailbox and makes sure a worker will run it.
-    pub(crate) fn submit(&self, cell: &Arc<InstanceCell>, job: Job) {
-        if cell.post(job) {
-            self.scheduler.push(Runnable::Instance(Arc::clone(cell)), Arrival::New);
+    /// Posts a job to a runnable's mailbox and makes sure a worker will run it.
+    pub(crate) fn submit<R: Runnable>(&self, runnable: &Arc<R>, job: R::Job) {
+        if runnable.mailbox().post(job) {
+            self.scheduler.push(Work::Runnable(Arc::clone(runnable) as Arc<dyn Turn>), Arrival::New);
         }
     }
 
-    /// Queues a cell whose `scheduled` flag the caller set (a woken job).
-    pub(super) fn schedule(&self, cell: Arc<InstanceCell>) {
-        self.scheduler.push(Runnable::Instance(cell), Arrival::New);
+    /// Makes a runnable run again (its suspended job was woken).
+    pub(crate) fn wake<R: Runnable>(&self, runnable: &Arc<R>) {
+        if runnable.mailbox().wake() {
+            runnable.queued_suspended();
+            self.scheduler.push(Work::Runnable(Arc::clone(runnable) as Arc<dyn Turn>), Arrival::New);
+        }
     }
 
     /// Whether instances wait for a worker: a long call then yields its own at the next tick.
@@ -490,9 +619,9 @@ impl WorkerPool {
         Ok(WorkerPool { scheduler, threads })
     }
 
-    /// Posts a job to an instance's mailbox and makes sure a worker will run it.
-    pub(crate) fn submit(&self, cell: &Arc<InstanceCell>, job: Job) {
-        self.handle().submit(cell, job);
+    /// Posts a job to a runnable's mailbox and makes sure a worker will run it.
+    pub(crate) fn submit<R: Runnable>(&self, runnable: &Arc<R>, job: R::Job) {
+        self.handle().submit(runnable, job);
     }
 
     /// A handle for posting jobs later.
@@ -513,7 +642,7 @@ impl WorkerPool {
             // The caller may have stopped waiting (it never does today); the result is dropped then.
             let _ = tx.send(task());
         });
-        self.scheduler.push(Runnable::Task(Task { tenant: Arc::clone(tenant), run }), Arrival::New);
+        self.scheduler.push(Work::Task(Task { tenant: Arc::clone(tenant), run }), Arrival::New);
         rx.recv().ok()
     }
 }
@@ -528,16 +657,16 @@ fn work(scheduler: &Scheduler, priority: super::WorkerPriority) {
     while let Some(item) = scheduler.pop() {
         let started = Instant::now();
         match item {
-            Runnable::Instance(cell) => {
-                cell.run_jobs(BATCH);
+            Work::Runnable(runnable) => {
+                let again = Arc::clone(&runnable).take_turn(BATCH);
                 scheduler.busy.fetch_sub(1, Ordering::Relaxed);
-                let shares = cell.tenant.quotas().cpu_shares;
-                scheduler.finished(cell.tenant.id(), started.elapsed(), shares, false);
-                if cell.reschedule() {
-                    scheduler.push(Runnable::Instance(cell), Arrival::Again);
+                let tenant = runnable.tenant();
+                scheduler.finished(tenant.id(), started.elapsed(), tenant.quotas().cpu_shares, false);
+                if again {
+                    scheduler.push(Work::Runnable(runnable), Arrival::Again);
                 }
             }
-            Runnable::Task(Task { tenant, run }) => {
+            Work::Task(Task { tenant, run }) => {
                 run();
                 scheduler.busy.fetch_sub(1, Ordering::Relaxed);
                 scheduler.finished(tenant.id(), started.elapsed(), tenant.quotas().cpu_shares, true);

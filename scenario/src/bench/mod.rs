@@ -11,6 +11,7 @@
 //! as a table, a JSON file and SVG charts (through [`crate::metrics`]).
 
 mod config;
+mod model;
 mod recommend;
 mod report;
 mod runner;
@@ -19,8 +20,9 @@ pub use config::{
     format_size, parse_mode, parse_readers, parse_size, BenchArgError, BenchConfig, Pattern, MAX_READERS,
     MAX_SIZE,
 };
+pub use model::{Cell, Machine, Settings, Subject};
 pub use recommend::{Recommendation, CONFLICT_LIMIT, ISOLATION_SLACK};
-pub use report::{Cell, Machine, Report, Settings, Subject, Written};
+pub use report::{Report, Written};
 pub use runner::{expected_checksum, fill_word, run};
 
 use std::path::PathBuf;

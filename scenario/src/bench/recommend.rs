@@ -16,7 +16,7 @@ use serde::Serialize;
 use broker::mode::Mode;
 
 use super::config::{format_size, Pattern};
-use super::report::{display, Cell, Subject};
+use super::model::{display, Cell, Subject};
 use crate::metrics::format_ns;
 
 /// How much slower than the fastest mode a more isolated mode may be and still be recommended.

@@ -17,7 +17,8 @@ use broker::Rights;
 use broker::{Broker, BrokerConfig, InstanceConfig, InstanceId, Quotas, TenantId, Val};
 
 use super::config::{format_size, BenchConfig, Pattern};
-use super::report::{Cell, Machine, Report, Subject};
+use super::model::{Cell, Machine, Measured, Subject};
+use super::report::Report;
 use super::BenchError;
 
 /// Accesses between refreshes in the guest's `random` and `write1`: the warm-up call does one batch.
@@ -356,16 +357,6 @@ fn native(
         }
     }
     Ok(acc)
-}
-
-/// What one cell measured.
-pub(super) struct Measured {
-    /// Ops completed by all readers together.
-    pub(super) ops: u64,
-    /// From the barrier to the last reader's end.
-    pub(super) wall: Duration,
-    /// Nanoseconds per op of each call (the call's time over its ops), all readers merged.
-    pub(super) per_op: Latency,
 }
 
 /// Runs `op(reader, iters, seed)` on `readers` threads: a warm-up call each with `warm` ops, then calls

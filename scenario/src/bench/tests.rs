@@ -74,7 +74,7 @@ fn filled_words_sum_to_the_expected_checksum() {
 
 fn cell(subject: Subject, ns: f64, commits: u64, conflicts: u64) -> Cell {
     let m =
-        runner::Measured { ops: 1000, wall: Duration::from_nanos(1000 * ns as u64), per_op: Latency::new() };
+        model::Measured { ops: 1000, wall: Duration::from_nanos(1000 * ns as u64), per_op: Latency::new() };
     let mut c = Cell::new(subject, 1 << 20, Pattern::Random, 1, &m);
     c.commits = commits;
     c.conflicts = conflicts;

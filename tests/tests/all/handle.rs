@@ -1,8 +1,10 @@
 //! Handle mode: sharing through grants, rights and ranges, stale handles, cascading revoke, and every
 //! bad input a guest can pass to the ABI.
 
-use broker::{Broker, InstanceId, Mode, RegionId, RegionSpec, Rights, TenantId};
-use broker_tests::{args, broker, call, code, handle, start, tenant, Status};
+use std::time::Duration;
+
+use broker::{Broker, InstanceConfig, InstanceId, Mode, RegionId, RegionSpec, Rights, TenantId};
+use broker_tests::{args, broker, call, code, handle, start, start_with, tenant, Status};
 
 const READ: i32 = 1;
 const WRITE: i32 = 2;
@@ -223,7 +225,10 @@ fn host_grant_bad_inputs() {
 
 /// Runs the attacker's sweep and returns (attacker, own handle).
 fn attacker(w: &World) -> (InstanceId, i32) {
-    let a = start(&w.b, w.alpha, "handle_attacker", "attacker");
+    // The sweep makes 100,000 host calls: on a loaded 2-core machine in a debug build that nears the
+    // default 5 s deadline, which this test is not about.
+    let config = InstanceConfig { call_timeout: Duration::from_secs(60), ..InstanceConfig::default() };
+    let a = start_with(&w.b, w.alpha, "handle_attacker", "attacker", config);
     // The attacker's grants target "reader" in its own tenant.
     start(&w.b, w.alpha, "handle_app", "reader");
     let own = handle(call(&w.b, a, "open_data", args![]));
