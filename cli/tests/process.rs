@@ -26,20 +26,16 @@ use tonic::transport::Channel;
 const WATCHDOG: Duration = Duration::from_secs(120);
 
 /// A fresh state dir, removed on drop.
-struct StateDir(PathBuf);
+struct StateDir(tempfile::TempDir);
 
 impl StateDir {
     fn new(case: &str) -> StateDir {
-        let dir = std::env::temp_dir().join(format!("broker-process-{}-{case}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create the state dir");
-        StateDir(dir)
+        let dir = tempfile::Builder::new().prefix(&format!("broker-process-{case}-")).tempdir();
+        StateDir(dir.expect("create the state dir"))
     }
-}
 
-impl Drop for StateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 }
 
@@ -241,8 +237,8 @@ fn pattern(len: usize) -> Vec<u8> {
 fn graceful_restart_keeps_state_and_the_admin_token() {
     let dir = StateDir::new("graceful");
     let bytes = pattern(3000);
-    let mut d = Daemon::start(&dir.0, 1);
-    let token = admin_token(&dir.0);
+    let mut d = Daemon::start(dir.path(), 1);
+    let token = admin_token(dir.path());
     assert!(token.starts_with("brk_"), "a generated token: {token}");
     let admin = Client::connect(&d, &token);
     rpc!(admin, create_tenant, pb::CreateTenantRequest { name: "acme".into(), quotas: None })
@@ -267,8 +263,8 @@ fn graceful_restart_keeps_state_and_the_admin_token() {
     drop(admin);
     drop(d);
 
-    let mut d = Daemon::start(&dir.0, 2);
-    assert_eq!(admin_token(&dir.0), token, "the admin token file is kept, not regenerated");
+    let mut d = Daemon::start(dir.path(), 2);
+    assert_eq!(admin_token(dir.path()), token, "the admin token file is kept, not regenerated");
     let admin = Client::connect(&d, &token);
     let tenants = rpc!(admin, list_tenants, pb::ListTenantsRequest {}).expect("the admin token still works");
     assert_eq!(tenants.tenants.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["acme"]);
@@ -298,8 +294,8 @@ fn graceful_restart_keeps_state_and_the_admin_token() {
 fn sigkill_after_an_acknowledged_flush_loses_nothing() {
     let dir = StateDir::new("sigkill");
     let bytes = pattern(5000);
-    let mut d = Daemon::start(&dir.0, 1);
-    let token = admin_token(&dir.0);
+    let mut d = Daemon::start(dir.path(), 1);
+    let token = admin_token(dir.path());
     let admin = Client::connect(&d, &token);
     rpc!(admin, create_tenant, pb::CreateTenantRequest { name: "acme".into(), quotas: None })
         .expect("tenant");
@@ -312,7 +308,7 @@ fn sigkill_after_an_acknowledged_flush_loses_nothing() {
     drop(admin);
     drop(d);
 
-    let mut d = Daemon::start(&dir.0, 2);
+    let mut d = Daemon::start(dir.path(), 2);
     let admin = Client::connect(&d, &token);
     let info =
         rpc!(admin, get_region, region_ref("durable").expect("a ref")).expect("the region is still defined");
@@ -336,10 +332,10 @@ fn sigkill_after_an_acknowledged_flush_loses_nothing() {
 #[test]
 fn a_client_that_stops_answering_cannot_hold_the_shutdown_up() {
     let dir = StateDir::new("stalled");
-    let config = dir.0.with_extension("toml");
+    let config = dir.path().with_extension("toml");
     std::fs::write(&config, "drain_timeout_ms = 200\n").expect("write the config");
-    let mut d = Daemon::start_with(&dir.0, 1, &["--config", config.to_str().expect("a utf-8 path")]);
-    let token = admin_token(&dir.0);
+    let mut d = Daemon::start_with(dir.path(), 1, &["--config", config.to_str().expect("a utf-8 path")]);
+    let token = admin_token(dir.path());
     let stalled = Client::stalled(&d, &token);
     rpc!(stalled, create_tenant, pb::CreateTenantRequest { name: "acme".into(), quotas: None })
         .expect("tenant");
@@ -355,7 +351,7 @@ fn a_client_that_stops_answering_cannot_hold_the_shutdown_up() {
     let _ = std::fs::remove_file(&config);
 
     // The state is intact after the cut-short drain.
-    let mut d = Daemon::start(&dir.0, 2);
+    let mut d = Daemon::start(dir.path(), 2);
     let admin = Client::connect(&d, &token);
     assert_eq!(read(&admin, "durable", 0, 4), b"kept");
     let status = d.stop_with(Signal::TERM);
@@ -411,8 +407,8 @@ fn sigkill_at_random_moments_never_loses_or_tears_a_flushed_commit() {
     let mut acknowledged = 0u64;
     let mut seq = 0u64;
     for run in 0..iterations {
-        let mut d = Daemon::start(&dir.0, run);
-        let token = admin_token(&dir.0);
+        let mut d = Daemon::start(dir.path(), run);
+        let token = admin_token(dir.path());
         let c = Client::connect(&d, &token);
         if run == 0 {
             rpc!(c, create_tenant, pb::CreateTenantRequest { name: "acme".into(), quotas: None })
@@ -460,8 +456,8 @@ fn sigkill_at_random_moments_never_loses_or_tears_a_flushed_commit() {
         seq += 1;
     }
     // One last start: the store opens cleanly and the region holds the newest acknowledged flush or later.
-    let d = Daemon::start(&dir.0, iterations);
-    let c = Client::connect(&d, &admin_token(&dir.0));
+    let d = Daemon::start(dir.path(), iterations);
+    let c = Client::connect(&d, &admin_token(dir.path()));
     let found = journal_seq(&read(&c, "journal", 0, JOURNAL)).expect("not torn");
     assert!(found >= acknowledged && acknowledged > 0, "acknowledged {acknowledged}, found {found}");
 }
@@ -528,8 +524,8 @@ fn kernel_resources(pid: u32) -> (usize, usize, usize) {
 #[test]
 fn r13_a_hostile_tenant_cannot_kill_the_daemon_or_outlive_a_revoke() {
     let dir = StateDir::new("r13");
-    let d = Daemon::start(&dir.0, 1);
-    let admin = Client::connect(&d, &admin_token(&dir.0));
+    let d = Daemon::start(dir.path(), 1);
+    let admin = Client::connect(&d, &admin_token(dir.path()));
     let mut clients = Vec::new();
     for name in ["evil", "acme"] {
         rpc!(admin, create_tenant, pb::CreateTenantRequest { name: name.into(), quotas: None })
@@ -668,8 +664,8 @@ fn r13_a_hostile_tenant_cannot_kill_the_daemon_or_outlive_a_revoke() {
 fn r14_a_spinning_tenant_cannot_starve_another_through_the_daemon() {
     const HOUR_MS: u64 = 3_600_000;
     let dir = StateDir::new("r14");
-    let d = Daemon::start(&dir.0, 1);
-    let admin = Client::connect(&d, &admin_token(&dir.0));
+    let d = Daemon::start(dir.path(), 1);
+    let admin = Client::connect(&d, &admin_token(dir.path()));
     let hour = pb::Quotas {
         region_bytes: 1 << 20,
         regions: 4,
@@ -783,8 +779,8 @@ fn r14_a_spinning_tenant_cannot_starve_another_through_the_daemon() {
 #[test]
 fn r15_region_versions_never_go_backwards_across_restarts_and_kills() {
     let dir = StateDir::new("r15-versions");
-    let mut d = Daemon::start(&dir.0, 1);
-    let token = admin_token(&dir.0);
+    let mut d = Daemon::start(dir.path(), 1);
+    let token = admin_token(dir.path());
     let admin = Client::connect(&d, &token);
     rpc!(admin, create_tenant, pb::CreateTenantRequest { name: "acme".into(), quotas: None })
         .expect("tenant");
@@ -799,7 +795,7 @@ fn r15_region_versions_never_go_backwards_across_restarts_and_kills() {
         |c: &Client| rpc!(c, get_region, region_ref("durable").expect("ref")).expect("region").version;
     // A graceful restart.
     assert!(d.stop_with(Signal::TERM).success());
-    let mut d = Daemon::start(&dir.0, 2);
+    let mut d = Daemon::start(dir.path(), 2);
     let admin = Client::connect(&d, &token);
     assert!(version(&admin) >= seen, "after a restart: {} < {seen}", version(&admin));
     let v = write(&admin, "durable", 0, &[9]);
@@ -810,7 +806,7 @@ fn r15_region_versions_never_go_backwards_across_restarts_and_kills() {
         seen = write(&admin, "durable", 1, &[i]);
     }
     d.stop_with(Signal::KILL);
-    let d = Daemon::start(&dir.0, 3);
+    let d = Daemon::start(dir.path(), 3);
     let admin = Client::connect(&d, &token);
     assert!(version(&admin) >= seen, "after SIGKILL: {} < {seen}", version(&admin));
     let v = write(&admin, "durable", 0, &[1]);
@@ -832,9 +828,9 @@ fn r15_python_example_client_walks_the_api() {
         Err(why) => panic!("BROKER_REQUIRE_PYTHON is set but there is no Python with grpcio: {why}"),
     };
     let dir = StateDir::new("python");
-    let mut d = Daemon::start(&dir.0, 1);
-    let token = admin_token(&dir.0);
-    let module = dir.0.with_extension("wasm");
+    let mut d = Daemon::start(dir.path(), 1);
+    let token = admin_token(dir.path());
+    let module = dir.path().with_extension("wasm");
     std::fs::write(&module, broker_guests::RUNTIME_MISBEHAVE_WASM).expect("write the guest");
     let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/client.py");
     // The client's calls have deadlines, and the daemon's watchdog ends them if the client hangs.
@@ -905,8 +901,8 @@ fn r15_python_example_client_walks_the_api() {
 #[test]
 fn r15_a_stopped_instance_stays_stopped_across_restarts_and_a_deleted_one_stays_gone() {
     let dir = StateDir::new("r15-stopped");
-    let mut d = Daemon::start(&dir.0, 1);
-    let token = admin_token(&dir.0);
+    let mut d = Daemon::start(dir.path(), 1);
+    let token = admin_token(dir.path());
     let admin = Client::connect(&d, &token);
     let mut tokens = Vec::new();
     for name in ["alpha", "beta"] {
@@ -960,7 +956,7 @@ fn r15_a_stopped_instance_stays_stopped_across_restarts_and_a_deleted_one_stays_
 
     let state = |c: &Client, name: &str| rpc!(c, get_instance, iref(name)).map(|i| i.state);
     let (stopped, running) = (i32::from(pb::InstanceState::Stopped), i32::from(pb::InstanceState::Running));
-    let mut d = Daemon::start(&dir.0, 2);
+    let mut d = Daemon::start(dir.path(), 2);
     let beta = Client::connect(&d, &tokens[1]);
     assert_eq!(state(&beta, "kept").expect("kept"), stopped, "a stopped instance comes back stopped");
     assert_eq!(state(&beta, "live").expect("live"), running);
@@ -977,7 +973,7 @@ fn r15_a_stopped_instance_stays_stopped_across_restarts_and_a_deleted_one_stays_
     assert!(d.stop_with(Signal::TERM).success());
     drop(d);
 
-    let mut d = Daemon::start(&dir.0, 3);
+    let mut d = Daemon::start(dir.path(), 3);
     let beta = Client::connect(&d, &tokens[1]);
     assert_eq!(state(&beta, "kept").expect("kept"), running, "restarted, it runs after a daemon restart");
     assert_eq!(state(&beta, "live").expect("live"), stopped);
@@ -998,8 +994,8 @@ fn r15_a_stopped_instance_stays_stopped_across_restarts_and_a_deleted_one_stays_
 #[test]
 fn r15_lowered_quotas_and_member_rights_survive_a_kill() {
     let dir = StateDir::new("r15-quotas");
-    let mut d = Daemon::start(&dir.0, 1);
-    let token = admin_token(&dir.0);
+    let mut d = Daemon::start(dir.path(), 1);
+    let token = admin_token(dir.path());
     let admin = Client::connect(&d, &token);
     rpc!(admin, create_tenant, pb::CreateTenantRequest { name: "acme".into(), quotas: None })
         .expect("tenant");
@@ -1032,7 +1028,7 @@ fn r15_lowered_quotas_and_member_rights_survive_a_kill() {
         .expect("lowering below usage is accepted");
 
     d.stop_with(Signal::KILL);
-    let d = Daemon::start(&dir.0, 2);
+    let d = Daemon::start(dir.path(), 2);
     let admin = Client::connect(&d, &token);
     let kept = rpc!(admin, get_region, region_ref("kept").expect("ref")).expect("the region is back");
     assert_eq!(kept.member_rights, broker_abi::rights::READ, "member rights are stored with the region");
@@ -1072,8 +1068,8 @@ fn r15_lowered_quotas_and_member_rights_survive_a_kill() {
 #[test]
 fn r15_concurrent_flushes_survive_a_kill_whole() {
     let dir = StateDir::new("r15-flush");
-    let mut d = Daemon::start(&dir.0, 1);
-    let token = admin_token(&dir.0);
+    let mut d = Daemon::start(dir.path(), 1);
+    let token = admin_token(dir.path());
     let admin = Client::connect(&d, &token);
     rpc!(admin, create_tenant, pb::CreateTenantRequest { name: "acme".into(), quotas: None })
         .expect("tenant");
@@ -1098,10 +1094,10 @@ fn r15_concurrent_flushes_survive_a_kill_whole() {
     });
     assert!(flush(&admin, "r"));
     d.stop_with(Signal::KILL);
-    let d = Daemon::start(&dir.0, 2);
+    let d = Daemon::start(dir.path(), 2);
     let admin = Client::connect(&d, &token);
     assert!(read(&admin, "r", 0, size).iter().all(|b| *b == 20), "the last flushed image came back whole");
-    let leftovers: Vec<String> = std::fs::read_dir(dir.0.join("regions").join("acme"))
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path().join("regions").join("acme"))
         .expect("the tenant's regions")
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())

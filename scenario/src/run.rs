@@ -315,14 +315,8 @@ fn run_mode(
         broker.register_service(expect::SENSOR_SERVICE, None, expect::sensor_service()),
     )?;
     let state_dir = if scenario.regions.iter().any(|r| r.persistent) {
-        let dir = std::env::temp_dir().join(format!(
-            "broker-scenario-{}-{}-{}",
-            std::process::id(),
-            scenario.name,
-            mode
-        ));
-        std::fs::create_dir_all(&dir).map_err(RunError::TempDir)?;
-        Some(TempDir(dir))
+        let prefix = format!("broker-scenario-{}-{mode}-", scenario.name);
+        Some(tempfile::Builder::new().prefix(&prefix).tempdir().map_err(RunError::TempDir)?)
     } else {
         None
     };
@@ -381,7 +375,7 @@ fn run_mode(
             .with_policy(r.policy)
             .with_members(r.members);
         if let (true, Some(dir)) = (r.persistent, &state_dir) {
-            spec = spec.persistent(dir.0.join(format!("{}-{}.region", r.tenant, r.name)));
+            spec = spec.persistent(dir.path().join(format!("{}-{}.region", r.tenant, r.name)));
         }
         regions.push(setup(
             || format!("creating region {}/{}", r.tenant, r.name),
@@ -469,15 +463,6 @@ fn run_mode(
         peak_rss_bytes: if rss_reset { peak_rss_bytes() } else { None },
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-/// A directory removed when the run ends.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn status_text(v: i64) -> String {

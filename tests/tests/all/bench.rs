@@ -173,7 +173,8 @@ fn bench_runs_the_whole_matrix_and_recommends_a_mode_per_cell() {
         "{table}"
     );
 
-    let dir = std::env::temp_dir().join(format!("broker-bench-{}", std::process::id()));
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let dir = tmp.path().to_path_buf();
     let written = report.write(&dir).expect("report written");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&written.json).expect("json file"))
@@ -191,7 +192,6 @@ fn bench_runs_the_whole_matrix_and_recommends_a_mode_per_cell() {
             chart.display()
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Bad settings are refused before anything runs, and the error names the value.

@@ -123,8 +123,9 @@ fn c_guests_rebuild_from_source_where_clang_exists() {
         (broker_guests::C_HANDLE_COUNTER_SOURCE, check),
         (broker_guests::C_MIRROR_COUNTER_SOURCE, check_mirror),
     ];
+    let tmp = tempfile::tempdir().expect("a temporary directory");
     for (i, (source, checks)) in sources.into_iter().enumerate() {
-        let out = std::env::temp_dir().join(format!("broker-c-guest-{}-{i}.wasm", std::process::id()));
+        let out = tmp.path().join(format!("guest-{i}.wasm"));
         let status = Command::new(&clang)
             .args(["--target=wasm32", "-O2", "-nostdlib", "-Wl,--no-entry"])
             .arg("-I")

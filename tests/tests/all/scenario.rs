@@ -279,7 +279,8 @@ fn reports_are_written_as_json_and_svg() {
         &NoProgress,
     )
     .expect("runs");
-    let dir = std::env::temp_dir().join(format!("broker-scenario-report-{}", std::process::id()));
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let dir = tmp.path().to_path_buf();
     let files = report.write_files(&dir).expect("written");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&files[0]).expect("json file")).expect("parses");
@@ -289,7 +290,6 @@ fn reports_are_written_as_json_and_svg() {
     assert!(json["runs"][0]["phases"][0]["actors"][0]["latency"]["p999_ns"].is_u64());
     let svg = std::fs::read_to_string(&files[1]).expect("svg file");
     assert!(svg.contains("<svg") && svg.contains("shared"), "{svg}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ----- validation -----
@@ -682,7 +682,8 @@ fn the_cli_lists_shows_checks_and_runs_scenarios() {
     let (ok, text) = cli(&["scenario", "check", "mixed-trust"]);
     assert!(ok.expect("runs") && text.contains("ok"), "{text}");
 
-    let dir = std::env::temp_dir().join(format!("broker-cli-scenario-{}", std::process::id()));
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let dir = tmp.path().to_path_buf();
     let out = dir.to_string_lossy().into_owned();
     let (ok, text) = cli(&[
         "scenario",
@@ -702,7 +703,6 @@ fn the_cli_lists_shows_checks_and_runs_scenarios() {
     assert!(dir.join("pipeline.json").is_file() && dir.join("pipeline.svg").is_file());
     let (ok, _) = cli(&["scenario", "run", "pipeline", "--modes", "fast", "--quiet", "--out", &out]);
     assert!(ok.expect_err("bad mode").to_string().contains("--modes"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -727,7 +727,8 @@ fn a_cancelled_run_stops_early_with_cancelled() {
 #[test]
 fn a_module_can_be_a_wasm_file_next_to_the_scenario() {
     // A scenario directory of its own: the .toml and the app's .wasm side by side.
-    let dir = std::env::temp_dir().join(format!("broker-scenario-files-{}", std::process::id()));
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let dir = tmp.path().to_path_buf();
     std::fs::create_dir_all(&dir).expect("dir");
     std::fs::write(dir.join("app.wasm"), broker_guests::SCENARIO_PIPELINE_WASM).expect("wasm");
     let text = GOOD.replace("guest = \"scenario_pipeline\"", "path = \"app.wasm\"");
@@ -747,5 +748,4 @@ fn a_module_can_be_a_wasm_file_next_to_the_scenario() {
     std::fs::remove_file(dir.join("app.wasm")).expect("remove");
     let e = broker_scenario::load(path.to_str().expect("utf-8 path")).expect_err("missing file");
     assert!(e.to_string().contains("module[0].path"), "{e}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
