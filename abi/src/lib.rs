@@ -369,6 +369,58 @@ pub const LEN_TO_END: i64 = -1;
 /// requires the host's page size to be the same.
 pub const PAGE_SIZE: u32 = 4096;
 
+/// A length that is a whole number of ABI pages ([`PAGE_SIZE`]): what a shared window spans in guest
+/// memory, the unit mirror hints and page versions count, and the granularity of the broker's memory
+/// reservations. Made only by checking ([`PageAligned::new`]) or rounding up
+/// ([`PageAligned::round_up`]), so code that holds one never re-checks alignment or overflows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PageAligned(u64);
+
+impl PageAligned {
+    /// One page.
+    pub const PAGE: PageAligned = PageAligned(PAGE_SIZE as u64);
+
+    /// `bytes` if it is a whole number of pages, else `None`.
+    pub const fn new(bytes: u64) -> Option<PageAligned> {
+        if PageAligned::is_aligned(bytes) {
+            Some(PageAligned(bytes))
+        } else {
+            None
+        }
+    }
+
+    /// `bytes` rounded up to whole pages; `None` if that overflows a `u64`.
+    pub const fn round_up(bytes: u64) -> Option<PageAligned> {
+        match bytes.checked_add(PAGE_SIZE as u64 - 1) {
+            Some(v) => Some(PageAligned(v & !(PAGE_SIZE as u64 - 1))),
+            None => None,
+        }
+    }
+
+    /// `pages` whole pages; `None` if the length overflows a `u64`.
+    pub const fn from_pages(pages: u64) -> Option<PageAligned> {
+        match pages.checked_mul(PAGE_SIZE as u64) {
+            Some(bytes) => Some(PageAligned(bytes)),
+            None => None,
+        }
+    }
+
+    /// Whether `bytes` (a length or an address) is a whole number of pages.
+    pub const fn is_aligned(bytes: u64) -> bool {
+        bytes.is_multiple_of(PAGE_SIZE as u64)
+    }
+
+    /// The length in bytes.
+    pub const fn bytes(self) -> u64 {
+        self.0
+    }
+
+    /// The length in pages.
+    pub const fn pages(self) -> u64 {
+        self.0 / PAGE_SIZE as u64
+    }
+}
+
 /// The longest region or instance name, in bytes.
 pub const MAX_NAME_LEN: u32 = 256;
 
@@ -443,6 +495,26 @@ mod tests {
         }
         assert_eq!(Status::from_code(1), None);
         assert_eq!(Status::from_code(-1000), None);
+    }
+
+    #[test]
+    fn page_aligned_lengths_are_checked_or_rounded() {
+        let page = u64::from(PAGE_SIZE);
+        assert_eq!(PageAligned::new(0).map(PageAligned::bytes), Some(0));
+        assert_eq!(PageAligned::new(3 * page).map(PageAligned::pages), Some(3));
+        assert_eq!(PageAligned::new(page + 1), None);
+        assert_eq!(PageAligned::round_up(1).map(PageAligned::bytes), Some(page));
+        assert_eq!(PageAligned::round_up(page).map(PageAligned::bytes), Some(page));
+        assert_eq!(PageAligned::round_up(page + 1).map(PageAligned::pages), Some(2));
+        assert_eq!(PageAligned::round_up(u64::MAX), None, "rounding up overflows");
+        assert_eq!(
+            PageAligned::round_up(u64::MAX - page + 1).map(PageAligned::bytes),
+            Some(u64::MAX - page + 1)
+        );
+        assert_eq!(PageAligned::from_pages(2), Some(PageAligned(2 * page)));
+        assert_eq!(PageAligned::from_pages(u64::MAX), None);
+        assert!(PageAligned::is_aligned(page * 7) && !PageAligned::is_aligned(page * 7 - 1));
+        assert_eq!(PageAligned::PAGE.bytes(), page);
     }
 
     #[test]

@@ -64,7 +64,13 @@ pub struct SharedWindow<'r, A = ReadOnly> {
 impl<'r, A> SharedWindow<'r, A> {
     pub(crate) fn map(region: &'r Region, writable: bool) -> Result<SharedWindow<'r, A>> {
         let len = usize::try_from(region.len()?).map_err(|_| Error::OutOfBounds)?;
-        let mapped = len.div_ceil(PAGE).max(1) * PAGE;
+        // Windows span whole pages, at least one.
+        let mapped = u64::try_from(len)
+            .ok()
+            .and_then(broker_abi::PageAligned::round_up)
+            .map(|p| p.max(broker_abi::PageAligned::PAGE).bytes())
+            .and_then(|b| usize::try_from(b).ok())
+            .ok_or(Error::OutOfBounds)?;
         let layout = Layout::from_size_align(mapped, PAGE).map_err(|_| Error::OutOfBounds)?;
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { alloc_zeroed(layout) };

@@ -104,8 +104,10 @@ pub(crate) const HOST_PAGE: usize = broker_abi::PAGE_SIZE as usize;
 /// Reservation made when wasmtime asks for none (it always does on 64-bit hosts with default settings).
 const DEFAULT_RESERVATION: usize = 4 << 30;
 
+/// `n` bytes rounded up to whole pages; `None` on overflow.
 fn round_up(n: usize) -> Option<usize> {
-    n.checked_add(HOST_PAGE - 1).map(|v| v & !(HOST_PAGE - 1))
+    let aligned = broker_abi::PageAligned::round_up(u64::try_from(n).ok()?)?;
+    usize::try_from(aligned.bytes()).ok()
 }
 
 /// Creates [`HostMemory`] for every linear memory of every instance.
