@@ -94,15 +94,6 @@ fn main() {
         let _ = writeln!(code, "    ({name:?}, {}),", name.to_uppercase());
     }
     let _ = writeln!(code, "];");
-    let _ = writeln!(
-        code,
-        "/// Every guest's embedded `.wasm` bytes, as `(name, bytes)`, for lookup by name (scenario files)."
-    );
-    let _ = writeln!(code, "pub static EMBEDDED: &[(&str, &[u8])] = &[");
-    for name in &names {
-        let _ = writeln!(code, "    ({name:?}, {}_WASM),", name.to_uppercase());
-    }
-    let _ = writeln!(code, "];");
     let _ = writeln!(code, "/// Calls `$mac!(suite, name)` for every guest `<suite>_<rest>`.");
     let _ = writeln!(code, "#[macro_export]\nmacro_rules! foreach_guest {{\n    ($mac:ident) => {{");
     for name in &names {

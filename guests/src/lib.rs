@@ -10,11 +10,6 @@
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 
-/// The embedded `.wasm` bytes of the guest called `name` (its file stem, e.g. `"scenario_pipeline"`).
-pub fn embedded(name: &str) -> Option<&'static [u8]> {
-    EMBEDDED.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
-}
-
 /// Reads a guest's `.wasm` bytes by its constant, e.g. `broker_guests::read(broker_guests::HANDLE_APP)`.
 ///
 /// # Errors

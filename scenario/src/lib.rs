@@ -24,3 +24,19 @@ pub use builtin::{load, LoadError, BUILTINS, DEFAULT};
 pub use report::{CheckOutcome, ScenarioReport};
 pub use run::{run, Cancel, RunError, RunOptions};
 pub use spec::{parse, Scenario, SpecError};
+
+/// The guest apps a scenario file may name (`guest = "..."`): the scenario apps, and `callback_app`,
+/// whose host-service calls the noisy-neighbor victim makes. Only these are embedded in the tools that
+/// run scenarios; the test suite's hostile guests never are.
+pub static GUESTS: &[(&str, &[u8])] = &[
+    ("callback_app", broker_guests::CALLBACK_APP_WASM),
+    ("scenario_attacker", broker_guests::SCENARIO_ATTACKER_WASM),
+    ("scenario_nanoapp", broker_guests::SCENARIO_NANOAPP_WASM),
+    ("scenario_pipeline", broker_guests::SCENARIO_PIPELINE_WASM),
+    ("scenario_widgets", broker_guests::SCENARIO_WIDGETS_WASM),
+];
+
+/// The embedded bytes of the guest a scenario names, if it is one of [`GUESTS`].
+pub fn guest(name: &str) -> Option<&'static [u8]> {
+    GUESTS.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
+}

@@ -360,7 +360,7 @@ fn run_mode(
 
     for m in &scenario.modules {
         let bytes: Vec<u8> = match &m.source {
-            ModuleSource::Guest(g) => broker_guests::embedded(g).map(<[u8]>::to_vec).unwrap_or_default(),
+            ModuleSource::Guest(g) => crate::guest(g).map(<[u8]>::to_vec).unwrap_or_default(),
             ModuleSource::File(path) => std::fs::read(path)
                 .map_err(|source| RunError::ModuleFile { path: path.display().to_string(), source })?,
         };
@@ -629,7 +629,7 @@ fn run_actor(
     let upload = match &actor.work {
         Work::Upload { tenant, module } => {
             let bytes: Cow<'static, [u8]> = match module {
-                UploadSource::Guest(g) => Cow::Borrowed(broker_guests::embedded(g).unwrap_or_default()),
+                UploadSource::Guest(g) => Cow::Borrowed(crate::guest(g).unwrap_or_default()),
                 // Validated to at most 1 GiB, which fits the `usize` of any host the broker builds for.
                 UploadSource::Generated(size) => {
                     Cow::Owned(generated_module(usize::try_from(*size).unwrap_or(0)))

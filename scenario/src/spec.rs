@@ -879,8 +879,8 @@ fn validate(ctx: &Ctx<'_>, raw: RawScenario) -> Result<Scenario, SpecError> {
         let mname = name(ctx, &m.name, &format!("{field}.name"))?;
         let source = match (&m.guest, &m.path) {
             (Some(g), None) => {
-                if broker_guests::embedded(g.get_ref()).is_none() {
-                    let known: Vec<&str> = broker_guests::EMBEDDED.iter().map(|(n, _)| *n).collect();
+                if crate::guest(g.get_ref()).is_none() {
+                    let known: Vec<&str> = crate::GUESTS.iter().map(|(n, _)| *n).collect();
                     return Err(ctx.err(
                         &g.span(),
                         format!("{field}.guest"),
@@ -1289,7 +1289,7 @@ fn validate_upload(
         ));
     };
     let module = match (&upload.guest, &upload.size) {
-        (Some(g), None) => match broker_guests::embedded(g.get_ref()) {
+        (Some(g), None) => match crate::guest(g.get_ref()) {
             Some(bytes) => {
                 let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
                 if len > quotas.module_bytes {
@@ -1305,7 +1305,7 @@ fn validate_upload(
                 UploadSource::Guest(g.get_ref().clone())
             }
             None => {
-                let known: Vec<&str> = broker_guests::EMBEDDED.iter().map(|(n, _)| *n).collect();
+                let known: Vec<&str> = crate::GUESTS.iter().map(|(n, _)| *n).collect();
                 return Err(ctx.err(
                     &g.span(),
                     format!("{field}.guest"),

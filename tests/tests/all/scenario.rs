@@ -749,3 +749,18 @@ fn a_module_can_be_a_wasm_file_next_to_the_scenario() {
     let e = broker_scenario::load(path.to_str().expect("utf-8 path")).expect_err("missing file");
     assert!(e.to_string().contains("module[0].path"), "{e}");
 }
+
+#[test]
+fn scenario_files_can_name_every_scenario_guest_and_only_guests_of_this_build() {
+    let scenario_guests: Vec<&str> =
+        broker_guests::ALL.iter().map(|(n, _)| *n).filter(|n| n.starts_with("scenario_")).collect();
+    assert!(scenario_guests.len() >= 4, "{scenario_guests:?}");
+    for name in &scenario_guests {
+        assert!(broker_scenario::guest(name).is_some(), "{name} is not in broker_scenario::GUESTS");
+    }
+    for (name, bytes) in broker_scenario::GUESTS {
+        let (_, path) = broker_guests::ALL.iter().find(|(n, _)| n == name).expect("a guest of this build");
+        assert_eq!(*bytes, std::fs::read(path).expect("built").as_slice(), "{name}'s embedded bytes");
+    }
+    assert!(broker_scenario::guest("malicious_app").is_none(), "hostile test guests are not embedded");
+}
