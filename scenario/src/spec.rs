@@ -18,7 +18,7 @@ use broker::capability::Rights;
 use broker::mode::mirror::ConflictPolicy;
 use broker::mode::Mode;
 use broker::name::Name;
-use broker::tenant::Quotas;
+use broker::tenant::{QuotaKind, Quotas};
 
 /// A scenario file that does not parse or does not make sense, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -410,25 +410,9 @@ struct RawTenant {
     quotas: Option<Spanned<RawQuotas>>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawQuotas {
-    region_bytes: Option<Spanned<RawSize>>,
-    regions: Option<u64>,
-    instances: Option<u64>,
-    handles: Option<u64>,
-    memory_bytes: Option<Spanned<RawSize>>,
-    cpu_shares: Option<Spanned<u64>>,
-    windows: Option<u64>,
-    windows_per_instance: Option<u64>,
-    modules: Option<u64>,
-    module_bytes: Option<Spanned<RawSize>>,
-    compiled_bytes: Option<Spanned<RawSize>>,
-    max_call_timeout_ms: Option<u64>,
-    trampolines: Option<u64>,
-    max_workers: Option<u64>,
-    watches: Option<u64>,
-}
+/// A tenant's quotas as written: any of [`Quotas::FIELDS`] by name, each a number or (for byte
+/// quotas) a size such as `"64MiB"`.
+type RawQuotas = std::collections::BTreeMap<String, Spanned<RawSize>>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -647,6 +631,29 @@ fn size(ctx: &Ctx<'_>, v: &Spanned<RawSize>, field: &str) -> Result<u64, SpecErr
     }
 }
 
+/// Sets the quota `key` of `quotas` from a scenario file's value: a size for byte quotas, a
+/// non-negative integer for the others, a weight in range for `cpu_shares`.
+fn quota(
+    ctx: &Ctx<'_>,
+    quotas: &mut Quotas,
+    key: &str,
+    v: &Spanned<RawSize>,
+    field: &str,
+) -> Result<(), SpecError> {
+    let Some(f) = Quotas::field(key) else {
+        let known: Vec<&str> = Quotas::FIELDS.iter().map(|f| f.name).collect();
+        return Err(ctx.err(&v.span(), field, format!("no quota {key:?} (known: {})", known.join(", "))));
+    };
+    let value = match (f.kind, v.get_ref()) {
+        (QuotaKind::Bytes, _) => size(ctx, v, field)?,
+        (_, RawSize::Int(n)) => {
+            u64::try_from(*n).map_err(|_| ctx.err(&v.span(), field, "must not be negative"))?
+        }
+        (_, RawSize::Text(_)) => return Err(ctx.err(&v.span(), field, "must be a whole number")),
+    };
+    f.set(quotas, value).map_err(|e| ctx.err(&v.span(), field, e.to_string()))
+}
+
 fn name(ctx: &Ctx<'_>, v: &Spanned<String>, field: &str) -> Result<String, SpecError> {
     Name::new(v.get_ref())
         .map(|n| n.as_str().to_owned())
@@ -814,45 +821,8 @@ fn validate(ctx: &Ctx<'_>, raw: RawScenario) -> Result<Scenario, SpecError> {
         }
         let mut quotas = Quotas::default();
         if let Some(q) = &t.quotas {
-            let q = q.get_ref();
-            if let Some(v) = &q.region_bytes {
-                quotas.region_bytes = size(ctx, v, &format!("{field}.quotas.region_bytes"))?;
-            }
-            if let Some(v) = &q.memory_bytes {
-                quotas.memory_bytes = size(ctx, v, &format!("{field}.quotas.memory_bytes"))?;
-            }
-            if let Some(v) = q.regions {
-                quotas.regions = v;
-            }
-            if let Some(v) = q.instances {
-                quotas.instances = v;
-            }
-            if let Some(v) = q.handles {
-                quotas.handles = v;
-            }
-            if let Some(v) = &q.cpu_shares {
-                quotas.cpu_shares = Quotas::check_cpu_shares(*v.get_ref())
-                    .map_err(|e| ctx.err(&v.span(), format!("{field}.quotas.cpu_shares"), e.to_string()))?;
-            }
-            if let Some(v) = &q.module_bytes {
-                quotas.module_bytes = size(ctx, v, &format!("{field}.quotas.module_bytes"))?;
-            }
-            if let Some(v) = &q.compiled_bytes {
-                quotas.compiled_bytes = size(ctx, v, &format!("{field}.quotas.compiled_bytes"))?;
-            }
-            let counts = [
-                (q.windows, &mut quotas.windows),
-                (q.windows_per_instance, &mut quotas.windows_per_instance),
-                (q.modules, &mut quotas.modules),
-                (q.max_call_timeout_ms, &mut quotas.max_call_timeout_ms),
-                (q.trampolines, &mut quotas.trampolines),
-                (q.max_workers, &mut quotas.max_workers),
-                (q.watches, &mut quotas.watches),
-            ];
-            for (value, quota) in counts {
-                if let Some(v) = value {
-                    *quota = v;
-                }
+            for (key, v) in q.get_ref() {
+                quota(ctx, &mut quotas, key, v, &format!("{field}.quotas.{key}"))?;
             }
         }
         tenants.push(TenantDef { name: tname, quotas });

@@ -205,6 +205,122 @@ impl Quotas {
     }
 }
 
+/// How a quota's value is written: boundaries that take quotas from people (scenario files, CLI flags)
+/// accept sizes such as `"64MiB"` for byte quotas, and check a weight's range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaKind {
+    /// A number of things.
+    Count,
+    /// A number of bytes.
+    Bytes,
+    /// Milliseconds.
+    Millis,
+    /// A scheduling weight ([`Quotas::cpu_shares`]), checked by [`Quotas::check_cpu_shares`].
+    Weight,
+}
+
+/// One field of [`Quotas`], so that code handling every quota alike (scenario files, the CLI's flags
+/// and JSON) lists them nowhere else: [`Quotas::FIELDS`] is the one list.
+#[derive(Clone, Copy)]
+pub struct QuotaField {
+    /// The field's name, as in `Quotas`, the proto, the store and scenario files.
+    pub name: &'static str,
+    /// What it limits, in a line.
+    pub help: &'static str,
+    /// How its value is written and checked.
+    pub kind: QuotaKind,
+    get: fn(&Quotas) -> u64,
+    set: fn(&mut Quotas, u64),
+}
+
+impl fmt::Debug for QuotaField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuotaField").field("name", &self.name).field("kind", &self.kind).finish()
+    }
+}
+
+impl QuotaField {
+    /// The field's value in `quotas`.
+    pub fn get(&self, quotas: &Quotas) -> u64 {
+        (self.get)(quotas)
+    }
+
+    /// Sets the field in `quotas`, checked for its kind (a weight must be in range).
+    ///
+    /// # Errors
+    /// [`CpuSharesError`] for a weight out of range; `quotas` is unchanged then.
+    pub fn set(&self, quotas: &mut Quotas, value: u64) -> Result<(), CpuSharesError> {
+        if self.kind == QuotaKind::Weight {
+            Quotas::check_cpu_shares(value)?;
+        }
+        (self.set)(quotas, value);
+        Ok(())
+    }
+}
+
+/// A [`QuotaField`] entry: the field's name, kind and help, with its accessors.
+macro_rules! quota_field {
+    ($name:ident, $kind:ident, $help:literal) => {
+        QuotaField {
+            name: stringify!($name),
+            help: $help,
+            kind: QuotaKind::$kind,
+            get: |q| q.$name,
+            set: |q, v| q.$name = v,
+        }
+    };
+}
+
+impl Quotas {
+    /// Every quota, in the order the control API's `Quotas` message declares them.
+    pub const FIELDS: [QuotaField; 15] = [
+        quota_field!(region_bytes, Bytes, "Total bytes of the tenant's regions."),
+        quota_field!(regions, Count, "Number of regions."),
+        quota_field!(instances, Count, "Number of instances."),
+        quota_field!(handles, Count, "Number of capabilities (open handles and outstanding grants)."),
+        quota_field!(
+            memory_bytes,
+            Bytes,
+            "Host memory on the tenant's behalf: linear memories, mirror shadows, page-version tables."
+        ),
+        quota_field!(
+            windows,
+            Count,
+            "Shared windows of all the tenant's instances (each costs kernel mappings)."
+        ),
+        quota_field!(windows_per_instance, Count, "Shared windows of any one instance."),
+        quota_field!(modules, Count, "Modules loaded."),
+        quota_field!(
+            module_bytes,
+            Bytes,
+            "Bytes of wasm of all loaded modules (an upload over it is refused before compiling)."
+        ),
+        quota_field!(compiled_bytes, Bytes, "Bytes of compiled code of all loaded modules."),
+        quota_field!(
+            max_call_timeout_ms,
+            Millis,
+            "The longest call deadline an instance of the tenant may ask for."
+        ),
+        quota_field!(
+            trampolines,
+            Count,
+            "Native trampolines (toolkit event callbacks) the tenant's apps may hold."
+        ),
+        quota_field!(max_workers, Count, "Workers the tenant's instances may occupy at once (0: no cap)."),
+        quota_field!(watches, Count, "Region watches the tenant's apps may hold."),
+        quota_field!(
+            cpu_shares,
+            Weight,
+            "The tenant's weight for CPU time among busy tenants, 1 to 65536 (default 1024)."
+        ),
+    ];
+
+    /// The quota called `name`, if there is one.
+    pub fn field(name: &str) -> Option<&'static QuotaField> {
+        Quotas::FIELDS.iter().find(|f| f.name == name)
+    }
+}
+
 /// A [`Quotas::cpu_shares`] value outside 1 to [`Quotas::MAX_CPU_SHARES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("cpu_shares {shares} is out of range: a weight is 1 to {max}", max = Quotas::MAX_CPU_SHARES)]
@@ -449,6 +565,57 @@ impl Drop for Reservation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quota_fields_cover_every_quota_once() {
+        let mut q = Quotas::default();
+        for (i, f) in Quotas::FIELDS.iter().enumerate() {
+            f.set(&mut q, i as u64 + 1).expect("in range for every kind");
+            assert_eq!(Quotas::field(f.name).map(|g| g.name), Some(f.name));
+        }
+        // Exhaustive: a new field of `Quotas` fails to compile here until it is listed in FIELDS.
+        let Quotas {
+            region_bytes,
+            regions,
+            instances,
+            handles,
+            memory_bytes,
+            windows,
+            windows_per_instance,
+            modules,
+            module_bytes,
+            compiled_bytes,
+            max_call_timeout_ms,
+            trampolines,
+            max_workers,
+            cpu_shares,
+            watches,
+        } = q;
+        let mut values = vec![
+            region_bytes,
+            regions,
+            instances,
+            handles,
+            memory_bytes,
+            windows,
+            windows_per_instance,
+            modules,
+            module_bytes,
+            compiled_bytes,
+            max_call_timeout_ms,
+            trampolines,
+            max_workers,
+            cpu_shares,
+            watches,
+        ];
+        values.sort_unstable();
+        assert_eq!(values, (1..=15).collect::<Vec<u64>>(), "every field was set through FIELDS, each once");
+        let mut weight = Quotas::default();
+        let shares = Quotas::field("cpu_shares").expect("listed");
+        assert!(shares.set(&mut weight, 0).is_err(), "a weight is checked");
+        assert_eq!(weight, Quotas::default(), "a refused value changes nothing");
+        assert!(Quotas::field("nope").is_none());
+    }
 
     fn tenant(handles: u64) -> Arc<Tenant> {
         let name = Name::new("t").expect("valid name");

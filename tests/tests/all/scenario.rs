@@ -481,7 +481,24 @@ fn validation_errors_name_the_file_the_line_and_the_field() {
             "tenant[0].quotas.compiled_bytes",
             "negative",
         ),
-        ("name = \"a\"", "name = \"a\"\nquotas = { trampolines = -1 }", "(syntax)", ""),
+        (
+            "name = \"a\"",
+            "name = \"a\"\nquotas = { trampolines = -1 }",
+            "tenant[0].quotas.trampolines",
+            "must not be negative",
+        ),
+        (
+            "name = \"a\"",
+            "name = \"a\"\nquotas = { regions = \"64MiB\" }",
+            "tenant[0].quotas.regions",
+            "whole number",
+        ),
+        (
+            "name = \"a\"",
+            "name = \"a\"\nquotas = { lollipops = 3 }",
+            "tenant[0].quotas.lollipops",
+            "no quota \"lollipops\" (known: region_bytes, regions,",
+        ),
         ("[[phase]]", "[[phase]\n", "(syntax)", ""),
     ];
     for (from, to, field, reason) in cases {
