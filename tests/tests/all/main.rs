@@ -5,6 +5,7 @@ mod authority;
 mod bench;
 mod c_guest;
 mod callback;
+mod conformance;
 mod control;
 mod demo;
 mod handle;

@@ -371,36 +371,6 @@ fn no_reader_sees_a_torn_commit() {
     });
 }
 
-/// The same guest function (`view_add`, written against `Region::view`) gives the same results in
-/// handle and mirror mode.
-fn view_code_is_mode_agnostic(mode: Mode) {
-    let b = broker();
-    let t = tenant(&b, "alpha");
-    let r = b
-        .create_region(t, RegionSpec::new("data", 2 * PAGE, mode).with_members(Rights::ALL))
-        .expect("region");
-    let app = start(&b, t, "mirror_app", "app");
-    assert_eq!(call(&b, app, "view_add", args![0, 8i64, 5i64]), 5);
-    assert_eq!(call(&b, app, "view_add", args![0, 8i64, 6i64]), 11);
-    b.write_region(r, 8, &100u64.to_le_bytes()).expect("host write");
-    assert_eq!(call(&b, app, "view_add", args![0, 8i64, 1i64]), 101);
-    assert_eq!(host_u64(&b, r, 8), 101);
-    assert_eq!(
-        call(&b, app, "view_add", args![0, i64::try_from(2 * PAGE).expect("small"), 1i64]),
-        code(Status::OutOfBounds)
-    );
-}
-
-#[test]
-fn view_code_runs_unchanged_in_handle_mode() {
-    view_code_is_mode_agnostic(Mode::Handle);
-}
-
-#[test]
-fn view_code_runs_unchanged_in_mirror_mode() {
-    view_code_is_mode_agnostic(Mode::Mirror);
-}
-
 #[test]
 fn hinted_commits_compare_and_publish_only_the_hinted_pages() {
     let (b, t, r) = setup(4 * PAGE, ConflictPolicy::Reject);

@@ -80,11 +80,6 @@ pub extern "C" fn close(h: i32) -> i64 {
 }
 
 #[no_mangle]
-pub extern "C" fn revoke(h: i32) -> i64 {
-    with(h, |r| status(r.revoke()))
-}
-
-#[no_mangle]
 pub extern "C" fn info_len(h: i32) -> i64 {
     with(h, |r| ret(r.info().map(|i| i.len)))
 }
@@ -107,22 +102,6 @@ pub extern "C" fn store_u64(h: i32, off: i64, v: i64) -> i64 {
 #[no_mangle]
 pub extern "C" fn load_u64(h: i32, off: i64) -> i64 {
     with(h, |r| ret(r.load::<u64>(u(off)).map(|v| v & (u64::MAX >> 1))))
-}
-
-/// Writes `len` bytes of `byte` at `off`.
-#[no_mangle]
-pub extern "C" fn fill(h: i32, off: i64, len: i32, byte: i32) -> i64 {
-    let len = usize::try_from(len).unwrap_or(0);
-    let data = vec![u8::try_from(byte & 0xff).unwrap_or(0); len];
-    with(h, |r| status(r.write(u(off), &data)))
-}
-
-/// Reads `len` bytes at `off` and returns their sum.
-#[no_mangle]
-pub extern "C" fn sum(h: i32, off: i64, len: i32) -> i64 {
-    let len = usize::try_from(len).unwrap_or(0);
-    let mut buf = vec![0u8; len];
-    with(h, |r| ret(r.read(u(off), &mut buf).map(|()| buf.iter().map(|b| u64::from(*b)).sum())))
 }
 
 #[no_mangle]

@@ -1,6 +1,6 @@
 //! An app that works on mirrors: it acquires a copy of a region, edits it with plain slices, refreshes
-//! and commits, and runs mode-agnostic code through `Region::view`. Mirrors live in slots the host
-//! refers to by index; exports return a non-negative result or a negative status.
+//! and commits (mode-agnostic code through `Region::view` is `conformance_app`'s). Mirrors live in
+//! slots the host refers to by index; exports return a non-negative result or a negative status.
 
 #![no_main]
 
@@ -137,24 +137,6 @@ pub extern "C" fn try_increment(slot: i32, off: i64) -> i64 {
             }
         }
     })
-}
-
-/// Mode-agnostic code: adds `delta` to the u64 at `off` of region `sel` through `Region::view`, and
-/// returns the new value. The same function runs unchanged whatever the region's mode.
-#[no_mangle]
-pub extern "C" fn view_add(sel: i32, off: i64, delta: i64) -> i64 {
-    let run = || -> Result<u64, Error> {
-        let region = open(sel)?;
-        let mut view = region.view()?;
-        view.refresh()?;
-        let at = u64::try_from(off).map_err(|_| Error::OutOfBounds)?;
-        let v: u64 = view.load(at)?;
-        let new = v.wrapping_add(u64::try_from(delta).unwrap_or(0));
-        view.store(at, &new)?;
-        view.commit()?;
-        Ok(new)
-    };
-    ret(run())
 }
 
 /// Writes `byte` into pages `hinted` and `other` through the untracked slice, hints only `hinted` and

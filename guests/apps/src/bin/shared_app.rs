@@ -1,6 +1,7 @@
-//! An app that uses shared windows: it maps regions read-write or read-only, reads and writes them with
-//! plain (by-value and copying) and atomic accesses, streams through an SPSC ring, and drives the raw map
-//! ABI with bad inputs.
+//! An app that uses shared windows: it maps regions read-write, reads and writes them with plain
+//! (by-value and copying) and atomic accesses, streams through an SPSC ring, and drives the raw map ABI
+//! with bad inputs (read-only windows, and mode-agnostic code through `Region::view`, are
+//! `conformance_app`'s).
 //! Windows live in slots the host refers to by index; exports return a non-negative result or a
 //! negative status.
 
@@ -9,40 +10,12 @@
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 
-use broker_guest::{Error, ReadOnly, ReadWrite, Region, SharedWindow, Wait};
+use broker_guest::{Error, ReadWrite, Region, SharedWindow, Wait};
 
 const REGIONS: &[&str] = &["data", "alpha/data", "flag", "ring", "alpha/ring", "alpha/leakcheck-6d1f"];
 
-enum Slot {
-    Rw(SharedWindow<'static, ReadWrite>),
-    Ro(SharedWindow<'static, ReadOnly>),
-}
-
-impl Slot {
-    fn read_into(&self, offset: usize, buf: &mut [u8]) -> Result<(), Error> {
-        match self {
-            Slot::Rw(w) => w.read_into(offset, buf),
-            Slot::Ro(w) => w.read_into(offset, buf),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Slot::Rw(w) => w.len(),
-            Slot::Ro(w) => w.len(),
-        }
-    }
-
-    fn atomic_u64(&self, off: usize) -> Result<&std::sync::atomic::AtomicU64, Error> {
-        match self {
-            Slot::Rw(w) => w.atomic_u64(off),
-            Slot::Ro(w) => w.atomic_u64(off),
-        }
-    }
-}
-
 thread_local! {
-    static SLOTS: RefCell<Vec<Option<Slot>>> = const { RefCell::new(Vec::new()) };
+    static SLOTS: RefCell<Vec<Option<SharedWindow<'static, ReadWrite>>>> = const { RefCell::new(Vec::new()) };
 }
 
 fn ret(r: Result<u64, Error>) -> i64 {
@@ -57,7 +30,7 @@ fn open(sel: i32) -> Result<&'static Region, Error> {
     Ok(Box::leak(Box::new(Region::open(name)?)))
 }
 
-fn with_slot(slot: i32, f: impl FnOnce(&Slot) -> Result<u64, Error>) -> i64 {
+fn with_slot(slot: i32, f: impl FnOnce(&SharedWindow<'static, ReadWrite>) -> Result<u64, Error>) -> i64 {
     SLOTS.with_borrow(|s| {
         let w = usize::try_from(slot)
             .ok()
@@ -72,14 +45,13 @@ fn off(o: i64) -> Result<usize, Error> {
     usize::try_from(o).map_err(|_| Error::OutOfBounds)
 }
 
-/// Maps region `sel` (read-write if `writable`), returns the slot.
+/// Maps region `sel` read-write, returns the slot.
 #[no_mangle]
-pub extern "C" fn map(sel: i32, writable: i32) -> i64 {
+pub extern "C" fn map(sel: i32) -> i64 {
     let run = || -> Result<u64, Error> {
-        let region = open(sel)?;
-        let slot = if writable != 0 { Slot::Rw(region.map_mut()?) } else { Slot::Ro(region.map()?) };
+        let window = open(sel)?.map_mut()?;
         Ok(SLOTS.with_borrow_mut(|s| {
-            s.push(Some(slot));
+            s.push(Some(window));
             u64::try_from(s.len() - 1).unwrap_or(0)
         }))
     };
@@ -103,7 +75,7 @@ pub extern "C" fn load(slot: i32, o: i64) -> i64 {
     with_slot(slot, |w| Ok(w.atomic_u64(off(o)?)?.load(Ordering::SeqCst) & (u64::MAX >> 1)))
 }
 
-/// Atomic store to the u64 at `o` (traps in a read-only window).
+/// Atomic store to the u64 at `o`.
 #[no_mangle]
 pub extern "C" fn store(slot: i32, o: i64, v: i64) -> i64 {
     with_slot(slot, |w| {
@@ -112,30 +84,11 @@ pub extern "C" fn store(slot: i32, o: i64, v: i64) -> i64 {
     })
 }
 
-/// A plain (non-atomic) byte store through `SharedWindow::store`, which a read-only window does not offer:
-/// for a read-only slot it writes through the raw address instead, and the hardware must stop it.
+/// A plain (non-atomic) byte store through `SharedWindow::store`.
 #[no_mangle]
 pub extern "C" fn poke(slot: i32, o: i64, byte: i32) -> i64 {
     let b = u8::try_from(byte & 0xff).unwrap_or(0);
-    SLOTS.with_borrow_mut(|s| {
-        let Some(Some(w)) = usize::try_from(slot).ok().and_then(|i| s.get_mut(i)) else { return -1 };
-        let Ok(at) = off(o) else { return -1 };
-        match w {
-            Slot::Rw(w) => match w.store(at, &b) {
-                Ok(()) => 0,
-                Err(e) => i64::from(e.code()),
-            },
-            Slot::Ro(w) => {
-                if at >= w.len() {
-                    return i64::from(Error::OutOfBounds.code());
-                }
-                // SAFETY: not safe by design: the page is mapped read-only by the broker, so this store
-                // traps this app. That is what the test checks.
-                unsafe { (w.addr() as *mut u8).add(at).write_volatile(b) };
-                0
-            }
-        }
-    })
+    with_slot(slot, |w| w.store(off(o)?, &b).map(|()| 0))
 }
 
 /// `n` atomic increments of the u64 at `o`.
@@ -293,23 +246,6 @@ pub extern "C" fn peek(addr: i32) -> i64 {
     i64::from(unsafe { (addr as usize as *const u8).read_volatile() })
 }
 
-/// Mode-agnostic code through `Region::view` (as in `mirror_app`), for shared regions.
-#[no_mangle]
-pub extern "C" fn view_add(sel: i32, o: i64, delta: i64) -> i64 {
-    let run = || -> Result<u64, Error> {
-        let region = open(sel)?;
-        let mut view = region.view()?;
-        view.refresh()?;
-        let at = u64::try_from(o).map_err(|_| Error::OutOfBounds)?;
-        let v: u64 = view.load(at)?;
-        let new = v.wrapping_add(u64::try_from(delta).unwrap_or(0));
-        view.store(at, &new)?;
-        view.commit()?;
-        Ok(new)
-    };
-    ret(run())
-}
-
 /// `handle_restrict` to `rights` over `[offset, offset+len)`; returns the new handle or the status.
 #[no_mangle]
 pub extern "C" fn restrict(h: i32, rights: i32, offset: i64, len: i64) -> i64 {
@@ -330,10 +266,4 @@ pub extern "C" fn restrict(h: i32, rights: i32, offset: i64, len: i64) -> i64 {
 pub extern "C" fn close(h: i32) -> i64 {
     #[allow(clippy::cast_sign_loss, reason = "raw bit patterns")]
     ret(Region::from_raw(h as u32).close().map(|()| 0))
-}
-
-/// A cheap call that shows the instance answers.
-#[no_mangle]
-pub extern "C" fn ping() -> i64 {
-    1
 }
