@@ -16,7 +16,7 @@ use tonic::{Code, Request, Status};
 
 use broker::{Broker, BrokerConfig};
 use broker_control::server::{serve, ServeConfig, ServeError};
-use broker_control::service::ControlPlane;
+use broker_control::ControlPlane;
 
 /// Multi-tenant shared-memory broker for WebAssembly apps.
 #[derive(Debug, Parser)]

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use broker::{Broker, BrokerConfig};
 use broker_control::server::{serve, ServeConfig};
-use broker_control::service::ControlPlane;
+use broker_control::ControlPlane;
 
 /// What a load run measured.
 #[derive(Debug, Clone, Serialize, PartialEq)]

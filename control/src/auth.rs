@@ -2,16 +2,24 @@
 //!
 //! The broker keeps only SHA-256 hashes of tokens and compares them in constant time. A tenant may
 //! hold several tokens; rotating replaces them all with one new token.
+//!
+//! Every call of `broker.v1.Broker` is authenticated here and nowhere else: [`AuthInterceptor`] runs
+//! before the request reaches the service, identifies the caller through the control plane's [`Auth`]
+//! (shared, so tokens created or rotated at run time count at once), refuses it with UNAUTHENTICATED,
+//! or puts its [`Identity`] into the request's extensions for the adapter to read.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
 
 use super::status::ApiError;
 
-/// Who is calling.
+/// Who is calling: what the interceptor proved, and what every control-plane call is scoped by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
     /// The operator: every call, every tenant.
@@ -48,10 +56,10 @@ pub fn from_hex(s: &str) -> Option<TokenHash> {
 /// A fresh random token (256 bits, hex, with a `brk_` prefix so it is recognisable in logs and configs).
 ///
 /// # Errors
-/// [`ApiError::Store`] if the OS has no randomness to give.
+/// [`ApiError::Internal`] if the OS has no randomness to give.
 pub fn new_token() -> Result<String, ApiError> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| ApiError::Store(format!("no randomness for a token: {e}")))?;
+    getrandom::fill(&mut bytes).map_err(|e| ApiError::Internal(format!("no randomness for a token: {e}")))?;
     Ok(format!("brk_{}", to_hex(&bytes)))
 }
 
@@ -108,6 +116,33 @@ impl Auth {
     }
 }
 
+/// The tonic interceptor that authenticates every call before the service sees it: the caller's
+/// [`Identity`] goes into the request's extensions, or the call is refused with UNAUTHENTICATED.
+///
+/// It shares the control plane's [`Auth`], so a token issued or rotated a moment ago is known to the
+/// very next call. The service adapter treats a request without an identity as unauthenticated, never
+/// as the admin, so serving the service without this interceptor refuses everything.
+#[derive(Debug, Clone)]
+pub struct AuthInterceptor {
+    auth: Arc<Auth>,
+}
+
+impl AuthInterceptor {
+    /// An interceptor checking tokens against `auth`.
+    pub(crate) fn new(auth: Arc<Auth>) -> AuthInterceptor {
+        AuthInterceptor { auth }
+    }
+}
+
+impl Interceptor for AuthInterceptor {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let who = self.auth.identify(request.metadata())?;
+        // Replaces anything under this type: extensions come from the server side only, never the wire.
+        request.extensions_mut().insert(who);
+        Ok(request)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +179,33 @@ mod tests {
         }
         let token = new_token().expect("random");
         assert!(token.starts_with("brk_") && token.len() == 68);
+    }
+
+    #[test]
+    fn the_interceptor_puts_the_caller_into_the_extensions_or_refuses_it() {
+        let auth = Arc::new(Auth::new(hash("root")));
+        let mut interceptor = AuthInterceptor::new(Arc::clone(&auth));
+        let with = |token: Option<&str>| {
+            let mut request = Request::new(());
+            if let Some(t) = token {
+                request.metadata_mut().insert("authorization", format!("Bearer {t}").parse().expect("ascii"));
+            }
+            request
+        };
+        let passed = interceptor.call(with(Some("root"))).expect("the admin token passes");
+        assert_eq!(passed.extensions().get::<Identity>(), Some(&Identity::Admin));
+        for token in [None, Some("t1"), Some("root2")] {
+            let refused = interceptor.call(with(token)).expect_err("refused");
+            assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{token:?}");
+        }
+        // A token issued after the interceptor was built counts at once: it shares the plane's `Auth`.
+        auth.set_tenant("acme", vec![hash("t1")]);
+        let passed = interceptor.call(with(Some("t1"))).expect("a new tenant token passes");
+        assert_eq!(passed.extensions().get::<Identity>(), Some(&Identity::Tenant("acme".into())));
+        // An identity already in the extensions is replaced by the one the token proves.
+        let mut forged = with(Some("t1"));
+        forged.extensions_mut().insert(Identity::Admin);
+        let passed = interceptor.call(forged).expect("passes as the tenant");
+        assert_eq!(passed.extensions().get::<Identity>(), Some(&Identity::Tenant("acme".into())));
     }
 }

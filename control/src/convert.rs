@@ -1,26 +1,35 @@
-//! Hand-written conversions between protobuf messages and domain types. Missing or out-of-range
-//! fields become [`ApiError`]s naming the field; nothing here panics on client input.
+//! Hand-written conversions between protobuf messages and the control plane's domain types: requests
+//! into the arguments of `ControlPlane`'s methods, and its answers into response messages. Only what the
+//! wire alone knows is decided here (enum numbers, absent messages and oneofs, 0 for a default); every
+//! check of a value (names, sizes, rights bits, quotas, limits) is the plane's, so the two never
+//! disagree. Missing or out-of-range fields become [`ApiError`]s naming the field; nothing here panics
+//! on client input.
 
 use std::time::Duration;
 
 use broker_proto::pb;
+use tonic::Status;
 
-use super::status::ApiError;
+use super::plane::{
+    rights_field, InstanceStats, NewGrant, NewInstance, NewRegion, Owned, RegionBytes, RegionEvent,
+    RegionRef, RegionStats, ScenarioProgress, ScenarioRequest, TenantStats,
+};
+use super::status::{ApiError, ApiResult};
 use broker::mode::ConflictPolicy;
-use broker::{InstanceConfig, InstanceStatus, Mode, Quotas, RunState, TrafficStats, Usage, Val};
+use broker::{
+    Backing, InstanceInfo, Mode, ModuleInfo, Quotas, RegionInfo, Rights, RunState, TenantInfo, TrafficStats,
+    Usage, Val,
+};
 
-/// The domain quotas of a `Quotas` message: absent optional fields take their defaults.
-///
-/// # Errors
-/// [`ApiError::InvalidField`] naming `quotas.cpu_shares` when it is 0 or above
-/// [`Quotas::MAX_CPU_SHARES`].
-pub(crate) fn quotas_from(q: &pb::Quotas) -> Result<Quotas, ApiError> {
-    let cpu_shares = match q.cpu_shares {
-        None => Quotas::DEFAULT_CPU_SHARES,
-        Some(shares) => Quotas::check_cpu_shares(shares)
-            .map_err(|e| ApiError::InvalidField { field: "quotas.cpu_shares", reason: e.to_string() })?,
-    };
-    Ok(Quotas {
+/// A message field the request must set; `None` is the missing field `field`.
+pub(crate) fn required<T>(field: &'static str, value: Option<T>) -> ApiResult<T> {
+    value.ok_or(ApiError::MissingField(field))
+}
+
+/// The domain quotas of a `Quotas` message: absent optional fields take their defaults. `cpu_shares` is
+/// taken as sent; the plane refuses one out of range, naming `quotas.cpu_shares`.
+pub(crate) fn quotas_from(q: &pb::Quotas) -> Quotas {
+    Quotas {
         region_bytes: q.region_bytes,
         regions: q.regions,
         instances: q.instances,
@@ -36,8 +45,8 @@ pub(crate) fn quotas_from(q: &pb::Quotas) -> Result<Quotas, ApiError> {
         trampolines: q.trampolines.unwrap_or(Quotas::DEFAULT_TRAMPOLINES),
         max_workers: q.max_workers.unwrap_or(0),
         watches: q.watches.unwrap_or(Quotas::DEFAULT_WATCHES),
-        cpu_shares,
-    })
+        cpu_shares: q.cpu_shares.unwrap_or(Quotas::DEFAULT_CPU_SHARES),
+    }
 }
 
 pub(crate) fn quotas_to(q: &Quotas) -> pb::Quotas {
@@ -124,27 +133,53 @@ pub(crate) fn persistent_from(raw: i32) -> Result<bool, ApiError> {
     }
 }
 
-/// The longest call deadline a client may ask for.
-const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(3600);
-
-pub(crate) fn instance_config_from(c: Option<&pb::InstanceConfig>) -> Result<InstanceConfig, ApiError> {
-    let mut config = InstanceConfig::default();
-    if let Some(c) = c {
-        if c.call_timeout_ms > 0 {
-            let t = Duration::from_millis(c.call_timeout_ms);
-            if t > MAX_CALL_TIMEOUT {
-                return Err(ApiError::InvalidField {
-                    field: "config.call_timeout_ms",
-                    reason: "at most one hour".into(),
-                });
-            }
-            config.call_timeout = t;
-        }
-        if c.max_memory_bytes > 0 {
-            config.max_memory_bytes = c.max_memory_bytes;
-        }
+/// The instance a `StartInstance` request asks for: a 0 limit, or no `config`, is the broker's default.
+pub(crate) fn new_instance(r: &pb::StartInstanceRequest) -> NewInstance {
+    let (call_timeout_ms, max_memory_bytes) =
+        r.config.as_ref().map_or((0, 0), |c| (c.call_timeout_ms, c.max_memory_bytes));
+    NewInstance {
+        module: r.module.clone(),
+        name: r.name.clone(),
+        call_timeout: (call_timeout_ms > 0).then(|| Duration::from_millis(call_timeout_ms)),
+        max_memory_bytes: (max_memory_bytes > 0).then_some(max_memory_bytes),
     }
-    Ok(config)
+}
+
+/// The region a `CreateRegion` request asks for; the plane converts it once the caller is scoped.
+impl TryFrom<&pb::CreateRegionRequest> for NewRegion {
+    type Error = ApiError;
+
+    fn try_from(r: &pb::CreateRegionRequest) -> ApiResult<NewRegion> {
+        Ok(NewRegion {
+            mode: mode_from(r.mode)?,
+            policy: policy_from(r.policy)?,
+            persistent: persistent_from(r.backing)?,
+            name: r.name.clone(),
+            size: r.size,
+            member_rights: r.member_rights,
+        })
+    }
+}
+
+/// A region named by a request that is a `RegionRef`, or nests one.
+pub(crate) fn region_ref(r: &pb::RegionRef) -> RegionRef<'_> {
+    RegionRef { tenant: &r.tenant, name: &r.name }
+}
+
+/// The region and rights of a `SetMemberRights` request, checked in that order.
+pub(crate) fn member_rights_from(r: &pb::SetMemberRightsRequest) -> ApiResult<(RegionRef<'_>, Rights)> {
+    let region = required("region", r.region.as_ref())?;
+    Ok((region_ref(region), rights_field("rights", r.rights)?))
+}
+
+/// The grant a `Grant` request asks for.
+pub(crate) fn new_grant(r: &pb::GrantRequest) -> NewGrant {
+    NewGrant { instance: r.instance.clone(), rights: r.rights, offset: r.offset, len: r.len }
+}
+
+/// The scenario a `RunScenario` request asks for.
+pub(crate) fn scenario_from(r: pb::RunScenarioRequest) -> ScenarioRequest {
+    ScenarioRequest { builtin: r.builtin, toml: r.toml, modes: r.modes, scale: r.scale }
 }
 
 pub(crate) fn state_to(s: RunState) -> pb::InstanceState {
@@ -155,10 +190,11 @@ pub(crate) fn state_to(s: RunState) -> pb::InstanceState {
     }
 }
 
-pub(crate) fn instance_to(tenant: &str, name: &str, s: &InstanceStatus) -> pb::Instance {
+fn instance_to(tenant: &str, i: &InstanceInfo) -> pb::Instance {
+    let s = &i.status;
     pb::Instance {
         tenant: tenant.to_owned(),
-        name: name.to_owned(),
+        name: i.name.clone(),
         module: s.module.clone(),
         state: state_to(s.state).into(),
         calls: s.calls,
@@ -168,7 +204,19 @@ pub(crate) fn instance_to(tenant: &str, name: &str, s: &InstanceStatus) -> pb::I
     }
 }
 
-pub(crate) fn value_from(v: &pb::Value) -> Result<Val, ApiError> {
+/// A call's arguments as sent; the plane converts them (`TryInto`) once the instance and export are
+/// checked.
+pub(crate) struct Args<'a>(pub(crate) &'a [pb::Value]);
+
+impl TryFrom<Args<'_>> for Vec<Val> {
+    type Error = ApiError;
+
+    fn try_from(args: Args<'_>) -> ApiResult<Vec<Val>> {
+        args.0.iter().map(value_from).collect()
+    }
+}
+
+fn value_from(v: &pb::Value) -> Result<Val, ApiError> {
     use pb::value::Value as V;
     match v.value {
         Some(V::I32(x)) => Ok(Val::I32(x)),
@@ -179,7 +227,7 @@ pub(crate) fn value_from(v: &pb::Value) -> Result<Val, ApiError> {
     }
 }
 
-pub(crate) fn value_to(v: &Val) -> Result<pb::Value, ApiError> {
+fn value_to(v: &Val) -> Result<pb::Value, ApiError> {
     use pb::value::Value as V;
     let value = match v {
         Val::I32(x) => V::I32(*x),
@@ -200,4 +248,110 @@ pub(crate) fn traffic_to(t: &TrafficStats) -> pb::Traffic {
         conflicts: t.conflicts,
         host_calls: t.host_calls,
     }
+}
+
+/// A call's results; a value the API cannot carry (a reference) fails the call.
+pub(crate) fn results_to(results: &[Val]) -> ApiResult<pb::CallInstanceResponse> {
+    Ok(pb::CallInstanceResponse { results: results.iter().map(value_to).collect::<ApiResult<_>>()? })
+}
+
+pub(crate) fn tenant_to(t: &TenantInfo) -> pb::Tenant {
+    pb::Tenant { name: t.name.clone(), quotas: Some(quotas_to(&t.quotas)), usage: Some(usage_to(&t.usage)) }
+}
+
+pub(crate) fn module_to(tenant: &str, m: ModuleInfo) -> pb::Module {
+    pb::Module { tenant: tenant.to_owned(), name: m.name, size: m.size, exports: m.exports }
+}
+
+pub(crate) fn modules_to(m: Owned<Vec<ModuleInfo>>) -> pb::ListModulesResponse {
+    pb::ListModulesResponse { modules: m.value.into_iter().map(|x| module_to(&m.tenant, x)).collect() }
+}
+
+pub(crate) fn instance_msg(i: &Owned<InstanceInfo>) -> pb::Instance {
+    instance_to(&i.tenant, &i.value)
+}
+
+pub(crate) fn instances_to(i: &Owned<Vec<InstanceInfo>>) -> pb::ListInstancesResponse {
+    pb::ListInstancesResponse { instances: i.value.iter().map(|x| instance_to(&i.tenant, x)).collect() }
+}
+
+fn region_to(tenant: &str, info: RegionInfo) -> pb::Region {
+    let backing = match info.backing {
+        Backing::Ephemeral => pb::Backing::Ephemeral,
+        Backing::Persistent(_) => pb::Backing::Persistent,
+    };
+    pb::Region {
+        tenant: tenant.to_owned(),
+        name: info.name,
+        size: info.size,
+        mode: mode_to(info.mode).into(),
+        policy: policy_to(info.policy).into(),
+        backing: backing.into(),
+        version: info.version,
+        member_rights: info.members.bits(),
+    }
+}
+
+pub(crate) fn region_msg(r: Owned<RegionInfo>) -> pb::Region {
+    region_to(&r.tenant, r.value)
+}
+
+pub(crate) fn regions_to(r: Owned<Vec<RegionInfo>>) -> pb::ListRegionsResponse {
+    pb::ListRegionsResponse { regions: r.value.into_iter().map(|x| region_to(&r.tenant, x)).collect() }
+}
+
+pub(crate) fn read_to(r: RegionBytes) -> pb::ReadRegionResponse {
+    pb::ReadRegionResponse { data: r.data, version: r.version }
+}
+
+pub(crate) fn stats_to(s: TenantStats) -> pb::StatsResponse {
+    pb::StatsResponse {
+        tenant: Some(tenant_to(&s.tenant)),
+        regions: s.regions.into_iter().map(region_stats_to).collect(),
+        instances: s.instances.into_iter().map(instance_stats_to).collect(),
+    }
+}
+
+fn region_stats_to(r: RegionStats) -> pb::RegionStats {
+    pb::RegionStats { name: r.name, version: r.version, traffic: r.traffic.as_ref().map(traffic_to) }
+}
+
+fn instance_stats_to(i: InstanceStats) -> pb::InstanceStats {
+    pb::InstanceStats {
+        name: i.name,
+        calls: i.calls,
+        traps: i.traps,
+        handles: i.handles,
+        traffic: i.traffic.as_ref().map(traffic_to),
+        windows: i.windows,
+    }
+}
+
+/// A watch stream's item.
+pub(crate) fn event_to(e: RegionEvent) -> Result<pb::RegionEvent, Status> {
+    Ok(pb::RegionEvent {
+        tenant: e.tenant,
+        region: e.region,
+        version: e.version,
+        offset: e.offset,
+        len: e.len,
+        missed: e.missed,
+    })
+}
+
+/// A scenario stream's item: progress, the report (last), or the error that ended the run.
+pub(crate) fn progress_to(p: ApiResult<ScenarioProgress>) -> Result<pb::ScenarioProgress, Status> {
+    let p = p?;
+    let (report_json, ok, report_text) = match p.report {
+        Some(r) => (r.json, r.ok, r.text),
+        None => (String::new(), false, String::new()),
+    };
+    Ok(pb::ScenarioProgress {
+        done: p.done,
+        total: p.total,
+        message: p.message,
+        report_json,
+        ok,
+        report_text,
+    })
 }

@@ -1,23 +1,31 @@
 //! The control plane: the gRPC API (`broker.v1`) through which operators and tenants drive the broker,
 //! its authentication, and the daemon's persistent state.
 //!
-//! [`ControlPlane`] holds the domain handle ([`broker::Broker`]), the token hashes and the state store;
-//! [`service::ControlService`] is the tonic adapter over it; [`server::serve`] runs the daemon, with health
-//! and [`reflection`] (both protocol versions, over one index of every served service's descriptors).
-//! **Boundary:** protobuf types appear only in this module (and the generated `broker_proto::pb`);
-//! `status.rs` is the only place that maps errors to gRPC statuses.
+//! The crate is split as tonic-health is: [`plane::ControlPlane`] is the domain handle (the broker, the
+//! token hashes, the state store, the API's grants), whose methods take the authenticated caller and
+//! domain types and know nothing of gRPC; [`service::ControlService`] is the thin tonic adapter over it,
+//! converting messages (`convert.rs`) and nothing else; [`auth::AuthInterceptor`] authenticates every
+//! call before the adapter sees it; [`server::serve`] runs the daemon, with health and [`reflection`]
+//! (both protocol versions, over one index of every served service's descriptors).
+//! **Boundary:** `tonic` and protobuf types appear only at the edge (the adapter, the conversions, the
+//! interceptor in `auth.rs`, `status.rs`, the server and reflection, and the generated
+//! `broker_proto::pb`), never in `plane.rs` or `store.rs`; `status.rs` is the only place that maps
+//! errors to gRPC statuses.
 
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod auth;
 mod convert;
+pub mod plane;
 pub mod reflection;
 pub mod server;
 pub mod service;
 pub mod status;
 pub mod store;
 
+pub use auth::Identity;
+pub use plane::ControlPlane;
 pub use server::{serve, ServeConfig};
-pub use service::{ControlPlane, ControlService};
-pub use status::ApiError;
+pub use service::ControlService;
+pub use status::{ApiError, ApiResult};

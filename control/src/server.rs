@@ -1,5 +1,5 @@
-//! The daemon: `broker serve` runs the gRPC API on a loopback address by default, with the health service
-//! and reflection (`v1` and `v1alpha`, listing and resolving every service served here), message-size
+//! The daemon: `broker serve` runs the gRPC API on a loopback address by default (behind the
+//! authentication interceptor, [`ControlService::with_auth`]), with the health service and reflection (`v1` and `v1alpha`, listing and resolving every service served here), message-size
 //! and concurrency limits, and a graceful shutdown that stops accepting calls, ends watch streams, drains
 //! the calls in flight (for at most `drain_timeout_ms`, so a client that never answers cannot hold the
 //! daemon up) and flushes persistent regions.
@@ -15,8 +15,9 @@ use serde::Deserialize;
 use tonic::transport::server::TcpIncoming;
 
 use super::auth;
+use super::plane::ControlPlane;
 use super::reflection::{IndexError, ReflectionIndex, ReflectionV1, ReflectionV1Alpha};
-use super::service::{ControlPlane, ControlService};
+use super::service::ControlService;
 use super::status::ApiError;
 
 /// Settings of `broker serve`, from a TOML file and flags (flags win).
@@ -166,9 +167,9 @@ pub async fn serve(
     health.set_serving::<pb::broker_server::BrokerServer<ControlService>>().await;
     // Both reflection versions answer from one index of every service added below, health included.
     let index = Arc::new(ReflectionIndex::daemon()?);
-    let api = pb::broker_server::BrokerServer::new(ControlService::new(Arc::clone(&plane)))
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
+    // Every call of the API is authenticated by the interceptor `with_auth` wraps it in; health and
+    // reflection are public.
+    let api = ControlService::with_auth(Arc::clone(&plane), config.max_message_bytes);
     tracing::info!(addr = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "serving broker.v1");
     let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
     let closing = Arc::clone(&plane);

@@ -1,4 +1,8 @@
 //! The control plane's error, and the only place that maps errors to gRPC statuses.
+//!
+//! [`ApiError`] is what the domain `ControlPlane` and the conversions refuse a request with; it knows
+//! nothing of gRPC. `From<ApiError> for Status` below is the one mapping to wire statuses, used by the
+//! adapter and the authentication interceptor alike.
 
 use tonic::{Code, Status};
 
@@ -6,6 +10,11 @@ use broker::capability::CapError;
 use broker::region::RegionError;
 use broker::runtime::InstanceError;
 use broker::Error;
+
+use super::store::StoreError;
+
+/// What a control-plane call answers: its result, or why it was refused.
+pub type ApiResult<T> = Result<T, ApiError>;
 
 /// Why a control-plane request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -35,15 +44,21 @@ pub enum ApiError {
     Broker(#[from] Error),
     /// The state store failed.
     #[error("state store: {0}")]
-    Store(String),
+    Store(#[from] StoreError),
+    /// Something inside the daemon failed that the request could not have caused (a worker task that
+    /// panicked, no randomness for a token, a report that does not encode).
+    #[error("{0}")]
+    Internal(String),
     /// The daemon is shutting down and takes no new long-lived calls.
     #[error("the broker is shutting down")]
     ShuttingDown,
 }
 
-impl From<redb::Error> for ApiError {
-    fn from(e: redb::Error) -> ApiError {
-        ApiError::Store(e.to_string())
+/// A conversion that cannot fail: lets the plane take an argument that is either already a domain
+/// value or still to be converted from the wire (`TryInto` with either error).
+impl From<std::convert::Infallible> for ApiError {
+    fn from(never: std::convert::Infallible) -> ApiError {
+        match never {}
     }
 }
 
@@ -94,7 +109,7 @@ impl From<ApiError> for Status {
             ApiError::MissingField(_) | ApiError::InvalidField { .. } => Code::InvalidArgument,
             ApiError::Precondition(_) => Code::FailedPrecondition,
             ApiError::Broker(b) => code_of(b),
-            ApiError::Store(_) => Code::Internal,
+            ApiError::Store(_) | ApiError::Internal(_) => Code::Internal,
             ApiError::ShuttingDown => Code::Unavailable,
         };
         Status::new(code, e.to_string())

@@ -1,17 +1,42 @@
 //! The persistent state of a broker daemon: an embedded ACID store (redb) of tenants (quotas and token
 //! hashes), modules (wasm bytes), region definitions, instances and grants, under `--state-dir`.
 //!
-//! Persistent regions' bytes are not here: each is a file under `<state-dir>/regions/`, mapped shared
-//! and made durable by `FlushRegion`. Every mutation is one redb write transaction, committed before
-//! the RPC answers, so an acknowledged change survives a crash.
+//! Persistent regions' bytes are not here: each is a file under `<state-dir>/regions/<tenant>/`, mapped
+//! shared and made durable by `FlushRegion`; the store only names that file ([`Store::region_path`]).
+//! Every mutation is one redb write transaction, committed before the RPC answers, so an acknowledged
+//! change survives a crash. The store knows nothing of the API: it fails with its own [`StoreError`],
+//! which the control plane's `ApiError` wraps.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::status::ApiError;
+/// Why the state store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be opened or created (not a redb file, locked, unreadable).
+    #[error("{0}")]
+    Open(#[from] redb::DatabaseError),
+    /// A transaction, table or commit failed.
+    #[error("{0}")]
+    Database(#[from] redb::Error),
+    /// A record could not be encoded.
+    #[error("{0}")]
+    Encode(serde_json::Error),
+    /// A stored record does not parse.
+    #[error("corrupt record: {0}")]
+    Corrupt(serde_json::Error),
+    /// A directory under the state dir could not be created.
+    #[error("{what}: {source}")]
+    Directory {
+        /// Which directory, as the client may be told (never a server path for a tenant's request).
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
 
 const TENANTS: TableDefinition<&str, &str> = TableDefinition::new("tenants");
 const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("modules");
@@ -178,26 +203,30 @@ pub struct GrantRecord {
     pub len: Option<u64>,
 }
 
-/// The redb database.
+/// The redb database, and the state dir it lives in (where persistent regions' files go).
 pub struct Store {
     db: Database,
+    dir: PathBuf,
 }
 
-fn json<T: Serialize>(v: &T) -> Result<String, ApiError> {
-    serde_json::to_string(v).map_err(|e| ApiError::Store(e.to_string()))
+fn json<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(StoreError::Encode)
 }
 
-fn parse<T: DeserializeOwned>(s: &str) -> Result<T, ApiError> {
-    serde_json::from_str(s).map_err(|e| ApiError::Store(format!("corrupt record: {e}")))
+fn parse<T: DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(StoreError::Corrupt)
 }
 
 impl Store {
-    /// Opens (or creates) `state.redb` in `dir`.
+    /// Opens (or creates) `state.redb` in `dir`, creating `dir` and its `regions/` directory first.
     ///
     /// # Errors
-    /// [`ApiError::Store`] if the file cannot be opened or is not a redb database.
-    pub fn open(dir: &Path) -> Result<Store, ApiError> {
-        let db = Database::create(dir.join("state.redb")).map_err(|e| ApiError::Store(e.to_string()))?;
+    /// [`StoreError::Directory`] if the directories cannot be created, [`StoreError::Open`] if the file
+    /// cannot be opened or is not a redb database.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir.join("regions"))
+            .map_err(|source| StoreError::Directory { what: dir.display().to_string(), source })?;
+        let db = Database::create(dir.join("state.redb"))?;
         let txn = db.begin_write().map_err(redb::Error::from)?;
         {
             txn.open_table(TENANTS).map_err(redb::Error::from)?;
@@ -207,17 +236,36 @@ impl Store {
             txn.open_table(GRANTS).map_err(redb::Error::from)?;
         }
         txn.commit().map_err(redb::Error::from)?;
-        Ok(Store { db })
+        Ok(Store { db, dir: dir.to_owned() })
     }
 
-    fn put_str(&self, table: TableDefinition<&str, &str>, key: &str, value: &str) -> Result<(), ApiError> {
+    /// The file of a tenant's persistent region, `<state-dir>/regions/<tenant>/<name>.region`, creating
+    /// the tenant's directory if needed. The names were checked against the naming rules, so neither
+    /// climbs out of the state dir.
+    ///
+    /// # Errors
+    /// [`StoreError::Directory`] naming the tenant, not the path: the client learns what failed, not
+    /// where the daemon keeps its files.
+    pub fn region_path(&self, tenant: &str, name: &str) -> Result<PathBuf, StoreError> {
+        let dir = self.dir.join("regions").join(tenant);
+        std::fs::create_dir_all(&dir).map_err(|source| {
+            tracing::error!(dir = %dir.display(), "cannot create a tenant's regions directory: {source}");
+            StoreError::Directory {
+                what: format!("cannot create the regions directory of tenant {tenant}"),
+                source,
+            }
+        })?;
+        Ok(dir.join(format!("{name}.region")))
+    }
+
+    fn put_str(&self, table: TableDefinition<&str, &str>, key: &str, value: &str) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(redb::Error::from)?;
         txn.open_table(table).map_err(redb::Error::from)?.insert(key, value).map_err(redb::Error::from)?;
         txn.commit().map_err(redb::Error::from)?;
         Ok(())
     }
 
-    fn delete_str(&self, table: TableDefinition<&str, &str>, key: &str) -> Result<(), ApiError> {
+    fn delete_str(&self, table: TableDefinition<&str, &str>, key: &str) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(redb::Error::from)?;
         txn.open_table(table).map_err(redb::Error::from)?.remove(key).map_err(redb::Error::from)?;
         txn.commit().map_err(redb::Error::from)?;
@@ -227,7 +275,7 @@ impl Store {
     fn all_str<T: DeserializeOwned>(
         &self,
         table: TableDefinition<&str, &str>,
-    ) -> Result<Vec<(String, T)>, ApiError> {
+    ) -> Result<Vec<(String, T)>, StoreError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
         let t = txn.open_table(table).map_err(redb::Error::from)?;
         let mut out = Vec::new();
@@ -241,24 +289,24 @@ impl Store {
     /// Saves a tenant.
     ///
     /// # Errors
-    /// [`ApiError::Store`].
-    pub fn put_tenant(&self, name: &str, r: &TenantRecord) -> Result<(), ApiError> {
+    /// [`StoreError`].
+    pub fn put_tenant(&self, name: &str, r: &TenantRecord) -> Result<(), StoreError> {
         self.put_str(TENANTS, name, &json(r)?)
     }
 
     /// Every tenant.
     ///
     /// # Errors
-    /// [`ApiError::Store`].
-    pub fn tenants(&self) -> Result<Vec<(String, TenantRecord)>, ApiError> {
+    /// [`StoreError`].
+    pub fn tenants(&self) -> Result<Vec<(String, TenantRecord)>, StoreError> {
         self.all_str(TENANTS)
     }
 
     /// Saves a module's bytes under `tenant/name`.
     ///
     /// # Errors
-    /// [`ApiError::Store`].
-    pub fn put_module(&self, key: &str, wasm: &[u8]) -> Result<(), ApiError> {
+    /// [`StoreError`].
+    pub fn put_module(&self, key: &str, wasm: &[u8]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(redb::Error::from)?;
         txn.open_table(MODULES).map_err(redb::Error::from)?.insert(key, wasm).map_err(redb::Error::from)?;
         txn.commit().map_err(redb::Error::from)?;
@@ -268,8 +316,8 @@ impl Store {
     /// Deletes a module.
     ///
     /// # Errors
-    /// [`ApiError::Store`].
-    pub fn delete_module(&self, key: &str) -> Result<(), ApiError> {
+    /// [`StoreError`].
+    pub fn delete_module(&self, key: &str) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(redb::Error::from)?;
         txn.open_table(MODULES).map_err(redb::Error::from)?.remove(key).map_err(redb::Error::from)?;
         txn.commit().map_err(redb::Error::from)?;
@@ -279,8 +327,8 @@ impl Store {
     /// Every module, as `(tenant/name, wasm)`.
     ///
     /// # Errors
-    /// [`ApiError::Store`].
-    pub fn modules(&self) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    /// [`StoreError`].
+    pub fn modules(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
         let t = txn.open_table(MODULES).map_err(redb::Error::from)?;
         let mut out = Vec::new();
@@ -294,48 +342,48 @@ impl Store {
     /// Saves a region definition under `tenant/name`.
     ///
     /// # Errors
-    /// [`ApiError::Store`].
-    pub fn put_region(&self, key: &str, r: &RegionRecord) -> Result<(), ApiError> {
+    /// [`StoreError`].
+    pub fn put_region(&self, key: &str, r: &RegionRecord) -> Result<(), StoreError> {
         self.put_str(REGIONS, key, &json(r)?)
     }
 
     /// Deletes a region definition.
     ///
     /// # Errors
-    /// [`ApiError::Store`].
-    pub fn delete_region(&self, key: &str) -> Result<(), ApiError> {
+    /// [`StoreError`].
+    pub fn delete_region(&self, key: &str) -> Result<(), StoreError> {
         self.delete_str(REGIONS, key)
     }
 
     /// Every region definition.
     ///
     /// # Errors
-    /// [`ApiError::Store`].
-    pub fn regions(&self) -> Result<Vec<(String, RegionRecord)>, ApiError> {
+    /// [`StoreError`].
+    pub fn regions(&self) -> Result<Vec<(String, RegionRecord)>, StoreError> {
         self.all_str(REGIONS)
     }
 
     /// Saves an instance definition under `tenant/name`.
     ///
     /// # Errors
-    /// [`ApiError::Store`].
-    pub fn put_instance(&self, key: &str, r: &InstanceRecord) -> Result<(), ApiError> {
+    /// [`StoreError`].
+    pub fn put_instance(&self, key: &str, r: &InstanceRecord) -> Result<(), StoreError> {
         self.put_str(INSTANCES, key, &json(r)?)
     }
 
     /// Marks an instance definition stopped or running, in one transaction; a no-op if there is none.
     ///
     /// # Errors
-    /// [`ApiError::Store`], also for a stored record that does not parse.
-    pub fn set_instance_stopped(&self, key: &str, stopped: bool) -> Result<(), ApiError> {
+    /// [`StoreError`], also for a stored record that does not parse.
+    pub fn set_instance_stopped(&self, key: &str, stopped: bool) -> Result<(), StoreError> {
         self.update(INSTANCES, key, |r: InstanceRecord| InstanceRecord { stopped, ..r })
     }
 
     /// Sets a region definition's member rights, in one transaction; a no-op if there is none.
     ///
     /// # Errors
-    /// [`ApiError::Store`], also for a stored record that does not parse.
-    pub fn set_region_members(&self, key: &str, member_rights: u32) -> Result<(), ApiError> {
+    /// [`StoreError`], also for a stored record that does not parse.
+    pub fn set_region_members(&self, key: &str, member_rights: u32) -> Result<(), StoreError> {
         self.update(REGIONS, key, |r: RegionRecord| RegionRecord { member_rights, ..r })
     }
 
@@ -345,7 +393,7 @@ impl Store {
         table: TableDefinition<&str, &str>,
         key: &str,
         change: impl FnOnce(T) -> T,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(redb::Error::from)?;
         {
             let mut t = txn.open_table(table).map_err(redb::Error::from)?;
@@ -362,24 +410,24 @@ impl Store {
     /// Deletes an instance definition.
     ///
     /// # Errors
-    /// [`ApiError::Store`].
-    pub fn delete_instance(&self, key: &str) -> Result<(), ApiError> {
+    /// [`StoreError`].
+    pub fn delete_instance(&self, key: &str) -> Result<(), StoreError> {
         self.delete_str(INSTANCES, key)
     }
 
     /// Every instance definition.
     ///
     /// # Errors
-    /// [`ApiError::Store`].
-    pub fn instances(&self) -> Result<Vec<(String, InstanceRecord)>, ApiError> {
+    /// [`StoreError`].
+    pub fn instances(&self) -> Result<Vec<(String, InstanceRecord)>, StoreError> {
         self.all_str(INSTANCES)
     }
 
     /// Saves a grant.
     ///
     /// # Errors
-    /// [`ApiError::Store`].
-    pub fn put_grant(&self, id: u64, r: &GrantRecord) -> Result<(), ApiError> {
+    /// [`StoreError`].
+    pub fn put_grant(&self, id: u64, r: &GrantRecord) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(redb::Error::from)?;
         txn.open_table(GRANTS)
             .map_err(redb::Error::from)?
@@ -392,8 +440,8 @@ impl Store {
     /// Deletes grants.
     ///
     /// # Errors
-    /// [`ApiError::Store`].
-    pub fn delete_grants(&self, ids: &[u64]) -> Result<(), ApiError> {
+    /// [`StoreError`].
+    pub fn delete_grants(&self, ids: &[u64]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(redb::Error::from)?;
         {
             let mut t = txn.open_table(GRANTS).map_err(redb::Error::from)?;
@@ -408,8 +456,8 @@ impl Store {
     /// Every grant.
     ///
     /// # Errors
-    /// [`ApiError::Store`].
-    pub fn grants(&self) -> Result<Vec<(u64, GrantRecord)>, ApiError> {
+    /// [`StoreError`].
+    pub fn grants(&self) -> Result<Vec<(u64, GrantRecord)>, StoreError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
         let t = txn.open_table(GRANTS).map_err(redb::Error::from)?;
         let mut out = Vec::new();
