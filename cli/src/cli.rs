@@ -14,7 +14,8 @@ use serde_json::{json, Value as Json};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
-use broker::{Broker, BrokerConfig};
+use broker::tenant::{QuotaField, QuotaKind};
+use broker::{Broker, BrokerConfig, Quotas};
 use broker_control::server::{serve, ServeConfig, ServeError};
 use broker_control::ControlPlane;
 
@@ -188,54 +189,44 @@ struct ServeArgs {
     worker_priority: Option<broker::runtime::WorkerPriority>,
 }
 
-#[derive(Debug, Clone, Args)]
-struct QuotaArgs {
-    /// Total bytes of regions.
-    #[arg(long)]
-    region_bytes: Option<u64>,
-    /// Number of regions.
-    #[arg(long)]
-    regions: Option<u64>,
-    /// Number of instances.
-    #[arg(long)]
-    instances: Option<u64>,
-    /// Number of capabilities.
-    #[arg(long)]
-    handles: Option<u64>,
-    /// Total linear memory of instances.
-    #[arg(long)]
-    memory_bytes: Option<u64>,
-    /// Shared windows of all the tenant's instances (each costs the daemon kernel mappings).
-    #[arg(long)]
-    windows: Option<u64>,
-    /// Shared windows of any one instance.
-    #[arg(long)]
-    windows_per_instance: Option<u64>,
-    /// Modules loaded.
-    #[arg(long)]
-    modules: Option<u64>,
-    /// Bytes of wasm of all loaded modules (an upload over it is refused before compiling).
-    #[arg(long)]
-    module_bytes: Option<u64>,
-    /// Bytes of compiled code of all loaded modules.
-    #[arg(long)]
-    compiled_bytes: Option<u64>,
-    /// The longest call deadline an instance of the tenant may ask for, in milliseconds.
-    #[arg(long)]
-    max_call_timeout_ms: Option<u64>,
-    /// Native trampolines (toolkit event callbacks) the tenant's apps may hold.
-    #[arg(long)]
-    trampolines: Option<u64>,
-    /// Workers the tenant's instances may occupy at once (0: no cap).
-    #[arg(long)]
-    max_workers: Option<u64>,
-    /// Region watches the tenant's apps may hold.
-    #[arg(long)]
-    watches: Option<u64>,
-    /// The tenant's weight for CPU time among busy tenants, 1 to 65536 (default 1024): twice the shares,
-    /// twice the time.
-    #[arg(long)]
-    cpu_shares: Option<u64>,
+/// The quota flags, one per [`broker::Quotas::FIELDS`] entry (`--region-bytes`, `--cpu-shares`, ...),
+/// so a new quota gets its flag without anyone listing it here; byte quotas also take sizes such as
+/// `64MiB`. Holds the flags given.
+#[derive(Debug, Clone, Default)]
+struct QuotaArgs(Vec<(&'static QuotaField, u64)>);
+
+impl clap::FromArgMatches for QuotaArgs {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<QuotaArgs, clap::Error> {
+        let given = Quotas::FIELDS.iter().filter_map(|f| m.get_one::<u64>(f.name).map(|v| (f, *v))).collect();
+        Ok(QuotaArgs(given))
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = QuotaArgs::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl Args for QuotaArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        Quotas::FIELDS.iter().fold(cmd, |cmd, f| {
+            let arg =
+                clap::Arg::new(f.name).long(f.name.replace('_', "-")).help(f.help).help_heading("Quotas");
+            cmd.arg(match f.kind {
+                QuotaKind::Bytes => arg
+                    .value_name("BYTES")
+                    .value_parser(|s: &str| broker::region::parse_size(s).map_err(|e| e.to_string())),
+                QuotaKind::Millis => arg.value_name("MS").value_parser(clap::value_parser!(u64)),
+                QuotaKind::Count | QuotaKind::Weight => {
+                    arg.value_name("N").value_parser(clap::value_parser!(u64))
+                }
+            })
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        QuotaArgs::augment_args(cmd)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -752,56 +743,31 @@ fn print(out: &mut dyn Write, conn: &Conn, value: &Json, table: &[Vec<String>]) 
     Ok(())
 }
 
-fn quotas_msg(q: &QuotaArgs, base: Option<&pb::Quotas>) -> pb::Quotas {
-    let d = broker::Quotas::default();
-    let b = base.cloned().unwrap_or(pb::Quotas {
-        region_bytes: d.region_bytes,
-        regions: d.regions,
-        instances: d.instances,
-        handles: d.handles,
-        memory_bytes: d.memory_bytes,
-        windows: Some(d.windows),
-        windows_per_instance: Some(d.windows_per_instance),
-        modules: Some(d.modules),
-        module_bytes: Some(d.module_bytes),
-        compiled_bytes: Some(d.compiled_bytes),
-        max_call_timeout_ms: Some(d.max_call_timeout_ms),
-        trampolines: Some(d.trampolines),
-        max_workers: Some(d.max_workers),
-        watches: Some(d.watches),
-        cpu_shares: Some(d.cpu_shares),
-    });
-    pb::Quotas {
-        region_bytes: q.region_bytes.unwrap_or(b.region_bytes),
-        regions: q.regions.unwrap_or(b.regions),
-        instances: q.instances.unwrap_or(b.instances),
-        handles: q.handles.unwrap_or(b.handles),
-        memory_bytes: q.memory_bytes.unwrap_or(b.memory_bytes),
-        windows: q.windows.or(b.windows),
-        windows_per_instance: q.windows_per_instance.or(b.windows_per_instance),
-        modules: q.modules.or(b.modules),
-        module_bytes: q.module_bytes.or(b.module_bytes),
-        compiled_bytes: q.compiled_bytes.or(b.compiled_bytes),
-        max_call_timeout_ms: q.max_call_timeout_ms.or(b.max_call_timeout_ms),
-        trampolines: q.trampolines.or(b.trampolines),
-        max_workers: q.max_workers.or(b.max_workers),
-        watches: q.watches.or(b.watches),
-        cpu_shares: q.cpu_shares.or(b.cpu_shares),
+/// The quotas to send: `base` (the tenant's current quotas, or the defaults) with the flags given
+/// applied.
+///
+/// # Errors
+/// [`CliError::Local`] for a flag the broker would refuse (a weight out of range), naming the field.
+fn quotas_msg(q: &QuotaArgs, base: Option<&pb::Quotas>) -> Result<pb::Quotas, CliError> {
+    let mut quotas = base.map_or_else(Quotas::default, broker_control::quotas_from_pb);
+    for (f, v) in &q.0 {
+        f.set(&mut quotas, *v).map_err(|e| CliError::Local(format!("quotas.{}: {e}", f.name)))?;
     }
+    Ok(broker_control::quotas_to_pb(&quotas))
 }
 
 fn tenant_json(t: &pb::Tenant) -> Json {
-    let q = t.quotas.unwrap_or_default();
+    let q = t.quotas.as_ref().map_or_else(Quotas::default, broker_control::quotas_from_pb);
     let u = t.usage.unwrap_or_default();
     json!({
         "name": t.name,
-        "quotas": {"region_bytes": q.region_bytes, "regions": q.regions, "instances": q.instances, "handles": q.handles, "memory_bytes": q.memory_bytes, "windows": q.windows, "windows_per_instance": q.windows_per_instance, "modules": q.modules, "module_bytes": q.module_bytes, "compiled_bytes": q.compiled_bytes, "max_call_timeout_ms": q.max_call_timeout_ms, "trampolines": q.trampolines, "max_workers": q.max_workers, "watches": q.watches, "cpu_shares": q.cpu_shares},
+        "quotas": Quotas::FIELDS.iter().map(|f| (f.name.to_owned(), json!(f.get(&q)))).collect::<serde_json::Map<_, _>>(),
         "usage": {"region_bytes": u.region_bytes, "regions": u.regions, "instances": u.instances, "handles": u.handles, "memory_bytes": u.memory_bytes, "windows": u.windows, "modules": u.modules, "module_bytes": u.module_bytes, "compiled_bytes": u.compiled_bytes, "trampolines": u.trampolines, "watches": u.watches, "events": u.events},
     })
 }
 
 fn tenant_row(t: &pb::Tenant) -> Vec<String> {
-    let q = t.quotas.unwrap_or_default();
+    let q = t.quotas.as_ref().map_or_else(Quotas::default, broker_control::quotas_from_pb);
     let u = t.usage.unwrap_or_default();
     vec![
         t.name.clone(),
@@ -823,7 +789,7 @@ async fn tenant(verb: TenantVerb, conn: &Conn, out: &mut dyn Write) -> Result<()
     let mut c = client(conn).await?;
     let tenants: Vec<pb::Tenant> = match verb {
         TenantVerb::Create { name, quotas } => {
-            let q = quotas_msg(&quotas, None);
+            let q = quotas_msg(&quotas, None)?;
             vec![c
                 .create_tenant(req(conn, pb::CreateTenantRequest { name, quotas: Some(q) })?)
                 .await
@@ -844,7 +810,7 @@ async fn tenant(verb: TenantVerb, conn: &Conn, out: &mut dyn Write) -> Result<()
                 .map_err(|s| rpc_error("tenant quotas", s))?
                 .into_inner();
             let base = current.tenants.iter().find(|t| t.name == name).and_then(|t| t.quotas);
-            let q = quotas_msg(&quotas, base.as_ref());
+            let q = quotas_msg(&quotas, base.as_ref())?;
             vec![c
                 .set_quotas(req(conn, pb::SetQuotasRequest { tenant: name, quotas: Some(q) })?)
                 .await

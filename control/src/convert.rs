@@ -28,7 +28,7 @@ pub(crate) fn required<T>(field: &'static str, value: Option<T>) -> ApiResult<T>
 
 /// The domain quotas of a `Quotas` message: absent optional fields take their defaults. `cpu_shares` is
 /// taken as sent; the plane refuses one out of range, naming `quotas.cpu_shares`.
-pub(crate) fn quotas_from(q: &pb::Quotas) -> Quotas {
+pub fn quotas_from(q: &pb::Quotas) -> Quotas {
     Quotas {
         region_bytes: q.region_bytes,
         regions: q.regions,
@@ -49,7 +49,8 @@ pub(crate) fn quotas_from(q: &pb::Quotas) -> Quotas {
     }
 }
 
-pub(crate) fn quotas_to(q: &Quotas) -> pb::Quotas {
+/// The `Quotas` message of domain quotas, every field set.
+pub fn quotas_to(q: &Quotas) -> pb::Quotas {
     pb::Quotas {
         region_bytes: q.region_bytes,
         regions: q.regions,

@@ -531,8 +531,8 @@ fn health_and_reflection_answer() {
 
 #[test]
 fn state_survives_a_restart() {
-    let dir = std::env::temp_dir().join(format!("broker-state-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let dir = tmp.path().to_path_buf();
     let (alpha_token, beta_token);
     {
         let d = Daemon::start(Some(dir.clone()));
@@ -593,7 +593,6 @@ fn state_survives_a_restart() {
     assert_eq!(as_i64(&call(&d, &beta, "reader", "info_len", vec![i32v(h)]).expect("info")), 16);
     assert_eq!(as_i64(&call(&d, &beta, "reader", "info_rights", vec![i32v(h)]).expect("info")), 1);
     d.stop();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -646,10 +645,10 @@ fn cli_talks_to_the_daemon() {
     let (ok, text) = run(&["region", "write", "data", "--hex", "zz", "--tenant", "acme"]);
     assert!(!ok && text.contains("bad hex"), "{text}");
     // An instance's life: stopped (listed, holding its module), then deleted.
-    let wasm = std::env::temp_dir().join(format!("broker-cli-{}.wasm", std::process::id()));
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let wasm = tmp.path().join("app.wasm");
     std::fs::write(&wasm, broker_guests::HANDLE_APP_WASM).expect("write the module");
     let (ok, text) = run(&["module", "upload", "app", &wasm.to_string_lossy(), "--tenant", "acme"]);
-    let _ = std::fs::remove_file(&wasm);
     assert!(ok, "{text}");
     let (ok, text) = run(&["instance", "start", "i", "--module", "app", "--tenant", "acme"]);
     assert!(ok && text.contains("running"), "{text}");
@@ -1697,8 +1696,8 @@ fn r14_watch_streams_count_against_the_watches_quota() {
 /// restarted daemon has the same weights. `Usage.events` is reported (nothing queued here).
 #[test]
 fn r14_cpu_shares_round_trip_and_survive_a_restart() {
-    let dir = std::env::temp_dir().join(format!("broker-cpu-shares-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let dir = tmp.path().to_path_buf();
     let quotas =
         |cpu_shares: Option<u64>| Some(small_quotas(pb::Quotas { cpu_shares, ..Default::default() }));
     let shares_of = |d: &Daemon, admin: &Client| {
@@ -1759,7 +1758,6 @@ fn r14_cpu_shares_round_trip_and_survive_a_restart() {
         "the weights survived the restart"
     );
     d.stop();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Issue 14: `broker serve --trampolines N` reaches the broker's config, which refuses a pool size the C
@@ -1781,8 +1779,8 @@ fn r14_serve_refuses_a_trampoline_pool_outside_the_compiled_range() {
 /// needs a right, a region needs a mode, and an error about a file shows no server path.
 #[test]
 fn r15_reserved_names_empty_grants_unspecified_modes_and_no_server_paths() {
-    let dir = std::env::temp_dir().join(format!("broker-r15-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let dir = tmp.path().to_path_buf();
     let d = Daemon::start(Some(dir.clone()));
     let admin = d.client(Some(&d.admin));
     for bad in [".", ".."] {
@@ -1881,7 +1879,6 @@ fn r15_reserved_names_empty_grants_unspecified_modes_and_no_server_paths() {
     rpc!(d, t, delete_instance, app()).expect("delete");
     rpc!(d, t, delete_module, ops()).expect("no instance of it is left");
     drop(d);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Issue 15: lowering a tenant's quotas below what it holds blocks new allocations only, and a
@@ -1889,8 +1886,8 @@ fn r15_reserved_names_empty_grants_unspecified_modes_and_no_server_paths() {
 /// lowered quotas in force.
 #[test]
 fn r15_quotas_lowered_below_usage_hide_nothing_after_a_restart() {
-    let dir = std::env::temp_dir().join(format!("broker-r15-quotas-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let dir = tmp.path().to_path_buf();
     let token;
     {
         let d = Daemon::start(Some(dir.clone()));
@@ -1937,15 +1934,14 @@ fn r15_quotas_lowered_below_usage_hide_nothing_after_a_restart() {
     };
     assert_eq!(code(rpc!(d, t, create_region, more)), Code::ResourceExhausted, "the lowered quota holds");
     drop(d);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Issue 15: concurrent flushes of one persistent region all succeed while writes go on, and what a
 /// restart finds is the last flushed bytes.
 #[test]
 fn r15_concurrent_flushes_of_one_region_are_safe() {
-    let dir = std::env::temp_dir().join(format!("broker-r15-flush-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let dir = tmp.path().to_path_buf();
     let token;
     {
         let d = Daemon::start(Some(dir.clone()));
@@ -1990,7 +1986,6 @@ fn r15_concurrent_flushes_of_one_region_are_safe() {
     .expect("read");
     assert!(read.data.iter().all(|b| *b == 20), "the last flushed bytes came back whole");
     drop(d);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Issue 15, item 5: a stopped instance keeps its API grants (a restart applies them again), a deleted
@@ -2105,8 +2100,8 @@ fn r15_a_tenant_token_gives_its_apps_only_what_it_grants() {
 /// not the one granted, and the other tenant's app cannot open it.
 #[test]
 fn r15_a_grant_whose_region_is_gone_after_a_restart_is_dropped_not_reused_by_name() {
-    let dir = std::env::temp_dir().join(format!("broker-r15-stale-grant-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let dir = tmp.path().to_path_buf();
     let i32v = |v: i32| pb::Value { value: Some(pb::value::Value::I32(v)) };
     let i64v = |v: i64| pb::Value { value: Some(pb::value::Value::I64(v)) };
     let (alpha_token, beta_token);
@@ -2158,5 +2153,4 @@ fn r15_a_grant_whose_region_is_gone_after_a_restart_is_dropped_not_reused_by_nam
     let opened = as_i64(&call(&d, &beta, "reader", "open", vec![i32v(1)]).expect("open"));
     assert_eq!(opened, i64::from(broker_abi::Status::NotFound.code()));
     drop(d);
-    let _ = std::fs::remove_dir_all(&dir);
 }
