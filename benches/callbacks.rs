@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 
 use broker::{
-    Broker, BrokerConfig, InstanceConfig, InstanceId, Mode, Quotas, RegionId, RegionSpec, Rights, Val,
+    Broker, BrokerConfig, InstanceConfig, InstanceId, Mode, Quotas, RegionId, RegionSpec, Rights, UiConfig,
+    Val,
 };
 use broker_benches::full_run;
 
@@ -21,8 +22,11 @@ struct World {
     object: RegionId,
 }
 
+/// A broker with the UI toolkit extension (the app uses the toolkit) and one `callback_app` watching a
+/// region and listening to a toolkit object.
 fn world() -> World {
-    let broker = Broker::new(BrokerConfig { workers: 1, ..BrokerConfig::default() }).expect("broker");
+    let config = BrokerConfig { workers: 1, ui: Some(UiConfig::default()), ..BrokerConfig::default() };
+    let broker = Broker::new(config).expect("broker");
     let t = broker.create_tenant("bench", Quotas::default()).expect("tenant");
     let data = broker
         .create_region(t, RegionSpec::new("data", 4096, Mode::Handle).with_members(Rights::ALL))
@@ -59,12 +63,13 @@ impl World {
 
     /// `n` toolkit events, each through a trampoline into the app's callback.
     fn toolkit_events(&self, n: u64) -> Duration {
+        let ui = self.broker.ui().expect("the broker has the UI extension");
         let start = Instant::now();
         let mut left = n;
         while left > 0 {
             let batch = left.min(128);
             for i in 0..batch {
-                self.broker.ui_send(self.object, 3, i32::try_from(i).unwrap_or(0)).expect("send");
+                ui.send(self.object, 3, i32::try_from(i).unwrap_or(0)).expect("send");
             }
             self.sync();
             left -= batch;

@@ -1,5 +1,5 @@
 //! Compiles the native half of the broker's C-library support into one static library,
-//! `libbroker_toolkit.a`, which the `broker::native` module links against.
+//! `libbroker_toolkit.a`, which the UI toolkit extension (`broker::ext::ui`) links against.
 //!
 //! `native/toolkit/toolkit.c` is a small C object toolkit written as an independent C library would be
 //! (LVGL-like objects with C function-pointer callbacks); `native/toolkit/trampolines.c` is the broker's

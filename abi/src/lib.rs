@@ -1,7 +1,7 @@
 //! The broker's host ABI v1, as constants shared by the host (`broker`) and the guests (`broker-guest`).
 //!
-//! Everything a guest and the broker must agree on lives here and only here: the import module and
-//! function names, the `i32` status codes every import returns, the rights bits, the region modes and the
+//! Everything a guest and the broker must agree on lives here and only here: the import modules and
+//! function names (the core's under [`MODULE`], the UI toolkit extension's under [`UI_MODULE`]), the `i32` status codes every import returns, the rights bits, the region modes and the
 //! layout of the structs the broker writes into guest memory.
 //! The crate is `no_std`, with `bitflags` its only dependency, so that it compiles unchanged for wasm32
 //! guests.
@@ -12,7 +12,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-/// The import module every host function lives under.
+/// The import module of the core ABI: every host function a broker always offers ([`func`]).
+/// Extensions, which a host turns on or leaves off, have modules of their own ([`UI_MODULE`]).
 pub const MODULE: &str = "broker_v1";
 
 /// The ABI version `abi_version` returns; bumped on any incompatible change.
@@ -66,23 +67,6 @@ pub mod func {
     pub const REGION_WATCH: &str = "region_watch";
     /// `region_unwatch(handle) -> status`.
     pub const REGION_UNWATCH: &str = "region_unwatch";
-    /// `ui_create(parent_handle_or_0, mode, out_handle_ptr) -> status`: a toolkit object, as a region.
-    pub const UI_CREATE: &str = "ui_create";
-    /// `ui_set(handle, field, value: i32) -> status`.
-    pub const UI_SET: &str = "ui_set";
-    /// `ui_get(handle, field, out_value_ptr) -> status`.
-    pub const UI_GET: &str = "ui_get";
-    /// `ui_set_text(handle, ptr, len) -> status`.
-    pub const UI_SET_TEXT: &str = "ui_set_text";
-    /// `ui_get_text(handle, ptr, cap, out_len_ptr) -> status`.
-    pub const UI_GET_TEXT: &str = "ui_get_text";
-    /// `ui_on_event(handle, code, callback, user_data) -> status`: the toolkit calls
-    /// `callback(user_data, object_handle, code, param, missed)` through a native trampoline.
-    pub const UI_ON_EVENT: &str = "ui_on_event";
-    /// `ui_send(handle, code, param: i32, out_count_ptr) -> status`: fires an event.
-    pub const UI_SEND: &str = "ui_send";
-    /// `ui_delete(handle) -> status`: deletes the object and its region.
-    pub const UI_DELETE: &str = "ui_delete";
     /// `fn_open(name_ptr, name_len, out_handle_ptr) -> status`: a host service as a function handle.
     pub const FN_OPEN: &str = "fn_open";
     /// `fn_call(fn_handle, arg_ptr, arg_len, res_ptr, res_cap, out_len_ptr) -> status`.
@@ -90,7 +74,8 @@ pub mod func {
     /// `fn_close(fn_handle) -> status`.
     pub const FN_CLOSE: &str = "fn_close";
 
-    /// Every function name, for tests and for the C header check.
+    /// Every function name under [`MODULE`](crate::MODULE), for tests and for the C header check;
+    /// the extensions' functions (such as [`ui_func`](crate::ui_func)) are not among them.
     pub const ALL: &[&str] = &[
         ABI_VERSION,
         NOP,
@@ -112,19 +97,46 @@ pub mod func {
         REGION_NOTIFY,
         REGION_WATCH,
         REGION_UNWATCH,
-        UI_CREATE,
-        UI_SET,
-        UI_GET,
-        UI_SET_TEXT,
-        UI_GET_TEXT,
-        UI_ON_EVENT,
-        UI_SEND,
-        UI_DELETE,
         FN_OPEN,
         FN_CALL,
         FN_CLOSE,
         MIRROR_HINT,
     ];
+}
+
+/// The import module of the UI toolkit extension: the `ui_*` functions of [`ui_func`].
+///
+/// An extension is a group of host functions a broker offers only when its host turns it on, under an
+/// import module of its own (as wasmtime-wasi adds one linker module per proposal). A broker without
+/// the extension refuses, when it is loaded, any module that imports from it.
+pub const UI_MODULE: &str = "broker_ui_v1";
+
+/// Names of the host functions under [`UI_MODULE`]: the native C toolkit, whose objects are regions
+/// reached through capability handles (fields in [`ui`]).
+///
+/// Like the functions of [`func`], every one returns an `i32` [`Status`] code.
+pub mod ui_func {
+    /// `ui_create(parent_handle_or_0, mode, out_handle_ptr) -> status`: a toolkit object, as a region.
+    pub const UI_CREATE: &str = "ui_create";
+    /// `ui_set(handle, field, value: i32) -> status`.
+    pub const UI_SET: &str = "ui_set";
+    /// `ui_get(handle, field, out_value_ptr) -> status`.
+    pub const UI_GET: &str = "ui_get";
+    /// `ui_set_text(handle, ptr, len) -> status`.
+    pub const UI_SET_TEXT: &str = "ui_set_text";
+    /// `ui_get_text(handle, ptr, cap, out_len_ptr) -> status`.
+    pub const UI_GET_TEXT: &str = "ui_get_text";
+    /// `ui_on_event(handle, code, callback, user_data) -> status`: the toolkit calls
+    /// `callback(user_data, object_handle, code, param, missed)` through a native trampoline.
+    pub const UI_ON_EVENT: &str = "ui_on_event";
+    /// `ui_send(handle, code, param: i32, out_count_ptr) -> status`: fires an event.
+    pub const UI_SEND: &str = "ui_send";
+    /// `ui_delete(handle) -> status`: deletes the object and its region.
+    pub const UI_DELETE: &str = "ui_delete";
+
+    /// Every function name under [`UI_MODULE`](crate::UI_MODULE), for tests and for the C header check.
+    pub const ALL: &[&str] =
+        &[UI_CREATE, UI_SET, UI_GET, UI_SET_TEXT, UI_GET_TEXT, UI_ON_EVENT, UI_SEND, UI_DELETE];
 }
 
 /// The status every host function returns: `OK` (0) or a negative error code.
@@ -528,5 +540,15 @@ mod tests {
             mode: mode::SHARED,
         };
         assert_eq!(HandleInfo::from_bytes(&info.to_bytes()), info);
+    }
+
+    #[test]
+    fn the_toolkit_functions_live_only_in_the_extension_module() {
+        for name in ui_func::ALL {
+            assert!(name.starts_with("ui_"), "{name}");
+            assert!(!func::ALL.contains(name), "{name} is listed under {MODULE} too");
+        }
+        assert!(func::ALL.iter().all(|name| !name.starts_with("ui_")), "func::ALL lists only {MODULE}");
+        assert_ne!(MODULE, UI_MODULE);
     }
 }

@@ -14,10 +14,10 @@ use wasmtime::{ExternType, Linker, Val};
 use crate::abi;
 use crate::capability::{CapId, Rights};
 use crate::error::Error;
+use crate::ext::ui::{Ui, UiConfig};
 use crate::name::Name;
-use crate::native::TrampolinePool;
 use crate::region::{Region, RegionId, RegionInfo, RegionSpec, TrafficStats, WatchFn, WatchId};
-use crate::registry::{name, Core, LoadedModule, Service, ServiceFn};
+use crate::registry::{name, Core, LoadedModule, ServiceFn};
 use crate::runtime::{
     EngineHandle, InstanceCell, InstanceConfig, InstanceError, InstanceId, InstanceState, InstanceStatus,
     WorkerPool,
@@ -29,10 +29,10 @@ use crate::tenant::{Quotas, Resource, Tenant, TenantId, Usage};
 pub struct BrokerConfig {
     /// Worker threads that run instances.
     pub workers: usize,
-    /// Native trampolines (C callback pointers into apps) the broker's pool may bind at once: 1 to
-    /// [`crate::native::MAX_TRAMPOLINES`], the number compiled in. Tenants' `trampolines` quotas share
-    /// this pool, so an operator with many tenants using the toolkit raises it.
-    pub trampolines: u32,
+    /// The UI toolkit extension (the native C toolkit under the `broker_ui_v1` imports, with its pool of
+    /// native trampolines): on with `Some`, off with `None`. Off, the broker offers no `ui_*` import and
+    /// refuses modules that import one, and [`Broker::ui`] is `None`.
+    pub ui: Option<UiConfig>,
     /// How the workers (which also compile modules) share the host's CPUs with the threads that feed them. `Normal`
     /// by default for an embedded broker (threads of the embedding program that busy-wait would starve
     /// idle-class workers); `broker serve` defaults to `Idle`.
@@ -40,13 +40,13 @@ pub struct BrokerConfig {
 }
 
 impl Default for BrokerConfig {
-    /// One worker per available core, at least two (so a runaway guest never blocks every instance), a
-    /// pool of [`crate::native::DEFAULT_TRAMPOLINES`] trampolines, and normal-class (niced) workers.
+    /// One worker per available core, at least two (so a runaway guest never blocks every instance), no
+    /// extension (an embedder turns on what its apps need), and normal-class (niced) workers.
     fn default() -> BrokerConfig {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         BrokerConfig {
             workers: cores.max(2),
-            trampolines: crate::native::DEFAULT_TRAMPOLINES,
+            ui: None,
             worker_priority: crate::runtime::WorkerPriority::Normal,
         }
     }
@@ -117,16 +117,19 @@ pub struct Broker {
     cells: RwLock<HashMap<InstanceId, Arc<InstanceCell>>>,
     pool: WorkerPool,
     engine: EngineHandle,
+    /// The UI toolkit extension, if the config turned it on.
+    ui: Option<Arc<Ui>>,
 }
 
 impl Broker {
-    /// Starts a broker with its engine, epoch ticker, worker pool and trampoline pool.
+    /// Starts a broker with its engine, epoch ticker and worker pool, and the extensions its config
+    /// turns on (the UI toolkit with its trampoline pool).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] naming `trampolines` if [`BrokerConfig::trampolines`] is 0 or above
-    /// [`crate::native::MAX_TRAMPOLINES`], or if the engine or threads cannot be created; naming
-    /// `page size` on a host whose pages are not the ABI's [`broker_abi::PAGE_SIZE`] (shared windows
-    /// map whole host pages at the ABI's page boundaries).
+    /// [`Error::InvalidArgument`] naming `trampolines` if the UI extension's [`UiConfig::trampolines`]
+    /// is 0 or above [`crate::ext::ui::MAX_TRAMPOLINES`], or if the engine or threads cannot be
+    /// created; naming `page size` on a host whose pages are not the ABI's [`broker_abi::PAGE_SIZE`]
+    /// (shared windows map whole host pages at the ABI's page boundaries).
     pub fn new(config: BrokerConfig) -> Result<Broker, Error> {
         let host_page = rustix::param::page_size();
         if host_page != crate::region::PAGE_SIZE as usize {
@@ -139,17 +142,16 @@ impl Broker {
             });
         }
         // Checked first: a bad setting is refused before any thread starts.
-        let trampolines = TrampolinePool::new(config.trampolines)
-            .map_err(|e| Error::InvalidArgument { field: "trampolines", reason: e.to_string() })?;
+        let trampolines = config.ui.as_ref().map(UiConfig::pool).transpose()?;
         let engine = EngineHandle::new()?;
         let mut linker = Linker::new(&engine.engine);
         abi::add_to_linker(&mut linker)
             .map_err(|e| Error::InvalidArgument { field: "host functions", reason: e.to_string() })?;
         let pool = WorkerPool::new(config.workers, engine.engine.clone(), config.worker_priority)
             .map_err(|e| Error::InvalidArgument { field: "workers", reason: e.to_string() })?;
-        let core = Arc::new(Core::new(trampolines, Arc::clone(&engine.timers)));
-        Self::register_builtin_services(&core);
-        Ok(Broker { core, linker, cells: RwLock::new(HashMap::new()), pool, engine })
+        let core = Arc::new(Core::new(Arc::clone(&engine.timers)));
+        let ui = trampolines.map(|pool| Ui::install(&mut linker, &core, pool)).transpose()?;
+        Ok(Broker { core, linker, cells: RwLock::new(HashMap::new()), pool, engine, ui })
     }
 
     // ----- tenants -----
@@ -199,10 +201,14 @@ impl Broker {
 
     // ----- modules -----
 
-    /// Compiles and stores a module for a tenant, refusing imports the broker does not provide.
+    /// Compiles and stores a module for a tenant, refusing imports the broker does not provide: functions
+    /// of `broker_v1`, and of `broker_ui_v1` only while the UI toolkit extension is on.
     ///
     /// # Errors
-    /// [`Error::InvalidName`], [`Error::TenantNotFound`], [`Error::InvalidModule`], [`Error::ModuleExists`].
+    /// [`Error::InvalidName`], [`Error::TenantNotFound`], [`Error::ModuleExists`]; [`Error::InvalidModule`]
+    /// if it does not compile or imports something else, naming the import (for an extension that is
+    /// off: `imports broker_ui_v1::ui_create, which the broker does not provide: its UI toolkit extension
+    /// is turned off`).
     pub fn load_module(&self, tenant: TenantId, module_name: &str, wasm: &[u8]) -> Result<(), Error> {
         let n = name(module_name)?;
         let t = self.core.tenant(tenant)?;
@@ -229,13 +235,13 @@ impl Broker {
             u64::try_from((code.end as usize).saturating_sub(code.start as usize)).unwrap_or(u64::MAX);
         let code_charge = t.reserve(Resource::CompiledBytes, compiled)?;
         for import in module.imports() {
-            let known =
-                import.module() == broker_abi::MODULE && broker_abi::func::ALL.contains(&import.name());
-            if !known || !matches!(import.ty(), ExternType::Func(_)) {
+            if !self.provides(import.module(), import.name()) || !matches!(import.ty(), ExternType::Func(_)) {
+                let (module, name) = (import.module(), import.name());
+                // The one import an operator can fix by turning something on says so.
+                let off = module == broker_abi::UI_MODULE && self.ui.is_none();
+                let why = if off { ": its UI toolkit extension is turned off" } else { "" };
                 return Err(invalid(format!(
-                    "imports {}::{}, which the broker does not provide",
-                    import.module(),
-                    import.name()
+                    "imports {module}::{name}, which the broker does not provide{why}"
                 )));
             }
         }
@@ -843,16 +849,6 @@ impl Broker {
         }
     }
 
-    fn register_builtin_services(core: &Arc<Core>) {
-        let weak = Arc::downgrade(core);
-        let count: ServiceFn = Arc::new(move |_args: &[u8]| {
-            let n = weak.upgrade().map_or(0, |c| c.ui_objects.lock().len());
-            Ok(u64::try_from(n).unwrap_or(u64::MAX).to_le_bytes().to_vec())
-        });
-        let mut services = core.services.write();
-        services.insert("toolkit.object_count".into(), Arc::new(Service { allowed: None, f: count }));
-    }
-
     /// Registers a host service apps can open by name (`fn_open`) and call; `allowed` limits which
     /// tenants may open it (`None`: every tenant).
     ///
@@ -864,55 +860,23 @@ impl Broker {
         allowed: Option<Vec<TenantId>>,
         f: ServiceFn,
     ) -> Result<(), Error> {
-        if service_name.is_empty() || service_name.len() > crate::name::MAX_LEN {
-            return Err(Error::InvalidArgument { field: "service name", reason: "1 to 256 bytes".into() });
+        self.core.add_service(service_name, allowed, f)
+    }
+
+    /// The UI toolkit extension, while [`BrokerConfig::ui`] turned it on: its events
+    /// ([`Ui::send`]), trampoline pool ([`Ui::trampolines`]) and objects ([`Ui::object_count`]).
+    pub fn ui(&self) -> Option<&Ui> {
+        self.ui.as_deref()
+    }
+
+    /// Whether this broker offers the import `module::name`: the core ABI always, an extension's only
+    /// while it is on.
+    fn provides(&self, module: &str, name: &str) -> bool {
+        match module {
+            broker_abi::MODULE => broker_abi::func::ALL.contains(&name),
+            broker_abi::UI_MODULE => self.ui.is_some() && broker_abi::ui_func::ALL.contains(&name),
+            _ => false,
         }
-        let mut services = self.core.services.write();
-        if services.contains_key(service_name) {
-            return Err(Error::InvalidArgument {
-                field: "service name",
-                reason: format!("{service_name:?} is already registered"),
-            });
-        }
-        services.insert(service_name.to_owned(), Arc::new(Service { allowed, f }));
-        Ok(())
-    }
-
-    /// Fires a toolkit event on the object behind a region (as the host's input layer would): the
-    /// object's fields are synced from the region first, then every matching callback runs; returns how
-    /// many ran. Apps' callbacks are queued and delivered on their workers.
-    ///
-    /// # Errors
-    /// [`Error::RegionNotFound`] if the region is not a toolkit object.
-    pub fn ui_send(&self, region: RegionId, code: u32, param: i32) -> Result<u32, Error> {
-        let r = self.core.region(region)?;
-        let object = self
-            .core
-            .ui_objects
-            .lock()
-            .get(&region)
-            .copied()
-            .ok_or_else(|| Error::RegionNotFound(format!("{region} (not a toolkit object)")))?;
-        let mut bytes = [0u8; crate::native::OBJ_FIELDS_SIZE];
-        r.read(0, &mut bytes)?;
-        let toolkit = self.core.toolkit.lock();
-        toolkit
-            .write_fields_bytes(object, &bytes)
-            .map_err(|e| Error::InvalidArgument { field: "object", reason: e.to_string() })?;
-        toolkit
-            .send_event(object, crate::native::EventCode(code), param)
-            .map_err(|e| Error::InvalidArgument { field: "object", reason: e.to_string() })
-    }
-
-    /// This broker's trampoline pool: its size ([`BrokerConfig::trampolines`]), the trampolines its
-    /// apps' callbacks hold now, and the process's undeliverable calls.
-    pub fn trampolines(&self) -> &TrampolinePool {
-        &self.core.trampolines
-    }
-
-    /// Toolkit objects alive in this broker.
-    pub fn ui_object_count(&self) -> usize {
-        self.core.ui_objects.lock().len()
     }
 
     /// Events delivered to an instance's callbacks, events that could not be delivered, and events

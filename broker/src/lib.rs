@@ -3,8 +3,10 @@
 //!
 //! An embedding program builds a [`Broker`], creates tenants with quotas, loads modules, starts instances
 //! and creates regions; apps built on `broker-guest` open regions by name and reach them through
-//! capability handles whose rights and ranges the broker checks on every call. See `ARCHITECTURE.md` for
-//! the module map and the invariants each module keeps.
+//! capability handles whose rights and ranges the broker checks on every call. Optional groups of host
+//! functions, such as the native UI toolkit ([`UiConfig`]), are extensions in [`ext`] that the embedder
+//! turns on in [`BrokerConfig`]. See `ARCHITECTURE.md` for the module map and the invariants each
+//! module keeps.
 //!
 //! ```no_run
 //! use broker::{Broker, BrokerConfig, InstanceConfig, Mode, Quotas, RegionSpec, Rights};
@@ -31,9 +33,9 @@ pub mod abi;
 mod broker;
 pub mod capability;
 mod error;
+pub mod ext;
 pub mod mode;
 pub mod name;
-pub mod native;
 pub mod region;
 mod registry;
 pub mod runtime;
@@ -42,6 +44,7 @@ pub mod tenant;
 pub use crate::broker::{Broker, BrokerConfig, GrantId, InstanceInfo, ModuleInfo, TenantInfo};
 pub use crate::capability::{CapError, Handle, Rights};
 pub use crate::error::Error;
+pub use crate::ext::ui::{Ui, UiConfig};
 pub use crate::mode::Mode;
 pub use crate::region::{Backing, RegionId, RegionInfo, RegionSpec, TrafficStats};
 pub use crate::registry::ServiceFn;

@@ -1,8 +1,9 @@
 //! The state shared by the host API and every instance's host functions: the registries (tenants,
 //! regions, modules, instance names), the capability space and the host services.
 //!
-//! [`Core`] sits below both [`crate::Broker`] (the embedding API) and [`crate::abi`] (the host functions
-//! guests call): it knows nothing of either. Lock order: the registry before the capability space,
+//! [`Core`] sits below [`crate::Broker`] (the embedding API), [`crate::abi`] (the host functions guests
+//! call) and the extensions in [`crate::ext`] (which keep their own state): it knows nothing of any of
+//! them. Lock order: the registry before the capability space,
 //! never the reverse.
 
 use std::collections::HashMap;
@@ -16,7 +17,6 @@ use crate::capability::CapSpace;
 use crate::error::Error;
 use crate::mode::{ConflictPolicy, Mode};
 use crate::name::Name;
-use crate::native::TrampolinePool;
 use crate::region::{Backing, PageVersions, Region, RegionError, RegionId, MAX_REGION_SIZE};
 use crate::runtime::InstanceId;
 use crate::tenant::{Resource, Tenant, TenantId};
@@ -65,14 +65,7 @@ pub(crate) struct Core {
     pub(crate) registry: RwLock<Registry>,
     pub(crate) caps: Mutex<CapSpace>,
     next_id: AtomicU64,
-    /// The native toolkit (a single-threaded C library: one caller at a time).
-    pub(crate) toolkit: Mutex<crate::native::Toolkit>,
-    /// This broker's trampolines, sized by [`BrokerConfig::trampolines`]; shared with the cleanup hooks
-    /// of the callbacks bound to them, which free their slots even after the broker is gone.
-    pub(crate) trampolines: Arc<TrampolinePool>,
-    /// Which regions are toolkit objects.
-    pub(crate) ui_objects: Mutex<HashMap<RegionId, crate::native::ObjectId>>,
-    /// Host services by name.
+    /// Host services by name: the embedder's, and those of the extensions it turned on.
     pub(crate) services: RwLock<HashMap<String, Arc<Service>>>,
     /// Deadlines of waiting calls, fired by the epoch ticker.
     pub(crate) timers: Arc<crate::runtime::Timers>,
@@ -84,18 +77,40 @@ pub(crate) fn name(s: &str) -> Result<Name, Error> {
 }
 
 impl Core {
-    /// Empty registries and capability space, with the broker's trampoline pool and timers.
-    pub(crate) fn new(trampolines: TrampolinePool, timers: Arc<crate::runtime::Timers>) -> Core {
+    /// Empty registries, capability space and services, with the broker's timers.
+    pub(crate) fn new(timers: Arc<crate::runtime::Timers>) -> Core {
         Core {
             registry: RwLock::new(Registry::default()),
             caps: Mutex::new(CapSpace::new()),
             next_id: AtomicU64::new(0),
-            toolkit: Mutex::new(crate::native::Toolkit::new()),
-            trampolines: Arc::new(trampolines),
-            ui_objects: Mutex::new(HashMap::new()),
             services: RwLock::new(HashMap::new()),
             timers,
         }
+    }
+
+    /// Registers a host service apps can open by name (`fn_open`); `allowed` limits which tenants may
+    /// (`None`: every tenant).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the name is empty, too long or already registered.
+    pub(crate) fn add_service(
+        &self,
+        service_name: &str,
+        allowed: Option<Vec<TenantId>>,
+        f: ServiceFn,
+    ) -> Result<(), Error> {
+        if service_name.is_empty() || service_name.len() > crate::name::MAX_LEN {
+            return Err(Error::InvalidArgument { field: "service name", reason: "1 to 256 bytes".into() });
+        }
+        let mut services = self.services.write();
+        if services.contains_key(service_name) {
+            return Err(Error::InvalidArgument {
+                field: "service name",
+                reason: format!("{service_name:?} is already registered"),
+            });
+        }
+        services.insert(service_name.to_owned(), Arc::new(Service { allowed, f }));
+        Ok(())
     }
 
     pub(crate) fn fresh_id(&self) -> u64 {

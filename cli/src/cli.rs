@@ -165,7 +165,7 @@ struct ScenarioRunArgs {
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// TOML config file (keys: listen, state_dir, admin_token_file, max_message_bytes, concurrency_limit,
-    /// workers, trampolines, worker_priority, drain_timeout_ms).
+    /// workers, ui, trampolines, worker_priority, drain_timeout_ms).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on (default 127.0.0.1:7878).
@@ -181,6 +181,10 @@ struct ServeArgs {
     /// number compiled in (default 64). Each tenant holds at most its `trampolines` quota of them.
     #[arg(long)]
     trampolines: Option<u32>,
+    /// Turn the UI toolkit extension off (config `ui = false`): apps get no `broker_ui_v1` imports,
+    /// and uploads of modules that import them are refused. On by default.
+    #[arg(long)]
+    no_ui: bool,
     /// How workers (which also compile uploads) share the CPUs: "idle" (default: workers run in the
     /// kernel's idle class, so the daemon's own threads, and with them every tenant's replies, always
     /// get a core at once; for a host that runs the broker) or "normal" (workers at nice +5; for a
@@ -627,16 +631,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<bool, CliError> {
     }
 }
 
-/// Runs the daemon. Once the listener is bound, prints exactly one line `listening on <addr>` to `out`
-/// (and flushes it), so a supervisor or test that asked for port 0 learns the port without polling.
-async fn serve_main(args: ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+/// The daemon's settings: the config file's (or the defaults), with the flags over them.
+fn serve_config(args: ServeArgs) -> Result<ServeConfig, CliError> {
     let mut config = match &args.config {
         Some(path) => ServeConfig::load(path)?,
         None => ServeConfig::default(),
@@ -653,9 +649,26 @@ async fn serve_main(args: ServeArgs, out: &mut dyn Write) -> Result<(), CliError
     if let Some(t) = args.trampolines {
         config.trampolines = t;
     }
+    if args.no_ui {
+        config.ui = false;
+    }
     if let Some(p) = args.worker_priority {
         config.worker_priority = p;
     }
+    Ok(config)
+}
+
+/// Runs the daemon. Once the listener is bound, prints exactly one line `listening on <addr>` to `out`
+/// (and flushes it), so a supervisor or test that asked for port 0 learns the port without polling.
+async fn serve_main(args: ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    let config = serve_config(args)?;
     let (token, source) = config.admin_token()?;
     if source == "generated for this run" {
         eprintln!("admin token (this run only; use --state-dir to keep one): {token}");
@@ -666,7 +679,7 @@ async fn serve_main(args: ServeArgs, out: &mut dyn Write) -> Result<(), CliError
     let broker = Arc::new(
         Broker::new(BrokerConfig {
             workers,
-            trampolines: config.trampolines,
+            ui: config.ui_config(),
             worker_priority: config.worker_priority,
         })
         .map_err(|e| CliError::Local(e.to_string()))?,
@@ -1315,4 +1328,33 @@ fn bench_main(args: BenchArgs, out: &mut dyn Write) -> Result<bool, CliError> {
         writeln!(out, "wrote {}", path.display()).map_err(io)?;
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The arguments of `broker serve <flags>`.
+    fn serve_args(flags: &[&str]) -> ServeArgs {
+        let cli = Cli::try_parse_from(["broker", "serve"].iter().chain(flags)).expect("valid arguments");
+        match cli.command {
+            Command::Serve(args) => args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    /// Issue 16: the daemon's broker has the UI toolkit extension unless `--no-ui` or the config's
+    /// `ui = false` turns it off; `--trampolines` sizes the extension's pool.
+    #[test]
+    fn r16_serve_turns_the_ui_extension_on_unless_told_otherwise() {
+        let ui = |flags: &[&str]| serve_config(serve_args(flags)).expect("config").ui_config();
+        assert_eq!(ui(&[]), Some(broker::UiConfig::default()));
+        assert_eq!(ui(&["--trampolines", "128"]), Some(broker::UiConfig { trampolines: 128 }));
+        assert_eq!(ui(&["--no-ui"]), None);
+        let file = std::env::temp_dir().join(format!("broker-r16-{}.toml", std::process::id()));
+        std::fs::write(&file, "ui = false\ntrampolines = 8\n").expect("config written");
+        let from_file = ui(&["--config", file.to_str().expect("a UTF-8 temp dir")]);
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(from_file, None);
+    }
 }

@@ -39,8 +39,13 @@ pub struct ServeConfig {
     pub concurrency_limit: usize,
     /// Worker threads running instances (0: one per core, at least two).
     pub workers: usize,
-    /// Native trampolines the broker's pool may bind at once (`BrokerConfig::trampolines`): 1 to
-    /// `native::MAX_TRAMPOLINES`; anything else is refused when the broker starts.
+    /// Whether the daemon's broker has the UI toolkit extension (the `broker_ui_v1` imports): on by
+    /// default; `ui = false` (or `broker serve --no-ui`) turns it off, and the daemon then refuses
+    /// uploads of modules that import the toolkit.
+    pub ui: bool,
+    /// Native trampolines the UI extension's pool may bind at once (`UiConfig::trampolines`): 1 to
+    /// `ext::ui::MAX_TRAMPOLINES`; anything else is refused when the broker starts. Unused with the
+    /// extension off.
     pub trampolines: u32,
     /// How workers share the CPUs with the daemon's other threads (`BrokerConfig::worker_priority`):
     /// "idle" (the default) or "normal".
@@ -60,7 +65,8 @@ impl Default for ServeConfig {
             max_message_bytes: 32 << 20,
             concurrency_limit: 64,
             workers: 0,
-            trampolines: broker::native::DEFAULT_TRAMPOLINES,
+            ui: true,
+            trampolines: broker::ext::ui::DEFAULT_TRAMPOLINES,
             worker_priority: broker::runtime::WorkerPriority::Idle,
             drain_timeout_ms: 10_000,
         }
@@ -93,6 +99,11 @@ pub enum ServeError {
 }
 
 impl ServeConfig {
+    /// The UI toolkit extension's settings for the daemon's broker, `None` when `ui` is off.
+    pub fn ui_config(&self) -> Option<broker::UiConfig> {
+        self.ui.then_some(broker::UiConfig { trampolines: self.trampolines })
+    }
+
     /// Parses a TOML config file.
     ///
     /// # Errors

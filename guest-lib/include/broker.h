@@ -1,6 +1,7 @@
 /* broker.h: host ABI v1 of the broker, for C apps compiled with clang --target=wasm32.
  *
- * Every function is imported from the module "broker_v1" and returns an int32_t status:
+ * Every function is imported from the module "broker_v1" (the UI toolkit extension's from
+ * "broker_ui_v1") and returns an int32_t status:
  * BROKER_OK (0) or a negative BROKER_ERR_* code. Results are written through out-pointers.
  * Offsets and lengths passed to read/write are relative to the start of the handle's range.
  * See guest-lib/ABI.md for the semantics of each call. The values below are checked against the
@@ -119,22 +120,30 @@ BROKER_IMPORT(region_notify) int32_t broker_region_notify(broker_handle_t handle
 
 /* Callbacks: `callback` is a function pointer (an index into the exported function table; link with
  * -Wl,--export-table). Watch callbacks: void cb(uint32_t user_data, broker_handle_t handle,
- * uint64_t version, uint64_t offset, uint64_t len, uint32_t missed). Toolkit event callbacks:
- * void cb(uint32_t user_data, broker_handle_t object, uint32_t code, int32_t param, uint32_t missed). */
+ * uint64_t version, uint64_t offset, uint64_t len, uint32_t missed). Toolkit event callbacks (see the
+ * UI extension below): void cb(uint32_t user_data, broker_handle_t object, uint32_t code, int32_t param,
+ * uint32_t missed). */
 BROKER_IMPORT(region_watch) int32_t broker_region_watch(broker_handle_t handle, uint32_t callback, uint32_t user_data);
 BROKER_IMPORT(region_unwatch) int32_t broker_region_unwatch(broker_handle_t handle);
-BROKER_IMPORT(ui_create) int32_t broker_ui_create(broker_handle_t parent, uint32_t mode, broker_handle_t *out_handle);
-BROKER_IMPORT(ui_set) int32_t broker_ui_set(broker_handle_t object, uint32_t field, int32_t value);
-BROKER_IMPORT(ui_get) int32_t broker_ui_get(broker_handle_t object, uint32_t field, int32_t *out_value);
-BROKER_IMPORT(ui_set_text) int32_t broker_ui_set_text(broker_handle_t object, const char *text, size_t len);
-BROKER_IMPORT(ui_get_text) int32_t broker_ui_get_text(broker_handle_t object, char *buf, size_t cap, uint32_t *out_len);
-BROKER_IMPORT(ui_on_event) int32_t broker_ui_on_event(broker_handle_t object, uint32_t code, uint32_t callback, uint32_t user_data);
-BROKER_IMPORT(ui_send) int32_t broker_ui_send(broker_handle_t object, uint32_t code, int32_t param, uint32_t *out_count);
-BROKER_IMPORT(ui_delete) int32_t broker_ui_delete(broker_handle_t object);
 BROKER_IMPORT(fn_open) int32_t broker_fn_open(const char *name, size_t name_len, uint32_t *out_handle);
 BROKER_IMPORT(fn_call) int32_t broker_fn_call(uint32_t fn_handle, const void *args, size_t args_len, void *result, size_t result_cap, uint32_t *out_len);
 BROKER_IMPORT(fn_close) int32_t broker_fn_close(uint32_t fn_handle);
 
+/* The UI toolkit extension, imported from its own module: a broker offers it only when its host turned
+ * it on, and refuses to load an app that imports it otherwise. A declaration alone imports nothing, so
+ * an app that calls none of these runs on any broker. */
+#define BROKER_UI_IMPORT(name) __attribute__((import_module("broker_ui_v1"), import_name(#name)))
+
+BROKER_UI_IMPORT(ui_create) int32_t broker_ui_create(broker_handle_t parent, uint32_t mode, broker_handle_t *out_handle);
+BROKER_UI_IMPORT(ui_set) int32_t broker_ui_set(broker_handle_t object, uint32_t field, int32_t value);
+BROKER_UI_IMPORT(ui_get) int32_t broker_ui_get(broker_handle_t object, uint32_t field, int32_t *out_value);
+BROKER_UI_IMPORT(ui_set_text) int32_t broker_ui_set_text(broker_handle_t object, const char *text, size_t len);
+BROKER_UI_IMPORT(ui_get_text) int32_t broker_ui_get_text(broker_handle_t object, char *buf, size_t cap, uint32_t *out_len);
+BROKER_UI_IMPORT(ui_on_event) int32_t broker_ui_on_event(broker_handle_t object, uint32_t code, uint32_t callback, uint32_t user_data);
+BROKER_UI_IMPORT(ui_send) int32_t broker_ui_send(broker_handle_t object, uint32_t code, int32_t param, uint32_t *out_count);
+BROKER_UI_IMPORT(ui_delete) int32_t broker_ui_delete(broker_handle_t object);
+
+#undef BROKER_UI_IMPORT
 #undef BROKER_IMPORT
 
 #endif /* BROKER_H */

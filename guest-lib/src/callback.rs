@@ -131,6 +131,9 @@ impl Field {
 
 /// A toolkit object: a native C struct the broker owns, reached through a capability handle. Its
 /// fields are also a region (see [`Object::region`]), so any mode applies to them.
+///
+/// The toolkit is an extension of the broker (imports under `broker_ui_v1`): an app that uses `Object`
+/// runs only on a broker whose host turned the extension on, and any other refuses to load it.
 #[derive(Debug)]
 pub struct Object {
     region: Region,

@@ -1,11 +1,11 @@
-//! The imports of host ABI v1, exactly as the broker exports them under `broker_v1`, and thin safe
-//! wrappers over them.
+//! The imports of host ABI v1, exactly as the broker exports them under `broker_v1` (and the UI toolkit
+//! extension's under `broker_ui_v1`), and thin safe wrappers over them.
 //!
 //! This is the only module of the guest library that contains `unsafe`: each wrapper takes Rust slices and
 //! references, so the pointer and length it passes always describe live memory of this app. The names must
-//! match `broker_abi::func`; instantiation fails otherwise, and the guests' tests call every import. On
-//! non-wasm targets the imports are never linked (the library is compiled for the host only so that its
-//! pure parts can be unit tested).
+//! match `broker_abi::func` and `broker_abi::ui_func`; instantiation fails otherwise, and the guests' tests
+//! call every import. On non-wasm targets the imports are never linked (the library is compiled for the
+//! host only so that its pure parts can be unit tested).
 
 #![allow(unsafe_code, reason = "this module is the FFI boundary with the host")]
 
@@ -54,14 +54,6 @@ pub mod raw {
         pub fn region_notify(handle: u32, offset: i64) -> i32;
         pub fn region_watch(handle: u32, callback: u32, user_data: u32) -> i32;
         pub fn region_unwatch(handle: u32) -> i32;
-        pub fn ui_create(parent: u32, mode: u32, out_handle: *mut u32) -> i32;
-        pub fn ui_set(handle: u32, field: u32, value: i32) -> i32;
-        pub fn ui_get(handle: u32, field: u32, out_value: *mut i32) -> i32;
-        pub fn ui_set_text(handle: u32, text: *const u8, len: usize) -> i32;
-        pub fn ui_get_text(handle: u32, buf: *mut u8, cap: usize, out_len: *mut u32) -> i32;
-        pub fn ui_on_event(handle: u32, code: u32, callback: u32, user_data: u32) -> i32;
-        pub fn ui_send(handle: u32, code: u32, param: i32, out_count: *mut u32) -> i32;
-        pub fn ui_delete(handle: u32) -> i32;
         pub fn fn_open(name: *const u8, name_len: usize, out_handle: *mut u32) -> i32;
         pub fn fn_call(
             fh: u32,
@@ -81,6 +73,20 @@ pub mod raw {
             out_version: *mut u64,
             out_pages: *mut u32,
         ) -> i32;
+    }
+
+    // The UI toolkit extension: a broker offers these only when its host turned the extension on, and
+    // refuses an app that imports them otherwise (an app that calls none of them imports none).
+    #[cfg_attr(target_arch = "wasm32", link(wasm_import_module = "broker_ui_v1"))]
+    extern "C" {
+        pub fn ui_create(parent: u32, mode: u32, out_handle: *mut u32) -> i32;
+        pub fn ui_set(handle: u32, field: u32, value: i32) -> i32;
+        pub fn ui_get(handle: u32, field: u32, out_value: *mut i32) -> i32;
+        pub fn ui_set_text(handle: u32, text: *const u8, len: usize) -> i32;
+        pub fn ui_get_text(handle: u32, buf: *mut u8, cap: usize, out_len: *mut u32) -> i32;
+        pub fn ui_on_event(handle: u32, code: u32, callback: u32, user_data: u32) -> i32;
+        pub fn ui_send(handle: u32, code: u32, param: i32, out_count: *mut u32) -> i32;
+        pub fn ui_delete(handle: u32) -> i32;
     }
 }
 

@@ -1,4 +1,5 @@
-//! The scenario runner: builds a fresh in-process broker per mode, sets the scenario up, runs its
+//! The scenario runner: builds a fresh in-process broker per mode (with the UI toolkit extension on and
+//! the `sensor.sample` service registered, whatever the scenario uses), sets the scenario up, runs its
 //! phases (each phase's actors concurrently, each actor on its own host threads), measures, and
 //! evaluates the checks.
 //!
@@ -27,7 +28,9 @@ use super::spec::{
     UploadSource, Work,
 };
 use crate::metrics::{peak_rss_bytes, reset_peak_rss, Latency, ProgressEvent, ProgressSink};
-use broker::{Broker, BrokerConfig, Error, InstanceConfig, InstanceId, Mode, RegionId, RegionSpec, TenantId};
+use broker::{
+    Broker, BrokerConfig, Error, InstanceConfig, InstanceId, Mode, RegionId, RegionSpec, TenantId, UiConfig,
+};
 
 /// Stops a scenario run early: actors finish the operation in hand and the run ends with
 /// [`RunError::Cancelled`]. Clones share the flag.
@@ -304,10 +307,12 @@ fn run_mode(
     let started = Instant::now();
     let rss_reset = reset_peak_rss();
     let defaults = BrokerConfig::default();
+    // Every scenario broker has the UI toolkit extension, with its default pool: scenario files may run
+    // toolkit apps, and tenants' `trampolines` quotas share that pool.
     let config = BrokerConfig {
         workers: opts.workers.unwrap_or(defaults.workers),
         worker_priority: opts.worker_priority,
-        ..defaults
+        ui: Some(UiConfig::default()),
     };
     let broker = setup(|| "starting the broker".into(), Broker::new(config))?;
     setup(

@@ -1,5 +1,6 @@
-//! A fuzz driver for the host ABI: sequences of [`AbiOp`]s, each a call of one raw `broker_v1` import made
-//! by the `fuzz_driver` guest with arguments derived from six integers, run against a real broker while
+//! A fuzz driver for the host ABI: sequences of [`AbiOp`]s, each a call of one raw import ([`IMPORTS`]:
+//! those of `broker_v1` and of the UI toolkit extension, `broker_ui_v1`) made by the `fuzz_driver` guest
+//! with arguments derived from six integers, run against a real broker (the extension turned on) while
 //! the invariants a hostile app must never break are checked after every call.
 //!
 //! The same driver serves the proptest suite (`tests/tests/all/fuzz.rs`, through [`ops`]) and the
@@ -24,8 +25,50 @@ use parking_lot::Mutex;
 use proptest::prelude::*;
 use std::sync::OnceLock;
 
-/// Number of imports an [`AbiOp`] chooses from (`func % FUNCS`), in the order of `broker_abi::func::ALL`.
-pub const FUNCS: usize = broker_abi::func::ALL.len();
+/// Every import the `fuzz_driver` guest calls, in the numbering of its `op` export: the functions of
+/// `broker_abi::func::ALL` and `broker_abi::ui_func::ALL`, in the order they had when both were one list.
+/// The order is the wire format of [`AbiOp::func`] (and so of the seed corpus in `fuzz/corpus/abi/`):
+/// append, never reorder.
+pub const IMPORTS: [&str; 32] = {
+    use broker_abi::{func, ui_func};
+    [
+        func::ABI_VERSION,
+        func::NOP,
+        func::REGION_OPEN,
+        func::REGION_CREATE,
+        func::HANDLE_CLOSE,
+        func::HANDLE_INFO,
+        func::REGION_READ,
+        func::REGION_WRITE,
+        func::HANDLE_RESTRICT,
+        func::HANDLE_GRANT,
+        func::HANDLE_REVOKE,
+        func::MIRROR_ACQUIRE,
+        func::MIRROR_REFRESH,
+        func::MIRROR_COMMIT,
+        func::REGION_MAP,
+        func::REGION_UNMAP,
+        func::REGION_WAIT,
+        func::REGION_NOTIFY,
+        func::REGION_WATCH,
+        func::REGION_UNWATCH,
+        ui_func::UI_CREATE,
+        ui_func::UI_SET,
+        ui_func::UI_GET,
+        ui_func::UI_SET_TEXT,
+        ui_func::UI_GET_TEXT,
+        ui_func::UI_ON_EVENT,
+        ui_func::UI_SEND,
+        ui_func::UI_DELETE,
+        func::FN_OPEN,
+        func::FN_CALL,
+        func::FN_CLOSE,
+        func::MIRROR_HINT,
+    ]
+};
+
+/// Number of imports an [`AbiOp`] chooses from (`func % FUNCS`), in the order of [`IMPORTS`].
+pub const FUNCS: usize = IMPORTS.len();
 
 /// What the guest's `op` returns when a call changed one of its guard zones.
 const GUARD_BROKEN: i32 = 0x4755_4152;
@@ -35,7 +78,7 @@ const NOT_SET_UP: i32 = 0x4e4f_5355;
 /// Size of the read-only region "owner/ro".
 const RO_SIZE: usize = 4096;
 
-/// One call of a raw import: `broker_abi::func::ALL[func % FUNCS]` with arguments derived from `args`
+/// One call of a raw import: `IMPORTS[func % FUNCS]` with arguments derived from `args`
 /// by the `fuzz_driver` guest (see its module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, arbitrary::Arbitrary)]
 pub struct AbiOp {
@@ -46,18 +89,18 @@ pub struct AbiOp {
 }
 
 impl AbiOp {
-    /// An op calling import `name` (a name from `broker_abi::func::ALL`).
+    /// An op calling import `name` (a name from [`IMPORTS`]).
     ///
     /// # Panics
-    /// If `name` is not an import of ABI v1.
+    /// If `name` is not an import of ABI v1 or of its UI toolkit extension.
     pub fn new(name: &str, args: [i64; 6]) -> AbiOp {
-        let func = broker_abi::func::ALL.iter().position(|f| *f == name).expect("an import of broker_v1");
+        let func = IMPORTS.iter().position(|f| *f == name).expect("an import of broker_v1 or broker_ui_v1");
         AbiOp { func: u8::try_from(func).expect("fewer than 256 imports"), args }
     }
 
     /// The name of the import this op calls.
     pub fn import(&self) -> &'static str {
-        broker_abi::func::ALL[usize::from(self.func) % FUNCS]
+        IMPORTS[usize::from(self.func) % FUNCS]
     }
 }
 
@@ -88,7 +131,7 @@ pub struct Options {
 /// What a run did, for tests that want to know the fuzzer reached something.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
-    /// Ops that returned `OK` (or the version), per import, in the order of `broker_abi::func::ALL`.
+    /// Ops that returned `OK` (or the version), per import, in the order of [`IMPORTS`].
     pub succeeded: Vec<u32>,
     /// Guest traps the driver accepted (faults in shared windows, interruptions) and restarted after.
     pub restarts: u32,
@@ -96,8 +139,8 @@ pub struct Report {
     pub statuses: Vec<Option<i32>>,
 }
 
-/// A broker with the tenants "owner" and "t" and the `fuzz_driver` module loaded into "t", reused by
-/// many runs (compiling the guest dominates the cost of a fresh broker).
+/// A broker with the UI toolkit extension, the tenants "owner" and "t" and the `fuzz_driver` module
+/// loaded into "t", reused by many runs (compiling the guest dominates the cost of a fresh broker).
 ///
 /// Each run creates the regions and instances it needs and, whatever happens, stops and destroys them
 /// again, checking that the broker is then exactly as empty as before: no region, capability, window,
@@ -116,12 +159,12 @@ impl Default for Fuzzer {
 }
 
 impl Fuzzer {
-    /// A broker with two workers, the two tenants and the guest module.
+    /// A broker with two workers and the UI toolkit extension, the two tenants and the guest module.
     ///
     /// # Panics
     /// If the broker, the tenants or the module cannot be set up.
     pub fn new() -> Fuzzer {
-        let b = crate::broker();
+        let b = crate::broker_with_ui();
         let owner = crate::tenant(&b, "owner");
         let t = crate::tenant(&b, "t");
         let (_, path) =
@@ -170,7 +213,7 @@ impl Fuzzer {
                 return Err(format!("an empty tenant still uses {usage:?}"));
             }
         }
-        let left = (b.capability_count(), b.window_count(), b.ui_object_count());
+        let left = (b.capability_count(), b.window_count(), b.ui().map_or(0, broker::Ui::object_count));
         if left != (0, 0, 0) {
             return Err(format!("capabilities, windows and toolkit objects left over: {left:?}"));
         }

@@ -4,15 +4,27 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-use broker::{Broker, BrokerConfig, InstanceConfig, InstanceId, Quotas, TenantId, Val};
+use broker::{Broker, BrokerConfig, InstanceConfig, InstanceId, Quotas, TenantId, UiConfig, Val};
 pub use broker_abi::Status;
 
 pub mod fuzz;
 
 /// A broker with two workers, as on the CI machine, offering the scenarios' `sensor.sample` service
-/// (the engine registers no services of its own).
+/// (the engine registers no services of its own) and no extension: an embedded broker's default, which
+/// refuses apps that import the UI toolkit (see [`broker_with_ui`]).
 pub fn broker() -> Broker {
-    let b = Broker::new(BrokerConfig { workers: 2, ..BrokerConfig::default() }).expect("broker starts");
+    broker_from(BrokerConfig { workers: 2, ..BrokerConfig::default() })
+}
+
+/// As [`broker`], with the UI toolkit extension turned on (its default pool of trampolines), for tests
+/// whose apps import `broker_ui_v1`: the toolkit's own, and hostile apps that attack it.
+pub fn broker_with_ui() -> Broker {
+    broker_from(BrokerConfig { workers: 2, ui: Some(UiConfig::default()), ..BrokerConfig::default() })
+}
+
+/// A broker of `config` offering the `sensor.sample` service.
+fn broker_from(config: BrokerConfig) -> Broker {
+    let b = Broker::new(config).expect("broker starts");
     let sensor = broker_scenario::expect::sensor_service();
     b.register_service(broker_scenario::expect::SENSOR_SERVICE, None, sensor).expect("sensor service");
     b
@@ -137,16 +149,22 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts a daemon, persisting into `state_dir` if given. The listener is bound before the server
-    /// task is spawned, so clients can connect at once (no sleeps).
+    /// Starts a daemon, persisting into `state_dir` if given, with the UI toolkit extension on as
+    /// `broker serve` has it by default. The listener is bound before the server task is spawned, so
+    /// clients can connect at once (no sleeps).
     pub fn start(state_dir: Option<std::path::PathBuf>) -> Daemon {
+        Daemon::with_broker(broker_with_ui(), state_dir)
+    }
+
+    /// As [`Daemon::start`], serving `broker` (one built as `broker serve --no-ui` would, say).
+    pub fn with_broker(broker: Broker, state_dir: Option<std::path::PathBuf>) -> Daemon {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
         let admin = "admin-secret-token".to_owned();
-        let broker = std::sync::Arc::new(broker());
+        let broker = std::sync::Arc::new(broker);
         let plane = std::sync::Arc::new(
             broker_control::ControlPlane::open(broker, &admin, state_dir.clone()).expect("control plane"),
         );

@@ -1,5 +1,10 @@
 //! Host ABI v1: the core-wasm imports under `broker_v1` through which apps reach regions.
 //!
+//! This is the core every broker offers; extensions a host turns on (the UI toolkit under
+//! `broker_ui_v1`, in `ext::ui`) add imports under modules of their own, built on the helpers here
+//! (`Ctx`, `enter`, `code`, the guest-memory checks) and on `AbiError`, whose status mapping stays the
+//! only one.
+//!
 //! Each import returns an `i32` [`broker_abi::Status`]; results go through out-pointers. Every guest
 //! value is untrusted: handles are resolved through the caller's own handle table, offsets and lengths
 //! are checked against the capability's range with overflow caught, and pointers are checked against
@@ -11,7 +16,7 @@
 //! `guest-lib/ABI.md` documents every call for app authors.
 
 mod authority;
-mod callbacks;
+pub(crate) mod callbacks;
 mod errno;
 pub(crate) mod guest_memory;
 mod wait;
@@ -92,20 +97,22 @@ impl GuestCtx {
         self.memory
     }
 
-    fn lookup(&self, handle: u32) -> Result<Cap, AbiError> {
+    /// The capability `handle` names in this instance's own handle table.
+    pub(crate) fn lookup(&self, handle: u32) -> Result<Cap, AbiError> {
         Ok(self.core.caps.lock().lookup(self.instance, Handle::from_raw(handle))?)
     }
 }
 
-type Ctx<'a> = Caller<'a, InstanceState>;
+/// What every host function is called with: the calling instance's store, through wasmtime's `Caller`.
+pub(crate) type Ctx<'a> = Caller<'a, InstanceState>;
 
 /// The size of the caller's memory (0 if it has none), for bounds checks made before the fence is held.
-fn memory_size(caller: &Ctx<'_>) -> usize {
+pub(crate) fn memory_size(caller: &Ctx<'_>) -> usize {
     caller.data().ctx.memory.map_or(0, |m| m.data_size(caller))
 }
 
 /// Copies `[ptr, ptr+len)` out of guest memory once; `max` bounds the copy before anything is read.
-fn copy_in(caller: &Ctx<'_>, ptr: u32, len: u32, max: u32) -> Result<Vec<u8>, AbiError> {
+pub(crate) fn copy_in(caller: &Ctx<'_>, ptr: u32, len: u32, max: u32) -> Result<Vec<u8>, AbiError> {
     if len > max {
         return Err(AbiError::Name(crate::name::NameError::TooLong {
             len: usize::try_from(len).unwrap_or(usize::MAX),
@@ -116,13 +123,13 @@ fn copy_in(caller: &Ctx<'_>, ptr: u32, len: u32, max: u32) -> Result<Vec<u8>, Ab
 
 /// Checks that an out-pointer of `len` bytes lies in memory before the operation runs (the write checks
 /// the window guards again, under the fence).
-fn check_out(caller: &Ctx<'_>, ptr: u32, len: u32) -> Result<(), AbiError> {
+pub(crate) fn check_out(caller: &Ctx<'_>, ptr: u32, len: u32) -> Result<(), AbiError> {
     check_bounds(memory_size(caller), ptr, len)
 }
 
 /// Writes a new handle to a checked out-pointer; if that fails after all (a window was mapped over it
 /// meanwhile), the handle is closed again so the call has no effect.
-fn write_handle(caller: &mut Ctx<'_>, out: u32, handle: Handle) -> Result<(), AbiError> {
+pub(crate) fn write_handle(caller: &mut Ctx<'_>, out: u32, handle: Handle) -> Result<(), AbiError> {
     let written = GuestMemory::lock(caller).write_u32(out, handle.raw());
     if written.is_err() {
         let ctx = &caller.data().ctx;
@@ -131,11 +138,33 @@ fn write_handle(caller: &mut Ctx<'_>, out: u32, handle: Handle) -> Result<(), Ab
     written
 }
 
+/// Writes `bytes` to the guest buffer `[ptr, ptr + cap)` and their length to `out_len`: the length
+/// always (so the app learns what it needs), the bytes only if they fit, else the error `too_large`
+/// makes of their length. Both ranges are checked before either is written.
+pub(crate) fn write_with_len(
+    caller: &Ctx<'_>,
+    (ptr, cap): (u32, u32),
+    out_len: u32,
+    bytes: &[u8],
+    too_large: impl FnOnce(u32) -> AbiError,
+) -> Result<(), AbiError> {
+    let n = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    let mem = GuestMemory::lock(caller);
+    let len_out = mem.check(out_len, 4, true)?;
+    let bytes_out = mem.check(ptr, cap.min(n), true)?;
+    len_out.write_from(0, &n.to_le_bytes())?;
+    if n > cap {
+        return Err(too_large(n));
+    }
+    bytes_out.write_from(0, bytes)
+}
+
 fn rights(bits: u32) -> Result<Rights, AbiError> {
     Rights::from_bits(bits).ok_or(AbiError::UnknownRights(bits))
 }
 
-fn code(r: Result<(), AbiError>) -> i32 {
+/// The status code a host function returns for `r`.
+pub(crate) fn code(r: Result<(), AbiError>) -> i32 {
     match r {
         Ok(()) => Status::Ok.code(),
         Err(e) => e.status().code(),
@@ -398,7 +427,7 @@ fn region_unmap(caller: &mut Ctx<'_>, handle: u32, ptr: u32) -> Result<(), AbiEr
 /// Counts one host call against the caller's traffic (host calls per operation is a figure the
 /// scenario reports compare across modes), and traps an instance that must stop: one whose memory took
 /// a fault outside wasm code or was sealed (see `runtime::fault`) gets no further service.
-fn enter(caller: &Ctx<'_>) -> wasmtime::Result<()> {
+pub(crate) fn enter(caller: &Ctx<'_>) -> wasmtime::Result<()> {
     let ctx = &caller.data().ctx;
     ctx.traffic.host_called();
     match ctx.fence.stop() {
@@ -407,7 +436,8 @@ fn enter(caller: &Ctx<'_>) -> wasmtime::Result<()> {
     }
 }
 
-/// Registers every ABI v1 import.
+/// Registers every import of the core ABI v1 (`broker_v1`); extensions register theirs themselves
+/// (`ext::ui::add_to_linker`).
 ///
 /// # Errors
 /// Only if a name is registered twice, which would be a bug in this function.
@@ -559,66 +589,6 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
     linker.func_wrap(MODULE, func::REGION_UNWATCH, |mut c: Ctx<'_>, h: u32| -> wasmtime::Result<i32> {
         enter(&c)?;
         Ok(code(callbacks::region_unwatch(&mut c, h)))
-    })?;
-    linker.func_wrap(
-        MODULE,
-        func::UI_CREATE,
-        |mut c: Ctx<'_>, parent: u32, mode: u32, out: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(callbacks::ui_create(&mut c, parent, mode, out)))
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        func::UI_SET,
-        |mut c: Ctx<'_>, h: u32, field: u32, v: i32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(callbacks::ui_set(&mut c, h, field, v)))
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        func::UI_GET,
-        |mut c: Ctx<'_>, h: u32, field: u32, out: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(callbacks::ui_get(&mut c, h, field, out)))
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        func::UI_SET_TEXT,
-        |mut c: Ctx<'_>, h: u32, p: u32, l: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(callbacks::ui_set_text(&mut c, h, p, l)))
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        func::UI_GET_TEXT,
-        |mut c: Ctx<'_>, h: u32, p: u32, cap: u32, out: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(callbacks::ui_get_text(&mut c, h, p, cap, out)))
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        func::UI_ON_EVENT,
-        |mut c: Ctx<'_>, h: u32, ev: u32, cb: u32, ud: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(callbacks::ui_on_event(&mut c, h, ev, cb, ud)))
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        func::UI_SEND,
-        |mut c: Ctx<'_>, h: u32, ev: u32, param: i32, out: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(callbacks::ui_send(&mut c, h, ev, param, out)))
-        },
-    )?;
-    linker.func_wrap(MODULE, func::UI_DELETE, |mut c: Ctx<'_>, h: u32| -> wasmtime::Result<i32> {
-        enter(&c)?;
-        Ok(code(callbacks::ui_delete(&mut c, h)))
     })?;
     linker.func_wrap(
         MODULE,

@@ -150,8 +150,8 @@ pub struct Quotas {
     pub compiled_bytes: u64,
     /// The longest call deadline the tenant's instances may ask for, in milliseconds.
     pub max_call_timeout_ms: u64,
-    /// Native trampolines the tenant's apps may hold at once (the broker's pool has
-    /// `BrokerConfig::trampolines`, `native::DEFAULT_TRAMPOLINES` by default).
+    /// Native trampolines the tenant's apps may hold at once, for UI toolkit callbacks (the broker's
+    /// pool has `UiConfig::trampolines`, `ext::ui::DEFAULT_TRAMPOLINES` by default).
     pub trampolines: u64,
     /// Workers the tenant's instances may occupy at once; 0: no cap (all of them).
     pub max_workers: u64,
@@ -180,7 +180,7 @@ impl Quotas {
     /// Default for [`Quotas::max_call_timeout_ms`]: one minute.
     pub const DEFAULT_MAX_CALL_TIMEOUT_MS: u64 = 60_000;
     /// Default for [`Quotas::trampolines`]: a quarter of a broker's default pool
-    /// (`native::DEFAULT_TRAMPOLINES`).
+    /// (`ext::ui::DEFAULT_TRAMPOLINES`).
     pub const DEFAULT_TRAMPOLINES: u64 = 16;
     /// Default for [`Quotas::watches`].
     pub const DEFAULT_WATCHES: u64 = 256;

@@ -1,7 +1,8 @@
 //! The C header `guest-lib/include/broker.h` agrees with the `broker-abi` crate: every status code,
-//! rights bit, mode and import name (a tidy check, so the header cannot drift).
+//! rights bit, mode, import name and import module (`broker_v1`, and `broker_ui_v1` for the UI toolkit
+//! extension), a tidy check so the header cannot drift.
 
-use broker_abi::{func, mode, rights, Status};
+use broker_abi::{func, mode, rights, ui_func, Status, MODULE, UI_MODULE};
 
 fn header() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-lib/include/broker.h");
@@ -63,7 +64,7 @@ fn rights_modes_and_limits_match() {
 #[test]
 fn every_import_is_declared_once_with_the_module_name() {
     let h = header();
-    assert!(h.contains(&format!("import_module(\"{}\")", broker_abi::MODULE)));
+    assert!(h.contains(&format!("#define BROKER_IMPORT(name) __attribute__((import_module(\"{}\")", MODULE)));
     for name in func::ALL {
         let decl = format!("BROKER_IMPORT({name})");
         assert_eq!(h.matches(&decl).count(), 1, "{decl}");
@@ -71,6 +72,25 @@ fn every_import_is_declared_once_with_the_module_name() {
     assert_eq!(
         h.matches("BROKER_IMPORT(").count() - 1,
         func::ALL.len(),
-        "no import beyond the ABI (minus the macro's own definition)"
+        "no import beyond the ABI (minus the macro's own definition; BROKER_UI_IMPORT( does not match)"
+    );
+}
+
+/// The toolkit's imports are declared with their own macro, which imports them from the extension's
+/// module `broker_ui_v1`, never from `broker_v1`.
+#[test]
+fn the_toolkit_imports_come_from_the_ui_extension_module() {
+    let h = header();
+    let macro_line = format!("#define BROKER_UI_IMPORT(name) __attribute__((import_module(\"{UI_MODULE}\")");
+    assert!(h.contains(&macro_line), "BROKER_UI_IMPORT imports from {UI_MODULE}");
+    for name in ui_func::ALL {
+        let decl = format!("BROKER_UI_IMPORT({name})");
+        assert_eq!(h.matches(&decl).count(), 1, "{decl}");
+        assert_eq!(h.matches(&format!("BROKER_IMPORT({name})")).count(), 0, "{name} is not in {MODULE}");
+    }
+    assert_eq!(
+        h.matches("BROKER_UI_IMPORT(").count() - 1,
+        ui_func::ALL.len(),
+        "no import beyond the extension (minus the macro's own definition)"
     );
 }

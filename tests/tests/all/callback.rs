@@ -4,16 +4,18 @@
 
 use std::sync::Arc;
 
-use broker::{Broker, BrokerConfig, InstanceId, Mode, RegionId, RegionSpec, Rights, TenantId};
-use broker_tests::{args, broker, call, code, handle, open_in_attacker, start, tenant, watchdog, Status};
+use broker::{Broker, BrokerConfig, InstanceId, Mode, RegionId, RegionSpec, Rights, TenantId, Ui, UiConfig};
+use broker_tests::{args, broker, broker_with_ui, call, code, start, tenant, watchdog, Status};
 use parking_lot::Mutex;
 
 /// The toolkit's C state and the trampoline table are process-wide: tests that register toolkit callbacks
 /// take turns.
 static TOOLKIT: Mutex<()> = Mutex::new(());
 
+/// A broker with the UI toolkit extension (`callback_app` uses the toolkit too), tenant "alpha" with the
+/// regions "data" and "flag" open to its apps, and a `callback_app` instance.
 fn setup() -> (Broker, TenantId, RegionId, InstanceId) {
-    let b = broker();
+    let b = broker_with_ui();
     let t = tenant(&b, "alpha");
     let data = b
         .create_region(t, RegionSpec::new("data", 4096, Mode::Handle).with_members(Rights::ALL))
@@ -129,6 +131,11 @@ fn a_watch_flood_is_bounded_merged_and_counted() {
     });
 }
 
+/// The extension of a broker built with it.
+fn ui(b: &Broker) -> &Ui {
+    b.ui().expect("the broker has the UI toolkit extension")
+}
+
 fn ui_region(b: &Broker, t: TenantId) -> RegionId {
     b.regions(t).into_iter().find(|r| r.name.starts_with("ui.")).map(|r| r.id).expect("an object region")
 }
@@ -142,7 +149,7 @@ fn the_toolkit_fires_events_into_app_callbacks_in_order() {
     let obj = ui_region(&b, t);
     let n = 20;
     for i in 0..n {
-        assert_eq!(b.ui_send(obj, 3, i).expect("send"), 1, "one callback registered");
+        assert_eq!(ui(&b).send(obj, 3, i).expect("send"), 1, "one callback registered");
     }
     assert_eq!(call(&b, app, "ui_events", args![]), i64::from(n));
     for k in 0..n {
@@ -154,7 +161,7 @@ fn the_toolkit_fires_events_into_app_callbacks_in_order() {
     assert_eq!(call(&b, app, "ui_events", args![]), i64::from(n) + 1);
     assert_eq!(call(&b, app, "ui_event", args![n]), (42 << 48) | (4 << 32) | 99);
     b.stop_instance(app).expect("stop");
-    assert_eq!(b.ui_send(obj, 3, 0).expect("send"), 0, "stopping the app unregistered its callback");
+    assert_eq!(ui(&b).send(obj, 3, 0).expect("send"), 0, "stopping the app unregistered its callback");
 }
 
 #[test]
@@ -174,9 +181,9 @@ fn toolkit_objects_are_regions_in_every_mode() {
         b.write_region(obj, 16, &9i32.to_le_bytes()).expect("write");
         assert_eq!(call(&b, app, "ui_get_value", args![0]), 9, "the region is the source of truth");
         assert_eq!(call(&b, app, "ui_text", args![0]), 13);
-        assert_eq!(b.ui_object_count(), 1);
+        assert_eq!(ui(&b).object_count(), 1);
         assert_eq!(call(&b, app, "ui_delete", args![0]), 0);
-        assert_eq!(b.ui_object_count(), 0);
+        assert_eq!(ui(&b).object_count(), 0);
         assert!(b.region_info(obj).is_err(), "deleting the object destroyed its region");
     }
 }
@@ -191,26 +198,25 @@ fn ui_delete_removes_only_what_its_capability_covers() {
     assert!(call(&b, app, "ui_make", args![0, 1]) > 0);
     let obj = ui_region(&b, t);
     let name = b.region_info(obj).expect("info").name;
-    let all = i32::try_from(Rights::ALL.bits()).expect("bits");
+    let number: i64 = name.strip_prefix("ui.").and_then(|n| n.parse().ok()).expect("named ui.<number>");
 
     // An app of another tenant holding a grant of the whole object, with every right.
     let other = tenant(&b, "beta");
-    let m = start(&b, other, "handle_attacker", "m");
+    let m = start(&b, other, "callback_app", "m");
     b.grant(obj, m, Rights::ALL, 0, None).expect("grant");
-    let open = |inst: InstanceId, name: &str| handle(open_in_attacker(&b, inst, name));
-    let granted = open(m, &format!("alpha/{name}"));
-    assert_eq!(call(&b, m, "ui_delete_raw", args![granted]), code(Status::PermissionDenied));
+    let (granted, whole) = (1, -1i64);
+    let delete = call(&b, m, "ui_delete_opened", args![number, granted, 0i64, whole]);
+    assert_eq!(delete, code(Status::PermissionDenied));
     // A sub-range of the object with every right, in its own tenant.
-    let own = start(&b, t, "handle_attacker", "own");
+    let own = start(&b, t, "callback_app", "own");
     b.grant(obj, own, Rights::ALL, 0, None).expect("grant");
-    let whole = open(own, &name);
-    let part = handle(call(&b, own, "restrict_range_keep", args![whole, all, 0i64, 16i64]));
-    assert_eq!(call(&b, own, "ui_delete_raw", args![part]), code(Status::PermissionDenied));
-    assert_eq!(b.ui_object_count(), 1);
+    let delete = call(&b, own, "ui_delete_opened", args![number, 0, 0i64, 16i64]);
+    assert_eq!(delete, code(Status::PermissionDenied));
+    assert_eq!(ui(&b).object_count(), 1);
     assert_eq!(call(&b, app, "ui_set_value", args![0, 5]), 0);
     assert_eq!(call(&b, app, "ui_get_value", args![0]), 5, "the object lives on");
     assert_eq!(call(&b, app, "ui_delete", args![0]), 0, "the owner's whole handle deletes it");
-    assert_eq!(b.ui_object_count(), 0);
+    assert_eq!(ui(&b).object_count(), 0);
 }
 
 #[test]
@@ -220,16 +226,16 @@ fn events_for_trapped_or_stopped_apps_are_counted_not_crashes() {
     assert!(call(&b, app, "ui_make", args![0, 1]) > 0);
     assert!(call(&b, app, "watch", args![0, 1]) > 0);
     let obj = ui_region(&b, t);
-    let pool = b.trampolines();
+    let pool = ui(&b).trampolines();
     let dead_before = pool.dead_calls();
     assert!(b.call(app, "trap", &[]).is_err());
-    assert_eq!(b.ui_send(obj, 3, 1).expect("send"), 1, "the C library still calls the trampoline");
+    assert_eq!(ui(&b).send(obj, 3, 1).expect("send"), 1, "the C library still calls the trampoline");
     assert_eq!(pool.dead_calls(), dead_before + 1, "which returns safely and is counted");
     b.write_region(data, 0, &[1]).expect("a write to a watched region of a trapped app is fine");
     let (_, dead, _) = b.event_counts(app).expect("counts");
     assert!(dead >= 1, "the watch event was counted as undeliverable");
     b.stop_instance(app).expect("stop");
-    assert_eq!(b.ui_send(obj, 3, 1).expect("send"), 0);
+    assert_eq!(ui(&b).send(obj, 3, 1).expect("send"), 0);
     b.write_region(data, 0, &[2]).expect("write after stop");
 }
 
@@ -238,12 +244,12 @@ fn trampoline_slots_run_out_and_are_reused() {
     let _turn = TOOLKIT.lock();
     // A broker with a pool of 20 (not a multiple of the 8 callbacks an object takes), and a tenant the
     // operator lets hold more than the whole pool, so the pool's size is what runs out.
-    let b =
-        Broker::new(BrokerConfig { workers: 2, trampolines: 20, ..BrokerConfig::default() }).expect("broker");
+    let ui_20 = Some(UiConfig { trampolines: 20 });
+    let b = Broker::new(BrokerConfig { workers: 2, ui: ui_20, ..BrokerConfig::default() }).expect("broker");
     let more = broker::Quotas { trampolines: 21, ..broker::Quotas::default() };
     let t = b.create_tenant("alpha", more).expect("tenant");
     let app = start(&b, t, "callback_app", "app");
-    let pool = b.trampolines();
+    let pool = ui(&b).trampolines();
     assert_eq!((pool.capacity(), pool.in_use()), (20, 0));
     let free = pool.capacity();
     // Objects take up to 8 callbacks each (the toolkit's limit); fill every free trampoline.
@@ -265,7 +271,7 @@ fn trampoline_slots_run_out_and_are_reused() {
     assert_eq!(b.tenant_usage(t).expect("usage").trampolines, 20, "the tenant's quota is not the limit");
     assert_eq!(call(&b, app, "ui_make", args![0, 0]), code(Status::QuotaExceeded), "no trampoline left");
     assert_eq!(
-        b.ui_object_count(),
+        ui(&b).object_count(),
         usize::try_from(objects).expect("small"),
         "the refused object was not kept"
     );
@@ -278,9 +284,11 @@ fn trampoline_slots_run_out_and_are_reused() {
 
 #[test]
 fn trampoline_pool_sizes_outside_one_to_the_maximum_are_refused() {
-    let max = broker::native::MAX_TRAMPOLINES;
+    let max = broker::ext::ui::MAX_TRAMPOLINES;
     for bad in [0, max + 1] {
-        let err = Broker::new(BrokerConfig { workers: 2, trampolines: bad, ..BrokerConfig::default() }).err();
+        let config =
+            BrokerConfig { workers: 2, ui: Some(UiConfig { trampolines: bad }), ..BrokerConfig::default() };
+        let err = Broker::new(config).err();
         assert_eq!(
             err,
             Some(broker::Error::InvalidArgument {
@@ -289,9 +297,53 @@ fn trampoline_pool_sizes_outside_one_to_the_maximum_are_refused() {
             })
         );
     }
-    let largest = Broker::new(BrokerConfig { workers: 2, trampolines: max, ..BrokerConfig::default() })
-        .expect("the maximum is valid");
-    assert_eq!(largest.trampolines().capacity(), max);
+    let config =
+        BrokerConfig { workers: 2, ui: Some(UiConfig { trampolines: max }), ..BrokerConfig::default() };
+    let largest = Broker::new(config).expect("the maximum is valid");
+    assert_eq!(ui(&largest).trampolines().capacity(), max);
+}
+
+/// Issue 16: the toolkit is an extension its host turns on. A broker without it (an embedded broker's
+/// default) has no [`Broker::ui`] and refuses to load an app that imports `broker_ui_v1`, naming the
+/// import, with nothing charged to the tenant; with the extension on, the same bytes load, and its host
+/// service comes with it.
+#[test]
+fn r16_a_broker_without_the_ui_extension_refuses_toolkit_apps() {
+    let (_, path) = broker_guests::ALL.iter().find(|(n, _)| *n == "callback_app").expect("the guest");
+    let wasm = broker_guests::read(path).expect("guest built");
+    let off = broker();
+    assert!(off.ui().is_none(), "the extension is off unless the host turns it on");
+    let t = tenant(&off, "alpha");
+    let err = off.load_module(t, "callback_app", &wasm).expect_err("a toolkit app is refused");
+    let broker::Error::InvalidModule { name, reason } = &err else {
+        panic!("expected InvalidModule, got {err:?}");
+    };
+    assert_eq!(name, "callback_app");
+    let import = reason
+        .strip_prefix("imports broker_ui_v1::")
+        .and_then(|r| {
+            r.strip_suffix(", which the broker does not provide: its UI toolkit extension is turned off")
+        })
+        .unwrap_or_else(|| panic!("the error names the extension's import: {err}"));
+    assert!(broker_abi::ui_func::ALL.contains(&import), "{import} is a toolkit import");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "module callback_app is invalid: imports broker_ui_v1::{import}, which the broker does not provide: \
+             its UI toolkit extension is turned off"
+        )
+    );
+    let usage = off.tenant_usage(t).expect("usage");
+    assert_eq!((usage.modules, usage.module_bytes, usage.compiled_bytes), (0, 0, 0), "nothing is charged");
+
+    let on = broker_with_ui();
+    let t = tenant(&on, "alpha");
+    on.load_module(t, "callback_app", &wasm).expect("the extension provides every toolkit import");
+    let app = on.start_instance(t, "callback_app", "app", broker::InstanceConfig::default()).expect("starts");
+    assert!(call(&on, app, "ui_make", args![0, 1]) > 0, "the toolkit works");
+    assert_eq!(ui(&on).object_count(), 1);
+    assert_eq!(call(&on, app, "service", args![5]), 1, "the extension's toolkit.object_count service");
+    on.stop_instance(app).expect("stop");
 }
 
 #[test]
@@ -368,7 +420,7 @@ fn r14_function_handles_are_refused_beyond_the_handles_quota() {
 #[test]
 fn r14_one_tenants_callbacks_leave_another_tenants_trampolines() {
     let _turn = TOOLKIT.lock();
-    let b = broker();
+    let b = broker_with_ui();
     let greedy = b
         .create_tenant("greedy", broker::Quotas { trampolines: 4, ..broker::Quotas::default() })
         .expect("tenant");
@@ -399,7 +451,7 @@ fn r14_one_tenants_callbacks_leave_another_tenants_trampolines() {
 /// given back when the watch ends, so one tenant cannot register watchers without bound.
 #[test]
 fn r14_watches_count_against_the_tenants_quota() {
-    let b = broker();
+    let b = broker_with_ui();
     let t =
         b.create_tenant("alpha", broker::Quotas { watches: 2, ..broker::Quotas::default() }).expect("tenant");
     b.create_region(t, RegionSpec::new("data", 4096, Mode::Handle).with_members(Rights::ALL))
@@ -423,7 +475,7 @@ fn r14_watches_count_against_the_tenants_quota() {
 #[test]
 fn r15_no_callback_of_a_watch_runs_after_its_revoke_returns() {
     watchdog(120, || {
-        let b = Arc::new(broker());
+        let b = Arc::new(broker_with_ui());
         let alpha = tenant(&b, "alpha");
         let data = b
             .create_region(alpha, RegionSpec::new("data", 4096, Mode::Handle).with_members(Rights::ALL))

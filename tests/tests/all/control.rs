@@ -1775,6 +1775,36 @@ fn r14_serve_refuses_a_trampoline_pool_outside_the_compiled_range() {
     }
 }
 
+/// Issue 16: the toolkit is an extension the daemon has on by default. A daemon whose broker has it off
+/// (`broker serve --no-ui`) refuses the upload of a toolkit app with INVALID_ARGUMENT naming the
+/// import and keeps nothing; the default daemon takes the same bytes.
+#[test]
+fn r16_uploads_of_toolkit_apps_need_the_ui_extension() {
+    let wasm = broker_guests::CALLBACK_APP_WASM;
+    let d = Daemon::with_broker(broker_tests::broker(), None);
+    let admin = d.client(Some(&d.admin));
+    let t = tenant(&d, &admin, "t");
+    let msg = pb::UploadModuleRequest { tenant: String::new(), name: "app".into(), wasm: wasm.to_vec() };
+    let err = rpc!(d, t, upload_module, msg).expect_err("refused without the extension");
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    let message = err.message();
+    assert!(message.starts_with("invalid field `wasm`: imports broker_ui_v1::ui_"), "{message}");
+    assert!(
+        message.ends_with(", which the broker does not provide: its UI toolkit extension is turned off"),
+        "{message}"
+    );
+    let listed = rpc!(d, t, list_modules, pb::ListModulesRequest { tenant: String::new() }).expect("list");
+    assert!(listed.modules.is_empty(), "nothing was kept: {listed:?}");
+    d.stop();
+
+    let d = Daemon::start(None);
+    let admin = d.client(Some(&d.admin));
+    let t = tenant(&d, &admin, "t");
+    upload(&d, &t, "app", wasm);
+    start(&d, &t, "app", "app-1");
+    d.stop();
+}
+
 /// Issue 15: `.` and `..` are never names (they would be path components in the state dir), a grant
 /// needs a right, a region needs a mode, and an error about a file shows no server path.
 #[test]

@@ -150,9 +150,20 @@ fn fixed_sequence_reaches_every_kind_of_call() {
     for (i, ((op, want), got)) in script.iter().zip(&report.statuses).enumerate() {
         assert_eq!(got, want, "op {i}: {} {:?}", op.import(), op.args);
     }
-    let reached = broker_abi::func::ALL.iter().zip(&report.succeeded).filter(|(_, n)| **n == 0);
+    let reached = fuzz::IMPORTS.iter().zip(&report.succeeded).filter(|(_, n)| **n == 0);
     let missed: Vec<_> = reached.map(|(name, _)| *name).collect();
     assert!(missed.is_empty(), "no call of {missed:?} succeeded");
+}
+
+/// The driver's numbering covers every import of `broker_v1` and of the UI toolkit extension exactly
+/// once, so the fuzzer reaches the whole ABI whichever module a function lives in.
+#[test]
+fn the_fuzzer_numbers_every_import_of_both_modules_once() {
+    let mut numbered = fuzz::IMPORTS.to_vec();
+    numbered.sort_unstable();
+    let mut both: Vec<&str> = broker_abi::func::ALL.iter().chain(broker_abi::ui_func::ALL).copied().collect();
+    both.sort_unstable();
+    assert_eq!(numbered, both);
 }
 
 /// The seed corpus of the cargo-fuzz target (`fuzz/corpus/abi/`) decodes to the scenarios its files

@@ -14,7 +14,7 @@ use broker::{
     Broker, Error, InstanceConfig, InstanceError, InstanceId, Mode, Quotas, RegionId, RegionSpec, Rights,
     RunState, TenantId, Usage,
 };
-use broker_tests::{args, broker, call, code, start_with, watchdog, Status};
+use broker_tests::{args, broker_with_ui, call, code, start_with, watchdog, Status};
 
 /// The victim's workload seed.
 const SEED: i64 = 0x5eed;
@@ -169,7 +169,11 @@ fn wild_pointers(w: &World) -> Result<i64, Error> {
     assert_eq!(outcome, 0, "case {case} got status {status} ({:?})", Status::from_code(status));
     assert_eq!(w.b.handle_count(w.attacker).expect("count"), 0, "no refused call left a handle");
     assert_eq!(w.b.region_id(w.mallory, "made-by-attacker"), None, "no refused create left a region");
-    assert_eq!(w.b.ui_object_count(), 0, "no refused call left a toolkit object");
+    assert_eq!(
+        w.b.ui().expect("the UI extension").object_count(),
+        0,
+        "no refused call left a toolkit object"
+    );
     Ok(outcome)
 }
 
@@ -212,7 +216,7 @@ fn bad_callbacks(w: &World) -> Result<i64, Error> {
     let outcome = w.attack("bad_callbacks", args![])?;
     let (case, status) = (outcome >> 32, i32::try_from(outcome & 0xffff_ffff).unwrap_or(0));
     assert_eq!(outcome, 0, "case {case} got status {status} ({:?})", Status::from_code(status));
-    assert_eq!(w.b.ui_object_count(), 0);
+    assert_eq!(w.b.ui().expect("the UI extension").object_count(), 0);
     Ok(outcome)
 }
 
@@ -326,10 +330,10 @@ fn small(call_timeout: Duration) -> InstanceConfig {
 }
 
 /// The victim tenant with its regions and app, which has run its workload twice (so its memory is
-/// warmed up and stays put); returns the broker, the tenant, the app, its `window` region and the
-/// baseline checksum.
+/// warmed up and stays put); returns the broker (with the UI toolkit extension, which the attacker
+/// attacks too), the tenant, the app, its `window` region and the baseline checksum.
 fn victim_world() -> (Broker, TenantId, InstanceId, RegionId, i64) {
-    let b = broker();
+    let b = broker_with_ui();
     let victims =
         b.create_tenant("victims", Quotas { memory_bytes: 16 << 20, ..Quotas::default() }).expect("tenant");
     b.create_region(victims, RegionSpec::new("data", 16 << 10, Mode::Handle).with_members(Rights::ALL))

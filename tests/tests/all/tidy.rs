@@ -65,8 +65,8 @@ fn unsafe_code_stays_in_the_listed_modules() {
         "broker/src/runtime/priority.rs",
         // Two call sites of `mode::shared`'s unsafe functions, where the window invariant is kept.
         "broker/src/capability/mod.rs",
-        "broker/src/native/toolkit.rs",
-        "broker/src/native/trampoline.rs",
+        "broker/src/ext/ui/toolkit.rs",
+        "broker/src/ext/ui/trampoline.rs",
         "guest-lib/src/sys.rs",
         "guest-lib/src/shared.rs",
     ];

@@ -7,7 +7,9 @@
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use broker_guest::{ui_callback, ui_code, watch_callback, Error, Field, HostFn, Mode, Object, Region};
+use broker_guest::{
+    ui_callback, ui_code, watch_callback, Error, Field, HostFn, Mode, Object, Region, Rights,
+};
 
 static WATCH_CALLS: AtomicU64 = AtomicU64::new(0);
 static WATCH_MISSED: AtomicU64 = AtomicU64::new(0);
@@ -251,6 +253,22 @@ pub extern "C" fn ui_delete(i: i32) -> i64 {
     ret(o.ok_or(Error::InvalidArgument).and_then(Object::delete).map(|()| 0))
 }
 
+/// Opens the region of another app's toolkit object by name (`ui.<object>`, or `alpha/ui.<object>`, a
+/// grant from tenant "alpha", when `granted` is not 0), narrows it to every right over
+/// `[offset, offset + len)` of it (all of it when `len` is negative) and calls `ui_delete` through
+/// that handle; returns the status. The handles are closed again whatever happens.
+#[no_mangle]
+pub extern "C" fn ui_delete_opened(object: i64, granted: i32, offset: i64, len: i64) -> i64 {
+    let run = || -> Result<u64, Error> {
+        let name = if granted == 0 { format!("ui.{object}") } else { format!("alpha/ui.{object}") };
+        let whole = Region::open(&name)?;
+        let offset = u64::try_from(offset).map_err(|_| Error::InvalidArgument)?;
+        let part = whole.restrict(Rights::ALL, offset, u64::try_from(len).ok())?;
+        Error::check(broker_guest::sys::ui_delete(part.raw())).map(|()| 0)
+    };
+    ret(run())
+}
+
 /// Number of toolkit events received.
 #[no_mangle]
 pub extern "C" fn ui_events() -> i64 {
@@ -284,13 +302,16 @@ pub extern "C" fn sensor(i: i64) -> i64 {
 
 /// The host service of name index `sel` (see `service`).
 fn service_name(sel: i32) -> Result<&'static str, Error> {
-    let names = ["sensor.sample", "nope", "test.secret", "test.fail", "test.big"];
-    names.get(usize::try_from(sel).map_err(|_| Error::InvalidArgument)?).copied().ok_or(Error::InvalidArgument)
+    let names = ["sensor.sample", "nope", "test.secret", "test.fail", "test.big", "toolkit.object_count"];
+    names
+        .get(usize::try_from(sel).map_err(|_| Error::InvalidArgument)?)
+        .copied()
+        .ok_or(Error::InvalidArgument)
 }
 
 /// Opens a host service by name index (0 "sensor.sample", 1 "nope", 2 "test.secret", 3 "test.fail",
-/// 4 "test.big") and calls it with 8 bytes into an 8-byte buffer; returns the first result byte or the
-/// status.
+/// 4 "test.big", 5 "toolkit.object_count", the UI extension's) and calls it with 8 bytes into an 8-byte
+/// buffer; returns the first result byte or the status.
 #[no_mangle]
 pub extern "C" fn service(sel: i32) -> i64 {
     let run = || -> Result<u64, Error> {

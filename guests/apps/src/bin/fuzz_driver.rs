@@ -1,5 +1,6 @@
-//! The fuzz driver: one export, `op`, calls any raw import of `broker_v1` with arguments derived from six
-//! integers, so a host-side fuzzer (`broker_tests::fuzz`) can drive the whole ABI with plain data.
+//! The fuzz driver: one export, `op`, calls any raw import of `broker_v1` or of the UI toolkit extension
+//! (`broker_ui_v1`) with arguments derived from six integers, so a host-side fuzzer (`broker_tests::fuzz`)
+//! can drive the whole ABI with plain data.
 //!
 //! Each argument is built from bits of one integer: its low bits pick a class (a handle from the table of
 //! handles this app was given, a stale or forged value; a pointer into the scratch buffer, into the
@@ -31,7 +32,8 @@ use broker_guest::sys::raw::{
     ui_set_text,
 };
 
-/// Number of imports `op` dispatches over (`broker_abi::func::ALL.len()`).
+/// Number of imports `op` dispatches over (`broker_tests::fuzz::IMPORTS.len()`: every function of
+/// `broker_abi::func::ALL` and `broker_abi::ui_func::ALL`).
 const FUNCS: i32 = 32;
 
 /// What `op` returns when a guard zone changed: the broker wrote outside a range it was given.
@@ -597,7 +599,7 @@ pub extern "C" fn callbacks_run() -> i64 {
     i64::try_from(CALLBACKS.load(Ordering::Relaxed)).unwrap_or(-1)
 }
 
-/// Calls import number `func % 32` (in the order of `broker_abi::func::ALL`) with arguments derived
+/// Calls import number `func % 32` (in the order of `broker_tests::fuzz::IMPORTS`) with arguments derived
 /// from `a`..`f`; returns what it returned, or [`GUARD_BROKEN`] if the call wrote outside its ranges.
 #[no_mangle]
 pub extern "C" fn op(func: i32, a: i64, b: i64, c: i64, d: i64, e: i64, f: i64) -> i32 {

@@ -5,7 +5,7 @@
 
 use broker_guest::sys::raw::{
     handle_close, handle_grant, handle_info, handle_restrict, handle_revoke, mirror_acquire, mirror_commit,
-    mirror_hint, mirror_refresh, region_create, region_open, region_read, region_write, ui_delete,
+    mirror_hint, mirror_refresh, region_create, region_open, region_read, region_write,
 };
 
 const INVALID_HANDLE: i32 = broker_guest::Status::InvalidHandle.code();
@@ -318,16 +318,6 @@ pub extern "C" fn restrict_range_keep(h: i32, rights: i32, offset: i64, len: i64
         i64::from(out)
     } else {
         i64::from(rc)
-    }
-}
-
-/// `ui_delete` of a raw value (a toolkit object's handle, whole or restricted).
-#[no_mangle]
-pub extern "C" fn ui_delete_raw(h: i32) -> i32 {
-    #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
-    // SAFETY: integer-only call.
-    unsafe {
-        ui_delete(h as u32)
     }
 }
 

@@ -44,6 +44,14 @@ mod raw {
         pub fn region_notify(h: u32, offset: i64) -> i32;
         pub fn region_watch(h: u32, callback: u32, user_data: u32) -> i32;
         pub fn region_unwatch(h: u32) -> i32;
+        pub fn fn_open(name: u32, name_len: u32, out: u32) -> i32;
+        pub fn fn_call(fh: u32, args: u32, args_len: u32, res: u32, res_cap: u32, out_len: u32) -> i32;
+        pub fn fn_close(fh: u32) -> i32;
+    }
+
+    // The UI toolkit extension's imports, from its own module.
+    #[link(wasm_import_module = "broker_ui_v1")]
+    extern "C" {
         pub fn ui_create(parent: u32, mode: u32, out: u32) -> i32;
         pub fn ui_set(h: u32, field: u32, value: i32) -> i32;
         pub fn ui_get(h: u32, field: u32, out: u32) -> i32;
@@ -52,9 +60,6 @@ mod raw {
         pub fn ui_on_event(h: u32, code: u32, callback: u32, user_data: u32) -> i32;
         pub fn ui_send(h: u32, code: u32, param: i32, out_count: u32) -> i32;
         pub fn ui_delete(h: u32) -> i32;
-        pub fn fn_open(name: u32, name_len: u32, out: u32) -> i32;
-        pub fn fn_call(fh: u32, args: u32, args_len: u32, res: u32, res_cap: u32, out_len: u32) -> i32;
-        pub fn fn_close(fh: u32) -> i32;
     }
 }
 

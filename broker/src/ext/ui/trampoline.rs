@@ -9,9 +9,9 @@
 //! table and calls its target with a safe [`Event`] snapshot.
 //!
 //! The C functions, and so the slot table, are one per process, whatever the number of brokers in it
-//! (the daemon runs scenarios on private brokers beside its own). Each broker has its own pool, sized
-//! by `BrokerConfig::trampolines` ([`DEFAULT_TRAMPOLINES`] unless set): the pool binds at most that
-//! many slots of the table at once, so one broker's size never changes another's.
+//! (the daemon runs scenarios on private brokers beside its own). Each broker with the UI extension has
+//! its own pool, sized by `UiConfig::trampolines` ([`DEFAULT_TRAMPOLINES`] unless set): the pool binds
+//! at most that many slots of the table at once, so one broker's size never changes another's.
 //!
 //! Nothing may unwind into C and nothing C does may crash the broker: a call on a free slot, a target
 //! that fails (because the app it routes to has stopped or trapped) and a target that panics are all

@@ -23,7 +23,7 @@ use std::ptr::{self, NonNull};
 
 use parking_lot::{Mutex, MutexGuard, RwLock};
 
-/// The raw declarations of `toolkit.h`. Private to `native`: nothing outside it sees a raw pointer.
+/// The raw declarations of `toolkit.h`. Private to `ext::ui`: nothing outside it sees a raw pointer.
 pub(super) mod ffi {
     #![allow(non_camel_case_types, reason = "mirrors the type names of toolkit.h")]
 
@@ -448,7 +448,7 @@ impl Live<'_> {
 ///
 /// ```compile_fail
 /// fn shared_between_threads<T: Sync>() {}
-/// shared_between_threads::<broker::native::Toolkit>();
+/// shared_between_threads::<broker::ext::ui::Toolkit>();
 /// ```
 #[derive(Debug, Default)]
 pub struct Toolkit {
