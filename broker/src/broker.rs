@@ -383,7 +383,7 @@ impl Broker {
             }
             Err(e) => {
                 // A failed start held no capability that could have a window.
-                let _ = self.core.caps.lock().forget_instance(id);
+                let _ = self.core.forget_instance(id);
                 self.core.registry.write().instance_names.remove(&(tenant, inn));
                 Err(e)
             }
@@ -494,7 +494,7 @@ impl Broker {
             .remove(&instance)
             .ok_or_else(|| Error::InstanceNotFound(instance.to_string()))?;
         let stopped = cell.delete(&self.pool);
-        let removed = self.core.caps.lock().forget_instance(instance).map_err(Error::from).and(stopped);
+        let removed = self.core.forget_instance(instance).map_err(Error::from).and(stopped);
         self.core.registry.write().instance_names.remove(&(cell.tenant.id(), cell.name.clone()));
         cell.tenant.release(Resource::Instances, 1);
         // Deleted either way; a window of another instance derived from this one's capabilities that
@@ -523,7 +523,7 @@ impl Broker {
     /// [`Error::InstanceNotFound`].
     pub fn windows_of(&self, instance: InstanceId) -> Result<usize, Error> {
         self.cell(instance)?;
-        Ok(self.core.caps.lock().windows_of(instance))
+        Ok(self.core.windows.windows_of(instance))
     }
 
     /// Number of open handles an instance holds.
@@ -890,7 +890,7 @@ impl Broker {
 
     /// Number of shared windows mapped into instances right now, for leak checks.
     pub fn window_count(&self) -> usize {
-        self.core.caps.lock().window_count()
+        self.core.windows.count()
     }
 
     /// Number of live capabilities in the broker (roots included), for leak checks.

@@ -1,10 +1,10 @@
 //! The state shared by the host API and every instance's host functions: the registries (tenants,
-//! regions, modules, instance names), the capability space and the host services.
+//! regions, modules, instance names), the capability space, the shared windows and the host services.
 //!
 //! [`Core`] sits below [`crate::Broker`] (the embedding API), [`crate::abi`] (the host functions guests
 //! call) and the extensions in [`crate::ext`] (which keep their own state): it knows nothing of any of
-//! them. Lock order: the registry before the capability space,
-//! never the reverse.
+//! them. Lock order: the registry, then the capability space, then the window registry; never the
+//! reverse.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,8 +13,9 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use wasmtime::Module;
 
-use crate::capability::CapSpace;
+use crate::capability::{CapError, CapSpace};
 use crate::error::Error;
+use crate::mode::shared::Windows;
 use crate::mode::{ConflictPolicy, Mode};
 use crate::name::Name;
 use crate::region::{Backing, PageVersions, Region, RegionError, RegionId, MAX_REGION_SIZE};
@@ -61,9 +62,15 @@ impl Service {
 }
 
 /// The state shared by the host API and every instance's host functions.
+///
+/// Lock order: `registry`, then `caps`, then `windows` (then an instance's memory fence, then a
+/// region); never hold a later one while taking an earlier one.
 pub(crate) struct Core {
     pub(crate) registry: RwLock<Registry>,
     pub(crate) caps: Mutex<CapSpace>,
+    /// Every shared window, each hung off the capability it was mapped through (`mode::shared`); its
+    /// lock is taken only with `caps` held, or alone.
+    pub(crate) windows: Windows,
     next_id: AtomicU64,
     /// Host services by name: the embedder's, and those of the extensions it turned on.
     pub(crate) services: RwLock<HashMap<String, Arc<Service>>>,
@@ -82,6 +89,7 @@ impl Core {
         Core {
             registry: RwLock::new(Registry::default()),
             caps: Mutex::new(CapSpace::new()),
+            windows: Windows::new(),
             next_id: AtomicU64::new(0),
             services: RwLock::new(HashMap::new()),
             timers,
@@ -111,6 +119,30 @@ impl Core {
         }
         services.insert(service_name.to_owned(), Arc::new(Service { allowed, f }));
         Ok(())
+    }
+
+    /// Removes every capability `instance` holds, and so every window mapped through them, then forgets
+    /// its revoked windows, all under the capability space's lock. The caller drops the instance's store
+    /// (and memory) next; removing an instance twice is a no-op.
+    ///
+    /// # Errors
+    /// [`CapError::NotRevoked`] as for [`CapSpace::remove_instance`].
+    pub(crate) fn remove_instance(&self, instance: InstanceId) -> Result<(), CapError> {
+        let mut caps = self.caps.lock();
+        let removed = caps.remove_instance(instance);
+        self.windows.forget_instance(instance);
+        removed
+    }
+
+    /// As [`Core::remove_instance`], and drops the instance's handle table and inbox (it is deleted).
+    ///
+    /// # Errors
+    /// As [`Core::remove_instance`].
+    pub(crate) fn forget_instance(&self, instance: InstanceId) -> Result<(), CapError> {
+        let mut caps = self.caps.lock();
+        let removed = caps.forget_instance(instance);
+        self.windows.forget_instance(instance);
+        removed
     }
 
     pub(crate) fn fresh_id(&self) -> u64 {

@@ -81,7 +81,7 @@ pub(super) fn region_unwatch(caller: &mut Ctx<'_>, handle: u32) -> Result<(), Ab
     let ctx = &caller.data().ctx;
     let mut caps = ctx.core.caps.lock();
     let cap = caps.lookup(ctx.instance, Handle::from_raw(handle))?;
-    if caps.run_cleanup(cap.id, CleanupTag::Watch) == 0 {
+    if caps.run_cleanup(cap.id, CleanupTag::Watch)? == 0 {
         return Err(AbiError::NotRegistered);
     }
     Ok(())

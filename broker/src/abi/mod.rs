@@ -27,9 +27,9 @@ use std::sync::Arc;
 use broker_abi::{func, HandleInfo, Status, MAX_NAME_LEN, MODULE};
 use wasmtime::{Caller, Linker, Memory};
 
-use crate::capability::{Cap, Handle, MapRequest, Rights};
+use crate::capability::{Cap, Handle, Rights};
 use crate::mode::mirror::{self, MirrorError, MirrorState};
-use crate::mode::shared::MemoryFence;
+use crate::mode::shared::{MapRequest, MemoryFence};
 use crate::mode::Mode;
 use crate::name::QualifiedName;
 use crate::region::{Traffic, PAGE_SIZE};
@@ -412,7 +412,8 @@ fn region_map(caller: &mut Ctx<'_>, handle: u32, ptr: u32, len: u32, flags: u32)
         tenant: Arc::clone(&caller.data().ctx.tenant),
     };
     let ctx = &caller.data().ctx;
-    ctx.core.caps.lock().map_window(ctx.instance, Handle::from_raw(handle), req)?;
+    let mut caps = ctx.core.caps.lock();
+    ctx.core.windows.map(&mut caps, ctx.instance, Handle::from_raw(handle), req)?;
     Ok(())
 }
 
@@ -420,7 +421,8 @@ fn region_unmap(caller: &mut Ctx<'_>, handle: u32, ptr: u32) -> Result<(), AbiEr
     let mem = caller.data().ctx.memory.ok_or(AbiError::BadPointer { ptr, len: 0, memory_len: 0 })?;
     let base = mem.data_ptr(&*caller) as usize;
     let ctx = &caller.data().ctx;
-    ctx.core.caps.lock().unmap_window(ctx.instance, Handle::from_raw(handle), ptr, base, &ctx.fence)?;
+    let mut caps = ctx.core.caps.lock();
+    ctx.core.windows.unmap(&mut caps, ctx.instance, Handle::from_raw(handle), ptr, base, &ctx.fence)?;
     Ok(())
 }
 

@@ -12,6 +12,13 @@
 //! the parent's range.
 //! **Invariant:** every node is referenced by exactly one holder (a root entry, a handle slot or an
 //! inbox entry) and is charged to one tenant's handle quota, released when the node is removed.
+//!
+//! What a capability makes possible beyond its handle (a watch, a native callback, a shared window
+//! mapped through it) is owned by the module that made it and hangs off the node as a [`Cleanup`]
+//! hook, run once when the node is removed. Revocation hooks ([`Cleanup::revocation`]) take access
+//! away: they run first, before the removing operation returns, and their failures are what that
+//! operation reports. This module knows no more about them than that, so it holds no `unsafe` code
+//! and depends on nothing above it (`region`, `tenant` and `name` only).
 
 mod table;
 #[cfg(test)]
@@ -21,16 +28,31 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use crate::mode::shared::{self, MapAt, MemoryFence, ShareError, Tombstone, Window, HOST_PAGE};
-use crate::mode::Mode;
 use crate::region::{Region, RegionId};
-use crate::runtime::InstanceId;
 use crate::tenant::{QuotaError, Resource, Tenant};
 
 pub use table::Handle;
 use table::HandleTable;
 
 pub use broker_abi::Rights;
+
+/// Identifies an instance for the lifetime of a broker (a restart keeps the id): the holder of a handle
+/// table and an inbox here, a store in `runtime`, which re-exports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceId(pub(crate) u64);
+
+impl InstanceId {
+    /// The raw id.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "instance#{}", self.0)
+    }
+}
 
 /// An absolute byte range of a region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +144,9 @@ pub enum CapError {
     #[error("capability no longer exists")]
     Gone,
     /// Capabilities were removed, but a shared window mapped through one of them could not be taken
-    /// away (the kernel refused even the scrub of the memory); that instance is being stopped.
+    /// away (the kernel refused even the scrub of the memory); that instance is being stopped. A
+    /// revocation hook (see `mode::shared`) returns it; the operation that removed the capability
+    /// reports it.
     #[error(
         "the shared window of region {region} could not be revoked ({reason}); its instance is being stopped"
     )]
@@ -205,15 +229,16 @@ struct Node {
     holder: Holder,
     /// The tenant whose handle quota this node counts against (none for roots).
     charged: Option<Arc<Tenant>>,
-    /// The shared window mapped through this capability, if any.
-    window: Option<Window>,
-    /// What to undo when the capability goes: watches, native callback registrations, objects.
+    /// What to undo when the capability goes: a shared window, watches, native callback
+    /// registrations, objects.
     cleanups: Vec<(CleanupTag, Cleanup)>,
 }
 
 /// What a cleanup hook undoes, so it can be found and run early (unwatch, unregister).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CleanupTag {
+    /// The shared window mapped through this capability (its revocation hook, see `mode::shared`).
+    Window,
     /// A watch registered through this capability.
     Watch,
     /// A native event callback registration (by trampoline slot index).
@@ -240,25 +265,53 @@ impl Node {
             children: BTreeSet::new(),
             holder,
             charged: Some(Arc::clone(tenant)),
-            window: None,
             cleanups: Vec::new(),
         }
     }
 }
 
 /// A hook run once when its capability is removed (or explicitly, by tag).
-pub struct Cleanup(Box<dyn FnOnce() + Send>);
+pub struct Cleanup(Hook);
+
+enum Hook {
+    /// Takes access away; runs before the capability's other hooks, and may fail.
+    Revocation(Box<dyn FnOnce() -> Result<(), CapError> + Send>),
+    /// Gives something back; cannot fail.
+    Release(Box<dyn FnOnce() + Send>),
+}
 
 impl Cleanup {
-    /// Wraps a hook.
+    /// Wraps a hook that gives something back (a watch, a registration, an object).
     pub fn new(f: impl FnOnce() + Send + 'static) -> Cleanup {
-        Cleanup(Box::new(f))
+        Cleanup(Hook::Release(Box::new(f)))
+    }
+
+    /// Wraps a hook that takes access away (a shared window's unmapping). It runs, under the space's
+    /// lock, before the operation removing its capability returns and before the capability's other
+    /// hooks; if it fails, that operation reports its error instead of success (the capability is gone
+    /// all the same).
+    pub fn revocation(f: impl FnOnce() -> Result<(), CapError> + Send + 'static) -> Cleanup {
+        Cleanup(Hook::Revocation(Box::new(f)))
+    }
+
+    fn revokes(&self) -> bool {
+        matches!(self.0, Hook::Revocation(_))
+    }
+
+    fn run(self) -> Result<(), CapError> {
+        match self.0 {
+            Hook::Revocation(f) => f(),
+            Hook::Release(f) => {
+                f();
+                Ok(())
+            }
+        }
     }
 }
 
 impl fmt::Debug for Cleanup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Cleanup")
+        f.write_str(if self.revokes() { "Cleanup(revocation)" } else { "Cleanup" })
     }
 }
 
@@ -271,33 +324,12 @@ pub struct CapSpace {
     tables: HashMap<InstanceId, HandleTable>,
     /// Grants received, ordered by id, which is also the order they were made in.
     inboxes: HashMap<InstanceId, BTreeSet<CapId>>,
-    /// Where revoked windows were, per instance, so traps there can name the region.
-    tombstones: HashMap<InstanceId, Vec<Tombstone>>,
-    /// Windows whose revocation failed; their instances were told to stop, and they go with them.
-    unrevoked: Vec<Window>,
-    /// Revocation failures since the last public operation reported them.
+    /// Failures of revocation hooks since the last public operation reported them.
     failures: Vec<CapError>,
     /// Each region's membership node (see [`CapSpace::set_members`]), if it has one.
     members: HashMap<RegionId, CapId>,
     /// The instance that created each guest-created region: it may open it again by name.
     creators: HashMap<RegionId, InstanceId>,
-}
-
-/// What a guest asks for when it maps a window.
-pub struct MapRequest {
-    /// Guest address of the window (page aligned).
-    pub guest_ptr: u32,
-    /// Length in bytes (the capability's length rounded up to whole pages).
-    pub len: u64,
-    /// Map read-write (needs the write right) rather than read-only.
-    pub writable: bool,
-    /// Host address of the guest's linear memory.
-    pub memory_base: usize,
-    /// The linear memory's current size.
-    pub memory_size: usize,
-    pub(crate) fence: MemoryFence,
-    /// The instance's tenant, charged for the window.
-    pub(crate) tenant: Arc<Tenant>,
 }
 
 impl CapSpace {
@@ -326,7 +358,6 @@ impl CapSpace {
                 children: BTreeSet::new(),
                 holder: Holder::Root,
                 charged: None,
-                window: None,
                 cleanups: Vec::new(),
             },
         );
@@ -345,11 +376,13 @@ impl CapSpace {
     }
 
     /// Removes every capability an instance held (handles and received grants) and everything derived
-    /// from them. The caller drops the instance's store (and memory) next.
+    /// from them, running their hooks. The caller drops the instance's store (and memory) next, after
+    /// forgetting whatever else it kept about the instance's memory (`registry::Core::remove_instance`
+    /// does both).
     ///
     /// # Errors
-    /// [`CapError::NotRevoked`] if a window of another instance, derived from one of these
-    /// capabilities, could not be revoked.
+    /// [`CapError::NotRevoked`] if a revocation hook failed (a window, of this instance or of another
+    /// one derived from these capabilities, could not be revoked).
     pub fn remove_instance(&mut self, instance: InstanceId) -> Result<(), CapError> {
         let held: Vec<CapId> = self
             .nodes
@@ -362,12 +395,9 @@ impl CapSpace {
         }
         // The table stays (with every slot's generation bumped), so a restarted instance never gets a
         // handle value its earlier incarnation used; `forget_instance` drops it when the instance is gone.
-        self.tombstones.remove(&instance);
         // Reopening a region it created is one of the capabilities it held: stopped or restarted, it
         // holds none.
         self.creators.retain(|_, creator| *creator != instance);
-        // Its memory goes with its store, right after this.
-        self.unrevoked.retain(|w| w.instance != instance);
         self.take_failures()
     }
 
@@ -385,7 +415,8 @@ impl CapSpace {
     /// Removes a region's whole tree (on destroy).
     ///
     /// # Errors
-    /// [`CapError::NotRevoked`] if a window could not be revoked (its instance is being stopped).
+    /// [`CapError::NotRevoked`] if a revocation hook failed (a window could not be revoked; its instance
+    /// is being stopped).
     pub fn remove_region(&mut self, region: RegionId) -> Result<(), CapError> {
         if let Some(root) = self.roots.remove(&region) {
             self.remove_subtree(root);
@@ -420,7 +451,6 @@ impl CapSpace {
                 children: BTreeSet::new(),
                 holder: Holder::Members,
                 charged: None,
-                window: None,
                 cleanups: Vec::new(),
             };
             self.link(id, root, node);
@@ -449,7 +479,7 @@ impl CapSpace {
         self.creators.remove(&region);
     }
 
-    /// Reports (once) the windows that could not be revoked since the last report.
+    /// Reports (once) the revocation hooks that failed since the last report.
     fn take_failures(&mut self) -> Result<(), CapError> {
         match std::mem::take(&mut self.failures).into_iter().next() {
             Some(first) => Err(first),
@@ -575,8 +605,8 @@ impl CapSpace {
     /// Revokes every capability derived from `id`; returns how many were removed.
     ///
     /// # Errors
-    /// [`CapError::NotRevoked`] if a window could not be revoked (its instance is being stopped): the
-    /// capabilities are gone, but the revocation is not reported as complete.
+    /// [`CapError::NotRevoked`] if a revocation hook failed (a window could not be revoked; its instance
+    /// is being stopped): the capabilities are gone, but the revocation is not reported as complete.
     pub fn revoke_children(&mut self, id: CapId) -> Result<usize, CapError> {
         let children = self.nodes.get_mut(&id).map(|n| std::mem::take(&mut n.children)).unwrap_or_default();
         let removed = children.into_iter().map(|c| self.remove_detached(c)).sum();
@@ -604,7 +634,7 @@ impl CapSpace {
     }
 
     /// Removes `id` and its descendants; returns how many nodes were removed. Callers report
-    /// revocation failures with `take_failures`.
+    /// revocation hooks' failures with `take_failures`.
     fn remove_subtree(&mut self, id: CapId) -> usize {
         if let Some(parent) = self.nodes.get(&id).and_then(|n| n.parent) {
             if let Some(p) = self.nodes.get_mut(&parent) {
@@ -615,7 +645,8 @@ impl CapSpace {
     }
 
     /// Removes a node already unlinked from its parent, and its descendants, iteratively (a long
-    /// delegation chain must not overflow the host stack).
+    /// delegation chain must not overflow the host stack), running each node's hooks as it goes: so
+    /// every revocation hook has run when this returns.
     fn remove_detached(&mut self, id: CapId) -> usize {
         let mut stack = vec![id];
         let mut removed = 0;
@@ -648,217 +679,16 @@ impl CapSpace {
             if let Some(t) = node.charged {
                 t.release(Resource::Handles, 1);
             }
-            if let Some(w) = node.window {
-                let instance = w.instance;
-                match w.revoke() {
-                    Ok(tomb) => self.tombstones.entry(instance).or_default().push(tomb),
-                    Err(failed) => {
-                        let (w, e) = *failed;
-                        self.failures.push(match e {
-                            ShareError::NotRevoked { region, reason } => {
-                                CapError::NotRevoked { region, reason }
-                            }
-                            other => CapError::NotRevoked {
-                                region: w.region.qualified_name(),
-                                reason: other.to_string(),
-                            },
-                        });
-                        self.unrevoked.push(w);
-                    }
+            // Revocations first: whatever a later hook does, no access outlives its capability.
+            let (revocations, releases): (Vec<_>, Vec<_>) =
+                node.cleanups.into_iter().map(|(_, hook)| hook).partition(Cleanup::revokes);
+            for hook in revocations.into_iter().chain(releases) {
+                if let Err(e) = hook.run() {
+                    self.failures.push(e);
                 }
-            }
-            // Hooks run after the window is gone: whatever a hook does, no mapping is left unrecorded.
-            for (_, hook) in node.cleanups {
-                (hook.0)();
             }
         }
         removed
-    }
-
-    /// Maps the region of `instance`'s `handle` into its linear memory at `req.guest_ptr`.
-    ///
-    /// The mapping is made under this space's lock, so a concurrent revoke either precedes it (the
-    /// handle is stale) or follows it (and unmaps it): no window outlives its capability.
-    ///
-    /// # Errors
-    /// Handle and rights errors, [`ShareError`] for mode, alignment, length, range and overlap problems.
-    pub fn map_window(
-        &mut self,
-        instance: InstanceId,
-        handle: Handle,
-        req: MapRequest,
-    ) -> Result<(), ShareError> {
-        let cap = self.lookup(instance, handle)?;
-        cap.may_map(req.writable)?;
-        let mode = cap.region.mode();
-        if mode != Mode::Shared {
-            return Err(ShareError::WrongMode(mode));
-        }
-        let end = cap.range.offset + cap.range.len;
-        if u64::from(req.guest_ptr) % HOST_PAGE != 0
-            || cap.range.offset % HOST_PAGE != 0
-            || (end % HOST_PAGE != 0 && end != cap.region.size())
-        {
-            return Err(ShareError::Unaligned {
-                guest_ptr: req.guest_ptr,
-                offset: cap.range.offset,
-                len: cap.range.len,
-            });
-        }
-        let expected = cap.range.len.div_ceil(HOST_PAGE) * HOST_PAGE;
-        if req.len != expected {
-            return Err(ShareError::LengthMismatch { given: req.len, expected });
-        }
-        let memory = u64::try_from(req.memory_size).unwrap_or(u64::MAX);
-        if u64::from(req.guest_ptr).checked_add(req.len).is_none_or(|e| e > memory) {
-            return Err(ShareError::BeyondMemory {
-                guest_ptr: req.guest_ptr,
-                len: req.len,
-                memory_size: memory,
-            });
-        }
-        if self.nodes.get(&cap.id).is_some_and(|n| n.window.is_some()) {
-            return Err(ShareError::AlreadyMapped);
-        }
-        // A revoked window the new one covers only in part would lose its record (and with it the
-        // guest's way to get those pages back): refuse; unmap the revoked window first.
-        let partly_covers_a_revoked_window = self.tombstones.get(&instance).is_some_and(|ts| {
-            ts.iter().any(|t| {
-                shared::overlap(t.guest_ptr, t.len, req.guest_ptr, req.len)
-                    && !(t.guest_ptr >= req.guest_ptr
-                        && u64::from(t.guest_ptr) + t.len <= u64::from(req.guest_ptr) + req.len)
-            })
-        });
-        if partly_covers_a_revoked_window {
-            return Err(ShareError::Overlap { guest_ptr: req.guest_ptr, len: req.len });
-        }
-        let clash = self
-            .nodes
-            .values()
-            .filter_map(|n| n.window.as_ref())
-            .any(|w| w.instance == instance && w.overlaps(req.guest_ptr, req.len));
-        if clash {
-            return Err(ShareError::Overlap { guest_ptr: req.guest_ptr, len: req.len });
-        }
-        // Every window (and every revoked one not yet unmapped) costs the process kernel mappings: bound
-        // them per instance and per tenant. A new window replaces the tombstones it covers.
-        let limit = req.tenant.quotas().windows_per_instance;
-        let held = self.windows_of(instance).saturating_sub(self.tombstones.get(&instance).map_or(0, |ts| {
-            ts.iter().filter(|t| shared::overlap(t.guest_ptr, t.len, req.guest_ptr, req.len)).count()
-        }));
-        let held = u64::try_from(held).unwrap_or(u64::MAX);
-        if held >= limit {
-            return Err(ShareError::Quota(QuotaError {
-                resource: Resource::InstanceWindows,
-                limit,
-                in_use: held,
-                requested: 1,
-            }));
-        }
-        // A window over the instance's own revoked window takes over that tombstone's place in the
-        // quota (the tombstone goes once the window is mapped); otherwise it reserves a new one.
-        let covered = self.tombstones.get_mut(&instance).and_then(|ts| {
-            let i = ts.iter().position(|t| shared::overlap(t.guest_ptr, t.len, req.guest_ptr, req.len))?;
-            ts.get_mut(i).and_then(Tombstone::take_charge)
-        });
-        let charge = match covered {
-            Some(c) => c,
-            None => req.tenant.reserve(Resource::Windows, 1)?,
-        };
-        let at = MapAt {
-            instance,
-            memory_base: req.memory_base,
-            guest_ptr: req.guest_ptr,
-            len: req.len,
-            region_offset: cap.range.offset,
-            writable: req.writable,
-            fence: req.fence,
-            charge,
-        };
-        #[allow(unsafe_code, reason = "the one place windows are created; this type keeps their invariant")]
-        let mapped = {
-            // SAFETY: the range was checked to lie inside the caller's accessible linear memory and to be
-            // page aligned; the caller is the instance itself, inside a host call that holds no reference
-            // into its memory; the window is stored in the capability's node, and an instance's nodes are
-            // removed (unmapping the window) before its store and memory drop.
-            unsafe { Window::map(Arc::clone(&cap.region), at) }
-        };
-        let window = mapped.map_err(|e| ShareError::Os(e.to_string()))?;
-        if let Some(tombs) = self.tombstones.get_mut(&instance) {
-            tombs.retain(|t| !shared::overlap(t.guest_ptr, t.len, req.guest_ptr, req.len));
-        }
-        if let Some(n) = self.nodes.get_mut(&cap.id) {
-            n.window = Some(window);
-        }
-        Ok(())
-    }
-
-    /// Unmaps the window at `guest_ptr` mapped through `handle`, giving the guest zeroed pages back. A
-    /// window already revoked (stale handle) is cleaned up the same way.
-    ///
-    /// # Errors
-    /// [`ShareError::NotMapped`], or the handle's error if it is stale and no revoked window was there.
-    pub(crate) fn unmap_window(
-        &mut self,
-        instance: InstanceId,
-        handle: Handle,
-        guest_ptr: u32,
-        memory_base: usize,
-        fence: &MemoryFence,
-    ) -> Result<(), ShareError> {
-        match self.lookup(instance, handle) {
-            Ok(cap) => {
-                let node = self.nodes.get_mut(&cap.id).ok_or(CapError::Gone)?;
-                if node.window.as_ref().is_none_or(|w| w.guest_ptr != guest_ptr) {
-                    return Err(ShareError::NotMapped { guest_ptr });
-                }
-                let window = node.window.take().ok_or(ShareError::NotMapped { guest_ptr })?;
-                window.unmap().map_err(|(window, e)| {
-                    // Still mapped: keep it where revocation finds it.
-                    node.window = Some(window);
-                    ShareError::Os(e.to_string())
-                })
-            }
-            Err(e) => {
-                let tombs = self.tombstones.get_mut(&instance);
-                let found = tombs.as_ref().and_then(|t| t.iter().position(|t| t.guest_ptr == guest_ptr));
-                let (Some(tombs), Some(i)) = (tombs, found) else { return Err(e.into()) };
-                let Some(tomb) = tombs.get(i) else { return Err(e.into()) };
-                // SAFETY: the tombstone records a window this instance mapped inside its own memory, which is
-                // alive (tombstones are dropped with the instance); the caller is the instance itself.
-                #[allow(unsafe_code, reason = "restores pages of the caller's own memory")]
-                let restored = unsafe { shared::restore(memory_base, tomb, fence) };
-                restored.map_err(|e| ShareError::Os(e.to_string()))?;
-                // Restored: the tombstone (and the window quota it held) goes.
-                tombs.swap_remove(i);
-                Ok(())
-            }
-        }
-    }
-
-    /// A description of what was at wasm address `addr` of `instance`, if it is a revoked window or a
-    /// read-only one, to explain a memory fault there.
-    pub fn explain_fault(&self, instance: InstanceId, addr: u64) -> Option<String> {
-        let inside = |ptr: u32, len: u64| addr >= u64::from(ptr) && addr < u64::from(ptr).saturating_add(len);
-        if let Some(t) =
-            self.tombstones.get(&instance).and_then(|ts| ts.iter().find(|t| inside(t.guest_ptr, t.len)))
-        {
-            return Some(format!(
-                "access to the shared window of region {} at {addr:#x}, which was revoked",
-                t.region
-            ));
-        }
-        self.nodes
-            .values()
-            .filter_map(|n| n.window.as_ref())
-            .find(|w| w.instance == instance && inside(w.guest_ptr, w.len))
-            .map(|w| {
-                let kind = if w.writable { "read-write" } else { "read-only" };
-                format!(
-                    "fault in the {kind} shared window of region {} at {addr:#x}",
-                    w.region.qualified_name()
-                )
-            })
     }
 
     /// Attaches a cleanup hook to a capability.
@@ -877,29 +707,33 @@ impl CapSpace {
     }
 
     /// Runs and removes the hooks with this tag; returns how many ran.
-    pub fn run_cleanup(&mut self, id: CapId, tag: CleanupTag) -> usize {
-        let Some(node) = self.nodes.get_mut(&id) else { return 0 };
-        let (run, keep): (Vec<_>, Vec<_>) =
+    ///
+    /// # Errors
+    /// [`CapError::NotRevoked`] (or whatever else it returned) if a revocation hook failed; every hook
+    /// with the tag ran and is gone all the same.
+    pub fn run_cleanup(&mut self, id: CapId, tag: CleanupTag) -> Result<usize, CapError> {
+        let run = self.take_cleanup(id, tag);
+        let n = run.len();
+        for hook in run {
+            if let Err(e) = hook.run() {
+                self.failures.push(e);
+            }
+        }
+        self.take_failures().map(|()| n)
+    }
+
+    /// Removes the hooks with this tag without running them (what they would undo was undone some
+    /// other way, as when a guest unmaps its window); returns how many were dropped.
+    pub fn drop_cleanup(&mut self, id: CapId, tag: CleanupTag) -> usize {
+        self.take_cleanup(id, tag).len()
+    }
+
+    fn take_cleanup(&mut self, id: CapId, tag: CleanupTag) -> Vec<Cleanup> {
+        let Some(node) = self.nodes.get_mut(&id) else { return Vec::new() };
+        let (taken, keep): (Vec<_>, Vec<_>) =
             std::mem::take(&mut node.cleanups).into_iter().partition(|(t, _)| *t == tag);
         node.cleanups = keep;
-        let n = run.len();
-        for (_, hook) in run {
-            (hook.0)();
-        }
-        n
-    }
-
-    /// Number of live windows (for leak checks).
-    pub fn window_count(&self) -> usize {
-        self.nodes.values().filter(|n| n.window.is_some()).count()
-    }
-
-    /// Windows an instance holds, revoked ones not yet unmapped (tombstones) included: what its window
-    /// quota counts.
-    pub fn windows_of(&self, instance: InstanceId) -> usize {
-        let live =
-            self.nodes.values().filter_map(|n| n.window.as_ref()).filter(|w| w.instance == instance).count();
-        live + self.tombstones.get(&instance).map_or(0, Vec::len)
+        taken.into_iter().map(|(_, hook)| hook).collect()
     }
 
     /// Number of live capabilities (all nodes, roots included), for leak checks.

@@ -1,9 +1,11 @@
-//! Unit tests of the derivation tree: attenuation, cascading revoke, close, quota charging.
+//! Unit tests of the derivation tree: attenuation, cascading revoke, close, quota charging, and the
+//! cleanup hooks (revocations first, their failures reported by the removing operation).
 
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use super::*;
-use crate::mode::Mode;
 use crate::name::Name;
 use crate::tenant::{Quotas, TenantId};
 
@@ -16,8 +18,9 @@ fn setup(handles: u64) -> (CapSpace, CapId, Arc<Tenant>) {
         TenantId(1),
         Name::new("t").expect("name"),
         100,
-        Mode::Handle,
-        crate::mode::ConflictPolicy::Reject,
+        // The region's mode and conflict policy mean nothing to capabilities.
+        crate::Mode::Handle,
+        Default::default(),
         crate::region::Backing::Ephemeral,
     )
     .expect("region");
@@ -117,10 +120,118 @@ fn a_long_delegation_chain_is_removed_without_recursion() {
     assert!(t.is_idle());
 }
 
+/// What the hooks of the tests below record: (capability, whether the hook was the revocation).
+type Log = Arc<Mutex<Vec<(u64, bool)>>>;
+
+/// The error an injected revocation failure of capability `id` reports.
+fn injected(id: u64) -> CapError {
+    CapError::NotRevoked { region: id.to_string(), reason: "injected".into() }
+}
+
+/// Hangs a release hook and then a revocation hook (failing if `fail`) off `id`, both recording into
+/// `log` when they run.
+fn hook(s: &mut CapSpace, id: CapId, log: &Log, fail: bool) {
+    let (release, revocation) = (Arc::clone(log), Arc::clone(log));
+    let raw = id.get();
+    s.add_cleanup(id, CleanupTag::Watch, Cleanup::new(move || release.lock().push((raw, false))))
+        .expect("live");
+    let hook = Cleanup::revocation(move || {
+        revocation.lock().push((raw, true));
+        if fail {
+            Err(injected(raw))
+        } else {
+            Ok(())
+        }
+    });
+    s.add_cleanup(id, CleanupTag::Window, hook).expect("live");
+}
+
+/// A space where instance 1 holds one handle, opened from the root, that carries [`hook`]s.
+fn one_hooked_handle(fail: bool) -> (CapSpace, Handle, CapId, Log) {
+    let (mut s, root, t) = setup(100);
+    let log = Log::default();
+    let h = s.derive_handle(root, Rights::ALL, 0, -1, InstanceId(1), &t).expect("open");
+    let id = s.lookup(InstanceId(1), h).expect("live").id;
+    hook(&mut s, id, &log, fail);
+    (s, h, id, log)
+}
+
+#[test]
+fn revocation_hooks_run_first_and_only_once() {
+    let (mut s, h, id, log) = one_hooked_handle(false);
+    let a = InstanceId(1);
+    assert!(s.has_cleanup(id, CleanupTag::Window));
+    s.close(a, h).expect("close");
+    assert_eq!(*log.lock(), vec![(id.get(), true), (id.get(), false)], "the revocation ran first");
+    assert!(!s.has_cleanup(id, CleanupTag::Window));
+    assert_eq!(s.close(a, h), Err(CapError::StaleHandle(h.raw())));
+    assert_eq!(log.lock().len(), 2, "hooks run once");
+}
+
+#[test]
+fn a_failed_revocation_is_reported_by_the_removing_operation_once() {
+    /// Removes the child (directly or with its parent) and returns what the operation said.
+    type Remove = fn(&mut CapSpace, InstanceId, [(Handle, CapId); 2]) -> Result<(), CapError>;
+    // Every way a capability goes: close, revoke, revoke of a node or of a node's children, instance
+    // exit and deletion, a change of the region's members, region destroy.
+    let ways: [(&str, Remove); 8] = [
+        ("close", |s, a, [_, (child, _)]| s.close(a, child)),
+        ("revoke", |s, a, [(parent, _), _]| s.revoke(a, parent).map(drop)),
+        ("revoke_node", |s, _, [_, (_, child)]| s.revoke_node(child)),
+        ("revoke_children", |s, _, [(_, parent), _]| s.revoke_children(parent).map(drop)),
+        ("remove_instance", |s, a, _| s.remove_instance(a)),
+        ("forget_instance", |s, a, _| s.forget_instance(a)),
+        ("set_members", |s, _, _| s.set_members(RegionId(1), Rights::READ)),
+        ("remove_region", |s, _, _| s.remove_region(RegionId(1))),
+    ];
+    for (name, remove) in ways {
+        let (mut s, _, t) = setup(100);
+        let a = InstanceId(1);
+        let log = Log::default();
+        s.set_members(RegionId(1), Rights::ALL).expect("members");
+        let members = s.members(RegionId(1)).expect("members");
+        // A handle opened through the membership, and one derived from it that carries the hooks.
+        let parent = s.derive_handle(members, Rights::ALL, 0, -1, a, &t).expect("open");
+        let parent = (parent, s.lookup(a, parent).expect("live").id);
+        let child = s.derive_handle(parent.1, Rights::ALL, 0, -1, a, &t).expect("restrict");
+        let child = (child, s.lookup(a, child).expect("live").id);
+        hook(&mut s, child.1, &log, true);
+        assert_eq!(remove(&mut s, a, [parent, child]), Err(injected(child.1.get())), "{name}");
+        assert!(s.lookup(a, child.0).is_err(), "{name}: the capability is gone all the same");
+        assert_eq!(*log.lock(), vec![(child.1.get(), true), (child.1.get(), false)], "{name}");
+        // Reported once: the next removal, with no failure of its own, succeeds.
+        assert_eq!(s.remove_region(RegionId(1)), Ok(()), "{name}");
+        assert!(t.is_idle(), "{name}");
+    }
+}
+
+#[test]
+fn dropped_hooks_never_run() {
+    let (mut s, h, id, log) = one_hooked_handle(true);
+    assert_eq!(s.drop_cleanup(id, CleanupTag::Window), 1);
+    assert_eq!(s.drop_cleanup(id, CleanupTag::Window), 0);
+    assert!(!s.has_cleanup(id, CleanupTag::Window));
+    assert!(s.has_cleanup(id, CleanupTag::Watch), "hooks of other tags stay");
+    assert_eq!(s.run_cleanup(id, CleanupTag::Watch), Ok(1));
+    s.close(InstanceId(1), h).expect("no failing hook is left");
+    assert_eq!(*log.lock(), vec![(id.get(), false)]);
+}
+
+#[test]
+fn run_cleanup_reports_a_failed_revocation() {
+    let (mut s, h, id, log) = one_hooked_handle(true);
+    assert_eq!(s.run_cleanup(id, CleanupTag::Window), Err(injected(id.get())));
+    assert_eq!(s.run_cleanup(id, CleanupTag::Window), Ok(0));
+    assert_eq!(*log.lock(), vec![(id.get(), true)]);
+    assert!(s.lookup(InstanceId(1), h).is_ok(), "running a hook early leaves its capability");
+}
+
 /// A reference model of the derivation tree, checked against `CapSpace` after every operation of a
-/// random sequence: grant, attenuate, revoke cascades, close and instance exit.
+/// random sequence: grant, attenuate, revoke cascades, close and instance exit. Every capability carries
+/// a release and a revocation hook, some of which fail: each operation runs exactly the hooks of the
+/// capabilities it removes, revocations first, and reports a failure if and only if one of them failed.
 mod model {
-    use std::collections::HashMap;
+    use std::collections::{HashMap, HashSet};
 
     use proptest::prelude::*;
 
@@ -128,9 +239,9 @@ mod model {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Open { inst: u8 },
-        Restrict { inst: u8, pick: u8, rights: u8, off: u8, len: u8 },
-        GrantAndOpen { inst: u8, pick: u8, target: u8, rights: u8, off: u8, len: u8 },
+        Open { inst: u8, fail: bool },
+        Restrict { inst: u8, pick: u8, rights: u8, off: u8, len: u8, fail: bool },
+        GrantAndOpen { inst: u8, pick: u8, target: u8, rights: u8, off: u8, len: u8, fail: bool },
         Revoke { inst: u8, pick: u8 },
         Close { inst: u8, pick: u8 },
         Exit { inst: u8 },
@@ -138,17 +249,19 @@ mod model {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0u8..3).prop_map(|inst| Op::Open { inst }),
-            (0u8..3, any::<u8>(), 0u8..32, 0u8..120, 0u8..120)
-                .prop_map(|(inst, pick, rights, off, len)| Op::Restrict { inst, pick, rights, off, len }),
-            (0u8..3, any::<u8>(), 0u8..3, 0u8..32, 0u8..120, 0u8..120).prop_map(
-                |(inst, pick, target, rights, off, len)| Op::GrantAndOpen {
+            (0u8..3, fail()).prop_map(|(inst, fail)| Op::Open { inst, fail }),
+            (0u8..3, any::<u8>(), 0u8..32, 0u8..120, 0u8..120, fail()).prop_map(
+                |(inst, pick, rights, off, len, fail)| Op::Restrict { inst, pick, rights, off, len, fail }
+            ),
+            (0u8..3, any::<u8>(), 0u8..3, 0u8..32, 0u8..120, 0u8..120, fail()).prop_map(
+                |(inst, pick, target, rights, off, len, fail)| Op::GrantAndOpen {
                     inst,
                     pick,
                     target,
                     rights,
                     off,
-                    len
+                    len,
+                    fail
                 }
             ),
             (0u8..3, any::<u8>()).prop_map(|(inst, pick)| Op::Revoke { inst, pick }),
@@ -157,13 +270,20 @@ mod model {
         ]
     }
 
-    /// The model: capability `id` → (parent, rights, absolute range, holder instance, is a live handle).
+    /// Whether a new capability's revocation hook fails (as a window's does when the kernel refuses).
+    fn fail() -> impl Strategy<Value = bool> {
+        proptest::bool::weighted(0.1)
+    }
+
+    /// The model: capability `id` → (parent, rights, absolute range), the handles and inboxes holding
+    /// them, handles that must no longer resolve, and capabilities whose revocation hook fails.
     #[derive(Default)]
     struct Model {
         caps: HashMap<u64, (Option<u64>, Rights, CapRange)>,
         handles: HashMap<u8, Vec<(Handle, u64)>>,
         inboxes: HashMap<u8, Vec<u64>>,
         dead: Vec<(u8, Handle)>,
+        failing: HashSet<u64>,
     }
 
     impl Model {
@@ -211,22 +331,36 @@ mod model {
             let mut m = Model::default();
             m.caps.insert(root_id, (None, Rights::ALL, CapRange { offset: 0, len: 100 }));
             let inst = |i: u8| InstanceId(u64::from(i) + 1);
+            let log = Log::default();
             for op in ops {
+                // What the operation removed (by the model) and what it reported.
+                let mut removed: Vec<u64> = Vec::new();
+                let mut outcome: Result<(), CapError> = Ok(());
                 match op {
-                    Op::Open { inst: i } => {
+                    Op::Open { inst: i, fail } => {
                         let h = s.derive_handle(root, Rights::ALL, 0, -1, inst(i), &t).expect("open");
-                        let id = s.lookup(inst(i), h).expect("live").id.get();
+                        let id = s.lookup(inst(i), h).expect("live").id;
+                        hook(&mut s, id, &log, fail);
+                        let id = id.get();
+                        if fail {
+                            m.failing.insert(id);
+                        }
                         m.caps.insert(id, (Some(root_id), Rights::ALL, CapRange { offset: 0, len: 100 }));
                         m.handles.entry(i).or_default().push((h, id));
                     }
-                    Op::Restrict { inst: i, pick, rights, off, len } => {
+                    Op::Restrict { inst: i, pick, rights, off, len, fail } => {
                         let Some(&(h, pid)) = m.handles.get(&i).and_then(|v| v.get(usize::from(pick) % v.len().max(1))) else { continue };
                         let (_, prights, prange) = m.caps[&pid];
                         let want = Rights::from_bits(u32::from(rights)).expect("5 bits");
                         let got = s.lookup(inst(i), h).and_then(|c| s.derive_handle(c.id, want, i64::from(off), i64::from(len), inst(i), &t));
                         match (prights.contains(want), sub(prange, off, len), got) {
                             (true, Some(r), Ok(nh)) => {
-                                let id = s.lookup(inst(i), nh).expect("live").id.get();
+                                let id = s.lookup(inst(i), nh).expect("live").id;
+                                hook(&mut s, id, &log, fail);
+                                let id = id.get();
+                                if fail {
+                                    m.failing.insert(id);
+                                }
                                 m.caps.insert(id, (Some(pid), want, r));
                                 m.handles.entry(i).or_default().push((nh, id));
                             }
@@ -234,17 +368,23 @@ mod model {
                             (ok, r, got) => prop_assert!(false, "restrict: model says {ok} {r:?}, space says {got:?}"),
                         }
                     }
-                    Op::GrantAndOpen { inst: i, pick, target, rights, off, len } => {
+                    Op::GrantAndOpen { inst: i, pick, target, rights, off, len, fail } => {
                         let Some(&(h, pid)) = m.handles.get(&i).and_then(|v| v.get(usize::from(pick) % v.len().max(1))) else { continue };
                         let (_, prights, prange) = m.caps[&pid];
                         let want = Rights::from_bits(u32::from(rights)).expect("5 bits");
                         let grant = s.lookup(inst(i), h).and_then(|c| s.derive_grant(c.id, want, i64::from(off), i64::from(len), inst(target), &t));
                         match (prights.contains(want), sub(prange, off, len), grant) {
                             (true, Some(r), Ok(gid)) => {
+                                hook(&mut s, gid, &log, fail);
                                 m.caps.insert(gid.get(), (Some(pid), want, r));
                                 m.inboxes.entry(target).or_default().push(gid.get());
                                 let nh = s.derive_handle(gid, want, 0, -1, inst(target), &t).expect("open grant");
-                                let id = s.lookup(inst(target), nh).expect("live").id.get();
+                                let id = s.lookup(inst(target), nh).expect("live").id;
+                                hook(&mut s, id, &log, fail);
+                                let id = id.get();
+                                if fail {
+                                    m.failing.extend([gid.get(), id]);
+                                }
                                 m.caps.insert(id, (Some(gid.get()), want, r));
                                 m.handles.entry(target).or_default().push((nh, id));
                             }
@@ -255,15 +395,20 @@ mod model {
                     Op::Revoke { inst: i, pick } => {
                         let Some(&(h, id)) = m.handles.get(&i).and_then(|v| v.get(usize::from(pick) % v.len().max(1))) else { continue };
                         let gone = m.descendants(id);
-                        prop_assert_eq!(s.revoke(inst(i), h).expect("revoke"), gone.len());
+                        match s.revoke(inst(i), h) {
+                            Ok(n) => prop_assert_eq!(n, gone.len()),
+                            Err(e) => outcome = Err(e),
+                        }
                         m.remove(&gone);
+                        removed = gone;
                     }
                     Op::Close { inst: i, pick } => {
                         let Some(&(h, id)) = m.handles.get(&i).and_then(|v| v.get(usize::from(pick) % v.len().max(1))) else { continue };
                         let mut gone = m.descendants(id);
                         gone.push(id);
-                        s.close(inst(i), h).expect("close");
+                        outcome = s.close(inst(i), h);
                         m.remove(&gone);
+                        removed = gone;
                     }
                     Op::Exit { inst: i } => {
                         let mut roots: Vec<u64> = m.handles.get(&i).map(|v| v.iter().map(|(_, id)| *id).collect()).unwrap_or_default();
@@ -273,12 +418,37 @@ mod model {
                             gone.push(id);
                             gone.extend(m.descendants(id));
                         }
-                        s.remove_instance(inst(i)).expect("no windows to revoke");
+                        outcome = s.remove_instance(inst(i));
                         s.add_instance(inst(i));
                         gone.sort_unstable();
                         gone.dedup();
                         m.remove(&gone);
+                        removed = gone;
                     }
+                }
+                // The operation reports a failed revocation if and only if it removed a capability whose
+                // revocation hook fails, and then names one of them.
+                let failed: Vec<String> =
+                    removed.iter().filter(|id| m.failing.contains(id)).map(u64::to_string).collect();
+                match &outcome {
+                    Ok(()) => prop_assert!(failed.is_empty(), "{failed:?} failed, but the operation succeeded"),
+                    Err(CapError::NotRevoked { region, .. }) => {
+                        prop_assert!(failed.contains(region), "reported {region}, failed {failed:?}");
+                    }
+                    Err(e) => prop_assert!(false, "unexpected error {e:?}"),
+                }
+                // It ran exactly the hooks of what it removed, once each, each revocation before its
+                // capability's other hooks.
+                let ran = std::mem::take(&mut *log.lock());
+                removed.sort_unstable();
+                for revocation in [true, false] {
+                    let mut ids: Vec<u64> = ran.iter().filter(|(_, r)| *r == revocation).map(|(id, _)| *id).collect();
+                    ids.sort_unstable();
+                    prop_assert_eq!(&ids, &removed);
+                }
+                for id in &removed {
+                    let at = |revocation: bool| ran.iter().position(|e| *e == (*id, revocation));
+                    prop_assert!(at(true) < at(false), "capability {id}: {ran:?}");
                 }
                 // Every live handle resolves to exactly the model's capability...
                 for (i, hs) in &m.handles {

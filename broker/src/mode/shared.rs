@@ -8,8 +8,18 @@
 //! access traps instead of reading stale or zero bytes; a [`Tombstone`] remembers which region was
 //! there so the trap can name it.
 //!
+//! [`Windows`] is the broker's registry of them: every instance's live windows and tombstones, the
+//! windows whose revocation failed, the mode, alignment, overlap and quota rules of mapping, and what a
+//! fault in a window means. A window hangs off its capability as a revocation hook
+//! ([`Cleanup::revocation`], tag [`CleanupTag::Window`]), as watches do: the capability space runs it
+//! when it removes the capability, under its lock and before the removing call returns, and reports the
+//! hook's failure as that call's [`CapError::NotRevoked`]. The capability space knows nothing else
+//! about windows.
+//!
 //! **Invariant:** a `Window` exists only while the linear memory it points into is alive: windows are
 //! removed with their capabilities, and an instance's capabilities are removed before its store drops.
+//! **Invariant:** a capability has a `Window` hook exactly while this registry holds a live window
+//! mapped through it; both change only under the capability space's lock.
 //! **Invariant:** pages are swapped under a window only while holding the owning instance's memory
 //! fence for writing; host functions hold it for reading while they touch guest memory, so host code
 //! never faults on a page revoked under it.
@@ -22,20 +32,21 @@
 
 #![allow(unsafe_code, reason = "maps region pages into guest linear memories")]
 
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use rustix::mm::{mmap, mmap_anonymous, MapFlags, ProtFlags};
 use wasmtime::Engine;
 
-use crate::capability::CapError;
+use crate::capability::{CapError, CapId, CapSpace, Cleanup, CleanupTag, Handle};
 use crate::mode::Mode;
 use crate::region::Region;
 use crate::runtime::memory_creator::{MemoryShape, ANON_FLAGS};
 use crate::runtime::InstanceId;
-use crate::tenant::{QuotaError, Reservation};
+use crate::tenant::{QuotaError, Reservation, Resource, Tenant};
 
 /// Host page size: windows and their guest addresses are aligned to it.
 pub const HOST_PAGE: u64 = crate::region::PAGE_SIZE;
@@ -265,13 +276,13 @@ pub enum ShareError {
 /// A region mapped into a guest's linear memory.
 #[derive(Debug)]
 pub(crate) struct Window {
-    pub(crate) instance: InstanceId,
-    pub(crate) guest_ptr: u32,
-    pub(crate) len: u64,
-    pub(crate) writable: bool,
+    instance: InstanceId,
+    guest_ptr: u32,
+    len: u64,
+    writable: bool,
     host_addr: usize,
     fence: MemoryFence,
-    pub(crate) region: Arc<Region>,
+    region: Arc<Region>,
     /// The window's place in its tenant's window quota.
     charge: Reservation,
 }
@@ -280,31 +291,31 @@ pub(crate) struct Window {
 /// charge (its `PROT_NONE` pages are still a mapping) until the guest unmaps it or exits.
 #[derive(Debug)]
 pub(crate) struct Tombstone {
-    pub(crate) guest_ptr: u32,
-    pub(crate) len: u64,
-    pub(crate) region: String,
+    guest_ptr: u32,
+    len: u64,
+    region: String,
     /// `None` once a window mapped over it took the charge over.
     charge: Option<Reservation>,
 }
 
 impl Tombstone {
     /// Hands this tombstone's quota charge to a window mapped over it.
-    pub(crate) fn take_charge(&mut self) -> Option<Reservation> {
+    fn take_charge(&mut self) -> Option<Reservation> {
         self.charge.take()
     }
 }
 
-/// A request to map, validated by the caller against the capability and memory.
-pub(crate) struct MapAt {
-    pub(crate) instance: InstanceId,
+/// A request to map, validated by [`Windows::map`] against the capability and memory.
+struct MapAt {
+    instance: InstanceId,
     /// Host address of the guest's linear memory.
-    pub(crate) memory_base: usize,
-    pub(crate) guest_ptr: u32,
-    pub(crate) len: u64,
-    pub(crate) region_offset: u64,
-    pub(crate) writable: bool,
-    pub(crate) fence: MemoryFence,
-    pub(crate) charge: Reservation,
+    memory_base: usize,
+    guest_ptr: u32,
+    len: u64,
+    region_offset: u64,
+    writable: bool,
+    fence: MemoryFence,
+    charge: Reservation,
 }
 
 fn usize_of(v: u64) -> std::io::Result<usize> {
@@ -318,7 +329,7 @@ impl Window {
     /// `[at.memory_base + at.guest_ptr, + at.len)` must lie inside the accessible part of the calling
     /// instance's live linear memory, page aligned, and no host code may hold a reference into it; the
     /// caller must drop (revoke or unmap) the window before that memory is freed.
-    pub(crate) unsafe fn map(region: Arc<Region>, at: MapAt) -> std::io::Result<Window> {
+    unsafe fn map(region: Arc<Region>, at: MapAt) -> std::io::Result<Window> {
         let len = usize_of(at.len)?;
         let host_addr = at
             .memory_base
@@ -365,7 +376,7 @@ impl Window {
     ///
     /// # Errors
     /// The operating system's error, with the window, which is then still mapped: the caller keeps it.
-    pub(crate) fn unmap(self) -> Result<(), (Window, std::io::Error)> {
+    fn unmap(self) -> Result<(), (Window, std::io::Error)> {
         match self.replace(ProtFlags::READ | ProtFlags::WRITE) {
             Ok(()) => Ok(()),
             Err(e) => Err((self, e)),
@@ -380,7 +391,7 @@ impl Window {
     /// [`ShareError::NotRevoked`], with the window, if even the scrub failed: the instance is marked to
     /// stop, but the window may be reachable until it does, so the caller keeps it and must not report
     /// success.
-    pub(crate) fn revoke(self) -> Result<Tombstone, Box<(Window, ShareError)>> {
+    fn revoke(self) -> Result<Tombstone, Box<(Window, ShareError)>> {
         let outcome = match self.replace(ProtFlags::empty()) {
             Ok(()) => Ok(()),
             Err(first) => {
@@ -427,7 +438,7 @@ impl Window {
     }
 
     /// Whether `[ptr, ptr+len)` overlaps this window.
-    pub(crate) fn overlaps(&self, ptr: u32, len: u64) -> bool {
+    fn overlaps(&self, ptr: u32, len: u64) -> bool {
         overlap(self.guest_ptr, self.len, ptr, len)
     }
 }
@@ -436,11 +447,7 @@ impl Window {
 ///
 /// # Safety
 /// As [`Window::map`]: the range must lie in the calling instance's live memory.
-pub(crate) unsafe fn restore(
-    memory_base: usize,
-    tomb: &Tombstone,
-    fence: &MemoryFence,
-) -> std::io::Result<()> {
+unsafe fn restore(memory_base: usize, tomb: &Tombstone, fence: &MemoryFence) -> std::io::Result<()> {
     let mut guards = fence.guards.write();
     if guards.sealed {
         return Ok(());
@@ -463,7 +470,329 @@ pub(crate) unsafe fn restore(
 }
 
 /// Whether two guest ranges overlap.
-pub(crate) fn overlap(a: u32, a_len: u64, b: u32, b_len: u64) -> bool {
+fn overlap(a: u32, a_len: u64, b: u32, b_len: u64) -> bool {
     let (a, b) = (u64::from(a), u64::from(b));
     a < b.saturating_add(b_len) && b < a.saturating_add(a_len)
+}
+
+/// What a guest asks for when it maps a window.
+pub(crate) struct MapRequest {
+    /// Guest address of the window (page aligned).
+    pub(crate) guest_ptr: u32,
+    /// Length in bytes (the capability's length rounded up to whole pages).
+    pub(crate) len: u64,
+    /// Map read-write (needs the write right) rather than read-only.
+    pub(crate) writable: bool,
+    /// Host address of the guest's linear memory.
+    pub(crate) memory_base: usize,
+    /// The linear memory's current size.
+    pub(crate) memory_size: usize,
+    /// The instance's memory fence.
+    pub(crate) fence: MemoryFence,
+    /// The instance's tenant, charged for the window.
+    pub(crate) tenant: Arc<Tenant>,
+}
+
+/// One instance's windows.
+#[derive(Debug, Default)]
+struct InstanceWindows {
+    /// Live windows, by the capability each was mapped through (one at most per capability).
+    live: HashMap<CapId, Window>,
+    /// Where revoked windows were, so traps there can name the region.
+    tombstones: Vec<Tombstone>,
+}
+
+impl InstanceWindows {
+    /// Windows, revoked ones not yet unmapped (tombstones) included: what the window quota counts.
+    fn held(&self) -> usize {
+        self.live.len() + self.tombstones.len()
+    }
+
+    /// Whether a window at `[ptr, ptr+len)` would cover a revoked window only in part.
+    fn partly_covers_a_tombstone(&self, ptr: u32, len: u64) -> bool {
+        self.tombstones.iter().any(|t| {
+            overlap(t.guest_ptr, t.len, ptr, len)
+                && !(t.guest_ptr >= ptr && u64::from(t.guest_ptr) + t.len <= u64::from(ptr) + len)
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct WindowTable {
+    instances: HashMap<InstanceId, InstanceWindows>,
+    /// Windows whose revocation failed; their instances were told to stop, and they go with them.
+    unrevoked: Vec<Window>,
+}
+
+/// The broker's shared windows: every instance's live windows and tombstones, and the windows whose
+/// revocation failed. Cloning it shares the registry (each window's revocation hook holds a clone).
+///
+/// **Lock order:** the capability space, then this registry, then an instance's fence, then a region.
+/// Windows are created and removed only under the capability space's lock: [`Windows::map`] and
+/// [`Windows::unmap`] take the locked space, and the revocation hooks run inside its removals. So this
+/// lock is never held while a capability is removed (its hook takes it) and never taken before the
+/// capability space's.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Windows(Arc<Mutex<WindowTable>>);
+
+impl Windows {
+    /// An empty registry.
+    pub(crate) fn new() -> Windows {
+        Windows::default()
+    }
+
+    /// Maps the region of `instance`'s `handle` into its linear memory at `req.guest_ptr`, and hangs
+    /// the window off that capability as its revocation hook.
+    ///
+    /// `caps` is the capability space, locked by the caller: the mapping is made under its lock, so a
+    /// concurrent revoke either precedes it (the handle is stale) or follows it (and its hook unmaps
+    /// the window): no window outlives its capability.
+    ///
+    /// # Errors
+    /// Handle and rights errors, [`ShareError`] for mode, alignment, length, range, overlap and quota
+    /// problems, [`ShareError::Os`] if the kernel refused the mapping (or the instance is stopping).
+    pub(crate) fn map(
+        &self,
+        caps: &mut CapSpace,
+        instance: InstanceId,
+        handle: Handle,
+        req: MapRequest,
+    ) -> Result<(), ShareError> {
+        let cap = caps.lookup(instance, handle)?;
+        cap.may_map(req.writable)?;
+        let mode = cap.region.mode();
+        if mode != Mode::Shared {
+            return Err(ShareError::WrongMode(mode));
+        }
+        let end = cap.range.offset + cap.range.len;
+        if u64::from(req.guest_ptr) % HOST_PAGE != 0
+            || cap.range.offset % HOST_PAGE != 0
+            || (end % HOST_PAGE != 0 && end != cap.region.size())
+        {
+            return Err(ShareError::Unaligned {
+                guest_ptr: req.guest_ptr,
+                offset: cap.range.offset,
+                len: cap.range.len,
+            });
+        }
+        let expected = cap.range.len.div_ceil(HOST_PAGE) * HOST_PAGE;
+        if req.len != expected {
+            return Err(ShareError::LengthMismatch { given: req.len, expected });
+        }
+        let memory = u64::try_from(req.memory_size).unwrap_or(u64::MAX);
+        if u64::from(req.guest_ptr).checked_add(req.len).is_none_or(|e| e > memory) {
+            return Err(ShareError::BeyondMemory {
+                guest_ptr: req.guest_ptr,
+                len: req.len,
+                memory_size: memory,
+            });
+        }
+        let mut table = self.0.lock();
+        let mine = table.instances.entry(instance).or_default();
+        if mine.live.contains_key(&cap.id) {
+            return Err(ShareError::AlreadyMapped);
+        }
+        // A revoked window the new one covers only in part would lose its record (and with it the
+        // guest's way to get those pages back): refuse; unmap the revoked window first.
+        if mine.partly_covers_a_tombstone(req.guest_ptr, req.len)
+            || mine.live.values().any(|w| w.overlaps(req.guest_ptr, req.len))
+        {
+            return Err(ShareError::Overlap { guest_ptr: req.guest_ptr, len: req.len });
+        }
+        // Every window (and every revoked one not yet unmapped) costs the process kernel mappings: bound
+        // them per instance and per tenant. A new window replaces the tombstones it covers.
+        let limit = req.tenant.quotas().windows_per_instance;
+        let covered =
+            mine.tombstones.iter().filter(|t| overlap(t.guest_ptr, t.len, req.guest_ptr, req.len)).count();
+        let held = u64::try_from(mine.held().saturating_sub(covered)).unwrap_or(u64::MAX);
+        if held >= limit {
+            return Err(ShareError::Quota(QuotaError {
+                resource: Resource::InstanceWindows,
+                limit,
+                in_use: held,
+                requested: 1,
+            }));
+        }
+        // The hook goes on first, so that a window never exists without it; it finds nothing to revoke
+        // (and is dropped here) if the mapping below fails.
+        let hook = {
+            let (windows, id) = (self.clone(), cap.id);
+            Cleanup::revocation(move || windows.revoke(instance, id))
+        };
+        caps.add_cleanup(cap.id, CleanupTag::Window, hook)?;
+        let mapped = Self::map_new(mine, instance, &cap.region, cap.range.offset, req);
+        match mapped {
+            Ok(window) => {
+                mine.tombstones.retain(|t| !overlap(t.guest_ptr, t.len, window.guest_ptr, window.len));
+                mine.live.insert(cap.id, window);
+                Ok(())
+            }
+            Err(e) => {
+                caps.drop_cleanup(cap.id, CleanupTag::Window);
+                Err(e)
+            }
+        }
+    }
+
+    /// Charges a checked request to its tenant's window quota (or to the revoked window it is mapped
+    /// over) and maps it.
+    fn map_new(
+        mine: &mut InstanceWindows,
+        instance: InstanceId,
+        region: &Arc<Region>,
+        region_offset: u64,
+        req: MapRequest,
+    ) -> Result<Window, ShareError> {
+        // A window over the instance's own revoked window takes over that tombstone's place in the
+        // quota (the tombstone goes once the window is mapped); otherwise it reserves a new one.
+        let covered =
+            mine.tombstones.iter_mut().find(|t| overlap(t.guest_ptr, t.len, req.guest_ptr, req.len));
+        let charge = match covered.and_then(Tombstone::take_charge) {
+            Some(c) => c,
+            None => req.tenant.reserve(Resource::Windows, 1)?,
+        };
+        let at = MapAt {
+            instance,
+            memory_base: req.memory_base,
+            guest_ptr: req.guest_ptr,
+            len: req.len,
+            region_offset,
+            writable: req.writable,
+            fence: req.fence,
+            charge,
+        };
+        // SAFETY: `Windows::map` checked the range to lie inside the caller's accessible linear memory
+        // (`req.memory_size`) and to be page aligned; the caller is the instance itself, inside a host
+        // call (`abi::region_map`) that holds no reference into its memory; the window is kept in this
+        // registry with a revocation hook on its capability, and an instance's capabilities are removed
+        // (running the hook, which unmaps the window) before its store and memory drop.
+        let mapped = unsafe { Window::map(Arc::clone(region), at) };
+        mapped.map_err(|e| ShareError::Os(e.to_string()))
+    }
+
+    /// Revokes the window mapped through capability `id` of `instance`, if there is one: the
+    /// capability's revocation hook, run when the capability is removed.
+    fn revoke(&self, instance: InstanceId, id: CapId) -> Result<(), CapError> {
+        let mut table = self.0.lock();
+        let Some(window) = table.instances.get_mut(&instance).and_then(|w| w.live.remove(&id)) else {
+            return Ok(());
+        };
+        match window.revoke() {
+            Ok(tomb) => {
+                table.instances.entry(instance).or_default().tombstones.push(tomb);
+                Ok(())
+            }
+            Err(failed) => {
+                let (w, e) = *failed;
+                let error = match e {
+                    ShareError::NotRevoked { region, reason } => CapError::NotRevoked { region, reason },
+                    other => {
+                        CapError::NotRevoked { region: w.region.qualified_name(), reason: other.to_string() }
+                    }
+                };
+                table.unrevoked.push(w);
+                Err(error)
+            }
+        }
+    }
+
+    /// Unmaps the window at `guest_ptr` mapped through `handle`, giving the guest zeroed pages back. A
+    /// window already revoked (stale handle) is cleaned up the same way. `caps` is the capability
+    /// space, locked by the caller.
+    ///
+    /// # Errors
+    /// [`ShareError::NotMapped`], or the handle's error if it is stale and no revoked window was there;
+    /// [`ShareError::Os`] if the kernel refused (the window is then still mapped, and still revocable).
+    pub(crate) fn unmap(
+        &self,
+        caps: &mut CapSpace,
+        instance: InstanceId,
+        handle: Handle,
+        guest_ptr: u32,
+        memory_base: usize,
+        fence: &MemoryFence,
+    ) -> Result<(), ShareError> {
+        let looked_up = caps.lookup(instance, handle);
+        let mut table = self.0.lock();
+        let mine = table.instances.get_mut(&instance);
+        match looked_up {
+            Ok(cap) => {
+                let live = mine.map(|w| &mut w.live).ok_or(ShareError::NotMapped { guest_ptr })?;
+                if live.get(&cap.id).is_none_or(|w| w.guest_ptr != guest_ptr) {
+                    return Err(ShareError::NotMapped { guest_ptr });
+                }
+                let window = live.remove(&cap.id).ok_or(ShareError::NotMapped { guest_ptr })?;
+                match window.unmap() {
+                    Ok(()) => {
+                        // The window is gone: so is the hook that would have revoked it.
+                        caps.drop_cleanup(cap.id, CleanupTag::Window);
+                        Ok(())
+                    }
+                    Err((window, e)) => {
+                        // Still mapped: keep it where its revocation hook finds it.
+                        live.insert(cap.id, window);
+                        Err(ShareError::Os(e.to_string()))
+                    }
+                }
+            }
+            Err(e) => {
+                let tombs = mine.map(|w| &mut w.tombstones);
+                let found = tombs.as_ref().and_then(|t| t.iter().position(|t| t.guest_ptr == guest_ptr));
+                let (Some(tombs), Some(i)) = (tombs, found) else { return Err(e.into()) };
+                let Some(tomb) = tombs.get(i) else { return Err(e.into()) };
+                // SAFETY: the tombstone records a window this instance mapped inside its own memory, which is
+                // alive (tombstones are forgotten with the instance, before its memory drops); the caller is
+                // the instance itself, inside a host call (`abi::region_unmap`).
+                let restored = unsafe { restore(memory_base, tomb, fence) };
+                restored.map_err(|e| ShareError::Os(e.to_string()))?;
+                // Restored: the tombstone (and the window quota it held) goes.
+                tombs.swap_remove(i);
+                Ok(())
+            }
+        }
+    }
+
+    /// Forgets an instance's revoked windows (and their quota), and its windows whose revocation failed,
+    /// once its capabilities were removed: its memory goes with its store, right after. Call it with the
+    /// capability space still locked (see `registry::Core::remove_instance`).
+    pub(crate) fn forget_instance(&self, instance: InstanceId) {
+        let mut table = self.0.lock();
+        if let Some(mine) = table.instances.get_mut(&instance) {
+            mine.tombstones.clear();
+            // Its live windows went with its capabilities; one still here would still have its hook.
+            if mine.live.is_empty() {
+                table.instances.remove(&instance);
+            }
+        }
+        table.unrevoked.retain(|w| w.instance != instance);
+    }
+
+    /// A description of what was at wasm address `addr` of `instance`, if it is a revoked window or a
+    /// read-only one, to explain a memory fault there.
+    pub(crate) fn explain_fault(&self, instance: InstanceId, addr: u64) -> Option<String> {
+        let table = self.0.lock();
+        let mine = table.instances.get(&instance)?;
+        let inside = |ptr: u32, len: u64| addr >= u64::from(ptr) && addr < u64::from(ptr).saturating_add(len);
+        if let Some(t) = mine.tombstones.iter().find(|t| inside(t.guest_ptr, t.len)) {
+            return Some(format!(
+                "access to the shared window of region {} at {addr:#x}, which was revoked",
+                t.region
+            ));
+        }
+        mine.live.values().find(|w| inside(w.guest_ptr, w.len)).map(|w| {
+            let kind = if w.writable { "read-write" } else { "read-only" };
+            format!("fault in the {kind} shared window of region {} at {addr:#x}", w.region.qualified_name())
+        })
+    }
+
+    /// Number of live windows (for leak checks).
+    pub(crate) fn count(&self) -> usize {
+        self.0.lock().instances.values().map(|w| w.live.len()).sum()
+    }
+
+    /// Windows an instance holds, revoked ones not yet unmapped (tombstones) included: what its window
+    /// quota counts.
+    pub(crate) fn windows_of(&self, instance: InstanceId) -> usize {
+        self.0.lock().instances.get(&instance).map_or(0, InstanceWindows::held)
+    }
 }

@@ -111,7 +111,7 @@ impl Drop for Live {
     /// Removing an instance's capabilities twice is a no-op.
     fn drop(&mut self) {
         let ctx = &self.store.data().ctx;
-        if let Err(e) = ctx.core.caps.lock().remove_instance(ctx.instance) {
+        if let Err(e) = ctx.core.remove_instance(ctx.instance) {
             tracing::warn!(instance = %ctx.instance, "{e}");
         }
     }
@@ -550,7 +550,7 @@ impl InstanceCell {
             }
             Err(e) => {
                 // Instantiation failed before the app could hold a capability.
-                let _ = self.core.caps.lock().remove_instance(self.id);
+                let _ = self.core.remove_instance(self.id);
                 match store.data().limiter.last_refusal {
                     Some(q) => Err(Error::Quota(q)),
                     None => Err(InstanceError::Instantiate(format!("{e:#}")).into()),
@@ -568,7 +568,7 @@ impl InstanceCell {
     /// down regardless.
     fn teardown(&self, live: &mut Option<Live>) -> Result<(), Error> {
         // Capabilities (and their windows) go before the store and its memory do.
-        let removed = self.core.caps.lock().remove_instance(self.id);
+        let removed = self.core.remove_instance(self.id);
         drop(live.take());
         Ok(removed?)
     }
@@ -666,7 +666,7 @@ impl InstanceCell {
         if let Some(StopTrap(stop)) = e.downcast_ref::<StopTrap>() {
             let message = match *stop {
                 Stop::Fault { addr } => {
-                    let what = self.core.caps.lock().explain_fault(self.id, addr).unwrap_or_else(|| {
+                    let what = self.core.windows.explain_fault(self.id, addr).unwrap_or_else(|| {
                         format!("fault at wasm address {addr:#x} in a shared window (since unmapped)")
                     });
                     format!(
@@ -790,7 +790,7 @@ impl InstanceCell {
             let hex: String = message[i + MARK.len()..].chars().take_while(char::is_ascii_hexdigit).collect();
             u64::from_str_radix(&hex, 16).ok()
         });
-        match addr.and_then(|a| self.core.caps.lock().explain_fault(self.id, a)) {
+        match addr.and_then(|a| self.core.windows.explain_fault(self.id, a)) {
             Some(what) => format!("{what}: {message}"),
             None => message,
         }

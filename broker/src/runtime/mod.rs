@@ -23,28 +23,13 @@ mod timer;
 use std::fmt;
 use std::time::Duration;
 
+// Defined with the capability space, whose handle tables it names: capabilities sit below the runtime.
+pub use crate::capability::InstanceId;
 pub(crate) use engine::EngineHandle;
 pub(crate) use instance::{EventSink, InstanceCell, InstanceState, StopTrap};
 pub(crate) use pool::WorkerPool;
 pub use priority::WorkerPriority;
 pub(crate) use timer::{TimerKey, Timers};
-
-/// Identifies an instance for the lifetime of a broker (a restart keeps the id).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct InstanceId(pub(crate) u64);
-
-impl InstanceId {
-    /// The raw id.
-    pub fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for InstanceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "instance#{}", self.0)
-    }
-}
 
 /// Per-instance settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
