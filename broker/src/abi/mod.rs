@@ -438,6 +438,17 @@ pub(crate) fn enter(caller: &Ctx<'_>) -> wasmtime::Result<()> {
     }
 }
 
+/// Registers one `broker_v1` import, `$name`, calling `$f(caller, args...)`, with the call counted and
+/// refused for a stopped instance ([`enter`]) and its result as a status code ([`code`]).
+macro_rules! import {
+    ($linker:ident, $name:expr, $f:path, ($($arg:ident: $ty:ty),*)) => {
+        $linker.func_wrap(MODULE, $name, |mut c: Ctx<'_>, $($arg: $ty),*| -> wasmtime::Result<i32> {
+            enter(&c)?;
+            Ok(code($f(&mut c, $($arg),*)))
+        })?;
+    };
+}
+
 /// Registers every import of the core ABI v1 (`broker_v1`); extensions register theirs themselves
 /// (`ext::ui::add_to_linker`).
 ///
@@ -449,118 +460,21 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
         enter(&c)?;
         Ok(Status::Ok.code())
     })?;
-    linker.func_wrap(
-        MODULE,
-        func::REGION_OPEN,
-        |mut c: Ctx<'_>, p: u32, l: u32, out: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(region_open(&mut c, p, l, out)))
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        func::REGION_CREATE,
-        |mut c: Ctx<'_>, p: u32, l: u32, size: i64, mode: u32, out: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(region_create(&mut c, p, l, size, mode, out)))
-        },
-    )?;
-    linker.func_wrap(MODULE, func::HANDLE_CLOSE, |mut c: Ctx<'_>, h: u32| -> wasmtime::Result<i32> {
-        enter(&c)?;
-        Ok(code(handle_close(&mut c, h)))
-    })?;
-    linker.func_wrap(
-        MODULE,
-        func::HANDLE_INFO,
-        |mut c: Ctx<'_>, h: u32, out: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(handle_info(&mut c, h, out)))
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        func::REGION_READ,
-        |mut c: Ctx<'_>, h: u32, off: i64, p: u32, l: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(region_read(&mut c, h, off, p, l)))
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        func::REGION_WRITE,
-        |mut c: Ctx<'_>, h: u32, off: i64, p: u32, l: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(region_write(&mut c, h, off, p, l)))
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        func::HANDLE_RESTRICT,
-        |mut c: Ctx<'_>, h: u32, r: u32, off: i64, len: i64, out: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(handle_restrict(&mut c, h, r, off, len, out)))
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        func::HANDLE_GRANT,
-        |mut c: Ctx<'_>, h: u32, p: u32, l: u32, r: u32, off: i64, len: i64| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(handle_grant(&mut c, h, p, l, r, off, len)))
-        },
-    )?;
-    linker.func_wrap(MODULE, func::HANDLE_REVOKE, |mut c: Ctx<'_>, h: u32| -> wasmtime::Result<i32> {
-        enter(&c)?;
-        Ok(code(handle_revoke(&mut c, h)))
-    })?;
-    linker.func_wrap(
-        MODULE,
-        func::MIRROR_ACQUIRE,
-        |mut c: Ctx<'_>, h: u32, p: u32, l: u32, out: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(mirror_acquire(&mut c, h, p, l, out)))
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        func::MIRROR_REFRESH,
-        |mut c: Ctx<'_>, h: u32, p: u32, l: u32, since: i64, v: u32, n: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(mirror_refresh(&mut c, h, p, l, since, v, n)))
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        func::MIRROR_COMMIT,
-        |mut c: Ctx<'_>, h: u32, p: u32, l: u32, base: i64, v: u32, n: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(mirror_commit(&mut c, h, p, l, base, v, n)))
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        func::MIRROR_HINT,
-        |mut c: Ctx<'_>, h: u32, first: u32, pages: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(mirror_hint(&mut c, h, first, pages)))
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        func::REGION_MAP,
-        |mut c: Ctx<'_>, h: u32, p: u32, l: u32, f: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(region_map(&mut c, h, p, l, f)))
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        func::REGION_UNMAP,
-        |mut c: Ctx<'_>, h: u32, p: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(region_unmap(&mut c, h, p)))
-        },
-    )?;
+    import!(linker, func::REGION_OPEN, region_open, (p: u32, l: u32, out: u32));
+    import!(linker, func::REGION_CREATE, region_create, (p: u32, l: u32, size: i64, mode: u32, out: u32));
+    import!(linker, func::HANDLE_CLOSE, handle_close, (h: u32));
+    import!(linker, func::HANDLE_INFO, handle_info, (h: u32, out: u32));
+    import!(linker, func::REGION_READ, region_read, (h: u32, off: i64, p: u32, l: u32));
+    import!(linker, func::REGION_WRITE, region_write, (h: u32, off: i64, p: u32, l: u32));
+    import!(linker, func::HANDLE_RESTRICT, handle_restrict, (h: u32, r: u32, off: i64, len: i64, out: u32));
+    import!(linker, func::HANDLE_GRANT, handle_grant, (h: u32, p: u32, l: u32, r: u32, off: i64, len: i64));
+    import!(linker, func::HANDLE_REVOKE, handle_revoke, (h: u32));
+    import!(linker, func::MIRROR_ACQUIRE, mirror_acquire, (h: u32, p: u32, l: u32, out: u32));
+    import!(linker, func::MIRROR_REFRESH, mirror_refresh, (h: u32, p: u32, l: u32, since: i64, v: u32, n: u32));
+    import!(linker, func::MIRROR_COMMIT, mirror_commit, (h: u32, p: u32, l: u32, base: i64, v: u32, n: u32));
+    import!(linker, func::MIRROR_HINT, mirror_hint, (h: u32, first: u32, pages: u32));
+    import!(linker, func::REGION_MAP, region_map, (h: u32, p: u32, l: u32, f: u32));
+    import!(linker, func::REGION_UNMAP, region_unmap, (h: u32, p: u32));
     // The one import that blocks: it parks the call without holding a worker (see `wait`).
     linker.func_wrap_async(
         MODULE,
@@ -572,45 +486,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
             })
         },
     )?;
-    linker.func_wrap(
-        MODULE,
-        func::REGION_NOTIFY,
-        |mut c: Ctx<'_>, h: u32, off: i64| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(wait::region_notify(&mut c, h, off)))
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        func::REGION_WATCH,
-        |mut c: Ctx<'_>, h: u32, cb: u32, ud: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(callbacks::region_watch(&mut c, h, cb, ud)))
-        },
-    )?;
-    linker.func_wrap(MODULE, func::REGION_UNWATCH, |mut c: Ctx<'_>, h: u32| -> wasmtime::Result<i32> {
-        enter(&c)?;
-        Ok(code(callbacks::region_unwatch(&mut c, h)))
-    })?;
-    linker.func_wrap(
-        MODULE,
-        func::FN_OPEN,
-        |mut c: Ctx<'_>, p: u32, l: u32, out: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(callbacks::fn_open(&mut c, p, l, out)))
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        func::FN_CALL,
-        |mut c: Ctx<'_>, fh: u32, ap: u32, al: u32, rp: u32, rc: u32, out: u32| -> wasmtime::Result<i32> {
-            enter(&c)?;
-            Ok(code(callbacks::fn_call(&mut c, fh, ap, al, rp, rc, out)))
-        },
-    )?;
-    linker.func_wrap(MODULE, func::FN_CLOSE, |mut c: Ctx<'_>, fh: u32| -> wasmtime::Result<i32> {
-        enter(&c)?;
-        Ok(code(callbacks::fn_close(&mut c, fh)))
-    })?;
+    import!(linker, func::REGION_NOTIFY, wait::region_notify, (h: u32, off: i64));
+    import!(linker, func::REGION_WATCH, callbacks::region_watch, (h: u32, cb: u32, ud: u32));
+    import!(linker, func::REGION_UNWATCH, callbacks::region_unwatch, (h: u32));
+    import!(linker, func::FN_OPEN, callbacks::fn_open, (p: u32, l: u32, out: u32));
+    import!(linker, func::FN_CALL, callbacks::fn_call, (fh: u32, ap: u32, al: u32, rp: u32, rc: u32, out: u32));
+    import!(linker, func::FN_CLOSE, callbacks::fn_close, (fh: u32));
     Ok(())
 }
