@@ -1105,3 +1105,65 @@ fn r15_concurrent_flushes_survive_a_kill_whole() {
         .collect();
     assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
 }
+
+/// A restart that cannot bring an instance back (here: its module imports the UI toolkit and the daemon
+/// runs with `--no-ui`) keeps the grants made to it, for the start that brings it back; creating an
+/// instance under its name in the meantime deletes them, since they were never granted to that one.
+#[test]
+fn r16_grants_of_an_instance_a_restart_cannot_bring_back_are_kept_until_its_name_is_reused() {
+    let dir = StateDir::new("r16-kept-grants");
+    let mut d = Daemon::start(dir.path(), 1);
+    let token = admin_token(dir.path());
+    let admin = Client::connect(&d, &token);
+    rpc!(admin, create_tenant, pb::CreateTenantRequest { name: "acme".into(), quotas: None })
+        .expect("tenant");
+    create_region(&admin, "r", 8192, pb::Backing::Ephemeral);
+    let upload = |c: &Client, name: &str, wasm: &[u8]| {
+        let msg = pb::UploadModuleRequest { tenant: "acme".into(), name: name.into(), wasm: wasm.to_vec() };
+        rpc!(c, upload_module, msg).expect("module");
+    };
+    let start = |c: &Client, module: &str, name: &str| {
+        let msg = pb::StartInstanceRequest {
+            tenant: "acme".into(),
+            module: module.into(),
+            name: name.into(),
+            config: None,
+        };
+        rpc!(c, start_instance, msg).expect("instance");
+    };
+    upload(&admin, "toolkit", broker_guests::CALLBACK_APP_WASM);
+    let grant = |c: &Client, instance: &str| {
+        let msg = pb::GrantRequest {
+            region: region_ref("r"),
+            instance: instance.into(),
+            rights: broker_abi::rights::READ,
+            offset: 0,
+            len: Some(8192),
+        };
+        rpc!(c, grant, msg).expect("grant").grant_id
+    };
+    start(&admin, "toolkit", "reused");
+    start(&admin, "toolkit", "kept");
+    let (to_reused, to_kept) = (grant(&admin, "reused"), grant(&admin, "kept"));
+    assert!(d.stop_with(Signal::TERM).success());
+
+    // Without the toolkit neither instance comes back; one name is taken by a new instance.
+    let mut d = Daemon::start_with(dir.path(), 2, &["--no-ui"]);
+    let admin = Client::connect(&d, &token);
+    let gone = rpc!(admin, get_instance, pb::InstanceRef { tenant: "acme".into(), name: "kept".into() });
+    assert_eq!(gone.expect_err("not restored").code(), tonic::Code::NotFound);
+    upload(&admin, "plain", broker_guests::RUNTIME_MISBEHAVE_WASM);
+    start(&admin, "plain", "reused");
+    assert!(d.stop_with(Signal::TERM).success());
+
+    // With it, the instance that kept its name gets its grant back; the reused name does not.
+    let d = Daemon::start(dir.path(), 3);
+    let admin = Client::connect(&d, &token);
+    let revoke = |id: u64| rpc!(admin, revoke, pb::RevokeRequest { region: region_ref("r"), grant_id: id });
+    revoke(to_kept).expect("the grant to the instance that came back is still there");
+    let stale = revoke(to_reused).expect_err("the grant to the replaced instance was deleted");
+    assert_eq!(stale.code(), tonic::Code::NotFound, "{stale:?}");
+    let reused = rpc!(admin, get_instance, pb::InstanceRef { tenant: "acme".into(), name: "reused".into() })
+        .expect("the new instance");
+    assert_eq!(reused.module, "plain");
+}

@@ -11,7 +11,7 @@
 //! the restore at start-up, the compile slots, and the open watch streams and scenario runs that a
 //! shutdown ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -236,6 +236,10 @@ pub struct ControlPlane {
     /// restart re-applying a grant it read just before, and the store agrees with what is live.
     grant_changes: Mutex<()>,
     next_grant: AtomicU64,
+    /// Stored grants that could not be restored although their region and instance are still stored
+    /// (a module this daemon refused, say), kept for a start that brings them back. Creating a region
+    /// or an instance under one's name deletes it: it was never granted to the new object.
+    kept_grants: Mutex<Vec<(u64, GrantRecord)>>,
     watches: Mutex<WatchRegistry>,
     /// Compilations the daemon runs at once (on the blocking pool, never on the async runtime).
     compiles: Arc<tokio::sync::Semaphore>,
@@ -329,6 +333,7 @@ impl ControlPlane {
             grants: Mutex::new(HashMap::new()),
             grant_changes: Mutex::new(()),
             next_grant: AtomicU64::new(1),
+            kept_grants: Mutex::new(Vec::new()),
             watches: Mutex::new(WatchRegistry::default()),
             compiles: Arc::new(tokio::sync::Semaphore::new(compile_slots())),
             tenant_compiles: Mutex::new(HashMap::new()),
@@ -383,7 +388,12 @@ impl ControlPlane {
                 }
             }
         }
+        // What the store holds, restored or not: a grant is dropped only when what it names is gone
+        // from the store, never because something it names could not come back this time (a module
+        // refused by this daemon's configuration, say), which a later start may bring back.
+        let mut stored = HashSet::new();
         for (key, r) in store.regions()? {
+            stored.insert(("region", key.clone()));
             let Some((t, n)) = split(&key) else { continue };
             let Some(tid) = self.broker.tenant_id(t) else { continue };
             let (Ok(mode), Ok(policy)) = (r.mode.parse(), r.policy.parse()) else { continue };
@@ -403,6 +413,7 @@ impl ControlPlane {
             }
         }
         for (key, r) in store.instances()? {
+            stored.insert(("instance", key.clone()));
             let Some((t, n)) = split(&key) else { continue };
             let Some(tid) = self.broker.tenant_id(t) else { continue };
             let config = InstanceConfig {
@@ -430,19 +441,46 @@ impl ControlPlane {
         self.next_grant.store(max_id + 1, Ordering::Relaxed);
         // A grant whose region, instance or tenant is gone (a region an app created is not stored, so
         // it does not survive a restart) is dropped from the store: kept, it would name whatever is
-        // later created under that name, which was never granted, and no revoke could reach it.
+        // later created under that name, which was never granted, and no revoke could reach it. One
+        // whose region and instance are still stored but could not be restored is kept for the start
+        // that brings them back; until then nothing can be created under their names (the store holds
+        // them), so it names nothing else.
         let mut dropped = Vec::new();
+        let mut kept = Vec::new();
         for (id, g) in grants {
             if let Err(e) = self.apply_grant(id, &g) {
-                tracing::warn!(grant = id, error = %e, "could not restore grant: dropped");
-                dropped.push(id);
+                let region = ("region", format!("{}/{}", g.region_tenant, g.region));
+                let instance = ("instance", format!("{}/{}", g.instance_tenant, g.instance));
+                let known = |t: &str| tenants.iter().any(|(n, _)| n == t);
+                let tenants = known(&g.region_tenant) && known(&g.instance_tenant);
+                if tenants && stored.contains(&region) && stored.contains(&instance) {
+                    tracing::warn!(grant = id, error = %e, "could not restore grant: kept for a later start");
+                    kept.push((id, g));
+                } else {
+                    tracing::warn!(grant = id, error = %e, "could not restore grant: dropped");
+                    dropped.push(id);
+                }
             }
         }
         store.delete_grants(&dropped)?;
+        *self.kept_grants.lock() = kept;
         for (name, t) in &tenants {
             if let Some(tid) = self.broker.tenant_id(name) {
                 self.broker.set_quotas(tid, t.quotas)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Deletes the kept grants (see `kept_grants`) that `names` a new object's name: the record about to
+    /// be written replaces the one they were kept for.
+    fn forget_kept_grants(&self, names: impl Fn(&GrantRecord) -> bool) -> ApiResult<()> {
+        let Some(store) = &self.store else { return Ok(()) };
+        let mut kept = self.kept_grants.lock();
+        let gone: Vec<u64> = kept.iter().filter(|(_, g)| names(g)).map(|(id, _)| *id).collect();
+        if !gone.is_empty() {
+            store.delete_grants(&gone)?;
+            kept.retain(|(id, _)| !gone.contains(id));
         }
         Ok(())
     }
@@ -759,6 +797,7 @@ impl ControlPlane {
                 max_memory_bytes: config.max_memory_bytes,
                 stopped: false,
             };
+            self.forget_kept_grants(|g| g.instance_tenant == tname && g.instance == new.name)?;
             store.put_instance(&store_key(&tname, &new.name), &rec)?;
         }
         self.instance_info(&tname, id)
@@ -912,6 +951,7 @@ impl ControlPlane {
                 persistent: r.persistent,
                 member_rights: members.bits(),
             };
+            self.forget_kept_grants(|g| g.region_tenant == tname && g.region == r.name)?;
             store.put_region(&store_key(&tname, &r.name), &rec)?;
         }
         self.region_info(&tname, id)

@@ -329,7 +329,30 @@ impl Window {
     /// `[at.memory_base + at.guest_ptr, + at.len)` must lie inside the accessible part of the calling
     /// instance's live linear memory, page aligned, and no host code may hold a reference into it; the
     /// caller must drop (revoke or unmap) the window before that memory is freed.
-    unsafe fn map(region: Arc<Region>, at: MapAt) -> std::io::Result<Window> {
+    /// On failure the quota charge comes back with the error, so a charge taken over from a tombstone
+    /// can go back to it.
+    unsafe fn map(region: Arc<Region>, at: MapAt) -> Result<Window, (std::io::Error, Reservation)> {
+        // SAFETY: forwarded; the caller upholds `map`'s contract, which is `map_pages`'.
+        match unsafe { Self::map_pages(&region, &at) } {
+            Ok(host_addr) => Ok(Window {
+                instance: at.instance,
+                guest_ptr: at.guest_ptr,
+                len: at.len,
+                writable: at.writable,
+                host_addr,
+                fence: at.fence,
+                region,
+                charge: at.charge,
+            }),
+            Err(e) => Err((e, at.charge)),
+        }
+    }
+
+    /// Maps the pages of a window and returns the host address they are at.
+    ///
+    /// # Safety
+    /// As for [`Window::map`].
+    unsafe fn map_pages(region: &Region, at: &MapAt) -> std::io::Result<usize> {
         let len = usize_of(at.len)?;
         let host_addr = at
             .memory_base
@@ -359,16 +382,7 @@ impl Window {
         // A window replaces whatever the range was (a fully covered revoked window included).
         guards.set(at.guest_ptr, at.len, (!at.writable).then_some(Guard::ReadOnly));
         drop(guards);
-        Ok(Window {
-            instance: at.instance,
-            guest_ptr: at.guest_ptr,
-            len: at.len,
-            writable: at.writable,
-            host_addr,
-            fence: at.fence,
-            region,
-            charge: at.charge,
-        })
+        Ok(host_addr)
     }
 
     /// Replaces the window with fresh zeroed read-write pages: the guest gets its memory back. The pages
@@ -646,10 +660,11 @@ impl Windows {
         // A window over the instance's own revoked window takes over that tombstone's place in the
         // quota (the tombstone goes once the window is mapped); otherwise it reserves a new one.
         let covered =
-            mine.tombstones.iter_mut().find(|t| overlap(t.guest_ptr, t.len, req.guest_ptr, req.len));
-        let charge = match covered.and_then(Tombstone::take_charge) {
-            Some(c) => c,
-            None => req.tenant.reserve(Resource::Windows, 1)?,
+            mine.tombstones.iter().position(|t| overlap(t.guest_ptr, t.len, req.guest_ptr, req.len));
+        let taken = covered.and_then(|i| Some((i, mine.tombstones.get_mut(i)?.take_charge()?)));
+        let (from_tombstone, charge) = match taken {
+            Some((i, c)) => (Some(i), c),
+            None => (None, req.tenant.reserve(Resource::Windows, 1)?),
         };
         let at = MapAt {
             instance,
@@ -667,7 +682,13 @@ impl Windows {
         // registry with a revocation hook on its capability, and an instance's capabilities are removed
         // (running the hook, which unmaps the window) before its store and memory drop.
         let mapped = unsafe { Window::map(Arc::clone(region), at) };
-        mapped.map_err(|e| ShareError::Os(e.to_string()))
+        mapped.map_err(|(e, charge)| {
+            // The tombstone stays (nothing replaced its pages), so it keeps its place in the quota.
+            if let Some(t) = from_tombstone.and_then(|i| mine.tombstones.get_mut(i)) {
+                t.charge = Some(charge);
+            }
+            ShareError::Os(e.to_string())
+        })
     }
 
     /// Revokes the window mapped through capability `id` of `instance`, if there is one: the
