@@ -4,7 +4,7 @@
 //! shared with every instance; the runtime (engine, worker pool, instance cells) stays in [`Broker`],
 //! so instances never keep the pool alive.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use broker_abi::LEN_TO_END;
@@ -19,10 +19,11 @@ use crate::name::Name;
 use crate::region::{Region, RegionId, RegionInfo, RegionSpec, TrafficStats, WatchFn, WatchId};
 use crate::registry::{name, Core, LoadedModule, ServiceFn};
 use crate::runtime::{
-    EngineHandle, InstanceCell, InstanceConfig, InstanceError, InstanceId, InstanceState, InstanceStatus,
-    WorkerPool,
+    CellParts, EngineHandle, InstanceCell, InstanceConfig, InstanceError, InstanceId, InstanceState,
+    InstanceStatus, WorkerPool,
 };
 use crate::tenant::{Quotas, Resource, Tenant, TenantId, Usage};
+use crate::wasi::InstanceLog;
 
 /// Broker-wide settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,9 +117,19 @@ pub struct Broker {
     linker: Linker<InstanceState>,
     cells: RwLock<HashMap<InstanceId, Arc<InstanceCell>>>,
     pool: WorkerPool,
+    /// WASI's import names and the runtime of its timers: dropped after the pool, whose workers poll
+    /// WASI futures.
+    wasi: WasiHost,
     engine: EngineHandle,
     /// The UI toolkit extension, if the config turned it on.
     ui: Option<Arc<Ui>>,
+}
+
+/// What the broker keeps for WASI (see [`crate::wasi`]).
+struct WasiHost {
+    /// The functions wasmtime-wasi defines under [`crate::wasi::MODULE`].
+    names: HashSet<String>,
+    _context: crate::wasi::AsyncContext,
 }
 
 impl Broker {
@@ -145,13 +156,25 @@ impl Broker {
         let trampolines = config.ui.as_ref().map(UiConfig::pool).transpose()?;
         let engine = EngineHandle::new()?;
         let mut linker = Linker::new(&engine.engine);
-        abi::add_to_linker(&mut linker)
-            .map_err(|e| Error::InvalidArgument { field: "host functions", reason: e.to_string() })?;
-        let pool = WorkerPool::new(config.workers, engine.engine.clone(), config.worker_priority)
-            .map_err(|e| Error::InvalidArgument { field: "workers", reason: e.to_string() })?;
+        let host_functions =
+            |e: wasmtime::Error| Error::InvalidArgument { field: "host functions", reason: e.to_string() };
+        abi::add_to_linker(&mut linker).map_err(host_functions)?;
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, InstanceState::wasi).map_err(host_functions)?;
+        let wasi = WasiHost {
+            names: crate::wasi::names(&engine.engine).map_err(host_functions)?,
+            _context: crate::wasi::AsyncContext::new()
+                .map_err(|e| Error::InvalidArgument { field: "workers", reason: e.to_string() })?,
+        };
+        let pool = WorkerPool::new(
+            config.workers,
+            engine.engine.clone(),
+            config.worker_priority,
+            wasi._context.handle(),
+        )
+        .map_err(|e| Error::InvalidArgument { field: "workers", reason: e.to_string() })?;
         let core = Arc::new(Core::new(Arc::clone(&engine.timers)));
         let ui = trampolines.map(|pool| Ui::install(&mut linker, &core, pool)).transpose()?;
-        Ok(Broker { core, linker, cells: RwLock::new(HashMap::new()), pool, engine, ui })
+        Ok(Broker { core, linker, cells: RwLock::new(HashMap::new()), pool, wasi, engine, ui })
     }
 
     // ----- tenants -----
@@ -359,6 +382,14 @@ impl Broker {
             .linker
             .instantiate_pre(&module)
             .map_err(|e| Error::InvalidModule { name: module_name.to_owned(), reason: format!("{e:#}") })?;
+        let log = if crate::wasi::imports_wasi(&module) {
+            config.wasi.check().map_err(|(field, reason)| Error::InvalidArgument { field, reason })?;
+            let charge = t.reserve(Resource::LogBytes, config.wasi.log_bytes)?;
+            let capacity = usize::try_from(config.wasi.log_bytes).unwrap_or(usize::MAX);
+            Some(InstanceLog::new(t.name().as_str(), inn.as_str(), capacity, charge))
+        } else {
+            None
+        };
         let slot = t.reserve(Resource::Instances, 1)?;
         let id = InstanceId(self.core.fresh_id());
         {
@@ -370,11 +401,18 @@ impl Broker {
             reg.instance_names.insert(key, id);
         }
         let (core, pool) = (Arc::clone(&self.core), self.pool.handle());
-        let cell = if run {
-            InstanceCell::start(id, inn.clone(), Arc::clone(&t), mn, config, pre, core, pool)
-        } else {
-            Ok(InstanceCell::stopped(id, inn.clone(), Arc::clone(&t), mn, config, pre, core, pool))
+        let parts = CellParts {
+            id,
+            name: inn.clone(),
+            tenant: Arc::clone(&t),
+            module: mn,
+            config,
+            pre,
+            core,
+            pool,
+            log,
         };
+        let cell = if run { InstanceCell::start(parts) } else { Ok(InstanceCell::stopped(parts)) };
         match cell {
             Ok(cell) => {
                 self.cells.write().insert(id, cell);
@@ -388,6 +426,14 @@ impl Broker {
                 Err(e)
             }
         }
+    }
+
+    /// The output of a WASI app (`None` for an instance of another module): read it, or follow it.
+    ///
+    /// # Errors
+    /// [`Error::InstanceNotFound`].
+    pub fn instance_log(&self, instance: InstanceId) -> Result<Option<Arc<InstanceLog>>, Error> {
+        Ok(self.cell(instance)?.log())
     }
 
     fn cell(&self, id: InstanceId) -> Result<Arc<InstanceCell>, Error> {
@@ -875,6 +921,7 @@ impl Broker {
         match module {
             broker_abi::MODULE => broker_abi::func::ALL.contains(&name),
             broker_abi::UI_MODULE => self.ui.is_some() && broker_abi::ui_func::ALL.contains(&name),
+            crate::wasi::MODULE => self.wasi.names.contains(name),
             _ => false,
         }
     }

@@ -40,6 +40,7 @@ pub mod region;
 mod registry;
 pub mod runtime;
 pub mod tenant;
+pub mod wasi;
 
 pub use crate::broker::{Broker, BrokerConfig, GrantId, InstanceInfo, ModuleInfo, TenantInfo};
 pub use crate::capability::{CapError, Handle, Rights};

@@ -295,6 +295,27 @@ enum InstanceVerb {
         /// Cap on linear memory, in bytes.
         #[arg(long)]
         max_memory: Option<u64>,
+        /// A WASI app's argument (repeat for each; by convention the first is the program's name).
+        #[arg(long = "arg", value_name = "ARG")]
+        args: Vec<String>,
+        /// A WASI app's environment variable, NAME=value (repeat for each).
+        #[arg(long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// A WASI app's log ring (the output `instance logs` shows), e.g. 256KiB; default 64KiB.
+        #[arg(long, value_parser = |s: &str| broker::region::parse_size(s).map_err(|e| e.to_string()))]
+        log_bytes: Option<u64>,
+    },
+    /// Show what a WASI app printed (stdout and stderr, the last --log-bytes of it kept by the daemon);
+    /// with -f, keep following new lines until interrupted. Lines on stderr are marked `stderr| `.
+    Logs {
+        /// The instance.
+        name: String,
+        /// Keep the stream open and print lines as the app writes them.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines kept.
+        #[arg(long, value_name = "N")]
+        tail: Option<u32>,
     },
     /// Call an exported function: arguments as `i32:5`, `i64:-1`, `f32:1.5`, `f64:2` (plain numbers are i32).
     Call {
@@ -923,10 +944,13 @@ async fn instance(verb: InstanceVerb, conn: &Conn, out: &mut dyn Write) -> Resul
     let tenant = conn.tenant.clone();
     let r = |name: String| pb::InstanceRef { tenant: tenant.clone(), name };
     let instances = match verb {
-        InstanceVerb::Start { name, module, timeout_ms, max_memory } => {
+        InstanceVerb::Start { name, module, timeout_ms, max_memory, args, env, log_bytes } => {
             let config = pb::InstanceConfig {
                 call_timeout_ms: timeout_ms.unwrap_or(0),
                 max_memory_bytes: max_memory.unwrap_or(0),
+                args,
+                env,
+                log_bytes: log_bytes.unwrap_or(0),
             };
             vec![c
                 .start_instance(req(
@@ -950,6 +974,36 @@ async fn instance(verb: InstanceVerb, conn: &Conn, out: &mut dyn Write) -> Resul
             let value = Json::Array(res.results.iter().map(value_json).collect());
             let shown: Vec<String> = res.results.iter().map(|v| value_json(v).to_string()).collect();
             return print(out, conn, &value, &[vec!["RESULTS".into()], vec![shown.join(" ")]]);
+        }
+        InstanceVerb::Logs { name, follow, tail } => {
+            let request =
+                pb::InstanceLogsRequest { instance: Some(r(name)), follow, tail: tail.unwrap_or(0) };
+            let mut stream = c
+                .instance_logs(req(conn, request)?)
+                .await
+                .map_err(|s| rpc_error("instance logs", s))?
+                .into_inner();
+            let io = |e: std::io::Error| CliError::Local(format!("cannot write output: {e}"));
+            while let Some(l) = stream.message().await.map_err(|s| rpc_error("instance logs", s))? {
+                let stderr = l.stream == i32::from(pb::LogStream::Stderr);
+                let text = String::from_utf8_lossy(&l.text);
+                if conn.json {
+                    let stream = if stderr { "stderr" } else { "stdout" };
+                    let value =
+                        json!({"seq": l.seq, "stream": stream, "text": text, "cut": l.cut, "lost": l.lost});
+                    writeln!(out, "{value}").map_err(io)?;
+                } else {
+                    if l.lost > 0 {
+                        writeln!(out, "... {} lines overwritten before they were read", l.lost)
+                            .map_err(io)?;
+                    }
+                    let mark = if stderr { "stderr| " } else { "" };
+                    let cont = if l.cut { " \\" } else { "" };
+                    writeln!(out, "{mark}{text}{cont}").map_err(io)?;
+                }
+                out.flush().map_err(io)?;
+            }
+            return Ok(());
         }
         InstanceVerb::Stop { name } => {
             c.stop_instance(req(conn, r(name.clone()))?).await.map_err(|s| rpc_error("instance stop", s))?;

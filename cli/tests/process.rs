@@ -702,7 +702,7 @@ fn r14_a_spinning_tenant_cannot_starve_another_through_the_daemon() {
     };
     rpc!(evil, create_region, region).expect("region");
     let start = |c: &Client, name: &str, timeout_ms| {
-        let config = Some(pb::InstanceConfig { call_timeout_ms: timeout_ms, max_memory_bytes: 0 });
+        let config = Some(pb::InstanceConfig { call_timeout_ms: timeout_ms, ..Default::default() });
         let msg =
             pb::StartInstanceRequest { tenant: String::new(), module: "m".into(), name: name.into(), config };
         rpc!(c, start_instance, msg).expect("start");

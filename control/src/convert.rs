@@ -11,7 +11,7 @@ use broker_proto::pb;
 use tonic::Status;
 
 use super::plane::{
-    rights_field, InstanceStats, NewGrant, NewInstance, NewRegion, Owned, RegionBytes, RegionEvent,
+    rights_field, InstanceStats, LogEntry, NewGrant, NewInstance, NewRegion, Owned, RegionBytes, RegionEvent,
     RegionRef, RegionStats, ScenarioProgress, ScenarioRequest, TenantStats,
 };
 use super::status::{ApiError, ApiResult};
@@ -46,6 +46,7 @@ pub fn quotas_from(q: &pb::Quotas) -> Quotas {
         max_workers: q.max_workers.unwrap_or(0),
         watches: q.watches.unwrap_or(Quotas::DEFAULT_WATCHES),
         cpu_shares: q.cpu_shares.unwrap_or(Quotas::DEFAULT_CPU_SHARES),
+        log_bytes: q.log_bytes.unwrap_or(Quotas::DEFAULT_LOG_BYTES),
     }
 }
 
@@ -67,6 +68,7 @@ pub fn quotas_to(q: &Quotas) -> pb::Quotas {
         max_workers: Some(q.max_workers),
         watches: Some(q.watches),
         cpu_shares: Some(q.cpu_shares),
+        log_bytes: Some(q.log_bytes),
     }
 }
 
@@ -84,6 +86,7 @@ pub(crate) fn usage_to(u: &Usage) -> pb::Usage {
         trampolines: u.trampolines,
         watches: u.watches,
         events: u.events,
+        log_bytes: u.log_bytes,
     }
 }
 
@@ -136,13 +139,16 @@ pub(crate) fn persistent_from(raw: i32) -> Result<bool, ApiError> {
 
 /// The instance a `StartInstance` request asks for: a 0 limit, or no `config`, is the broker's default.
 pub(crate) fn new_instance(r: &pb::StartInstanceRequest) -> NewInstance {
-    let (call_timeout_ms, max_memory_bytes) =
-        r.config.as_ref().map_or((0, 0), |c| (c.call_timeout_ms, c.max_memory_bytes));
+    let (call_timeout_ms, max_memory_bytes, log_bytes) =
+        r.config.as_ref().map_or((0, 0, 0), |c| (c.call_timeout_ms, c.max_memory_bytes, c.log_bytes));
     NewInstance {
         module: r.module.clone(),
         name: r.name.clone(),
         call_timeout: (call_timeout_ms > 0).then(|| Duration::from_millis(call_timeout_ms)),
         max_memory_bytes: (max_memory_bytes > 0).then_some(max_memory_bytes),
+        args: r.config.as_ref().map(|c| c.args.clone()).unwrap_or_default(),
+        env: r.config.as_ref().map(|c| c.env.clone()).unwrap_or_default(),
+        log_bytes: (log_bytes > 0).then_some(log_bytes),
     }
 }
 
@@ -337,6 +343,21 @@ pub(crate) fn event_to(e: RegionEvent) -> Result<pb::RegionEvent, Status> {
         offset: e.offset,
         len: e.len,
         missed: e.missed,
+    })
+}
+
+/// A log stream's item.
+pub(crate) fn log_line_to(e: LogEntry) -> Result<pb::LogLine, Status> {
+    let stream = match e.line.stream {
+        broker::wasi::LogStream::Stdout => pb::LogStream::Stdout,
+        broker::wasi::LogStream::Stderr => pb::LogStream::Stderr,
+    };
+    Ok(pb::LogLine {
+        seq: e.line.seq,
+        stream: stream.into(),
+        text: e.line.text,
+        cut: e.line.cut,
+        lost: e.lost,
     })
 }
 

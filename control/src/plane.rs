@@ -28,9 +28,10 @@ use super::status::{ApiError, ApiResult};
 use super::store::{GrantRecord, InstanceRecord, RegionRecord, Store, TenantRecord};
 use broker::mode::ConflictPolicy;
 use broker::region::{Change, WatchId};
+use broker::wasi::{InstanceLog, LogLine, WasiConfig};
 use broker::{
-    Backing, Broker, Error, GrantId, InstanceConfig, InstanceId, InstanceInfo, Mode, ModuleInfo, Quotas,
-    RegionId, RegionInfo, RegionSpec, Rights, TenantId, TenantInfo, TrafficStats, Val,
+    Backing, Broker, Error, GrantId, InstanceConfig, InstanceError, InstanceId, InstanceInfo, Mode,
+    ModuleInfo, Quotas, RegionId, RegionInfo, RegionSpec, Rights, TenantId, TenantInfo, TrafficStats, Val,
 };
 
 /// The longest region read the API serves in one message.
@@ -96,6 +97,12 @@ pub struct NewInstance {
     pub call_timeout: Option<Duration>,
     /// The cap on its linear memory, in bytes.
     pub max_memory_bytes: Option<u64>,
+    /// A WASI app's arguments.
+    pub args: Vec<String>,
+    /// A WASI app's environment, as `NAME=value`.
+    pub env: Vec<String>,
+    /// A WASI app's log ring in bytes.
+    pub log_bytes: Option<u64>,
 }
 
 /// A grant to make on a region.
@@ -274,6 +281,8 @@ pub(crate) async fn on_blocking_pool<T: Send + 'static>(
 struct WatchRegistry {
     open: HashMap<WatchId, RegionId>,
     closed: bool,
+    /// Set at shutdown: ends the log streams that follow an instance's output.
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
     /// Scenario runs streaming to clients, by a run number; shutdown cancels them.
     scenarios: HashMap<u64, broker_scenario::Cancel>,
     next_scenario: u64,
@@ -419,6 +428,7 @@ impl ControlPlane {
             let config = InstanceConfig {
                 call_timeout: Duration::from_millis(r.call_timeout_ms),
                 max_memory_bytes: r.max_memory_bytes,
+                wasi: WasiConfig { args: r.args, env: r.env, log_bytes: r.log_bytes },
             };
             // A stopped instance comes back stopped: registered (its name taken, its grants kept for
             // when it restarts), not run.
@@ -610,6 +620,9 @@ impl ControlPlane {
         let open = {
             let mut w = self.watches.lock();
             w.closed = true;
+            if let Some(shutdown) = &w.shutdown {
+                shutdown.send_replace(true);
+            }
             for cancel in w.scenarios.values() {
                 cancel.cancel();
             }
@@ -789,6 +802,7 @@ impl ControlPlane {
         if let Some(bytes) = new.max_memory_bytes {
             config.max_memory_bytes = bytes;
         }
+        config.wasi = wasi_config(new)?;
         let id = self.broker.start_instance(tid, &new.module, &new.name, config.clone())?;
         if let Some(store) = &self.store {
             let rec = InstanceRecord {
@@ -796,6 +810,9 @@ impl ControlPlane {
                 call_timeout_ms: u64::try_from(config.call_timeout.as_millis()).unwrap_or(u64::MAX),
                 max_memory_bytes: config.max_memory_bytes,
                 stopped: false,
+                args: config.wasi.args.clone(),
+                env: config.wasi.env.clone(),
+                log_bytes: config.wasi.log_bytes,
             };
             self.forget_kept_grants(|g| g.instance_tenant == tname && g.instance == new.name)?;
             store.put_instance(&store_key(&tname, &new.name), &rec)?;
@@ -822,13 +839,19 @@ impl ControlPlane {
         A: TryInto<Vec<Val>>,
         A::Error: Into<ApiError>,
     {
-        let (tid, _) = self.scope(who, tenant)?;
+        let (tid, tname) = self.scope(who, tenant)?;
         let id = self.instance_id(tid, "instance", instance)?;
         if export.is_empty() {
             return Err(ApiError::MissingField("export"));
         }
         let args = args.try_into().map_err(Into::into)?;
-        Ok(self.broker.call(id, export, &args)?)
+        let called = self.broker.call(id, export, &args);
+        // A WASI app that exited stopped itself: recorded like a stop, so a daemon restart keeps it
+        // stopped.
+        if let (Err(Error::Instance(InstanceError::Exited { .. })), Some(store)) = (&called, &self.store) {
+            store.set_instance_stopped(&store_key(&tname, instance), true)?;
+        }
+        Ok(called?)
     }
 
     /// Stops an instance and records it stopped; its API grants are kept for when it restarts. Stopped
@@ -900,6 +923,39 @@ impl ControlPlane {
         let (tid, tname) = self.scope(who, tenant)?;
         let id = self.instance_id(tid, "name", name)?;
         self.instance_info(&tname, id)
+    }
+
+    /// A WASI app's output: the lines its log ring holds (the last `tail` of them if `tail > 0`),
+    /// then, if `follow`, each line as it is written, until the reader goes, the instance is deleted
+    /// or the daemon shuts down. Runs on the async runtime (it only reads the ring and waits).
+    ///
+    /// # Errors
+    /// The scope's refusals; InvalidArgument naming `instance.name`; NotFound; FailedPrecondition if
+    /// the instance is not a WASI app; Unavailable once shutdown began.
+    pub fn instance_logs(
+        &self,
+        who: &Identity,
+        tenant: &str,
+        name: &str,
+        follow: bool,
+        tail: u32,
+    ) -> ApiResult<LogLines> {
+        let (tid, _) = self.scope(who, tenant)?;
+        let id = self.instance_id(tid, "instance.name", name)?;
+        let log = self.broker.instance_log(id)?.ok_or_else(|| {
+            ApiError::Precondition(format!("instance {name} is not a WASI app: it has no output to show"))
+        })?;
+        let shutdown = {
+            let mut w = self.watches.lock();
+            if w.closed {
+                return Err(ApiError::ShuttingDown);
+            }
+            w.shutdown.get_or_insert_with(|| tokio::sync::watch::channel(false).0).subscribe()
+        };
+        let from = log.next_seq().saturating_sub(u64::from(tail));
+        let (tx, lines) = mpsc::channel(LOG_QUEUE);
+        tokio::spawn(stream_log(log, if tail == 0 { 0 } else { from }, follow, tx, shutdown));
+        Ok(LogLines { lines })
     }
 
     /// A tenant's instances.
@@ -1287,6 +1343,102 @@ impl Drop for Watch {
     fn drop(&mut self) {
         self.plane.watches.lock().open.remove(&self.watch);
         self.plane.broker.unwatch_region(self.region, self.watch);
+    }
+}
+
+/// The WASI settings of an instance to start, checked.
+fn wasi_config(new: &NewInstance) -> ApiResult<WasiConfig> {
+    let mut env = Vec::with_capacity(new.env.len());
+    for e in &new.env {
+        let Some((k, v)) = e.split_once('=') else {
+            return Err(ApiError::InvalidField {
+                field: "config.env",
+                reason: format!("{e:?} is not NAME=value"),
+            });
+        };
+        env.push((k.to_owned(), v.to_owned()));
+    }
+    let config = WasiConfig {
+        args: new.args.clone(),
+        env,
+        log_bytes: new.log_bytes.unwrap_or(broker::wasi::DEFAULT_LOG_BYTES),
+    };
+    config.check().map_err(|(field, reason)| {
+        let field = match field {
+            "log_bytes" => "config.log_bytes",
+            "env" => "config.env",
+            _ => "config.args",
+        };
+        ApiError::InvalidField { field, reason }
+    })?;
+    Ok(config)
+}
+
+/// Lines a log stream sends ahead of a slow reader.
+const LOG_QUEUE: usize = 256;
+
+/// The lines of an instance's output, as [`ControlPlane::instance_logs`] streams them.
+pub struct LogLines {
+    lines: mpsc::Receiver<LogEntry>,
+}
+
+/// A line of an instance's output, and how many lines before it were lost to the ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// The line.
+    pub line: LogLine,
+    /// Lines before it the ring no longer held when the stream reached them.
+    pub lost: u64,
+}
+
+impl Stream for LogLines {
+    type Item = LogEntry;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<LogEntry>> {
+        self.lines.poll_recv(cx)
+    }
+}
+
+/// Sends `log`'s lines from `seq` on into `tx`, then (if `follow`) each new one, until the reader
+/// goes, the log goes (its instance was deleted) or `shutdown` is set. A line the ring dropped before
+/// it was sent is counted in the next line's `lost`.
+async fn stream_log(
+    mut log: Arc<InstanceLog>,
+    mut seq: u64,
+    follow: bool,
+    tx: mpsc::Sender<LogEntry>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut changed = log.follow();
+    loop {
+        // Marked seen before reading, so a line written after the read wakes the wait below.
+        changed.borrow_and_update();
+        let read = log.read(seq, LOG_QUEUE);
+        let mut lost = read.lost;
+        seq = read.next;
+        let caught_up = read.lines.is_empty();
+        for line in read.lines {
+            if tx.send(LogEntry { line, lost: std::mem::take(&mut lost) }).await.is_err() {
+                return;
+            }
+        }
+        if !caught_up {
+            continue;
+        }
+        if !follow || *shutdown.borrow() {
+            return;
+        }
+        // The log holds only a weak reference from here on: a deleted instance's log goes, and with it
+        // the sender `changed` waits on.
+        let weak = Arc::downgrade(&log);
+        drop(log);
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return },
+            _ = shutdown.changed() => return,
+            () = tx.closed() => return,
+        }
+        let Some(again) = weak.upgrade() else { return };
+        log = again;
     }
 }
 

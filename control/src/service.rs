@@ -22,7 +22,9 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{AuthInterceptor, Identity};
 use super::convert::{self, region_ref, required};
-use super::plane::{self, ControlPlane, RegionEvent, ScenarioProgress, ScenarioRun, Watch};
+use super::plane::{
+    self, ControlPlane, LogEntry, LogLines, RegionEvent, ScenarioProgress, ScenarioRun, Watch,
+};
 use super::status::{ApiError, ApiResult};
 
 /// The `broker.v1.Broker` service as the daemon serves it: behind the authentication interceptor.
@@ -31,6 +33,9 @@ pub type AuthenticatedBroker = InterceptedService<BrokerServer<ControlService>, 
 /// The server stream of `WatchRegion`: the plane's [`Watch`], each change as a message. Dropping it
 /// (the client went away) unregisters the watcher.
 pub type WatchStream = Map<Watch, fn(RegionEvent) -> Result<pb::RegionEvent, Status>>;
+
+/// The server stream of `InstanceLogs`: the plane's [`LogLines`], each line as a message.
+pub type LogStream = Map<LogLines, fn(LogEntry) -> Result<pb::LogLine, Status>>;
 
 /// The server stream of `RunScenario`: progress messages, then the report.
 pub type ScenarioStream =
@@ -292,6 +297,19 @@ impl pb::broker_server::Broker for ControlService {
             Ok(pb::FlushRegionResponse { persistent: p.flush_region(who, region_ref(&r))? })
         })
         .await
+    }
+
+    type InstanceLogsStream = LogStream;
+
+    async fn instance_logs(
+        &self,
+        req: Request<pb::InstanceLogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
+        self.unary(req, |p, who, r| {
+            let i = required("instance", r.instance)?;
+            let to_message: fn(LogEntry) -> Result<pb::LogLine, Status> = convert::log_line_to;
+            Ok(p.instance_logs(who, &i.tenant, &i.name, r.follow, r.tail)?.map(to_message))
+        })
     }
 
     type WatchRegionStream = WatchStream;

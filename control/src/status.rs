@@ -93,9 +93,10 @@ fn code_of(e: &Error) -> Code {
             InstanceError::NotRunning { .. } => Code::FailedPrecondition,
             InstanceError::NoSuchExport(_) => Code::NotFound,
             InstanceError::BadArguments { .. } | InstanceError::Instantiate(_) => Code::InvalidArgument,
-            InstanceError::Trapped { .. } | InstanceError::Interrupted { .. } | InstanceError::Killed => {
-                Code::Aborted
-            }
+            InstanceError::Trapped { .. }
+            | InstanceError::Interrupted { .. }
+            | InstanceError::Killed
+            | InstanceError::Exited { .. } => Code::Aborted,
             InstanceError::ShuttingDown => Code::Unavailable,
         },
     }

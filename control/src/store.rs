@@ -87,6 +87,8 @@ impl From<StoredTenant> for TenantRecord {
                     max_workers: t.max_workers,
                     watches: t.watches,
                     cpu_shares: t.cpu_shares,
+                    // Those versions had no WASI output.
+                    log_bytes: broker::Quotas::DEFAULT_LOG_BYTES,
                 };
                 TenantRecord { quotas, tokens: t.tokens }
             }
@@ -182,6 +184,23 @@ pub struct InstanceRecord {
     /// before stopped instances were kept have no such field and load as running.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopped: bool,
+    /// A WASI app's arguments (none in records written before WASI).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// A WASI app's environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+    /// A WASI app's log ring in bytes (the default in records written before WASI).
+    #[serde(default = "default_log_bytes", skip_serializing_if = "is_default_log_bytes")]
+    pub log_bytes: u64,
+}
+
+fn default_log_bytes() -> u64 {
+    broker::wasi::DEFAULT_LOG_BYTES
+}
+
+fn is_default_log_bytes(n: &u64) -> bool {
+    *n == broker::wasi::DEFAULT_LOG_BYTES
 }
 
 /// A grant made through the API, re-applied when the daemon starts.
@@ -506,6 +525,8 @@ mod tests {
         let record: InstanceRecord = parse(old).expect("an old record loads");
         assert!(!record.stopped);
         assert_eq!(record.module, "app");
+        assert_eq!((record.args.len(), record.env.len()), (0, 0), "no WASI arguments or environment");
+        assert_eq!(record.log_bytes, broker::wasi::DEFAULT_LOG_BYTES);
         // A running instance's record is written as before, so an older daemon reads it too.
         assert_eq!(json(&record).expect("encode"), old);
     }
@@ -516,8 +537,15 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
         let store = Store::open(&dir).expect("store");
-        let running =
-            InstanceRecord { module: "app".into(), call_timeout_ms: 7, max_memory_bytes: 8, stopped: false };
+        let running = InstanceRecord {
+            module: "app".into(),
+            call_timeout_ms: 7,
+            max_memory_bytes: 8,
+            stopped: false,
+            args: vec!["app".into()],
+            env: vec![("K".into(), "v".into())],
+            log_bytes: 9000,
+        };
         store.put_instance("t/i", &running).expect("put");
         store.set_instance_stopped("t/i", true).expect("stop");
         store.set_instance_stopped("t/ghost", true).expect("a missing record is a no-op");

@@ -2,7 +2,8 @@
 ;;
 ;; It maps shared windows through the raw imports and runs single wasm instructions at addresses the host
 ;; chooses, including inside read-only, read-write and revoked windows: plain loads and stores, SIMD,
-;; `memory.fill`/`memory.copy`/`memory.init` (which wasmtime runs as host-side helpers), and atomics.
+;; `memory.fill`/`memory.copy`/`memory.init` (which wasmtime runs as host-side helpers), atomics, and
+;; WASI calls that write where the guest points (wasmtime-wasi's host code writing into a window).
 ;; Tests and the instruction-level fuzzer (`tests/src/fuzz.rs`) drive it.
 (module
   (import "broker_v1" "region_open" (func $region_open (param i32 i32 i32) (result i32)))
@@ -12,6 +13,8 @@
   (import "broker_v1" "region_write" (func $region_write (param i32 i64 i32 i32) (result i32)))
   (import "broker_v1" "handle_close" (func $handle_close (param i32) (result i32)))
   (import "broker_v1" "nop" (func $nop (result i32)))
+  (import "wasi_snapshot_preview1" "random_get" (func $random_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock_time_get (param i32 i64 i32) (result i32)))
 
   ;; 4 MiB; windows go at addresses the host picks (page aligned, above 1 MiB by convention).
   (memory (export "memory") 64)
@@ -48,11 +51,12 @@
   ;;  4 memory.copy b <- a  5 memory.init a (seg+b&127), n&127             6 i32.atomic.rmw.add a b
   ;;  7 memory.atomic.notify a       8 memory.atomic.wait32 a b (0 ns)      9 v128.store a (splat b)
   ;; 10 i32.store8 a b     11 i64.atomic.load a    12 nop host call        13 i32.atomic.store a b
+  ;; 14 WASI random_get a n (n bytes at a)          15 WASI clock_time_get (8 bytes at a)
   (func $op (export "op") (param $kind i32) (param $a i32) (param $b i32) (param $n i32) (result i32)
     (block $done (result i32)
-      (block $k13 (block $k12 (block $k11 (block $k10 (block $k9 (block $k8 (block $k7
+      (block $k15 (block $k14 (block $k13 (block $k12 (block $k11 (block $k10 (block $k9 (block $k8 (block $k7
       (block $k6 (block $k5 (block $k4 (block $k3 (block $k2 (block $k1 (block $k0
-        (br_table $k0 $k1 $k2 $k3 $k4 $k5 $k6 $k7 $k8 $k9 $k10 $k11 $k12 $k13 (local.get $kind)))
+        (br_table $k0 $k1 $k2 $k3 $k4 $k5 $k6 $k7 $k8 $k9 $k10 $k11 $k12 $k13 $k14 $k15 (local.get $kind)))
         (br $done (i32.load (local.get $a))))
         (i32.store (local.get $a) (local.get $b)) (br $done (i32.const 0)))
         (memory.fill (local.get $a) (local.get $b) (local.get $n)) (br $done (i32.const 0)))
@@ -69,6 +73,8 @@
         (br $done (i32.wrap_i64 (i64.atomic.load (local.get $a)))))
         (br $done (call $nop)))
         (i32.atomic.store (local.get $a) (local.get $b)) (br $done (i32.const 0)))
+        (br $done (call $random_get (local.get $a) (local.get $n))))
+        (br $done (call $clock_time_get (i32.const 0) (i64.const 0) (local.get $a))))
     ;; (Unknown kinds take br_table's default, the last case.)
   )
 

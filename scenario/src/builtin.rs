@@ -12,6 +12,7 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ("ui-toolkit", include_str!("../../scenarios/ui-toolkit.toml")),
     ("mixed-trust", include_str!("../../scenarios/mixed-trust.toml")),
     ("noisy-neighbor", include_str!("../../scenarios/noisy-neighbor.toml")),
+    ("wasi-app", include_str!("../../scenarios/wasi-app.toml")),
 ];
 
 /// The scenario `broker scenario run` uses when none is named.

@@ -4,8 +4,8 @@
 //! [`spec`] turns a TOML file into a validated [`Scenario`] (every error names the file, line and
 //! field); [`run()`] builds a fresh broker per mode, runs the phases and evaluates the checks against
 //! results the host computes itself ([`expect`]); [`report`] renders the figures as a table, JSON and an
-//! SVG chart. [`builtin`] embeds the five scenarios of `scenarios/`: sensor-hub, ui-toolkit, pipeline,
-//! mixed-trust and noisy-neighbor.
+//! SVG chart. [`builtin`] embeds the six scenarios of `scenarios/`: sensor-hub, ui-toolkit, pipeline,
+//! mixed-trust, noisy-neighbor and wasi-app.
 
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
@@ -34,6 +34,7 @@ pub static GUESTS: &[(&str, &[u8])] = &[
     ("scenario_nanoapp", broker_guests::SCENARIO_NANOAPP_WASM),
     ("scenario_pipeline", broker_guests::SCENARIO_PIPELINE_WASM),
     ("scenario_widgets", broker_guests::SCENARIO_WIDGETS_WASM),
+    ("wasi_std_app", broker_guests::WASI_STD_APP_WASM),
 ];
 
 /// The embedded bytes of the guest a scenario names, if it is one of [`GUESTS`].

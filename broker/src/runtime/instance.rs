@@ -78,9 +78,17 @@ pub(crate) struct InstanceState {
     credit: Arc<AtomicU64>,
     /// Says whether other work waits for a worker, so a long call yields its own.
     pool: PoolHandle,
+    /// A WASI app's context (see [`crate::wasi`]); `None` for other modules, which never reach it.
+    wasi: Option<wasmtime_wasi::p1::WasiP1Ctx>,
 }
 
 impl InstanceState {
+    /// The WASI context, for wasmtime-wasi's host functions. Only a WASI app calls them, and it has
+    /// one from its instantiation; anything else gets an empty context rather than a panic.
+    pub(crate) fn wasi(&mut self) -> &mut wasmtime_wasi::p1::WasiP1Ctx {
+        self.wasi.get_or_insert_with(|| crate::wasi::context(&crate::wasi::WasiConfig::default(), None))
+    }
+
     /// Whether the current call must end: the host interrupted it or its budget ran out.
     pub(crate) fn interrupted(&self) -> bool {
         self.kill.load(Ordering::Acquire) || Instant::now() >= self.call_deadline()
@@ -117,6 +125,20 @@ impl Drop for Live {
     }
 }
 
+/// What a new instance cell is made of (see [`InstanceCell::start`] and [`InstanceCell::stopped`]).
+pub(crate) struct CellParts {
+    pub(crate) id: InstanceId,
+    pub(crate) name: Name,
+    pub(crate) tenant: Arc<Tenant>,
+    pub(crate) module: Name,
+    pub(crate) config: InstanceConfig,
+    pub(crate) pre: InstancePre<InstanceState>,
+    pub(crate) core: Arc<Core>,
+    pub(crate) pool: PoolHandle,
+    /// A WASI app's log, its ring already charged to the tenant.
+    pub(crate) log: Option<Arc<crate::wasi::InstanceLog>>,
+}
+
 /// An instance as the broker and the pool see it.
 pub(crate) struct InstanceCell {
     pub(crate) id: InstanceId,
@@ -142,6 +164,8 @@ pub(crate) struct InstanceCell {
     lifecycle: Mutex<bool>,
     /// Bytes and pages this instance moved, across restarts.
     pub(crate) traffic: Arc<Traffic>,
+    /// A WASI app's output, across restarts; `None` for other modules.
+    log: Option<Arc<crate::wasi::InstanceLog>>,
     /// Events waiting for delivery to the app's callbacks.
     events: EventQueue,
     /// Events that could not be delivered (instance trapped, stopped, or callback gone).
@@ -226,6 +250,51 @@ impl Runnable for InstanceCell {
     }
 }
 
+/// See [`InstanceCell::budgeted`].
+struct Budgeted<'a, F> {
+    call: Pin<&'a mut F>,
+    kill: &'a AtomicBool,
+    credit: &'a AtomicU64,
+    deadline: Instant,
+    timers: &'a super::Timers,
+    /// The timer set at the deadline while the call is pending, and when it fires.
+    timer: Option<(super::TimerKey, Instant)>,
+}
+
+impl<T, F: Future<Output = wasmtime::Result<T>>> Future for Budgeted<'_, F> {
+    type Output = wasmtime::Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let credit = Duration::from_nanos(self.credit.load(Ordering::Relaxed));
+        let due = self.deadline.checked_add(credit).unwrap_or(self.deadline);
+        if self.kill.load(Ordering::Acquire) || Instant::now() >= due {
+            // Dropping the call (with this future) unwinds its fiber: the wasm traps.
+            return Poll::Ready(Err(wasmtime::Error::new(Trap::Interrupt)));
+        }
+        match self.call.as_mut().poll(cx) {
+            Poll::Ready(r) => Poll::Ready(r),
+            Poll::Pending => {
+                if self.timer.is_none_or(|(_, at)| at != due) {
+                    if let Some((key, _)) = self.timer.take() {
+                        self.timers.cancel(key);
+                    }
+                    let key = self.timers.set(due, cx.waker().clone());
+                    self.timer = Some((key, due));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<F> Drop for Budgeted<'_, F> {
+    fn drop(&mut self) {
+        if let Some((key, _)) = self.timer.take() {
+            self.timers.cancel(key);
+        }
+    }
+}
+
 /// The waker of an instance's jobs. Weak, so a waker left in a timer or a region's waiter list does
 /// not keep a stopped instance alive.
 struct CellWaker(Weak<InstanceCell>);
@@ -249,18 +318,8 @@ impl InstanceCell {
     /// # Errors
     /// [`Error::Quota`] if the tenant's memory quota refuses the initial memory, or
     /// [`InstanceError::Instantiate`].
-    #[allow(clippy::too_many_arguments, reason = "a constructor of the cell's fields")]
-    pub(crate) fn start(
-        id: InstanceId,
-        name: Name,
-        tenant: Arc<Tenant>,
-        module: Name,
-        config: InstanceConfig,
-        pre: InstancePre<InstanceState>,
-        core: Arc<Core>,
-        pool: PoolHandle,
-    ) -> Result<Arc<InstanceCell>, Error> {
-        let cell = InstanceCell::new(id, name, tenant, module, config, pre, core, pool, RunState::Running);
+    pub(crate) fn start(parts: CellParts) -> Result<Arc<InstanceCell>, Error> {
+        let cell = InstanceCell::new(parts, RunState::Running);
         let (tx, rx) = bounded(1);
         cell.pool.submit(
             &cell,
@@ -285,37 +344,17 @@ impl InstanceCell {
 
     /// Registers the instance without running it (no start function, no store, no memory): the cell
     /// [`InstanceCell::stop`] leaves, with no run before. [`InstanceCell::restart`] starts it.
-    #[allow(clippy::too_many_arguments, reason = "a constructor of the cell's fields")]
-    pub(crate) fn stopped(
-        id: InstanceId,
-        name: Name,
-        tenant: Arc<Tenant>,
-        module: Name,
-        config: InstanceConfig,
-        pre: InstancePre<InstanceState>,
-        core: Arc<Core>,
-        pool: PoolHandle,
-    ) -> Arc<InstanceCell> {
-        let cell = InstanceCell::new(id, name, tenant, module, config, pre, core, pool, RunState::Stopped);
+    pub(crate) fn stopped(parts: CellParts) -> Arc<InstanceCell> {
+        let cell = InstanceCell::new(parts, RunState::Stopped);
         cell.closing.store(true, Ordering::Release);
         // As for an instance stopped after running, its (empty) handle table and inbox exist, so regions
         // can be granted to it before it restarts (the restart drops them, as it drops every grant).
-        cell.core.caps.lock().add_instance(id);
+        cell.core.caps.lock().add_instance(cell.id);
         cell
     }
 
-    #[allow(clippy::too_many_arguments, reason = "a constructor of the cell's fields")]
-    fn new(
-        id: InstanceId,
-        name: Name,
-        tenant: Arc<Tenant>,
-        module: Name,
-        config: InstanceConfig,
-        pre: InstancePre<InstanceState>,
-        core: Arc<Core>,
-        pool: PoolHandle,
-        state: RunState,
-    ) -> Arc<InstanceCell> {
+    fn new(parts: CellParts, state: RunState) -> Arc<InstanceCell> {
+        let CellParts { id, name, tenant, module, config, pre, core, pool, log } = parts;
         let status = InstanceStatus {
             module: module.to_string(),
             state,
@@ -339,6 +378,7 @@ impl InstanceCell {
             closing: AtomicBool::new(false),
             lifecycle: Mutex::new(false),
             traffic: Arc::new(Traffic::default()),
+            log,
             events: EventQueue::default(),
             dead_events: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -348,6 +388,11 @@ impl InstanceCell {
             slot: Mutex::new(Slot::Idle(None)),
             status: Mutex::new(status),
         })
+    }
+
+    /// A WASI app's output (`None` for other modules).
+    pub(crate) fn log(&self) -> Option<Arc<crate::wasi::InstanceLog>> {
+        self.log.clone()
     }
 
     /// Makes the cell run again (its suspended job was woken).
@@ -515,6 +560,8 @@ impl InstanceCell {
             kill: Arc::clone(&self.kill),
             credit: Arc::clone(&self.credit),
             pool: self.pool.clone(),
+            wasi: crate::wasi::imports_wasi(module)
+                .then(|| crate::wasi::context(&self.config.wasi, self.log.as_ref())),
         };
         let mut store = Store::new(module.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -537,7 +584,12 @@ impl InstanceCell {
         });
         store.set_epoch_deadline(1);
         self.core.caps.lock().add_instance(self.id);
-        match self.pre.instantiate_async(&mut store).await {
+        let deadline = store.data().deadline;
+        let instantiated = {
+            let start = std::pin::pin!(self.pre.instantiate_async(&mut store));
+            self.budgeted(start, deadline).await
+        };
+        match instantiated {
             Ok(instance) => {
                 let memory = instance.get_memory(&mut store, "memory");
                 if let Some(shape) =
@@ -546,7 +598,9 @@ impl InstanceCell {
                     fence.set_shape(shape);
                 }
                 store.data_mut().ctx.set_memory(memory);
-                Ok(Live { store, instance })
+                let mut live = Live { store, instance };
+                self.initialize(&mut live).await?;
+                Ok(live)
             }
             Err(e) => {
                 // Instantiation failed before the app could hold a capability.
@@ -557,6 +611,31 @@ impl InstanceCell {
                 }
             }
         }
+    }
+
+    /// Runs a WASI reactor's `_initialize` (see [`crate::wasi`]) within the start's budget. On error
+    /// the caller drops `live`, and its capabilities with it.
+    async fn initialize(&self, live: &mut Live) -> Result<(), Error> {
+        if live.store.data().wasi.is_none() {
+            return Ok(());
+        }
+        let Some(init) = live.instance.get_func(&mut live.store, crate::wasi::INITIALIZE) else {
+            return Ok(());
+        };
+        let failed = |why: String| {
+            Error::from(InstanceError::Instantiate(format!("{}: {why}", crate::wasi::INITIALIZE)))
+        };
+        let init = init.typed::<(), ()>(&live.store).map_err(|e| failed(format!("{e:#}")))?;
+        let deadline = live.store.data().deadline;
+        let run = std::pin::pin!(init.call_async(&mut live.store, ()));
+        let ran = self.budgeted(run, deadline).await;
+        if let Some(log) = &self.log {
+            log.flush();
+        }
+        ran.map_err(|e| match crate::wasi::exit_status(&e) {
+            Some(status) => failed(format!("the app exited with status {status}")),
+            None => failed(format!("{e:#}")),
+        })
     }
 
     /// Drops the live store, if any, and every capability the instance holds: with no store too, since
@@ -649,7 +728,14 @@ impl InstanceCell {
         self.kill.store(false, Ordering::Release);
         l.store.data_mut().start_call(self.config.call_timeout);
         l.store.set_epoch_deadline(1);
-        let called = func.call_async(&mut l.store, args, &mut results).await;
+        let deadline = l.store.data().deadline;
+        let called = {
+            let call = std::pin::pin!(func.call_async(&mut l.store, args, &mut results));
+            self.budgeted(call, deadline).await
+        };
+        if let Some(log) = &self.log {
+            log.flush();
+        }
         let outcome = stopped(&l.store, called);
         let killed = self.kill.swap(false, Ordering::AcqRel);
         match outcome {
@@ -657,8 +743,39 @@ impl InstanceCell {
                 self.status.lock().calls += 1;
                 Ok(results)
             }
-            Err(e) => Err(self.record_trap(&e, killed)),
+            Err(e) => match crate::wasi::exit_status(&e) {
+                Some(status) => Err(self.exited(live, status)),
+                None => Err(self.record_trap(&e, killed)),
+            },
         }
+    }
+
+    /// `call` (into this instance's wasm), ended with [`Trap::Interrupt`] when its budget runs out or
+    /// the host interrupts it, even while it is parked in a host future that checks neither (a WASI
+    /// sleep): the epoch callback only sees a call that runs wasm.
+    fn budgeted<'a, F, T>(&'a self, call: Pin<&'a mut F>, deadline: Instant) -> Budgeted<'a, F>
+    where
+        F: Future<Output = wasmtime::Result<T>>,
+    {
+        Budgeted {
+            call,
+            kill: &self.kill,
+            credit: &self.credit,
+            deadline,
+            timers: &self.core.timers,
+            timer: None,
+        }
+    }
+
+    /// A WASI app called `proc_exit(status)`: the call ends, and the instance stops as if the host
+    /// had stopped it (restartable; not a trap).
+    fn exited(&self, live: &mut Option<Live>, status: i32) -> InstanceError {
+        self.closing.store(true, Ordering::Release);
+        if let Err(e) = self.teardown(live) {
+            tracing::warn!(instance = %self.name, error = %e, "after proc_exit");
+        }
+        self.status.lock().state = RunState::Stopped;
+        InstanceError::Exited { status }
     }
 
     /// Classifies a failed call, marks the instance trapped and records the trap.

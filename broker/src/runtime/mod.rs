@@ -26,7 +26,7 @@ use std::time::Duration;
 // Defined with the capability space, whose handle tables it names: capabilities sit below the runtime.
 pub use crate::capability::InstanceId;
 pub(crate) use engine::EngineHandle;
-pub(crate) use instance::{EventSink, InstanceCell, InstanceState, StopTrap};
+pub(crate) use instance::{CellParts, EventSink, InstanceCell, InstanceState, StopTrap};
 pub(crate) use pool::WorkerPool;
 pub use priority::WorkerPriority;
 pub(crate) use timer::{TimerKey, Timers};
@@ -38,12 +38,19 @@ pub struct InstanceConfig {
     pub call_timeout: Duration,
     /// Cap on this instance's linear memory (the tenant's quota applies on top).
     pub max_memory_bytes: u64,
+    /// What a WASI app is given (ignored for other modules): arguments, environment, log ring size.
+    pub wasi: crate::wasi::WasiConfig,
 }
 
 impl Default for InstanceConfig {
-    /// 5 s per call, 256 MiB of linear memory.
+    /// 5 s per call, 256 MiB of linear memory, WASI's defaults (no arguments or environment, a
+    /// 64 KiB log ring).
     fn default() -> InstanceConfig {
-        InstanceConfig { call_timeout: Duration::from_secs(5), max_memory_bytes: 256 << 20 }
+        InstanceConfig {
+            call_timeout: Duration::from_secs(5),
+            max_memory_bytes: 256 << 20,
+            wasi: crate::wasi::WasiConfig::default(),
+        }
     }
 }
 
@@ -103,6 +110,12 @@ pub enum InstanceError {
     /// The host interrupted the call; the instance now refuses calls until restarted.
     #[error("call interrupted by the host")]
     Killed,
+    /// A WASI app called `proc_exit`: the call ended there and the instance stopped (restartable).
+    #[error("the app exited with status {status}; the instance is stopped")]
+    Exited {
+        /// The status it gave `proc_exit`.
+        status: i32,
+    },
     /// The instance is trapped or stopped.
     #[error("instance is {state}; restart it first")]
     NotRunning {

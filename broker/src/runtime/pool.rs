@@ -583,11 +583,13 @@ impl PoolHandle {
 }
 
 impl WorkerPool {
-    /// Starts `workers` threads (at least one) that run calls on `engine`, at `priority`.
+    /// Starts `workers` threads (at least one) that run calls on `engine`, at `priority`, inside
+    /// `context` (the tokio runtime host futures may need) if given.
     pub(crate) fn new(
         workers: usize,
         engine: wasmtime::Engine,
         priority: super::WorkerPriority,
+        context: Option<tokio::runtime::Handle>,
     ) -> std::io::Result<WorkerPool> {
         let scheduler = Arc::new(Scheduler {
             queues: Mutex::new(Queues::default()),
@@ -601,9 +603,12 @@ impl WorkerPool {
         let mut threads = Vec::new();
         for i in 0..workers.max(1) {
             let s = Arc::clone(&scheduler);
-            let spawned = std::thread::Builder::new()
-                .name(format!("broker-worker-{i}"))
-                .spawn(move || work(&s, priority));
+            let context = context.clone();
+            let spawned = std::thread::Builder::new().name(format!("broker-worker-{i}")).spawn(move || {
+                // Host futures that need a tokio runtime (WASI's timers) find it from here.
+                let _entered = context.as_ref().map(tokio::runtime::Handle::enter);
+                work(&s, priority);
+            });
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {

@@ -67,10 +67,12 @@ pub enum Resource {
     /// Region watches registered by the tenant's apps (each costs a watcher on the region and
     /// callbacks queued for the app).
     Watches,
+    /// Bytes of the log rings that keep the output of the tenant's WASI apps.
+    LogBytes,
 }
 
 impl Resource {
-    const ALL: [Resource; 12] = [
+    const ALL: [Resource; 13] = [
         Resource::RegionBytes,
         Resource::Regions,
         Resource::Instances,
@@ -83,6 +85,7 @@ impl Resource {
         Resource::CompiledBytes,
         Resource::Trampolines,
         Resource::Watches,
+        Resource::LogBytes,
     ];
 
     fn index(self) -> usize {
@@ -99,6 +102,7 @@ impl Resource {
             Resource::CompiledBytes => 9,
             Resource::Trampolines => 10,
             Resource::Watches => 11,
+            Resource::LogBytes => 12,
         }
     }
 }
@@ -118,6 +122,7 @@ impl fmt::Display for Resource {
             Resource::CompiledBytes => "compiled code bytes",
             Resource::Trampolines => "native trampolines",
             Resource::Watches => "region watches",
+            Resource::LogBytes => "log bytes",
         })
     }
 }
@@ -163,6 +168,9 @@ pub struct Quotas {
     pub cpu_shares: u64,
     /// Region watches the tenant's apps may hold at once.
     pub watches: u64,
+    /// Bytes of log rings (the kept stdout and stderr of its WASI apps, each instance's ring reserved
+    /// whole when the instance is created).
+    pub log_bytes: u64,
 }
 
 impl Quotas {
@@ -184,6 +192,8 @@ impl Quotas {
     pub const DEFAULT_TRAMPOLINES: u64 = 16;
     /// Default for [`Quotas::watches`].
     pub const DEFAULT_WATCHES: u64 = 256;
+    /// Default for [`Quotas::log_bytes`]: 4 MiB, 64 instances' default rings.
+    pub const DEFAULT_LOG_BYTES: u64 = 4 << 20;
     /// Default for [`Quotas::cpu_shares`]: every tenant that is not given a weight has the same one
     /// (1024, the cgroup default, which leaves room to weigh a tenant below the default).
     pub const DEFAULT_CPU_SHARES: u64 = 1024;
@@ -273,7 +283,7 @@ macro_rules! quota_field {
 
 impl Quotas {
     /// Every quota, in the order the control API's `Quotas` message declares them.
-    pub const FIELDS: [QuotaField; 15] = [
+    pub const FIELDS: [QuotaField; 16] = [
         quota_field!(region_bytes, Bytes, "Total bytes of the tenant's regions."),
         quota_field!(regions, Count, "Number of regions."),
         quota_field!(instances, Count, "Number of instances."),
@@ -308,6 +318,7 @@ impl Quotas {
         ),
         quota_field!(max_workers, Count, "Workers the tenant's instances may occupy at once (0: no cap)."),
         quota_field!(watches, Count, "Region watches the tenant's apps may hold."),
+        quota_field!(log_bytes, Bytes, "Bytes of log rings keeping the output of the tenant's WASI apps."),
         quota_field!(
             cpu_shares,
             Weight,
@@ -333,7 +344,7 @@ impl Default for Quotas {
     /// Generous defaults for a development broker: 256 MiB of regions, 64 regions, 16 instances,
     /// 4096 handles, 1 GiB of linear memory, 1024 shared windows (256 per instance), 32 modules of
     /// 64 MiB of wasm and 256 MiB of compiled code in all, calls of at most a minute, 16 native
-    /// trampolines, 256 region watches, no cap on workers, and a CPU weight of 1024 shares.
+    /// trampolines, 256 region watches, 4 MiB of log rings, no cap on workers, and a CPU weight of 1024 shares.
     fn default() -> Quotas {
         Quotas {
             region_bytes: 256 << 20,
@@ -350,6 +361,7 @@ impl Default for Quotas {
             trampolines: Quotas::DEFAULT_TRAMPOLINES,
             max_workers: 0,
             watches: Quotas::DEFAULT_WATCHES,
+            log_bytes: Quotas::DEFAULT_LOG_BYTES,
             cpu_shares: Quotas::DEFAULT_CPU_SHARES,
         }
     }
@@ -370,6 +382,7 @@ impl Quotas {
             Resource::CompiledBytes => self.compiled_bytes,
             Resource::Trampolines => self.trampolines,
             Resource::Watches => self.watches,
+            Resource::LogBytes => self.log_bytes,
         }
     }
 }
@@ -399,6 +412,8 @@ pub struct Usage {
     pub trampolines: u64,
     /// Region watches held.
     pub watches: u64,
+    /// Bytes of log rings.
+    pub log_bytes: u64,
     /// Events (watch notifications, native callbacks) queued for delivery to the tenant's instances
     /// right now: queued and not yet taken for delivery, or dropped with their queue.
     pub events: u64,
@@ -424,7 +439,7 @@ pub struct Tenant {
     id: TenantId,
     name: Name,
     quotas: RwLock<Quotas>,
-    used: [AtomicU64; 12],
+    used: [AtomicU64; 13],
     /// Events queued for the tenant's instances: a gauge, not a quota, so kept apart from `used`.
     events: AtomicU64,
 }
@@ -474,6 +489,7 @@ impl Tenant {
             compiled_bytes: g(Resource::CompiledBytes),
             trampolines: g(Resource::Trampolines),
             watches: g(Resource::Watches),
+            log_bytes: g(Resource::LogBytes),
             events: self.events.load(Ordering::Relaxed),
         }
     }
@@ -590,6 +606,7 @@ mod tests {
             max_workers,
             cpu_shares,
             watches,
+            log_bytes,
         } = q;
         let mut values = vec![
             region_bytes,
@@ -607,9 +624,10 @@ mod tests {
             max_workers,
             cpu_shares,
             watches,
+            log_bytes,
         ];
         values.sort_unstable();
-        assert_eq!(values, (1..=15).collect::<Vec<u64>>(), "every field was set through FIELDS, each once");
+        assert_eq!(values, (1..=16).collect::<Vec<u64>>(), "every field was set through FIELDS, each once");
         let mut weight = Quotas::default();
         let shares = Quotas::field("cpu_shares").expect("listed");
         assert!(shares.set(&mut weight, 0).is_err(), "a weight is checked");

@@ -177,8 +177,11 @@ impl<'b> Group<'b> {
         let memory = broker.region_ref(region).map_err(broker_error(format!("region for {label}")))?;
         let mut group = Group { broker, mode, size, region, memory, instances: Vec::new() };
         group.fill()?;
-        let config =
-            InstanceConfig { call_timeout: Duration::from_secs(60), max_memory_bytes: instance_memory(size) };
+        let config = InstanceConfig {
+            call_timeout: Duration::from_secs(60),
+            max_memory_bytes: instance_memory(size),
+            ..InstanceConfig::default()
+        };
         for r in 0..readers {
             let id = broker
                 .start_instance(tenant, MODULE, &format!("reader-{r}"), config.clone())

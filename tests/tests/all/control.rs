@@ -273,7 +273,7 @@ fn modules_and_instances() {
         tenant: String::new(),
         module: "misbehave".into(),
         name: "i".into(),
-        config: Some(pb::InstanceConfig { call_timeout_ms: 10 * 3_600_000, max_memory_bytes: 0 }),
+        config: Some(pb::InstanceConfig { call_timeout_ms: 10 * 3_600_000, ..Default::default() }),
     };
     assert_eq!(code(rpc!(d, t, start_instance, long)), Code::InvalidArgument);
     start(&d, &t, "misbehave", "i");
@@ -825,6 +825,15 @@ fn every_rpc_needs_a_valid_token_and_keeps_tenants_apart() {
         row!(d, list_instances, pb::ListInstancesRequest { tenant: "alpha".into() }),
         row!(
             d,
+            instance_logs,
+            pb::InstanceLogsRequest {
+                instance: Some(pb::InstanceRef { tenant: "alpha".into(), name: "worker".into() }),
+                follow: true,
+                tail: 0
+            }
+        ),
+        row!(
+            d,
             create_region,
             pb::CreateRegionRequest {
                 tenant: "alpha".into(),
@@ -997,7 +1006,7 @@ fn every_request_field_is_validated() {
         tenant: String::new(),
         module: module.into(),
         name: name.into(),
-        config: Some(pb::InstanceConfig { call_timeout_ms, max_memory_bytes: 0 }),
+        config: Some(pb::InstanceConfig { call_timeout_ms, ..Default::default() }),
     };
     let call_req = |instance: &str, export: &str, args: Vec<pb::Value>| pb::CallInstanceRequest {
         tenant: String::new(),
@@ -1006,6 +1015,14 @@ fn every_request_field_is_validated() {
         args,
     };
     let inst = |name: &str| pb::InstanceRef { tenant: String::new(), name: name.into() };
+    let wasi_req = |args: Vec<String>, env: Vec<String>, log_bytes: u64| pb::StartInstanceRequest {
+        tenant: String::new(),
+        module: "app".into(),
+        name: "w".into(),
+        config: Some(pb::InstanceConfig { args, env, log_bytes, ..Default::default() }),
+    };
+    let logs_req =
+        |instance: Option<pb::InstanceRef>| pb::InstanceLogsRequest { instance, follow: false, tail: 0 };
     let members = |region: Option<pb::RegionRef>, rights: u32| pb::SetMemberRightsRequest { region, rights };
     let create_region =
         |name: &str, size: u64, mode: i32, policy: i32, backing: i32| pb::CreateRegionRequest {
@@ -1084,6 +1101,20 @@ fn every_request_field_is_validated() {
             "config.call_timeout_ms"
         ),
         bad!(d, t, start_instance, start_req("app", "inst", 0), AlreadyExists),
+        bad!(
+            d,
+            t,
+            start_instance,
+            wasi_req(vec![], vec!["NO_EQUALS".into()], 0),
+            InvalidArgument,
+            "config.env"
+        ),
+        bad!(d, t, start_instance, wasi_req(vec!["a\0".into()], vec![], 0), InvalidArgument, "config.args"),
+        bad!(d, t, start_instance, wasi_req(vec![], vec![], 1), InvalidArgument, "config.log_bytes"),
+        bad!(d, t, instance_logs, logs_req(None), InvalidArgument, "instance"),
+        bad!(d, t, instance_logs, logs_req(Some(inst(""))), InvalidArgument, "instance.name"),
+        bad!(d, t, instance_logs, logs_req(Some(inst("nope"))), NotFound),
+        bad!(d, t, instance_logs, logs_req(Some(inst("inst"))), FailedPrecondition),
         bad!(d, t, call_instance, call_req("", "ping", Vec::new()), InvalidArgument, "instance"),
         bad!(d, t, call_instance, call_req("a b", "ping", Vec::new()), InvalidArgument, "instance"),
         bad!(d, t, call_instance, call_req("nope", "ping", Vec::new()), NotFound),
@@ -1626,7 +1657,7 @@ fn r14_module_quotas_and_the_call_timeout_cap() {
         tenant: String::new(),
         module: "b".into(),
         name: format!("i{ms}"),
-        config: Some(pb::InstanceConfig { call_timeout_ms: ms, max_memory_bytes: 0 }),
+        config: Some(pb::InstanceConfig { call_timeout_ms: ms, ..Default::default() }),
     };
     let err = rpc!(d, t, start_instance, start(10_001)).expect_err("above the cap");
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -2183,4 +2214,101 @@ fn r15_a_grant_whose_region_is_gone_after_a_restart_is_dropped_not_reused_by_nam
     let opened = as_i64(&call(&d, &beta, "reader", "open", vec![i32v(1)]).expect("open"));
     assert_eq!(opened, i64::from(broker_abi::Status::NotFound.code()));
     drop(d);
+}
+
+/// A WASI app over gRPC with a tenant token: its arguments and environment come from the request, its
+/// output comes back through `InstanceLogs` (the lines kept, then followed as it writes), `proc_exit`
+/// is ABORTED and stops it; and the bad cases: bad settings name their field, a module that is not a
+/// WASI app has no logs, and another tenant cannot read them.
+#[test]
+fn r17_a_wasi_apps_output_is_read_and_followed_over_grpc() {
+    let d = Daemon::start(None);
+    let admin = d.client(Some(&d.admin));
+    let acme = tenant(&d, &admin, "acme");
+    let other = tenant(&d, &admin, "other");
+    upload(&d, &acme, "app", broker_guests::WASI_STD_APP_WASM);
+    let start_msg =
+        |name: &str, args: Vec<String>, env: Vec<String>, log_bytes: u64| pb::StartInstanceRequest {
+            tenant: String::new(),
+            module: "app".into(),
+            name: name.into(),
+            config: Some(pb::InstanceConfig { args, env, log_bytes, ..Default::default() }),
+        };
+    let msg = start_msg("a", vec!["app".into(), "-v".into()], vec!["MODE=test".into()], 0);
+    rpc!(d, acme, start_instance, msg).expect("start");
+    assert_eq!(as_i64(&call(&d, &acme, "a", "args_env", vec![]).expect("call")), 3);
+
+    let logs = |c: &Client, name: &str, follow: bool, tail: u32| {
+        let r = pb::InstanceLogsRequest {
+            instance: Some(pb::InstanceRef { tenant: String::new(), name: name.into() }),
+            follow,
+            tail,
+        };
+        let mut inner = c.inner.clone();
+        d.rt.block_on(async move { inner.instance_logs(c.req(r)).await }).map(tonic::Response::into_inner)
+    };
+    let text = |l: &pb::LogLine| String::from_utf8_lossy(&l.text).into_owned();
+    let mut kept = logs(&acme, "a", false, 0).expect("logs");
+    let mut got = Vec::new();
+    while let Some(l) = d.rt.block_on(kept.message()).expect("stream") {
+        assert_eq!(l.stream, i32::from(pb::LogStream::Stdout));
+        got.push(text(&l));
+    }
+    assert_eq!(got, ["arg app", "arg -v", "env MODE=test"], "without follow the stream ends");
+
+    // Following: the last line kept, then each new one as it is written.
+    let mut follow = logs(&acme, "a", true, 1).expect("follow");
+    let first = d.rt.block_on(follow.message()).expect("stream").expect("line");
+    assert_eq!((first.seq, text(&first)), (2, "env MODE=test".to_owned()));
+    assert_eq!(as_i64(&call(&d, &acme, "a", "hello", vec![]).expect("call")), 2);
+    let out = d.rt.block_on(follow.message()).expect("stream").expect("line");
+    let err = d.rt.block_on(follow.message()).expect("stream").expect("line");
+    assert_eq!((out.seq, text(&out)), (3, "hello from a std wasm32-wasip1 app".to_owned()));
+    assert_eq!(
+        (err.stream, text(&err)),
+        (i32::from(pb::LogStream::Stderr), "and a line on stderr".to_owned())
+    );
+
+    // proc_exit: ABORTED, and the instance is stopped; deleting it ends the follower.
+    let quit = call(&d, &acme, "a", "quit", vec![i32v(3)]).expect_err("exit");
+    assert_eq!(quit.code(), Code::Aborted, "{quit:?}");
+    assert!(quit.message().contains("status 3"), "{quit:?}");
+    let status = rpc!(d, acme, get_instance, pb::InstanceRef { tenant: String::new(), name: "a".into() });
+    assert_eq!(status.expect("instance").state, i32::from(pb::InstanceState::Stopped));
+    let exiting = d.rt.block_on(follow.message()).expect("stream").expect("line");
+    assert_eq!(text(&exiting), "exiting with 3");
+    rpc!(d, acme, delete_instance, pb::InstanceRef { tenant: String::new(), name: "a".into() })
+        .expect("delete");
+    assert!(
+        d.rt.block_on(follow.message()).expect("stream").is_none(),
+        "the follower ends with the instance"
+    );
+
+    // Bad settings, each naming its field; nothing is started.
+    for (msg, field) in [
+        (start_msg("b", vec![], vec!["NOEQUALS".into()], 0), "config.env"),
+        (start_msg("b", vec!["a\0b".into()], vec![], 0), "config.args"),
+        (start_msg("b", vec![], vec![], 100), "config.log_bytes"),
+        (start_msg("b", vec![], vec![], 1 << 40), "config.log_bytes"),
+    ] {
+        let e = rpc!(d, acme, start_instance, msg).expect_err("refused");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(field), "{field}: {e:?}");
+    }
+    // A module that is not a WASI app has no logs; another tenant cannot read acme's.
+    upload(&d, &acme, "plain", broker_guests::HANDLE_APP_WASM);
+    start(&d, &acme, "plain", "p");
+    assert_eq!(logs(&acme, "p", false, 0).map(|_| ()).expect_err("no logs").code(), Code::FailedPrecondition);
+    let msg = start_msg("c", vec![], vec![], 0);
+    rpc!(d, acme, start_instance, msg).expect("start");
+    let r = pb::InstanceLogsRequest {
+        instance: Some(pb::InstanceRef { tenant: "acme".into(), name: "c".into() }),
+        follow: false,
+        tail: 0,
+    };
+    let mut inner = other.inner.clone();
+    let denied = d.rt.block_on(async move { inner.instance_logs(other.req(r)).await }).map(|_| ());
+    assert_eq!(denied.expect_err("another tenant").code(), Code::PermissionDenied);
+    let missing = logs(&acme, "nobody", false, 0).map(|_| ()).expect_err("no such instance");
+    assert_eq!(missing.code(), Code::NotFound);
 }

@@ -33,6 +33,8 @@ mod op {
     pub const V128_STORE: i32 = 9;
     pub const STORE8: i32 = 10;
     pub const NOP_HOST_CALL: i32 = 12;
+    pub const WASI_RANDOM_GET: i32 = 14;
+    pub const WASI_CLOCK_TIME_GET: i32 = 15;
 }
 
 /// Opens `owner/name` in an `isolation_ops` instance; returns the handle.
@@ -147,6 +149,46 @@ pub(crate) fn isolation_ops() {
             s.b.tenant_usage(s.b.instance_info(s.attacker).expect("info").tenant).expect("usage").windows,
             1
         );
+    });
+}
+
+/// WASI host functions write where the guest points with wasmtime-wasi's own code: into a read-only or
+/// a revoked window that is a fault in host code, which traps the app (naming the region) and changes
+/// nothing it may not write, like the bulk-memory helpers.
+#[test]
+fn wasi_writes_into_read_only_or_revoked_windows_trap_the_app() {
+    watchdog(120, || {
+        let s = setup(2);
+        let before = s.region_bytes();
+        for kind in [op::WASI_RANDOM_GET, op::WASI_CLOCK_TIME_GET] {
+            let g = s.grant(Rights::READ | Rights::MAP, 0, 2);
+            let h = open(&s.b, s.attacker, "alpha/data");
+            assert_eq!(call(&s.b, s.attacker, "map", args![h, WINDOW, 2 * PAGE, 0]), 0);
+            // Into its own memory: fine.
+            assert_eq!(call(&s.b, s.attacker, "op", args![kind, SCRATCH, 0, 64]), 0);
+            let message = trap_message(s.b.call(s.attacker, "op", args![kind, WINDOW + 8, 0, 100]));
+            assert!(
+                message.contains("read-only shared window of region alpha/data"),
+                "kind {kind}: {message}"
+            );
+            assert_eq!(s.region_bytes(), before, "kind {kind} changed the region through a read-only window");
+            s.bystander_answers();
+            s.b.restart_instance(s.attacker).expect("restart");
+            assert!(matches!(s.b.revoke_grant(g), Err(Error::GrantNotFound(_))));
+
+            let g = s.grant(Rights::READ | Rights::WRITE | Rights::MAP, 0, 2);
+            let h = open(&s.b, s.attacker, "alpha/data");
+            assert_eq!(call(&s.b, s.attacker, "map", args![h, WINDOW, 2 * PAGE, 1]), 0);
+            s.b.revoke_grant(g).expect("revoke");
+            let message = trap_message(s.b.call(s.attacker, "op", args![kind, WINDOW + PAGE, 0, 100]));
+            assert!(
+                message.contains("region alpha/data") && message.contains("revoked"),
+                "kind {kind}: {message}"
+            );
+            assert_eq!(s.region_bytes(), before, "kind {kind} reached a revoked window");
+            s.bystander_answers();
+            s.b.restart_instance(s.attacker).expect("restart");
+        }
     });
 }
 
@@ -449,7 +491,7 @@ struct Step {
 fn steps() -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
     use proptest::prelude::*;
     let step =
-        (0..14i32, 0..4u8, 0..(2 * PAGE), any::<i32>(), 0..(3 * PAGE), 1..2048i32, 0..512i32).prop_map(
+        (0..16i32, 0..4u8, 0..(2 * PAGE), any::<i32>(), 0..(3 * PAGE), 1..2048i32, 0..512i32).prop_map(
             |(kind, target, offset, b, n, count, stride)| Step { kind, target, offset, b, n, count, stride },
         );
     proptest::collection::vec(step, 1..24)

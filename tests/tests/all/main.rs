@@ -17,6 +17,7 @@ mod scenario;
 mod shared;
 mod tenant;
 mod tidy;
+mod wasi;
 
 /// Every guest must have a test named after it in the module named by its prefix; this fails to compile
 /// otherwise (wasmtime's `assert_test_exists`).

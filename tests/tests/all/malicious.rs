@@ -326,7 +326,7 @@ fn echo_ui(w: &World) -> Result<i64, Error> {
 }
 
 fn small(call_timeout: Duration) -> InstanceConfig {
-    InstanceConfig { call_timeout, max_memory_bytes: ATTACKER_MEMORY }
+    InstanceConfig { call_timeout, max_memory_bytes: ATTACKER_MEMORY, ..InstanceConfig::default() }
 }
 
 /// The victim tenant with its regions and app, which has run its workload twice (so its memory is

@@ -244,6 +244,7 @@ fn guest_region_creation_counts_against_the_quota() {
             compiled_bytes: b.tenant_usage(t).expect("usage").compiled_bytes,
             trampolines: 0,
             watches: 0,
+            log_bytes: 0,
             events: 0,
         }
     );
