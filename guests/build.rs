@@ -207,8 +207,10 @@ fn wasi_clang() -> Option<PathBuf> {
     };
     if !install() {
         // A fresh machine has no package lists yet.
-        let updated =
-            Command::new("timeout").args(["300", "apt-get", "update"]).stdout(std::process::Stdio::null()).status();
+        let updated = Command::new("timeout")
+            .args(["300", "apt-get", "update"])
+            .stdout(std::process::Stdio::null())
+            .status();
         if !updated.is_ok_and(|s| s.success()) || !install() {
             return None;
         }

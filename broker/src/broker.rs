@@ -38,6 +38,9 @@ pub struct BrokerConfig {
     /// by default for an embedded broker (threads of the embedding program that busy-wait would starve
     /// idle-class workers); `broker serve` defaults to `Idle`.
     pub worker_priority: crate::runtime::WorkerPriority,
+    /// Where WASI apps' granted directories live (`<app data>/<tenant>/<path>`): none by default, and
+    /// then an instance given directories is refused. `broker serve` uses `<state dir>/app-data`.
+    pub app_data: Option<std::path::PathBuf>,
 }
 
 impl Default for BrokerConfig {
@@ -49,6 +52,7 @@ impl Default for BrokerConfig {
             workers: cores.max(2),
             ui: None,
             worker_priority: crate::runtime::WorkerPriority::Normal,
+            app_data: None,
         }
     }
 }
@@ -129,6 +133,8 @@ pub struct Broker {
 struct WasiHost {
     /// The functions wasmtime-wasi defines under [`crate::wasi::MODULE`].
     names: HashSet<String>,
+    /// See [`BrokerConfig::app_data`].
+    app_data: Option<std::path::PathBuf>,
     _context: crate::wasi::AsyncContext,
 }
 
@@ -162,6 +168,7 @@ impl Broker {
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, InstanceState::wasi).map_err(host_functions)?;
         let wasi = WasiHost {
             names: crate::wasi::names(&engine.engine).map_err(host_functions)?,
+            app_data: config.app_data.clone(),
             _context: crate::wasi::AsyncContext::new()
                 .map_err(|e| Error::InvalidArgument { field: "workers", reason: e.to_string() })?,
         };
@@ -384,6 +391,14 @@ impl Broker {
             .map_err(|e| Error::InvalidModule { name: module_name.to_owned(), reason: format!("{e:#}") })?;
         let log = if crate::wasi::imports_wasi(&module) {
             config.wasi.check().map_err(|(field, reason)| Error::InvalidArgument { field, reason })?;
+            if !config.wasi.dirs.is_empty() && self.wasi.app_data.is_none() {
+                return Err(Error::InvalidArgument {
+                    field: "dirs",
+                    reason: "this broker has no app data directory (BrokerConfig::app_data; broker serve \
+                             --state-dir gives one)"
+                        .into(),
+                });
+            }
             let charge = t.reserve(Resource::LogBytes, config.wasi.log_bytes)?;
             let capacity = usize::try_from(config.wasi.log_bytes).unwrap_or(usize::MAX);
             Some(InstanceLog::new(t.name().as_str(), inn.as_str(), capacity, charge))
@@ -401,7 +416,9 @@ impl Broker {
             reg.instance_names.insert(key, id);
         }
         let (core, pool) = (Arc::clone(&self.core), self.pool.handle());
+        let wasi_root = self.wasi.app_data.as_ref().map(|d| d.join(t.name().as_str()));
         let parts = CellParts {
+            wasi_root,
             id,
             name: inn.clone(),
             tenant: Arc::clone(&t),

@@ -301,6 +301,11 @@ enum InstanceVerb {
         /// A WASI app's environment variable, NAME=value (repeat for each).
         #[arg(long = "env", value_name = "NAME=VALUE")]
         env: Vec<String>,
+        /// A directory a WASI app may use, PATH:GUEST[:rw] (repeat for each): PATH is plain names
+        /// under the tenant's directory in `<state dir>/app-data/`, created if missing; GUEST is where
+        /// the app sees it; read-only unless `:rw`. Needs a daemon with --state-dir.
+        #[arg(long = "dir", value_name = "PATH:GUEST[:rw]", value_parser = parse_dir)]
+        dirs: Vec<pb::DirGrant>,
         /// A WASI app's log ring (the output `instance logs` shows), e.g. 256KiB; default 64KiB.
         #[arg(long, value_parser = |s: &str| broker::region::parse_size(s).map_err(|e| e.to_string()))]
         log_bytes: Option<u64>,
@@ -702,6 +707,8 @@ async fn serve_main(args: ServeArgs, out: &mut dyn Write) -> Result<(), CliError
             workers,
             ui: config.ui_config(),
             worker_priority: config.worker_priority,
+            // WASI apps' granted directories live with the rest of the state.
+            app_data: config.state_dir.as_ref().map(|d| d.join("app-data")),
         })
         .map_err(|e| CliError::Local(e.to_string()))?,
     );
@@ -930,6 +937,16 @@ fn value_json(v: &pb::Value) -> Json {
     }
 }
 
+/// A `--dir PATH:GUEST[:rw]` value.
+fn parse_dir(s: &str) -> Result<pb::DirGrant, String> {
+    let (rest, writable) = match s.strip_suffix(":rw") {
+        Some(rest) => (rest, true),
+        None => (s.strip_suffix(":ro").unwrap_or(s), false),
+    };
+    let (path, guest) = rest.split_once(':').ok_or_else(|| format!("{s:?} is not PATH:GUEST[:rw]"))?;
+    Ok(pb::DirGrant { path: path.into(), guest_path: guest.into(), writable })
+}
+
 fn state_name(state: i32) -> &'static str {
     match pb::InstanceState::try_from(state) {
         Ok(pb::InstanceState::Running) => "running",
@@ -944,13 +961,14 @@ async fn instance(verb: InstanceVerb, conn: &Conn, out: &mut dyn Write) -> Resul
     let tenant = conn.tenant.clone();
     let r = |name: String| pb::InstanceRef { tenant: tenant.clone(), name };
     let instances = match verb {
-        InstanceVerb::Start { name, module, timeout_ms, max_memory, args, env, log_bytes } => {
+        InstanceVerb::Start { name, module, timeout_ms, max_memory, args, env, dirs, log_bytes } => {
             let config = pb::InstanceConfig {
                 call_timeout_ms: timeout_ms.unwrap_or(0),
                 max_memory_bytes: max_memory.unwrap_or(0),
                 args,
                 env,
                 log_bytes: log_bytes.unwrap_or(0),
+                dirs,
             };
             vec![c
                 .start_instance(req(

@@ -149,6 +149,20 @@ pub(crate) fn new_instance(r: &pb::StartInstanceRequest) -> NewInstance {
         args: r.config.as_ref().map(|c| c.args.clone()).unwrap_or_default(),
         env: r.config.as_ref().map(|c| c.env.clone()).unwrap_or_default(),
         log_bytes: (log_bytes > 0).then_some(log_bytes),
+        dirs: r
+            .config
+            .as_ref()
+            .map(|c| {
+                c.dirs
+                    .iter()
+                    .map(|d| broker::wasi::DirGrant {
+                        path: d.path.clone(),
+                        guest: d.guest_path.clone(),
+                        writable: d.writable,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 

@@ -28,7 +28,7 @@ use super::status::{ApiError, ApiResult};
 use super::store::{GrantRecord, InstanceRecord, RegionRecord, Store, TenantRecord};
 use broker::mode::ConflictPolicy;
 use broker::region::{Change, WatchId};
-use broker::wasi::{InstanceLog, LogLine, WasiConfig};
+use broker::wasi::{DirGrant, InstanceLog, LogLine, WasiConfig};
 use broker::{
     Backing, Broker, Error, GrantId, InstanceConfig, InstanceError, InstanceId, InstanceInfo, Mode,
     ModuleInfo, Quotas, RegionId, RegionInfo, RegionSpec, Rights, TenantId, TenantInfo, TrafficStats, Val,
@@ -103,6 +103,8 @@ pub struct NewInstance {
     pub env: Vec<String>,
     /// A WASI app's log ring in bytes.
     pub log_bytes: Option<u64>,
+    /// Directories a WASI app may use.
+    pub dirs: Vec<DirGrant>,
 }
 
 /// A grant to make on a region.
@@ -428,7 +430,7 @@ impl ControlPlane {
             let config = InstanceConfig {
                 call_timeout: Duration::from_millis(r.call_timeout_ms),
                 max_memory_bytes: r.max_memory_bytes,
-                wasi: WasiConfig { args: r.args, env: r.env, log_bytes: r.log_bytes },
+                wasi: WasiConfig { args: r.args, env: r.env, log_bytes: r.log_bytes, dirs: r.dirs },
             };
             // A stopped instance comes back stopped: registered (its name taken, its grants kept for
             // when it restarts), not run.
@@ -813,6 +815,7 @@ impl ControlPlane {
                 args: config.wasi.args.clone(),
                 env: config.wasi.env.clone(),
                 log_bytes: config.wasi.log_bytes,
+                dirs: config.wasi.dirs.clone(),
             };
             self.forget_kept_grants(|g| g.instance_tenant == tname && g.instance == new.name)?;
             store.put_instance(&store_key(&tname, &new.name), &rec)?;
@@ -1362,11 +1365,13 @@ fn wasi_config(new: &NewInstance) -> ApiResult<WasiConfig> {
         args: new.args.clone(),
         env,
         log_bytes: new.log_bytes.unwrap_or(broker::wasi::DEFAULT_LOG_BYTES),
+        dirs: new.dirs.clone(),
     };
     config.check().map_err(|(field, reason)| {
         let field = match field {
             "log_bytes" => "config.log_bytes",
             "env" => "config.env",
+            "dirs" => "config.dirs",
             _ => "config.args",
         };
         ApiError::InvalidField { field, reason }

@@ -193,6 +193,9 @@ pub struct InstanceRecord {
     /// A WASI app's log ring in bytes (the default in records written before WASI).
     #[serde(default = "default_log_bytes", skip_serializing_if = "is_default_log_bytes")]
     pub log_bytes: u64,
+    /// A WASI app's directories.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dirs: Vec<broker::wasi::DirGrant>,
 }
 
 fn default_log_bytes() -> u64 {
@@ -545,6 +548,7 @@ mod tests {
             args: vec!["app".into()],
             env: vec![("K".into(), "v".into())],
             log_bytes: 9000,
+            dirs: vec![broker::wasi::DirGrant { path: "d".into(), guest: "/d".into(), writable: true }],
         };
         store.put_instance("t/i", &running).expect("put");
         store.set_instance_stopped("t/i", true).expect("stop");

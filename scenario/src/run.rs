@@ -313,6 +313,7 @@ fn run_mode(
         workers: opts.workers.unwrap_or(defaults.workers),
         worker_priority: opts.worker_priority,
         ui: Some(UiConfig::default()),
+        ..defaults
     };
     let broker = setup(|| "starting the broker".into(), Broker::new(config))?;
     setup(

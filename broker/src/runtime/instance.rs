@@ -86,7 +86,7 @@ impl InstanceState {
     /// The WASI context, for wasmtime-wasi's host functions. Only a WASI app calls them, and it has
     /// one from its instantiation; anything else gets an empty context rather than a panic.
     pub(crate) fn wasi(&mut self) -> &mut wasmtime_wasi::p1::WasiP1Ctx {
-        self.wasi.get_or_insert_with(|| crate::wasi::context(&crate::wasi::WasiConfig::default(), None))
+        self.wasi.get_or_insert_with(|| wasmtime_wasi::WasiCtxBuilder::new().build_p1())
     }
 
     /// Whether the current call must end: the host interrupted it or its budget ran out.
@@ -137,6 +137,8 @@ pub(crate) struct CellParts {
     pub(crate) pool: PoolHandle,
     /// A WASI app's log, its ring already charged to the tenant.
     pub(crate) log: Option<Arc<crate::wasi::InstanceLog>>,
+    /// The tenant's app data directory, under which a WASI app's granted directories are opened.
+    pub(crate) wasi_root: Option<std::path::PathBuf>,
 }
 
 /// An instance as the broker and the pool see it.
@@ -166,6 +168,8 @@ pub(crate) struct InstanceCell {
     pub(crate) traffic: Arc<Traffic>,
     /// A WASI app's output, across restarts; `None` for other modules.
     log: Option<Arc<crate::wasi::InstanceLog>>,
+    /// See [`CellParts::wasi_root`].
+    wasi_root: Option<std::path::PathBuf>,
     /// Events waiting for delivery to the app's callbacks.
     events: EventQueue,
     /// Events that could not be delivered (instance trapped, stopped, or callback gone).
@@ -354,7 +358,7 @@ impl InstanceCell {
     }
 
     fn new(parts: CellParts, state: RunState) -> Arc<InstanceCell> {
-        let CellParts { id, name, tenant, module, config, pre, core, pool, log } = parts;
+        let CellParts { id, name, tenant, module, config, pre, core, pool, log, wasi_root } = parts;
         let status = InstanceStatus {
             module: module.to_string(),
             state,
@@ -379,6 +383,7 @@ impl InstanceCell {
             lifecycle: Mutex::new(false),
             traffic: Arc::new(Traffic::default()),
             log,
+            wasi_root,
             events: EventQueue::default(),
             dead_events: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -560,9 +565,14 @@ impl InstanceCell {
             kill: Arc::clone(&self.kill),
             credit: Arc::clone(&self.credit),
             pool: self.pool.clone(),
-            wasi: crate::wasi::imports_wasi(module)
-                .then(|| crate::wasi::context(&self.config.wasi, self.log.as_ref())),
+            wasi: None,
         };
+        let mut state = state;
+        if crate::wasi::imports_wasi(module) {
+            let wasi = crate::wasi::context(&self.config.wasi, self.log.as_ref(), self.wasi_root.as_deref())
+                .map_err(|e| InstanceError::Instantiate(format!("WASI: {e}")))?;
+            state.wasi = Some(wasi);
+        }
         let mut store = Store::new(module.engine(), state);
         store.limiter(|s| &mut s.limiter);
         let code = module.image_range();

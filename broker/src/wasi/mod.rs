@@ -3,7 +3,8 @@
 //! with a policy of least authority per instance.
 //!
 //! What an instance gets by default:
-//! - no preopened directories, so no file system at all;
+//! - no preopened directories, so no file system at all, unless its [`WasiConfig::dirs`] grants some
+//!   under its tenant's app data directory (see [`dirs`]);
 //! - no arguments and no environment unless its [`WasiConfig`] sets them;
 //! - the host's clocks and random numbers;
 //! - an empty stdin;
@@ -21,6 +22,7 @@
 //! instantiation, as the WASI application ABI asks; a command exports `_start`, which callers call
 //! like any export.
 
+pub mod dirs;
 pub mod log;
 
 use std::collections::HashSet;
@@ -35,6 +37,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::WasiCtxBuilder;
 
+pub use dirs::DirGrant;
 pub use log::{InstanceLog, LogLine, LogRead, LogStream};
 
 /// The import module of WASI preview 1.
@@ -59,11 +62,13 @@ pub struct WasiConfig {
     /// The size of its log ring in bytes, reserved from the tenant's `log_bytes` quota: from
     /// [`log::MIN_CAPACITY`] to [`MAX_LOG_BYTES`]; [`DEFAULT_LOG_BYTES`] by default.
     pub log_bytes: u64,
+    /// Directories it may use, under its tenant's app data directory; none by default.
+    pub dirs: Vec<DirGrant>,
 }
 
 impl Default for WasiConfig {
     fn default() -> WasiConfig {
-        WasiConfig { args: Vec::new(), env: Vec::new(), log_bytes: DEFAULT_LOG_BYTES }
+        WasiConfig { args: Vec::new(), env: Vec::new(), log_bytes: DEFAULT_LOG_BYTES, dirs: Vec::new() }
     }
 }
 
@@ -76,7 +81,8 @@ impl WasiConfig {
     ///
     /// # Errors
     /// The field and why: `log_bytes` out of range, `args` or `env` too large or holding a NUL byte
-    /// (which the guest could not see), or an environment name that is empty or holds `=`.
+    /// (which the guest could not see), an environment name that is empty or holds `=`, or `dirs`
+    /// too many or not plain paths (see [`DirGrant::check`]).
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         let min = log::MIN_CAPACITY as u64;
         if !(min..=MAX_LOG_BYTES).contains(&self.log_bytes) {
@@ -94,6 +100,12 @@ impl WasiConfig {
                 return Err(("env", format!("{k:?}: a name is not empty and holds no '=' or NUL")));
             }
             total = total.saturating_add(k.len() + v.len() + 2);
+        }
+        if self.dirs.len() > dirs::MAX_DIRS {
+            return Err(("dirs", format!("{} directories, at most {}", self.dirs.len(), dirs::MAX_DIRS)));
+        }
+        for d in &self.dirs {
+            d.check().map_err(|e| ("dirs", e))?;
         }
         if total > MAX_ARGS_ENV_BYTES {
             return Err((
@@ -119,15 +131,30 @@ pub(crate) fn names(engine: &Engine) -> wasmtime::Result<HashSet<String>> {
     Ok(linker.iter(&mut store).filter(|(m, _, _)| *m == MODULE).map(|(_, n, _)| n.to_owned()).collect())
 }
 
-/// The WASI context of one instantiation: `config`'s arguments and environment, output into `log`.
-pub(crate) fn context(config: &WasiConfig, log: Option<&Arc<InstanceLog>>) -> WasiP1Ctx {
+/// The WASI context of one instantiation: `config`'s arguments and environment, output into `log`,
+/// and `config`'s directories opened under `root` (the tenant's app data directory).
+///
+/// # Errors
+/// A directory could not be opened (or there is no `root` for one), and why.
+pub(crate) fn context(
+    config: &WasiConfig,
+    log: Option<&Arc<InstanceLog>>,
+    root: Option<&std::path::Path>,
+) -> Result<WasiP1Ctx, String> {
     let mut builder = WasiCtxBuilder::new();
     builder.args(&config.args).envs(&config.env);
     if let Some(log) = log {
         builder.stdout(LogOutput { log: Arc::clone(log), stream: LogStream::Stdout });
         builder.stderr(LogOutput { log: Arc::clone(log), stream: LogStream::Stderr });
     }
-    builder.build_p1()
+    for d in &config.dirs {
+        let root = root.ok_or("this broker has no app data directory for preopened directories")?;
+        let fd = dirs::open_beneath(root, &d.path)?;
+        let perms =
+            if d.writable { wasmtime_wasi::FsPerms::ReadWrite } else { wasmtime_wasi::FsPerms::ReadOnly };
+        builder.preopened_dir(dirs::fd_path(&fd), &d.guest, perms).map_err(|e| format!("{}: {e}", d.path))?;
+    }
+    Ok(builder.build_p1())
 }
 
 /// The exit status of a call that ended in `proc_exit`, if it did.

@@ -142,3 +142,45 @@ pub extern "C" fn random() -> i64 {
     use std::hash::{BuildHasher, RandomState};
     i64::from(RandomState::new().hash_one(0u8) as u32)
 }
+
+/// The negated OS error number of `e` (or -1 if it has none).
+fn errno(e: &std::io::Error) -> i64 {
+    -i64::from(e.raw_os_error().unwrap_or(1))
+}
+
+/// Writes `n` bytes to `/data/out.txt` (a preopened directory, if it was given one) and reads them
+/// back; returns how many it read, or the negated errno.
+#[no_mangle]
+pub extern "C" fn write_file(n: i32) -> i64 {
+    let data: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+    if let Err(e) = std::fs::write("/data/out.txt", &data) {
+        eprintln!("write /data/out.txt: {e}");
+        return errno(&e);
+    }
+    match std::fs::read("/data/out.txt") {
+        Ok(back) if back == data => i64::try_from(back.len()).unwrap_or(i64::MAX),
+        Ok(_) => -1000,
+        Err(e) => errno(&e),
+    }
+}
+
+/// Reads `/data/<name index>`: 0 `in.txt`, 1 `../secret.txt` (outside the preopen), 2 a path climbing
+/// out of it to the host's `/etc/passwd`; returns its length, or the negated errno.
+#[no_mangle]
+pub extern "C" fn read_file(which: i32) -> i64 {
+    let path = match which {
+        0 => "/data/in.txt",
+        1 => "/data/../secret.txt",
+        _ => "/data/../../../../../../etc/passwd",
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            println!("read {path}: {}", String::from_utf8_lossy(&bytes));
+            i64::try_from(bytes.len()).unwrap_or(i64::MAX)
+        }
+        Err(e) => {
+            eprintln!("read {path}: {e}");
+            errno(&e)
+        }
+    }
+}

@@ -1021,6 +1021,15 @@ fn every_request_field_is_validated() {
         name: "w".into(),
         config: Some(pb::InstanceConfig { args, env, log_bytes, ..Default::default() }),
     };
+    let dirs_req = |path: &str| pb::StartInstanceRequest {
+        tenant: String::new(),
+        module: "app".into(),
+        name: "w".into(),
+        config: Some(pb::InstanceConfig {
+            dirs: vec![pb::DirGrant { path: path.into(), guest_path: "/d".into(), writable: true }],
+            ..Default::default()
+        }),
+    };
     let logs_req =
         |instance: Option<pb::InstanceRef>| pb::InstanceLogsRequest { instance, follow: false, tail: 0 };
     let members = |region: Option<pb::RegionRef>, rights: u32| pb::SetMemberRightsRequest { region, rights };
@@ -1111,6 +1120,7 @@ fn every_request_field_is_validated() {
         ),
         bad!(d, t, start_instance, wasi_req(vec!["a\0".into()], vec![], 0), InvalidArgument, "config.args"),
         bad!(d, t, start_instance, wasi_req(vec![], vec![], 1), InvalidArgument, "config.log_bytes"),
+        bad!(d, t, start_instance, dirs_req("../up"), InvalidArgument, "config.dirs"),
         bad!(d, t, instance_logs, logs_req(None), InvalidArgument, "instance"),
         bad!(d, t, instance_logs, logs_req(Some(inst(""))), InvalidArgument, "instance.name"),
         bad!(d, t, instance_logs, logs_req(Some(inst("nope"))), NotFound),

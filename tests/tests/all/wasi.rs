@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use broker::wasi::{LogStream, WasiConfig};
+use broker::wasi::{DirGrant, LogStream, WasiConfig};
 use broker::{
     Error, InstanceConfig, InstanceError, InstanceId, Mode, Quotas, RegionSpec, Resource, Rights, RunState,
 };
@@ -295,5 +295,105 @@ fn a_sleep_parks_without_a_worker_and_the_budget_still_ends_it() {
         let err = b.call(s, "sleep_ms", args![50_000]).expect_err("the budget ends a sleep");
         assert_eq!(err, Error::Instance(InstanceError::Interrupted { timeout }));
         assert_eq!(b.instance_status(s).expect("status").state, RunState::Trapped);
+    });
+}
+
+/// A broker whose WASI apps' directories live under `app_data`.
+fn broker_with_app_data(app_data: &std::path::Path) -> broker::Broker {
+    broker::Broker::new(broker::BrokerConfig {
+        workers: 2,
+        app_data: Some(app_data.to_path_buf()),
+        ..broker::BrokerConfig::default()
+    })
+    .expect("broker")
+}
+
+fn with_dirs(dirs: Vec<DirGrant>) -> InstanceConfig {
+    InstanceConfig { wasi: WasiConfig { dirs, ..WasiConfig::default() }, ..InstanceConfig::default() }
+}
+
+fn dir(path: &str, writable: bool) -> DirGrant {
+    DirGrant { path: path.into(), guest: "/data".into(), writable }
+}
+
+/// A granted directory is the app's, under its tenant's app data directory and nowhere else: it reads
+/// and writes there (read-only grants refuse writes with an errno), cannot climb out of it, and other
+/// tenants' directories and the host's files stay out of reach.
+#[test]
+fn a_granted_directory_is_reachable_and_nothing_beyond_it() {
+    watchdog(120, || {
+        let app_data = tempfile::tempdir().expect("tempdir");
+        let b = broker_with_app_data(app_data.path());
+        let t = tenant(&b, "t");
+        let rw = start_with(&b, t, "wasi_std_app", "rw", with_dirs(vec![dir("data", true)]));
+        assert_eq!(call(&b, rw, "write_file", args![1000]), 1000);
+        let written = std::fs::read(app_data.path().join("t/data/out.txt")).expect("on the host");
+        assert_eq!(written.len(), 1000, "the file is in the tenant's directory");
+        std::fs::write(app_data.path().join("t/data/in.txt"), b"from the host").expect("write");
+        assert_eq!(call(&b, rw, "read_file", args![0]), 13);
+        assert_eq!(stdout_lines(&b, rw), ["read /data/in.txt: from the host"]);
+        // Out of the preopen: refused with an errno, the instance keeps running.
+        std::fs::write(app_data.path().join("t/secret.txt"), b"tenant-level").expect("write");
+        for which in [1, 2] {
+            let r = call(&b, rw, "read_file", args![which]);
+            assert!(r < 0, "read {which} escaped the preopen: {r}");
+        }
+        assert_eq!(b.instance_status(rw).expect("status").state, RunState::Running);
+
+        // Read-only: reads work, writes are an errno.
+        let ro = start_with(&b, t, "wasi_std_app", "ro", with_dirs(vec![dir("data", false)]));
+        assert_eq!(call(&b, ro, "read_file", args![0]), 13);
+        let w = call(&b, ro, "write_file", args![10]);
+        assert!(w < 0, "a read-only grant refused the write: {w}");
+        assert_eq!(std::fs::read(app_data.path().join("t/data/out.txt")).expect("read").len(), 1000);
+
+        // Another tenant's same path is its own directory.
+        let u = tenant(&b, "u");
+        let other = start_with(&b, u, "wasi_std_app", "other", with_dirs(vec![dir("data", false)]));
+        let r = call(&b, other, "read_file", args![0]);
+        assert!(r < 0, "tenant u does not see tenant t's file: {r}");
+        assert!(app_data.path().join("u/data").is_dir());
+    });
+}
+
+/// A symbolic link where a granted path goes (an app with a writable grant can leave one) is refused
+/// when the instance starts, never followed out of the tenant's directory; bad paths are refused
+/// naming the field; and a broker without an app data directory refuses directories.
+#[test]
+fn directory_grants_refuse_links_bad_paths_and_brokers_without_app_data() {
+    watchdog(120, || {
+        let app_data = tempfile::tempdir().expect("tempdir");
+        let b = broker_with_app_data(app_data.path());
+        let t = tenant(&b, "t");
+        std::fs::create_dir_all(app_data.path().join("t")).expect("mkdir");
+        std::os::unix::fs::symlink("/etc", app_data.path().join("t/link")).expect("symlink");
+        let wasm = broker_guests::read(broker_guests::WASI_STD_APP).expect("built");
+        b.load_module(t, "app", &wasm).expect("load");
+        match b.start_instance(t, "app", "linked", with_dirs(vec![dir("link", false)])) {
+            Err(Error::Instance(InstanceError::Instantiate(m))) => {
+                assert!(m.contains("not a directory") && !m.contains("/etc"), "{m}");
+            }
+            other => panic!("a symlink must be refused, got {other:?}"),
+        }
+        for bad in ["../t", "a/../../x", "/etc", "", "a//b", "."] {
+            match b.start_instance(t, "app", "bad", with_dirs(vec![dir(bad, false)])) {
+                Err(Error::InvalidArgument { field: "dirs", .. }) => {}
+                other => panic!("{bad:?}: expected InvalidArgument(dirs), got {other:?}"),
+            }
+        }
+        let nine = (0..9).map(|i| dir(&format!("d{i}"), false)).collect();
+        assert!(matches!(
+            b.start_instance(t, "app", "many", with_dirs(nine)),
+            Err(Error::InvalidArgument { field: "dirs", .. })
+        ));
+        assert_eq!(b.tenant_usage(t).expect("usage").instances, 0, "nothing was left behind");
+
+        let plain = broker();
+        let p = tenant(&plain, "t");
+        plain.load_module(p, "app", &wasm).expect("load");
+        assert!(matches!(
+            plain.start_instance(p, "app", "x", with_dirs(vec![dir("data", true)])),
+            Err(Error::InvalidArgument { field: "dirs", .. })
+        ));
     });
 }
