@@ -1167,3 +1167,60 @@ fn r16_grants_of_an_instance_a_restart_cannot_bring_back_are_kept_until_its_name
         .expect("the new instance");
     assert_eq!(reused.module, "plain");
 }
+
+/// A WASI app through the real daemon and the CLI alone, as a user would: upload, start with an
+/// argument, an environment variable and a writable directory, call, then `broker instance logs`
+/// shows what it printed, and the file it wrote is under the tenant's app data directory in the state
+/// dir.
+#[test]
+fn r17_a_wasi_app_through_the_daemon_and_the_cli() {
+    let dir = StateDir::new("r17-wasi");
+    let mut d = Daemon::start(dir.path(), 1);
+    let token = admin_token(dir.path());
+    let module = dir.path().with_extension("app.wasm");
+    std::fs::write(&module, broker_guests::WASI_STD_APP_WASM).expect("write the app");
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_broker"))
+            .args(args)
+            .env("BROKER_ADDR", &d.addr)
+            .env("BROKER_TOKEN", &token)
+            .env("BROKER_TENANT", "acme")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the CLI");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "broker {args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        text
+    };
+    cli(&["tenant", "create", "acme"]);
+    cli(&["module", "upload", "app", module.to_str().expect("utf-8 path")]);
+    cli(&[
+        "instance",
+        "start",
+        "a",
+        "--module",
+        "app",
+        "--arg",
+        "app",
+        "--env",
+        "K=v",
+        "--dir",
+        "files:/data:rw",
+    ]);
+    assert!(cli(&["instance", "call", "a", "args_env"]).contains("2"));
+    assert!(cli(&["instance", "call", "a", "write_file", "100"]).contains("100"));
+    cli(&["instance", "call", "a", "hello"]);
+    let logs = cli(&["instance", "logs", "a"]);
+    assert_eq!(
+        logs.lines().collect::<Vec<_>>(),
+        ["arg app", "env K=v", "hello from a std wasm32-wasip1 app", "stderr| and a line on stderr"],
+        "{logs}"
+    );
+    let tail = cli(&["instance", "logs", "a", "--tail", "1", "--json"]);
+    let line: serde_json::Value = serde_json::from_str(tail.trim()).expect("one JSON line");
+    assert_eq!((line["stream"].as_str(), line["seq"].as_u64()), (Some("stderr"), Some(3)), "{tail}");
+    let file = dir.path().join("app-data/acme/files/out.txt");
+    assert_eq!(std::fs::read(&file).expect("the app's file").len(), 100);
+    assert!(d.stop_with(Signal::TERM).success());
+    let _ = std::fs::remove_file(&module);
+}
