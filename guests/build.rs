@@ -62,8 +62,9 @@ fn main() {
     // Atomics for shared windows; the exported function table lets the broker call callbacks.
     let flags = "-Ctarget-feature=+atomics,+bulk-memory\x1f-Clink-arg=--export-table";
     cargo_build(&apps, TARGET, &target_dir, flags, &[]);
-    // Ordinary std programs, built the way their users build them: no special flags.
-    cargo_build(&wasi_apps, WASI_TARGET, &target_dir, "", &["--examples"]);
+    // Ordinary std programs, built the way their users build them; the exported table lets the broker
+    // call their callbacks.
+    cargo_build(&wasi_apps, WASI_TARGET, &target_dir, "-Clink-arg=--export-table", &["--examples"]);
 
     let wasm_dir = target_dir.join(TARGET).join("release");
     let mut guests: Vec<(String, PathBuf)> = bins(&apps.join("src/bin"))

@@ -401,7 +401,7 @@ impl Broker {
             }
             let charge = t.reserve(Resource::LogBytes, config.wasi.log_bytes)?;
             let capacity = usize::try_from(config.wasi.log_bytes).unwrap_or(usize::MAX);
-            Some(InstanceLog::new(t.name().as_str(), inn.as_str(), capacity, charge))
+            Some(InstanceLog::new(Arc::clone(&t), inn.as_str(), capacity, charge))
         } else {
             None
         };

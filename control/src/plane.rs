@@ -385,6 +385,7 @@ impl ControlPlane {
             module_bytes: u64::MAX,
             compiled_bytes: u64::MAX,
             max_call_timeout_ms: u64::MAX,
+            log_bytes: u64::MAX,
             ..t.quotas
         };
         for (name, t) in &tenants {
@@ -804,6 +805,11 @@ impl ControlPlane {
         if let Some(bytes) = new.max_memory_bytes {
             config.max_memory_bytes = bytes;
         }
+        if !new.dirs.is_empty() && !matches!(who, Identity::Admin) {
+            return Err(ApiError::PermissionDenied(
+                "config.dirs: only the operator (the admin token) grants a WASI app directories".into(),
+            ));
+        }
         config.wasi = wasi_config(new)?;
         let id = self.broker.start_instance(tid, &new.module, &new.name, config.clone())?;
         if let Some(store) = &self.store {
@@ -955,9 +961,11 @@ impl ControlPlane {
             }
             w.shutdown.get_or_insert_with(|| tokio::sync::watch::channel(false).0).subscribe()
         };
+        // A stream costs a unit of the tenant's `watches` quota while it lasts, as a region watch does.
+        let charge = self.broker.reserve(tid, broker::tenant::Resource::Watches, 1)?;
         let from = log.next_seq().saturating_sub(u64::from(tail));
         let (tx, lines) = mpsc::channel(LOG_QUEUE);
-        tokio::spawn(stream_log(log, if tail == 0 { 0 } else { from }, follow, tx, shutdown));
+        tokio::spawn(stream_log(log, if tail == 0 { 0 } else { from }, follow, tx, shutdown, charge));
         Ok(LogLines { lines })
     }
 
@@ -1379,8 +1387,8 @@ fn wasi_config(new: &NewInstance) -> ApiResult<WasiConfig> {
     Ok(config)
 }
 
-/// Lines a log stream sends ahead of a slow reader.
-const LOG_QUEUE: usize = 256;
+/// Lines a log stream sends ahead of a slow reader (at most 4 KiB each).
+const LOG_QUEUE: usize = 16;
 
 /// The lines of an instance's output, as [`ControlPlane::instance_logs`] streams them.
 pub struct LogLines {
@@ -1405,45 +1413,46 @@ impl Stream for LogLines {
 }
 
 /// Sends `log`'s lines from `seq` on into `tx`, then (if `follow`) each new one, until the reader
-/// goes, the log goes (its instance was deleted) or `shutdown` is set. A line the ring dropped before
+/// goes, the log goes (its instance was deleted) or `shutdown` is set; `_charge` is the stream's unit of
+/// its tenant's `watches` quota, given back when it ends. A line the ring dropped before
 /// it was sent is counted in the next line's `lost`.
 async fn stream_log(
-    mut log: Arc<InstanceLog>,
-    mut seq: u64,
+    log: Arc<InstanceLog>,
+    seq: u64,
     follow: bool,
     tx: mpsc::Sender<LogEntry>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    _charge: broker::tenant::Reservation,
 ) {
+    // Only a weak reference is held across awaits: a deleted instance's log goes (and its charge with
+    // it) whatever its readers do, and the sender `changed` waits on goes with it.
     let mut changed = log.follow();
+    let mut cursor = broker::wasi::log::LogCursor::at_seq(seq);
+    let weak = Arc::downgrade(&log);
+    drop(log);
     loop {
+        // A slot in the queue first, then one line: a reader that reads nothing holds one queue of
+        // lines at most, never the log.
+        let Ok(permit) = tx.reserve().await else { return };
+        let Some(log) = weak.upgrade() else { return };
         // Marked seen before reading, so a line written after the read wakes the wait below.
         changed.borrow_and_update();
-        let read = log.read(seq, LOG_QUEUE);
-        let mut lost = read.lost;
-        seq = read.next;
-        let caught_up = read.lines.is_empty();
-        for line in read.lines {
-            if tx.send(LogEntry { line, lost: std::mem::take(&mut lost) }).await.is_err() {
-                return;
-            }
-        }
-        if !caught_up {
+        let read = log.read_from(cursor, 1);
+        drop(log);
+        cursor = read.cursor;
+        if let Some(line) = read.lines.into_iter().next() {
+            permit.send(LogEntry { line, lost: read.lost });
             continue;
         }
+        drop(permit);
         if !follow || *shutdown.borrow() {
             return;
         }
-        // The log holds only a weak reference from here on: a deleted instance's log goes, and with it
-        // the sender `changed` waits on.
-        let weak = Arc::downgrade(&log);
-        drop(log);
         tokio::select! {
             r = changed.changed() => if r.is_err() { return },
             _ = shutdown.changed() => return,
             () = tx.closed() => return,
         }
-        let Some(again) = weak.upgrade() else { return };
-        log = again;
     }
 }
 

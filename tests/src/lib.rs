@@ -149,11 +149,15 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts a daemon, persisting into `state_dir` if given, with the UI toolkit extension on as
-    /// `broker serve` has it by default. The listener is bound before the server task is spawned, so
+    /// Starts a daemon, persisting into `state_dir` if given (WASI apps' directories under its
+    /// `app-data`), with the UI toolkit extension on as `broker serve` has it by default. The listener is bound before the server task is spawned, so
     /// clients can connect at once (no sleeps).
     pub fn start(state_dir: Option<std::path::PathBuf>) -> Daemon {
-        Daemon::with_broker(broker_with_ui(), state_dir)
+        // As `broker serve` does: WASI apps' directories live in the state dir.
+        let app_data = state_dir.as_ref().map(|d| d.join("app-data"));
+        let config =
+            BrokerConfig { workers: 2, ui: Some(UiConfig::default()), app_data, ..BrokerConfig::default() };
+        Daemon::with_broker(broker_from(config), state_dir)
     }
 
     /// As [`Daemon::start`], serving `broker` (one built as `broker serve --no-ui` would, say).

@@ -517,7 +517,14 @@ impl InstanceCell {
             }
             l.store.data_mut().start_call(self.config.call_timeout);
             l.store.set_epoch_deadline(1);
-            let called = func.call_async(&mut l.store, &args, &mut []).await;
+            let deadline = l.store.data().deadline;
+            let called = {
+                let call = std::pin::pin!(func.call_async(&mut l.store, &args, &mut []));
+                self.budgeted(call, deadline).await
+            };
+            if let Some(log) = &self.log {
+                log.flush();
+            }
             match stopped(&l.store, called) {
                 Ok(()) => {
                     self.delivered.fetch_add(1, Ordering::Relaxed);
@@ -575,6 +582,9 @@ impl InstanceCell {
         }
         let mut store = Store::new(module.engine(), state);
         store.limiter(|s| &mut s.limiter);
+        // What one WASI call may carry from the guest to the host (buffers, iovecs, subscriptions): a
+        // bound on the host memory and time a single call takes, which wasmtime-wasi charges as it goes.
+        store.set_hostcall_fuel(crate::wasi::HOSTCALL_BYTES);
         let code = module.image_range();
         fault::install(&mut store, Arc::clone(&fence), code.start as usize..code.end as usize);
         // Checked at every epoch tick: a fault outside wasm code, the call's own budget, or the host's
@@ -780,7 +790,8 @@ impl InstanceCell {
     /// A WASI app called `proc_exit(status)`: the call ends, and the instance stops as if the host
     /// had stopped it (restartable; not a trap).
     fn exited(&self, live: &mut Option<Live>, status: i32) -> InstanceError {
-        self.closing.store(true, Ordering::Release);
+        // Not `closing`: that is the host's (a restart queued behind this call clears it first, and
+        // must still run). The stopped state refuses the calls queued behind.
         if let Err(e) = self.teardown(live) {
             tracing::warn!(instance = %self.name, error = %e, "after proc_exit");
         }

@@ -18,7 +18,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::name::Name;
 
@@ -442,6 +442,18 @@ pub struct Tenant {
     used: [AtomicU64; 13],
     /// Events queued for the tenant's instances: a gauge, not a quota, so kept apart from `used`.
     events: AtomicU64,
+    /// How many of its apps' output lines may still go to the host's `tracing` output.
+    log_trace: Mutex<TraceBucket>,
+}
+
+/// A token bucket for the output lines a tenant's apps send to `tracing` (see
+/// [`crate::wasi::log::TRACE_LINES_PER_SEC`]).
+#[derive(Debug)]
+struct TraceBucket {
+    tokens: u32,
+    refilled: std::time::Instant,
+    /// Lines left out since the last one traced.
+    skipped: u64,
 }
 
 impl Tenant {
@@ -452,6 +464,11 @@ impl Tenant {
             quotas: RwLock::new(quotas),
             used: Default::default(),
             events: AtomicU64::new(0),
+            log_trace: Mutex::new(TraceBucket {
+                tokens: crate::wasi::log::TRACE_BURST,
+                refilled: std::time::Instant::now(),
+                skipped: 0,
+            }),
         })
     }
 
@@ -463,6 +480,30 @@ impl Tenant {
     /// The tenant's name.
     pub fn name(&self) -> &Name {
         &self.name
+    }
+
+    /// Whether one more output line of the tenant's apps may go to `tracing`: `Some(lines left out
+    /// since the last one)`, or `None` (counted as left out). The clock is read only once in every
+    /// 64 refusals, so an app printing in a loop costs little here.
+    pub(crate) fn trace_line(&self) -> Option<u64> {
+        let mut b = self.log_trace.lock();
+        if b.tokens == 0 && b.skipped.is_multiple_of(64) {
+            let now = std::time::Instant::now();
+            let per_sec = u64::from(crate::wasi::log::TRACE_LINES_PER_SEC);
+            let earned = u64::try_from(now.duration_since(b.refilled).as_millis()).unwrap_or(u64::MAX)
+                * per_sec
+                / 1000;
+            if earned > 0 {
+                b.tokens = u32::try_from(earned).unwrap_or(u32::MAX).min(crate::wasi::log::TRACE_BURST);
+                b.refilled = now;
+            }
+        }
+        if b.tokens == 0 {
+            b.skipped += 1;
+            return None;
+        }
+        b.tokens -= 1;
+        Some(std::mem::take(&mut b.skipped))
     }
 
     /// The current quotas.

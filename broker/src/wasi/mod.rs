@@ -46,6 +46,14 @@ pub const MODULE: &str = "wasi_snapshot_preview1";
 /// The reactor initialiser the broker calls after instantiating a WASI app that exports it.
 pub const INITIALIZE: &str = "_initialize";
 
+/// Most bytes one WASI call may carry from the guest to the host (wasmtime's hostcall fuel): a larger
+/// `fd_write` or `poll_oneoff` fails with `ENOMEM`, so no single call costs the host more than this
+/// much memory, or more than this much work, outside the epoch checks that bound the rest.
+pub const HOSTCALL_BYTES: usize = 1 << 20;
+
+/// Most random bytes one `random_get` may ask for.
+pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
 /// A WASI app's log ring when its [`crate::InstanceConfig`] does not say: 64 KiB.
 pub const DEFAULT_LOG_BYTES: u64 = 64 << 10;
 
@@ -142,7 +150,7 @@ pub(crate) fn context(
     root: Option<&std::path::Path>,
 ) -> Result<WasiP1Ctx, String> {
     let mut builder = WasiCtxBuilder::new();
-    builder.args(&config.args).envs(&config.env);
+    builder.args(&config.args).envs(&config.env).max_random_size(MAX_RANDOM_BYTES);
     if let Some(log) = log {
         builder.stdout(LogOutput { log: Arc::clone(log), stream: LogStream::Stdout });
         builder.stderr(LogOutput { log: Arc::clone(log), stream: LogStream::Stderr });

@@ -184,3 +184,39 @@ pub extern "C" fn read_file(which: i32) -> i64 {
         }
     }
 }
+
+broker_guest::watch_callback!(fn sleepy(_user_data, _event) {
+    println!("callback sleeping");
+    std::thread::sleep(Duration::from_secs(3600));
+});
+
+/// Watches region `data` with a callback that sleeps for an hour (a hostile callback: only its budget
+/// or the host's stop can end it); returns the handle, kept open.
+#[no_mangle]
+pub extern "C" fn watch_and_sleep() -> i64 {
+    ret(Region::open("data").and_then(|r| {
+        r.watch(sleepy, 0)?;
+        Ok(u64::from(r.into_raw()))
+    }))
+}
+
+/// Writes `mib` MiB of newlines to stdout in one `write`; returns the bytes written or the negated
+/// errno.
+#[no_mangle]
+pub extern "C" fn big_write(mib: i32) -> i64 {
+    let buf = vec![b'\n'; usize::try_from(mib).unwrap_or(0) << 20];
+    match std::io::stdout().write(&buf) {
+        Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
+        Err(e) => errno(&e),
+    }
+}
+
+/// Writes `n` newlines to stdout in one `write`; returns the bytes written or the negated errno.
+#[no_mangle]
+pub extern "C" fn big_write_bytes(n: i64) -> i64 {
+    let buf = vec![b'\n'; usize::try_from(n).unwrap_or(0)];
+    match std::io::stdout().write(&buf) {
+        Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
+        Err(e) => errno(&e),
+    }
+}

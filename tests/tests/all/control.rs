@@ -2322,3 +2322,79 @@ fn r17_a_wasi_apps_output_is_read_and_followed_over_grpc() {
     let missing = logs(&acme, "nobody", false, 0).map(|_| ()).expect_err("no such instance");
     assert_eq!(missing.code(), Code::NotFound);
 }
+
+/// Log streams are bounded like watches (each holds a unit of the tenant's `watches` quota) and hold
+/// no log: a deleted instance's ring goes back to its tenant while an unread follower is still open,
+/// and that follower ends. Only the operator grants directories. A restart after the tenant's
+/// `log_bytes` quota was lowered below what it holds brings every instance back.
+#[test]
+fn r17_log_streams_are_bounded_and_restores_keep_instances_over_a_lowered_log_quota() {
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let d = Daemon::start(Some(tmp.path().to_path_buf()));
+    let admin = d.client(Some(&d.admin));
+    let quotas = pb::Quotas { watches: Some(2), ..small_quotas(pb::Quotas::default()) };
+    let acme = tenant_with(&d, &admin, "acme", Some(quotas));
+    upload(&d, &acme, "app", broker_guests::WASI_STD_APP_WASM);
+    start(&d, &acme, "app", "a");
+    start(&d, &acme, "app", "b");
+    let follow = |c: &Client, name: &str| {
+        let r = pb::InstanceLogsRequest {
+            instance: Some(pb::InstanceRef { tenant: "acme".into(), name: name.into() }),
+            follow: true,
+            tail: 0,
+        };
+        let mut inner = c.inner.clone();
+        d.rt.block_on(async move { inner.instance_logs(c.req(r)).await }).map(tonic::Response::into_inner)
+    };
+    // Lines the follower never reads.
+    assert_eq!(as_i64(&call(&d, &acme, "a", "flood", vec![i32v(1000)]).expect("flood")), 1000);
+    let mut first = follow(&acme, "a").expect("first stream");
+    let _second = follow(&acme, "a").expect("second stream");
+    let third = follow(&acme, "b").map(|_| ()).expect_err("over the watches quota");
+    assert_eq!(third.code(), Code::ResourceExhausted, "{third:?}");
+    let usage = || {
+        let t = rpc!(d, admin, list_tenants, pb::ListTenantsRequest {}).expect("tenants").tenants;
+        t.into_iter().find(|t| t.name == "acme").and_then(|t| t.usage).expect("usage")
+    };
+    assert_eq!(usage().log_bytes, 2 * broker::wasi::DEFAULT_LOG_BYTES);
+    rpc!(d, acme, delete_instance, pb::InstanceRef { tenant: String::new(), name: "a".into() })
+        .expect("delete");
+    assert_eq!(usage().log_bytes, broker::wasi::DEFAULT_LOG_BYTES, "open followers do not pin a deleted log");
+    // The unread follower gets what was queued, then ends.
+    let mut got = 0;
+    while let Some(_line) = d.rt.block_on(first.message()).expect("stream") {
+        got += 1;
+        assert!(got <= 1000);
+    }
+    assert!(got > 0);
+
+    // Only the operator grants directories.
+    let msg = |name: &str| pb::StartInstanceRequest {
+        tenant: "acme".into(),
+        module: "app".into(),
+        name: name.into(),
+        config: Some(pb::InstanceConfig {
+            dirs: vec![pb::DirGrant { path: "files".into(), guest_path: "/data".into(), writable: true }],
+            ..Default::default()
+        }),
+    };
+    let denied =
+        rpc!(d, acme, start_instance, msg("c")).expect_err("a tenant cannot grant itself a directory");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    rpc!(d, admin, start_instance, msg("c")).expect("the operator can");
+
+    // Lower log_bytes below what acme holds (two rings), then restart: both instances come back.
+    let lowered = pb::Quotas { log_bytes: Some(0), watches: Some(2), ..small_quotas(pb::Quotas::default()) };
+    rpc!(d, admin, set_quotas, pb::SetQuotasRequest { tenant: "acme".into(), quotas: Some(lowered) })
+        .expect("lowering is accepted");
+    drop((first, _second));
+    d.stop();
+    let d = Daemon::start(Some(tmp.path().to_path_buf()));
+    let admin = d.client(Some(&d.admin));
+    let listed = rpc!(d, admin, list_instances, pb::ListInstancesRequest { tenant: "acme".into() })
+        .expect("list")
+        .instances;
+    let mut names: Vec<&str> = listed.iter().map(|i| i.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["b", "c"], "no instance lost to the lowered quota");
+}

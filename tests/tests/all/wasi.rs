@@ -212,7 +212,7 @@ fn a_stdout_flood_stays_within_the_ring_and_the_tenants_quota() {
         assert_eq!(call(&b, app, "flood", args![n]), i64::from(n));
         let log = b.instance_log(app).expect("instance").expect("log");
         let read = log.read(0, usize::MAX);
-        let kept: usize = read.lines.iter().map(|l| l.text.len() + 16).sum();
+        let kept: usize = read.lines.iter().map(|l| l.text.len() + broker::wasi::log::RECORD_HEADER).sum();
         assert!(kept <= log.capacity(), "the ring holds at most its size: {kept}");
         assert!(read.lost > 0, "the oldest lines were dropped");
         let last = read.lines.last().expect("lines");
@@ -395,5 +395,68 @@ fn directory_grants_refuse_links_bad_paths_and_brokers_without_app_data() {
             plain.start_instance(p, "app", "x", with_dirs(vec![dir("data", true)])),
             Err(Error::InvalidArgument { field: "dirs", .. })
         ));
+    });
+}
+
+/// A watch callback that sleeps in WASI is bounded like a call: its budget ends it, and the host's
+/// stop does at once, so stop, restart and delete never wait on it.
+#[test]
+fn a_callback_that_sleeps_cannot_outlive_its_budget_or_a_stop() {
+    watchdog(120, || {
+        let b = broker();
+        let t = tenant(&b, "t");
+        data_region(&b, t, Mode::Handle, &[0; 8]);
+        let region = b.region_id(t, "data").expect("region");
+        let timeout = Duration::from_millis(300);
+        let short = InstanceConfig { call_timeout: timeout, ..InstanceConfig::default() };
+        let app = start_with(&b, t, "wasi_std_app", "short", short);
+        assert!(call(&b, app, "watch_and_sleep", args![]) > 0);
+        b.write_region(region, 0, &[1]).expect("write");
+        let mut polls = 0;
+        while b.instance_status(app).expect("status").state == RunState::Running {
+            polls += 1;
+            assert!(polls < 3000, "the callback's budget never ended it");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let status = b.instance_status(app).expect("status");
+        assert_eq!(status.state, RunState::Trapped);
+        assert!(status.last_trap.as_deref().is_some_and(|m| m.contains("deadline")), "{status:?}");
+        assert_eq!(stdout_lines(&b, app), ["callback sleeping"]);
+
+        let long = InstanceConfig { call_timeout: Duration::from_secs(60), ..InstanceConfig::default() };
+        let app = start_with(&b, t, "wasi_std_app", "long", long);
+        assert!(call(&b, app, "watch_and_sleep", args![]) > 0);
+        b.write_region(region, 0, &[2]).expect("write");
+        let mut polls = 0;
+        while stdout_lines(&b, app).is_empty() {
+            polls += 1;
+            assert!(polls < 3000, "the callback never ran");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        b.stop_instance(app).expect("a stop ends the sleeping callback");
+        b.restart_instance(app).expect("restart");
+        b.delete_instance(app).expect("delete");
+    });
+}
+
+/// One WASI call carries at most `HOSTCALL_BYTES` from the guest: a larger write is an errno, not
+/// seconds of host work; a write of newlines within it stays cheap and bounded by the ring.
+#[test]
+fn one_wasi_call_carries_a_bounded_amount() {
+    watchdog(120, || {
+        let b = broker();
+        let t = tenant(&b, "t");
+        let app = start(&b, t, "wasi_std_app", "app");
+        // wasi-libc's ENOMEM is 48.
+        assert_eq!(call(&b, app, "big_write", args![4]), -48);
+        assert_eq!(call(&b, app, "big_write", args![0]), 0);
+        let log = b.instance_log(app).expect("instance").expect("log");
+        let before = log.next_seq();
+        // Just under the bound: a million empty lines, kept only as far as the ring goes.
+        let n = i64::try_from(broker::wasi::HOSTCALL_BYTES).expect("fits") - 4096;
+        let wrote = call(&b, app, "big_write_bytes", args![n]);
+        assert_eq!(wrote, n);
+        assert_eq!(log.next_seq() - before, u64::try_from(n).expect("fits"), "every line counted");
+        assert_eq!(b.instance_status(app).expect("status").state, RunState::Running);
     });
 }
