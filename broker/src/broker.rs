@@ -560,6 +560,11 @@ impl Broker {
         let removed = self.core.forget_instance(instance).map_err(Error::from).and(stopped);
         self.core.registry.write().instance_names.remove(&(cell.tenant.id(), cell.name.clone()));
         cell.tenant.release(Resource::Instances, 1);
+        // Its log ring's charge goes back now, not when the last reader (or the worker that ran its
+        // last job) lets go of the log.
+        if let Some(log) = cell.log() {
+            log.close();
+        }
         // Deleted either way; a window of another instance derived from this one's capabilities that
         // could not be revoked is reported (that instance is being stopped).
         removed

@@ -105,8 +105,9 @@ pub struct InstanceLog {
     /// Tells followers a line arrived (its `seq` + 1), or that the log closed (the sender is dropped
     /// with the log).
     changed: tokio::sync::watch::Sender<u64>,
-    /// The tenant's `log_bytes` charge for `capacity`, given back with the log.
-    _charge: Reservation,
+    /// The tenant's `log_bytes` charge for `capacity`, given back with the log or when its instance is
+    /// deleted ([`InstanceLog::close`]), whichever comes first.
+    charge: Mutex<Option<Reservation>>,
 }
 
 /// The lines, one record after another in one buffer allocated whole at the start, so the ring's
@@ -185,8 +186,14 @@ impl InstanceLog {
                 pending: [Vec::new(), Vec::new()],
             }),
             changed: tokio::sync::watch::channel(0).0,
-            _charge: charge,
+            charge: Mutex::new(Some(charge)),
         })
+    }
+
+    /// Gives the ring's charge back to the tenant: its instance was deleted. The lines stay readable
+    /// by whoever still holds the log, until they let go of it.
+    pub(crate) fn close(&self) {
+        drop(self.charge.lock().take());
     }
 
     /// The ring's size in bytes.

@@ -1022,7 +1022,7 @@ fn every_request_field_is_validated() {
         config: Some(pb::InstanceConfig { args, env, log_bytes, ..Default::default() }),
     };
     let dirs_req = |path: &str| pb::StartInstanceRequest {
-        tenant: String::new(),
+        tenant: "t".into(),
         module: "app".into(),
         name: "w".into(),
         config: Some(pb::InstanceConfig {
@@ -1120,7 +1120,8 @@ fn every_request_field_is_validated() {
         ),
         bad!(d, t, start_instance, wasi_req(vec!["a\0".into()], vec![], 0), InvalidArgument, "config.args"),
         bad!(d, t, start_instance, wasi_req(vec![], vec![], 1), InvalidArgument, "config.log_bytes"),
-        bad!(d, t, start_instance, dirs_req("../up"), InvalidArgument, "config.dirs"),
+        bad!(d, admin, start_instance, dirs_req("../up"), InvalidArgument, "config.dirs"),
+        bad!(d, t, start_instance, dirs_req("ok"), PermissionDenied),
         bad!(d, t, instance_logs, logs_req(None), InvalidArgument, "instance"),
         bad!(d, t, instance_logs, logs_req(Some(inst(""))), InvalidArgument, "instance.name"),
         bad!(d, t, instance_logs, logs_req(Some(inst("nope"))), NotFound),
