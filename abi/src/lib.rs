@@ -39,6 +39,13 @@ pub mod func {
     pub const REGION_READ: &str = "region_read";
     /// `region_write(handle, offset: i64, src_ptr, len) -> status`.
     pub const REGION_WRITE: &str = "region_write";
+    /// `region_readv(handle, iovs_ptr, count) -> status`: `count` (at most [`MAX_IOVS`](crate::MAX_IOVS))
+    /// reads in one call, each an [`Iovec`](crate::Iovec) (`offset` in the capability's range, `ptr`,
+    /// `len`), all checked before any is done, all from one consistent state of the region.
+    pub const REGION_READV: &str = "region_readv";
+    /// `region_writev(handle, iovs_ptr, count) -> status`: `count` writes in one call, all checked
+    /// before any is done, applied together as one change (one version, seen whole by readers).
+    pub const REGION_WRITEV: &str = "region_writev";
     /// `handle_restrict(handle, rights, offset: i64, len: i64, out_handle_ptr) -> status`.
     pub const HANDLE_RESTRICT: &str = "handle_restrict";
     /// `handle_grant(handle, target_ptr, target_len, rights, offset: i64, len: i64) -> status`.
@@ -99,6 +106,8 @@ pub mod func {
         REGION_UNWATCH,
         FN_OPEN,
         FN_CALL,
+        REGION_READV,
+        REGION_WRITEV,
         FN_CLOSE,
         MIRROR_HINT,
     ];
@@ -372,6 +381,46 @@ pub const MAX_FUNCTION_HANDLES: u32 = 1024;
 /// The longest `region_wait` a guest can ask for, in milliseconds; longer waits are cut to this and
 /// return `TIMED_OUT`, so a waiting guest never holds its worker for long.
 pub const MAX_WAIT_MS: u32 = 1000;
+
+/// Most entries one `region_readv` or `region_writev` takes.
+pub const MAX_IOVS: u32 = 256;
+
+/// One entry of a `region_readv`/`region_writev` list, as laid out in guest memory (16 bytes,
+/// little-endian): where in the capability's range, and where in the app's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Iovec {
+    /// Offset in the capability's range.
+    pub offset: i64,
+    /// Address in the app's linear memory.
+    pub ptr: u32,
+    /// Bytes to copy.
+    pub len: u32,
+}
+
+impl Iovec {
+    /// Its size in guest memory.
+    pub const SIZE: u32 = 16;
+
+    /// The entry encoded as guest memory holds it.
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.offset.to_le_bytes());
+        b[8..12].copy_from_slice(&self.ptr.to_le_bytes());
+        b[12..].copy_from_slice(&self.len.to_le_bytes());
+        b
+    }
+
+    /// The entry encoded in `b`.
+    pub fn from_bytes(b: [u8; 16]) -> Iovec {
+        let [o0, o1, o2, o3, o4, o5, o6, o7, p0, p1, p2, p3, l0, l1, l2, l3] = b;
+        Iovec {
+            offset: i64::from_le_bytes([o0, o1, o2, o3, o4, o5, o6, o7]),
+            ptr: u32::from_le_bytes([p0, p1, p2, p3]),
+            len: u32::from_le_bytes([l0, l1, l2, l3]),
+        }
+    }
+}
 
 /// `len` value meaning "from the offset to the end of the capability's range" in restrict and grant.
 pub const LEN_TO_END: i64 = -1;

@@ -69,6 +69,8 @@
 
 /* Longest region_wait, in milliseconds. */
 #define BROKER_MAX_WAIT_MS 1000u
+/* Most entries of one region_readv/region_writev. */
+#define BROKER_MAX_IOVS 256u
 
 /* `len` meaning "to the end of the range" in restrict and grant. */
 #define BROKER_LEN_TO_END (-1LL)
@@ -93,6 +95,16 @@ typedef struct broker_handle_info {
 
 _Static_assert(sizeof(broker_handle_info_t) == 40, "broker_handle_info_t must be 40 bytes");
 
+/* One entry of region_readv/region_writev: `offset` in the capability's range, `ptr` and `len` in the
+ * app's memory. */
+typedef struct {
+    int64_t offset;
+    uint32_t ptr;
+    uint32_t len;
+} broker_iovec_t;
+
+_Static_assert(sizeof(broker_iovec_t) == 16, "broker_iovec_t must be 16 bytes");
+
 #define BROKER_IMPORT(name) __attribute__((import_module("broker_v1"), import_name(#name)))
 
 BROKER_IMPORT(abi_version) int32_t broker_abi_version(void);
@@ -103,6 +115,10 @@ BROKER_IMPORT(handle_close) int32_t broker_handle_close(broker_handle_t handle);
 BROKER_IMPORT(handle_info) int32_t broker_handle_info(broker_handle_t handle, broker_handle_info_t *out_info);
 BROKER_IMPORT(region_read) int32_t broker_region_read(broker_handle_t handle, int64_t offset, void *dst, size_t len);
 BROKER_IMPORT(region_write) int32_t broker_region_write(broker_handle_t handle, int64_t offset, const void *src, size_t len);
+/* Several reads (writes) in one call: all checked before any is done; the reads see one state of the
+ * region, the writes land together as one change. */
+BROKER_IMPORT(region_readv) int32_t broker_region_readv(broker_handle_t handle, const broker_iovec_t *iovs, size_t count);
+BROKER_IMPORT(region_writev) int32_t broker_region_writev(broker_handle_t handle, const broker_iovec_t *iovs, size_t count);
 BROKER_IMPORT(handle_restrict) int32_t broker_handle_restrict(broker_handle_t handle, uint32_t rights, int64_t offset, int64_t len, broker_handle_t *out_handle);
 BROKER_IMPORT(handle_grant) int32_t broker_handle_grant(broker_handle_t handle, const char *target, size_t target_len, uint32_t rights, int64_t offset, int64_t len);
 BROKER_IMPORT(handle_revoke) int32_t broker_handle_revoke(broker_handle_t handle);

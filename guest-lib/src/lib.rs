@@ -27,7 +27,7 @@ pub use view::View;
 
 pub use broker_abi::ui as ui_code;
 pub use broker_abi::{
-    mode as raw_mode, rights as raw_rights, HandleInfo, Status, LEN_TO_END, MAX_NAME_LEN, PAGE_SIZE,
+    mode as raw_mode, rights as raw_rights, HandleInfo, Status, LEN_TO_END, MAX_IOVS, MAX_NAME_LEN, PAGE_SIZE,
 };
 pub use bytemuck::{Pod, Zeroable};
 
@@ -350,6 +350,26 @@ impl Region {
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         let offset = offset_arg(offset)?;
         Error::check(sys::region_write(self.handle, offset, data))
+    }
+
+    /// Reads several ranges in one host call: each `(offset, buffer)` fills the buffer from `offset`.
+    /// All are checked before any is read, and all come from one state of the region (no write lands
+    /// between two of them).
+    ///
+    /// # Errors
+    /// `InvalidArgument` for more than [`MAX_IOVS`] ranges (the broker's refusal); otherwise as
+    /// [`Region::read`], for the first range refused (and then nothing was read).
+    pub fn read_vectored(&self, reads: &mut [(u64, &mut [u8])]) -> Result<()> {
+        Error::check(sys::region_readv(self.handle, reads))
+    }
+
+    /// Writes several ranges in one host call: each `(offset, bytes)` goes to `offset`. All are
+    /// checked before any is written, and they land together, as one change with one version.
+    ///
+    /// # Errors
+    /// As [`Region::read_vectored`], with [`Region::write`]'s refusals.
+    pub fn write_vectored(&self, writes: &[(u64, &[u8])]) -> Result<()> {
+        Error::check(sys::region_writev(self.handle, writes))
     }
 
     /// Reads a plain-old-data value stored at `offset` (unaligned offsets are fine).

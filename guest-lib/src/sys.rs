@@ -9,6 +9,8 @@
 
 #![allow(unsafe_code, reason = "this module is the FFI boundary with the host")]
 
+use alloc::vec::Vec;
+
 /// The raw imports, exactly as the host exports them. Apps use the safe wrappers below; this is public
 /// only for the hostile test guests, which must pass whatever pointers and lengths they like.
 #[doc(hidden)]
@@ -29,6 +31,8 @@ pub mod raw {
         pub fn handle_info(handle: u32, out_info: *mut u8) -> i32;
         pub fn region_read(handle: u32, offset: i64, dst: *mut u8, len: usize) -> i32;
         pub fn region_write(handle: u32, offset: i64, src: *const u8, len: usize) -> i32;
+        pub fn region_readv(handle: u32, iovs: *const u8, count: usize) -> i32;
+        pub fn region_writev(handle: u32, iovs: *const u8, count: usize) -> i32;
         pub fn handle_restrict(handle: u32, rights: u32, offset: i64, len: i64, out_handle: *mut u32) -> i32;
         pub fn handle_grant(
             handle: u32,
@@ -136,6 +140,37 @@ pub fn region_read(handle: u32, offset: i64, dst: &mut [u8]) -> i32 {
 pub fn region_write(handle: u32, offset: i64, src: &[u8]) -> i32 {
     // SAFETY: `src` is live for `src.len()` bytes during the call.
     unsafe { raw::region_write(handle, offset, src.as_ptr(), src.len()) }
+}
+
+/// One encoded `region_readv`/`region_writev` entry, or the status that refuses it.
+fn iovec(offset: u64, ptr: usize, len: usize) -> Result<[u8; 16], i32> {
+    let offset = i64::try_from(offset).map_err(|_| broker_abi::Status::OutOfBounds.code())?;
+    let ptr = u32::try_from(ptr).map_err(|_| broker_abi::Status::BadPointer.code())?;
+    let len = u32::try_from(len).map_err(|_| broker_abi::Status::OutOfBounds.code())?;
+    Ok(broker_abi::Iovec { offset, ptr, len }.to_bytes())
+}
+
+/// Reads each `(offset, buffer)` of `reads` in one call (see `region_readv`).
+pub fn region_readv(handle: u32, reads: &mut [(u64, &mut [u8])]) -> i32 {
+    let iovs: Result<Vec<[u8; 16]>, i32> =
+        reads.iter_mut().map(|(o, b)| iovec(*o, b.as_mut_ptr() as usize, b.len())).collect();
+    match iovs {
+        // SAFETY: every entry points at a buffer of `reads`, borrowed mutably (so touched by nothing
+        // else) and live for the whole call; `iovs` is live for the call too.
+        Ok(iovs) => unsafe { raw::region_readv(handle, iovs.as_ptr().cast(), iovs.len()) },
+        Err(status) => status,
+    }
+}
+
+/// Writes each `(offset, bytes)` of `writes` in one call (see `region_writev`).
+pub fn region_writev(handle: u32, writes: &[(u64, &[u8])]) -> i32 {
+    let iovs: Result<Vec<[u8; 16]>, i32> =
+        writes.iter().map(|(o, d)| iovec(*o, d.as_ptr() as usize, d.len())).collect();
+    match iovs {
+        // SAFETY: every entry points at a slice of `writes`, live and readable for the whole call.
+        Ok(iovs) => unsafe { raw::region_writev(handle, iovs.as_ptr().cast(), iovs.len()) },
+        Err(status) => status,
+    }
 }
 
 /// Derives a smaller capability for the caller; the new handle goes to `out`.

@@ -29,7 +29,7 @@ use std::sync::OnceLock;
 /// `broker_abi::func::ALL` and `broker_abi::ui_func::ALL`, in the order they had when both were one list.
 /// The order is the wire format of [`AbiOp::func`] (and so of the seed corpus in `fuzz/corpus/abi/`):
 /// append, never reorder.
-pub const IMPORTS: [&str; 32] = {
+pub const IMPORTS: [&str; 34] = {
     use broker_abi::{func, ui_func};
     [
         func::ABI_VERSION,
@@ -64,6 +64,8 @@ pub const IMPORTS: [&str; 32] = {
         func::FN_CALL,
         func::FN_CLOSE,
         func::MIRROR_HINT,
+        func::REGION_READV,
+        func::REGION_WRITEV,
     ]
 };
 

@@ -237,6 +237,60 @@ fn region_write(caller: &mut Ctx<'_>, handle: u32, offset: i64, src: u32, len: u
     Ok(())
 }
 
+/// Reads the iovec list at `ptr` once, into host memory.
+fn iovecs(mem: &GuestMemory, ptr: u32, count: u32) -> Result<Vec<broker_abi::Iovec>, AbiError> {
+    if count > broker_abi::MAX_IOVS {
+        return Err(AbiError::InvalidValue { field: "count", value: i64::from(count) });
+    }
+    let bytes = mem.read(ptr, count * broker_abi::Iovec::SIZE)?;
+    Ok(bytes
+        .chunks_exact(16)
+        .map(|c| broker_abi::Iovec::from_bytes(c.try_into().unwrap_or([0; 16])))
+        .collect())
+}
+
+fn region_readv(caller: &mut Ctx<'_>, handle: u32, iovs: u32, count: u32) -> Result<(), AbiError> {
+    let cap = caller.data().ctx.lookup(handle)?;
+    cap.require(Rights::READ)?;
+    let mem = GuestMemory::lock(caller);
+    let list = iovecs(&mem, iovs, count)?;
+    // Every entry is checked before anything is copied.
+    let mut checked = Vec::with_capacity(list.len());
+    let mut total = 0u64;
+    for iov in &list {
+        let at = cap.range.access(iov.offset, u64::from(iov.len))?;
+        checked.push((mem.check(iov.ptr, iov.len, true)?, at));
+        total += u64::from(iov.len);
+    }
+    let n = usize::try_from(total).unwrap_or(usize::MAX);
+    cap.region.read_with(n, |m| {
+        checked.iter().try_for_each(|(dst, at)| dst.copy_from_region(0, dst.len(), m, *at))
+    })?;
+    caller.data().ctx.traffic.copied_out(total);
+    Ok(())
+}
+
+fn region_writev(caller: &mut Ctx<'_>, handle: u32, iovs: u32, count: u32) -> Result<(), AbiError> {
+    let cap = caller.data().ctx.lookup(handle)?;
+    cap.require(Rights::WRITE)?;
+    let mem = GuestMemory::lock(caller);
+    let list = iovecs(&mem, iovs, count)?;
+    let mut checked = Vec::with_capacity(list.len());
+    let mut total = 0u64;
+    for iov in &list {
+        let at = cap.range.access(iov.offset, u64::from(iov.len))?;
+        checked.push((mem.check(iov.ptr, iov.len, false)?, at));
+        total += u64::from(iov.len);
+    }
+    let spans: Vec<(u64, usize)> = checked.iter().map(|(src, at)| (*at, src.len())).collect();
+    // The guest bytes are read exactly once, by the copies into the region, all under one writer lock.
+    cap.region.write_many(&spans, |m| {
+        checked.iter().try_for_each(|(src, at)| src.copy_to_region(0, src.len(), m, *at))
+    })?;
+    caller.data().ctx.traffic.copied_in(total);
+    Ok(())
+}
+
 fn handle_restrict(
     caller: &mut Ctx<'_>,
     handle: u32,
@@ -466,6 +520,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
     import!(linker, func::HANDLE_INFO, handle_info, (h: u32, out: u32));
     import!(linker, func::REGION_READ, region_read, (h: u32, off: i64, p: u32, l: u32));
     import!(linker, func::REGION_WRITE, region_write, (h: u32, off: i64, p: u32, l: u32));
+    import!(linker, func::REGION_READV, region_readv, (h: u32, iovs: u32, n: u32));
+    import!(linker, func::REGION_WRITEV, region_writev, (h: u32, iovs: u32, n: u32));
     import!(linker, func::HANDLE_RESTRICT, handle_restrict, (h: u32, r: u32, off: i64, len: i64, out: u32));
     import!(linker, func::HANDLE_GRANT, handle_grant, (h: u32, p: u32, l: u32, r: u32, off: i64, len: i64));
     import!(linker, func::HANDLE_REVOKE, handle_revoke, (h: u32));

@@ -559,6 +559,36 @@ impl Region {
     }
 }
 
+impl Region {
+    /// As [`Region::write_with`] for several `(offset, len)` spans written by one `copy`: one writer
+    /// lock, one version, every span's pages marked, and one change published, spanning them all.
+    ///
+    /// # Errors
+    /// What `copy` returns; nothing is marked or published then.
+    pub(crate) fn write_many(
+        &self,
+        spans: &[(u64, usize)],
+        copy: impl FnOnce(&RegionMemory) -> Result<(), RegionError>,
+    ) -> Result<u64, RegionError> {
+        let mut pages = self.pages.write();
+        copy(&self.memory)?;
+        let version = self.bump_version();
+        let mut total = 0u64;
+        let (mut lo, mut hi) = (u64::MAX, 0u64);
+        for &(offset, len) in spans {
+            pages.mark(offset, len64(len), version);
+            total += len64(len);
+            lo = lo.min(offset);
+            hi = hi.max(offset.saturating_add(len64(len)));
+        }
+        self.traffic.copied_in(total);
+        if lo < hi {
+            self.publish(Change { version, offset: lo, len: hi - lo });
+        }
+        Ok(version)
+    }
+}
+
 /// A length as the `u64` regions count in (saturating, though no buffer comes near).
 pub(crate) fn len64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)

@@ -53,6 +53,7 @@ fn rights_modes_and_limits_match() {
         ("BROKER_MAX_NAME_LEN", broker_abi::MAX_NAME_LEN),
         ("BROKER_MAP_WRITE", broker_abi::map_flags::WRITE),
         ("BROKER_MAX_WAIT_MS", broker_abi::MAX_WAIT_MS),
+        ("BROKER_MAX_IOVS", broker_abi::MAX_IOVS),
         ("BROKER_PAGE_SIZE", broker_abi::PAGE_SIZE),
     ];
     for (name, value) in pairs {

@@ -269,3 +269,69 @@ fn versioned_reads_pair_bytes_with_their_version() {
     }
     writer.join().expect("writer");
 }
+
+/// `region_readv`/`region_writev`: several ranges in one call through the safe library; with raw
+/// lists, every entry is checked before anything is copied (a bad entry anywhere leaves the region
+/// and the app's buffers as they were), the count is bounded, and a write of several ranges is one
+/// change with one version.
+#[test]
+fn vectored_reads_and_writes_check_every_entry_first() {
+    let w = world();
+    let h = handle(call(&w.b, w.writer, "open", args![DATA]));
+    assert_eq!(call(&w.b, w.writer, "vectored", args![h]), 21);
+    let mut got = [0u8; 12];
+    w.b.read_region(w.data, 10, &mut got).expect("read");
+    assert_eq!(got, [1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 5, 6]);
+
+    let pattern: Vec<u8> = (0..4096u32).map(|i| u8::try_from(i % 251).unwrap_or(0) | 1).collect();
+    w.b.write_region(w.data, 0, &pattern).expect("host write");
+    let (a, own) = attacker(&w);
+    let scratch = i32::try_from(call(&w.b, a, "scratch", args![])).expect("pointer");
+    let list = i32::try_from(call(&w.b, a, "iov_list", args![])).expect("pointer");
+    // Two good entries: 8 bytes at 0 into scratch, 4 bytes at 100 into scratch + 8.
+    call(&w.b, a, "iov_set", args![0, 0i64, scratch, 8]);
+    call(&w.b, a, "iov_set", args![1, 100i64, scratch + 8, 4]);
+    assert_eq!(call(&w.b, a, "readv_raw", args![own, list, 2]), 0);
+    let sum = |bytes: &[u8]| bytes.iter().map(|&b| i64::from(b)).sum::<i64>();
+    let expected = sum(&pattern[..8]) + sum(&pattern[100..104]);
+    assert_eq!(call(&w.b, a, "scratch_sum", args![12]), expected);
+
+    // writev: both ranges land, as one version.
+    let version = w.b.region_info(w.data).expect("info").version;
+    call(&w.b, a, "iov_set", args![0, 200i64, scratch, 4]);
+    call(&w.b, a, "iov_set", args![1, 300i64, scratch + 4, 4]);
+    assert_eq!(call(&w.b, a, "writev_raw", args![own, list, 2]), 0);
+    assert_eq!(w.b.region_info(w.data).expect("info").version, version + 1, "one change");
+    let mut now = vec![0u8; 4096];
+    w.b.read_region(w.data, 0, &mut now).expect("read");
+    assert_eq!(&now[200..204], &pattern[..4]);
+    assert_eq!(&now[300..304], &pattern[4..8]);
+
+    // Bad entries anywhere in the list: refused, nothing written.
+    let before = now.clone();
+    let oob = code(Status::OutOfBounds);
+    let bad_ptr = code(Status::BadPointer);
+    let cases: &[(i64, i32, i32, i64)] = &[
+        (4093, scratch, 8, oob),     // past the range
+        (i64::MIN, scratch, 8, oob), // a negative offset
+        (0, -16, 32, bad_ptr),       // past the app's memory
+        (0, scratch, -1, oob),       // u32::MAX bytes
+    ];
+    call(&w.b, a, "iov_set", args![0, 400i64, scratch, 8]);
+    for &(offset, ptr, len, want) in cases {
+        call(&w.b, a, "iov_set", args![1, offset, ptr, len]);
+        assert_eq!(call(&w.b, a, "writev_raw", args![own, list, 2]), want, "writev {offset} {ptr} {len}");
+        assert_eq!(call(&w.b, a, "readv_raw", args![own, list, 2]), want, "readv {offset} {ptr} {len}");
+    }
+    w.b.read_region(w.data, 0, &mut now).expect("read");
+    assert_eq!(now, before, "a refused writev wrote nothing, its good first entry included");
+    assert_eq!(w.b.region_info(w.data).expect("info").version, version + 1);
+    // The list itself: a wild pointer, a count past the bound, a count past the list's end (reads
+    // whatever follows it in the app's memory: its own business, still checked entry by entry).
+    assert_eq!(call(&w.b, a, "readv_raw", args![own, -8, 2]), bad_ptr);
+    assert_eq!(call(&w.b, a, "readv_raw", args![own, list, 257]), code(Status::InvalidArgument));
+    assert_eq!(call(&w.b, a, "writev_raw", args![own, list, -1]), code(Status::InvalidArgument));
+    assert_eq!(call(&w.b, a, "readv_raw", args![own, list, 0]), 0, "an empty list is fine");
+    // Forged handles.
+    assert_eq!(call(&w.b, a, "readv_raw", args![0x7fff_0000, list, 1]), code(Status::InvalidHandle));
+}

@@ -27,14 +27,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use broker_guest::sys::raw::{
     abi_version, fn_call, fn_close, fn_open, handle_close, handle_grant, handle_info, handle_restrict,
     handle_revoke, mirror_acquire, mirror_commit, mirror_hint, mirror_refresh, nop, region_create,
-    region_map, region_notify, region_open, region_read, region_unmap, region_unwatch, region_wait,
-    region_watch, region_write, ui_create, ui_delete, ui_get, ui_get_text, ui_on_event, ui_send, ui_set,
-    ui_set_text,
+    region_map, region_notify, region_open, region_read, region_readv, region_unmap, region_unwatch,
+    region_wait, region_watch, region_write, region_writev, ui_create, ui_delete, ui_get, ui_get_text,
+    ui_on_event, ui_send, ui_set, ui_set_text,
 };
 
 /// Number of imports `op` dispatches over (`broker_tests::fuzz::IMPORTS.len()`: every function of
 /// `broker_abi::func::ALL` and `broker_abi::ui_func::ALL`).
-const FUNCS: i32 = 32;
+const FUNCS: i32 = 34;
 
 /// What `op` returns when a guard zone changed: the broker wrote outside a range it was given.
 pub const GUARD_BROKEN: i32 = 0x4755_4152;
@@ -599,7 +599,7 @@ pub extern "C" fn callbacks_run() -> i64 {
     i64::try_from(CALLBACKS.load(Ordering::Relaxed)).unwrap_or(-1)
 }
 
-/// Calls import number `func % 32` (in the order of `broker_tests::fuzz::IMPORTS`) with arguments derived
+/// Calls import number `func % 34` (in the order of `broker_tests::fuzz::IMPORTS`) with arguments derived
 /// from `a`..`f`; returns what it returned, or [`GUARD_BROKEN`] if the call wrote outside its ranges.
 #[no_mangle]
 pub extern "C" fn op(func: i32, a: i64, b: i64, c: i64, d: i64, e: i64, f: i64) -> i32 {
@@ -805,6 +805,33 @@ fn dispatch(func: i32, [a, b, c, d, e, f]: [i64; 6]) -> i32 {
                 )
             }
             30 => fn_close(function_handle(a)),
+            32 | 33 => {
+                // Up to four entries built on the stack (offsets, lengths and pointers as for
+                // region_read), a count that is mostly theirs and sometimes not, and a list pointer
+                // that is mostly the list and sometimes anywhere.
+                let h = handle(a, Want::Any);
+                let mut list = [[0u8; 16]; 4];
+                let mut x = b;
+                for (i, entry) in list.iter_mut().enumerate() {
+                    let len = length(d.rotate_left(7 * i as u32), h);
+                    let p = pointer(e.rotate_left(11 * i as u32), len);
+                    entry[..8].copy_from_slice(&offset(x).to_le_bytes());
+                    entry[8..12].copy_from_slice(&p.to_le_bytes());
+                    entry[12..].copy_from_slice(&len.to_le_bytes());
+                    x = x.rotate_left(13) ^ f;
+                }
+                let count = match c & 7 {
+                    0..=5 => pick(c, 5) as usize,
+                    6 => 300,
+                    _ => bits32(c >> 3) as usize,
+                };
+                let lp = if f & 15 == 0 { pointer(f >> 4, 64) } else { list.as_ptr() as usize as u32 };
+                if func == 32 {
+                    region_readv(h, as_const(lp), count)
+                } else {
+                    region_writev(h, as_const(lp), count)
+                }
+            }
             _ => {
                 // Pages of a mirror mostly; sometimes none, past its end, or wild.
                 let first = match b & 7 {

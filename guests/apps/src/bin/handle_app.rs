@@ -47,6 +47,19 @@ fn opt_len(len: i64) -> Option<u64> {
     (len >= 0).then(|| u(len))
 }
 
+/// Writes `[1, 2, 3, 4]` at 10 and `[5, 6]` at 20 of handle `h` in one call, reads both back in one
+/// call, and returns their sum (21), or the status.
+#[no_mangle]
+pub extern "C" fn vectored(h: i32) -> i64 {
+    with(h, |r| {
+        r.write_vectored(&[(10, &[1, 2, 3, 4]), (20, &[5, 6])])?;
+        let (mut a, mut b) = ([0u8; 4], [0u8; 2]);
+        r.read_vectored(&mut [(10, &mut a), (20, &mut b)])?;
+        Ok(a.iter().chain(&b).map(|&x| u64::from(x)).sum())
+    })
+    .map_or_else(|e: Error| i64::from(e.code()), |v: u64| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
 #[no_mangle]
 pub extern "C" fn ping() -> i64 {
     i64::from(broker_guest::abi_version())

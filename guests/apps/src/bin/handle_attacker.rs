@@ -5,7 +5,8 @@
 
 use broker_guest::sys::raw::{
     handle_close, handle_grant, handle_info, handle_restrict, handle_revoke, mirror_acquire, mirror_commit,
-    mirror_hint, mirror_refresh, region_create, region_open, region_read, region_write,
+    mirror_hint, mirror_refresh, region_create, region_open, region_read, region_readv, region_write,
+    region_writev,
 };
 
 const INVALID_HANDLE: i32 = broker_guest::Status::InvalidHandle.code();
@@ -90,6 +91,47 @@ pub extern "C" fn write_raw(h: i32, offset: i64, ptr: i32, len: i32) -> i32 {
     // SAFETY: as in `read_raw`: the broker validates the range.
     unsafe {
         region_write(h as u32, offset, ptr as usize as *const u8, len as usize)
+    }
+}
+
+/// An iovec list the host fills entry by entry ([`iov_set`]) and passes by its address ([`iov_list`]).
+static mut IOVS: [[u8; 16]; 8] = [[0; 16]; 8];
+
+/// The iovec list's address.
+#[no_mangle]
+pub extern "C" fn iov_list() -> i32 {
+    i32::try_from(core::ptr::addr_of_mut!(IOVS) as usize).unwrap_or(-1)
+}
+
+/// Sets entry `i` (0..8) of the iovec list to any values at all.
+#[no_mangle]
+pub extern "C" fn iov_set(i: i32, offset: i64, ptr: i32, len: i32) -> i64 {
+    let mut e = [0u8; 16];
+    e[..8].copy_from_slice(&offset.to_le_bytes());
+    e[8..12].copy_from_slice(&ptr.to_le_bytes());
+    e[12..].copy_from_slice(&len.to_le_bytes());
+    // SAFETY: single-threaded guest; `i` is clamped to the list.
+    unsafe { (*core::ptr::addr_of_mut!(IOVS))[usize::try_from(i).unwrap_or(0).min(7)] = e };
+    0
+}
+
+/// `region_readv` with an arbitrary list pointer and count.
+#[no_mangle]
+pub extern "C" fn readv_raw(h: i32, list: i32, count: i32) -> i32 {
+    #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
+    // SAFETY: as in `read_raw`: the broker validates the list and every entry.
+    unsafe {
+        region_readv(h as u32, list as usize as *const u8, count as usize)
+    }
+}
+
+/// `region_writev` with an arbitrary list pointer and count.
+#[no_mangle]
+pub extern "C" fn writev_raw(h: i32, list: i32, count: i32) -> i32 {
+    #[allow(clippy::cast_sign_loss, reason = "raw bit patterns are the point of this app")]
+    // SAFETY: as in `read_raw`: the broker validates the list and every entry.
+    unsafe {
+        region_writev(h as u32, list as usize as *const u8, count as usize)
     }
 }
 
