@@ -37,6 +37,13 @@ fn handle_mode(c: &mut Criterion) {
             b.iter_custom(|n| f.run("write_loop", &prefix, n))
         });
     }
+    for vectored in [0, 1] {
+        let name = if vectored == 0 { "gather_separate" } else { "gather_vectored" };
+        g.throughput(Throughput::Elements(16));
+        g.bench_function(BenchmarkId::new(name, "16x8B"), |b| {
+            b.iter_custom(|n| f.run("gather_loop", &[Val::I32(h), Val::I32(16), Val::I32(vectored)], n))
+        });
+    }
     g.finish();
 }
 
@@ -57,6 +64,18 @@ fn summary(full: bool) {
             println!("{name:<8} {label:>6} {ns:>12.1} {:>10.1} {gbs:>10.2}", ns / base);
         }
     }
+    // Gathering 16 fields of 8 bytes: 16 calls against one vectored call, per field.
+    println!("\ngather of 16 x 8 B fields, ns per field (x nop)");
+    let mut per = [0.0; 2];
+    for (vectored, slot) in [0, 1].into_iter().zip(&mut per) {
+        let ns = best_ns(rounds, 1_000 * scale, |n| {
+            f.run("gather_loop", &[Val::I32(h), Val::I32(16), Val::I32(vectored)], n)
+        }) / 16.0;
+        *slot = ns;
+        let name = if vectored == 0 { "separate" } else { "vectored" };
+        println!("{name:<9} {ns:>10.1} ({:.2}x)", ns / base);
+    }
+    println!("vectored / separate: {:.2}x", per[1] / per[0]);
 }
 
 criterion_group!(

@@ -59,6 +59,34 @@ pub extern "C" fn write_loop(h: i32, len: i32, n: i32) -> i32 {
     rc
 }
 
+/// `n` gathers of `k` (at most 64) 8-byte fields 64 bytes apart through handle `h`: one `region_read`
+/// per field if `vectored` is 0, one `region_readv` for all of them otherwise.
+#[no_mangle]
+pub extern "C" fn gather_loop(h: i32, k: i32, vectored: i32, n: i32) -> i32 {
+    #[allow(clippy::cast_sign_loss, reason = "handles are u32 bit patterns carried in an i32")]
+    let region = Region::from_raw(h as u32);
+    let k = usize::try_from(k).unwrap_or(0).min(64);
+    let mut fields = [[0u8; 8]; 64];
+    let mut rc = 0;
+    for _ in 0..n {
+        let r = if vectored == 0 {
+            fields[..k].iter_mut().enumerate().try_for_each(|(i, f)| region.read(i as u64 * 64, f))
+        } else {
+            let mut reads: [(u64, &mut [u8]); 64] = core::array::from_fn(|_| (0, &mut [][..]));
+            for (i, (slot, f)) in reads.iter_mut().zip(fields.iter_mut()).enumerate().take(k) {
+                *slot = (i as u64 * 64, &mut f[..]);
+            }
+            region.read_vectored(&mut reads[..k])
+        };
+        if let Err(e) = r {
+            rc = e.code();
+            break;
+        }
+    }
+    let _ = region.into_raw();
+    rc
+}
+
 /// Opens the region "bench" and returns its handle.
 #[no_mangle]
 pub extern "C" fn open_bench() -> i64 {
