@@ -36,7 +36,7 @@ use crate::region::{Traffic, PAGE_SIZE};
 use crate::registry::Core;
 use crate::runtime::{InstanceId, InstanceState};
 use crate::tenant::{Resource, Tenant};
-use guest_memory::{check_bounds, GuestMemory};
+use guest_memory::{check_bounds, GuestBytes, GuestMemory};
 
 pub use errno::AbiError;
 
@@ -249,19 +249,32 @@ fn iovecs(mem: &GuestMemory, ptr: u32, count: u32) -> Result<Vec<broker_abi::Iov
         .collect())
 }
 
-fn region_readv(caller: &mut Ctx<'_>, handle: u32, iovs: u32, count: u32) -> Result<(), AbiError> {
-    let cap = caller.data().ctx.lookup(handle)?;
-    cap.require(Rights::READ)?;
-    let mem = GuestMemory::lock(caller);
-    let list = iovecs(&mem, iovs, count)?;
-    // Every entry is checked before anything is copied.
+/// Every entry of the list at `iovs`, checked against the capability's range and the app's memory
+/// (`write`: the app's memory is written) before anything is copied: each guest range with the
+/// region offset it goes with, and the bytes in all.
+fn checked_iovecs<'m>(
+    cap: &Cap,
+    mem: &'m GuestMemory,
+    iovs: u32,
+    count: u32,
+    write: bool,
+) -> Result<(Vec<(GuestBytes<'m>, u64)>, u64), AbiError> {
+    let list = iovecs(mem, iovs, count)?;
     let mut checked = Vec::with_capacity(list.len());
     let mut total = 0u64;
     for iov in &list {
         let at = cap.range.access(iov.offset, u64::from(iov.len))?;
-        checked.push((mem.check(iov.ptr, iov.len, true)?, at));
+        checked.push((mem.check(iov.ptr, iov.len, write)?, at));
         total += u64::from(iov.len);
     }
+    Ok((checked, total))
+}
+
+fn region_readv(caller: &mut Ctx<'_>, handle: u32, iovs: u32, count: u32) -> Result<(), AbiError> {
+    let cap = caller.data().ctx.lookup(handle)?;
+    cap.require(Rights::READ)?;
+    let mem = GuestMemory::lock(caller);
+    let (checked, total) = checked_iovecs(&cap, &mem, iovs, count, true)?;
     let n = usize::try_from(total).unwrap_or(usize::MAX);
     cap.region.read_with(n, |m| {
         checked.iter().try_for_each(|(dst, at)| dst.copy_from_region(0, dst.len(), m, *at))
@@ -274,14 +287,7 @@ fn region_writev(caller: &mut Ctx<'_>, handle: u32, iovs: u32, count: u32) -> Re
     let cap = caller.data().ctx.lookup(handle)?;
     cap.require(Rights::WRITE)?;
     let mem = GuestMemory::lock(caller);
-    let list = iovecs(&mem, iovs, count)?;
-    let mut checked = Vec::with_capacity(list.len());
-    let mut total = 0u64;
-    for iov in &list {
-        let at = cap.range.access(iov.offset, u64::from(iov.len))?;
-        checked.push((mem.check(iov.ptr, iov.len, false)?, at));
-        total += u64::from(iov.len);
-    }
+    let (checked, total) = checked_iovecs(&cap, &mem, iovs, count, false)?;
     let spans: Vec<(u64, usize)> = checked.iter().map(|(src, at)| (*at, src.len())).collect();
     // The guest bytes are read exactly once, by the copies into the region, all under one writer lock.
     cap.region.write_many(&spans, |m| {

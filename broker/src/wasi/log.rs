@@ -238,6 +238,11 @@ impl InstanceLog {
             self.end_line(&mut ring, &mut traced, stream, &line, cut);
             ring.pending[stream.index()] = reuse(line);
         }
+        self.release(ring, before, traced);
+    }
+
+    /// Lets go of the ring, then traces `traced` and tells followers if lines arrived since `before`.
+    fn release(&self, ring: parking_lot::MutexGuard<'_, Ring>, before: u64, traced: Vec<Traced>) {
         let after = ring.next_seq();
         drop(ring);
         self.trace(traced);
@@ -258,12 +263,7 @@ impl InstanceLog {
             }
             ring.pending[stream.index()] = reuse(line);
         }
-        let after = ring.next_seq();
-        drop(ring);
-        self.trace(traced);
-        if after != before {
-            self.changed.send_replace(after);
-        }
+        self.release(ring, before, traced);
     }
 
     /// Puts a finished line into the ring, and keeps the start of it for `tracing` if its tenant's
