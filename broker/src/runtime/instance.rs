@@ -78,6 +78,11 @@ pub(crate) struct InstanceState {
     credit: Arc<AtomicU64>,
     /// Says whether other work waits for a worker, so a long call yields its own.
     pool: PoolHandle,
+    /// The next epoch check is the first after a yield (the resumed call's deadline is the epoch as it
+    /// was then, so the check comes at once). That check yields only to work owed a worker that
+    /// arrived since the turn was taken, not to any runnable work: two calls sharing a worker would
+    /// otherwise hand it to each other without either running.
+    first_check: bool,
     /// A WASI app's context (see [`crate::wasi`]); `None` for other modules, which never reach it.
     wasi: Option<wasmtime_wasi::p1::WasiP1Ctx>,
 }
@@ -104,6 +109,27 @@ impl InstanceState {
     fn start_call(&mut self, timeout: Duration) {
         self.deadline = deadline_after(timeout);
         self.credit.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Arms a new call's epoch deadline: the next epoch advance, or at once if work owed a worker arrived
+/// since this worker took its turn.
+///
+/// A preempting push advances the epoch, but wasmtime sets a deadline from the epoch as it is when
+/// set, so an advance that landed between the worker taking this turn and this call starting would be
+/// absorbed, and the call would keep the worker until the next tick. The deadline is set first and the
+/// pool's count of preemptions read after: a push counted after that read advances the epoch past the
+/// deadline just set, and one counted before it is seen here ([`PoolHandle::preempted_this_turn`]).
+fn arm_epoch_deadline(store: &mut Store<InstanceState>) {
+    store.set_epoch_deadline(1);
+    // Pairs with the release fence before the pool's epoch advance: if the deadline above was set from
+    // an advanced epoch, the count read below includes the push that advanced it.
+    std::sync::atomic::fence(Ordering::Acquire);
+    // A new call's first check is an ordinary one (a flag left by a call that resumed and then ended
+    // before reaching a check must not make this call ignore waiting work at its first tick).
+    store.data_mut().first_check = false;
+    if store.data().pool.preempted_this_turn() {
+        store.set_epoch_deadline(0);
     }
 }
 
@@ -516,7 +542,7 @@ impl InstanceCell {
                 return;
             }
             l.store.data_mut().start_call(self.config.call_timeout);
-            l.store.set_epoch_deadline(1);
+            arm_epoch_deadline(&mut l.store);
             let deadline = l.store.data().deadline;
             let called = {
                 let call = std::pin::pin!(func.call_async(&mut l.store, &args, &mut []));
@@ -572,6 +598,7 @@ impl InstanceCell {
             kill: Arc::clone(&self.kill),
             credit: Arc::clone(&self.credit),
             pool: self.pool.clone(),
+            first_check: false,
             wasi: None,
         };
         let mut state = state;
@@ -588,21 +615,27 @@ impl InstanceCell {
         let code = module.image_range();
         fault::install(&mut store, Arc::clone(&fence), code.start as usize..code.end as usize);
         // Checked at every epoch tick: a fault outside wasm code, the call's own budget, or the host's
-        // interrupt ends it; otherwise it yields its worker if other work waits for one.
-        store.epoch_deadline_callback(|ctx| {
-            let s = ctx.data();
+        // interrupt ends it; otherwise it yields its worker if other work waits for one. A yield's
+        // deadline is the epoch it resumes at, so a resumed call checks again at once, and then yields
+        // only if work owed a worker came since its new turn was taken (see `arm_epoch_deadline`). A
+        // push between this callback's read of the count and wasmtime setting the next deadline is
+        // absorbed; the call then yields at the next tick at the latest.
+        store.epoch_deadline_callback(|mut ctx| {
+            let s = ctx.data_mut();
             if let Some(stop) = s.ctx.fence.stop() {
                 return Err(wasmtime::Error::new(StopTrap(stop)));
             }
             if s.interrupted() {
                 return Ok(UpdateDeadline::Interrupt);
             }
-            if s.pool.contended() {
-                return Ok(UpdateDeadline::Yield(1));
+            let first = std::mem::take(&mut s.first_check);
+            if s.pool.preempted_this_turn() || (!first && s.pool.contended()) {
+                s.first_check = true;
+                return Ok(UpdateDeadline::Yield(0));
             }
             Ok(UpdateDeadline::Continue(1))
         });
-        store.set_epoch_deadline(1);
+        arm_epoch_deadline(&mut store);
         self.core.caps.lock().add_instance(self.id);
         let deadline = store.data().deadline;
         let instantiated = {
@@ -747,7 +780,7 @@ impl InstanceCell {
         }
         self.kill.store(false, Ordering::Release);
         l.store.data_mut().start_call(self.config.call_timeout);
-        l.store.set_epoch_deadline(1);
+        arm_epoch_deadline(&mut l.store);
         let deadline = l.store.data().deadline;
         let called = {
             let call = std::pin::pin!(func.call_async(&mut l.store, args, &mut results));

@@ -18,7 +18,8 @@
 //! tenant with many busy instances gets its weighted share, not one share per instance. Within a
 //! tenant, instances run in the order they became runnable. New work of a tenant that is owed a worker
 //! (its virtual runtime is no higher than a running tenant's, that tenant's current turn counted so
-//! far) preempts at once rather than at the next tick.
+//! far) preempts at once rather than at the next tick, including a turn taken just before it arrived
+//! whose call has not started or resumed yet ([`PoolHandle::preempted_this_turn`]).
 //!
 //! A tenant's blocking tasks (compiles) run on the workers too, as its turns: a task cannot be
 //! preempted, so it is charged in full, as it runs, and at most one fewer task than workers runs at
@@ -29,8 +30,9 @@
 //! included): it is passed over (keeping its place) while that many of its turns are running, so its
 //! long calls leave the other workers to everyone else.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -418,6 +420,15 @@ struct Scheduler {
     task_limit: usize,
     /// The engine whose epoch is advanced to preempt running calls at once (see `push`).
     engine: wasmtime::Engine,
+    /// Pushes so far that preempted running calls, counted under the queue lock. A turn notes the
+    /// count as it is taken ([`TURN_MARK`]); a call whose count has moved since yields at its next
+    /// epoch check, even one that missed the epoch advance (see [`PoolHandle::preempted_this_turn`]).
+    preempts: AtomicU64,
+}
+
+thread_local! {
+    /// [`Scheduler::preempts`] when this worker took its current turn.
+    static TURN_MARK: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Why an instance became runnable.
@@ -452,10 +463,16 @@ impl Scheduler {
             q.accrue(now);
             q.owed(tenant, cap, now)
         };
+        if preempt {
+            self.preempts.fetch_add(1, Ordering::Relaxed);
+        }
         self.runnable.fetch_add(1, Ordering::Relaxed);
         drop(q);
         self.ready.notify_one();
         if preempt {
+            // Orders the count above before the advance, for a call that reads the epoch and then the
+            // count (see `PoolHandle::preempted_this_turn`): one that sees the advance sees the count.
+            fence(Ordering::Release);
             self.engine.increment_epoch();
         }
     }
@@ -485,6 +502,9 @@ impl Scheduler {
                     (cap == 0 || running < cap) && !(tasks_full && matches!(item, Work::Task(_)))
                 };
                 if let Some(item) = q.take_turn(may_run) {
+                    // Under the lock `push` counts preemptions under: a push ordered before this turn
+                    // was taken (and so lost to it) is in the mark; one after is not.
+                    TURN_MARK.set(self.preempts.load(Ordering::Relaxed));
                     self.runnable.fetch_sub(1, Ordering::Relaxed);
                     // Counted under the lock `push` takes, so a push that finds every worker busy and
                     // preempts sees this one too (the caller gives it back after its turn).
@@ -580,6 +600,18 @@ impl PoolHandle {
     pub(super) fn contended(&self) -> bool {
         self.scheduler.runnable.load(Ordering::Relaxed) > 0
     }
+
+    /// Whether work owed a worker arrived since the calling worker took its current turn (so the
+    /// turn must end at once). Called from a call's epoch check, which runs on the worker polling it.
+    ///
+    /// The epoch advance that preempts can land while a call is suspended or not yet started (a worker
+    /// took the turn, the push came next), and wasmtime sets a resumed or new call's deadline from the
+    /// epoch as it is then: the advance is absorbed, and the call would run on until the next tick.
+    /// So a call starting checks this after it sets its deadline, and a resumed one at its first epoch
+    /// check, which comes at once.
+    pub(super) fn preempted_this_turn(&self) -> bool {
+        self.scheduler.preempts.load(Ordering::Relaxed) != TURN_MARK.get()
+    }
 }
 
 impl WorkerPool {
@@ -599,6 +631,7 @@ impl WorkerPool {
             workers: workers.max(1),
             task_limit: workers.saturating_sub(1).max(1),
             engine,
+            preempts: AtomicU64::new(0),
         });
         let mut threads = Vec::new();
         for i in 0..workers.max(1) {
@@ -693,8 +726,14 @@ impl Drop for WorkerPool {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::{weighted, Queues, TenantId, MAX_CHARGE};
-    use crate::tenant::Quotas;
+    use std::sync::Arc;
+
+    use crossbeam_channel::bounded;
+
+    use super::super::WorkerPriority;
+    use super::{weighted, Mailbox, PoolHandle, Queues, Runnable, TenantId, WorkerPool, MAX_CHARGE};
+    use crate::name::Name;
+    use crate::tenant::{Quotas, Tenant};
 
     const DEFAULT_CPU_SHARES: u64 = Quotas::DEFAULT_CPU_SHARES;
 
@@ -916,5 +955,90 @@ mod tests {
         assert_eq!(q.take_turn(cap), Some("a3"));
         q.finished(a, Duration::ZERO, DEFAULT_CPU_SHARES);
         assert!(q.tenants.is_empty(), "every worker was given back");
+    }
+
+    /// A runnable whose jobs are closures: a turn runs the queued ones.
+    struct Probe {
+        tenant: Arc<Tenant>,
+        mailbox: Mailbox<Box<dyn FnOnce() + Send>>,
+    }
+
+    impl Probe {
+        fn of(tenant: &Arc<Tenant>) -> Arc<Probe> {
+            Arc::new(Probe { tenant: Arc::clone(tenant), mailbox: Mailbox::default() })
+        }
+    }
+
+    impl Runnable for Probe {
+        type Job = Box<dyn FnOnce() + Send>;
+
+        fn tenant(&self) -> &Arc<Tenant> {
+            &self.tenant
+        }
+
+        fn mailbox(&self) -> &Mailbox<Self::Job> {
+            &self.mailbox
+        }
+
+        fn run_turn(self: &Arc<Self>, max: usize) {
+            self.mailbox.begin_turn();
+            for _ in 0..max {
+                let Some(job) = self.mailbox.next_job() else { return };
+                job();
+            }
+        }
+    }
+
+    fn tenant(id: u64, name: &str) -> Arc<Tenant> {
+        Tenant::new(TenantId(id), Name::new(name).expect("valid name"), Quotas::default())
+    }
+
+    /// The race the turn mark closes: a worker takes a turn, and owed work arrives before that turn's
+    /// call starts or resumes (wasmtime then sets the call's deadline from the epoch the preemption
+    /// already advanced, and the advance alone would be lost). The turn must still see it; a turn
+    /// taken after it, and new work of the running tenant itself, must not.
+    #[test]
+    fn owed_work_that_arrives_as_a_turn_starts_preempts_that_turn() {
+        let pool = WorkerPool::new(1, wasmtime::Engine::default(), WorkerPriority::Normal, None)
+            .expect("a one-worker pool");
+        let (a, b) = (tenant(1, "a"), tenant(2, "b"));
+        let (a_job, a_more, b_job) = (Probe::of(&a), Probe::of(&a), Probe::of(&b));
+        let (taken, taken_rx) = bounded::<()>(0);
+        let (go, go_rx) = bounded::<()>(0);
+        let (seen, seen_rx) = bounded::<bool>(2);
+        let handle: PoolHandle = pool.handle();
+        pool.submit(
+            &a_job,
+            Box::new(move || {
+                let _ = taken.send(());
+                for _ in 0..2 {
+                    let _ = go_rx.recv();
+                    let _ = seen.send(handle.preempted_this_turn());
+                }
+            }),
+        );
+        // a's turn holds the only worker.
+        taken_rx.recv().expect("a's turn started");
+        let (a_more_ran, a_more_rx) = bounded::<()>(1);
+        pool.submit(
+            &a_more,
+            Box::new(move || {
+                let _ = a_more_ran.send(());
+            }),
+        );
+        go.send(()).expect("a's turn waits");
+        assert!(!seen_rx.recv().expect("a's turn answers"), "a's own new work does not preempt a");
+        let (b_seen, b_seen_rx) = bounded::<bool>(1);
+        let handle = pool.handle();
+        pool.submit(
+            &b_job,
+            Box::new(move || {
+                let _ = b_seen.send(handle.preempted_this_turn());
+            }),
+        );
+        go.send(()).expect("a's turn waits");
+        assert!(seen_rx.recv().expect("a's turn answers"), "b arrived owed the worker a holds");
+        assert!(!b_seen_rx.recv().expect("b ran"), "b's turn was taken after the preemption");
+        a_more_rx.recv().expect("a's other instance ran too");
     }
 }
