@@ -119,6 +119,27 @@ BROKER_IMPORT(region_write) int32_t broker_region_write(broker_handle_t handle, 
  * region, the writes land together as one change. */
 BROKER_IMPORT(region_readv) int32_t broker_region_readv(broker_handle_t handle, const broker_iovec_t *iovs, size_t count);
 BROKER_IMPORT(region_writev) int32_t broker_region_writev(broker_handle_t handle, const broker_iovec_t *iovs, size_t count);
+/* Typed members of a struct stored in a region, at the compiler's offsets (guest-lib's `member!`):
+ * BROKER_MEMBER_READ(h, record, struct reading, seq, &seq) reads the member `seq` of the
+ * `struct reading` that starts at byte `record` of the region, in one call of the member's size.
+ * `record` must leave room for the member's offset in an int64_t (the broker checks the rest). */
+/* `ptr` must point to a value of the member's size: a mismatch does not compile. */
+#define BROKER_MEMBER_SIZE_CHECK(type, member, ptr)                                                       \
+    ((void)sizeof(char[sizeof(*(ptr)) == sizeof(((type *)0)->member) ? 1 : -1]))
+#define BROKER_MEMBER_READ(handle, record, type, member, dst)                                             \
+    (BROKER_MEMBER_SIZE_CHECK(type, member, dst),                                                         \
+     broker_region_read((handle), (int64_t)(record) + (int64_t)offsetof(type, member), (dst),            \
+                        sizeof(((type *)0)->member)))
+#define BROKER_MEMBER_WRITE(handle, record, type, member, src)                                            \
+    (BROKER_MEMBER_SIZE_CHECK(type, member, src),                                                         \
+     broker_region_write((handle), (int64_t)(record) + (int64_t)offsetof(type, member), (src),           \
+                         sizeof(((type *)0)->member)))
+/* One entry of a vectored call for a member: gather several with region_readv in one call. */
+#define BROKER_MEMBER_IOVEC(record, type, member, ptr)                                                    \
+    (BROKER_MEMBER_SIZE_CHECK(type, member, ptr),                                                         \
+     (broker_iovec_t){(int64_t)(record) + (int64_t)offsetof(type, member), (uint32_t)(uintptr_t)(ptr),    \
+                      (uint32_t)sizeof(((type *)0)->member)})
+
 BROKER_IMPORT(handle_restrict) int32_t broker_handle_restrict(broker_handle_t handle, uint32_t rights, int64_t offset, int64_t len, broker_handle_t *out_handle);
 BROKER_IMPORT(handle_grant) int32_t broker_handle_grant(broker_handle_t handle, const char *target, size_t target_len, uint32_t rights, int64_t offset, int64_t len);
 BROKER_IMPORT(handle_revoke) int32_t broker_handle_revoke(broker_handle_t handle);

@@ -16,12 +16,14 @@ extern crate alloc;
 
 mod callback;
 mod mirror;
+mod record;
 mod shared;
 pub mod sys;
 mod view;
 
 pub use callback::{Field, HostFn, Object, RawUiFn, RawWatchFn, UiEvent, WatchEvent};
 pub use mirror::Mirror;
+pub use record::{Member, Members};
 pub use shared::{ReadOnly, ReadWrite, SharedWindow, SpscRing, Wait};
 pub use view::View;
 

@@ -57,6 +57,18 @@ impl<'r> View<'r> {
         }
     }
 
+    /// Checks that `len` bytes at `offset` lie inside a mirror's copy or a shared window (handle mode
+    /// has nothing local: the broker checks each call).
+    pub(crate) fn check_local(&self, offset: u64, len: usize) -> Result<()> {
+        let total = match self {
+            View::Handle(_) => return Ok(()),
+            View::Mirror(m) => m.len(),
+            View::Shared(w) => w.len(),
+            View::SharedReadOnly(w) => w.len(),
+        };
+        range(offset, len, total).map(|_| ())
+    }
+
     /// Which mechanism this view uses.
     pub fn mode(&self) -> Mode {
         match self {

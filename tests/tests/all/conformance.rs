@@ -125,6 +125,7 @@ conformance_tests!(
         unaligned_sub_range,
         watch,
         view_code,
+        record_members,
     ]
 );
 
@@ -516,6 +517,79 @@ fn view_code(mode: Mode) {
     let end = i64::try_from(SIZE).expect("small");
     assert_eq!(w.call(w.writer, "view_add", args![DATA, end, 1i64]), code(Status::OutOfBounds));
     assert_eq!(w.b.window_count(), 0, "each call's view is gone with it");
+}
+
+/// A `Reading` record's bytes as `repr(C)` lays them out (seq 0, celsius 8, flags 12, kind 14, spare
+/// 15, history 16..32), written here by hand, independently of the guest's `member!` offsets.
+fn reading(seq: u64, celsius: f32, flags: u16, kind: u8, history: [u32; 4]) -> [u8; 32] {
+    let mut r = [0u8; 32];
+    r[0..8].copy_from_slice(&seq.to_le_bytes());
+    r[8..12].copy_from_slice(&celsius.to_le_bytes());
+    r[12..14].copy_from_slice(&flags.to_le_bytes());
+    r[14] = kind;
+    for (i, h) in history.iter().enumerate() {
+        r[16 + 4 * i..20 + 4 * i].copy_from_slice(&h.to_le_bytes());
+    }
+    r
+}
+
+/// Typed members (`member!`, `Members`): one member or several of a record stored in the region are
+/// read and written by name, at the compiler's offsets, through the same code in every mode; a write
+/// of some members leaves the others alone; a record that does not fit, or whose offset overflows, is
+/// refused and changes nothing.
+fn record_members(mode: Mode) {
+    let w = world(mode);
+    let v = w.view(w.writer, w.open(w.writer, DATA));
+    // An odd record offset: members are read and written unaligned.
+    let (rec, at) = (PAGE + 3, i64::try_from(PAGE + 3).expect("small"));
+    let before = reading(7, 21.5, 0xBEEF, 3, [10, 11, 12, 13]);
+    w.b.write_region(w.data, rec, &before).expect("host write");
+
+    assert_eq!(w.call(w.writer, "member_get", args![v, at, 0]), 7, "seq");
+    assert_eq!(w.call(w.writer, "member_get", args![v, at, 1]), i64::from(21.5f32.to_bits()), "celsius");
+    assert_eq!(w.call(w.writer, "member_get", args![v, at, 2]), 3, "kind");
+    assert_eq!(w.call(w.writer, "member_get", args![v, at, 3]), 12, "history[2]");
+    assert_eq!(w.call(w.writer, "members_sum", args![v, at]), 7 + 3 + 12);
+
+    let celsius = i32::from_ne_bytes((-4.25f32).to_bits().to_ne_bytes());
+    assert_eq!(w.call(w.writer, "members_set", args![v, at, 99i64, celsius, 9]), 0);
+    let mut got = [0u8; 32];
+    w.b.read_region(w.data, rec, &mut got).expect("host read");
+    assert_eq!(got, reading(99, -4.25, 0xBEEF, 9, [10, 11, 12, 13]), "only seq, celsius and kind changed");
+    assert_eq!(w.call(w.writer, "members_sum", args![v, at]), 99 + 9 + 12);
+
+    // A record near the end: seq and celsius fit, kind (at 14) does not. The write is refused whole,
+    // in every mode.
+    let tail = SIZE - 12;
+    let tail_at = i64::try_from(tail).expect("small");
+    w.b.write_region(w.data, tail, &[0x5A; 12]).expect("host write");
+    let oob = code(Status::OutOfBounds);
+    assert_eq!(w.call(w.writer, "members_set", args![v, tail_at, 1i64, celsius, 1]), oob);
+    let mut tail_bytes = [0u8; 12];
+    w.b.read_region(w.data, tail, &mut tail_bytes).expect("host read");
+    assert_eq!(tail_bytes, [0x5A; 12], "a refused write of members changes none of them");
+    assert_eq!(w.call(w.writer, "member_get", args![v, tail_at, 0]), 0x5A5A_5A5A_5A5A_5A5A, "seq fits");
+    assert_eq!(w.call(w.writer, "member_get", args![v, tail_at, 3]), oob, "history lies past the end");
+    assert_eq!(w.call(w.writer, "members_sum", args![v, tail_at]), oob);
+    // An offset whose sum with the member's overflows, and a negative one.
+    assert_eq!(w.call(w.writer, "member_get", args![v, i64::MAX, 3]), oob);
+    assert_eq!(w.call(w.writer, "members_set", args![v, -1i64, 1i64, celsius, 1]), oob);
+    assert_eq!(w.call(w.writer, "member_get", args![v, at, 4]), code(Status::InvalidArgument));
+    let mut whole = [0u8; 32];
+    w.b.read_region(w.data, rec, &mut whole).expect("host read");
+    assert_eq!(whole, got, "the record is as the last accepted write left it");
+
+    // A read-only holder reads members and is refused writing them, in every mode (a mirror at its
+    // commit, as for every mirror write).
+    let read_only = bits(Rights::READ | Rights::MAP);
+    let hw = w.open(w.writer, DATA);
+    assert_eq!(w.call(w.writer, "grant", args![hw, TO_BETA_READER, read_only, 0i64, -1i64]), 0);
+    let vr = w.view(w.reader, w.open(w.reader, ALPHA_DATA));
+    assert_eq!(w.call(w.reader, "member_get", args![vr, at, 0]), 99);
+    let denied = code(Status::PermissionDenied);
+    assert_eq!(w.call(w.reader, "members_set", args![vr, at, 5i64, celsius, 5]), denied);
+    w.b.read_region(w.data, rec, &mut whole).expect("host read");
+    assert_eq!(whole, got, "a refused holder changed nothing");
 }
 
 /// The named test for the `conformance_app` guest: one instance holds a view of a region of each mode

@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use broker_guest::{watch_callback, Error, Mode, Region, Rights, View};
+use broker_guest::{member, watch_callback, Error, Member, Members, Mode, Region, Rights, View};
 
 /// Region names, by the index the host passes.
 const REGIONS: &[&str] = &["data", "alpha/data", "handle", "mirror", "shared"];
@@ -246,6 +246,64 @@ pub extern "C" fn view_add(sel: i32, off: i64, delta: i64) -> i64 {
         Ok(new)
     };
     ret(run())
+}
+
+/// A record as apps keep them in a region: 32 bytes, no padding. The suite writes and reads its bytes
+/// at the offsets `repr(C)` gives (seq 0, celsius 8, flags 12, kind 14, history 16).
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+struct Reading {
+    seq: u64,
+    celsius: f32,
+    flags: u16,
+    kind: u8,
+    spare: u8,
+    history: [u32; 4],
+}
+
+const SEQ: Member<Reading, u64> = member!(Reading, seq);
+const CELSIUS: Member<Reading, f32> = member!(Reading, celsius);
+const KIND: Member<Reading, u8> = member!(Reading, kind);
+const HISTORY: Member<Reading, [u32; 4]> = member!(Reading, history);
+
+/// Member `which` (0 seq, 1 celsius's bits, 2 kind, 3 history[2]) of the `Reading` at byte `record`,
+/// through the view in `slot` after a refresh: one member, one access.
+#[no_mangle]
+pub extern "C" fn member_get(slot: i32, record: i64, which: i32) -> i64 {
+    ret(view(slot, |v| {
+        v.refresh()?;
+        let record = at(record)?;
+        Ok(match which {
+            0 => SEQ.load(v, record)?,
+            1 => u64::from(CELSIUS.load(v, record)?.to_bits()),
+            2 => u64::from(KIND.load(v, record)?),
+            3 => u64::from(HISTORY.load(v, record)?[2]),
+            _ => return Err(Error::InvalidArgument),
+        })
+    }))
+}
+
+/// seq + kind + history[2] of the `Reading` at byte `record`, read together (one host call in handle
+/// mode, from one state of the region).
+#[no_mangle]
+pub extern "C" fn members_sum(slot: i32, record: i64) -> i64 {
+    ret(view(slot, |v| {
+        v.refresh()?;
+        let (seq, kind, history) = (SEQ, KIND, HISTORY).load(v, at(record)?)?;
+        Ok(seq.wrapping_add(u64::from(kind)).wrapping_add(u64::from(history[2])))
+    }))
+}
+
+/// Sets seq, celsius (from its bits) and kind of the `Reading` at byte `record` together and commits,
+/// leaving its other members as they are.
+#[no_mangle]
+pub extern "C" fn members_set(slot: i32, record: i64, seq: i64, celsius_bits: i32, kind: i32) -> i64 {
+    ret(view(slot, |v| {
+        let celsius = f32::from_bits(u32::from_ne_bytes(celsius_bits.to_ne_bytes()));
+        let kind = u8::try_from(kind).map_err(|_| Error::InvalidArgument)?;
+        (SEQ, CELSIUS, KIND).store(v, at(record)?, &(word(seq), celsius, kind))?;
+        v.commit().map(|()| 0)
+    }))
 }
 
 /// Watches handle `h` with user data `ud`.
