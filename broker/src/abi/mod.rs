@@ -21,18 +21,19 @@ mod errno;
 pub(crate) mod guest_memory;
 mod wait;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use broker_abi::{func, HandleInfo, Status, MAX_NAME_LEN, MODULE};
 use wasmtime::{Caller, Linker, Memory};
 
-use crate::capability::{Cap, Handle, Rights};
+use crate::capability::{Cap, CapId, CapRange, Handle, HandleCache, Removals, Rights};
 use crate::mode::mirror::{self, MirrorError, MirrorState};
 use crate::mode::shared::{MapRequest, MemoryFence};
 use crate::mode::Mode;
 use crate::name::QualifiedName;
-use crate::region::{Traffic, PAGE_SIZE};
+use crate::region::{Region, Traffic, PAGE_SIZE};
 use crate::registry::Core;
 use crate::runtime::{InstanceId, InstanceState};
 use crate::tenant::{Resource, Tenant};
@@ -57,6 +58,21 @@ pub(crate) struct GuestCtx {
     pub(crate) sink: crate::runtime::EventSink,
     /// Host services opened as function handles.
     pub(crate) functions: callbacks::FunctionTable,
+    /// What this instance's handles last resolved to, used while no capability has been removed since
+    /// (see `capability::cache`): most calls resolve their handle without the capability lock.
+    handles: RefCell<HandleCache<Resolved>>,
+    /// The capability space's removal count, read without its lock.
+    removals: Arc<Removals>,
+}
+
+/// A handle's capability as an instance's cache keeps it: the region by weak reference, so a cache
+/// never keeps a destroyed region's memory alive (destroying it also empties every cache).
+#[derive(Debug)]
+struct Resolved {
+    id: CapId,
+    region: Weak<Region>,
+    rights: Rights,
+    range: CapRange,
 }
 
 impl GuestCtx {
@@ -68,8 +84,8 @@ impl GuestCtx {
         sink: crate::runtime::EventSink,
         fence: MemoryFence,
     ) -> GuestCtx {
+        let removals = Arc::clone(core.caps.lock().removals());
         GuestCtx {
-            core,
             instance,
             tenant,
             memory: None,
@@ -78,6 +94,9 @@ impl GuestCtx {
             fence,
             sink,
             functions: callbacks::FunctionTable::default(),
+            handles: RefCell::new(HandleCache::default()),
+            removals,
+            core,
         }
     }
 
@@ -97,9 +116,33 @@ impl GuestCtx {
         self.memory
     }
 
-    /// The capability `handle` names in this instance's own handle table.
+    /// The capability `handle` names in this instance's own handle table: from this instance's cache
+    /// if no capability was removed since it was resolved, otherwise under the capability lock.
     pub(crate) fn lookup(&self, handle: u32) -> Result<Cap, AbiError> {
-        Ok(self.core.caps.lock().lookup(self.instance, Handle::from_raw(handle))?)
+        if let Some(cap) = self.cached(handle) {
+            return Ok(cap);
+        }
+        let caps = self.core.caps.lock();
+        let cap = caps.lookup(self.instance, Handle::from_raw(handle))?;
+        // Under the same lock hold as the lookup: see `capability::cache`.
+        let count = caps.removals().count();
+        drop(caps);
+        if let Ok(mut cache) = self.handles.try_borrow_mut() {
+            let resolved = Resolved {
+                id: cap.id,
+                region: Arc::downgrade(&cap.region),
+                rights: cap.rights,
+                range: cap.range,
+            };
+            cache.put(handle, count, resolved);
+        }
+        Ok(cap)
+    }
+
+    fn cached(&self, handle: u32) -> Option<Cap> {
+        let mut cache = self.handles.try_borrow_mut().ok()?;
+        let r = cache.get(handle, &self.removals)?;
+        Some(Cap { id: r.id, region: r.region.upgrade()?, rights: r.rights, range: r.range })
     }
 }
 

@@ -20,9 +20,15 @@
 //! operation reports. This module knows no more about them than that, so it holds no `unsafe` code
 //! and depends on nothing above it (`region`, `tenant` and `name` only).
 
+mod cache;
 mod table;
 #[cfg(test)]
 mod tests;
+
+/// The atomics [`cache`] uses (the loom model in `loom/` compiles that file with loom's instead).
+mod sync {
+    pub(super) use std::sync::atomic::{AtomicU64, Ordering};
+}
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -31,6 +37,7 @@ use std::sync::Arc;
 use crate::region::{Region, RegionId};
 use crate::tenant::{QuotaError, Resource, Tenant};
 
+pub use cache::{HandleCache, Removals};
 pub use table::Handle;
 use table::HandleTable;
 
@@ -330,6 +337,9 @@ pub struct CapSpace {
     members: HashMap<RegionId, CapId>,
     /// The instance that created each guest-created region: it may open it again by name.
     creators: HashMap<RegionId, InstanceId>,
+    /// Ticked by every removal of a node, so instances' lock-free [`HandleCache`]s drop what they
+    /// resolved (see [`cache`]).
+    removals: Arc<Removals>,
 }
 
 impl CapSpace {
@@ -485,6 +495,11 @@ impl CapSpace {
             Some(first) => Err(first),
             None => Ok(()),
         }
+    }
+
+    /// The removal count, shared with the instances' [`HandleCache`]s.
+    pub fn removals(&self) -> &Arc<Removals> {
+        &self.removals
     }
 
     /// Resolves an instance's handle.
@@ -648,6 +663,11 @@ impl CapSpace {
     /// delegation chain must not overflow the host stack), running each node's hooks as it goes: so
     /// every revocation hook has run when this returns.
     fn remove_detached(&mut self, id: CapId) -> usize {
+        if self.nodes.contains_key(&id) {
+            // Before anything is removed, under the lock that every filled cache entry read the count
+            // under: no entry filled before this removal is used after it returns.
+            self.removals.tick();
+        }
         let mut stack = vec![id];
         let mut removed = 0;
         while let Some(id) = stack.pop() {

@@ -316,6 +316,22 @@ mod model {
         }
     }
 
+    /// Resolves `h` as an instance's host calls do: from its cache while no capability was removed
+    /// since, otherwise through the space (remembering the answer at the count read then).
+    fn resolve(
+        s: &CapSpace,
+        cache: &mut HandleCache<Cap>,
+        inst: InstanceId,
+        h: Handle,
+    ) -> Result<Cap, CapError> {
+        if let Some(cap) = cache.get(h.raw(), s.removals()) {
+            return Ok(cap.clone());
+        }
+        let cap = s.lookup(inst, h)?;
+        cache.put(h.raw(), s.removals().count(), cap.clone());
+        Ok(cap)
+    }
+
     fn sub(r: CapRange, off: u8, len: u8) -> Option<CapRange> {
         let (off, len) = (u64::from(off), u64::from(len));
         (off + len <= r.len).then_some(CapRange { offset: r.offset + off, len })
@@ -332,6 +348,9 @@ mod model {
             m.caps.insert(root_id, (None, Rights::ALL, CapRange { offset: 0, len: 100 }));
             let inst = |i: u8| InstanceId(u64::from(i) + 1);
             let log = Log::default();
+            // Each instance's handle cache, used for every check below: a cache entry that outlived its
+            // capability would resolve a dead handle.
+            let mut caches: HashMap<u8, HandleCache<Cap>> = HashMap::new();
             for op in ops {
                 // What the operation removed (by the model) and what it reported.
                 let mut removed: Vec<u64> = Vec::new();
@@ -453,7 +472,7 @@ mod model {
                 // Every live handle resolves to exactly the model's capability...
                 for (i, hs) in &m.handles {
                     for (h, id) in hs {
-                        let cap = s.lookup(inst(*i), *h);
+                        let cap = resolve(&s, caches.entry(*i).or_default(), inst(*i), *h);
                         prop_assert!(cap.is_ok(), "handle {h:?} of instance {i} should be live");
                         let cap = cap.expect("checked");
                         let (_, rights, range) = m.caps[id];
@@ -471,6 +490,8 @@ mod model {
                 // ...and no dead one resolves to anything.
                 for (i, h) in &m.dead {
                     prop_assert!(s.lookup(inst(*i), *h).is_err(), "dead handle {h:?} of instance {i} still resolves");
+                    let cached = resolve(&s, caches.entry(*i).or_default(), inst(*i), *h);
+                    prop_assert!(cached.is_err(), "dead handle {h:?} of instance {i} resolves from its cache");
                 }
                 // The space holds exactly the model's capabilities, each charged to the quota once.
                 prop_assert_eq!(s.len(), m.caps.len());
