@@ -15,20 +15,21 @@ struct Space {
 
 const H: u32 = 7;
 
-/// An instance's lookup, as `GuestCtx::lookup` does it: the cache while no removal happened since it
-/// was filled, otherwise the table under the lock, remembered at the count read under that lock.
+/// An instance's lookup, through `HandleCache::resolve` as `GuestCtx::lookup` does it: the cache while
+/// no removal happened since it was filled, otherwise the table under the lock.
 fn lookup(space: &Space, cache: &mut HandleCache<u32>) -> Result<u32, ()> {
-    if let Some(v) = cache.get(H, &space.removals) {
-        return Ok(*v);
-    }
-    let live = space.live.lock().map_err(|_| ())?;
-    if !*live {
-        return Err(());
-    }
-    let count = space.removals.count();
-    drop(live);
-    cache.put(H, count, 42);
-    Ok(42)
+    cache.resolve(
+        H,
+        &space.removals,
+        |v| Some(*v),
+        || {
+            let live = space.live.lock().map_err(|_| ())?;
+            if !*live {
+                return Err(());
+            }
+            Ok((42, 42, space.removals.count()))
+        },
+    )
 }
 
 /// Revokes `H` as `CapSpace` does: under the lock, ticking the count before the removal returns; then

@@ -119,30 +119,26 @@ impl GuestCtx {
     /// The capability `handle` names in this instance's own handle table: from this instance's cache
     /// if no capability was removed since it was resolved, otherwise under the capability lock.
     pub(crate) fn lookup(&self, handle: u32) -> Result<Cap, AbiError> {
-        if let Some(cap) = self.cached(handle) {
-            return Ok(cap);
-        }
-        let caps = self.core.caps.lock();
-        let cap = caps.lookup(self.instance, Handle::from_raw(handle))?;
-        // Under the same lock hold as the lookup: see `capability::cache`.
-        let count = caps.removals().count();
-        drop(caps);
-        if let Ok(mut cache) = self.handles.try_borrow_mut() {
+        let locked = || {
+            let caps = self.core.caps.lock();
+            let cap = caps.lookup(self.instance, Handle::from_raw(handle))?;
             let resolved = Resolved {
                 id: cap.id,
                 region: Arc::downgrade(&cap.region),
                 rights: cap.rights,
                 range: cap.range,
             };
-            cache.put(handle, count, resolved);
-        }
-        Ok(cap)
-    }
-
-    fn cached(&self, handle: u32) -> Option<Cap> {
-        let mut cache = self.handles.try_borrow_mut().ok()?;
-        let r = cache.get(handle, &self.removals)?;
-        Some(Cap { id: r.id, region: r.region.upgrade()?, rights: r.rights, range: r.range })
+            // Under the same lock hold as the lookup: see `capability::cache`.
+            Ok((cap, resolved, caps.removals().count()))
+        };
+        let Ok(mut cache) = self.handles.try_borrow_mut() else {
+            // Never borrowed across a call out, so this does not happen; the locked path is right anyway.
+            return locked().map(|(cap, _, _)| cap);
+        };
+        let hit = |r: &Resolved| {
+            Some(Cap { id: r.id, region: r.region.upgrade()?, rights: r.rights, range: r.range })
+        };
+        cache.resolve(handle, &self.removals, hit, locked)
     }
 }
 

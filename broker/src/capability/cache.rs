@@ -58,9 +58,32 @@ impl<V> Default for HandleCache<V> {
 }
 
 impl<V> HandleCache<V> {
+    /// Resolves `raw`: from the cache while no capability was removed since its entry was filled
+    /// (`hit` makes the caller's result from the entry, or `None` if it no longer stands, say its
+    /// region is gone), otherwise through `locked`, which resolves under the capability lock and
+    /// returns the result, what to remember, and the removal count read under that same lock hold.
+    /// Every caller goes through here, so the count is never read anywhere else.
+    ///
+    /// # Errors
+    /// What `locked` returns.
+    pub fn resolve<T, E>(
+        &mut self,
+        raw: u32,
+        removals: &Removals,
+        hit: impl FnOnce(&V) -> Option<T>,
+        locked: impl FnOnce() -> Result<(T, V, u64), E>,
+    ) -> Result<T, E> {
+        if let Some(found) = self.get(raw, removals).and_then(hit) {
+            return Ok(found);
+        }
+        let (found, value, count) = locked()?;
+        self.put(raw, count, value);
+        Ok(found)
+    }
+
     /// What `raw` resolved to, if no capability was removed since (`removals`: the count now, read
     /// without the lock). Empties the cache when the count has moved.
-    pub fn get(&mut self, raw: u32, removals: &Removals) -> Option<&V> {
+    fn get(&mut self, raw: u32, removals: &Removals) -> Option<&V> {
         let now = removals.count();
         if now != self.count {
             self.clear(now);
@@ -74,7 +97,7 @@ impl<V> HandleCache<V> {
 
     /// Remembers what `raw` resolved to, at removal count `count` read under the same lock hold as the
     /// resolution.
-    pub fn put(&mut self, raw: u32, count: u64, value: V) {
+    fn put(&mut self, raw: u32, count: u64, value: V) {
         if count != self.count {
             self.clear(count);
         }

@@ -664,8 +664,9 @@ impl CapSpace {
     /// every revocation hook has run when this returns.
     fn remove_detached(&mut self, id: CapId) -> usize {
         if self.nodes.contains_key(&id) {
-            // Before anything is removed, under the lock that every filled cache entry read the count
-            // under: no entry filled before this removal is used after it returns.
+            // Before anything is removed (a node already gone removes nothing and ticks nothing), under
+            // the lock that every filled cache entry read the count under: no entry filled before this
+            // removal is used after it returns.
             self.removals.tick();
         }
         let mut stack = vec![id];

@@ -324,12 +324,15 @@ mod model {
         inst: InstanceId,
         h: Handle,
     ) -> Result<Cap, CapError> {
-        if let Some(cap) = cache.get(h.raw(), s.removals()) {
-            return Ok(cap.clone());
-        }
-        let cap = s.lookup(inst, h)?;
-        cache.put(h.raw(), s.removals().count(), cap.clone());
-        Ok(cap)
+        cache.resolve(
+            h.raw(),
+            s.removals(),
+            |cap| Some(cap.clone()),
+            || {
+                let cap = s.lookup(inst, h)?;
+                Ok((cap.clone(), cap, s.removals().count()))
+            },
+        )
     }
 
     fn sub(r: CapRange, off: u8, len: u8) -> Option<CapRange> {
