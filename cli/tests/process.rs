@@ -635,8 +635,21 @@ fn r13_a_hostile_tenant_cannot_kill_the_daemon_or_outlive_a_revoke() {
     }
     let h =
         i32::try_from(op_call(evil, "evil", "open", &[0x100, 11]).expect("open")).expect("a small handle");
+    // A second handle through the same grant, read through host calls until its instance resolves it
+    // without the capability lock (issue 18's handle cache).
+    let h2 =
+        i32::try_from(op_call(evil, "evil", "open", &[0x100, 11]).expect("open")).expect("a small handle");
+    for _ in 0..3 {
+        assert_eq!(op_call(evil, "evil", "read", &[h2, 0x8_0000, 64]).expect("read"), 0);
+    }
     assert_eq!(op_call(evil, "evil", "map", &[h, 0x20_0000, 8192, 1]).expect("map"), 0);
     rpc!(acme, revoke, pb::RevokeRequest { region: acme_shared(), grant_id: rw }).expect("revoke");
+    let stale = i64::from(broker_abi::Status::StaleHandle.code());
+    assert_eq!(
+        op_call(evil, "evil", "read", &[h2, 0x8_0000, 64]).expect("the read answers"),
+        stale,
+        "a handle read after the revoke returned is refused, cached or not"
+    );
     let err = op_call(evil, "evil", "op", &[4, 0x20_0000, 0x8_0000, 4096]).expect_err("the copy traps");
     assert!(err.message().contains("acme/shared") && err.message().contains("revoked"), "{}", err.message());
     acme_answers();
