@@ -243,6 +243,7 @@ mod model {
         Restrict { inst: u8, pick: u8, rights: u8, off: u8, len: u8, fail: bool },
         GrantAndOpen { inst: u8, pick: u8, target: u8, rights: u8, off: u8, len: u8, fail: bool },
         Revoke { inst: u8, pick: u8 },
+        RevokeGrant { target: u8, pick: u8 },
         Close { inst: u8, pick: u8 },
         Exit { inst: u8 },
     }
@@ -265,6 +266,7 @@ mod model {
                 }
             ),
             (0u8..3, any::<u8>()).prop_map(|(inst, pick)| Op::Revoke { inst, pick }),
+            (0u8..3, any::<u8>()).prop_map(|(target, pick)| Op::RevokeGrant { target, pick }),
             (0u8..3, any::<u8>()).prop_map(|(inst, pick)| Op::Close { inst, pick }),
             (0u8..3).prop_map(|inst| Op::Exit { inst }),
         ]
@@ -421,6 +423,16 @@ mod model {
                             Ok(n) => prop_assert_eq!(n, gone.len()),
                             Err(e) => outcome = Err(e),
                         }
+                        m.remove(&gone);
+                        removed = gone;
+                    }
+                    Op::RevokeGrant { target, pick } => {
+                        // The owner revokes a grant it made (as `Broker::revoke_grant` does): the grant
+                        // and everything opened or derived through it go.
+                        let Some(&gid) = m.inboxes.get(&target).and_then(|v| v.get(usize::from(pick) % v.len().max(1))) else { continue };
+                        let mut gone = m.descendants(gid);
+                        gone.push(gid);
+                        outcome = s.revoke_node(CapId(gid));
                         m.remove(&gone);
                         removed = gone;
                     }
