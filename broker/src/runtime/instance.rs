@@ -21,7 +21,6 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::bounded;
 use parking_lot::Mutex;
 use wasmtime::{Instance, InstancePre, Ref, Store, Trap, UpdateDeadline, Val, ValType};
 
@@ -350,18 +349,18 @@ impl InstanceCell {
     /// [`InstanceError::Instantiate`].
     pub(crate) fn start(parts: CellParts) -> Result<Arc<InstanceCell>, Error> {
         let cell = InstanceCell::new(parts, RunState::Running);
-        let (tx, rx) = bounded(1);
+        let (tx, rx) = super::reply::reply();
         cell.pool.submit(
             &cell,
             Job::new(move |cell, live| {
                 Box::pin(async move {
                     match cell.instantiate().await {
                         Ok(l) => {
-                            let _ = tx.send(Ok(()));
+                            tx.send(Ok(()));
                             Some(l)
                         }
                         Err(e) => {
-                            let _ = tx.send(Err(e));
+                            tx.send(Err(e));
                             live
                         }
                     }
@@ -722,13 +721,13 @@ impl InstanceCell {
         export: &str,
         args: &[Val],
     ) -> Result<Vec<Val>, InstanceError> {
-        let (tx, rx) = bounded(1);
+        let (tx, rx) = super::reply::reply();
         let (export, args) = (export.to_owned(), args.to_vec());
         pool.submit(
             self,
             Job::new(move |cell, mut live| {
                 Box::pin(async move {
-                    let _ = tx.send(cell.run_call(&mut live, &export, &args).await);
+                    tx.send(cell.run_call(&mut live, &export, &args).await);
                     live
                 })
             }),
@@ -882,7 +881,7 @@ impl InstanceCell {
         }
         // A stopped instance refuses everything while `closing`; the restart opens it again.
         self.closing.store(false, Ordering::Release);
-        let (tx, rx) = bounded(1);
+        let (tx, rx) = super::reply::reply();
         pool.submit(
             self,
             Job::new(move |cell, mut live| {
@@ -891,7 +890,7 @@ impl InstanceCell {
                         Ok(()) => cell.instantiate().await,
                         Err(e) => Err(e),
                     };
-                    let _ = tx.send(outcome.map(|l| {
+                    tx.send(outcome.map(|l| {
                         live = Some(l);
                         let mut s = cell.status.lock();
                         s.state = RunState::Running;
@@ -936,14 +935,14 @@ impl InstanceCell {
         *deleted |= delete;
         // Again under the lock: a restart that finished meanwhile opened the instance again.
         self.close();
-        let (tx, rx) = bounded(1);
+        let (tx, rx) = super::reply::reply();
         pool.submit(
             self,
             Job::new(move |cell, mut live| {
                 Box::pin(async move {
                     let torn = cell.teardown(&mut live);
                     cell.status.lock().state = RunState::Stopped;
-                    let _ = tx.send(torn);
+                    tx.send(torn);
                     live
                 })
             }),

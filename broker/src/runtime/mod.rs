@@ -18,6 +18,7 @@ mod limits;
 pub(crate) mod memory_creator;
 mod pool;
 mod priority;
+mod reply;
 mod timer;
 
 use std::fmt;

@@ -675,13 +675,10 @@ impl WorkerPool {
         tenant: &Arc<Tenant>,
         task: impl FnOnce() -> R + Send + 'static,
     ) -> Option<R> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let run = Box::new(move || {
-            // The caller may have stopped waiting (it never does today); the result is dropped then.
-            let _ = tx.send(task());
-        });
+        let (tx, rx) = super::reply::reply();
+        let run = Box::new(move || tx.send(task()));
         self.scheduler.push(Work::Task(Task { tenant: Arc::clone(tenant), run }), Arrival::New);
-        rx.recv().ok()
+        rx.recv()
     }
 }
 
