@@ -101,7 +101,8 @@ pub(super) fn fn_open(caller: &mut Ctx<'_>, name_ptr: u32, name_len: u32, out: u
     // A function handle is a capability like any other: it counts against the tenant's handles quota
     // (and so shows in its usage) for as long as it is open.
     let charge = ctx.tenant.reserve(Resource::Handles, 1).map_err(crate::Error::from)?;
-    let mem = GuestMemory::lock(caller);
+    let fence = std::sync::Arc::clone(&caller.data().ctx.fence);
+    let mem = GuestMemory::lock_through(&fence, caller);
     let out = mem.check(out, 4, true)?;
     let h = caller.data_mut().ctx.functions.open(service, charge)?;
     out.write_from(0, &h.to_le_bytes())
@@ -143,7 +144,7 @@ impl FunctionTable {
                 self.slots.len() - 1
             }
         };
-        let slot = self.slots.get_mut(index).ok_or(AbiError::Exhausted("function table".into()))?;
+        let slot = self.slots.get_mut(index).ok_or_else(|| AbiError::Exhausted("function table".into()))?;
         slot.1 = Some((service, charge));
         self.open += 1;
         let low = u32::try_from(index + 1).map_err(|_| AbiError::Exhausted("function table".into()))?;

@@ -19,19 +19,20 @@
 
 use std::marker::PhantomData;
 
-use parking_lot::{ArcRwLockReadGuard, RawRwLock};
+use parking_lot::RwLockReadGuard;
 
 use super::{AbiError, Ctx};
-use crate::mode::shared::Guards;
+use crate::mode::shared::{Fence, Guards};
 use crate::region::{RegionError, RegionMemory};
 
 /// A guest's linear memory with its fence held for reading: no window in it is swapped, and its guards
 /// stay as they are, while this lives.
-pub(crate) struct GuestMemory {
+pub(crate) struct GuestMemory<'c> {
     /// Host address of byte 0; meaningful only when `size > 0`.
     base: usize,
     size: usize,
-    guards: ArcRwLockReadGuard<RawRwLock, Guards>,
+    /// Borrowed from the calling instance's fence (no reference count is touched per host call).
+    guards: RwLockReadGuard<'c, Guards>,
 }
 
 /// The checked bytes `[ptr, ptr+len)` of a guest's memory, readable (and writable if checked so).
@@ -40,16 +41,18 @@ pub(crate) struct GuestBytes<'m> {
     host: *mut u8,
     len: usize,
     writable: bool,
-    _memory: PhantomData<&'m GuestMemory>,
+    _memory: PhantomData<&'m ()>,
 }
 
 fn range(size: usize, ptr: u32, len: u32) -> Result<(usize, usize), AbiError> {
-    let bad = AbiError::BadPointer { ptr, len, memory_len: size };
-    let start = usize::try_from(ptr).map_err(|_| bad.clone())?;
-    let n = usize::try_from(len).map_err(|_| bad.clone())?;
+    // Made only on failure: an error built and dropped on every successful check was a measurable
+    // share of a small host call.
+    let bad = || AbiError::BadPointer { ptr, len, memory_len: size };
+    let start = usize::try_from(ptr).map_err(|_| bad())?;
+    let n = usize::try_from(len).map_err(|_| bad())?;
     match start.checked_add(n) {
         Some(end) if end <= size => Ok((start, n)),
-        _ => Err(bad),
+        _ => Err(bad()),
     }
 }
 
@@ -61,14 +64,21 @@ pub(crate) fn check_bounds(size: usize, ptr: u32, len: u32) -> Result<(), AbiErr
     range(size, ptr, len).map(|_| ())
 }
 
-impl GuestMemory {
+impl<'c> GuestMemory<'c> {
     /// The calling instance's memory (a guest without one has a memory of 0 bytes, so every non-empty
     /// range is refused), with its fence held for reading.
     ///
     /// Never take the capability lock while holding this (lock order: capability space, then fence).
-    pub(crate) fn lock(caller: &Ctx<'_>) -> GuestMemory {
+    pub(crate) fn lock(caller: &'c Ctx<'_>) -> GuestMemory<'c> {
+        Self::lock_through(&caller.data().ctx.fence, caller)
+    }
+
+    /// As [`GuestMemory::lock`], holding the fence through `fence`, a clone of the caller's own
+    /// `MemoryFence`, so that the caller's context can still be changed while this lives.
+    pub(crate) fn lock_through(fence: &'c Fence, caller: &Ctx<'_>) -> GuestMemory<'c> {
         let ctx = &caller.data().ctx;
-        let guards = ctx.fence.read_arc();
+        debug_assert!(std::ptr::eq(fence, &*ctx.fence), "the caller's own fence");
+        let guards = fence.read();
         // Read after the fence is held; the memory's base never moves and its size only grows, which no
         // host function does.
         let (base, size) =
@@ -170,7 +180,7 @@ impl GuestBytes<'_> {
         // guest memory (not a revoked window), which stays mapped while the fence guard behind `'m` is
         // held; `dst` is a host buffer, never guest memory, so they do not overlap. Bytes other apps
         // change concurrently are copied as whatever they are.
-        unsafe { std::ptr::copy_nonoverlapping(src.cast_const(), dst.as_mut_ptr(), dst.len()) };
+        unsafe { crate::region::copy_raw(src.cast_const(), dst.as_mut_ptr(), dst.len()) };
         Ok(())
     }
 
@@ -186,7 +196,7 @@ impl GuestBytes<'_> {
         }
         // SAFETY: as in `read_into`, and the range was checked writable (no read-only or revoked window
         // in it); `src` is a host buffer, never guest memory.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+        unsafe { crate::region::copy_raw(src.as_ptr(), dst, src.len()) };
         Ok(())
     }
 
@@ -246,8 +256,13 @@ impl GuestBytes<'_> {
 mod tests {
     use super::*;
 
-    fn memory(bytes: &mut [u8]) -> GuestMemory {
-        let guards = std::sync::Arc::new(parking_lot::RwLock::new(Guards::default())).read_arc();
+    /// A fence of the test's own (leaked: a few bytes per test).
+    fn guards() -> RwLockReadGuard<'static, Guards> {
+        Box::leak(Box::new(parking_lot::RwLock::new(Guards::default()))).read()
+    }
+
+    fn memory(bytes: &mut [u8]) -> GuestMemory<'static> {
+        let guards = guards();
         GuestMemory { base: bytes.as_mut_ptr() as usize, size: bytes.len(), guards }
     }
 
@@ -273,8 +288,7 @@ mod tests {
     fn empty_ranges_of_a_guest_without_memory_copy_nothing() {
         // A guest without a memory: base 0. Empty ranges pass the check and copy nothing (never
         // through the null address).
-        let guards = std::sync::Arc::new(parking_lot::RwLock::new(Guards::default())).read_arc();
-        let m = GuestMemory { base: 0, size: 0, guards };
+        let m = GuestMemory { base: 0, size: 0, guards: guards() };
         let r = m.check(0, 0, true).expect("an empty range is in bounds");
         r.read_into(0, &mut []).expect("nothing to read");
         r.write_from(0, &[]).expect("nothing to write");

@@ -33,7 +33,7 @@ use crate::mode::mirror::{self, MirrorError, MirrorState};
 use crate::mode::shared::{MapRequest, MemoryFence};
 use crate::mode::Mode;
 use crate::name::QualifiedName;
-use crate::region::{Region, Traffic, PAGE_SIZE};
+use crate::region::{Region, Traffic, PAGE_SIZE, SMALL_READ};
 use crate::registry::Core;
 use crate::runtime::{InstanceId, InstanceState};
 use crate::tenant::{Resource, Tenant};
@@ -258,7 +258,17 @@ fn region_read(caller: &mut Ctx<'_>, handle: u32, offset: i64, dst: u32, len: u3
     let mem = GuestMemory::lock(caller);
     let dst = mem.check(dst, len, true)?;
     let n = dst.len();
-    cap.region.read_with(n, |m| dst.copy_from_region(0, n, m, at))?;
+    if n <= SMALL_READ {
+        // A few words: copied without the region's lock unless a write overlaps (`Region::read_small`),
+        // into a buffer of our own, so a torn copy it throws away never reaches the app.
+        let mut buf = [0u8; SMALL_READ];
+        let small =
+            buf.get_mut(..n).ok_or_else(|| AbiError::InvalidValue { field: "len", value: i64::from(len) })?;
+        cap.region.read_small(at, small)?;
+        dst.write_from(0, small)?;
+    } else {
+        cap.region.read_with(n, |m| dst.copy_from_region(0, n, m, at))?;
+    }
     caller.data().ctx.traffic.copied_out(u64::from(len));
     Ok(())
 }
@@ -404,7 +414,8 @@ fn mirror_acquire(
         caller.data().ctx.tenant.reserve(Resource::MemoryBytes, cap.range.len).map_err(crate::Error::from)?;
     // This takes the capability lock, so it runs before the fence is held.
     caller.data_mut().ctx.drop_stale_mirrors();
-    let mem = GuestMemory::lock(caller);
+    let fence = Arc::clone(&caller.data().ctx.fence);
+    let mem = GuestMemory::lock_through(&fence, caller);
     let dst = mem.check(ptr, len, true)?;
     let out = mem.check(out_version, 8, true)?;
     let (mirror, version) = mirror::acquire(&cap.region, cap.range, &dst, charge)?;
@@ -441,7 +452,8 @@ fn mirror_refresh(
     out_pages: u32,
 ) -> Result<(), AbiError> {
     let cap = mirror_call(caller, handle, Rights::READ, out_version, out_pages)?;
-    let mem = GuestMemory::lock(caller);
+    let fence = Arc::clone(&caller.data().ctx.fence);
+    let mem = GuestMemory::lock_through(&fence, caller);
     let dst = mem.check(ptr, len, true)?;
     let (v_out, p_out) = (mem.check(out_version, 8, true)?, mem.check(out_pages, 4, true)?);
     let ctx = &mut caller.data_mut().ctx;
@@ -463,7 +475,8 @@ fn mirror_commit(
     out_pages: u32,
 ) -> Result<(), AbiError> {
     let cap = mirror_call(caller, handle, Rights::WRITE, out_version, out_pages)?;
-    let mem = GuestMemory::lock(caller);
+    let fence = Arc::clone(&caller.data().ctx.fence);
+    let mem = GuestMemory::lock_through(&fence, caller);
     let src = mem.check(ptr, len, false)?;
     let (v_out, p_out) = (mem.check(out_version, 8, true)?, mem.check(out_pages, 4, true)?);
     let ctx = &mut caller.data_mut().ctx;

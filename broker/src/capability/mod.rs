@@ -97,11 +97,11 @@ impl CapRange {
     /// [`CapError::OutOfBounds`] if the access is negative, overflows, or leaves this range.
     pub fn access(self, rel_offset: i64, len: u64) -> Result<u64, CapError> {
         let len_i = i64::try_from(len).unwrap_or(i64::MAX);
-        let oob = CapError::OutOfBounds { offset: rel_offset, len: len_i, cap_len: self.len };
-        let off = u64::try_from(rel_offset).map_err(|_| oob.clone())?;
+        let oob = || CapError::OutOfBounds { offset: rel_offset, len: len_i, cap_len: self.len };
+        let off = u64::try_from(rel_offset).map_err(|_| oob())?;
         match off.checked_add(len) {
             Some(end) if end <= self.len => Ok(self.offset + off),
-            _ => Err(oob),
+            _ => Err(oob()),
         }
     }
 }

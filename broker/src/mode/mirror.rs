@@ -336,7 +336,7 @@ impl MirrorState {
             }
         }
 
-        let mut pv = region.pages.write();
+        let mut pv = region.lock_for_write();
         let current = region.version();
         let base = version_arg(base, current)?;
         let conflict = match region.policy() {

@@ -142,8 +142,8 @@ impl Fence {
 
     /// Holds the guards for reading: no window of this memory is swapped while the guard lives (the
     /// only way host code gets at guest memory, see `abi::guest_memory`).
-    pub(crate) fn read_arc(&self) -> parking_lot::ArcRwLockReadGuard<parking_lot::RawRwLock, Guards> {
-        self.guards.read_arc()
+    pub(crate) fn read(&self) -> parking_lot::RwLockReadGuard<'_, Guards> {
+        self.guards.read()
     }
 
     /// Records which memory this fence guards (once, after instantiation).

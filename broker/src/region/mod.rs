@@ -14,7 +14,7 @@ mod watch;
 
 use broker_abi::Rights;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
@@ -22,6 +22,7 @@ use crate::mode::{ConflictPolicy, Mode};
 use crate::name::Name;
 use crate::tenant::TenantId;
 
+pub(crate) use mapping::copy_raw;
 pub use mapping::RegionMemory;
 pub use traffic::{Traffic, TrafficStats};
 use watch::Watchers;
@@ -230,8 +231,12 @@ pub struct Region {
     backing: Backing,
     pub(crate) memory: RegionMemory,
     /// Serialises writers against readers so each write or commit is seen whole or not at all, and
-    /// guards the per-page versions.
+    /// guards the per-page versions. Writers take it through [`Region::lock_for_write`] only.
     pub(crate) pages: RwLock<PageVersions>,
+    /// The write sequence: odd while a writer holds `pages` for writing, advanced by 2 per writer.
+    /// Small reads copy without the reader lock and keep the copy only if the sequence was even and
+    /// unchanged around it (a seqlock; see [`Region::read_small`]).
+    seq: AtomicU64,
     /// The region version; written only under the `pages` writer lock, readable without it.
     version: AtomicU64,
     /// For a persistent region: the durable reservation that keeps versions rising across restarts.
@@ -357,6 +362,7 @@ impl Region {
             policy,
             pages: RwLock::new(PageVersions(vec![0; usize::try_from(size.div_ceil(PAGE_SIZE)).unwrap_or(0)])),
             version: AtomicU64::new(start),
+            seq: AtomicU64::new(0),
             lease,
             traffic: Traffic::default(),
             waiters: parking_lot::Mutex::new(Waiters::default()),
@@ -549,7 +555,7 @@ impl Region {
         len: usize,
         copy: impl FnOnce(&RegionMemory) -> Result<(), RegionError>,
     ) -> Result<u64, RegionError> {
-        let mut pages = self.pages.write();
+        let mut pages = self.lock_for_write();
         copy(&self.memory)?;
         let version = self.bump_version();
         pages.mark(offset, len64(len), version);
@@ -570,7 +576,7 @@ impl Region {
         spans: &[(u64, usize)],
         copy: impl FnOnce(&RegionMemory) -> Result<(), RegionError>,
     ) -> Result<u64, RegionError> {
-        let mut pages = self.pages.write();
+        let mut pages = self.lock_for_write();
         copy(&self.memory)?;
         let version = self.bump_version();
         let mut total = 0u64;
@@ -589,7 +595,176 @@ impl Region {
     }
 }
 
+/// Reads of at most this many bytes ([`Region::read_small`]) take no lock while no write overlaps them.
+pub(crate) const SMALL_READ: usize = 64;
+
+/// Tries of a lock-free small read before it waits for the reader lock (a writer holding the lock for
+/// long, or a stream of writes, would otherwise keep it retrying).
+const SMALL_READ_TRIES: u32 = 4;
+
+impl Region {
+    /// Takes `pages` for writing with the write sequence odd until the guard drops: every writer into
+    /// the region's memory goes through this, so [`Region::read_small`] can tell that it overlapped one.
+    pub(crate) fn lock_for_write(&self) -> WriteLocked<'_> {
+        let pages = self.pages.write();
+        // Only writers change the sequence, and only under the writer lock: a plain load suffices.
+        let s = self.seq.load(Ordering::Relaxed);
+        self.seq.store(s.wrapping_add(1), Ordering::Relaxed);
+        // Orders the odd value before the writer's stores into the memory: a reader that sees any of
+        // them (and fences with Acquire after its copy) then sees the sequence moved.
+        fence(Ordering::Release);
+        WriteLocked { pages, seq: &self.seq, end: s.wrapping_add(2) }
+    }
+
+    /// As [`Region::read_versioned`] for `dst.len() <= SMALL_READ`, without the reader lock while no
+    /// write overlaps: the bytes are copied, then kept only if the write sequence was even before the
+    /// copy and unchanged after it (so they are one write's whole result, never part of one), with
+    /// the version read between the two. After a few overlapped tries it takes the reader lock.
+    ///
+    /// `dst` should be a private buffer: a copy that is thrown away may have been torn.
+    ///
+    /// # Errors
+    /// [`RegionError::OutOfBounds`].
+    pub(crate) fn read_small(&self, offset: u64, dst: &mut [u8]) -> Result<u64, RegionError> {
+        if dst.len() <= SMALL_READ {
+            for _ in 0..SMALL_READ_TRIES {
+                let before = self.seq.load(Ordering::Acquire);
+                if before & 1 == 0 {
+                    // The copy may race a writer that starts now, exactly as a copy from a region races
+                    // the apps that map it (`RegionMemory::copy_out_raw`): it sees some mix of old and
+                    // new bytes, which the check below discards.
+                    self.memory.copy_out(offset, dst)?;
+                    let version = self.version.load(Ordering::Relaxed);
+                    // Pairs with the writer's Release fence: if the copy saw any byte a writer stored
+                    // after making the sequence odd, the load below sees that odd value or a later one.
+                    fence(Ordering::Acquire);
+                    if self.seq.load(Ordering::Relaxed) == before {
+                        self.traffic.copied_out(len64(dst.len()));
+                        return Ok(version);
+                    }
+                }
+                std::hint::spin_loop();
+            }
+        }
+        self.read_versioned(offset, dst)
+    }
+}
+
+/// The `pages` writer lock with the write sequence odd; dropping it makes the sequence even again.
+pub(crate) struct WriteLocked<'r> {
+    pages: parking_lot::RwLockWriteGuard<'r, PageVersions>,
+    seq: &'r AtomicU64,
+    end: u64,
+}
+
+impl std::ops::Deref for WriteLocked<'_> {
+    type Target = PageVersions;
+
+    fn deref(&self) -> &PageVersions {
+        &self.pages
+    }
+}
+
+impl std::ops::DerefMut for WriteLocked<'_> {
+    fn deref_mut(&mut self) -> &mut PageVersions {
+        &mut self.pages
+    }
+}
+
+impl Drop for WriteLocked<'_> {
+    fn drop(&mut self) {
+        // Release: a reader that sees the even value sees every store of the write before it. The lock
+        // itself is released after this (fields drop after `drop` returns).
+        self.seq.store(self.end, Ordering::Release);
+    }
+}
+
 /// A length as the `u64` regions count in (saturating, though no buffer comes near).
 pub(crate) fn len64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Backing, Region, RegionError, RegionId, SMALL_READ};
+    use crate::name::Name;
+    use crate::tenant::TenantId;
+
+    fn region(size: u64) -> Region {
+        let n = |s: &str| Name::new(s).expect("name");
+        Region::new(
+            RegionId(1),
+            n("r"),
+            TenantId(1),
+            n("t"),
+            size,
+            crate::Mode::Handle,
+            Default::default(),
+            Backing::Ephemeral,
+        )
+        .expect("region")
+    }
+
+    /// Write `v` stores the byte `v` over the whole span, so it becomes version `v`: a small read that
+    /// kept part of a write, or bytes of one write with another's version, shows mixed bytes or a byte
+    /// that is not its version's.
+    #[test]
+    fn small_reads_never_keep_part_of_a_write() {
+        let r = region(4096);
+        const WRITES: u64 = 200_000;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for v in 1..=WRITES {
+                    // An odd span (`memmove` copies it in several stores) that straddles a page.
+                    let bytes = [(v & 0xff) as u8; SMALL_READ - 1];
+                    assert_eq!(r.write(4096 - 100, &bytes).expect("write"), v);
+                }
+            });
+            let mut last = 0;
+            let mut buf = [0u8; SMALL_READ - 1];
+            while last < WRITES {
+                let version = r.read_small(4096 - 100, &mut buf).expect("read");
+                assert!(buf.iter().all(|b| *b == (version & 0xff) as u8), "version {version} read {buf:?}");
+                assert!(version >= last, "the version went back from {last} to {version}");
+                last = version;
+            }
+        });
+    }
+
+    #[test]
+    fn small_reads_check_bounds_and_larger_ones_take_the_lock() {
+        let r = region(100);
+        let mut buf = [0u8; 8];
+        assert!(matches!(r.read_small(93, &mut buf), Err(RegionError::OutOfBounds { .. })));
+        assert!(matches!(r.read_small(u64::MAX, &mut buf), Err(RegionError::OutOfBounds { .. })));
+        r.write(92, &[7; 8]).expect("write");
+        assert_eq!(r.read_small(92, &mut buf).expect("read"), 1);
+        assert_eq!(buf, [7; 8]);
+        let mut big = [0u8; SMALL_READ + 1];
+        r.write(0, &[9; SMALL_READ + 1]).expect("write");
+        assert_eq!(r.read_small(0, &mut big).expect("read"), 2);
+        assert!(big.iter().all(|b| *b == 9));
+        // Nothing is copied in after a refused read.
+        let mut untouched = [1u8; 8];
+        assert!(r.read_small(100, &mut untouched).is_err());
+        assert_eq!(untouched, [1; 8]);
+    }
+
+    /// A reader that arrives while a writer holds the lock gets the write whole, after it.
+    #[test]
+    fn a_small_read_during_a_write_waits_for_it() {
+        let r = region(64);
+        let guard = r.lock_for_write();
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut buf = [0u8; 16];
+                let v = r.read_small(0, &mut buf).expect("read");
+                (v, buf)
+            });
+            r.memory.copy_in(0, &[5; 16]).expect("copy");
+            let v = r.bump_version();
+            drop(guard);
+            assert_eq!(reader.join().expect("reader"), (v, [5; 16]));
+        });
+    }
 }

@@ -406,7 +406,7 @@ impl InstanceCell {
             requeued: Mutex::new(None),
             closing: AtomicBool::new(false),
             lifecycle: Mutex::new(false),
-            traffic: Arc::new(Traffic::default()),
+            traffic: Arc::new(Traffic::one_writer()),
             log,
             wasi_root,
             events: EventQueue::default(),

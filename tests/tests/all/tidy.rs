@@ -280,3 +280,31 @@ fn capability_imports_nothing_above_it() {
         .collect();
     assert!(offenders.is_empty(), "capability reaches above itself: {offenders:?}");
 }
+
+/// Every writer into a region's memory makes the write sequence odd (`Region::lock_for_write`), or a
+/// lock-free small read could keep bytes from the middle of its write (issue 18). So nothing outside
+/// the region module takes the pages writer lock itself.
+#[test]
+fn region_writers_take_the_lock_through_the_write_sequence() {
+    let mut files = Vec::new();
+    rust_files(&repo().join("broker/src"), &mut files);
+    let offenders: Vec<String> = files
+        .iter()
+        .filter(|f| !f.ends_with("broker/src/region/mod.rs"))
+        .filter(|f| {
+            std::fs::read_to_string(f).is_ok_and(|t| code_lines(&t).any(|l| l.contains("pages.write()")))
+        })
+        .map(|f| rel(f))
+        .collect();
+    assert!(files.len() > 20, "found only {} files", files.len());
+    assert!(
+        offenders.is_empty(),
+        "take the region's writer lock through Region::lock_for_write: {offenders:?}"
+    );
+    let region = std::fs::read_to_string(repo().join("broker/src/region/mod.rs")).expect("readable");
+    assert_eq!(
+        code_lines(&region).filter(|l| l.contains("pages.write()")).count(),
+        1,
+        "region/mod.rs takes the writer lock only in lock_for_write"
+    );
+}
