@@ -255,10 +255,12 @@ impl Broker {
         // next to a compile).
         let engine = self.engine.engine.clone();
         let owned = wasm.to_vec();
-        let compiled = self
-            .pool
-            .run_task(&t, move || wasmtime::Module::new(&engine, &owned))
-            .ok_or_else(|| invalid("the broker is shutting down".into()))?;
+        let compiled =
+            self.pool.run_task(&t, move || wasmtime::Module::new(&engine, &owned)).ok_or_else(|| {
+                invalid(
+                    "compilation did not finish: the broker is shutting down, or the compiler failed".into(),
+                )
+            })?;
         let module = compiled.map_err(|e| invalid(format!("{e:#}")))?;
         let code = module.image_range();
         let compiled =

@@ -366,16 +366,29 @@ impl MirrorState {
                 from += n;
                 continue;
             };
-            // Only the bytes this commit changed: under last-writer-wins, bytes of the page that
-            // another app changed meanwhile and this one did not are kept.
-            for run in changed_runs(mine, theirs) {
+            // Nobody changed this page since the app saw it: the region holds what the shadow does.
+            let untouched = pv.0.get(*p) == self.seen.get(*i);
+            // Only the bytes this commit changed. On a page nobody else changed, the span from the
+            // first changed byte to the last goes in one copy (the bytes between are the region's
+            // own); under last-writer-wins, on a page another app changed meanwhile, each run of
+            // changed bytes goes alone, so the other app's bytes this commit did not change are kept.
+            // (Run by run everywhere, a commit that changed a byte in every word made a copy per byte.)
+            let runs: Vec<std::ops::Range<usize>> = if untouched {
+                let differs = |(a, b): (&u8, &u8)| a != b;
+                let lo = mine.iter().zip(theirs).position(differs);
+                let hi = mine.iter().zip(theirs).rposition(differs);
+                lo.zip(hi).map(|(lo, hi)| lo..hi + 1).into_iter().collect()
+            } else {
+                changed_runs(mine, theirs).collect()
+            };
+            for run in runs {
                 let (Some(bytes), at) = (mine.get(run.clone()), slice.start + run.start) else { continue };
                 // In range by construction: the slice lies inside the capability's range.
                 let _ = region.memory.copy_in(self.range.offset + len64(at), bytes);
                 first = first.min(at);
                 last = last.max(at + bytes.len());
             }
-            whole.push(pv.0.get(*p) == self.seen.get(*i));
+            whole.push(untouched);
             if let Some(v) = pv.0.get_mut(*p) {
                 *v = version;
             }

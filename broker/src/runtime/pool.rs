@@ -668,8 +668,8 @@ impl WorkerPool {
     }
 
     /// Runs `task` on a worker as one turn of `tenant` (see [`Task`]) and waits for its result, which
-    /// is `None` if the pool stopped first. At most one fewer task than workers run at once, so calls
-    /// always keep a worker. Must not be called from a worker (it would wait for itself).
+    /// is `None` if the pool stopped first or the task panicked. At most one fewer task than workers
+    /// run at once, so calls always keep a worker. Must not be called from a worker (it would wait for itself).
     pub(crate) fn run_task<R: Send + 'static>(
         &self,
         tenant: &Arc<Tenant>,
@@ -702,7 +702,11 @@ fn work(scheduler: &Scheduler, priority: super::WorkerPriority) {
                 }
             }
             Work::Task(Task { tenant, run }) => {
-                run();
+                // A task that panics (a compiler bug) drops its reply unsent, so its caller is told,
+                // and must not take this worker, and the pool's count of running tasks, with it.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err() {
+                    tracing::error!(tenant = %tenant.name(), "a blocking task panicked; its caller gets no result");
+                }
                 scheduler.busy.fetch_sub(1, Ordering::Relaxed);
                 scheduler.finished(tenant.id(), started.elapsed(), tenant.quotas().cpu_shares, true);
             }
@@ -988,6 +992,23 @@ mod tests {
 
     fn tenant(id: u64, name: &str) -> Arc<Tenant> {
         Tenant::new(TenantId(id), Name::new(name).expect("valid name"), Quotas::default())
+    }
+
+    /// A task that panics is reported to its caller (no result) and leaves the worker, and the pool's
+    /// count of running tasks, as they were: on a one-worker pool, the next task still runs.
+    #[test]
+    fn a_panicking_task_leaves_the_worker_running() {
+        let pool = WorkerPool::new(1, wasmtime::Engine::default(), WorkerPriority::Normal, None)
+            .expect("a one-worker pool");
+        let a = tenant(1, "a");
+        let (done, done_rx) = bounded(1);
+        // Detached, so that a pool that lost its worker fails the test rather than hanging it.
+        std::thread::spawn(move || {
+            let panicked: Option<u32> = pool.run_task(&a, || panic!("a compiler bug"));
+            let next = pool.run_task(&a, || 7u32);
+            let _ = done.send((panicked, next));
+        });
+        assert_eq!(done_rx.recv_timeout(Duration::from_secs(30)), Ok((None, Some(7))));
     }
 
     /// The race the turn mark closes: a worker takes a turn, and owed work arrives before that turn's

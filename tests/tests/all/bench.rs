@@ -94,6 +94,45 @@ pub(crate) fn bench_matrix() {
     }
 }
 
+/// `handover` (the peers benchmark's broker side) adds 1 to every u64 of the payload and leaves the
+/// rest of the region alone, in every mode; a length that is negative, not a multiple of 8 or past the
+/// region is refused and changes nothing.
+#[test]
+fn bench_matrix_handover_adds_one_to_every_word_of_the_payload_in_every_mode() {
+    const SIZE: usize = 3 * 4096;
+    const PAYLOAD: usize = 4096 + 72;
+    for mode in Mode::ALL {
+        let b = broker();
+        let t = tenant(&b, "t");
+        let g = start(&b, t, "bench_matrix", "g");
+        assert_eq!(call(&b, g, "handover", args![8]), code(Status::NotFound), "{mode}: nothing opened yet");
+        let region = b
+            .create_region(t, RegionSpec::new("bench", SIZE as u64, mode).with_members(Rights::ALL))
+            .expect("region");
+        let words: Vec<u64> = (0..SIZE as u64 / 8).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        b.write_region(region, 0, &bytes).expect("fill");
+        assert_eq!(call(&b, g, "open", args![]), 0, "{mode}");
+        for bad in [-8, 12, SIZE as i32 + 8, i32::MIN] {
+            assert_eq!(call(&b, g, "handover", args![bad]), code(Status::OutOfBounds), "{mode}: len {bad}");
+        }
+        let region_words = |b: &broker::Broker| {
+            let mut now = vec![0u8; SIZE];
+            b.read_region(region, 0, &mut now).expect("read");
+            now.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().expect("8"))).collect::<Vec<_>>()
+        };
+        assert_eq!(region_words(&b), words, "{mode}: a refused handover changes nothing");
+        for round in 1..=2u64 {
+            assert_eq!(call(&b, g, "handover", args![PAYLOAD as i32]), 0, "{mode}");
+            let now = region_words(&b);
+            for (i, (was, is)) in words.iter().zip(&now).enumerate() {
+                let expected = if i < PAYLOAD / 8 { was.wrapping_add(round) } else { *was };
+                assert_eq!(*is, expected, "{mode}: word {i} after handover {round}");
+            }
+        }
+    }
+}
+
 fn tiny_matrix() -> BenchConfig {
     BenchConfig {
         modes: Mode::ALL.to_vec(),

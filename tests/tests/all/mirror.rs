@@ -168,6 +168,32 @@ fn last_writer_wins_writes_back_only_the_bytes_a_commit_changed() {
     assert_eq!(call(&b, apps[0], "load", args![0, 0i64]), i64::try_from(rounds).expect("small"));
 }
 
+/// Under last-writer-wins, a commit that changed bytes on both sides of another app's change keeps
+/// that change: on a page another app committed to since this one saw it, the commit copies each run
+/// of its own changed bytes alone (issue 18 copies the span between the first and last changed byte
+/// in one go, but only on a page nobody else changed).
+#[test]
+fn last_writer_wins_keeps_another_apps_bytes_between_two_changes() {
+    let (b, t, r) = setup(PAGE, ConflictPolicy::LastWriterWins);
+    let (a, other) = (start(&b, t, "mirror_app", "a"), start(&b, t, "mirror_app", "other"));
+    for app in [a, other] {
+        assert_eq!(call(&b, app, "acquire", args![0]), 0);
+    }
+    assert_eq!(call(&b, other, "store", args![0, 8i64, 5i64]), 0);
+    assert_eq!(call(&b, other, "commit", args![0]), 1);
+    assert_eq!(call(&b, a, "store", args![0, 0i64, 7i64]), 0);
+    assert_eq!(call(&b, a, "store", args![0, 16i64, 9i64]), 0);
+    assert_eq!(call(&b, a, "commit", args![0]), 1);
+    assert_eq!((host_u64(&b, r, 0), host_u64(&b, r, 8), host_u64(&b, r, 16)), (7, 5, 9));
+    // On a page nobody else changed, the span goes whole and the bytes between stay the region's.
+    assert_eq!(call(&b, a, "refresh", args![0]), 1);
+    assert_eq!(call(&b, a, "store", args![0, 0i64, 1i64]), 0);
+    assert_eq!(call(&b, a, "store", args![0, 24i64, 2i64]), 0);
+    assert_eq!(call(&b, a, "commit", args![0]), 1);
+    let words: Vec<u64> = (0..4).map(|i| host_u64(&b, r, 8 * i)).collect();
+    assert_eq!(words, [1, 5, 9, 2]);
+}
+
 /// Hint pages count from the capability's range, whatever its alignment (issue 15). The broker once
 /// counted them from the region page holding the range's start, so on `[100, 5100)` a change at range
 /// offset 4050 hinted as page 0 was compared as region page 0 and silently not published.

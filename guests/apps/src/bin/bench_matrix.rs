@@ -35,6 +35,8 @@ struct Bench {
     /// Mirror commits refused for a conflict (the batch's changes on those pages are dropped).
     conflicts: u64,
     chunk: Vec<u8>,
+    /// The handle-mode copy of a handover's payload.
+    payload: Vec<u8>,
 }
 
 thread_local! {
@@ -113,7 +115,7 @@ pub extern "C" fn open() -> i32 {
         let len = region.len()?;
         let view = region.view()?;
         let chunk = vec![0u8; CHUNK];
-        BENCH.with_borrow_mut(|b| *b = Some(Bench { view, len, checksum: 0, conflicts: 0, chunk }));
+        BENCH.with_borrow_mut(|b| *b = Some(Bench { view, len, checksum: 0, conflicts: 0, chunk, payload: Vec::new() }));
         Ok(())
     };
     status(run())
@@ -234,6 +236,57 @@ pub extern "C" fn write1(iters: i32, seed_value: i64) -> i32 {
         b.checksum = acc;
         Ok(())
     })
+}
+
+/// One handover of a payload (the peers benchmark, issue 18): the first `len` bytes of the region (a
+/// multiple of 8) come to this app, which adds 1 to every little-endian u64 of them, and go back. In
+/// handle mode that is one `region_read` and one `region_write` of the whole payload through a buffer
+/// of this app's; in mirror mode a refresh, the change in the mirror's copy and a commit; in shared
+/// mode the change in place in the window, 64 bytes at a time. Returns 0 or a status code
+/// (`OUT_OF_BOUNDS` for a length that is negative, not a multiple of 8, or past the region).
+#[no_mangle]
+pub extern "C" fn handover(len: i32) -> i32 {
+    with(|b| {
+        let n = usize::try_from(len).map_err(|_| Error::OutOfBounds)?;
+        if !n.is_multiple_of(8) || u64::try_from(n).map_or(true, |n| n > b.len) {
+            return Err(Error::OutOfBounds);
+        }
+        match &mut b.view {
+            View::Mirror(m) => {
+                m.refresh()?;
+                let bytes = m.get_mut(..n).ok_or(Error::OutOfBounds)?;
+                bump_words(bytes);
+                m.commit()?;
+            }
+            View::Shared(w) => {
+                let whole = n / 64 * 64;
+                for at in (0..whole).step_by(64) {
+                    let words = w.load::<[u64; 8]>(at)?.map(|x| u64::from_le(x).wrapping_add(1).to_le());
+                    w.store(at, &words)?;
+                }
+                for at in (whole..n).step_by(8) {
+                    w.store(at, &u64::from_le(w.load::<u64>(at)?).wrapping_add(1).to_le())?;
+                }
+            }
+            View::SharedReadOnly(_) => return Err(Error::PermissionDenied),
+            View::Handle(_) => {
+                b.payload.resize(n, 0);
+                b.view.read(0, &mut b.payload)?;
+                bump_words(&mut b.payload);
+                b.view.write(0, &b.payload)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Adds 1 to every little-endian u64 of `bytes`.
+fn bump_words(bytes: &mut [u8]) {
+    for word in bytes.chunks_exact_mut(8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        word.copy_from_slice(&u64::from_le_bytes(w).wrapping_add(1).to_le_bytes());
+    }
 }
 
 /// The last checksum, as the bits of an i64.
