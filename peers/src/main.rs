@@ -26,12 +26,21 @@ fn main() {
     println!("peers benchmark ({}), best of {rounds}", if quick { "quick" } else { "full" });
 
     println!("\npayload handover: host -> plugin (adds 1 to every u64) -> host, us per handover");
-    println!("{:<8} {:>10} {:>10} {:>10} {:>10}   {:>14} {:>14}", "size", "extism", "handle", "mirror", "shared", "extism/handle", "extism/shared");
+    println!(
+        "{:<8} {:>10} {:>10} {:>10} {:>10}   {:>14} {:>14}",
+        "size", "extism", "handle", "mirror", "shared", "extism/handle", "extism/shared"
+    );
     let modes = [Mode::Handle, Mode::Mirror, Mode::Shared];
     let fixtures: Vec<Fixture> = modes.iter().map(|m| broker_fixture(*m)).collect();
     let mut plugin = extism_plugin();
     for (size, label) in SIZES {
-        let iters = if quick { 1 } else if size >= 1 << 20 { 200 * scale } else { 2_000 * scale };
+        let iters = if quick {
+            1
+        } else if size >= 1 << 20 {
+            200 * scale
+        } else {
+            2_000 * scale
+        };
         let payload = payload(size);
         let extism = best_ns(rounds, iters, |n| extism_handover(&mut plugin, &payload, n));
         let broker: Vec<f64> =
@@ -59,7 +68,12 @@ fn main() {
     println!("{:<52} {:>8.1}", "bare host call (the guest's nop import)", nop);
     println!("{:<52} {:>8.1}", "wasmtime component ResourceTable::get (host only)", get);
     println!("{:<52} {:>8.1}", "floor: a host call that resolves a resource (sum)", nop + get);
-    println!("{:<52} {:>8.1}   {:.2}x the floor", "broker: 8-byte region_read through a handle", read8, read8 / (nop + get));
+    println!(
+        "{:<52} {:>8.1}   {:.2}x the floor",
+        "broker: 8-byte region_read through a handle",
+        read8,
+        read8 / (nop + get)
+    );
 }
 
 /// The payload: every u64 is its own index.
@@ -72,7 +86,8 @@ fn payload(size: usize) -> Vec<u8> {
 fn check(payload: &[u8], back: &[u8], who: &str) {
     assert_eq!(payload.len(), back.len(), "{who}: length");
     for (i, (a, b)) in payload.chunks_exact(8).zip(back.chunks_exact(8)).enumerate() {
-        let (a, b) = (u64::from_le_bytes(a.try_into().expect("8")), u64::from_le_bytes(b.try_into().expect("8")));
+        let (a, b) =
+            (u64::from_le_bytes(a.try_into().expect("8")), u64::from_le_bytes(b.try_into().expect("8")));
         assert_eq!(b, a.wrapping_add(1), "{who}: word {i}");
     }
 }

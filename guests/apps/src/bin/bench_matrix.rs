@@ -256,7 +256,11 @@ pub extern "C" fn handover(len: i32) -> i32 {
                 m.refresh()?;
                 let bytes = m.get_mut(..n).ok_or(Error::OutOfBounds)?;
                 bump_words(bytes);
-                m.commit()?;
+                if let Err(e) = m.commit() {
+                    // Not handed back: drop the change, so a retry starts from the region's bytes.
+                    m.discard()?;
+                    return Err(e);
+                }
             }
             View::Shared(w) => {
                 let whole = n / 64 * 64;
