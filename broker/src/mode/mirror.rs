@@ -146,6 +146,14 @@ fn pages(range: CapRange) -> impl Iterator<Item = (usize, std::ops::Range<usize>
     })
 }
 
+/// From the first byte where `mine` and `theirs` differ to the last, if any does.
+fn changed_span(mine: &[u8], theirs: &[u8]) -> Option<std::ops::Range<usize>> {
+    let differs = |(a, b): (&u8, &u8)| a != b;
+    let lo = mine.iter().zip(theirs).position(differs)?;
+    let hi = mine.iter().zip(theirs).rposition(differs)?;
+    Some(lo..hi + 1)
+}
+
 /// The runs of bytes where `mine` differs from `theirs` (same length), as ranges of indices. Equal
 /// stretches are skipped 64 bytes at a time (a `memcmp`), so a page with a few changed bytes costs
 /// little more than comparing it.
@@ -373,15 +381,12 @@ impl MirrorState {
             // own); under last-writer-wins, on a page another app changed meanwhile, each run of
             // changed bytes goes alone, so the other app's bytes this commit did not change are kept.
             // (Run by run everywhere, a commit that changed a byte in every word made a copy per byte.)
-            let runs: Vec<std::ops::Range<usize>> = if untouched {
-                let differs = |(a, b): (&u8, &u8)| a != b;
-                let lo = mine.iter().zip(theirs).position(differs);
-                let hi = mine.iter().zip(theirs).rposition(differs);
-                lo.zip(hi).map(|(lo, hi)| lo..hi + 1).into_iter().collect()
+            let (span, runs) = if untouched {
+                (changed_span(mine, theirs), None)
             } else {
-                changed_runs(mine, theirs).collect()
+                (None, Some(changed_runs(mine, theirs)))
             };
-            for run in runs {
+            for run in span.into_iter().chain(runs.into_iter().flatten()) {
                 let (Some(bytes), at) = (mine.get(run.clone()), slice.start + run.start) else { continue };
                 // In range by construction: the slice lies inside the capability's range.
                 let _ = region.memory.copy_in(self.range.offset + len64(at), bytes);
