@@ -1,10 +1,14 @@
 //! `callbacks`: what it costs to call into an app. Host → app: a host write to a watched region and
-//! the watch callback it triggers on the app's worker. C library → app: the toolkit firing an event
+//! the watch callback it triggers, run on the writing thread while the app is idle (the default) or
+//! handed to the app's worker (`callbacks_on_writer` off). C library → app: the toolkit firing an event
 //! through a native trampoline into the app's callback. The baseline, measured in the same run, is a
-//! direct wasmtime typed `Func::call` of the same callback function in a bare store.
+//! direct wasmtime typed `Func::call` of the same callback function in a bare store; beside it, the same
+//! call through `call_async` in a store that needs async calls, as every broker store does (epoch
+//! yields, waiting host calls): the floor of any callback that can be preempted.
 
 #![allow(missing_docs, reason = "criterion_group! generates an undocumented function")]
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
@@ -23,9 +27,15 @@ struct World {
 }
 
 /// A broker with the UI toolkit extension (the app uses the toolkit) and one `callback_app` watching a
-/// region and listening to a toolkit object.
-fn world() -> World {
-    let config = BrokerConfig { workers: 1, ui: Some(UiConfig::default()), ..BrokerConfig::default() };
+/// region and listening to a toolkit object. `on_writer`: [`BrokerConfig::callbacks_on_writer`], whether
+/// host writes run the callbacks they trigger on the writing thread or hand them to the app's worker.
+fn world(on_writer: bool) -> World {
+    let config = BrokerConfig {
+        workers: 1,
+        ui: Some(UiConfig::default()),
+        callbacks_on_writer: on_writer,
+        ..BrokerConfig::default()
+    };
     let broker = Broker::new(config).expect("broker");
     let t = broker.create_tenant("bench", Quotas::default()).expect("tenant");
     let data = broker
@@ -41,12 +51,23 @@ fn world() -> World {
 }
 
 impl World {
-    fn sync(&self) {
-        self.broker.call_i64(self.app, "ping", &[]).expect("ping");
+    /// Callbacks delivered so far.
+    fn delivered(&self) -> u64 {
+        self.broker.event_counts(self.app).expect("counts").0
+    }
+
+    /// Waits until `target` callbacks were delivered, watching the broker's count (a call to the app
+    /// would wake its worker, which costs more than a callback); yields, so a worker sharing this core
+    /// gets it.
+    fn wait_delivered(&self, target: u64) {
+        while self.delivered() < target {
+            std::thread::yield_now();
+        }
     }
 
     /// `n` host writes, each delivering a watch callback; waits until all were delivered.
     fn watch_events(&self, n: u64) -> Duration {
+        let mut delivered = self.delivered();
         let start = Instant::now();
         let mut left = n;
         while left > 0 {
@@ -55,7 +76,8 @@ impl World {
             for _ in 0..batch {
                 self.broker.write_region(self.data, 0, &[1]).expect("write");
             }
-            self.sync();
+            delivered += batch;
+            self.wait_delivered(delivered);
             left -= batch;
         }
         start.elapsed()
@@ -64,6 +86,7 @@ impl World {
     /// `n` toolkit events, each through a trampoline into the app's callback.
     fn toolkit_events(&self, n: u64) -> Duration {
         let ui = self.broker.ui().expect("the broker has the UI extension");
+        let mut delivered = self.delivered();
         let start = Instant::now();
         let mut left = n;
         while left > 0 {
@@ -71,18 +94,21 @@ impl World {
             for i in 0..batch {
                 ui.send(self.object, 3, i32::try_from(i).unwrap_or(0)).expect("send");
             }
-            self.sync();
+            delivered += batch;
+            self.wait_delivered(delivered);
             left -= batch;
         }
         start.elapsed()
     }
 
-    /// `n` round trips: one host write, then wait for its callback.
+    /// `n` round trips: one host write, then wait until its callback ran.
     fn watch_round_trips(&self, n: u64) -> Duration {
+        let mut delivered = self.delivered();
         let start = Instant::now();
         for _ in 0..n {
             self.broker.write_region(self.data, 0, &[1]).expect("write");
-            self.sync();
+            delivered += 1;
+            self.wait_delivered(delivered);
         }
         start.elapsed()
     }
@@ -90,7 +116,7 @@ impl World {
     fn ping_round_trips(&self, n: u64) -> Duration {
         let start = Instant::now();
         for _ in 0..n {
-            self.sync();
+            self.broker.call_i64(self.app, "ping", &[]).expect("ping");
         }
         start.elapsed()
     }
@@ -125,6 +151,61 @@ fn direct() -> Direct {
     Direct { store, func }
 }
 
+/// The same callback called with `call_async` in a store that needs async calls (epoch yields), as
+/// every call into a broker instance is: the floor for any delivery that can be preempted.
+struct DirectAsync {
+    store: wasmtime::Store<()>,
+    func: wasmtime::TypedFunc<(u32, u32, u64, u64, u64, u32), ()>,
+}
+
+fn direct_async() -> DirectAsync {
+    let mut config = wasmtime::Config::new();
+    config.wasm_threads(true);
+    config.epoch_interruption(true);
+    let engine = wasmtime::Engine::new(&config).expect("engine");
+    let module = wasmtime::Module::new(&engine, broker_guests::CALLBACK_APP_WASM).expect("module");
+    let mut linker = wasmtime::Linker::new(&engine);
+    linker.define_unknown_imports_as_traps(&module).expect("stubs");
+    let mut store = wasmtime::Store::new(&engine, ());
+    store.epoch_deadline_async_yield_and_update(1_000_000);
+    store.set_epoch_deadline(1_000_000);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let instance = match std::pin::pin!(linker.instantiate_async(&mut store, &module)).poll(&mut cx) {
+        std::task::Poll::Ready(i) => i.expect("instance"),
+        std::task::Poll::Pending => panic!("instantiation does not wait"),
+    };
+    let index = {
+        let f = instance.get_typed_func::<(), i64>(&mut store, "on_change_index").expect("export");
+        let polled = std::pin::pin!(f.call_async(&mut store, ())).poll(&mut cx);
+        match polled {
+            std::task::Poll::Ready(i) => i.expect("index"),
+            std::task::Poll::Pending => panic!("the call does not wait"),
+        }
+    };
+    let table = instance.get_table(&mut store, "__indirect_function_table").expect("table");
+    let Some(wasmtime::Ref::Func(Some(f))) = table.get(&mut store, u64::try_from(index).expect("index"))
+    else {
+        panic!("the callback is in the table")
+    };
+    let func = f.typed(&store).expect("signature");
+    DirectAsync { store, func }
+}
+
+impl DirectAsync {
+    fn run(&mut self, n: u64) -> Duration {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let start = Instant::now();
+        for i in 0..n {
+            let call = std::pin::pin!(self.func.call_async(&mut self.store, (1, 1, i, 0, 1, 0)));
+            match call.poll(&mut cx) {
+                std::task::Poll::Ready(r) => r.expect("call"),
+                std::task::Poll::Pending => panic!("the call does not wait"),
+            }
+        }
+        start.elapsed()
+    }
+}
+
 impl Direct {
     fn run(&mut self, n: u64) -> Duration {
         let start = Instant::now();
@@ -136,7 +217,8 @@ impl Direct {
 }
 
 fn callbacks(c: &mut Criterion) {
-    let w = world();
+    let w = world(true);
+    let q = world(false);
     let mut d = direct();
     let mut g = c.benchmark_group("callbacks");
     g.throughput(Throughput::Elements(1));
@@ -148,6 +230,12 @@ fn callbacks(c: &mut Criterion) {
     });
     g.bench_function(BenchmarkId::new("host_to_app", "watch_round_trip"), |b| {
         b.iter_custom(|n| w.watch_round_trips(n))
+    });
+    g.bench_function(BenchmarkId::new("host_to_app_through_worker", "watch_throughput"), |b| {
+        b.iter_custom(|n| q.watch_events(n))
+    });
+    g.bench_function(BenchmarkId::new("host_to_app_through_worker", "watch_round_trip"), |b| {
+        b.iter_custom(|n| q.watch_round_trips(n))
     });
     g.bench_function(BenchmarkId::new("c_library_to_app", "trampoline_throughput"), |b| {
         b.iter_custom(|n| w.toolkit_events(n))
@@ -162,33 +250,43 @@ fn per(d: Duration, n: u64) -> f64 {
 }
 
 fn summary(full: bool) {
-    let w = world();
+    let w = world(true);
+    let q = world(false);
     let mut d = direct();
+    let mut da = direct_async();
     let n = if full { 20_000 } else { 200 };
     let best = |f: &mut dyn FnMut(u64) -> Duration| {
         (0..if full { 5 } else { 1 }).map(|_| f(n)).min().unwrap_or_default()
     };
     let base = per(best(&mut |n| d.run(n)), n);
+    let base_async = per(best(&mut |n| da.run(n)), n);
     let watch = per(best(&mut |n| w.watch_events(n)), n);
+    let rt = per(best(&mut |n| w.watch_round_trips(n)), n);
+    let watch_q = per(best(&mut |n| q.watch_events(n)), n);
+    let rt_q = per(best(&mut |n| q.watch_round_trips(n / 10)), n / 10);
     let tramp = per(best(&mut |n| w.toolkit_events(n)), n);
-    let rt = per(best(&mut |n| w.watch_round_trips(n / 10)), n / 10);
     let ping = per(best(&mut |n| w.ping_round_trips(n / 10)), n / 10);
-    let (delivered, dead, merged) = w.broker.event_counts(w.app).expect("counts");
     println!(
         "\ncallbacks summary (best of {}; baseline = direct wasmtime typed call of the same callback)",
         if full { 5 } else { 1 }
     );
-    println!("{:<44} {:>12} {:>12} {:>10}", "path", "ns/callback", "callbacks/s", "x direct");
+    println!("{:<52} {:>12} {:>12} {:>10}", "path", "ns/callback", "callbacks/s", "x direct");
     for (name, ns) in [
         ("direct typed Func::call (baseline)", base),
-        ("host write -> watch callback (throughput)", watch),
+        ("direct typed call_async (the floor of a fiber call)", base_async),
+        ("host write -> watch callback, on the writer", watch),
+        ("host write -> watch callback, on the writer, 1 by 1", rt),
+        ("host write -> watch callback, through the worker", watch_q),
+        ("host write -> callback via worker, 1 by 1", rt_q),
         ("toolkit event -> trampoline -> callback", tramp),
-        ("host write -> callback, round trip", rt),
-        ("  of which: an empty call round trip", ping),
+        ("an empty call round trip (for scale)", ping),
     ] {
-        println!("{name:<44} {ns:>12.1} {:>12.0} {:>10.1}", 1e9 / ns, ns / base);
+        println!("{name:<52} {ns:>12.1} {:>12.0} {:>10.1}", 1e9 / ns, ns / base);
     }
-    println!("(delivered {delivered}, undeliverable {dead}, merged {merged})");
+    for (label, world) in [("on the writer", &w), ("through the worker", &q)] {
+        let (delivered, dead, merged) = world.broker.event_counts(world.app).expect("counts");
+        println!("({label}: delivered {delivered}, undeliverable {dead}, merged {merged})");
+    }
 }
 
 criterion_group!(

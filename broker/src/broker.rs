@@ -4,11 +4,12 @@
 //! shared with every instance; the runtime (engine, worker pool, instance cells) stays in [`Broker`],
 //! so instances never keep the pool alive.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use broker_abi::LEN_TO_END;
 use parking_lot::RwLock;
+use rustc_hash::FxHashMap;
 use wasmtime::{ExternType, Linker, Val};
 
 use crate::abi;
@@ -41,6 +42,12 @@ pub struct BrokerConfig {
     /// Where WASI apps' granted directories live (`<app data>/<tenant>/<path>`): none by default, and
     /// then an instance given directories is refused. `broker serve` uses `<state dir>/app-data`.
     pub app_data: Option<std::path::PathBuf>,
+    /// Whether [`Broker::write_region`] runs the watch callbacks it triggers on the calling thread, for
+    /// apps idle at the time, before it returns (on by default): a callback then costs about a call
+    /// rather than a worker's wake-up and two context switches. Each runs as a turn of its app, never
+    /// beside the app's calls, and moves to a worker at its first epoch tick if still running. Off, every
+    /// callback goes through the app's worker, as [`Broker::write_region_queued`] always does.
+    pub callbacks_on_writer: bool,
 }
 
 impl Default for BrokerConfig {
@@ -53,6 +60,7 @@ impl Default for BrokerConfig {
             ui: None,
             worker_priority: crate::runtime::WorkerPriority::Normal,
             app_data: None,
+            callbacks_on_writer: true,
         }
     }
 }
@@ -119,7 +127,8 @@ fn check_quotas(q: &Quotas) -> Result<(), Error> {
 pub struct Broker {
     core: Arc<Core>,
     linker: Linker<InstanceState>,
-    cells: RwLock<HashMap<InstanceId, Arc<InstanceCell>>>,
+    /// Ids are the broker's, so a fast hasher is safe.
+    cells: RwLock<FxHashMap<InstanceId, Arc<InstanceCell>>>,
     pool: WorkerPool,
     /// WASI's import names and the runtime of its timers: dropped after the pool, whose workers poll
     /// WASI futures.
@@ -127,6 +136,8 @@ pub struct Broker {
     engine: EngineHandle,
     /// The UI toolkit extension, if the config turned it on.
     ui: Option<Arc<Ui>>,
+    /// See [`BrokerConfig::callbacks_on_writer`].
+    callbacks_on_writer: bool,
 }
 
 /// What the broker keeps for WASI (see [`crate::wasi`]).
@@ -181,7 +192,16 @@ impl Broker {
         .map_err(|e| Error::InvalidArgument { field: "workers", reason: e.to_string() })?;
         let core = Arc::new(Core::new(Arc::clone(&engine.timers)));
         let ui = trampolines.map(|pool| Ui::install(&mut linker, &core, pool)).transpose()?;
-        Ok(Broker { core, linker, cells: RwLock::new(HashMap::new()), pool, wasi, engine, ui })
+        Ok(Broker {
+            core,
+            linker,
+            cells: RwLock::new(FxHashMap::default()),
+            pool,
+            wasi,
+            engine,
+            ui,
+            callbacks_on_writer: config.callbacks_on_writer,
+        })
     }
 
     // ----- tenants -----
@@ -700,9 +720,26 @@ impl Broker {
 
     /// Writes region bytes from the host side (a native producer); returns the new version.
     ///
+    /// With [`BrokerConfig::callbacks_on_writer`] (the default), the watch callbacks this write triggers
+    /// in apps that are idle run on this thread before it returns (each for at most an epoch tick here;
+    /// one still running then goes on on a worker). So the caller must not hold a lock that a host
+    /// service it registered ([`Broker::register_service`]) takes, and must not be on an async
+    /// runtime's thread: [`Broker::write_region_queued`] is for those callers.
+    ///
     /// # Errors
     /// [`Error::RegionNotFound`], [`Error::Region`] when out of bounds; nothing is written then.
     pub fn write_region(&self, region: RegionId, offset: u64, data: &[u8]) -> Result<u64, Error> {
+        let region = self.core.region(region)?;
+        let _here = self.callbacks_on_writer.then(crate::runtime::CallbacksHere::begin);
+        Ok(region.write(offset, data)?)
+    }
+
+    /// As [`Broker::write_region`], but every watch callback it triggers runs on its app's worker, never
+    /// on this thread: for callers on an async runtime (the gRPC service) or holding locks.
+    ///
+    /// # Errors
+    /// As [`Broker::write_region`].
+    pub fn write_region_queued(&self, region: RegionId, offset: u64, data: &[u8]) -> Result<u64, Error> {
         Ok(self.core.region(region)?.write(offset, data)?)
     }
 

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
 use wasmtime::Module;
 
 use crate::capability::{CapError, CapSpace};
@@ -35,7 +36,8 @@ pub(crate) struct LoadedModule {
 pub(crate) struct Registry {
     pub(crate) tenants: HashMap<TenantId, Arc<Tenant>>,
     pub(crate) tenant_names: HashMap<Name, TenantId>,
-    pub(crate) regions: HashMap<RegionId, Arc<Region>>,
+    /// By id: looked up on every host read and write; ids are the broker's, so a fast hasher is safe.
+    pub(crate) regions: FxHashMap<RegionId, Arc<Region>>,
     pub(crate) region_names: HashMap<(TenantId, Name), RegionId>,
     pub(crate) modules: HashMap<(TenantId, Name), LoadedModule>,
     pub(crate) instance_names: HashMap<(TenantId, Name), InstanceId>,

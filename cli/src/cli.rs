@@ -709,6 +709,8 @@ async fn serve_main(args: ServeArgs, out: &mut dyn Write) -> Result<(), CliError
             worker_priority: config.worker_priority,
             // WASI apps' granted directories live with the rest of the state.
             app_data: config.state_dir.as_ref().map(|d| d.join("app-data")),
+            // The daemon's writes come through gRPC, which uses `write_region_queued` anyway.
+            ..BrokerConfig::default()
         })
         .map_err(|e| CliError::Local(e.to_string()))?,
     );

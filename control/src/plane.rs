@@ -1106,7 +1106,8 @@ impl ControlPlane {
         data: &[u8],
     ) -> ApiResult<u64> {
         let (_, _, id) = self.region(who, "region.name", region)?;
-        Ok(self.broker.write_region(id, offset, data)?)
+        // Answered on the async runtime: apps' callbacks must not run on its thread.
+        Ok(self.broker.write_region_queued(id, offset, data)?)
     }
 
     /// Grants an instance (of the region's tenant, or `tenant/name` of another) access to a range of a

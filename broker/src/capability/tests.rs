@@ -239,22 +239,57 @@ mod model {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Open { inst: u8, fail: bool },
-        Restrict { inst: u8, pick: u8, rights: u8, off: u8, len: u8, fail: bool },
-        GrantAndOpen { inst: u8, pick: u8, target: u8, rights: u8, off: u8, len: u8, fail: bool },
-        Revoke { inst: u8, pick: u8 },
-        RevokeGrant { target: u8, pick: u8 },
-        Close { inst: u8, pick: u8 },
-        Exit { inst: u8 },
+        Open {
+            inst: u8,
+            fail: bool,
+        },
+        Restrict {
+            inst: u8,
+            pick: u8,
+            rights: u8,
+            off: u8,
+            len: u8,
+            fail: bool,
+        },
+        GrantAndOpen {
+            inst: u8,
+            pick: u8,
+            target: u8,
+            rights: u8,
+            off: u8,
+            len: u8,
+            fail: bool,
+        },
+        Revoke {
+            inst: u8,
+            pick: u8,
+        },
+        RevokeGrant {
+            target: u8,
+            pick: u8,
+        },
+        Close {
+            inst: u8,
+            pick: u8,
+        },
+        Exit {
+            inst: u8,
+        },
+        /// The instance is deleted (`forget_instance`): it never comes back.
+        Forget {
+            inst: u8,
+        },
+        /// The region is destroyed: its whole tree goes, the root with it.
+        Destroy,
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0u8..3, fail()).prop_map(|(inst, fail)| Op::Open { inst, fail }),
-            (0u8..3, any::<u8>(), 0u8..32, 0u8..120, 0u8..120, fail()).prop_map(
+            8 => (0u8..3, fail()).prop_map(|(inst, fail)| Op::Open { inst, fail }),
+            8 => (0u8..3, any::<u8>(), 0u8..32, 0u8..120, 0u8..120, fail()).prop_map(
                 |(inst, pick, rights, off, len, fail)| Op::Restrict { inst, pick, rights, off, len, fail }
             ),
-            (0u8..3, any::<u8>(), 0u8..3, 0u8..32, 0u8..120, 0u8..120, fail()).prop_map(
+            8 => (0u8..3, any::<u8>(), 0u8..3, 0u8..32, 0u8..120, 0u8..120, fail()).prop_map(
                 |(inst, pick, target, rights, off, len, fail)| Op::GrantAndOpen {
                     inst,
                     pick,
@@ -265,10 +300,12 @@ mod model {
                     fail
                 }
             ),
-            (0u8..3, any::<u8>()).prop_map(|(inst, pick)| Op::Revoke { inst, pick }),
-            (0u8..3, any::<u8>()).prop_map(|(target, pick)| Op::RevokeGrant { target, pick }),
-            (0u8..3, any::<u8>()).prop_map(|(inst, pick)| Op::Close { inst, pick }),
-            (0u8..3).prop_map(|inst| Op::Exit { inst }),
+            8 => (0u8..3, any::<u8>()).prop_map(|(inst, pick)| Op::Revoke { inst, pick }),
+            8 => (0u8..3, any::<u8>()).prop_map(|(target, pick)| Op::RevokeGrant { target, pick }),
+            8 => (0u8..3, any::<u8>()).prop_map(|(inst, pick)| Op::Close { inst, pick }),
+            8 => (0u8..3).prop_map(|inst| Op::Exit { inst }),
+            1 => (0u8..3).prop_map(|inst| Op::Forget { inst }),
+            1 => Just(Op::Destroy),
         ]
     }
 
@@ -286,6 +323,10 @@ mod model {
         inboxes: HashMap<u8, Vec<u64>>,
         dead: Vec<(u8, Handle)>,
         failing: HashSet<u64>,
+        /// Deleted instances, and whether the region was destroyed: nothing more is opened by them or in
+        /// it.
+        forgotten: HashSet<u8>,
+        destroyed: bool,
     }
 
     impl Model {
@@ -357,6 +398,17 @@ mod model {
             // capability would resolve a dead handle.
             let mut caches: HashMap<u8, HandleCache<Cap>> = HashMap::new();
             for op in ops {
+                // A deleted instance does nothing more, and nothing is opened in a destroyed region.
+                let involved = match &op {
+                    Op::Open { inst, .. } | Op::Restrict { inst, .. } | Op::Revoke { inst, .. }
+                    | Op::Close { inst, .. } | Op::Exit { inst } | Op::Forget { inst } => vec![*inst],
+                    Op::GrantAndOpen { inst, target, .. } => vec![*inst, *target],
+                    Op::RevokeGrant { target, .. } => vec![*target],
+                    Op::Destroy => vec![],
+                };
+                if involved.iter().any(|i| m.forgotten.contains(i)) || (m.destroyed && matches!(op, Op::Open { .. })) {
+                    continue;
+                }
                 // What the operation removed (by the model) and what it reported.
                 let mut removed: Vec<u64> = Vec::new();
                 let mut outcome: Result<(), CapError> = Ok(());
@@ -459,6 +511,33 @@ mod model {
                         m.remove(&gone);
                         removed = gone;
                     }
+                    Op::Forget { inst: i } => {
+                        let mut roots: Vec<u64> = m.handles.get(&i).map(|v| v.iter().map(|(_, id)| *id).collect()).unwrap_or_default();
+                        roots.extend(m.inboxes.get(&i).cloned().unwrap_or_default());
+                        let mut gone = Vec::new();
+                        for id in roots {
+                            gone.push(id);
+                            gone.extend(m.descendants(id));
+                        }
+                        outcome = s.forget_instance(inst(i));
+                        gone.sort_unstable();
+                        gone.dedup();
+                        m.remove(&gone);
+                        m.forgotten.insert(i);
+                        removed = gone;
+                    }
+                    Op::Destroy => {
+                        if m.destroyed {
+                            continue;
+                        }
+                        let gone = m.descendants(root_id);
+                        outcome = s.remove_region(RegionId(1));
+                        // The root goes too; it has no hooks of its own.
+                        m.remove(&[root_id]);
+                        m.remove(&gone);
+                        m.destroyed = true;
+                        removed = gone;
+                    }
                 }
                 // The operation reports a failed revocation if and only if it removed a capability whose
                 // revocation hook fails, and then names one of them.
@@ -510,7 +589,9 @@ mod model {
                 }
                 // The space holds exactly the model's capabilities, each charged to the quota once.
                 prop_assert_eq!(s.len(), m.caps.len());
-                prop_assert_eq!(t.usage().handles, u64::try_from(s.len() - 1).expect("small"));
+                // (The root is not charged; a destroyed region has none.)
+                let roots = usize::from(!m.destroyed);
+                prop_assert_eq!(t.usage().handles, u64::try_from(s.len() - roots).expect("small"));
             }
         }
     }

@@ -12,9 +12,10 @@
 //! per write (a change notification says "the region moved on to version v"; merged ones lose nothing
 //! the app can act on). Events keep the order they were produced in.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 
 use parking_lot::Mutex;
+use rustc_hash::{FxHashMap, FxHashSet};
 use wasmtime::{AsContextMut, Caller, FuncType, Ref, Table, ValType};
 
 /// Events pending per instance before they are merged.
@@ -95,11 +96,12 @@ struct Queue {
     scheduled: bool,
     /// Events merged away so far (for stats).
     merged: u64,
-    /// Pending watch events per source.
-    watch_pending: HashMap<u64, usize>,
+    /// Pending watch events per source. Sources are capability ids the broker assigns, so a fast
+    /// hasher is safe.
+    watch_pending: FxHashMap<u64, usize>,
     /// Watches registered and not yet ended: an event of any other watch source is dropped, queued or
     /// not, so no callback of a watch runs after its unwatch, close or revoke returned.
-    live_watches: HashSet<u64>,
+    live_watches: FxHashSet<u64>,
 }
 
 impl EventQueue {
@@ -173,10 +175,19 @@ impl EventQueue {
 
     /// Takes every pending event (the delivery job calls this before delivering).
     pub fn take(&self) -> VecDeque<Pending> {
+        let mut taken = VecDeque::new();
+        self.take_into(&mut taken);
+        taken
+    }
+
+    /// Swaps every pending event into `into`, which must be empty: the queue keeps `into`'s buffer, so a
+    /// delivery that hands back its emptied buffer allocates nothing.
+    pub fn take_into(&self, into: &mut VecDeque<Pending>) {
+        debug_assert!(into.is_empty());
         let mut q = self.inner.lock();
         q.scheduled = false;
         q.watch_pending.clear();
-        std::mem::take(&mut q.events)
+        std::mem::swap(&mut q.events, into);
     }
 
     /// Events merged away since the instance started.

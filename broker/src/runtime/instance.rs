@@ -13,6 +13,7 @@
 //! back in the run queue, and the next worker to take it resumes the job where it stopped. Jobs still
 //! run one at a time, in mailbox order: the next starts when the previous one finished.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -22,13 +23,15 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use wasmtime::{Instance, InstancePre, Ref, Store, Trap, UpdateDeadline, Val, ValType};
+use wasmtime::{
+    Instance, InstancePre, Ref, Store, Table, Trap, TypedFunc, UpdateDeadline, Val, ValType, WasmParams,
+};
 
 use super::events::{self, EventKind, EventQueue, Pending};
 use super::fault;
 use super::limits::TenantLimiter;
 use super::memory_creator;
-use super::pool::{Mailbox, PoolHandle, Runnable, WorkerPool};
+use super::pool::{Mailbox, PoolHandle, RanHere, Runnable, WorkerPool};
 use super::{InstanceConfig, InstanceError, InstanceId, InstanceStatus, RunState};
 use crate::abi::GuestCtx;
 use crate::error::Error;
@@ -136,6 +139,73 @@ fn arm_epoch_deadline(store: &mut Store<InstanceState>) {
 pub(crate) struct Live {
     store: Store<InstanceState>,
     instance: Instance,
+    /// What deliveries keep between them (boxed: an idle instance's slot stays small).
+    deliveries: Box<Deliveries>,
+}
+
+/// What an instance's deliveries keep between them.
+struct Deliveries {
+    /// Its function table, where callbacks are looked up (exports are fixed at instantiation).
+    table: Option<Table>,
+    /// The watch and native callbacks delivered last, as typed functions: a table entry is looked up
+    /// for every event, and type-checked again only when it holds another function than last time.
+    watch_fn: Option<Callback<WatchParams>>,
+    native_fn: Option<Callback<NativeParams>>,
+    /// An empty event buffer, swapped with the queue's at each delivery.
+    spare_events: VecDeque<Pending>,
+}
+
+/// A watch callback's parameters (see [`events::watch_signature`]).
+type WatchParams = (i32, i32, i64, i64, i64, i32);
+
+/// A native event callback's parameters (see [`events::native_signature`]).
+type NativeParams = (i32, i32, i32, i32, i32);
+
+/// A callback function as last found in the table: its identity (the store's function reference) and
+/// its typed form.
+struct Callback<P> {
+    raw: usize,
+    func: TypedFunc<P, ()>,
+}
+
+impl Live {
+    fn new(store: Store<InstanceState>, instance: Instance) -> Live {
+        let mut live = Live {
+            store,
+            instance,
+            deliveries: Box::new(Deliveries {
+                table: None,
+                watch_fn: None,
+                native_fn: None,
+                spare_events: VecDeque::new(),
+            }),
+        };
+        live.deliveries.table = live.instance.get_table(&mut live.store, events::TABLE_EXPORT);
+        live
+    }
+}
+
+/// The typed function at `index` of `table` with parameters `P` and no results, reusing `cached` if
+/// the entry is still the function it was made from; `None` (the event cannot be delivered) for a
+/// null, missing or out-of-range entry or one of another type: the app may have changed its table since
+/// the callback was registered.
+fn callback<'c, P: WasmParams>(
+    store: &mut Store<InstanceState>,
+    table: Option<Table>,
+    index: u32,
+    cached: &'c mut Option<Callback<P>>,
+) -> Option<&'c TypedFunc<P, ()>> {
+    if index == 0 {
+        return None;
+    }
+    let Some(Ref::Func(Some(f))) = table?.get(&mut *store, u64::from(index)) else {
+        return None;
+    };
+    let raw = f.to_raw(&mut *store).addr();
+    if cached.as_ref().is_none_or(|c| c.raw != raw) {
+        *cached = Some(Callback { raw, func: f.typed::<P, ()>(&*store).ok()? });
+    }
+    cached.as_ref().map(|c| &c.func)
 }
 
 impl Drop for Live {
@@ -203,6 +273,9 @@ pub(crate) struct InstanceCell {
     delivered: AtomicU64,
     /// Consecutive deliveries made only of events this app's own callbacks produced.
     echo_chain: std::sync::atomic::AtomicU32,
+    /// Deliveries still to go through the mailbox after one on a writing thread overran (see
+    /// [`InstanceCell::deliver_here`]).
+    here_cooldown: std::sync::atomic::AtomicU32,
     me: Weak<InstanceCell>,
     pool: PoolHandle,
     /// The store, or the suspended job that owns it; taken only by the worker holding the cell.
@@ -413,6 +486,7 @@ impl InstanceCell {
             dead_events: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             echo_chain: std::sync::atomic::AtomicU32::new(0),
+            here_cooldown: std::sync::atomic::AtomicU32::new(0),
             me: me.clone(),
             pool,
             slot: Mutex::new(Slot::Idle(None)),
@@ -435,27 +509,60 @@ impl InstanceCell {
         EventSink(self.me.clone())
     }
 
-    /// Queues an event and, if none is pending, posts a job that delivers the queue.
+    /// Queues an event and, if none is pending, posts a job that delivers the queue, or, under a
+    /// [`CallbacksHere`] scope, leaves the delivery to the scope's end.
     fn deliver(self: &Arc<Self>, e: Pending) {
         let pushed = self.events.push(e);
         if pushed.grew {
             self.tenant.events_queued(1);
         }
-        if pushed.schedule {
-            let mut job = Job::new(|cell, mut live| {
-                Box::pin(async move {
-                    cell.drain_events(&mut live).await;
-                    live
-                })
-            });
-            job.delivering = true;
-            self.pool.submit(self, job);
+        if pushed.schedule && !CallbacksHere::defer(self) {
+            self.pool.submit(self, delivery_job());
+        }
+    }
+
+    /// Delivers the queued events on this thread if the instance is idle, else through its mailbox
+    /// (see [`CallbacksHere`]). An instance whose delivery here ran long or suspended gets its next
+    /// [`HERE_COOLDOWN`] deliveries through the mailbox: a slow or spinning callback costs a host that
+    /// writes what it watches one tick, not one per write.
+    fn deliver_here(self: &Arc<Self>) {
+        let cooling = self
+            .here_cooldown
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if cooling {
+            self.pool.submit(self, delivery_job());
+            return;
+        }
+        let overran = match self.pool.run_here(self, delivery_job()) {
+            Err(job) => {
+                self.pool.submit(self, job);
+                false
+            }
+            Ok(RanHere::Queued) => false,
+            Ok(RanHere::Finished(ran)) => ran > HERE_SLICE,
+            Ok(RanHere::Suspended(_)) => true,
+        };
+        if overran {
+            self.here_cooldown.store(HERE_COOLDOWN, Ordering::Relaxed);
         }
     }
 
     /// Calls the app's callback for every queued event, on this instance's worker.
     async fn drain_events(&self, live: &mut Option<Live>) {
-        let events = self.events.take();
+        // The queue's buffer and the live instance's spare trade places, so a delivery allocates none.
+        let mut events =
+            live.as_mut().map(|l| std::mem::take(&mut l.deliveries.spare_events)).unwrap_or_default();
+        self.events.take_into(&mut events);
+        self.deliver_events(live, &events).await;
+        events.clear();
+        if let Some(l) = live.as_mut() {
+            l.deliveries.spare_events = events;
+        }
+    }
+
+    /// Calls the app's callback for each of `events`, taken from the queue.
+    async fn deliver_events(&self, live: &mut Option<Live>, events: &VecDeque<Pending>) {
         self.tenant.events_taken(u64::try_from(events.len()).unwrap_or(u64::MAX));
         let state = self.status.lock().state;
         // An interrupt that came while the instance was idle is stale: it was for no call of this job.
@@ -483,41 +590,36 @@ impl InstanceCell {
             self.dead_events.fetch_add(u64::try_from(events.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
             return;
         }
-        let table = l.instance.get_table(&mut l.store, events::TABLE_EXPORT);
         for (i, e) in events.iter().enumerate() {
             let bits = |v: u32| i32::from_ne_bytes(v.to_ne_bytes());
             let wide = |v: u64| i64::from_ne_bytes(v.to_ne_bytes());
-            let (args, params): (Vec<Val>, Vec<ValType>) = match e.kind {
-                EventKind::Watch { handle, version, offset, len } => (
-                    vec![
-                        Val::I32(bits(e.user_data)),
-                        Val::I32(bits(handle)),
-                        Val::I64(wide(version)),
-                        Val::I64(wide(offset)),
-                        Val::I64(wide(len)),
-                        Val::I32(bits(e.missed)),
-                    ],
-                    events::watch_signature().to_vec(),
-                ),
-                EventKind::Native { object, code, param } => (
-                    vec![
-                        Val::I32(bits(e.user_data)),
-                        Val::I32(bits(object)),
-                        Val::I32(bits(code)),
-                        Val::I32(param),
-                        Val::I32(bits(e.missed)),
-                    ],
-                    events::native_signature().to_vec(),
-                ),
-            };
             // Checked at registration, but the app may have changed its table since: check again.
-            let func = table
-                .filter(|t| events::check_in_table(&mut l.store, *t, e.callback, &params).is_ok())
-                .and_then(|t| match t.get(&mut l.store, u64::from(e.callback)) {
-                    Some(Ref::Func(Some(f))) => Some(f),
-                    _ => None,
-                });
-            let Some(func) = func else {
+            let call = match e.kind {
+                EventKind::Watch { handle, version, offset, len } => {
+                    callback(&mut l.store, l.deliveries.table, e.callback, &mut l.deliveries.watch_fn).map(
+                        |_| {
+                            Delivery::Watch((
+                                bits(e.user_data),
+                                bits(handle),
+                                wide(version),
+                                wide(offset),
+                                wide(len),
+                                bits(e.missed),
+                            ))
+                        },
+                    )
+                }
+                EventKind::Native { object, code, param } => callback(
+                    &mut l.store,
+                    l.deliveries.table,
+                    e.callback,
+                    &mut l.deliveries.native_fn,
+                )
+                .map(|_| {
+                    Delivery::Native((bits(e.user_data), bits(object), bits(code), param, bits(e.missed)))
+                }),
+            };
+            let Some(call) = call else {
                 self.dead_events.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
@@ -543,9 +645,21 @@ impl InstanceCell {
             l.store.data_mut().start_call(self.config.call_timeout);
             arm_epoch_deadline(&mut l.store);
             let deadline = l.store.data().deadline;
-            let called = {
-                let call = std::pin::pin!(func.call_async(&mut l.store, &args, &mut []));
-                self.budgeted(call, deadline).await
+            // The function `callback` just found for this event (the match above cached it).
+            let Live { store, deliveries, .. } = &mut *l;
+            let called = match (call, deliveries.watch_fn.as_ref(), deliveries.native_fn.as_ref()) {
+                (Delivery::Watch(args), Some(f), _) => {
+                    let call = std::pin::pin!(f.func.call_async(&mut *store, args));
+                    self.budgeted(call, deadline).await
+                }
+                (Delivery::Native(args), _, Some(f)) => {
+                    let call = std::pin::pin!(f.func.call_async(&mut *store, args));
+                    self.budgeted(call, deadline).await
+                }
+                _ => {
+                    self.dead_events.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
             };
             if let Some(log) = &self.log {
                 log.flush();
@@ -628,7 +742,9 @@ impl InstanceCell {
                 return Ok(UpdateDeadline::Interrupt);
             }
             let first = std::mem::take(&mut s.first_check);
-            if s.pool.preempted_this_turn() || (!first && s.pool.contended()) {
+            // A call running on a thread that is not a worker (a watch callback on the writing
+            // thread) gives the thread back at a tick, and goes on on a worker.
+            if s.pool.preempted_this_turn() || PoolHandle::yield_here() || (!first && s.pool.contended()) {
                 s.first_check = true;
                 return Ok(UpdateDeadline::Yield(0));
             }
@@ -650,7 +766,7 @@ impl InstanceCell {
                     fence.set_shape(shape);
                 }
                 store.data_mut().ctx.set_memory(memory);
-                let mut live = Live { store, instance };
+                let mut live = Live::new(store, instance);
                 self.initialize(&mut live).await?;
                 Ok(live)
             }
@@ -1037,6 +1153,100 @@ fn kind_of_val(v: &Val) -> &'static str {
         Val::V128(_) => "v128",
         // Reference arguments are not accepted from the host API: they would be refused anyway.
         _ => "ref",
+    }
+}
+
+/// The arguments of one callback call, by kind.
+enum Delivery {
+    Watch(WatchParams),
+    Native(NativeParams),
+}
+
+/// The job that delivers an instance's queued events to its callbacks.
+fn delivery_job() -> Job {
+    let mut job = Job::new(|cell, mut live| {
+        Box::pin(async move {
+            cell.drain_events(&mut live).await;
+            live
+        })
+    });
+    job.delivering = true;
+    job
+}
+
+/// A delivery on the writing thread that runs longer than this (or suspends) sends the instance's
+/// next [`HERE_COOLDOWN`] deliveries through its mailbox.
+const HERE_SLICE: Duration = Duration::from_micros(200);
+
+/// See [`HERE_SLICE`].
+const HERE_COOLDOWN: u32 = 1024;
+
+thread_local! {
+    /// Instances whose deliveries a [`CallbacksHere`] scope on this thread deferred, in order; `None`
+    /// outside a scope.
+    static DEFERRED: std::cell::RefCell<Option<Vec<Arc<InstanceCell>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A scope in which host writes on this thread (not a worker) leave the watch callbacks they trigger
+/// to the scope's end, which delivers them on this thread to every instance that is idle then, instead
+/// of through a worker: a callback costs about a call, not a wake-up and two context switches.
+///
+/// Watchers run while the writer holds the region's lock, so the callbacks cannot run there (they may
+/// read the region); the scope ends after the write released it. Each delivery is one turn of its
+/// instance, under its lock, never beside a call of it ([`PoolHandle::run_here`]), with the same checks
+/// and budget as on a worker; a call still running at the next epoch tick moves to a worker, so the
+/// thread is back within a tick. A scope inside a scope adds to the outer one. A thread that unwinds
+/// from a panic posts the deliveries instead of running them.
+pub(crate) struct CallbacksHere {
+    outer: bool,
+}
+
+impl CallbacksHere {
+    /// Opens a scope on this thread (or joins the one open).
+    pub(crate) fn begin() -> CallbacksHere {
+        let outer = DEFERRED.with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_some() {
+                false
+            } else {
+                *d = Some(Vec::new());
+                true
+            }
+        });
+        CallbacksHere { outer }
+    }
+
+    /// Leaves `cell`'s delivery to the scope open on this thread; false if none is open.
+    fn defer(cell: &Arc<InstanceCell>) -> bool {
+        DEFERRED.with(|d| match d.try_borrow_mut() {
+            Ok(mut d) => match d.as_mut() {
+                Some(cells) => {
+                    cells.push(Arc::clone(cell));
+                    true
+                }
+                None => false,
+            },
+            Err(_) => false,
+        })
+    }
+}
+
+impl Drop for CallbacksHere {
+    fn drop(&mut self) {
+        if !self.outer {
+            return;
+        }
+        // Closed before any callback runs: what the callbacks trigger goes through the mailboxes.
+        let cells = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+        let unwinding = std::thread::panicking();
+        for cell in cells {
+            if unwinding {
+                cell.pool.submit(&cell, delivery_job());
+            } else {
+                cell.deliver_here();
+            }
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use std::time::Duration;
 // Defined with the capability space, whose handle tables it names: capabilities sit below the runtime.
 pub use crate::capability::InstanceId;
 pub(crate) use engine::EngineHandle;
-pub(crate) use instance::{CellParts, EventSink, InstanceCell, InstanceState, StopTrap};
+pub(crate) use instance::{CallbacksHere, CellParts, EventSink, InstanceCell, InstanceState, StopTrap};
 pub(crate) use pool::WorkerPool;
 pub use priority::WorkerPriority;
 pub(crate) use timer::{TimerKey, Timers};

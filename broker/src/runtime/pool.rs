@@ -420,6 +420,8 @@ struct Scheduler {
     task_limit: usize,
     /// The engine whose epoch is advanced to preempt running calls at once (see `push`).
     engine: wasmtime::Engine,
+    /// The tokio runtime host futures may need (WASI's timers), entered by every thread that runs turns.
+    context: Option<tokio::runtime::Handle>,
     /// Pushes so far that preempted running calls, counted under the queue lock. A turn notes the
     /// count as it is taken ([`TURN_MARK`]); a call whose count has moved since yields at its next
     /// epoch check, even one that missed the epoch advance (see [`PoolHandle::preempted_this_turn`]).
@@ -429,6 +431,48 @@ struct Scheduler {
 thread_local! {
     /// [`Scheduler::preempts`] when this worker took its current turn.
     static TURN_MARK: Cell<u64> = const { Cell::new(0) };
+    /// This thread is one of the pool's workers.
+    static ON_WORKER: Cell<bool> = const { Cell::new(false) };
+    /// When this thread, not a worker, started the turn of a runnable it is running
+    /// ([`PoolHandle::run_here`]), if it is running one.
+    static HERE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// How long a turn on a thread that is not a worker ([`PoolHandle::run_here`]) may have run when an
+/// epoch tick comes and still go on: a short call that started just before a tick is not moved to a
+/// worker for it. So the thread is back within a tick plus this.
+const HERE_GRACE: Duration = Duration::from_millis(1);
+
+/// What [`PoolHandle::run_here`] did with a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RanHere {
+    /// The job ran on the calling thread and finished there, in `ran`.
+    Finished(Duration),
+    /// The job started on the calling thread and suspended (it yielded at an epoch tick, or waits): a
+    /// worker goes on with it.
+    Suspended(Duration),
+    /// Work was ahead of the job (queued jobs, or a suspended one): the job went to the mailbox and the
+    /// runnable to the workers, in order.
+    Queued,
+}
+
+/// Marks the calling thread as running a turn of its own until dropped, and restores its turn mark.
+struct HereTurn {
+    mark: u64,
+}
+
+impl HereTurn {
+    fn enter(preempts: u64, started: Instant) -> HereTurn {
+        HERE.set(Some(started));
+        HereTurn { mark: TURN_MARK.replace(preempts) }
+    }
+}
+
+impl Drop for HereTurn {
+    fn drop(&mut self) {
+        HERE.set(None);
+        TURN_MARK.set(self.mark);
+    }
 }
 
 /// Why an instance became runnable.
@@ -596,6 +640,61 @@ impl PoolHandle {
         }
     }
 
+    /// Runs `job` of `runnable` on the calling thread, as one turn of it, if nothing else of it is queued
+    /// or running: the hop to a worker (a wake-up and two context switches) costs more than a short
+    /// callback. The turn takes the runnable's place in the run queue (its `scheduled` flag), so it never
+    /// runs beside a worker's turn of it, and a job posted meanwhile waits behind it as it would behind
+    /// a worker's turn. A call in it yields at an epoch tick once the turn is [`HERE_GRACE`] old
+    /// ([`PoolHandle::yield_here`]), and a worker resumes it: the calling thread is given back within a
+    /// tick and a grace, whatever the job does.
+    ///
+    /// The caller gets `job` back, to submit it, when it calls from a worker or from a turn of its own
+    /// (a callback's host call), or when the runnable is queued or running elsewhere.
+    ///
+    /// The time is not charged to the tenant's share of the workers: no worker ran it. It is the calling
+    /// thread's, which chose to run it (a host writing a region), and callers bound it
+    /// (`InstanceCell::deliver_here`).
+    pub(crate) fn run_here<R: Runnable>(&self, runnable: &Arc<R>, job: R::Job) -> Result<RanHere, R::Job> {
+        if ON_WORKER.get() || HERE.get().is_some() {
+            return Err(job);
+        }
+        let mailbox = runnable.mailbox();
+        if mailbox.scheduled.swap(true, Ordering::SeqCst) {
+            return Err(job);
+        }
+        // The runnable's place is ours: no worker runs it and nobody else queues it until we give it up.
+        let ahead = mailbox.suspended.load(Ordering::Relaxed) || !mailbox.rx.is_empty();
+        // The mailbox owns both ends of its channel, so this send cannot fail.
+        let _ = mailbox.tx.send(job);
+        if ahead {
+            self.scheduler.push(Work::Runnable(Arc::clone(runnable) as Arc<dyn Turn>), Arrival::New);
+            return Ok(RanHere::Queued);
+        }
+        let started = Instant::now();
+        let suspended = {
+            // As on a worker: host futures (WASI's timers) find their runtime.
+            let _entered = self.scheduler.context.as_ref().map(tokio::runtime::Handle::enter);
+            let _here = HereTurn::enter(self.scheduler.preempts.load(Ordering::Relaxed), started);
+            runnable.run_turn(1);
+            mailbox.suspended.load(Ordering::Relaxed)
+        };
+        let ran = started.elapsed();
+        if mailbox.end_turn() {
+            if suspended {
+                runnable.queued_suspended();
+            }
+            self.scheduler.push(Work::Runnable(Arc::clone(runnable) as Arc<dyn Turn>), Arrival::Again);
+        }
+        Ok(if suspended { RanHere::Suspended(ran) } else { RanHere::Finished(ran) })
+    }
+
+    /// Whether the calling thread is running a turn of its own ([`PoolHandle::run_here`]) that has run
+    /// for [`HERE_GRACE`] or more: a call in it yields at its epoch check, so the thread is back with
+    /// its owner within a tick and a grace (one that merely started just before a tick goes on).
+    pub(super) fn yield_here() -> bool {
+        HERE.get().is_some_and(|since| since.elapsed() >= HERE_GRACE)
+    }
+
     /// Whether instances wait for a worker: a long call then yields its own at the next tick.
     pub(super) fn contended(&self) -> bool {
         self.scheduler.runnable.load(Ordering::Relaxed) > 0
@@ -631,6 +730,7 @@ impl WorkerPool {
             workers: workers.max(1),
             task_limit: workers.saturating_sub(1).max(1),
             engine,
+            context: context.clone(),
             preempts: AtomicU64::new(0),
         });
         let mut threads = Vec::new();
@@ -689,6 +789,7 @@ fn worker_cap(tenant: &Tenant) -> usize {
 
 fn work(scheduler: &Scheduler, priority: super::WorkerPriority) {
     super::priority::lower_this_thread(priority);
+    ON_WORKER.set(true);
     while let Some(item) = scheduler.pop() {
         let started = Instant::now();
         match item {
@@ -732,7 +833,7 @@ mod tests {
     use crossbeam_channel::bounded;
 
     use super::super::WorkerPriority;
-    use super::{weighted, Mailbox, PoolHandle, Queues, Runnable, TenantId, WorkerPool, MAX_CHARGE};
+    use super::{weighted, Mailbox, PoolHandle, Queues, RanHere, Runnable, TenantId, WorkerPool, MAX_CHARGE};
     use crate::name::Name;
     use crate::tenant::{Quotas, Tenant};
 
@@ -992,6 +1093,58 @@ mod tests {
 
     fn tenant(id: u64, name: &str) -> Arc<Tenant> {
         Tenant::new(TenantId(id), Name::new(name).expect("valid name"), Quotas::default())
+    }
+
+    /// `run_here` runs a job on the calling thread only while nothing else of the runnable is queued or
+    /// running: a job posted while a worker holds it goes to the worker, a job behind queued ones waits
+    /// its turn on a worker, and a worker's own call is refused (it would run a turn inside a turn).
+    #[test]
+    fn run_here_runs_a_job_on_the_caller_only_when_the_runnable_is_free() {
+        let pool = WorkerPool::new(1, wasmtime::Engine::default(), WorkerPriority::Normal, None)
+            .expect("a one-worker pool");
+        let handle = pool.handle();
+        let a = tenant(1, "a");
+        let probe = Probe::of(&a);
+        let me = std::thread::current().id();
+        let (ran_on, ran_rx) = bounded(8);
+        let job = |tx: crossbeam_channel::Sender<std::thread::ThreadId>| -> Box<dyn FnOnce() + Send> {
+            Box::new(move || {
+                let _ = tx.send(std::thread::current().id());
+            })
+        };
+        let here = handle.run_here(&probe, job(ran_on.clone()));
+        assert!(matches!(here, Ok(RanHere::Finished(_))), "a free runnable's job runs here");
+        assert_eq!(ran_rx.recv_timeout(Duration::from_secs(30)), Ok(me));
+
+        // A worker holds the runnable (its job waits on a gate): the job is handed back.
+        let (gate, gate_rx) = bounded::<()>(0);
+        pool.submit(
+            &probe,
+            Box::new(move || {
+                let _ = gate_rx.recv();
+            }),
+        );
+        while !probe.mailbox.rx.is_empty() {
+            std::thread::yield_now();
+        }
+        let refused = handle.run_here(&probe, job(ran_on.clone()));
+        let Err(refused) = refused else { panic!("ran beside a worker's turn") };
+        let _ = gate.send(());
+        pool.submit(&probe, refused);
+        assert_ne!(ran_rx.recv_timeout(Duration::from_secs(30)).expect("ran"), me);
+
+        // From a worker, run_here refuses whatever the runnable's state.
+        let other = Probe::of(&a);
+        let (verdict, verdict_rx) = bounded(1);
+        let (h2, o2, tx2) = (handle.clone(), Arc::clone(&other), ran_on.clone());
+        pool.submit(
+            &probe,
+            Box::new(move || {
+                let _ = verdict.send(h2.run_here(&o2, job(tx2)).is_err());
+            }),
+        );
+        assert_eq!(verdict_rx.recv_timeout(Duration::from_secs(30)), Ok(true));
+        drop(ran_on);
     }
 
     /// A task that panics is reported to its caller (no result) and leaves the worker, and the pool's

@@ -506,3 +506,134 @@ fn r15_no_callback_of_a_watch_runs_after_its_revoke_returns() {
         assert_eq!(call(&b, app, "watch_calls", args![]), 0, "no callback ran after the revoke");
     });
 }
+
+/// A broker with the UI extension (`callback_app` imports it), `callbacks_on_writer` as given, and a
+/// host service "test.thread" that records the thread each call of it runs on; tenant "alpha" with the
+/// regions "data" and "flag", and a `callback_app` instance.
+fn setup_threads(
+    on_writer: bool,
+) -> (Broker, TenantId, RegionId, InstanceId, Arc<Mutex<Vec<std::thread::ThreadId>>>) {
+    let b = Broker::new(BrokerConfig {
+        workers: 2,
+        ui: Some(UiConfig::default()),
+        callbacks_on_writer: on_writer,
+        ..BrokerConfig::default()
+    })
+    .expect("broker");
+    let threads = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&threads);
+    b.register_service(
+        "test.thread",
+        None,
+        Arc::new(move |_: &[u8]| {
+            seen.lock().push(std::thread::current().id());
+            Ok(vec![])
+        }),
+    )
+    .expect("register");
+    let t = tenant(&b, "alpha");
+    let data = b
+        .create_region(t, RegionSpec::new("data", 4096, Mode::Handle).with_members(Rights::ALL))
+        .expect("region");
+    b.create_region(t, RegionSpec::new("flag", 64, Mode::Handle).with_members(Rights::ALL)).expect("region");
+    let app = start(&b, t, "callback_app", "app");
+    (b, t, data, app, threads)
+}
+
+/// Waits until `n` calls of the "test.thread" service were recorded.
+fn wait_for_calls(threads: &Mutex<Vec<std::thread::ThreadId>>, n: usize) {
+    while threads.lock().len() < n {
+        std::thread::yield_now();
+    }
+}
+
+/// Issue 18: a host write runs the watch callback of an app that is idle on the writing thread, before
+/// the write returns (no hop to a worker); callbacks still run one at a time, in version order.
+#[test]
+fn r18_an_idle_apps_watch_callback_runs_on_the_writing_thread() {
+    watchdog(120, || {
+        let (b, _, data, app, threads) = setup_threads(true);
+        assert!(call(&b, app, "watch_with", args![0, 0, 6]) > 0);
+        let me = std::thread::current().id();
+        let writes = 50;
+        let mut here = 0;
+        for i in 0..writes {
+            // Just after a call returns, the app's worker may still hold it for a moment; the write then
+            // hands the callback to that worker. A short pause leaves the app idle.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            assert_eq!(b.write_region(data, 0, &[1]).expect("write"), i as u64 + 1);
+            {
+                let ran = threads.lock();
+                if ran.len() == i + 1 && ran[i] == me {
+                    here += 1;
+                }
+            }
+            wait_for_calls(&threads, i + 1);
+        }
+        assert!(here > 0, "no callback ran on the writing thread in {writes} writes to an idle app");
+        assert_eq!(call(&b, app, "watch_calls", args![]), writes as i64);
+        assert_eq!(call(&b, app, "watch_out_of_order", args![]), 0, "callbacks came in version order");
+        assert_eq!(b.event_counts(app).expect("counts"), (writes as u64, 0, 0));
+    });
+}
+
+/// Issue 18: with `callbacks_on_writer` off, and through `write_region_queued` (the gRPC service's
+/// write) whatever the setting, every watch callback runs on the app's worker.
+#[test]
+fn r18_queued_writes_run_callbacks_on_the_workers() {
+    watchdog(120, || {
+        let me = std::thread::current().id();
+        for on_writer in [false, true] {
+            let (b, _, data, app, threads) = setup_threads(on_writer);
+            assert!(call(&b, app, "watch_with", args![0, 0, 6]) > 0);
+            for i in 0..20 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                if on_writer {
+                    b.write_region_queued(data, 0, &[1]).expect("write");
+                } else {
+                    b.write_region(data, 0, &[1]).expect("write");
+                }
+                wait_for_calls(&threads, i + 1);
+            }
+            assert!(threads.lock().iter().all(|t| *t != me), "a callback ran on the writing thread");
+            assert_eq!(call(&b, app, "watch_calls", args![]), 20);
+        }
+    });
+}
+
+/// Issue 18: a watch callback that does not end gives the writing thread back (it goes on on a worker,
+/// within an epoch tick), never runs beside a call of its app (a call waits for it), and sends the
+/// app's next callbacks to its worker, so a spinning app costs a writer one tick, not one per write.
+#[test]
+fn r18_a_spinning_callback_gives_the_writing_thread_back() {
+    watchdog(120, || {
+        let (b, t, data, app, threads) = setup_threads(true);
+        let flag = b.region_id(t, "flag").expect("id");
+        assert!(call(&b, app, "watch_with", args![0, 1, 0]) > 0, "spinning watch on data");
+        assert!(call(&b, app, "watch_with", args![1, 0, 6]) > 0, "telling watch on flag");
+        // Leaves the app idle, so the callback starts on this thread.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // The callback spins until the flag is set, so this write returns only if it gave the thread back.
+        b.write_region(data, 0, &[1]).expect("write");
+        assert_eq!(b.event_counts(app).expect("counts").0, 0, "the callback is still running");
+        let b = Arc::new(b);
+        let bb = Arc::clone(&b);
+        let caller = std::thread::spawn(move || bb.call_i64(app, "spins_done", &[]));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!caller.is_finished(), "a call ran beside the app's callback");
+        b.write_region(flag, 0, &1u64.to_le_bytes()).expect("release");
+        assert_eq!(caller.join().expect("thread").expect("call"), 1, "the call ran after the callback");
+        wait_for_calls(&threads, 1);
+        let me = std::thread::current().id();
+        for i in 0..20 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            b.write_region(flag, 0, &1u64.to_le_bytes()).expect("write");
+            wait_for_calls(&threads, i + 2);
+        }
+        assert!(
+            threads.lock().iter().all(|t| *t != me),
+            "after a callback overran, the app's next callbacks go to its worker"
+        );
+        assert_eq!(b.instance_status(app).expect("status").traps, 0);
+    });
+}

@@ -5,7 +5,7 @@
 #![no_main]
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use broker_guest::{
     ui_callback, ui_code, watch_callback, Error, Field, HostFn, Mode, Object, Region, Rights,
@@ -34,6 +34,34 @@ watch_callback!(fn on_change(user_data, event) {
     }
     WATCH_LAST_RANGE.store(i64::try_from(event.offset << 32 | event.len).unwrap_or(-1), Ordering::Relaxed);
 });
+
+/// The host service `on_change_tell` calls (a raw function handle; 0 for none).
+static TELL: AtomicU32 = AtomicU32::new(0);
+
+watch_callback!(fn on_change_tell(_user_data, event) {
+    // Tells the host service kept in TELL the version it saw: the host learns which thread ran this.
+    let mut out = [0u8; 8];
+    let mut n = 0u32;
+    let _ = broker_guest::sys::fn_call(TELL.load(Ordering::Relaxed), &event.version.to_le_bytes(), &mut out, &mut n);
+    WATCH_CALLS.fetch_add(1, Ordering::Relaxed);
+});
+
+/// Calls of `on_change_spin` that finished.
+static SPINS_DONE: AtomicU64 = AtomicU64::new(0);
+
+watch_callback!(fn on_change_spin(_user_data, _event) {
+    // Spins until the u64 at offset 0 of region "flag" is non-zero, then counts the call.
+    if let Ok(flag) = Region::open("flag") {
+        while flag.load::<u64>(0).is_ok_and(|v| v == 0) {}
+    }
+    SPINS_DONE.fetch_add(1, Ordering::Relaxed);
+});
+
+/// Calls of the spinning watch callback that finished.
+#[no_mangle]
+pub extern "C" fn spins_done() -> i64 {
+    i64::try_from(SPINS_DONE.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
+}
 
 /// Toolkit events received (all of them; the log keeps the first few thousand, so a long benchmark
 /// does not grow memory without bound).
@@ -81,6 +109,32 @@ pub extern "C" fn watch(sel: i32, ud: i32) -> i64 {
         REGIONS.with_borrow(|v| {
             let r = &v[i];
             r.watch(on_change, u32::try_from(ud).unwrap_or(0))?;
+            Ok(u64::from(r.raw()))
+        })
+    };
+    ret(run())
+}
+
+/// Opens region `sel` and watches it with `on_change_tell` (`kind` 0: it calls host service `service`,
+/// opened now, with each version it sees) or `on_change_spin` (`kind` 1: it spins until region "flag"
+/// is set); returns the handle.
+#[no_mangle]
+pub extern "C" fn watch_with(sel: i32, kind: i32, service: i32) -> i64 {
+    let run = || -> Result<u64, Error> {
+        let callback: broker_guest::RawWatchFn = match kind {
+            0 => {
+                let mut fh = 0;
+                Error::check(broker_guest::sys::fn_open(service_name(service)?.as_bytes(), &mut fh))?;
+                TELL.store(fh, Ordering::Relaxed);
+                on_change_tell
+            }
+            1 => on_change_spin,
+            _ => return Err(Error::InvalidArgument),
+        };
+        let i = keep(sel)?;
+        REGIONS.with_borrow(|v| {
+            let r = &v[i];
+            r.watch(callback, 0)?;
             Ok(u64::from(r.raw()))
         })
     };
@@ -302,7 +356,8 @@ pub extern "C" fn sensor(i: i64) -> i64 {
 
 /// The host service of name index `sel` (see `service`).
 fn service_name(sel: i32) -> Result<&'static str, Error> {
-    let names = ["sensor.sample", "nope", "test.secret", "test.fail", "test.big", "toolkit.object_count"];
+    let names =
+        ["sensor.sample", "nope", "test.secret", "test.fail", "test.big", "toolkit.object_count", "test.thread"];
     names
         .get(usize::try_from(sel).map_err(|_| Error::InvalidArgument)?)
         .copied()
@@ -310,8 +365,8 @@ fn service_name(sel: i32) -> Result<&'static str, Error> {
 }
 
 /// Opens a host service by name index (0 "sensor.sample", 1 "nope", 2 "test.secret", 3 "test.fail",
-/// 4 "test.big", 5 "toolkit.object_count", the UI extension's) and calls it with 8 bytes into an 8-byte
-/// buffer; returns the first result byte or the status.
+/// 4 "test.big", 5 "toolkit.object_count", the UI extension's, 6 "test.thread") and calls it with 8
+/// bytes into an 8-byte buffer; returns the first result byte or the status.
 #[no_mangle]
 pub extern "C" fn service(sel: i32) -> i64 {
     let run = || -> Result<u64, Error> {
