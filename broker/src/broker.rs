@@ -45,7 +45,7 @@ pub struct BrokerConfig {
     /// Whether [`Broker::write_region`] runs the watch callbacks it triggers on the calling thread, for
     /// apps idle at the time, before it returns (on by default): a callback then costs about a call
     /// rather than a worker's wake-up and two context switches. Each runs as a turn of its app, never
-    /// beside the app's calls, and moves to a worker at its first epoch tick if still running. Off, every
+    /// beside the app's calls, and moves to a worker at an epoch tick once 1 ms old. Off, every
     /// callback goes through the app's worker, as [`Broker::write_region_queued`] always does.
     pub callbacks_on_writer: bool,
 }
@@ -721,8 +721,9 @@ impl Broker {
     /// Writes region bytes from the host side (a native producer); returns the new version.
     ///
     /// With [`BrokerConfig::callbacks_on_writer`] (the default), the watch callbacks this write triggers
-    /// in apps that are idle run on this thread before it returns (each for at most an epoch tick here;
-    /// one still running then goes on on a worker). So the caller must not hold a lock that a host
+    /// in apps that are idle run on this thread before it returns (together for about an epoch tick and
+    /// a millisecond at most; one still running then goes on on a worker, and the rest are handed to
+    /// the workers). So the caller must not hold a lock that a host
     /// service it registered ([`Broker::register_service`]) takes, and must not be on an async
     /// runtime's thread: [`Broker::write_region_queued`] is for those callers.
     ///
@@ -740,7 +741,10 @@ impl Broker {
     /// # Errors
     /// As [`Broker::write_region`].
     pub fn write_region_queued(&self, region: RegionId, offset: u64, data: &[u8]) -> Result<u64, Error> {
-        Ok(self.core.region(region)?.write(offset, data)?)
+        let region = self.core.region(region)?;
+        // Shadows a scope the caller may be inside (a host watcher of another region writing this one).
+        let _queued = crate::runtime::CallbacksHere::queued();
+        Ok(region.write(offset, data)?)
     }
 
     /// Grants an instance `rights` over `[offset, offset+len)` of a region (`len: None` = to the end).

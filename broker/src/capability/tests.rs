@@ -285,11 +285,11 @@ mod model {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            8 => (0u8..3, fail()).prop_map(|(inst, fail)| Op::Open { inst, fail }),
-            8 => (0u8..3, any::<u8>(), 0u8..32, 0u8..120, 0u8..120, fail()).prop_map(
+            28 => (0u8..3, fail()).prop_map(|(inst, fail)| Op::Open { inst, fail }),
+            28 => (0u8..3, any::<u8>(), 0u8..32, 0u8..120, 0u8..120, fail()).prop_map(
                 |(inst, pick, rights, off, len, fail)| Op::Restrict { inst, pick, rights, off, len, fail }
             ),
-            8 => (0u8..3, any::<u8>(), 0u8..3, 0u8..32, 0u8..120, 0u8..120, fail()).prop_map(
+            28 => (0u8..3, any::<u8>(), 0u8..3, 0u8..32, 0u8..120, 0u8..120, fail()).prop_map(
                 |(inst, pick, target, rights, off, len, fail)| Op::GrantAndOpen {
                     inst,
                     pick,
@@ -300,11 +300,11 @@ mod model {
                     fail
                 }
             ),
-            8 => (0u8..3, any::<u8>()).prop_map(|(inst, pick)| Op::Revoke { inst, pick }),
-            8 => (0u8..3, any::<u8>()).prop_map(|(target, pick)| Op::RevokeGrant { target, pick }),
-            8 => (0u8..3, any::<u8>()).prop_map(|(inst, pick)| Op::Close { inst, pick }),
-            8 => (0u8..3).prop_map(|inst| Op::Exit { inst }),
-            1 => (0u8..3).prop_map(|inst| Op::Forget { inst }),
+            28 => (0u8..3, any::<u8>()).prop_map(|(inst, pick)| Op::Revoke { inst, pick }),
+            28 => (0u8..3, any::<u8>()).prop_map(|(target, pick)| Op::RevokeGrant { target, pick }),
+            28 => (0u8..3, any::<u8>()).prop_map(|(inst, pick)| Op::Close { inst, pick }),
+            28 => (0u8..3).prop_map(|inst| Op::Exit { inst }),
+            4 => (0u8..3).prop_map(|inst| Op::Forget { inst }),
             1 => Just(Op::Destroy),
         ]
     }

@@ -25,6 +25,7 @@ use crate::tenant::TenantId;
 pub(crate) use mapping::copy_raw;
 pub use mapping::RegionMemory;
 pub use traffic::{Traffic, TrafficStats};
+pub(crate) use watch::publishing;
 use watch::Watchers;
 pub use watch::{Change, WatchFn, WatchId};
 

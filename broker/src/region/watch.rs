@@ -57,6 +57,7 @@ impl Watchers {
     }
 
     pub(crate) fn publish(&self, change: &Change) {
+        let _publishing = Publishing::enter();
         for (_, f) in self.list.read().iter() {
             f(change);
         }
@@ -64,5 +65,33 @@ impl Watchers {
 
     pub(crate) fn len(&self) -> usize {
         self.list.read().len()
+    }
+}
+
+thread_local! {
+    /// How many publications this thread is inside (a watcher of one region may write another).
+    static PUBLISHING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether this thread is publishing a region's change right now, and so holds that region's write
+/// lock: app code must not run on it then (a callback that touched the region would wait for the lock
+/// forever, and everyone else with it).
+pub(crate) fn publishing() -> bool {
+    PUBLISHING.try_with(|p| p.get() > 0).unwrap_or(false)
+}
+
+/// Counts a publication on this thread until dropped.
+struct Publishing;
+
+impl Publishing {
+    fn enter() -> Publishing {
+        let _ = PUBLISHING.try_with(|p| p.set(p.get().saturating_add(1)));
+        Publishing
+    }
+}
+
+impl Drop for Publishing {
+    fn drop(&mut self) {
+        let _ = PUBLISHING.try_with(|p| p.set(p.get().saturating_sub(1)));
     }
 }

@@ -92,7 +92,8 @@ pub struct EventQueue {
 #[derive(Debug, Default)]
 struct Queue {
     events: VecDeque<Pending>,
-    /// Whether a delivery job is posted and has not started draining yet.
+    /// Whether a delivery job is posted (or left to a scope that runs it on the writing thread, see
+    /// `runtime::CallbacksHere`) and has not started draining yet.
     scheduled: bool,
     /// Events merged away so far (for stats).
     merged: u64,

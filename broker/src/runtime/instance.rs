@@ -1,7 +1,8 @@
 //! One instance: its store, its mailbox and its status.
 //!
 //! [`InstanceCell`] is shared between the broker (which posts jobs) and the worker running it; the
-//! [`wasmtime::Store`] lives inside behind a mutex that only the running worker takes. Restarting
+//! [`wasmtime::Store`] lives inside behind a mutex that only the thread running its turn takes (a worker, or a host
+//! writer delivering a callback, see [`CallbacksHere`]). Restarting
 //! replaces the store (and so every capability the old one held) but keeps the id, name and mailbox.
 //! Stopping drops the store and keeps the cell, stopped, so the instance can be restarted; deleting
 //! stops it for good (the broker then unregisters it).
@@ -278,7 +279,7 @@ pub(crate) struct InstanceCell {
     here_cooldown: std::sync::atomic::AtomicU32,
     me: Weak<InstanceCell>,
     pool: PoolHandle,
-    /// The store, or the suspended job that owns it; taken only by the worker holding the cell.
+    /// The store, or the suspended job that owns it; taken only by the thread holding the cell's turn.
     slot: Mutex<Slot>,
     status: Mutex<InstanceStatus>,
 }
@@ -526,6 +527,10 @@ impl InstanceCell {
     /// [`HERE_COOLDOWN`] deliveries through the mailbox: a slow or spinning callback costs a host that
     /// writes what it watches one tick, not one per write.
     fn deliver_here(self: &Arc<Self>) {
+        if !PoolHandle::may_run_here() {
+            self.pool.submit(self, delivery_job());
+            return;
+        }
         let cooling = self
             .here_cooldown
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
@@ -548,7 +553,8 @@ impl InstanceCell {
         }
     }
 
-    /// Calls the app's callback for every queued event, on this instance's worker.
+    /// Calls the app's callback for every queued event, in a turn of this instance (on its worker or
+    /// on a writing thread).
     async fn drain_events(&self, live: &mut Option<Live>) {
         // The queue's buffer and the live instance's spare trade places, so a delivery allocates none.
         let mut events =
@@ -744,7 +750,11 @@ impl InstanceCell {
             let first = std::mem::take(&mut s.first_check);
             // A call running on a thread that is not a worker (a watch callback on the writing
             // thread) gives the thread back at a tick, and goes on on a worker.
-            if s.pool.preempted_this_turn() || PoolHandle::yield_here() || (!first && s.pool.contended()) {
+            let yield_now = match PoolHandle::yield_here() {
+                Some(here) => here,
+                None => s.pool.preempted_this_turn() || (!first && s.pool.contended()),
+            };
+            if yield_now {
                 s.first_check = true;
                 return Ok(UpdateDeadline::Yield(0));
             }
@@ -1181,11 +1191,19 @@ const HERE_SLICE: Duration = Duration::from_micros(200);
 /// See [`HERE_SLICE`].
 const HERE_COOLDOWN: u32 = 1024;
 
+/// The delivery scope open on a thread (see [`CallbacksHere`]).
+enum Scope {
+    /// None: deliveries are posted to the instances' mailboxes.
+    Closed,
+    /// Deliveries run on this thread at the scope's end: the instances, in order.
+    Here(Vec<Arc<InstanceCell>>),
+    /// Deliveries are posted, whatever scope is open outside this one.
+    Queued,
+}
+
 thread_local! {
-    /// Instances whose deliveries a [`CallbacksHere`] scope on this thread deferred, in order; `None`
-    /// outside a scope.
-    static DEFERRED: std::cell::RefCell<Option<Vec<Arc<InstanceCell>>>> =
-        const { std::cell::RefCell::new(None) };
+    /// The delivery scope open on this thread.
+    static DEFERRED: std::cell::RefCell<Scope> = const { std::cell::RefCell::new(Scope::Closed) };
 }
 
 /// A scope in which host writes on this thread (not a worker) leave the watch callbacks they trigger
@@ -1195,57 +1213,94 @@ thread_local! {
 /// Watchers run while the writer holds the region's lock, so the callbacks cannot run there (they may
 /// read the region); the scope ends after the write released it. Each delivery is one turn of its
 /// instance, under its lock, never beside a call of it ([`PoolHandle::run_here`]), with the same checks
-/// and budget as on a worker; a call still running at the next epoch tick moves to a worker, so the
-/// thread is back within a tick. A scope inside a scope adds to the outer one. A thread that unwinds
-/// from a panic posts the deliveries instead of running them.
+/// and budget as on a worker; a call still running at an epoch tick once its turn is
+/// [`super::pool::HERE_GRACE`] old moves to a worker. The scope stops running deliveries here once
+/// they have taken [`HERE_SLICE`] together and posts the rest, so the thread is back within about a
+/// tick and a grace per write (a single host operation without an epoch check inside, one large
+/// `memory.fill`, can overrun that by its own length, as it can a worker's tick).
+///
+/// A scope opened inside a `Here` scope joins it. One opened while this thread publishes a region's
+/// change (a host watcher writing another region, under the first region's lock) is `Queued`
+/// instead, as is [`CallbacksHere::queued`]: app code never runs on a thread holding a region's lock,
+/// and a queued write never runs it on its caller. Deliveries left when a thread unwinds from a panic
+/// are posted.
 pub(crate) struct CallbacksHere {
-    outer: bool,
+    /// What was open before this scope (restored when it ends); `None` if this scope joined it.
+    outer: Option<Scope>,
 }
 
 impl CallbacksHere {
-    /// Opens a scope on this thread (or joins the one open).
+    /// Opens a scope that runs deliveries on this thread (or joins the one open), unless this thread is
+    /// publishing a region's change: then a queued one.
     pub(crate) fn begin() -> CallbacksHere {
-        let outer = DEFERRED.with(|d| {
-            let mut d = d.borrow_mut();
-            if d.is_some() {
-                false
-            } else {
-                *d = Some(Vec::new());
-                true
-            }
-        });
+        if crate::region::publishing() {
+            return CallbacksHere::queued();
+        }
+        let outer = DEFERRED
+            .try_with(|d| {
+                let mut d = d.borrow_mut();
+                match &*d {
+                    Scope::Here(_) => None,
+                    _ => Some(std::mem::replace(&mut *d, Scope::Here(Vec::new()))),
+                }
+            })
+            .ok()
+            .flatten();
         CallbacksHere { outer }
     }
 
-    /// Leaves `cell`'s delivery to the scope open on this thread; false if none is open.
+    /// Opens a scope in which every delivery is posted to the instances' workers, whatever is open
+    /// outside it.
+    pub(crate) fn queued() -> CallbacksHere {
+        let outer = DEFERRED.try_with(|d| std::mem::replace(&mut *d.borrow_mut(), Scope::Queued)).ok();
+        CallbacksHere { outer }
+    }
+
+    /// Leaves `cell`'s delivery to the `Here` scope open on this thread; false if none is.
     fn defer(cell: &Arc<InstanceCell>) -> bool {
-        DEFERRED.with(|d| match d.try_borrow_mut() {
-            Ok(mut d) => match d.as_mut() {
-                Some(cells) => {
+        DEFERRED
+            .try_with(|d| match d.try_borrow_mut().as_deref_mut() {
+                Ok(Scope::Here(cells)) => {
                     cells.push(Arc::clone(cell));
                     true
                 }
-                None => false,
-            },
-            Err(_) => false,
-        })
+                _ => false,
+            })
+            .unwrap_or(false)
     }
 }
 
 impl Drop for CallbacksHere {
     fn drop(&mut self) {
-        if !self.outer {
+        let Some(outer) = self.outer.take() else { return };
+        // Closed before any callback runs: what the callbacks trigger goes through the mailboxes.
+        let scope = DEFERRED.try_with(|d| std::mem::replace(&mut *d.borrow_mut(), outer));
+        let Ok(Scope::Here(cells)) = scope else { return };
+        // Whatever is not run here (the scope's time is up, the thread unwinds, or a delivery panics)
+        // is posted: an instance whose delivery is pending and neither run nor posted would never
+        // hear of its events again.
+        let mut rest = Posted(cells.into_iter());
+        if std::thread::panicking() {
             return;
         }
-        // Closed before any callback runs: what the callbacks trigger goes through the mailboxes.
-        let cells = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
-        let unwinding = std::thread::panicking();
-        for cell in cells {
-            if unwinding {
-                cell.pool.submit(&cell, delivery_job());
-            } else {
-                cell.deliver_here();
+        // One delivery (the common case) needs no clock of its own.
+        let started = (rest.0.len() > 1).then(Instant::now);
+        for cell in rest.0.by_ref() {
+            cell.deliver_here();
+            if started.is_some_and(|t| t.elapsed() > HERE_SLICE) {
+                return;
             }
+        }
+    }
+}
+
+/// Instances whose delivery is posted to their workers when this drops.
+struct Posted(std::vec::IntoIter<Arc<InstanceCell>>);
+
+impl Drop for Posted {
+    fn drop(&mut self) {
+        for cell in self.0.by_ref() {
+            cell.pool.submit(&cell, delivery_job());
         }
     }
 }

@@ -263,7 +263,8 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     /// Its jobs and scheduling flags.
     fn mailbox(&self) -> &Mailbox<Self::Job>;
 
-    /// Runs one turn on the calling worker, which holds it: resumes a suspended job, if any, then
+    /// Runs one turn on the calling thread (a worker, or one in [`PoolHandle::run_here`]), which holds
+    /// it: resumes a suspended job, if any, then
     /// starts queued jobs ([`Mailbox::next_job`]), at most `max`, until one suspends
     /// ([`Mailbox::set_suspended`]) or none is left.
     fn run_turn(self: &Arc<Self>, max: usize);
@@ -300,7 +301,7 @@ impl<R: Runnable> Turn for R {
 /// A runnable's jobs, and the flags that keep it in the run queue at most once.
 ///
 /// **Invariant:** `scheduled` is set while the owner is queued or running, so it is queued at most
-/// once and never runs on two workers. Posting (job, then flag) and waking (`woken`, then flag) race
+/// once and never runs on two threads (workers, or one in [`PoolHandle::run_here`]). Posting (job, then flag) and waking (`woken`, then flag) race
 /// with the end of a turn (flag, then jobs and `woken`); each side has a full fence between its store
 /// and its load, so at least one of them sees the other and the owner is queued: no lost wake-up.
 pub(crate) struct Mailbox<J> {
@@ -309,7 +310,7 @@ pub(crate) struct Mailbox<J> {
     scheduled: AtomicBool,
     /// Its owner was woken since its last turn began: it must run again.
     woken: AtomicBool,
-    /// A job is suspended (only the worker holding the owner writes this).
+    /// A job is suspended (only the thread holding the owner writes this).
     suspended: AtomicBool,
 }
 
@@ -429,7 +430,7 @@ struct Scheduler {
 }
 
 thread_local! {
-    /// [`Scheduler::preempts`] when this worker took its current turn.
+    /// [`Scheduler::preempts`] when this thread took its current turn.
     static TURN_MARK: Cell<u64> = const { Cell::new(0) };
     /// This thread is one of the pool's workers.
     static ON_WORKER: Cell<bool> = const { Cell::new(false) };
@@ -441,7 +442,7 @@ thread_local! {
 /// How long a turn on a thread that is not a worker ([`PoolHandle::run_here`]) may have run when an
 /// epoch tick comes and still go on: a short call that started just before a tick is not moved to a
 /// worker for it. So the thread is back within a tick plus this.
-const HERE_GRACE: Duration = Duration::from_millis(1);
+pub(crate) const HERE_GRACE: Duration = Duration::from_millis(1);
 
 /// What [`PoolHandle::run_here`] did with a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -597,6 +598,16 @@ impl Scheduler {
         }
     }
 
+    /// Adds a turn run on a thread that is not a worker to `tenant`'s virtual runtime, if the tenant is
+    /// in the scheduler (running or runnable, or idle ahead of the floor); an idle tenant comes back at
+    /// the floor anyway, so there is nothing to charge it.
+    fn charge_here(&self, tenant: &Tenant, ran: Duration) {
+        let mut q = self.queues.lock();
+        if let Some(t) = q.tenants.get_mut(&tenant.id()) {
+            t.vruntime = t.vruntime.saturating_add(weighted(ran.min(MAX_CHARGE), tenant.quotas().cpu_shares));
+        }
+    }
+
     /// Stops the workers and drops every runnable instance's entry (breaking the cell -> scheduler ->
     /// cell cycle).
     fn stop(&self) {
@@ -643,19 +654,20 @@ impl PoolHandle {
     /// Runs `job` of `runnable` on the calling thread, as one turn of it, if nothing else of it is queued
     /// or running: the hop to a worker (a wake-up and two context switches) costs more than a short
     /// callback. The turn takes the runnable's place in the run queue (its `scheduled` flag), so it never
-    /// runs beside a worker's turn of it, and a job posted meanwhile waits behind it as it would behind
-    /// a worker's turn. A call in it yields at an epoch tick once the turn is [`HERE_GRACE`] old
+    /// runs beside a worker's turn of it, and a job posted meanwhile (even just before this job, by a
+    /// poster that found the flag taken) goes to a worker after the turn, as it would after a worker's
+    /// turn. A call in it yields at an epoch tick once the turn is [`HERE_GRACE`] old
     /// ([`PoolHandle::yield_here`]), and a worker resumes it: the calling thread is given back within a
-    /// tick and a grace, whatever the job does.
+    /// tick and a grace, whatever the job does (but a single host operation without an epoch check).
     ///
     /// The caller gets `job` back, to submit it, when it calls from a worker or from a turn of its own
     /// (a callback's host call), or when the runnable is queued or running elsewhere.
     ///
-    /// The time is not charged to the tenant's share of the workers: no worker ran it. It is the calling
-    /// thread's, which chose to run it (a host writing a region), and callers bound it
-    /// (`InstanceCell::deliver_here`).
+    /// The time is charged to the tenant's virtual runtime as a worker's turn is (but no worker ran it,
+    /// so the tenant's `max_workers` cap does not count it: the calling thread is the host's, which
+    /// chose to run it, and callers bound it, `InstanceCell::deliver_here`).
     pub(crate) fn run_here<R: Runnable>(&self, runnable: &Arc<R>, job: R::Job) -> Result<RanHere, R::Job> {
-        if ON_WORKER.get() || HERE.get().is_some() {
+        if !PoolHandle::may_run_here() {
             return Err(job);
         }
         let mailbox = runnable.mailbox();
@@ -663,9 +675,11 @@ impl PoolHandle {
             return Err(job);
         }
         // The runnable's place is ours: no worker runs it and nobody else queues it until we give it up.
-        let ahead = mailbox.suspended.load(Ordering::Relaxed) || !mailbox.rx.is_empty();
-        // The mailbox owns both ends of its channel, so this send cannot fail.
+        // The mailbox owns both ends of its channel, so this send cannot fail. Sent first, so a job
+        // posted before it (whose poster saw the flag set and left the runnable to us) is seen below:
+        // only the holder of the flag takes jobs, so the count cannot shrink meanwhile.
         let _ = mailbox.tx.send(job);
+        let ahead = mailbox.suspended.load(Ordering::Relaxed) || mailbox.rx.len() > 1;
         if ahead {
             self.scheduler.push(Work::Runnable(Arc::clone(runnable) as Arc<dyn Turn>), Arrival::New);
             return Ok(RanHere::Queued);
@@ -679,20 +693,34 @@ impl PoolHandle {
             mailbox.suspended.load(Ordering::Relaxed)
         };
         let ran = started.elapsed();
+        // Charged to the tenant's virtual runtime like a worker's turn, so time its callbacks take on
+        // writers' threads counts against its share of the workers.
+        self.scheduler.charge_here(runnable.tenant(), ran);
         if mailbox.end_turn() {
-            if suspended {
+            // A job posted during the turn is new work, which may preempt; a suspended job is not.
+            let arrival = if suspended {
                 runnable.queued_suspended();
-            }
-            self.scheduler.push(Work::Runnable(Arc::clone(runnable) as Arc<dyn Turn>), Arrival::Again);
+                Arrival::Again
+            } else {
+                Arrival::New
+            };
+            self.scheduler.push(Work::Runnable(Arc::clone(runnable) as Arc<dyn Turn>), arrival);
         }
         Ok(if suspended { RanHere::Suspended(ran) } else { RanHere::Finished(ran) })
     }
 
-    /// Whether the calling thread is running a turn of its own ([`PoolHandle::run_here`]) that has run
-    /// for [`HERE_GRACE`] or more: a call in it yields at its epoch check, so the thread is back with
-    /// its owner within a tick and a grace (one that merely started just before a tick goes on).
-    pub(super) fn yield_here() -> bool {
-        HERE.get().is_some_and(|since| since.elapsed() >= HERE_GRACE)
+    /// Whether [`PoolHandle::run_here`] may run a turn on the calling thread at all: not from a worker,
+    /// nor from inside a turn of its own.
+    pub(crate) fn may_run_here() -> bool {
+        !ON_WORKER.get() && HERE.get().is_none()
+    }
+
+    /// If the calling thread is running a turn of its own ([`PoolHandle::run_here`]): whether it has
+    /// run for [`HERE_GRACE`] or more, so a call in it yields at this epoch check and the thread is
+    /// back with its owner within a tick and a grace (one that merely started just before a tick goes
+    /// on). Nothing else decides it: work waiting for a worker gains nothing from this thread.
+    pub(super) fn yield_here() -> Option<bool> {
+        HERE.get().map(|since| since.elapsed() >= HERE_GRACE)
     }
 
     /// Whether instances wait for a worker: a long call then yields its own at the next tick.
@@ -701,7 +729,7 @@ impl PoolHandle {
     }
 
     /// Whether work owed a worker arrived since the calling worker took its current turn (so the
-    /// turn must end at once). Called from a call's epoch check, which runs on the worker polling it.
+    /// turn must end at once). Called from a call's epoch check, which runs on the thread polling it.
     ///
     /// The epoch advance that preempts can land while a call is suspended or not yet started (a worker
     /// took the turn, the push came next), and wasmtime sets a resumed or new call's deadline from the
@@ -1132,6 +1160,18 @@ mod tests {
         let _ = gate.send(());
         pool.submit(&probe, refused);
         assert_ne!(ran_rx.recv_timeout(Duration::from_secs(30)).expect("ran"), me);
+
+        // A job was posted just before (its poster has sent it and not yet taken the flag): the new job
+        // goes behind it, both on the worker, in order.
+        let first = ran_on.clone();
+        let _ = probe.mailbox.tx.send(Box::new(move || {
+            let _ = first.send(std::thread::current().id());
+        }));
+        let queued = handle.run_here(&probe, job(ran_on.clone()));
+        assert!(matches!(queued, Ok(RanHere::Queued)), "ran ahead of a job posted before it");
+        for _ in 0..2 {
+            assert_ne!(ran_rx.recv_timeout(Duration::from_secs(30)).expect("ran"), me);
+        }
 
         // From a worker, run_here refuses whatever the runnable's state.
         let other = Probe::of(&a);

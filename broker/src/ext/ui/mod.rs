@@ -123,7 +123,8 @@ impl Ui {
 
     /// Fires a toolkit event on the object behind a region (as the host's input layer would): the
     /// object's fields are synced from the region first, then every matching callback runs; returns how
-    /// many ran. Apps' callbacks are queued and delivered on their workers.
+    /// many ran. Apps' callbacks are queued and delivered on their workers (or, when this runs inside a
+    /// host write's scope, on the writing thread after the write: `Broker::write_region`).
     ///
     /// # Errors
     /// [`Error::RegionNotFound`] if the region is not a toolkit object; [`Error::InvalidArgument`]

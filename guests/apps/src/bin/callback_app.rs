@@ -38,19 +38,32 @@ watch_callback!(fn on_change(user_data, event) {
 /// The host service `on_change_tell` calls (a raw function handle; 0 for none).
 static TELL: AtomicU32 = AtomicU32::new(0);
 
+/// Calls the host service kept in TELL (if any) with `version`: the host learns which thread ran the
+/// callback.
+fn tell(version: u64) {
+    let fh = TELL.load(Ordering::Relaxed);
+    if fh != 0 {
+        let mut out = [0u8; 8];
+        let mut n = 0u32;
+        let _ = broker_guest::sys::fn_call(fh, &version.to_le_bytes(), &mut out, &mut n);
+    }
+}
+
 watch_callback!(fn on_change_tell(_user_data, event) {
-    // Tells the host service kept in TELL the version it saw: the host learns which thread ran this.
-    let mut out = [0u8; 8];
-    let mut n = 0u32;
-    let _ = broker_guest::sys::fn_call(TELL.load(Ordering::Relaxed), &event.version.to_le_bytes(), &mut out, &mut n);
+    tell(event.version);
     WATCH_CALLS.fetch_add(1, Ordering::Relaxed);
+    if WATCH_LAST_VERSION.swap(event.version, Ordering::Relaxed) >= event.version {
+        WATCH_OUT_OF_ORDER.fetch_add(1, Ordering::Relaxed);
+    }
 });
 
 /// Calls of `on_change_spin` that finished.
 static SPINS_DONE: AtomicU64 = AtomicU64::new(0);
 
-watch_callback!(fn on_change_spin(_user_data, _event) {
-    // Spins until the u64 at offset 0 of region "flag" is non-zero, then counts the call.
+watch_callback!(fn on_change_spin(_user_data, event) {
+    // Tells the host it started (if a TELL service is kept), spins until the u64 at offset 0 of region
+    // "flag" is non-zero, then counts the call.
+    tell(event.version);
     if let Ok(flag) = Region::open("flag") {
         while flag.load::<u64>(0).is_ok_and(|v| v == 0) {}
     }
