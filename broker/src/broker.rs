@@ -731,7 +731,12 @@ impl Broker {
     /// [`Error::RegionNotFound`], [`Error::Region`] when out of bounds; nothing is written then.
     pub fn write_region(&self, region: RegionId, offset: u64, data: &[u8]) -> Result<u64, Error> {
         let region = self.core.region(region)?;
-        let _here = self.callbacks_on_writer.then(crate::runtime::CallbacksHere::begin);
+        // Off, a queued scope: a scope another broker's write opened on this thread must not take these.
+        let _scope = if self.callbacks_on_writer {
+            crate::runtime::CallbacksHere::begin()
+        } else {
+            crate::runtime::CallbacksHere::queued()
+        };
         Ok(region.write(offset, data)?)
     }
 

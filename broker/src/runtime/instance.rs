@@ -1,9 +1,9 @@
 //! One instance: its store, its mailbox and its status.
 //!
 //! [`InstanceCell`] is shared between the broker (which posts jobs) and the worker running it; the
-//! [`wasmtime::Store`] lives inside behind a mutex that only the thread running its turn takes (a worker, or a host
-//! writer delivering a callback, see [`CallbacksHere`]). Restarting
-//! replaces the store (and so every capability the old one held) but keeps the id, name and mailbox.
+//! [`wasmtime::Store`] lives inside behind a mutex that only the thread running its turn takes (a
+//! worker, or a host writer delivering a callback, see [`CallbacksHere`]). Restarting replaces the
+//! store (and so every capability the old one held) but keeps the id, name and mailbox.
 //! Stopping drops the store and keeps the cell, stopped, so the instance can be restarted; deleting
 //! stops it for good (the broker then unregisters it).
 //!

@@ -301,8 +301,8 @@ impl<R: Runnable> Turn for R {
 /// A runnable's jobs, and the flags that keep it in the run queue at most once.
 ///
 /// **Invariant:** `scheduled` is set while the owner is queued or running, so it is queued at most
-/// once and never runs on two threads (workers, or one in [`PoolHandle::run_here`]). Posting (job, then flag) and waking (`woken`, then flag) race
-/// with the end of a turn (flag, then jobs and `woken`); each side has a full fence between its store
+/// once and never runs on two threads (workers, or one in [`PoolHandle::run_here`]). Posting (job,
+/// then flag) and waking (`woken`, then flag) race with the end of a turn (flag, then jobs and `woken`); each side has a full fence between its store
 /// and its load, so at least one of them sees the other and the owner is queued: no lost wake-up.
 pub(crate) struct Mailbox<J> {
     tx: crossbeam_channel::Sender<J>,
@@ -1162,7 +1162,10 @@ mod tests {
         assert_ne!(ran_rx.recv_timeout(Duration::from_secs(30)).expect("ran"), me);
 
         // A job was posted just before (its poster has sent it and not yet taken the flag): the new job
-        // goes behind it, both on the worker, in order.
+        // goes behind it, both on the worker, in order. (The worker first ends the turn above.)
+        while probe.mailbox.scheduled.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
         let first = ran_on.clone();
         let _ = probe.mailbox.tx.send(Box::new(move || {
             let _ = first.send(std::thread::current().id());
