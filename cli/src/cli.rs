@@ -58,6 +58,11 @@ enum Command {
     Bench(BenchArgs),
     /// Run the daemon: the gRPC control API.
     Serve(ServeArgs),
+    /// Brokers on several hosts, joined through NATS JetStream (`broker serve --cluster`).
+    Cluster {
+        #[command(subcommand)]
+        verb: ClusterVerb,
+    },
     /// Tenants (admin token).
     Tenant {
         #[command(subcommand)]
@@ -162,6 +167,19 @@ struct ScenarioRunArgs {
     quiet: bool,
 }
 
+#[derive(Debug, Subcommand)]
+enum ClusterVerb {
+    /// List the live nodes: each one's address, the tenants that live on it, and its load.
+    Status {
+        /// The NATS server of the cluster (nats://HOST:PORT).
+        #[arg(long, env = "BROKER_CLUSTER")]
+        cluster: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// TOML config file (keys: listen, state_dir, admin_token_file, max_message_bytes, concurrency_limit,
@@ -191,6 +209,13 @@ struct ServeArgs {
     /// host shared with other busy processes).
     #[arg(long)]
     worker_priority: Option<broker::runtime::WorkerPriority>,
+    /// Join the cluster whose NATS server (with JetStream) is at this URL (nats://HOST:PORT). Without
+    /// it the broker is a single node and needs no NATS.
+    #[arg(long, requires = "node")]
+    cluster: Option<String>,
+    /// This broker's node name in the cluster (letters, digits, '-' and '_'; unique among live nodes).
+    #[arg(long, requires = "cluster")]
+    node: Option<String>,
 }
 
 /// The quota flags, one per [`broker::Quotas::FIELDS`] entry (`--region-bytes`, `--cpu-shares`, ...),
@@ -621,6 +646,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<bool, CliError> {
         }
         Command::Bench(args) => bench_main(args, out),
         Command::Serve(args) => rt.block_on(serve_main(args, out)).map(|()| true),
+        Command::Cluster { verb: ClusterVerb::Status { cluster, json } } => {
+            rt.block_on(cluster_status(&cluster, json, out)).map(|()| true)
+        }
         Command::Tenant { verb, conn } => rt.block_on(tenant(verb, &conn, out)).map(|()| true),
         Command::Module { verb, conn } => rt.block_on(module(verb, &conn, out)).map(|()| true),
         Command::Instance { verb, conn } => rt.block_on(instance(verb, &conn, out)).map(|()| true),
@@ -694,6 +722,7 @@ async fn serve_main(args: ServeArgs, out: &mut dyn Write) -> Result<(), CliError
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+    let membership_of = args.cluster.clone().zip(args.node.clone());
     let config = serve_config(args)?;
     let (token, source) = config.admin_token()?;
     if source == "generated for this run" {
@@ -714,6 +743,7 @@ async fn serve_main(args: ServeArgs, out: &mut dyn Write) -> Result<(), CliError
         })
         .map_err(|e| CliError::Local(e.to_string()))?,
     );
+    let reporting = Arc::clone(&broker);
     let plane =
         Arc::new(ControlPlane::open(broker, &token, config.state_dir.clone()).map_err(ServeError::from)?);
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -725,10 +755,73 @@ async fn serve_main(args: ServeArgs, out: &mut dyn Write) -> Result<(), CliError
     // Install the signal handlers before announcing the address: a SIGTERM sent as soon as the line is
     // read must take the graceful path (drain, flush), not the default action that kills the process.
     let shutdown = shutdown_signal()?;
+    // Joined before the address is announced, so a node that cannot join never looks up.
+    let membership = match membership_of {
+        Some((url, node)) => {
+            let load = move || node_load(&reporting);
+            let joined = broker_cluster::Membership::join(
+                &url,
+                &node,
+                &addr.to_string(),
+                broker_cluster::JoinOptions::default(),
+                load,
+            )
+            .await
+            .map_err(|e| CliError::Local(format!("cannot join the cluster: {e}")))?;
+            tracing::info!(node = %node, cluster = %url, "joined the cluster");
+            Some(joined)
+        }
+        None => None,
+    };
     writeln!(out, "listening on {addr}")
         .and_then(|()| out.flush())
         .map_err(|e| CliError::Local(format!("cannot write output: {e}")))?;
     serve(plane, listener, &config, shutdown).await?;
+    if let Some(m) = membership {
+        if let Err(e) = m.leave().await {
+            tracing::warn!("leaving the cluster: {e} (the node's record expires on its own)");
+        }
+    }
+    Ok(())
+}
+
+/// What a node reports with each heartbeat: its tenants, instances and regions.
+fn node_load(broker: &Broker) -> broker_cluster::NodeLoad {
+    let tenants = broker.tenants();
+    let (mut instances, mut regions) = (0u64, 0u64);
+    for t in &tenants {
+        instances += u64::try_from(broker.instances(t.id).len()).unwrap_or(u64::MAX);
+        regions += u64::try_from(broker.regions(t.id).len()).unwrap_or(u64::MAX);
+    }
+    broker_cluster::NodeLoad { tenants: tenants.into_iter().map(|t| t.name).collect(), instances, regions }
+}
+
+/// `broker cluster status`: the live nodes as the cluster's KV bucket has them.
+async fn cluster_status(url: &str, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
+    let nodes = broker_cluster::status(url).await.map_err(|e| CliError::Local(e.to_string()))?;
+    let io = |e: std::io::Error| CliError::Local(format!("cannot write output: {e}"));
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&nodes).unwrap_or_default()).map_err(io)?;
+        return Ok(());
+    }
+    if nodes.is_empty() {
+        writeln!(out, "no live nodes in the cluster at {url}").map_err(io)?;
+        return Ok(());
+    }
+    writeln!(out, "{:<20} {:<22} {:>9} {:>7}  tenants", "node", "address", "instances", "regions")
+        .map_err(io)?;
+    for n in &nodes {
+        writeln!(
+            out,
+            "{:<20} {:<22} {:>9} {:>7}  {}",
+            n.node,
+            n.address,
+            n.load.instances,
+            n.load.regions,
+            n.load.tenants.join(",")
+        )
+        .map_err(io)?;
+    }
     Ok(())
 }
 
