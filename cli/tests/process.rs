@@ -10,6 +10,10 @@
 #[path = "../../tests/support/python.rs"]
 mod python;
 
+/// A real NATS JetStream server (shared with the cluster crate's tests).
+#[path = "../../tests/support/nats.rs"]
+mod nats;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
@@ -1236,4 +1240,55 @@ fn r17_a_wasi_app_through_the_daemon_and_the_cli() {
     assert_eq!(std::fs::read(&file).expect("the app's file").len(), 100);
     assert!(d.stop_with(Signal::TERM).success());
     let _ = std::fs::remove_file(&module);
+}
+
+/// `broker cluster status --json` against the cluster at `url`: each node's name and address.
+fn cluster_nodes(url: &str) -> Vec<(String, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_broker"))
+        .args(["cluster", "status", "--json", "--cluster", url])
+        .output()
+        .expect("run broker cluster status");
+    assert!(out.status.success(), "cluster status failed: {}", String::from_utf8_lossy(&out.stderr));
+    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    nodes
+        .as_array()
+        .expect("a list of nodes")
+        .iter()
+        .map(|n| {
+            (n["node"].as_str().unwrap_or("").to_string(), n["address"].as_str().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+/// Issue 19: daemons started with `--cluster` and `--node` are listed by `broker cluster status`
+/// with the addresses they serve on; a daemon asking for a live node's name is refused and exits; a
+/// daemon shut down gracefully leaves the list at once.
+#[test]
+fn r19_daemons_join_a_cluster_and_leave_it_on_shutdown() {
+    let nats = nats::Nats::start();
+    let (da, db, dc) = (StateDir::new("cluster-a"), StateDir::new("cluster-b"), StateDir::new("cluster-c"));
+    let mut a = Daemon::start_with(da.path(), 1, &["--cluster", &nats.url, "--node", "alpha"]);
+    let b = Daemon::start_with(db.path(), 1, &["--cluster", &nats.url, "--node", "beta"]);
+    let bare = |d: &Daemon| d.addr.trim_start_matches("http://").to_string();
+    assert_eq!(
+        cluster_nodes(&nats.url),
+        [("alpha".to_string(), bare(&a)), ("beta".to_string(), bare(&b))],
+        "both nodes, with their addresses"
+    );
+    let taken = Command::new(env!("CARGO_BIN_EXE_broker"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(dc.path())
+        .args(["--cluster", &nats.url, "--node", "alpha"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run a third daemon");
+    assert!(!taken.status.success(), "a taken node name must be refused");
+    assert!(
+        String::from_utf8_lossy(&taken.stderr).contains("taken"),
+        "{}",
+        String::from_utf8_lossy(&taken.stderr)
+    );
+    let status = a.stop_with(Signal::TERM);
+    assert!(status.success(), "{status:?}");
+    assert_eq!(cluster_nodes(&nats.url), [("beta".to_string(), bare(&b))], "alpha left on shutdown");
 }

@@ -2,70 +2,14 @@
 //! heartbeats, `status` lists them with their load, a node that leaves goes at once and one that stops
 //! beating expires after the TTL; bad names, taken names and unreachable servers are refused.
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+/// A real `nats-server` for tests (shared with the CLI's process tests).
+#[path = "../../tests/support/nats.rs"]
+mod nats;
+
 use std::time::{Duration, Instant};
 
 use broker_cluster::{ClusterError, JoinOptions, Membership, NodeLoad};
-
-/// A `nats-server` with JetStream on a free loopback port and a temporary store, killed on drop.
-struct Nats {
-    child: Child,
-    url: String,
-    _store: tempfile::TempDir,
-}
-
-/// The `nats-server` binary: Debian's, installed when missing (the test needs the real engine).
-fn nats_server() -> String {
-    let found = |p: &str| std::path::Path::new(p).exists();
-    for p in ["/usr/sbin/nats-server", "/usr/bin/nats-server"] {
-        if found(p) {
-            return p.to_string();
-        }
-    }
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let install = ["install", "-y", "-q", "nats-server"];
-    let installed = apt(&install) || (apt(&["update", "-q"]) && apt(&install));
-    assert!(installed, "nats-server is missing and `apt-get install nats-server` failed");
-    "/usr/sbin/nats-server".to_string()
-}
-
-impl Nats {
-    fn start() -> Nats {
-        let bin = nats_server();
-        let port =
-            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-        let store = tempfile::tempdir().expect("store dir");
-        let child = Command::new(bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server starts");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Nats { child, url: format!("nats://127.0.0.1:{port}"), _store: store }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use nats::Nats;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
