@@ -344,6 +344,22 @@ mod model {
             out
         }
 
+        /// What an instance's exit or deletion removes: every capability it holds (handles and
+        /// received grants) and everything derived from them, once each.
+        fn held_by(&self, i: u8) -> Vec<u64> {
+            let mut roots: Vec<u64> =
+                self.handles.get(&i).map(|v| v.iter().map(|(_, id)| *id).collect()).unwrap_or_default();
+            roots.extend(self.inboxes.get(&i).cloned().unwrap_or_default());
+            let mut gone = Vec::new();
+            for id in roots {
+                gone.push(id);
+                gone.extend(self.descendants(id));
+            }
+            gone.sort_unstable();
+            gone.dedup();
+            gone
+        }
+
         fn remove(&mut self, ids: &[u64]) {
             for id in ids {
                 self.caps.remove(id);
@@ -497,31 +513,15 @@ mod model {
                         removed = gone;
                     }
                     Op::Exit { inst: i } => {
-                        let mut roots: Vec<u64> = m.handles.get(&i).map(|v| v.iter().map(|(_, id)| *id).collect()).unwrap_or_default();
-                        roots.extend(m.inboxes.get(&i).cloned().unwrap_or_default());
-                        let mut gone = Vec::new();
-                        for id in roots {
-                            gone.push(id);
-                            gone.extend(m.descendants(id));
-                        }
+                        let gone = m.held_by(i);
                         outcome = s.remove_instance(inst(i));
                         s.add_instance(inst(i));
-                        gone.sort_unstable();
-                        gone.dedup();
                         m.remove(&gone);
                         removed = gone;
                     }
                     Op::Forget { inst: i } => {
-                        let mut roots: Vec<u64> = m.handles.get(&i).map(|v| v.iter().map(|(_, id)| *id).collect()).unwrap_or_default();
-                        roots.extend(m.inboxes.get(&i).cloned().unwrap_or_default());
-                        let mut gone = Vec::new();
-                        for id in roots {
-                            gone.push(id);
-                            gone.extend(m.descendants(id));
-                        }
+                        let gone = m.held_by(i);
                         outcome = s.forget_instance(inst(i));
-                        gone.sort_unstable();
-                        gone.dedup();
                         m.remove(&gone);
                         m.forgotten.insert(i);
                         removed = gone;

@@ -16,13 +16,19 @@ static TOOLKIT: Mutex<()> = Mutex::new(());
 /// regions "data" and "flag" open to its apps, and a `callback_app` instance.
 fn setup() -> (Broker, TenantId, RegionId, InstanceId) {
     let b = broker_with_ui();
-    let t = tenant(&b, "alpha");
+    let (t, data, app) = alpha(&b);
+    (b, t, data, app)
+}
+
+/// Tenant "alpha" with the regions "data" and "flag" open to its apps, and a `callback_app` instance.
+fn alpha(b: &Broker) -> (TenantId, RegionId, InstanceId) {
+    let t = tenant(b, "alpha");
     let data = b
         .create_region(t, RegionSpec::new("data", 4096, Mode::Handle).with_members(Rights::ALL))
         .expect("region");
     b.create_region(t, RegionSpec::new("flag", 64, Mode::Handle).with_members(Rights::ALL)).expect("region");
-    let app = start(&b, t, "callback_app", "app");
-    (b, t, data, app)
+    let app = start(b, t, "callback_app", "app");
+    (t, data, app)
 }
 
 /// The named test for the `callback_app` guest: host writes reach the app's watch callback, with its
@@ -531,12 +537,7 @@ fn setup_threads(
         }),
     )
     .expect("register");
-    let t = tenant(&b, "alpha");
-    let data = b
-        .create_region(t, RegionSpec::new("data", 4096, Mode::Handle).with_members(Rights::ALL))
-        .expect("region");
-    b.create_region(t, RegionSpec::new("flag", 64, Mode::Handle).with_members(Rights::ALL)).expect("region");
-    let app = start(&b, t, "callback_app", "app");
+    let (t, data, app) = alpha(&b);
     (b, t, data, app, threads)
 }
 
