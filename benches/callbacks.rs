@@ -122,26 +122,26 @@ impl World {
     }
 }
 
-/// The same callback function, called directly with wasmtime's typed API in a bare store.
+/// The same callback function in a bare store, called directly with wasmtime's typed API: with
+/// `call` ([`direct`]), or with `call_async` in a store that needs async calls ([`direct_async`]).
 struct Direct {
     store: wasmtime::Store<()>,
     func: wasmtime::TypedFunc<(u32, u32, u64, u64, u64, u32), ()>,
 }
 
-fn direct() -> Direct {
-    let mut config = wasmtime::Config::new();
-    config.wasm_threads(true);
-    let engine = wasmtime::Engine::new(&config).expect("engine");
+/// An engine of `config` with `callback_app` compiled, a linker that stubs its imports, and a store.
+fn bare(config: &wasmtime::Config) -> (wasmtime::Module, wasmtime::Linker<()>, wasmtime::Store<()>) {
+    let engine = wasmtime::Engine::new(config).expect("engine");
     let module = wasmtime::Module::new(&engine, broker_guests::CALLBACK_APP_WASM).expect("module");
     let mut linker = wasmtime::Linker::new(&engine);
     linker.define_unknown_imports_as_traps(&module).expect("stubs");
-    let mut store = wasmtime::Store::new(&engine, ());
-    let instance = linker.instantiate(&mut store, &module).expect("instance");
-    let index = instance
-        .get_typed_func::<(), i64>(&mut store, "on_change_index")
-        .expect("export")
-        .call(&mut store, ())
-        .expect("index");
+    let store = wasmtime::Store::new(&engine, ());
+    (module, linker, store)
+}
+
+/// The watch callback at table `index` of `instance`, typed.
+fn callback_at(store: wasmtime::Store<()>, instance: wasmtime::Instance, index: i64) -> Direct {
+    let mut store = store;
     let table = instance.get_table(&mut store, "__indirect_function_table").expect("table");
     let Some(wasmtime::Ref::Func(Some(f))) = table.get(&mut store, u64::try_from(index).expect("index"))
     else {
@@ -151,59 +151,41 @@ fn direct() -> Direct {
     Direct { store, func }
 }
 
-/// The same callback called with `call_async` in a store that needs async calls (epoch yields), as
-/// every call into a broker instance is: the floor for any delivery that can be preempted.
-struct DirectAsync {
-    store: wasmtime::Store<()>,
-    func: wasmtime::TypedFunc<(u32, u32, u64, u64, u64, u32), ()>,
+/// Polls `f` once: the bare store's calls never wait.
+fn ready<T>(f: impl Future<Output = T>) -> T {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::pin!(f).poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("a bare store's call does not wait"),
+    }
 }
 
-fn direct_async() -> DirectAsync {
+fn direct() -> Direct {
+    let mut config = wasmtime::Config::new();
+    config.wasm_threads(true);
+    let (module, linker, mut store) = bare(&config);
+    let instance = linker.instantiate(&mut store, &module).expect("instance");
+    let index = instance
+        .get_typed_func::<(), i64>(&mut store, "on_change_index")
+        .expect("export")
+        .call(&mut store, ())
+        .expect("index");
+    callback_at(store, instance, index)
+}
+
+/// As every call into a broker instance is: epoch yields make the store require `call_async`. The
+/// floor for any delivery that can be preempted.
+fn direct_async() -> Direct {
     let mut config = wasmtime::Config::new();
     config.wasm_threads(true);
     config.epoch_interruption(true);
-    let engine = wasmtime::Engine::new(&config).expect("engine");
-    let module = wasmtime::Module::new(&engine, broker_guests::CALLBACK_APP_WASM).expect("module");
-    let mut linker = wasmtime::Linker::new(&engine);
-    linker.define_unknown_imports_as_traps(&module).expect("stubs");
-    let mut store = wasmtime::Store::new(&engine, ());
+    let (module, linker, mut store) = bare(&config);
     store.epoch_deadline_async_yield_and_update(1_000_000);
     store.set_epoch_deadline(1_000_000);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    let instance = match std::pin::pin!(linker.instantiate_async(&mut store, &module)).poll(&mut cx) {
-        std::task::Poll::Ready(i) => i.expect("instance"),
-        std::task::Poll::Pending => panic!("instantiation does not wait"),
-    };
-    let index = {
-        let f = instance.get_typed_func::<(), i64>(&mut store, "on_change_index").expect("export");
-        let polled = std::pin::pin!(f.call_async(&mut store, ())).poll(&mut cx);
-        match polled {
-            std::task::Poll::Ready(i) => i.expect("index"),
-            std::task::Poll::Pending => panic!("the call does not wait"),
-        }
-    };
-    let table = instance.get_table(&mut store, "__indirect_function_table").expect("table");
-    let Some(wasmtime::Ref::Func(Some(f))) = table.get(&mut store, u64::try_from(index).expect("index"))
-    else {
-        panic!("the callback is in the table")
-    };
-    let func = f.typed(&store).expect("signature");
-    DirectAsync { store, func }
-}
-
-impl DirectAsync {
-    fn run(&mut self, n: u64) -> Duration {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let start = Instant::now();
-        for i in 0..n {
-            let call = std::pin::pin!(self.func.call_async(&mut self.store, (1, 1, i, 0, 1, 0)));
-            match call.poll(&mut cx) {
-                std::task::Poll::Ready(r) => r.expect("call"),
-                std::task::Poll::Pending => panic!("the call does not wait"),
-            }
-        }
-        start.elapsed()
-    }
+    let instance = ready(linker.instantiate_async(&mut store, &module)).expect("instance");
+    let f = instance.get_typed_func::<(), i64>(&mut store, "on_change_index").expect("export");
+    let index = ready(f.call_async(&mut store, ())).expect("index");
+    callback_at(store, instance, index)
 }
 
 impl Direct {
@@ -211,6 +193,14 @@ impl Direct {
         let start = Instant::now();
         for i in 0..n {
             self.func.call(&mut self.store, (1, 1, i, 0, 1, 0)).expect("call");
+        }
+        start.elapsed()
+    }
+
+    fn run_async(&mut self, n: u64) -> Duration {
+        let start = Instant::now();
+        for i in 0..n {
+            ready(self.func.call_async(&mut self.store, (1, 1, i, 0, 1, 0))).expect("call");
         }
         start.elapsed()
     }
@@ -259,7 +249,7 @@ fn summary(full: bool) {
         (0..if full { 5 } else { 1 }).map(|_| f(n)).min().unwrap_or_default()
     };
     let base = per(best(&mut |n| d.run(n)), n);
-    let base_async = per(best(&mut |n| da.run(n)), n);
+    let base_async = per(best(&mut |n| da.run_async(n)), n);
     let watch = per(best(&mut |n| w.watch_events(n)), n);
     let rt = per(best(&mut |n| w.watch_round_trips(n)), n);
     let watch_q = per(best(&mut |n| q.watch_events(n)), n);
