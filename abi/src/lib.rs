@@ -196,6 +196,9 @@ pub enum Status {
     BadCallback = -18,
     /// A host service reported a failure.
     ServiceFailed = -19,
+    /// The region is a replica of another broker's region and its home cannot take the write now
+    /// (unreachable, or dead with no broker taken over yet); nothing was written.
+    Unavailable = -20,
 }
 
 impl Status {
@@ -221,6 +224,7 @@ impl Status {
         Status::TimedOut,
         Status::BadCallback,
         Status::ServiceFailed,
+        Status::Unavailable,
     ];
 
     /// The numeric code a guest sees.
@@ -256,6 +260,7 @@ impl Status {
             Status::TimedOut => "BROKER_ERR_TIMED_OUT",
             Status::BadCallback => "BROKER_ERR_BAD_CALLBACK",
             Status::ServiceFailed => "BROKER_ERR_SERVICE_FAILED",
+            Status::Unavailable => "BROKER_ERR_UNAVAILABLE",
         }
     }
 }

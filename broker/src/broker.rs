@@ -17,7 +17,10 @@ use crate::capability::{CapId, Rights};
 use crate::error::Error;
 use crate::ext::ui::{Ui, UiConfig};
 use crate::name::Name;
-use crate::region::{Region, RegionId, RegionInfo, RegionSpec, TrafficStats, WatchFn, WatchId};
+use crate::region::{
+    Accepted, Proposal, Refused, Region, RegionId, RegionInfo, RegionSpec, Span, TrafficStats, Upstream,
+    WatchFn, WatchId,
+};
 use crate::registry::{name, Core, LoadedModule, ServiceFn};
 use crate::runtime::{
     CellParts, EngineHandle, InstanceCell, InstanceConfig, InstanceError, InstanceId, InstanceState,
@@ -750,6 +753,62 @@ impl Broker {
         // Shadows a scope the caller may be inside (a host watcher of another region writing this one).
         let _queued = crate::runtime::CallbacksHere::queued();
         Ok(region.write(offset, data)?)
+    }
+
+    /// Makes a region a replica whose writes go to `upstream` (its home, on another broker), or
+    /// (`None`) its own home again; see [`crate::region::Upstream`]. Shared-mode regions cannot be
+    /// replicas: their apps' stores bypass every write path.
+    ///
+    /// # Errors
+    /// [`Error::RegionNotFound`]; [`Error::InvalidArgument`] for a shared-mode region.
+    pub fn set_upstream(&self, region: RegionId, upstream: Option<Arc<dyn Upstream>>) -> Result<(), Error> {
+        let region = self.core.region(region)?;
+        if upstream.is_some() && region.mode() == crate::Mode::Shared {
+            return Err(Error::InvalidArgument {
+                field: "mode",
+                reason: "shared mode is node-local: a shared-mode region cannot be a replica".into(),
+            });
+        }
+        region.set_upstream(upstream);
+        Ok(())
+    }
+
+    /// Applies a change its home made to a replica region, at the home's version (ignored, returning
+    /// false, at or below the replica's version). Watch callbacks it triggers run on their apps'
+    /// workers, as for [`Broker::write_region_queued`].
+    ///
+    /// # Errors
+    /// [`Error::RegionNotFound`], [`Error::Region`] for a span out of bounds (nothing is written).
+    pub fn apply_replicated(&self, region: RegionId, version: u64, spans: &[Span]) -> Result<bool, Error> {
+        let region = self.core.region(region)?;
+        let _queued = crate::runtime::CallbacksHere::queued();
+        Ok(region.apply_replicated(version, spans)?)
+    }
+
+    /// Stamps a region with a new version without changing its bytes (see
+    /// [`crate::region::Region::restamp`]); watch callbacks run on their apps' workers.
+    ///
+    /// # Errors
+    /// [`Error::RegionNotFound`].
+    pub fn restamp_region(&self, region: RegionId, next: impl FnOnce(u64) -> u64) -> Result<u64, Error> {
+        let region = self.core.region(region)?;
+        let _queued = crate::runtime::CallbacksHere::queued();
+        Ok(region.restamp(next))
+    }
+
+    /// Applies a replica's proposal at the region's home (see [`crate::region::Region::apply_proposal`]);
+    /// watch callbacks run on their apps' workers.
+    ///
+    /// # Errors
+    /// [`Error::RegionNotFound`]; the proposal's [`Refused`] (nothing written).
+    pub fn apply_proposal(
+        &self,
+        region: RegionId,
+        proposal: &Proposal,
+    ) -> Result<Result<Accepted, Refused>, Error> {
+        let region = self.core.region(region)?;
+        let _queued = crate::runtime::CallbacksHere::queued();
+        Ok(region.apply_proposal(proposal))
     }
 
     /// Grants an instance `rights` over `[offset, offset+len)` of a region (`len: None` = to the end).

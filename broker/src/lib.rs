@@ -47,7 +47,10 @@ pub use crate::capability::{CapError, Handle, Rights};
 pub use crate::error::Error;
 pub use crate::ext::ui::{Ui, UiConfig};
 pub use crate::mode::Mode;
-pub use crate::region::{Backing, RegionId, RegionInfo, RegionSpec, TrafficStats};
+pub use crate::region::{
+    Accepted, Backing, Check, Proposal, Refused, RegionId, RegionInfo, RegionSpec, Span, TrafficStats,
+    Upstream,
+};
 pub use crate::registry::ServiceFn;
 pub use crate::runtime::{
     InstanceConfig, InstanceError, InstanceId, InstanceStatus, RunState, WorkerPriority,

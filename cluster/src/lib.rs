@@ -10,6 +10,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod replication;
+mod wire;
+
+pub use replication::{region_key, RegionRecord, Replication, ReplicationOptions, Role};
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, kv};
@@ -61,6 +66,12 @@ pub enum ClusterError {
         /// Why it failed.
         reason: String,
     },
+    /// A replicated region cannot be shared or followed as asked.
+    #[error("replication: {0}")]
+    Replication(String),
+    /// The local broker refused an operation replication needed.
+    #[error("broker: {0}")]
+    Broker(#[from] Box<broker::Error>),
     /// A node record that is not one (written by something else).
     #[error("node record {key:?} is malformed: {reason}")]
     BadRecord {
@@ -69,6 +80,12 @@ pub enum ClusterError {
         /// Why.
         reason: String,
     },
+}
+
+impl ClusterError {
+    pub(crate) fn broker(e: broker::Error) -> ClusterError {
+        ClusterError::Broker(Box::new(e))
+    }
 }
 
 fn js_err(operation: &'static str) -> impl Fn(&dyn std::fmt::Display) -> ClusterError {
@@ -123,12 +140,30 @@ impl Default for JoinOptions {
 /// # Errors
 /// [`ClusterError::Connect`].
 pub async fn connect(url: &str) -> Result<jetstream::Context, ClusterError> {
+    Ok(jetstream::new(connect_client(url).await?.0))
+}
+
+/// Connects to NATS at `url`; the client reconnects for ever, at most half a second apart, after the
+/// server goes away.
+/// The receiver counts the connections made after the first: a consumer that was reading when the
+/// server went away starts again from where it was rather than wait for its heartbeat to lapse.
+async fn connect_client(
+    url: &str,
+) -> Result<(async_nats::Client, tokio::sync::watch::Receiver<u64>), ClusterError> {
+    let (reconnects, rx) = tokio::sync::watch::channel(0u64);
     let client = async_nats::ConnectOptions::new()
+        .event_callback(move |event| {
+            if matches!(event, async_nats::Event::Connected) {
+                reconnects.send_modify(|n| *n += 1);
+            }
+            std::future::ready(())
+        })
         .connection_timeout(Duration::from_secs(5))
+        .reconnect_delay_callback(|attempts| Duration::from_millis(50 * attempts.min(10) as u64))
         .connect(url)
         .await
         .map_err(|e| ClusterError::Connect { url: url.to_string(), reason: e.to_string() })?;
-    Ok(jetstream::new(client))
+    Ok((client, rx))
 }
 
 /// The node bucket, created with `ttl` as its entries' lifetime if it does not exist yet.
@@ -221,8 +256,12 @@ impl Membership {
                 let bytes = serde_json::to_vec(&record(load())).unwrap_or_default();
                 // A missed heartbeat (NATS away for a moment) is retried at the next tick; the record
                 // expires only after the TTL without any.
-                if let Err(e) = beat.put(&name, bytes.into()).await {
-                    tracing::warn!(node = %name, "cluster heartbeat: {e}");
+                // Bounded by the heartbeat: a put sent while the server was away must not hold back the
+                // first one after it returns (a replica counts the time the record is missing).
+                match tokio::time::timeout(options.heartbeat, beat.put(&name, bytes.into())).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(node = %name, "cluster heartbeat: {e}"),
+                    Err(_) => tracing::warn!(node = %name, "cluster heartbeat timed out"),
                 }
             }
         });

@@ -81,6 +81,7 @@ fn code_of(e: &Error) -> Code {
         Error::RegionNotGranted(_) => Code::PermissionDenied,
         Error::Quota(_) => Code::ResourceExhausted,
         Error::Region(RegionError::Os { .. }) => Code::Internal,
+        Error::Region(RegionError::Unavailable { .. }) => Code::Unavailable,
         Error::Region(_) => Code::InvalidArgument,
         Error::Capability(c) => match c {
             CapError::Quota(_) | CapError::TableFull => Code::ResourceExhausted,

@@ -76,6 +76,8 @@ pub enum Error {
     BadCallback,
     /// A host service reported a failure.
     ServiceFailed,
+    /// The region is a replica whose home cannot take the write now; nothing was written.
+    Unavailable,
     /// A code this library does not know (a newer broker).
     Unknown(i32),
 }
@@ -112,6 +114,7 @@ impl Error {
             Status::TimedOut => Error::TimedOut,
             Status::BadCallback => Error::BadCallback,
             Status::ServiceFailed => Error::ServiceFailed,
+            Status::Unavailable => Error::Unavailable,
         }
     }
 
@@ -137,6 +140,7 @@ impl Error {
             Error::TimedOut => Status::TimedOut.code(),
             Error::BadCallback => Status::BadCallback.code(),
             Error::ServiceFailed => Status::ServiceFailed.code(),
+            Error::Unavailable => Status::Unavailable.code(),
             Error::Unknown(c) => c,
         }
     }
@@ -164,6 +168,7 @@ impl fmt::Display for Error {
             Error::TimedOut => "wait timed out",
             Error::BadCallback => "callback is null, outside the function table, or of the wrong signature",
             Error::ServiceFailed => "host service failed",
+            Error::Unavailable => "the replicated region's home is unavailable",
             Error::Unknown(c) => return write!(f, "unknown broker status {c}"),
         };
         f.write_str(msg)

@@ -136,6 +136,7 @@ impl AbiError {
                 MirrorError::LengthMismatch { .. } | MirrorError::NotAcquired => Status::InvalidArgument,
                 MirrorError::BadVersion { .. } => Status::BadVersion,
                 MirrorError::Conflict { .. } => Status::Conflict,
+                MirrorError::Unavailable { .. } => Status::Unavailable,
                 MirrorError::HintOutOfRange { .. } => Status::OutOfBounds,
             },
             AbiError::Share(e) => match e {
@@ -186,6 +187,7 @@ fn broker_status(e: &Error) -> Status {
         Error::Region(RegionError::OutOfBounds { .. }) => Status::OutOfBounds,
         Error::Region(RegionError::ZeroSize | RegionError::TooLarge { .. }) => Status::InvalidArgument,
         Error::Region(RegionError::Os { .. }) | Error::Instance(_) => Status::Internal,
+        Error::Region(RegionError::Unavailable { .. }) => Status::Unavailable,
         Error::Capability(c) => match c {
             CapError::InvalidHandle(_) => Status::InvalidHandle,
             CapError::StaleHandle(_) | CapError::Gone => Status::StaleHandle,

@@ -280,8 +280,16 @@ fn region_write(caller: &mut Ctx<'_>, handle: u32, offset: i64, src: u32, len: u
     let mem = GuestMemory::lock(caller);
     let src = mem.check(src, len, false)?;
     let n = src.len();
-    // The guest bytes are read exactly once, by the copy into the region.
-    cap.region.write_with(at, n, |m| src.copy_to_region(0, n, m, at))?;
+    if cap.region.is_replica() {
+        // Read once into a proposal; the guest's memory is released before the home is asked.
+        let mut bytes = vec![0; n];
+        src.read_into(0, &mut bytes)?;
+        drop(mem);
+        cap.region.propose_blind(vec![crate::region::Span { offset: at, bytes }])?;
+    } else {
+        // The guest bytes are read exactly once, by the copy into the region.
+        cap.region.write_with(at, n, |m| src.copy_to_region(0, n, m, at))?;
+    }
     caller.data().ctx.traffic.copied_in(u64::from(len));
     Ok(())
 }
@@ -337,6 +345,19 @@ fn region_writev(caller: &mut Ctx<'_>, handle: u32, iovs: u32, count: u32) -> Re
     cap.require(Rights::WRITE)?;
     let mem = GuestMemory::lock(caller);
     let (checked, total) = checked_iovecs(&cap, &mem, iovs, count, false)?;
+    if cap.region.is_replica() {
+        let mut spans = Vec::with_capacity(checked.len());
+        for (src, at) in &checked {
+            let mut bytes = vec![0; src.len()];
+            src.read_into(0, &mut bytes)?;
+            spans.push(crate::region::Span { offset: *at, bytes });
+        }
+        drop(checked);
+        drop(mem);
+        cap.region.propose_blind(spans)?;
+        caller.data().ctx.traffic.copied_in(total);
+        return Ok(());
+    }
     let spans: Vec<(u64, usize)> = checked.iter().map(|(src, at)| (*at, src.len())).collect();
     // The guest bytes are read exactly once, by the copies into the region, all under one writer lock.
     cap.region.write_many(&spans, |m| {

@@ -29,7 +29,7 @@ use std::str::FromStr;
 use crate::abi::guest_memory::GuestBytes;
 use crate::capability::CapRange;
 use crate::region::len64;
-use crate::region::{PageVersions, Region, PAGE_SIZE};
+use crate::region::{Check, PageVersions, Proposal, Refused, Region, Span, Upstream, PAGE_SIZE};
 use crate::tenant::Reservation;
 
 /// What a commit does when the region changed since the mirror was last in sync.
@@ -88,6 +88,12 @@ pub enum MirrorError {
         given: i64,
         /// The region's version.
         current: u64,
+    },
+    /// The region is a replica and its home cannot take the commit now; nothing was written.
+    #[error("the region's home is unavailable: {reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
     },
     /// The region changed since the mirror's base; nothing was written.
     #[error("commit conflicts with changes since the mirror's base; region is at version {current}")]
@@ -344,6 +350,9 @@ impl MirrorState {
             }
         }
 
+        if let Some(up) = region.upstream().filter(|_| !dirty.is_empty()) {
+            return self.commit_upstream(region, up.as_ref(), &dirty, &staged, base);
+        }
         let mut pv = region.lock_for_write();
         let current = region.version();
         let base = version_arg(base, current)?;
@@ -425,5 +434,78 @@ impl MirrorState {
         region.traffic.committed();
         region.traffic.copied_in(len64(staged.len()));
         Ok(Synced { version, pages: u32::try_from(dirty.len()).unwrap_or(u32::MAX) })
+    }
+
+    /// [`MirrorState::commit`] on a replica: the dirty pages' changed bytes go to the region's home as
+    /// one proposal carrying the region's policy as its check (the home alone knows the current
+    /// versions), and the mirror takes the outcome as a local commit would.
+    ///
+    /// # Errors
+    /// [`MirrorError::BadVersion`], [`MirrorError::Conflict`] with the home's version,
+    /// [`MirrorError::Unavailable`]; nothing is written then.
+    fn commit_upstream(
+        &mut self,
+        region: &Region,
+        up: &dyn Upstream,
+        dirty: &[(usize, usize, std::ops::Range<usize>)],
+        staged: &[u8],
+        base: i64,
+    ) -> Result<Synced, MirrorError> {
+        let base = version_arg(base, region.version())?;
+        let check = match region.policy() {
+            ConflictPolicy::Reject => Check::Version(base.min(self.synced)),
+            ConflictPolicy::Merge => Check::Pages(
+                dirty.iter().map(|(i, p, _)| (len64(*p), self.seen.get(*i).copied().unwrap_or(0))).collect(),
+            ),
+            ConflictPolicy::LastWriterWins => Check::Blind,
+        };
+        // As a local commit copies: one span per page whose other bytes are known to be the region's,
+        // run by run where another writer may have changed them (last-writer-wins).
+        let mut spans = Vec::new();
+        let mut from = 0;
+        for (_, _, slice) in dirty {
+            let n = slice.len();
+            if let (Some(mine), Some(theirs)) = (staged.get(from..from + n), self.shadow.get(slice.clone())) {
+                let runs: Vec<std::ops::Range<usize>> = match check {
+                    Check::Blind => changed_runs(mine, theirs).collect(),
+                    _ => changed_span(mine, theirs).into_iter().collect(),
+                };
+                for run in runs {
+                    if let Some(bytes) = mine.get(run.clone()) {
+                        let offset = self.range.offset + len64(slice.start + run.start);
+                        spans.push(Span { offset, bytes: bytes.to_vec() });
+                    }
+                }
+            }
+            from += n;
+        }
+        let checked = !matches!(check, Check::Blind);
+        let accepted = match up.propose(Proposal { check, spans }) {
+            Ok(a) => a,
+            Err(Refused::Conflict { current }) => {
+                region.traffic.conflicted();
+                return Err(MirrorError::Conflict { current });
+            }
+            Err(Refused::Unavailable(reason)) => return Err(MirrorError::Unavailable { reason }),
+            Err(Refused::Region(e)) => return Err(MirrorError::Unavailable { reason: e.to_string() }),
+        };
+        let mut from = 0;
+        for (i, _, slice) in dirty {
+            let n = slice.len();
+            if let (Some(s), Some(bytes)) = (self.shadow.get_mut(slice.clone()), staged.get(from..from + n)) {
+                s.copy_from_slice(bytes);
+            }
+            // Checked, nobody else changed the page: the app's copy is the region's at the new version.
+            if let Some(seen) = self.seen.get_mut(*i).filter(|_| checked) {
+                *seen = accepted.version;
+            }
+            from += n;
+        }
+        if self.synced == accepted.previous {
+            self.synced = accepted.version;
+        }
+        region.traffic.committed();
+        region.traffic.copied_in(len64(staged.len()));
+        Ok(Synced { version: accepted.version, pages: u32::try_from(dirty.len()).unwrap_or(u32::MAX) })
     }
 }

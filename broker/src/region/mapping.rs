@@ -218,7 +218,7 @@ impl RegionMemory {
     }
 
     /// Checks `[offset, offset+len)` against the mapping and returns the start as `usize`.
-    fn check(&self, offset: u64, len: usize) -> Result<usize, RegionError> {
+    pub(crate) fn check(&self, offset: u64, len: usize) -> Result<usize, RegionError> {
         let len64 = u64::try_from(len).unwrap_or(u64::MAX);
         let oob = RegionError::OutOfBounds { offset, len: len64, size: self.len };
         match offset.checked_add(len64) {

@@ -9,12 +9,14 @@
 
 pub(crate) mod lease;
 pub mod mapping;
+mod replica;
 mod traffic;
 mod watch;
 
 use broker_abi::Rights;
 use std::fmt;
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 
@@ -24,6 +26,7 @@ use crate::tenant::TenantId;
 
 pub(crate) use mapping::copy_raw;
 pub use mapping::RegionMemory;
+pub use replica::{Accepted, Check, Proposal, Refused, Span, Upstream};
 pub use traffic::{Traffic, TrafficStats};
 pub(crate) use watch::publishing;
 use watch::Watchers;
@@ -120,6 +123,13 @@ pub enum RegionError {
         len: u64,
         /// The region's size.
         size: u64,
+    },
+    /// The region is a replica and its home cannot take the write now (unreachable, or dead with no
+    /// node taken over yet); nothing was written.
+    #[error("the region's home is unavailable: {reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
     },
     /// The operating system refused to create or map the backing memory.
     #[error("{op} failed: {message}")]
@@ -246,6 +256,10 @@ pub struct Region {
     /// Calls parked in `region_wait` on this region, woken by `region_notify`.
     pub(crate) waiters: parking_lot::Mutex<Waiters>,
     watchers: Watchers,
+    /// Whether writes go to `upstream` (read on every write without the lock).
+    replica: AtomicBool,
+    /// For a replica: where its writes go (see [`Upstream`]).
+    upstream: RwLock<Option<Arc<dyn Upstream>>>,
 }
 
 /// The calls parked on a region, each as the waker of its instance.
@@ -368,6 +382,8 @@ impl Region {
             traffic: Traffic::default(),
             waiters: parking_lot::Mutex::new(Waiters::default()),
             watchers: Watchers::default(),
+            replica: AtomicBool::new(false),
+            upstream: RwLock::new(None),
             backing,
         })
     }
@@ -524,6 +540,9 @@ impl Region {
     /// # Errors
     /// [`RegionError::OutOfBounds`]; nothing is written.
     pub fn write(&self, offset: u64, src: &[u8]) -> Result<u64, RegionError> {
+        if self.is_replica() {
+            return self.propose_blind(vec![Span { offset, bytes: src.to_vec() }]);
+        }
         self.write_with(offset, src.len(), |m| m.copy_in(offset, src))
     }
 

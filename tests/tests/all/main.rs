@@ -5,6 +5,7 @@ mod authority;
 mod bench;
 mod c_guest;
 mod callback;
+mod cluster;
 mod conformance;
 mod control;
 mod demo;
@@ -29,6 +30,10 @@ macro_rules! assert_test_exists {
 broker_guests::foreach_guest!(assert_test_exists);
 mod fuzz;
 mod isolation;
+
+/// A real `nats-server` (shared with the cluster crate's and the CLI's tests).
+#[path = "../../support/nats.rs"]
+mod nats;
 
 /// Finding a Python with grpcio (shared with the broker crate's process tests).
 #[path = "../../support/python.rs"]

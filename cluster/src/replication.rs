@@ -1,0 +1,920 @@
+//! Replicated regions: one home writes, every other node keeps a replica, through JetStream.
+//!
+//! - **The log.** Every committed change at the home (handle writes, mirror commits, host and gRPC
+//!   writes: whatever publishes a [`broker::Change`]) is captured in version order while the writer
+//!   still holds the region's lock and published to the stream [`CHANGES_STREAM`] on the region's
+//!   subject, as its version and bytes ([`crate::wire`]). Each publish expects the subject's last
+//!   sequence to be the one the home published before (`Nats-Expected-Last-Subject-Sequence`, the
+//!   compare-and-set on revision that KV's `update` is built on), so a home that lost its lease can
+//!   never append: it is fenced, and steps down.
+//! - **Replicas** apply the subject's messages in order with [`broker::Broker::apply_replicated`]; a
+//!   replica that starts (or restarts) begins at the last snapshot the record names and catches up
+//!   before it is handed out; one that falls behind resumes after the last message it applied.
+//!   Versions never go backwards.
+//! - **Writes from replicas** go to the home as NATS requests carrying the writer's check (the
+//!   region's conflict policy, see [`broker::Check`]); the home applies them with the same rules as a
+//!   local commit, answers once the change is in the stream, and the replica returns once the change
+//!   has landed locally.
+//! - **The lease.** The KV bucket [`REGIONS_BUCKET`] holds each region's record: its home and epoch.
+//!   The home is alive while its node record (membership) is; a replica that has seen it absent for
+//!   `takeover_after` while connected takes the region over with a compare-and-set on the record's
+//!   revision (exactly one wins), jumps the version past anything the old home may have written
+//!   unpublished, and publishes a snapshot from which everyone, the old home included, continues.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, context::Publish, kv, stream};
+use broker::{Accepted, Broker, Mode, Proposal, Refused, RegionId, RegionSpec, Span, Upstream};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::wire::{self, ChangeMsg, Reply};
+use crate::{js_err, ClusterError};
+
+/// The KV bucket of replicated regions' records (home, epoch, last snapshot).
+pub const REGIONS_BUCKET: &str = "broker_regions";
+
+/// The stream of every replicated region's changes, one subject per region.
+pub const CHANGES_STREAM: &str = "BROKER_CHANGES";
+
+/// How far a takeover moves the version: past any version the old home may have given out without
+/// publishing it, so the old home, stepping down, accepts the new home's snapshot over its own bytes.
+pub const TAKEOVER_GAP: u64 = 1 << 32;
+
+/// How long a publish waits for the stream's acknowledgement before it is sent again.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How replication behaves.
+#[derive(Debug, Clone)]
+pub struct ReplicationOptions {
+    /// How long a write from a replica waits for the home's answer, and then for its change to land.
+    pub propose_timeout: Duration,
+    /// How long a replica must see the home's node record absent (while itself connected) before it
+    /// takes the region over. At least the node TTL, so a home that was only cut off from NATS for a
+    /// while beats again first.
+    pub takeover_after: Duration,
+    /// How often each node checks its regions' records and their homes.
+    pub check_every: Duration,
+    /// Bytes of changes a home queues while it cannot publish; past this it drops the queue and
+    /// publishes one snapshot when it can again.
+    pub queue_limit: u64,
+}
+
+impl Default for ReplicationOptions {
+    fn default() -> ReplicationOptions {
+        ReplicationOptions {
+            propose_timeout: Duration::from_secs(5),
+            takeover_after: crate::DEFAULT_NODE_TTL + Duration::from_secs(2),
+            check_every: Duration::from_millis(500),
+            queue_limit: 64 << 20,
+        }
+    }
+}
+
+/// A replicated region's record in [`REGIONS_BUCKET`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionRecord {
+    /// The owner tenant's name (the same on every node).
+    pub tenant: String,
+    /// The region's name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// `handle` or `mirror`.
+    pub mode: String,
+    /// Its conflict policy.
+    pub policy: String,
+    /// The node that writes it.
+    pub home: String,
+    /// Advanced by every takeover.
+    pub epoch: u64,
+    /// The stream sequence of the first message of the last snapshot (0: none yet).
+    pub snapshot_seq: u64,
+}
+
+/// What a node is for a replicated region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// It writes the region and publishes its changes.
+    Home,
+    /// It keeps a replica; writes go to `home`.
+    Replica {
+        /// The home node.
+        home: String,
+    },
+}
+
+/// The key of a region in the bucket and in subjects: `tenant/name` in hex (names may hold '.').
+pub fn region_key(tenant: &str, name: &str) -> String {
+    format!("{tenant}/{name}").bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn change_subject(key: &str) -> String {
+    format!("broker.change.{key}")
+}
+
+fn write_subject(key: &str) -> String {
+    format!("broker.write.{key}")
+}
+
+/// A node's replication of regions: one per broker that joins a cluster.
+pub struct Replication {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    /// Counts reconnections (see `connect_client`).
+    reconnects: tokio::sync::watch::Receiver<u64>,
+    js: jetstream::Context,
+    node: String,
+    broker: Arc<Broker>,
+    regions_kv: kv::Store,
+    nodes_kv: kv::Store,
+    stream: stream::Stream,
+    options: ReplicationOptions,
+    rt: tokio::runtime::Handle,
+    regions: parking_lot::Mutex<HashMap<String, Arc<Replicated>>>,
+}
+
+/// One replicated region on this node.
+struct Replicated {
+    key: String,
+    region: RegionId,
+    /// Stream sequence of the last message this node applied or published for the region.
+    applied_seq: AtomicU64,
+    /// The version landed here, for writers waiting for their change ([`ToHome::propose`]).
+    landed: parking_lot::Mutex<u64>,
+    landed_cv: parking_lot::Condvar,
+    state: parking_lot::Mutex<State>,
+    /// Stops the lease task when the region stops being replicated.
+    stopped: AtomicBool,
+}
+
+enum State {
+    Home(HomeTasks),
+    Replica { home: String, follower: tokio::task::JoinHandle<()> },
+    Idle,
+}
+
+struct HomeTasks {
+    watch: broker::region::WatchId,
+    publisher: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<()>,
+    outbox: Arc<Outbox>,
+}
+
+/// Changes captured at the home, waiting to be published.
+struct Outbox {
+    tx: mpsc::UnboundedSender<ChangeMsg>,
+    bytes: AtomicU64,
+    overflow: AtomicBool,
+    /// The last version the stream acknowledged (request replies wait for their version).
+    published: tokio::sync::watch::Sender<u64>,
+}
+
+impl Replication {
+    /// Starts replication for the broker `node` at `url`: creates the bucket and stream if needed.
+    /// Must be called on a multi-threaded tokio runtime, which runs its tasks.
+    ///
+    /// # Errors
+    /// [`ClusterError::Connect`], [`ClusterError::JetStream`], [`ClusterError::InvalidNodeName`].
+    pub async fn start(
+        url: &str,
+        node: &str,
+        broker: Arc<Broker>,
+        options: ReplicationOptions,
+    ) -> Result<Replication, ClusterError> {
+        crate::check_node_name(node)?;
+        let (client, reconnects) = crate::connect_client(url).await?;
+        let js = jetstream::new(client.clone());
+        let regions_kv = match js.get_key_value(REGIONS_BUCKET).await {
+            Ok(s) => s,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: REGIONS_BUCKET.into(),
+                    description: "replicated regions: home, epoch and last snapshot of each".into(),
+                    history: 1,
+                    ..kv::Config::default()
+                })
+                .await
+                .map_err(|e| js_err("create the region bucket")(&e))?,
+        };
+        let nodes_kv = crate::nodes_bucket(&js, crate::DEFAULT_NODE_TTL).await?;
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: CHANGES_STREAM.into(),
+                description: Some("changes of replicated regions, one subject per region".into()),
+                subjects: vec!["broker.change.>".into()],
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                ..stream::Config::default()
+            })
+            .await
+            .map_err(|e| js_err("create the change stream")(&e))?;
+        Ok(Replication {
+            inner: Arc::new(Inner {
+                client,
+                reconnects,
+                js,
+                node: node.into(),
+                broker,
+                regions_kv,
+                nodes_kv,
+                stream,
+                options,
+                rt: tokio::runtime::Handle::current(),
+                regions: parking_lot::Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Makes `region` (of tenant `tenant`, on this node's broker) a replicated region with this node as
+    /// its home, or, if this node was its home before (a restart), catches up and becomes it again.
+    ///
+    /// # Errors
+    /// [`ClusterError::Broker`] for an unknown region; [`ClusterError::Replication`] for a shared-mode
+    /// region (shared mode is node-local) or one another node is home of (follow it instead).
+    pub async fn share(&self, tenant: &str, name: &str) -> Result<RegionId, ClusterError> {
+        let inner = &self.inner;
+        let (_, region) = inner.local_region(tenant, name)?;
+        let info = inner.broker.region_info(region).map_err(ClusterError::broker)?;
+        if info.mode == Mode::Shared {
+            return Err(ClusterError::Replication(format!(
+                "{tenant}/{name} is a shared-mode region: shared mode is node-local and cannot be replicated; use handle or mirror mode"
+            )));
+        }
+        let key = region_key(tenant, name);
+        let record = RegionRecord {
+            tenant: tenant.into(),
+            name: name.into(),
+            size: info.size,
+            mode: info.mode.to_string(),
+            policy: info.policy.to_string(),
+            home: inner.node.clone(),
+            epoch: 1,
+            snapshot_seq: 0,
+        };
+        let rep = inner.track(&key, region);
+        // Messages of an older region of the same name stay in the stream: this one starts after them.
+        let last = inner.last_seq(&key).await?;
+        rep.applied_seq.store(last, Ordering::Release);
+        let record = RegionRecord { snapshot_seq: last + 1, ..record };
+        match inner.regions_kv.create(&key, encode(&record)).await {
+            Ok(revision) => {
+                inner.become_home(&rep, record, revision, false).await?;
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let (existing, revision) = inner.record(&key).await?;
+                if existing.home != inner.node {
+                    inner.untrack(&key);
+                    return Err(ClusterError::Replication(format!(
+                        "{tenant}/{name} is already replicated with node {:?} as its home: follow it",
+                        existing.home
+                    )));
+                }
+                // A restart of the home: catch up with what it published before, then write again.
+                inner.catch_up(&rep, &existing).await?;
+                inner.become_home(&rep, existing, revision, false).await?;
+            }
+            Err(e) => {
+                inner.untrack(&key);
+                return Err(js_err("create the region record")(&e));
+            }
+        }
+        Inner::spawn_lease(inner, &rep);
+        Ok(region)
+    }
+
+    /// Keeps a replica of the replicated region `tenant/name` on this node, creating the local region
+    /// (owned by the local tenant of that name, which must exist) if it does not exist. Returns once the
+    /// replica has caught up with everything the stream held when it started.
+    ///
+    /// # Errors
+    /// [`ClusterError::Replication`] if no such region is replicated, or the local one differs in size or
+    /// mode; [`ClusterError::Broker`] if the tenant is missing or the region cannot be created.
+    pub async fn follow(&self, tenant: &str, name: &str) -> Result<RegionId, ClusterError> {
+        let inner = &self.inner;
+        let key = region_key(tenant, name);
+        let (record, _) = inner.record(&key).await?;
+        let tid = inner
+            .broker
+            .tenant_id(tenant)
+            .ok_or_else(|| ClusterError::Replication(format!("no tenant {tenant:?} on this node")))?;
+        let region = match inner.broker.region_id(tid, name) {
+            Some(r) => {
+                let info = inner.broker.region_info(r).map_err(ClusterError::broker)?;
+                if info.size != record.size || info.mode.to_string() != record.mode {
+                    return Err(ClusterError::Replication(format!(
+                        "the local {tenant}/{name} is {} bytes in {} mode; the replicated one {} bytes in {} mode",
+                        info.size, info.mode, record.size, record.mode
+                    )));
+                }
+                r
+            }
+            None => {
+                let mode = record.mode.parse::<Mode>().map_err(ClusterError::Replication)?;
+                let policy = record.policy.parse().map_err(ClusterError::Replication)?;
+                let spec = RegionSpec::new(name, record.size, mode).with_policy(policy);
+                inner.broker.create_region(tid, spec).map_err(ClusterError::broker)?
+            }
+        };
+        if record.home == inner.node {
+            return self.share(tenant, name).await;
+        }
+        let rep = inner.track(&key, region);
+        Inner::become_replica(inner, &rep, &record.home, record.snapshot_seq);
+        let target = inner.last_seq(&key).await?;
+        inner.wait_applied(&rep, target).await?;
+        Inner::spawn_lease(inner, &rep);
+        Ok(region)
+    }
+
+    /// What this node is for the replicated region `tenant/name`, if it replicates it.
+    pub fn role(&self, tenant: &str, name: &str) -> Option<Role> {
+        let rep = self.inner.regions.lock().get(&region_key(tenant, name)).cloned()?;
+        let state = rep.state.lock();
+        match &*state {
+            State::Home(_) => Some(Role::Home),
+            State::Replica { home, .. } => Some(Role::Replica { home: home.clone() }),
+            State::Idle => None,
+        }
+    }
+
+    /// The record of a replicated region.
+    ///
+    /// # Errors
+    /// [`ClusterError::Replication`] if there is none; [`ClusterError::JetStream`].
+    pub async fn record(&self, tenant: &str, name: &str) -> Result<RegionRecord, ClusterError> {
+        Ok(self.inner.record(&region_key(tenant, name)).await?.0)
+    }
+
+    /// Stops replicating every region (their tasks end; the regions stay as they are).
+    pub fn shutdown(&self) {
+        let all: Vec<_> = self.inner.regions.lock().drain().map(|(_, r)| r).collect();
+        for rep in all {
+            rep.stopped.store(true, Ordering::Release);
+            self.inner.stop_role(&rep);
+        }
+    }
+}
+
+impl Drop for Replication {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn encode(record: &RegionRecord) -> bytes::Bytes {
+    serde_json::to_vec(record).unwrap_or_default().into()
+}
+
+impl Inner {
+    fn local_region(&self, tenant: &str, name: &str) -> Result<(broker::TenantId, RegionId), ClusterError> {
+        let t = self
+            .broker
+            .tenant_id(tenant)
+            .ok_or_else(|| ClusterError::Replication(format!("no tenant {tenant:?} on this node")))?;
+        let r = self
+            .broker
+            .region_id(t, name)
+            .ok_or_else(|| ClusterError::Replication(format!("no region {tenant}/{name} on this node")))?;
+        Ok((t, r))
+    }
+
+    fn track(&self, key: &str, region: RegionId) -> Arc<Replicated> {
+        let rep = Arc::new(Replicated {
+            key: key.into(),
+            region,
+            applied_seq: AtomicU64::new(0),
+            landed: parking_lot::Mutex::new(0),
+            landed_cv: parking_lot::Condvar::new(),
+            state: parking_lot::Mutex::new(State::Idle),
+            stopped: AtomicBool::new(false),
+        });
+        if let Some(old) = self.regions.lock().insert(key.into(), Arc::clone(&rep)) {
+            old.stopped.store(true, Ordering::Release);
+            self.stop_role(&old);
+        }
+        rep
+    }
+
+    fn untrack(&self, key: &str) {
+        if let Some(rep) = self.regions.lock().remove(key) {
+            rep.stopped.store(true, Ordering::Release);
+            self.stop_role(&rep);
+        }
+    }
+
+    async fn record(&self, key: &str) -> Result<(RegionRecord, u64), ClusterError> {
+        let entry = self.regions_kv.entry(key).await.map_err(|e| js_err("read a region record")(&e))?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let record = serde_json::from_slice(&e.value)
+                    .map_err(|err| ClusterError::BadRecord { key: key.into(), reason: err.to_string() })?;
+                Ok((record, e.revision))
+            }
+            _ => Err(ClusterError::Replication(format!("no replicated region has the key {key}"))),
+        }
+    }
+
+    /// The stream sequence of the region's last message (0 if none).
+    async fn last_seq(&self, key: &str) -> Result<u64, ClusterError> {
+        match self.stream.get_last_raw_message_by_subject(&change_subject(key)).await {
+            Ok(m) => Ok(m.sequence),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(js_err("read the region's last change")(&e)),
+        }
+    }
+
+    async fn wait_applied(&self, rep: &Replicated, target: u64) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while rep.applied_seq.load(Ordering::Acquire) < target {
+            if Instant::now() > deadline {
+                return Err(ClusterError::Replication(format!(
+                    "the replica did not catch up with the stream (at {} of {target})",
+                    rep.applied_seq.load(Ordering::Acquire)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    /// Applies the stream from the record's snapshot up to its end, without changing roles.
+    async fn catch_up(
+        self: &Arc<Self>,
+        rep: &Arc<Replicated>,
+        record: &RegionRecord,
+    ) -> Result<(), ClusterError> {
+        let target = self.last_seq(&rep.key).await?;
+        let follower =
+            tokio::spawn(Inner::follow_stream(Arc::clone(self), Arc::clone(rep), record.snapshot_seq));
+        let caught = self.wait_applied(rep, target).await;
+        follower.abort();
+        let _ = follower.await;
+        caught
+    }
+
+    fn stop_role(&self, rep: &Replicated) {
+        let old = std::mem::replace(&mut *rep.state.lock(), State::Idle);
+        match old {
+            State::Home(tasks) => {
+                self.broker.unwatch_region(rep.region, tasks.watch);
+                tasks.publisher.abort();
+                tasks.server.abort();
+            }
+            State::Replica { follower, .. } => follower.abort(),
+            State::Idle => {}
+        }
+    }
+
+    /// Makes this node the region's home: captures its changes, publishes them after `applied_seq`,
+    /// and serves writes from replicas. Its first change is a snapshot (the whole region, stamped with
+    /// a new version; past [`TAKEOVER_GAP`] more on a takeover), from which new replicas start.
+    async fn become_home(
+        self: &Arc<Self>,
+        rep: &Arc<Replicated>,
+        mut record: RegionRecord,
+        revision: u64,
+        takeover: bool,
+    ) -> Result<(), ClusterError> {
+        self.stop_role(rep);
+        let region = self.broker.region_ref(rep.region).map_err(ClusterError::broker)?;
+        // Followers start at the next message: the snapshot below, or a write captured just before it.
+        record.home = self.node.clone();
+        record.snapshot_seq = rep.applied_seq.load(Ordering::Acquire) + 1;
+        self.regions_kv
+            .update(&rep.key, encode(&record), revision)
+            .await
+            .map_err(|e| js_err("record the home")(&e))?;
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (published, _) = tokio::sync::watch::channel(region.version());
+        let outbox =
+            Arc::new(Outbox { tx, bytes: AtomicU64::new(0), overflow: AtomicBool::new(false), published });
+        let weak: Weak<broker::region::Region> = Arc::downgrade(&region);
+        let (captured, limit) = (Arc::clone(&outbox), self.options.queue_limit);
+        // The watcher goes first, so no write of this node's is missed: every change from here on is
+        // captured under the writer's lock, in version order.
+        let watch = self
+            .broker
+            .watch_region(
+                rep.region,
+                Arc::new(move |c: &broker::region::Change| capture(&weak, &captured, limit, c)),
+            )
+            .map_err(ClusterError::broker)?;
+        let _ = self.broker.set_upstream(rep.region, None);
+        let version = self
+            .broker
+            .restamp_region(rep.region, |v| if takeover { v + TAKEOVER_GAP } else { v + 1 })
+            .map_err(ClusterError::broker)?;
+        let publisher =
+            tokio::spawn(Inner::publish_changes(Arc::clone(self), Arc::clone(rep), Arc::clone(&outbox), rx));
+        let server =
+            tokio::spawn(Inner::serve_writes(Arc::clone(self), Arc::clone(rep), Arc::clone(&outbox)));
+        *rep.state.lock() = State::Home(HomeTasks { watch, publisher, server, outbox });
+        tracing::info!(node = %self.node, key = %rep.key, version, "home of a replicated region");
+        Ok(())
+    }
+
+    /// Makes this node a replica: writes go to `home`, changes come from the stream after `from`
+    /// (or the last applied message, if later).
+    fn become_replica(self: &Arc<Self>, rep: &Arc<Replicated>, home: &str, from: u64) {
+        self.stop_role(rep);
+        let up: Arc<dyn Upstream> = Arc::new(ToHome {
+            inner: Arc::downgrade(self),
+            rep: Arc::downgrade(rep),
+            home: home.into(),
+            subject: write_subject(&rep.key),
+        });
+        let _ = self.broker.set_upstream(rep.region, Some(up));
+        let start = from.max(rep.applied_seq.load(Ordering::Acquire) + 1);
+        let follower = tokio::spawn(Inner::follow_stream(Arc::clone(self), Arc::clone(rep), start));
+        *rep.state.lock() = State::Replica { home: home.into(), follower };
+    }
+
+    /// Publishes one message on the region's subject, expecting `last` as the subject's last sequence;
+    /// retries while NATS is away. Returns the message's sequence.
+    async fn publish(&self, key: &str, msg: &ChangeMsg, last: u64) -> Result<u64, Fenced> {
+        let payload: bytes::Bytes = wire::encode_change(msg).into();
+        let id = format!("{}-{}-{}", key, msg.version, last);
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let publish = Publish::build()
+                .payload(payload.clone())
+                .message_id(&id)
+                .expected_last_subject_sequence(last);
+            // A publish whose acknowledgement was lost is sent again: the message id makes the
+            // stream answer with the first one's sequence instead of storing it twice.
+            let acked = match self.js.send_publish(change_subject(key), publish).await {
+                Ok(ack) => tokio::time::timeout(PUBLISH_TIMEOUT, ack).await.ok(),
+                Err(e) => Some(Err(e)),
+            };
+            match acked {
+                None => tracing::debug!(key, "publish not acknowledged in time, sending it again"),
+                Some(Ok(ack)) => return Ok(ack.sequence),
+                Some(Err(e)) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    return Err(Fenced);
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(key, "publish failed, retrying: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// The home's publisher: changes in version order, each expecting the last one's sequence.
+    async fn publish_changes(
+        self: Arc<Self>,
+        rep: Arc<Replicated>,
+        outbox: Arc<Outbox>,
+        mut rx: mpsc::UnboundedReceiver<ChangeMsg>,
+    ) {
+        while let Some(mut msg) = rx.recv().await {
+            let size: u64 = msg.spans.iter().map(|s| s.bytes.len() as u64).sum();
+            outbox.bytes.fetch_sub(size.min(outbox.bytes.load(Ordering::Acquire)), Ordering::AcqRel);
+            if outbox.overflow.swap(false, Ordering::AcqRel) {
+                // Changes were dropped while the stream was away: one snapshot replaces them all.
+                while rx.try_recv().is_ok() {}
+                outbox.bytes.store(0, Ordering::Release);
+                let Ok(region) = self.broker.region_ref(rep.region) else { return };
+                let mut bytes = vec![0; usize::try_from(region.size()).unwrap_or(0)];
+                let Ok(version) = region.read_versioned(0, &mut bytes) else { return };
+                msg =
+                    ChangeMsg { snapshot: true, last: true, version, spans: vec![Span { offset: 0, bytes }] };
+            }
+            let version = msg.version;
+            for part in wire::chunks(msg.snapshot, msg.version, msg.spans) {
+                let last = rep.applied_seq.load(Ordering::Acquire);
+                match self.publish(&rep.key, &part, last).await {
+                    Ok(seq) => rep.applied_seq.store(seq, Ordering::Release),
+                    Err(Fenced) => {
+                        tracing::warn!(node = %self.node, key = %rep.key, "fenced: another node took the region over");
+                        let inner = Arc::clone(&self);
+                        let rep = Arc::clone(&rep);
+                        tokio::spawn(async move { inner.step_down(&rep).await });
+                        return;
+                    }
+                }
+            }
+            outbox.published.send_replace(version);
+        }
+    }
+
+    /// The home's side of writes from replicas.
+    async fn serve_writes(self: Arc<Self>, rep: Arc<Replicated>, outbox: Arc<Outbox>) {
+        let mut sub = loop {
+            match self.client.subscribe(write_subject(&rep.key)).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(key = %rep.key, "cannot serve writes yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        while let Some(msg) = sub.next().await {
+            let Some(reply_to) = msg.reply.clone() else { continue };
+            let reply = match wire::decode_proposal(&msg.payload) {
+                Err(e) => Reply::Refused(e.to_string()),
+                Ok((_, expires)) if crate::now_ms() > expires => {
+                    Reply::Refused("the proposal expired before it arrived (NATS was away?)".into())
+                }
+                Ok((p, _)) => match self.broker.apply_proposal(rep.region, &p) {
+                    Err(e) => Reply::Refused(e.to_string()),
+                    Ok(Err(Refused::Conflict { current })) => Reply::Conflict(current),
+                    Ok(Err(e)) => Reply::Refused(e.to_string()),
+                    Ok(Ok(a)) => Reply::Accepted(a),
+                },
+            };
+            // Answer once the change is in the stream (in the background: the next proposal need not
+            // wait for this one's acknowledgement).
+            let (client, mut published, timeout) =
+                (self.client.clone(), outbox.published.subscribe(), self.options.propose_timeout);
+            tokio::spawn(async move {
+                let reply = match reply {
+                    Reply::Accepted(a) if a.version > a.previous => {
+                        let done =
+                            tokio::time::timeout(timeout, published.wait_for(|v| *v >= a.version)).await;
+                        if matches!(done, Ok(Ok(_))) {
+                            Reply::Accepted(a)
+                        } else {
+                            Reply::Refused(format!(
+                                "written at the home at version {} but not yet in the stream",
+                                a.version
+                            ))
+                        }
+                    }
+                    other => other,
+                };
+                let _ = client.publish(reply_to, wire::encode_reply(&reply).into()).await;
+            });
+        }
+    }
+
+    /// A replica's follower: applies the region's messages in order from `start`, forever.
+    async fn follow_stream(self: Arc<Self>, rep: Arc<Replicated>, start: u64) {
+        let mut pending: Option<(u64, Vec<Span>)> = None;
+        loop {
+            let from = start.max(rep.applied_seq.load(Ordering::Acquire) + 1);
+            let config = consumer::pull::OrderedConfig {
+                filter_subject: change_subject(&rep.key),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
+                ..Default::default()
+            };
+            let messages = match self.stream.create_consumer(config).await {
+                Ok(c) => c.messages().await,
+                Err(e) => {
+                    tracing::debug!(key = %rep.key, "cannot follow yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let mut messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(key = %rep.key, "cannot follow yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let mut reconnects = self.reconnects.clone();
+            reconnects.mark_unchanged();
+            loop {
+                let next = tokio::select! {
+                    next = messages.next() => next,
+                    // The server came back: its pull requests are gone; start again where we were.
+                    _ = reconnects.changed() => break,
+                };
+                let Some(next) = next else { break };
+                let msg = match next {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::debug!(key = %rep.key, "follow: {e}");
+                        break;
+                    }
+                };
+                let Ok(seq) = msg.info().map(|i| i.stream_sequence) else { continue };
+                if seq <= rep.applied_seq.load(Ordering::Acquire) {
+                    continue;
+                }
+                match wire::decode_change(&msg.payload) {
+                    Ok(change) => {
+                        let spans = match pending.take() {
+                            Some((v, mut spans)) if v == change.version => {
+                                spans.extend(change.spans);
+                                spans
+                            }
+                            _ => change.spans,
+                        };
+                        if change.last {
+                            if let Err(e) = self.broker.apply_replicated(rep.region, change.version, &spans) {
+                                tracing::warn!(key = %rep.key, "a change that does not fit the region: {e}");
+                            }
+                            let landed = self.broker.region_info(rep.region).map_or(0, |i| i.version);
+                            *rep.landed.lock() = landed;
+                            rep.landed_cv.notify_all();
+                        } else {
+                            pending = Some((change.version, spans));
+                        }
+                    }
+                    Err(e) => tracing::warn!(key = %rep.key, seq, "skipping a malformed change: {e}"),
+                }
+                rep.applied_seq.store(seq, Ordering::Release);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn spawn_lease(self: &Arc<Self>, rep: &Arc<Replicated>) {
+        tokio::spawn(Inner::lease(Arc::clone(self), Arc::clone(rep)));
+    }
+
+    /// Watches the region's record and its home: a home steps down when the record names another; a
+    /// replica takes over when the home's node has been gone for `takeover_after` while this node was
+    /// connected.
+    async fn lease(self: Arc<Self>, rep: Arc<Replicated>) {
+        let mut absent_since: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(self.options.check_every).await;
+            if rep.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            if self.client.connection_state() != async_nats::connection::State::Connected {
+                absent_since = None;
+                continue;
+            }
+            let Ok((record, revision)) = self.record(&rep.key).await else {
+                absent_since = None;
+                continue;
+            };
+            let home = matches!(&*rep.state.lock(), State::Home(_));
+            if home {
+                if record.home != self.node {
+                    self.step_down(&rep).await;
+                }
+                continue;
+            }
+            if record.home == self.node {
+                continue;
+            }
+            if let State::Replica { home, .. } = &mut *rep.state.lock() {
+                home.clone_from(&record.home);
+            }
+            let alive = matches!(self.nodes_kv.get(&record.home).await, Ok(Some(_)));
+            if alive {
+                absent_since = None;
+                continue;
+            }
+            let since = *absent_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= self.options.takeover_after {
+                absent_since = None;
+                self.take_over(&rep, record, revision).await;
+            }
+        }
+    }
+
+    /// Takes the region over from a dead home: catches up, wins the record by compare-and-set on its
+    /// revision, and becomes the home (a losing node stays a replica of the winner).
+    async fn take_over(self: &Arc<Self>, rep: &Arc<Replicated>, mut record: RegionRecord, revision: u64) {
+        let Ok(target) = self.last_seq(&rep.key).await else { return };
+        if self.wait_applied(rep, target).await.is_err() {
+            return;
+        }
+        let old = record.home.clone();
+        record.home = self.node.clone();
+        record.epoch += 1;
+        let won = self.regions_kv.update(&rep.key, encode(&record), revision).await;
+        let Ok(revision) = won else {
+            tracing::info!(node = %self.node, key = %rep.key, "another node took the region over first");
+            return;
+        };
+        match self.become_home(rep, record, revision, true).await {
+            Ok(()) => tracing::warn!(node = %self.node, key = %rep.key, from = %old, "took the region over"),
+            Err(e) => {
+                tracing::warn!(node = %self.node, key = %rep.key, "takeover failed: {e}");
+                if let Ok((record, _)) = self.record(&rep.key).await {
+                    self.become_replica(rep, &record.home, record.snapshot_seq);
+                }
+            }
+        }
+    }
+
+    /// Stops being the home (another node holds the record now): changes not yet published are lost to
+    /// the cluster, and the region follows the new home from its snapshot.
+    async fn step_down(self: &Arc<Self>, rep: &Arc<Replicated>) {
+        let dropped = match &*rep.state.lock() {
+            State::Home(tasks) => tasks.outbox.bytes.load(Ordering::Acquire),
+            _ => return,
+        };
+        let Ok((record, _)) = self.record(&rep.key).await else { return };
+        if record.home == self.node {
+            return;
+        }
+        tracing::warn!(
+            node = %self.node, key = %rep.key, new_home = %record.home, unpublished_bytes = dropped,
+            "stepping down: another node took the region over"
+        );
+        self.become_replica(rep, &record.home, record.snapshot_seq);
+    }
+}
+
+/// A home's publisher lost the compare-and-set: another node appended to the region's subject.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("another node appended to the region's stream: this node is not its home")]
+struct Fenced;
+
+/// The home's watcher: copies the change's bytes (the writer still holds the lock, so they are the
+/// change's own) into the outbox, in version order.
+fn capture(region: &Weak<broker::region::Region>, outbox: &Outbox, limit: u64, c: &broker::region::Change) {
+    if outbox.overflow.load(Ordering::Acquire) {
+        return;
+    }
+    let Some(region) = region.upgrade() else { return };
+    let mut bytes = vec![0; usize::try_from(c.len).unwrap_or(0)];
+    if region.memory().copy_out(c.offset, &mut bytes).is_err() {
+        return;
+    }
+    if outbox.bytes.fetch_add(c.len, Ordering::AcqRel) + c.len > limit {
+        outbox.overflow.store(true, Ordering::Release);
+    }
+    // A change of the whole region (a home's restamp) is a snapshot: a replica can start from it.
+    let snapshot = c.offset == 0 && c.len == region.size();
+    let msg =
+        ChangeMsg { snapshot, last: true, version: c.version, spans: vec![Span { offset: c.offset, bytes }] };
+    let _ = outbox.tx.send(msg);
+}
+
+/// A replica's way to its home: NATS requests on the region's write subject.
+struct ToHome {
+    inner: Weak<Inner>,
+    rep: Weak<Replicated>,
+    home: String,
+    subject: String,
+}
+
+impl std::fmt::Debug for ToHome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ToHome({})", self.home)
+    }
+}
+
+impl Upstream for ToHome {
+    fn propose(&self, proposal: Proposal) -> Result<Accepted, Refused> {
+        let (Some(inner), Some(rep)) = (self.inner.upgrade(), self.rep.upgrade()) else {
+            return Err(Refused::Unavailable("replication has stopped on this node".into()));
+        };
+        let timeout = inner.options.propose_timeout;
+        let home = &self.home;
+        if inner.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(Refused::Unavailable(format!("home {home:?} is unreachable: NATS is away")));
+        }
+        // Half the wait: a home that takes it late still answers before the writer gives up.
+        let expires = crate::now_ms() + u64::try_from(timeout.as_millis() / 2).unwrap_or(u64::MAX);
+        let payload: bytes::Bytes = wire::encode_proposal(&proposal, expires).into();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (client, subject) = (inner.client.clone(), self.subject.clone());
+        inner.rt.spawn(async move {
+            let answer = tokio::time::timeout(timeout, client.request(subject, payload)).await;
+            let _ = tx.send(answer);
+        });
+        let answer = match rx.recv_timeout(timeout + Duration::from_secs(1)) {
+            Ok(Ok(Ok(msg))) => wire::decode_reply(&msg.payload)
+                .map_err(|e| Refused::Unavailable(format!("home {home:?} answered: {e}")))?,
+            Ok(Ok(Err(e))) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                return Err(Refused::Unavailable(format!(
+                    "home {home:?} is down and no node has taken over yet"
+                )));
+            }
+            Ok(Ok(Err(e))) => return Err(Refused::Unavailable(format!("home {home:?}: {e}"))),
+            Ok(Err(_)) | Err(_) => {
+                return Err(Refused::Unavailable(format!("home {home:?} did not answer in {timeout:?}")));
+            }
+        };
+        match answer {
+            Reply::Conflict(current) => Err(Refused::Conflict { current }),
+            Reply::Refused(why) => Err(Refused::Unavailable(format!("home {home:?}: {why}"))),
+            Reply::Accepted(a) => {
+                // Read-your-writes: the change came back through the stream before the write returns.
+                let mut landed = rep.landed.lock();
+                let deadline = Instant::now() + timeout;
+                while *landed < a.version {
+                    if rep.landed_cv.wait_until(&mut landed, deadline).timed_out() {
+                        break;
+                    }
+                }
+                Ok(a)
+            }
+        }
+    }
+
+    fn home(&self) -> String {
+        self.home.clone()
+    }
+}

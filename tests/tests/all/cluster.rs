@@ -1,0 +1,416 @@
+//! Replicated regions across brokers through a real NATS JetStream server (issue 19): every broker
+//! here is a real `Broker` with real guests, each with its own NATS connection, as separate daemons
+//! would be; the daemon-process test (kill -9 of a replica's process) is in `cli/tests/process.rs`.
+//!
+//! Every check compares the brokers' bytes with a model the test computes from the writes it made,
+//! never one broker with itself.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use broker::{Broker, Mode, RegionId, RegionSpec, Rights};
+use broker_cluster::{JoinOptions, Membership, NodeLoad, Replication, ReplicationOptions, Role};
+use broker_tests::{args, call, start, tenant, Status};
+
+use crate::nats::Nats;
+
+const TENANT: &str = "acme";
+const REGION: &str = "data";
+const SIZE: u64 = 64 * 1024;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+/// One broker in the cluster: its engine, its membership (fast heartbeats) and its replication.
+struct Node {
+    name: &'static str,
+    broker: Arc<Broker>,
+    membership: Option<Membership>,
+    replication: Option<Replication>,
+}
+
+impl Node {
+    fn join(rt: &tokio::runtime::Runtime, url: &str, name: &'static str) -> Node {
+        let broker = Arc::new(broker_tests::broker());
+        tenant(&broker, TENANT);
+        let options = JoinOptions { heartbeat: Duration::from_millis(200), ttl: Duration::from_secs(1) };
+        let membership = rt
+            .block_on(Membership::join(
+                url,
+                name,
+                &format!("127.0.0.1:{}", name.len()),
+                options,
+                NodeLoad::default,
+            ))
+            .expect("joins");
+        let replication = rt
+            .block_on(Replication::start(
+                url,
+                name,
+                Arc::clone(&broker),
+                ReplicationOptions {
+                    takeover_after: Duration::from_secs(3),
+                    check_every: Duration::from_millis(100),
+                    ..ReplicationOptions::default()
+                },
+            ))
+            .expect("replication starts");
+        Node { name, broker, membership: Some(membership), replication: Some(replication) }
+    }
+
+    fn repl(&self) -> &Replication {
+        self.replication.as_ref().expect("replicating")
+    }
+
+    /// Creates the region here and makes this node its home.
+    fn share(&self, rt: &tokio::runtime::Runtime, spec: RegionSpec) -> RegionId {
+        let t = self.broker.tenant_id(TENANT).expect("tenant");
+        self.broker.create_region(t, spec).expect("region");
+        rt.block_on(self.repl().share(TENANT, REGION)).expect("shared")
+    }
+
+    fn follow(&self, rt: &tokio::runtime::Runtime) -> RegionId {
+        rt.block_on(self.repl().follow(TENANT, REGION)).expect("follows")
+    }
+
+    fn region(&self) -> RegionId {
+        let t = self.broker.tenant_id(TENANT).expect("tenant");
+        self.broker.region_id(t, REGION).expect("region")
+    }
+
+    fn bytes(&self) -> (u64, Vec<u8>) {
+        let mut buf = vec![0; usize::try_from(SIZE).expect("size")];
+        let v = self.broker.read_region_versioned(self.region(), 0, &mut buf).expect("read");
+        (v, buf)
+    }
+
+    fn version(&self) -> u64 {
+        self.broker.region_info(self.region()).expect("info").version
+    }
+
+    /// Dies as a killed process would: no leave, no goodbye; its node record expires.
+    fn kill(&mut self) {
+        if let Some(r) = self.replication.take() {
+            r.shutdown();
+        }
+        drop(self.membership.take());
+    }
+}
+
+/// Waits until every node holds the same version as the first, then returns their bytes.
+fn converged(nodes: &[&Node]) -> (u64, Vec<u8>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let want = nodes[0].version();
+        if nodes.iter().all(|n| n.version() == want) {
+            let first = nodes[0].bytes();
+            if nodes.iter().all(|n| n.bytes() == first) {
+                return first;
+            }
+        }
+        let seen: Vec<_> = nodes.iter().map(|n| (n.name, n.version())).collect();
+        assert!(Instant::now() < deadline, "the nodes never converged: {seen:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The bytes commit `i` writes: 8 bytes no other commit writes, a positive `i64` (what `handle_app`
+/// stores).
+fn commit_bytes(i: u64) -> [u8; 8] {
+    ((i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1) >> 1).to_le_bytes()
+}
+
+/// Where commit `i` writes: spread over the region, some straddling pages.
+fn commit_offset(i: u64) -> u64 {
+    (i * 4093) % (SIZE - 8)
+}
+
+/// Replicates 1,000 commits made from every node in turn (host writes at the home and on replicas,
+/// guest handle writes on a replica), and checks that each node ends byte-identical with the model, at
+/// the same version.
+fn replicate_a_thousand_commits(count: usize) {
+    let nats = Nats::start();
+    let rt = runtime();
+    let names = ["a", "b", "c"];
+    let nodes: Vec<Node> = names[..count].iter().map(|n| Node::join(&rt, &nats.url, n)).collect();
+    nodes[0].share(&rt, RegionSpec::new(REGION, SIZE, Mode::Handle));
+    for n in &nodes[1..] {
+        n.follow(&rt);
+        assert_eq!(n.repl().role(TENANT, REGION), Some(Role::Replica { home: "a".into() }));
+    }
+    assert_eq!(nodes[0].repl().role(TENANT, REGION), Some(Role::Home));
+    // A guest on the last replica writes through its handle.
+    let last = &nodes[count - 1];
+    let t = last.broker.tenant_id(TENANT).expect("tenant");
+    let app = start(&last.broker, t, "handle_app", "writer");
+    last.broker.grant(last.region(), app, Rights::READ | Rights::WRITE, 0, None).expect("grant");
+    let h = call(&last.broker, app, "open", args![0]);
+    assert!(h > 0, "open: {h}");
+
+    let mut model = vec![0u8; usize::try_from(SIZE).expect("size")];
+    for i in 0..1000u64 {
+        let (offset, bytes) = (commit_offset(i), commit_bytes(i));
+        let writer = &nodes[usize::try_from(i).expect("i") % count];
+        if i % 10 == 9 {
+            let v = i64::from_le_bytes(bytes);
+            let h32 = i32::try_from(h).expect("handle");
+            assert_eq!(
+                call(&last.broker, app, "store_u64", args![h32, i64::try_from(offset).expect("o"), v]),
+                0
+            );
+        } else {
+            writer.broker.write_region(writer.region(), offset, &bytes).expect("write");
+        }
+        let at = usize::try_from(offset).expect("offset");
+        model[at..at + 8].copy_from_slice(&bytes);
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let (version, bytes) = converged(&refs);
+    assert!(bytes == model, "the replicated bytes differ from the commits made");
+    // The snapshot at sharing, then one version per commit.
+    assert_eq!(version, 1001);
+}
+
+#[test]
+fn r19_two_brokers_replicate_a_thousand_commits() {
+    replicate_a_thousand_commits(2);
+}
+
+#[test]
+fn r19_three_brokers_replicate_a_thousand_commits() {
+    replicate_a_thousand_commits(3);
+}
+
+/// Two mirror commits from two nodes against the same version under `reject`: exactly one wins, the
+/// other is told (Conflict, nothing written), and every node holds the winner's bytes.
+#[test]
+fn r19_conflicting_commits_from_two_nodes_exactly_one_wins() {
+    let nats = Nats::start();
+    let rt = runtime();
+    let (a, b, c) =
+        (Node::join(&rt, &nats.url, "a"), Node::join(&rt, &nats.url, "b"), Node::join(&rt, &nats.url, "c"));
+    a.share(&rt, RegionSpec::new(REGION, SIZE, Mode::Mirror));
+    b.follow(&rt);
+    c.follow(&rt);
+    let app = |n: &Node, name: &str| {
+        let t = n.broker.tenant_id(TENANT).expect("tenant");
+        let i = start(&n.broker, t, "mirror_app", name);
+        n.broker.grant(n.region(), i, Rights::READ | Rights::WRITE, 0, None).expect("grant");
+        assert_eq!(call(&n.broker, i, "acquire", args![0]), 0, "acquire");
+        i
+    };
+    let (on_b, on_c, on_a) = (app(&b, "mb"), app(&c, "mc"), app(&a, "ma"));
+    // Both replicas' mirrors saw the same version; both change the same word.
+    assert_eq!(call(&b.broker, on_b, "store", args![0, 100i64, 0xBBi64]), 0);
+    assert_eq!(call(&c.broker, on_c, "store", args![0, 100i64, 0xCCi64]), 0);
+    let first = call(&b.broker, on_b, "commit", args![0]);
+    let second = call(&c.broker, on_c, "commit", args![0]);
+    assert_eq!(first, 1, "the first commit writes its one page");
+    assert_eq!(second, i64::from(Status::Conflict.code()), "the second is told it conflicts");
+    // The home's own mirror, also from before, conflicts the same way.
+    assert_eq!(call(&a.broker, on_a, "store", args![0, 100i64, 0xAAi64]), 0);
+    assert_eq!(call(&a.broker, on_a, "commit", args![0]), i64::from(Status::Conflict.code()));
+    let (_, bytes) = converged(&[&a, &b, &c]);
+    assert_eq!(bytes[100..108], 0xBBu64.to_le_bytes(), "the winner's bytes everywhere");
+    // The loser refreshes and commits again: now it wins, on every node.
+    assert!(call(&c.broker, on_c, "refresh", args![0]) >= 0);
+    assert_eq!(call(&c.broker, on_c, "store", args![0, 100i64, 0xCCi64]), 0);
+    assert_eq!(call(&c.broker, on_c, "commit", args![0]), 1);
+    let (_, bytes) = converged(&[&a, &b, &c]);
+    assert_eq!(bytes[100..108], 0xCCu64.to_le_bytes());
+}
+
+/// A replica that dies and comes back (a fresh broker under the same node name) catches up with
+/// everything written meanwhile, from the snapshot and the stream, and then follows new writes.
+#[test]
+fn r19_a_replica_that_died_resyncs() {
+    let nats = Nats::start();
+    let rt = runtime();
+    let a = Node::join(&rt, &nats.url, "a");
+    let mut b = Node::join(&rt, &nats.url, "b");
+    a.share(&rt, RegionSpec::new(REGION, SIZE, Mode::Handle));
+    b.follow(&rt);
+    let mut model = vec![0u8; usize::try_from(SIZE).expect("size")];
+    let mut write = |n: &Node, i: u64| {
+        let (offset, bytes) = (commit_offset(i), commit_bytes(i));
+        n.broker.write_region(n.region(), offset, &bytes).expect("write");
+        let at = usize::try_from(offset).expect("offset");
+        model[at..at + 8].copy_from_slice(&bytes);
+    };
+    for i in 0..100 {
+        write(if i % 2 == 0 { &a } else { &b }, i);
+    }
+    converged(&[&a, &b]);
+    b.kill();
+    drop(b);
+    for i in 100..300 {
+        write(&a, i);
+    }
+    let b = Node::join(&rt, &nats.url, "b");
+    b.follow(&rt);
+    // Caught up when `follow` returned: nothing older is ever shown.
+    assert_eq!(b.version(), a.version());
+    for i in 300..350 {
+        write(&b, i);
+    }
+    let (_, bytes) = converged(&[&a, &b]);
+    assert!(bytes == model, "the resynced replica differs from the commits made");
+}
+
+/// The home dies: replicas keep serving reads at their last version and refuse writes with
+/// UNAVAILABLE, until one of them takes the region over (exactly one, by compare-and-set); then writes
+/// work again from every survivor, and nothing the old home published is lost.
+#[test]
+fn r19_home_loss_then_takeover() {
+    let nats = Nats::start();
+    let rt = runtime();
+    let mut a = Node::join(&rt, &nats.url, "a");
+    let (b, c) = (Node::join(&rt, &nats.url, "b"), Node::join(&rt, &nats.url, "c"));
+    a.share(&rt, RegionSpec::new(REGION, SIZE, Mode::Handle));
+    b.follow(&rt);
+    c.follow(&rt);
+    let mut model = vec![0u8; usize::try_from(SIZE).expect("size")];
+    let mut write = |n: &Node, i: u64| -> Result<u64, broker::Error> {
+        let (offset, bytes) = (commit_offset(i), commit_bytes(i));
+        let v = n.broker.write_region(n.region(), offset, &bytes)?;
+        let at = usize::try_from(offset).expect("offset");
+        model[at..at + 8].copy_from_slice(&bytes);
+        Ok(v)
+    };
+    for i in 0..100 {
+        write(&a, i).expect("write");
+    }
+    let (before, _) = converged(&[&a, &b, &c]);
+    a.kill();
+    // Reads go on at the last version; a write is refused, and writes nothing.
+    let (v, _) = b.bytes();
+    assert_eq!(v, before);
+    let refused = b.broker.write_region(b.region(), 0, &[1; 8]);
+    assert!(
+        matches!(refused, Err(broker::Error::Region(broker::region::RegionError::Unavailable { .. }))),
+        "a write without a home is refused as unavailable: {refused:?}"
+    );
+    // (Its bytes are in no node's region: the model, which the end compares with, lacks them.)
+    // One survivor takes over.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let homes = loop {
+        let homes: Vec<&str> = [&b, &c]
+            .iter()
+            .filter(|n| n.repl().role(TENANT, REGION) == Some(Role::Home))
+            .map(|n| n.name)
+            .collect();
+        if !homes.is_empty() {
+            break homes;
+        }
+        assert!(Instant::now() < deadline, "no node took the region over");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(homes.len(), 1, "exactly one new home: {homes:?}");
+    let record = rt.block_on(b.repl().record(TENANT, REGION)).expect("record");
+    assert_eq!((record.home.as_str(), record.epoch), (homes[0], 2));
+    // Writes work again from both survivors (the other one's go to the new home).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 100;
+    while i < 150 {
+        let n = if i % 2 == 0 { &b } else { &c };
+        match write(n, i) {
+            Ok(_) => i += 1,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "writes did not resume: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    let (version, bytes) = converged(&[&b, &c]);
+    assert!(bytes == model, "the survivors differ from the commits made");
+    assert!(
+        version > before + broker_cluster::replication::TAKEOVER_GAP,
+        "versions move past the old home's"
+    );
+}
+
+/// NATS stops mid-stream and comes back: the home's writes meanwhile are acknowledged locally and all
+/// reach the replica afterwards (0 lost); the replica's own writes are refused while it cannot reach
+/// the home, and work again after.
+#[test]
+fn r19_nats_restart_loses_no_acknowledged_commit() {
+    let mut nats = Nats::start();
+    let rt = runtime();
+    let (a, b) = (Node::join(&rt, &nats.url, "a"), Node::join(&rt, &nats.url, "b"));
+    a.share(&rt, RegionSpec::new(REGION, SIZE, Mode::Handle));
+    b.follow(&rt);
+    let mut model = vec![0u8; usize::try_from(SIZE).expect("size")];
+    let mut acked = 0;
+    let mut write = |n: &Node, i: u64| -> Result<u64, broker::Error> {
+        let (offset, bytes) = (commit_offset(i), commit_bytes(i));
+        let v = n.broker.write_region(n.region(), offset, &bytes)?;
+        let at = usize::try_from(offset).expect("offset");
+        model[at..at + 8].copy_from_slice(&bytes);
+        acked += 1;
+        Ok(v)
+    };
+    for i in 0..100 {
+        write(&a, i).expect("write");
+    }
+    nats.stop();
+    for i in 100..200 {
+        write(&a, i).expect("the home writes while NATS is away");
+    }
+    assert!(b.broker.write_region(b.region(), 0, &[9; 8]).is_err(), "the replica cannot reach its home");
+    // Away for longer than a node record lives (1 s), shorter than a takeover waits (3 s).
+    std::thread::sleep(Duration::from_millis(1500));
+    nats.restart();
+    for i in 200..250 {
+        write(&a, i).expect("write");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 250;
+    while i < 300 {
+        match write(&b, i) {
+            Ok(_) => i += 1,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "the replica's writes did not resume: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    let (_, bytes) = converged(&[&a, &b]);
+    assert_eq!(acked, 300);
+    assert!(bytes == model, "an acknowledged commit was lost");
+    assert_eq!(a.repl().role(TENANT, REGION), Some(Role::Home), "no takeover for a short outage");
+}
+
+/// Shared mode stays node-local: the cluster refuses to replicate a shared region, and the engine
+/// refuses to make one a replica.
+#[test]
+fn r19_shared_mode_is_node_local() {
+    let nats = Nats::start();
+    let rt = runtime();
+    let a = Node::join(&rt, &nats.url, "a");
+    let t = a.broker.tenant_id(TENANT).expect("tenant");
+    let r = a.broker.create_region(t, RegionSpec::new(REGION, SIZE, Mode::Shared)).expect("region");
+    let refused = rt.block_on(a.repl().share(TENANT, REGION));
+    assert!(
+        refused.as_ref().is_err_and(|e| e.to_string().contains("node-local")),
+        "sharing a shared region: {:?}",
+        refused.map(|_| ())
+    );
+    let b = Node::join(&rt, &nats.url, "b");
+    let not_there = rt.block_on(b.repl().follow(TENANT, REGION));
+    assert!(not_there.is_err(), "nothing to follow");
+    #[derive(Debug)]
+    struct Nowhere;
+    impl broker::Upstream for Nowhere {
+        fn propose(&self, _: broker::Proposal) -> Result<broker::Accepted, broker::Refused> {
+            Err(broker::Refused::Unavailable("nowhere".into()))
+        }
+        fn home(&self) -> String {
+            "nowhere".into()
+        }
+    }
+    assert!(matches!(
+        a.broker.set_upstream(r, Some(Arc::new(Nowhere))),
+        Err(broker::Error::InvalidArgument { field: "mode", .. })
+    ));
+}
