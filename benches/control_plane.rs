@@ -153,6 +153,7 @@ impl Bench {
                 backing: 0,
                 // Only the control plane touches it: no app opens it.
                 member_rights: 0,
+                replication: 0,
             };
             c.create_region(authorized(&token, region)).await.expect("region");
             token

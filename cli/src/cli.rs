@@ -406,6 +406,10 @@ enum RegionVerb {
         /// none; then only the instances it is granted to may open it).
         #[arg(long, default_value = "")]
         members: String,
+        /// `node` (this node alone) or `cluster`: replicated through the daemon's cluster
+        /// (`broker serve --cluster`), this node its home, every other node with the tenant a replica.
+        #[arg(long, default_value = "node", value_parser = ["node", "cluster"])]
+        replication: String,
     },
     /// Set the rights every app of the tenant opens the region with by name (letters of r, w, m, g,
     /// n; "" for none). Handles opened through the old rights are revoked; grants are untouched.
@@ -743,7 +747,7 @@ async fn serve_main(args: ServeArgs, out: &mut dyn Write) -> Result<(), CliError
         })
         .map_err(|e| CliError::Local(e.to_string()))?,
     );
-    let reporting = Arc::clone(&broker);
+    let replicating = Arc::clone(&broker);
     let plane =
         Arc::new(ControlPlane::open(broker, &token, config.state_dir.clone()).map_err(ServeError::from)?);
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -756,18 +760,12 @@ async fn serve_main(args: ServeArgs, out: &mut dyn Write) -> Result<(), CliError
     // read must take the graceful path (drain, flush), not the default action that kills the process.
     let shutdown = shutdown_signal()?;
     // Joined before the address is announced, so a node that cannot join never looks up.
-    let membership = match membership_of {
+    let joined = match membership_of {
         Some((url, node)) => {
-            let load = move || node_load(&reporting);
-            let joined = broker_cluster::Membership::join(
-                &url,
-                &node,
-                &addr.to_string(),
-                broker_cluster::JoinOptions::default(),
-                load,
-            )
-            .await
-            .map_err(|e| CliError::Local(format!("cannot join the cluster: {e}")))?;
+            let joined = crate::cluster::Joined::join(&url, &node, &addr.to_string(), replicating)
+                .await
+                .map_err(|e| CliError::Local(format!("cannot join the cluster: {e}")))?;
+            plane.set_cluster(joined.plane_cluster());
             tracing::info!(node = %node, cluster = %url, "joined the cluster");
             Some(joined)
         }
@@ -777,31 +775,20 @@ async fn serve_main(args: ServeArgs, out: &mut dyn Write) -> Result<(), CliError
         .and_then(|()| out.flush())
         .map_err(|e| CliError::Local(format!("cannot write output: {e}")))?;
     serve(plane, listener, &config, shutdown).await?;
-    if let Some(m) = membership {
-        if let Err(e) = m.leave().await {
-            tracing::warn!("leaving the cluster: {e} (the node's record expires on its own)");
-        }
+    if let Some(j) = joined {
+        j.leave().await;
     }
     Ok(())
-}
-
-/// What a node reports with each heartbeat: its tenants, instances and regions.
-fn node_load(broker: &Broker) -> broker_cluster::NodeLoad {
-    let tenants = broker.tenants();
-    let (mut instances, mut regions) = (0u64, 0u64);
-    for t in &tenants {
-        instances += u64::try_from(broker.instances(t.id).len()).unwrap_or(u64::MAX);
-        regions += u64::try_from(broker.regions(t.id).len()).unwrap_or(u64::MAX);
-    }
-    broker_cluster::NodeLoad { tenants: tenants.into_iter().map(|t| t.name).collect(), instances, regions }
 }
 
 /// `broker cluster status`: the live nodes as the cluster's KV bucket has them.
 async fn cluster_status(url: &str, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
     let nodes = broker_cluster::status(url).await.map_err(|e| CliError::Local(e.to_string()))?;
+    let regions = broker_cluster::regions(url).await.map_err(|e| CliError::Local(e.to_string()))?;
     let io = |e: std::io::Error| CliError::Local(format!("cannot write output: {e}"));
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&nodes).unwrap_or_default()).map_err(io)?;
+        let status = serde_json::json!({ "nodes": nodes, "regions": regions });
+        writeln!(out, "{}", serde_json::to_string_pretty(&status).unwrap_or_default()).map_err(io)?;
         return Ok(());
     }
     if nodes.is_empty() {
@@ -821,6 +808,27 @@ async fn cluster_status(url: &str, json: bool, out: &mut dyn Write) -> Result<()
             n.load.tenants.join(",")
         )
         .map_err(io)?;
+    }
+    if !regions.is_empty() {
+        writeln!(
+            out,
+            "\n{:<32} {:>12} {:<8} {:<20} {:>5}",
+            "replicated region", "size", "mode", "home", "epoch"
+        )
+        .map_err(io)?;
+        for r in &regions {
+            let alive = if nodes.iter().any(|n| n.node == r.home) { "" } else { " (down)" };
+            let name = format!("{}/{}", r.tenant, r.name);
+            writeln!(
+                out,
+                "{name:<32} {:>12} {:<8} {:<20} {:>5}",
+                r.size,
+                r.mode,
+                format!("{}{alive}", r.home),
+                r.epoch
+            )
+            .map_err(io)?;
+        }
     }
     Ok(())
 }
@@ -1216,7 +1224,7 @@ async fn region(verb: RegionVerb, conn: &Conn, out: &mut dyn Write) -> Result<()
     let tenant = conn.tenant.clone();
     let rr = |name: String| pb::RegionRef { tenant: tenant.clone(), name };
     let regions = match verb {
-        RegionVerb::Create { name, size, mode, policy, persistent, members } => {
+        RegionVerb::Create { name, size, mode, policy, persistent, members, replication } => {
             let member_rights = parse_rights(&members)?;
             let mode = match mode {
                 broker::Mode::Handle => pb::Mode::Handle,
@@ -1237,6 +1245,11 @@ async fn region(verb: RegionVerb, conn: &Conn, out: &mut dyn Write) -> Result<()
                 policy: policy.into(),
                 backing: backing.into(),
                 member_rights,
+                replication: if replication == "cluster" {
+                    pb::Replication::Cluster.into()
+                } else {
+                    pb::Replication::Node.into()
+                },
             };
             vec![c
                 .create_region(req(conn, msg)?)

@@ -8,5 +8,6 @@
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod cluster;
 pub mod demo;
 pub mod loadtest;

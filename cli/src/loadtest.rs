@@ -100,6 +100,7 @@ pub async fn run(
             backing: 0,
             // Every client app reads and writes its own slot of the one region.
             member_rights: broker_abi::rights::READ | broker_abi::rights::WRITE,
+            replication: 0,
         };
         c.create_region(req(admin, region)).await?;
         let wasm = broker_guests::HANDLE_APP_WASM.to_vec();

@@ -60,12 +60,16 @@ impl Daemon {
         Daemon::start_with(state_dir, run, &[])
     }
 
-    /// As [`Daemon::start`], with more `broker serve` arguments.
+    /// As [`Daemon::start`], with more `broker serve` arguments (a `--listen` among them replaces
+    /// `127.0.0.1:0`).
     fn start_with(state_dir: &Path, run: u32, extra: &[&str]) -> Daemon {
         let log = state_dir.with_extension(format!("run{run}.log"));
         let stderr = std::fs::File::create(&log).expect("create the daemon log");
+        let listen: &[&str] = if extra.contains(&"--listen") { &[] } else { &["--listen", "127.0.0.1:0"] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_broker"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2", "--state-dir"])
+            .arg("serve")
+            .args(listen)
+            .args(["--workers", "2", "--state-dir"])
             .arg(state_dir)
             .args(extra)
             .env_remove("BROKER_ADMIN_TOKEN")
@@ -213,6 +217,7 @@ fn create_region(c: &Client, name: &str, size: u64, backing: pb::Backing) {
         policy: 0,
         backing: backing.into(),
         member_rights: broker_abi::rights::ALL,
+        replication: 0,
     };
     rpc!(c, create_region, msg).expect("create the region");
 }
@@ -562,6 +567,7 @@ fn r13_a_hostile_tenant_cannot_kill_the_daemon_or_outlive_a_revoke() {
         policy: 0,
         backing: pb::Backing::Ephemeral.into(),
         member_rights: broker_abi::rights::ALL,
+        replication: 0,
     };
     rpc!(evil, create_region, region).expect("region");
     let grant = |rights| {
@@ -622,6 +628,7 @@ fn r13_a_hostile_tenant_cannot_kill_the_daemon_or_outlive_a_revoke() {
         policy: 0,
         backing: pb::Backing::Ephemeral.into(),
         member_rights: broker_abi::rights::ALL,
+        replication: 0,
     };
     rpc!(acme, create_region, shared).expect("region");
     let acme_shared = || Some(pb::RegionRef { tenant: String::new(), name: "shared".into() });
@@ -716,6 +723,7 @@ fn r14_a_spinning_tenant_cannot_starve_another_through_the_daemon() {
         policy: 0,
         backing: pb::Backing::Ephemeral.into(),
         member_rights: broker_abi::rights::ALL,
+        replication: 0,
     };
     rpc!(evil, create_region, region).expect("region");
     let start = |c: &Client, name: &str, timeout_ms| {
@@ -937,6 +945,7 @@ fn r15_a_stopped_instance_stays_stopped_across_restarts_and_a_deleted_one_stays_
         policy: 0,
         backing: pb::Backing::Ephemeral.into(),
         member_rights: broker_abi::rights::ALL,
+        replication: 0,
     };
     rpc!(admin, create_region, region).expect("region");
     let beta = Client::connect(&d, &tokens[1]);
@@ -1075,6 +1084,7 @@ fn r15_lowered_quotas_and_member_rights_survive_a_kill() {
         policy: 0,
         backing: 0,
         member_rights: 0,
+        replication: 0,
     };
     let err = rpc!(admin, create_region, more).expect_err("over the lowered quota");
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
@@ -1249,8 +1259,8 @@ fn cluster_nodes(url: &str) -> Vec<(String, String)> {
         .output()
         .expect("run broker cluster status");
     assert!(out.status.success(), "cluster status failed: {}", String::from_utf8_lossy(&out.stderr));
-    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    nodes
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    status["nodes"]
         .as_array()
         .expect("a list of nodes")
         .iter()
@@ -1291,4 +1301,130 @@ fn r19_daemons_join_a_cluster_and_leave_it_on_shutdown() {
     let status = a.stop_with(Signal::TERM);
     assert!(status.success(), "{status:?}");
     assert_eq!(cluster_nodes(&nats.url), [("beta".to_string(), bare(&b))], "alpha left on shutdown");
+}
+
+/// `region` read through `c`, or the status (a replica that has not appeared yet is not found).
+fn try_read(c: &Client, region: &str, len: u64) -> Result<(Vec<u8>, u64), tonic::Status> {
+    rpc!(c, read_region, pb::ReadRegionRequest { region: region_ref(region), offset: 0, len })
+        .map(|r| (r.data, r.version))
+}
+
+/// Waits until `region` reads `want` through `c`; returns its version.
+fn until_reads(c: &Client, region: &str, want: &[u8]) -> u64 {
+    until_reads_from(c, region, want, 0)
+}
+
+/// As [`until_reads`], failing if any read on the way shows a version below `floor`.
+fn until_reads_from(c: &Client, region: &str, want: &[u8], floor: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = try_read(c, region, want.len() as u64);
+        if let Ok((data, version)) = &got {
+            assert!(*version >= floor, "{region} showed version {version}, older than {floor}");
+            if data == want {
+                return *version;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{region} never read as expected: {:?}",
+            got.map(|g| g.1)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue 19 through the real daemons: a region created with `replication = cluster` on one node
+/// appears on another node that has the tenant, both nodes' gRPC writes land on both (the replica's go
+/// to the home), a replica killed with SIGKILL and started again on its state dir resyncs everything
+/// written meanwhile, and a call naming a tenant that lives on another node is answered with that
+/// node's name and address. Shared mode and a daemon without `--cluster` are refused.
+#[test]
+fn r19_a_replicated_region_across_daemons_survives_a_replica_kill() {
+    let nats = nats::Nats::start();
+    let (da, db, dl) = (StateDir::new("repl-a"), StateDir::new("repl-b"), StateDir::new("repl-lone"));
+    let a = Daemon::start_with(da.path(), 1, &["--cluster", &nats.url, "--node", "alpha"]);
+    let mut b = Daemon::start_with(db.path(), 1, &["--cluster", &nats.url, "--node", "beta"]);
+    let lone = Daemon::start(dl.path(), 1);
+    let (ca, cb) =
+        (Client::connect(&a, &admin_token(da.path())), Client::connect(&b, &admin_token(db.path())));
+    let cl = Client::connect(&lone, &admin_token(dl.path()));
+    for c in [&ca, &cb, &cl] {
+        rpc!(c, create_tenant, pb::CreateTenantRequest { name: "acme".into(), quotas: None })
+            .expect("tenant");
+    }
+    const SIZE: u64 = 16 * 1024;
+    let region = |mode: pb::Mode, replication: pb::Replication| pb::CreateRegionRequest {
+        tenant: "acme".into(),
+        name: "data".into(),
+        size: SIZE,
+        mode: mode.into(),
+        policy: 0,
+        backing: 0,
+        member_rights: broker_abi::rights::ALL,
+        replication: replication.into(),
+    };
+    let shared = rpc!(ca, create_region, region(pb::Mode::Shared, pb::Replication::Cluster));
+    assert_eq!(
+        shared.map(|_| ()).map_err(|s| s.code()),
+        Err(tonic::Code::InvalidArgument),
+        "shared is node-local"
+    );
+    let alone = rpc!(cl, create_region, region(pb::Mode::Handle, pb::Replication::Cluster));
+    assert_eq!(alone.map(|_| ()).map_err(|s| s.code()), Err(tonic::Code::FailedPrecondition), "no cluster");
+    rpc!(ca, create_region, region(pb::Mode::Mirror, pb::Replication::Cluster)).expect("replicated region");
+
+    let mut model = vec![0u8; usize::try_from(SIZE).expect("size")];
+    let put = |model: &mut Vec<u8>, c: &Client, i: usize| {
+        let bytes = u32::try_from(i).expect("i").wrapping_mul(2_654_435_761).to_le_bytes();
+        let at = (i * 331) % (model.len() - 4);
+        write(c, "data", at as u64, &bytes);
+        model[at..at + 4].copy_from_slice(&bytes);
+    };
+    until_reads(&cb, "data", &vec![0; model.len()]);
+    for i in 0..200 {
+        put(&mut model, if i % 2 == 0 { &ca } else { &cb }, i);
+    }
+    let va = until_reads(&ca, "data", &model);
+    let shown = until_reads(&cb, "data", &model);
+    assert_eq!(shown, va, "the replica has the home's version");
+
+    // SIGKILL the replica; the home goes on; the replica comes back on its state dir and resyncs.
+    let b_listen = b.addr.trim_start_matches("http://").to_string();
+    assert!(!b.stop_with(Signal::KILL).success());
+    drop(cb);
+    for i in 200..300 {
+        put(&mut model, &ca, i);
+    }
+    let b =
+        Daemon::start_with(db.path(), 2, &["--listen", &b_listen, "--cluster", &nats.url, "--node", "beta"]);
+    let cb = Client::connect(&b, &admin_token(db.path()));
+    let va = until_reads(&ca, "data", &model);
+    // Never older than what it showed before it was killed, from its first answer on.
+    assert_eq!(until_reads_from(&cb, "data", &model, shown), va, "the restarted replica caught up");
+    for i in 300..320 {
+        put(&mut model, &cb, i);
+    }
+    until_reads(&ca, "data", &model);
+
+    // A tenant only alpha has: beta answers with alpha's name and address.
+    rpc!(ca, create_tenant, pb::CreateTenantRequest { name: "solo".into(), quotas: None }).expect("tenant");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let asked = rpc!(cb, list_regions, pb::ListRegionsRequest { tenant: "solo".into() });
+        match asked {
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => break s,
+            other => {
+                assert!(std::time::Instant::now() < deadline, "never redirected: {:?}", other.map(|_| ()));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    let meta = |k: &str| status.metadata().get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(meta("broker-node").as_deref(), Some("alpha"), "{status:?}");
+    assert_eq!(
+        meta("broker-node-address"),
+        Some(a.addr.trim_start_matches("http://").to_string()),
+        "{status:?}"
+    );
 }

@@ -293,6 +293,32 @@ pub async fn status(url: &str) -> Result<Vec<NodeRecord>, ClusterError> {
     let Ok(store) = js.get_key_value(NODES_BUCKET).await else {
         return Ok(Vec::new());
     };
+    nodes_in(&store).await
+}
+
+/// The replicated regions of the cluster at `url`, with their homes.
+///
+/// # Errors
+/// [`ClusterError::Connect`], [`ClusterError::JetStream`].
+pub async fn regions(url: &str) -> Result<Vec<RegionRecord>, ClusterError> {
+    let js = connect(url).await?;
+    let Ok(store) = js.get_key_value(replication::REGIONS_BUCKET).await else {
+        return Ok(Vec::new());
+    };
+    replication::records_in(&store).await
+}
+
+impl Membership {
+    /// The live nodes, as [`status`] lists them, through this node's connection.
+    ///
+    /// # Errors
+    /// [`ClusterError::JetStream`], [`ClusterError::BadRecord`].
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, ClusterError> {
+        nodes_in(&self.store).await
+    }
+}
+
+async fn nodes_in(store: &kv::Store) -> Result<Vec<NodeRecord>, ClusterError> {
     let keys: Vec<String> = match store.keys().await {
         Ok(keys) => keys.try_collect().await.map_err(|e| js_err("list the nodes")(&e))?,
         Err(e) => return Err(js_err("list the nodes")(&e)),

@@ -45,6 +45,9 @@ pub const CHANGES_STREAM: &str = "BROKER_CHANGES";
 /// publishing it, so the old home, stepping down, accepts the new home's snapshot over its own bytes.
 pub const TAKEOVER_GAP: u64 = 1 << 32;
 
+/// How long a replica may take to catch up with the stream before it is handed out.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long a publish waits for the stream's acknowledgement before it is sent again.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -139,6 +142,8 @@ struct Inner {
     options: ReplicationOptions,
     rt: tokio::runtime::Handle,
     regions: parking_lot::Mutex<HashMap<String, Arc<Replicated>>>,
+    /// Set by [`Replication::shutdown`]: background passes stop.
+    closed: AtomicBool,
 }
 
 /// One replicated region on this node.
@@ -147,6 +152,9 @@ struct Replicated {
     region: RegionId,
     /// Stream sequence of the last message this node applied or published for the region.
     applied_seq: AtomicU64,
+    /// Stream sequence of the last message a replica's follower read (past `applied_seq` while a
+    /// change's chunks are still arriving).
+    seen_seq: AtomicU64,
     /// The version landed here, for writers waiting for their change ([`ToHome::propose`]).
     landed: parking_lot::Mutex<u64>,
     landed_cv: parking_lot::Condvar,
@@ -229,6 +237,7 @@ impl Replication {
                 options,
                 rt: tokio::runtime::Handle::current(),
                 regions: parking_lot::Mutex::new(HashMap::new()),
+                closed: AtomicBool::new(false),
             }),
         })
     }
@@ -240,7 +249,117 @@ impl Replication {
     /// [`ClusterError::Broker`] for an unknown region; [`ClusterError::Replication`] for a shared-mode
     /// region (shared mode is node-local) or one another node is home of (follow it instead).
     pub async fn share(&self, tenant: &str, name: &str) -> Result<RegionId, ClusterError> {
-        let inner = &self.inner;
+        self.inner.share(tenant, name).await
+    }
+
+    /// Keeps a replica of the replicated region `tenant/name` on this node, creating the local region
+    /// (owned by the local tenant of that name, which must exist) if it does not exist. Returns once the
+    /// replica has caught up with everything the stream held when it started.
+    ///
+    /// # Errors
+    /// [`ClusterError::Replication`] if no such region is replicated, or the local one differs in size or
+    /// mode; [`ClusterError::Broker`] if the tenant is missing or the region cannot be created.
+    pub async fn follow(&self, tenant: &str, name: &str) -> Result<RegionId, ClusterError> {
+        self.inner.follow(tenant, name).await
+    }
+
+    /// Follows, from now on, every replicated region of the cluster whose tenant this node has (and
+    /// takes back the ones it is home of after a restart), checking the record bucket every
+    /// `check_every`: what a daemon in a cluster runs. The task ends with the replication.
+    pub fn follow_everything(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let every = self.inner.options.check_every;
+        self.inner.rt.spawn(async move {
+            loop {
+                {
+                    let Some(inner) = weak.upgrade() else { return };
+                    if inner.closed.load(Ordering::Acquire) {
+                        return;
+                    }
+                    inner.sync_once().await;
+                }
+                tokio::time::sleep(every.max(Duration::from_millis(100))).await;
+            }
+        });
+    }
+
+    /// Every replicated region's record, by key.
+    ///
+    /// # Errors
+    /// [`ClusterError::JetStream`].
+    pub async fn records(&self) -> Result<Vec<RegionRecord>, ClusterError> {
+        self.inner.records().await
+    }
+
+    /// What this node is for the replicated region `tenant/name`, if it replicates it.
+    pub fn role(&self, tenant: &str, name: &str) -> Option<Role> {
+        let rep = self.inner.regions.lock().get(&region_key(tenant, name)).cloned()?;
+        let state = rep.state.lock();
+        match &*state {
+            State::Home(_) => Some(Role::Home),
+            State::Replica { home, .. } => Some(Role::Replica { home: home.clone() }),
+            State::Idle => None,
+        }
+    }
+
+    /// The record of a replicated region.
+    ///
+    /// # Errors
+    /// [`ClusterError::Replication`] if there is none; [`ClusterError::JetStream`].
+    pub async fn record(&self, tenant: &str, name: &str) -> Result<RegionRecord, ClusterError> {
+        Ok(self.inner.record(&region_key(tenant, name)).await?.0)
+    }
+
+    /// Stops replicating every region (their tasks end; the regions stay as they are).
+    pub fn shutdown(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        let all: Vec<_> = self.inner.regions.lock().drain().map(|(_, r)| r).collect();
+        for rep in all {
+            rep.stopped.store(true, Ordering::Release);
+            self.inner.stop_role(&rep);
+        }
+    }
+}
+
+impl Drop for Replication {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Every well-formed region record in `store`, by tenant and name.
+pub(crate) async fn records_in(store: &kv::Store) -> Result<Vec<RegionRecord>, ClusterError> {
+    let keys: Vec<String> = match store.keys().await {
+        Ok(keys) => {
+            futures::TryStreamExt::try_collect(keys).await.map_err(|e| js_err("list the regions")(&e))?
+        }
+        Err(e) => return Err(js_err("list the regions")(&e)),
+    };
+    let mut out = Vec::new();
+    for key in keys {
+        if let Ok(Some(value)) = store.get(&key).await {
+            if let Ok(record) = serde_json::from_slice::<RegionRecord>(&value) {
+                out.push(record);
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
+    Ok(out)
+}
+
+fn encode(record: &RegionRecord) -> bytes::Bytes {
+    serde_json::to_vec(record).unwrap_or_default().into()
+}
+
+impl Inner {
+    /// Makes `region` (of tenant `tenant`, on this node's broker) a replicated region with this node as
+    /// its home, or, if this node was its home before (a restart), catches up and becomes it again.
+    ///
+    /// # Errors
+    /// [`ClusterError::Broker`] for an unknown region; [`ClusterError::Replication`] for a shared-mode
+    /// region (shared mode is node-local) or one another node is home of (follow it instead).
+    async fn share(self: &Arc<Self>, tenant: &str, name: &str) -> Result<RegionId, ClusterError> {
+        let inner = self;
         let (_, region) = inner.local_region(tenant, name)?;
         let info = inner.broker.region_info(region).map_err(ClusterError::broker)?;
         if info.mode == Mode::Shared {
@@ -297,14 +416,15 @@ impl Replication {
     /// # Errors
     /// [`ClusterError::Replication`] if no such region is replicated, or the local one differs in size or
     /// mode; [`ClusterError::Broker`] if the tenant is missing or the region cannot be created.
-    pub async fn follow(&self, tenant: &str, name: &str) -> Result<RegionId, ClusterError> {
-        let inner = &self.inner;
+    async fn follow(self: &Arc<Self>, tenant: &str, name: &str) -> Result<RegionId, ClusterError> {
+        let inner = self;
         let key = region_key(tenant, name);
         let (record, _) = inner.record(&key).await?;
         let tid = inner
             .broker
             .tenant_id(tenant)
             .ok_or_else(|| ClusterError::Replication(format!("no tenant {tenant:?} on this node")))?;
+        let mut caught_up = 0;
         let region = match inner.broker.region_id(tid, name) {
             Some(r) => {
                 let info = inner.broker.region_info(r).map_err(ClusterError::broker)?;
@@ -319,14 +439,31 @@ impl Replication {
             None => {
                 let mode = record.mode.parse::<Mode>().map_err(ClusterError::Replication)?;
                 let policy = record.policy.parse().map_err(ClusterError::Replication)?;
+                // Built from the stream before it exists here, so no app ever sees it behind.
+                let image = if record.home == inner.node {
+                    None
+                } else {
+                    Some(inner.image(&key, record.snapshot_seq, record.size).await?)
+                };
                 let spec = RegionSpec::new(name, record.size, mode).with_policy(policy);
-                inner.broker.create_region(tid, spec).map_err(ClusterError::broker)?
+                let r = inner.broker.create_region(tid, spec).map_err(ClusterError::broker)?;
+                if let Some((version, bytes, done)) = image {
+                    if version > 0 {
+                        let spans = [Span { offset: 0, bytes }];
+                        inner.broker.apply_replicated(r, version, &spans).map_err(ClusterError::broker)?;
+                    }
+                    caught_up = done;
+                }
+                r
             }
         };
         if record.home == inner.node {
-            return self.share(tenant, name).await;
+            return Box::pin(self.share(tenant, name)).await;
         }
         let rep = inner.track(&key, region);
+        rep.applied_seq.store(caught_up, Ordering::Release);
+        rep.seen_seq.store(caught_up, Ordering::Release);
+        *rep.landed.lock() = inner.broker.region_info(region).map_or(0, |i| i.version);
         Inner::become_replica(inner, &rep, &record.home, record.snapshot_seq);
         let target = inner.last_seq(&key).await?;
         inner.wait_applied(&rep, target).await?;
@@ -334,46 +471,24 @@ impl Replication {
         Ok(region)
     }
 
-    /// What this node is for the replicated region `tenant/name`, if it replicates it.
-    pub fn role(&self, tenant: &str, name: &str) -> Option<Role> {
-        let rep = self.inner.regions.lock().get(&region_key(tenant, name)).cloned()?;
-        let state = rep.state.lock();
-        match &*state {
-            State::Home(_) => Some(Role::Home),
-            State::Replica { home, .. } => Some(Role::Replica { home: home.clone() }),
-            State::Idle => None,
+    /// One pass of [`Replication::follow_everything`].
+    async fn sync_once(self: &Arc<Self>) {
+        let Ok(records) = self.records().await else { return };
+        for record in records {
+            let key = region_key(&record.tenant, &record.name);
+            if self.regions.lock().contains_key(&key) || self.broker.tenant_id(&record.tenant).is_none() {
+                continue;
+            }
+            if let Err(e) = self.follow(&record.tenant, &record.name).await {
+                tracing::warn!(node = %self.node, tenant = %record.tenant, region = %record.name, "cannot follow: {e}");
+            }
         }
     }
 
-    /// The record of a replicated region.
-    ///
-    /// # Errors
-    /// [`ClusterError::Replication`] if there is none; [`ClusterError::JetStream`].
-    pub async fn record(&self, tenant: &str, name: &str) -> Result<RegionRecord, ClusterError> {
-        Ok(self.inner.record(&region_key(tenant, name)).await?.0)
+    async fn records(&self) -> Result<Vec<RegionRecord>, ClusterError> {
+        records_in(&self.regions_kv).await
     }
 
-    /// Stops replicating every region (their tasks end; the regions stay as they are).
-    pub fn shutdown(&self) {
-        let all: Vec<_> = self.inner.regions.lock().drain().map(|(_, r)| r).collect();
-        for rep in all {
-            rep.stopped.store(true, Ordering::Release);
-            self.inner.stop_role(&rep);
-        }
-    }
-}
-
-impl Drop for Replication {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-fn encode(record: &RegionRecord) -> bytes::Bytes {
-    serde_json::to_vec(record).unwrap_or_default().into()
-}
-
-impl Inner {
     fn local_region(&self, tenant: &str, name: &str) -> Result<(broker::TenantId, RegionId), ClusterError> {
         let t = self
             .broker
@@ -391,6 +506,7 @@ impl Inner {
             key: key.into(),
             region,
             applied_seq: AtomicU64::new(0),
+            seen_seq: AtomicU64::new(0),
             landed: parking_lot::Mutex::new(0),
             landed_cv: parking_lot::Condvar::new(),
             state: parking_lot::Mutex::new(State::Idle),
@@ -432,12 +548,16 @@ impl Inner {
     }
 
     async fn wait_applied(&self, rep: &Replicated, target: u64) -> Result<(), ClusterError> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while rep.applied_seq.load(Ordering::Acquire) < target {
+        Inner::wait_for(&rep.applied_seq, target).await
+    }
+
+    async fn wait_for(seq: &AtomicU64, target: u64) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+        while seq.load(Ordering::Acquire) < target {
             if Instant::now() > deadline {
                 return Err(ClusterError::Replication(format!(
                     "the replica did not catch up with the stream (at {} of {target})",
-                    rep.applied_seq.load(Ordering::Acquire)
+                    seq.load(Ordering::Acquire)
                 )));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -594,7 +714,10 @@ impl Inner {
             for part in wire::chunks(msg.snapshot, msg.version, msg.spans) {
                 let last = rep.applied_seq.load(Ordering::Acquire);
                 match self.publish(&rep.key, &part, last).await {
-                    Ok(seq) => rep.applied_seq.store(seq, Ordering::Release),
+                    Ok(seq) => {
+                        rep.applied_seq.store(seq, Ordering::Release);
+                        rep.seen_seq.store(seq, Ordering::Release);
+                    }
                     Err(Fenced) => {
                         tracing::warn!(node = %self.node, key = %rep.key, "fenced: another node took the region over");
                         let inner = Arc::clone(&self);
@@ -658,25 +781,77 @@ impl Inner {
         }
     }
 
-    /// A replica's follower: applies the region's messages in order from `start`, forever.
-    async fn follow_stream(self: Arc<Self>, rep: Arc<Replicated>, start: u64) {
-        let mut pending: Option<(u64, Vec<Span>)> = None;
-        loop {
-            let from = start.max(rep.applied_seq.load(Ordering::Acquire) + 1);
-            let config = consumer::pull::OrderedConfig {
-                filter_subject: change_subject(&rep.key),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
-                ..Default::default()
+    /// An ordered consumer of the region's subject from stream sequence `from`.
+    async fn messages_from(&self, key: &str, from: u64) -> Result<consumer::pull::Ordered, ClusterError> {
+        let config = consumer::pull::OrderedConfig {
+            filter_subject: change_subject(key),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
+            ..Default::default()
+        };
+        let consumer =
+            self.stream.create_consumer(config).await.map_err(|e| js_err("follow a region")(&e))?;
+        consumer.messages().await.map_err(|e| js_err("follow a region")(&e))
+    }
+
+    /// The region as the stream has it, from the snapshot at `from` to the stream's end now: its
+    /// version, its bytes and the sequence of the last message of the last whole change read. A new
+    /// replica is built from this before anyone can see it, so it never shows an older version.
+    async fn image(&self, key: &str, from: u64, size: u64) -> Result<(u64, Vec<u8>, u64), ClusterError> {
+        let target = self.last_seq(key).await?;
+        let mut bytes = vec![0u8; usize::try_from(size).unwrap_or(0)];
+        let (mut version, mut done) = (0u64, from.saturating_sub(1));
+        if target < from.max(1) {
+            return Ok((version, bytes, target));
+        }
+        let mut messages = self.messages_from(key, from).await?;
+        let mut parts = Assembler::default();
+        let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
+        let mut seen = 0;
+        while seen < target {
+            let next = tokio::time::timeout_at(deadline, messages.next()).await;
+            let Ok(Some(Ok(msg))) = next else {
+                return Err(ClusterError::Replication(format!(
+                    "catching up with the stream failed at {seen} of {target}"
+                )));
             };
-            let messages = match self.stream.create_consumer(config).await {
-                Ok(c) => c.messages().await,
-                Err(e) => {
-                    tracing::debug!(key = %rep.key, "cannot follow yet: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
+            let Ok(seq) = msg.info().map(|i| i.stream_sequence) else { continue };
+            seen = seq;
+            match wire::decode_change(&msg.payload) {
+                Ok(change) => {
+                    if let Some((v, spans)) = parts.take(change, size) {
+                        if v > version {
+                            for span in &spans {
+                                let at = usize::try_from(span.offset).unwrap_or(usize::MAX);
+                                let dst =
+                                    at.checked_add(span.bytes.len()).and_then(|end| bytes.get_mut(at..end));
+                                if let Some(dst) = dst {
+                                    dst.copy_from_slice(&span.bytes);
+                                }
+                            }
+                            version = v;
+                        }
+                        done = seq;
+                    }
                 }
-            };
-            let mut messages = match messages {
+                Err(e) => {
+                    tracing::warn!(key, seq, "skipping a malformed change: {e}");
+                    if parts.is_idle() {
+                        done = seq;
+                    }
+                }
+            }
+        }
+        Ok((version, bytes, done))
+    }
+
+    /// A replica's follower: applies the region's changes in order from `start`, forever.
+    async fn follow_stream(self: Arc<Self>, rep: Arc<Replicated>, start: u64) {
+        let size = self.broker.region_info(rep.region).map_or(0, |i| i.size);
+        loop {
+            // Every (re)start reads from the first message after the last whole change applied.
+            let mut parts = Assembler::default();
+            let from = start.max(rep.applied_seq.load(Ordering::Acquire) + 1);
+            let mut messages = match self.messages_from(&rep.key, from).await {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::debug!(key = %rep.key, "cannot follow yet: {e}");
@@ -704,29 +879,26 @@ impl Inner {
                 if seq <= rep.applied_seq.load(Ordering::Acquire) {
                     continue;
                 }
+                rep.seen_seq.fetch_max(seq, Ordering::AcqRel);
                 match wire::decode_change(&msg.payload) {
                     Ok(change) => {
-                        let spans = match pending.take() {
-                            Some((v, mut spans)) if v == change.version => {
-                                spans.extend(change.spans);
-                                spans
-                            }
-                            _ => change.spans,
-                        };
-                        if change.last {
-                            if let Err(e) = self.broker.apply_replicated(rep.region, change.version, &spans) {
+                        if let Some((version, spans)) = parts.take(change, size) {
+                            if let Err(e) = self.broker.apply_replicated(rep.region, version, &spans) {
                                 tracing::warn!(key = %rep.key, "a change that does not fit the region: {e}");
                             }
+                            rep.applied_seq.store(seq, Ordering::Release);
                             let landed = self.broker.region_info(rep.region).map_or(0, |i| i.version);
                             *rep.landed.lock() = landed;
                             rep.landed_cv.notify_all();
-                        } else {
-                            pending = Some((change.version, spans));
                         }
                     }
-                    Err(e) => tracing::warn!(key = %rep.key, seq, "skipping a malformed change: {e}"),
+                    Err(e) => {
+                        tracing::warn!(key = %rep.key, seq, "skipping a malformed change: {e}");
+                        if parts.is_idle() {
+                            rep.applied_seq.store(seq, Ordering::Release);
+                        }
+                    }
                 }
-                rep.applied_seq.store(seq, Ordering::Release);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -784,7 +956,9 @@ impl Inner {
     /// revision, and becomes the home (a losing node stays a replica of the winner).
     async fn take_over(self: &Arc<Self>, rep: &Arc<Replicated>, mut record: RegionRecord, revision: u64) {
         let Ok(target) = self.last_seq(&rep.key).await else { return };
-        if self.wait_applied(rep, target).await.is_err() {
+        // Every message read (a change the dead home left half-published is abandoned: the snapshot
+        // below, at a higher version, replaces it everywhere).
+        if Inner::wait_for(&rep.seen_seq, target).await.is_err() {
             return;
         }
         let old = record.home.clone();
@@ -795,6 +969,8 @@ impl Inner {
             tracing::info!(node = %self.node, key = %rep.key, "another node took the region over first");
             return;
         };
+        self.stop_role(rep);
+        rep.applied_seq.store(rep.seen_seq.load(Ordering::Acquire), Ordering::Release);
         match self.become_home(rep, record, revision, true).await {
             Ok(()) => tracing::warn!(node = %self.node, key = %rep.key, from = %old, "took the region over"),
             Err(e) => {
@@ -822,6 +998,40 @@ impl Inner {
             "stepping down: another node took the region over"
         );
         self.become_replica(rep, &record.home, record.snapshot_seq);
+    }
+}
+
+/// Puts a region's messages back together into whole changes (a large change comes in chunks of one
+/// version, the last marked).
+#[derive(Default)]
+struct Assembler {
+    pending: Option<(u64, Vec<Span>, u64)>,
+}
+
+impl Assembler {
+    /// Takes the next message; returns the change it completes. A chunk of another version drops the
+    /// unfinished one (its writer died or was fenced mid-change); chunks of one version past twice the
+    /// region's size are dropped too (a stream this broker did not write).
+    fn take(&mut self, change: ChangeMsg, size: u64) -> Option<(u64, Vec<Span>)> {
+        let len: u64 = change.spans.iter().map(|s| s.bytes.len() as u64).sum();
+        let (spans, total) = match self.pending.take() {
+            Some((v, mut spans, total)) if v == change.version => {
+                spans.extend(change.spans);
+                (spans, total + len)
+            }
+            _ => (change.spans, len),
+        };
+        if change.last {
+            return Some((change.version, spans));
+        }
+        if total <= size.saturating_mul(2).saturating_add(wire::MAX_CHUNK as u64) {
+            self.pending = Some((change.version, spans, total));
+        }
+        None
+    }
+
+    fn is_idle(&self) -> bool {
+        self.pending.is_none()
     }
 }
 

@@ -178,7 +178,19 @@ impl TryFrom<&pb::CreateRegionRequest> for NewRegion {
             name: r.name.clone(),
             size: r.size,
             member_rights: r.member_rights,
+            replicated: replicated_from(r.replication)?,
         })
+    }
+}
+
+/// Whether a `Replication` enum value asks for a replicated region.
+fn replicated_from(raw: i32) -> ApiResult<bool> {
+    match pb::Replication::try_from(raw) {
+        Ok(pb::Replication::Unspecified | pb::Replication::Node) => Ok(false),
+        Ok(pb::Replication::Cluster) => Ok(true),
+        Err(_) => {
+            Err(ApiError::InvalidField { field: "replication", reason: format!("unknown value {raw}") })
+        }
     }
 }
 

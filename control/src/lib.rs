@@ -28,7 +28,7 @@ pub use auth::Identity;
 /// The conversions between the `Quotas` message and the domain's quotas, for clients that edit
 /// quotas (the CLI).
 pub use convert::{quotas_from as quotas_from_pb, quotas_to as quotas_to_pb};
-pub use plane::ControlPlane;
+pub use plane::{Cluster, ControlPlane, NodeAddress};
 pub use server::{serve, ServeConfig};
 pub use service::ControlService;
 pub use status::{ApiError, ApiResult};

@@ -84,6 +84,8 @@ pub struct NewRegion {
     pub persistent: bool,
     /// Rights bits every app of the tenant opens it with by name; unknown bits are refused.
     pub member_rights: u32,
+    /// Replicated across the cluster, with this node as its home (needs [`ControlPlane::set_cluster`]).
+    pub replicated: bool,
 }
 
 /// An instance to start, with the limits the caller asks for (`None`: the broker's default).
@@ -255,6 +257,31 @@ pub struct ControlPlane {
     /// Per tenant, compilations at once ([`COMPILES_PER_TENANT`]): one tenant's uploads queue behind
     /// each other, not in front of everyone else's.
     tenant_compiles: Mutex<HashMap<TenantId, Arc<tokio::sync::Semaphore>>>,
+    /// The daemon's cluster, if it joined one (`broker serve --cluster`).
+    cluster: std::sync::OnceLock<Arc<dyn Cluster>>,
+}
+
+/// Where a tenant lives in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddress {
+    /// The node's name.
+    pub node: String,
+    /// Its control API's address (`host:port`).
+    pub address: String,
+}
+
+/// What the plane needs of the cluster its daemon joined; implemented over `broker-cluster` by the
+/// daemon, so this crate links no NATS.
+pub trait Cluster: Send + Sync {
+    /// Makes a region just created on this node a replicated one with this node as its home. Blocks
+    /// until the cluster has it (or refused it).
+    ///
+    /// # Errors
+    /// Why it could not (NATS unreachable, the name replicated from another node).
+    fn share(&self, tenant: &str, region: &str) -> Result<(), String>;
+
+    /// Another live node that holds `tenant`, if one does.
+    fn locate_tenant(&self, tenant: &str) -> Option<NodeAddress>;
 }
 
 /// Rights bits from a request field; unknown bits are refused, naming the field.
@@ -348,6 +375,7 @@ impl ControlPlane {
             watches: Mutex::new(WatchRegistry::default()),
             compiles: Arc::new(tokio::sync::Semaphore::new(compile_slots())),
             tenant_compiles: Mutex::new(HashMap::new()),
+            cluster: std::sync::OnceLock::new(),
         };
         cp.restore()?;
         Ok(cp)
@@ -511,7 +539,24 @@ impl ControlPlane {
     }
 
     fn tenant_id(&self, name: &str) -> ApiResult<TenantId> {
-        self.broker.tenant_id(name).ok_or_else(|| Error::TenantNotFound(name.to_owned()).into())
+        self.broker.tenant_id(name).ok_or_else(|| self.not_here(name))
+    }
+
+    /// A tenant this node lacks: another node's address if the cluster places it there (the answer to
+    /// a call that reached the wrong node), else not found.
+    fn not_here(&self, tenant: &str) -> ApiError {
+        match self.cluster.get().and_then(|c| c.locate_tenant(tenant)) {
+            Some(NodeAddress { node, address }) => {
+                ApiError::WrongNode { tenant: tenant.to_owned(), node, address }
+            }
+            None => Error::TenantNotFound(tenant.to_owned()).into(),
+        }
+    }
+
+    /// Joins the plane to its daemon's cluster: replicated regions and answers for other nodes'
+    /// tenants. Set once, at start (a second call is ignored).
+    pub fn set_cluster(&self, cluster: Arc<dyn Cluster>) {
+        let _ = self.cluster.set(cluster);
     }
 
     /// The tenant a request acts on: the named one for the admin, the caller's own for a tenant.
@@ -1001,6 +1046,29 @@ impl ControlPlane {
         }
         name_field("name", &r.name)?;
         let members = rights_field("member_rights", r.member_rights)?;
+        let cluster = if r.replicated {
+            let cluster = self.cluster.get().ok_or_else(|| {
+                ApiError::Precondition("replicated regions need the daemon to run with --cluster".into())
+            })?;
+            if r.mode == Mode::Shared {
+                return Err(ApiError::InvalidField {
+                    field: "mode",
+                    reason: "shared mode is node-local: a replicated region is in handle or mirror mode"
+                        .into(),
+                });
+            }
+            if r.persistent {
+                return Err(ApiError::InvalidField {
+                    field: "backing",
+                    reason:
+                        "a replicated region is kept by the cluster's stream; it cannot be persistent too"
+                            .into(),
+                });
+            }
+            Some(cluster)
+        } else {
+            None
+        };
         let mut spec =
             RegionSpec::new(r.name.clone(), r.size, r.mode).with_policy(r.policy).with_members(members);
         if r.persistent {
@@ -1010,6 +1078,14 @@ impl ControlPlane {
             spec = spec.persistent(store.region_path(&tname, &r.name)?);
         }
         let id = self.broker.create_region(tid, spec)?;
+        if let Some(cluster) = cluster {
+            // Kept by the cluster, not the state store: a restarted node gets it back from the stream.
+            if let Err(why) = cluster.share(&tname, &r.name) {
+                let _ = self.broker.destroy_region(id);
+                return Err(ApiError::Unavailable(format!("the cluster did not take the region: {why}")));
+            }
+            return self.region_info(&tname, id);
+        }
         if let Some(store) = &self.store {
             let rec = RegionRecord {
                 size: r.size,

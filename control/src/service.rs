@@ -226,7 +226,8 @@ impl pb::broker_server::Broker for ControlService {
         &self,
         req: Request<pb::CreateRegionRequest>,
     ) -> Result<Response<pb::Region>, Status> {
-        self.unary(req, |p, who, r| Ok(convert::region_msg(p.create_region(who, &r.tenant, &r)?)))
+        // Blocking: a replicated region waits for the cluster to take it.
+        self.blocking(req, |p, who, r| Ok(convert::region_msg(p.create_region(who, &r.tenant, &r)?))).await
     }
 
     async fn set_member_rights(
@@ -265,10 +266,12 @@ impl pb::broker_server::Broker for ControlService {
         &self,
         req: Request<pb::WriteRegionRequest>,
     ) -> Result<Response<pb::WriteRegionResponse>, Status> {
-        self.unary(req, |p, who, r| {
+        // Blocking: a write to a replica waits for the region's home on another node.
+        self.blocking(req, |p, who, r| {
             let region = region_ref(required("region", r.region.as_ref())?);
             Ok(pb::WriteRegionResponse { version: p.write_region(who, region, r.offset, &r.data)? })
         })
+        .await
     }
 
     async fn grant(&self, req: Request<pb::GrantRequest>) -> Result<Response<pb::GrantResponse>, Status> {

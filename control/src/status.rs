@@ -13,6 +13,11 @@ use broker::Error;
 
 use super::store::StoreError;
 
+/// Trailer metadata of a call that reached the wrong node: the node that holds the tenant.
+pub const NODE_METADATA: &str = "broker-node";
+/// Trailer metadata of a call that reached the wrong node: that node's control address.
+pub const NODE_ADDRESS_METADATA: &str = "broker-node-address";
+
 /// What a control-plane call answers: its result, or why it was refused.
 pub type ApiResult<T> = Result<T, ApiError>;
 
@@ -49,6 +54,19 @@ pub enum ApiError {
     /// panicked, no randomness for a token, a report that does not encode).
     #[error("{0}")]
     Internal(String),
+    /// The tenant lives on another node of the cluster: the call belongs there.
+    #[error("tenant {tenant:?} lives on node {node:?} at {address}: send the call there")]
+    WrongNode {
+        /// The tenant named.
+        tenant: String,
+        /// The node that holds it.
+        node: String,
+        /// Its control API's address.
+        address: String,
+    },
+    /// Something the call needs cannot be reached now (the cluster); retrying later may work.
+    #[error("{0}")]
+    Unavailable(String),
     /// The daemon is shutting down and takes no new long-lived calls.
     #[error("the broker is shutting down")]
     ShuttingDown,
@@ -112,8 +130,17 @@ impl From<ApiError> for Status {
             ApiError::Precondition(_) => Code::FailedPrecondition,
             ApiError::Broker(b) => code_of(b),
             ApiError::Store(_) | ApiError::Internal(_) => Code::Internal,
-            ApiError::ShuttingDown => Code::Unavailable,
+            ApiError::ShuttingDown | ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::WrongNode { .. } => Code::FailedPrecondition,
         };
-        Status::new(code, e.to_string())
+        let mut status = Status::new(code, e.to_string());
+        if let ApiError::WrongNode { node, address, .. } = &e {
+            // Machine-readable too: a client follows the answer without parsing the message.
+            if let (Ok(n), Ok(a)) = (node.parse(), address.parse()) {
+                status.metadata_mut().insert(NODE_METADATA, n);
+                status.metadata_mut().insert(NODE_ADDRESS_METADATA, a);
+            }
+        }
+        status
     }
 }

@@ -55,6 +55,7 @@ fn region(d: &Daemon, c: &Client, name: &str, size: u64, mode: pb::Mode, backing
         policy: 0,
         backing: backing.into(),
         member_rights: broker_abi::rights::ALL,
+        replication: 0,
     };
     rpc!(d, c, create_region, msg).expect("region")
 }
@@ -227,6 +228,7 @@ fn tenants_and_quotas_bad_inputs() {
         policy: 0,
         backing: 0,
         member_rights: broker_abi::rights::ALL,
+        replication: 0,
     };
     assert_eq!(code(rpc!(d, t, create_region, too_big)), Code::ResourceExhausted);
     region(&d, &t, "r", 100, pb::Mode::Handle, pb::Backing::Ephemeral);
@@ -238,6 +240,7 @@ fn tenants_and_quotas_bad_inputs() {
         policy: 0,
         backing: 0,
         member_rights: broker_abi::rights::ALL,
+        replication: 0,
     };
     assert_eq!(code(rpc!(d, t, create_region, second)), Code::ResourceExhausted);
 }
@@ -359,6 +362,7 @@ fn regions_grants_and_watch() {
         policy: 0,
         backing: 0,
         member_rights: broker_abi::rights::ALL,
+        replication: 0,
     };
     assert_eq!(code(rpc!(d, alpha, create_region, zero)), Code::InvalidArgument);
     let bad_mode = pb::CreateRegionRequest {
@@ -369,6 +373,7 @@ fn regions_grants_and_watch() {
         policy: 0,
         backing: 0,
         member_rights: broker_abi::rights::ALL,
+        replication: 0,
     };
     assert_eq!(code(rpc!(d, alpha, create_region, bad_mode)), Code::InvalidArgument);
     let persistent = pb::CreateRegionRequest {
@@ -379,6 +384,7 @@ fn regions_grants_and_watch() {
         policy: 0,
         backing: pb::Backing::Persistent.into(),
         member_rights: broker_abi::rights::ALL,
+        replication: 0,
     };
     assert_eq!(code(rpc!(d, alpha, create_region, persistent)), Code::FailedPrecondition, "no state dir");
     let dup = pb::CreateRegionRequest {
@@ -389,6 +395,7 @@ fn regions_grants_and_watch() {
         policy: 0,
         backing: 0,
         member_rights: broker_abi::rights::ALL,
+        replication: 0,
     };
     assert_eq!(code(rpc!(d, alpha, create_region, dup)), Code::AlreadyExists);
     assert_eq!(
@@ -843,6 +850,7 @@ fn every_rpc_needs_a_valid_token_and_keeps_tenants_apart() {
                 policy: 0,
                 backing: 0,
                 member_rights: broker_abi::rights::ALL,
+                replication: 0,
             }
         ),
         row!(
@@ -1042,6 +1050,7 @@ fn every_request_field_is_validated() {
             policy,
             backing,
             member_rights: broker_abi::rights::ALL,
+            replication: 0,
         };
     let read =
         |region: Option<pb::RegionRef>, offset: u64, len: u64| pb::ReadRegionRequest { region, offset, len };
@@ -1871,6 +1880,7 @@ fn r15_reserved_names_empty_grants_unspecified_modes_and_no_server_paths() {
             policy: 0,
             backing: pb::Backing::Persistent.into(),
             member_rights: broker_abi::rights::ALL,
+            replication: 0,
         };
         assert_eq!(code(rpc!(d, t, create_region, r)), Code::InvalidArgument, "region {bad:?}");
         let m = pb::UploadModuleRequest {
@@ -1902,6 +1912,7 @@ fn r15_reserved_names_empty_grants_unspecified_modes_and_no_server_paths() {
         policy: 0,
         backing: pb::Backing::Ephemeral.into(),
         member_rights: broker_abi::rights::ALL,
+        replication: 0,
     };
     let err = rpc!(d, t, create_region, unspecified).expect_err("no mode");
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -1932,6 +1943,7 @@ fn r15_reserved_names_empty_grants_unspecified_modes_and_no_server_paths() {
         policy: 0,
         backing: pb::Backing::Persistent.into(),
         member_rights: broker_abi::rights::ALL,
+        replication: 0,
     };
     let err = rpc!(d, t, create_region, blocked).expect_err("the file is a directory");
     assert!(err.message().contains("blocked.region"), "{}", err.message());
@@ -2003,6 +2015,7 @@ fn r15_quotas_lowered_below_usage_hide_nothing_after_a_restart() {
         policy: 0,
         backing: pb::Backing::Ephemeral.into(),
         member_rights: broker_abi::rights::ALL,
+        replication: 0,
     };
     assert_eq!(code(rpc!(d, t, create_region, more)), Code::ResourceExhausted, "the lowered quota holds");
     drop(d);
@@ -2125,6 +2138,7 @@ fn r15_a_tenant_token_gives_its_apps_only_what_it_grants() {
         policy: 0,
         backing: 0,
         member_rights: 0,
+        replication: 0,
     };
     assert_eq!(rpc!(d, t, create_region, create).expect("create").member_rights, 0);
     let status = |s: Status| i64::from(s.code());

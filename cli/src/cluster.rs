@@ -1,0 +1,125 @@
+//! `broker serve --cluster`: the daemon's side of a cluster. It joins (membership), replicates regions
+//! (`broker_cluster::Replication`, following every replicated region whose tenant the node has) and
+//! lends the control plane what it needs of both ([`broker_control::Cluster`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::Broker;
+use broker_cluster::{JoinOptions, Membership, NodeLoad, NodeRecord, Replication, ReplicationOptions};
+use broker_control::{Cluster, NodeAddress};
+
+/// A daemon's place in its cluster, until [`Joined::leave`].
+pub struct Joined {
+    membership: Arc<Membership>,
+    replication: Arc<Replication>,
+    nodes: Arc<parking_lot::Mutex<Vec<NodeRecord>>>,
+    refresh: tokio::task::JoinHandle<()>,
+    node: String,
+    rt: tokio::runtime::Handle,
+}
+
+impl Joined {
+    /// Joins the cluster at `url` as `node` (reachable at `address`) and starts replicating. Runs on the
+    /// daemon's tokio runtime.
+    ///
+    /// # Errors
+    /// Why the cluster could not be joined, as text for the command line.
+    pub async fn join(url: &str, node: &str, address: &str, broker: Arc<Broker>) -> Result<Joined, String> {
+        let reporting = Arc::clone(&broker);
+        let load = move || node_load(&reporting);
+        let membership = Arc::new(
+            Membership::join(url, node, address, JoinOptions::default(), load)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        let replication = Replication::start(url, node, broker, ReplicationOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        replication.follow_everything();
+        let nodes = Arc::new(parking_lot::Mutex::new(membership.nodes().await.unwrap_or_default()));
+        let (m, n) = (Arc::clone(&membership), Arc::clone(&nodes));
+        // Where tenants live, for calls that reach the wrong node: refreshed with the heartbeats.
+        let refresh = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(broker_cluster::DEFAULT_HEARTBEAT).await;
+                if let Ok(list) = m.nodes().await {
+                    *n.lock() = list;
+                }
+            }
+        });
+        Ok(Joined {
+            membership,
+            replication: Arc::new(replication),
+            nodes,
+            refresh,
+            node: node.into(),
+            rt: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// What the control plane uses of the cluster.
+    pub fn plane_cluster(&self) -> Arc<dyn Cluster> {
+        Arc::new(PlaneCluster {
+            replication: Arc::clone(&self.replication),
+            nodes: Arc::clone(&self.nodes),
+            node: self.node.clone(),
+            rt: self.rt.clone(),
+        })
+    }
+
+    /// Stops replicating and leaves: the node's record goes at once.
+    pub async fn leave(self) {
+        self.refresh.abort();
+        self.replication.shutdown();
+        match Arc::try_unwrap(self.membership) {
+            Ok(m) => {
+                if let Err(e) = m.leave().await {
+                    tracing::warn!("leaving the cluster: {e} (the node's record expires on its own)");
+                }
+            }
+            Err(_) => {
+                tracing::warn!("leaving the cluster: still in use (the node's record expires on its own)")
+            }
+        }
+    }
+}
+
+/// What a node reports with each heartbeat: its tenants, instances and regions.
+fn node_load(broker: &Broker) -> NodeLoad {
+    let tenants = broker.tenants();
+    let (mut instances, mut regions) = (0u64, 0u64);
+    for t in &tenants {
+        instances += u64::try_from(broker.instances(t.id).len()).unwrap_or(u64::MAX);
+        regions += u64::try_from(broker.regions(t.id).len()).unwrap_or(u64::MAX);
+    }
+    NodeLoad { tenants: tenants.into_iter().map(|t| t.name).collect(), instances, regions }
+}
+
+struct PlaneCluster {
+    replication: Arc<Replication>,
+    nodes: Arc<parking_lot::Mutex<Vec<NodeRecord>>>,
+    node: String,
+    rt: tokio::runtime::Handle,
+}
+
+impl Cluster for PlaneCluster {
+    fn share(&self, tenant: &str, region: &str) -> Result<(), String> {
+        // Called on the blocking pool: the future runs on the runtime, this thread waits for it.
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (repl, t, r) = (Arc::clone(&self.replication), tenant.to_string(), region.to_string());
+        self.rt.spawn(async move {
+            let _ = tx.send(repl.share(&t, &r).await.map(|_| ()).map_err(|e| e.to_string()));
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| Err("the cluster did not answer in 30 s".into()))
+    }
+
+    fn locate_tenant(&self, tenant: &str) -> Option<NodeAddress> {
+        self.nodes
+            .lock()
+            .iter()
+            .find(|n| n.node != self.node && n.load.tenants.iter().any(|t| t == tenant))
+            .map(|n| NodeAddress { node: n.node.clone(), address: n.address.clone() })
+    }
+}
