@@ -48,6 +48,9 @@ pub const TAKEOVER_GAP: u64 = 1 << 32;
 /// How long a replica may take to catch up with the stream before it is handed out.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The largest region replication takes: a snapshot copies it whole, under its writer lock.
+pub const MAX_REPLICATED_SIZE: u64 = 256 << 20;
+
 /// How long a publish waits for the stream's acknowledgement before it is sent again.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -161,6 +164,9 @@ struct Replicated {
     state: parking_lot::Mutex<State>,
     /// Stops the lease task when the region stops being replicated.
     stopped: AtomicBool,
+    /// Held through every change of role (become home or replica, take over, step down), so two of
+    /// them (the lease task's and a fenced publisher's) never interleave.
+    transition: tokio::sync::Mutex<()>,
 }
 
 enum State {
@@ -181,8 +187,17 @@ struct Outbox {
     tx: mpsc::UnboundedSender<ChangeMsg>,
     bytes: AtomicU64,
     overflow: AtomicBool,
-    /// The last version the stream acknowledged (request replies wait for their version).
-    published: tokio::sync::watch::Sender<u64>,
+    /// What the stream acknowledged (request replies wait for their version).
+    published: tokio::sync::watch::Sender<Published>,
+}
+
+/// The home's publication so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct Published {
+    /// The highest version in the stream.
+    version: u64,
+    /// Another node took the region over: nothing more of this home's gets in.
+    fenced: bool,
 }
 
 impl Replication {
@@ -367,7 +382,15 @@ impl Inner {
                 "{tenant}/{name} is a shared-mode region: shared mode is node-local and cannot be replicated; use handle or mirror mode"
             )));
         }
+        if info.size > MAX_REPLICATED_SIZE {
+            return Err(ClusterError::Replication(format!(
+                "{tenant}/{name} is {} bytes; a replicated region holds at most {MAX_REPLICATED_SIZE} (its snapshots are copied whole)",
+                info.size
+            )));
+        }
         let key = region_key(tenant, name);
+        // Messages of an older region of the same name stay in the stream: this one starts after them.
+        let last = inner.last_seq(&key).await?;
         let record = RegionRecord {
             tenant: tenant.into(),
             name: name.into(),
@@ -376,35 +399,53 @@ impl Inner {
             policy: info.policy.to_string(),
             home: inner.node.clone(),
             epoch: 1,
-            snapshot_seq: 0,
+            snapshot_seq: last + 1,
         };
-        let rep = inner.track(&key, region);
-        // Messages of an older region of the same name stay in the stream: this one starts after them.
-        let last = inner.last_seq(&key).await?;
-        rep.applied_seq.store(last, Ordering::Release);
-        let record = RegionRecord { snapshot_seq: last + 1, ..record };
         match inner.regions_kv.create(&key, encode(&record)).await {
             Ok(revision) => {
-                inner.become_home(&rep, record, revision, false).await?;
+                let rep = inner.track(&key, region);
+                rep.applied_seq.store(last, Ordering::Release);
+                rep.seen_seq.store(last, Ordering::Release);
+                let _turn = rep.transition.lock().await;
+                if let Err(e) = inner.become_home(&rep, record, revision, false).await {
+                    inner.untrack(&key);
+                    return Err(e);
+                }
             }
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 let (existing, revision) = inner.record(&key).await?;
                 if existing.home != inner.node {
-                    inner.untrack(&key);
                     return Err(ClusterError::Replication(format!(
                         "{tenant}/{name} is already replicated with node {:?} as its home: follow it",
                         existing.home
                     )));
                 }
+                if (existing.size, &existing.mode, &existing.policy)
+                    != (record.size, &record.mode, &record.policy)
+                {
+                    return Err(ClusterError::Replication(format!(
+                        "{tenant}/{name} is replicated as {} bytes, {} mode, {}; the local one is {} bytes, {} mode, {}",
+                        existing.size, existing.mode, existing.policy, record.size, record.mode, record.policy
+                    )));
+                }
                 // A restart of the home: catch up with what it published before, then write again.
-                inner.catch_up(&rep, &existing).await?;
-                inner.become_home(&rep, existing, revision, false).await?;
+                let rep = inner.track(&key, region);
+                let _turn = rep.transition.lock().await;
+                let back = match inner.catch_up(&rep, &existing).await {
+                    Ok(()) => inner.become_home(&rep, existing, revision, false).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = back {
+                    inner.untrack(&key);
+                    return Err(e);
+                }
             }
-            Err(e) => {
-                inner.untrack(&key);
-                return Err(js_err("create the region record")(&e));
-            }
+            Err(e) => return Err(js_err("create the region record")(&e)),
         }
+        let rep = inner.regions.lock().get(&key).cloned();
+        let Some(rep) = rep else {
+            return Err(ClusterError::Replication(format!("{tenant}/{name} stopped being replicated")));
+        };
         Inner::spawn_lease(inner, &rep);
         Ok(region)
     }
@@ -426,15 +467,14 @@ impl Inner {
             .ok_or_else(|| ClusterError::Replication(format!("no tenant {tenant:?} on this node")))?;
         let mut caught_up = 0;
         let region = match inner.broker.region_id(tid, name) {
-            Some(r) => {
-                let info = inner.broker.region_info(r).map_err(ClusterError::broker)?;
-                if info.size != record.size || info.mode.to_string() != record.mode {
-                    return Err(ClusterError::Replication(format!(
-                        "the local {tenant}/{name} is {} bytes in {} mode; the replicated one {} bytes in {} mode",
-                        info.size, info.mode, record.size, record.mode
-                    )));
-                }
-                r
+            // The home's own region after a restart is shared again, with its record checked.
+            Some(_) if record.home == inner.node => return Box::pin(self.share(tenant, name)).await,
+            // A region of this name that replication did not build holds bytes and versions of its
+            // own, which the home's changes could not be told apart from: refused.
+            Some(_) => {
+                return Err(ClusterError::Replication(format!(
+                    "{tenant}/{name} exists on this node already; a replica is built by the cluster (destroy the local one first)"
+                )))
             }
             None => {
                 let mode = record.mode.parse::<Mode>().map_err(ClusterError::Replication)?;
@@ -464,9 +504,18 @@ impl Inner {
         rep.applied_seq.store(caught_up, Ordering::Release);
         rep.seen_seq.store(caught_up, Ordering::Release);
         *rep.landed.lock() = inner.broker.region_info(region).map_or(0, |i| i.version);
-        Inner::become_replica(inner, &rep, &record.home, record.snapshot_seq);
-        let target = inner.last_seq(&key).await?;
-        inner.wait_applied(&rep, target).await?;
+        {
+            let _turn = rep.transition.lock().await;
+            Inner::become_replica(inner, &rep, &record.home, record.snapshot_seq);
+        }
+        let caught = match inner.last_seq(&key).await {
+            Ok(target) => inner.wait_applied(&rep, target).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = caught {
+            inner.untrack(&key);
+            return Err(e);
+        }
         Inner::spawn_lease(inner, &rep);
         Ok(region)
     }
@@ -511,6 +560,7 @@ impl Inner {
             landed_cv: parking_lot::Condvar::new(),
             state: parking_lot::Mutex::new(State::Idle),
             stopped: AtomicBool::new(false),
+            transition: tokio::sync::Mutex::new(()),
         });
         if let Some(old) = self.regions.lock().insert(key.into(), Arc::clone(&rep)) {
             old.stopped.store(true, Ordering::Release);
@@ -614,7 +664,8 @@ impl Inner {
             .map_err(|e| js_err("record the home")(&e))?;
 
         let (tx, rx) = mpsc::unbounded_channel();
-        let (published, _) = tokio::sync::watch::channel(region.version());
+        let (published, _) =
+            tokio::sync::watch::channel(Published { version: region.version(), fenced: false });
         let outbox =
             Arc::new(Outbox { tx, bytes: AtomicU64::new(0), overflow: AtomicBool::new(false), published });
         let weak: Weak<broker::region::Region> = Arc::downgrade(&region);
@@ -712,29 +763,47 @@ impl Inner {
             }
             let version = msg.version;
             for part in wire::chunks(msg.snapshot, msg.version, msg.spans) {
-                let last = rep.applied_seq.load(Ordering::Acquire);
-                match self.publish(&rep.key, &part, last).await {
-                    Ok(seq) => {
+                loop {
+                    let last = rep.applied_seq.load(Ordering::Acquire);
+                    let Err(Fenced) = self.publish(&rep.key, &part, last).await.map(|seq| {
                         rep.applied_seq.store(seq, Ordering::Release);
                         rep.seen_seq.store(seq, Ordering::Release);
-                    }
-                    Err(Fenced) => {
-                        tracing::warn!(node = %self.node, key = %rep.key, "fenced: another node took the region over");
-                        let inner = Arc::clone(&self);
-                        let rep = Arc::clone(&rep);
-                        tokio::spawn(async move { inner.step_down(&rep).await });
-                        return;
+                    }) else {
+                        break;
+                    };
+                    // Someone appended. The record says who writes the region: another node (this
+                    // one was deposed: step down), or still this one (a deposed home's last change
+                    // got in before this home's first, or a resend outlived the stream's duplicate
+                    // window): go on after it.
+                    match self.record(&rep.key).await {
+                        Ok((record, _)) if record.home == self.node => match self.last_seq(&rep.key).await {
+                            Ok(l) => {
+                                rep.applied_seq.store(l, Ordering::Release);
+                                rep.seen_seq.store(l, Ordering::Release);
+                            }
+                            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                        },
+                        Ok(_) => {
+                            tracing::warn!(node = %self.node, key = %rep.key, "fenced: another node took the region over");
+                            outbox.published.send_modify(|p| p.fenced = true);
+                            let inner = Arc::clone(&self);
+                            let rep = Arc::clone(&rep);
+                            tokio::spawn(async move { inner.step_down(&rep).await });
+                            return;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                     }
                 }
             }
-            outbox.published.send_replace(version);
+            outbox.published.send_modify(|p| p.version = p.version.max(version));
         }
     }
 
-    /// The home's side of writes from replicas.
+    /// The home's side of writes from replicas: one queue group, so a proposal reaches one node even
+    /// while a deposed home has not yet noticed.
     async fn serve_writes(self: Arc<Self>, rep: Arc<Replicated>, outbox: Arc<Outbox>) {
         let mut sub = loop {
-            match self.client.subscribe(write_subject(&rep.key)).await {
+            match self.client.queue_subscribe(write_subject(&rep.key), "home".into()).await {
                 Ok(s) => break s,
                 Err(e) => {
                     tracing::warn!(key = %rep.key, "cannot serve writes yet: {e}");
@@ -744,34 +813,37 @@ impl Inner {
         };
         while let Some(msg) = sub.next().await {
             let Some(reply_to) = msg.reply.clone() else { continue };
-            let reply = match wire::decode_proposal(&msg.payload) {
-                Err(e) => Reply::Refused(e.to_string()),
+            let (reply, expires) = match wire::decode_proposal(&msg.payload) {
+                Err(e) => (Reply::Refused(e.to_string()), 0),
                 Ok((_, expires)) if crate::now_ms() > expires => {
-                    Reply::Refused("the proposal expired before it arrived (NATS was away?)".into())
+                    (Reply::Refused("the proposal expired before it arrived (NATS was away?)".into()), 0)
                 }
-                Ok((p, _)) => match self.broker.apply_proposal(rep.region, &p) {
-                    Err(e) => Reply::Refused(e.to_string()),
-                    Ok(Err(Refused::Conflict { current })) => Reply::Conflict(current),
-                    Ok(Err(e)) => Reply::Refused(e.to_string()),
-                    Ok(Ok(a)) => Reply::Accepted(a),
+                Ok((p, expires)) => match self.broker.apply_proposal(rep.region, &p) {
+                    Err(e) => (Reply::Refused(e.to_string()), 0),
+                    Ok(Err(Refused::Conflict { current })) => (Reply::Conflict(current), 0),
+                    Ok(Err(e)) => (Reply::Refused(e.to_string()), 0),
+                    Ok(Ok(a)) => (Reply::Accepted(a), expires),
                 },
             };
-            // Answer once the change is in the stream (in the background: the next proposal need not
-            // wait for this one's acknowledgement).
-            let (client, mut published, timeout) =
-                (self.client.clone(), outbox.published.subscribe(), self.options.propose_timeout);
+            // Answered once the change is in the stream, or at the proposal's expiry if the stream is
+            // slow (it is written here and queued: accepted, as a local write is), or refused if this
+            // node lost the region meanwhile (its unpublished changes are dropped). In the background:
+            // the next proposal need not wait for this one's acknowledgement.
+            let (client, mut published) = (self.client.clone(), outbox.published.subscribe());
             tokio::spawn(async move {
                 let reply = match reply {
                     Reply::Accepted(a) if a.version > a.previous => {
-                        let done =
-                            tokio::time::timeout(timeout, published.wait_for(|v| *v >= a.version)).await;
-                        if matches!(done, Ok(Ok(_))) {
-                            Reply::Accepted(a)
-                        } else {
-                            Reply::Refused(format!(
-                                "written at the home at version {} but not yet in the stream",
-                                a.version
-                            ))
+                        let wait = Duration::from_millis(expires.saturating_sub(crate::now_ms()));
+                        let outcome = tokio::time::timeout(
+                            wait,
+                            published.wait_for(|p| p.version >= a.version || p.fenced),
+                        )
+                        .await;
+                        match outcome {
+                            Ok(Ok(p)) if p.version < a.version => Reply::Refused(
+                                "this node lost the region to another home; the write was not kept".into(),
+                            ),
+                            _ => Reply::Accepted(a),
                         }
                     }
                     other => other,
@@ -934,31 +1006,47 @@ impl Inner {
                 continue;
             }
             if record.home == self.node {
+                // The record names this node but it does not write: a takeover that won the record
+                // and then failed. Try again (nobody else will: this node beats).
+                let _turn = rep.transition.lock().await;
+                if !matches!(&*rep.state.lock(), State::Home(_)) {
+                    if let Err(e) = self.become_home(&rep, record, revision, true).await {
+                        tracing::warn!(node = %self.node, key = %rep.key, "becoming the home again failed: {e}");
+                    }
+                }
                 continue;
             }
             if let State::Replica { home, .. } = &mut *rep.state.lock() {
                 home.clone_from(&record.home);
             }
-            let alive = matches!(self.nodes_kv.get(&record.home).await, Ok(Some(_)));
-            if alive {
-                absent_since = None;
-                continue;
-            }
-            let since = *absent_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= self.options.takeover_after {
-                absent_since = None;
-                self.take_over(&rep, record, revision).await;
+            // Only a record the server says is gone counts as absent; an error tells nothing.
+            match self.nodes_kv.get(&record.home).await {
+                Ok(Some(_)) => absent_since = None,
+                Ok(None) => {
+                    let since = *absent_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.options.takeover_after {
+                        absent_since = None;
+                        self.take_over(&rep, record, revision).await;
+                    }
+                }
+                Err(_) => {}
             }
         }
     }
 
-    /// Takes the region over from a dead home: catches up, wins the record by compare-and-set on its
-    /// revision, and becomes the home (a losing node stays a replica of the winner).
+    /// Takes the region over from a dead home: reads the stream to its end, checks the home is still
+    /// gone, wins the record by compare-and-set on its revision, and becomes the home (a losing node
+    /// stays a replica of the winner).
     async fn take_over(self: &Arc<Self>, rep: &Arc<Replicated>, mut record: RegionRecord, revision: u64) {
+        let _turn = rep.transition.lock().await;
         let Ok(target) = self.last_seq(&rep.key).await else { return };
         // Every message read (a change the dead home left half-published is abandoned: the snapshot
         // below, at a higher version, replaces it everywhere).
         if Inner::wait_for(&rep.seen_seq, target).await.is_err() {
+            return;
+        }
+        // Catching up took time: the home may have come back meanwhile.
+        if !matches!(self.nodes_kv.get(&record.home).await, Ok(None)) {
             return;
         }
         let old = record.home.clone();
@@ -973,18 +1061,15 @@ impl Inner {
         rep.applied_seq.store(rep.seen_seq.load(Ordering::Acquire), Ordering::Release);
         match self.become_home(rep, record, revision, true).await {
             Ok(()) => tracing::warn!(node = %self.node, key = %rep.key, from = %old, "took the region over"),
-            Err(e) => {
-                tracing::warn!(node = %self.node, key = %rep.key, "takeover failed: {e}");
-                if let Ok((record, _)) = self.record(&rep.key).await {
-                    self.become_replica(rep, &record.home, record.snapshot_seq);
-                }
-            }
+            // The record names this node: the lease task tries again.
+            Err(e) => tracing::warn!(node = %self.node, key = %rep.key, "takeover failed, retrying: {e}"),
         }
     }
 
     /// Stops being the home (another node holds the record now): changes not yet published are lost to
     /// the cluster, and the region follows the new home from its snapshot.
     async fn step_down(self: &Arc<Self>, rep: &Arc<Replicated>) {
+        let _turn = rep.transition.lock().await;
         let dropped = match &*rep.state.lock() {
             State::Home(tasks) => tasks.outbox.bytes.load(Ordering::Acquire),
             _ => return,
@@ -1043,7 +1128,7 @@ struct Fenced;
 /// The home's watcher: copies the change's bytes (the writer still holds the lock, so they are the
 /// change's own) into the outbox, in version order.
 fn capture(region: &Weak<broker::region::Region>, outbox: &Outbox, limit: u64, c: &broker::region::Change) {
-    if outbox.overflow.load(Ordering::Acquire) {
+    if c.len == 0 || outbox.overflow.load(Ordering::Acquire) {
         return;
     }
     let Some(region) = region.upgrade() else { return };
@@ -1088,6 +1173,13 @@ impl Upstream for ToHome {
         // Half the wait: a home that takes it late still answers before the writer gives up.
         let expires = crate::now_ms() + u64::try_from(timeout.as_millis() / 2).unwrap_or(u64::MAX);
         let payload: bytes::Bytes = wire::encode_proposal(&proposal, expires).into();
+        let limit = inner.client.server_info().max_payload;
+        if payload.len() > limit {
+            return Err(Refused::Unavailable(format!(
+                "a write of {} bytes to a replica is larger than the cluster's message limit ({limit} bytes): write it in smaller pieces",
+                payload.len()
+            )));
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let (client, subject) = (inner.client.clone(), self.subject.clone());
         inner.rt.spawn(async move {
@@ -1107,18 +1199,26 @@ impl Upstream for ToHome {
                 return Err(Refused::Unavailable(format!("home {home:?} did not answer in {timeout:?}")));
             }
         };
+        // The version the answer names has come back through the stream before the write returns
+        // (read-your-writes; a conflict's version, so the writer can refresh to it), unless that
+        // takes longer than the wait: the caller sees the replica's own version then.
+        let until_landed = |version: u64| {
+            let mut landed = rep.landed.lock();
+            let deadline = Instant::now() + timeout;
+            while *landed < version {
+                if rep.landed_cv.wait_until(&mut landed, deadline).timed_out() {
+                    break;
+                }
+            }
+        };
         match answer {
-            Reply::Conflict(current) => Err(Refused::Conflict { current }),
+            Reply::Conflict(current) => {
+                until_landed(current);
+                Err(Refused::Conflict { current })
+            }
             Reply::Refused(why) => Err(Refused::Unavailable(format!("home {home:?}: {why}"))),
             Reply::Accepted(a) => {
-                // Read-your-writes: the change came back through the stream before the write returns.
-                let mut landed = rep.landed.lock();
-                let deadline = Instant::now() + timeout;
-                while *landed < a.version {
-                    if rep.landed_cv.wait_until(&mut landed, deadline).timed_out() {
-                        break;
-                    }
-                }
+                until_landed(a.version);
                 Ok(a)
             }
         }

@@ -484,11 +484,20 @@ impl MirrorState {
             Ok(a) => a,
             Err(Refused::Conflict { current }) => {
                 region.traffic.conflicted();
-                return Err(MirrorError::Conflict { current });
+                // The home's version once it landed here; the replica's own if not yet, so the app's
+                // refresh to it is a version of this region.
+                return Err(MirrorError::Conflict { current: current.min(region.version()) });
             }
             Err(Refused::Unavailable(reason)) => return Err(MirrorError::Unavailable { reason }),
-            Err(Refused::Region(e)) => return Err(MirrorError::Unavailable { reason: e.to_string() }),
+            // Out of the region's bounds cannot happen (the spans lie in the capability's range); a home
+            // that says so holds a region of another size.
+            Err(Refused::Region(e)) => {
+                return Err(MirrorError::Unavailable { reason: format!("the home refused: {e}") })
+            }
         };
+        // Landed here (the upstream waits for it, within its time): the commit's version is this
+        // region's too. Not yet: the mirror stays at what it saw, and its next refresh brings the pages.
+        let landed = region.version() >= accepted.version;
         let mut from = 0;
         for (i, _, slice) in dirty {
             let n = slice.len();
@@ -496,16 +505,17 @@ impl MirrorState {
                 s.copy_from_slice(bytes);
             }
             // Checked, nobody else changed the page: the app's copy is the region's at the new version.
-            if let Some(seen) = self.seen.get_mut(*i).filter(|_| checked) {
+            if let Some(seen) = self.seen.get_mut(*i).filter(|_| checked && landed) {
                 *seen = accepted.version;
             }
             from += n;
         }
-        if self.synced == accepted.previous {
+        if self.synced == accepted.previous && landed {
             self.synced = accepted.version;
         }
+        let version = if landed { accepted.version } else { region.version() };
         region.traffic.committed();
         region.traffic.copied_in(len64(staged.len()));
-        Ok(Synced { version: accepted.version, pages: u32::try_from(dirty.len()).unwrap_or(u32::MAX) })
+        Ok(Synced { version, pages: u32::try_from(dirty.len()).unwrap_or(u32::MAX) })
     }
 }

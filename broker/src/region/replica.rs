@@ -10,8 +10,9 @@
 //! **Invariant:** a replica's version never goes backwards: a change at or below its version is
 //! ignored, whatever the stream redelivers.
 //!
-//! **Invariant:** a proposal returns only after the change it made has landed in the replica (or with
-//! an error), so an app reads its own writes; a refused proposal wrote nothing anywhere.
+//! **Invariant:** a proposal the home refused (a conflict, or expired before it arrived) wrote nothing
+//! anywhere; one that was accepted returns once its change landed in the replica, within the
+//! upstream's time limit, so an app reads its own writes.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,9 +21,10 @@ use super::{len64, Change, Region, RegionError};
 
 /// Where a replica's writes go: the region's home, reached however the host reaches it.
 pub trait Upstream: Send + Sync + std::fmt::Debug {
-    /// Takes `proposal` to the home and returns what it answered. Blocks the calling thread; returns
-    /// `Ok` only once the accepted change has been applied to the replica (see the module's
-    /// invariants), and [`Refused::Unavailable`] if the home cannot be reached in time.
+    /// Takes `proposal` to the home and returns what it answered. Blocks the calling thread, and
+    /// waits (within its time limit) for the version it answers with to land in the replica, so the
+    /// writer reads its own write and can refresh to a conflict's version; [`Refused::Unavailable`] if
+    /// the home cannot be reached in time.
     ///
     /// # Errors
     /// [`Refused`].
@@ -141,8 +143,13 @@ impl Region {
     /// then writes every span as one change (one version, one published [`Change`] spanning them).
     ///
     /// # Errors
-    /// [`Refused::Conflict`] and [`Refused::Region`] for a span out of bounds: nothing is written.
+    /// [`Refused::Conflict`], [`Refused::Region`] for a span out of bounds, [`Refused::Unavailable`]
+    /// if the region is a replica (not the home): nothing is written.
     pub fn apply_proposal(&self, proposal: &Proposal) -> Result<Accepted, Refused> {
+        if self.is_replica() {
+            // A proposal that reached a node after it stopped being the home.
+            return Err(Refused::Unavailable("this node is not the region's home any more".into()));
+        }
         for s in &proposal.spans {
             self.memory.check(s.offset, s.bytes.len())?;
         }
@@ -228,5 +235,149 @@ impl Region {
         if lo < hi {
             self.publish(Change { version, offset: lo, len: hi - lo });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
+
+    use super::{Accepted, Check, Proposal, Refused, Span, Upstream};
+    use crate::name::Name;
+    use crate::region::{Backing, Change, Region, RegionError, RegionId, PAGE_SIZE};
+    use crate::tenant::TenantId;
+
+    fn region(pages: u64) -> Region {
+        let n = |s: &str| Name::new(s).expect("name");
+        Region::new(
+            RegionId(1),
+            n("r"),
+            TenantId(1),
+            n("t"),
+            pages * PAGE_SIZE,
+            crate::Mode::Mirror,
+            Default::default(),
+            Backing::Ephemeral,
+        )
+        .expect("region")
+    }
+
+    fn span(offset: u64, bytes: &[u8]) -> Span {
+        Span { offset, bytes: bytes.to_vec() }
+    }
+
+    fn read(r: &Region, offset: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0; len];
+        r.read(offset, &mut buf).expect("read");
+        buf
+    }
+
+    /// The changes a region's watchers saw.
+    fn watched(r: &Region) -> Arc<Mutex<Vec<Change>>> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        r.watch(Arc::new(move |c: &Change| s.lock().push(*c)));
+        seen
+    }
+
+    #[test]
+    fn a_home_applies_a_proposal_under_its_check_or_writes_nothing() {
+        let r = region(4);
+        let seen = watched(&r);
+        // Blind: one version for every span, one change spanning them.
+        let blind =
+            Proposal { check: Check::Blind, spans: vec![span(10, &[1, 2]), span(PAGE_SIZE * 2, &[3])] };
+        assert_eq!(r.apply_proposal(&blind), Ok(Accepted { previous: 0, version: 1 }));
+        assert_eq!((read(&r, 10, 2), read(&r, PAGE_SIZE * 2, 1)), (vec![1, 2], vec![3]));
+        assert_eq!(*seen.lock(), [Change { version: 1, offset: 10, len: PAGE_SIZE * 2 + 1 - 10 }]);
+        // Version: refused once the region moved past the writer's base.
+        let stale = Proposal { check: Check::Version(0), spans: vec![span(0, &[9])] };
+        assert_eq!(r.apply_proposal(&stale), Err(Refused::Conflict { current: 1 }));
+        let fresh = Proposal { check: Check::Version(1), spans: vec![span(0, &[9])] };
+        assert_eq!(r.apply_proposal(&fresh), Ok(Accepted { previous: 1, version: 2 }));
+        // Pages: page 0 is at version 2 now, page 1 was never written, page 2 at version 1.
+        let p0_old =
+            Proposal { check: Check::Pages(vec![(1, 0), (0, 1)]), spans: vec![span(PAGE_SIZE, &[7])] };
+        assert_eq!(r.apply_proposal(&p0_old), Err(Refused::Conflict { current: 2 }));
+        let untouched =
+            Proposal { check: Check::Pages(vec![(1, 0), (2, 1)]), spans: vec![span(PAGE_SIZE, &[7])] };
+        assert_eq!(r.apply_proposal(&untouched), Ok(Accepted { previous: 2, version: 3 }));
+        // A page index beyond the region is a conflict, never a panic.
+        let beyond = Proposal { check: Check::Pages(vec![(u64::MAX, 0)]), spans: vec![span(0, &[1])] };
+        assert!(matches!(r.apply_proposal(&beyond), Err(Refused::Conflict { .. })));
+        // A span out of bounds (or overflowing) is refused before anything is written.
+        let out = Proposal { check: Check::Blind, spans: vec![span(0, &[5]), span(u64::MAX, &[1])] };
+        assert!(matches!(r.apply_proposal(&out), Err(Refused::Region(RegionError::OutOfBounds { .. }))));
+        assert_eq!((read(&r, 0, 1), r.version()), (vec![9], 3));
+        // Nothing to write: no version.
+        assert_eq!(
+            r.apply_proposal(&Proposal { check: Check::Blind, spans: vec![] }),
+            Ok(Accepted { previous: 3, version: 3 })
+        );
+        assert_eq!(seen.lock().len(), 3);
+    }
+
+    #[test]
+    fn a_replica_takes_changes_at_the_homes_versions_and_never_goes_back() {
+        let r = region(2);
+        let seen = watched(&r);
+        assert_eq!(r.apply_replicated(5, &[span(3, &[1, 1])]), Ok(true));
+        assert_eq!(r.version(), 5);
+        // At or below the version: ignored, bytes untouched, nobody told.
+        assert_eq!(r.apply_replicated(5, &[span(3, &[2, 2])]), Ok(false));
+        assert_eq!(r.apply_replicated(4, &[span(3, &[2, 2])]), Ok(false));
+        assert_eq!((read(&r, 3, 2), r.version()), (vec![1, 1], 5));
+        // Out of bounds: refused whole.
+        let out = r.apply_replicated(9, &[span(0, &[4]), span(PAGE_SIZE * 2, &[4])]);
+        assert!(matches!(out, Err(RegionError::OutOfBounds { .. })));
+        assert_eq!((read(&r, 0, 1), r.version()), (vec![0], 5));
+        // Pages carry the change's version, as a local write's would.
+        assert_eq!(r.apply_replicated(1 << 33, &[span(PAGE_SIZE, &[6])]), Ok(true));
+        assert_eq!(r.pages.read().0, [5, 1 << 33]);
+        assert_eq!(seen.lock().iter().map(|c| c.version).collect::<Vec<_>>(), [5, 1 << 33]);
+        // A restamp moves the version (at least by one) over the whole region, bytes unchanged.
+        assert_eq!(r.restamp(|v| v + 10), (1 << 33) + 10);
+        assert_eq!(r.restamp(|_| 0), (1 << 33) + 11);
+        assert_eq!(read(&r, 3, 2), vec![1, 1]);
+        assert_eq!(
+            seen.lock().last(),
+            Some(&Change { version: (1 << 33) + 11, offset: 0, len: PAGE_SIZE * 2 })
+        );
+    }
+
+    /// An upstream that records proposals and answers as told.
+    #[derive(Debug)]
+    struct Recorder(Mutex<Vec<Proposal>>, Result<Accepted, Refused>);
+
+    impl Upstream for Recorder {
+        fn propose(&self, proposal: Proposal) -> Result<Accepted, Refused> {
+            self.0.lock().push(proposal);
+            self.1.clone()
+        }
+
+        fn home(&self) -> String {
+            "elsewhere".into()
+        }
+    }
+
+    #[test]
+    fn a_replicas_writes_go_upstream_and_leave_it_untouched() {
+        let r = region(1);
+        let up = Arc::new(Recorder(Mutex::new(Vec::new()), Err(Refused::Unavailable("down".into()))));
+        r.set_upstream(Some(up.clone()));
+        assert!(r.is_replica());
+        // A host write becomes a blind proposal; refused, it wrote nothing.
+        assert_eq!(r.write(8, &[1, 2, 3]), Err(RegionError::Unavailable { reason: "down".into() }));
+        assert_eq!((read(&r, 8, 3), r.version()), (vec![0, 0, 0], 0));
+        assert_eq!(*up.0.lock(), [Proposal { check: Check::Blind, spans: vec![span(8, &[1, 2, 3])] }]);
+        // A replica is not a home: a proposal that reaches it is refused.
+        let p = Proposal { check: Check::Blind, spans: vec![span(0, &[1])] };
+        assert!(matches!(r.apply_proposal(&p), Err(Refused::Unavailable(_))));
+        // Its own home again: writes are local.
+        r.set_upstream(None);
+        assert_eq!(r.write(8, &[1, 2, 3]), Ok(1));
+        assert_eq!(up.0.lock().len(), 1);
     }
 }

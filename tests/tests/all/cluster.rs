@@ -414,3 +414,142 @@ fn r19_shared_mode_is_node_local() {
         Err(broker::Error::InvalidArgument { field: "mode", .. })
     ));
 }
+
+/// Writers on three nodes at once (each on its own quarter of a 1 MiB region, so the result does not
+/// depend on their interleaving), after a 600 KiB write that the stream carries in two messages, and
+/// with snapshots of the whole region in two messages too: every node ends with the model's bytes.
+/// Then two replicas' mirrors commit different pages of one version under `merge`: both land.
+#[test]
+fn r19_concurrent_writers_on_every_node_and_changes_larger_than_a_message() {
+    const BIG: u64 = 1 << 20;
+    let nats = Nats::start();
+    let rt = runtime();
+    let nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| Node::join(&rt, &nats.url, n)).collect();
+    let spec = RegionSpec::new(REGION, BIG, Mode::Mirror).with_policy(broker::mode::ConflictPolicy::Merge);
+    let t = nodes[0].broker.tenant_id(TENANT).expect("tenant");
+    nodes[0].broker.create_region(t, spec).expect("region");
+    rt.block_on(nodes[0].repl().share(TENANT, REGION)).expect("shared");
+    let mut model = vec![0u8; 1 << 20];
+    let large: Vec<u8> = (0..600 * 1024).map(|i| u8::try_from(i % 253).expect("byte")).collect();
+    nodes[0].broker.write_region(nodes[0].region(), 400 * 1024, &large).expect("large write");
+    model[400 * 1024..1000 * 1024].copy_from_slice(&large);
+    for n in &nodes[1..] {
+        n.follow(&rt);
+    }
+    let quarter = BIG / 4;
+    let models: Vec<Vec<(u64, [u8; 8])>> = std::thread::scope(|s| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(k, n)| {
+                s.spawn(move || {
+                    let mut written = Vec::new();
+                    for i in 0..300u64 {
+                        let offset = k as u64 * quarter + (i * 4093) % (quarter - 8);
+                        let bytes = commit_bytes(i * 3 + k as u64);
+                        n.broker.write_region(n.region(), offset, &bytes).expect("write");
+                        written.push((offset, bytes));
+                    }
+                    written
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("writer")).collect()
+    });
+    for (offset, bytes) in models.into_iter().flatten() {
+        let at = usize::try_from(offset).expect("offset");
+        model[at..at + 8].copy_from_slice(&bytes);
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let (_, bytes) = {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let want = nodes[0].version();
+            if nodes.iter().all(|n| n.version() == want) {
+                break (want, big_bytes(&nodes[0]));
+            }
+            assert!(Instant::now() < deadline, "never converged");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert!(nodes.iter().all(|n| big_bytes(n) == bytes), "the nodes differ");
+    assert!(bytes == model, "the replicated bytes differ from the writes made");
+
+    // Two replicas' mirrors, both at the same version, change different pages: merge takes both.
+    let mirror = |n: &Node, name: &str| {
+        let t = n.broker.tenant_id(TENANT).expect("tenant");
+        let i = start(&n.broker, t, "mirror_app", name);
+        n.broker.grant(n.region(), i, Rights::READ | Rights::WRITE, 0, None).expect("grant");
+        assert_eq!(call(&n.broker, i, "acquire", args![0]), 0, "acquire");
+        i
+    };
+    let (mb, mc) = (mirror(&nodes[1], "mb"), mirror(&nodes[2], "mc"));
+    assert_eq!(call(&nodes[1].broker, mb, "store", args![0, 0i64, 0x1111i64]), 0);
+    assert_eq!(call(&nodes[2].broker, mc, "store", args![0, 8192i64, 0x2222i64]), 0);
+    assert_eq!(call(&nodes[1].broker, mb, "commit", args![0]), 1);
+    assert_eq!(call(&nodes[2].broker, mc, "commit", args![0]), 1, "a different page: merged, not refused");
+    model[0..8].copy_from_slice(&0x1111u64.to_le_bytes());
+    model[8192..8200].copy_from_slice(&0x2222u64.to_le_bytes());
+    converged_big(&refs, &model);
+}
+
+fn big_bytes(n: &Node) -> Vec<u8> {
+    let size = n.broker.region_info(n.region()).expect("info").size;
+    let mut buf = vec![0; usize::try_from(size).expect("size")];
+    n.broker.read_region(n.region(), 0, &mut buf).expect("read");
+    buf
+}
+
+/// Waits until every node reads `model`.
+fn converged_big(nodes: &[&Node], model: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !nodes.iter().all(|n| big_bytes(n) == model) {
+        assert!(Instant::now() < deadline, "the nodes never reached the model");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A home that is cut off from the cluster's membership while it still runs (its heartbeat stops) is
+/// replaced; when it sees the record name another node it steps down and follows the new home, and
+/// writes through it then land everywhere.
+#[test]
+fn r19_a_deposed_home_steps_down_and_follows_the_new_one() {
+    let nats = Nats::start();
+    let rt = runtime();
+    let (mut a, b) = (Node::join(&rt, &nats.url, "a"), Node::join(&rt, &nats.url, "b"));
+    a.share(&rt, RegionSpec::new(REGION, SIZE, Mode::Handle));
+    b.follow(&rt);
+    let mut model = vec![0u8; usize::try_from(SIZE).expect("size")];
+    let mut write = |n: &Node, i: u64| -> Result<u64, broker::Error> {
+        let (offset, bytes) = (commit_offset(i), commit_bytes(i));
+        let v = n.broker.write_region(n.region(), offset, &bytes)?;
+        let at = usize::try_from(offset).expect("offset");
+        model[at..at + 8].copy_from_slice(&bytes);
+        Ok(v)
+    };
+    for i in 0..50 {
+        write(&a, i).expect("write");
+    }
+    converged(&[&a, &b]);
+    // Its heartbeat stops; its replication goes on.
+    drop(a.membership.take());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.repl().role(TENANT, REGION) != Some(Role::Replica { home: "b".into() }) {
+        assert!(Instant::now() < deadline, "a never stepped down: {:?}", a.repl().role(TENANT, REGION));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(b.repl().role(TENANT, REGION), Some(Role::Home));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 50;
+    while i < 100 {
+        match write(if i % 2 == 0 { &a } else { &b }, i) {
+            Ok(_) => i += 1,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "writes did not resume: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    let (_, bytes) = converged(&[&a, &b]);
+    assert!(bytes == model, "the old home and the new one differ from the writes made");
+}
