@@ -165,6 +165,10 @@ struct ScenarioRunArgs {
     /// No progress output (by default: a progress bar on a terminal, plain lines on stderr otherwise).
     #[arg(long)]
     quiet: bool,
+    /// For a scenario with `nodes` (a cluster of brokers): the NATS server with JetStream to join them
+    /// through (nats://HOST:PORT). By default the run starts a `nats-server` of its own.
+    #[arg(long)]
+    nats: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -593,6 +597,7 @@ fn scenario_command(verb: ScenarioVerb, out: &mut dyn Write) -> Result<bool, Cli
                 workers: args.workers.and_then(|w| usize::try_from(w).ok()),
                 worker_priority: args.worker_priority,
                 cancel: broker_scenario::Cancel::new(),
+                nats: args.nats.clone(),
             };
             let progress: Box<dyn broker_scenario::metrics::ProgressSink> = if args.quiet {
                 Box::new(broker_scenario::metrics::NoProgress)

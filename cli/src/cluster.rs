@@ -11,7 +11,7 @@ use broker_control::{Cluster, NodeAddress};
 
 /// A daemon's place in its cluster, until [`Joined::leave`].
 pub struct Joined {
-    membership: Arc<Membership>,
+    membership: Membership,
     replication: Arc<Replication>,
     nodes: Arc<parking_lot::Mutex<Vec<NodeRecord>>>,
     refresh: tokio::task::JoinHandle<()>,
@@ -28,22 +28,20 @@ impl Joined {
     pub async fn join(url: &str, node: &str, address: &str, broker: Arc<Broker>) -> Result<Joined, String> {
         let reporting = Arc::clone(&broker);
         let load = move || node_load(&reporting);
-        let membership = Arc::new(
-            Membership::join(url, node, address, JoinOptions::default(), load)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+        let membership = Membership::join(url, node, address, JoinOptions::default(), load)
+            .await
+            .map_err(|e| e.to_string())?;
         let replication = Replication::start(url, node, broker, ReplicationOptions::default())
             .await
             .map_err(|e| e.to_string())?;
         replication.follow_everything();
         let nodes = Arc::new(parking_lot::Mutex::new(membership.nodes().await.unwrap_or_default()));
-        let (m, n) = (Arc::clone(&membership), Arc::clone(&nodes));
+        let (view, n) = (membership.view(), Arc::clone(&nodes));
         // Where tenants live, for calls that reach the wrong node: refreshed with the heartbeats.
         let refresh = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(broker_cluster::DEFAULT_HEARTBEAT).await;
-                if let Ok(list) = m.nodes().await {
+                if let Ok(list) = view.list().await {
                     *n.lock() = list;
                 }
             }
@@ -72,15 +70,8 @@ impl Joined {
     pub async fn leave(self) {
         self.refresh.abort();
         self.replication.shutdown();
-        match Arc::try_unwrap(self.membership) {
-            Ok(m) => {
-                if let Err(e) = m.leave().await {
-                    tracing::warn!("leaving the cluster: {e} (the node's record expires on its own)");
-                }
-            }
-            Err(_) => {
-                tracing::warn!("leaving the cluster: still in use (the node's record expires on its own)")
-            }
+        if let Err(e) = self.membership.leave().await {
+            tracing::warn!("leaving the cluster: {e} (the node's record expires on its own)");
         }
     }
 }

@@ -316,6 +316,26 @@ impl Membership {
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>, ClusterError> {
         nodes_in(&self.store).await
     }
+
+    /// A handle that lists the live nodes through this node's connection, for a task that outlives
+    /// a borrow of the membership (which [`Membership::leave`] consumes).
+    pub fn view(&self) -> Nodes {
+        Nodes(self.store.clone())
+    }
+}
+
+/// Lists the live nodes (see [`Membership::view`]).
+#[derive(Clone)]
+pub struct Nodes(kv::Store);
+
+impl Nodes {
+    /// The live nodes, by name.
+    ///
+    /// # Errors
+    /// [`ClusterError::JetStream`], [`ClusterError::BadRecord`].
+    pub async fn list(&self) -> Result<Vec<NodeRecord>, ClusterError> {
+        nodes_in(&self.0).await
+    }
 }
 
 async fn nodes_in(store: &kv::Store) -> Result<Vec<NodeRecord>, ClusterError> {

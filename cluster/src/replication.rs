@@ -68,6 +68,9 @@ pub struct ReplicationOptions {
     /// Bytes of changes a home queues while it cannot publish; past this it drops the queue and
     /// publishes one snapshot when it can again.
     pub queue_limit: u64,
+    /// Keeps this node's replicated regions apart from other namespaces' of the same names on one
+    /// NATS server (empty, the default: the daemons' namespace). Scenario runs use one each.
+    pub namespace: String,
 }
 
 impl Default for ReplicationOptions {
@@ -77,6 +80,7 @@ impl Default for ReplicationOptions {
             takeover_after: crate::DEFAULT_NODE_TTL + Duration::from_secs(2),
             check_every: Duration::from_millis(500),
             queue_limit: 64 << 20,
+            namespace: String::new(),
         }
     }
 }
@@ -100,6 +104,9 @@ pub struct RegionRecord {
     pub epoch: u64,
     /// The stream sequence of the first message of the last snapshot (0: none yet).
     pub snapshot_seq: u64,
+    /// Its namespace (see [`ReplicationOptions::namespace`]).
+    #[serde(default)]
+    pub namespace: String,
 }
 
 /// What a node is for a replicated region.
@@ -116,7 +123,17 @@ pub enum Role {
 
 /// The key of a region in the bucket and in subjects: `tenant/name` in hex (names may hold '.').
 pub fn region_key(tenant: &str, name: &str) -> String {
-    format!("{tenant}/{name}").bytes().map(|b| format!("{b:02x}")).collect()
+    namespaced_key("", tenant, name)
+}
+
+/// As [`region_key`] within a namespace (see [`ReplicationOptions::namespace`]).
+fn namespaced_key(namespace: &str, tenant: &str, name: &str) -> String {
+    let full = if namespace.is_empty() {
+        format!("{tenant}/{name}")
+    } else {
+        format!("{namespace}:{tenant}/{name}")
+    };
+    full.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 fn change_subject(key: &str) -> String {
@@ -308,7 +325,7 @@ impl Replication {
 
     /// What this node is for the replicated region `tenant/name`, if it replicates it.
     pub fn role(&self, tenant: &str, name: &str) -> Option<Role> {
-        let rep = self.inner.regions.lock().get(&region_key(tenant, name)).cloned()?;
+        let rep = self.inner.regions.lock().get(&self.inner.key(tenant, name)).cloned()?;
         let state = rep.state.lock();
         match &*state {
             State::Home(_) => Some(Role::Home),
@@ -322,7 +339,7 @@ impl Replication {
     /// # Errors
     /// [`ClusterError::Replication`] if there is none; [`ClusterError::JetStream`].
     pub async fn record(&self, tenant: &str, name: &str) -> Result<RegionRecord, ClusterError> {
-        Ok(self.inner.record(&region_key(tenant, name)).await?.0)
+        Ok(self.inner.record(&self.inner.key(tenant, name)).await?.0)
     }
 
     /// Stops replicating every region (their tasks end; the regions stay as they are).
@@ -367,6 +384,11 @@ fn encode(record: &RegionRecord) -> bytes::Bytes {
 }
 
 impl Inner {
+    /// The key of `tenant/name` in this node's namespace.
+    fn key(&self, tenant: &str, name: &str) -> String {
+        namespaced_key(&self.options.namespace, tenant, name)
+    }
+
     /// Makes `region` (of tenant `tenant`, on this node's broker) a replicated region with this node as
     /// its home, or, if this node was its home before (a restart), catches up and becomes it again.
     ///
@@ -388,7 +410,7 @@ impl Inner {
                 info.size
             )));
         }
-        let key = region_key(tenant, name);
+        let key = self.key(tenant, name);
         // Messages of an older region of the same name stay in the stream: this one starts after them.
         let last = inner.last_seq(&key).await?;
         let record = RegionRecord {
@@ -400,6 +422,7 @@ impl Inner {
             home: inner.node.clone(),
             epoch: 1,
             snapshot_seq: last + 1,
+            namespace: inner.options.namespace.clone(),
         };
         match inner.regions_kv.create(&key, encode(&record)).await {
             Ok(revision) => {
@@ -459,7 +482,7 @@ impl Inner {
     /// mode; [`ClusterError::Broker`] if the tenant is missing or the region cannot be created.
     async fn follow(self: &Arc<Self>, tenant: &str, name: &str) -> Result<RegionId, ClusterError> {
         let inner = self;
-        let key = region_key(tenant, name);
+        let key = self.key(tenant, name);
         let (record, _) = inner.record(&key).await?;
         let tid = inner
             .broker
@@ -524,7 +547,10 @@ impl Inner {
     async fn sync_once(self: &Arc<Self>) {
         let Ok(records) = self.records().await else { return };
         for record in records {
-            let key = region_key(&record.tenant, &record.name);
+            if record.namespace != self.options.namespace {
+                continue;
+            }
+            let key = self.key(&record.tenant, &record.name);
             if self.regions.lock().contains_key(&key) || self.broker.tenant_id(&record.tenant).is_none() {
                 continue;
             }

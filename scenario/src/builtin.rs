@@ -13,6 +13,7 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ("mixed-trust", include_str!("../../scenarios/mixed-trust.toml")),
     ("noisy-neighbor", include_str!("../../scenarios/noisy-neighbor.toml")),
     ("wasi-app", include_str!("../../scenarios/wasi-app.toml")),
+    ("cross-node", include_str!("../../scenarios/cross-node.toml")),
 ];
 
 /// The scenario `broker scenario run` uses when none is named.

@@ -4,8 +4,8 @@
 //! [`spec`] turns a TOML file into a validated [`Scenario`] (every error names the file, line and
 //! field); [`run()`] builds a fresh broker per mode, runs the phases and evaluates the checks against
 //! results the host computes itself ([`expect`]); [`report`] renders the figures as a table, JSON and an
-//! SVG chart. [`builtin`] embeds the six scenarios of `scenarios/`: sensor-hub, ui-toolkit, pipeline,
-//! mixed-trust, noisy-neighbor and wasi-app.
+//! SVG chart. [`builtin`] embeds the seven scenarios of `scenarios/`: sensor-hub, ui-toolkit, pipeline,
+//! mixed-trust, noisy-neighbor, wasi-app and cross-node (the pipeline on three brokers of a cluster).
 
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
@@ -14,6 +14,7 @@ pub mod bench;
 pub mod metrics;
 
 pub mod builtin;
+mod cluster;
 pub mod expect;
 mod generated;
 pub mod report;

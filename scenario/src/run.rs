@@ -69,6 +69,9 @@ pub struct RunOptions {
     pub worker_priority: broker::WorkerPriority,
     /// Stops the run early (a gRPC client that went away, a daemon shutting down).
     pub cancel: Cancel,
+    /// The NATS server (with JetStream) of a scenario with `nodes`; `None`: the runner starts a
+    /// `nats-server` of its own on a free loopback port with a temporary store.
+    pub nats: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -79,6 +82,7 @@ impl Default for RunOptions {
             workers: None,
             worker_priority: broker::WorkerPriority::Idle,
             cancel: Cancel::new(),
+            nats: None,
         }
     }
 }
@@ -219,10 +223,15 @@ impl FeedClock {
 /// Everything a running scenario needs to find by index.
 struct World<'a> {
     scenario: &'a Scenario,
-    broker: Broker,
+    /// One broker per node (one in all without nodes).
+    nodes: Vec<Arc<Broker>>,
+    /// The first node's broker (the only one without nodes).
+    first: Arc<Broker>,
     mode: Mode,
+    /// The first node's tenants (uploads go there).
     tenants: HashMap<String, TenantId>,
     instances: Vec<InstanceId>,
+    /// Each region on the node it was created on (its home), where host feeds write it.
     regions: Vec<RegionId>,
     acks: HashMap<String, Arc<AckState>>,
     /// Parameter types of each (instance, export) called, looked up once.
@@ -243,13 +252,14 @@ impl World<'_> {
     /// whose instance is named with `{thread}`.
     fn call_on(&self, on: usize, call: &CallDef, index: u64, thread: u32) -> Result<i64, String> {
         let instance = self.instances.get(on).copied().ok_or("no such instance")?;
+        let broker = self.broker_of(on);
         let key = (on, call.export.clone());
         let params = {
             let mut cache = self.params.lock();
             match cache.get(&key) {
                 Some(p) => p.clone(),
                 None => {
-                    let p = self.broker.export_params(instance, &call.export).map_err(|e| e.to_string())?;
+                    let p = broker.export_params(instance, &call.export).map_err(|e| e.to_string())?;
                     cache.insert(key, p.clone());
                     p
                 }
@@ -283,16 +293,29 @@ impl World<'_> {
                 }
             });
         }
-        self.broker.call_i64(instance, &call.export, &vals).map_err(|e| e.to_string())
+        broker.call_i64(instance, &call.export, &vals).map_err(|e| e.to_string())
+    }
+
+    /// The broker instance `i` runs on.
+    fn broker_of(&self, i: usize) -> &Broker {
+        let node = self.scenario.instances.get(i).map_or(0, |d| d.node);
+        self.nodes.get(node).unwrap_or(&self.first)
+    }
+
+    /// The broker region `r` was created on.
+    fn home_of(&self, r: usize) -> &Broker {
+        let node = self.scenario.regions.get(r).map_or(0, |d| d.node);
+        self.nodes.get(node).unwrap_or(&self.first)
     }
 
     fn traffic(&self, observe: &[usize]) -> (u64, u64) {
-        observe.iter().filter_map(|i| self.instances.get(*i)).fold((0, 0), |(bytes, calls), id| {
-            match self.broker.instance_traffic(*id) {
+        observe.iter().filter_map(|i| self.instances.get(*i).map(|id| (*i, id))).fold(
+            (0, 0),
+            |(bytes, calls), (i, id)| match self.broker_of(i).instance_traffic(*id) {
                 Ok(t) => (bytes + t.bytes_in + t.bytes_out, calls + t.host_calls),
                 Err(_) => (bytes, calls),
-            }
-        })
+            },
+        )
     }
 }
 
@@ -315,11 +338,17 @@ fn run_mode(
         ui: Some(UiConfig::default()),
         ..defaults
     };
-    let broker = setup(|| "starting the broker".into(), Broker::new(config))?;
-    setup(
-        || format!("registering service {}", expect::SENSOR_SERVICE),
-        broker.register_service(expect::SENSOR_SERVICE, None, expect::sensor_service()),
-    )?;
+    // One broker per node, each with every tenant, service and module (one broker without nodes).
+    let node_count = scenario.nodes.len().max(1);
+    let mut nodes: Vec<Arc<Broker>> = Vec::with_capacity(node_count);
+    for _ in 0..node_count {
+        let broker = setup(|| "starting the broker".into(), Broker::new(config.clone()))?;
+        setup(
+            || format!("registering service {}", expect::SENSOR_SERVICE),
+            broker.register_service(expect::SENSOR_SERVICE, None, expect::sensor_service()),
+        )?;
+        nodes.push(Arc::new(broker));
+    }
     let state_dir = if scenario.regions.iter().any(|r| r.persistent) {
         let prefix = format!("broker-scenario-{}-{mode}-", scenario.name);
         Some(tempfile::Builder::new().prefix(&prefix).tempdir().map_err(RunError::TempDir)?)
@@ -327,13 +356,23 @@ fn run_mode(
         None
     };
 
-    let mut tenants: HashMap<&str, TenantId> = HashMap::new();
-    for t in &scenario.tenants {
-        let id = setup(|| format!("creating tenant {}", t.name), broker.create_tenant(&t.name, t.quotas))?;
-        tenants.insert(&t.name, id);
+    let mut node_tenants: Vec<HashMap<&str, TenantId>> = Vec::with_capacity(node_count);
+    for broker in &nodes {
+        let mut tenants: HashMap<&str, TenantId> = HashMap::new();
+        for t in &scenario.tenants {
+            let id =
+                setup(|| format!("creating tenant {}", t.name), broker.create_tenant(&t.name, t.quotas))?;
+            tenants.insert(&t.name, id);
+        }
+        node_tenants.push(tenants);
     }
-    let tenant =
-        |name: &str| tenants.get(name).copied().ok_or_else(|| Error::TenantNotFound(name.to_owned()));
+    let tenant = |node: usize, name: &str| {
+        node_tenants
+            .get(node)
+            .and_then(|t| t.get(name))
+            .copied()
+            .ok_or_else(|| Error::TenantNotFound(name.to_owned()))
+    };
 
     let mut acks = HashMap::new();
     for phase in &scenario.phases {
@@ -343,22 +382,24 @@ fn run_mode(
                     continue;
                 }
                 let state = Arc::new(AckState::default());
-                let s = Arc::clone(&state);
-                let f: broker::ServiceFn = Arc::new(move |args: &[u8]| {
-                    let seq = args
-                        .get(..8)
-                        .and_then(|b| b.try_into().ok())
-                        .map(u64::from_le_bytes)
-                        .ok_or("expects an 8-byte sequence number")?;
-                    if let Some(clock) = s.current.lock().as_ref() {
-                        clock.ack(seq);
-                    }
-                    Ok(Vec::new())
-                });
-                setup(
-                    || format!("registering service {service}"),
-                    broker.register_service(service, None, f),
-                )?;
+                for broker in &nodes {
+                    let s = Arc::clone(&state);
+                    let f: broker::ServiceFn = Arc::new(move |args: &[u8]| {
+                        let seq = args
+                            .get(..8)
+                            .and_then(|b| b.try_into().ok())
+                            .map(u64::from_le_bytes)
+                            .ok_or("expects an 8-byte sequence number")?;
+                        if let Some(clock) = s.current.lock().as_ref() {
+                            clock.ack(seq);
+                        }
+                        Ok(Vec::new())
+                    });
+                    setup(
+                        || format!("registering service {service}"),
+                        broker.register_service(service, None, f),
+                    )?;
+                }
                 acks.insert(service.clone(), state);
             }
         }
@@ -370,31 +411,61 @@ fn run_mode(
             ModuleSource::File(path) => std::fs::read(path)
                 .map_err(|source| RunError::ModuleFile { path: path.display().to_string(), source })?,
         };
-        let t = setup(|| format!("module {}/{}", m.tenant, m.name), tenant(&m.tenant))?;
-        setup(|| format!("loading module {}/{}", m.tenant, m.name), broker.load_module(t, &m.name, &bytes))?;
+        for (n, broker) in nodes.iter().enumerate() {
+            let t = setup(|| format!("module {}/{}", m.tenant, m.name), tenant(n, &m.tenant))?;
+            setup(
+                || format!("loading module {}/{}", m.tenant, m.name),
+                broker.load_module(t, &m.name, &bytes),
+            )?;
+        }
     }
 
+    // Each region on its node; a replicated one then on every other node too, as a replica.
+    let cluster = if scenario.nodes.is_empty() {
+        None
+    } else {
+        Some(crate::cluster::ClusterRun::start(&scenario.nodes, &nodes, opts.nats.as_deref())?)
+    };
     let mut regions = Vec::new();
-    for r in &scenario.regions {
-        let t = setup(|| format!("region {}/{}", r.tenant, r.name), tenant(&r.tenant))?;
-        let mut spec = RegionSpec::new(r.name.clone(), r.size, r.mode.resolve(mode))
-            .with_policy(r.policy)
-            .with_members(r.members);
+    let mut node_regions: Vec<Vec<Option<RegionId>>> = vec![vec![None; scenario.regions.len()]; node_count];
+    for (k, r) in scenario.regions.iter().enumerate() {
+        let t = setup(|| format!("region {}/{}", r.tenant, r.name), tenant(r.node, &r.tenant))?;
+        let mode_here = r.mode.resolve(mode);
+        if r.replicated && mode_here == Mode::Shared {
+            return Err(RunError::InvalidOption {
+                field: "modes",
+                reason: format!(
+                    "region {}/{} is replicated: shared mode is node-local (run handle and mirror)",
+                    r.tenant, r.name
+                ),
+            });
+        }
+        let mut spec =
+            RegionSpec::new(r.name.clone(), r.size, mode_here).with_policy(r.policy).with_members(r.members);
         if let (true, Some(dir)) = (r.persistent, &state_dir) {
             spec = spec.persistent(dir.path().join(format!("{}-{}.region", r.tenant, r.name)));
         }
-        regions.push(setup(
-            || format!("creating region {}/{}", r.tenant, r.name),
-            broker.create_region(t, spec),
-        )?);
+        let home = nodes.get(r.node).unwrap_or(&nodes[0]);
+        let id = setup(|| format!("creating region {}/{}", r.tenant, r.name), home.create_region(t, spec))?;
+        regions.push(id);
+        node_regions[r.node][k] = Some(id);
+    }
+    if let Some(cluster) = &cluster {
+        for (k, r) in scenario.regions.iter().enumerate().filter(|(_, r)| r.replicated) {
+            cluster.share(r.node, &r.tenant, &r.name)?;
+            for n in (0..node_count).filter(|n| *n != r.node) {
+                node_regions[n][k] = Some(cluster.follow(n, &r.tenant, &r.name)?);
+            }
+        }
     }
 
     let mut instances = Vec::new();
     for i in &scenario.instances {
-        let t = setup(|| format!("instance {}/{}", i.tenant, i.name), tenant(&i.tenant))?;
+        let t = setup(|| format!("instance {}/{}", i.tenant, i.name), tenant(i.node, &i.tenant))?;
         let defaults = InstanceConfig::default();
         let config =
             InstanceConfig { call_timeout: i.call_timeout.unwrap_or(defaults.call_timeout), ..defaults };
+        let broker = nodes.get(i.node).unwrap_or(&nodes[0]);
         instances.push(setup(
             || format!("starting instance {}/{}", i.tenant, i.name),
             broker.start_instance(t, &i.module, &i.name, config),
@@ -402,19 +473,26 @@ fn run_mode(
     }
 
     for g in &scenario.grants {
-        let (region, to) = (regions[g.region], instances[g.to]);
         let r = &scenario.regions[g.region];
         let i = &scenario.instances[g.to];
+        // Validated: the region exists on the instance's node (its own, or a replica).
+        let region = node_regions[i.node][g.region].ok_or_else(|| RunError::Setup {
+            step: format!("granting {}/{}", r.tenant, r.name),
+            source: Error::RegionNotFound(r.name.clone()),
+        })?;
+        let broker = nodes.get(i.node).unwrap_or(&nodes[0]);
         setup(
             || format!("granting {}/{} to {}/{}", r.tenant, r.name, i.tenant, i.name),
-            broker.grant(region, to, g.rights, g.offset, g.len),
+            broker.grant(region, instances[g.to], g.rights, g.offset, g.len),
         )?;
     }
 
-    let tenants = tenants.into_iter().map(|(name, id)| (name.to_owned(), id)).collect();
+    let tenants = node_tenants[0].iter().map(|(name, id)| ((*name).to_owned(), *id)).collect();
+    let first = Arc::clone(&nodes[0]);
     let world = World {
         scenario,
-        broker,
+        nodes,
+        first,
         mode,
         tenants,
         instances,
@@ -462,6 +540,7 @@ fn run_mode(
         progress.event(ProgressEvent::Advance { done: done + 1, total, message: &line });
     }
     drop(world);
+    drop(cluster);
     drop(state_dir);
     Ok(ModeRun {
         mode: mode.to_string(),
@@ -691,9 +770,11 @@ fn run_actor(
                     let t0 = Instant::now();
                     let result = match (&actor.work, feed, upload) {
                         (Work::Calls(steps), _, _) => run_steps(world, steps, i, thread, &mut tallies),
-                        (Work::SensorFeed { .. }, Some((Some(region), Some(size), clock, _)), _) => {
-                            write_sample(world, *region, *size, clock, i)
-                        }
+                        (
+                            Work::SensorFeed { region: r, .. },
+                            Some((Some(region), Some(size), clock, _)),
+                            _,
+                        ) => write_sample(world.home_of(*r), *region, *size, clock, i),
                         (Work::Upload { .. }, _, Some((Some(tenant), bytes))) => {
                             upload_module(world, *tenant, bytes, i)
                         }
@@ -780,14 +861,14 @@ fn run_steps(
 /// quotas hold at most one module per thread.
 fn upload_module(world: &World<'_>, tenant: TenantId, wasm: &[u8], i: u64) -> Result<(), String> {
     let name = format!("upload.{i}");
-    world.broker.load_module(tenant, &name, wasm).map_err(|e| format!("uploading {name}: {e}"))?;
-    world.broker.unload_module(tenant, &name).map_err(|e| format!("unloading {name}: {e}"))
+    world.first.load_module(tenant, &name, wasm).map_err(|e| format!("uploading {name}: {e}"))?;
+    world.first.unload_module(tenant, &name).map_err(|e| format!("unloading {name}: {e}"))
 }
 
 /// Writes sample `i` into its ring slot, then publishes the new count in the header (one version
 /// each; apps watch the header).
 fn write_sample(
-    world: &World<'_>,
+    broker: &Broker,
     region: RegionId,
     size: u64,
     clock: &FeedClock,
@@ -799,11 +880,11 @@ fn write_sample(
     let mut slot = [0u8; 16];
     slot[..8].copy_from_slice(&i.to_le_bytes());
     slot[8..].copy_from_slice(&expect::sensor_sample(i).to_le_bytes());
-    world.broker.write_region(region, HEADER + (i % slots) * SLOT, &slot).map_err(|e| e.to_string())?;
+    broker.write_region(region, HEADER + (i % slots) * SLOT, &slot).map_err(|e| e.to_string())?;
     if let Some(w) = usize::try_from(i).ok().and_then(|k| clock.written.get(k)) {
         w.store(u64::try_from(clock.start.elapsed().as_nanos()).unwrap_or(u64::MAX), Ordering::Release);
     }
-    world.broker.write_region(region, 0, &(i + 1).to_le_bytes()).map_err(|e| e.to_string())?;
+    broker.write_region(region, 0, &(i + 1).to_le_bytes()).map_err(|e| e.to_string())?;
     Ok(())
 }
 

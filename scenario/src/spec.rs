@@ -39,6 +39,9 @@ pub struct SpecError {
 pub struct Scenario {
     /// The scenario's name.
     pub name: String,
+    /// The brokers of the run's cluster, by name (`nodes`; empty: one broker, no cluster). With
+    /// nodes, every node has every tenant and module, and regions and instances name their node.
+    pub nodes: Vec<String>,
     /// One paragraph on what it models.
     pub description: String,
     /// The modes a run uses when the caller does not choose.
@@ -166,6 +169,11 @@ pub struct RegionDef {
     /// What every app of the owning tenant may open it with by name (`members`; none by default:
     /// only the instances it is granted to).
     pub members: Rights,
+    /// The node it is created on (its home, if replicated): an index into [`Scenario::nodes`], 0
+    /// without nodes.
+    pub node: usize,
+    /// Replicated across the nodes (`replication = "cluster"`): every other node keeps a replica.
+    pub replicated: bool,
 }
 
 /// An instance of a module.
@@ -182,6 +190,8 @@ pub struct InstanceDef {
     pub call_timeout: Option<Duration>,
     /// Calls made once every grant exists, in order (e.g. to open regions and register callbacks).
     pub init: Vec<CallDef>,
+    /// The node it runs on: an index into [`Scenario::nodes`], 0 without nodes.
+    pub node: usize,
 }
 
 /// An argument of a call: a constant or a value the runner fills in.
@@ -384,6 +394,7 @@ const THREAD: &str = "{thread}";
 #[serde(deny_unknown_fields)]
 struct RawScenario {
     name: Spanned<String>,
+    nodes: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     description: String,
     modes: Option<Spanned<Vec<Spanned<String>>>>,
@@ -441,6 +452,8 @@ struct RawRegion {
     #[serde(default)]
     persistent: bool,
     members: Option<Spanned<Vec<Spanned<String>>>>,
+    node: Option<Spanned<String>>,
+    replication: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -469,6 +482,7 @@ struct RawInstance {
     call_timeout: Option<Spanned<String>>,
     #[serde(default)]
     init: Vec<Spanned<RawInitCall>>,
+    node: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -772,6 +786,28 @@ pub fn parse(text: &str, file: &str, dir: Option<&Path>) -> Result<Scenario, Spe
 
 fn validate(ctx: &Ctx<'_>, raw: RawScenario) -> Result<Scenario, SpecError> {
     let scenario_name = name(ctx, &raw.name, "name")?;
+    let mut nodes: Vec<String> = Vec::new();
+    if let Some(list) = &raw.nodes {
+        for (k, n) in list.get_ref().iter().enumerate() {
+            let node = name(ctx, n, &format!("nodes[{k}]"))?;
+            if nodes.contains(&node) {
+                return Err(ctx.err(&n.span(), format!("nodes[{k}]"), "declared twice"));
+            }
+            nodes.push(node);
+        }
+        if nodes.len() < 2 {
+            return Err(ctx.err(&list.span(), "nodes", "a cluster needs at least two nodes"));
+        }
+    }
+    // A region's or instance's `node`: one of `nodes`, or none without them.
+    let node_ref = |n: &Option<Spanned<String>>, field: &str| -> Result<usize, SpecError> {
+        match n {
+            None => Ok(0),
+            Some(n) => nodes.iter().position(|x| x == n.get_ref()).ok_or_else(|| {
+                ctx.err(&n.span(), field, format!("not one of the scenario's nodes {nodes:?}"))
+            }),
+        }
+    };
     let modes = match &raw.modes {
         None => Mode::ALL.to_vec(),
         Some(list) => {
@@ -937,6 +973,25 @@ fn validate(ctx: &Ctx<'_>, raw: RawScenario) -> Result<Scenario, SpecError> {
             None => Rights::NONE,
             Some(list) => rights_list(ctx, list, &format!("{field}.members"))?,
         };
+        let node = node_ref(&r.node, &format!("{field}.node"))?;
+        let replicated = match &r.replication {
+            None => false,
+            Some(x) => match x.get_ref().as_str() {
+                "node" => false,
+                "cluster" if nodes.is_empty() => {
+                    return Err(ctx.err(&x.span(), format!("{field}.replication"), "declare the scenario's nodes first"))
+                }
+                "cluster" if r.persistent || mode == ModeChoice::Fixed(Mode::Shared) => {
+                    return Err(ctx.err(
+                        &x.span(),
+                        format!("{field}.replication"),
+                        "a replicated region is in handle or mirror mode (shared is node-local) and not persistent",
+                    ))
+                }
+                "cluster" => true,
+                _ => return Err(ctx.err(&x.span(), format!("{field}.replication"), "use node or cluster")),
+            },
+        };
         regions.push(RegionDef {
             tenant,
             name: rname,
@@ -945,6 +1000,8 @@ fn validate(ctx: &Ctx<'_>, raw: RawScenario) -> Result<Scenario, SpecError> {
             policy,
             persistent: r.persistent,
             members,
+            node,
+            replicated,
         });
     }
 
@@ -992,6 +1049,7 @@ fn validate(ctx: &Ctx<'_>, raw: RawScenario) -> Result<Scenario, SpecError> {
             module: i.module.get_ref().clone(),
             call_timeout,
             init: Vec::new(),
+            node: node_ref(&i.node, &format!("{field}.node"))?,
         });
     }
     for (k, i) in raw.instances.iter().enumerate() {
@@ -1031,6 +1089,13 @@ fn validate(ctx: &Ctx<'_>, raw: RawScenario) -> Result<Scenario, SpecError> {
                 &g.region.span(),
                 field.clone(),
                 format!("range {offset}+{len:?} does not fit the region's {region_size} bytes"),
+            ));
+        }
+        if !regions[region].replicated && regions[region].node != instances[to].node {
+            return Err(ctx.err(
+                &g.to.span(),
+                format!("{field}.to"),
+                "the instance runs on another node than the region, which is not replicated",
             ));
         }
         grants.push(GrantDef { region, to, rights, offset, len });
@@ -1074,6 +1139,7 @@ fn validate(ctx: &Ctx<'_>, raw: RawScenario) -> Result<Scenario, SpecError> {
 
     Ok(Scenario {
         name: scenario_name,
+        nodes,
         description: raw.description.trim().to_owned(),
         modes,
         figures,

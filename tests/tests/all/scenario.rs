@@ -396,6 +396,23 @@ fn validation_errors_name_the_file_the_line_and_the_field() {
             "out of range",
         ),
         ("name = \"t\"", "name = \"t\"\nbogus = 1", "(syntax)", "unknown field"),
+        // Issue 19: scenarios across nodes.
+        ("name = \"t\"", "name = \"t\"\nnodes = [\"x\"]", "nodes", "at least two nodes"),
+        ("name = \"t\"", "name = \"t\"\nnodes = [\"x\", \"x\"]", "nodes[1]", "declared twice"),
+        (
+            "size = \"4KiB\"",
+            "size = \"4KiB\"\nreplication = \"cluster\"",
+            "region[0].replication",
+            "declare the scenario's nodes",
+        ),
+        (
+            "size = \"4KiB\"",
+            "size = \"4KiB\"\nreplication = \"galaxy\"",
+            "region[0].replication",
+            "node or cluster",
+        ),
+        ("size = \"4KiB\"", "size = \"4KiB\"\nnode = \"x\"", "region[0].node", "not one of"),
+        ("module = \"m\"", "module = \"m\"\nnode = \"x\"", "instance[0].node", "not one of"),
         // Issue 14's keys: instance call deadlines, per-thread instances, uploads, the newer quotas.
         (
             "module = \"m\"",
@@ -780,4 +797,43 @@ fn scenario_files_can_name_every_scenario_guest_and_only_guests_of_this_build() 
         assert_eq!(*bytes, std::fs::read(path).expect("built").as_slice(), "{name}'s embedded bytes");
     }
     assert!(broker_scenario::guest("malicious_app").is_none(), "hostile test guests are not embedded");
+}
+
+/// Issue 19: a scenario across nodes refuses a shared replicated region and a grant of a node-local
+/// region to an instance on another node; the built-in cross-node pipeline runs its three apps on three
+/// brokers joined through a real nats-server, and the consumer's checksum is the host's in both modes.
+#[test]
+fn cross_node_scenarios_check_placement_and_run_on_three_brokers() {
+    let nodes = GOOD.replacen("name = \"t\"", "name = \"t\"\nnodes = [\"x\", \"y\"]", 1);
+    let shared =
+        nodes.replacen("size = \"4KiB\"", "size = \"4KiB\"\nmode = \"shared\"\nreplication = \"cluster\"", 1);
+    let e = parse_err(&shared);
+    assert!(e.to_string().contains("region[0].replication") && e.to_string().contains("node-local"), "{e}");
+    let apart = nodes.replacen("size = \"4KiB\"", "size = \"4KiB\"\nnode = \"x\"", 1).replacen(
+        "module = \"m\"",
+        "module = \"m\"\nnode = \"y\"",
+        1,
+    ) + "[[grant]]\nregion = \"a/stage1\"\nto = \"a/i\"\nrights = [\"read\"]\n";
+    let e = parse_err(&apart);
+    assert!(e.to_string().contains("grant[0].to") && e.to_string().contains("not replicated"), "{e}");
+    let replicated = apart.replacen("node = \"x\"", "node = \"x\"\nreplication = \"cluster\"", 1);
+    broker_scenario::parse(&replicated, "ok.toml", None)
+        .expect("a replicated region may be granted anywhere");
+
+    let nats = crate::nats::Nats::start();
+    let s = broker_scenario::load("cross-node").expect("built-in scenario validates");
+    assert_eq!(s.nodes, ["edge-a", "core", "edge-b"]);
+    let report = broker_scenario::run(
+        &s,
+        &RunOptions { scale: SCALE, nats: Some(nats.url.clone()), ..RunOptions::default() },
+        &NoProgress,
+    )
+    .expect("scenario runs");
+    assert_eq!(report.runs.iter().map(|r| r.mode.as_str()).collect::<Vec<_>>(), ["handle", "mirror"]);
+    for mode in ["handle", "mirror"] {
+        let p = phase(&report, mode, "stream");
+        assert!(p.actors[0].ops > 0 && p.actors[0].errors == 0, "{mode}: {:?}", p.actors[0]);
+        let (value, outcome) = check_value(p, "checksum");
+        assert_eq!(outcome, CheckOutcome::Pass, "{mode}: checksum {value:?}");
+    }
 }
