@@ -195,20 +195,28 @@ fn main() {
     let replica = node(&rt, &server.url, "replica");
     println!("cluster: replication home -> replica through nats-server on loopback ({samples} lag samples per size)");
     println!(
-        "{:>8} {:>11} {:>11} {:>14} {:>17} {:>17} {:>9}",
-        "size", "lag p50", "lag p99", "replicated", "raw 1 in flight", "raw pipelined", "x raw 1"
+        "{:>8} {:>11} {:>11} {:>14} {:>17} {:>17} {:>9} {:>13}",
+        "size",
+        "lag p50",
+        "lag p99",
+        "replicated",
+        "raw 1 in flight",
+        "raw pipelined",
+        "x raw 1",
+        "x pipelined"
     );
     for size in [64usize, 4096, 65536] {
         let f = measure(&rt, &server.url, &home, &replica, size, samples);
         println!(
-            "{:>8} {:>11} {:>11} {:>9.1} MB/s {:>12.1} MB/s {:>12.1} MB/s {:>8.2}x",
+            "{:>8} {:>11} {:>11} {:>9.1} MB/s {:>12.1} MB/s {:>12.1} MB/s {:>8.2}x {:>12.2}x",
             f.size,
             us(f.lag_p50),
             us(f.lag_p99),
             f.replicated_mbps,
             f.raw_one_mbps,
             f.raw_pipelined_mbps,
-            f.replicated_mbps / f.raw_one_mbps
+            f.replicated_mbps / f.raw_one_mbps,
+            f.replicated_mbps / f.raw_pipelined_mbps
         );
     }
 }

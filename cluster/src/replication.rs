@@ -51,6 +51,9 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest region replication takes: a snapshot copies it whole, under its writer lock.
 pub const MAX_REPLICATED_SIZE: u64 = 256 << 20;
 
+/// The most changes a home puts in one message.
+const MAX_BATCH: usize = 4096;
+
 /// How long a publish waits for the stream's acknowledgement before it is sent again.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -737,9 +740,14 @@ impl Inner {
 
     /// Publishes one message on the region's subject, expecting `last` as the subject's last sequence;
     /// retries while NATS is away. Returns the message's sequence.
-    async fn publish(&self, key: &str, msg: &ChangeMsg, last: u64) -> Result<u64, Fenced> {
-        let payload: bytes::Bytes = wire::encode_change(msg).into();
-        let id = format!("{}-{}-{}", key, msg.version, last);
+    async fn publish(
+        &self,
+        key: &str,
+        payload: bytes::Bytes,
+        version: u64,
+        last: u64,
+    ) -> Result<u64, Fenced> {
+        let id = format!("{key}-{version}-{last}");
         let mut backoff = Duration::from_millis(20);
         loop {
             let publish = Publish::build()
@@ -774,9 +782,24 @@ impl Inner {
         outbox: Arc<Outbox>,
         mut rx: mpsc::UnboundedReceiver<ChangeMsg>,
     ) {
-        while let Some(mut msg) = rx.recv().await {
-            let size: u64 = msg.spans.iter().map(|s| s.bytes.len() as u64).sum();
-            outbox.bytes.fetch_sub(size.min(outbox.bytes.load(Ordering::Acquire)), Ordering::AcqRel);
+        let size = |m: &ChangeMsg| m.spans.iter().map(|s| s.bytes.len() as u64).sum::<u64>();
+        let taken = |m: &ChangeMsg| {
+            let n = size(m);
+            let _ =
+                outbox.bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| Some(b.saturating_sub(n)));
+        };
+        let mut carried: Option<ChangeMsg> = None;
+        loop {
+            let mut msg = match carried.take() {
+                Some(m) => m,
+                None => match rx.recv().await {
+                    Some(m) => {
+                        taken(&m);
+                        m
+                    }
+                    None => return,
+                },
+            };
             if outbox.overflow.swap(false, Ordering::AcqRel) {
                 // Changes were dropped while the stream was away: one snapshot replaces them all.
                 while rx.try_recv().is_ok() {}
@@ -787,14 +810,39 @@ impl Inner {
                 msg =
                     ChangeMsg { snapshot: true, last: true, version, spans: vec![Span { offset: 0, bytes }] };
             }
-            let version = msg.version;
-            for part in wire::chunks(msg.snapshot, msg.version, msg.spans) {
+            // Small changes queued behind this one (written while the last publish was in flight) go
+            // with it in one message: one acknowledgement for all of them.
+            let mut batch = Vec::new();
+            let mut total = size(&msg);
+            if !msg.snapshot && total < wire::MAX_CHUNK as u64 {
+                while let Ok(next) = rx.try_recv() {
+                    taken(&next);
+                    let n = size(&next);
+                    if next.snapshot || total + n > wire::MAX_CHUNK as u64 || batch.len() >= MAX_BATCH {
+                        carried = Some(next);
+                        break;
+                    }
+                    total += n;
+                    batch.push(next);
+                }
+            }
+            let (version, payloads): (u64, Vec<bytes::Bytes>) = if batch.is_empty() {
+                let parts = wire::chunks(msg.snapshot, msg.version, msg.spans);
+                (msg.version, parts.iter().map(|p| wire::encode_change(p).into()).collect())
+            } else {
+                batch.insert(0, msg);
+                let last = batch.last().map_or(0, |m| m.version);
+                (last, vec![wire::encode_batch(&batch).into()])
+            };
+            for payload in payloads {
                 loop {
                     let last = rep.applied_seq.load(Ordering::Acquire);
-                    let Err(Fenced) = self.publish(&rep.key, &part, last).await.map(|seq| {
-                        rep.applied_seq.store(seq, Ordering::Release);
-                        rep.seen_seq.store(seq, Ordering::Release);
-                    }) else {
+                    let Err(Fenced) =
+                        self.publish(&rep.key, payload.clone(), version, last).await.map(|seq| {
+                            rep.applied_seq.store(seq, Ordering::Release);
+                            rep.seen_seq.store(seq, Ordering::Release);
+                        })
+                    else {
                         break;
                     };
                     // Someone appended. The record says who writes the region: another node (this
@@ -914,9 +962,10 @@ impl Inner {
             };
             let Ok(seq) = msg.info().map(|i| i.stream_sequence) else { continue };
             seen = seq;
-            match wire::decode_change(&msg.payload) {
-                Ok(change) => {
-                    if let Some((v, spans)) = parts.take(change, size) {
+            match wire::decode_message(&msg.payload) {
+                Ok(changes) => {
+                    for change in changes {
+                        let Some((v, spans)) = parts.take(change, size) else { continue };
                         if v > version {
                             for span in &spans {
                                 let at = usize::try_from(span.offset).unwrap_or(usize::MAX);
@@ -928,6 +977,8 @@ impl Inner {
                             }
                             version = v;
                         }
+                    }
+                    if parts.is_idle() {
                         done = seq;
                     }
                 }
@@ -978,12 +1029,15 @@ impl Inner {
                     continue;
                 }
                 rep.seen_seq.fetch_max(seq, Ordering::AcqRel);
-                match wire::decode_change(&msg.payload) {
-                    Ok(change) => {
-                        if let Some((version, spans)) = parts.take(change, size) {
+                match wire::decode_message(&msg.payload) {
+                    Ok(changes) => {
+                        for change in changes {
+                            let Some((version, spans)) = parts.take(change, size) else { continue };
                             if let Err(e) = self.broker.apply_replicated(rep.region, version, &spans) {
                                 tracing::warn!(key = %rep.key, "a change that does not fit the region: {e}");
                             }
+                        }
+                        if parts.is_idle() {
                             rep.applied_seq.store(seq, Ordering::Release);
                             let landed = self.broker.region_info(rep.region).map_or(0, |i| i.version);
                             *rep.landed.lock() = landed;

@@ -6,6 +6,8 @@ use broker::{Accepted, Check, Proposal, Span};
 
 /// Tags a change message (format 1).
 const CHANGE: &[u8; 4] = b"BRC1";
+/// Tags a batch of whole changes in one message (format 1).
+const BATCH: &[u8; 4] = b"BRB1";
 /// Tags a proposal (format 1).
 const PROPOSAL: &[u8; 4] = b"BRP1";
 
@@ -136,6 +138,40 @@ impl<'a> Reader<'a> {
             Err(WireError("trailing bytes"))
         }
     }
+}
+
+/// Several whole changes (none a snapshot), in version order, as one message: a home publishes what it
+/// queued while the last publish was in flight in one go.
+pub(crate) fn encode_batch(changes: &[ChangeMsg]) -> Vec<u8> {
+    let size: usize = changes.iter().flat_map(|c| &c.spans).map(|s| 12 + s.bytes.len()).sum();
+    let mut b = Vec::with_capacity(8 + 12 * changes.len() + size);
+    b.extend_from_slice(BATCH);
+    b.extend_from_slice(&u32::try_from(changes.len()).unwrap_or(u32::MAX).to_le_bytes());
+    for c in changes {
+        b.extend_from_slice(&c.version.to_le_bytes());
+        put_spans(&mut b, &c.spans);
+    }
+    b
+}
+
+/// The changes of a message of the stream: one (a change or a chunk of one) or a batch of whole ones.
+pub(crate) fn decode_message(bytes: &[u8]) -> Result<Vec<ChangeMsg>, WireError> {
+    if bytes.get(..4) != Some(&BATCH[..]) {
+        return decode_change(bytes).map(|c| vec![c]);
+    }
+    let mut r = Reader(&bytes[4..]);
+    let n = r.u32()? as usize;
+    // Every change takes at least 12 bytes.
+    if n > r.0.len() / 12 {
+        return Err(WireError("change count larger than the message"));
+    }
+    let mut changes = Vec::with_capacity(n);
+    for _ in 0..n {
+        let version = r.u64()?;
+        changes.push(ChangeMsg { snapshot: false, last: true, version, spans: r.spans()? });
+    }
+    r.end()?;
+    Ok(changes)
 }
 
 pub(crate) fn decode_change(bytes: &[u8]) -> Result<ChangeMsg, WireError> {
@@ -291,6 +327,22 @@ mod tests {
             chunks(true, 1, Vec::new()),
             vec![ChangeMsg { snapshot: true, last: true, version: 1, spans: vec![] }]
         );
+    }
+
+    #[test]
+    fn batches_round_trip_and_single_changes_decode_as_one() {
+        let changes = vec![
+            ChangeMsg { snapshot: false, last: true, version: 4, spans: vec![span(1, 3, 7)] },
+            ChangeMsg { snapshot: false, last: true, version: 5, spans: vec![span(9, 1, 8), span(20, 2, 9)] },
+        ];
+        assert_eq!(decode_message(&encode_batch(&changes)), Ok(changes.clone()));
+        assert_eq!(decode_message(&encode_change(&changes[1])), Ok(vec![changes[1].clone()]));
+        let mut huge = BATCH.to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_message(&huge), Err(WireError("change count larger than the message")));
+        let mut long = encode_batch(&changes);
+        long.push(1);
+        assert_eq!(decode_message(&long), Err(WireError("trailing bytes")));
     }
 
     #[test]

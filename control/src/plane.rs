@@ -271,7 +271,7 @@ pub struct NodeAddress {
 }
 
 /// What the plane needs of the cluster its daemon joined; implemented over `broker-cluster` by the
-/// daemon, so this crate links no NATS.
+/// daemon (`cli/src/cluster.rs`), so the plane's code knows nothing of NATS.
 pub trait Cluster: Send + Sync {
     /// Makes a region just created on this node a replicated one with this node as its home. Blocks
     /// until the cluster has it (or refused it).

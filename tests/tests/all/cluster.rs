@@ -32,7 +32,8 @@ struct Node {
 
 impl Node {
     fn join(rt: &tokio::runtime::Runtime, url: &str, name: &'static str) -> Node {
-        let broker = Arc::new(broker_tests::broker());
+        // With the UI toolkit extension: callback_app imports it.
+        let broker = Arc::new(broker_tests::broker_with_ui());
         tenant(&broker, TENANT);
         let options = JoinOptions { heartbeat: Duration::from_millis(200), ttl: Duration::from_secs(1) };
         let membership = rt
@@ -552,4 +553,32 @@ fn r19_a_deposed_home_steps_down_and_follows_the_new_one() {
     }
     let (_, bytes) = converged(&[&a, &b]);
     assert!(bytes == model, "the old home and the new one differ from the writes made");
+}
+
+/// An app's watch on a replica fires when a replicated change lands: the app on b sees the home's
+/// writes, in version order, the last with the home's version and range.
+#[test]
+fn r19_a_watch_on_a_replica_fires_when_a_change_lands() {
+    let nats = Nats::start();
+    let rt = runtime();
+    let (a, b) = (Node::join(&rt, &nats.url, "a"), Node::join(&rt, &nats.url, "b"));
+    a.share(&rt, RegionSpec::new(REGION, SIZE, Mode::Handle));
+    b.follow(&rt);
+    let t = b.broker.tenant_id(TENANT).expect("tenant");
+    let app = start(&b.broker, t, "callback_app", "watcher");
+    b.broker.grant(b.region(), app, Rights::READ | Rights::WATCH, 0, None).expect("grant");
+    assert!(call(&b.broker, app, "watch", args![0, 7]) > 0, "watch");
+    let mut last = 0;
+    for i in 0..20u64 {
+        last = a.broker.write_region(a.region(), 100 + i, &[1, 2, 3]).expect("write");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while call(&b.broker, app, "watch_last_version", args![]) != i64::try_from(last).expect("v") {
+        assert!(Instant::now() < deadline, "the replica's watch never saw version {last}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(call(&b.broker, app, "watch_calls", args![]) >= 1);
+    assert_eq!(call(&b.broker, app, "watch_out_of_order", args![]), 0, "in version order");
+    assert_eq!(call(&b.broker, app, "watch_user_data", args![]), 7);
+    assert_eq!(call(&b.broker, app, "watch_last_range", args![]), (119 << 32) | 3, "the last write's range");
 }
