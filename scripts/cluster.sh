@@ -66,7 +66,9 @@ if [[ "${1:-}" == "--demo" ]]; then
   b 0 region write data --tenant acme --offset 0 --hex 68656c6c6f >/dev/null   # "hello" through the home
   b 1 region write data --tenant acme --offset 5 --hex 2c20776f726c64 >/dev/null   # ", world" through a replica
   sleep 0.5
-  echo "gamma reads: $(b 2 region read data --tenant acme --offset 0 --len 12)" >&2
+  hex=$(b 2 region read data --tenant acme --offset 0 --len 12)
+  echo "gamma reads: $hex ($(printf '%b' "$(echo "$hex" | sed 's/../\\x&/g')"))" >&2
+  sleep 2.5   # node records (tenants, load) are rewritten every 2 s
   "$BROKER" cluster status --cluster "$URL"
 fi
 
