@@ -69,6 +69,8 @@ impl Joined {
     /// Stops replicating and leaves: the node's record goes at once.
     pub async fn leave(self) {
         self.refresh.abort();
+        // What this node's homes acknowledged goes out before replication stops.
+        self.replication.drain(Duration::from_secs(5)).await;
         self.replication.shutdown();
         if let Err(e) = self.membership.leave().await {
             tracing::warn!("leaving the cluster: {e} (the node's record expires on its own)");
@@ -102,8 +104,19 @@ impl Cluster for PlaneCluster {
         self.rt.spawn(async move {
             let _ = tx.send(repl.share(&t, &r).await.map(|_| ()).map_err(|e| e.to_string()));
         });
-        rx.recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| Err("the cluster did not answer in 30 s".into()))
+        // Longer than a catch-up may take (a home restarting reads its stream first).
+        rx.recv_timeout(Duration::from_secs(70))
+            .unwrap_or_else(|_| Err("the cluster did not answer in 70 s".into()))
+    }
+
+    fn forget(&self, tenant: &str, region: &str) -> Result<(), String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (repl, t, r) = (Arc::clone(&self.replication), tenant.to_string(), region.to_string());
+        self.rt.spawn(async move {
+            let _ = tx.send(repl.forget(&t, &r).await.map_err(|e| e.to_string()));
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| Err("the cluster did not answer in 10 s".into()))
     }
 
     fn locate_tenant(&self, tenant: &str) -> Option<NodeAddress> {

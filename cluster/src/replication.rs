@@ -110,6 +110,9 @@ pub struct RegionRecord {
     /// Its namespace (see [`ReplicationOptions::namespace`]).
     #[serde(default)]
     pub namespace: String,
+    /// The rights every app of the tenant opens it with by name (rights bits), on every node.
+    #[serde(default)]
+    pub members: u32,
 }
 
 /// What a node is for a replicated region.
@@ -167,6 +170,10 @@ struct Inner {
     regions: parking_lot::Mutex<HashMap<String, Arc<Replicated>>>,
     /// Set by [`Replication::shutdown`]: background passes stop.
     closed: AtomicBool,
+    /// Keys being shared or followed now (see [`Inner::setting_up`]).
+    busy: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// When `follow_everything` may try a key that failed again (doubling up to a minute).
+    retry: parking_lot::Mutex<HashMap<String, (Instant, Duration)>>,
 }
 
 /// One replicated region on this node.
@@ -273,6 +280,8 @@ impl Replication {
                 rt: tokio::runtime::Handle::current(),
                 regions: parking_lot::Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
+                busy: parking_lot::Mutex::new(std::collections::HashSet::new()),
+                retry: parking_lot::Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -316,6 +325,44 @@ impl Replication {
                 tokio::time::sleep(every.max(Duration::from_millis(100))).await;
             }
         });
+    }
+
+    /// Waits (at most `within`) until every region this node is home of has published what it
+    /// captured: a graceful shutdown loses no write it acknowledged while NATS is reachable.
+    pub async fn drain(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        let homes: Vec<Arc<Replicated>> = self.inner.regions.lock().values().cloned().collect();
+        for rep in homes {
+            let waiting = match &*rep.state.lock() {
+                State::Home(tasks) => Some(tasks.outbox.published.subscribe()),
+                _ => None,
+            };
+            let (Some(mut published), Ok(info)) = (waiting, self.inner.broker.region_info(rep.region)) else {
+                continue;
+            };
+            let _ = tokio::time::timeout_at(
+                deadline,
+                published.wait_for(|p| p.version >= info.version || p.fenced),
+            )
+            .await;
+        }
+    }
+
+    /// Stops replicating `tenant/name` on this node; if this node is its home, deletes its record, so
+    /// no node follows it any more (a region being destroyed). The local region stays as it is.
+    ///
+    /// # Errors
+    /// [`ClusterError::JetStream`] if the record could not be deleted.
+    pub async fn forget(&self, tenant: &str, name: &str) -> Result<(), ClusterError> {
+        let key = self.inner.key(tenant, name);
+        self.inner.untrack(&key);
+        self.inner.retry.lock().remove(&key);
+        match self.inner.record(&key).await {
+            Ok((record, _)) if record.home == self.inner.node => {
+                self.inner.regions_kv.delete(&key).await.map_err(|e| js_err("delete the region record")(&e))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Every replicated region's record, by key.
@@ -386,7 +433,38 @@ fn encode(record: &RegionRecord) -> bytes::Bytes {
     serde_json::to_vec(record).unwrap_or_default().into()
 }
 
+/// A replica's upstream while it is being built: every write is refused until it follows its home.
+#[derive(Debug)]
+struct CatchingUp;
+
+impl Upstream for CatchingUp {
+    fn propose(&self, _: Proposal) -> Result<Accepted, Refused> {
+        Err(Refused::Unavailable("the replica is catching up with its home".into()))
+    }
+
+    fn home(&self) -> String {
+        "(catching up)".into()
+    }
+}
+
+/// A key being shared or followed by this node; released on drop.
+struct SettingUp<'a>(&'a parking_lot::Mutex<std::collections::HashSet<String>>, String);
+
+impl Drop for SettingUp<'_> {
+    fn drop(&mut self) {
+        self.0.lock().remove(&self.1);
+    }
+}
+
 impl Inner {
+    /// Marks `key` as being set up (shared or followed): a second setup of it at once is refused.
+    fn setting_up(&self, key: &str) -> Result<SettingUp<'_>, ClusterError> {
+        if !self.busy.lock().insert(key.to_owned()) {
+            return Err(ClusterError::Replication("the region is being set up already".into()));
+        }
+        Ok(SettingUp(&self.busy, key.to_owned()))
+    }
+
     /// The key of `tenant/name` in this node's namespace.
     fn key(&self, tenant: &str, name: &str) -> String {
         namespaced_key(&self.options.namespace, tenant, name)
@@ -400,6 +478,7 @@ impl Inner {
     /// region (shared mode is node-local) or one another node is home of (follow it instead).
     async fn share(self: &Arc<Self>, tenant: &str, name: &str) -> Result<RegionId, ClusterError> {
         let inner = self;
+        let _busy = self.setting_up(&self.key(tenant, name))?;
         let (_, region) = inner.local_region(tenant, name)?;
         let info = inner.broker.region_info(region).map_err(ClusterError::broker)?;
         if info.mode == Mode::Shared {
@@ -426,6 +505,7 @@ impl Inner {
             epoch: 1,
             snapshot_seq: last + 1,
             namespace: inner.options.namespace.clone(),
+            members: info.members.bits(),
         };
         match inner.regions_kv.create(&key, encode(&record)).await {
             Ok(revision) => {
@@ -435,6 +515,8 @@ impl Inner {
                 let _turn = rep.transition.lock().await;
                 if let Err(e) = inner.become_home(&rep, record, revision, false).await {
                     inner.untrack(&key);
+                    // Nobody else was told of it: the record goes too, so no node follows it.
+                    let _ = inner.regions_kv.delete(&key).await;
                     return Err(e);
                 }
             }
@@ -487,14 +569,22 @@ impl Inner {
         let inner = self;
         let key = self.key(tenant, name);
         let (record, _) = inner.record(&key).await?;
+        if record.size == 0 || record.size > MAX_REPLICATED_SIZE {
+            return Err(ClusterError::BadRecord { key, reason: format!("size {}", record.size) });
+        }
         let tid = inner
             .broker
             .tenant_id(tenant)
             .ok_or_else(|| ClusterError::Replication(format!("no tenant {tenant:?} on this node")))?;
+        let busy = self.setting_up(&key)?;
         let mut caught_up = 0;
+        let created;
         let region = match inner.broker.region_id(tid, name) {
             // The home's own region after a restart is shared again, with its record checked.
-            Some(_) if record.home == inner.node => return Box::pin(self.share(tenant, name)).await,
+            Some(_) if record.home == inner.node => {
+                drop(busy);
+                return Box::pin(self.share(tenant, name)).await;
+            }
             // A region of this name that replication did not build holds bytes and versions of its
             // own, which the home's changes could not be told apart from: refused.
             Some(_) => {
@@ -511,20 +601,38 @@ impl Inner {
                 } else {
                     Some(inner.image(&key, record.snapshot_seq, record.size).await?)
                 };
-                let spec = RegionSpec::new(name, record.size, mode).with_policy(policy);
+                let members = broker::Rights::from_bits(record.members).unwrap_or(broker::Rights::NONE);
+                let spec = RegionSpec::new(name, record.size, mode).with_policy(policy).with_members(members);
                 let r = inner.broker.create_region(tid, spec).map_err(ClusterError::broker)?;
+                created = Some(r);
                 if let Some((version, bytes, done)) = image {
+                    // No write may land here before the replica follows its home.
+                    let _ = inner.broker.set_upstream(r, Some(Arc::new(CatchingUp)));
                     if version > 0 {
                         let spans = [Span { offset: 0, bytes }];
-                        inner.broker.apply_replicated(r, version, &spans).map_err(ClusterError::broker)?;
+                        if let Err(e) = inner.broker.apply_replicated(r, version, &spans) {
+                            let _ = inner.broker.destroy_region(r);
+                            return Err(ClusterError::broker(e));
+                        }
                     }
                     caught_up = done;
                 }
                 r
             }
         };
+        // A region this call created goes again if the rest fails, so the next pass starts afresh.
+        let undo = |inner: &Arc<Inner>| {
+            if let Some(r) = created {
+                let _ = inner.broker.destroy_region(r);
+            }
+        };
         if record.home == inner.node {
-            return Box::pin(self.share(tenant, name)).await;
+            drop(busy);
+            let shared = Box::pin(self.share(tenant, name)).await;
+            if shared.is_err() {
+                undo(inner);
+            }
+            return shared;
         }
         let rep = inner.track(&key, region);
         rep.applied_seq.store(caught_up, Ordering::Release);
@@ -534,12 +642,15 @@ impl Inner {
             let _turn = rep.transition.lock().await;
             Inner::become_replica(inner, &rep, &record.home, record.snapshot_seq);
         }
+        // Every message read (a change the stream ends in the middle of, its home killed between its
+        // chunks, is superseded by the next home's snapshot).
         let caught = match inner.last_seq(&key).await {
-            Ok(target) => inner.wait_applied(&rep, target).await,
+            Ok(target) => Inner::wait_for(&rep.seen_seq, target).await,
             Err(e) => Err(e),
         };
         if let Err(e) = caught {
             inner.untrack(&key);
+            undo(inner);
             return Err(e);
         }
         Inner::spawn_lease(inner, &rep);
@@ -557,7 +668,21 @@ impl Inner {
             if self.regions.lock().contains_key(&key) || self.broker.tenant_id(&record.tenant).is_none() {
                 continue;
             }
-            if let Err(e) = self.follow(&record.tenant, &record.name).await {
+            if self.retry.lock().get(&key).is_some_and(|(at, _)| Instant::now() < *at) {
+                continue;
+            }
+            let followed = self.follow(&record.tenant, &record.name).await;
+            if followed.is_ok() {
+                self.retry.lock().remove(&key);
+            } else {
+                // A key that fails (a quota, a bad record) is tried again later and later, not every pass.
+                let mut retry = self.retry.lock();
+                let wait = retry
+                    .get(&key)
+                    .map_or(Duration::from_secs(1), |(_, w)| (*w * 2).min(Duration::from_secs(60)));
+                retry.insert(key.clone(), (Instant::now() + wait, wait));
+            }
+            if let Err(e) = followed {
                 tracing::warn!(node = %self.node, tenant = %record.tenant, region = %record.name, "cannot follow: {e}");
             }
         }
@@ -626,10 +751,6 @@ impl Inner {
         }
     }
 
-    async fn wait_applied(&self, rep: &Replicated, target: u64) -> Result<(), ClusterError> {
-        Inner::wait_for(&rep.applied_seq, target).await
-    }
-
     async fn wait_for(seq: &AtomicU64, target: u64) -> Result<(), ClusterError> {
         let deadline = Instant::now() + CATCH_UP_TIMEOUT;
         while seq.load(Ordering::Acquire) < target {
@@ -653,7 +774,7 @@ impl Inner {
         let target = self.last_seq(&rep.key).await?;
         let follower =
             tokio::spawn(Inner::follow_stream(Arc::clone(self), Arc::clone(rep), record.snapshot_seq));
-        let caught = self.wait_applied(rep, target).await;
+        let caught = Inner::wait_for(&rep.seen_seq, target).await;
         follower.abort();
         let _ = follower.await;
         caught
@@ -917,7 +1038,13 @@ impl Inner {
                             Ok(Ok(p)) if p.version < a.version => Reply::Refused(
                                 "this node lost the region to another home; the write was not kept".into(),
                             ),
-                            _ => Reply::Accepted(a),
+                            Ok(Err(_)) => Reply::Refused(
+                                "this node stopped being the region's home before the write was published"
+                                    .into(),
+                            ),
+                            // Published, or still queued when the proposal expired (written here, and
+                            // sent once the stream takes it: accepted, as a local write is).
+                            Ok(Ok(_)) | Err(_) => Reply::Accepted(a),
                         }
                     }
                     other => other,
@@ -1151,7 +1278,11 @@ impl Inner {
     async fn step_down(self: &Arc<Self>, rep: &Arc<Replicated>) {
         let _turn = rep.transition.lock().await;
         let dropped = match &*rep.state.lock() {
-            State::Home(tasks) => tasks.outbox.bytes.load(Ordering::Acquire),
+            State::Home(tasks) => {
+                // Writes waiting for their publication are told they were not kept.
+                tasks.outbox.published.send_modify(|p| p.fenced = true);
+                tasks.outbox.bytes.load(Ordering::Acquire)
+            }
             _ => return,
         };
         let Ok((record, _)) = self.record(&rep.key).await else { return };

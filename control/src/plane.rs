@@ -282,6 +282,13 @@ pub trait Cluster: Send + Sync {
 
     /// Another live node that holds `tenant`, if one does.
     fn locate_tenant(&self, tenant: &str) -> Option<NodeAddress>;
+
+    /// Stops replicating a region about to be destroyed on this node (a no-op for one that is not
+    /// replicated); at its home, the cluster forgets it, so no node follows it any more.
+    ///
+    /// # Errors
+    /// Why the cluster could not be told (the region is then not destroyed).
+    fn forget(&self, tenant: &str, region: &str) -> Result<(), String>;
 }
 
 /// Rights bits from a request field; unknown bits are refused, naming the field.
@@ -539,7 +546,7 @@ impl ControlPlane {
     }
 
     fn tenant_id(&self, name: &str) -> ApiResult<TenantId> {
-        self.broker.tenant_id(name).ok_or_else(|| self.not_here(name))
+        self.broker.tenant_id(name).ok_or_else(|| Error::TenantNotFound(name.to_owned()).into())
     }
 
     /// A tenant this node lacks: another node's address if the cluster places it there (the answer to
@@ -573,7 +580,10 @@ impl ControlPlane {
                 ));
             }
         };
-        Ok((self.tenant_id(name)?, name.to_owned()))
+        // Only the tenant a call acts on is looked up in the cluster (and only the admin names one
+        // this node may lack): a tenant token learns nothing of where other tenants live.
+        let id = self.broker.tenant_id(name).ok_or_else(|| self.not_here(name))?;
+        Ok((id, name.to_owned()))
     }
 
     /// A tenant named by an admin-only request's `tenant` field.
@@ -1256,6 +1266,10 @@ impl ControlPlane {
     pub fn destroy_region(&self, who: &Identity, region: RegionRef<'_>) -> ApiResult<()> {
         let (_, tname, id) = self.region(who, "name", region)?;
         let backing = self.broker.region_info(id)?.backing;
+        if let Some(cluster) = self.cluster.get() {
+            // A replicated region stops being replicated first (at its home, the cluster forgets it).
+            cluster.forget(&tname, region.name).map_err(ApiError::Unavailable)?;
+        }
         let destroyed = self.broker.destroy_region(id);
         if let Err(e @ Error::RegionNotFound(_)) = destroyed {
             return Err(e.into());

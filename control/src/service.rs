@@ -289,7 +289,8 @@ impl pb::broker_server::Broker for ControlService {
     }
 
     async fn destroy_region(&self, req: Request<pb::RegionRef>) -> Result<Response<pb::Empty>, Status> {
-        self.unary(req, |p, who, r| p.destroy_region(who, region_ref(&r)).map(|()| pb::Empty {}))
+        // Blocking: a replicated region's home tells the cluster first.
+        self.blocking(req, |p, who, r| p.destroy_region(who, region_ref(&r)).map(|()| pb::Empty {})).await
     }
 
     async fn flush_region(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use broker::{Broker, Error, RegionId};
-use broker_cluster::{Replication, ReplicationOptions};
+use broker_cluster::{JoinOptions, Membership, NodeLoad, Replication, ReplicationOptions};
 
 use crate::run::RunError;
 
@@ -16,6 +16,10 @@ use crate::run::RunError;
 /// node's replication. Dropped after the run's brokers' last call.
 pub(crate) struct ClusterRun {
     replications: Vec<Replication>,
+    /// Each node's membership: a home is alive to its replicas while its record is.
+    memberships: Vec<Membership>,
+    /// The regions shared, by node: their records are deleted when the run ends.
+    shared: parking_lot::Mutex<Vec<(usize, String, String)>>,
     rt: tokio::runtime::Runtime,
     _nats: Option<LocalNats>,
 }
@@ -53,14 +57,31 @@ impl ClusterRun {
         let options =
             ReplicationOptions { namespace: format!("scenario-{run}"), ..ReplicationOptions::default() };
         let mut replications = Vec::new();
+        let mut memberships = Vec::new();
         for (name, broker) in names.iter().zip(nodes) {
             let node = format!("{name}-{run}");
+            let m = rt
+                .block_on(Membership::join(
+                    &url,
+                    &node,
+                    &format!("scenario:{node}"),
+                    JoinOptions::default(),
+                    NodeLoad::default,
+                ))
+                .map_err(|e| failed(format!("joining node {name} to the cluster at {url}"), e))?;
+            memberships.push(m);
             let r = rt
                 .block_on(Replication::start(&url, &node, Arc::clone(broker), options.clone()))
                 .map_err(|e| failed(format!("joining node {name} to the cluster at {url}"), e))?;
             replications.push(r);
         }
-        Ok(ClusterRun { replications, rt, _nats: own })
+        Ok(ClusterRun {
+            replications,
+            memberships,
+            shared: parking_lot::Mutex::new(Vec::new()),
+            rt,
+            _nats: own,
+        })
     }
 
     /// Makes region `tenant/name` of node `node` replicated, that node its home.
@@ -68,7 +89,7 @@ impl ClusterRun {
         let r = self.replications.get(node).ok_or_else(|| failed(format!("node {node}"), "no such node"))?;
         self.rt
             .block_on(r.share(tenant, name))
-            .map(|_| ())
+            .map(|_| self.shared.lock().push((node, tenant.to_owned(), name.to_owned())))
             .map_err(|e| failed(format!("replicating region {tenant}/{name}"), e))
     }
 
@@ -83,8 +104,18 @@ impl ClusterRun {
 
 impl Drop for ClusterRun {
     fn drop(&mut self) {
+        // A server the caller gave keeps no record of the run: each home forgets its regions and
+        // each node leaves.
+        for (node, tenant, name) in self.shared.lock().drain(..) {
+            if let Some(r) = self.replications.get(node) {
+                let _ = self.rt.block_on(r.forget(&tenant, &name));
+            }
+        }
         for r in &self.replications {
             r.shutdown();
+        }
+        for m in self.memberships.drain(..) {
+            let _ = self.rt.block_on(m.leave());
         }
     }
 }
