@@ -710,7 +710,8 @@ mod tests {
     use crate::name::Name;
     use crate::tenant::TenantId;
 
-    fn region(size: u64) -> Region {
+    /// A handle-mode region of `size` bytes (the replica tests use it too).
+    pub(super) fn region(size: u64) -> Region {
         let n = |s: &str| Name::new(s).expect("name");
         Region::new(
             RegionId(1),

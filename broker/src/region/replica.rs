@@ -245,23 +245,10 @@ mod tests {
     use parking_lot::Mutex;
 
     use super::{Accepted, Check, Proposal, Refused, Span, Upstream};
-    use crate::name::Name;
-    use crate::region::{Backing, Change, Region, RegionError, RegionId, PAGE_SIZE};
-    use crate::tenant::TenantId;
+    use crate::region::{Change, Region, RegionError, PAGE_SIZE};
 
     fn region(pages: u64) -> Region {
-        let n = |s: &str| Name::new(s).expect("name");
-        Region::new(
-            RegionId(1),
-            n("r"),
-            TenantId(1),
-            n("t"),
-            pages * PAGE_SIZE,
-            crate::Mode::Mirror,
-            Default::default(),
-            Backing::Ephemeral,
-        )
-        .expect("region")
+        crate::region::tests::region(pages * PAGE_SIZE)
     }
 
     fn span(offset: u64, bytes: &[u8]) -> Span {

@@ -127,6 +127,38 @@ fn commit_offset(i: u64) -> u64 {
     (i * 4093) % (SIZE - 8)
 }
 
+/// The region as the test's accepted writes left it: commit `i`'s bytes at commit `i`'s offset, in the
+/// order written (what every node must end with).
+struct Model(Vec<u8>);
+
+impl Model {
+    fn new() -> Model {
+        Model(vec![0; usize::try_from(SIZE).expect("size")])
+    }
+
+    /// Writes commit `i` through node `n`'s broker; only an accepted write enters the model.
+    fn write(&mut self, n: &Node, i: u64) -> Result<u64, broker::Error> {
+        let (offset, bytes) = (commit_offset(i), commit_bytes(i));
+        let v = n.broker.write_region(n.region(), offset, &bytes)?;
+        let at = usize::try_from(offset).expect("offset");
+        self.0[at..at + 8].copy_from_slice(&bytes);
+        Ok(v)
+    }
+
+    /// Writes `commits` through `nodes` in turn, each refused one again until it is accepted (writes
+    /// resuming after an outage or a takeover), for at most 30 s.
+    fn write_until_accepted(&mut self, nodes: &[&Node], commits: std::ops::Range<u64>) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for i in commits {
+            let n = nodes[usize::try_from(i).expect("i") % nodes.len()];
+            while let Err(e) = self.write(n, i) {
+                assert!(Instant::now() < deadline, "writes through {} did not resume: {e}", n.name);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
 /// Replicates 1,000 commits made from every node in turn (host writes at the home and on replicas,
 /// guest handle writes on a replica), and checks that each node ends byte-identical with the model, at
 /// the same version.
@@ -232,31 +264,25 @@ fn r19_a_replica_that_died_resyncs() {
     let mut b = Node::join(&rt, &nats.url, "b");
     a.share(&rt, RegionSpec::new(REGION, SIZE, Mode::Handle));
     b.follow(&rt);
-    let mut model = vec![0u8; usize::try_from(SIZE).expect("size")];
-    let mut write = |n: &Node, i: u64| {
-        let (offset, bytes) = (commit_offset(i), commit_bytes(i));
-        n.broker.write_region(n.region(), offset, &bytes).expect("write");
-        let at = usize::try_from(offset).expect("offset");
-        model[at..at + 8].copy_from_slice(&bytes);
-    };
+    let mut model = Model::new();
     for i in 0..100 {
-        write(if i % 2 == 0 { &a } else { &b }, i);
+        model.write(if i % 2 == 0 { &a } else { &b }, i).expect("write");
     }
     converged(&[&a, &b]);
     b.kill();
     drop(b);
     for i in 100..300 {
-        write(&a, i);
+        model.write(&a, i).expect("write");
     }
     let b = Node::join(&rt, &nats.url, "b");
     b.follow(&rt);
     // Caught up when `follow` returned: nothing older is ever shown.
     assert_eq!(b.version(), a.version());
     for i in 300..350 {
-        write(&b, i);
+        model.write(&b, i).expect("write");
     }
     let (_, bytes) = converged(&[&a, &b]);
-    assert!(bytes == model, "the resynced replica differs from the commits made");
+    assert!(bytes == model.0, "the resynced replica differs from the commits made");
 }
 
 /// The home dies: replicas keep serving reads at their last version and refuse writes with
@@ -271,16 +297,9 @@ fn r19_home_loss_then_takeover() {
     a.share(&rt, RegionSpec::new(REGION, SIZE, Mode::Handle));
     b.follow(&rt);
     c.follow(&rt);
-    let mut model = vec![0u8; usize::try_from(SIZE).expect("size")];
-    let mut write = |n: &Node, i: u64| -> Result<u64, broker::Error> {
-        let (offset, bytes) = (commit_offset(i), commit_bytes(i));
-        let v = n.broker.write_region(n.region(), offset, &bytes)?;
-        let at = usize::try_from(offset).expect("offset");
-        model[at..at + 8].copy_from_slice(&bytes);
-        Ok(v)
-    };
+    let mut model = Model::new();
     for i in 0..100 {
-        write(&a, i).expect("write");
+        model.write(&a, i).expect("write");
     }
     let (before, _) = converged(&[&a, &b, &c]);
     a.kill();
@@ -311,20 +330,9 @@ fn r19_home_loss_then_takeover() {
     let record = rt.block_on(b.repl().record(TENANT, REGION)).expect("record");
     assert_eq!((record.home.as_str(), record.epoch), (homes[0], 2));
     // Writes work again from both survivors (the other one's go to the new home).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut i = 100;
-    while i < 150 {
-        let n = if i % 2 == 0 { &b } else { &c };
-        match write(n, i) {
-            Ok(_) => i += 1,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "writes did not resume: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
+    model.write_until_accepted(&[&b, &c], 100..150);
     let (version, bytes) = converged(&[&b, &c]);
-    assert!(bytes == model, "the survivors differ from the commits made");
+    assert!(bytes == model.0, "the survivors differ from the commits made");
     assert!(
         version > before + broker_cluster::replication::TAKEOVER_GAP,
         "versions move past the old home's"
@@ -341,44 +349,24 @@ fn r19_nats_restart_loses_no_acknowledged_commit() {
     let (a, b) = (Node::join(&rt, &nats.url, "a"), Node::join(&rt, &nats.url, "b"));
     a.share(&rt, RegionSpec::new(REGION, SIZE, Mode::Handle));
     b.follow(&rt);
-    let mut model = vec![0u8; usize::try_from(SIZE).expect("size")];
-    let mut acked = 0;
-    let mut write = |n: &Node, i: u64| -> Result<u64, broker::Error> {
-        let (offset, bytes) = (commit_offset(i), commit_bytes(i));
-        let v = n.broker.write_region(n.region(), offset, &bytes)?;
-        let at = usize::try_from(offset).expect("offset");
-        model[at..at + 8].copy_from_slice(&bytes);
-        acked += 1;
-        Ok(v)
-    };
+    let mut model = Model::new();
     for i in 0..100 {
-        write(&a, i).expect("write");
+        model.write(&a, i).expect("write");
     }
     nats.stop();
     for i in 100..200 {
-        write(&a, i).expect("the home writes while NATS is away");
+        model.write(&a, i).expect("the home writes while NATS is away");
     }
     assert!(b.broker.write_region(b.region(), 0, &[9; 8]).is_err(), "the replica cannot reach its home");
     // Away for longer than a node record lives (1 s), shorter than a takeover waits (3 s).
     std::thread::sleep(Duration::from_millis(1500));
     nats.restart();
     for i in 200..250 {
-        write(&a, i).expect("write");
+        model.write(&a, i).expect("write");
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut i = 250;
-    while i < 300 {
-        match write(&b, i) {
-            Ok(_) => i += 1,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "the replica's writes did not resume: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
+    model.write_until_accepted(&[&b], 250..300);
     let (_, bytes) = converged(&[&a, &b]);
-    assert_eq!(acked, 300);
-    assert!(bytes == model, "an acknowledged commit was lost");
+    assert!(bytes == model.0, "an acknowledged commit was lost");
     assert_eq!(a.repl().role(TENANT, REGION), Some(Role::Home), "no takeover for a short outage");
 }
 
@@ -520,16 +508,9 @@ fn r19_a_deposed_home_steps_down_and_follows_the_new_one() {
     let (mut a, b) = (Node::join(&rt, &nats.url, "a"), Node::join(&rt, &nats.url, "b"));
     a.share(&rt, RegionSpec::new(REGION, SIZE, Mode::Handle));
     b.follow(&rt);
-    let mut model = vec![0u8; usize::try_from(SIZE).expect("size")];
-    let mut write = |n: &Node, i: u64| -> Result<u64, broker::Error> {
-        let (offset, bytes) = (commit_offset(i), commit_bytes(i));
-        let v = n.broker.write_region(n.region(), offset, &bytes)?;
-        let at = usize::try_from(offset).expect("offset");
-        model[at..at + 8].copy_from_slice(&bytes);
-        Ok(v)
-    };
+    let mut model = Model::new();
     for i in 0..50 {
-        write(&a, i).expect("write");
+        model.write(&a, i).expect("write");
     }
     converged(&[&a, &b]);
     // Its heartbeat stops; its replication goes on.
@@ -540,19 +521,9 @@ fn r19_a_deposed_home_steps_down_and_follows_the_new_one() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(b.repl().role(TENANT, REGION), Some(Role::Home));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut i = 50;
-    while i < 100 {
-        match write(if i % 2 == 0 { &a } else { &b }, i) {
-            Ok(_) => i += 1,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "writes did not resume: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
+    model.write_until_accepted(&[&a, &b], 50..100);
     let (_, bytes) = converged(&[&a, &b]);
-    assert!(bytes == model, "the old home and the new one differ from the writes made");
+    assert!(bytes == model.0, "the old home and the new one differ from the writes made");
 }
 
 /// An app's watch on a replica fires when a replicated change lands: the app on b sees the home's
