@@ -526,6 +526,13 @@ pub enum CliError {
 }
 
 fn rpc_error(what: &'static str, s: Status) -> CliError {
+    // A call that reached the wrong node of a cluster names the right one (issue 19).
+    let node = |key: &str| s.metadata().get(key).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if let (Some(node), Some(address)) = (node("broker-node"), node("broker-node-address")) {
+        let hint =
+            format!("\nhint: run it against node {node}: --addr http://{address} with a token of that node.");
+        return CliError::Rpc { what, message: s.message().to_owned(), hint };
+    }
     let hint = match s.code() {
         Code::Unauthenticated => {
             "\nhint: pass --token or set BROKER_TOKEN (the admin token is in <state-dir>/admin.token)."
