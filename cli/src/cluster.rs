@@ -96,27 +96,37 @@ struct PlaneCluster {
     rt: tokio::runtime::Handle,
 }
 
+impl PlaneCluster {
+    /// Runs `op` on the daemon's runtime and waits for it here, at most `within`: the plane calls on
+    /// the blocking pool, never on the runtime.
+    fn wait<F>(&self, within: Duration, op: impl FnOnce(Arc<Replication>) -> F) -> Result<(), String>
+    where
+        F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let fut = op(Arc::clone(&self.replication));
+        self.rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv_timeout(within)
+            .unwrap_or_else(|_| Err(format!("the cluster did not answer in {} s", within.as_secs())))
+    }
+}
+
 impl Cluster for PlaneCluster {
     fn share(&self, tenant: &str, region: &str) -> Result<(), String> {
-        // Called on the blocking pool: the future runs on the runtime, this thread waits for it.
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let (repl, t, r) = (Arc::clone(&self.replication), tenant.to_string(), region.to_string());
-        self.rt.spawn(async move {
-            let _ = tx.send(repl.share(&t, &r).await.map(|_| ()).map_err(|e| e.to_string()));
-        });
+        let (t, r) = (tenant.to_string(), region.to_string());
         // Longer than a catch-up may take (a home restarting reads its stream first).
-        rx.recv_timeout(Duration::from_secs(70))
-            .unwrap_or_else(|_| Err("the cluster did not answer in 70 s".into()))
+        self.wait(Duration::from_secs(70), |repl| async move {
+            repl.share(&t, &r).await.map(|_| ()).map_err(|e| e.to_string())
+        })
     }
 
     fn forget(&self, tenant: &str, region: &str) -> Result<(), String> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let (repl, t, r) = (Arc::clone(&self.replication), tenant.to_string(), region.to_string());
-        self.rt.spawn(async move {
-            let _ = tx.send(repl.forget(&t, &r).await.map_err(|e| e.to_string()));
-        });
-        rx.recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|_| Err("the cluster did not answer in 10 s".into()))
+        let (t, r) = (tenant.to_string(), region.to_string());
+        self.wait(Duration::from_secs(10), |repl| async move {
+            repl.forget(&t, &r).await.map_err(|e| e.to_string())
+        })
     }
 
     fn locate_tenant(&self, tenant: &str) -> Option<NodeAddress> {

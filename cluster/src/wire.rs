@@ -116,12 +116,18 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(a))
     }
 
-    fn spans(&mut self) -> Result<Vec<Span>, WireError> {
+    /// A count of items that take at least `each` bytes: one the rest of the message cannot hold is
+    /// `too_many`, so it allocates nothing.
+    fn count(&mut self, each: usize, too_many: &'static str) -> Result<usize, WireError> {
         let n = self.u32()? as usize;
-        // Every span takes at least 12 bytes: a count the message cannot hold allocates nothing.
-        if n > self.0.len() / 12 {
-            return Err(WireError("span count larger than the message"));
+        if n > self.0.len() / each {
+            return Err(WireError(too_many));
         }
+        Ok(n)
+    }
+
+    fn spans(&mut self) -> Result<Vec<Span>, WireError> {
+        let n = self.count(12, "span count larger than the message")?;
         let mut spans = Vec::with_capacity(n);
         for _ in 0..n {
             let offset = self.u64()?;
@@ -160,11 +166,8 @@ pub(crate) fn decode_message(bytes: &[u8]) -> Result<Vec<ChangeMsg>, WireError> 
         return decode_change(bytes).map(|c| vec![c]);
     }
     let mut r = Reader(&bytes[4..]);
-    let n = r.u32()? as usize;
-    // Every change takes at least 12 bytes.
-    if n > r.0.len() / 12 {
-        return Err(WireError("change count larger than the message"));
-    }
+    // A version and a span count: 12 bytes at least.
+    let n = r.count(12, "change count larger than the message")?;
     let mut changes = Vec::with_capacity(n);
     for _ in 0..n {
         let version = r.u64()?;
@@ -222,10 +225,7 @@ pub(crate) fn decode_proposal(bytes: &[u8]) -> Result<(Proposal, u64), WireError
         0 => Check::Blind,
         1 => Check::Version(r.u64()?),
         2 => {
-            let n = r.u32()? as usize;
-            if n > r.0.len() / 16 {
-                return Err(WireError("page count larger than the message"));
-            }
+            let n = r.count(16, "page count larger than the message")?;
             let mut pages = Vec::with_capacity(n);
             for _ in 0..n {
                 pages.push((r.u64()?, r.u64()?));
