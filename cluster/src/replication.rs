@@ -71,6 +71,11 @@ pub struct ReplicationOptions {
     /// Bytes of changes a home queues while it cannot publish; past this it drops the queue and
     /// publishes one snapshot when it can again.
     pub queue_limit: u64,
+    /// Bytes of changes a home publishes before it publishes a snapshot of the region, records it as
+    /// where replicas start, and purges the region's older messages from the stream: what bounds the
+    /// stream. At least the region's size is used, so a snapshot never costs more than the changes it
+    /// replaces.
+    pub snapshot_after: u64,
     /// Keeps this node's replicated regions apart from other namespaces' of the same names on one
     /// NATS server (empty, the default: the daemons' namespace). Scenario runs use one each.
     pub namespace: String,
@@ -83,6 +88,7 @@ impl Default for ReplicationOptions {
             takeover_after: crate::DEFAULT_NODE_TTL + Duration::from_secs(2),
             check_every: Duration::from_millis(500),
             queue_limit: 64 << 20,
+            snapshot_after: 16 << 20,
             namespace: String::new(),
         }
     }
@@ -349,7 +355,8 @@ impl Replication {
     }
 
     /// Stops replicating `tenant/name` on this node; if this node is its home, deletes its record, so
-    /// no node follows it any more (a region being destroyed). The local region stays as it is.
+    /// no node follows it any more (a region being destroyed), and purges its messages but the last
+    /// from the stream. The local region stays as it is.
     ///
     /// # Errors
     /// [`ClusterError::JetStream`] if the record could not be deleted.
@@ -359,10 +366,47 @@ impl Replication {
         self.inner.retry.lock().remove(&key);
         match self.inner.record(&key).await {
             Ok((record, _)) if record.home == self.inner.node => {
-                self.inner.regions_kv.delete(&key).await.map_err(|e| js_err("delete the region record")(&e))
+                // Its last message stays: a region created again under the name starts after it, so
+                // its messages' ids (`key-version-last`) never repeat the old ones' within the
+                // stream's duplicate window. Read before the record goes, so a region shared again
+                // meanwhile keeps everything of its own.
+                let last = self.inner.last_seq(&key).await;
+                self.inner
+                    .regions_kv
+                    .delete(&key)
+                    .await
+                    .map_err(|e| js_err("delete the region record")(&e))?;
+                // (Up to 1 is nothing, and the server would read it as the whole subject.)
+                if let Ok(last @ 2..) = last {
+                    let purge = self.inner.stream.purge().filter(change_subject(&key)).sequence(last);
+                    if let Err(e) = purge.await {
+                        tracing::debug!(key, "purging a forgotten region's messages failed: {e}");
+                    }
+                }
+                Ok(())
             }
             _ => Ok(()),
         }
+    }
+
+    /// How many of the region's messages the stream holds now: after compaction, its last snapshot
+    /// and the changes since (see [`ReplicationOptions::snapshot_after`]).
+    ///
+    /// # Errors
+    /// [`ClusterError::JetStream`].
+    pub async fn retained(&self, tenant: &str, name: &str) -> Result<u64, ClusterError> {
+        let count = js_err("count a region's messages");
+        let config = consumer::pull::Config {
+            filter_subject: change_subject(&self.inner.key(tenant, name)),
+            deliver_policy: consumer::DeliverPolicy::All,
+            inactive_threshold: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let mut consumer = self.inner.stream.create_consumer(config).await.map_err(|e| count(&e))?;
+        let info = consumer.info().await.map_err(|e| count(&e))?;
+        let (pending, name) = (info.num_pending, info.name.clone());
+        let _ = self.inner.stream.delete_consumer(&name).await;
+        Ok(pending)
     }
 
     /// Every replicated region's record, by key.
@@ -896,7 +940,8 @@ impl Inner {
         }
     }
 
-    /// The home's publisher: changes in version order, each expecting the last one's sequence.
+    /// The home's publisher: changes in version order, each expecting the last one's sequence; a
+    /// snapshot once `snapshot_after` bytes have gone by, behind which the stream is purged.
     async fn publish_changes(
         self: Arc<Self>,
         rep: Arc<Replicated>,
@@ -909,6 +954,11 @@ impl Inner {
             let _ =
                 outbox.bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| Some(b.saturating_sub(n)));
         };
+        let region_size = self.broker.region_info(rep.region).map_or(0, |i| i.size);
+        let snapshot_after = self.options.snapshot_after.max(region_size).max(1);
+        // Bytes published since the last compaction; the home's first snapshot (its restamp) compacts
+        // at once, behind the previous home's messages.
+        let (mut since_compaction, mut compacted) = (0u64, false);
         let mut carried: Option<ChangeMsg> = None;
         loop {
             let mut msg = match carried.take() {
@@ -925,11 +975,8 @@ impl Inner {
                 // Changes were dropped while the stream was away: one snapshot replaces them all.
                 while rx.try_recv().is_ok() {}
                 outbox.bytes.store(0, Ordering::Release);
-                let Ok(region) = self.broker.region_ref(rep.region) else { return };
-                let mut bytes = vec![0; usize::try_from(region.size()).unwrap_or(0)];
-                let Ok(version) = region.read_versioned(0, &mut bytes) else { return };
-                msg =
-                    ChangeMsg { snapshot: true, last: true, version, spans: vec![Span { offset: 0, bytes }] };
+                let Some(snapshot) = self.snapshot(&rep) else { return };
+                msg = snapshot;
             }
             // Small changes queued behind this one (written while the last publish was in flight) go
             // with it in one message: one acknowledgement for all of them.
@@ -947,6 +994,7 @@ impl Inner {
                     batch.push(next);
                 }
             }
+            let snapshot = msg.snapshot;
             let (version, payloads): (u64, Vec<bytes::Bytes>) = if batch.is_empty() {
                 let parts = wire::chunks(msg.snapshot, msg.version, msg.spans);
                 (msg.version, parts.iter().map(|p| wire::encode_change(p).into()).collect())
@@ -955,42 +1003,113 @@ impl Inner {
                 let last = batch.last().map_or(0, |m| m.version);
                 (last, vec![wire::encode_batch(&batch).into()])
             };
-            for payload in payloads {
-                loop {
-                    let last = rep.applied_seq.load(Ordering::Acquire);
-                    let Err(Fenced) =
-                        self.publish(&rep.key, payload.clone(), version, last).await.map(|seq| {
-                            rep.applied_seq.store(seq, Ordering::Release);
-                            rep.seen_seq.store(seq, Ordering::Release);
-                        })
-                    else {
-                        break;
+            let Some(first) = self.publish_all(&rep, &outbox, version, payloads).await else { return };
+            since_compaction = since_compaction.saturating_add(total);
+            if (snapshot && !compacted) || since_compaction >= snapshot_after {
+                let at = if snapshot {
+                    first
+                } else {
+                    // Enough has gone by: a snapshot (the region as it is now, at its version;
+                    // changes still queued are older or newer, and replicas skip the older) lets the
+                    // stream forget everything before it.
+                    let Some(snap) = self.snapshot(&rep) else { return };
+                    let payloads: Vec<bytes::Bytes> = wire::chunks(true, snap.version, snap.spans)
+                        .iter()
+                        .map(|p| wire::encode_change(p).into())
+                        .collect();
+                    let Some(first) = self.publish_all(&rep, &outbox, snap.version, payloads).await else {
+                        return;
                     };
-                    // Someone appended. The record says who writes the region: another node (this
-                    // one was deposed: step down), or still this one (a deposed home's last change
-                    // got in before this home's first, or a resend outlived the stream's duplicate
-                    // window): go on after it.
-                    match self.record(&rep.key).await {
-                        Ok((record, _)) if record.home == self.node => match self.last_seq(&rep.key).await {
-                            Ok(l) => {
-                                rep.applied_seq.store(l, Ordering::Release);
-                                rep.seen_seq.store(l, Ordering::Release);
-                            }
-                            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                        },
-                        Ok(_) => {
-                            tracing::warn!(node = %self.node, key = %rep.key, "fenced: another node took the region over");
-                            outbox.published.send_modify(|p| p.fenced = true);
-                            let inner = Arc::clone(&self);
-                            let rep = Arc::clone(&rep);
-                            tokio::spawn(async move { inner.step_down(&rep).await });
-                            return;
+                    first
+                };
+                (since_compaction, compacted) = (0, true);
+                self.compact(&rep, at).await;
+            }
+        }
+    }
+
+    /// The whole region at its version, as a snapshot message (`None` once the region is gone).
+    fn snapshot(&self, rep: &Replicated) -> Option<ChangeMsg> {
+        let region = self.broker.region_ref(rep.region).ok()?;
+        let mut bytes = vec![0; usize::try_from(region.size()).ok()?];
+        let version = region.read_versioned(0, &mut bytes).ok()?;
+        Some(ChangeMsg { snapshot: true, last: true, version, spans: vec![Span { offset: 0, bytes }] })
+    }
+
+    /// Publishes `payloads` (one change's chunks, or one batch, of `version`) in order. Returns the
+    /// first one's stream sequence, or `None` if another node took the region over meanwhile: this
+    /// node steps down, and its publisher ends.
+    async fn publish_all(
+        self: &Arc<Self>,
+        rep: &Arc<Replicated>,
+        outbox: &Outbox,
+        version: u64,
+        payloads: Vec<bytes::Bytes>,
+    ) -> Option<u64> {
+        let mut first = None;
+        for payload in payloads {
+            loop {
+                let last = rep.applied_seq.load(Ordering::Acquire);
+                let Err(Fenced) = self.publish(&rep.key, payload.clone(), version, last).await.map(|seq| {
+                    rep.applied_seq.store(seq, Ordering::Release);
+                    rep.seen_seq.store(seq, Ordering::Release);
+                    first.get_or_insert(seq);
+                }) else {
+                    break;
+                };
+                // Someone appended. The record says who writes the region: another node (this one
+                // was deposed: step down), or still this one (a deposed home's last change got in
+                // before this home's first, or a resend outlived the stream's duplicate window): go
+                // on after it.
+                match self.record(&rep.key).await {
+                    Ok((record, _)) if record.home == self.node => match self.last_seq(&rep.key).await {
+                        Ok(l) => {
+                            rep.applied_seq.store(l, Ordering::Release);
+                            rep.seen_seq.store(l, Ordering::Release);
                         }
                         Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    },
+                    Ok(_) => {
+                        tracing::warn!(node = %self.node, key = %rep.key, "fenced: another node took the region over");
+                        outbox.published.send_modify(|p| p.fenced = true);
+                        let inner = Arc::clone(self);
+                        let rep = Arc::clone(rep);
+                        tokio::spawn(async move { inner.step_down(&rep).await });
+                        return None;
                     }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             }
-            outbox.published.send_modify(|p| p.version = p.version.max(version));
+        }
+        outbox.published.send_modify(|p| p.version = p.version.max(version));
+        first
+    }
+
+    /// After a snapshot published at stream sequence `at`: records it as where replicas start (a
+    /// compare-and-set on the record's revision, so a home deposed meanwhile changes nothing), then
+    /// purges the region's messages before it. A replica resuming from a purged message reads on
+    /// from the snapshot, which holds everything before it; one that starts reads the record first.
+    async fn compact(&self, rep: &Replicated, at: u64) {
+        let Ok((mut record, revision)) = self.record(&rep.key).await else { return };
+        if record.home != self.node || record.snapshot_seq > at {
+            return;
+        }
+        if record.snapshot_seq < at {
+            record.snapshot_seq = at;
+            if let Err(e) = self.regions_kv.update(&rep.key, encode(&record), revision).await {
+                tracing::debug!(key = %rep.key, "not compacting: the record changed meanwhile ({e})");
+                return;
+            }
+        }
+        // Nothing is before the subject's first message; and the server reads a purge up to sequence
+        // 1 as one without a sequence, which would take the whole subject.
+        if at <= 1 {
+            return;
+        }
+        match self.stream.purge().filter(change_subject(&rep.key)).sequence(at).await {
+            Ok(p) => tracing::debug!(key = %rep.key, purged = p.purged, at, "compacted the region's stream"),
+            // The next snapshot's purge takes these too.
+            Err(e) => tracing::debug!(key = %rep.key, "purging the stream failed: {e}"),
         }
     }
 
@@ -1070,7 +1189,7 @@ impl Inner {
     /// version, its bytes and the sequence of the last message of the last whole change read. A new
     /// replica is built from this before anyone can see it, so it never shows an older version.
     async fn image(&self, key: &str, from: u64, size: u64) -> Result<(u64, Vec<u8>, u64), ClusterError> {
-        let target = self.last_seq(key).await?;
+        let mut target = self.last_seq(key).await?;
         let mut bytes = vec![0u8; usize::try_from(size).unwrap_or(0)];
         let (mut version, mut done) = (0u64, from.saturating_sub(1));
         if target < from.max(1) {
@@ -1080,7 +1199,20 @@ impl Inner {
         let mut parts = Assembler::default();
         let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
         let mut seen = 0;
-        while seen < target {
+        loop {
+            if seen >= target {
+                if parts.is_idle() {
+                    break;
+                }
+                // The messages up to `target` were purged behind a snapshot that is still arriving in
+                // chunks: read it whole if the stream has it (a change the stream ends in, its home
+                // killed between chunks, is left for the next home's snapshot).
+                let now = self.last_seq(key).await?;
+                if now <= seen {
+                    break;
+                }
+                target = now;
+            }
             let next = tokio::time::timeout_at(deadline, messages.next()).await;
             let Ok(Some(Ok(msg))) = next else {
                 return Err(ClusterError::Replication(format!(
@@ -1088,6 +1220,11 @@ impl Inner {
                 )));
             };
             let Ok(seq) = msg.info().map(|i| i.stream_sequence) else { continue };
+            // An ordered consumer rebuilt before its first message starts from the stream's
+            // beginning: what comes before `from` (an older region's last message) is not this one's.
+            if seq < from {
+                continue;
+            }
             seen = seq;
             match wire::decode_message(&msg.payload) {
                 Ok(changes) => {

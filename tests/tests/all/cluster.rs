@@ -32,6 +32,16 @@ struct Node {
 
 impl Node {
     fn join(rt: &tokio::runtime::Runtime, url: &str, name: &'static str) -> Node {
+        Node::join_with(rt, url, name, |_| {})
+    }
+
+    /// As [`Node::join`], with `tune` applied to the test's replication options.
+    fn join_with(
+        rt: &tokio::runtime::Runtime,
+        url: &str,
+        name: &'static str,
+        tune: impl Fn(&mut ReplicationOptions),
+    ) -> Node {
         // With the UI toolkit extension: callback_app imports it.
         let broker = Arc::new(broker_tests::broker_with_ui());
         tenant(&broker, TENANT);
@@ -45,17 +55,14 @@ impl Node {
                 NodeLoad::default,
             ))
             .expect("joins");
+        let mut options = ReplicationOptions {
+            takeover_after: Duration::from_secs(3),
+            check_every: Duration::from_millis(100),
+            ..ReplicationOptions::default()
+        };
+        tune(&mut options);
         let replication = rt
-            .block_on(Replication::start(
-                url,
-                name,
-                Arc::clone(&broker),
-                ReplicationOptions {
-                    takeover_after: Duration::from_secs(3),
-                    check_every: Duration::from_millis(100),
-                    ..ReplicationOptions::default()
-                },
-            ))
+            .block_on(Replication::start(url, name, Arc::clone(&broker), options))
             .expect("replication starts");
         Node { name, broker, membership: Some(membership), replication: Some(replication) }
     }
@@ -370,6 +377,99 @@ fn r19_nats_restart_loses_no_acknowledged_commit() {
     assert_eq!(a.repl().role(TENANT, REGION), Some(Role::Home), "no takeover for a short outage");
 }
 
+/// The home publishes a snapshot once a region's size of changes has gone by and purges the stream
+/// behind it: the stream holds the region's last snapshot and the changes since, not its history. A
+/// replica whose follower falls behind across purges reads on from the next snapshot; one that
+/// restarts, and one that starts afterwards, are built from the last. All end byte-identical with the
+/// commits made.
+#[test]
+fn r19_the_stream_is_compacted_behind_snapshots() {
+    const BLOCK: usize = 4096;
+    const WRITES: u64 = 200;
+    let nats = Nats::start();
+    let rt = runtime();
+    // The smallest setting: a snapshot after every region's size (64 KiB) of changes.
+    let small = |o: &mut ReplicationOptions| o.snapshot_after = 1;
+    let a = Node::join_with(&rt, &nats.url, "a", small);
+    // The replica's tasks run apart from the home's, as in another process: its follower is stalled
+    // below by blocking a thread of its runtime.
+    let rt_b = runtime();
+    let mut b = Node::join_with(&rt_b, &nats.url, "b", small);
+    a.share(&rt, RegionSpec::new(REGION, SIZE, Mode::Handle));
+    b.follow(&rt_b);
+    let mut model = vec![0u8; usize::try_from(SIZE).expect("size")];
+    let write = |model: &mut Vec<u8>, n: &Node, i: u64| {
+        let blocks = SIZE / BLOCK as u64;
+        let at = usize::try_from((i * 7 % blocks) * BLOCK as u64).expect("offset");
+        let bytes = [u8::try_from(i % 251).expect("byte") + 1; BLOCK];
+        n.broker.write_region(n.region(), at as u64, &bytes).expect("write");
+        model[at..at + BLOCK].copy_from_slice(&bytes);
+    };
+    // Through the replica: each write is its own message (it waits for its answer), 800 KiB in all.
+    for i in 0..WRITES {
+        write(&mut model, &b, i);
+    }
+    let (_, bytes) = converged(&[&a, &b]);
+    assert!(bytes == model, "the replica differs from the commits made");
+    let retained = rt.block_on(a.repl().retained(TENANT, REGION)).expect("retained");
+    // Uncompacted, the stream would hold the first snapshot and one message per write. Compacted, it
+    // holds the last snapshot (one message) and at most 16 changes of 4 KiB after it, with room for a
+    // snapshot still being recorded.
+    assert!(
+        retained <= 2 * (1 + SIZE / BLOCK as u64),
+        "the stream kept {retained} messages of {WRITES} writes"
+    );
+    let before = rt.block_on(a.repl().record(TENANT, REGION)).expect("record");
+    assert!(before.snapshot_seq > WRITES / 2, "replicas start at a recent snapshot: {before:?}");
+
+    // The replica's follower stalls (a host watcher there blocks inside the first change it applies)
+    // while the home publishes 700 messages, more than the follower's consumer asks for at once
+    // (500), and compacts behind them; then it reads on from a stream whose next messages are gone.
+    let gate = Arc::new((parking_lot::Mutex::new(false), parking_lot::Condvar::new()));
+    let held = Arc::clone(&gate);
+    let stall = move |_: &broker::region::Change| {
+        let (open, cv) = &*held;
+        let mut open = open.lock();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !*open && !cv.wait_until(&mut open, deadline).timed_out() {}
+    };
+    let watch = b.broker.watch_region(b.region(), Arc::new(stall)).expect("watch");
+    for i in WRITES..WRITES + 700 {
+        write(&mut model, &a, i);
+        // Published before the next write, so each is a message of its own.
+        rt.block_on(a.repl().drain(Duration::from_secs(10)));
+    }
+    let after = rt.block_on(a.repl().record(TENANT, REGION)).expect("record");
+    assert!(
+        after.snapshot_seq > before.snapshot_seq + 600,
+        "the messages past what the stalled follower had asked for were purged: {before:?} then {after:?}"
+    );
+    *gate.0.lock() = true;
+    gate.1.notify_all();
+    b.broker.unwatch_region(b.region(), watch);
+    let (_, bytes) = converged(&[&a, &b]);
+    assert!(bytes == model, "a follower that fell behind across purges differs from the commits made");
+
+    // A replica that restarts, and one that is new, build the region from the snapshot and what
+    // follows it.
+    b.kill();
+    drop(b);
+    for i in WRITES + 700..WRITES + 740 {
+        write(&mut model, &a, i);
+    }
+    rt.block_on(a.repl().drain(Duration::from_secs(10)));
+    let b = Node::join_with(&rt, &nats.url, "b", small);
+    b.follow(&rt);
+    let c = Node::join_with(&rt, &nats.url, "c", small);
+    c.follow(&rt);
+    assert_eq!((b.version(), c.version()), (a.version(), a.version()), "caught up when `follow` returned");
+    for i in WRITES + 740..WRITES + 780 {
+        write(&mut model, if i % 2 == 0 { &b } else { &c }, i);
+    }
+    let (_, bytes) = converged(&[&a, &b, &c]);
+    assert!(bytes == model, "a replica built from a snapshot differs from the commits made");
+}
+
 /// Shared mode stays node-local: the cluster refuses to replicate a shared region, and the engine
 /// refuses to make one a replica.
 #[test]
@@ -558,7 +658,8 @@ fn r19_a_watch_on_a_replica_fires_when_a_change_lands() {
 }
 
 /// A replicated region's member rights hold on every node, and one its home forgets (destroyed there)
-/// is followed by no node any more: its name can be replicated afresh, from new bytes.
+/// is followed by no node any more and leaves nothing in the stream: its name can be replicated
+/// afresh, from new bytes.
 #[test]
 fn r19_member_rights_travel_and_a_forgotten_region_starts_afresh() {
     let nats = Nats::start();
@@ -574,10 +675,12 @@ fn r19_member_rights_travel_and_a_forgotten_region_starts_afresh() {
     rt.block_on(a.repl().forget(TENANT, REGION)).expect("forget");
     assert!(rt.block_on(a.repl().record(TENANT, REGION)).is_err(), "the record is gone");
     assert_eq!(a.repl().role(TENANT, REGION), None);
+    let left = rt.block_on(a.repl().retained(TENANT, REGION)).expect("count");
+    assert_eq!(left, 1, "its messages are purged but the last, which the next region's log follows");
     a.broker.destroy_region(a.region()).expect("destroy");
     rt.block_on(b.repl().forget(TENANT, REGION)).expect("forget");
     b.broker.destroy_region(b.region()).expect("destroy");
-    // The same name again: the old region's messages stay in the stream, and nothing of them shows.
+    // The same name again: a new log, and nothing of the old region shows.
     a.share(&rt, RegionSpec::new(REGION, SIZE, Mode::Handle));
     b.follow(&rt);
     let (_, bytes) = converged(&[&a, &b]);
