@@ -2,7 +2,9 @@
 //! replication lag (a write at the home until it has landed in a replica on another broker, p50 and
 //! p99) and replication throughput (MB/s of changed bytes, home to replica), next to raw JetStream
 //! publish throughput measured in the same run against the same server: one publish in flight at a
-//! time, each acknowledged, as the home's publisher does, and pipelined.
+//! time, each acknowledged, as the home's publisher does, and pipelined. The stream of changes is
+//! measured with compaction off; the last column is the throughput with the default compaction, whose
+//! snapshots take the place of a backlog of changes they hold.
 //!
 //! `cargo bench -p broker-benches --bench cluster` runs it in full; under `cargo test` it runs once,
 //! small, as a smoke test. Needs `nats-server` (installed from Debian when missing).
@@ -26,7 +28,7 @@ struct Node {
     _membership: Membership,
 }
 
-fn node(rt: &tokio::runtime::Runtime, url: &str, name: &str) -> Node {
+fn node(rt: &tokio::runtime::Runtime, url: &str, name: &str, options: ReplicationOptions) -> Node {
     let broker =
         Arc::new(Broker::new(BrokerConfig { workers: 1, ..BrokerConfig::default() }).expect("broker"));
     let quotas = Quotas { region_bytes: 1 << 30, memory_bytes: 4 << 30, ..Quotas::default() };
@@ -40,9 +42,8 @@ fn node(rt: &tokio::runtime::Runtime, url: &str, name: &str) -> Node {
             NodeLoad::default,
         ))
         .expect("join");
-    let replication = rt
-        .block_on(Replication::start(url, name, Arc::clone(&broker), ReplicationOptions::default()))
-        .expect("replication");
+    let replication =
+        rt.block_on(Replication::start(url, name, Arc::clone(&broker), options)).expect("replication");
     Node { broker, replication, _membership: membership }
 }
 
@@ -101,6 +102,7 @@ fn raw_publish(rt: &tokio::runtime::Runtime, url: &str, size: usize, count: usiz
 
 struct Figures {
     size: usize,
+    compacted_mbps: f64,
     lag_p50: u64,
     lag_p99: u64,
     replicated_mbps: f64,
@@ -108,11 +110,41 @@ struct Figures {
     raw_pipelined_mbps: f64,
 }
 
+/// Writes `count` changes of `size` bytes at the home of `pair` as fast as it takes them, over a
+/// region of its own, until the replica has the last: MB/s.
+fn throughput(
+    rt: &tokio::runtime::Runtime,
+    (home, replica): (&Node, &Node),
+    size: usize,
+    count: usize,
+) -> f64 {
+    let region_size = (size as u64 * 16).max(64 * 1024);
+    let name = format!("t{size}");
+    let t = home.broker.tenant_id("bench").expect("tenant");
+    let region =
+        home.broker.create_region(t, RegionSpec::new(&name, region_size, Mode::Handle)).expect("region");
+    rt.block_on(home.replication.share("bench", &name)).expect("share");
+    let copy = rt.block_on(replica.replication.follow("bench", &name)).expect("follow");
+    let data = vec![0x5au8; size];
+    let slots = region_size / size as u64;
+    let start = Instant::now();
+    let mut last = 0;
+    for i in 0..count as u64 {
+        last = home.broker.write_region(region, (i % slots) * size as u64, &data).expect("write");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while replica.broker.region_info(copy).expect("info").version < last {
+        assert!(Instant::now() < deadline, "the replica never reached version {last}");
+        std::hint::spin_loop();
+    }
+    mbps((size * count) as u64, start.elapsed())
+}
+
 fn measure(
     rt: &tokio::runtime::Runtime,
     url: &str,
-    home: &Node,
-    replica: &Node,
+    (home, replica): (&Node, &Node),
+    compacting: (&Node, &Node),
     size: usize,
     samples: usize,
 ) -> Figures {
@@ -175,8 +207,10 @@ fn measure(
     wait_for(last);
     let replicated_mbps = mbps((size * count) as u64, start.elapsed());
     let (raw_one_mbps, raw_pipelined_mbps) = raw_publish(rt, url, size, count);
+    let compacted_mbps = throughput(rt, compacting, size, count);
     Figures {
         size,
+        compacted_mbps,
         lag_p50: percentile(&lags, 50.0),
         lag_p99: percentile(&lags, 99.0),
         replicated_mbps,
@@ -191,11 +225,15 @@ fn main() {
     let server = nats::Nats::start();
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let home = node(&rt, &server.url, "home");
-    let replica = node(&rt, &server.url, "replica");
+    // The stream of changes, every one published (no compaction); and the default options, apart.
+    let off = || ReplicationOptions { snapshot_after: u64::MAX, ..ReplicationOptions::default() };
+    let home = node(&rt, &server.url, "home", off());
+    let replica = node(&rt, &server.url, "replica", off());
+    let on = || ReplicationOptions { namespace: "compacted".into(), ..ReplicationOptions::default() };
+    let compacting = (&node(&rt, &server.url, "home-c", on()), &node(&rt, &server.url, "replica-c", on()));
     println!("cluster: replication home -> replica through nats-server on loopback ({samples} lag samples per size)");
     println!(
-        "{:>8} {:>11} {:>11} {:>14} {:>17} {:>17} {:>9} {:>13}",
+        "{:>8} {:>11} {:>11} {:>14} {:>17} {:>17} {:>9} {:>13} {:>16}",
         "size",
         "lag p50",
         "lag p99",
@@ -203,12 +241,13 @@ fn main() {
         "raw 1 in flight",
         "raw pipelined",
         "x raw 1",
-        "x pipelined"
+        "x pipelined",
+        "w/ compaction"
     );
     for size in [64usize, 4096, 65536] {
-        let f = measure(&rt, &server.url, &home, &replica, size, samples);
+        let f = measure(&rt, &server.url, (&home, &replica), compacting, size, samples);
         println!(
-            "{:>8} {:>11} {:>11} {:>9.1} MB/s {:>12.1} MB/s {:>12.1} MB/s {:>8.2}x {:>12.2}x",
+            "{:>8} {:>11} {:>11} {:>9.1} MB/s {:>12.1} MB/s {:>12.1} MB/s {:>8.2}x {:>12.2}x {:>11.1} MB/s",
             f.size,
             us(f.lag_p50),
             us(f.lag_p99),
@@ -216,7 +255,8 @@ fn main() {
             f.raw_one_mbps,
             f.raw_pipelined_mbps,
             f.replicated_mbps / f.raw_one_mbps,
-            f.replicated_mbps / f.raw_pipelined_mbps
+            f.replicated_mbps / f.raw_pipelined_mbps,
+            f.compacted_mbps
         );
     }
 }

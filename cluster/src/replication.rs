@@ -959,6 +959,9 @@ impl Inner {
         // Bytes published since the last compaction; the home's first snapshot (its restamp) compacts
         // at once, behind the previous home's messages.
         let (mut since_compaction, mut compacted) = (0u64, false);
+        // The version of the last snapshot this publisher read from the region: changes captured up
+        // to it are in it, and are not published again.
+        let mut covered = 0u64;
         let mut carried: Option<ChangeMsg> = None;
         loop {
             let mut msg = match carried.take() {
@@ -976,7 +979,10 @@ impl Inner {
                 while rx.try_recv().is_ok() {}
                 outbox.bytes.store(0, Ordering::Release);
                 let Some(snapshot) = self.snapshot(&rep) else { return };
+                covered = snapshot.version;
                 msg = snapshot;
+            } else if msg.version <= covered {
+                continue;
             }
             // Small changes queued behind this one (written while the last publish was in flight) go
             // with it in one message: one acknowledgement for all of them.
@@ -985,6 +991,9 @@ impl Inner {
             if !msg.snapshot && total < wire::MAX_CHUNK as u64 {
                 while let Ok(next) = rx.try_recv() {
                     taken(&next);
+                    if next.version <= covered {
+                        continue;
+                    }
                     let n = size(&next);
                     if next.snapshot || total + n > wire::MAX_CHUNK as u64 || batch.len() >= MAX_BATCH {
                         carried = Some(next);
@@ -1009,10 +1018,11 @@ impl Inner {
                 let at = if snapshot {
                     first
                 } else {
-                    // Enough has gone by: a snapshot (the region as it is now, at its version;
-                    // changes still queued are older or newer, and replicas skip the older) lets the
-                    // stream forget everything before it.
+                    // Enough has gone by: a snapshot (the region as it is now, at its version) lets
+                    // the stream forget everything before it. Changes still queued that it holds
+                    // are dropped: a home writing faster than it publishes catches up here.
                     let Some(snap) = self.snapshot(&rep) else { return };
+                    covered = snap.version;
                     let payloads: Vec<bytes::Bytes> = wire::chunks(true, snap.version, snap.spans)
                         .iter()
                         .map(|p| wire::encode_change(p).into())

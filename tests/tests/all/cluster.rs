@@ -451,10 +451,11 @@ fn r19_the_stream_is_compacted_behind_snapshots() {
     assert!(bytes == model, "a follower that fell behind across purges differs from the commits made");
 
     // A replica that restarts, and one that is new, build the region from the snapshot and what
-    // follows it.
+    // follows it. Meanwhile the home writes faster than it publishes: a snapshot takes the place of
+    // the changes queued behind it that it holds.
     b.kill();
     drop(b);
-    for i in WRITES + 700..WRITES + 740 {
+    for i in WRITES + 700..WRITES + 940 {
         write(&mut model, &a, i);
     }
     rt.block_on(a.repl().drain(Duration::from_secs(10)));
@@ -463,7 +464,7 @@ fn r19_the_stream_is_compacted_behind_snapshots() {
     let c = Node::join_with(&rt, &nats.url, "c", small);
     c.follow(&rt);
     assert_eq!((b.version(), c.version()), (a.version(), a.version()), "caught up when `follow` returned");
-    for i in WRITES + 740..WRITES + 780 {
+    for i in WRITES + 940..WRITES + 980 {
         write(&mut model, if i % 2 == 0 { &b } else { &c }, i);
     }
     let (_, bytes) = converged(&[&a, &b, &c]);
