@@ -70,7 +70,11 @@ impl Joined {
     pub async fn leave(self) {
         self.refresh.abort();
         // What this node's homes acknowledged goes out before replication stops.
-        self.replication.drain(Duration::from_secs(5)).await;
+        if !self.replication.drain(Duration::from_secs(5)).await {
+            tracing::warn!(
+                "leaving the cluster with changes not yet published: NATS did not take them within 5 s"
+            );
+        }
         self.replication.shutdown();
         if let Err(e) = self.membership.leave().await {
             tracing::warn!("leaving the cluster: {e} (the node's record expires on its own)");

@@ -334,10 +334,12 @@ impl Replication {
     }
 
     /// Waits (at most `within`) until every region this node is home of has published what it
-    /// captured: a graceful shutdown loses no write it acknowledged while NATS is reachable.
-    pub async fn drain(&self, within: Duration) {
+    /// captured: a graceful shutdown loses no write it acknowledged while NATS is reachable. Returns
+    /// whether every home got there in time (or learnt it was deposed: nothing more of it goes out).
+    pub async fn drain(&self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         let homes: Vec<Arc<Replicated>> = self.inner.regions.lock().values().cloned().collect();
+        let mut all = true;
         for rep in homes {
             let waiting = match &*rep.state.lock() {
                 State::Home(tasks) => Some(tasks.outbox.published.subscribe()),
@@ -346,12 +348,14 @@ impl Replication {
             let (Some(mut published), Ok(info)) = (waiting, self.inner.broker.region_info(rep.region)) else {
                 continue;
             };
-            let _ = tokio::time::timeout_at(
+            let done = tokio::time::timeout_at(
                 deadline,
                 published.wait_for(|p| p.version >= info.version || p.fenced),
             )
             .await;
+            all &= matches!(done, Ok(Ok(_)));
         }
+        all
     }
 
     /// Stops replicating `tenant/name` on this node; if this node is its home, deletes its record, so
@@ -966,6 +970,11 @@ impl Inner {
         loop {
             let mut msg = match carried.take() {
                 Some(m) => m,
+                // The change that overflowed went out in the last batch, and nothing is captured
+                // until the snapshot below: do not wait for more.
+                None if outbox.overflow.load(Ordering::Acquire) => {
+                    ChangeMsg { snapshot: false, last: true, version: 0, spans: Vec::new() }
+                }
                 None => match rx.recv().await {
                     Some(m) => {
                         taken(&m);
@@ -1391,7 +1400,7 @@ impl Inner {
     /// Takes the region over from a dead home: reads the stream to its end, checks the home is still
     /// gone, wins the record by compare-and-set on its revision, and becomes the home (a losing node
     /// stays a replica of the winner).
-    async fn take_over(self: &Arc<Self>, rep: &Arc<Replicated>, mut record: RegionRecord, revision: u64) {
+    async fn take_over(self: &Arc<Self>, rep: &Arc<Replicated>, mut record: RegionRecord, mut revision: u64) {
         let _turn = rep.transition.lock().await;
         let Ok(target) = self.last_seq(&rep.key).await else { return };
         // Every message read (a change the dead home left half-published is abandoned: the snapshot
@@ -1403,13 +1412,25 @@ impl Inner {
         if !matches!(self.nodes_kv.get(&record.home).await, Ok(None)) {
             return;
         }
-        let old = record.home.clone();
-        record.home = self.node.clone();
-        record.epoch += 1;
-        let won = self.regions_kv.update(&rep.key, encode(&record), revision).await;
-        let Ok(revision) = won else {
-            tracing::info!(node = %self.node, key = %rep.key, "another node took the region over first");
-            return;
+        let (old, epoch) = (record.home.clone(), record.epoch);
+        let revision = loop {
+            let mine = RegionRecord { home: self.node.clone(), epoch: epoch + 1, ..record.clone() };
+            if let Ok(won) = self.regions_kv.update(&rep.key, encode(&mine), revision).await {
+                record = mine;
+                break won;
+            }
+            // The record changed. A compaction by the old home (cut off from membership, still
+            // publishing) moves only its snapshot: try again on the new revision. Another home or
+            // epoch is another node's takeover (or the old home's return): it stands.
+            match self.record(&rep.key).await {
+                Ok((now, r)) if (now.home.as_str(), now.epoch) == (old.as_str(), epoch) && r != revision => {
+                    (record, revision) = (now, r);
+                }
+                _ => {
+                    tracing::info!(node = %self.node, key = %rep.key, "another node took the region over first");
+                    return;
+                }
+            }
         };
         self.stop_role(rep);
         rep.applied_seq.store(rep.seen_seq.load(Ordering::Acquire), Ordering::Release);
@@ -1486,7 +1507,9 @@ struct Fenced;
 /// The home's watcher: copies the change's bytes (the writer still holds the lock, so they are the
 /// change's own) into the outbox, in version order.
 fn capture(region: &Weak<broker::region::Region>, outbox: &Outbox, limit: u64, c: &broker::region::Change) {
-    if c.len == 0 || outbox.overflow.load(Ordering::Acquire) {
+    // A write of no bytes still took a version: it goes out too (as an empty span), so replicas reach
+    // the home's version and a drain is not left waiting for it.
+    if outbox.overflow.load(Ordering::Acquire) {
         return;
     }
     let Some(region) = region.upgrade() else { return };

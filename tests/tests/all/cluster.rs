@@ -262,7 +262,8 @@ fn r19_conflicting_commits_from_two_nodes_exactly_one_wins() {
 }
 
 /// A replica that dies and comes back (a fresh broker under the same node name) catches up with
-/// everything written meanwhile, from the snapshot and the stream, and then follows new writes.
+/// everything written meanwhile, from the snapshot and the stream, and then follows new writes (even
+/// one of no bytes).
 #[test]
 fn r19_a_replica_that_died_resyncs() {
     let nats = Nats::start();
@@ -288,8 +289,13 @@ fn r19_a_replica_that_died_resyncs() {
     for i in 300..350 {
         model.write(&b, i).expect("write");
     }
-    let (_, bytes) = converged(&[&a, &b]);
+    let (version, bytes) = converged(&[&a, &b]);
     assert!(bytes == model.0, "the resynced replica differs from the commits made");
+    // A write of no bytes at the home still takes a version, and the replica reaches it too.
+    let empty = a.broker.write_region(a.region(), 0, &[]).expect("empty write");
+    assert!(empty > version, "an empty write took no version");
+    assert!(rt.block_on(a.repl().drain(Duration::from_secs(30))), "the empty write was not published");
+    assert_eq!(converged(&[&a, &b]).0, empty);
 }
 
 /// The home dies: replicas keep serving reads at their last version and refuse writes with
@@ -437,7 +443,7 @@ fn r19_the_stream_is_compacted_behind_snapshots() {
     for i in WRITES..WRITES + 700 {
         write(&mut model, &a, i);
         // Published before the next write, so each is a message of its own.
-        rt.block_on(a.repl().drain(Duration::from_secs(10)));
+        assert!(rt.block_on(a.repl().drain(Duration::from_secs(30))), "write {i} was not published");
     }
     let after = rt.block_on(a.repl().record(TENANT, REGION)).expect("record");
     assert!(
@@ -450,19 +456,19 @@ fn r19_the_stream_is_compacted_behind_snapshots() {
     let (_, bytes) = converged(&[&a, &b]);
     assert!(bytes == model, "a follower that fell behind across purges differs from the commits made");
 
-    // A replica that restarts, and one that is new, build the region from the snapshot and what
-    // follows it. Meanwhile the home writes faster than it publishes: a snapshot takes the place of
-    // the changes queued behind it that it holds.
+    // A new replica follows while the home writes faster than it publishes (a snapshot takes the
+    // place of the changes queued behind it that it holds); a replica that restarts after is built
+    // from the last snapshot and what follows it.
     b.kill();
     drop(b);
+    let c = Node::join_with(&rt, &nats.url, "c", small);
+    c.follow(&rt);
     for i in WRITES + 700..WRITES + 940 {
         write(&mut model, &a, i);
     }
-    rt.block_on(a.repl().drain(Duration::from_secs(10)));
+    assert!(rt.block_on(a.repl().drain(Duration::from_secs(30))), "the burst was not published");
     let b = Node::join_with(&rt, &nats.url, "b", small);
     b.follow(&rt);
-    let c = Node::join_with(&rt, &nats.url, "c", small);
-    c.follow(&rt);
     assert_eq!((b.version(), c.version()), (a.version(), a.version()), "caught up when `follow` returned");
     for i in WRITES + 940..WRITES + 980 {
         write(&mut model, if i % 2 == 0 { &b } else { &c }, i);
