@@ -1413,6 +1413,7 @@ impl Inner {
             return;
         }
         let (old, epoch) = (record.home.clone(), record.epoch);
+        let mut tries = 0;
         let revision = loop {
             let mine = RegionRecord { home: self.node.clone(), epoch: epoch + 1, ..record.clone() };
             if let Ok(won) = self.regions_kv.update(&rep.key, encode(&mine), revision).await {
@@ -1423,8 +1424,12 @@ impl Inner {
             // publishing) moves only its snapshot: try again on the new revision. Another home or
             // epoch is another node's takeover (or the old home's return): it stands.
             match self.record(&rep.key).await {
-                Ok((now, r)) if (now.home.as_str(), now.epoch) == (old.as_str(), epoch) && r != revision => {
-                    (record, revision) = (now, r);
+                Ok((now, r))
+                    if (now.home.as_str(), now.epoch) == (old.as_str(), epoch)
+                        && r != revision
+                        && tries < 8 =>
+                {
+                    (record, revision, tries) = (now, r, tries + 1);
                 }
                 _ => {
                     tracing::info!(node = %self.node, key = %rep.key, "another node took the region over first");
