@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
-use broker::{Broker, BrokerConfig, Mode, Quotas, RegionSpec};
+use broker::{Broker, BrokerConfig, Mode, Quotas, RegionId, RegionSpec};
 use broker_cluster::{JoinOptions, Membership, NodeLoad, Replication, ReplicationOptions};
 
 /// One broker of the bench's cluster.
@@ -110,23 +110,32 @@ struct Figures {
     raw_pipelined_mbps: f64,
 }
 
-/// Writes `count` changes of `size` bytes at the home of `pair` as fast as it takes them, over a
-/// region of its own, until the replica has the last: MB/s.
-fn throughput(
+/// A replicated region named `name` at the home of a pair, followed by the replica: its id at the
+/// home, its id at the replica, and how many writes of `size` bytes it holds side by side.
+fn replicated(
     rt: &tokio::runtime::Runtime,
     (home, replica): (&Node, &Node),
+    name: &str,
+    size: usize,
+) -> (RegionId, RegionId, u64) {
+    let region_size = (size as u64 * 16).max(64 * 1024);
+    let t = home.broker.tenant_id("bench").expect("tenant");
+    let region =
+        home.broker.create_region(t, RegionSpec::new(name, region_size, Mode::Handle)).expect("region");
+    rt.block_on(home.replication.share("bench", name)).expect("share");
+    let copy = rt.block_on(replica.replication.follow("bench", name)).expect("follow");
+    (region, copy, region_size / size as u64)
+}
+
+/// Writes `count` changes of `size` bytes at the home as fast as it takes them, until the replica
+/// has the last: MB/s.
+fn burst(
+    (home, replica): (&Node, &Node),
+    (region, copy, slots): (RegionId, RegionId, u64),
     size: usize,
     count: usize,
 ) -> f64 {
-    let region_size = (size as u64 * 16).max(64 * 1024);
-    let name = format!("t{size}");
-    let t = home.broker.tenant_id("bench").expect("tenant");
-    let region =
-        home.broker.create_region(t, RegionSpec::new(&name, region_size, Mode::Handle)).expect("region");
-    rt.block_on(home.replication.share("bench", &name)).expect("share");
-    let copy = rt.block_on(replica.replication.follow("bench", &name)).expect("follow");
     let data = vec![0x5au8; size];
-    let slots = region_size / size as u64;
     let start = Instant::now();
     let mut last = 0;
     for i in 0..count as u64 {
@@ -148,13 +157,7 @@ fn measure(
     size: usize,
     samples: usize,
 ) -> Figures {
-    let region_size = (size as u64 * 16).max(64 * 1024);
-    let name = format!("r{size}");
-    let t = home.broker.tenant_id("bench").expect("tenant");
-    let region =
-        home.broker.create_region(t, RegionSpec::new(&name, region_size, Mode::Handle)).expect("region");
-    rt.block_on(home.replication.share("bench", &name)).expect("share");
-    let copy = rt.block_on(replica.replication.follow("bench", &name)).expect("follow");
+    let (region, copy, slots) = replicated(rt, (home, replica), &format!("r{size}"), size);
 
     // When each version landed in the replica.
     let landed: Arc<parking_lot::Mutex<Vec<(u64, Instant)>>> = Arc::new(parking_lot::Mutex::new(Vec::new()));
@@ -166,15 +169,7 @@ fn measure(
             Arc::new(move |c: &broker::region::Change| record.lock().push((c.version, Instant::now()))),
         )
         .expect("watch");
-    let wait_for = |version: u64| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while replica.broker.region_info(copy).expect("info").version < version {
-            assert!(Instant::now() < deadline, "the replica never reached version {version}");
-            std::hint::spin_loop();
-        }
-    };
     let data = vec![0x5au8; size];
-    let slots = region_size / size as u64;
 
     // Lag: one write at a time, each waited for at the replica.
     let mut lags = Vec::with_capacity(samples);
@@ -199,15 +194,11 @@ fn measure(
     // 32 MiB, half what a home queues before it replaces its queue by one snapshot (which would
     // measure the snapshot, not the stream of changes).
     let count = (samples * 4).min((32 << 20) / size);
-    let start = Instant::now();
-    let mut last = 0;
-    for i in 0..count as u64 {
-        last = home.broker.write_region(region, (i % slots) * size as u64, &data).expect("write");
-    }
-    wait_for(last);
-    let replicated_mbps = mbps((size * count) as u64, start.elapsed());
+    let replicated_mbps = burst((home, replica), (region, copy, slots), size, count);
     let (raw_one_mbps, raw_pipelined_mbps) = raw_publish(rt, url, size, count);
-    let compacted_mbps = throughput(rt, compacting, size, count);
+    // The same burst with the default compaction, on a region of the other pair.
+    let other = replicated(rt, compacting, &format!("t{size}"), size);
+    let compacted_mbps = burst(compacting, other, size, count);
     Figures {
         size,
         compacted_mbps,
