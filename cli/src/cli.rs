@@ -173,7 +173,8 @@ struct ScenarioRunArgs {
 
 #[derive(Debug, Subcommand)]
 enum ClusterVerb {
-    /// List the live nodes: each one's address, the tenants that live on it, and its load.
+    /// List the live nodes (each one's address, the tenants that live on it, and its load) and the
+    /// replicated regions (each one's home, epoch, and the messages the stream keeps of it).
     Status {
         /// The NATS server of the cluster (nats://HOST:PORT).
         #[arg(long, env = "BROKER_CLUSTER")]
@@ -793,7 +794,8 @@ async fn serve_main(args: ServeArgs, out: &mut dyn Write) -> Result<(), CliError
     Ok(())
 }
 
-/// `broker cluster status`: the live nodes as the cluster's KV bucket has them.
+/// `broker cluster status`: the live nodes as the cluster's KV bucket has them, and the replicated
+/// regions with what the change stream holds of each.
 async fn cluster_status(url: &str, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
     let nodes = broker_cluster::status(url).await.map_err(|e| CliError::Local(e.to_string()))?;
     let regions = broker_cluster::regions(url).await.map_err(|e| CliError::Local(e.to_string()))?;
@@ -824,16 +826,18 @@ async fn cluster_status(url: &str, json: bool, out: &mut dyn Write) -> Result<()
     if !regions.is_empty() {
         writeln!(
             out,
-            "\n{:<32} {:>12} {:<8} {:<20} {:>5}",
-            "replicated region", "size", "mode", "home", "epoch"
+            "\n{:<32} {:>12} {:<8} {:<20} {:>5} {:>9}",
+            "replicated region", "size", "mode", "home", "epoch", "messages"
         )
         .map_err(io)?;
-        for r in &regions {
+        for status in &regions {
+            let r = &status.record;
             let alive = if nodes.iter().any(|n| n.node == r.home) { "" } else { " (down)" };
             let name = format!("{}/{}", r.tenant, r.name);
+            let messages = status.messages.map_or_else(|| "?".to_string(), |m| m.to_string());
             writeln!(
                 out,
-                "{name:<32} {:>12} {:<8} {:<20} {:>5}",
+                "{name:<32} {:>12} {:<8} {:<20} {:>5} {messages:>9}",
                 r.size,
                 r.mode,
                 format!("{}{alive}", r.home),

@@ -1252,15 +1252,19 @@ fn r17_a_wasi_app_through_the_daemon_and_the_cli() {
     let _ = std::fs::remove_file(&module);
 }
 
-/// `broker cluster status --json` against the cluster at `url`: each node's name and address.
-fn cluster_nodes(url: &str) -> Vec<(String, String)> {
+/// `broker cluster status --json` against the cluster at `url`.
+fn cluster_status(url: &str) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_broker"))
         .args(["cluster", "status", "--json", "--cluster", url])
         .output()
         .expect("run broker cluster status");
     assert!(out.status.success(), "cluster status failed: {}", String::from_utf8_lossy(&out.stderr));
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    status["nodes"]
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// Each node's name and address, as `broker cluster status` lists them.
+fn cluster_nodes(url: &str) -> Vec<(String, String)> {
+    cluster_status(url)["nodes"]
         .as_array()
         .expect("a list of nodes")
         .iter()
@@ -1427,4 +1431,17 @@ fn r19_a_replicated_region_across_daemons_survives_a_replica_kill() {
         Some(a.addr.trim_start_matches("http://").to_string()),
         "{status:?}"
     );
+
+    // Status lists the region with its home and what the stream holds of it: the home's snapshot
+    // and the 320 writes (fewer messages where writes went out together), nothing purged yet.
+    let status = cluster_status(&nats.url);
+    let regions = status["regions"].as_array().expect("a list of regions");
+    assert_eq!(regions.len(), 1, "{status}");
+    let r = &regions[0];
+    assert_eq!(
+        (r["tenant"].as_str(), r["name"].as_str(), r["home"].as_str()),
+        (Some("acme"), Some("data"), Some("alpha"))
+    );
+    let messages = r["messages"].as_u64().expect("a count of messages");
+    assert!((2..=321).contains(&messages), "{messages} messages for 320 writes: {status}");
 }

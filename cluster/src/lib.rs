@@ -296,17 +296,38 @@ pub async fn status(url: &str) -> Result<Vec<NodeRecord>, ClusterError> {
     nodes_in(&store).await
 }
 
-/// The replicated regions of the cluster at `url`, with their homes.
+/// A replicated region as `broker cluster status` shows it: its record, and how many messages of it
+/// the change stream holds (its last snapshot and the changes since; `None` if they could not be
+/// counted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionStatus {
+    /// The region's record (home, epoch, last snapshot).
+    #[serde(flatten)]
+    pub record: RegionRecord,
+    /// Its messages in the stream.
+    pub messages: Option<u64>,
+}
+
+/// The replicated regions of the cluster at `url`, with their homes and what the stream holds of each.
 ///
 /// # Errors
 /// [`ClusterError::Connect`], [`ClusterError::JetStream`].
-pub async fn regions(url: &str) -> Result<Vec<RegionRecord>, ClusterError> {
+pub async fn regions(url: &str) -> Result<Vec<RegionStatus>, ClusterError> {
     let js = connect(url).await?;
     let Ok(store) = js.get_key_value(replication::REGIONS_BUCKET).await else {
         return Ok(Vec::new());
     };
+    let stream = js.get_stream(replication::CHANGES_STREAM).await.ok();
+    let mut out = Vec::new();
     // The daemons' namespace: scenario runs that shared the server keep theirs apart.
-    Ok(replication::records_in(&store).await?.into_iter().filter(|r| r.namespace.is_empty()).collect())
+    for record in replication::records_in(&store).await?.into_iter().filter(|r| r.namespace.is_empty()) {
+        let messages = match &stream {
+            Some(s) => replication::retained_in(s, &region_key(&record.tenant, &record.name)).await.ok(),
+            None => None,
+        };
+        out.push(RegionStatus { record, messages });
+    }
+    Ok(out)
 }
 
 impl Membership {

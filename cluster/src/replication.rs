@@ -399,18 +399,7 @@ impl Replication {
     /// # Errors
     /// [`ClusterError::JetStream`].
     pub async fn retained(&self, tenant: &str, name: &str) -> Result<u64, ClusterError> {
-        let count = js_err("count a region's messages");
-        let config = consumer::pull::Config {
-            filter_subject: change_subject(&self.inner.key(tenant, name)),
-            deliver_policy: consumer::DeliverPolicy::All,
-            inactive_threshold: Duration::from_secs(10),
-            ..Default::default()
-        };
-        let mut consumer = self.inner.stream.create_consumer(config).await.map_err(|e| count(&e))?;
-        let info = consumer.info().await.map_err(|e| count(&e))?;
-        let (pending, name) = (info.num_pending, info.name.clone());
-        let _ = self.inner.stream.delete_consumer(&name).await;
-        Ok(pending)
+        retained_in(&self.inner.stream, &self.inner.key(tenant, name)).await
     }
 
     /// Every replicated region's record, by key.
@@ -475,6 +464,23 @@ pub(crate) async fn records_in(store: &kv::Store) -> Result<Vec<RegionRecord>, C
     }
     out.sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
     Ok(out)
+}
+
+/// How many messages of the region `key` the change stream holds: the pending count of an ephemeral
+/// consumer of its subject, deleted after (or gone by itself 10 s after an error).
+pub(crate) async fn retained_in(stream: &stream::Stream, key: &str) -> Result<u64, ClusterError> {
+    let count = js_err("count a region's messages");
+    let config = consumer::pull::Config {
+        filter_subject: change_subject(key),
+        deliver_policy: consumer::DeliverPolicy::All,
+        inactive_threshold: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let mut consumer = stream.create_consumer(config).await.map_err(|e| count(&e))?;
+    let info = consumer.info().await.map_err(|e| count(&e))?;
+    let (pending, name) = (info.num_pending, info.name.clone());
+    let _ = stream.delete_consumer(&name).await;
+    Ok(pending)
 }
 
 fn encode(record: &RegionRecord) -> bytes::Bytes {
@@ -987,7 +993,7 @@ impl Inner {
                 // Changes were dropped while the stream was away: one snapshot replaces them all.
                 while rx.try_recv().is_ok() {}
                 outbox.bytes.store(0, Ordering::Release);
-                let Some(snapshot) = self.snapshot(&rep) else { return };
+                let Some(snapshot) = self.snapshot(&rep).await else { return };
                 covered = snapshot.version;
                 msg = snapshot;
             } else if msg.version <= covered {
@@ -1030,7 +1036,7 @@ impl Inner {
                     // Enough has gone by: a snapshot (the region as it is now, at its version) lets
                     // the stream forget everything before it. Changes still queued that it holds
                     // are dropped: a home writing faster than it publishes catches up here.
-                    let Some(snap) = self.snapshot(&rep) else { return };
+                    let Some(snap) = self.snapshot(&rep).await else { return };
                     covered = snap.version;
                     let payloads: Vec<bytes::Bytes> = wire::chunks(true, snap.version, snap.spans)
                         .iter()
@@ -1047,12 +1053,17 @@ impl Inner {
         }
     }
 
-    /// The whole region at its version, as a snapshot message (`None` once the region is gone).
-    fn snapshot(&self, rep: &Replicated) -> Option<ChangeMsg> {
+    /// The whole region at its version, as a snapshot message (`None` once the region is gone). Read
+    /// on a blocking thread: up to [`MAX_REPLICATED_SIZE`] copied under the region's read lock, which
+    /// waits for any writer, would hold up the runtime's other tasks.
+    async fn snapshot(&self, rep: &Replicated) -> Option<ChangeMsg> {
         let region = self.broker.region_ref(rep.region).ok()?;
-        let mut bytes = vec![0; usize::try_from(region.size()).ok()?];
-        let version = region.read_versioned(0, &mut bytes).ok()?;
-        Some(ChangeMsg { snapshot: true, last: true, version, spans: vec![Span { offset: 0, bytes }] })
+        let read = tokio::task::spawn_blocking(move || {
+            let mut bytes = vec![0; usize::try_from(region.size()).ok()?];
+            let version = region.read_versioned(0, &mut bytes).ok()?;
+            Some(ChangeMsg { snapshot: true, last: true, version, spans: vec![Span { offset: 0, bytes }] })
+        });
+        read.await.ok().flatten()
     }
 
     /// Publishes `payloads` (one change's chunks, or one batch, of `version`) in order. Returns the
