@@ -380,12 +380,8 @@ impl Replication {
                     .delete(&key)
                     .await
                     .map_err(|e| js_err("delete the region record")(&e))?;
-                // (Up to 1 is nothing, and the server would read it as the whole subject.)
-                if let Ok(last @ 2..) = last {
-                    let purge = self.inner.stream.purge().filter(change_subject(&key)).sequence(last);
-                    if let Err(e) = purge.await {
-                        tracing::debug!(key, "purging a forgotten region's messages failed: {e}");
-                    }
+                if let Ok(last) = last {
+                    self.inner.purge_before(&key, last).await;
                 }
                 Ok(())
             }
@@ -1020,8 +1016,7 @@ impl Inner {
             }
             let snapshot = msg.snapshot;
             let (version, payloads): (u64, Vec<bytes::Bytes>) = if batch.is_empty() {
-                let parts = wire::chunks(msg.snapshot, msg.version, msg.spans);
-                (msg.version, parts.iter().map(|p| wire::encode_change(p).into()).collect())
+                (msg.version, encode_chunks(msg))
             } else {
                 batch.insert(0, msg);
                 let last = batch.last().map_or(0, |m| m.version);
@@ -1038,11 +1033,9 @@ impl Inner {
                     // are dropped: a home writing faster than it publishes catches up here.
                     let Some(snap) = self.snapshot(&rep).await else { return };
                     covered = snap.version;
-                    let payloads: Vec<bytes::Bytes> = wire::chunks(true, snap.version, snap.spans)
-                        .iter()
-                        .map(|p| wire::encode_change(p).into())
-                        .collect();
-                    let Some(first) = self.publish_all(&rep, &outbox, snap.version, payloads).await else {
+                    let version = snap.version;
+                    let Some(first) = self.publish_all(&rep, &outbox, version, encode_chunks(snap)).await
+                    else {
                         return;
                     };
                     first
@@ -1131,15 +1124,20 @@ impl Inner {
                 return;
             }
         }
+        // (If the purge fails, the next snapshot's takes these too.)
+        self.purge_before(&rep.key, at).await;
+    }
+
+    /// Purges the region's messages before stream sequence `seq`.
+    async fn purge_before(&self, key: &str, seq: u64) {
         // Nothing is before the subject's first message; and the server reads a purge up to sequence
         // 1 as one without a sequence, which would take the whole subject.
-        if at <= 1 {
+        if seq <= 1 {
             return;
         }
-        match self.stream.purge().filter(change_subject(&rep.key)).sequence(at).await {
-            Ok(p) => tracing::debug!(key = %rep.key, purged = p.purged, at, "compacted the region's stream"),
-            // The next snapshot's purge takes these too.
-            Err(e) => tracing::debug!(key = %rep.key, "purging the stream failed: {e}"),
+        match self.stream.purge().filter(change_subject(key)).sequence(seq).await {
+            Ok(p) => tracing::debug!(key, purged = p.purged, seq, "purged the region's older messages"),
+            Err(e) => tracing::debug!(key, "purging the region's older messages failed: {e}"),
         }
     }
 
@@ -1541,6 +1539,12 @@ fn capture(region: &Weak<broker::region::Region>, outbox: &Outbox, limit: u64, c
     let msg =
         ChangeMsg { snapshot, last: true, version: c.version, spans: vec![Span { offset: c.offset, bytes }] };
     let _ = outbox.tx.send(msg);
+}
+
+/// A change as the messages that carry it: chunks of at most [`wire::MAX_CHUNK`] bytes, encoded.
+fn encode_chunks(change: ChangeMsg) -> Vec<bytes::Bytes> {
+    let parts = wire::chunks(change.snapshot, change.version, change.spans);
+    parts.iter().map(|p| wire::encode_change(p).into()).collect()
 }
 
 /// A replica's way to its home: NATS requests on the region's write subject.
